@@ -1,0 +1,1 @@
+"""The built-in backends, installed as ``xdrop.backends``: one module per framework."""

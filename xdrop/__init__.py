@@ -1,0 +1,31 @@
+"""xdrop: dropout and R-Dropout, defined once, bit-identical on NumPy, PyTorch, TensorFlow and JAX."""
+
+from xdrop.api import dropout, dropout_mask
+from xdrop.errors import (
+    ArgumentTypeError,
+    ArgumentValueError,
+    BackendError,
+    TracingError,
+    XdropError,
+)
+from xdrop.registry import available_backends, get_backend, set_backend, use_backend
+from xdrop.rng import Generator, fold_in, manual_seed
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ArgumentTypeError",
+    "ArgumentValueError",
+    "BackendError",
+    "Generator",
+    "TracingError",
+    "XdropError",
+    "available_backends",
+    "dropout",
+    "dropout_mask",
+    "fold_in",
+    "get_backend",
+    "manual_seed",
+    "set_backend",
+    "use_backend",
+]

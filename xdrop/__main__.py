@@ -1,0 +1,5 @@
+import sys
+
+from xdrop.cli import main
+
+sys.exit(main())

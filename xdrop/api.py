@@ -1,0 +1,132 @@
+"""The public functions: validate once, pick the backend, run the spec."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from xdrop import rng, spec
+from xdrop.protocol import Array
+from xdrop.registry import backend_for, default_backend
+from xdrop.validation import (
+    check_counter_range,
+    check_flag,
+    check_float_dtype,
+    check_mode,
+    check_noise_shape,
+    check_offset,
+    check_rate,
+    check_scale_fits,
+    check_shape,
+)
+
+
+def dropout(
+    x: Any,
+    p: float = 0.5,
+    *,
+    training: bool = True,
+    seed: rng.SeedLike = None,
+    mode: str = "inverted",
+    noise_shape: Sequence[int | None] | None = None,
+    offset: int = 0,
+    return_mask: bool = False,
+) -> Any:
+    """Zero each element of ``x`` with probability ``p``, from a seeded, portable mask.
+
+    With ``q = 1 - p`` and ``keep`` the mask of mask stream v1 (``docs/spec.md``)::
+
+        mode="inverted" (default, as every framework does):
+            training: where(keep, x * s, 0) with s = dtype(1) / dtype(q)     eval: x
+        mode="classic" (Srivastava et al. 2014, scaling at test time):
+            training: where(keep, x, 0)                                      eval: x * dtype(q)
+
+    The same ``(seed, p, shape, noise_shape, offset)`` gives the same mask on every backend.
+
+    Args:
+        x: a floating array (float16, bfloat16, float32, float64) of any registered framework;
+            the result is of the same framework, dtype, shape and device. NumPy arrays and Python
+            values run on the default backend (``XDROP_BACKEND``, ``xdrop.use_backend``).
+        p: the probability of dropping an element, in ``[0, 1]``. ``p == 0`` returns ``x``;
+            ``p == 1`` returns zeros (with zero gradient, never NaN).
+        training: apply dropout (True) or the evaluation form (False).
+        seed: an integer in ``[0, 2**64)``, an :class:`xdrop.Generator`, or ``None`` for the next
+            seed of the global generator (``xdrop.manual_seed``). A seed is drawn only in training.
+        mode: ``"inverted"`` or ``"classic"``.
+        noise_shape: the shape the mask is drawn at, broadcast to ``x`` (TensorFlow/Keras rules):
+            aligned to the right, missing leading entries and entries of 1 share one decision,
+            ``None`` takes ``x``'s size. ``(batch, 1, 1, channels)`` is spatial dropout.
+        offset: added to every element's counter, so a shard can draw its slice of a larger mask.
+        return_mask: also return the boolean keep mask (True = kept), broadcast to ``x``'s shape.
+
+    Returns:
+        ``y``, or ``(y, keep)`` with ``return_mask=True``. Dropped elements are exactly ``+0.0``
+        whatever ``x`` holds there; ``x`` itself is never modified.
+
+    Example:
+        >>> import numpy as np, xdrop
+        >>> xdrop.dropout(np.ones(6, np.float32), p=0.5, seed=0)
+        array([2., 2., 0., 2., 0., 0.], dtype=float32)
+    """
+    xp = backend_for(x)
+    if not xp.is_array(x):
+        x = xp.asarray(x)
+    dtype = check_float_dtype(xp.dtype_name(x))
+    rate = check_rate(p)
+    is_training = check_flag("training", training)
+    mode = check_mode(mode)
+    shape = xp.shape(x)
+    noise = check_noise_shape(noise_shape, shape)
+    start = check_offset(offset)
+    check_counter_range(start, math.prod(noise))
+    check_flag("return_mask", return_mask)
+    if is_training:
+        check_scale_fits(rate, dtype, mode)
+        key = spec.key_words(xp, rng.resolve_seed(seed), like=x)
+    else:
+        rng.validate_seed(seed)
+        key = None
+    y, keep = spec.dropout(
+        xp, x, rate, key, mode=mode, training=is_training, noise_shape=noise, offset=start
+    )
+    if not return_mask:
+        return y
+    if keep is None:
+        return y, xp.full_mask(shape, True, like=x)
+    return y, xp.broadcast_to(keep, shape)
+
+
+def dropout_mask(
+    shape: int | Sequence[int],
+    p: float,
+    *,
+    seed: rng.SeedLike = None,
+    offset: int = 0,
+    like: Any = None,
+) -> Array:
+    """The boolean keep mask (True = kept) that ``dropout`` draws for an input of ``shape``.
+
+    Element ``i`` (row-major) is kept when ``bits(seed, offset + i) < T`` with
+    ``T = ceil(float32(1 - p) * 2**23) << 9`` (``docs/spec.md``).
+
+    Args:
+        shape: the mask's shape (an integer for 1-d).
+        p: the drop probability, in ``[0, 1]``.
+        seed: as for :func:`dropout`; a generator or the global one is advanced once.
+        offset: added to every element's counter.
+        like: an array whose framework (and device) the mask is made on; the default backend if None.
+
+    Example:
+        >>> xdrop.dropout_mask((2, 3), 0.5, seed=0)
+        array([[ True,  True, False],
+               [ True, False, False]])
+    """
+    size = check_shape(shape)
+    rate = check_rate(p)
+    start = check_offset(offset)
+    check_counter_range(start, math.prod(size))
+    xp = default_backend() if like is None else backend_for(like)
+    key = spec.key_words(xp, rng.resolve_seed(seed), like=like)
+    return spec.keep_mask(xp, key, size, rate, start, like=like)
+

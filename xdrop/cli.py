@@ -1,0 +1,125 @@
+"""The ``xdrop`` command: ``xdrop conformance`` and ``xdrop golden``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from xdrop import registry
+from xdrop.conformance import golden
+from xdrop.conformance.runner import BackendReport, run_backend
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="xdrop", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    conformance = commands.add_parser(
+        "conformance", help="check the golden seeded cases on every installed backend"
+    )
+    conformance.add_argument(
+        "--backend", action="append", metavar="NAME",
+        help="a backend to check (repeatable); default: every installed one",
+    )  # fmt: skip
+    conformance.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    regenerate = commands.add_parser("golden", help="regenerate the golden cases from the reference")
+    regenerate.add_argument(
+        "--check", action="store_true", help="only check that the shipped file is up to date"
+    )
+    arguments = parser.parse_args(argv)
+    if arguments.command == "golden":
+        return _golden(check=arguments.check)
+    return _conformance(arguments.backend, arguments.json)
+
+
+def _golden(check: bool) -> int:
+    text = golden.render(golden.generate())
+    if check:
+        current = golden.GOLDEN_PATH.read_text() if golden.GOLDEN_PATH.exists() else ""
+        if current != text:
+            print(f"{golden.GOLDEN_PATH} is out of date: run `xdrop golden`", file=sys.stderr)
+            return 1
+        print(f"{golden.GOLDEN_PATH} matches the reference")
+        return 0
+    golden.GOLDEN_PATH.write_text(text)
+    print(f"wrote {len(golden.load()['cases'])} cases to {golden.GOLDEN_PATH}")
+    return 0
+
+
+def _conformance(names: list[str] | None, json_path: str | None) -> int:
+    available = registry.available_backends()
+    if names:
+        unknown = [name for name in names if name not in available]
+        if unknown:
+            print(
+                f"unknown backend(s) {', '.join(unknown)}; registered: {', '.join(available)}",
+                file=sys.stderr,
+            )
+            return 2
+    else:
+        names = [name for name, installed in available.items() if installed]
+    reports = [run_backend(name, progress=_progress(name)) for name in names]
+    print(_table(reports))
+    for report in reports:
+        for failure in report.failed:
+            print(f"FAILED {report.backend} {failure.case_id}: {failure.detail}")
+    passed = all(report.available and not report.failed for report in reports)
+    if json_path:
+        with open(json_path, "w") as file:
+            json.dump(_document(reports, passed), file, indent=1)
+    print("conformance: " + ("all backends conform" if passed else "FAILED"))
+    return 0 if passed else 1
+
+
+def _progress(name: str) -> Any:
+    def show(done: int, total: int) -> None:
+        if sys.stderr.isatty() or done == total:
+            end = "\n" if done == total else "\r"
+            print(f"  {name}: {done}/{total} cases", end=end, file=sys.stderr, flush=True)
+
+    return show
+
+
+def _table(reports: list[BackendReport]) -> str:
+    header = ("backend", "group", "passed", "failed", "skipped", "max difference")
+    rows: list[tuple[str, ...]] = []
+    for report in reports:
+        if not report.available:
+            rows.append((report.backend, "-", "-", "-", "-", f"unavailable: {report.reason}"))
+            continue
+        for group, counts in report.groups().items():
+            rows.append((
+                report.backend, group, str(counts["passed"]), str(counts["failed"]),
+                str(counts["skipped"]), f"{counts['max_difference']:g}",
+            ))  # fmt: skip
+    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header) - 1)]
+    lines = []
+    for row in (header, *rows):
+        lines.append("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1])
+    lines.insert(1, "-" * len(lines[0]))
+    return "\n".join(lines)
+
+
+def _document(reports: list[BackendReport], passed: bool) -> dict[str, Any]:
+    return {
+        "schema": 1,
+        "stream": golden.STREAM_VERSION,
+        "passed": passed,
+        "backends": {
+            report.backend: {
+                "available": report.available,
+                "reason": report.reason,
+                "groups": report.groups(),
+                "failures": [
+                    {"case": failure.case_id, "detail": failure.detail} for failure in report.failed
+                ],
+            }
+            for report in reports
+        },
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(main())

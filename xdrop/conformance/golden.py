@@ -1,0 +1,155 @@
+"""The golden conformance cases: their parameters, and their expected values from the reference.
+
+``python -m xdrop golden`` rewrites ``golden.json`` from :mod:`xdrop.reference`; ``--check`` fails
+when the file differs from what the reference produces now.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from xdrop import reference
+
+GOLDEN_PATH = Path(__file__).with_name("golden.json")
+STREAM_VERSION = "mask stream v1"
+
+# Input values exact in every float dtype: both zeros' signs, non-finite values (a dropped unit must
+# still give +0), and 49152, whose inverted scaling by 2 overflows float16 to infinity.
+INPUT_PATTERN = (
+    0.5, -1.25, 3.0, -0.0, 2.0, 1.0, -7.5, 0.375, 1000.0, -0.0625, math.inf, 0.0,
+    -3.5, 49152.0, math.nan, 0.75, -math.inf, 6.0, -2.0, 0.125,
+)  # fmt: skip
+
+LAST_SEED = 2**64 - 1
+SEEDS = (0, 1, 42, 2**32, LAST_SEED)
+
+
+def input_values(count: int) -> list[float]:
+    """The row-major input of a case with ``count`` elements."""
+    return [INPUT_PATTERN[i % len(INPUT_PATTERN)] for i in range(count)]
+
+
+def _dropout(group: str, shape: tuple[int, ...], p: float, seed: int, **options: Any) -> dict[str, Any]:
+    case = {
+        "kind": "dropout",
+        "group": group,
+        "shape": list(shape),
+        "p": p,
+        "seed": seed,
+        "dtype": options.pop("dtype", "float32"),
+        "mode": options.pop("mode", "inverted"),
+        "training": options.pop("training", True),
+        "noise_shape": options.pop("noise_shape", None),
+        "offset": options.pop("offset", 0),
+    }
+    assert not options, options
+    return case
+
+
+def _mask(shape: tuple[int, ...], p: float, seed: int, offset: int = 0) -> dict[str, Any]:
+    return {"kind": "mask", "group": "mask", "shape": list(shape), "p": p, "seed": seed, "offset": offset}
+
+
+def case_parameters() -> Iterator[dict[str, Any]]:
+    """Every case, without its expected values."""
+    for seed in SEEDS:
+        for p in (0.1, 0.5, 0.9):
+            yield _dropout("inverted", (8, 9), p, seed)
+            yield _dropout("classic", (8, 9), p, seed, mode="classic")
+    for shape in ((), (1,), (3, 4, 5), (2, 1, 3, 1)):
+        yield _dropout("inverted", shape, 0.5, 7)
+    for mode in ("inverted", "classic"):
+        for p in (0.0, 0.3, 1.0):
+            yield _dropout("eval", (5, 6), p, 3, mode=mode, training=False)
+    for dtype in ("float16", "bfloat16", "float32", "float64"):
+        for p in (0.25, 0.5, 0.7, 0.999):
+            if not (dtype == "float16" and p == 0.999):  # 1/(1-p) overflows float16: an error
+                yield _dropout("dtypes", (40,), p, 11, dtype=dtype)
+        yield _dropout("dtypes", (40,), 0.3, 11, dtype=dtype, mode="classic")
+        yield _dropout("dtypes", (40,), 0.3, 11, dtype=dtype, mode="classic", training=False)
+    for p in (0.0, 1.0, 1e-10, 2.0**-30, 1 - 1e-10, 1 - 2.0**-53, 0.5 + 2.0**-40):
+        for mode in ("inverted", "classic"):
+            yield _dropout("edge_p", (30,), p, 5, mode=mode, dtype="float64")
+    for noise_shape in ((4, 1, 5), (1, 6, 1), (5,), (None, 1, None), (1, 1, 1), (None, None, None)):
+        yield _dropout("noise_shape", (4, 6, 5), 0.5, 13, noise_shape=list(noise_shape))
+    for offset in (0, 7, 2**32 - 30, 2**40 + 3, 2**64 - 72):
+        yield _dropout("offset", (72,), 0.5, 17, offset=offset)
+        yield _mask((72,), 0.5, 17, offset)
+    for shape in ((0,), (3, 0), (0, 4)):
+        yield _dropout("empty", shape, 0.5, 19)
+        yield _mask(shape, 0.5, 19)
+    for seed in SEEDS:
+        for p in (0.05, 0.5, 0.95):
+            yield _mask((1000,), p, seed)
+    yield _mask((37, 29), 0.4, 23)
+    yield _mask((2, 3, 4, 5), 0.6, 29, 2**33)
+    for seed in SEEDS:
+        for data in (0, 1, 2**31, 2**32 - 1):
+            yield {"kind": "fold_in", "group": "fold_in", "seed": seed, "data": data}
+
+
+def _with_expectations(case: dict[str, Any]) -> dict[str, Any]:
+    if case["kind"] == "fold_in":
+        return {**case, "expected": reference.fold_in(case["seed"], case["data"])}
+    count = math.prod(case["shape"])
+    if case["kind"] == "mask":
+        keep = reference.keep_mask(case["seed"], case["p"], count, case["offset"])
+        return {**case, "keep": pack_bits(keep)}
+    outputs, keep = reference.dropout(
+        input_values(count),
+        case["shape"],
+        case["p"],
+        case["seed"],
+        dtype=case["dtype"],
+        mode=case["mode"],
+        training=case["training"],
+        noise_shape=case["noise_shape"],
+        offset=case["offset"],
+    )
+    return {**case, "y": [value.hex() for value in outputs], "keep": pack_bits(keep)}
+
+
+def _case_id(case: dict[str, Any]) -> str:
+    if case["kind"] == "fold_in":
+        return f"fold_in/seed={case['seed']}/data={case['data']}"
+    parts = [case["group"], "x".join(map(str, case["shape"])) or "scalar", f"p={case['p']!r}"]
+    parts.append(f"seed={case['seed']}")
+    for option, default in (("dtype", "float32"), ("mode", "inverted"), ("training", True),
+                            ("noise_shape", None), ("offset", 0)):  # fmt: skip
+        if case.get(option, default) != default:
+            parts.append(f"{option}={case[option]}")
+    return "/".join(str(part) for part in parts)
+
+
+def generate() -> dict[str, Any]:
+    """The golden document, computed from the reference now."""
+    cases = [{"id": _case_id(case), **_with_expectations(case)} for case in case_parameters()]
+    ids = [case["id"] for case in cases]
+    assert len(set(ids)) == len(ids), "case ids must be unique"
+    return {
+        "stream": STREAM_VERSION,
+        "input_pattern": [value.hex() for value in INPUT_PATTERN],
+        "cases": cases,
+    }
+
+
+def render(document: dict[str, Any]) -> str:
+    return json.dumps(document, indent=1) + "\n"
+
+
+def load() -> dict[str, Any]:
+    """The golden document shipped with the package."""
+    document: dict[str, Any] = json.loads(GOLDEN_PATH.read_text())
+    return document
+
+
+def pack_bits(bits: list[bool]) -> str:
+    """Booleans as hex, eight to a byte, most significant bit first (``numpy.packbits``)."""
+    padded = bits + [False] * (-len(bits) % 8)
+    return bytes(
+        sum(bit << (7 - j) for j, bit in enumerate(padded[i : i + 8])) for i in range(0, len(padded), 8)
+    ).hex()

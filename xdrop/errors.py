@@ -1,0 +1,48 @@
+"""The exceptions xdrop raises on purpose, all rooted in :class:`XdropError`.
+
+The argument errors also subclass the matching built-in, so ``except ValueError`` keeps working.
+They restore ``Exception.__init__``: TensorFlow's autograph re-raises an exception from inside
+``tf.function`` with its own type only when ``type(e).__init__ is Exception.__init__``; otherwise
+the user sees a ``StagingError`` instead of ours.
+"""
+
+from __future__ import annotations
+
+
+class XdropError(Exception):
+    """Root of every error xdrop raises on purpose."""
+
+
+class ArgumentValueError(XdropError, ValueError):
+    """An argument has the right type but a value outside what is allowed."""
+
+    __init__ = Exception.__init__
+
+
+class ArgumentTypeError(XdropError, TypeError):
+    """An argument has a type that is not allowed."""
+
+    __init__ = Exception.__init__
+
+
+class BackendError(XdropError):
+    """A backend is unknown, ambiguous, not installed or does not implement the protocol."""
+
+
+class TracingError(XdropError, RuntimeError):
+    """An operation cannot be staged into a compiled graph as asked (e.g. ``seed=None`` under jit)."""
+
+    __init__ = Exception.__init__
+
+
+def describe(argument: str, value: object, allowed: str) -> str:
+    """The one message shape for bad arguments: which argument, what it was, what is allowed."""
+    return f"{argument} must be {allowed}, got {value!r}"
+
+
+def bad_value(argument: str, value: object, allowed: str) -> ArgumentValueError:
+    return ArgumentValueError(describe(argument, value, allowed))
+
+
+def bad_type(argument: str, value: object, allowed: str) -> ArgumentTypeError:
+    return ArgumentTypeError(describe(argument, value, allowed) + f" of type {type(value).__name__}")

@@ -1,0 +1,212 @@
+"""Which backend runs a call: the entry-point registry, the default backend and dispatch.
+
+Backends are found only through the ``xdrop.backends`` entry-point group (the built-ins too), so
+``XDROP_BACKEND`` can name nothing but a registered backend. A backend's framework is imported the
+first time the backend is used, never by ``import xdrop``; an array's framework is recognised from
+``sys.modules``, as einops and array-api-compat do, so dispatch imports nothing either.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import os
+import sys
+import threading
+from collections.abc import Iterator
+from importlib import metadata
+
+import numpy as np
+
+from xdrop.errors import BackendError
+from xdrop.protocol import Backend
+
+ENTRY_POINT_GROUP = "xdrop.backends"
+ENVIRONMENT_VARIABLE = "XDROP_BACKEND"
+FALLBACK_BACKEND = "numpy"
+
+_lock = threading.RLock()
+_entry_points: dict[str, list[metadata.EntryPoint]] | None = None
+_backends: dict[str, Backend] = {}
+_owner_of_type: dict[type, str | None] = {}
+_chosen_default: str | None = None
+_context_default: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "xdrop_backend", default=None
+)
+
+
+def _registered() -> dict[str, list[metadata.EntryPoint]]:
+    global _entry_points
+    if _entry_points is None:
+        found: dict[str, list[metadata.EntryPoint]] = {}
+        for entry_point in metadata.entry_points(group=ENTRY_POINT_GROUP):
+            claims = found.setdefault(entry_point.name, [])
+            if all(entry_point.value != other.value for other in claims):
+                claims.append(entry_point)  # one distribution seen twice on sys.path is one claim
+        _entry_points = found
+    return _entry_points
+
+
+def registered_names() -> list[str]:
+    """The names registered in the ``xdrop.backends`` entry-point group, sorted."""
+    return sorted(_registered())
+
+
+def _install_hint(name: str, entry_point: metadata.EntryPoint) -> str:
+    distribution = entry_point.dist.name if entry_point.dist is not None else None
+    if distribution in (None, "xdrop"):
+        return f'pip install "xdrop[{name}]"'
+    return f"reinstall {distribution!r} with its dependencies"
+
+
+def _entry_point(name: str) -> metadata.EntryPoint:
+    claims = _registered().get(name)
+    if not claims:
+        raise BackendError(
+            f"unknown xdrop backend {name!r}; registered backends: {', '.join(registered_names())}"
+        )
+    if len(claims) > 1:
+        owners = ", ".join(f"{claim.value} (from {_distribution(claim)})" for claim in claims)
+        raise BackendError(f"xdrop backend name {name!r} is claimed by several packages: {owners}")
+    return claims[0]
+
+
+def _distribution(entry_point: metadata.EntryPoint) -> str:
+    return entry_point.dist.name if entry_point.dist is not None else "an unknown distribution"
+
+
+def load(name: str) -> Backend:
+    """The backend registered as ``name``, created (and its framework imported) on first use."""
+    backend = _backends.get(name)
+    if backend is not None:
+        return backend
+    with _lock:
+        if name not in _backends:
+            _backends[name] = _create(name)
+        return _backends[name]
+
+
+def _create(name: str) -> Backend:
+    entry_point = _entry_point(name)
+    try:
+        backend_class = entry_point.load()
+        backend = backend_class()
+    except ImportError as error:
+        raise BackendError(
+            f"xdrop backend {name!r} is registered but cannot be imported ({error}); "
+            f"install what it needs: {_install_hint(name, entry_point)}"
+        ) from error
+    except Exception as error:
+        raise BackendError(
+            f"xdrop backend {name!r} ({entry_point.value}, from {_distribution(entry_point)}) "
+            f"failed to load: {type(error).__name__}: {error}"
+        ) from error
+    if not isinstance(backend, Backend):
+        raise BackendError(
+            f"xdrop backend {name!r} ({entry_point.value}) is not an xdrop.protocol.Backend: "
+            f"got {type(backend).__name__}"
+        )
+    return backend
+
+
+def _framework_of(name: str) -> str | None:
+    """The framework a registered backend owns, without importing that framework."""
+    try:
+        backend_class = _entry_point(name).load()
+        return str(backend_class.framework)
+    except Exception:  # a broken plugin must not stop dispatch to the others
+        return None
+
+
+def available_backends() -> dict[str, bool]:
+    """Each registered backend name mapped to whether it can be used here (its framework is
+    installed). Checks without importing any framework.
+
+    >>> xdrop.available_backends()["numpy"]
+    True
+    """
+    from importlib.util import find_spec
+
+    available = {}
+    for name in registered_names():
+        framework = _framework_of(name) if len(_registered()[name]) == 1 else None
+        available[name] = framework is not None and find_spec(framework) is not None
+    return available
+
+
+# -- the default backend ----------------------------------------------------------------------------
+def default_name() -> str:
+    """The default backend's name: ``use_backend`` > ``set_backend`` > ``XDROP_BACKEND`` > numpy."""
+    return (
+        _context_default.get()
+        or _chosen_default
+        or os.environ.get(ENVIRONMENT_VARIABLE, "").strip()
+        or FALLBACK_BACKEND
+    )
+
+
+def default_backend() -> Backend:
+    return load(default_name())
+
+
+def get_backend() -> str:
+    """The name of the default backend, which runs NumPy arrays and Python scalars.
+
+    >>> xdrop.get_backend()
+    'numpy'
+    """
+    return default_name()
+
+
+def set_backend(name: str) -> None:
+    """Make ``name`` the default backend for the whole process (it is loaded now, so a typo or a
+    missing framework fails here).
+
+    >>> xdrop.set_backend("numpy")
+    """
+    global _chosen_default
+    load(name)
+    _chosen_default = name
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[Backend]:
+    """Make ``name`` the default backend inside a ``with`` block (thread- and async-safe; restores
+    exactly what was there before).
+
+    >>> with xdrop.use_backend("numpy"):
+    ...     y = xdrop.dropout([1.0, 2.0], 0.5, seed=0)
+    """
+    backend = load(name)
+    token = _context_default.set(name)
+    try:
+        yield backend
+    finally:
+        _context_default.reset(token)
+
+
+# -- dispatch ---------------------------------------------------------------------------------------
+def backend_for(x: object) -> Backend:
+    """The backend that owns ``x``; NumPy arrays and Python values go to the default backend."""
+    kind = type(x)
+    try:
+        owner = _owner_of_type[kind]
+    except KeyError:
+        owner = _owner_of_type[kind] = _find_owner(x)
+    return default_backend() if owner is None else load(owner)
+
+
+def _find_owner(x: object) -> str | None:
+    if isinstance(x, (np.ndarray, np.generic, int, float, list, tuple)):
+        return None
+    for name in registered_names():
+        framework = _framework_of(name)
+        if framework is None or framework == "numpy" or framework not in sys.modules:
+            continue
+        try:
+            backend = load(name)
+        except BackendError:
+            continue
+        if backend.is_array(x):
+            return name
+    return None

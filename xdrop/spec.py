@@ -1,0 +1,197 @@
+"""Dropout and mask stream v1, written once against the backend protocol.
+
+The module reads top-down like ``docs/spec.md``:
+seed -> key -> counter -> bits -> threshold -> keep -> scale -> output.
+Everything here is a pure function of its arguments; ``xp`` is a :class:`~xdrop.protocol.Backend`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from xdrop.protocol import Array, Backend, WordOps, Words
+
+WORD_COUNT = 2**32
+SEED_COUNT = 2**64
+ROTATIONS = (13, 15, 26, 6, 17, 29, 16, 24)
+KEY_PARITY = 0x1BD1_1BDA
+FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
+MODES = ("inverted", "classic")
+
+Key = tuple[Any, Any]
+
+
+# -- seed -> key ------------------------------------------------------------------------------------
+def key_words(ops: WordOps, seed: int, like: Array | None = None) -> Key:
+    """The key of a 64-bit seed: ``(seed >> 32, seed & 0xFFFFFFFF)``."""
+    high, low = divmod(seed, WORD_COUNT)
+    return ops.word(high, like), ops.word(low, like)
+
+
+# -- key, counter -> bits ---------------------------------------------------------------------------
+def threefry2x32(ops: WordOps, key: Key, counter: tuple[Words, Words]) -> tuple[Words, Words]:
+    """Threefry-2x32-20 (Salmon et al., SC 2011): five groups of four mix rounds, with a key
+    injection after each group."""
+    k0, k1 = key
+    k2 = ops.xor(ops.xor(k0, k1), ops.word(KEY_PARITY, k0))
+    schedule = (k0, k1, k2)
+    x0, x1 = ops.add(counter[0], k0), ops.add(counter[1], k1)
+    for group in range(5):
+        for rotation in ROTATIONS[4 * (group % 2) : 4 * (group % 2) + 4]:
+            x0 = ops.add(x0, x1)
+            x1 = ops.xor(ops.rotate_left(x1, rotation), x0)
+        injection = group + 1
+        x0 = ops.add(x0, schedule[injection % 3])
+        x1 = ops.add(x1, ops.add(schedule[(injection + 1) % 3], ops.word(injection, k0)))
+    return x0, x1
+
+
+def counter_ranges(offset: int, count: int, chunk: int | None) -> Iterator[tuple[int, int]]:
+    """Split the counters ``offset .. offset + count`` into ranges of at most ``chunk`` elements
+    that never cross a multiple of 2**32, so each range has a single high counter word."""
+    start, stop = offset, offset + count
+    while start < stop:
+        end = min(stop, (start // WORD_COUNT + 1) * WORD_COUNT)
+        if chunk is not None:
+            end = min(end, start + chunk)
+        yield start, end
+        start = end
+
+
+def stream_bits(xp: Backend, key: Key, start: int, stop: int, like: Array | None) -> Words:
+    """``bits_i = y0 ^ y1`` with ``(y0, y1) = Threefry(key, (i >> 32, i & 0xFFFFFFFF))`` for
+    ``start <= i < stop``, a range inside one block of 2**32 counters."""
+    high, low = divmod(start, WORD_COUNT)
+    low_words = xp.iota(stop - start, like)
+    if low:
+        low_words = xp.add(low_words, xp.word(low, like))
+    y0, y1 = threefry2x32(xp, key, (xp.word(high, like), low_words))
+    return xp.xor(y0, y1)
+
+
+# -- threshold -> keep ------------------------------------------------------------------------------
+def keep_threshold(p: float) -> int:
+    """``T = ceil(float32(1 - p) * 2**23) << 9``; element ``i`` is kept when ``bits_i < T``.
+
+    This is exactly JAX's ``uniform(key) < float32(q)``: the uniform float is ``(bits >> 9) * 2**-23``.
+    ``T == 0`` only for ``p == 1``; ``T == 2**32`` keeps everything."""
+    keep_probability = float(np.float32(1.0 - p))
+    return math.ceil(keep_probability * 2**23) << 9  # scaling by 2**23 is exact in float64
+
+
+def keep_mask(
+    xp: Backend,
+    key: Key,
+    shape: tuple[int, ...],
+    p: float,
+    offset: int = 0,
+    like: Array | None = None,
+) -> Array:
+    """The boolean keep mask of ``shape``: element ``i`` (row-major) draws counter ``offset + i``.
+
+    Generated in chunks of ``xp.chunk_size`` in eager execution: element ``i`` depends on ``i``
+    alone, so chunking changes nothing but the size of the temporaries."""
+    threshold = keep_threshold(p)
+    count = math.prod(shape)
+    if threshold == 0 or threshold >= WORD_COUNT or count == 0:
+        return xp.full_mask(shape, threshold >= WORD_COUNT, like)
+    chunk = None if xp.is_tracing(like) else xp.chunk_size
+    pieces = [
+        xp.less_than(stream_bits(xp, key, start, stop, like), threshold)
+        for start, stop in counter_ranges(offset, count, chunk)
+    ]
+    return xp.reshape(pieces[0] if len(pieces) == 1 else xp.concat(pieces), shape)
+
+
+# -- scale -> output --------------------------------------------------------------------------------
+def rounded(value: float, dtype: str) -> float:
+    """``value`` rounded to nearest-even in ``dtype``, returned as the (exact) Python float."""
+    if dtype == "bfloat16":
+        return _round_bfloat16(value)
+    with np.errstate(over="ignore"):  # overflow to infinity is the rounding asked for
+        return float(np.dtype(dtype).type(value))
+
+
+def _round_bfloat16(value: float) -> float:
+    if value == 0 or not math.isfinite(value):
+        return value
+    _, exponent = math.frexp(value)
+    step = max(exponent, -125) - 8  # 8 significant bits; below 2**-126 the step stays 2**-133
+    result = math.ldexp(round(math.ldexp(value, -step)), step)
+    return result if abs(result) < 2.0**128 else math.copysign(math.inf, value)
+
+
+def inverted_scale(p: float, dtype: str) -> float:
+    """``s = dtype(1) / dtype(1 - p)``, rounded once in ``dtype`` (infinite if ``dtype(1 - p)`` is 0).
+
+    The quotient is formed in float64 and rounded to ``dtype``: float64 carries more than twice
+    the precision of the narrower formats plus two bits, so the double rounding is exact."""
+    keep_probability = rounded(1.0 - p, dtype)
+    return rounded(1.0 / keep_probability, dtype) if keep_probability else math.inf
+
+
+def dropout(
+    xp: Backend,
+    x: Array,
+    p: float,
+    key: Key | None,
+    *,
+    mode: str,
+    training: bool,
+    noise_shape: tuple[int, ...],
+    offset: int,
+) -> tuple[Array, Array | None]:
+    """``(output, keep)`` of dropout; ``keep`` has ``noise_shape``, or is ``None`` when all is kept.
+
+    inverted: training ``where(keep, x * s, 0)``, eval ``x``.
+    classic:  training ``where(keep, x, 0)``,     eval ``x * dtype(1 - p)``.
+    """
+    dtype = xp.dtype_name(x)
+    if not training:
+        if mode == "inverted" or p == 0:
+            return x, None
+        return xp.multiply(x, rounded(1.0 - p, dtype)), None
+    if p == 0:
+        return x, None
+    assert key is not None
+    keep = keep_mask(xp, key, noise_shape, p, offset, like=x)
+    # p == 1 keeps nothing: selecting x unscaled avoids an infinite scale, whose product with the
+    # zero gradient of a dropped unit would be NaN
+    unscaled = mode == "classic" or p == 1
+    kept_values = x if unscaled else xp.multiply(x, inverted_scale(p, dtype))
+    return xp.select(keep, kept_values), keep
+
+
+# -- derived seeds ----------------------------------------------------------------------------------
+def fold_in_words(ops: WordOps, key: Key, data: Words) -> tuple[Words, Words]:
+    """The key words of ``fold_in``: ``Threefry(key, (0, data))``."""
+    return threefry2x32(ops, key, (ops.word(0, data), data))
+
+
+class HostWords(WordOps):
+    """Word arithmetic on Python ints, for seeds known on the host (a few microseconds a seed)."""
+
+    def word(self, value: int, like: Array | None = None) -> int:
+        return value
+
+    def add(self, a: int, b: int) -> int:
+        return (a + b) & (WORD_COUNT - 1)
+
+    def xor(self, a: int, b: int) -> int:
+        return a ^ b
+
+    def rotate_left(self, a: int, bits: int) -> int:
+        return ((a << bits) | (a >> (32 - bits))) & (WORD_COUNT - 1)
+
+
+HOST_WORDS = HostWords()
+
+
+def fold_in(seed: int, data: int) -> int:
+    """``fold_in`` of host integers: the seed ``(y0 << 32) | y1`` of ``Threefry(key(seed), (0, data))``."""
+    y0, y1 = fold_in_words(HOST_WORDS, key_words(HOST_WORDS, seed), data)
+    return (y0 << 32) | y1

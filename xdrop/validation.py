@@ -1,0 +1,126 @@
+"""Argument checks shared by every backend: one path, one message shape."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Sequence
+
+import numpy as np
+
+from xdrop.errors import bad_type, bad_value
+from xdrop.spec import FLOAT_DTYPES, MODES, SEED_COUNT, WORD_COUNT, inverted_scale
+
+
+def is_integer(value: object) -> bool:
+    """A Python or NumPy integer that is not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
+def check_rate(p: object) -> float:
+    """``p`` as a float in ``[0, 1]``."""
+    if isinstance(p, (bool, np.bool_)) or not isinstance(p, numbers.Real):
+        raise bad_type("p", p, "a real number in [0, 1]")
+    rate = float(p)
+    if math.isnan(rate) or not 0.0 <= rate <= 1.0:
+        raise bad_value("p", p, "a real number in [0, 1]")
+    return rate
+
+
+def check_mode(mode: object) -> str:
+    if mode not in MODES:
+        raise bad_value("mode", mode, 'one of "inverted", "classic"')
+    return str(mode)
+
+
+def check_flag(name: str, value: object) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise bad_type(name, value, "True or False")
+    return bool(value)
+
+
+def check_offset(offset: object) -> int:
+    if not is_integer(offset):
+        raise bad_type("offset", offset, "an integer in [0, 2**64)")
+    value = int(offset)  # type: ignore[call-overload]
+    if not 0 <= value < SEED_COUNT:
+        raise bad_value("offset", offset, "an integer in [0, 2**64)")
+    return value
+
+
+def check_counter_range(offset: int, count: int) -> None:
+    """Element counters are 64-bit: the last one, ``offset + count - 1``, must fit."""
+    if offset + count > SEED_COUNT:
+        raise bad_value(
+            "offset", offset, f"at most 2**64 - {count} so that all {count} counters fit in 64 bits"
+        )
+
+
+def check_seed(seed: object) -> int:
+    """A host integer seed in ``[0, 2**64)``."""
+    if not is_integer(seed):
+        raise bad_type("seed", seed, "an integer in [0, 2**64), an xdrop.Generator or None")
+    value = int(seed)  # type: ignore[call-overload]
+    if not 0 <= value < SEED_COUNT:
+        raise bad_value("seed", seed, "an integer in [0, 2**64)")
+    return value
+
+
+def check_fold_data(data: object) -> int:
+    if not is_integer(data):
+        raise bad_type("data", data, "an integer in [0, 2**32)")
+    value = int(data)  # type: ignore[call-overload]
+    if not 0 <= value < WORD_COUNT:
+        raise bad_value("data", data, "an integer in [0, 2**32)")
+    return value
+
+
+def check_float_dtype(dtype: str) -> str:
+    if dtype not in FLOAT_DTYPES:
+        raise bad_type("x", f"<array of {dtype}>", "an array of float16, bfloat16, float32 or float64")
+    return dtype
+
+
+def check_shape(shape: object) -> tuple[int, ...]:
+    """A shape: a sequence of non-negative integers (a bare integer means a 1-d shape)."""
+    if is_integer(shape):
+        shape = (shape,)
+    if not isinstance(shape, Sequence) or isinstance(shape, (str, bytes)):
+        raise bad_type("shape", shape, "a sequence of non-negative integers")
+    if not all(is_integer(size) for size in shape):
+        raise bad_type("shape", shape, "a sequence of non-negative integers")
+    if any(int(size) < 0 for size in shape):
+        raise bad_value("shape", shape, "a sequence of non-negative integers")
+    return tuple(int(size) for size in shape)
+
+
+def check_noise_shape(noise_shape: object, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Complete ``noise_shape`` against the input's ``shape`` (TensorFlow/Keras rules).
+
+    Entries align to the right; missing leading entries act as 1 (shared) and ``None`` takes the
+    input's size. Every entry must be 1 or the input's size."""
+    if noise_shape is None:
+        return shape
+    allowed = f"a sequence of at most {len(shape)} entries, each 1, None or the size of x there {shape}"
+    if not isinstance(noise_shape, Sequence) or isinstance(noise_shape, (str, bytes)):
+        raise bad_type("noise_shape", noise_shape, allowed)
+    if not all(entry is None or is_integer(entry) for entry in noise_shape):
+        raise bad_type("noise_shape", noise_shape, allowed)
+    if len(noise_shape) > len(shape):
+        raise bad_value("noise_shape", noise_shape, allowed)
+    padded = (1,) * (len(shape) - len(noise_shape)) + tuple(noise_shape)
+    completed = tuple(size if entry is None else int(entry) for size, entry in zip(shape, padded))
+    if any(entry not in (1, size) for entry, size in zip(completed, shape)):
+        raise bad_value("noise_shape", noise_shape, allowed)
+    return completed
+
+
+def check_scale_fits(p: float, dtype: str, mode: str) -> None:
+    """The inverted scale ``1 / (1 - p)`` must be finite in ``x``'s dtype (float16 tops out at 65504)."""
+    if mode == "inverted" and 0 < p < 1 and math.isinf(inverted_scale(p, dtype)):
+        raise bad_value(
+            "p",
+            p,
+            f"small enough that the inverted scale 1/(1-p) is finite in {dtype} "
+            '(use a wider dtype or mode="classic")',
+        )
