@@ -61,7 +61,9 @@ class NumpyBackend(Backend):
         return np.bitwise_xor(a, b, dtype=np.uint32)
 
     def rotate_left(self, a: Any, bits: int) -> np.ndarray:
-        return np.bitwise_or(np.left_shift(a, np.uint32(bits)), np.right_shift(a, np.uint32(32 - bits)))
+        return np.bitwise_or(
+            np.left_shift(a, np.uint32(bits)), np.right_shift(a, np.uint32(32 - bits))
+        )
 
     def less_than(self, a: Any, threshold: int) -> np.ndarray:
         return np.less(a, np.uint32(threshold))

@@ -129,4 +129,3 @@ def dropout_mask(
     xp = default_backend() if like is None else backend_for(like)
     key = spec.key_words(xp, rng.resolve_seed(seed), like=like)
     return spec.keep_mask(xp, key, size, rate, start, like=like)
-

@@ -24,7 +24,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="a backend to check (repeatable); default: every installed one",
     )  # fmt: skip
     conformance.add_argument("--json", metavar="FILE", help="also write the results as JSON")
-    regenerate = commands.add_parser("golden", help="regenerate the golden cases from the reference")
+    regenerate = commands.add_parser(
+        "golden", help="regenerate the golden cases from the reference"
+    )
     regenerate.add_argument(
         "--check", action="store_true", help="only check that the shipped file is up to date"
     )
@@ -97,7 +99,11 @@ def _table(reports: list[BackendReport]) -> str:
     widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header) - 1)]
     lines = []
     for row in (header, *rows):
-        lines.append("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1])
+        lines.append(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False))
+            + "  "
+            + row[-1]
+        )
     lines.insert(1, "-" * len(lines[0]))
     return "\n".join(lines)
 

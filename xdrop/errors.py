@@ -16,13 +16,9 @@ class XdropError(Exception):
 class ArgumentValueError(XdropError, ValueError):
     """An argument has the right type but a value outside what is allowed."""
 
-    __init__ = Exception.__init__
-
 
 class ArgumentTypeError(XdropError, TypeError):
     """An argument has a type that is not allowed."""
-
-    __init__ = Exception.__init__
 
 
 class BackendError(XdropError):
@@ -32,7 +28,9 @@ class BackendError(XdropError):
 class TracingError(XdropError, RuntimeError):
     """An operation cannot be staged into a compiled graph as asked (e.g. ``seed=None`` under jit)."""
 
-    __init__ = Exception.__init__
+
+for _mixed in (ArgumentValueError, ArgumentTypeError, TracingError):
+    _mixed.__init__ = Exception.__init__  # type: ignore[method-assign]
 
 
 def describe(argument: str, value: object, allowed: str) -> str:
@@ -45,4 +43,6 @@ def bad_value(argument: str, value: object, allowed: str) -> ArgumentValueError:
 
 
 def bad_type(argument: str, value: object, allowed: str) -> ArgumentTypeError:
-    return ArgumentTypeError(describe(argument, value, allowed) + f" of type {type(value).__name__}")
+    return ArgumentTypeError(
+        describe(argument, value, allowed) + f" of type {type(value).__name__}"
+    )

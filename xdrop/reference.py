@@ -71,11 +71,8 @@ def round_to(value: Fraction, dtype: str) -> float:
         exponent -= 1
     quantum = Fraction(2) ** (max(exponent, min_exponent) - precision + 1)
     rounded = round(magnitude / quantum) * quantum  # round() on a Fraction ties to even
-    if rounded >= Fraction(2) ** (max_exponent + 1):
-        rounded_float = math.inf
-    else:
-        rounded_float = float(rounded)
-    return math.copysign(rounded_float, value)
+    overflows = rounded >= Fraction(2) ** (max_exponent + 1)
+    return math.copysign(math.inf if overflows else float(rounded), value)
 
 
 def keep_threshold(p: float) -> int:
@@ -100,7 +97,9 @@ def complete_noise_shape(
     if noise_shape is None:
         return tuple(shape)
     padded = [1] * (len(shape) - len(noise_shape)) + list(noise_shape)
-    return tuple(size if entry is None else entry for size, entry in zip(shape, padded))
+    return tuple(
+        size if entry is None else entry for size, entry in zip(shape, padded, strict=True)
+    )
 
 
 def keep_mask(seed: int, p: float, count: int, offset: int = 0) -> list[bool]:
@@ -133,8 +132,8 @@ def dropout(
     ``keep`` has one entry per element of the input (the noise mask broadcast)."""
     if not training:
         factor = 1.0 if mode == "inverted" else round_to(Fraction(1.0 - p), dtype)
-        outputs = list(values) if factor == 1.0 else [_multiply(v, factor, dtype) for v in values]
-        return outputs, [True] * len(values)
+        scaled = list(values) if factor == 1.0 else [_multiply(v, factor, dtype) for v in values]
+        return scaled, [True] * len(values)
     noise = complete_noise_shape(shape, noise_shape)
     noise_keep = keep_mask(seed, p, math.prod(noise), offset)
     factor = inverted_scale(p, dtype) if mode == "inverted" and p < 1 else 1.0
@@ -151,7 +150,7 @@ def _noise_index(flat_index: int, shape: Sequence[int], noise: Sequence[int]) ->
     """The row-major index in the noise array of the element at ``flat_index`` of the input."""
     index = 0
     stride = 1
-    for size, noise_size in zip(reversed(shape), reversed(noise)):
+    for size, noise_size in zip(reversed(shape), reversed(noise), strict=True):
         flat_index, position = divmod(flat_index, size)
         if noise_size == size:
             index += position * stride

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import secrets
 import threading
-from typing import Union
 
 from xdrop import spec
 from xdrop.errors import XdropError
@@ -69,7 +68,7 @@ def global_generator() -> Generator:
     return _global
 
 
-SeedLike = Union[int, Generator, None]
+SeedLike = int | Generator | None
 
 
 def resolve_seed(seed: object) -> int:

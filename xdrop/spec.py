@@ -119,10 +119,12 @@ def rounded(value: float, dtype: str) -> float:
 def _round_bfloat16(value: float) -> float:
     if value == 0 or not math.isfinite(value):
         return value
-    _, exponent = math.frexp(value)
+    _, exponent = math.frexp(value)  # 2**(exponent - 1) <= |value| < 2**exponent
+    if exponent > 128:
+        return math.copysign(math.inf, value)
     step = max(exponent, -125) - 8  # 8 significant bits; below 2**-126 the step stays 2**-133
-    result = math.ldexp(round(math.ldexp(value, -step)), step)
-    return result if abs(result) < 2.0**128 else math.copysign(math.inf, value)
+    magnitude = math.ldexp(round(math.ldexp(abs(value), -step)), step)  # round() ties to even
+    return math.copysign(magnitude if magnitude < 2.0**128 else math.inf, value)
 
 
 def inverted_scale(p: float, dtype: str) -> float:
@@ -194,4 +196,4 @@ HOST_WORDS = HostWords()
 def fold_in(seed: int, data: int) -> int:
     """``fold_in`` of host integers: the seed ``(y0 << 32) | y1`` of ``Threefry(key(seed), (0, data))``."""
     y0, y1 = fold_in_words(HOST_WORDS, key_words(HOST_WORDS, seed), data)
-    return (y0 << 32) | y1
+    return (int(y0) << 32) | int(y1)

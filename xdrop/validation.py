@@ -12,9 +12,15 @@ from xdrop.errors import bad_type, bad_value
 from xdrop.spec import FLOAT_DTYPES, MODES, SEED_COUNT, WORD_COUNT, inverted_scale
 
 
+def as_integer(value: object) -> int | None:
+    """``value`` as a Python int if it is a Python or NumPy integer (not a bool), else None."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        return None
+    return int(value)
+
+
 def is_integer(value: object) -> bool:
-    """A Python or NumPy integer that is not a bool."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+    return as_integer(value) is not None
 
 
 def check_rate(p: object) -> float:
@@ -40,9 +46,9 @@ def check_flag(name: str, value: object) -> bool:
 
 
 def check_offset(offset: object) -> int:
-    if not is_integer(offset):
+    value = as_integer(offset)
+    if value is None:
         raise bad_type("offset", offset, "an integer in [0, 2**64)")
-    value = int(offset)  # type: ignore[call-overload]
     if not 0 <= value < SEED_COUNT:
         raise bad_value("offset", offset, "an integer in [0, 2**64)")
     return value
@@ -58,18 +64,18 @@ def check_counter_range(offset: int, count: int) -> None:
 
 def check_seed(seed: object) -> int:
     """A host integer seed in ``[0, 2**64)``."""
-    if not is_integer(seed):
+    value = as_integer(seed)
+    if value is None:
         raise bad_type("seed", seed, "an integer in [0, 2**64), an xdrop.Generator or None")
-    value = int(seed)  # type: ignore[call-overload]
     if not 0 <= value < SEED_COUNT:
         raise bad_value("seed", seed, "an integer in [0, 2**64)")
     return value
 
 
 def check_fold_data(data: object) -> int:
-    if not is_integer(data):
+    value = as_integer(data)
+    if value is None:
         raise bad_type("data", data, "an integer in [0, 2**32)")
-    value = int(data)  # type: ignore[call-overload]
     if not 0 <= value < WORD_COUNT:
         raise bad_value("data", data, "an integer in [0, 2**32)")
     return value
@@ -77,7 +83,9 @@ def check_fold_data(data: object) -> int:
 
 def check_float_dtype(dtype: str) -> str:
     if dtype not in FLOAT_DTYPES:
-        raise bad_type("x", f"<array of {dtype}>", "an array of float16, bfloat16, float32 or float64")
+        raise bad_type(
+            "x", f"<array of {dtype}>", "an array of float16, bfloat16, float32 or float64"
+        )
     return dtype
 
 
@@ -101,7 +109,9 @@ def check_noise_shape(noise_shape: object, shape: tuple[int, ...]) -> tuple[int,
     input's size. Every entry must be 1 or the input's size."""
     if noise_shape is None:
         return shape
-    allowed = f"a sequence of at most {len(shape)} entries, each 1, None or the size of x there {shape}"
+    allowed = (
+        f"a sequence of at most {len(shape)} entries, each 1, None or the size of x there {shape}"
+    )
     if not isinstance(noise_shape, Sequence) or isinstance(noise_shape, (str, bytes)):
         raise bad_type("noise_shape", noise_shape, allowed)
     if not all(entry is None or is_integer(entry) for entry in noise_shape):
@@ -109,8 +119,10 @@ def check_noise_shape(noise_shape: object, shape: tuple[int, ...]) -> tuple[int,
     if len(noise_shape) > len(shape):
         raise bad_value("noise_shape", noise_shape, allowed)
     padded = (1,) * (len(shape) - len(noise_shape)) + tuple(noise_shape)
-    completed = tuple(size if entry is None else int(entry) for size, entry in zip(shape, padded))
-    if any(entry not in (1, size) for entry, size in zip(completed, shape)):
+    completed = tuple(
+        size if entry is None else int(entry) for size, entry in zip(shape, padded, strict=True)
+    )
+    if any(entry not in (1, size) for entry, size in zip(completed, shape, strict=True)):
         raise bad_value("noise_shape", noise_shape, allowed)
     return completed
 

@@ -33,7 +33,9 @@ def input_values(count: int) -> list[float]:
     return [INPUT_PATTERN[i % len(INPUT_PATTERN)] for i in range(count)]
 
 
-def _dropout(group: str, shape: tuple[int, ...], p: float, seed: int, **options: Any) -> dict[str, Any]:
+def _dropout(
+    group: str, shape: tuple[int, ...], p: float, seed: int, **options: Any
+) -> dict[str, Any]:
     case = {
         "kind": "dropout",
         "group": group,
@@ -51,7 +53,14 @@ def _dropout(group: str, shape: tuple[int, ...], p: float, seed: int, **options:
 
 
 def _mask(shape: tuple[int, ...], p: float, seed: int, offset: int = 0) -> dict[str, Any]:
-    return {"kind": "mask", "group": "mask", "shape": list(shape), "p": p, "seed": seed, "offset": offset}
+    return {
+        "kind": "mask",
+        "group": "mask",
+        "shape": list(shape),
+        "p": p,
+        "seed": seed,
+        "offset": offset,
+    }
 
 
 def case_parameters() -> Iterator[dict[str, Any]]:
@@ -60,8 +69,8 @@ def case_parameters() -> Iterator[dict[str, Any]]:
         for p in (0.1, 0.5, 0.9):
             yield _dropout("inverted", (8, 9), p, seed)
             yield _dropout("classic", (8, 9), p, seed, mode="classic")
-    for shape in ((), (1,), (3, 4, 5), (2, 1, 3, 1)):
-        yield _dropout("inverted", shape, 0.5, 7)
+    for odd_shape in ((), (1,), (3, 4, 5), (2, 1, 3, 1)):
+        yield _dropout("inverted", odd_shape, 0.5, 7)
     for mode in ("inverted", "classic"):
         for p in (0.0, 0.3, 1.0):
             yield _dropout("eval", (5, 6), p, 3, mode=mode, training=False)
@@ -79,9 +88,9 @@ def case_parameters() -> Iterator[dict[str, Any]]:
     for offset in (0, 7, 2**32 - 30, 2**40 + 3, 2**64 - 72):
         yield _dropout("offset", (72,), 0.5, 17, offset=offset)
         yield _mask((72,), 0.5, 17, offset)
-    for shape in ((0,), (3, 0), (0, 4)):
-        yield _dropout("empty", shape, 0.5, 19)
-        yield _mask(shape, 0.5, 19)
+    for empty_shape in ((0,), (3, 0), (0, 4)):
+        yield _dropout("empty", empty_shape, 0.5, 19)
+        yield _mask(empty_shape, 0.5, 19)
     for seed in SEEDS:
         for p in (0.05, 0.5, 0.95):
             yield _mask((1000,), p, seed)
@@ -151,5 +160,6 @@ def pack_bits(bits: list[bool]) -> str:
     """Booleans as hex, eight to a byte, most significant bit first (``numpy.packbits``)."""
     padded = bits + [False] * (-len(bits) % 8)
     return bytes(
-        sum(bit << (7 - j) for j, bit in enumerate(padded[i : i + 8])) for i in range(0, len(padded), 8)
+        sum(bit << (7 - j) for j, bit in enumerate(padded[i : i + 8]))
+        for i in range(0, len(padded), 8)
     ).hex()

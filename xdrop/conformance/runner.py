@@ -75,8 +75,10 @@ def _run_case(xp: Any, case: dict[str, Any]) -> CaseResult:
     try:
         if case["kind"] == "fold_in":
             got = xdrop.fold_in(case["seed"], case["data"])
-            return result("passed") if got == case["expected"] else result(
-                "failed", math.inf, f"fold_in gave {got}, expected {case['expected']}"
+            return (
+                result("passed")
+                if got == case["expected"]
+                else result("failed", math.inf, f"fold_in gave {got}, expected {case['expected']}")
             )
         shape = tuple(case["shape"])
         if case["kind"] == "mask":
@@ -126,7 +128,9 @@ def _compare_mask(result: Callable[..., CaseResult], got: np.ndarray, packed: st
 def _compare_values(result: Callable[..., CaseResult], got: np.ndarray,
                     expected: np.ndarray) -> CaseResult:  # fmt: skip
     if got.shape != expected.shape:
-        return result("failed", math.inf, f"output has shape {got.shape}, expected {expected.shape}")
+        return result(
+            "failed", math.inf, f"output has shape {got.shape}, expected {expected.shape}"
+        )
     same = (got == expected) & (np.signbit(got) == np.signbit(expected))
     same |= np.isnan(got) & np.isnan(expected)
     if same.all():

@@ -1,0 +1,72 @@
+"""The golden cases: regenerating them changes nothing, and the backend under test passes them all."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from xdrop import registry
+from xdrop.conformance import golden, run_backend
+
+CASES = golden.load()["cases"]
+
+
+def test_regenerating_the_golden_cases_changes_nothing():
+    assert golden.render(golden.generate()) == golden.GOLDEN_PATH.read_text()
+
+
+def test_the_golden_cases_cover_the_edges():
+    dropout_cases = [case for case in CASES if case["kind"] == "dropout"]
+    assert {0.0, 1.0} <= {case["p"] for case in dropout_cases}
+    assert {0, 2**64 - 1} <= {case["seed"] for case in CASES}
+    assert any(case.get("offset", 0) > 2**32 for case in CASES)
+    assert {"float16", "bfloat16", "float32", "float64"} == {
+        case["dtype"] for case in dropout_cases
+    }
+    assert {False, True} == {case["training"] for case in dropout_cases}
+    assert {"inverted", "classic"} == {case["mode"] for case in dropout_cases}
+    assert any(case["noise_shape"] for case in dropout_cases)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case["id"] for case in CASES])
+def test_golden_case(case):
+    report = run_backend(registry.default_name(), [case])
+    assert report.available, report.reason
+    (result,) = report.results
+    if result.status == "skipped":
+        pytest.skip(result.detail)
+    assert result.status == "passed", result.detail
+
+
+def test_a_wrong_expectation_is_reported_as_a_failure():
+    case = next(case for case in CASES if case["kind"] == "mask" and case["shape"] == [1000])
+    flipped = {**case, "keep": ("f" if case["keep"][0] != "f" else "0") + case["keep"][1:]}
+    (result,) = run_backend(registry.default_name(), [flipped]).results
+    assert result.status == "failed" and "mask bits differ" in result.detail
+
+
+def test_the_command_prints_a_table_and_writes_json(tmp_path):
+    report_path = tmp_path / "report.json"
+    command = [sys.executable, "-m", "xdrop", "conformance", "--backend", "numpy",
+               "--json", str(report_path)]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "backend  group" in result.stdout and "all backends conform" in result.stdout
+    document = json.loads(report_path.read_text())
+    assert document["passed"] is True
+    assert document["backends"]["numpy"]["groups"]["mask"]["failed"] == 0
+
+
+def test_the_command_refuses_unknown_backends():
+    command = [sys.executable, "-m", "xdrop", "conformance", "--backend", "nope"]
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 2 and "unknown backend(s) nope" in result.stderr
+
+
+def test_golden_check_passes_on_the_shipped_file():
+    result = subprocess.run([sys.executable, "-m", "xdrop", "golden", "--check"],
+                            capture_output=True, text=True)  # fmt: skip
+    assert result.returncode == 0, result.stderr

@@ -1,0 +1,157 @@
+"""Bad input gets a clear error naming the argument, the value and what is allowed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import xdrop
+from xdrop.errors import ArgumentTypeError, ArgumentValueError, TracingError
+
+
+def raises(kind: type, *fragments: str):
+    """Expect ``kind`` (an XdropError subclass) whose message contains every fragment."""
+
+    class _Check:
+        def __enter__(self):
+            self.context = pytest.raises(kind)
+            self.info = self.context.__enter__()
+            return self.info
+
+        def __exit__(self, *exc):
+            handled = self.context.__exit__(*exc)
+            assert isinstance(self.info.value, xdrop.XdropError)
+            for fragment in fragments:
+                assert fragment in str(self.info.value)
+            return handled
+
+    return _Check()
+
+
+@pytest.fixture
+def x(array):
+    return array(np.ones((2, 3)))
+
+
+@pytest.mark.parametrize("p", [-0.1, 1.5, float("nan"), float("inf")])
+def test_p_outside_the_unit_interval(x, p):
+    with raises(ValueError, "p must be a real number in [0, 1]", repr(p)):
+        xdrop.dropout(x, p, seed=0)
+
+
+@pytest.mark.parametrize("p", ["0.5", None, True, [0.5], 0.5j])
+def test_p_that_is_not_a_real_number(x, p):
+    with raises(TypeError, "p must be", repr(p)):
+        xdrop.dropout(x, p, seed=0)
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.int64, np.bool_, np.complex64, np.uint8])
+def test_non_floating_inputs(xp, dtype):
+    values = np.ones(3, dtype)
+    try:
+        x = xp.asarray(values)
+    except Exception:
+        pytest.skip(f"{xp.name} has no {np.dtype(dtype).name} arrays")
+    with raises(TypeError, "x must be an array of float16, bfloat16, float32 or float64"):
+        xdrop.dropout(x, 0.5, seed=0)
+
+
+def test_integer_python_lists(xp):
+    with raises(TypeError, "x must be"):
+        xdrop.dropout([1, 2, 3], 0.5, seed=0)
+
+
+@pytest.mark.parametrize(
+    ("noise_shape", "kind"),
+    [
+        ((2, 3, 1), ValueError),  # more dims than x
+        ((2, 2), ValueError),  # 2 is neither 1 nor 3
+        ((0, 3), ValueError),
+        ((-1, 3), ValueError),
+        (("2", 3), TypeError),
+        ("23", TypeError),
+        ((2.0, 3), TypeError),
+        ((True, 3), TypeError),
+        (5, TypeError),
+    ],
+)
+def test_bad_noise_shapes(x, noise_shape, kind):
+    with raises(kind, "noise_shape must be", "(2, 3)"):
+        xdrop.dropout(x, 0.5, seed=0, noise_shape=noise_shape)
+
+
+@pytest.mark.parametrize("mode", ["Inverted", "paper", None, 1])
+def test_unknown_mode(x, mode):
+    with raises(ValueError, "mode must be one of", repr(mode)):
+        xdrop.dropout(x, 0.5, seed=0, mode=mode)
+
+
+@pytest.mark.parametrize(("seed", "kind"), [(-1, ValueError), (2**64, ValueError),
+                                            (True, TypeError), (1.0, TypeError),
+                                            ("7", TypeError), (np.float32(3), TypeError)])  # fmt: skip
+@pytest.mark.parametrize("training", [True, False])
+def test_bad_seeds(x, seed, kind, training):
+    with raises(kind, "seed must be", repr(seed)):
+        xdrop.dropout(x, 0.5, seed=seed, training=training)
+    with raises(kind, "seed must be"):
+        xdrop.dropout_mask((3,), 0.5, seed=seed)
+
+
+def test_numpy_integer_seeds_are_accepted(x, host):
+    a = host(xdrop.dropout(x, 0.5, seed=np.uint64(2**64 - 1)))
+    b = host(xdrop.dropout(x, 0.5, seed=2**64 - 1))
+    assert (a == b).all()
+
+
+@pytest.mark.parametrize(("offset", "kind"), [(-1, ValueError), (2**64, ValueError),
+                                              (1.5, TypeError), (False, TypeError)])  # fmt: skip
+def test_bad_offsets(x, offset, kind):
+    with raises(kind, "offset must be", repr(offset)):
+        xdrop.dropout(x, 0.5, seed=0, offset=offset)
+
+
+def test_counters_must_fit_in_64_bits(x):
+    with raises(ValueError, "offset must be at most 2**64 - 6"):
+        xdrop.dropout(x, 0.5, seed=0, offset=2**64 - 5)
+    xdrop.dropout(x, 0.5, seed=0, offset=2**64 - 6)  # the last six counters: fine
+
+
+@pytest.mark.parametrize("flag", ["training", "return_mask"])
+def test_flags_must_be_booleans(x, flag):
+    with raises(TypeError, f"{flag} must be True or False", "'yes'"):
+        xdrop.dropout(x, 0.5, seed=0, **{flag: "yes"})
+
+
+def test_an_inverted_scale_that_overflows_float16_is_refused(array):
+    x = array(np.ones(4), "float16")
+    with raises(ValueError, "p must be small enough that the inverted scale", "float16"):
+        xdrop.dropout(x, 0.99999, seed=0)
+    xdrop.dropout(x, 0.99999, seed=0, mode="classic")  # no scale: fine
+    xdrop.dropout(x, 0.99999, training=False)  # eval is x itself: fine
+
+
+@pytest.mark.parametrize(("shape", "kind"), [((-1, 2), ValueError), ((2.0,), TypeError),
+                                             ("3", TypeError), (None, TypeError)])  # fmt: skip
+def test_bad_mask_shapes(shape, kind):
+    with raises(kind, "shape must be"):
+        xdrop.dropout_mask(shape, 0.5, seed=0)
+
+
+@pytest.mark.parametrize(("data", "kind"), [(-1, ValueError), (2**32, ValueError),
+                                            (1.0, TypeError)])  # fmt: skip
+def test_bad_fold_in_data(data, kind):
+    with raises(kind, "data must be an integer in [0, 2**32)"):
+        xdrop.fold_in(0, data)
+
+
+@pytest.mark.parametrize("error_class", [ArgumentTypeError, ArgumentValueError, TracingError])
+def test_argument_errors_keep_exception_init_for_tensorflow_autograph(error_class):
+    assert error_class.__init__ is Exception.__init__
+    assert issubclass(error_class, xdrop.XdropError)
+
+
+def test_errors_can_be_caught_as_builtin_or_xdrop_errors(x):
+    with pytest.raises(ValueError):
+        xdrop.dropout(x, 2.0)
+    with pytest.raises(xdrop.XdropError):
+        xdrop.dropout(x, 2.0)

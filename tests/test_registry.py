@@ -1,0 +1,124 @@
+"""Backend selection and dispatch: XDROP_BACKEND, set_backend, use_backend, and what gets imported."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+import xdrop
+from xdrop import registry
+
+FRAMEWORKS = ("torch", "tensorflow", "jax", "jaxlib")
+
+
+def run_python(code: str, **environment: str) -> subprocess.CompletedProcess[str]:
+    import os
+
+    env = {key: value for key, value in os.environ.items() if key != "XDROP_BACKEND"}
+    env.update(environment)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+
+
+def test_importing_xdrop_imports_no_framework_besides_numpy():
+    code = (
+        "import sys, numpy as np, xdrop\n"
+        "xdrop.dropout(np.ones(3, np.float32), 0.5, seed=0)\n"
+        "xdrop.available_backends()\n"
+        f"print(sorted(m for m in sys.modules if m.split('.')[0] in {FRAMEWORKS!r}))"
+    )
+    result = run_python(code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def test_the_default_backend_is_numpy_when_the_variable_is_unset():
+    result = run_python("import xdrop; print(xdrop.get_backend())")
+    assert result.stdout.strip() == "numpy"
+
+
+def test_xdrop_backend_names_the_default_backend():
+    result = run_python("import xdrop; print(xdrop.get_backend())", XDROP_BACKEND="numpy")
+    assert result.stdout.strip() == "numpy"
+
+
+@pytest.mark.parametrize("name", ["nonsense", "os", "xdrop.backends.numpy", "numpy:NumpyBackend"])
+def test_an_unregistered_name_fails_listing_the_registered_backends(name):
+    code = "import numpy as np, xdrop; xdrop.dropout(np.ones(3), 0.5, seed=0)"
+    result = run_python(code, XDROP_BACKEND=name)
+    assert result.returncode != 0
+    assert "BackendError" in result.stderr
+    assert f"unknown xdrop backend {name!r}; registered backends: " in result.stderr
+    assert "numpy" in result.stderr.splitlines()[-1]
+
+
+def test_the_variable_is_read_only_when_a_default_is_needed():
+    # an invalid default must not break import or calls that never use the default
+    result = run_python("import xdrop; print(xdrop.fold_in(1, 2))", XDROP_BACKEND="nonsense")
+    assert result.returncode == 0, result.stderr
+
+
+def test_available_backends_lists_numpy_as_importable():
+    available = xdrop.available_backends()
+    assert available["numpy"] is True
+    assert set(available) == set(registry.registered_names())
+
+
+def test_set_backend_rejects_unknown_names():
+    with pytest.raises(xdrop.BackendError, match="unknown xdrop backend 'nope'"):
+        xdrop.set_backend("nope")
+
+
+def test_use_backend_restores_exactly_what_was_there(monkeypatch):
+    monkeypatch.setattr(registry, "_chosen_default", None)
+    monkeypatch.setenv("XDROP_BACKEND", "numpy")
+    with xdrop.use_backend("numpy") as backend:
+        assert backend.name == "numpy" and xdrop.get_backend() == "numpy"
+        with xdrop.use_backend("numpy"):
+            pass
+    assert registry._context_default.get() is None
+
+
+def test_use_backend_is_local_to_threads_and_tasks(monkeypatch):
+    monkeypatch.setattr(registry, "default_name", registry.default_name)
+    seen: dict[str, str | None] = {}
+
+    def other_thread() -> None:
+        seen["thread"] = registry._context_default.get()
+
+    async def other_task() -> None:
+        seen["task"] = registry._context_default.get()
+
+    thread = threading.Thread(target=other_thread)
+    with xdrop.use_backend("numpy"):
+        thread.start()
+        thread.join()
+    asyncio.run(other_task())
+    assert seen == {"thread": None, "task": None}
+
+
+def test_numpy_arrays_and_python_values_go_to_the_default_backend():
+    for value in (np.ones(2), np.float32(1.0), 1.0, [1.0, 2.0]):
+        assert registry.backend_for(value) is registry.default_backend()
+
+
+def test_a_backend_that_is_registered_but_not_importable_says_what_to_install(monkeypatch):
+    from xdrop.backends.numpy import NumpyBackend
+
+    class Missing(NumpyBackend):
+        def __init__(self) -> None:
+            import xdrop_test_missing_framework  # noqa: F401
+
+    class EntryPoint:
+        name, value, dist = "missing", "tests:Missing", None
+
+        def load(self) -> type:
+            return Missing
+
+    monkeypatch.setitem(registry._registered(), "missing", [EntryPoint()])
+    with pytest.raises(xdrop.BackendError, match=r'pip install "xdrop\[missing\]"'):
+        registry.load("missing")
