@@ -67,7 +67,9 @@ def dropout(
     Example:
         >>> import numpy as np, xdrop
         >>> xdrop.dropout(np.ones(6, np.float32), p=0.5, seed=0)
-        array([2., 2., 0., 2., 0., 0.], dtype=float32)
+        array([0., 0., 2., 2., 0., 2.], dtype=float32)
+        >>> xdrop.dropout(np.ones(3), p=0.5, training=False, mode="classic")
+        array([0.5, 0.5, 0.5])
     """
     xp = backend_for(x)
     if not xp.is_array(x):
@@ -118,9 +120,10 @@ def dropout_mask(
         like: an array whose framework (and device) the mask is made on; the default backend if None.
 
     Example:
+        >>> import xdrop
         >>> xdrop.dropout_mask((2, 3), 0.5, seed=0)
-        array([[ True,  True, False],
-               [ True, False, False]])
+        array([[False, False,  True],
+               [ True, False,  True]])
     """
     size = check_shape(shape)
     rate = check_rate(p)

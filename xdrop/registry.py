@@ -162,7 +162,7 @@ def set_backend(name: str) -> None:
     """Make ``name`` the default backend for the whole process (it is loaded now, so a typo or a
     missing framework fails here).
 
-    >>> xdrop.set_backend("numpy")
+    >>> xdrop.set_backend("numpy")  # doctest: +SKIP
     """
     global _chosen_default
     load(name)
