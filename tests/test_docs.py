@@ -14,7 +14,9 @@ import xdrop
 
 ROOT = Path(__file__).resolve().parents[1]
 MODULES = sorted(
-    info.name for info in pkgutil.walk_packages(xdrop.__path__, "xdrop.") if info.name != "xdrop.__main__"
+    info.name
+    for info in pkgutil.walk_packages(xdrop.__path__, "xdrop.")
+    if info.name != "xdrop.__main__"
 )
 
 
@@ -22,7 +24,9 @@ def python_blocks(path: Path) -> list[str]:
     return re.findall(r"```python\n(.*?)```", path.read_text(), flags=re.DOTALL)
 
 
-@pytest.mark.parametrize("document", ["README.md", *sorted(p.name for p in (ROOT / "docs").glob("*.md"))])
+@pytest.mark.parametrize(
+    "document", ["README.md", *sorted(p.name for p in (ROOT / "docs").glob("*.md"))]
+)
 def test_markdown_python_examples_run(document):
     path = ROOT / document if document == "README.md" else ROOT / "docs" / document
     with xdrop.use_backend("numpy"):
@@ -34,5 +38,7 @@ def test_markdown_python_examples_run(document):
 def test_docstring_examples_run(module_name):
     module = importlib.import_module(module_name)
     with xdrop.use_backend("numpy"):
-        failures, _ = doctest.testmod(module, extraglobs={"xdrop": xdrop}, optionflags=doctest.NORMALIZE_WHITESPACE)
+        failures, _ = doctest.testmod(
+            module, extraglobs={"xdrop": xdrop}, optionflags=doctest.NORMALIZE_WHITESPACE
+        )
     assert failures == 0
