@@ -68,6 +68,11 @@ class NumpyBackend(Backend):
     def less_than(self, a: Any, threshold: int) -> np.ndarray:
         return np.less(a, np.uint32(threshold))
 
+    def native_keep_mask(
+        self, shape: tuple[int, ...], keep_probability: float, seed: Any, like: Any
+    ) -> np.ndarray:
+        return np.random.default_rng(seed).random(shape) < keep_probability
+
 
 def _dtype(name: str) -> Any:
     if name == "bfloat16":

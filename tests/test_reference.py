@@ -29,7 +29,8 @@ def test_reference_threefry_matches_random123_known_answers(key, counter, expect
 def test_array_threefry_matches_random123_known_answers(xp, host, key, counter, expected):
     words = spec.threefry2x32(xp, spec.key_words(xp, (key[0] << 32) | key[1]),
                               (xp.word(counter[0]), xp.word(counter[1])))  # fmt: skip
-    assert tuple(int(host(word)) for word in words) == expected
+    # words are opaque: a backend may carry them in a signed dtype
+    assert tuple(int(host(word)) % 2**32 for word in words) == expected
 
 
 @pytest.mark.parametrize(("key", "counter", "expected"), THREEFRY_2X32_20_KAT)

@@ -9,7 +9,7 @@ from xdrop.errors import (
     XdropError,
 )
 from xdrop.registry import available_backends, get_backend, set_backend, use_backend
-from xdrop.rng import Generator, fold_in, manual_seed
+from xdrop.seeds import Generator, fold_in, get_rng, manual_seed, set_rng
 
 __version__ = "0.1.0"
 
@@ -25,7 +25,9 @@ __all__ = [
     "dropout_mask",
     "fold_in",
     "get_backend",
+    "get_rng",
     "manual_seed",
     "set_backend",
+    "set_rng",
     "use_backend",
 ]

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from xdrop import rng, spec
-from xdrop.protocol import Array
-from xdrop.registry import backend_for, default_backend
+from xdrop import seeds, spec
+from xdrop.errors import bad_value
+from xdrop.protocol import Array, Backend
+from xdrop.registry import backend_for
 from xdrop.validation import (
     check_counter_range,
     check_flag,
@@ -27,11 +28,12 @@ def dropout(
     p: float = 0.5,
     *,
     training: bool = True,
-    seed: rng.SeedLike = None,
+    seed: seeds.SeedLike = None,
     mode: str = "inverted",
     noise_shape: Sequence[int | None] | None = None,
     offset: int = 0,
     return_mask: bool = False,
+    rng: str | None = None,
 ) -> Any:
     """Zero each element of ``x`` with probability ``p``, from a seeded, portable mask.
 
@@ -51,14 +53,20 @@ def dropout(
         p: the probability of dropping an element, in ``[0, 1]``. ``p == 0`` returns ``x``;
             ``p == 1`` returns zeros (with zero gradient, never NaN).
         training: apply dropout (True) or the evaluation form (False).
-        seed: an integer in ``[0, 2**64)``, an :class:`xdrop.Generator`, or ``None`` for the next
-            seed of the global generator (``xdrop.manual_seed``). A seed is drawn only in training.
+        seed: an integer in ``[0, 2**64)``, an :class:`xdrop.Generator`, ``None`` for the next
+            seed of the global generator (``xdrop.manual_seed``), or a seed array of ``x``'s
+            framework — a 0-d integer, a uint32[2] ``(hi, lo)`` or a JAX key — which may be a
+            traced value under ``jax.jit``, ``tf.function`` or ``torch.compile``. Seeds are drawn
+            only in training; ``None`` and generators are refused inside a trace.
         mode: ``"inverted"`` or ``"classic"``.
         noise_shape: the shape the mask is drawn at, broadcast to ``x`` (TensorFlow/Keras rules):
             aligned to the right, missing leading entries and entries of 1 share one decision,
             ``None`` takes ``x``'s size. ``(batch, 1, 1, channels)`` is spatial dropout.
         offset: added to every element's counter, so a shard can draw its slice of a larger mask.
         return_mask: also return the boolean keep mask (True = kept), broadcast to ``x``'s shape.
+        rng: ``"portable"`` (mask stream v1) or ``"native"`` (the framework's own generator:
+            same API and edge cases, no cross-backend equality; ``offset`` must be 0). Default:
+            ``xdrop.set_rng`` / ``XDROP_RNG``, else portable.
 
     Returns:
         ``y``, or ``(y, keep)`` with ``return_mask=True``. Dropped elements are exactly ``+0.0``
@@ -78,20 +86,18 @@ def dropout(
     rate = check_rate(p)
     is_training = check_flag("training", training)
     mode = check_mode(mode)
+    generator = seeds.rng_kind(rng)
     shape = xp.shape(x)
     noise = check_noise_shape(noise_shape, shape)
-    start = check_offset(offset)
-    check_counter_range(start, math.prod(noise))
+    start = _check_offset(offset, noise, generator)
     check_flag("return_mask", return_mask)
     if is_training:
         check_scale_fits(rate, dtype, mode)
-        key = spec.key_words(xp, rng.resolve_seed(seed), like=x)
+        draw_keep = _mask_drawer(xp, seed, noise, rate, start, generator, like=x)
     else:
-        rng.validate_seed(seed)
-        key = None
-    y, keep = spec.dropout(
-        xp, x, rate, key, mode=mode, training=is_training, noise_shape=noise, offset=start
-    )
+        seeds.validate_seed(seed)
+        draw_keep = _nothing_to_draw
+    y, keep = spec.dropout(xp, x, rate, draw_keep, mode=mode, training=is_training)
     if not return_mask:
         return y
     if keep is None:
@@ -99,13 +105,35 @@ def dropout(
     return y, xp.broadcast_to(keep, shape)
 
 
+def _mask_drawer(
+    xp: Backend,
+    seed: object,
+    shape: tuple[int, ...],
+    p: float,
+    offset: int,
+    generator: str,
+    like: Any,
+) -> Callable[[], Array]:
+    """Resolve the seed now (a training call draws one, whatever p) and defer the mask."""
+    if generator == "portable":
+        key = seeds.seed_key(seed, xp, like)
+        return lambda: spec.keep_mask(xp, key, shape, p, offset, like=like)
+    native_seed = seeds.native_seed(seed, xp, like)
+    return lambda: xp.native_keep_mask(shape, 1.0 - p, native_seed, like)
+
+
+def _nothing_to_draw() -> Array:
+    raise AssertionError("evaluation draws no mask")
+
+
 def dropout_mask(
     shape: int | Sequence[int],
     p: float,
     *,
-    seed: rng.SeedLike = None,
+    seed: seeds.SeedLike = None,
     offset: int = 0,
     like: Any = None,
+    rng: str | None = None,
 ) -> Array:
     """The boolean keep mask (True = kept) that ``dropout`` draws for an input of ``shape``.
 
@@ -117,7 +145,9 @@ def dropout_mask(
         p: the drop probability, in ``[0, 1]``.
         seed: as for :func:`dropout`; a generator or the global one is advanced once.
         offset: added to every element's counter.
-        like: an array whose framework (and device) the mask is made on; the default backend if None.
+        like: an array whose framework (and device) the mask is made on; if None, the seed
+            array's framework, else the default backend.
+        rng: ``"portable"`` or ``"native"``, as for :func:`dropout`.
 
     Example:
         >>> import xdrop
@@ -127,8 +157,15 @@ def dropout_mask(
     """
     size = check_shape(shape)
     rate = check_rate(p)
+    generator = seeds.rng_kind(rng)
+    start = _check_offset(offset, size, generator)
+    xp = backend_for(seed if like is None else like)
+    return _mask_drawer(xp, seed, size, rate, start, generator, like=like)()
+
+
+def _check_offset(offset: object, noise_shape: tuple[int, ...], generator: str) -> int:
     start = check_offset(offset)
-    check_counter_range(start, math.prod(size))
-    xp = default_backend() if like is None else backend_for(like)
-    key = spec.key_words(xp, rng.resolve_seed(seed), like=like)
-    return spec.keep_mask(xp, key, size, rate, start, like=like)
+    check_counter_range(start, math.prod(noise_shape))
+    if generator == "native" and start:
+        raise bad_value("offset", offset, '0 with rng="native" (offsets index the portable stream)')
+    return start

@@ -18,6 +18,7 @@ import numpy as np
 
 Array = Any  # a framework's array; the protocol cannot name it without importing the framework
 Words = Any  # a framework's array of 32-bit words, in whatever dtype the backend carries them
+Key = tuple[Any, Any]  # the words (k0, k1) = (seed >> 32, seed & 0xFFFFFFFF)
 
 
 class WordOps(abc.ABC):
@@ -108,6 +109,29 @@ class Backend(WordOps):
     def is_tracing(self, x: Array | None) -> bool:
         """Whether ``x`` (or the current context) is being staged into a compiled graph."""
         return False
+
+    # -- seeds held in arrays (optional: lets seeds be traced values) -------------------------------
+    def seed_words(self, seed: Array) -> Key:
+        """The key words of a seed array: a 0-d integer (a negative value read as its unsigned
+        two's complement of the dtype's width), a uint32[2] ``(hi, lo)``, or a framework key."""
+        raise NotImplementedError(f"the {self.name} backend does not take seeds held in arrays")
+
+    def seed_array(self, key: Key) -> Array:
+        """The seed with key words ``key`` as an array that :meth:`seed_words` reads back: a 0-d
+        int64 where the framework has 64-bit integers, else a uint32[2] ``(hi, lo)``."""
+        raise NotImplementedError(f"the {self.name} backend does not make seeds held in arrays")
+
+    # -- the framework's own generator (optional: rng="native") -----------------------------------
+    has_global_rng: ClassVar[bool] = False
+    """Whether ``seed=None`` in native mode uses the framework's global generator."""
+
+    def native_keep_mask(
+        self, shape: tuple[int, ...], keep_probability: float, seed: int | Key | None, like: Array
+    ) -> Array:
+        """A boolean mask, each element True with probability ``keep_probability``, from the
+        framework's own generator. ``seed`` is a host integer, key words (a traced seed), or None
+        for the global generator (only where ``has_global_rng``)."""
+        raise NotImplementedError(f"the {self.name} backend has no native generator")
 
     def __repr__(self) -> str:
         return f"<xdrop backend {self.name!r}>"

@@ -8,12 +8,11 @@ Everything here is a pure function of its arguments; ``xp`` is a :class:`~xdrop.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from xdrop.protocol import Array, Backend, WordOps, Words
+from xdrop.protocol import Array, Backend, Key, WordOps, Words
 
 WORD_COUNT = 2**32
 SEED_COUNT = 2**64
@@ -21,8 +20,6 @@ ROTATIONS = (13, 15, 26, 6, 17, 29, 16, 24)
 KEY_PARITY = 0x1BD1_1BDA
 FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
 MODES = ("inverted", "classic")
-
-Key = tuple[Any, Any]
 
 
 # -- seed -> key ------------------------------------------------------------------------------------
@@ -140,14 +137,15 @@ def dropout(
     xp: Backend,
     x: Array,
     p: float,
-    key: Key | None,
+    draw_keep: Callable[[], Array],
     *,
     mode: str,
     training: bool,
-    noise_shape: tuple[int, ...],
-    offset: int,
 ) -> tuple[Array, Array | None]:
-    """``(output, keep)`` of dropout; ``keep`` has ``noise_shape``, or is ``None`` when all is kept.
+    """``(output, keep)`` of dropout; ``keep`` is ``None`` when everything is kept.
+
+    ``draw_keep()`` gives the keep mask at the noise shape (``keep_mask``, or the framework's own
+    generator in native mode); it is called only when units are dropped.
 
     inverted: training ``where(keep, x * s, 0)``, eval ``x``.
     classic:  training ``where(keep, x, 0)``,     eval ``x * dtype(1 - p)``.
@@ -159,8 +157,7 @@ def dropout(
         return xp.multiply(x, rounded(1.0 - p, dtype)), None
     if p == 0:
         return x, None
-    assert key is not None
-    keep = keep_mask(xp, key, noise_shape, p, offset, like=x)
+    keep = draw_keep()
     # p == 1 keeps nothing: selecting x unscaled avoids an infinite scale, whose product with the
     # zero gradient of a dropped unit would be NaN
     unscaled = mode == "classic" or p == 1

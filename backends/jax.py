@@ -1,0 +1,103 @@
+"""JAX: words are ``uint32`` arrays; seeds may be JAX keys. Works on tracers, so under ``jit``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from xdrop.protocol import Backend, Key
+
+
+class JaxBackend(Backend):
+    name = "jax"
+    framework = "jax"
+    chunk_size = None  # each eager op is a dispatch: one fused pass beats many small ones
+
+    def __init__(self) -> None:
+        import jax
+        import jax.numpy as jnp
+
+        self.jax = jax
+        self.jnp = jnp
+
+    def is_array(self, x: object) -> bool:
+        return isinstance(x, self.jax.Array)
+
+    def asarray(self, x: object, dtype: str | None = None) -> Any:
+        if dtype == "float64" and not self.jax.config.jax_enable_x64:
+            raise TypeError("float64 arrays need jax.config.update('jax_enable_x64', True)")
+        return self.jnp.asarray(np.asarray(x), dtype=dtype)
+
+    def to_numpy(self, x: Any) -> np.ndarray:
+        array = np.array(x)
+        return array.astype(np.float32) if array.dtype.name == "bfloat16" else array
+
+    def dtype_name(self, x: Any) -> str:
+        return str(x.dtype)
+
+    def shape(self, x: Any) -> tuple[int, ...]:
+        return tuple(x.shape)
+
+    def multiply(self, x: Any, factor: float) -> Any:
+        return x * factor  # a Python float is weakly typed: the product stays in x's dtype
+
+    def select(self, keep: Any, x: Any) -> Any:
+        return self.jnp.where(keep, x, self.jnp.zeros((), x.dtype))
+
+    def broadcast_to(self, a: Any, shape: tuple[int, ...]) -> Any:
+        return self.jnp.broadcast_to(a, shape)
+
+    def full_mask(self, shape: tuple[int, ...], value: bool, like: Any = None) -> Any:
+        return self.jnp.full(shape, value, dtype=bool)
+
+    def reshape(self, a: Any, shape: tuple[int, ...]) -> Any:
+        return self.jnp.reshape(a, shape)
+
+    def concat(self, arrays: list[Any]) -> Any:
+        return self.jnp.concatenate(arrays)
+
+    # constants are NumPy uint32: a Python int >= 2**31 would overflow against uint32 without x64
+    def word(self, value: int, like: Any = None) -> Any:
+        return self.jnp.asarray(np.uint32(value))
+
+    def iota(self, n: int, like: Any = None) -> Any:
+        return self.jax.lax.iota(np.uint32, n)
+
+    def add(self, a: Any, b: Any) -> Any:
+        return self.jnp.add(a, b)
+
+    def xor(self, a: Any, b: Any) -> Any:
+        return self.jnp.bitwise_xor(a, b)
+
+    def rotate_left(self, a: Any, bits: int) -> Any:
+        jnp = self.jnp
+        return jnp.left_shift(a, np.uint32(bits)) | jnp.right_shift(a, np.uint32(32 - bits))
+
+    def less_than(self, a: Any, threshold: int) -> Any:
+        return a < np.uint32(threshold)
+
+    def is_tracing(self, x: Any) -> bool:
+        return isinstance(x, self.jax.core.Tracer)
+
+    def seed_words(self, seed: Any) -> Key:
+        jnp = self.jnp
+        if self.jnp.issubdtype(seed.dtype, self.jax.dtypes.prng_key):
+            seed = self.jax.random.key_data(seed)
+        if seed.ndim == 1:  # uint32[2]: (hi, lo), the key data order
+            return seed[0], seed[1]
+        width = seed.dtype.itemsize * 8
+        low = seed.astype(f"uint{width}").astype(jnp.uint32)  # unsigned reading of the width
+        high = (seed >> 32).astype(jnp.uint32) if width == 64 else self.word(0)
+        return high, low
+
+    def seed_array(self, key: Key) -> Any:
+        return self.jnp.stack(key)  # uint32[2] (hi, lo): JAX has no 64-bit integers without x64
+
+    def native_keep_mask(
+        self, shape: tuple[int, ...], keep_probability: float, seed: int | Key | None, like: Any
+    ) -> Any:
+        if isinstance(seed, int):
+            seed = (self.word(seed >> 32), self.word(seed & 0xFFFF_FFFF))
+        key = self.jax.random.wrap_key_data(self.seed_array(seed))
+        return self.jax.random.bernoulli(key, keep_probability, shape)

@@ -1,0 +1,110 @@
+"""TensorFlow: words are ``uint32`` tensors (``tf.range`` has none: iota is cast from int64)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from xdrop.protocol import Backend, Key
+
+
+class TensorflowBackend(Backend):
+    name = "tensorflow"
+    framework = "tensorflow"
+
+    def __init__(self) -> None:
+        import tensorflow as tf
+
+        self.tf = tf
+
+    def is_array(self, x: object) -> bool:
+        return isinstance(x, (self.tf.Tensor, self.tf.Variable))
+
+    def asarray(self, x: object, dtype: str | None = None) -> Any:
+        tensor = self.tf.convert_to_tensor(x)
+        return tensor if dtype is None else self.tf.cast(tensor, dtype)
+
+    def to_numpy(self, x: Any) -> np.ndarray:
+        if x.dtype == self.tf.bfloat16:
+            x = self.tf.cast(x, self.tf.float32)
+        return np.array(x.numpy())
+
+    def dtype_name(self, x: Any) -> str:
+        return str(x.dtype.name)
+
+    def shape(self, x: Any) -> tuple[int, ...]:
+        shape = x.shape.as_list()
+        if None in shape:
+            raise TypeError(f"xdrop needs static shapes; got a tensor of shape {x.shape}")
+        return tuple(shape)
+
+    def multiply(self, x: Any, factor: float) -> Any:
+        return x * self.tf.constant(factor, x.dtype)
+
+    def select(self, keep: Any, x: Any) -> Any:
+        return self.tf.where(keep, x, self.tf.zeros((), x.dtype))
+
+    def broadcast_to(self, a: Any, shape: tuple[int, ...]) -> Any:
+        return self.tf.broadcast_to(a, shape)
+
+    def full_mask(self, shape: tuple[int, ...], value: bool, like: Any = None) -> Any:
+        return self.tf.fill(shape, value)
+
+    def reshape(self, a: Any, shape: tuple[int, ...]) -> Any:
+        return self.tf.reshape(a, shape)
+
+    def concat(self, arrays: list[Any]) -> Any:
+        return self.tf.concat(arrays, 0)
+
+    def word(self, value: int, like: Any = None) -> Any:
+        return self.tf.constant(value, self.tf.uint32)
+
+    def iota(self, n: int, like: Any = None) -> Any:
+        return self.tf.cast(self.tf.range(n, dtype=self.tf.int64), self.tf.uint32)
+
+    def add(self, a: Any, b: Any) -> Any:
+        return self.tf.math.add(a, b)
+
+    def xor(self, a: Any, b: Any) -> Any:
+        return self.tf.bitwise.bitwise_xor(a, b)
+
+    def rotate_left(self, a: Any, bits: int) -> Any:
+        bitwise = self.tf.bitwise  # shift amounts must have the shifted dtype
+        left = bitwise.left_shift(a, self.word(bits))
+        return bitwise.bitwise_or(left, bitwise.right_shift(a, self.word(32 - bits)))
+
+    def less_than(self, a: Any, threshold: int) -> Any:
+        return self.tf.math.less(a, self.word(threshold))
+
+    def is_tracing(self, x: Any) -> bool:
+        return not self.tf.executing_eagerly()
+
+    def seed_words(self, seed: Any) -> Key:
+        tf = self.tf
+        seed = tf.convert_to_tensor(seed)
+        if seed.shape.rank == 1:  # uint32[2]: (hi, lo)
+            return seed[0], seed[1]
+        unsigned = {8: tf.uint8, 16: tf.uint16, 32: tf.uint32, 64: tf.uint64}[seed.dtype.size * 8]
+        value = tf.cast(tf.bitcast(seed, unsigned), tf.uint64)  # unsigned reading of the width
+        low = tf.cast(tf.bitwise.bitwise_and(value, tf.constant(0xFFFF_FFFF, tf.uint64)), tf.uint32)
+        high = tf.cast(tf.bitwise.right_shift(value, tf.constant(32, tf.uint64)), tf.uint32)
+        return high, low
+
+    def seed_array(self, key: Key) -> Any:
+        tf = self.tf
+        high, low = (tf.cast(word, tf.uint64) for word in key)
+        combined = tf.bitwise.bitwise_or(
+            tf.bitwise.left_shift(high, tf.constant(32, tf.uint64)), low
+        )
+        return tf.bitcast(combined, tf.int64)
+
+    def native_keep_mask(
+        self, shape: tuple[int, ...], keep_probability: float, seed: int | Key | None, like: Any
+    ) -> Any:
+        tf = self.tf
+        if isinstance(seed, int):
+            seed = (self.word(seed >> 32), self.word(seed & 0xFFFF_FFFF))
+        assert seed is not None  # no global generator: seed=None was resolved to an integer
+        pair = tf.stack([tf.cast(word, tf.int64) for word in seed])
+        return tf.random.stateless_uniform(shape, seed=pair) < keep_probability

@@ -1,0 +1,124 @@
+"""PyTorch: words are ``int32`` tensors read as unsigned (eager ``torch.uint32`` has no arithmetic)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from xdrop.protocol import Backend, Key
+
+_SIGN_BIT = 1 << 31
+_LOW_WORD = (1 << 32) - 1
+
+
+class TorchBackend(Backend):
+    name = "torch"
+    framework = "torch"
+    has_global_rng = True
+
+    def __init__(self) -> None:
+        import torch
+
+        self.torch = torch
+        self.dtypes = {
+            "float16": torch.float16,
+            "bfloat16": torch.bfloat16,
+            "float32": torch.float32,
+            "float64": torch.float64,
+        }
+
+    def is_array(self, x: object) -> bool:
+        return isinstance(x, self.torch.Tensor)
+
+    def asarray(self, x: object, dtype: str | None = None) -> Any:
+        if dtype is None:
+            return self.torch.as_tensor(x)
+        return self.torch.as_tensor(np.asarray(x), dtype=self.dtypes[dtype])
+
+    def to_numpy(self, x: Any) -> np.ndarray:
+        x = x.detach().cpu()
+        return (x.float() if x.dtype == self.torch.bfloat16 else x).numpy().copy()
+
+    def dtype_name(self, x: Any) -> str:
+        return str(x.dtype).removeprefix("torch.")
+
+    def shape(self, x: Any) -> tuple[int, ...]:
+        return tuple(x.shape)
+
+    def multiply(self, x: Any, factor: float) -> Any:
+        return x * factor
+
+    def select(self, keep: Any, x: Any) -> Any:
+        return self.torch.where(keep, x, self.torch.zeros((), dtype=x.dtype, device=x.device))
+
+    def broadcast_to(self, a: Any, shape: tuple[int, ...]) -> Any:
+        return a.expand(shape)
+
+    def full_mask(self, shape: tuple[int, ...], value: bool, like: Any = None) -> Any:
+        return self.torch.full(shape, value, dtype=self.torch.bool, device=_device(like))
+
+    def reshape(self, a: Any, shape: tuple[int, ...]) -> Any:
+        return a.reshape(shape)
+
+    def concat(self, arrays: list[Any]) -> Any:
+        return self.torch.cat(arrays)
+
+    def word(self, value: int, like: Any = None) -> Any:
+        return self.torch.tensor(_signed(value), dtype=self.torch.int32, device=_device(like))
+
+    def iota(self, n: int, like: Any = None) -> Any:
+        return self.torch.arange(n, dtype=self.torch.int32, device=_device(like))
+
+    def add(self, a: Any, b: Any) -> Any:
+        return a + b  # int32 addition wraps around, as unsigned addition does
+
+    def xor(self, a: Any, b: Any) -> Any:
+        return a ^ b
+
+    def rotate_left(self, a: Any, bits: int) -> Any:
+        # >> is arithmetic on int32: mask off the copies of the sign bit it shifts in
+        return (a << bits) | ((a >> (32 - bits)) & ((1 << bits) - 1))
+
+    def less_than(self, a: Any, threshold: int) -> Any:
+        # flipping the sign bit maps unsigned order onto signed order
+        return (a ^ -_SIGN_BIT) < threshold - _SIGN_BIT
+
+    def is_tracing(self, x: Any) -> bool:
+        return bool(self.torch.compiler.is_compiling())
+
+    def seed_words(self, seed: Any) -> Key:
+        torch = self.torch
+        width = torch.iinfo(seed.dtype).bits
+        if seed.ndim == 1:  # uint32[2]: (hi, lo)
+            return self._word_of(seed[0].to(torch.int64)), self._word_of(seed[1].to(torch.int64))
+        value = seed.to(torch.int64)
+        if width < 64:  # a negative value means its unsigned two's complement of the width
+            value = value & ((1 << width) - 1)
+        return self._word_of(value >> 32), self._word_of(value)
+
+    def _word_of(self, value: Any) -> Any:
+        return (((value & _LOW_WORD) ^ _SIGN_BIT) - _SIGN_BIT).to(self.torch.int32)
+
+    def seed_array(self, key: Key) -> Any:
+        high, low = (word.to(self.torch.int64) & _LOW_WORD for word in key)
+        return (high << 32) | low  # int64, read as unsigned: the seed's two's complement
+
+    def native_keep_mask(
+        self, shape: tuple[int, ...], keep_probability: float, seed: int | Key | None, like: Any
+    ) -> Any:
+        generator = None
+        if isinstance(seed, int):
+            generator = self.torch.Generator(device=_device(like) or "cpu").manual_seed(seed)
+        elif seed is not None:
+            raise TypeError("torch's native generator takes an integer seed or None")
+        uniform = self.torch.rand(shape, generator=generator, device=_device(like))
+        return uniform < keep_probability
+
+
+def _signed(value: int) -> int:
+    return value - (1 << 32) if value >= _SIGN_BIT else value
+
+
+def _device(like: Any) -> Any:
+    return getattr(like, "device", None)
