@@ -25,7 +25,7 @@ class JaxBackend(Backend):
         return isinstance(x, self.jax.Array)
 
     def asarray(self, x: object, dtype: str | None = None) -> Any:
-        if dtype == "float64" and not self.jax.config.jax_enable_x64:
+        if dtype == "float64" and self.jax.dtypes.canonicalize_dtype(np.float64) != np.float64:
             raise TypeError("float64 arrays need jax.config.update('jax_enable_x64', True)")
         return self.jnp.asarray(np.asarray(x), dtype=dtype)
 
@@ -99,5 +99,6 @@ class JaxBackend(Backend):
     ) -> Any:
         if isinstance(seed, int):
             seed = (self.word(seed >> 32), self.word(seed & 0xFFFF_FFFF))
+        assert seed is not None  # no global generator: seed=None was resolved to an integer
         key = self.jax.random.wrap_key_data(self.seed_array(seed))
         return self.jax.random.bernoulli(key, keep_probability, shape)

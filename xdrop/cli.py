@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -14,6 +15,7 @@ from xdrop.conformance.runner import BackendReport, run_backend
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter hides the table
     parser = argparse.ArgumentParser(prog="xdrop", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     conformance = commands.add_parser(
