@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -20,9 +21,7 @@ class JaxBackend(Backend):
 
         self.jax = jax
         self.jnp = jnp
-
-    def is_array(self, x: object) -> bool:
-        return isinstance(x, self.jax.Array)
+        self.array_types = (jax.Array, jax.core.Tracer)  # tracers are Arrays by isinstance only
 
     def asarray(self, x: object, dtype: str | None = None) -> Any:
         if dtype == "float64" and self.jax.dtypes.canonicalize_dtype(np.float64) != np.float64:
@@ -76,6 +75,9 @@ class JaxBackend(Backend):
 
     def less_than(self, a: Any, threshold: int) -> Any:
         return a < np.uint32(threshold)
+
+    def compile(self, function: Callable[..., Any]) -> Callable[..., Any]:
+        return self.jax.jit(function)
 
     def is_tracing(self, x: Any) -> bool:
         return isinstance(x, self.jax.core.Tracer)

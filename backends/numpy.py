@@ -6,15 +6,14 @@ from typing import Any
 
 import numpy as np
 
-from xdrop.protocol import Backend
+from xdrop.protocol import Backend, Key
 
 
 class NumpyBackend(Backend):
     name = "numpy"
     framework = "numpy"
 
-    def is_array(self, x: object) -> bool:
-        return isinstance(x, (np.ndarray, np.generic))
+    array_types = (np.ndarray, np.generic)
 
     def asarray(self, x: object, dtype: str | None = None) -> np.ndarray:
         return np.asarray(x, dtype=None if dtype is None else _dtype(dtype))
@@ -67,6 +66,14 @@ class NumpyBackend(Backend):
 
     def less_than(self, a: Any, threshold: int) -> np.ndarray:
         return np.less(a, np.uint32(threshold))
+
+    def seed_words(self, seed: Any) -> Key:
+        value = int(seed[0]) << 32 | int(seed[1]) if seed.shape == (2,) else int(seed)
+        value %= 1 << (8 * int(seed.dtype.itemsize) if seed.shape == () else 64)
+        return self.word(value >> 32), self.word(value & 0xFFFF_FFFF)
+
+    def seed_array(self, key: Key) -> np.ndarray:
+        return np.array([int(word) for word in key], np.uint32)
 
     def native_keep_mask(
         self, shape: tuple[int, ...], keep_probability: float, seed: Any, like: Any

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -17,9 +18,7 @@ class TensorflowBackend(Backend):
         import tensorflow as tf
 
         self.tf = tf
-
-    def is_array(self, x: object) -> bool:
-        return isinstance(x, (self.tf.Tensor, self.tf.Variable))
+        self.array_types = (tf.Tensor, tf.Variable)
 
     def asarray(self, x: object, dtype: str | None = None) -> Any:
         tensor = self.tf.convert_to_tensor(x)
@@ -76,6 +75,9 @@ class TensorflowBackend(Backend):
 
     def less_than(self, a: Any, threshold: int) -> Any:
         return self.tf.math.less(a, self.word(threshold))
+
+    def compile(self, function: Callable[..., Any]) -> Callable[..., Any]:
+        return self.tf.function(function, jit_compile=True, autograph=False)
 
     def is_tracing(self, x: Any) -> bool:
         return not self.tf.executing_eagerly()

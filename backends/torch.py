@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -16,20 +17,19 @@ class TorchBackend(Backend):
     name = "torch"
     framework = "torch"
     has_global_rng = True
+    compiles_slowly = True  # inductor needs seconds per graph
 
     def __init__(self) -> None:
         import torch
 
         self.torch = torch
+        self.array_types = (torch.Tensor,)
         self.dtypes = {
             "float16": torch.float16,
             "bfloat16": torch.bfloat16,
             "float32": torch.float32,
             "float64": torch.float64,
         }
-
-    def is_array(self, x: object) -> bool:
-        return isinstance(x, self.torch.Tensor)
 
     def asarray(self, x: object, dtype: str | None = None) -> Any:
         if dtype is None:
@@ -83,6 +83,9 @@ class TorchBackend(Backend):
     def less_than(self, a: Any, threshold: int) -> Any:
         # flipping the sign bit maps unsigned order onto signed order
         return (a ^ -_SIGN_BIT) < threshold - _SIGN_BIT
+
+    def compile(self, function: Callable[..., Any]) -> Callable[..., Any]:
+        return self.torch.compile(function, fullgraph=True, dynamic=False)
 
     def is_tracing(self, x: Any) -> bool:
         return bool(self.torch.compiler.is_compiling())

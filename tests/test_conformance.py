@@ -54,10 +54,12 @@ def test_the_command_prints_a_table_and_writes_json(tmp_path):
                "--json", str(report_path)]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "backend  group" in result.stdout and "all backends conform" in result.stdout
+    assert "backend  mode" in result.stdout and "all backends conform" in result.stdout
     document = json.loads(report_path.read_text())
     assert document["passed"] is True
-    assert document["backends"]["numpy"]["groups"]["mask"]["failed"] == 0
+    runs = {(run["backend"], run["mode"]): run for run in document["runs"]}
+    assert set(runs) == {("numpy", "eager"), ("numpy", "compiled")}
+    assert runs["numpy", "eager"]["groups"]["mask"]["failed"] == 0
 
 
 def test_the_command_refuses_unknown_backends():
@@ -70,3 +72,9 @@ def test_golden_check_passes_on_the_shipped_file():
     result = subprocess.run([sys.executable, "-m", "xdrop", "golden", "--check"],
                             capture_output=True, text=True)  # fmt: skip
     assert result.returncode == 0, result.stderr
+
+
+def test_golden_cases_inside_the_framework_compiler():
+    report = run_backend(registry.default_name(), mode="compiled")
+    assert report.available, report.reason
+    assert report.results and not report.failed, [(r.case_id, r.detail) for r in report.failed]

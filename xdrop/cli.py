@@ -11,11 +11,13 @@ from typing import Any
 
 from xdrop import registry
 from xdrop.conformance import golden
-from xdrop.conformance.runner import BackendReport, run_backend
+from xdrop.conformance.runner import MODES, BackendReport, identical_outputs, run_backend
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter hides the table
+    os.environ.setdefault(
+        "TF_CPP_MIN_LOG_LEVEL", "2"
+    )  # TensorFlow's start-up chatter hides the table
     parser = argparse.ArgumentParser(prog="xdrop", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     conformance = commands.add_parser(
@@ -24,6 +26,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     conformance.add_argument(
         "--backend", action="append", metavar="NAME",
         help="a backend to check (repeatable); default: every installed one",
+    )  # fmt: skip
+    conformance.add_argument(
+        "--mode", choices=[*MODES, "all"], default="all",
+        help="eager calls, calls inside the framework's compiler, or both (default)",
+    )  # fmt: skip
+    conformance.add_argument(
+        "--full", action="store_true",
+        help="compile every case on backends with slow compilers (torch: minutes), not a sample",
     )  # fmt: skip
     conformance.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     regenerate = commands.add_parser(
@@ -35,7 +45,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     arguments = parser.parse_args(argv)
     if arguments.command == "golden":
         return _golden(check=arguments.check)
-    return _conformance(arguments.backend, arguments.json)
+    modes = list(MODES) if arguments.mode == "all" else [arguments.mode]
+    return _conformance(arguments.backend, modes, arguments.full, arguments.json)
 
 
 def _golden(check: bool) -> int:
@@ -52,7 +63,9 @@ def _golden(check: bool) -> int:
     return 0
 
 
-def _conformance(names: list[str] | None, json_path: str | None) -> int:
+def _conformance(
+    names: list[str] | None, modes: list[str], full: bool, json_path: str | None
+) -> int:
     available = registry.available_backends()
     if names:
         unknown = [name for name in names if name not in available]
@@ -64,11 +77,17 @@ def _conformance(names: list[str] | None, json_path: str | None) -> int:
             return 2
     else:
         names = [name for name, installed in available.items() if installed]
-    reports = [run_backend(name, progress=_progress(name)) for name in names]
+    reports = [
+        run_backend(name, progress=_progress(f"{name} {mode}"), mode=mode, full=full)
+        for name in names
+        for mode in modes
+    ]
     print(_table(reports))
+    print()
+    print(_pairwise_table(reports))
     for report in reports:
         for failure in report.failed:
-            print(f"FAILED {report.backend} {failure.case_id}: {failure.detail}")
+            print(f"FAILED {report.backend} {report.mode} {failure.case_id}: {failure.detail}")
     passed = all(report.available and not report.failed for report in reports)
     if json_path:
         with open(json_path, "w") as file:
@@ -87,17 +106,45 @@ def _progress(name: str) -> Any:
 
 
 def _table(reports: list[BackendReport]) -> str:
-    header = ("backend", "group", "passed", "failed", "skipped", "max difference")
+    header = ("backend", "mode", "group", "passed", "failed", "skipped", "max difference")
     rows: list[tuple[str, ...]] = []
     for report in reports:
         if not report.available:
-            rows.append((report.backend, "-", "-", "-", "-", f"unavailable: {report.reason}"))
+            rows.append(
+                (report.backend, report.mode, "-", "-", "-", "-", f"unavailable: {report.reason}")
+            )
             continue
         for group, counts in report.groups().items():
             rows.append((
-                report.backend, group, str(counts["passed"]), str(counts["failed"]),
+                report.backend, report.mode, group, str(counts["passed"]), str(counts["failed"]),
                 str(counts["skipped"]), f"{counts['max_difference']:g}",
             ))  # fmt: skip
+    return _render(header, rows)
+
+
+def _pairwise_table(reports: list[BackendReport]) -> str:
+    """For each pair of backends (eager), how many cases both ran gave identical bits."""
+    eager = {
+        report.backend: report for report in reports if report.mode == "eager" and report.available
+    }
+    rows: list[tuple[str, ...]] = []
+    names = sorted(eager)
+    for i, first in enumerate(names):
+        for second in names[i + 1 :]:
+            results = {result.case_id: result for result in eager[second].results}
+            both = [
+                (result, results[result.case_id])
+                for result in eager[first].results
+                if result.case_id in results and result.output and results[result.case_id].output
+            ]
+            same = sum(identical_outputs(a, b) for a, b in both)
+            rows.append((first, second, f"{same}/{len(both)}"))
+    if not rows:
+        return "pairwise: fewer than two backends ran eagerly"
+    return _render(("backend", "backend", "identical cases"), rows)
+
+
+def _render(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
     widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header) - 1)]
     lines = []
     for row in (header, *rows):
@@ -115,8 +162,10 @@ def _document(reports: list[BackendReport], passed: bool) -> dict[str, Any]:
         "schema": 1,
         "stream": golden.STREAM_VERSION,
         "passed": passed,
-        "backends": {
-            report.backend: {
+        "runs": [
+            {
+                "backend": report.backend,
+                "mode": report.mode,
                 "available": report.available,
                 "reason": report.reason,
                 "groups": report.groups(),
@@ -125,7 +174,7 @@ def _document(reports: list[BackendReport], passed: bool) -> dict[str, Any]:
                 ],
             }
             for report in reports
-        },
+        ],
     }
 
 

@@ -12,6 +12,7 @@ operations behave as arithmetic modulo 2**32 (PyTorch, for one, has no eager uin
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import numpy as np
@@ -48,13 +49,20 @@ class Backend(WordOps):
     """The name it is registered under and selected by (``XDROP_BACKEND``)."""
     framework: ClassVar[str]
     """The top-level module of the framework; its arrays are recognised only once it is imported."""
+    compiles_slowly: ClassVar[bool] = False
+    """Whether one compilation takes seconds (torch inductor): the conformance suite then compiles
+    a sample of cases one at a time instead of all cases in one function, unless asked for all."""
     chunk_size: ClassVar[int | None] = 1 << 16
     """Elements per generated chunk in eager execution (bounds temporaries); ``None``: no chunks."""
 
+    array_types: tuple[type, ...]
+    """The types of the arrays this backend owns (set when the backend is created); dispatch
+    checks ``issubclass(type(x), array_types)``."""
+
     # -- arrays of the framework ------------------------------------------------------------------
-    @abc.abstractmethod
     def is_array(self, x: object) -> bool:
         """Whether ``x`` is an array this backend owns."""
+        return isinstance(x, self.array_types)
 
     @abc.abstractmethod
     def asarray(self, x: object, dtype: str | None = None) -> Array:
@@ -109,6 +117,11 @@ class Backend(WordOps):
     def is_tracing(self, x: Array | None) -> bool:
         """Whether ``x`` (or the current context) is being staged into a compiled graph."""
         return False
+
+    def compile(self, function: Callable[..., Any]) -> Callable[..., Any]:
+        """``function`` compiled by the framework's compiler (``jax.jit``, ``tf.function`` with
+        XLA, ``torch.compile``); identity where there is none. The conformance suite uses it."""
+        return function
 
     # -- seeds held in arrays (optional: lets seeds be traced values) -------------------------------
     def seed_words(self, seed: Array) -> Key:

@@ -20,6 +20,7 @@ import numpy as np
 
 from xdrop.errors import BackendError
 from xdrop.protocol import Backend
+from xdrop.tracing import host_constant
 
 ENTRY_POINT_GROUP = "xdrop.backends"
 ENVIRONMENT_VARIABLE = "XDROP_BACKEND"
@@ -188,25 +189,30 @@ def use_backend(name: str) -> Iterator[Backend]:
 # -- dispatch ---------------------------------------------------------------------------------------
 def backend_for(x: object) -> Backend:
     """The backend that owns ``x``; NumPy arrays and Python values go to the default backend."""
-    kind = type(x)
-    try:
-        owner = _owner_of_type[kind]
-    except KeyError:
-        owner = _owner_of_type[kind] = _find_owner(x)
+    owner = owner_of_type(type(x))
     return default_backend() if owner is None else load(owner)
 
 
-def _find_owner(x: object) -> str | None:
-    if isinstance(x, (np.ndarray, np.generic, int, float, list, tuple)):
-        return None
-    for name in registered_names():
-        framework = _framework_of(name)
-        if framework is None or framework == "numpy" or framework not in sys.modules:
-            continue
-        try:
-            backend = load(name)
-        except BackendError:
-            continue
-        if backend.is_array(x):
-            return name
-    return None
+@host_constant
+def owner_of_type(kind: type) -> str | None:
+    """The name of the backend whose arrays are of type ``kind`` (None: the default backend's
+    business), found once per type. Only frameworks already imported are considered."""
+    try:
+        return _owner_of_type[kind]
+    except KeyError:
+        pass
+    owner = None
+    if not issubclass(kind, (np.ndarray, np.generic, int, float, list, tuple)):
+        for name in registered_names():
+            framework = _framework_of(name)
+            if framework is None or framework == "numpy" or framework not in sys.modules:
+                continue
+            try:
+                backend = load(name)
+            except BackendError:
+                continue
+            if issubclass(kind, backend.array_types):
+                owner = name
+                break
+    _owner_of_type[kind] = owner
+    return owner

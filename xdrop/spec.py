@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 
 from xdrop.protocol import Array, Backend, Key, WordOps, Words
+from xdrop.tracing import host_constant
 
 WORD_COUNT = 2**32
 SEED_COUNT = 2**64
@@ -71,6 +72,7 @@ def stream_bits(xp: Backend, key: Key, start: int, stop: int, like: Array | None
 
 
 # -- threshold -> keep ------------------------------------------------------------------------------
+@host_constant
 def keep_threshold(p: float) -> int:
     """``T = ceil(float32(1 - p) * 2**23) << 9``; element ``i`` is kept when ``bits_i < T``.
 
@@ -105,6 +107,7 @@ def keep_mask(
 
 
 # -- scale -> output --------------------------------------------------------------------------------
+@host_constant
 def rounded(value: float, dtype: str) -> float:
     """``value`` rounded to nearest-even in ``dtype``, returned as the (exact) Python float."""
     if dtype == "bfloat16":
@@ -124,6 +127,7 @@ def _round_bfloat16(value: float) -> float:
     return math.copysign(magnitude if magnitude < 2.0**128 else math.inf, value)
 
 
+@host_constant
 def inverted_scale(p: float, dtype: str) -> float:
     """``s = dtype(1) / dtype(1 - p)``, rounded once in ``dtype`` (infinite if ``dtype(1 - p)`` is 0).
 

@@ -28,7 +28,7 @@ def check_rate(p: object) -> float:
     if isinstance(p, (bool, np.bool_)) or not isinstance(p, numbers.Real):
         raise bad_type("p", p, "a real number in [0, 1]")
     rate = float(p)
-    if math.isnan(rate) or not 0.0 <= rate <= 1.0:
+    if not 0.0 <= rate <= 1.0:  # NaN fails both comparisons
         raise bad_value("p", p, "a real number in [0, 1]")
     return rate
 

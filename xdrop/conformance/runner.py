@@ -1,4 +1,10 @@
-"""Run the golden cases through the public API on a backend and compare bit for bit."""
+"""Run the golden cases through the public API on a backend and compare bit for bit.
+
+Each case runs eagerly, and — in the ``compiled`` mode — inside the framework's compiler
+(``jax.jit``, ``tf.function(jit_compile=True)``, ``torch.compile(fullgraph=True)``) with its seed
+passed as a traced seed array. All of a backend's cases go into one compiled function, so the
+compiler runs once per backend, not once per case.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +16,22 @@ from typing import Any
 import numpy as np
 
 import xdrop
-from xdrop import registry
+from xdrop import registry, spec
 from xdrop.conformance.golden import input_values, load
 from xdrop.errors import BackendError
+from xdrop.protocol import Backend
+
+MODES = ("eager", "compiled")
+SAMPLE_GROUPS = ("inverted", "noise_shape", "offset", "fold_in")  # for slow compilers
+
+
+def sample(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The first case of each of a few groups: what a slow compiler checks by default."""
+    first: dict[str, dict[str, Any]] = {}
+    for case in cases:
+        if case["group"] in SAMPLE_GROUPS:
+            first.setdefault(case["group"], case)
+    return list(first.values())
 
 
 @dataclass
@@ -22,12 +41,14 @@ class CaseResult:
     status: str  # "passed", "failed" or "skipped"
     max_difference: float = 0.0
     detail: str = ""
+    output: tuple[np.ndarray, ...] = ()  # what the backend returned, on the host
 
 
 @dataclass
 class BackendReport:
     backend: str
     available: bool
+    mode: str = "eager"
     reason: str = ""
     results: list[CaseResult] = field(default_factory=list)
 
@@ -51,61 +72,153 @@ def run_backend(
     name: str,
     cases: Iterable[dict[str, Any]] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    mode: str = "eager",
+    full: bool = False,
 ) -> BackendReport:
-    """Every golden case (or ``cases``) on backend ``name``."""
+    """Every golden case (or ``cases``) on backend ``name``, ``"eager"`` or ``"compiled"``.
+
+    A backend that ``compiles_slowly`` compiles each case on its own, and only a sample of the
+    cases unless ``full``; other backends compile all cases into one function."""
     try:
-        registry.load(name)
+        xp = registry.load(name)
     except BackendError as error:
-        return BackendReport(name, available=False, reason=str(error))
+        return BackendReport(name, available=False, mode=mode, reason=str(error))
     selected = list(load()["cases"] if cases is None else cases)
-    report = BackendReport(name, available=True)
+    if mode == "compiled" and xp.compiles_slowly and not full:
+        selected = sample(selected)
+    report = BackendReport(name, available=True, mode=mode)
     # IEEE overflow (x * s beyond the dtype's range) is part of what the cases check, not news
     with xdrop.use_backend(name), np.errstate(over="ignore", invalid="ignore"):
-        for done, case in enumerate(selected, 1):
-            report.results.append(_run_case(registry.load(name), case))
+        runnable = []
+        for case in selected:
+            try:
+                runnable.append((case, _inputs(xp, case, traced=mode == "compiled")))
+            except (ImportError, TypeError) as error:
+                report.results.append(_result(case, "skipped", detail=str(error)))
+        if mode == "compiled" and xp.compiles_slowly:
+            outputs = [_run_compiled(xp, [case], [inputs])[0] for case, inputs in runnable]
+        elif mode == "compiled":
+            outputs = _run_compiled(xp, [case for case, _ in runnable], [i for _, i in runnable])
+        else:
+            outputs = [_call_or_error(case, inputs) for case, inputs in runnable]
+        for done, ((case, _), output) in enumerate(zip(runnable, outputs, strict=True), 1):
+            report.results.append(_compare(xp, case, output))
             if progress is not None:
-                progress(done, len(selected))
+                progress(done, len(runnable))
     return report
 
 
-def _run_case(xp: Any, case: dict[str, Any]) -> CaseResult:
-    def result(status: str, difference: float = 0.0, detail: str = "") -> CaseResult:
-        return CaseResult(case["id"], case["group"], status, difference, detail)
+def _inputs(xp: Backend, case: dict[str, Any], traced: bool) -> dict[str, Any]:
+    """The arguments of a case; with ``traced``, its seed and data become arrays of ``xp``."""
+    inputs: dict[str, Any] = {"seed": case["seed"]}
+    if traced:
+        inputs["seed"] = xp.seed_array(spec.key_words(xp, case["seed"]))
+    if case["kind"] == "fold_in":
+        data = case["data"]
+        inputs["data"] = xp.asarray(np.array(data, np.uint32)) if traced else data
+    elif case["kind"] == "dropout":
+        shape = tuple(case["shape"])
+        values = np.array(input_values(math.prod(shape)), np.float64).reshape(shape)
+        inputs["x"] = xp.asarray(values, dtype=case["dtype"])
+    return inputs
+
+
+def _call(case: dict[str, Any], inputs: dict[str, Any]) -> Any:
+    if case["kind"] == "fold_in":
+        return xdrop.fold_in(inputs["seed"], inputs["data"])
+    if case["kind"] == "mask":
+        return xdrop.dropout_mask(
+            tuple(case["shape"]), case["p"], seed=inputs["seed"], offset=case["offset"]
+        )
+    return xdrop.dropout(
+        inputs["x"],
+        case["p"],
+        training=case["training"],
+        seed=inputs["seed"],
+        mode=case["mode"],
+        noise_shape=case["noise_shape"],
+        offset=case["offset"],
+        return_mask=True,
+    )
+
+
+def _call_or_error(case: dict[str, Any], inputs: dict[str, Any]) -> Any:
+    try:
+        return _call(case, inputs)
+    except Exception as error:  # a crash in one case is that case's failure, not the run's
+        return error
+
+
+def _run_compiled(
+    xp: Backend, cases: list[dict[str, Any]], inputs: list[dict[str, Any]]
+) -> list[Any]:
+    def every_case(all_inputs: list[dict[str, Any]]) -> list[Any]:
+        return [
+            _call(case, case_inputs) for case, case_inputs in zip(cases, all_inputs, strict=True)
+        ]
 
     try:
-        if case["kind"] == "fold_in":
-            got = xdrop.fold_in(case["seed"], case["data"])
-            return (
-                result("passed")
-                if got == case["expected"]
-                else result("failed", math.inf, f"fold_in gave {got}, expected {case['expected']}")
-            )
-        shape = tuple(case["shape"])
-        if case["kind"] == "mask":
-            keep = xdrop.dropout_mask(shape, case["p"], seed=case["seed"], offset=case["offset"])
-            return _compare_mask(result, xp.to_numpy(keep), case["keep"], shape)
-        values = np.array(input_values(math.prod(shape)), np.float64).reshape(shape)
-        try:
-            x = xp.asarray(values, dtype=case["dtype"])
-        except (ImportError, TypeError) as error:
-            return result("skipped", detail=f"{case['dtype']} unavailable: {error}")
-        y, keep = xdrop.dropout(
-            x,
-            case["p"],
-            training=case["training"],
-            seed=case["seed"],
-            mode=case["mode"],
-            noise_shape=case["noise_shape"],
-            offset=case["offset"],
-            return_mask=True,
-        )
-        mask_result = _compare_mask(result, xp.to_numpy(keep), case["keep"], shape)
-        if mask_result.status != "passed":
-            return mask_result
+        return list(xp.compile(every_case)(inputs))
+    except Exception as error:  # the compiler rejected the function: every case fails with it
+        return [error] * len(cases)
+
+
+def _result(
+    case: dict[str, Any], status: str, difference: float = 0.0, detail: str = ""
+) -> CaseResult:
+    return CaseResult(case["id"], case["group"], status, difference, detail)
+
+
+def _compare(xp: Backend, case: dict[str, Any], output: Any) -> CaseResult:
+    if isinstance(output, Exception):
+        return _result(case, "failed", math.inf, f"{type(output).__name__}: {output}")
+    if case["kind"] == "fold_in":
+        got = _seed_value(xp, output)
+        result = _result(case, "passed")
+        if got != case["expected"]:
+            detail = f"fold_in gave {got}, expected {case['expected']}"
+            result = _result(case, "failed", math.inf, detail)
+        result.output = (np.array(got, np.uint64),)
+        return result
+    shape = tuple(case["shape"])
+    if case["kind"] == "mask":
+        keep = xp.to_numpy(output)
+        result = _compare_mask(case, keep, shape)
+        result.output = (keep,)
+        return result
+    y, keep = xp.to_numpy(output[0]).astype(np.float64), xp.to_numpy(output[1])
+    result = _compare_mask(case, keep, shape)
+    if result.status == "passed":
         expected = np.array([float.fromhex(value) for value in case["y"]]).reshape(shape)
-        return _compare_values(result, xp.to_numpy(y).astype(np.float64), expected)
-    except Exception as error:  # a crash in one case is that case's failure, not the run's
-        return result("failed", math.inf, f"{type(error).__name__}: {error}")
+        result = _compare_values(case, y, expected)
+    result.output = (keep, y)
+    return result
+
+
+def identical_outputs(first: CaseResult, second: CaseResult) -> bool:
+    """Whether two backends returned the same bits for a case (NaNs count as equal)."""
+    if len(first.output) != len(second.output) or not first.output:
+        return False
+    return all(
+        a.shape == b.shape and bool(_same_bits(a, b).all())
+        for a, b in zip(first.output, second.output, strict=True)
+    )
+
+
+def _same_bits(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Elementwise equality that tells -0.0 from +0.0 and takes any NaN to equal any NaN."""
+    if a.dtype.kind != "f" or b.dtype.kind != "f":
+        return np.asarray(a == b)
+    same: np.ndarray = (a == b) & (np.signbit(a) == np.signbit(b)) | np.isnan(a) & np.isnan(b)
+    return same
+
+
+def _seed_value(xp: Backend, seed: Any) -> int:
+    """A seed as an int, whether fold_in returned a host int or a seed array."""
+    if isinstance(seed, int):
+        return seed
+    words = [int(xp.to_numpy(word)) % 2**32 for word in xp.seed_words(seed)]
+    return (words[0] << 32) | words[1]
 
 
 def unpack_bits(packed: str, shape: tuple[int, ...]) -> np.ndarray:
@@ -114,29 +227,28 @@ def unpack_bits(packed: str, shape: tuple[int, ...]) -> np.ndarray:
     return bits.astype(bool).reshape(shape)
 
 
-def _compare_mask(result: Callable[..., CaseResult], got: np.ndarray, packed: str,
-                  shape: tuple[int, ...]) -> CaseResult:  # fmt: skip
-    expected = unpack_bits(packed, shape)
+def _compare_mask(case: dict[str, Any], got: np.ndarray, shape: tuple[int, ...]) -> CaseResult:
+    expected = unpack_bits(case["keep"], shape)
     if got.shape != shape or got.dtype != np.bool_:
-        return result("failed", math.inf, f"mask has shape {got.shape} and dtype {got.dtype}")
+        return _result(
+            case, "failed", math.inf, f"mask has shape {got.shape} and dtype {got.dtype}"
+        )
     wrong = int(np.count_nonzero(got != expected))
     if wrong:
-        return result("failed", 1.0, f"{wrong} of {got.size} mask bits differ")
-    return result("passed")
+        return _result(case, "failed", 1.0, f"{wrong} of {got.size} mask bits differ")
+    return _result(case, "passed")
 
 
-def _compare_values(result: Callable[..., CaseResult], got: np.ndarray,
-                    expected: np.ndarray) -> CaseResult:  # fmt: skip
+def _compare_values(case: dict[str, Any], got: np.ndarray, expected: np.ndarray) -> CaseResult:
     if got.shape != expected.shape:
-        return result(
-            "failed", math.inf, f"output has shape {got.shape}, expected {expected.shape}"
-        )
-    same = (got == expected) & (np.signbit(got) == np.signbit(expected))
-    same |= np.isnan(got) & np.isnan(expected)
+        detail = f"output has shape {got.shape}, expected {expected.shape}"
+        return _result(case, "failed", math.inf, detail)
+    same = _same_bits(got, expected)
     if same.all():
-        return result("passed")
+        return _result(case, "passed")
     with np.errstate(invalid="ignore"):
         difference = np.abs(got - expected)
     difference[same] = 0.0
     worst = float(np.nanmax(np.where(np.isnan(difference), np.inf, difference)))
-    return result("failed", worst, f"{int(np.count_nonzero(~same))} of {got.size} outputs differ")
+    detail = f"{int(np.count_nonzero(~same))} of {got.size} outputs differ"
+    return _result(case, "failed", worst, detail)

@@ -1,0 +1,18 @@
+"""Helpers for code that runs while a framework traces a function into a graph."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
+
+Function = TypeVar("Function", bound=Callable[..., object])
+
+
+def host_constant(function: Function) -> Function:
+    """Mark a pure function of Python values (a threshold, a scale, a dispatch lookup) so that
+    ``torch.compile`` calls it at trace time and bakes in its result, instead of tracing the
+    NumPy or importlib calls inside it. This is what ``torch.compiler.assume_constant_result``
+    does; xdrop sets the same marker itself because it must not import torch to call it.
+    JAX and TensorFlow run such functions as plain Python while tracing and need nothing."""
+    function._dynamo_marked_constant = True  # type: ignore[attr-defined]
+    return function
