@@ -1,0 +1,102 @@
+"""xdrop on JAX arrays: what a JAX user expects, and equality with jax.random and Flax."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import xdrop
+from xdrop import reference
+
+jax = pytest.importorskip("jax")
+jnp = jax.numpy
+
+
+def test_result_keeps_type_dtype_and_shape():
+    for dtype in (jnp.float16, jnp.bfloat16, jnp.float32):
+        x = jnp.ones((3, 4), dtype)
+        y = xdrop.dropout(x, 0.5, seed=0)
+        assert isinstance(y, jax.Array) and y.dtype == dtype and y.shape == (3, 4)
+
+
+def test_masks_are_jax_bernoulli_and_outputs_are_flax_dropout():
+    for seed in (0, 1, 2**31 - 1):
+        for p in (0.1, 0.5, 0.9):
+            for shape in ((7,), (3, 5), (2, 3, 4)):
+                key = jax.random.key(seed)
+                expected_keep = jax.random.bernoulli(key, 1 - p, shape)
+                x = jax.random.normal(jax.random.key(seed + 1), shape)
+                expected = jax.lax.select(expected_keep, x / (1 - p), jnp.zeros_like(x))
+                y, keep = xdrop.dropout(x, p, seed=key, return_mask=True)
+                assert (keep == expected_keep).all()
+                assert (y == expected).all()
+
+
+def test_gradient_is_the_scaled_mask_and_finite_at_p_one():
+    x = jnp.array([1.0, -2.0, jnp.inf, 4.0] * 25)
+    grad = jax.grad(lambda v: xdrop.dropout(v, 0.25, seed=3).sum())(x)
+    _, keep = xdrop.dropout(x, 0.25, seed=3, return_mask=True)
+    assert (grad == jnp.where(keep, np.float32(1) / np.float32(0.75), 0.0)).all()
+    assert (jax.grad(lambda v: xdrop.dropout(v, 1.0, seed=0).sum())(x) == 0).all()
+
+
+def test_jit_with_a_traced_seed_traces_once_and_matches_eager():
+    traces = []
+
+    @jax.jit
+    def step(x, seed):
+        traces.append(1)
+        return xdrop.dropout(x, 0.3, seed=seed)
+
+    x = jnp.arange(500.0)
+    for seed in (1, 2, 3):
+        assert (step(x, seed) == xdrop.dropout(x, 0.3, seed=seed)).all()
+    assert len(traces) == 1
+
+
+def test_jit_with_fold_in_per_step_and_jax_keys():
+    step = jax.jit(lambda x, n: xdrop.dropout(x, 0.5, seed=xdrop.fold_in(jax.random.key(4), n)))
+    x = jnp.ones(64)
+    for number in range(3):
+        assert (step(x, number) == xdrop.dropout(x, 0.5, seed=xdrop.fold_in(4, number))).all()
+
+
+def test_fold_in_on_traced_values_is_jax_fold_in():
+    folded = jax.jit(xdrop.fold_in)(jnp.uint32(7), jnp.uint32(11))
+    assert folded.dtype == jnp.uint32 and folded.shape == (2,)
+    expected = jax.random.key_data(jax.random.fold_in(jax.random.key(7), 11))
+    assert (folded == expected).all()
+    assert (int(folded[0]) << 32 | int(folded[1])) == reference.fold_in(7, 11)
+
+
+def test_vmap_over_seeds_gives_each_seed_its_mask():
+    masks = jax.vmap(lambda s: xdrop.dropout_mask((16,), 0.5, seed=s))(jnp.arange(4))
+    for seed in range(4):
+        assert (masks[seed] == xdrop.dropout_mask((16,), 0.5, seed=seed)).all()
+
+
+def test_seed_none_inside_jit_is_refused():
+    with pytest.raises(xdrop.TracingError, match="seed=None"):
+        jax.jit(lambda x: xdrop.dropout(x, 0.5))(jnp.ones(3))
+    with pytest.raises(xdrop.TracingError):
+        jax.jit(lambda x: xdrop.dropout(x, 0.5, seed=xdrop.Generator(1)))(jnp.ones(3))
+
+
+def test_sharding_is_kept():
+    mesh_devices = np.array(jax.devices())
+    sharding = jax.sharding.NamedSharding(jax.sharding.Mesh(mesh_devices, ("d",)),
+                                          jax.sharding.PartitionSpec("d"))  # fmt: skip
+    x = jax.device_put(jnp.ones(8 * len(mesh_devices)), sharding)
+    y = jax.jit(lambda v, s: xdrop.dropout(v, 0.5, seed=s))(x, 1)
+    assert y.sharding.is_equivalent_to(x.sharding, x.ndim)
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.8])
+def test_native_mode_is_statistically_jax_bernoulli(p):
+    count = 100_000
+    values = np.asarray(xdrop.dropout(jnp.ones(count), p, rng="native", seed=1))
+    q = 1 - p
+    assert set(np.unique(values)) <= {0.0, np.float32(1) / np.float32(q)}
+    assert abs(np.count_nonzero(values) - count * q) <= 4 * math.sqrt(count * p * q)

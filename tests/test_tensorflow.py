@@ -1,0 +1,88 @@
+"""xdrop on TensorFlow tensors and variables: what a TensorFlow user expects."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import xdrop
+from xdrop import reference
+
+tf = pytest.importorskip("tensorflow")
+
+
+def test_result_keeps_type_dtype_and_shape():
+    for dtype in (tf.float16, tf.bfloat16, tf.float32, tf.float64):
+        x = tf.ones((3, 4), dtype)
+        y = xdrop.dropout(x, 0.5, seed=0)
+        assert isinstance(y, tf.Tensor) and y.dtype == dtype and y.shape == (3, 4)
+
+
+def test_variables_are_accepted_and_differentiated():
+    v = tf.Variable([1.0, -2.0, math.inf, 4.0] * 25)
+    with tf.GradientTape() as tape:
+        y, keep = xdrop.dropout(v, 0.25, seed=3, return_mask=True)
+        total = tf.reduce_sum(y)
+    grad = tape.gradient(total, v).numpy()
+    assert (grad == np.where(keep.numpy(), np.float32(1) / np.float32(0.75), 0.0)).all()
+
+
+def test_p_one_has_zero_gradient_even_for_infinite_inputs():
+    v = tf.Variable([math.inf, 1.0])
+    with tf.GradientTape() as tape:
+        total = tf.reduce_sum(xdrop.dropout(v, 1.0, seed=0))
+    assert (tape.gradient(total, v).numpy() == 0).all()
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_tf_function_with_a_traced_seed_traces_once_and_matches_eager(jit_compile):
+    traces = []
+
+    @tf.function(jit_compile=jit_compile)
+    def step(x, seed):
+        traces.append(1)
+        return xdrop.dropout(x, 0.3, seed=seed)
+
+    x = tf.random.normal((500,))
+    for seed in (1, 2, 3, 2**40):
+        expected = xdrop.dropout(x, 0.3, seed=seed).numpy()
+        assert (step(x, tf.constant(seed, tf.int64)).numpy() == expected).all()
+    assert len(traces) == 1
+
+
+def test_fold_in_per_step_inside_tf_function():
+    step = tf.function(lambda x, n: xdrop.dropout(x, 0.5, seed=xdrop.fold_in(42, n)))
+    x = tf.ones(64)
+    for number in range(3):
+        expected = xdrop.dropout(x, 0.5, seed=xdrop.fold_in(42, number)).numpy()
+        assert (step(x, tf.constant(number)).numpy() == expected).all()
+
+
+def test_fold_in_on_tensors_matches_the_host_fold_in():
+    folded = xdrop.fold_in(tf.constant(7, tf.int64), tf.constant(11))
+    assert folded.dtype == tf.int64
+    assert int(folded.numpy()) % 2**64 == reference.fold_in(7, 11)
+
+
+def test_seed_none_inside_tf_function_is_refused_with_xdrops_error_type():
+    with pytest.raises(xdrop.TracingError, match="seed=None"):
+        tf.function(lambda x: xdrop.dropout(x, 0.5))(tf.ones(3))
+
+
+def test_bad_arguments_keep_their_type_through_tf_function():
+    with pytest.raises(xdrop.ArgumentValueError, match="p must be"):
+        tf.function(lambda x: xdrop.dropout(x, 2.0, seed=0))(tf.ones(3))
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.8])
+def test_native_mode_is_statistically_tf_dropout(p):
+    count = 100_000
+    ours = xdrop.dropout(tf.ones(count), p, rng="native", seed=3).numpy()
+    theirs = tf.nn.dropout(tf.ones(count), p).numpy()
+    q = 1 - p
+    assert set(np.unique(ours)) <= {0.0, np.float32(1) / np.float32(q)}
+    for values in (ours, theirs):
+        assert abs(np.count_nonzero(values) - count * q) <= 4 * math.sqrt(count * p * q)
+        assert abs(values.mean() - 1.0) <= 4 * math.sqrt(p / q / count)

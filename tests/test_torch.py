@@ -1,0 +1,128 @@
+"""xdrop on torch tensors: what a PyTorch user expects."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import xdrop
+from xdrop import reference
+
+torch = pytest.importorskip("torch")
+
+
+def test_result_keeps_type_dtype_shape_and_device():
+    for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        x = torch.ones(3, 4, dtype=dtype)
+        y = xdrop.dropout(x, 0.5, seed=0)
+        assert isinstance(y, torch.Tensor) and y.dtype == dtype and y.shape == x.shape
+        assert y.device == x.device
+
+
+@pytest.mark.parametrize(("mode", "kept_gradient"), [("inverted", 1 / 0.75), ("classic", 1.0)])
+def test_gradient_is_the_scaled_mask(mode, kept_gradient):
+    x = torch.tensor([1.0, -2.0, math.inf, 4.0] * 25, requires_grad=True)
+    y, keep = xdrop.dropout(x, 0.25, seed=3, mode=mode, return_mask=True)
+    y.sum().backward()
+    expected = torch.where(keep, torch.tensor(kept_gradient, dtype=torch.float32), 0.0)
+    assert torch.equal(x.grad, expected)
+
+
+def test_p_one_has_zero_gradient_even_for_infinite_inputs():
+    x = torch.tensor([math.inf, -math.inf, 1.0], requires_grad=True)
+    xdrop.dropout(x, 1.0, seed=0).sum().backward()
+    assert torch.equal(x.grad, torch.zeros(3))
+
+
+def test_seed_tensors_give_the_masks_of_their_values():
+    x = torch.ones(64)
+    expected = xdrop.dropout(x, 0.5, seed=2**64 - 1)
+    assert torch.equal(xdrop.dropout(x, 0.5, seed=torch.tensor(-1)), expected)  # two's complement
+    high_low = torch.tensor([2**32 - 1, 2**32 - 1], dtype=torch.uint32)
+    assert torch.equal(xdrop.dropout(x, 0.5, seed=high_low), expected)
+    assert torch.equal(xdrop.dropout(x, 0.5, seed=torch.tensor(-1, dtype=torch.int8)),
+                       xdrop.dropout(x, 0.5, seed=255))  # fmt: skip
+
+
+def test_fold_in_on_tensors_matches_the_host_fold_in():
+    folded = xdrop.fold_in(torch.tensor(7), torch.tensor(11))
+    assert folded.dtype == torch.int64
+    assert int(folded) % 2**64 == reference.fold_in(7, 11)
+    assert int(xdrop.fold_in(7, torch.tensor(11))) % 2**64 == reference.fold_in(7, 11)
+
+
+class CountingBackend:
+    """A torch.compile backend that counts the graphs it is given and runs them as they are."""
+
+    def __init__(self) -> None:
+        self.graphs = 0
+
+    def __call__(self, graph_module, example_inputs):
+        self.graphs += 1
+        return graph_module.forward
+
+
+def test_compile_with_a_traced_seed_compiles_once_and_matches_eager():
+    backend = CountingBackend()
+
+    @torch.compile(fullgraph=True, backend=backend)
+    def step(x, seed):
+        return xdrop.dropout(x, 0.3, seed=seed)
+
+    x = torch.randn(500)
+    for seed in (1, 2, 3, 2**40):
+        assert torch.equal(step(x, torch.tensor(seed)), xdrop.dropout(x, 0.3, seed=seed))
+    assert backend.graphs == 1
+
+
+def test_compile_with_fold_in_per_step():
+    backend = CountingBackend()
+
+    @torch.compile(fullgraph=True, backend=backend)
+    def step(x, step_number):
+        return xdrop.dropout(x, 0.5, seed=xdrop.fold_in(1234, step_number))
+
+    x = torch.ones(100)
+    for number in range(3):
+        expected = xdrop.dropout(x, 0.5, seed=xdrop.fold_in(1234, number))
+        assert torch.equal(step(x, torch.tensor(number)), expected)
+    assert backend.graphs == 1
+
+
+def test_inductor_output_is_bit_identical():
+    step = torch.compile(lambda x, seed: xdrop.dropout(x, 0.5, seed=seed), fullgraph=True)
+    x = torch.randn(2, 300)
+    assert torch.equal(step(x, torch.tensor(9)), xdrop.dropout(x, 0.5, seed=9))
+
+
+def test_seed_none_inside_compile_is_refused():
+    step = torch.compile(lambda x: xdrop.dropout(x, 0.5), fullgraph=True, backend="eager")
+    with pytest.raises(
+        Exception, match="seed=None and xdrop.Generator seeds are drawn on the host"
+    ):
+        step(torch.ones(4))
+
+
+def test_native_mode_honours_torch_manual_seed():
+    x = torch.ones(1000)
+    torch.manual_seed(0)
+    first = xdrop.dropout(x, 0.5, rng="native")
+    torch.manual_seed(0)
+    assert torch.equal(xdrop.dropout(x, 0.5, rng="native"), first)
+    assert torch.equal(xdrop.dropout(x, 0.5, rng="native", seed=5),
+                       xdrop.dropout(x, 0.5, rng="native", seed=5))  # fmt: skip
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.8])
+def test_native_mode_is_statistically_torch_dropout(p):
+    count = 100_000
+    ours = xdrop.dropout(torch.ones(count), p, rng="native").numpy()
+    theirs = torch.nn.functional.dropout(torch.ones(count), p).numpy()
+    q = 1 - p
+    assert set(np.unique(ours)) <= {0.0, np.float32(1) / np.float32(q)}
+    for values in (ours, theirs):
+        kept = np.count_nonzero(values)
+        assert abs(kept - count * q) <= 4 * math.sqrt(count * p * q)
+        assert abs(values.mean() - 1.0) <= 4 * math.sqrt(p / q / count)
