@@ -1,9 +1,11 @@
 """The backend protocol: the few operations the spec needs from an array framework.
 
 A backend owns one framework's arrays. It supplies array plumbing (conversion, dtype and shape
-queries, ``select``, ``multiply``) and 32-bit unsigned word arithmetic (``add``, ``xor``,
-``rotate_left``, ``less_than``, ``iota``). It holds no dropout logic: the algorithm lives once in
-:mod:`xdrop.spec`. ``docs/backends.md`` states each method's contract.
+queries, ``select``, ``multiply``), 32-bit unsigned word arithmetic (``add``, ``xor``,
+``rotate_left``, ``less_than``, ``iota``) and, for the losses, a few floating-point operations
+(``log_softmax``, ``sum``, ``where``, ``take_along_axis``...). It holds no dropout or R-Drop logic:
+the algorithms live once in :mod:`xdrop.spec` and :mod:`xdrop.rdrop`. ``docs/backends.md`` states
+each method's contract; ``docs/rdrop-backend-ops.md`` those of the loss operations.
 
 Words are opaque to the spec: a backend may carry them in any integer dtype as long as the
 operations behave as arithmetic modulo 2**32 (PyTorch, for one, has no eager uint32 arithmetic).
@@ -92,8 +94,8 @@ class Backend(WordOps):
         """``a`` with the same elements in row-major order and a new ``shape``."""
 
     @abc.abstractmethod
-    def concat(self, arrays: list[Array]) -> Array:
-        """The 1-d arrays joined end to end."""
+    def concat(self, arrays: list[Array], axis: int = 0) -> Array:
+        """The arrays joined end to end along ``axis`` (1-d arrays: along their only axis)."""
 
     # -- words ----------------------------------------------------------------------------------
     @abc.abstractmethod
@@ -103,6 +105,64 @@ class Backend(WordOps):
     @abc.abstractmethod
     def less_than(self, a: Words, threshold: int) -> Array:
         """Boolean ``a < threshold``, unsigned, for ``0 < threshold < 2**32``."""
+
+    # -- losses -----------------------------------------------------------------------------------
+    # Floating-point operations for the losses of :mod:`xdrop.rdrop`, differentiable where the
+    # framework differentiates. "Broadcasting" means NumPy rules. Where an operand may be a Python
+    # number, it takes the dtype of the array operand (as ``x * 0.5`` does for a float32 ``x``).
+    @abc.abstractmethod
+    def astype(self, x: Array, dtype: str) -> Array:
+        """``x`` converted to the dtype named ``dtype`` (``"float32"``, ``"int64"``, ``"bool"``)."""
+
+    @abc.abstractmethod
+    def exp(self, x: Array) -> Array:
+        """``e ** x`` elementwise (``exp(-inf) == 0``)."""
+
+    @abc.abstractmethod
+    def log_softmax(self, x: Array, axis: int) -> Array:
+        """``x - logsumexp(x, axis)``, stable for all finite ``x``; ``-inf`` entries stay ``-inf``."""
+
+    @abc.abstractmethod
+    def sum(self, x: Array, axis: int | None = None) -> Array:
+        """The sum over ``axis`` (removed from the shape); over all elements (0-d) for ``None``."""
+
+    @abc.abstractmethod
+    def plus(self, a: Array, b: Array | float) -> Array:
+        """``a + b`` elementwise, broadcasting; ``b`` may be a Python number."""
+
+    @abc.abstractmethod
+    def minus(self, a: Array | float, b: Array) -> Array:
+        """``a - b`` elementwise, broadcasting; ``a`` may be a Python number."""
+
+    @abc.abstractmethod
+    def times(self, a: Array, b: Array | float) -> Array:
+        """``a * b`` elementwise, broadcasting; ``b`` may be a Python number."""
+
+    @abc.abstractmethod
+    def divide(self, a: Array, b: Array) -> Array:
+        """``a / b`` elementwise, broadcasting (IEEE: ``1 / 0 == inf``)."""
+
+    @abc.abstractmethod
+    def equal(self, a: Array, b: Array | float) -> Array:
+        """Boolean ``a == b`` elementwise, broadcasting; ``b`` may be a Python number."""
+
+    @abc.abstractmethod
+    def logical_or(self, a: Array, b: Array) -> Array:
+        """Boolean ``a | b`` of boolean arrays, broadcasting."""
+
+    @abc.abstractmethod
+    def where(self, condition: Array, a: Array | float, b: Array | float) -> Array:
+        """``a`` where ``condition`` else ``b``, broadcasting; one of ``a``, ``b`` may be a Python
+        number. Differentiable in ``a`` and ``b``: no gradient flows through the unselected one."""
+
+    @abc.abstractmethod
+    def take_along_axis(self, x: Array, indices: Array, axis: int) -> Array:
+        """The entries of ``x`` that ``indices`` picks along ``axis`` (``numpy.take_along_axis``):
+        ``indices`` is an integer array of ``x``'s shape but for a size of 1 at ``axis``."""
+
+    @abc.abstractmethod
+    def split(self, x: Array, sections: int, axis: int) -> list[Array]:
+        """``x`` cut along ``axis`` into ``sections`` equal consecutive parts (the size divides)."""
 
     # -- execution --------------------------------------------------------------------------------
     def is_tracing(self, x: Array | None) -> bool:
