@@ -8,6 +8,7 @@ from xdrop.errors import (
     TracingError,
     XdropError,
 )
+from xdrop.rdrop_api import rdrop_forward, rdrop_kl, rdrop_loss
 from xdrop.registry import available_backends, get_backend, set_backend, use_backend
 from xdrop.rng import Generator, fold_in, manual_seed
 
@@ -26,6 +27,9 @@ __all__ = [
     "fold_in",
     "get_backend",
     "manual_seed",
+    "rdrop_forward",
+    "rdrop_kl",
+    "rdrop_loss",
     "set_backend",
     "use_backend",
 ]
