@@ -1,4 +1,5 @@
-"""Run the golden cases through the public API on a backend and compare bit for bit."""
+"""Run the golden cases through the public API on a backend and compare: bit for bit for dropout,
+masks and seeds; to a floating-point tolerance for the R-Dropout losses."""
 
 from __future__ import annotations
 
@@ -11,8 +12,18 @@ import numpy as np
 
 import xdrop
 from xdrop import registry
-from xdrop.conformance.golden import input_values, load
+from xdrop.conformance.golden import (
+    RDROP_IGNORE_INDEX,
+    input_values,
+    load,
+    rdrop_logits,
+    rdrop_positions,
+)
 from xdrop.errors import BackendError
+
+# (relative, absolute) tolerance of the R-Dropout cases, by the dtype the loss is computed in: a
+# few float32 roundings per term of sums of at most 30 terms; float64 is held to the reference.
+RDROP_TOLERANCE = {"float32": (1e-5, 1e-6), "float64": (1e-12, 1e-12)}
 
 
 @dataclass
@@ -78,6 +89,8 @@ def _run_case(xp: Any, case: dict[str, Any]) -> CaseResult:
             return result("passed") if got == case["expected"] else result(
                 "failed", math.inf, f"fold_in gave {got}, expected {case['expected']}"
             )
+        if case["kind"] in ("rdrop_kl", "rdrop_loss"):
+            return _run_rdrop_case(xp, case, result)
         shape = tuple(case["shape"])
         if case["kind"] == "mask":
             keep = xdrop.dropout_mask(shape, case["p"], seed=case["seed"], offset=case["offset"])
@@ -104,6 +117,51 @@ def _run_case(xp: Any, case: dict[str, Any]) -> CaseResult:
         return _compare_values(result, xp.to_numpy(y).astype(np.float64), expected)
     except Exception as error:  # a crash in one case is that case's failure, not the run's
         return result("failed", math.inf, f"{type(error).__name__}: {error}")
+
+
+def _run_rdrop_case(
+    xp: Any, case: dict[str, Any], result: Callable[..., CaseResult]
+) -> CaseResult:
+    logits1, logits2 = rdrop_logits(case)
+    labels, padded = rdrop_positions(case)
+    try:
+        x1, x2 = (xp.asarray(logits, dtype=case["dtype"]) for logits in (logits1, logits2))
+    except (ImportError, TypeError) as error:
+        return result("skipped", detail=f"{case['dtype']} unavailable: {error}")
+    options: dict[str, Any] = {"axis": case["axis"], "reduction": case["reduction"]}
+    if case["pad_every"]:
+        options["pad_mask"] = xp.asarray(padded)
+    if case["kind"] == "rdrop_kl":
+        got = xdrop.rdrop_kl(x1, x2, **options)
+    else:
+        got = xdrop.rdrop_loss(
+            x1,
+            x2,
+            xp.asarray(labels),
+            alpha=case["alpha"],
+            ignore_index=RDROP_IGNORE_INDEX if case["ignore_every"] else None,
+            label_smoothing=case["label_smoothing"],
+            **options,
+        )
+    if xp.dtype_name(got) != case["result_dtype"]:
+        return result(
+            "failed", math.inf, f"loss has dtype {xp.dtype_name(got)}, not {case['result_dtype']}"
+        )
+    values = xp.to_numpy(got).astype(np.float64)
+    expected = np.array([float.fromhex(value) for value in case["expected"]])
+    expected = expected.reshape(case["result_shape"])
+    if values.shape != expected.shape:
+        return result("failed", math.inf, f"loss has shape {values.shape}, not {expected.shape}")
+    relative, absolute = RDROP_TOLERANCE[case["result_dtype"]]
+    with np.errstate(invalid="ignore"):
+        difference = np.abs(values - expected)
+    same = (values == expected) | (np.isnan(values) & np.isnan(expected))
+    difference = np.where(same, 0.0, np.where(np.isnan(difference), np.inf, difference))
+    worst = float(difference.max(initial=0.0))
+    wrong = int(np.count_nonzero(difference > absolute + relative * np.abs(expected)))
+    if wrong:
+        return result("failed", worst, f"{wrong} of {values.size} values beyond the tolerance")
+    return result("passed", worst)
 
 
 def unpack_bits(packed: str, shape: tuple[int, ...]) -> np.ndarray:
