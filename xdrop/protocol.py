@@ -120,7 +120,7 @@ class Backend(WordOps):
 
     @abc.abstractmethod
     def log_softmax(self, x: Array, axis: int) -> Array:
-        """``x - logsumexp(x, axis)``, stable for all finite ``x``; ``-inf`` entries stay ``-inf``."""
+        """``x - logsumexp(x, axis)``, stable for finite ``x``; ``-inf`` entries stay ``-inf``."""
 
     @abc.abstractmethod
     def sum(self, x: Array, axis: int | None = None) -> Array:

@@ -218,7 +218,7 @@ def check_position_array(
     *,
     dtype_ok: bool,
 ) -> None:
-    """``pad_mask`` and ``labels``: one entry per position (the logits' shape less the class axis)."""
+    """``pad_mask`` and ``labels``: one entry per position (logits' shape less the class axis)."""
     allowed = f"{kind} of shape {positions} (the shape of the logits without the class axis)"
     if not dtype_ok:
         raise bad_array_type(argument, array, allowed)
