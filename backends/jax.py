@@ -53,8 +53,8 @@ class JaxBackend(Backend):
     def reshape(self, a: Any, shape: tuple[int, ...]) -> Any:
         return self.jnp.reshape(a, shape)
 
-    def concat(self, arrays: list[Any]) -> Any:
-        return self.jnp.concatenate(arrays)
+    def concat(self, arrays: list[Any], axis: int = 0) -> Any:
+        return self.jnp.concatenate(arrays, axis=axis)
 
     # constants are NumPy uint32: a Python int >= 2**31 would overflow against uint32 without x64
     def word(self, value: int, like: Any = None) -> Any:

@@ -43,8 +43,8 @@ class NumpyBackend(Backend):
     def reshape(self, a: Any, shape: tuple[int, ...]) -> np.ndarray:
         return np.reshape(a, shape)
 
-    def concat(self, arrays: list[Any]) -> np.ndarray:
-        return np.concatenate(arrays)
+    def concat(self, arrays: list[Any], axis: int = 0) -> np.ndarray:
+        return np.concatenate(arrays, axis=axis)
 
     def word(self, value: int, like: Any = None) -> np.ndarray:
         return np.array(value, np.uint32)
@@ -79,6 +79,50 @@ class NumpyBackend(Backend):
         self, shape: tuple[int, ...], keep_probability: float, seed: Any, like: Any
     ) -> np.ndarray:
         return np.random.default_rng(seed).random(shape) < keep_probability
+
+    # -- losses: values only, NumPy has no autograd ------------------------------------------------
+    def astype(self, x: Any, dtype: str) -> Any:
+        return np.asarray(x).astype(_dtype(dtype))
+
+    def exp(self, x: Any) -> Any:
+        return np.exp(x)
+
+    def log_softmax(self, x: Any, axis: int) -> Any:
+        # a row of -inf (or one holding +inf or NaN) has no distribution: NaN, without a warning
+        with np.errstate(divide="ignore", invalid="ignore"):
+            peak = np.max(x, axis=axis, keepdims=True)
+            shifted = x - np.where(np.isfinite(peak), peak, 0)
+            return shifted - np.log(np.sum(np.exp(shifted), axis=axis, keepdims=True))
+
+    def sum(self, x: Any, axis: int | None = None) -> Any:
+        return np.sum(x, axis=axis)
+
+    def plus(self, a: Any, b: Any) -> Any:
+        return np.add(a, b)
+
+    def minus(self, a: Any, b: Any) -> Any:
+        return np.subtract(a, b)
+
+    def times(self, a: Any, b: Any) -> Any:
+        return np.multiply(a, b)
+
+    def divide(self, a: Any, b: Any) -> Any:
+        return np.divide(a, b)
+
+    def equal(self, a: Any, b: Any) -> Any:
+        return np.equal(a, b)
+
+    def logical_or(self, a: Any, b: Any) -> Any:
+        return np.logical_or(a, b)
+
+    def where(self, condition: Any, a: Any, b: Any) -> Any:
+        return np.where(condition, a, b)
+
+    def take_along_axis(self, x: Any, indices: Any, axis: int) -> Any:
+        return np.take_along_axis(x, indices, axis=axis)
+
+    def split(self, x: Any, sections: int, axis: int) -> list[Any]:
+        return np.split(x, sections, axis=axis)
 
 
 def _dtype(name: str) -> Any:

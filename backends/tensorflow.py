@@ -53,8 +53,8 @@ class TensorflowBackend(Backend):
     def reshape(self, a: Any, shape: tuple[int, ...]) -> Any:
         return self.tf.reshape(a, shape)
 
-    def concat(self, arrays: list[Any]) -> Any:
-        return self.tf.concat(arrays, 0)
+    def concat(self, arrays: list[Any], axis: int = 0) -> Any:
+        return self.tf.concat(arrays, axis)
 
     def word(self, value: int, like: Any = None) -> Any:
         return self.tf.constant(value, self.tf.uint32)

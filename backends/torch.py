@@ -61,8 +61,8 @@ class TorchBackend(Backend):
     def reshape(self, a: Any, shape: tuple[int, ...]) -> Any:
         return a.reshape(shape)
 
-    def concat(self, arrays: list[Any]) -> Any:
-        return self.torch.cat(arrays)
+    def concat(self, arrays: list[Any], axis: int = 0) -> Any:
+        return self.torch.cat(arrays, dim=axis)
 
     def word(self, value: int, like: Any = None) -> Any:
         return self.torch.tensor(_signed(value), dtype=self.torch.int32, device=_device(like))

@@ -100,7 +100,7 @@ def test_inductor_output_is_bit_identical():
 def test_seed_none_inside_compile_is_refused():
     step = torch.compile(lambda x: xdrop.dropout(x, 0.5), fullgraph=True, backend="eager")
     with pytest.raises(
-        Exception, match="seed=None and xdrop.Generator seeds are drawn on the host"
+        Exception, match=r"seed=None and xdrop\.Generator seeds are drawn on the host"
     ):
         step(torch.ones(4))
 

@@ -8,6 +8,7 @@ from xdrop.errors import (
     TracingError,
     XdropError,
 )
+from xdrop.rdrop_api import rdrop_forward, rdrop_kl, rdrop_loss
 from xdrop.registry import available_backends, get_backend, set_backend, use_backend
 from xdrop.seeds import Generator, fold_in, get_rng, manual_seed, set_rng
 
@@ -27,6 +28,9 @@ __all__ = [
     "get_backend",
     "get_rng",
     "manual_seed",
+    "rdrop_forward",
+    "rdrop_kl",
+    "rdrop_loss",
     "set_backend",
     "set_rng",
     "use_backend",

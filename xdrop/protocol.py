@@ -1,9 +1,11 @@
 """The backend protocol: the few operations the spec needs from an array framework.
 
 A backend owns one framework's arrays. It supplies array plumbing (conversion, dtype and shape
-queries, ``select``, ``multiply``) and 32-bit unsigned word arithmetic (``add``, ``xor``,
-``rotate_left``, ``less_than``, ``iota``). It holds no dropout logic: the algorithm lives once in
-:mod:`xdrop.spec`. ``docs/backends.md`` states each method's contract.
+queries, ``select``, ``multiply``), 32-bit unsigned word arithmetic (``add``, ``xor``,
+``rotate_left``, ``less_than``, ``iota``) and, for the losses, a few floating-point operations
+(``log_softmax``, ``sum``, ``where``, ``take_along_axis``...). It holds no dropout or R-Drop logic:
+the algorithms live once in :mod:`xdrop.spec` and :mod:`xdrop.rdrop`. ``docs/backends.md`` states
+each method's contract; ``docs/rdrop-backend-ops.md`` those of the loss operations.
 
 Words are opaque to the spec: a backend may carry them in any integer dtype as long as the
 operations behave as arithmetic modulo 2**32 (PyTorch, for one, has no eager uint32 arithmetic).
@@ -101,8 +103,8 @@ class Backend(WordOps):
         """``a`` with the same elements in row-major order and a new ``shape``."""
 
     @abc.abstractmethod
-    def concat(self, arrays: list[Array]) -> Array:
-        """The 1-d arrays joined end to end."""
+    def concat(self, arrays: list[Array], axis: int = 0) -> Array:
+        """The arrays joined end to end along ``axis`` (1-d arrays: along their only axis)."""
 
     # -- words ----------------------------------------------------------------------------------
     @abc.abstractmethod
@@ -112,6 +114,64 @@ class Backend(WordOps):
     @abc.abstractmethod
     def less_than(self, a: Words, threshold: int) -> Array:
         """Boolean ``a < threshold``, unsigned, for ``0 < threshold < 2**32``."""
+
+    # -- losses (optional: R-Dropout) ---------------------------------------------------------------
+    # Floating-point operations for the losses of :mod:`xdrop.rdrop`, differentiable where the
+    # framework differentiates. "Broadcasting" means NumPy rules. Where an operand may be a Python
+    # number, it takes the dtype of the array operand (as ``x * 0.5`` does for a float32 ``x``).
+    def astype(self, x: Array, dtype: str) -> Array:
+        """``x`` converted to the dtype named ``dtype`` (``"float32"``, ``"int64"``, ``"bool"``)."""
+        raise self._missing("astype")
+
+    def exp(self, x: Array) -> Array:
+        """``e ** x`` elementwise (``exp(-inf) == 0``)."""
+        raise self._missing("exp")
+
+    def log_softmax(self, x: Array, axis: int) -> Array:
+        """``x - logsumexp(x, axis)``, stable for finite ``x``; ``-inf`` entries stay ``-inf``."""
+        raise self._missing("log_softmax")
+
+    def sum(self, x: Array, axis: int | None = None) -> Array:
+        """The sum over ``axis`` (removed from the shape); over all elements (0-d) for ``None``."""
+        raise self._missing("sum")
+
+    def plus(self, a: Array, b: Array | float) -> Array:
+        """``a + b`` elementwise, broadcasting; ``b`` may be a Python number."""
+        raise self._missing("plus")
+
+    def minus(self, a: Array | float, b: Array) -> Array:
+        """``a - b`` elementwise, broadcasting; ``a`` may be a Python number."""
+        raise self._missing("minus")
+
+    def times(self, a: Array, b: Array | float) -> Array:
+        """``a * b`` elementwise, broadcasting; ``b`` may be a Python number."""
+        raise self._missing("times")
+
+    def divide(self, a: Array, b: Array) -> Array:
+        """``a / b`` elementwise, broadcasting (IEEE: ``1 / 0 == inf``)."""
+        raise self._missing("divide")
+
+    def equal(self, a: Array, b: Array | float) -> Array:
+        """Boolean ``a == b`` elementwise, broadcasting; ``b`` may be a Python number."""
+        raise self._missing("equal")
+
+    def logical_or(self, a: Array, b: Array) -> Array:
+        """Boolean ``a | b`` of boolean arrays, broadcasting."""
+        raise self._missing("logical_or")
+
+    def where(self, condition: Array, a: Array | float, b: Array | float) -> Array:
+        """``a`` where ``condition`` else ``b``, broadcasting; one of ``a``, ``b`` may be a Python
+        number. Differentiable in ``a`` and ``b``: no gradient flows through the unselected one."""
+        raise self._missing("where")
+
+    def take_along_axis(self, x: Array, indices: Array, axis: int) -> Array:
+        """The entries of ``x`` that ``indices`` picks along ``axis`` (``numpy.take_along_axis``):
+        ``indices`` is an integer array of ``x``'s shape but for a size of 1 at ``axis``."""
+        raise self._missing("take_along_axis")
+
+    def split(self, x: Array, sections: int, axis: int) -> list[Array]:
+        """``x`` cut along ``axis`` into ``sections`` equal consecutive parts (the size divides)."""
+        raise self._missing("split")
 
     # -- execution --------------------------------------------------------------------------------
     def is_tracing(self, x: Array | None) -> bool:
@@ -145,6 +205,11 @@ class Backend(WordOps):
         framework's own generator. ``seed`` is a host integer, key words (a traced seed), or None
         for the global generator (only where ``has_global_rng``)."""
         raise NotImplementedError(f"the {self.name} backend has no native generator")
+
+    def _missing(self, operation: str) -> NotImplementedError:
+        return NotImplementedError(
+            f"the {self.name} backend does not implement {operation!r}, which R-Dropout needs"
+        )
 
     def __repr__(self) -> str:
         return f"<xdrop backend {self.name!r}>"

@@ -1,9 +1,12 @@
-"""Mask stream v1 in plain Python integers: the executable form of ``docs/spec.md``.
+"""Mask stream v1 in plain Python integers: the executable form of ``docs/spec.md``; and the
+R-Dropout losses of ``docs/rdrop.md`` in plain Python floats.
 
-This module is deliberately independent of the array implementation in :mod:`xdrop.spec`: it
-shares no code with it, works one element at a time and uses exact rational arithmetic for every
-floating-point step. The golden conformance cases are produced from it, so a bug in the array
-code cannot hide by also living here. It is slow by design; never call it on real tensors.
+This module is deliberately independent of the array implementations in :mod:`xdrop.spec` and
+:mod:`xdrop.rdrop`: it shares no code with them and works one element at a time. The dropout part
+uses exact rational arithmetic for every floating-point step; the R-Dropout part computes in
+float64 with correctly rounded sums (``math.fsum``), each KL direction on its own, straight from
+the definitions. The golden conformance cases are produced from it, so a bug in the array code
+cannot hide by also living here. It is slow by design; never call it on real tensors.
 """
 
 from __future__ import annotations
@@ -156,3 +159,100 @@ def _noise_index(flat_index: int, shape: Sequence[int], noise: Sequence[int]) ->
             index += position * stride
             stride *= noise_size
     return index
+
+
+# -- R-Dropout -------------------------------------------------------------------------------------
+# A row is the logits of one position (one class distribution), as Python floats.
+
+
+def log_softmax(row: Sequence[float]) -> list[float]:
+    """``log(exp(z_c) / sum_k exp(z_k))`` for each class; a ``-inf`` logit gives ``-inf``."""
+    finite = [value for value in row if value != -math.inf]
+    if not finite:
+        return [math.nan] * len(row)
+    top = max(finite)
+    log_total = top + math.log(math.fsum(math.exp(value - top) for value in finite))
+    return [-math.inf if value == -math.inf else value - log_total for value in row]
+
+
+def kl_divergence(log_p: Sequence[float], log_q: Sequence[float]) -> float:
+    """``KL(P || Q) = sum_c p_c (log p_c - log q_c)``; classes with ``p_c == 0`` add nothing."""
+    terms = []
+    for log_pc, log_qc in zip(log_p, log_q, strict=True):
+        p_c = math.exp(log_pc)
+        if p_c > 0:
+            terms.append(p_c * (log_pc - log_qc))
+    return math.fsum(terms)
+
+
+def symmetric_kl(row1: Sequence[float], row2: Sequence[float]) -> float:
+    """``(KL(P1 || P2) + KL(P2 || P1)) / 2`` of two rows of logits."""
+    log_p1, log_p2 = log_softmax(row1), log_softmax(row2)
+    return (kl_divergence(log_p1, log_p2) + kl_divergence(log_p2, log_p1)) / 2
+
+
+def cross_entropy(row: Sequence[float], label: int, label_smoothing: float = 0.0) -> float:
+    """``-sum_c t_c log p_c`` for the target ``t = (1 - e) onehot(label) + e / C``."""
+    log_p = log_softmax(row)
+    if label_smoothing == 0:
+        return -log_p[label]
+    return (1 - label_smoothing) * -log_p[label] + label_smoothing * -math.fsum(log_p) / len(row)
+
+
+def reduce_losses(
+    values: Sequence[float], kept: Sequence[bool], reduction: str, batch: int
+) -> float | list[float]:
+    """Per-position ``values`` with the positions not ``kept`` set to 0, then reduced: ``"none"``,
+    ``"sum"``, ``"mean"`` (over the kept positions) or ``"batchmean"`` (over ``batch``); a
+    division by 0 positions divides by 1."""
+    values = [value if keep else 0.0 for value, keep in zip(values, kept, strict=True)]
+    if reduction == "none":
+        return values
+    total = math.fsum(values)
+    if reduction == "sum":
+        return total
+    if reduction == "batchmean":
+        return total / max(batch, 1)
+    return total / max(sum(kept), 1)
+
+
+def rdrop_kl(
+    rows1: Sequence[Sequence[float]],
+    rows2: Sequence[Sequence[float]],
+    padded: Sequence[bool],
+    reduction: str,
+    batch: int,
+) -> float | list[float]:
+    """The R-Drop KL term over positions: :func:`symmetric_kl` per row, padded rows 0, reduced."""
+    values = [
+        0.0 if pad else symmetric_kl(row1, row2)
+        for row1, row2, pad in zip(rows1, rows2, padded, strict=True)
+    ]
+    return reduce_losses(values, [not pad for pad in padded], reduction, batch)
+
+
+def rdrop_loss(
+    rows1: Sequence[Sequence[float]],
+    rows2: Sequence[Sequence[float]],
+    labels: Sequence[int],
+    padded: Sequence[bool],
+    *,
+    alpha: float,
+    ignore_index: int | None,
+    label_smoothing: float,
+    reduction: str,
+    batch: int,
+) -> float | list[float]:
+    """``CE(P1, y) + CE(P2, y) + alpha * KL_sym(P1, P2)`` per position (Liang et al. 2021, eq. 3),
+    padded positions and those labelled ``ignore_index`` 0, reduced."""
+    kept = [not pad and label != ignore_index for label, pad in zip(labels, padded, strict=True)]
+    values = []
+    for r1, r2, label, keep in zip(rows1, rows2, labels, kept, strict=True):
+        if not keep:
+            values.append(0.0)
+            continue
+        loss = cross_entropy(r1, label, label_smoothing) + cross_entropy(r2, label, label_smoothing)
+        if alpha:
+            loss += alpha * symmetric_kl(r1, r2)
+        values.append(loss)
+    return reduce_losses(values, kept, reduction, batch)

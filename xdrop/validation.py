@@ -8,7 +8,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from xdrop.errors import bad_type, bad_value
+from xdrop.errors import ArgumentTypeError, ArgumentValueError, bad_type, bad_value, describe
+from xdrop.rdrop import REDUCTIONS
 from xdrop.spec import FLOAT_DTYPES, MODES, SEED_COUNT, WORD_COUNT, inverted_scale
 
 
@@ -81,10 +82,10 @@ def check_fold_data(data: object) -> int:
     return value
 
 
-def check_float_dtype(dtype: str) -> str:
+def check_float_dtype(dtype: str, argument: str = "x") -> str:
     if dtype not in FLOAT_DTYPES:
         raise bad_type(
-            "x", f"<array of {dtype}>", "an array of float16, bfloat16, float32 or float64"
+            argument, f"<array of {dtype}>", "an array of float16, bfloat16, float32 or float64"
         )
     return dtype
 
@@ -136,3 +137,120 @@ def check_scale_fits(p: float, dtype: str, mode: str) -> None:
             f"small enough that the inverted scale 1/(1-p) is finite in {dtype} "
             '(use a wider dtype or mode="classic")',
         )
+
+
+# -- R-Dropout -------------------------------------------------------------------------------------
+class ArrayDescription:
+    """An array as error messages show it: ``<int64 array of shape (2, 3)>``."""
+
+    def __init__(self, dtype: str, shape: tuple[int, ...]) -> None:
+        self.dtype = dtype
+        self.shape = shape
+
+    def __repr__(self) -> str:
+        return f"<{self.dtype} array of shape {self.shape}>"
+
+
+def bad_array(argument: str, array: ArrayDescription, allowed: str) -> ArgumentValueError:
+    """An array argument of the wrong shape."""
+    error: ArgumentValueError = ArgumentValueError(describe(argument, array, allowed))
+    return error
+
+
+def bad_array_type(argument: str, array: ArrayDescription, allowed: str) -> ArgumentTypeError:
+    """An array argument of the wrong dtype."""
+    error: ArgumentTypeError = ArgumentTypeError(describe(argument, array, allowed))
+    return error
+
+
+def is_integer_dtype(dtype: str) -> bool:
+    return dtype.startswith(("int", "uint"))
+
+
+def check_axis(axis: object, ndim: int, argument: str = "axis") -> int:
+    """``axis`` of an array of ``ndim`` dimensions, made non-negative."""
+    allowed = f"an integer in [{-ndim}, {ndim}) for an array of {ndim} dimensions"
+    if not is_integer(axis):
+        raise bad_type(argument, axis, allowed)
+    assert isinstance(axis, numbers.Integral)
+    value = int(axis)
+    if not -ndim <= value < ndim:
+        raise bad_value(argument, axis, allowed)
+    return value % ndim
+
+
+def check_reduction(reduction: object, positions: tuple[int, ...]) -> str:
+    """One of :data:`xdrop.rdrop.REDUCTIONS`; ``"batchmean"`` needs a first (batch) axis."""
+    if reduction not in REDUCTIONS:
+        raise bad_value("reduction", reduction, 'one of "sum", "mean", "batchmean", "none"')
+    if reduction == "batchmean" and not positions:
+        raise bad_value(
+            "reduction",
+            reduction,
+            '"sum", "mean" or "none" for logits without a batch axis (a single distribution)',
+        )
+    return str(reduction)
+
+
+def check_alpha(alpha: object) -> float:
+    """The weight of the KL term: a finite real number >= 0."""
+    if isinstance(alpha, (bool, np.bool_)) or not isinstance(alpha, numbers.Real):
+        raise bad_type("alpha", alpha, "a finite real number >= 0")
+    value = float(alpha)
+    if not math.isfinite(value) or value < 0:
+        raise bad_value("alpha", alpha, "a finite real number >= 0")
+    return value
+
+
+def check_label_smoothing(smoothing: object) -> float:
+    if isinstance(smoothing, (bool, np.bool_)) or not isinstance(smoothing, numbers.Real):
+        raise bad_type("label_smoothing", smoothing, "a real number in [0, 1]")
+    value = float(smoothing)
+    if math.isnan(value) or not 0.0 <= value <= 1.0:
+        raise bad_value("label_smoothing", smoothing, "a real number in [0, 1]")
+    return value
+
+
+def check_ignore_index(ignore_index: object) -> int | None:
+    if ignore_index is None:
+        return None
+    if not is_integer(ignore_index):
+        raise bad_type("ignore_index", ignore_index, "an integer or None")
+    assert isinstance(ignore_index, numbers.Integral)
+    return int(ignore_index)
+
+
+def check_position_array(
+    argument: str,
+    array: ArrayDescription,
+    positions: tuple[int, ...],
+    kind: str,
+    *,
+    dtype_ok: bool,
+) -> None:
+    """``pad_mask`` and ``labels``: one entry per position (logits' shape less the class axis)."""
+    allowed = f"{kind} of shape {positions} (the shape of the logits without the class axis)"
+    if not dtype_ok:
+        raise bad_array_type(argument, array, allowed)
+    if array.shape != positions:
+        raise bad_array(argument, array, allowed)
+
+
+def check_labels_in_range(
+    labels: np.ndarray, classes: int, ignore_index: int | None, padded: np.ndarray | None
+) -> None:
+    """Each label of a position neither padded nor ``ignore_index`` must be in ``[0, classes)``."""
+    checked = np.ones(labels.shape, bool)
+    if ignore_index is not None:
+        checked &= labels != ignore_index
+    if padded is not None:
+        checked &= ~padded
+    wrong = checked & ((labels < 0) | (labels >= classes))
+    if wrong.any():
+        position = tuple(int(i) for i in np.argwhere(wrong)[0])
+        allowed = f"class indices in [0, {classes})"
+        if ignore_index is not None:
+            allowed += f" or ignore_index ({ignore_index})"
+        message = describe("labels", int(labels[position]), allowed)
+        error: ArgumentValueError = ArgumentValueError(f"{message} at position {position}")
+        raise error

@@ -2,6 +2,10 @@
 
 ``python -m xdrop golden`` rewrites ``golden.json`` from :mod:`xdrop.reference`; ``--check`` fails
 when the file differs from what the reference produces now.
+
+Dropout, mask and fold-in cases are bit-exact. The R-Dropout cases (kinds ``rdrop_kl`` and
+``rdrop_loss``) hold float64 values that a backend matches to the tolerance of the dtype it
+computes in (:mod:`xdrop.conformance.runner`).
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from xdrop import reference
 
@@ -101,7 +107,128 @@ def case_parameters() -> Iterator[dict[str, Any]]:
             yield {"kind": "fold_in", "group": "fold_in", "seed": seed, "data": data}
 
 
+# -- R-Dropout cases -------------------------------------------------------------------------------
+RDROP_IGNORE_INDEX = -100
+
+
+def _rdrop(kind: str, shape: tuple[int, ...], reduction: str, **options: Any) -> dict[str, Any]:
+    case = {
+        "kind": kind,
+        "group": kind,
+        "shape": list(shape),
+        "axis": options.pop("axis", -1),
+        "dtype": options.pop("dtype", "float32"),
+        "reduction": reduction,
+        "pad_every": options.pop("pad_every", None),
+        "masked_classes": options.pop("masked_classes", []),
+        "one_sided_classes": options.pop("one_sided_classes", []),
+    }
+    if kind == "rdrop_loss":
+        case["alpha"] = options.pop("alpha", 1.0)
+        case["ignore_every"] = options.pop("ignore_every", None)
+        case["label_smoothing"] = options.pop("label_smoothing", 0.0)
+    assert not options, options
+    return case
+
+
+def rdrop_case_parameters() -> Iterator[dict[str, Any]]:
+    """The R-Dropout cases, without their expected values."""
+    kl, loss = "rdrop_kl", "rdrop_loss"
+    for reduction in ("sum", "mean", "batchmean", "none"):
+        yield _rdrop(kl, (4, 5), reduction)
+        yield _rdrop(kl, (3, 4, 6), reduction, pad_every=3)
+        yield _rdrop(loss, (6, 4), reduction)
+        yield _rdrop(loss, (2, 3, 5), reduction, pad_every=2, ignore_every=3)
+    for dtype in ("float16", "bfloat16", "float64"):
+        yield _rdrop(kl, (4, 5), "sum", dtype=dtype)
+        yield _rdrop(kl, (4, 5), "none", dtype=dtype)
+        yield _rdrop(loss, (6, 4), "mean", dtype=dtype, alpha=2.5, label_smoothing=0.1)
+    for reduction in ("mean", "none"):
+        yield _rdrop(kl, (2, 5, 3), reduction, axis=1, pad_every=2)
+        yield _rdrop(kl, (6,), reduction)
+        yield _rdrop(kl, (4, 6), reduction, masked_classes=[1, 3])
+        yield _rdrop(loss, (2, 5, 3), reduction, axis=1, ignore_every=2)
+        yield _rdrop(loss, (5, 6), reduction, masked_classes=[0, 4], alpha=3.0)
+        yield _rdrop(loss, (6, 4), reduction, ignore_every=3, label_smoothing=0.2)
+    yield _rdrop(kl, (3, 4), "none", one_sided_classes=[2])  # probability 0 in one pass: inf
+    for alpha in (0.0, 0.5, 4.0):
+        yield _rdrop(loss, (6, 4), "sum", alpha=alpha)
+    for reduction in ("sum", "mean"):  # nothing to average: 0, not NaN
+        yield _rdrop(kl, (3, 4), reduction, pad_every=1)
+        yield _rdrop(kl, (0, 4), reduction)
+        yield _rdrop(loss, (3, 4), reduction, ignore_every=1)
+
+
+def rdrop_logits(case: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """The two float64 logit arrays of a case: small multiples of 1/16, exact in every float dtype,
+    the second a perturbation of the first; masked classes are ``-inf`` in both, one-sided ones in
+    the second only."""
+    shape = tuple(case["shape"])
+    index = np.arange(math.prod(shape))
+    logits1 = ((index * 29 + 5) % 47 - 23) / 8
+    logits2 = logits1 + ((index * 13 + 3) % 9 - 4) / 16
+    logits1, logits2 = logits1.reshape(shape), logits2.reshape(shape)
+    for classes, arrays in ((case["masked_classes"], (logits1, logits2)),
+                            (case["one_sided_classes"], (logits2,))):  # fmt: skip
+        for array in arrays:
+            np.moveaxis(array, case["axis"], -1)[..., classes] = -np.inf
+    return logits1, logits2
+
+
+def rdrop_positions(case: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """The labels (int64) and the pad mask (True = padded) of a case, one per position.
+
+    Labels avoid masked classes; every ``ignore_every``-th position is labelled
+    ``RDROP_IGNORE_INDEX`` and every ``pad_every``-th is padded (1: all of them)."""
+    shape = tuple(case["shape"])
+    axis = case["axis"] % len(shape)
+    positions = shape[:axis] + shape[axis + 1 :]
+    index = np.arange(math.prod(positions))
+    excluded = set(case["masked_classes"]) | set(case["one_sided_classes"])
+    allowed = np.array([c for c in range(shape[axis]) if c not in excluded])
+    labels = allowed[(index * 5 + 2) % len(allowed)]
+    if case.get("ignore_every"):
+        labels = np.where(index % case["ignore_every"] == case["ignore_every"] - 1,
+                          RDROP_IGNORE_INDEX, labels)  # fmt: skip
+    padded = np.zeros(index.shape, bool)
+    if case["pad_every"]:
+        padded = index % case["pad_every"] == case["pad_every"] - 1
+    return labels.astype(np.int64).reshape(positions), padded.reshape(positions)
+
+
+def _rdrop_expectations(case: dict[str, Any]) -> dict[str, Any]:
+    logits1, logits2 = rdrop_logits(case)
+    labels, padded = rdrop_positions(case)
+    classes = logits1.shape[case["axis"]]
+    rows1 = np.moveaxis(logits1, case["axis"], -1).reshape(-1, classes).tolist()
+    rows2 = np.moveaxis(logits2, case["axis"], -1).reshape(-1, classes).tolist()
+    batch = labels.shape[0] if labels.ndim else 1
+    if case["kind"] == "rdrop_kl":
+        value = reference.rdrop_kl(rows1, rows2, padded.ravel().tolist(), case["reduction"], batch)
+    else:
+        value = reference.rdrop_loss(
+            rows1,
+            rows2,
+            labels.ravel().tolist(),
+            padded.ravel().tolist(),
+            alpha=case["alpha"],
+            ignore_index=RDROP_IGNORE_INDEX if case["ignore_every"] else None,
+            label_smoothing=case["label_smoothing"],
+            reduction=case["reduction"],
+            batch=batch,
+        )
+    values = value if isinstance(value, list) else [value]
+    return {
+        **case,
+        "result_dtype": "float64" if case["dtype"] == "float64" else "float32",
+        "result_shape": list(labels.shape) if case["reduction"] == "none" else [],
+        "expected": [float(v).hex() for v in values],
+    }
+
+
 def _with_expectations(case: dict[str, Any]) -> dict[str, Any]:
+    if case["kind"] in ("rdrop_kl", "rdrop_loss"):
+        return _rdrop_expectations(case)
     if case["kind"] == "fold_in":
         return {**case, "expected": reference.fold_in(case["seed"], case["data"])}
     count = math.prod(case["shape"])
@@ -125,6 +252,14 @@ def _with_expectations(case: dict[str, Any]) -> dict[str, Any]:
 def _case_id(case: dict[str, Any]) -> str:
     if case["kind"] == "fold_in":
         return f"fold_in/seed={case['seed']}/data={case['data']}"
+    if case["kind"] in ("rdrop_kl", "rdrop_loss"):
+        parts = [case["kind"], "x".join(map(str, case["shape"])), case["reduction"]]
+        for option, default in (("axis", -1), ("dtype", "float32"), ("pad_every", None),
+                                ("masked_classes", []), ("one_sided_classes", []), ("alpha", 1.0),
+                                ("ignore_every", None), ("label_smoothing", 0.0)):  # fmt: skip
+            if case.get(option, default) != default:
+                parts.append(f"{option}={case[option]}")
+        return "/".join(str(part) for part in parts)
     parts = [case["group"], "x".join(map(str, case["shape"])) or "scalar", f"p={case['p']!r}"]
     parts.append(f"seed={case['seed']}")
     for option, default in (("dtype", "float32"), ("mode", "inverted"), ("training", True),
@@ -136,7 +271,8 @@ def _case_id(case: dict[str, Any]) -> str:
 
 def generate() -> dict[str, Any]:
     """The golden document, computed from the reference now."""
-    cases = [{"id": _case_id(case), **_with_expectations(case)} for case in case_parameters()]
+    parameters = [*case_parameters(), *rdrop_case_parameters()]
+    cases = [{"id": _case_id(case), **_with_expectations(case)} for case in parameters]
     ids = [case["id"] for case in cases]
     assert len(set(ids)) == len(ids), "case ids must be unique"
     return {

@@ -1,4 +1,5 @@
-"""Run the golden cases through the public API on a backend and compare bit for bit.
+"""Run the golden cases through the public API on a backend and compare: bit for bit for dropout,
+masks and seeds; to a floating-point tolerance for the R-Dropout losses.
 
 Each case runs eagerly, and — in the ``compiled`` mode — inside the framework's compiler
 (``jax.jit``, ``tf.function(jit_compile=True)``, ``torch.compile(fullgraph=True)``) with its seed
@@ -17,12 +18,22 @@ import numpy as np
 
 import xdrop
 from xdrop import registry, spec
-from xdrop.conformance.golden import input_values, load
+from xdrop.conformance.golden import (
+    RDROP_IGNORE_INDEX,
+    input_values,
+    load,
+    rdrop_logits,
+    rdrop_positions,
+)
 from xdrop.errors import BackendError
 from xdrop.protocol import Backend
 
 MODES = ("eager", "compiled")
 SAMPLE_GROUPS = ("inverted", "noise_shape", "offset", "fold_in")  # for slow compilers
+RDROP_KINDS = ("rdrop_kl", "rdrop_loss")
+# (relative, absolute) tolerance of the R-Dropout cases, by the dtype the loss is computed in: a
+# few float32 roundings per term of sums of at most 30 terms; float64 is held to the reference.
+RDROP_TOLERANCE = {"float32": (1e-5, 1e-6), "float64": (1e-12, 1e-12)}
 
 
 def sample(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -110,6 +121,8 @@ def run_backend(
 
 def _inputs(xp: Backend, case: dict[str, Any], traced: bool) -> dict[str, Any]:
     """The arguments of a case; with ``traced``, its seed and data become arrays of ``xp``."""
+    if case["kind"] in RDROP_KINDS:
+        return _rdrop_inputs(xp, case)
     inputs: dict[str, Any] = {"seed": case["seed"]}
     if traced:
         inputs["seed"] = xp.seed_array(spec.key_words(xp, case["seed"]))
@@ -123,7 +136,32 @@ def _inputs(xp: Backend, case: dict[str, Any], traced: bool) -> dict[str, Any]:
     return inputs
 
 
+def _rdrop_inputs(xp: Backend, case: dict[str, Any]) -> dict[str, Any]:
+    logits1, logits2 = rdrop_logits(case)
+    labels, padded = rdrop_positions(case)
+    inputs = {
+        "logits1": xp.asarray(logits1, dtype=case["dtype"]),
+        "logits2": xp.asarray(logits2, dtype=case["dtype"]),
+        "axis": case["axis"],
+        "reduction": case["reduction"],
+    }
+    if case["pad_every"]:
+        inputs["pad_mask"] = xp.asarray(padded)
+    if case["kind"] == "rdrop_loss":
+        inputs["labels"] = xp.asarray(labels)
+    return inputs
+
+
 def _call(case: dict[str, Any], inputs: dict[str, Any]) -> Any:
+    if case["kind"] == "rdrop_kl":
+        return xdrop.rdrop_kl(**inputs)
+    if case["kind"] == "rdrop_loss":
+        return xdrop.rdrop_loss(
+            **inputs,
+            alpha=case["alpha"],
+            ignore_index=RDROP_IGNORE_INDEX if case["ignore_every"] else None,
+            label_smoothing=case["label_smoothing"],
+        )
     if case["kind"] == "fold_in":
         return xdrop.fold_in(inputs["seed"], inputs["data"])
     if case["kind"] == "mask":
@@ -170,8 +208,12 @@ def _result(
 
 
 def _compare(xp: Backend, case: dict[str, Any], output: Any) -> CaseResult:
+    if isinstance(output, NotImplementedError):  # an optional part of the protocol
+        return _result(case, "skipped", detail=str(output))
     if isinstance(output, Exception):
         return _result(case, "failed", math.inf, f"{type(output).__name__}: {output}")
+    if case["kind"] in RDROP_KINDS:
+        return _compare_loss(xp, case, output)
     if case["kind"] == "fold_in":
         got = _seed_value(xp, output)
         result = _result(case, "passed")
@@ -211,6 +253,32 @@ def _same_bits(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.asarray(a == b)
     same: np.ndarray = (a == b) & (np.signbit(a) == np.signbit(b)) | np.isnan(a) & np.isnan(b)
     return same
+
+
+def _compare_loss(xp: Backend, case: dict[str, Any], loss: Any) -> CaseResult:
+    """Losses are compared to a tolerance (sums in another order round differently), so they
+    carry no ``output`` for the bitwise pairwise comparison."""
+    if xp.dtype_name(loss) != case["result_dtype"]:
+        detail = f"loss has dtype {xp.dtype_name(loss)}, not {case['result_dtype']}"
+        return _result(case, "failed", math.inf, detail)
+    values = xp.to_numpy(loss).astype(np.float64)
+    expected = np.array([float.fromhex(value) for value in case["expected"]])
+    expected = expected.reshape(case["result_shape"])
+    if values.shape != expected.shape:
+        detail = f"loss has shape {values.shape}, not {expected.shape}"
+        return _result(case, "failed", math.inf, detail)
+    relative, absolute = RDROP_TOLERANCE[case["result_dtype"]]
+    with np.errstate(invalid="ignore"):
+        difference = np.abs(values - expected)
+    same = (values == expected) | (np.isnan(values) & np.isnan(expected))
+    difference = np.where(same, 0.0, np.where(np.isnan(difference), np.inf, difference))
+    worst = float(difference.max(initial=0.0))
+    wrong = int(np.count_nonzero(difference > absolute + relative * np.abs(expected)))
+    if wrong:
+        return _result(
+            case, "failed", worst, f"{wrong} of {values.size} values beyond the tolerance"
+        )
+    return _result(case, "passed", worst)
 
 
 def _seed_value(xp: Backend, seed: Any) -> int:

@@ -1,0 +1,180 @@
+"""R-Dropout (Liang et al., NeurIPS 2021, arXiv 2106.14448), written once over the backend protocol.
+
+The module reads top-down like ``docs/rdrop.md``:
+logits -> log-probabilities -> symmetric KL and cross entropy per position -> padded and ignored
+positions set to 0 -> reduction; then the forward-twice helpers.
+Everything here is a pure function of its arguments; ``xp`` is a :class:`~xdrop.protocol.Backend`
+and the arguments have been validated (:mod:`xdrop.rdrop_api`).
+
+A *position* is one class distribution: the logits' shape without the class axis.
+"""
+
+from __future__ import annotations
+
+import math
+
+from xdrop.protocol import Array, Backend
+
+REDUCTIONS = ("sum", "mean", "batchmean", "none")
+HALF_DTYPES = ("float16", "bfloat16")
+
+
+def compute_dtype(dtype: str) -> str:
+    """The dtype losses are computed and returned in: float32 for half inputs, else ``dtype``."""
+    return "float32" if dtype in HALF_DTYPES else dtype
+
+
+def position_shape(shape: tuple[int, ...], axis: int) -> tuple[int, ...]:
+    """The logits' shape without the class axis (``axis`` is non-negative)."""
+    return shape[:axis] + shape[axis + 1 :]
+
+
+def with_class_axis(xp: Backend, a: Array, shape: tuple[int, ...], axis: int) -> Array:
+    """A per-position array of ``shape`` given a size-1 class axis, to broadcast against logits."""
+    return xp.reshape(a, (*shape[:axis], 1, *shape[axis:]))
+
+
+# -- logits -> log-probabilities -------------------------------------------------------------------
+def log_probabilities(
+    xp: Backend, logits: Array, axis: int, excluded: Array | None, dtype: str
+) -> Array:
+    """``log softmax(logits)`` over ``axis`` in ``dtype``.
+
+    The logits of excluded positions are replaced by zeros first: their values are discarded later
+    anyway, and so garbage there (``-inf`` rows, NaN) cannot turn their zero gradient into NaN.
+    """
+    if xp.dtype_name(logits) != dtype:
+        logits = xp.astype(logits, dtype)
+    if excluded is not None:
+        shape = position_shape(xp.shape(logits), axis)
+        logits = xp.where(with_class_axis(xp, excluded, shape, axis), 0.0, logits)
+    return xp.log_softmax(logits, axis)
+
+
+# -- symmetric KL per position ---------------------------------------------------------------------
+def symmetric_kl(xp: Backend, logp1: Array, logp2: Array, axis: int) -> Array:
+    """``(KL(P1||P2) + KL(P2||P1)) / 2`` per position, as ``1/2 sum_c (p1 - p2) (log p1 - log p2)``.
+
+    Each class term is a product of two differences of the same sign, so the result is
+    non-negative, exactly symmetric and exactly 0 for identical inputs. A class with probability 0
+    under both (a ``-inf`` logit in both) contributes 0: its log-probabilities are replaced by 0
+    before the subtraction, so neither ``-inf - -inf`` nor a NaN gradient appears. A class with
+    probability 0 under one distribution only makes the divergence ``+inf``, as it should.
+    """
+    p1, p2 = xp.exp(logp1), xp.exp(logp2)
+    impossible = xp.equal(xp.plus(p1, p2), 0.0)
+    log_ratio = xp.minus(xp.where(impossible, 0.0, logp1), xp.where(impossible, 0.0, logp2))
+    return xp.times(xp.sum(xp.times(xp.minus(p1, p2), log_ratio), axis), 0.5)
+
+
+# -- cross entropy per position --------------------------------------------------------------------
+def cross_entropy(
+    xp: Backend, logp: Array, labels: Array, axis: int, label_smoothing: float
+) -> Array:
+    """``-log p[label]`` per position; with smoothing ``e`` over ``C`` classes, PyTorch's
+    ``(1 - e) * (-log p[label]) + e * (-sum_c log p_c) / C``.
+
+    ``labels`` must be valid class indices everywhere (excluded positions were given class 0).
+    """
+    shape = xp.shape(logp)
+    positions = position_shape(shape, axis)
+    picked = xp.take_along_axis(logp, with_class_axis(xp, labels, positions, axis), axis)
+    nll = xp.times(xp.reshape(picked, positions), -1.0)
+    if label_smoothing == 0:
+        return nll
+    uniform = xp.times(xp.sum(logp, axis), -1.0 / shape[axis])
+    return xp.plus(xp.times(nll, 1.0 - label_smoothing), xp.times(uniform, label_smoothing))
+
+
+# -- excluded positions -> reduction ---------------------------------------------------------------
+def excluded_positions(
+    xp: Backend, pad_mask: Array | None, labels: Array | None, ignore_index: int | None
+) -> Array | None:
+    """Boolean per position: padded (``pad_mask`` True) or labelled ``ignore_index``; or None."""
+    if labels is None or ignore_index is None:
+        return pad_mask
+    ignored = xp.equal(labels, ignore_index)
+    return ignored if pad_mask is None else xp.logical_or(pad_mask, ignored)
+
+
+def reduce(xp: Backend, values: Array, excluded: Array | None, reduction: str, dtype: str) -> Array:
+    """Excluded positions set to exactly 0, then reduced.
+
+    ``"none"``: per position. ``"sum"``: the total. ``"batchmean"``: the total over the size of the
+    first axis. ``"mean"``: the total over the number of positions not excluded. A division by a
+    count of 0 (no positions, or all excluded) divides by 1 instead: the result is 0, not NaN.
+    """
+    shape = xp.shape(values)
+    if excluded is not None:
+        values = xp.where(excluded, 0.0, values)
+    if reduction == "none":
+        return values
+    total = xp.sum(values)
+    if reduction == "sum":
+        return total
+    if reduction == "batchmean":
+        return xp.divide(total, float(max(shape[0], 1)))
+    count = math.prod(shape)
+    if excluded is None:
+        return xp.divide(total, float(max(count, 1)))
+    kept = xp.minus(float(count), xp.sum(xp.astype(excluded, dtype)))
+    return xp.divide(total, xp.where(xp.equal(kept, 0.0), 1.0, kept))
+
+
+# -- the losses ------------------------------------------------------------------------------------
+def kl_loss(
+    xp: Backend,
+    logits1: Array,
+    logits2: Array,
+    axis: int,
+    pad_mask: Array | None,
+    reduction: str,
+) -> Array:
+    """The symmetric KL of the two passes, padded positions 0, reduced."""
+    dtype = compute_dtype(xp.dtype_name(logits1))
+    logp1 = log_probabilities(xp, logits1, axis, pad_mask, dtype)
+    logp2 = log_probabilities(xp, logits2, axis, pad_mask, dtype)
+    return reduce(xp, symmetric_kl(xp, logp1, logp2, axis), pad_mask, reduction, dtype)
+
+
+def rdrop_loss(
+    xp: Backend,
+    logits1: Array,
+    logits2: Array,
+    labels: Array,
+    *,
+    alpha: float,
+    axis: int,
+    pad_mask: Array | None,
+    ignore_index: int | None,
+    label_smoothing: float,
+    reduction: str,
+) -> Array:
+    """Per position ``CE(P1, y) + CE(P2, y) + alpha * KL_sym(P1, P2)`` (the paper's formula),
+    padded and ignored positions 0, reduced."""
+    dtype = compute_dtype(xp.dtype_name(logits1))
+    excluded = excluded_positions(xp, pad_mask, labels, ignore_index)
+    if excluded is not None:
+        labels = xp.where(excluded, 0, labels)  # any valid class will do: the value is dropped
+    logp1 = log_probabilities(xp, logits1, axis, excluded, dtype)
+    logp2 = log_probabilities(xp, logits2, axis, excluded, dtype)
+    loss = xp.plus(
+        cross_entropy(xp, logp1, labels, axis, label_smoothing),
+        cross_entropy(xp, logp2, labels, axis, label_smoothing),
+    )
+    if alpha != 0:
+        loss = xp.plus(loss, xp.times(symmetric_kl(xp, logp1, logp2, axis), alpha))
+    return reduce(xp, loss, excluded, reduction, dtype)
+
+
+# -- forward twice ---------------------------------------------------------------------------------
+def doubled(xp: Backend, x: Array, axis: int) -> Array:
+    """``concat([x, x], axis)``: one batch holding every sample twice, so a model with dropout draws
+    two independent masks for each sample in a single call."""
+    return xp.concat([x, x], axis)
+
+
+def halves(xp: Backend, y: Array, axis: int) -> tuple[Array, Array]:
+    """The outputs of the first and of the second copy of the batch."""
+    first, second = xp.split(y, 2, axis)
+    return first, second

@@ -1,0 +1,254 @@
+"""The public R-Dropout functions: validate once, pick the backend, run :mod:`xdrop.rdrop`."""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from xdrop import rdrop
+from xdrop.errors import bad_type
+from xdrop.protocol import Array, Backend
+from xdrop.registry import backend_for
+from xdrop.validation import (
+    ArrayDescription,
+    bad_array,
+    bad_array_type,
+    check_alpha,
+    check_axis,
+    check_float_dtype,
+    check_ignore_index,
+    check_label_smoothing,
+    check_labels_in_range,
+    check_position_array,
+    check_reduction,
+    is_integer_dtype,
+)
+
+
+def rdrop_kl(
+    logits1: Any,
+    logits2: Any,
+    *,
+    axis: int = -1,
+    pad_mask: Any = None,
+    reduction: str = "sum",
+) -> Any:
+    """The symmetric KL divergence of R-Dropout between two passes' predictive distributions.
+
+    With ``P = softmax(logits)`` over ``axis``, per position (one class distribution)::
+
+        KL_sym = (KL(P1 || P2) + KL(P2 || P1)) / 2 = 1/2 sum_c (p1_c - p2_c) (log p1_c - log p2_c)
+
+    It is 0 for identical logits, symmetric, non-negative and unchanged by adding a constant to a
+    row. Logits of ``-inf`` (masked classes) are allowed: a class with probability 0 in both passes
+    contributes 0 (and a finite gradient); probability 0 in one pass only gives ``inf``.
+
+    Args:
+        logits1, logits2: floating arrays of one shape and dtype, of any registered framework
+            (NumPy arrays and lists run on the default backend). float16 and bfloat16 are computed
+            in float32 and give a float32 result; float32 and float64 keep their dtype.
+        axis: the class axis.
+        pad_mask: ``None`` or a boolean array of the logits' shape without ``axis`` where **True
+            marks a padded position to ignore** (the convention of the official R-Drop code; the
+            opposite of an attention mask). Ignored positions contribute exactly 0.
+        reduction: ``"sum"`` (the default of the official code): the total over all positions;
+            ``"mean"``: the total over the number of positions not padded (0 when all are padded);
+            ``"batchmean"``: the total over the size of the first axis of the positions;
+            ``"none"``: one value per position (the logits' shape without ``axis``), 0 where padded.
+
+    Returns:
+        An array of the logits' framework; 0-d unless ``reduction="none"``. Differentiable on the
+        frameworks with autograd (NumPy computes the value only).
+
+    Example:
+        >>> import math, numpy as np
+        >>> print(f'{xdrop.rdrop_kl(np.array([0.0, 0.0]), np.array([math.log(3), 0.0])):.6f}')
+        0.137327
+    """
+    xp = backend_for(logits1)
+    logits1, logits2, class_axis = _logit_pair(xp, logits1, logits2, axis)
+    positions = rdrop.position_shape(xp.shape(logits1), class_axis)
+    how = check_reduction(reduction, positions)
+    pad = _pad_mask(xp, pad_mask, positions)
+    return rdrop.kl_loss(xp, logits1, logits2, class_axis, pad, how)
+
+
+def rdrop_loss(
+    logits1: Any,
+    logits2: Any,
+    labels: Any,
+    *,
+    alpha: float = 1.0,
+    axis: int = -1,
+    pad_mask: Any = None,
+    ignore_index: int | None = None,
+    label_smoothing: float = 0.0,
+    reduction: str = "mean",
+) -> Any:
+    """The R-Dropout training loss of the paper (Liang et al. 2021, eq. 3), per position::
+
+        L = CE(P1, y) + CE(P2, y) + alpha * (KL(P1 || P2) + KL(P2 || P1)) / 2
+
+    the *sum* of the two cross entropies, then reduced over positions. The official code instead
+    averages the two mean cross entropies and adds ``alpha`` times the *summed* KL::
+
+        0.5 * (CE1.mean() + CE2.mean()) + alpha * KL_sym.sum()
+        == 0.5 * rdrop_loss(l1, l2, y, alpha=0) + alpha * rdrop_kl(l1, l2)
+        == 0.5 * rdrop_loss(l1, l2, y, alpha=2 * alpha * n)      # n: positions not ignored
+
+    Args:
+        logits1, logits2: the two passes' logits, as for :func:`rdrop_kl`.
+        labels: integer class indices, of the logits' shape without ``axis``.
+        alpha: the weight of the KL term, ``>= 0``; 0 gives ``CE1 + CE2`` alone.
+        axis: the class axis.
+        pad_mask: as for :func:`rdrop_kl` (True = padded, ignored); labels there may be anything.
+        ignore_index: positions whose label equals it are ignored in both cross entropies and in
+            the KL, as ``pad_mask`` positions are.
+        label_smoothing: in ``[0, 1]``, as in ``torch.nn.functional.cross_entropy``: the target is
+            ``(1 - e) * onehot(y) + e / C``. With ``e > 0`` a ``-inf`` logit makes the loss infinite
+            (the target gives that class mass), as in PyTorch.
+        reduction: ``"mean"`` (default: over the positions neither padded nor ignored; 0 if none
+            is left), ``"sum"``, ``"batchmean"`` (over the size of the first axis) or ``"none"``
+            (one loss per position, 0 where ignored).
+
+    Returns:
+        As for :func:`rdrop_kl`.
+
+    Example:
+        >>> import numpy as np
+        >>> logits1 = np.array([[2.0, 0.5, -1.0], [0.0, 1.0, 0.0]])
+        >>> logits2 = np.array([[1.5, 1.0, -1.0], [0.5, 0.5, 0.0]])
+        >>> print(f'{xdrop.rdrop_loss(logits1, logits2, np.array([0, 1]), alpha=0.5):.4f}')
+        1.1837
+    """
+    xp = backend_for(logits1)
+    logits1, logits2, class_axis = _logit_pair(xp, logits1, logits2, axis)
+    shape = xp.shape(logits1)
+    positions = rdrop.position_shape(shape, class_axis)
+    how = check_reduction(reduction, positions)
+    weight = check_alpha(alpha)
+    smoothing = check_label_smoothing(label_smoothing)
+    ignored = check_ignore_index(ignore_index)
+    pad = _pad_mask(xp, pad_mask, positions)
+    labels = _as_array(xp, "labels", labels)
+    check_position_array(
+        "labels",
+        _describe(xp, labels),
+        positions,
+        "an integer array",
+        dtype_ok=is_integer_dtype(xp.dtype_name(labels)),
+    )
+    if not (xp.is_tracing(labels) or (pad is not None and xp.is_tracing(pad))):
+        padded = None if pad is None else xp.to_numpy(pad)
+        check_labels_in_range(xp.to_numpy(labels), shape[class_axis], ignored, padded)
+    return rdrop.rdrop_loss(
+        xp,
+        logits1,
+        logits2,
+        labels,
+        alpha=weight,
+        axis=class_axis,
+        pad_mask=pad,
+        ignore_index=ignored,
+        label_smoothing=smoothing,
+        reduction=how,
+    )
+
+
+def rdrop_forward(model_fn: Callable[[Any], Any], x: Any, *, axis: int = 0) -> tuple[Any, Any]:
+    """Run ``model_fn`` once on ``concat([x, x], axis)`` and split its output back in two.
+
+    Every sample goes through the model twice in one batched call, as the R-Drop tutorial's
+    ``torch.cat([x, x], 0)`` does: dropout inside ``model_fn`` draws one mask for the doubled
+    batch, so the two copies of a sample get independent masks. Nothing here is specific to a
+    framework: ``x`` and the output may be arrays of any registered backend.
+
+    Args:
+        model_fn: a callable taking the doubled batch and returning one array whose ``axis`` is
+            the doubled batch axis (twice the size of ``x``'s).
+        x: the batch, an array of any registered framework.
+        axis: the batch axis, of ``x`` and of the output alike.
+
+    Returns:
+        ``(out1, out2)``: the outputs of the first and second copy, each of ``x``'s batch size.
+
+    Example:
+        >>> import numpy as np
+        >>> def model(x):
+        ...     return xdrop.dropout(x, 0.5, seed=3)
+        >>> out1, out2 = xdrop.rdrop_forward(model, np.ones((2, 4), np.float32))
+        >>> out1
+        array([[2., 0., 0., 0.],
+               [2., 0., 2., 2.]], dtype=float32)
+        >>> out2
+        array([[2., 2., 0., 2.],
+               [2., 2., 0., 2.]], dtype=float32)
+    """
+    if not callable(model_fn):
+        raise bad_type("model_fn", model_fn, "a callable taking and returning an array")
+    xp = backend_for(x)
+    if not xp.is_array(x):
+        x = xp.asarray(x)
+    shape = xp.shape(x)
+    batch_axis = check_axis(axis, len(shape))
+    y = model_fn(rdrop.doubled(xp, x, batch_axis))
+    yp = backend_for(y)
+    expected = f"an array with {2 * shape[batch_axis]} entries along axis {axis} (twice x's)"
+    if not yp.is_array(y):
+        raise bad_type("the output of model_fn", y, expected)
+    output_shape = yp.shape(y)
+    if not -len(output_shape) <= axis < len(output_shape):
+        raise bad_array("the output of model_fn", _describe(yp, y), expected)
+    output_axis = axis % len(output_shape)
+    if output_shape[output_axis] != 2 * shape[batch_axis]:
+        raise bad_array("the output of model_fn", _describe(yp, y), expected)
+    return rdrop.halves(yp, y, output_axis)
+
+
+# -- argument handling -----------------------------------------------------------------------------
+def _describe(xp: Backend, a: Array) -> ArrayDescription:
+    return ArrayDescription(xp.dtype_name(a), tuple(xp.shape(a)))
+
+
+def _as_array(xp: Backend, argument: str, value: Any) -> Array:
+    """``value`` as an array of ``xp``: NumPy arrays and Python values are converted."""
+    if xp.is_array(value):
+        return value
+    if isinstance(value, (np.ndarray, np.generic, list, tuple, numbers.Number)):
+        return xp.asarray(value)
+    raise bad_type(argument, value, f"an array of the framework of logits1 ({xp.name})")
+
+
+def _logit_pair(xp: Backend, logits1: Any, logits2: Any, axis: object) -> tuple[Array, Array, int]:
+    """Both logits as arrays of ``xp``, of one floating dtype and one shape; and the class axis."""
+    logits1 = _as_array(xp, "logits1", logits1)
+    logits2 = _as_array(xp, "logits2", logits2)
+    dtype = check_float_dtype(xp.dtype_name(logits1), "logits1")
+    first, second = _describe(xp, logits1), _describe(xp, logits2)
+    if second.dtype != dtype:
+        raise bad_array_type("logits2", second, f"an array of logits1's dtype ({dtype})")
+    if second.shape != first.shape:
+        raise bad_array("logits2", second, f"an array of logits1's shape {first.shape}")
+    if not first.shape:
+        raise bad_array("logits1", first, "an array with a class axis (at least 1-d)")
+    class_axis = check_axis(axis, len(first.shape))
+    if first.shape[class_axis] == 0:
+        raise bad_array("logits1", first, f"an array with at least one class along axis {axis}")
+    return logits1, logits2, class_axis
+
+
+def _pad_mask(xp: Backend, pad_mask: Any, positions: tuple[int, ...]) -> Array | None:
+    if pad_mask is None:
+        return None
+    pad = _as_array(xp, "pad_mask", pad_mask)
+    check_position_array(
+        "pad_mask",
+        _describe(xp, pad),
+        positions,
+        "None or a boolean array (True = padded)",
+        dtype_ok=xp.dtype_name(pad) == "bool",
+    )
+    return pad
