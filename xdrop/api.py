@@ -10,6 +10,7 @@ from xdrop import seeds, spec
 from xdrop.errors import bad_value
 from xdrop.protocol import Array, Backend
 from xdrop.registry import backend_for
+from xdrop.tracing import called_as_is
 from xdrop.validation import (
     check_counter_range,
     check_flag,
@@ -23,6 +24,7 @@ from xdrop.validation import (
 )
 
 
+@called_as_is
 def dropout(
     x: Any,
     p: float = 0.5,
@@ -126,6 +128,7 @@ def _nothing_to_draw() -> Array:
     raise AssertionError("evaluation draws no mask")
 
 
+@called_as_is
 def dropout_mask(
     shape: int | Sequence[int],
     p: float,

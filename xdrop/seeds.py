@@ -13,6 +13,7 @@ from xdrop import spec
 from xdrop.errors import TracingError, XdropError, bad_type, bad_value
 from xdrop.protocol import Array, Backend, Key
 from xdrop.registry import backend_for
+from xdrop.tracing import called_as_is
 from xdrop.validation import as_integer, check_fold_data, check_seed
 
 RNG_KINDS = ("portable", "native")
@@ -158,6 +159,7 @@ def _drawn_seed_in_trace() -> TracingError:
 
 
 # -- fold_in ----------------------------------------------------------------------------------------
+@called_as_is
 def fold_in(seed: object, data: object) -> object:
     """Derive an independent seed from ``seed`` and a 32-bit integer ``data`` (e.g. a step).
 

@@ -16,3 +16,11 @@ def host_constant(function: Function) -> Function:
     JAX and TensorFlow run such functions as plain Python while tracing and need nothing."""
     function._dynamo_marked_constant = True  # type: ignore[attr-defined]
     return function
+
+
+def called_as_is(function: Function) -> Function:
+    """Mark a public function so that TensorFlow's autograph calls it unconverted inside
+    ``tf.function`` (the marker autograph's own artifacts carry). xdrop has no control flow that
+    depends on tensor values, and converting it would walk into importlib and warn."""
+    function.autograph_info__ = {}  # type: ignore[attr-defined]
+    return function
