@@ -77,4 +77,6 @@ def test_golden_check_passes_on_the_shipped_file():
 def test_golden_cases_inside_the_framework_compiler():
     report = run_backend(registry.default_name(), mode="compiled")
     assert report.available, report.reason
+    if report.reason == "no compiler":
+        pytest.skip(f"{registry.default_name()} has no compiler")
     assert report.results and not report.failed, [(r.case_id, r.detail) for r in report.failed]

@@ -109,10 +109,9 @@ def _table(reports: list[BackendReport]) -> str:
     header = ("backend", "mode", "group", "passed", "failed", "skipped", "max difference")
     rows: list[tuple[str, ...]] = []
     for report in reports:
-        if not report.available:
-            rows.append(
-                (report.backend, report.mode, "-", "-", "-", "-", f"unavailable: {report.reason}")
-            )
+        if not report.available or not report.results:
+            reason = report.reason if report.available else f"unavailable: {report.reason}"
+            rows.append((report.backend, report.mode, "-", "-", "-", "-", reason))
             continue
         for group, counts in report.groups().items():
             rows.append((

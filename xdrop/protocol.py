@@ -49,8 +49,9 @@ class Backend(WordOps):
 
     name: ClassVar[str]
     """The name it is registered under and selected by (``XDROP_BACKEND``)."""
-    framework: ClassVar[str]
-    """The top-level module of the framework; its arrays are recognised only once it is imported."""
+    framework: ClassVar[str | None]
+    """The top-level module of the framework; its arrays are recognised only once it is imported.
+    ``None`` for a generic backend (such as ``array_api``), which is asked after all others."""
     compiles_slowly: ClassVar[bool] = False
     """Whether one compilation takes seconds (torch inductor): the conformance suite then compiles
     a sample of cases one at a time instead of all cases in one function, unless asked for all."""
@@ -62,6 +63,10 @@ class Backend(WordOps):
     checks ``issubclass(type(x), array_types)``."""
 
     # -- arrays of the framework ------------------------------------------------------------------
+    def owns_type(self, kind: type) -> bool:
+        """Whether arrays of type ``kind`` belong to this backend (dispatch asks once per type)."""
+        return issubclass(kind, self.array_types)
+
     def is_array(self, x: object) -> bool:
         """Whether ``x`` is an array this backend owns."""
         return isinstance(x, self.array_types)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import inspect
 import os
 import sys
 import threading
@@ -107,21 +108,53 @@ def _create(name: str) -> Backend:
             f"xdrop backend {name!r} ({entry_point.value}) is not an xdrop.protocol.Backend: "
             f"got {type(backend).__name__}"
         )
+    if _distribution(entry_point) != "xdrop":
+        problem = _self_check(backend)
+        if problem:
+            raise BackendError(
+                f"xdrop backend {name!r} ({entry_point.value}, from {_distribution(entry_point)}) "
+                f"fails its self-check: {problem}"
+            )
     return backend
 
 
-def _framework_of(name: str) -> str | None:
-    """The framework a registered backend owns, without importing that framework."""
+def _self_check(backend: Backend) -> str | None:
+    """Draw one small mask through a third-party backend, so that a broken implementation fails
+    once, here, with its name, rather than as wrong masks later. None when all is well."""
+    from xdrop import reference, spec
+
+    seed, p, count = 20_14, 0.5, 16
+    try:
+        dtype = backend.dtype_name(backend.asarray(np.zeros(2, np.float32)))
+        mask = spec.keep_mask(backend, spec.key_words(backend, seed), (count,), p)
+        host = backend.to_numpy(mask)
+    except Exception as error:
+        return f"drawing a mask raised {type(error).__name__}: {error}"
+    if dtype != "float32":
+        return f"dtype_name of a float32 array gave {dtype!r}"
+    if host.dtype != np.bool_ or host.shape != (count,):
+        return (
+            f"a keep mask came back as {host.dtype} of shape {host.shape}, not bool of ({count},)"
+        )
+    if host.tolist() != reference.keep_mask(seed, p, count):
+        return "its masks differ from mask stream v1 (docs/spec.md)"
+    return None
+
+
+def _backend_class(name: str) -> type[Backend] | None:
+    """The class registered as ``name`` (its framework is not imported), or None if it is broken
+    or ambiguous: a broken plugin must not stop dispatch to the others."""
     try:
         backend_class = _entry_point(name).load()
-        return str(backend_class.framework)
-    except Exception:  # a broken plugin must not stop dispatch to the others
+    except Exception:
         return None
+    is_backend = isinstance(backend_class, type) and issubclass(backend_class, Backend)
+    return backend_class if is_backend else None
 
 
 def available_backends() -> dict[str, bool]:
-    """Each registered backend name mapped to whether it can be used here (its framework is
-    installed). Checks without importing any framework.
+    """Each registered backend name mapped to whether it can be used here: its class loads and
+    implements the protocol, and its framework is installed. Imports no framework.
 
     >>> xdrop.available_backends()["numpy"]
     True
@@ -130,8 +163,13 @@ def available_backends() -> dict[str, bool]:
 
     available = {}
     for name in registered_names():
-        framework = _framework_of(name) if len(_registered()[name]) == 1 else None
-        available[name] = framework is not None and find_spec(framework) is not None
+        backend_class = _backend_class(name)
+        framework = None if backend_class is None else backend_class.framework
+        available[name] = (
+            backend_class is not None
+            and not inspect.isabstract(backend_class)
+            and (framework is None or find_spec(framework) is not None)
+        )
     return available
 
 
@@ -203,16 +241,27 @@ def owner_of_type(kind: type) -> str | None:
         pass
     owner = None
     if not issubclass(kind, (np.ndarray, np.generic, int, float, list, tuple)):
-        for name in registered_names():
-            framework = _framework_of(name)
-            if framework is None or framework == "numpy" or framework not in sys.modules:
-                continue
-            try:
-                backend = load(name)
-            except BackendError:
-                continue
-            if issubclass(kind, backend.array_types):
-                owner = name
-                break
+        owner = next((name for name in _candidates() if _owns(name, kind)), None)
     _owner_of_type[kind] = owner
     return owner
+
+
+def _candidates() -> list[str]:
+    """Backends whose framework is imported, then the generic ones (no framework of their own)."""
+    dedicated, generic = [], []
+    for name in registered_names():
+        backend_class = _backend_class(name)
+        if backend_class is None or backend_class.framework == "numpy":
+            continue
+        if backend_class.framework is None:
+            generic.append(name)
+        elif backend_class.framework in sys.modules:
+            dedicated.append(name)
+    return dedicated + generic
+
+
+def _owns(name: str, kind: type) -> bool:
+    try:
+        return load(name).owns_type(kind)
+    except BackendError:
+        return False

@@ -1,0 +1,117 @@
+"""Any array whose namespace follows the Python Array API standard (``x.__array_namespace__()``):
+CuPy, Dask, ``array-api-strict``, and NumPy or JAX through their namespaces.
+
+It uses only the standard's functions, which shows that the spec needs nothing else. Arrays of a
+framework with a dedicated backend still go to that backend: this one is generic and is asked last.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+
+from xdrop.protocol import Backend, Key
+
+_DTYPE_NAMES = (
+    "float16", "bfloat16", "float32", "float64", "bool",
+    "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
+    "complex64", "complex128",
+)  # fmt: skip
+
+
+class ArrayApiBackend(Backend):
+    name = "array_api"
+    framework = None
+    array_types = ()
+    namespace: ClassVar[Any] = np
+    """The namespace that Python values and NumPy arrays are converted into."""
+
+    def owns_type(self, kind: type) -> bool:
+        return hasattr(kind, "__array_namespace__")
+
+    def is_array(self, x: object) -> bool:
+        return hasattr(x, "__array_namespace__")
+
+    def _namespace(self, x: Any) -> Any:
+        return x.__array_namespace__() if self.is_array(x) else self.namespace
+
+    def asarray(self, x: object, dtype: str | None = None) -> Any:
+        xp = self.namespace
+        if dtype is not None and not hasattr(xp, dtype):
+            raise TypeError(f"{xp.__name__} has no {dtype} dtype")
+        values = x if dtype is None else np.asarray(x, np.float64)
+        return xp.asarray(values, dtype=None if dtype is None else getattr(xp, dtype))
+
+    def to_numpy(self, x: Any) -> np.ndarray:
+        if self.dtype_name(x) == "bfloat16":
+            x = self._namespace(x).astype(x, self._namespace(x).float32)
+        return np.array(np.from_dlpack(x) if not hasattr(x, "__array__") else np.asarray(x))
+
+    def dtype_name(self, x: Any) -> str:
+        xp = self._namespace(x)
+        for name in _DTYPE_NAMES:
+            if hasattr(xp, name) and x.dtype == getattr(xp, name):
+                return name
+        return str(x.dtype)
+
+    def shape(self, x: Any) -> tuple[int, ...]:
+        return tuple(x.shape)
+
+    def multiply(self, x: Any, factor: float) -> Any:
+        return x * factor  # a Python scalar takes the array's dtype in the standard
+
+    def select(self, keep: Any, x: Any) -> Any:
+        xp = self._namespace(x)
+        return xp.where(keep, x, xp.zeros((), dtype=x.dtype))
+
+    def broadcast_to(self, a: Any, shape: tuple[int, ...]) -> Any:
+        return self._namespace(a).broadcast_to(a, shape)
+
+    def full_mask(self, shape: tuple[int, ...], value: bool, like: Any = None) -> Any:
+        return self._namespace(like).full(shape, value, dtype=self._namespace(like).bool)
+
+    def reshape(self, a: Any, shape: tuple[int, ...]) -> Any:
+        return self._namespace(a).reshape(a, shape)
+
+    def concat(self, arrays: list[Any], axis: int = 0) -> Any:
+        return self._namespace(arrays[0]).concat(arrays, axis=axis)
+
+    def word(self, value: int, like: Any = None) -> Any:
+        xp = self._namespace(like)
+        return xp.asarray(value, dtype=xp.uint32)
+
+    def iota(self, n: int, like: Any = None) -> Any:
+        xp = self._namespace(like)
+        return xp.arange(n, dtype=xp.uint32)
+
+    def add(self, a: Any, b: Any) -> Any:
+        return self._namespace(a).add(a, b)
+
+    def xor(self, a: Any, b: Any) -> Any:
+        return self._namespace(a).bitwise_xor(a, b)
+
+    def rotate_left(self, a: Any, bits: int) -> Any:
+        xp = self._namespace(a)
+        left = xp.bitwise_left_shift(a, xp.asarray(bits, dtype=xp.uint32))
+        right = xp.bitwise_right_shift(a, xp.asarray(32 - bits, dtype=xp.uint32))
+        return xp.bitwise_or(left, right)
+
+    def less_than(self, a: Any, threshold: int) -> Any:
+        xp = self._namespace(a)
+        return xp.less(a, xp.asarray(threshold, dtype=xp.uint32))
+
+    def seed_words(self, seed: Any) -> Key:
+        xp = self._namespace(seed)
+        if seed.shape == (2,):  # uint32[2]: (hi, lo)
+            return seed[0], seed[1]
+        width = int(np.dtype(self.dtype_name(seed)).itemsize) * 8
+        unsigned = xp.astype(seed, getattr(xp, f"uint{width}"))  # wraps: the unsigned reading
+        low = xp.astype(unsigned, xp.uint32)
+        if width < 64:
+            return xp.zeros((), dtype=xp.uint32), low
+        high = xp.bitwise_right_shift(unsigned, xp.asarray(32, dtype=xp.uint64))
+        return xp.astype(high, xp.uint32), low
+
+    def seed_array(self, key: Key) -> Any:
+        return self._namespace(key[0]).stack(list(key))

@@ -1,0 +1,85 @@
+"""A tiny array library of its own (``Boxed`` wraps a NumPy array) and its xdrop backend."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from xdrop.protocol import Backend, Key
+
+
+class Boxed:
+    """An array type that xdrop knows nothing about until the plugin registers it."""
+
+    def __init__(self, values: Any) -> None:
+        self.values = np.asarray(values)
+
+    def __repr__(self) -> str:
+        return f"Boxed({self.values!r})"
+
+
+def _unbox(a: Any) -> Any:
+    return a.values if isinstance(a, Boxed) else a
+
+
+class BoxedBackend(Backend):
+    name = "boxed"
+    framework = "xdrop_testplugin"
+    array_types = (Boxed,)
+
+    def asarray(self, x: object, dtype: str | None = None) -> Boxed:
+        return Boxed(np.asarray(_unbox(x), dtype=dtype))
+
+    def to_numpy(self, x: Any) -> np.ndarray:
+        return np.array(_unbox(x))
+
+    def dtype_name(self, x: Any) -> str:
+        return str(_unbox(x).dtype.name)
+
+    def shape(self, x: Any) -> tuple[int, ...]:
+        return tuple(_unbox(x).shape)
+
+    def multiply(self, x: Any, factor: float) -> Boxed:
+        values = _unbox(x)
+        return Boxed(values * values.dtype.type(factor))
+
+    def select(self, keep: Any, x: Any) -> Boxed:
+        values = _unbox(x)
+        return Boxed(np.where(_unbox(keep), values, np.zeros((), values.dtype)))
+
+    def broadcast_to(self, a: Any, shape: tuple[int, ...]) -> Boxed:
+        return Boxed(np.broadcast_to(_unbox(a), shape))
+
+    def full_mask(self, shape: tuple[int, ...], value: bool, like: Any = None) -> Boxed:
+        return Boxed(np.full(shape, value))
+
+    def reshape(self, a: Any, shape: tuple[int, ...]) -> Boxed:
+        return Boxed(np.reshape(_unbox(a), shape))
+
+    def concat(self, arrays: list[Any], axis: int = 0) -> Boxed:
+        return Boxed(np.concatenate([_unbox(a) for a in arrays], axis=axis))
+
+    def word(self, value: int, like: Any = None) -> Boxed:
+        return Boxed(np.array(value, np.uint32))
+
+    def iota(self, n: int, like: Any = None) -> Boxed:
+        return Boxed(np.arange(n, dtype=np.uint32))
+
+    def add(self, a: Any, b: Any) -> Boxed:
+        return Boxed(np.add(_unbox(a), _unbox(b), dtype=np.uint32))
+
+    def xor(self, a: Any, b: Any) -> Boxed:
+        return Boxed(np.bitwise_xor(_unbox(a), _unbox(b), dtype=np.uint32))
+
+    def rotate_left(self, a: Any, bits: int) -> Boxed:
+        words = _unbox(a)
+        shifted = np.left_shift(words, np.uint32(bits)), np.right_shift(words, np.uint32(32 - bits))
+        return Boxed(np.bitwise_or(*shifted))
+
+    def less_than(self, a: Any, threshold: int) -> Boxed:
+        return Boxed(np.less(_unbox(a), np.uint32(threshold)))
+
+    def seed_words(self, seed: Any) -> Key:
+        value = int(_unbox(seed)) % 2**64
+        return self.word(value >> 32), self.word(value & 0xFFFF_FFFF)
