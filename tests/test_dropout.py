@@ -143,3 +143,24 @@ def test_python_values_run_on_the_default_backend(xp):
 
 def test_dropout_mask_accepts_an_integer_shape(host):
     assert host(xdrop.dropout_mask(10, 0.5, seed=1)).shape == (10,)
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.8])
+def test_native_generator_keeps_the_semantics(array, host, p):
+    count = 100_000
+    values = host(xdrop.dropout(array(np.ones(count)), p, seed=4, rng="native"))
+    q = 1 - p
+    assert set(np.unique(values)) <= {0.0, float(np.float32(1) / np.float32(q))}
+    assert abs(np.count_nonzero(values) - count * q) <= 4 * math.sqrt(count * p * q)
+    assert abs(values.mean() - 1.0) <= 4 * math.sqrt(p / q / count)
+
+
+def test_native_generator_edge_cases_match_the_portable_ones(array, host):
+    x = array([1.0, -1.0, np.inf, np.nan])
+    assert xdrop.dropout(x, 0.0, seed=1, rng="native") is x
+    zeros = host(xdrop.dropout(x, 1.0, seed=1, rng="native"))
+    assert zeros.tolist() == [0.0] * 4 and not np.signbit(zeros).any()
+    with pytest.raises(xdrop.ArgumentValueError, match="offset must be 0 with rng"):
+        xdrop.dropout(x, 0.5, seed=1, rng="native", offset=3)
+    with pytest.raises(xdrop.ArgumentValueError, match="rng must be one of"):
+        xdrop.dropout(x, 0.5, seed=1, rng="numpy")

@@ -84,13 +84,29 @@ def test_seed_none_inside_jit_is_refused():
         jax.jit(lambda x: xdrop.dropout(x, 0.5, seed=xdrop.Generator(1)))(jnp.ones(3))
 
 
-def test_sharding_is_kept():
-    mesh_devices = np.array(jax.devices())
-    sharding = jax.sharding.NamedSharding(jax.sharding.Mesh(mesh_devices, ("d",)),
-                                          jax.sharding.PartitionSpec("d"))  # fmt: skip
-    x = jax.device_put(jnp.ones(8 * len(mesh_devices)), sharding)
-    y = jax.jit(lambda v, s: xdrop.dropout(v, 0.5, seed=s))(x, 1)
-    assert y.sharding.is_equivalent_to(x.sharding, x.ndim)
+SHARDED = """
+import jax, jax.numpy as jnp, numpy as np, xdrop
+devices = np.array(jax.devices())
+assert len(devices) == 4
+sharding = jax.sharding.NamedSharding(jax.sharding.Mesh(devices, ("d",)), jax.sharding.PartitionSpec("d"))
+x = jax.device_put(jnp.arange(64.0), sharding)
+for y in (xdrop.dropout(x, 0.5, seed=1), jax.jit(lambda v, s: xdrop.dropout(v, 0.5, seed=s))(x, 1)):
+    assert y.sharding.is_equivalent_to(x.sharding, x.ndim), y.sharding
+    assert (np.asarray(y) == np.asarray(xdrop.dropout(np.arange(64.0, dtype=np.float32), 0.5, seed=1))).all()
+print("ok")
+"""
+
+
+def test_a_sharded_array_keeps_its_sharding_and_its_mask():
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    result = subprocess.run(
+        [sys.executable, "-c", SHARDED], capture_output=True, text=True, env=env
+    )
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
 
 
 @pytest.mark.parametrize("p", [0.1, 0.5, 0.8])

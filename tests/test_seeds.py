@@ -75,3 +75,29 @@ def test_fold_in_gives_distinct_seeds_for_distinct_steps():
 def test_generator_rejects_bad_seeds():
     with pytest.raises(xdrop.ArgumentValueError, match="seed must be"):
         xdrop.Generator(-1)
+
+
+def test_set_rng_and_the_environment_choose_the_default_generator(monkeypatch):
+    monkeypatch.delenv("XDROP_RNG", raising=False)
+    assert xdrop.get_rng() == "portable"
+    monkeypatch.setenv("XDROP_RNG", "native")
+    assert xdrop.get_rng() == "native"
+    xdrop.set_rng("portable")
+    try:
+        assert xdrop.get_rng() == "portable"
+    finally:
+        xdrop.set_rng(None)
+    monkeypatch.setenv("XDROP_RNG", "fast")
+    with pytest.raises(xdrop.ArgumentValueError, match="XDROP_RNG must be"):
+        xdrop.get_rng()
+
+
+def test_numpy_seed_arrays_are_host_seeds(array, host):
+    x = array(np.ones(64))
+    expected = host(xdrop.dropout(x, 0.5, seed=2**64 - 1))
+    assert (host(xdrop.dropout(x, 0.5, seed=np.array(-1, np.int64))) == expected).all()
+    assert (
+        host(xdrop.dropout(x, 0.5, seed=np.array([2**32 - 1] * 2, np.uint32))) == expected
+    ).all()
+    with pytest.raises(xdrop.ArgumentTypeError, match="seed must be"):
+        xdrop.dropout(x, 0.5, seed=np.array([1, 2, 3]))
