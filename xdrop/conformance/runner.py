@@ -136,7 +136,8 @@ def _compile_batches(xp: Backend, runnable: list[Any]) -> list[list[Any]]:
 
 
 def _inputs(xp: Backend, case: dict[str, Any], traced: bool) -> dict[str, Any]:
-    """The arguments of a case; with ``traced``, its seed and data become arrays of ``xp``."""
+    """The array arguments of a case (the compiled mode traces them; the rest of a case is
+    static); with ``traced``, its seed and data become arrays of ``xp`` too."""
     if case["kind"] in RDROP_KINDS:
         return _rdrop_inputs(xp, case)
     inputs: dict[str, Any] = {"seed": case["seed"]}
@@ -158,8 +159,6 @@ def _rdrop_inputs(xp: Backend, case: dict[str, Any]) -> dict[str, Any]:
     inputs = {
         "logits1": xp.asarray(logits1, dtype=case["dtype"]),
         "logits2": xp.asarray(logits2, dtype=case["dtype"]),
-        "axis": case["axis"],
-        "reduction": case["reduction"],
     }
     if case["pad_every"]:
         inputs["pad_mask"] = xp.asarray(padded)
@@ -170,10 +169,12 @@ def _rdrop_inputs(xp: Backend, case: dict[str, Any]) -> dict[str, Any]:
 
 def _call(case: dict[str, Any], inputs: dict[str, Any]) -> Any:
     if case["kind"] == "rdrop_kl":
-        return xdrop.rdrop_kl(**inputs)
+        return xdrop.rdrop_kl(**inputs, axis=case["axis"], reduction=case["reduction"])
     if case["kind"] == "rdrop_loss":
         return xdrop.rdrop_loss(
             **inputs,
+            axis=case["axis"],
+            reduction=case["reduction"],
             alpha=case["alpha"],
             ignore_index=RDROP_IGNORE_INDEX if case["ignore_every"] else None,
             label_smoothing=case["label_smoothing"],
