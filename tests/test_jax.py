@@ -74,7 +74,7 @@ def test_fold_in_on_traced_values_is_jax_fold_in():
 def test_vmap_over_seeds_gives_each_seed_its_mask():
     masks = jax.vmap(lambda s: xdrop.dropout_mask((16,), 0.5, seed=s))(jnp.arange(4))
     for seed in range(4):
-        assert (masks[seed] == xdrop.dropout_mask((16,), 0.5, seed=seed)).all()
+        assert (masks[seed] == xdrop.dropout_mask((16,), 0.5, seed=seed, like=masks)).all()
 
 
 def test_seed_none_inside_jit_is_refused():
