@@ -34,7 +34,7 @@ class TorchBackend(Backend):
     def asarray(self, x: object, dtype: str | None = None) -> Any:
         if dtype is None:
             return self.torch.as_tensor(x)
-        return self.torch.as_tensor(np.asarray(x), dtype=self.dtypes[dtype])
+        return self.torch.tensor(np.asarray(x), dtype=self.dtypes[dtype])  # a copy: x may be read-only
 
     def to_numpy(self, x: Any) -> np.ndarray:
         x = x.detach().cpu()
