@@ -34,7 +34,8 @@ class TorchBackend(Backend):
     def asarray(self, x: object, dtype: str | None = None) -> Any:
         if dtype is None:
             return self.torch.as_tensor(x)
-        return self.torch.tensor(np.asarray(x), dtype=self.dtypes[dtype])  # a copy: x may be read-only
+        # a copy: the source may be a read-only array, which torch cannot share
+        return self.torch.tensor(np.asarray(x), dtype=self.dtypes[dtype])
 
     def to_numpy(self, x: Any) -> np.ndarray:
         x = x.detach().cpu()
