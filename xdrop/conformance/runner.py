@@ -142,8 +142,6 @@ def _rdrop_inputs(xp: Backend, case: dict[str, Any]) -> dict[str, Any]:
     inputs = {
         "logits1": xp.asarray(logits1, dtype=case["dtype"]),
         "logits2": xp.asarray(logits2, dtype=case["dtype"]),
-        "axis": case["axis"],
-        "reduction": case["reduction"],
     }
     if case["pad_every"]:
         inputs["pad_mask"] = xp.asarray(padded)
@@ -154,10 +152,12 @@ def _rdrop_inputs(xp: Backend, case: dict[str, Any]) -> dict[str, Any]:
 
 def _call(case: dict[str, Any], inputs: dict[str, Any]) -> Any:
     if case["kind"] == "rdrop_kl":
-        return xdrop.rdrop_kl(**inputs)
+        return xdrop.rdrop_kl(**inputs, axis=case["axis"], reduction=case["reduction"])
     if case["kind"] == "rdrop_loss":
         return xdrop.rdrop_loss(
             **inputs,
+            axis=case["axis"],
+            reduction=case["reduction"],
             alpha=case["alpha"],
             ignore_index=RDROP_IGNORE_INDEX if case["ignore_every"] else None,
             label_smoothing=case["label_smoothing"],
