@@ -104,3 +104,43 @@ class JaxBackend(Backend):
         assert seed is not None  # no global generator: seed=None was resolved to an integer
         key = self.jax.random.wrap_key_data(self.seed_array(seed))
         return self.jax.random.bernoulli(key, keep_probability, shape)
+
+    # -- losses: Python numbers are weakly typed, so they take the array operand's dtype ----------
+    def astype(self, x: Any, dtype: str) -> Any:
+        return self.jnp.asarray(x).astype(dtype)
+
+    def exp(self, x: Any) -> Any:
+        return self.jnp.exp(x)
+
+    def log_softmax(self, x: Any, axis: int) -> Any:
+        return self.jax.nn.log_softmax(x, axis=axis)
+
+    def sum(self, x: Any, axis: int | None = None) -> Any:
+        return self.jnp.sum(x, axis=axis)
+
+    def plus(self, a: Any, b: Any) -> Any:
+        return self.jnp.add(a, b)
+
+    def minus(self, a: Any, b: Any) -> Any:
+        return self.jnp.subtract(a, b)
+
+    def times(self, a: Any, b: Any) -> Any:
+        return self.jnp.multiply(a, b)
+
+    def divide(self, a: Any, b: Any) -> Any:
+        return self.jnp.divide(a, b)
+
+    def equal(self, a: Any, b: Any) -> Any:
+        return self.jnp.equal(a, b)
+
+    def logical_or(self, a: Any, b: Any) -> Any:
+        return self.jnp.logical_or(a, b)
+
+    def where(self, condition: Any, a: Any, b: Any) -> Any:
+        return self.jnp.where(condition, a, b)
+
+    def take_along_axis(self, x: Any, indices: Any, axis: int) -> Any:
+        return self.jnp.take_along_axis(x, indices, axis=axis)
+
+    def split(self, x: Any, sections: int, axis: int) -> list[Any]:
+        return list(self.jnp.split(x, sections, axis=axis))

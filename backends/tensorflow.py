@@ -110,3 +110,52 @@ class TensorflowBackend(Backend):
         assert seed is not None  # no global generator: seed=None was resolved to an integer
         pair = tf.stack([tf.cast(word, tf.int64) for word in seed])
         return tf.random.stateless_uniform(shape, seed=pair) < keep_probability
+
+    # -- losses: a Python number becomes a tensor of the other operand's dtype first -------------
+    def astype(self, x: Any, dtype: str) -> Any:
+        return self.tf.cast(x, dtype)
+
+    def exp(self, x: Any) -> Any:
+        return self.tf.exp(x)
+
+    def log_softmax(self, x: Any, axis: int) -> Any:
+        return self.tf.nn.log_softmax(x, axis=axis)
+
+    def sum(self, x: Any, axis: int | None = None) -> Any:
+        return self.tf.reduce_sum(x, axis)
+
+    def plus(self, a: Any, b: Any) -> Any:
+        return self.tf.math.add(*self._tensors(a, b))
+
+    def minus(self, a: Any, b: Any) -> Any:
+        return self.tf.math.subtract(*self._tensors(a, b))
+
+    def times(self, a: Any, b: Any) -> Any:
+        return self.tf.math.multiply(*self._tensors(a, b))
+
+    def divide(self, a: Any, b: Any) -> Any:
+        return self.tf.math.truediv(*self._tensors(a, b))
+
+    def equal(self, a: Any, b: Any) -> Any:
+        return self.tf.math.equal(*self._tensors(a, b))
+
+    def logical_or(self, a: Any, b: Any) -> Any:
+        return self.tf.math.logical_or(a, b)
+
+    def where(self, condition: Any, a: Any, b: Any) -> Any:
+        return self.tf.where(condition, *self._tensors(a, b))
+
+    def take_along_axis(self, x: Any, indices: Any, axis: int) -> Any:
+        tf = self.tf
+        return tf.experimental.numpy.take_along_axis(x, tf.cast(indices, tf.int64), axis)
+
+    def split(self, x: Any, sections: int, axis: int) -> list[Any]:
+        return list(self.tf.split(x, sections, axis))
+
+    def _tensors(self, a: Any, b: Any) -> tuple[Any, Any]:
+        """``a`` and ``b`` with a Python number converted to the other operand's dtype."""
+        if isinstance(a, (int, float)):
+            a = self.tf.constant(a, b.dtype)
+        elif isinstance(b, (int, float)):
+            b = self.tf.constant(b, a.dtype)
+        return a, b

@@ -24,18 +24,12 @@ class TorchBackend(Backend):
 
         self.torch = torch
         self.array_types = (torch.Tensor,)
-        self.dtypes = {
-            "float16": torch.float16,
-            "bfloat16": torch.bfloat16,
-            "float32": torch.float32,
-            "float64": torch.float64,
-        }
 
     def asarray(self, x: object, dtype: str | None = None) -> Any:
         if dtype is None:
             return self.torch.as_tensor(x)
         # a copy: the source may be a read-only array, which torch cannot share
-        return self.torch.tensor(np.asarray(x), dtype=self.dtypes[dtype])
+        return self.torch.tensor(np.asarray(x), dtype=self._dtype(dtype))
 
     def to_numpy(self, x: Any) -> np.ndarray:
         x = x.detach().cpu()
@@ -118,6 +112,52 @@ class TorchBackend(Backend):
             raise TypeError("torch's native generator takes an integer seed or None")
         uniform = self.torch.rand(shape, generator=generator, device=_device(like))
         return uniform < keep_probability
+
+    # -- losses: operators take Python numbers on either side, in the tensor's dtype and device ----
+    def astype(self, x: Any, dtype: str) -> Any:
+        return x.to(self._dtype(dtype))
+
+    def exp(self, x: Any) -> Any:
+        return self.torch.exp(x)
+
+    def log_softmax(self, x: Any, axis: int) -> Any:
+        return self.torch.log_softmax(x, dim=axis)
+
+    def sum(self, x: Any, axis: int | None = None) -> Any:
+        return x.sum() if axis is None else x.sum(dim=axis)
+
+    def plus(self, a: Any, b: Any) -> Any:
+        return a + b
+
+    def minus(self, a: Any, b: Any) -> Any:
+        return a - b
+
+    def times(self, a: Any, b: Any) -> Any:
+        return a * b
+
+    def divide(self, a: Any, b: Any) -> Any:
+        return a / b
+
+    def equal(self, a: Any, b: Any) -> Any:
+        return a == b
+
+    def logical_or(self, a: Any, b: Any) -> Any:
+        return self.torch.logical_or(a, b)
+
+    def where(self, condition: Any, a: Any, b: Any) -> Any:
+        return self.torch.where(condition, a, b)
+
+    def take_along_axis(self, x: Any, indices: Any, axis: int) -> Any:
+        return self.torch.take_along_dim(x, indices.long(), dim=axis)  # gather wants int64
+
+    def split(self, x: Any, sections: int, axis: int) -> list[Any]:
+        return list(self.torch.tensor_split(x, sections, dim=axis))  # chunk may give fewer parts
+
+    def _dtype(self, name: str) -> Any:
+        dtype = getattr(self.torch, name, None)
+        if not isinstance(dtype, self.torch.dtype):
+            raise TypeError(f"torch has no dtype {name!r}")
+        return dtype
 
 
 def _signed(value: int) -> int:

@@ -5,11 +5,8 @@
 prints the test accuracy of: no dropout, dropout, and dropout + R-Drop. R-Drop feeds the batch
 through the model twice in one call (``xdrop.rdrop_forward``: one mask for the doubled batch, so
 two independent masks per sample) and trains on ``CE1 + CE2 + alpha * KL_sym``
-(``xdrop.rdrop_loss``), all inside ``jax.jit``.
-
-A seed would be a constant of the compiled step, so the step takes its dropout mask as an
-argument: ``xdrop.dropout_mask`` draws it outside, from a seeded ``xdrop.Generator`` (the mask
-``xdrop.dropout`` applies for the same seed).
+(``xdrop.rdrop_loss``), all inside ``jax.jit``. Each step's dropout seed is
+``xdrop.fold_in(key, step)``, computed in the compiled step from the traced key and step number.
 """
 
 from __future__ import annotations
@@ -25,52 +22,47 @@ from sklearn.model_selection import train_test_split
 
 import xdrop
 
-HIDDEN = 256
-
 
 def init(key: jax.Array) -> dict[str, jax.Array]:
     k1, k2 = jax.random.split(key)
     return {
-        "w1": jax.random.normal(k1, (64, HIDDEN)) / 8.0,
-        "b1": jnp.zeros(HIDDEN),
-        "w2": jax.random.normal(k2, (HIDDEN, 10)) / 16.0,
+        "w1": jax.random.normal(k1, (64, 256)) / 8.0,
+        "b1": jnp.zeros(256),
+        "w2": jax.random.normal(k2, (256, 10)) / 16.0,
         "b2": jnp.zeros(10),
     }
 
 
-def forward(params, x, p: float, keep=None):
+def forward(params, x, p: float, seed=None):
     h = jax.nn.relu(x @ params["w1"] + params["b1"])
-    if keep is not None:  # inverted dropout: kept units scaled by 1 / (1 - p)
-        h = jnp.where(keep, h / (1 - p), 0.0)
+    h = xdrop.dropout(h, p, training=seed is not None, seed=seed)  # no seed: evaluation
     return h @ params["w2"] + params["b2"]
 
 
-def loss_fn(params, x, y, keep, p: float, alpha: float):
-    if alpha > 0:  # keep holds the mask of the doubled batch
-        logits1, logits2 = xdrop.rdrop_forward(lambda v: forward(params, v, p, keep), x)
+def loss_fn(params, x, y, seed, p: float, alpha: float):
+    if alpha > 0:  # two passes with independent dropout masks, in one batched call
+        logits1, logits2 = xdrop.rdrop_forward(lambda v: forward(params, v, p, seed), x)
         return xdrop.rdrop_loss(logits1, logits2, y, alpha=alpha)
-    log_p = jax.nn.log_softmax(forward(params, x, p, keep))
+    log_p = jax.nn.log_softmax(forward(params, x, p, seed))
     return -jnp.take_along_axis(log_p, y[:, None], axis=1).mean()
 
 
 @partial(jax.jit, static_argnames=("p", "alpha"))
-def step(params, velocity, x, y, keep, p: float, alpha: float):
-    grads = jax.grad(loss_fn)(params, x, y, keep, p, alpha)
+def step(params, velocity, x, y, key, i, p: float, alpha: float):
+    grads = jax.grad(loss_fn)(params, x, y, xdrop.fold_in(key, i), p, alpha)
     velocity = jax.tree.map(lambda v, g: 0.9 * v + g, velocity, grads)  # SGD with momentum
     return jax.tree.map(lambda w, v: w - 0.02 * v, params, velocity), velocity
 
 
 def train(data, p: float, alpha: float, steps: int, seed: int = 0, batch: int = 64) -> float:
     x_train, y_train, x_test, y_test = data
-    params = init(jax.random.key(seed))
+    key = jax.random.key(seed)
+    params = init(key)
     velocity = jax.tree.map(jnp.zeros_like, params)
-    masks = xdrop.Generator(seed)
-    rows = 2 * batch if alpha > 0 else batch
     batches = np.random.default_rng(seed)
-    for _ in range(steps):
+    for i in range(steps):
         index = batches.integers(0, len(x_train), batch)
-        keep = xdrop.dropout_mask((rows, HIDDEN), p, seed=masks, like=x_train)
-        params, velocity = step(params, velocity, x_train[index], y_train[index], keep, p, alpha)
+        params, velocity = step(params, velocity, x_train[index], y_train[index], key, i, p, alpha)
     predictions = forward(params, x_test, p).argmax(-1)
     return float((predictions == y_test).mean())
 

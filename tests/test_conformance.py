@@ -10,6 +10,7 @@ import pytest
 
 from xdrop import registry
 from xdrop.conformance import golden, run_backend
+from xdrop.protocol import Backend
 
 CASES = golden.load()["cases"]
 
@@ -80,3 +81,21 @@ def test_golden_cases_inside_the_framework_compiler():
     if report.reason == "no compiler":
         pytest.skip(f"{registry.default_name()} has no compiler")
     assert report.results and not report.failed, [(r.case_id, r.detail) for r in report.failed]
+
+
+LOSS_OPERATIONS = ("astype", "exp", "log_softmax", "sum", "plus", "minus", "times", "divide",
+                   "equal", "logical_or", "where", "take_along_axis", "split")  # fmt: skip
+
+
+@pytest.mark.parametrize("mode", ["eager", "compiled"])
+def test_a_backend_without_the_loss_operations_skips_only_the_rdrop_cases(monkeypatch, mode):
+    numpy_backend = type(registry.load("numpy"))
+    for operation in LOSS_OPERATIONS:  # back to the protocol's defaults, which raise
+        monkeypatch.setattr(numpy_backend, operation, getattr(Backend, operation))
+    report = run_backend("numpy", mode=mode)
+    for result in report.results:
+        if result.group.startswith("rdrop"):
+            assert result.status == "skipped", result.case_id
+            assert "the numpy backend does not implement" in result.detail
+        else:
+            assert result.status == "passed", (result.case_id, result.detail)

@@ -152,8 +152,9 @@ class Backend(WordOps):
         """``a * b`` elementwise, broadcasting; ``b`` may be a Python number."""
         raise self._missing("times")
 
-    def divide(self, a: Array, b: Array) -> Array:
-        """``a / b`` elementwise, broadcasting (IEEE: ``1 / 0 == inf``)."""
+    def divide(self, a: Array, b: Array | float) -> Array:
+        """``a / b`` elementwise, broadcasting (IEEE: ``1 / 0 == inf``); ``b`` may be a Python
+        number."""
         raise self._missing("divide")
 
     def equal(self, a: Array, b: Array | float) -> Array:
