@@ -33,7 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )  # fmt: skip
     conformance.add_argument(
         "--full", action="store_true",
-        help="compile every case on backends with slow compilers (torch: minutes), not a sample",
+        help="compile every case on backends with slow compilers (torch: half an hour), not a sample",
     )  # fmt: skip
     conformance.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     regenerate = commands.add_parser(

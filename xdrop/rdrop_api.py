@@ -12,6 +12,7 @@ from xdrop import rdrop
 from xdrop.errors import bad_type
 from xdrop.protocol import Array, Backend
 from xdrop.registry import backend_for
+from xdrop.tracing import called_as_is
 from xdrop.validation import (
     ArrayDescription,
     bad_array,
@@ -28,6 +29,7 @@ from xdrop.validation import (
 )
 
 
+@called_as_is
 def rdrop_kl(
     logits1: Any,
     logits2: Any,
@@ -76,6 +78,7 @@ def rdrop_kl(
     return rdrop.kl_loss(xp, logits1, logits2, class_axis, pad, how)
 
 
+@called_as_is
 def rdrop_loss(
     logits1: Any,
     logits2: Any,
@@ -158,6 +161,7 @@ def rdrop_loss(
     )
 
 
+@called_as_is
 def rdrop_forward(model_fn: Callable[[Any], Any], x: Any, *, axis: int = 0) -> tuple[Any, Any]:
     """Run ``model_fn`` once on ``concat([x, x], axis)`` and split its output back in two.
 
