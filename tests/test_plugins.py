@@ -96,3 +96,10 @@ def _environment() -> dict[str, str]:
     import os
 
     return {key: value for key, value in os.environ.items() if key != "XDROP_BACKEND"}
+
+
+def test_a_broken_backend_named_on_the_command_line_fails_the_run():
+    command = [sys.executable, "-m", "xdrop", "conformance", "--mode", "eager"]
+    command += [argument for name in ("numpy", "wrong_types") for argument in ("--backend", name)]
+    named = subprocess.run(command, capture_output=True, text=True, env=_environment())
+    assert named.returncode == 1 and "unavailable: xdrop backend 'wrong_types'" in named.stdout
