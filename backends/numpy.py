@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -23,7 +24,7 @@ class NumpyBackend(Backend):
         return array.astype(np.float32) if array.dtype.name == "bfloat16" else array.copy()
 
     def dtype_name(self, x: Any) -> str:
-        return str(x.dtype.name)
+        return _name(x.dtype)
 
     def shape(self, x: Any) -> tuple[int, ...]:
         return tuple(x.shape)
@@ -60,9 +61,20 @@ class NumpyBackend(Backend):
         return np.bitwise_xor(a, b, dtype=np.uint32)
 
     def rotate_left(self, a: Any, bits: int) -> np.ndarray:
-        return np.bitwise_or(
-            np.left_shift(a, np.uint32(bits)), np.right_shift(a, np.uint32(32 - bits))
-        )
+        return np.bitwise_or(np.left_shift(a, _SHIFTS[bits]), np.right_shift(a, _SHIFTS[32 - bits]))
+
+    # in place where a can hold the result (a 0-d a is a scalar or cannot grow)
+    def iadd(self, a: Any, b: Any) -> np.ndarray:
+        return np.add(a, b, out=a) if a.ndim else self.add(a, b)
+
+    def ixor(self, a: Any, b: Any) -> np.ndarray:
+        return np.bitwise_xor(a, b, out=a) if a.ndim else self.xor(a, b)
+
+    def irotate_left(self, a: Any, bits: int) -> np.ndarray:
+        if not a.ndim:
+            return self.rotate_left(a, bits)
+        high = np.right_shift(a, _SHIFTS[32 - bits])
+        return np.bitwise_or(np.left_shift(a, _SHIFTS[bits], out=a), high, out=a)
 
     def less_than(self, a: Any, threshold: int) -> np.ndarray:
         return np.less(a, np.uint32(threshold))
@@ -123,6 +135,14 @@ class NumpyBackend(Backend):
 
     def split(self, x: Any, sections: int, axis: int) -> list[Any]:
         return np.split(x, sections, axis=axis)
+
+
+_SHIFTS = {bits: np.uint32(bits) for bits in range(32)}
+
+
+@functools.lru_cache
+def _name(dtype: np.dtype) -> str:
+    return str(dtype.name)  # computed in Python by NumPy: slow enough to matter at 1e3 elements
 
 
 def _dtype(name: str) -> Any:

@@ -43,6 +43,22 @@ class WordOps(abc.ABC):
     def rotate_left(self, a: Words, bits: int) -> Words:
         """``a`` rotated left by ``bits`` (``0 < bits < 32``)."""
 
+    # In-place forms, as ``operator.iadd``: ``a = ops.iadd(a, b)`` may compute the result in
+    # ``a``'s storage and return ``a``. The spec passes as ``a`` only words it made itself and
+    # never reads again, of the result's shape or 0-d (a 0-d ``a`` cannot hold a larger result).
+    # The defaults are the plain operations; backends with mutable arrays save the allocations.
+    def iadd(self, a: Words, b: Words) -> Words:
+        """``(a + b) mod 2**32``, possibly in ``a``'s storage."""
+        return self.add(a, b)
+
+    def ixor(self, a: Words, b: Words) -> Words:
+        """``a ^ b``, possibly in ``a``'s storage."""
+        return self.xor(a, b)
+
+    def irotate_left(self, a: Words, bits: int) -> Words:
+        """``a`` rotated left by ``bits``, possibly in ``a``'s storage."""
+        return self.rotate_left(a, bits)
+
 
 class Backend(WordOps):
     """One array framework, seen through the operations the spec needs."""

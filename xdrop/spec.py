@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 
 from xdrop.protocol import Array, Backend, Key, WordOps, Words
-from xdrop.tracing import host_constant
+from xdrop.tracing import cached_host_constant, host_constant
 
 WORD_COUNT = 2**32
 SEED_COUNT = 2**64
@@ -31,20 +31,34 @@ def key_words(ops: WordOps, seed: int, like: Array | None = None) -> Key:
 
 
 # -- key, counter -> bits ---------------------------------------------------------------------------
-def threefry2x32(ops: WordOps, key: Key, counter: tuple[Words, Words]) -> tuple[Words, Words]:
-    """Threefry-2x32-20 (Salmon et al., SC 2011): five groups of four mix rounds, with a key
-    injection after each group."""
+def key_schedule(ops: WordOps, key: Key) -> list[tuple[Words, Words]]:
+    """The words that key injection ``j = 0 .. 5`` of Threefry-2x32 adds to ``(x0, x1)``:
+    ``(ks[j mod 3], ks[(j + 1) mod 3] + j)`` with ``ks = (k0, k1, k0 ^ k1 ^ 0x1BD11BDA)``."""
     k0, k1 = key
-    k2 = ops.xor(ops.xor(k0, k1), ops.word(KEY_PARITY, k0))
-    schedule = (k0, k1, k2)
-    x0, x1 = ops.add(counter[0], k0), ops.add(counter[1], k1)
-    for group in range(5):
+    ks = (k0, k1, ops.xor(ops.xor(k0, k1), ops.word(KEY_PARITY, k0)))
+    return [(k0, k1)] + [
+        (ks[j % 3], ops.add(ks[(j + 1) % 3], ops.word(j, k0))) for j in range(1, 6)
+    ]
+
+
+def threefry2x32(
+    ops: WordOps,
+    key: Key,
+    counter: tuple[Words, Words],
+    schedule: list[tuple[Words, Words]] | None = None,
+) -> tuple[Words, Words]:
+    """Threefry-2x32-20 (Salmon et al., SC 2011): five groups of four mix rounds, with a key
+    injection before the first and after each. ``schedule`` is ``key_schedule(ops, key)``, for
+    a caller that computes it once for many counters."""
+    if schedule is None:
+        schedule = key_schedule(ops, key)
+    x0, x1 = ops.add(counter[0], schedule[0][0]), ops.add(counter[1], schedule[0][1])
+    for group in range(5):  # x0 and x1 are new words from here on: updated in place
         for rotation in ROTATIONS[4 * (group % 2) : 4 * (group % 2) + 4]:
-            x0 = ops.add(x0, x1)
-            x1 = ops.xor(ops.rotate_left(x1, rotation), x0)
-        injection = group + 1
-        x0 = ops.add(x0, schedule[injection % 3])
-        x1 = ops.add(x1, ops.add(schedule[(injection + 1) % 3], ops.word(injection, k0)))
+            x0 = ops.iadd(x0, x1)
+            x1 = ops.ixor(ops.irotate_left(x1, rotation), x0)
+        x0 = ops.iadd(x0, schedule[group + 1][0])
+        x1 = ops.iadd(x1, schedule[group + 1][1])
     return x0, x1
 
 
@@ -60,19 +74,26 @@ def counter_ranges(offset: int, count: int, chunk: int | None) -> Iterator[tuple
         start = end
 
 
-def stream_bits(xp: Backend, key: Key, start: int, stop: int, like: Array | None) -> Words:
+def stream_bits(
+    xp: Backend,
+    key: Key,
+    start: int,
+    stop: int,
+    like: Array | None,
+    schedule: list[tuple[Words, Words]] | None = None,
+) -> Words:
     """``bits_i = y0 ^ y1`` with ``(y0, y1) = Threefry(key, (i >> 32, i & 0xFFFFFFFF))`` for
     ``start <= i < stop``, a range inside one block of 2**32 counters."""
     high, low = divmod(start, WORD_COUNT)
     low_words = xp.iota(stop - start, like)
     if low:
-        low_words = xp.add(low_words, xp.word(low, like))
-    y0, y1 = threefry2x32(xp, key, (xp.word(high, like), low_words))
-    return xp.xor(y0, y1)
+        low_words = xp.iadd(low_words, xp.word(low, like))
+    y0, y1 = threefry2x32(xp, key, (xp.word(high, like), low_words), schedule)
+    return xp.ixor(y0, y1)
 
 
 # -- threshold -> keep ------------------------------------------------------------------------------
-@host_constant
+@cached_host_constant
 def keep_threshold(p: float) -> int:
     """``T = ceil(float32(1 - p) * 2**23) << 9``; element ``i`` is kept when ``bits_i < T``.
 
@@ -98,9 +119,10 @@ def keep_mask(
     count = math.prod(shape)
     if threshold == 0 or threshold >= WORD_COUNT or count == 0:
         return xp.full_mask(shape, threshold >= WORD_COUNT, like)
+    schedule = key_schedule(xp, key)
     chunk = None if xp.is_tracing(like) else xp.chunk_size
     pieces = [
-        xp.less_than(stream_bits(xp, key, start, stop, like), threshold)
+        xp.less_than(stream_bits(xp, key, start, stop, like, schedule), threshold)
         for start, stop in counter_ranges(offset, count, chunk)
     ]
     return xp.reshape(pieces[0] if len(pieces) == 1 else xp.concat(pieces), shape)
@@ -127,7 +149,7 @@ def _round_bfloat16(value: float) -> float:
     return math.copysign(magnitude if magnitude < 2.0**128 else math.inf, value)
 
 
-@host_constant
+@cached_host_constant
 def inverted_scale(p: float, dtype: str) -> float:
     """``s = dtype(1) / dtype(1 - p)``, rounded once in ``dtype`` (infinite if ``dtype(1 - p)`` is 0).
 
