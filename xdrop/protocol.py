@@ -14,7 +14,7 @@ operations behave as arithmetic modulo 2**32 (PyTorch, for one, has no eager uin
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
 import numpy as np
@@ -121,6 +121,21 @@ class Backend(WordOps):
     @abc.abstractmethod
     def concat(self, arrays: list[Array], axis: int = 0) -> Array:
         """The arrays joined end to end along ``axis`` (1-d arrays: along their only axis)."""
+
+    def select_chunks(
+        self, keep_chunks: Iterable[Array], x: Array, factor: float | None, return_mask: bool
+    ) -> tuple[Array, Array | None]:
+        """``where(keep, x * factor, +0.0)`` (``where(keep, x, +0.0)`` for ``factor=None``), and
+        ``keep`` itself with ``return_mask`` (else None), where ``keep`` has ``x``'s shape and
+        arrives as consecutive 1-d chunks of its row-major elements, generated one at a time.
+
+        The default joins the chunks and selects once. A backend with mutable arrays may write
+        each chunk's part of the output as the chunk arrives, so that nothing but the output
+        (and the mask, when asked for) grows with ``x``; it must give the same bits."""
+        chunks = list(keep_chunks)
+        keep = self.reshape(chunks[0] if len(chunks) == 1 else self.concat(chunks), self.shape(x))
+        kept_values = x if factor is None else self.multiply(x, factor)
+        return self.select(keep, kept_values), keep if return_mask else None
 
     # -- words ----------------------------------------------------------------------------------
     @abc.abstractmethod

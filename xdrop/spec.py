@@ -103,6 +103,24 @@ def keep_threshold(p: float) -> int:
     return math.ceil(keep_probability * 2**23) << 9  # scaling by 2**23 is exact in float64
 
 
+def keep_chunks(
+    xp: Backend, key: Key, count: int, p: float, offset: int = 0, like: Array | None = None
+) -> Iterator[Array]:
+    """The flat keep mask of ``count`` elements, ``keep_i = bits(offset + i) < T``, as
+    consecutive 1-d chunks, each generated when asked for.
+
+    Chunks hold ``xp.chunk_size`` elements in eager execution, and are whole while tracing:
+    element ``i`` depends on ``i`` alone, so chunking changes nothing but the temporaries."""
+    threshold = keep_threshold(p)
+    if threshold == 0 or threshold >= WORD_COUNT or count == 0:
+        yield xp.full_mask((count,), threshold >= WORD_COUNT, like)
+        return
+    schedule = key_schedule(xp, key)
+    chunk = None if xp.is_tracing(like) else xp.chunk_size
+    for start, stop in counter_ranges(offset, count, chunk):
+        yield xp.less_than(stream_bits(xp, key, start, stop, like, schedule), threshold)
+
+
 def keep_mask(
     xp: Backend,
     key: Key,
@@ -111,21 +129,9 @@ def keep_mask(
     offset: int = 0,
     like: Array | None = None,
 ) -> Array:
-    """The boolean keep mask of ``shape``: element ``i`` (row-major) draws counter ``offset + i``.
-
-    Generated in chunks of ``xp.chunk_size`` in eager execution: element ``i`` depends on ``i``
-    alone, so chunking changes nothing but the size of the temporaries."""
-    threshold = keep_threshold(p)
-    count = math.prod(shape)
-    if threshold == 0 or threshold >= WORD_COUNT or count == 0:
-        return xp.full_mask(shape, threshold >= WORD_COUNT, like)
-    schedule = key_schedule(xp, key)
-    chunk = None if xp.is_tracing(like) else xp.chunk_size
-    pieces = [
-        xp.less_than(stream_bits(xp, key, start, stop, like, schedule), threshold)
-        for start, stop in counter_ranges(offset, count, chunk)
-    ]
-    return xp.reshape(pieces[0] if len(pieces) == 1 else xp.concat(pieces), shape)
+    """The boolean keep mask of ``shape``: element ``i`` (row-major) draws counter ``offset + i``."""
+    chunks = list(keep_chunks(xp, key, math.prod(shape), p, offset, like))
+    return xp.reshape(chunks[0] if len(chunks) == 1 else xp.concat(chunks), shape)
 
 
 # -- scale -> output --------------------------------------------------------------------------------
@@ -167,11 +173,15 @@ def dropout(
     *,
     mode: str,
     training: bool,
+    chunked: bool = False,
+    return_mask: bool = True,
 ) -> tuple[Array, Array | None]:
-    """``(output, keep)`` of dropout; ``keep`` is ``None`` when everything is kept.
+    """``(output, keep)`` of dropout; ``keep`` is ``None`` when everything is kept, or when it
+    was drawn in chunks and not asked for (``return_mask=False``).
 
     ``draw_keep()`` gives the keep mask at the noise shape (``keep_mask``, or the framework's own
-    generator in native mode); it is called only when units are dropped.
+    generator in native mode), or with ``chunked`` a mask of ``x``'s shape as consecutive 1-d
+    chunks (``keep_chunks``); it is called only when units are dropped.
 
     inverted: training ``where(keep, x * s, 0)``, eval ``x``.
     classic:  training ``where(keep, x, 0)``,     eval ``x * dtype(1 - p)``.
@@ -186,8 +196,10 @@ def dropout(
     keep = draw_keep()
     # p == 1 keeps nothing: selecting x unscaled avoids an infinite scale, whose product with the
     # zero gradient of a dropped unit would be NaN
-    unscaled = mode == "classic" or p == 1
-    kept_values = x if unscaled else xp.multiply(x, inverted_scale(p, dtype))
+    factor = None if mode == "classic" or p == 1 else inverted_scale(p, dtype)
+    if chunked:
+        return xp.select_chunks(keep, x, factor, return_mask)
+    kept_values = x if factor is None else xp.multiply(x, factor)
     return xp.select(keep, kept_values), keep
 
 
