@@ -56,9 +56,10 @@ class JaxBackend(Backend):
     def concat(self, arrays: list[Any], axis: int = 0) -> Any:
         return self.jnp.concatenate(arrays, axis=axis)
 
-    # constants are NumPy uint32: a Python int >= 2**31 would overflow against uint32 without x64
+    # constants are NumPy uint32 (a Python int >= 2**31 would overflow against uint32 without
+    # x64), kept on the host: a jitted step takes them as arguments without a device transfer
     def word(self, value: int, like: Any = None) -> Any:
-        return self.jnp.asarray(np.uint32(value))
+        return np.uint32(value)
 
     def iota(self, n: int, like: Any = None) -> Any:
         return self.jax.lax.iota(np.uint32, n)
@@ -78,6 +79,9 @@ class JaxBackend(Backend):
 
     def compile(self, function: Callable[..., Any]) -> Callable[..., Any]:
         return self.jax.jit(function)
+
+    def stage(self, function: Callable[..., Any]) -> Callable[..., Any]:
+        return self.jax.jit(function)  # eager calls: one dispatch instead of one per operation
 
     def is_tracing(self, x: Any) -> bool:
         return isinstance(x, self.jax.core.Tracer)

@@ -79,8 +79,17 @@ class TensorflowBackend(Backend):
     def compile(self, function: Callable[..., Any]) -> Callable[..., Any]:
         return self.tf.function(function, jit_compile=True, autograph=False)
 
+    def stage(self, function: Callable[..., Any]) -> Callable[..., Any]:
+        return self.compile(function)  # eagerly and in graphs without XLA, one fused step
+
     def is_tracing(self, x: Any) -> bool:
         return not self.tf.executing_eagerly()
+
+    def is_compiling(self, x: Any) -> bool:
+        from tensorflow.python.ops import control_flow_util  # where Keras asks the same
+
+        graph = self.tf.compat.v1.get_default_graph()
+        return self.is_tracing(x) and control_flow_util.GraphOrParentsInXlaContext(graph)
 
     def seed_words(self, seed: Any) -> Key:
         tf = self.tf

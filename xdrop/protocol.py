@@ -214,6 +214,21 @@ class Backend(WordOps):
         XLA, ``torch.compile``); identity where there is none. The conformance suite uses it."""
         return function
 
+    def is_compiling(self, x: Array | None) -> bool:
+        """Whether ``x`` is being traced for a compiler that fuses operations (``jax.jit``, XLA,
+        inductor), where :meth:`stage` would add nothing. Default: :meth:`is_tracing`."""
+        return self.is_tracing(x)
+
+    def stage(self, function: Callable[..., Any]) -> Callable[..., Any] | None:
+        """``function`` compiled into one step, for calls that would otherwise run op by op
+        (eagerly, or in a graph without a compiler), or None (the default) to run it as it is.
+
+        ``function`` takes arrays (and tuples of arrays) and returns them; its Python arguments
+        are already bound. The caller caches the result per bound arguments, so the compiler
+        runs once per input shape and dtype: a seed passed as an array never recompiles. Worth
+        it where a compilation takes milliseconds and each eager operation is a dispatch."""
+        return None
+
     # -- seeds held in arrays (optional: lets seeds be traced values) -------------------------------
     def seed_words(self, seed: Array) -> Key:
         """The key words of a seed array: a 0-d integer (a negative value read as its unsigned
