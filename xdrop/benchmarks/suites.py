@@ -221,9 +221,9 @@ class TensorflowSuite(Suite):
             seeds: Iterator[Any] = itertools.count()
         else:
             jit_compile = case.path == "tf.function(jit_compile)"
-            graph_dropout = tf.function(functions[FRAMEWORK])
-            functions = {
-                name: tf.function(function, jit_compile=jit_compile)
+            graph_dropout = tf.function(functions[FRAMEWORK], autograph=False)
+            functions = {  # autograph off: these functions have no Python control flow
+                name: tf.function(function, jit_compile=jit_compile, autograph=False)
                 for name, function in functions.items()
             }
             if jit_compile:
