@@ -86,6 +86,13 @@ class JaxBackend(Backend):
     def is_tracing(self, x: Any) -> bool:
         return isinstance(x, self.jax.core.Tracer)
 
+    def is_compiling(self, x: Any) -> bool:
+        # eager jax.grad, jax.vjp and jax.vmap wrap concrete arrays, whose calls gain from staging;
+        # under jax.jit the innermost value is abstract (an unknown tracer counts as abstract)
+        while isinstance(x, self.jax.core.Tracer):
+            x = getattr(x, "primal", getattr(x, "val", None))
+        return not isinstance(x, self.jax.Array)
+
     def seed_words(self, seed: Any) -> Key:
         jnp = self.jnp
         if self.jnp.issubdtype(seed.dtype, self.jax.dtypes.prng_key):
