@@ -128,7 +128,8 @@ def _bench(arguments: argparse.Namespace) -> int:
     print()
     print(benchmarks.targets_table(benchmarks.check_targets(report)))
     machine = report.machine
-    print(f"\n{machine['processor']}, {machine['cores']} cores; "
+    print(f"\n{machine['processor']}, {machine['cores']} cores, load average "
+          f"{machine['load_before']} before and {machine.get('load_after')} after; "
           + ", ".join(f"{name} {version}" for name, version in report.versions.items()))  # fmt: skip
     if arguments.json:
         with open(arguments.json, "w") as file:

@@ -100,6 +100,7 @@ def run(
                 if progress is not None:
                     progress(measurement)
     report.versions = versions(names)
+    report.machine["load_after"] = _load()
     return report
 
 
@@ -139,14 +140,20 @@ def measure(suite: Suite, case: Case, repeats: int, min_sample: float) -> Measur
 
 
 def machine() -> dict[str, Any]:
-    """The processor, the cores this process may use, the OS and Python."""
+    """The processor, the cores this process may use, the OS, Python and the load average."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {
         "processor": _processor_model(),
         "cores": cores,
         "platform": platform.platform(),
         "python": platform.python_version(),
+        "load_before": _load(),
     }
+
+
+def _load() -> list[float] | None:
+    """The 1, 5 and 15-minute load averages: other work on a shared machine shows here."""
+    return [round(value, 2) for value in os.getloadavg()] if hasattr(os, "getloadavg") else None
 
 
 def _processor_model() -> str:
