@@ -16,9 +16,11 @@ class TensorflowBackend(Backend):
 
     def __init__(self) -> None:
         import tensorflow as tf
+        from tensorflow.python.ops import control_flow_util  # where Keras asks the same
 
         self.tf = tf
         self.array_types = (tf.Tensor, tf.Variable)
+        self.in_xla_context = control_flow_util.GraphOrParentsInXlaContext
 
     def asarray(self, x: object, dtype: str | None = None) -> Any:
         tensor = self.tf.convert_to_tensor(x)
@@ -85,11 +87,8 @@ class TensorflowBackend(Backend):
     def is_tracing(self, x: Any) -> bool:
         return not self.tf.executing_eagerly()
 
-    def is_compiling(self, x: Any) -> bool:
-        from tensorflow.python.ops import control_flow_util  # where Keras asks the same
-
-        graph = self.tf.compat.v1.get_default_graph()
-        return self.is_tracing(x) and control_flow_util.GraphOrParentsInXlaContext(graph)
+    def is_compiling(self, x: Any) -> bool:  # inside tf.function(jit_compile=True)
+        return self.is_tracing(x) and self.in_xla_context(self.tf.compat.v1.get_default_graph())
 
     def seed_words(self, seed: Any) -> Key:
         tf = self.tf

@@ -7,6 +7,10 @@ queries, ``select``, ``multiply``), 32-bit unsigned word arithmetic (``add``, ``
 the algorithms live once in :mod:`xdrop.spec` and :mod:`xdrop.rdrop`. ``docs/backends.md`` states
 each method's contract; ``docs/rdrop-backend-ops.md`` those of the loss operations.
 
+A few optional methods make the same spec fast where a framework allows: in-place word operations
+(``iadd``...), applying a mask chunk by chunk as it is generated (``select_chunks``), and staging an
+eager call into one compiled step (``stage``). Their defaults keep a minimal backend correct.
+
 Words are opaque to the spec: a backend may carry them in any integer dtype as long as the
 operations behave as arithmetic modulo 2**32 (PyTorch, for one, has no eager uint32 arithmetic).
 """
