@@ -56,9 +56,10 @@ class JaxBackend(Backend):
     def concat(self, arrays: list[Any], axis: int = 0) -> Any:
         return self.jnp.concatenate(arrays, axis=axis)
 
-    # constants are NumPy uint32: a Python int >= 2**31 would overflow against uint32 without x64
+    # constants are NumPy uint32 (a Python int >= 2**31 would overflow against uint32 without
+    # x64), kept on the host: a jitted step takes them as arguments without a device transfer
     def word(self, value: int, like: Any = None) -> Any:
-        return self.jnp.asarray(np.uint32(value))
+        return np.uint32(value)
 
     def iota(self, n: int, like: Any = None) -> Any:
         return self.jax.lax.iota(np.uint32, n)
@@ -79,8 +80,18 @@ class JaxBackend(Backend):
     def compile(self, function: Callable[..., Any]) -> Callable[..., Any]:
         return self.jax.jit(function)
 
+    def stage(self, function: Callable[..., Any]) -> Callable[..., Any]:
+        return self.jax.jit(function)  # eager calls: one dispatch instead of one per operation
+
     def is_tracing(self, x: Any) -> bool:
         return isinstance(x, self.jax.core.Tracer)
+
+    def is_compiling(self, x: Any) -> bool:
+        # eager jax.grad, jax.vjp and jax.vmap wrap concrete arrays, whose calls gain from staging;
+        # under jax.jit the innermost value is abstract (an unknown tracer counts as abstract)
+        while isinstance(x, self.jax.core.Tracer):
+            x = getattr(x, "primal", getattr(x, "val", None))
+        return not isinstance(x, self.jax.Array)
 
     def seed_words(self, seed: Any) -> Key:
         jnp = self.jnp

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -23,7 +25,7 @@ class NumpyBackend(Backend):
         return array.astype(np.float32) if array.dtype.name == "bfloat16" else array.copy()
 
     def dtype_name(self, x: Any) -> str:
-        return str(x.dtype.name)
+        return _name(x.dtype)
 
     def shape(self, x: Any) -> tuple[int, ...]:
         return tuple(x.shape)
@@ -31,8 +33,32 @@ class NumpyBackend(Backend):
     def multiply(self, x: Any, factor: float) -> np.ndarray:
         return np.multiply(x, x.dtype.type(factor))
 
+    # select by multiplying the bits by 0 or 1: +0.0 where dropped, x's exact bits where kept,
+    # without np.where's branches on a random mask
     def select(self, keep: Any, x: Any) -> np.ndarray:
-        return np.where(keep, x, np.zeros((), x.dtype))
+        bits = _bits_dtype(x.dtype)
+        return np.multiply(x.view(bits), keep, dtype=bits).view(x.dtype)
+
+    def select_chunks(
+        self, keep_chunks: Iterable[Any], x: Any, factor: float | None, return_mask: bool
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        # each chunk's part of the output is written as the chunk arrives
+        y = np.empty(x.shape, x.dtype)
+        keep = np.empty(x.shape, np.bool_) if return_mask else None
+        bits = _bits_dtype(x.dtype)
+        flat_x, flat_y = np.ravel(x).view(bits), y.reshape(-1).view(bits)
+        scale = None if factor is None else x.dtype.type(factor)
+        start = 0
+        for chunk in keep_chunks:
+            stop = start + chunk.size
+            kept, out = flat_x[start:stop], flat_y[start:stop]
+            if scale is not None:
+                kept = np.multiply(kept.view(x.dtype), scale, out=out.view(x.dtype)).view(bits)
+            np.multiply(kept, chunk, out=out)
+            if keep is not None:
+                keep.reshape(-1)[start:stop] = chunk
+            start = stop
+        return y, keep
 
     def broadcast_to(self, a: Any, shape: tuple[int, ...]) -> np.ndarray:
         return np.broadcast_to(a, shape)
@@ -60,9 +86,20 @@ class NumpyBackend(Backend):
         return np.bitwise_xor(a, b, dtype=np.uint32)
 
     def rotate_left(self, a: Any, bits: int) -> np.ndarray:
-        return np.bitwise_or(
-            np.left_shift(a, np.uint32(bits)), np.right_shift(a, np.uint32(32 - bits))
-        )
+        return np.bitwise_or(np.left_shift(a, _SHIFTS[bits]), np.right_shift(a, _SHIFTS[32 - bits]))
+
+    # in place where a can hold the result (a 0-d a is a scalar or cannot grow)
+    def iadd(self, a: Any, b: Any) -> np.ndarray:
+        return np.add(a, b, out=a) if a.ndim else self.add(a, b)
+
+    def ixor(self, a: Any, b: Any) -> np.ndarray:
+        return np.bitwise_xor(a, b, out=a) if a.ndim else self.xor(a, b)
+
+    def irotate_left(self, a: Any, bits: int) -> np.ndarray:
+        if not a.ndim:
+            return self.rotate_left(a, bits)
+        high = np.right_shift(a, _SHIFTS[32 - bits])
+        return np.bitwise_or(np.left_shift(a, _SHIFTS[bits], out=a), high, out=a)
 
     def less_than(self, a: Any, threshold: int) -> np.ndarray:
         return np.less(a, np.uint32(threshold))
@@ -123,6 +160,19 @@ class NumpyBackend(Backend):
 
     def split(self, x: Any, sections: int, axis: int) -> list[Any]:
         return np.split(x, sections, axis=axis)
+
+
+_SHIFTS = {bits: np.uint32(bits) for bits in range(32)}
+
+
+@functools.lru_cache
+def _name(dtype: np.dtype) -> str:
+    return str(dtype.name)  # computed in Python by NumPy: slow enough to matter at 1e3 elements
+
+
+def _bits_dtype(dtype: np.dtype) -> np.dtype:
+    """The unsigned integer type of ``dtype``'s width, to view its values as bits."""
+    return np.dtype(f"u{dtype.itemsize}")
 
 
 def _dtype(name: str) -> Any:

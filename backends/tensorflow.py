@@ -16,9 +16,11 @@ class TensorflowBackend(Backend):
 
     def __init__(self) -> None:
         import tensorflow as tf
+        from tensorflow.python.ops import control_flow_util  # where Keras asks the same
 
         self.tf = tf
         self.array_types = (tf.Tensor, tf.Variable)
+        self.in_xla_context = control_flow_util.GraphOrParentsInXlaContext
 
     def asarray(self, x: object, dtype: str | None = None) -> Any:
         tensor = self.tf.convert_to_tensor(x)
@@ -79,8 +81,14 @@ class TensorflowBackend(Backend):
     def compile(self, function: Callable[..., Any]) -> Callable[..., Any]:
         return self.tf.function(function, jit_compile=True, autograph=False)
 
+    def stage(self, function: Callable[..., Any]) -> Callable[..., Any]:
+        return self.compile(function)  # eagerly and in graphs without XLA, one fused step
+
     def is_tracing(self, x: Any) -> bool:
         return not self.tf.executing_eagerly()
+
+    def is_compiling(self, x: Any) -> bool:  # inside tf.function(jit_compile=True)
+        return self.is_tracing(x) and self.in_xla_context(self.tf.compat.v1.get_default_graph())
 
     def seed_words(self, seed: Any) -> Key:
         tf = self.tf
@@ -109,7 +117,9 @@ class TensorflowBackend(Backend):
             seed = (self.word(seed >> 32), self.word(seed & 0xFFFF_FFFF))
         assert seed is not None  # no global generator: seed=None was resolved to an integer
         pair = tf.stack([tf.cast(word, tf.int64) for word in seed])
-        return tf.random.stateless_uniform(shape, seed=pair) < keep_probability
+        # Philox named, not left to auto_select: XLA on CPU would pick a far slower generator
+        uniform = tf.random.stateless_uniform(shape, seed=pair, alg="philox")
+        return uniform < keep_probability
 
     # -- losses: a Python number becomes a tensor of the other operand's dtype first -------------
     def astype(self, x: Any, dtype: str) -> Any:

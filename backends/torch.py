@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +19,9 @@ class TorchBackend(Backend):
     framework = "torch"
     has_global_rng = True
     compiles_slowly = True  # inductor needs seconds per graph
+    # at most torch's grain size (32768), so that each eager op runs on one thread: a parallel
+    # region waits for the other core, a scheduler tick on a busy machine
+    chunk_size = 1 << 15
 
     def __init__(self) -> None:
         import torch
@@ -74,6 +78,20 @@ class TorchBackend(Backend):
     def rotate_left(self, a: Any, bits: int) -> Any:
         # >> is arithmetic on int32: mask off the copies of the sign bit it shifts in
         return (a << bits) | ((a >> (32 - bits)) & ((1 << bits) - 1))
+
+    # in place where a can hold the result (a 0-d a cannot grow); inductor fuses either form
+    def iadd(self, a: Any, b: Any) -> Any:
+        return a.add_(b) if a.ndim else a + b
+
+    def ixor(self, a: Any, b: Any) -> Any:
+        return a.bitwise_xor_(b) if a.ndim else a ^ b
+
+    def irotate_left(self, a: Any, bits: int) -> Any:
+        if not a.ndim or self.torch.compiler.is_compiling():
+            return self.rotate_left(a, bits)
+        left, right, mask = _rotation(bits, a.device)  # tensors: a Python int costs a wrapping
+        low = a << left
+        return a.bitwise_right_shift_(right).bitwise_and_(mask).bitwise_or_(low)
 
     def less_than(self, a: Any, threshold: int) -> Any:
         # flipping the sign bit maps unsigned order onto signed order
@@ -158,6 +176,17 @@ class TorchBackend(Backend):
         if not isinstance(dtype, self.torch.dtype):
             raise TypeError(f"torch has no dtype {name!r}")
         return dtype
+
+
+@functools.lru_cache
+def _rotation(bits: int, device: Any) -> tuple[Any, Any, Any]:
+    """The int32 scalars of a rotation left by ``bits``: the two shifts and the mask."""
+    import torch
+
+    return tuple(  # type: ignore[return-value]
+        torch.tensor(value, dtype=torch.int32, device=device)
+        for value in (bits, 32 - bits, (1 << bits) - 1)
+    )
 
 
 def _signed(value: int) -> int:

@@ -86,3 +86,26 @@ def test_native_mode_is_statistically_tf_dropout(p):
     for values in (ours, theirs):
         assert abs(np.count_nonzero(values) - count * q) <= 4 * math.sqrt(count * p * q)
         assert abs(values.mean() - 1.0) <= 4 * math.sqrt(p / q / count)
+
+
+def test_native_masks_are_the_same_eagerly_and_in_tf_function_with_or_without_xla():
+    x = tf.ones(1000)
+    eager = xdrop.dropout(x, 0.5, rng="native", seed=9).numpy()
+    for jit_compile in (False, True):
+        step = tf.function(lambda v, s: xdrop.dropout(v, 0.5, rng="native", seed=s),
+                           jit_compile=jit_compile)  # fmt: skip
+        assert (step(x, tf.constant(9, tf.int64)).numpy() == eager).all()
+
+
+def test_graphs_without_xla_run_xdrop_as_one_compiled_step():
+    graph = (
+        tf.function(lambda v, s: xdrop.dropout(v, 0.5, seed=s))
+        .get_concrete_function(tf.TensorSpec((300,), tf.float32), tf.TensorSpec((), tf.int64))
+        .graph
+    )
+    calls = [
+        op
+        for op in graph.get_operations()
+        if op.type in ("PartitionedCall", "StatefulPartitionedCall")
+    ]
+    assert len(calls) == 1 and len(graph.get_operations()) < 40  # not ~130 word operations

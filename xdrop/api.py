@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from xdrop import seeds, spec
 from xdrop.errors import bad_value
-from xdrop.protocol import Array, Backend
+from xdrop.protocol import Array, Backend, Key
 from xdrop.registry import backend_for
 from xdrop.tracing import called_as_is
 from xdrop.validation import (
@@ -95,11 +96,10 @@ def dropout(
     check_flag("return_mask", return_mask)
     if is_training:
         check_scale_fits(rate, dtype, mode)
-        draw_keep = _mask_drawer(xp, seed, noise, rate, start, generator, like=x)
+        y, keep = _training(xp, x, seed, rate, noise, start, generator, mode, return_mask)
     else:
         seeds.validate_seed(seed)
-        draw_keep = _nothing_to_draw
-    y, keep = spec.dropout(xp, x, rate, draw_keep, mode=mode, training=is_training)
+        y, keep = spec.dropout(xp, x, rate, _nothing_to_draw, mode=mode, training=False)
     if not return_mask:
         return y
     if keep is None:
@@ -122,6 +122,84 @@ def _mask_drawer(
         return lambda: spec.keep_mask(xp, key, shape, p, offset, like=like)
     native_seed = seeds.native_seed(seed, xp, like)
     return lambda: xp.native_keep_mask(shape, 1.0 - p, native_seed, like)
+
+
+def _training(
+    xp: Backend,
+    x: Array,
+    seed: object,
+    p: float,
+    noise: tuple[int, ...],
+    offset: int,
+    generator: str,
+    mode: str,
+    return_mask: bool,
+) -> tuple[Array, Array | None]:
+    """Training dropout: the seed is resolved now (a training call draws one, whatever p), then
+    the call is staged into one compiled step where the backend stages (JAX and TensorFlow
+    outside their compilers), else run op by op."""
+    if generator == "portable":
+        resolved: int | Key | None = seeds.seed_key(seed, xp, x)
+    else:
+        resolved = seeds.native_seed(seed, xp, x)
+    # p == 0 returns x itself, never a copy; None is the framework's global generator
+    if p > 0 and resolved is not None and not xp.is_compiling(x):
+        signature = (xp.shape(x), xp.dtype_name(x))  # one trace per staged step
+        staged = _staged(xp, signature, generator, p, noise, offset, mode, return_mask)
+        if staged is not None:
+            key = spec.key_words(xp, resolved, x) if isinstance(resolved, int) else resolved
+            y, keep = staged(x, key)  # the key words are traced: a new seed never recompiles
+            return y, keep
+    return _dropout(xp, x, resolved, p, noise, offset, generator, mode, return_mask)
+
+
+def _dropout(
+    xp: Backend,
+    x: Array,
+    seed: int | Key | None,
+    p: float,
+    noise: tuple[int, ...],
+    offset: int,
+    generator: str,
+    mode: str,
+    return_mask: bool,
+) -> tuple[Array, Array | None]:
+    """Portable masks of ``x``'s own shape are applied chunk by chunk as they are generated
+    (eagerly); other masks are drawn whole, at the noise shape, and broadcast."""
+    if generator == "native":
+        draw_keep = functools.partial(xp.native_keep_mask, noise, 1.0 - p, seed, x)
+        y, keep = spec.dropout(xp, x, p, draw_keep, mode=mode, training=True)
+        return y, keep if return_mask else None
+    assert isinstance(seed, tuple)  # portable seeds are key words
+    if noise == xp.shape(x) and not xp.is_tracing(x):
+        count = math.prod(noise)
+        chunks = functools.partial(spec.keep_chunks, xp, seed, count, p, offset, like=x)
+        return spec.dropout(
+            xp, x, p, chunks, mode=mode, training=True, chunked=True, return_mask=return_mask
+        )
+    draw_keep = functools.partial(spec.keep_mask, xp, seed, noise, p, offset, like=x)
+    y, keep = spec.dropout(xp, x, p, draw_keep, mode=mode, training=True)
+    return y, keep if return_mask else None
+
+
+@functools.lru_cache(maxsize=256)
+def _staged(
+    xp: Backend,
+    signature: tuple[tuple[int, ...], str],
+    generator: str,
+    p: float,
+    noise: tuple[int, ...],
+    offset: int,
+    mode: str,
+    return_mask: bool,
+) -> Callable[[Array, Key], tuple[Array, Array | None]] | None:
+    """The backend's staged step for inputs of this shape and dtype and these Python arguments,
+    or None where the backend does not stage."""
+
+    def step(x: Array, key: Key) -> tuple[Array, Array | None]:
+        return _dropout(xp, x, key, p, noise, offset, generator, mode, return_mask)
+
+    return xp.stage(step)
 
 
 def _nothing_to_draw() -> Array:

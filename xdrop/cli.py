@@ -1,4 +1,4 @@
-"""The ``xdrop`` command: ``xdrop conformance`` and ``xdrop golden``."""
+"""The ``xdrop`` command: ``xdrop conformance``, ``xdrop golden`` and ``xdrop bench``."""
 
 from __future__ import annotations
 
@@ -42,11 +42,105 @@ def main(argv: Sequence[str] | None = None) -> int:
     regenerate.add_argument(
         "--check", action="store_true", help="only check that the shipped file is up to date"
     )
+    _add_bench(commands)
     arguments = parser.parse_args(argv)
     if arguments.command == "golden":
         return _golden(check=arguments.check)
+    if arguments.command == "bench":
+        return _bench(arguments)
     modes = list(MODES) if arguments.mode == "all" else [arguments.mode]
     return _conformance(arguments.backend, modes, arguments.full, arguments.json)
+
+
+def _add_bench(commands: Any) -> None:
+    from xdrop.benchmarks import runner  # imports no framework
+
+    bench = commands.add_parser(
+        "bench",
+        help="time xdrop against each framework's own dropout (docs/performance.md)",
+        description="Time xdrop (portable and rng='native'), the framework's own dropout and a "
+        "copy, interleaved, in every execution mode; print medians and the ratios of one run.",
+    )
+    bench.add_argument(
+        "--backend", action="append", metavar="NAME",
+        help="a backend to time (repeatable); default: every installed one",
+    )  # fmt: skip
+    bench.add_argument(
+        "--path", action="append", metavar="PATH",
+        help="an execution path to time (repeatable), e.g. 'jax.jit', 'torch eager'; default: all",
+    )  # fmt: skip
+    bench.add_argument(
+        "--direction", choices=["forward", "forward+backward"],
+        help="time only this direction (default: both, where the framework differentiates)",
+    )  # fmt: skip
+    bench.add_argument(
+        "--sizes", nargs="+", type=_sizes, metavar="N",
+        help=f"float32 elements per input, e.g. 1e3 1e6 or 1e3,1e6 (default: "
+        f"{','.join(f'{size:.0e}' for size in runner.SIZES)})",
+    )  # fmt: skip
+    bench.add_argument(
+        "--p", nargs="+", type=float, metavar="P",
+        help=f"drop probabilities (default: {' '.join(map(str, runner.RATES))})",
+    )  # fmt: skip
+    bench.add_argument(
+        "--repeats", type=int, metavar="N", help=f"timed rounds (default: {runner.REPEATS})"
+    )
+    bench.add_argument(
+        "--quick", action="store_true",
+        help="fewer sizes, one rate, three rounds: a first look in a few minutes",
+    )  # fmt: skip
+    bench.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+
+
+def _sizes(text: str) -> list[int]:
+    sizes = []
+    for part in text.split(","):
+        value = float(part)
+        if not value.is_integer() or value < 1:
+            raise argparse.ArgumentTypeError(f"not a positive whole number of elements: {part}")
+        sizes.append(int(value))
+    return sizes
+
+
+def _bench(arguments: argparse.Namespace) -> int:
+    from xdrop import benchmarks
+    from xdrop.benchmarks import runner
+
+    defaults: dict[str, Any] = dict(runner.QUICK) if arguments.quick else {}
+    sizes = [size for group in arguments.sizes for size in group] if arguments.sizes else None
+    if arguments.backend:
+        unknown = [name for name in arguments.backend if name not in benchmarks.SUITES]
+        if unknown:
+            print(f"no benchmark for backend(s) {', '.join(unknown)}; "
+                  f"known: {', '.join(benchmarks.SUITES)}", file=sys.stderr)  # fmt: skip
+            return 2
+    report = benchmarks.run(
+        backends=arguments.backend,
+        sizes=sizes or defaults.get("sizes", runner.SIZES),
+        rates=arguments.p or defaults.get("rates", runner.RATES),
+        repeats=arguments.repeats or defaults.get("repeats", runner.REPEATS),
+        min_sample=defaults.get("min_sample", runner.MIN_SAMPLE),
+        paths=arguments.path,
+        directions=[arguments.direction] if arguments.direction else None,
+        progress=_bench_progress,
+    )
+    print(benchmarks.table(report))
+    print()
+    print(benchmarks.targets_table(benchmarks.check_targets(report)))
+    machine = report.machine
+    print(f"\n{machine['processor']}, {machine['cores']} cores, load average "
+          f"{machine['load_before']} before and {machine.get('load_after')} after; "
+          + ", ".join(f"{name} {version}" for name, version in report.versions.items()))  # fmt: skip
+    if arguments.json:
+        with open(arguments.json, "w") as file:
+            json.dump(benchmarks.document(report), file, indent=1)
+    return 0
+
+
+def _bench_progress(measurement: Any) -> None:
+    case = measurement.case
+    print(f"  {case.path} {case.direction} size {case.size:.0e} p {case.p:g}",
+          file=sys.stderr, flush=True)  # fmt: skip
 
 
 def _golden(check: bool) -> int:

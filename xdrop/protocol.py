@@ -7,6 +7,10 @@ queries, ``select``, ``multiply``), 32-bit unsigned word arithmetic (``add``, ``
 the algorithms live once in :mod:`xdrop.spec` and :mod:`xdrop.rdrop`. ``docs/backends.md`` states
 each method's contract; ``docs/rdrop-backend-ops.md`` those of the loss operations.
 
+A few optional methods make the same spec fast where a framework allows: in-place word operations
+(``iadd``...), applying a mask chunk by chunk as it is generated (``select_chunks``), and staging an
+eager call into one compiled step (``stage``). Their defaults keep a minimal backend correct.
+
 Words are opaque to the spec: a backend may carry them in any integer dtype as long as the
 operations behave as arithmetic modulo 2**32 (PyTorch, for one, has no eager uint32 arithmetic).
 """
@@ -14,7 +18,7 @@ operations behave as arithmetic modulo 2**32 (PyTorch, for one, has no eager uin
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
 import numpy as np
@@ -42,6 +46,22 @@ class WordOps(abc.ABC):
     @abc.abstractmethod
     def rotate_left(self, a: Words, bits: int) -> Words:
         """``a`` rotated left by ``bits`` (``0 < bits < 32``)."""
+
+    # In-place forms, as ``operator.iadd``: ``a = ops.iadd(a, b)`` may compute the result in
+    # ``a``'s storage and return ``a``. The spec passes as ``a`` only words it made itself and
+    # never reads again, of the result's shape or 0-d (a 0-d ``a`` cannot hold a larger result).
+    # The defaults are the plain operations; backends with mutable arrays save the allocations.
+    def iadd(self, a: Words, b: Words) -> Words:
+        """``(a + b) mod 2**32``, possibly in ``a``'s storage."""
+        return self.add(a, b)
+
+    def ixor(self, a: Words, b: Words) -> Words:
+        """``a ^ b``, possibly in ``a``'s storage."""
+        return self.xor(a, b)
+
+    def irotate_left(self, a: Words, bits: int) -> Words:
+        """``a`` rotated left by ``bits``, possibly in ``a``'s storage."""
+        return self.rotate_left(a, bits)
 
 
 class Backend(WordOps):
@@ -110,6 +130,21 @@ class Backend(WordOps):
     @abc.abstractmethod
     def concat(self, arrays: list[Array], axis: int = 0) -> Array:
         """The arrays joined end to end along ``axis`` (1-d arrays: along their only axis)."""
+
+    def select_chunks(
+        self, keep_chunks: Iterable[Array], x: Array, factor: float | None, return_mask: bool
+    ) -> tuple[Array, Array | None]:
+        """``where(keep, x * factor, +0.0)`` (``where(keep, x, +0.0)`` for ``factor=None``), and
+        ``keep`` itself with ``return_mask`` (else None), where ``keep`` has ``x``'s shape and
+        arrives as consecutive 1-d chunks of its row-major elements, generated one at a time.
+
+        The default joins the chunks and selects once. A backend with mutable arrays may write
+        each chunk's part of the output as the chunk arrives, so that nothing but the output
+        (and the mask, when asked for) grows with ``x``; it must give the same bits."""
+        chunks = list(keep_chunks)
+        keep = self.reshape(chunks[0] if len(chunks) == 1 else self.concat(chunks), self.shape(x))
+        kept_values = x if factor is None else self.multiply(x, factor)
+        return self.select(keep, kept_values), keep if return_mask else None
 
     # -- words ----------------------------------------------------------------------------------
     @abc.abstractmethod
@@ -188,6 +223,21 @@ class Backend(WordOps):
         """``function`` compiled by the framework's compiler (``jax.jit``, ``tf.function`` with
         XLA, ``torch.compile``); identity where there is none. The conformance suite uses it."""
         return function
+
+    def is_compiling(self, x: Array | None) -> bool:
+        """Whether ``x`` is being traced for a compiler that fuses operations (``jax.jit``, XLA,
+        inductor), where :meth:`stage` would add nothing. Default: :meth:`is_tracing`."""
+        return self.is_tracing(x)
+
+    def stage(self, function: Callable[..., Any]) -> Callable[..., Any] | None:
+        """``function`` compiled into one step, for calls that would otherwise run op by op
+        (eagerly, or in a graph without a compiler), or None (the default) to run it as it is.
+
+        ``function`` takes arrays (and tuples of arrays) and returns them; its Python arguments
+        are already bound. The caller caches the result per bound arguments, so the compiler
+        runs once per input shape and dtype: a seed passed as an array never recompiles. Worth
+        it where a compilation takes milliseconds and each eager operation is a dispatch."""
+        return None
 
     # -- seeds held in arrays (optional: lets seeds be traced values) -------------------------------
     def seed_words(self, seed: Array) -> Key:

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 
 from xdrop.protocol import Array, Backend, Key, WordOps, Words
-from xdrop.tracing import host_constant
+from xdrop.tracing import cached_host_constant, host_constant
 
 WORD_COUNT = 2**32
 SEED_COUNT = 2**64
@@ -31,20 +31,34 @@ def key_words(ops: WordOps, seed: int, like: Array | None = None) -> Key:
 
 
 # -- key, counter -> bits ---------------------------------------------------------------------------
-def threefry2x32(ops: WordOps, key: Key, counter: tuple[Words, Words]) -> tuple[Words, Words]:
-    """Threefry-2x32-20 (Salmon et al., SC 2011): five groups of four mix rounds, with a key
-    injection after each group."""
+def key_schedule(ops: WordOps, key: Key) -> list[tuple[Words, Words]]:
+    """The words that key injection ``j = 0 .. 5`` of Threefry-2x32 adds to ``(x0, x1)``:
+    ``(ks[j mod 3], ks[(j + 1) mod 3] + j)`` with ``ks = (k0, k1, k0 ^ k1 ^ 0x1BD11BDA)``."""
     k0, k1 = key
-    k2 = ops.xor(ops.xor(k0, k1), ops.word(KEY_PARITY, k0))
-    schedule = (k0, k1, k2)
-    x0, x1 = ops.add(counter[0], k0), ops.add(counter[1], k1)
-    for group in range(5):
+    ks = (k0, k1, ops.xor(ops.xor(k0, k1), ops.word(KEY_PARITY, k0)))
+    return [(k0, k1)] + [
+        (ks[j % 3], ops.add(ks[(j + 1) % 3], ops.word(j, k0))) for j in range(1, 6)
+    ]
+
+
+def threefry2x32(
+    ops: WordOps,
+    key: Key,
+    counter: tuple[Words, Words],
+    schedule: list[tuple[Words, Words]] | None = None,
+) -> tuple[Words, Words]:
+    """Threefry-2x32-20 (Salmon et al., SC 2011): five groups of four mix rounds, with a key
+    injection before the first and after each. ``schedule`` is ``key_schedule(ops, key)``, for
+    a caller that computes it once for many counters."""
+    if schedule is None:
+        schedule = key_schedule(ops, key)
+    x0, x1 = ops.add(counter[0], schedule[0][0]), ops.add(counter[1], schedule[0][1])
+    for group in range(5):  # x0 and x1 are new words from here on: updated in place
         for rotation in ROTATIONS[4 * (group % 2) : 4 * (group % 2) + 4]:
-            x0 = ops.add(x0, x1)
-            x1 = ops.xor(ops.rotate_left(x1, rotation), x0)
-        injection = group + 1
-        x0 = ops.add(x0, schedule[injection % 3])
-        x1 = ops.add(x1, ops.add(schedule[(injection + 1) % 3], ops.word(injection, k0)))
+            x0 = ops.iadd(x0, x1)
+            x1 = ops.ixor(ops.irotate_left(x1, rotation), x0)
+        x0 = ops.iadd(x0, schedule[group + 1][0])
+        x1 = ops.iadd(x1, schedule[group + 1][1])
     return x0, x1
 
 
@@ -60,19 +74,26 @@ def counter_ranges(offset: int, count: int, chunk: int | None) -> Iterator[tuple
         start = end
 
 
-def stream_bits(xp: Backend, key: Key, start: int, stop: int, like: Array | None) -> Words:
+def stream_bits(
+    xp: Backend,
+    key: Key,
+    start: int,
+    stop: int,
+    like: Array | None,
+    schedule: list[tuple[Words, Words]] | None = None,
+) -> Words:
     """``bits_i = y0 ^ y1`` with ``(y0, y1) = Threefry(key, (i >> 32, i & 0xFFFFFFFF))`` for
     ``start <= i < stop``, a range inside one block of 2**32 counters."""
     high, low = divmod(start, WORD_COUNT)
     low_words = xp.iota(stop - start, like)
     if low:
-        low_words = xp.add(low_words, xp.word(low, like))
-    y0, y1 = threefry2x32(xp, key, (xp.word(high, like), low_words))
-    return xp.xor(y0, y1)
+        low_words = xp.iadd(low_words, xp.word(low, like))
+    y0, y1 = threefry2x32(xp, key, (xp.word(high, like), low_words), schedule)
+    return xp.ixor(y0, y1)
 
 
 # -- threshold -> keep ------------------------------------------------------------------------------
-@host_constant
+@cached_host_constant
 def keep_threshold(p: float) -> int:
     """``T = ceil(float32(1 - p) * 2**23) << 9``; element ``i`` is kept when ``bits_i < T``.
 
@@ -80,6 +101,24 @@ def keep_threshold(p: float) -> int:
     ``T == 0`` only for ``p == 1``; ``T == 2**32`` keeps everything."""
     keep_probability = float(np.float32(1.0 - p))
     return math.ceil(keep_probability * 2**23) << 9  # scaling by 2**23 is exact in float64
+
+
+def keep_chunks(
+    xp: Backend, key: Key, count: int, p: float, offset: int = 0, like: Array | None = None
+) -> Iterator[Array]:
+    """The flat keep mask of ``count`` elements, ``keep_i = bits(offset + i) < T``, as
+    consecutive 1-d chunks, each generated when asked for.
+
+    Chunks hold ``xp.chunk_size`` elements in eager execution, and are whole while tracing:
+    element ``i`` depends on ``i`` alone, so chunking changes nothing but the temporaries."""
+    threshold = keep_threshold(p)
+    if threshold == 0 or threshold >= WORD_COUNT or count == 0:
+        yield xp.full_mask((count,), threshold >= WORD_COUNT, like)
+        return
+    schedule = key_schedule(xp, key)
+    chunk = None if xp.is_tracing(like) else xp.chunk_size
+    for start, stop in counter_ranges(offset, count, chunk):
+        yield xp.less_than(stream_bits(xp, key, start, stop, like, schedule), threshold)
 
 
 def keep_mask(
@@ -90,20 +129,9 @@ def keep_mask(
     offset: int = 0,
     like: Array | None = None,
 ) -> Array:
-    """The boolean keep mask of ``shape``: element ``i`` (row-major) draws counter ``offset + i``.
-
-    Generated in chunks of ``xp.chunk_size`` in eager execution: element ``i`` depends on ``i``
-    alone, so chunking changes nothing but the size of the temporaries."""
-    threshold = keep_threshold(p)
-    count = math.prod(shape)
-    if threshold == 0 or threshold >= WORD_COUNT or count == 0:
-        return xp.full_mask(shape, threshold >= WORD_COUNT, like)
-    chunk = None if xp.is_tracing(like) else xp.chunk_size
-    pieces = [
-        xp.less_than(stream_bits(xp, key, start, stop, like), threshold)
-        for start, stop in counter_ranges(offset, count, chunk)
-    ]
-    return xp.reshape(pieces[0] if len(pieces) == 1 else xp.concat(pieces), shape)
+    """The boolean keep mask of ``shape``: element ``i`` (row-major) draws counter ``offset + i``."""
+    chunks = list(keep_chunks(xp, key, math.prod(shape), p, offset, like))
+    return xp.reshape(chunks[0] if len(chunks) == 1 else xp.concat(chunks), shape)
 
 
 # -- scale -> output --------------------------------------------------------------------------------
@@ -127,7 +155,7 @@ def _round_bfloat16(value: float) -> float:
     return math.copysign(magnitude if magnitude < 2.0**128 else math.inf, value)
 
 
-@host_constant
+@cached_host_constant
 def inverted_scale(p: float, dtype: str) -> float:
     """``s = dtype(1) / dtype(1 - p)``, rounded once in ``dtype`` (infinite if ``dtype(1 - p)`` is 0).
 
@@ -145,11 +173,15 @@ def dropout(
     *,
     mode: str,
     training: bool,
+    chunked: bool = False,
+    return_mask: bool = True,
 ) -> tuple[Array, Array | None]:
-    """``(output, keep)`` of dropout; ``keep`` is ``None`` when everything is kept.
+    """``(output, keep)`` of dropout; ``keep`` is ``None`` when everything is kept, or when it
+    was drawn in chunks and not asked for (``return_mask=False``).
 
     ``draw_keep()`` gives the keep mask at the noise shape (``keep_mask``, or the framework's own
-    generator in native mode); it is called only when units are dropped.
+    generator in native mode), or with ``chunked`` a mask of ``x``'s shape as consecutive 1-d
+    chunks (``keep_chunks``); it is called only when units are dropped.
 
     inverted: training ``where(keep, x * s, 0)``, eval ``x``.
     classic:  training ``where(keep, x, 0)``,     eval ``x * dtype(1 - p)``.
@@ -164,8 +196,10 @@ def dropout(
     keep = draw_keep()
     # p == 1 keeps nothing: selecting x unscaled avoids an infinite scale, whose product with the
     # zero gradient of a dropped unit would be NaN
-    unscaled = mode == "classic" or p == 1
-    kept_values = x if unscaled else xp.multiply(x, inverted_scale(p, dtype))
+    factor = None if mode == "classic" or p == 1 else inverted_scale(p, dtype)
+    if chunked:
+        return xp.select_chunks(keep, x, factor, return_mask)
+    kept_values = x if factor is None else xp.multiply(x, factor)
     return xp.select(keep, kept_values), keep
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TypeVar, cast
 
 Function = TypeVar("Function", bound=Callable[..., object])
+CACHE_SIZE = 1024
 
 
 def host_constant(function: Function) -> Function:
@@ -16,6 +18,26 @@ def host_constant(function: Function) -> Function:
     JAX and TensorFlow run such functions as plain Python while tracing and need nothing."""
     function._dynamo_marked_constant = True  # type: ignore[attr-defined]
     return function
+
+
+def cached_host_constant(function: Function) -> Function:
+    """:func:`host_constant`, remembering up to ``CACHE_SIZE`` results by arguments (a rate, a
+    dtype name), so that eager calls do not redo the host arithmetic. The cache is a plain dict
+    inside the marked function, which ``torch.compile`` calls as it is (it would warn about, and
+    look through, ``functools.lru_cache``)."""
+    results: dict[tuple[object, ...], object] = {}
+
+    @functools.wraps(function)
+    def cached(*arguments: object) -> object:
+        try:
+            return results[arguments]
+        except KeyError:
+            if len(results) >= CACHE_SIZE:  # a rate changed on every step: start over
+                results.clear()
+            result = results[arguments] = function(*arguments)
+            return result
+
+    return host_constant(cast(Function, cached))
 
 
 def called_as_is(function: Function) -> Function:

@@ -1,0 +1,88 @@
+"""Smoke tests of the benchmark at tiny sizes: it runs and reports what it should. No timings are
+checked (the machines that run tests are shared and noisy)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from xdrop import benchmarks, registry
+from xdrop.benchmarks.suites import BACKWARD, COPY, FORWARD, FRAMEWORK, NATIVE, XDROP
+from xdrop.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_cli_bench_writes_a_table_and_json(tmp_path, capsys):
+    path = tmp_path / "bench.json"
+    arguments = ["bench", "--backend", "numpy", "--sizes", "16,1e3", "--p", "0.5", "--repeats", "2"]
+    assert main([*arguments, "--json", str(path)]) == 0
+    output = capsys.readouterr().out
+    assert "numpy · numpy · forward" in output and "xdrop/framework" in output
+    document = json.loads(path.read_text())
+    assert document["schema"] == 1
+    assert document["machine"]["cores"] >= 1 and document["versions"]["numpy"]
+    assert [(m["size"], m["p"]) for m in document["measurements"]] == [(16, 0.5), (1000, 0.5)]
+    for measurement in document["measurements"]:
+        assert set(measurement["contenders"]) == {XDROP, NATIVE, FRAMEWORK, COPY}
+        for timing in measurement["contenders"].values():
+            assert len(timing["samples_seconds"]) == 2
+            assert timing["median_seconds"] > 0 and timing["first_call_seconds"] > 0
+        assert set(measurement["ratios"]) >= {"xdrop/framework", "native/framework", "xdrop/copy"}
+        assert all(math.isfinite(ratio) and ratio > 0 for ratio in measurement["ratios"].values())
+        assert measurement["memory_bytes_per_element"][XDROP] > 0
+    (target,) = document["targets"]  # only the overhead at 1e3 applies to these sizes
+    assert target["name"] == "per-call overhead at 1e3, numpy" and target["met"] in (True, False)
+
+
+def test_the_one_command_runs_the_benchmark(tmp_path):
+    path = tmp_path / "bench.json"
+    command = [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--backend", "numpy"]
+    command += ["--sizes", "32", "--p", "0.1", "--repeats", "1", "--json", str(path)]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert json.loads(path.read_text())["measurements"][0]["size"] == 32
+
+
+def test_unknown_backend_is_an_error(capsys):
+    assert main(["bench", "--backend", "nope", "--sizes", "8"]) == 2
+    assert "no benchmark for backend" in capsys.readouterr().err
+
+
+def test_every_path_of_the_backend_under_test_runs(xp):
+    """Each execution path of the backend under test, forward and backward, at a tiny size;
+    a slow compiler (torch inductor) is left to ``xdrop bench``."""
+    suite = benchmarks.SUITES[xp.name]()
+    paths = [p for p in suite.paths if not (xp.compiles_slowly and p in suite.compiled_paths)]
+    report = benchmarks.run([xp.name], sizes=[40], rates=[0.3], repeats=1, min_sample=0.0,
+                            paths=paths)  # fmt: skip
+    cases = {(m.case.path, m.case.direction) for m in report.measurements}
+    directions = [FORWARD, BACKWARD] if suite.differentiates else [FORWARD]
+    assert cases == {(path, direction) for path in paths for direction in directions}
+    for measurement in report.measurements:
+        assert not measurement.failures.keys() & {XDROP, NATIVE, COPY, "all", "memory"}
+        assert {XDROP, NATIVE, COPY} <= measurement.timings.keys()
+        assert measurement.ratio(XDROP, COPY) is not None
+    assert benchmarks.table(report)
+    json.dumps(benchmarks.document(report))
+
+
+def test_unavailable_backends_are_reported_not_raised(monkeypatch):
+    def broken() -> benchmarks.suites.Suite:
+        raise ImportError("no such framework")
+
+    monkeypatch.setitem(benchmarks.SUITES, "numpy", broken)
+    report = benchmarks.run(["numpy"], sizes=[8], rates=[0.5], repeats=1, min_sample=0.0)
+    assert report.measurements == [] and "no such framework" in report.unavailable["numpy"]
+    assert "not measured" in benchmarks.table(report)
+
+
+@pytest.mark.parametrize("name", ["numpy"])
+def test_installed_backends_lists_those_with_a_framework(name):
+    assert name in benchmarks.installed_backends()
+    assert set(benchmarks.installed_backends()) <= set(registry.registered_names())

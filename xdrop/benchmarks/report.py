@@ -1,0 +1,234 @@
+"""The benchmark's results as a table, as JSON, and against the performance targets."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from xdrop.benchmarks.runner import Measurement, Report
+from xdrop.benchmarks.suites import (
+    BACKWARD,
+    COPY,
+    FORWARD,
+    FRAMEWORK,
+    FRAMEWORK_EAGER,
+    FRAMEWORK_GRAPH,
+    NATIVE,
+    XDROP,
+)
+
+SCHEMA = 1
+CONTENDERS = (XDROP, NATIVE, FRAMEWORK, COPY, FRAMEWORK_EAGER, FRAMEWORK_GRAPH)
+RATIOS = (
+    (XDROP, FRAMEWORK),
+    (NATIVE, FRAMEWORK),
+    (XDROP, COPY),
+    (XDROP, FRAMEWORK_EAGER),
+    (XDROP, FRAMEWORK_GRAPH),
+)
+LARGE = 10**6  # "sizes >= 1e6": where the targets on throughput apply
+SMALL = 10**3  # where the per-call overhead is measured
+
+
+@dataclass(frozen=True)
+class Target:
+    """A ratio that must stay at or below ``limit`` on ``path`` for sizes in ``sizes``."""
+
+    name: str
+    path: str
+    numerator: str
+    denominator: str
+    limit: float
+    sizes: tuple[int, int | None] = (LARGE, None)  # inclusive bounds; None: no upper bound
+    direction: str = FORWARD
+    quantity: str = "ratio"  # or "memory": bytes per element of ``numerator``
+
+    def applies(self, measurement: Measurement) -> bool:
+        case = measurement.case
+        low, high = self.sizes
+        return (
+            case.path == self.path
+            and case.direction == self.direction
+            and case.size >= low
+            and (high is None or case.size <= high)
+        )
+
+    def value(self, measurement: Measurement) -> float | None:
+        if self.quantity == "memory":
+            return measurement.memory.get(self.numerator)
+        return measurement.ratio(self.numerator, self.denominator)
+
+
+EAGER_PATHS = ("numpy", "torch eager", "tf eager", "jax eager")
+COMPILED_PATHS = ("torch.compile", "tf.function(jit_compile)", "jax.jit")
+ALL_PATHS = (*EAGER_PATHS, "torch.compile", "tf.function", "tf.function(jit_compile)", "jax.jit")
+TARGETS = (
+    Target("jax.jit vs Flax-style under jit", "jax.jit", XDROP, FRAMEWORK, 0.5),
+    Target(
+        "TF jit_compile vs tf.nn.dropout in tf.function", "tf.function(jit_compile)",
+        XDROP, FRAMEWORK_GRAPH, 0.5,
+    ),
+    Target("torch.compile vs eager F.dropout", "torch.compile", XDROP, FRAMEWORK_EAGER, 0.3),
+    Target("torch.compile vs compiled F.dropout", "torch.compile", XDROP, FRAMEWORK, 1.0),
+    Target("torch eager vs F.dropout", "torch eager", XDROP, FRAMEWORK, 1.3),
+    Target("NumPy vs Generator.random() < q", "numpy", XDROP, FRAMEWORK, 3.0),
+    Target("TF eager vs tf.nn.dropout", "tf eager", XDROP, FRAMEWORK, 2.0),
+    Target("tf.function vs tf.nn.dropout", "tf.function", XDROP, FRAMEWORK, 2.0),
+    Target("JAX eager vs Flax-style eager", "jax eager", XDROP, FRAMEWORK, 1.0),
+    *(
+        Target(f'rng="native" vs the framework, {path}', path, NATIVE, FRAMEWORK, 1.1)
+        for path in ALL_PATHS
+    ),
+    *(
+        Target(f"per-call overhead at 1e3, {path}", path, XDROP, FRAMEWORK, 3.0, (SMALL, SMALL))
+        for path in EAGER_PATHS
+    ),
+    *(Target(f"within 4x of the copy, {path}", path, XDROP, COPY, 4.0) for path in COMPILED_PATHS),
+    # at 1e7 elements O(chunk) is a few percent of the output: the limits leave 0.5 byte/element
+    Target("NumPy peak memory at 1e7, bytes/element (output 4 + O(chunk))", "numpy", XDROP, "",
+           4.5, (10**7, None), quantity="memory"),
+    Target("NumPy peak memory at 1e7 with the mask returned (4 + 1 + O(chunk))", "numpy",
+           XDROP + " return_mask", "", 5.5, (10**7, None), quantity="memory"),
+    Target("torch bytes saved for backward, per element", "torch eager", XDROP, "", 1.0,
+           direction=BACKWARD, quantity="memory"),
+)  # fmt: skip
+
+
+@dataclass
+class TargetResult:
+    name: str
+    limit: float
+    worst: float | None
+    """The largest value over the cases the target applies to (None: none of them ran)."""
+    cases: int
+    met: bool | None
+
+
+def check_targets(report: Report) -> list[TargetResult]:
+    """Each target with the worst value measured (over sizes and rates); targets on paths not
+    measured are left out."""
+    results = []
+    for target in TARGETS:
+        values = [target.value(m) for m in report.measurements if target.applies(m)]
+        measured = [value for value in values if value is not None]
+        if not values:
+            continue
+        worst = max(measured) if measured else None
+        met = None if worst is None else worst <= target.limit
+        results.append(TargetResult(target.name, target.limit, worst, len(measured), met))
+    return results
+
+
+# -- text -------------------------------------------------------------------------------------------
+def table(report: Report) -> str:
+    """One line per case: the median time per call of each contender, the ratios from the same
+    run, the first call of xdrop (compilation) and memory where measured."""
+    blocks = []
+    groups: dict[tuple[str, str, str], list[Measurement]] = {}
+    for measurement in report.measurements:
+        case = measurement.case
+        groups.setdefault((case.backend, case.path, case.direction), []).append(measurement)
+    for (backend, path, direction), measurements in groups.items():
+        contenders = [name for name in CONTENDERS if any(name in m.timings for m in measurements)]
+        ratios = [(a, b) for a, b in RATIOS if any(m.ratio(a, b) is not None for m in measurements)]
+        memory = sorted({name for m in measurements for name in m.memory})
+        header = (
+            "size", "p", *contenders, *(f"{a}/{b}" for a, b in ratios), "xdrop 1st call",
+            *(f"{name} B/elt" for name in memory),
+        )  # fmt: skip
+        rows = [
+            (
+                f"{m.case.size:.0e}",
+                f"{m.case.p:g}",
+                *(
+                    _duration(m.timings[name].median) if name in m.timings else "-"
+                    for name in contenders
+                ),
+                *(_ratio(m.ratio(a, b)) for a, b in ratios),
+                _duration(m.timings[XDROP].first_call) if XDROP in m.timings else "-",
+                *(f"{m.memory[name]:.2f}" if name in m.memory else "-" for name in memory),
+            )
+            for m in measurements
+        ]
+        notes = sorted(
+            {f"{name}: {error}" for m in measurements for name, error in m.failures.items()}
+        )
+        title = f"{backend} · {path} · {direction}"
+        blocks.append("\n".join([title, render(header, rows), *(f"  ! {note}" for note in notes)]))
+    for backend, reason in report.unavailable.items():
+        blocks.append(f"{backend}: not measured ({reason})")
+    return "\n\n".join(blocks)
+
+
+def targets_table(results: list[TargetResult]) -> str:
+    rows = [
+        (
+            result.name,
+            f"<= {result.limit:g}",
+            "-" if result.worst is None else f"{result.worst:.2f}",
+            {True: "met", False: "MISSED", None: "not measured"}[result.met],
+        )
+        for result in results
+    ]
+    return render(("target", "limit", "worst measured", ""), rows)
+
+
+def render(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Columns aligned: the first left, the others right."""
+    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
+    lines = [
+        "  ".join(
+            cell.ljust(width) if i == 0 else cell.rjust(width)
+            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in (header, *rows)
+    ]
+    lines.insert(1, "-" * len(lines[0]))
+    return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 1:
+        return f"{seconds:.2f} s"
+    if seconds >= 1e-3:
+        return f"{seconds * 1e3:.2f} ms"
+    return f"{seconds * 1e6:.1f} us"
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+# -- JSON -------------------------------------------------------------------------------------------
+def document(report: Report) -> dict[str, Any]:
+    """The whole report as JSON-ready data (times in seconds, memory in bytes per element)."""
+    return {
+        "schema": SCHEMA,
+        "machine": report.machine,
+        "versions": report.versions,
+        "settings": report.settings,
+        "unavailable": report.unavailable,
+        "measurements": [
+            {
+                **asdict(m.case),
+                "contenders": {
+                    name: {
+                        "median_seconds": timing.median,
+                        "quartile_seconds": list(timing.quartiles),
+                        "first_call_seconds": timing.first_call,
+                        "calls_per_sample": timing.calls_per_sample,
+                        "samples_seconds": timing.samples,
+                    }
+                    for name, timing in m.timings.items()
+                },
+                "ratios": {
+                    f"{a}/{b}": m.ratio(a, b) for a, b in RATIOS if m.ratio(a, b) is not None
+                },
+                "memory_bytes_per_element": m.memory,
+                "failures": m.failures,
+            }
+            for m in report.measurements
+        ],
+        "targets": [asdict(result) for result in check_targets(report)],
+    }

@@ -1,0 +1,180 @@
+"""Run the benchmark: every case of every installed backend's suite, contenders interleaved."""
+
+from __future__ import annotations
+
+import gc
+import os
+import platform
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any
+
+import xdrop
+from xdrop import registry
+from xdrop.benchmarks.suites import SUITES, Case, Suite
+from xdrop.benchmarks.timing import Timing, describe_error, paired_ratio, time_interleaved
+
+SIZES = (10**3, 10**4, 10**6, 10**7)
+RATES = (0.1, 0.5)
+REPEATS = 7
+MIN_SAMPLE = 0.02
+"""Seconds a timed sample lasts at least: short calls are repeated back to back within one."""
+QUICK = {"sizes": (10**3, 10**6), "rates": (0.5,), "repeats": 3, "min_sample": 0.005}
+DISTRIBUTIONS = {
+    "numpy": ["numpy"],
+    "torch": ["torch"],
+    "tensorflow": ["tensorflow", "tensorflow-cpu", "keras"],
+    "jax": ["jax", "jaxlib"],
+}
+
+
+@dataclass
+class Measurement:
+    """The contenders of one case, timed together."""
+
+    case: Case
+    timings: dict[str, Timing]
+    failures: dict[str, str] = field(default_factory=dict)
+    """Contenders that could not run, with the error."""
+    memory: dict[str, float] = field(default_factory=dict)
+    """Bytes per element, by contender: NumPy's peak allocation, torch's saved tensors."""
+
+    def ratio(self, numerator: str, denominator: str) -> float | None:
+        """``numerator / denominator`` paired within each repeat (None if either did not run)."""
+        if numerator not in self.timings or denominator not in self.timings:
+            return None
+        return paired_ratio(self.timings[numerator], self.timings[denominator])
+
+
+@dataclass
+class Report:
+    measurements: list[Measurement]
+    settings: dict[str, Any]
+    unavailable: dict[str, str] = field(default_factory=dict)
+    """Backends that were asked for but could not run, with the reason."""
+    machine: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+
+
+def installed_backends() -> list[str]:
+    """The backends with a suite whose framework is installed."""
+    available = registry.available_backends()
+    return [name for name in SUITES if available.get(name)]
+
+
+def run(
+    backends: Sequence[str] | None = None,
+    sizes: Sequence[int] = SIZES,
+    rates: Sequence[float] = RATES,
+    repeats: int = REPEATS,
+    min_sample: float = MIN_SAMPLE,
+    paths: Iterable[str] | None = None,
+    directions: Iterable[str] | None = None,
+    progress: Callable[[Measurement], None] | None = None,
+) -> Report:
+    """Time every case: for each backend (default: every installed one), each of its execution
+    paths (or those named in ``paths``), each direction, size and rate."""
+    names = list(backends) if backends else installed_backends()
+    wanted_paths = None if paths is None else set(paths)
+    wanted_directions = None if directions is None else set(directions)
+    settings = {
+        "backends": names,
+        "sizes": list(sizes),
+        "rates": list(rates),
+        "repeats": repeats,
+        "min_sample_seconds": min_sample,
+    }
+    report = Report([], settings, machine=machine())
+    for name in names:
+        try:
+            suite = SUITES[name]()
+        except Exception as error:  # not installed, or broken: say so and go on
+            report.unavailable[name] = describe_error(error)
+            continue
+        with xdrop.use_backend(name):  # NumPy inputs of the NumPy suite run on NumPy
+            for case in _cases(suite, sizes, rates, wanted_paths, wanted_directions):
+                measurement = measure(suite, case, repeats, min_sample)
+                report.measurements.append(measurement)
+                if progress is not None:
+                    progress(measurement)
+    report.versions = versions(names)
+    report.machine["load_after"] = _load()
+    return report
+
+
+def _cases(
+    suite: Suite,
+    sizes: Sequence[int],
+    rates: Sequence[float],
+    paths: set[str] | None,
+    directions: set[str] | None,
+) -> list[Case]:
+    return [
+        Case(suite.backend, path, size, p, direction)
+        for path in suite.paths
+        if paths is None or path in paths
+        for direction in suite.directions()
+        if directions is None or direction in directions
+        for size in sizes
+        for p in rates
+    ]
+
+
+def measure(suite: Suite, case: Case, repeats: int, min_sample: float) -> Measurement:
+    """Time the contenders of ``case`` together, then measure their memory."""
+    try:
+        contenders = suite.contenders(case)
+    except Exception as error:
+        return Measurement(case, {}, {"all": describe_error(error)})
+    timings, failures = time_interleaved(contenders, repeats, min_sample)
+    del contenders
+    gc.collect()
+    try:
+        memory = suite.memory(case)
+    except Exception as error:
+        memory = {}
+        failures["memory"] = describe_error(error)
+    return Measurement(case, timings, failures, memory)
+
+
+def machine() -> dict[str, Any]:
+    """The processor, the cores this process may use, the OS, Python and the load average."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {
+        "processor": _processor_model(),
+        "cores": cores,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "load_before": _load(),
+    }
+
+
+def _load() -> list[float] | None:
+    """The 1, 5 and 15-minute load averages: other work on a shared machine shows here."""
+    return [round(value, 2) for value in os.getloadavg()] if hasattr(os, "getloadavg") else None
+
+
+def _processor_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def versions(backends: Iterable[str]) -> dict[str, str]:
+    """xdrop's version and those of the frameworks measured."""
+    found = {"xdrop": xdrop.__version__, "numpy": metadata.version("numpy")}
+    for backend in backends:
+        for distribution in DISTRIBUTIONS.get(backend, []):
+            try:
+                found[distribution] = metadata.version(distribution)
+            except metadata.PackageNotFoundError:
+                continue
+    found["python"] = sys.version.split()[0]
+    return found
