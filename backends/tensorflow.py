@@ -117,6 +117,4 @@ class TensorflowBackend(Backend):
             seed = (self.word(seed >> 32), self.word(seed & 0xFFFF_FFFF))
         assert seed is not None  # no global generator: seed=None was resolved to an integer
         pair = tf.stack([tf.cast(word, tf.int64) for word in seed])
-        # Philox named, not left to auto_select: XLA on CPU would pick a far slower generator
-        uniform = tf.random.stateless_uniform(shape, seed=pair, alg="philox")
-        return uniform < keep_probability
+        return tf.random.stateless_uniform(shape, seed=pair) < keep_probability
