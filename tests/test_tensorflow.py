@@ -88,13 +88,13 @@ def test_native_mode_is_statistically_tf_dropout(p):
         assert abs(values.mean() - 1.0) <= 4 * math.sqrt(p / q / count)
 
 
-def test_native_masks_are_the_same_eagerly_and_in_tf_function_with_or_without_xla():
+def test_native_masks_are_the_same_eagerly_in_tf_function_and_from_dropout_mask():
     x = tf.ones(1000)
     eager = xdrop.dropout(x, 0.5, rng="native", seed=9).numpy()
-    for jit_compile in (False, True):
-        step = tf.function(lambda v, s: xdrop.dropout(v, 0.5, rng="native", seed=s),
-                           jit_compile=jit_compile)  # fmt: skip
-        assert (step(x, tf.constant(9, tf.int64)).numpy() == eager).all()
+    step = tf.function(lambda v, s: xdrop.dropout(v, 0.5, rng="native", seed=s))
+    assert (step(x, tf.constant(9, tf.int64)).numpy() == eager).all()
+    mask = xdrop.dropout_mask((1000,), 0.5, seed=9, rng="native", like=x).numpy()
+    assert (mask == (eager != 0)).all()
 
 
 def test_graphs_without_xla_run_xdrop_as_one_compiled_step():

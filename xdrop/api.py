@@ -136,19 +136,21 @@ def _training(
     return_mask: bool,
 ) -> tuple[Array, Array | None]:
     """Training dropout: the seed is resolved now (a training call draws one, whatever p), then
-    the call is staged into one compiled step where the backend stages (JAX and TensorFlow
-    outside their compilers), else run op by op."""
+    a portable call is staged into one compiled step where the backend stages (JAX and
+    TensorFlow outside their compilers); everything else runs op by op."""
     if generator == "portable":
         resolved: int | Key | None = seeds.seed_key(seed, xp, x)
     else:
         resolved = seeds.native_seed(seed, xp, x)
-    # p == 0 returns x itself, never a copy; None is the framework's global generator
-    if p > 0 and resolved is not None and not xp.is_compiling(x):
+    # p == 0 returns x itself, never a copy. Only mask stream v1 is staged: a framework's own
+    # generator may draw other bits once compiled (TensorFlow's Philox does under XLA), and
+    # dropout_mask(rng="native") must give the mask that dropout draws
+    if p > 0 and generator == "portable" and not xp.is_compiling(x):
         signature = (xp.shape(x), xp.dtype_name(x))  # one trace per staged step
-        staged = _staged(xp, signature, generator, p, noise, offset, mode, return_mask)
+        staged = _staged(xp, signature, p, noise, offset, mode, return_mask)
         if staged is not None:
-            key = spec.key_words(xp, resolved, x) if isinstance(resolved, int) else resolved
-            y, keep = staged(x, key)  # the key words are traced: a new seed never recompiles
+            assert isinstance(resolved, tuple)  # portable seeds are key words
+            y, keep = staged(x, resolved)  # the key words are traced: a new seed never recompiles
             return y, keep
     return _dropout(xp, x, resolved, p, noise, offset, generator, mode, return_mask)
 
@@ -186,18 +188,17 @@ def _dropout(
 def _staged(
     xp: Backend,
     signature: tuple[tuple[int, ...], str],
-    generator: str,
     p: float,
     noise: tuple[int, ...],
     offset: int,
     mode: str,
     return_mask: bool,
 ) -> Callable[[Array, Key], tuple[Array, Array | None]] | None:
-    """The backend's staged step for inputs of this shape and dtype and these Python arguments,
-    or None where the backend does not stage."""
+    """The backend's staged step of portable dropout for inputs of this shape and dtype and these
+    Python arguments, or None where the backend does not stage."""
 
     def step(x: Array, key: Key) -> tuple[Array, Array | None]:
-        return _dropout(xp, x, key, p, noise, offset, generator, mode, return_mask)
+        return _dropout(xp, x, key, p, noise, offset, "portable", mode, return_mask)
 
     return xp.stage(step)
 
