@@ -107,21 +107,12 @@ def dropout(
     return y, xp.broadcast_to(keep, shape)
 
 
-def _mask_drawer(
-    xp: Backend,
-    seed: object,
-    shape: tuple[int, ...],
-    p: float,
-    offset: int,
-    generator: str,
-    like: Any,
-) -> Callable[[], Array]:
-    """Resolve the seed now (a training call draws one, whatever p) and defer the mask."""
+def _resolve_seed(xp: Backend, seed: object, generator: str, like: Any) -> int | Key | None:
+    """The seed a call uses: key words for the portable stream; for the framework's generator an
+    integer, key words, or None for its global generator. Generators advance here, once."""
     if generator == "portable":
-        key = seeds.seed_key(seed, xp, like)
-        return lambda: spec.keep_mask(xp, key, shape, p, offset, like=like)
-    native_seed = seeds.native_seed(seed, xp, like)
-    return lambda: xp.native_keep_mask(shape, 1.0 - p, native_seed, like)
+        return seeds.seed_key(seed, xp, like)
+    return seeds.native_seed(seed, xp, like)
 
 
 def _training(
@@ -138,10 +129,7 @@ def _training(
     """Training dropout: the seed is resolved now (a training call draws one, whatever p), then
     a portable call is staged into one compiled step where the backend stages (JAX and
     TensorFlow outside their compilers); everything else runs op by op."""
-    if generator == "portable":
-        resolved: int | Key | None = seeds.seed_key(seed, xp, x)
-    else:
-        resolved = seeds.native_seed(seed, xp, x)
+    resolved = _resolve_seed(xp, seed, generator, x)
     # p == 0 returns x itself, never a copy. Only mask stream v1 is staged: a framework's own
     # generator may draw other bits once compiled (TensorFlow's Philox does under XLA), and
     # dropout_mask(rng="native") must give the mask that dropout draws
@@ -242,7 +230,11 @@ def dropout_mask(
     generator = seeds.rng_kind(rng)
     start = _check_offset(offset, size, generator)
     xp = backend_for(seed if like is None else like)
-    return _mask_drawer(xp, seed, size, rate, start, generator, like=like)()
+    resolved = _resolve_seed(xp, seed, generator, like)
+    if generator == "native":
+        return xp.native_keep_mask(size, 1.0 - rate, resolved, like)
+    assert isinstance(resolved, tuple)  # portable seeds are key words
+    return spec.keep_mask(xp, resolved, size, rate, start, like=like)
 
 
 def _check_offset(offset: object, noise_shape: tuple[int, ...], generator: str) -> int:
