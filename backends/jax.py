@@ -22,9 +22,17 @@ class JaxBackend(Backend):
         self.jax = jax
         self.jnp = jnp
         self.array_types = (jax.Array, jax.core.Tracer)  # tracers are Arrays by isinstance only
+        try:  # jax.jit's context, with no tracer at hand; else: make an array, see if it is one
+            from jax._src.core import trace_state_clean
+        except ImportError:  # pragma: no cover - depends on the JAX version
+
+            def trace_state_clean() -> bool:
+                return not isinstance(jnp.zeros(()), jax.core.Tracer)
+
+        self.trace_state_clean = trace_state_clean
 
     def asarray(self, x: object, dtype: str | None = None) -> Any:
-        if dtype == "float64" and self.jax.dtypes.canonicalize_dtype(np.float64) != np.float64:
+        if dtype == "float64" and not self.has_float64():
             raise TypeError("float64 arrays need jax.config.update('jax_enable_x64', True)")
         return self.jnp.asarray(np.asarray(x), dtype=dtype)
 
@@ -35,10 +43,13 @@ class JaxBackend(Backend):
     def dtype_name(self, x: Any) -> str:
         return str(x.dtype)
 
-    def shape(self, x: Any) -> tuple[int, ...]:
-        return tuple(x.shape)
+    def shape(self, x: Any) -> tuple[int | None, ...]:
+        return tuple(size if isinstance(size, int) else None for size in x.shape)  # symbolic: None
 
-    def multiply(self, x: Any, factor: float) -> Any:
+    def runtime_shape(self, x: Any) -> tuple[Any, ...]:
+        return tuple(x.shape)  # symbolic dimensions work in shapes and in iota
+
+    def multiply(self, x: Any, factor: Any) -> Any:
         return x * factor  # a Python float is weakly typed: the product stays in x's dtype
 
     def select(self, keep: Any, x: Any) -> Any:
@@ -74,8 +85,14 @@ class JaxBackend(Backend):
         jnp = self.jnp
         return jnp.left_shift(a, np.uint32(bits)) | jnp.right_shift(a, np.uint32(32 - bits))
 
-    def less_than(self, a: Any, threshold: int) -> Any:
-        return a < np.uint32(threshold)
+    def shift_right(self, a: Any, bits: int) -> Any:
+        return self.jnp.right_shift(a, np.uint32(bits))
+
+    def less_than(self, a: Any, b: Any) -> Any:
+        return self.jnp.less(a, np.uint32(b) if isinstance(b, int) else b)
+
+    def from_bool(self, mask: Any) -> Any:
+        return self.jnp.asarray(mask, self.jnp.uint32)
 
     def compile(self, function: Callable[..., Any]) -> Callable[..., Any]:
         return self.jax.jit(function)
@@ -85,6 +102,9 @@ class JaxBackend(Backend):
 
     def is_tracing(self, x: Any) -> bool:
         return isinstance(x, self.jax.core.Tracer)
+
+    def in_trace(self) -> bool:
+        return not self.trace_state_clean()
 
     def is_compiling(self, x: Any) -> bool:
         # eager jax.grad, jax.vjp and jax.vmap wrap concrete arrays, whose calls gain from staging;
@@ -155,3 +175,19 @@ class JaxBackend(Backend):
 
     def split(self, x: Any, sections: int, axis: int) -> list[Any]:
         return list(self.jnp.split(x, sections, axis=axis))
+
+    # -- rates held in arrays -----------------------------------------------------------------------
+    def has_float64(self) -> bool:
+        return bool(self.jax.dtypes.canonicalize_dtype(np.float64) == np.float64)
+
+    def ceil(self, x: Any) -> Any:
+        return self.jnp.ceil(x)
+
+    def less_equal(self, a: Any, b: Any) -> Any:
+        return self.jnp.less_equal(a, b)
+
+    def logical_and(self, a: Any, b: Any) -> Any:
+        return self.jnp.logical_and(a, b)
+
+    def word_from_float(self, x: Any) -> Any:
+        return self.jnp.asarray(x).astype(self.jnp.uint32)

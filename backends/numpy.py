@@ -30,7 +30,7 @@ class NumpyBackend(Backend):
     def shape(self, x: Any) -> tuple[int, ...]:
         return tuple(x.shape)
 
-    def multiply(self, x: Any, factor: float) -> np.ndarray:
+    def multiply(self, x: Any, factor: Any) -> np.ndarray:
         return np.multiply(x, x.dtype.type(factor))
 
     # select by multiplying the bits by 0 or 1: +0.0 where dropped, x's exact bits where kept,
@@ -101,8 +101,14 @@ class NumpyBackend(Backend):
         high = np.right_shift(a, _SHIFTS[32 - bits])
         return np.bitwise_or(np.left_shift(a, _SHIFTS[bits], out=a), high, out=a)
 
-    def less_than(self, a: Any, threshold: int) -> np.ndarray:
-        return np.less(a, np.uint32(threshold))
+    def shift_right(self, a: Any, bits: int) -> np.ndarray:
+        return np.right_shift(a, _SHIFTS[bits])
+
+    def less_than(self, a: Any, b: Any) -> np.ndarray:
+        return np.less(a, np.uint32(b) if isinstance(b, int) else b)
+
+    def from_bool(self, mask: Any) -> np.ndarray:
+        return np.asarray(mask).astype(np.uint32)
 
     def seed_words(self, seed: Any) -> Key:
         value = int(seed[0]) << 32 | int(seed[1]) if seed.shape == (2,) else int(seed)
@@ -160,6 +166,19 @@ class NumpyBackend(Backend):
 
     def split(self, x: Any, sections: int, axis: int) -> list[Any]:
         return np.split(x, sections, axis=axis)
+
+    # -- rates held in arrays -----------------------------------------------------------------------
+    def ceil(self, x: Any) -> Any:
+        return np.ceil(x)
+
+    def less_equal(self, a: Any, b: Any) -> Any:
+        return np.less_equal(a, b)
+
+    def logical_and(self, a: Any, b: Any) -> Any:
+        return np.logical_and(a, b)
+
+    def word_from_float(self, x: Any) -> Any:
+        return np.asarray(x).astype(np.uint32)
 
 
 _SHIFTS = {bits: np.uint32(bits) for bits in range(32)}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -34,14 +35,25 @@ class TensorflowBackend(Backend):
     def dtype_name(self, x: Any) -> str:
         return str(x.dtype.name)
 
-    def shape(self, x: Any) -> tuple[int, ...]:
-        shape = x.shape.as_list()
-        if None in shape:
-            raise TypeError(f"xdrop needs static shapes; got a tensor of shape {x.shape}")
-        return tuple(shape)
+    def shape(self, x: Any) -> tuple[int | None, ...]:
+        if x.shape.rank is None:
+            raise TypeError(f"xdrop needs a tensor of known rank; got shape {x.shape}")
+        return tuple(x.shape.as_list())
 
-    def multiply(self, x: Any, factor: float) -> Any:
-        return x * self.tf.constant(factor, x.dtype)
+    def runtime_shape(self, x: Any) -> tuple[Any, ...]:
+        static = self.shape(x)
+        if None not in static:
+            return static
+        dynamic = self.tf.shape(x)  # int32 scalars beside Python ints: what tf.reshape takes
+        return tuple(dynamic[axis] if size is None else size for axis, size in enumerate(static))
+
+    def size(self, shape: tuple[Any, ...]) -> Any:
+        if all(isinstance(size, int) for size in shape):
+            return math.prod(shape)
+        return self.tf.reduce_prod(self.tf.stack([self.tf.cast(size, self.tf.int32) for size in shape]))
+
+    def multiply(self, x: Any, factor: Any) -> Any:
+        return x * (factor if isinstance(factor, self.tf.Tensor) else self.tf.constant(factor, x.dtype))
 
     def select(self, keep: Any, x: Any) -> Any:
         return self.tf.where(keep, x, self.tf.zeros((), x.dtype))
@@ -61,8 +73,9 @@ class TensorflowBackend(Backend):
     def word(self, value: int, like: Any = None) -> Any:
         return self.tf.constant(value, self.tf.uint32)
 
-    def iota(self, n: int, like: Any = None) -> Any:
-        return self.tf.cast(self.tf.range(n, dtype=self.tf.int64), self.tf.uint32)
+    def iota(self, n: Any, like: Any = None) -> Any:
+        tf = self.tf
+        return tf.cast(tf.range(tf.cast(n, tf.int64), dtype=tf.int64), tf.uint32)
 
     def add(self, a: Any, b: Any) -> Any:
         return self.tf.math.add(a, b)
@@ -75,8 +88,14 @@ class TensorflowBackend(Backend):
         left = bitwise.left_shift(a, self.word(bits))
         return bitwise.bitwise_or(left, bitwise.right_shift(a, self.word(32 - bits)))
 
-    def less_than(self, a: Any, threshold: int) -> Any:
-        return self.tf.math.less(a, self.word(threshold))
+    def shift_right(self, a: Any, bits: int) -> Any:
+        return self.tf.bitwise.right_shift(a, self.word(bits))  # logical on unsigned words
+
+    def less_than(self, a: Any, b: Any) -> Any:
+        return self.tf.math.less(a, self.word(b) if isinstance(b, int) else b)
+
+    def from_bool(self, mask: Any) -> Any:
+        return self.tf.cast(mask, self.tf.uint32)
 
     def compile(self, function: Callable[..., Any]) -> Callable[..., Any]:
         return self.tf.function(function, jit_compile=True, autograph=False)
@@ -85,6 +104,9 @@ class TensorflowBackend(Backend):
         return self.compile(function)  # eagerly and in graphs without XLA, one fused step
 
     def is_tracing(self, x: Any) -> bool:
+        return not self.tf.executing_eagerly()
+
+    def in_trace(self) -> bool:
         return not self.tf.executing_eagerly()
 
     def is_compiling(self, x: Any) -> bool:  # inside tf.function(jit_compile=True)
@@ -161,6 +183,19 @@ class TensorflowBackend(Backend):
 
     def split(self, x: Any, sections: int, axis: int) -> list[Any]:
         return list(self.tf.split(x, sections, axis))
+
+    # -- rates held in arrays -----------------------------------------------------------------------
+    def ceil(self, x: Any) -> Any:
+        return self.tf.math.ceil(x)
+
+    def less_equal(self, a: Any, b: Any) -> Any:
+        return self.tf.math.less_equal(*self._tensors(a, b))
+
+    def logical_and(self, a: Any, b: Any) -> Any:
+        return self.tf.math.logical_and(a, b)
+
+    def word_from_float(self, x: Any) -> Any:
+        return self.tf.cast(self.tf.cast(x, self.tf.int64), self.tf.uint32)
 
     def _tensors(self, a: Any, b: Any) -> tuple[Any, Any]:
         """``a`` and ``b`` with a Python number converted to the other operand's dtype."""

@@ -28,6 +28,11 @@ class TorchBackend(Backend):
 
         self.torch = torch
         self.array_types = (torch.Tensor,)
+        # a 0-d zero that compiled graphs read as an input (an attribute), not as a constant
+        self.opaque_zero = torch.zeros((), dtype=torch.int32)
+
+    def owns_type(self, kind: type) -> bool:  # a SymInt seed or step belongs to torch too
+        return issubclass(kind, (self.torch.Tensor, self.torch.SymInt))
 
     def asarray(self, x: object, dtype: str | None = None) -> Any:
         if dtype is None:
@@ -42,10 +47,13 @@ class TorchBackend(Backend):
     def dtype_name(self, x: Any) -> str:
         return str(x.dtype).removeprefix("torch.")
 
-    def shape(self, x: Any) -> tuple[int, ...]:
+    def shape(self, x: Any) -> tuple[int | None, ...]:
+        return tuple(size if isinstance(size, int) else None for size in x.shape)  # SymInt: None
+
+    def runtime_shape(self, x: Any) -> tuple[Any, ...]:
         return tuple(x.shape)
 
-    def multiply(self, x: Any, factor: float) -> Any:
+    def multiply(self, x: Any, factor: Any) -> Any:
         return x * factor
 
     def select(self, keep: Any, x: Any) -> Any:
@@ -64,7 +72,13 @@ class TorchBackend(Backend):
         return self.torch.cat(arrays, dim=axis)
 
     def word(self, value: int, like: Any = None) -> Any:
-        return self.torch.tensor(_signed(value), dtype=self.torch.int32, device=_device(like))
+        word = self.torch.tensor(_signed(value), dtype=self.torch.int32, device=_device(like))
+        if self.torch.compiler.is_compiling():
+            # inductor's lowering grows exponentially on a Threefry chain whose every leaf is a
+            # constant (an int seed with a static shape); a word read from a buffer it cannot
+            # fold keeps it to seconds
+            word = word ^ self.opaque_zero.to(word.device)
+        return word
 
     def iota(self, n: int, like: Any = None) -> Any:
         return self.torch.arange(n, dtype=self.torch.int32, device=_device(like))
@@ -93,9 +107,16 @@ class TorchBackend(Backend):
         low = a << left
         return a.bitwise_right_shift_(right).bitwise_and_(mask).bitwise_or_(low)
 
-    def less_than(self, a: Any, threshold: int) -> Any:
+    def shift_right(self, a: Any, bits: int) -> Any:
+        return (a >> bits) & ((1 << (32 - bits)) - 1)  # >> is arithmetic on int32
+
+    def less_than(self, a: Any, b: Any) -> Any:
         # flipping the sign bit maps unsigned order onto signed order
-        return (a ^ -_SIGN_BIT) < threshold - _SIGN_BIT
+        flipped = b - _SIGN_BIT if isinstance(b, int) else b ^ -_SIGN_BIT
+        return (a ^ -_SIGN_BIT) < flipped
+
+    def from_bool(self, mask: Any) -> Any:
+        return mask.to(self.torch.int32)
 
     def compile(self, function: Callable[..., Any]) -> Callable[..., Any]:
         return self.torch.compile(function, fullgraph=True, dynamic=False)
@@ -103,18 +124,20 @@ class TorchBackend(Backend):
     def is_tracing(self, x: Any) -> bool:
         return bool(self.torch.compiler.is_compiling())
 
+    def symbolic_integer(self, value: object) -> Any:
+        if not isinstance(value, self.torch.SymInt):
+            return None
+        return self.torch.scalar_tensor(value, dtype=self.torch.int64)
+
     def seed_words(self, seed: Any) -> Key:
         torch = self.torch
         width = torch.iinfo(seed.dtype).bits
         if seed.ndim == 1:  # uint32[2]: (hi, lo)
-            return self._word_of(seed[0].to(torch.int64)), self._word_of(seed[1].to(torch.int64))
+            return self.word_of_int64(seed[0].to(torch.int64)), self.word_of_int64(seed[1].to(torch.int64))
         value = seed.to(torch.int64)
         if width < 64:  # a negative value means its unsigned two's complement of the width
             value = value & ((1 << width) - 1)
-        return self._word_of(value >> 32), self._word_of(value)
-
-    def _word_of(self, value: Any) -> Any:
-        return (((value & _LOW_WORD) ^ _SIGN_BIT) - _SIGN_BIT).to(self.torch.int32)
+        return self.word_of_int64(value >> 32), self.word_of_int64(value)
 
     def seed_array(self, key: Key) -> Any:
         high, low = (word.to(self.torch.int64) & _LOW_WORD for word in key)
@@ -170,6 +193,23 @@ class TorchBackend(Backend):
 
     def split(self, x: Any, sections: int, axis: int) -> list[Any]:
         return list(self.torch.tensor_split(x, sections, dim=axis))  # chunk may give fewer parts
+
+    # -- rates held in arrays -----------------------------------------------------------------------
+    def ceil(self, x: Any) -> Any:
+        return self.torch.ceil(x)
+
+    def less_equal(self, a: Any, b: Any) -> Any:
+        return a <= b
+
+    def logical_and(self, a: Any, b: Any) -> Any:
+        return self.torch.logical_and(a, b)
+
+    def word_from_float(self, x: Any) -> Any:
+        return self.word_of_int64(x.to(self.torch.int64))
+
+    def word_of_int64(self, value: Any) -> Any:
+        """The low 32 bits of an int64 tensor as a word (int32 read as unsigned)."""
+        return (((value & _LOW_WORD) ^ _SIGN_BIT) - _SIGN_BIT).to(self.torch.int32)
 
     def _dtype(self, name: str) -> Any:
         dtype = getattr(self.torch, name, None)

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
+
 from xdrop import seeds, spec
 from xdrop.errors import bad_value
-from xdrop.protocol import Array, Backend, Key
+from xdrop.protocol import Array, Backend, Dim, Key, Words
 from xdrop.registry import backend_for
 from xdrop.tracing import called_as_is
 from xdrop.validation import (
+    Rate,
     check_counter_range,
     check_flag,
     check_float_dtype,
@@ -24,11 +27,41 @@ from xdrop.validation import (
     check_shape,
 )
 
+STAGED_CACHE_SIZE = 64
+"""Staged steps kept per process: each holds a compiled program (XLA's take megabytes)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DropoutPlan:
+    """What a portable training call computes, apart from its arrays and numbers: the program.
+
+    It keys the staged steps, so that a new seed, offset or rate never compiles anything."""
+
+    shape: tuple[int | None, ...]
+    """``x``'s shape as known now (None: a size known only at run time)."""
+    dtype: str
+    noise: tuple[int | None, ...]
+    """The mask's shape: entries 1 are shared, None take ``x``'s run-time size."""
+    mode: str
+    return_mask: bool
+
+    def noise_dims(self, xp: Backend, x: Array) -> tuple[Dim, ...]:
+        """The mask's shape as dims: ``x``'s run-time size where the noise shape says None."""
+        if None not in self.noise:
+            return self.noise  # type: ignore[return-value]
+        sizes = xp.runtime_shape(x)
+        return tuple(size if entry is None else entry for entry, size in zip(self.noise, sizes, strict=True))
+
+    @property
+    def is_elementwise(self) -> bool:
+        """Whether the mask has ``x``'s own static shape, so it can be applied chunk by chunk."""
+        return self.noise == self.shape and None not in self.shape
+
 
 @called_as_is
 def dropout(
     x: Any,
-    p: float = 0.5,
+    p: float | Any = 0.5,
     *,
     training: bool = True,
     seed: seeds.SeedLike = None,
@@ -52,9 +85,14 @@ def dropout(
     Args:
         x: a floating array (float16, bfloat16, float32, float64) of any registered framework;
             the result is of the same framework, dtype, shape and device. NumPy arrays and Python
-            values run on the default backend (``XDROP_BACKEND``, ``xdrop.use_backend``).
-        p: the probability of dropping an element, in ``[0, 1]``. ``p == 0`` returns ``x``;
-            ``p == 1`` returns zeros (with zero gradient, never NaN).
+            values run on the default backend (``XDROP_BACKEND``, ``xdrop.use_backend``). Sizes
+            known only at run time (``None`` in ``tf.function``, symbolic under ``jax.export``,
+            dynamic under ``torch.compile``) are fine.
+        p: the probability of dropping an element, in ``[0, 1]``: a Python float, or a 0-d float
+            array of ``x``'s framework, which may be traced (a rate schedule, a Keras variable)
+            and never recompiles. ``p == 0`` returns ``x``; ``p == 1`` returns zeros (with zero
+            gradient, never NaN). A traced ``p`` cannot raise: outside ``[0, 1]`` the output is
+            NaN.
         training: apply dropout (True) or the evaluation form (False).
         seed: an integer in ``[0, 2**64)``, an :class:`xdrop.Generator`, ``None`` for the next
             seed of the global generator (``xdrop.manual_seed``), or a seed array of ``x``'s
@@ -86,25 +124,123 @@ def dropout(
     if not xp.is_array(x):
         x = xp.asarray(x)
     dtype = check_float_dtype(xp.dtype_name(x))
-    rate = check_rate(p)
+    rate = check_rate(p, xp)
     is_training = check_flag("training", training)
     mode = check_mode(mode)
     generator = seeds.rng_kind(rng)
     shape = xp.shape(x)
-    noise = check_noise_shape(noise_shape, shape)
-    start = _check_offset(offset, noise, generator)
-    check_flag("return_mask", return_mask)
+    plan = DropoutPlan(
+        shape, dtype, check_noise_shape(noise_shape, shape), mode, return_mask=False
+    )
+    start = _check_offset(offset, plan.noise, generator)
+    plan = dataclasses.replace(plan, return_mask=check_flag("return_mask", return_mask))
     if is_training:
-        check_scale_fits(rate, dtype, mode)
-        y, keep = _training(xp, x, seed, rate, noise, start, generator, mode, return_mask)
+        y, keep = _training(xp, x, seed, rate, start, generator, plan)
     else:
         seeds.validate_seed(seed)
-        y, keep = spec.dropout(xp, x, rate, _nothing_to_draw, mode=mode, training=False)
+        y, keep = _evaluation(xp, x, rate, plan), None
     if not return_mask:
         return y
     if keep is None:
-        return y, xp.full_mask(shape, True, like=x)
-    return y, xp.broadcast_to(keep, shape)
+        return y, xp.full_mask(xp.runtime_shape(x), True, like=x)
+    return y, keep if plan.is_elementwise else xp.broadcast_to(keep, xp.runtime_shape(x))
+
+
+def _evaluation(xp: Backend, x: Array, rate: Rate, plan: DropoutPlan) -> Array:
+    """``x`` (inverted), or ``x * dtype(1 - p)`` (classic)."""
+    if plan.mode == "inverted":
+        return x
+    if isinstance(rate, float):
+        return x if rate == 0 else xp.multiply(x, spec.rounded(1.0 - rate, plan.dtype))
+    _, factor = spec.rate_constants(xp, rate, plan.dtype, plan.mode, training=False)
+    return xp.multiply(x, factor)
+
+
+def _training(
+    xp: Backend,
+    x: Array,
+    seed: object,
+    rate: Rate,
+    start: int,
+    generator: str,
+    plan: DropoutPlan,
+) -> tuple[Array, Array | None]:
+    """Training dropout: the seed is resolved now (a training call draws one, whatever p); then
+    a portable call runs as a staged step where the backend stages (JAX and TensorFlow outside
+    their compilers), op by op elsewhere."""
+    resolved = _resolve_seed(xp, seed, generator, x)
+    if isinstance(rate, float):
+        if rate == 0:
+            return x, None  # x itself, never a copy
+        check_scale_fits(rate, plan.dtype, plan.mode)
+        kept_count: Words | int = spec.keep_count(rate)
+        factor: float | Array | None = spec.training_factor(rate, plan.dtype, plan.mode)
+    else:
+        kept_count, factor = spec.rate_constants(xp, rate, plan.dtype, plan.mode, training=True)
+    if generator == "native":
+        probability = 1.0 - rate if isinstance(rate, float) else xp.minus(1.0, rate)
+        noise = plan.noise_dims(xp, x)
+        draw_keep = functools.partial(xp.native_keep_mask, noise, probability, resolved, x)
+        return spec.dropout(xp, x, draw_keep, factor)
+    assert isinstance(resolved, tuple)  # portable seeds are key words
+    staged = _staged_step(xp, x, plan)
+    if staged is None:
+        return _portable(xp, plan, x, resolved, start, kept_count, factor)
+    if factor is None and plan.mode == "inverted":  # p == 1: nothing kept, so 0 is as good
+        factor = 0.0
+    arguments = (
+        spec.key_words(xp, start, x),
+        kept_count if not isinstance(kept_count, int) else xp.word(kept_count, x),
+        factor if not isinstance(factor, float) else _factor_array(xp, factor, plan.dtype),
+    )
+    return staged(x, resolved, *arguments)
+
+
+def _portable(
+    xp: Backend,
+    plan: DropoutPlan,
+    x: Array,
+    key: Key,
+    start: Key | int,
+    kept_count: Words | int,
+    factor: float | Array | None,
+) -> tuple[Array, Array | None]:
+    """Portable dropout. A mask of ``x``'s own shape, known in full, is applied chunk by chunk as
+    it is generated (eagerly); other masks are drawn whole, at the noise shape, and broadcast."""
+    if plan.is_elementwise and isinstance(start, int) and not xp.is_tracing(x):
+        count = xp.size(plan.noise)
+        chunks = functools.partial(spec.keep_chunks, xp, key, count, kept_count, start, like=x)
+        return spec.dropout(xp, x, chunks, factor, chunked=True, return_mask=plan.return_mask)
+    noise = plan.noise_dims(xp, x)
+    draw_keep = functools.partial(spec.keep_mask, xp, key, noise, kept_count, start, like=x)
+    y, keep = spec.dropout(xp, x, draw_keep, factor)
+    return y, keep if plan.return_mask else None
+
+
+def _staged_step(xp: Backend, x: Array, plan: DropoutPlan) -> Callable[..., Any] | None:
+    """The backend's staged step for ``plan``, or None where it does not stage: inside a compiler
+    that fuses anyway, or for shapes known only at run time (the graph runs as it is)."""
+    if None in plan.shape or xp.is_compiling(x):
+        return None
+    return _staged(xp, plan)
+
+
+@functools.lru_cache(maxsize=STAGED_CACHE_SIZE)
+def _staged(xp: Backend, plan: DropoutPlan) -> Callable[..., Any] | None:
+    """One compiled step per plan: seed, offset, keep count and factor are its arguments."""
+
+    def step(
+        x: Array, key: Key, start: Key, kept_count: Words, factor: Array | None
+    ) -> tuple[Array, Array | None]:
+        return _portable(xp, plan, x, key, start, kept_count, factor)
+
+    return xp.stage(step)
+
+
+@functools.lru_cache(maxsize=1024)
+def _factor_array(xp: Backend, factor: float, dtype: str) -> Array:
+    """A host factor as a 0-d array of ``dtype`` (exact: it is representable there)."""
+    return xp.asarray(np.float64(factor), dtype)
 
 
 def _resolve_seed(xp: Backend, seed: object, generator: str, like: Any) -> int | Key | None:
@@ -115,90 +251,10 @@ def _resolve_seed(xp: Backend, seed: object, generator: str, like: Any) -> int |
     return seeds.native_seed(seed, xp, like)
 
 
-def _training(
-    xp: Backend,
-    x: Array,
-    seed: object,
-    p: float,
-    noise: tuple[int, ...],
-    offset: int,
-    generator: str,
-    mode: str,
-    return_mask: bool,
-) -> tuple[Array, Array | None]:
-    """Training dropout: the seed is resolved now (a training call draws one, whatever p), then
-    a portable call is staged into one compiled step where the backend stages (JAX and
-    TensorFlow outside their compilers); everything else runs op by op."""
-    resolved = _resolve_seed(xp, seed, generator, x)
-    # p == 0 returns x itself, never a copy. Only mask stream v1 is staged: a framework's own
-    # generator may draw other bits once compiled (TensorFlow's Philox does under XLA), and
-    # dropout_mask(rng="native") must give the mask that dropout draws
-    if p > 0 and generator == "portable" and not xp.is_compiling(x):
-        signature = (xp.shape(x), xp.dtype_name(x))  # one trace per staged step
-        staged = _staged(xp, signature, p, noise, offset, mode, return_mask)
-        if staged is not None:
-            assert isinstance(resolved, tuple)  # portable seeds are key words
-            y, keep = staged(x, resolved)  # the key words are traced: a new seed never recompiles
-            return y, keep
-    return _dropout(xp, x, resolved, p, noise, offset, generator, mode, return_mask)
-
-
-def _dropout(
-    xp: Backend,
-    x: Array,
-    seed: int | Key | None,
-    p: float,
-    noise: tuple[int, ...],
-    offset: int,
-    generator: str,
-    mode: str,
-    return_mask: bool,
-) -> tuple[Array, Array | None]:
-    """Portable masks of ``x``'s own shape are applied chunk by chunk as they are generated
-    (eagerly); other masks are drawn whole, at the noise shape, and broadcast."""
-    if generator == "native":
-        draw_keep = functools.partial(xp.native_keep_mask, noise, 1.0 - p, seed, x)
-        y, keep = spec.dropout(xp, x, p, draw_keep, mode=mode, training=True)
-        return y, keep if return_mask else None
-    assert isinstance(seed, tuple)  # portable seeds are key words
-    if noise == xp.shape(x) and not xp.is_tracing(x):
-        count = math.prod(noise)
-        chunks = functools.partial(spec.keep_chunks, xp, seed, count, p, offset, like=x)
-        return spec.dropout(
-            xp, x, p, chunks, mode=mode, training=True, chunked=True, return_mask=return_mask
-        )
-    draw_keep = functools.partial(spec.keep_mask, xp, seed, noise, p, offset, like=x)
-    y, keep = spec.dropout(xp, x, p, draw_keep, mode=mode, training=True)
-    return y, keep if return_mask else None
-
-
-@functools.lru_cache(maxsize=256)
-def _staged(
-    xp: Backend,
-    signature: tuple[tuple[int, ...], str],
-    p: float,
-    noise: tuple[int, ...],
-    offset: int,
-    mode: str,
-    return_mask: bool,
-) -> Callable[[Array, Key], tuple[Array, Array | None]] | None:
-    """The backend's staged step of portable dropout for inputs of this shape and dtype and these
-    Python arguments, or None where the backend does not stage."""
-
-    def step(x: Array, key: Key) -> tuple[Array, Array | None]:
-        return _dropout(xp, x, key, p, noise, offset, "portable", mode, return_mask)
-
-    return xp.stage(step)
-
-
-def _nothing_to_draw() -> Array:
-    raise AssertionError("evaluation draws no mask")
-
-
 @called_as_is
 def dropout_mask(
-    shape: int | Sequence[int],
-    p: float,
+    shape: int | Sequence[int | None],
+    p: float | Any,
     *,
     seed: seeds.SeedLike = None,
     offset: int = 0,
@@ -207,12 +263,14 @@ def dropout_mask(
 ) -> Array:
     """The boolean keep mask (True = kept) that ``dropout`` draws for an input of ``shape``.
 
-    Element ``i`` (row-major) is kept when ``bits(seed, offset + i) < T`` with
-    ``T = ceil(float32(1 - p) * 2**23) << 9`` (``docs/spec.md``).
+    Element ``i`` (row-major) is kept when ``bits(seed, offset + i) >> 9 < C`` with
+    ``C = ceil(float32(1 - p) * 2**23)`` (``docs/spec.md``).
 
     Args:
-        shape: the mask's shape (an integer for 1-d).
-        p: the drop probability, in ``[0, 1]``.
+        shape: the mask's shape (an integer for 1-d). With ``like``, an entry may be ``None``
+            (or the framework's run-time size): ``like``'s size on that axis.
+        p: the drop probability, in ``[0, 1]``: a Python float or a 0-d float array of ``like``'s
+            framework (traceable).
         seed: as for :func:`dropout`; a generator or the global one is advanced once.
         offset: added to every element's counter.
         like: an array whose framework (and device) the mask is made on; if None, the seed
@@ -225,21 +283,28 @@ def dropout_mask(
         array([[False, False,  True],
                [ True, False,  True]])
     """
-    size = check_shape(shape)
-    rate = check_rate(p)
+    xp = backend_for(seed if like is None else like)
+    size = check_shape(shape, xp.shape(like) if xp.is_array(like) else None)
+    rate = check_rate(p, xp)
     generator = seeds.rng_kind(rng)
     start = _check_offset(offset, size, generator)
-    xp = backend_for(seed if like is None else like)
+    dims = DropoutPlan(size, "float32", size, "inverted", False).noise_dims(xp, like)
     resolved = _resolve_seed(xp, seed, generator, like)
+    if isinstance(rate, float):
+        kept_count: Words | int = spec.keep_count(rate)
+        probability = 1.0 - rate
+    else:
+        kept_count, _ = spec.rate_constants(xp, rate, "float32", "inverted", training=True)
+        probability = xp.minus(1.0, rate)
     if generator == "native":
-        return xp.native_keep_mask(size, 1.0 - rate, resolved, like)
+        return xp.native_keep_mask(dims, probability, resolved, like)
     assert isinstance(resolved, tuple)  # portable seeds are key words
-    return spec.keep_mask(xp, resolved, size, rate, start, like=like)
+    return spec.keep_mask(xp, resolved, dims, kept_count, start, like=like)
 
 
-def _check_offset(offset: object, noise_shape: tuple[int, ...], generator: str) -> int:
+def _check_offset(offset: object, noise_shape: tuple[int | None, ...], generator: str) -> int:
     start = check_offset(offset)
-    check_counter_range(start, math.prod(noise_shape))
+    check_counter_range(start, noise_shape)
     if generator == "native" and start:
         raise bad_value("offset", offset, '0 with rng="native" (offsets index the portable stream)')
     return start

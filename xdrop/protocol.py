@@ -2,8 +2,8 @@
 
 A backend owns one framework's arrays. It supplies array plumbing (conversion, dtype and shape
 queries, ``select``, ``multiply``), 32-bit unsigned word arithmetic (``add``, ``xor``,
-``rotate_left``, ``less_than``, ``iota``) and, for the losses, a few floating-point operations
-(``log_softmax``, ``sum``, ``where``, ``take_along_axis``...). It holds no dropout or R-Drop logic:
+``rotate_left``, ``shift_right``, ``less_than``, ``iota``) and, for the losses and for rates held
+in arrays, a few floating-point operations (``log_softmax``, ``sum``, ``where``, ``ceil``...). It holds no dropout or R-Drop logic:
 the algorithms live once in :mod:`xdrop.spec` and :mod:`xdrop.rdrop`. ``docs/backends.md`` states
 each method's contract; ``docs/rdrop-backend-ops.md`` those of the loss operations.
 
@@ -13,11 +13,18 @@ eager call into one compiled step (``stage``). Their defaults keep a minimal bac
 
 Words are opaque to the spec: a backend may carry them in any integer dtype as long as the
 operations behave as arithmetic modulo 2**32 (PyTorch, for one, has no eager uint32 arithmetic).
+
+Sizes may be known only at run time (a ``None`` batch dimension in ``tf.function``, a symbolic
+dimension under ``jax.export``, a dynamic dimension under ``torch.compile``). :meth:`Backend.shape`
+says what is known while tracing; a *dim* is a Python int or whatever the framework uses for a
+run-time size (a scalar tensor, a symbolic dimension), which ``iota``, ``reshape``,
+``broadcast_to`` and ``full_mask`` accept.
 """
 
 from __future__ import annotations
 
 import abc
+import math
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
@@ -26,6 +33,7 @@ import numpy as np
 Array = Any  # a framework's array; the protocol cannot name it without importing the framework
 Words = Any  # a framework's array of 32-bit words, in whatever dtype the backend carries them
 Key = tuple[Any, Any]  # the words (k0, k1) = (seed >> 32, seed & 0xFFFFFFFF)
+Dim = Any  # a size: a Python int, or the framework's run-time size (tensor, symbolic dimension)
 
 
 class WordOps(abc.ABC):
@@ -46,6 +54,19 @@ class WordOps(abc.ABC):
     @abc.abstractmethod
     def rotate_left(self, a: Words, bits: int) -> Words:
         """``a`` rotated left by ``bits`` (``0 < bits < 32``)."""
+
+    @abc.abstractmethod
+    def shift_right(self, a: Words, bits: int) -> Words:
+        """``a >> bits``, logical (zeros shifted in), for ``0 < bits < 32``."""
+
+    @abc.abstractmethod
+    def less_than(self, a: Words, b: Words | int) -> Array:
+        """Boolean ``a < b``, unsigned, broadcasting; ``b`` is words or a Python int in
+        ``[0, 2**32)``."""
+
+    @abc.abstractmethod
+    def from_bool(self, mask: Array) -> Words:
+        """The words 1 where ``mask`` is True, 0 elsewhere."""
 
     # In-place forms, as ``operator.iadd``: ``a = ops.iadd(a, b)`` may compute the result in
     # ``a``'s storage and return ``a``. The spec passes as ``a`` only words it made itself and
@@ -104,27 +125,37 @@ class Backend(WordOps):
         """The dtype's canonical name: ``"float32"``, ``"bfloat16"``, ``"int64"``, ``"bool"``..."""
 
     @abc.abstractmethod
-    def shape(self, x: Array) -> tuple[int, ...]:
-        """The static shape of ``x``."""
+    def shape(self, x: Array) -> tuple[int | None, ...]:
+        """The shape of ``x`` as known now: ``None`` for a size known only at run time."""
+
+    def runtime_shape(self, x: Array) -> tuple[Dim, ...]:
+        """The shape of ``x`` as dims: ints where known, run-time sizes elsewhere. The default
+        suits backends whose shapes are always known."""
+        return self.shape(x)
+
+    def size(self, shape: tuple[Dim, ...]) -> Dim:
+        """The number of elements of an array of ``shape`` (a dim)."""
+        return math.prod(shape)
 
     @abc.abstractmethod
-    def multiply(self, x: Array, factor: float) -> Array:
-        """``x * factor`` in ``x``'s dtype; ``factor`` is exactly representable in that dtype."""
+    def multiply(self, x: Array, factor: float | Array) -> Array:
+        """``x * factor`` in ``x``'s dtype; ``factor`` is a Python float exactly representable in
+        that dtype, or a 0-d array of that dtype."""
 
     @abc.abstractmethod
     def select(self, keep: Array, x: Array) -> Array:
         """``where(keep, x, +0.0)``, broadcasting ``keep`` against ``x``; differentiable in ``x``."""
 
     @abc.abstractmethod
-    def broadcast_to(self, a: Array, shape: tuple[int, ...]) -> Array:
+    def broadcast_to(self, a: Array, shape: tuple[Dim, ...]) -> Array:
         """``a`` broadcast to ``shape``; a view where the framework has them."""
 
     @abc.abstractmethod
-    def full_mask(self, shape: tuple[int, ...], value: bool, like: Array | None = None) -> Array:
+    def full_mask(self, shape: tuple[Dim, ...], value: bool, like: Array | None = None) -> Array:
         """A boolean array of ``shape`` filled with ``value``."""
 
     @abc.abstractmethod
-    def reshape(self, a: Array, shape: tuple[int, ...]) -> Array:
+    def reshape(self, a: Array, shape: tuple[Dim, ...]) -> Array:
         """``a`` with the same elements in row-major order and a new ``shape``."""
 
     @abc.abstractmethod
@@ -148,12 +179,8 @@ class Backend(WordOps):
 
     # -- words ----------------------------------------------------------------------------------
     @abc.abstractmethod
-    def iota(self, n: int, like: Array | None = None) -> Words:
-        """The 1-d words ``0, 1, ..., n - 1`` (``n <= 2**32``)."""
-
-    @abc.abstractmethod
-    def less_than(self, a: Words, threshold: int) -> Array:
-        """Boolean ``a < threshold``, unsigned, for ``0 < threshold < 2**32``."""
+    def iota(self, n: Dim, like: Array | None = None) -> Words:
+        """The 1-d words ``0, 1, ..., n - 1`` (``n <= 2**32``, a dim)."""
 
     # -- losses (optional: R-Dropout) ---------------------------------------------------------------
     # Floating-point operations for the losses of :mod:`xdrop.rdrop`, differentiable where the
@@ -214,6 +241,29 @@ class Backend(WordOps):
         """``x`` cut along ``axis`` into ``sections`` equal consecutive parts (the size divides)."""
         raise self._missing("split")
 
+    # -- rates held in arrays (optional: a traced p) -----------------------------------------------
+    # With the loss operations above (astype, plus, minus, times, divide, equal, where), these let
+    # the spec compute a rate's threshold and scale inside a compiled graph.
+    def has_float64(self) -> bool:
+        """Whether float64 arrays can be computed with here (JAX needs ``jax_enable_x64``)."""
+        return True
+
+    def ceil(self, x: Array) -> Array:
+        """The smallest integer >= ``x``, elementwise, in ``x``'s dtype."""
+        raise self._rate_missing("ceil")
+
+    def less_equal(self, a: Array | float, b: Array | float) -> Array:
+        """Boolean ``a <= b`` of floats, broadcasting (False for NaN); one may be a Python number."""
+        raise self._rate_missing("less_equal")
+
+    def logical_and(self, a: Array, b: Array) -> Array:
+        """Boolean ``a & b`` of boolean arrays, broadcasting."""
+        raise self._rate_missing("logical_and")
+
+    def word_from_float(self, x: Array) -> Words:
+        """A 0-d float holding an integer in ``[0, 2**32)`` as a word."""
+        raise self._rate_missing("word_from_float")
+
     # -- execution --------------------------------------------------------------------------------
     def is_tracing(self, x: Array | None) -> bool:
         """Whether ``x`` (or the current context) is being staged into a compiled graph."""
@@ -223,6 +273,16 @@ class Backend(WordOps):
         """``function`` compiled by the framework's compiler (``jax.jit``, ``tf.function`` with
         XLA, ``torch.compile``); identity where there is none. The conformance suite uses it."""
         return function
+
+    def in_trace(self) -> bool:
+        """Whether this framework is tracing now, whatever the arrays at hand (a seed drawn on the
+        host would be baked into the graph). Default: :meth:`is_tracing` of no array."""
+        return self.is_tracing(None)
+
+    def symbolic_integer(self, value: object) -> Array | None:
+        """A Python integer that the compiler turned into a graph input (``torch.SymInt``) as a
+        0-d integer array, or None for anything else. Default: None."""
+        return None
 
     def is_compiling(self, x: Array | None) -> bool:
         """Whether ``x`` is being traced for a compiler that fuses operations (``jax.jit``, XLA,
@@ -261,6 +321,12 @@ class Backend(WordOps):
         framework's own generator. ``seed`` is a host integer, key words (a traced seed), or None
         for the global generator (only where ``has_global_rng``)."""
         raise NotImplementedError(f"the {self.name} backend has no native generator")
+
+    def _rate_missing(self, operation: str) -> NotImplementedError:
+        return NotImplementedError(
+            f"the {self.name} backend does not implement {operation!r}, which a rate held in an "
+            "array needs while tracing; pass p as a Python float"
+        )
 
     def _missing(self, operation: str) -> NotImplementedError:
         return NotImplementedError(

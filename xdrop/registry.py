@@ -260,6 +260,44 @@ def _candidates() -> list[str]:
     return dedicated + generic
 
 
+def imported_backends() -> list[Backend]:
+    """The backends whose framework is imported (generic ones aside): the frameworks that could
+    be tracing now. Cached per set of imported frameworks; imports nothing."""
+    imported = tuple(name for name in _dedicated_frameworks() if name[1] in sys.modules)
+    backends = _imported_cache.get(imported)
+    if backends is None:
+        backends = _imported_cache[imported] = [
+            backend for backend in (_loaded_or_none(name) for name, _ in imported) if backend
+        ]
+    return backends
+
+
+_imported_cache: dict[tuple[tuple[str, str], ...], list[Backend]] = {}
+
+
+def _dedicated_frameworks() -> tuple[tuple[str, str], ...]:
+    """``(backend name, framework)`` of every registered backend with a framework of its own."""
+    global _frameworks
+    if _frameworks is None:
+        pairs = []
+        for name in registered_names():
+            backend_class = _backend_class(name)
+            if backend_class is not None and backend_class.framework not in (None, "numpy"):
+                pairs.append((name, str(backend_class.framework)))
+        _frameworks = tuple(pairs)
+    return _frameworks
+
+
+_frameworks: tuple[tuple[str, str], ...] | None = None
+
+
+def _loaded_or_none(name: str) -> Backend | None:
+    try:
+        return load(name)
+    except BackendError:
+        return None
+
+
 def _owns(name: str, kind: type) -> bool:
     try:
         return load(name).owns_type(kind)

@@ -12,8 +12,8 @@ import numpy as np
 from xdrop import spec
 from xdrop.errors import TracingError, XdropError, bad_type, bad_value
 from xdrop.protocol import Array, Backend, Key
-from xdrop.registry import backend_for
-from xdrop.tracing import called_as_is
+from xdrop.registry import backend_for, imported_backends
+from xdrop.tracing import called_as_is, host_constant
 from xdrop.validation import as_integer, check_fold_data, check_seed
 
 RNG_KINDS = ("portable", "native")
@@ -114,16 +114,28 @@ def resolve(seed: object, xp: Backend, like: Array | None) -> int | Key:
     """The seed a call uses: a host integer, or the key words of a seed array of ``xp``.
     ``None`` and generators draw their next seed, which cannot happen inside a trace."""
     if seed is None or isinstance(seed, Generator):
-        if xp.is_tracing(like):
-            raise _drawn_seed_in_trace()
+        refuse_to_draw_in_a_trace()
         return (seed or _global).next_seed()
     host = host_seed(seed)
     if host is not None:
         return host
+    symbolic = xp.symbolic_integer(seed)  # a Python int the compiler made a graph input
+    if symbolic is not None:
+        return xp.seed_words(symbolic)
     if xp.is_array(seed):
         check_seed_array(xp.dtype_name(seed), xp.shape(seed), seed)
         return xp.seed_words(seed)
     raise bad_type("seed", seed, SEED_ALLOWED)
+
+
+@host_constant
+def refuse_to_draw_in_a_trace() -> None:
+    """Raise :class:`TracingError` if any imported framework is tracing now. It looks at every
+    framework, not just the one of the call's arrays (``dropout_mask`` may have none), and runs
+    as plain Python under ``torch.compile``, so the user reads this message."""
+    tracing = [backend.name for backend in imported_backends() if backend.in_trace()]
+    if tracing:
+        raise _drawn_seed_in_trace(tracing[0])
 
 
 def seed_key(seed: object, xp: Backend, like: Array | None) -> Key:
@@ -149,12 +161,12 @@ def validate_seed(seed: object) -> None:
     check_seed_array(xp.dtype_name(seed), xp.shape(seed), seed)
 
 
-def _drawn_seed_in_trace() -> TracingError:
+def _drawn_seed_in_trace(framework: str) -> TracingError:
     return TracingError(
-        "seed=None and xdrop.Generator seeds are drawn on the host, so inside jax.jit, "
-        "tf.function or torch.compile one seed would be baked into the compiled graph and every "
-        "call would drop the same units. Pass the seed as an argument of the compiled function, "
-        "e.g. seed=xdrop.fold_in(base_seed, step) with step a traced integer."
+        f"seed=None and xdrop.Generator seeds are drawn on the host, so while {framework} traces "
+        "(jax.jit, tf.function, torch.compile) one seed would be baked into the compiled graph "
+        "and every call would drop the same units. Pass the seed as an argument of the compiled "
+        "function, e.g. seed=xdrop.fold_in(base_seed, step) with step a traced integer."
     )
 
 
@@ -187,6 +199,8 @@ def fold_in(seed: object, data: object) -> object:
         raise bad_type("seed", seed, "an integer in [0, 2**64) or a seed array")
     xp = backend_for(seed if host is None else data)
     key = seed_key(seed, xp, like=None if host is None else data)
+    symbolic = xp.symbolic_integer(data)  # a Python int the compiler made a graph input
+    data = data if symbolic is None else symbolic
     if host_data is not None:
         data_word = xp.word(host_data, key[0])
     else:

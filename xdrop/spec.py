@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from xdrop.protocol import Array, Backend, Key, WordOps, Words
+from xdrop.protocol import Array, Backend, Dim, Key, WordOps, Words
 from xdrop.tracing import cached_host_constant, host_constant
 
 WORD_COUNT = 2**32
@@ -62,75 +62,101 @@ def threefry2x32(
     return x0, x1
 
 
-def counter_ranges(offset: int, count: int, chunk: int | None) -> Iterator[tuple[int, int]]:
-    """Split the counters ``offset .. offset + count`` into ranges of at most ``chunk`` elements
-    that never cross a multiple of 2**32, so each range has a single high counter word."""
-    start, stop = offset, offset + count
-    while start < stop:
-        end = min(stop, (start // WORD_COUNT + 1) * WORD_COUNT)
-        if chunk is not None:
-            end = min(end, start + chunk)
-        yield start, end
-        start = end
+def counter_words(xp: Backend, start: Key, count: Dim, like: Array | None) -> tuple[Words, Words]:
+    """The words ``(c >> 32, c & 0xFFFFFFFF)`` of the counters ``c = start + i``, ``0 <= i < count``
+    (``count <= 2**32``): the low word wraps around and carries into the high word, so a range may
+    cross a multiple of 2**32 and ``start`` may be a traced value."""
+    start_high, start_low = start
+    low = xp.iadd(xp.iota(count, like), start_low)
+    carry = xp.from_bool(xp.less_than(low, start_low))
+    return xp.iadd(carry, start_high), low
 
 
 def stream_bits(
     xp: Backend,
     key: Key,
-    start: int,
-    stop: int,
+    start: Key,
+    count: Dim,
     like: Array | None,
     schedule: list[tuple[Words, Words]] | None = None,
 ) -> Words:
-    """``bits_i = y0 ^ y1`` with ``(y0, y1) = Threefry(key, (i >> 32, i & 0xFFFFFFFF))`` for
-    ``start <= i < stop``, a range inside one block of 2**32 counters."""
-    high, low = divmod(start, WORD_COUNT)
-    low_words = xp.iota(stop - start, like)
-    if low:
-        low_words = xp.iadd(low_words, xp.word(low, like))
-    y0, y1 = threefry2x32(xp, key, (xp.word(high, like), low_words), schedule)
+    """``bits_i = y0 ^ y1`` with ``(y0, y1) = Threefry(key, counter(start + i))``, ``0 <= i < count``."""
+    y0, y1 = threefry2x32(xp, key, counter_words(xp, start, count, like), schedule)
     return xp.ixor(y0, y1)
 
 
-# -- threshold -> keep ------------------------------------------------------------------------------
-@cached_host_constant
-def keep_threshold(p: float) -> int:
-    """``T = ceil(float32(1 - p) * 2**23) << 9``; element ``i`` is kept when ``bits_i < T``.
+def counter_chunks(offset: int, count: int, chunk: int | None) -> Iterator[tuple[int, int]]:
+    """Split the counters ``offset .. offset + count`` into ranges of at most ``chunk`` elements
+    (one range for ``chunk=None``)."""
+    stop = offset + count
+    step = count if chunk is None else chunk
+    for start in range(offset, stop, max(step, 1)):
+        yield start, min(start + step, stop)
 
-    This is exactly JAX's ``uniform(key) < float32(q)``: the uniform float is ``(bits >> 9) * 2**-23``.
-    ``T == 0`` only for ``p == 1``; ``T == 2**32`` keeps everything."""
+
+# -- threshold -> keep ------------------------------------------------------------------------------
+UNIFORM_BITS = 23  # the uniform float of JAX is (bits >> 9) * 2**-23
+ALL_KEPT = 1 << UNIFORM_BITS
+
+
+@cached_host_constant
+def keep_count(p: float) -> int:
+    """``C = ceil(float32(1 - p) * 2**23)``: element ``i`` is kept when ``bits_i >> 9 < C``,
+    which is ``bits_i < C << 9`` and exactly JAX's ``uniform(key) < float32(q)``.
+
+    ``C == 0`` only for ``p == 1``; ``C == 2**23`` keeps everything."""
     keep_probability = float(np.float32(1.0 - p))
-    return math.ceil(keep_probability * 2**23) << 9  # scaling by 2**23 is exact in float64
+    return math.ceil(keep_probability * 2**UNIFORM_BITS)  # scaling by 2**23 is exact in float64
+
+
+def keep_threshold(p: float) -> int:
+    """``T = C << 9`` (``keep_count``): element ``i`` is kept when ``bits_i < T``. ``T == 0`` only
+    for ``p == 1``; ``T == 2**32`` keeps everything."""
+    return keep_count(p) << (32 - UNIFORM_BITS)
+
+
+def kept(xp: Backend, bits: Words, count: Words | int) -> Array:
+    """``keep_i = (bits_i >> 9) < C`` for a keep count ``C`` (a word, or a Python int)."""
+    return xp.less_than(xp.shift_right(bits, 32 - UNIFORM_BITS), count)
 
 
 def keep_chunks(
-    xp: Backend, key: Key, count: int, p: float, offset: int = 0, like: Array | None = None
+    xp: Backend,
+    key: Key,
+    count: Dim,
+    kept_count: Words | int,
+    offset: Key | int = 0,
+    like: Array | None = None,
 ) -> Iterator[Array]:
-    """The flat keep mask of ``count`` elements, ``keep_i = bits(offset + i) < T``, as
+    """The flat keep mask of ``count`` elements, ``keep_i = bits(offset + i) >> 9 < C``, as
     consecutive 1-d chunks, each generated when asked for.
 
-    Chunks hold ``xp.chunk_size`` elements in eager execution, and are whole while tracing:
-    element ``i`` depends on ``i`` alone, so chunking changes nothing but the temporaries."""
-    threshold = keep_threshold(p)
-    if threshold == 0 or threshold >= WORD_COUNT or count == 0:
-        yield xp.full_mask((count,), threshold >= WORD_COUNT, like)
+    ``kept_count`` (``C``) and ``offset`` are Python ints, or words while tracing. Chunks hold
+    ``xp.chunk_size`` elements in eager execution, and are whole while tracing: element ``i``
+    depends on ``i`` alone, so chunking changes nothing but the temporaries."""
+    if isinstance(kept_count, int) and (kept_count in (0, ALL_KEPT) or count == 0):
+        yield xp.full_mask((count,), kept_count == ALL_KEPT, like)
         return
     schedule = key_schedule(xp, key)
+    if not isinstance(offset, int):  # traced words: one range
+        yield kept(xp, stream_bits(xp, key, offset, count, like, schedule), kept_count)
+        return
     chunk = None if xp.is_tracing(like) else xp.chunk_size
-    for start, stop in counter_ranges(offset, count, chunk):
-        yield xp.less_than(stream_bits(xp, key, start, stop, like, schedule), threshold)
+    for start, stop in counter_chunks(offset, count, chunk):
+        first = key_words(xp, start, like)
+        yield kept(xp, stream_bits(xp, key, first, stop - start, like, schedule), kept_count)
 
 
 def keep_mask(
     xp: Backend,
     key: Key,
-    shape: tuple[int, ...],
-    p: float,
-    offset: int = 0,
+    shape: tuple[Dim, ...],
+    kept_count: Words | int,
+    offset: Key | int = 0,
     like: Array | None = None,
 ) -> Array:
     """The boolean keep mask of ``shape``: element ``i`` (row-major) draws counter ``offset + i``."""
-    chunks = list(keep_chunks(xp, key, math.prod(shape), p, offset, like))
+    chunks = list(keep_chunks(xp, key, xp.size(shape), kept_count, offset, like))
     return xp.reshape(chunks[0] if len(chunks) == 1 else xp.concat(chunks), shape)
 
 
@@ -165,38 +191,88 @@ def inverted_scale(p: float, dtype: str) -> float:
     return rounded(1.0 / keep_probability, dtype) if keep_probability else math.inf
 
 
+def training_factor(p: float, dtype: str, mode: str) -> float | None:
+    """What kept units are multiplied by in training: ``s`` (inverted), or nothing (classic, and
+    ``p == 1``, where no unit is kept and an infinite scale would make gradients NaN)."""
+    if mode == "classic" or p == 1:
+        return None
+    return inverted_scale(p, dtype)
+
+
+def rate_constants(
+    xp: Backend, p: Array, dtype: str, mode: str, training: bool
+) -> tuple[Words, Array | None]:
+    """``(C, factor)`` for a rate held in a 0-d float array while tracing, bit for bit what
+    ``keep_count``, ``training_factor`` (training) and ``rounded(1 - p, dtype)`` (evaluation,
+    classic) give for the float it holds.
+
+    A rate outside ``[0, 1]`` (or NaN), or whose inverted scale is not finite in ``dtype``,
+    cannot raise inside a graph: it keeps every unit and makes the factor NaN, so the whole
+    output is NaN rather than quietly wrong. Computed in float64 where the framework has it
+    (the host's arithmetic); else in float32, with ``dtype(1 - p)`` rounded from the exact
+    ``1 - p`` (see ``_rounded_difference``)."""
+    compute = "float64" if xp.has_float64() else "float32"
+    rate = xp.astype(p, compute)
+    valid = xp.logical_and(xp.less_equal(0.0, rate), xp.less_equal(rate, 1.0))
+    difference = xp.minus(1.0, rate)
+    scaled = xp.times(xp.astype(difference, "float32"), float(ALL_KEPT))
+    kept_count = xp.word_from_float(xp.where(valid, xp.ceil(scaled), float(ALL_KEPT)))
+    keep_probability = _rounded_difference(xp, rate, difference, dtype, compute)
+    if not training:  # classic evaluation: x * dtype(1 - p)
+        factor = keep_probability
+    elif mode == "classic":  # kept units unscaled: a factor of 1 that carries the NaN
+        factor = xp.astype(valid, dtype)
+    else:
+        quotient = xp.astype(xp.divide(1.0, xp.astype(keep_probability, compute)), dtype)
+        nothing_kept = xp.equal(keep_probability, 0.0)
+        finite = xp.equal(xp.minus(quotient, quotient), 0.0)  # inf - inf is NaN
+        valid = xp.logical_and(valid, xp.where(nothing_kept, True, finite))
+        factor = xp.where(nothing_kept, 0.0, quotient)
+    return kept_count, xp.where(valid, factor, math.nan)
+
+
+def _rounded_difference(
+    xp: Backend, rate: Array, difference: Array, dtype: str, compute: str
+) -> Array:
+    """``dtype(1 - p)`` rounded once from the exact ``1 - p``, as the host rounds float64's.
+
+    In float64, and in float32 for float32 itself, one rounding of ``difference`` is that.
+    Rounding float32's ``r = fl(1 - p)`` again to float16 or bfloat16 can go wrong only where
+    ``r`` is exactly halfway between two of their values and ``1 - p`` was not exact; the
+    exact error ``e = (1 - r) - p`` (Fast2Sum) then says which neighbour is right."""
+    nearest = xp.astype(difference, dtype)
+    if compute == "float64" or dtype in ("float32", "float64"):
+        return nearest
+    back = xp.astype(nearest, compute)
+    across = xp.plus(difference, xp.minus(difference, back))  # 2r - back: exact
+    other = xp.astype(across, dtype)
+    error = xp.minus(xp.minus(1.0, difference), rate)
+    inexact = xp.logical_and(_not(xp, xp.equal(error, 0.0)), _not(xp, xp.equal(difference, back)))
+    halfway = xp.logical_and(inexact, xp.equal(xp.astype(other, compute), across))
+    other_is_right = xp.equal(xp.less_equal(across, difference), xp.less_equal(error, 0.0))
+    return xp.where(xp.logical_and(halfway, other_is_right), other, nearest)
+
+
+def _not(xp: Backend, mask: Array) -> Array:
+    return xp.equal(mask, False)
+
+
 def dropout(
     xp: Backend,
     x: Array,
-    p: float,
     draw_keep: Callable[[], Array],
+    factor: float | Array | None,
     *,
-    mode: str,
-    training: bool,
     chunked: bool = False,
     return_mask: bool = True,
 ) -> tuple[Array, Array | None]:
-    """``(output, keep)`` of dropout; ``keep`` is ``None`` when everything is kept, or when it
-    was drawn in chunks and not asked for (``return_mask=False``).
+    """``(where(keep, x * factor, +0.0), keep)`` of training dropout (no multiplication for
+    ``factor=None``); ``keep`` is ``None`` when it was drawn in chunks and not asked for.
 
     ``draw_keep()`` gives the keep mask at the noise shape (``keep_mask``, or the framework's own
     generator in native mode), or with ``chunked`` a mask of ``x``'s shape as consecutive 1-d
-    chunks (``keep_chunks``); it is called only when units are dropped.
-
-    inverted: training ``where(keep, x * s, 0)``, eval ``x``.
-    classic:  training ``where(keep, x, 0)``,     eval ``x * dtype(1 - p)``.
-    """
-    dtype = xp.dtype_name(x)
-    if not training:
-        if mode == "inverted" or p == 0:
-            return x, None
-        return xp.multiply(x, rounded(1.0 - p, dtype)), None
-    if p == 0:
-        return x, None
+    chunks (``keep_chunks``)."""
     keep = draw_keep()
-    # p == 1 keeps nothing: selecting x unscaled avoids an infinite scale, whose product with the
-    # zero gradient of a dropped unit would be NaN
-    factor = None if mode == "classic" or p == 1 else inverted_scale(p, dtype)
     if chunked:
         return xp.select_chunks(keep, x, factor, return_mask)
     kept_values = x if factor is None else xp.multiply(x, factor)
@@ -223,6 +299,15 @@ class HostWords(WordOps):
 
     def rotate_left(self, a: int, bits: int) -> int:
         return ((a << bits) | (a >> (32 - bits))) & (WORD_COUNT - 1)
+
+    def shift_right(self, a: int, bits: int) -> int:
+        return a >> bits
+
+    def less_than(self, a: int, b: int) -> bool:
+        return a < b
+
+    def from_bool(self, mask: bool) -> int:
+        return int(mask)
 
 
 HOST_WORDS = HostWords()

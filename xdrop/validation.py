@@ -5,12 +5,18 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Sequence
+from typing import Union
 
 import numpy as np
 
 from xdrop.errors import ArgumentTypeError, ArgumentValueError, bad_type, bad_value, describe
+from xdrop.protocol import Array, Backend
 from xdrop.rdrop import REDUCTIONS
 from xdrop.spec import FLOAT_DTYPES, MODES, SEED_COUNT, WORD_COUNT, inverted_scale
+
+Rate = Union[float, Array]  # noqa: UP007 (Array is Any: "float | Any" fails on Python 3.10)
+"""A checked rate: a Python float in [0, 1], or a 0-d float array being traced."""
+RATE_ALLOWED = "a real number in [0, 1] or a 0-d float array of x's framework"
 
 
 def as_integer(value: object) -> int | None:
@@ -24,14 +30,27 @@ def is_integer(value: object) -> bool:
     return as_integer(value) is not None
 
 
-def check_rate(p: object) -> float:
-    """``p`` as a float in ``[0, 1]``."""
-    if isinstance(p, (bool, np.bool_)) or not isinstance(p, numbers.Real):
-        raise bad_type("p", p, "a real number in [0, 1]")
-    rate = float(p)
-    if not 0.0 <= rate <= 1.0:  # NaN fails both comparisons
+def check_rate(p: object, xp: Backend | None = None) -> Rate:
+    """``p`` as a float in ``[0, 1]``; a 0-d float array is read as its value, unless it is being
+    traced (then it is returned as it is, and the spec computes with it in the graph)."""
+    if isinstance(p, (bool, np.bool_)):
+        raise bad_type("p", p, RATE_ALLOWED)
+    if isinstance(p, numbers.Real):
+        value = float(p)
+    elif isinstance(p, np.ndarray) or (xp is not None and xp.is_array(p)):
+        owner = xp if xp is not None and xp.is_array(p) else None
+        dtype = str(p.dtype) if owner is None else owner.dtype_name(p)
+        shape = tuple(p.shape) if owner is None else owner.shape(p)
+        if dtype not in FLOAT_DTYPES or shape != ():
+            raise bad_type("p", f"<array of {dtype}, shape {shape}>", RATE_ALLOWED)
+        if owner is not None and owner.is_tracing(p):
+            return p
+        value = float(p if owner is None else owner.to_numpy(p))
+    else:
+        raise bad_type("p", p, RATE_ALLOWED)
+    if not 0.0 <= value <= 1.0:  # NaN fails both comparisons
         raise bad_value("p", p, "a real number in [0, 1]")
-    return rate
+    return value
 
 
 def check_mode(mode: object) -> str:
@@ -55,8 +74,12 @@ def check_offset(offset: object) -> int:
     return value
 
 
-def check_counter_range(offset: int, count: int) -> None:
-    """Element counters are 64-bit: the last one, ``offset + count - 1``, must fit."""
+def check_counter_range(offset: int, shape: tuple[int | None, ...]) -> None:
+    """Element counters are 64-bit: the last one, ``offset + count - 1``, must fit. Unchecked for a
+    count known only at run time."""
+    if None in shape:
+        return
+    count = math.prod(shape)  # type: ignore[arg-type]
     if offset + count > SEED_COUNT:
         raise bad_value(
             "offset", offset, f"at most 2**64 - {count} so that all {count} counters fit in 64 bits"
@@ -90,24 +113,43 @@ def check_float_dtype(dtype: str, argument: str = "x") -> str:
     return dtype
 
 
-def check_shape(shape: object) -> tuple[int, ...]:
-    """A shape: a sequence of non-negative integers (a bare integer means a 1-d shape)."""
+def check_shape(
+    shape: object, like_shape: tuple[int | None, ...] | None = None
+) -> tuple[int | None, ...]:
+    """A shape: a sequence of non-negative integers (a bare integer means a 1-d shape).
+
+    With ``like_shape`` (the shape of ``like``), an entry may also be ``None``, or a size that
+    the framework knows only at run time (``like.shape``'s own entries while tracing): the size
+    of ``like`` on that axis. Such entries stay ``None``."""
+    allowed = "a sequence of non-negative integers"
     if is_integer(shape):
         shape = (shape,)
     if not isinstance(shape, Sequence) or isinstance(shape, (str, bytes)):
-        raise bad_type("shape", shape, "a sequence of non-negative integers")
-    if not all(is_integer(size) for size in shape):
-        raise bad_type("shape", shape, "a sequence of non-negative integers")
-    if any(int(size) < 0 for size in shape):
-        raise bad_value("shape", shape, "a sequence of non-negative integers")
-    return tuple(int(size) for size in shape)
+        if like_shape is None or not hasattr(shape, "__len__"):  # e.g. tf.TensorShape
+            raise bad_type("shape", shape, allowed)
+        shape = list(shape)  # type: ignore[call-overload]
+    assert isinstance(shape, Sequence)
+    if like_shape is not None and len(shape) == len(like_shape):
+        allowed += " or None (like's size on that axis)"
+        shape = [
+            None if not is_integer(size) and (size is None or known is None) else size
+            for size, known in zip(shape, like_shape, strict=True)
+        ]
+    if not all(size is None or is_integer(size) for size in shape):
+        raise bad_type("shape", shape, allowed)
+    if any(size is not None and int(size) < 0 for size in shape):
+        raise bad_value("shape", shape, allowed)
+    return tuple(None if size is None else int(size) for size in shape)
 
 
-def check_noise_shape(noise_shape: object, shape: tuple[int, ...]) -> tuple[int, ...]:
+def check_noise_shape(
+    noise_shape: object, shape: tuple[int | None, ...]
+) -> tuple[int | None, ...]:
     """Complete ``noise_shape`` against the input's ``shape`` (TensorFlow/Keras rules).
 
     Entries align to the right; missing leading entries act as 1 (shared) and ``None`` takes the
-    input's size. Every entry must be 1 or the input's size."""
+    input's size. Every entry must be 1 or the input's size; where that size is known only at
+    run time (None in ``shape``), an integer entry is taken as it is and must match then."""
     if noise_shape is None:
         return shape
     allowed = (
@@ -123,7 +165,10 @@ def check_noise_shape(noise_shape: object, shape: tuple[int, ...]) -> tuple[int,
     completed = tuple(
         size if entry is None else int(entry) for size, entry in zip(shape, padded, strict=True)
     )
-    if any(entry not in (1, size) for entry, size in zip(completed, shape, strict=True)):
+    if any(
+        entry is not None and entry not in (1, size) and (size is not None or entry < 0)
+        for entry, size in zip(completed, shape, strict=True)
+    ):
         raise bad_value("noise_shape", noise_shape, allowed)
     return completed
 
