@@ -29,7 +29,7 @@ class TorchBackend(Backend):
         self.torch = torch
         self.array_types = (torch.Tensor,)
         # a 0-d zero that compiled graphs read as an input (an attribute), not as a constant
-        self.opaque_zero = torch.zeros((), dtype=torch.int32)
+        self.opaque_zero = torch.zeros((), dtype=torch.int64)
 
     def owns_type(self, kind: type) -> bool:  # a SymInt seed or step belongs to torch too
         return issubclass(kind, (self.torch.Tensor, self.torch.SymInt))
@@ -72,13 +72,7 @@ class TorchBackend(Backend):
         return self.torch.cat(arrays, dim=axis)
 
     def word(self, value: int, like: Any = None) -> Any:
-        word = self.torch.tensor(_signed(value), dtype=self.torch.int32, device=_device(like))
-        if self.torch.compiler.is_compiling():
-            # inductor's lowering grows exponentially on a Threefry chain whose every leaf is a
-            # constant (an int seed with a static shape); a word read from a buffer it cannot
-            # fold keeps it to seconds
-            word = word ^ self.opaque_zero.to(word.device)
-        return word
+        return self.torch.tensor(_signed(value), dtype=self.torch.int32, device=_device(like))
 
     def iota(self, n: int, like: Any = None) -> Any:
         return self.torch.arange(n, dtype=self.torch.int32, device=_device(like))
@@ -124,10 +118,17 @@ class TorchBackend(Backend):
     def is_tracing(self, x: Any) -> bool:
         return bool(self.torch.compiler.is_compiling())
 
-    def symbolic_integer(self, value: object) -> Any:
-        if not isinstance(value, self.torch.SymInt):
+    traces_python_ints = True
+
+    def seed_from_int(self, seed: int, like: Any) -> Any:
+        if not self.torch.compiler.is_compiling():
             return None
-        return self.torch.scalar_tensor(value, dtype=self.torch.int64)
+        signed = seed - (1 << 64) if seed >= 1 << 63 else seed
+        tensor = self.torch.tensor(signed, dtype=self.torch.int64, device=_device(like))
+        # inductor's lowering grows exponentially on a Threefry chain whose every leaf is a
+        # constant (a specialised int seed with a static shape); a key read through a buffer it
+        # cannot fold keeps the compilation to seconds
+        return tensor ^ self.opaque_zero.to(tensor.device)
 
     def seed_words(self, seed: Any) -> Key:
         torch = self.torch

@@ -279,10 +279,6 @@ class Backend(WordOps):
         host would be baked into the graph). Default: :meth:`is_tracing` of no array."""
         return self.is_tracing(None)
 
-    def symbolic_integer(self, value: object) -> Array | None:
-        """A Python integer that the compiler turned into a graph input (``torch.SymInt``) as a
-        0-d integer array, or None for anything else. Default: None."""
-        return None
 
     def is_compiling(self, x: Array | None) -> bool:
         """Whether ``x`` is being traced for a compiler that fuses operations (``jax.jit``, XLA,
@@ -304,6 +300,15 @@ class Backend(WordOps):
         """The key words of a seed array: a 0-d integer (a negative value read as its unsigned
         two's complement of the dtype's width), a uint32[2] ``(hi, lo)``, or a framework key."""
         raise NotImplementedError(f"the {self.name} backend does not take seeds held in arrays")
+
+    traces_python_ints: ClassVar[bool] = False
+    """Whether the framework's compiler may turn Python ints into graph inputs (``torch.compile``
+    does): host arithmetic on a seed would then be traced, element by element."""
+
+    def seed_from_int(self, seed: int, like: Array | None) -> Array | None:
+        """A Python int seed in ``[0, 2**64)`` as a seed array, where the framework traces Python
+        ints (while tracing); None to use it on the host (the default)."""
+        return None
 
     def seed_array(self, key: Key) -> Array:
         """The seed with key words ``key`` as an array that :meth:`seed_words` reads back: a 0-d

@@ -174,6 +174,7 @@ def available_backends() -> dict[str, bool]:
 
 
 # -- the default backend ----------------------------------------------------------------------------
+@host_constant  # torch.compile cannot trace ContextVar.get
 def default_name() -> str:
     """The default backend's name: ``use_backend`` > ``set_backend`` > ``XDROP_BACKEND`` > numpy."""
     return (
@@ -270,6 +271,13 @@ def imported_backends() -> list[Backend]:
             backend for backend in (_loaded_or_none(name) for name, _ in imported) if backend
         ]
     return backends
+
+
+@host_constant
+def int_tracing_backend() -> str | None:
+    """The backend whose compiler is tracing now and may have made Python ints graph inputs."""
+    tracing = (b.name for b in imported_backends() if b.traces_python_ints and b.in_trace())
+    return next(tracing, None)
 
 
 _imported_cache: dict[tuple[tuple[str, str], ...], list[Backend]] = {}

@@ -12,7 +12,7 @@ import numpy as np
 from xdrop import spec
 from xdrop.errors import TracingError, XdropError, bad_type, bad_value
 from xdrop.protocol import Array, Backend, Key
-from xdrop.registry import backend_for, imported_backends
+from xdrop.registry import backend_for, imported_backends, int_tracing_backend, load
 from xdrop.tracing import called_as_is, host_constant
 from xdrop.validation import as_integer, check_fold_data, check_seed
 
@@ -119,9 +119,6 @@ def resolve(seed: object, xp: Backend, like: Array | None) -> int | Key:
     host = host_seed(seed)
     if host is not None:
         return host
-    symbolic = xp.symbolic_integer(seed)  # a Python int the compiler made a graph input
-    if symbolic is not None:
-        return xp.seed_words(symbolic)
     if xp.is_array(seed):
         check_seed_array(xp.dtype_name(seed), xp.shape(seed), seed)
         return xp.seed_words(seed)
@@ -141,7 +138,10 @@ def refuse_to_draw_in_a_trace() -> None:
 def seed_key(seed: object, xp: Backend, like: Array | None) -> Key:
     """The key words of the seed a call uses."""
     resolved = resolve(seed, xp, like)
-    return spec.key_words(xp, resolved, like) if isinstance(resolved, int) else resolved
+    if not isinstance(resolved, int):
+        return resolved
+    array = xp.seed_from_int(resolved, like)
+    return spec.key_words(xp, resolved, like) if array is None else xp.seed_words(array)
 
 
 def native_seed(seed: object, xp: Backend, like: Array | None) -> int | Key | None:
@@ -194,13 +194,17 @@ def fold_in(seed: object, data: object) -> object:
     host = host_seed(seed)
     host_data = check_fold_data(data) if as_integer(data) is not None else None
     if host is not None and host_data is not None:
-        return spec.fold_in(host, host_data)
+        compiler = int_tracing_backend()
+        if compiler is None:
+            return spec.fold_in(host, host_data)
+        # the ints may be graph inputs: fold them in the graph, not on the host
+        xp = load(compiler)
+        key = seed_key(host, xp, like=None)
+        return xp.seed_array(spec.fold_in_words(xp, key, xp.word(host_data)))
     if isinstance(seed, Generator) or seed is None:
         raise bad_type("seed", seed, "an integer in [0, 2**64) or a seed array")
     xp = backend_for(seed if host is None else data)
     key = seed_key(seed, xp, like=None if host is None else data)
-    symbolic = xp.symbolic_integer(data)  # a Python int the compiler made a graph input
-    data = data if symbolic is None else symbolic
     if host_data is not None:
         data_word = xp.word(host_data, key[0])
     else:

@@ -89,8 +89,8 @@ def counter_chunks(offset: int, count: int, chunk: int | None) -> Iterator[tuple
     """Split the counters ``offset .. offset + count`` into ranges of at most ``chunk`` elements
     (one range for ``chunk=None``)."""
     stop = offset + count
-    step = count if chunk is None else chunk
-    for start in range(offset, stop, max(step, 1)):
+    step = max(count if chunk is None else chunk, 1)
+    for start in range(offset, stop, step):
         yield start, min(start + step, stop)
 
 
@@ -131,18 +131,20 @@ def keep_chunks(
     """The flat keep mask of ``count`` elements, ``keep_i = bits(offset + i) >> 9 < C``, as
     consecutive 1-d chunks, each generated when asked for.
 
-    ``kept_count`` (``C``) and ``offset`` are Python ints, or words while tracing. Chunks hold
-    ``xp.chunk_size`` elements in eager execution, and are whole while tracing: element ``i``
-    depends on ``i`` alone, so chunking changes nothing but the temporaries."""
-    if isinstance(kept_count, int) and (kept_count in (0, ALL_KEPT) or count == 0):
+    ``kept_count`` (``C``) and ``offset`` are Python ints, or words while tracing; ``count`` is a
+    dim. Chunks hold ``xp.chunk_size`` elements in eager execution, and the mask is one chunk while
+    tracing: element ``i`` depends on ``i`` alone, so chunking changes nothing but the
+    temporaries."""
+    nothing_to_draw = isinstance(count, int) and count == 0
+    if isinstance(kept_count, int) and (kept_count in (0, ALL_KEPT) or nothing_to_draw):
         yield xp.full_mask((count,), kept_count == ALL_KEPT, like)
         return
     schedule = key_schedule(xp, key)
-    if not isinstance(offset, int):  # traced words: one range
-        yield kept(xp, stream_bits(xp, key, offset, count, like, schedule), kept_count)
+    if xp.is_tracing(like) or not isinstance(offset, int) or not isinstance(count, int):
+        first = offset if not isinstance(offset, int) else key_words(xp, offset, like)
+        yield kept(xp, stream_bits(xp, key, first, count, like, schedule), kept_count)
         return
-    chunk = None if xp.is_tracing(like) else xp.chunk_size
-    for start, stop in counter_chunks(offset, count, chunk):
+    for start, stop in counter_chunks(offset, count, xp.chunk_size):
         first = key_words(xp, start, like)
         yield kept(xp, stream_bits(xp, key, first, stop - start, like, schedule), kept_count)
 

@@ -20,10 +20,13 @@ RATE_ALLOWED = "a real number in [0, 1] or a 0-d float array of x's framework"
 
 
 def as_integer(value: object) -> int | None:
-    """``value`` as a Python int if it is a Python or NumPy integer (not a bool), else None."""
+    """``value`` as a Python int if it is a Python or NumPy integer (not a bool), else None.
+
+    A Python int is returned as it is, never through ``int()``: under ``torch.compile`` it may
+    stand for a graph input, which ``int()`` would pin to one value (a recompile per value)."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         return None
-    return int(value)
+    return value if isinstance(value, int) else int(value)
 
 
 def is_integer(value: object) -> bool:
