@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
+from xdrop.errors import BackendError
 from xdrop.protocol import Array, Backend, Key, WordOps, Words
 from xdrop.tracing import cached_host_constant, host_constant
 
@@ -118,7 +119,19 @@ def keep_chunks(
     schedule = key_schedule(xp, key)
     chunk = None if xp.is_tracing(like) else xp.chunk_size
     for start, stop in counter_ranges(offset, count, chunk):
-        yield xp.less_than(stream_bits(xp, key, start, stop, like, schedule), threshold)
+        keep = xp.less_than(stream_bits(xp, key, start, stop, like, schedule), threshold)
+        if chunk is not None:  # eagerly: a plugin's wrong size must not leave output unwritten
+            check_chunk_size(xp, keep, stop - start)
+        yield keep
+
+
+def check_chunk_size(xp: Backend, chunk: Array, size: int) -> None:
+    """A chunk of the keep mask must hold the ``size`` elements asked for."""
+    if xp.shape(chunk) != (size,):
+        raise BackendError(
+            f"xdrop backend {xp.name!r} made a mask chunk of shape {xp.shape(chunk)} from its "
+            f"word operations: {math.prod(xp.shape(chunk))} elements, not {size}"
+        )
 
 
 def keep_mask(

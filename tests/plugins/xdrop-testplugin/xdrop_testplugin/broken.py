@@ -33,3 +33,15 @@ class WrongTypes(NumpyBackend):
 
     def less_than(self, a: Any, threshold: int) -> Any:
         return (a < np.uint32(threshold)).astype(np.int64)
+
+
+class WrongSizes(NumpyBackend):
+    """Loses the last word of every stream of counters longer than the self-check's 16: its
+    chunks come out one element short, which must be an error, not uninitialised output."""
+
+    name = "wrong_sizes"
+    framework = "xdrop_testplugin"
+    array_types = ()
+
+    def iota(self, n: int, like: Any = None) -> Any:
+        return np.arange(n if n <= 16 else n - 1, dtype=np.uint32)
