@@ -3,6 +3,7 @@ checked (the machines that run tests are shared and noisy)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import subprocess
@@ -37,7 +38,24 @@ def test_cli_bench_writes_a_table_and_json(tmp_path, capsys):
         assert all(math.isfinite(ratio) and ratio > 0 for ratio in measurement["ratios"].values())
         assert measurement["memory_bytes_per_element"][XDROP] > 0
     (target,) = document["targets"]  # only the overhead at 1e3 applies to these sizes
-    assert target["name"] == "per-call overhead at 1e3, numpy" and target["met"] in (True, False)
+    assert target["name"] == "per-call overhead at 1e3, numpy" and target["cases"] == 1
+    assert target["worst"] > 0 and target["met"] is (target["worst"] <= target["limit"])
+
+
+def test_a_target_is_met_exactly_when_its_worst_value_is_within_its_limit(monkeypatch):
+    report = benchmarks.run(backends=["numpy"], sizes=[1000], rates=[0.5], repeats=1)
+    (result,) = benchmarks.check_targets(report)
+    index, target = next(
+        (i, t) for i, t in enumerate(benchmarks.report.TARGETS) if t.name == result.name
+    )
+    for limit, met in ((result.worst * 2, True), (result.worst / 2, False)):
+        moved = dataclasses.replace(target, limit=limit)
+        targets = benchmarks.report.TARGETS
+        monkeypatch.setattr(
+            benchmarks.report, "TARGETS", (*targets[:index], moved, *targets[index + 1 :])
+        )
+        (checked,) = benchmarks.check_targets(report)
+        assert checked.met is met and checked.limit == limit
 
 
 def test_the_one_command_runs_the_benchmark(tmp_path):
