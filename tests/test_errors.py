@@ -155,3 +155,22 @@ def test_errors_can_be_caught_as_builtin_or_xdrop_errors(x):
         xdrop.dropout(x, 2.0)
     with pytest.raises(xdrop.XdropError):
         xdrop.dropout(x, 2.0)
+
+
+@pytest.mark.parametrize(
+    ("shape", "reason"),
+    [
+        ((2**64 + 1,), "at most 2**64 elements"),
+        ((2**33, 2**32), "at most 2**64 elements"),
+        ((2**64,), "this machine's memory"),
+        ((2**32, 2**32), "this machine's memory"),
+        ((2**62,), "this machine's memory"),
+        ((2**63,), "this machine's memory"),  # a dimension NumPy cannot even describe
+    ],
+)
+def test_a_mask_too_large_to_make_is_refused_at_once_blaming_the_shape(shape, reason):
+    # before: a list of chunks grew without end, or the size was blamed on `offset`
+    with raises(ValueError, "shape must be", repr(shape), reason):
+        xdrop.dropout_mask(shape, 0.5, seed=0)
+    with raises(ValueError, "shape must be", reason):
+        xdrop.dropout_mask(shape, 0.5, seed=0, offset=5)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
+import sys
 from collections.abc import Sequence
 
 import numpy as np
@@ -100,7 +102,36 @@ def check_shape(shape: object) -> tuple[int, ...]:
         raise bad_type("shape", shape, "a sequence of non-negative integers")
     if any(int(size) < 0 for size in shape):
         raise bad_value("shape", shape, "a sequence of non-negative integers")
-    return tuple(int(size) for size in shape)
+    sizes = tuple(int(size) for size in shape)
+    check_mask_size(shape, math.prod(sizes))
+    return sizes
+
+
+def check_mask_size(shape: object, count: int) -> None:
+    """A mask of ``count`` elements must fit the counter space and this machine's memory, so that
+    an impossible size fails at once rather than after growing a list of chunks without end."""
+    if count > SEED_COUNT:
+        raise bad_value(
+            "shape", shape, "a shape of at most 2**64 elements (the counters of mask stream v1)"
+        )
+    limit = memory_bytes()
+    if count > limit:  # a boolean mask takes a byte per element
+        raise bad_value(
+            "shape",
+            shape,
+            f"a shape whose boolean mask fits this machine's memory: at most {limit} elements "
+            f"(got {count})",
+        )
+
+
+def memory_bytes() -> int:
+    """The most bytes one array can take here: the physical memory, and no more than the
+    address space (``sys.maxsize``)."""
+    try:
+        physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # not a POSIX system
+        physical = sys.maxsize
+    return min(sys.maxsize, physical if physical > 0 else sys.maxsize)
 
 
 def check_noise_shape(noise_shape: object, shape: tuple[int, ...]) -> tuple[int, ...]:
