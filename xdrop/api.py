@@ -13,6 +13,7 @@ from xdrop.protocol import Array, Backend, Key
 from xdrop.registry import backend_for
 from xdrop.tracing import called_as_is
 from xdrop.validation import (
+    as_input_array,
     check_counter_range,
     check_flag,
     check_float_dtype,
@@ -83,8 +84,7 @@ def dropout(
         array([0.5, 0.5, 0.5])
     """
     xp = backend_for(x)
-    if not xp.is_array(x):
-        x = xp.asarray(x)
+    x = as_input_array(xp, x)
     dtype = check_float_dtype(xp.dtype_name(x))
     rate = check_rate(p)
     is_training = check_flag("training", training)

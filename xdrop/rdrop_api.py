@@ -15,6 +15,7 @@ from xdrop.registry import backend_for
 from xdrop.tracing import called_as_is
 from xdrop.validation import (
     ArrayDescription,
+    as_input_array,
     bad_array,
     bad_array_type,
     check_alpha,
@@ -220,9 +221,9 @@ def _describe(xp: Backend, a: Array) -> ArrayDescription:
 def _as_array(xp: Backend, argument: str, value: Any) -> Array:
     """``value`` as an array of ``xp``: NumPy arrays and Python values are converted."""
     if xp.is_array(value):
-        return value
+        return as_input_array(xp, value, argument)
     if isinstance(value, (np.ndarray, np.generic, list, tuple, numbers.Number)):
-        return xp.asarray(value)
+        return as_input_array(xp, value, argument)
     raise bad_type(argument, value, f"an array of the framework of logits1 ({xp.name})")
 
 

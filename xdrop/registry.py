@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xdrop.errors import BackendError
+from xdrop.errors import BackendError, bad_type
 from xdrop.protocol import Backend
 from xdrop.tracing import host_constant
 
@@ -143,6 +143,8 @@ def is_built_in(name: str) -> bool:
 
 def load(name: str) -> Backend:
     """The backend registered as ``name``, created (and its framework imported) on first use."""
+    if not isinstance(name, str):
+        raise bad_type("backend name", name, f"a str, one of: {', '.join(registered_names())}")
     backend = _backends.get(name)
     if backend is not None:
         return backend

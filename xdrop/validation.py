@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from xdrop.errors import ArgumentTypeError, ArgumentValueError, bad_type, bad_value, describe
+from xdrop.protocol import Array, Backend
 from xdrop.rdrop import REDUCTIONS
 from xdrop.spec import FLOAT_DTYPES, MODES, SEED_COUNT, WORD_COUNT, inverted_scale
 
@@ -84,12 +85,44 @@ def check_fold_data(data: object) -> int:
     return value
 
 
+class Shown:
+    """A value as an error message shows it, e.g. ``<array of int32>``."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+
 def check_float_dtype(dtype: str, argument: str = "x") -> str:
     if dtype not in FLOAT_DTYPES:
-        raise bad_type(
-            argument, f"<array of {dtype}>", "an array of float16, bfloat16, float32 or float64"
-        )
+        allowed = "an array of float16, bfloat16, float32 or float64"
+        raise ArgumentTypeError(describe(argument, Shown(f"<array of {dtype}>"), allowed))
     return dtype
+
+
+def as_input_array(xp: Backend, x: object, argument: str = "x") -> Array:
+    """``x`` as a dense array of ``xp``: its own arrays pass through, NumPy arrays and (nested)
+    lists of numbers are converted; what cannot be converted, or a sparse tensor, is an error."""
+    if xp.is_array(x):
+        layout = str(getattr(x, "layout", ""))
+        if getattr(x, "is_sparse", False) or layout.startswith("torch.sparse"):
+            allowed = "a dense array (xdrop draws a mask for every element, stored or not)"
+            raise ArgumentTypeError(describe(argument, Shown(f"<{layout} tensor>"), allowed))
+        return x
+    try:
+        return xp.asarray(x)
+    except (ValueError, TypeError, OverflowError) as error:  # ragged lists, strings, objects
+        shown = Shown(_shorten(repr(x)))
+        allowed = f"an array, or a rectangular nested list of numbers ({error})"
+        raise ArgumentTypeError(
+            describe(argument, shown, allowed) + f" of type {type(x).__name__}"
+        ) from error
+
+
+def _shorten(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def check_shape(shape: object) -> tuple[int, ...]:
