@@ -126,3 +126,13 @@ def test_native_mode_is_statistically_torch_dropout(p):
         kept = np.count_nonzero(values)
         assert abs(kept - count * q) <= 4 * math.sqrt(count * p * q)
         assert abs(values.mean() - 1.0) <= 4 * math.sqrt(p / q / count)
+
+
+def test_native_mode_takes_seed_tensors_as_the_integers_they_hold():
+    x = torch.ones(256)
+    for value in (5, 2**64 - 1):
+        expected = xdrop.dropout(x, 0.5, rng="native", seed=value)
+        tensor = torch.tensor(value if value < 2**63 else value - 2**64)
+        assert torch.equal(xdrop.dropout(x, 0.5, rng="native", seed=tensor), expected)
+        assert torch.equal(xdrop.dropout_mask(256, 0.5, rng="native", seed=tensor, like=x),
+                           xdrop.dropout_mask(256, 0.5, rng="native", seed=value, like=x))  # fmt: skip

@@ -98,7 +98,7 @@ def dropout(
         check_scale_fits(rate, dtype, mode)
         y, keep = _training(xp, x, seed, rate, noise, start, generator, mode, return_mask)
     else:
-        seeds.validate_seed(seed)
+        seeds.validate_seed(seed, xp)
         y, keep = spec.dropout(xp, x, rate, _nothing_to_draw, mode=mode, training=False)
     if not return_mask:
         return y
@@ -230,6 +230,7 @@ def dropout_mask(
     generator = seeds.rng_kind(rng)
     start = _check_offset(offset, size, generator)
     xp = backend_for(seed if like is None else like)
+    seeds.check_like(like, xp)
     resolved = _resolve_seed(xp, seed, generator, like)
     if generator == "native":
         return xp.native_keep_mask(size, 1.0 - rate, resolved, like)

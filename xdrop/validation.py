@@ -67,8 +67,11 @@ def check_counter_range(offset: int, count: int) -> None:
 
 
 def check_seed(seed: object) -> int:
-    """A host integer seed in ``[0, 2**64)``."""
+    """A host integer seed in ``[0, 2**64)``; a NumPy integer is read as the unsigned two's
+    complement of its width, as seed arrays are (``np.int64(-1)`` is ``2**64 - 1``)."""
     value = as_integer(seed)
+    if isinstance(seed, np.integer):
+        value = int(seed) % (1 << (8 * seed.dtype.itemsize))
     if value is None:
         raise bad_type("seed", seed, "an integer in [0, 2**64), an xdrop.Generator or None")
     if not 0 <= value < SEED_COUNT:
