@@ -105,8 +105,13 @@ def rdrop_loss(
 
     Args:
         logits1, logits2: the two passes' logits, as for :func:`rdrop_kl`.
-        labels: integer class indices, of the logits' shape without ``axis``.
-        alpha: the weight of the KL term, ``>= 0``; 0 gives ``CE1 + CE2`` alone.
+        labels: integer class indices, of the logits' shape without ``axis``. Their values are
+            checked (in ``[0, C)`` or ``ignore_index``) where they are host values (NumPy arrays,
+            lists, the NumPy backend); a framework's array is not read back for it, which would
+            cost a device sync per step: an out-of-range label there behaves as the framework's
+            indexing does (PyTorch raises, JAX clamps).
+        alpha: the weight of the KL term, ``>= 0`` and finite in the dtype the loss is computed
+            in; 0 gives ``CE1 + CE2`` alone.
         axis: the class axis.
         pad_mask: as for :func:`rdrop_kl` (True = padded, ignored); labels there may be anything.
         ignore_index: positions whose label equals it are ignored in both cross entropies and in
@@ -133,10 +138,11 @@ def rdrop_loss(
     shape = xp.shape(logits1)
     positions = rdrop.position_shape(shape, class_axis)
     how = check_reduction(reduction, positions)
-    weight = check_alpha(alpha)
+    weight = check_alpha(alpha, rdrop.compute_dtype(xp.dtype_name(logits1)))
     smoothing = check_label_smoothing(label_smoothing)
     ignored = check_ignore_index(ignore_index)
     pad = _pad_mask(xp, pad_mask, positions)
+    given = (labels, pad_mask)
     labels = _as_array(xp, "labels", labels)
     check_position_array(
         "labels",
@@ -145,7 +151,9 @@ def rdrop_loss(
         "an integer array",
         dtype_ok=is_integer_dtype(xp.dtype_name(labels)),
     )
-    if not (xp.is_tracing(labels) or (pad is not None and xp.is_tracing(pad))):
+    # label values are checked where they are on the host already; reading a device array back
+    # would stall every training step on a sync with the accelerator
+    if all(value is None or _on_host(xp, value) for value in given):
         padded = None if pad is None else xp.to_numpy(pad)
         check_labels_in_range(xp.to_numpy(labels), shape[class_axis], ignored, padded)
     return rdrop.rdrop_loss(
@@ -214,6 +222,13 @@ def rdrop_forward(model_fn: Callable[[Any], Any], x: Any, *, axis: int = 0) -> t
 
 
 # -- argument handling -----------------------------------------------------------------------------
+def _on_host(xp: Backend, value: Any) -> bool:
+    """Whether ``value`` was given as a host value: NumPy, Python, or an array of a NumPy backend."""
+    if xp.is_array(value):
+        return xp.framework == "numpy"
+    return isinstance(value, (np.ndarray, np.generic, list, tuple, numbers.Number))
+
+
 def _describe(xp: Backend, a: Array) -> ArrayDescription:
     return ArrayDescription(xp.dtype_name(a), tuple(xp.shape(a)))
 

@@ -13,7 +13,7 @@ import numpy as np
 from xdrop.errors import ArgumentTypeError, ArgumentValueError, bad_type, bad_value, describe
 from xdrop.protocol import Array, Backend
 from xdrop.rdrop import REDUCTIONS
-from xdrop.spec import FLOAT_DTYPES, MODES, SEED_COUNT, WORD_COUNT, inverted_scale
+from xdrop.spec import FLOAT_DTYPES, MODES, SEED_COUNT, WORD_COUNT, inverted_scale, rounded
 
 
 def as_integer(value: object) -> int | None:
@@ -259,13 +259,15 @@ def check_reduction(reduction: object, positions: tuple[int, ...]) -> str:
     return str(reduction)
 
 
-def check_alpha(alpha: object) -> float:
-    """The weight of the KL term: a finite real number >= 0."""
+def check_alpha(alpha: object, dtype: str = "float64") -> float:
+    """The weight of the KL term: a real number >= 0, finite in ``dtype``, the dtype the loss is
+    computed in (``alpha=1e39`` overflows float32 and would make every loss NaN)."""
+    allowed = f"a real number >= 0 that is finite in {dtype} (the dtype the loss is computed in)"
     if isinstance(alpha, (bool, np.bool_)) or not isinstance(alpha, numbers.Real):
-        raise bad_type("alpha", alpha, "a finite real number >= 0")
+        raise bad_type("alpha", alpha, allowed)
     value = float(alpha)
-    if not math.isfinite(value) or value < 0:
-        raise bad_value("alpha", alpha, "a finite real number >= 0")
+    if not math.isfinite(value) or value < 0 or math.isinf(rounded(value, dtype)):
+        raise bad_value("alpha", alpha, allowed)
     return value
 
 
