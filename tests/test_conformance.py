@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from xdrop import registry
@@ -99,3 +101,14 @@ def test_a_backend_without_the_loss_operations_skips_only_the_rdrop_cases(monkey
             assert "the numpy backend does not implement" in result.detail
         else:
             assert result.status == "passed", (result.case_id, result.detail)
+
+
+def test_the_comparator_matches_the_spec_on_nans_and_signed_zeros():
+    from xdrop.conformance.runner import _same_bits
+
+    quiet, canonical_cuda = np.float32(np.nan), np.uint32(0x7FFFFFFF).view(np.float32)
+    a = np.array([quiet, 0.0, 1.0, quiet], np.float32).astype(np.float64)
+    b = np.array([canonical_cuda, -0.0, 1.0, 1.0], np.float32).astype(np.float64)
+    assert _same_bits(a, b).tolist() == [True, False, True, False]
+    spec = (Path(__file__).parent.parent / "docs" / "spec.md").read_text()
+    assert "NaN payloads are not specified" in spec and "any NaN to equal any NaN" in spec
