@@ -155,3 +155,12 @@ def test_the_jax_equality_holds_exactly_as_the_spec_states(x64, python_float_equ
                             env=environment)  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == [str(x64 == "1"), str(python_float_equal), "True"]
+
+
+def test_the_edge_rates_are_checked_on_jax_without_x64():
+    from xdrop.conformance import golden_cases, run_backend
+
+    narrow = [case for case in golden_cases() if case["group"] == "edge_p_narrow"]
+    for mode in ("eager", "compiled"):
+        report = run_backend("jax", narrow, mode=mode)
+        assert [result.status for result in report.results] == ["passed"] * len(narrow), mode
