@@ -158,3 +158,10 @@ def test_the_json_report_gives_each_skipped_case_its_reason():
     ])  # fmt: skip
     (run,) = cli._document([report], passed=True)["runs"]
     assert run["skipped"] == [{"case": "b", "reason": "float64 arrays need jax_enable_x64"}]
+
+
+def test_ci_runs_the_backend_independent_tests_once():
+    script = (ROOT / ".ci" / "run").read_text()
+    first, loop = script.split("for backend in", 1)
+    assert "python -m pytest" in first and "-m " not in first.split("python -m pytest", 1)[1][:40]
+    assert 'python -m pytest -q -m "not backend_independent"' in loop.split("done", 1)[0]
