@@ -150,7 +150,7 @@ def check_mask_size(shape: object, count: int) -> None:
         raise bad_value(
             "shape", shape, "a shape of at most 2**64 elements (the counters of mask stream v1)"
         )
-    limit = memory_bytes()
+    limit = MEMORY_BYTES
     if count > limit:  # a boolean mask takes a byte per element
         raise bad_value(
             "shape",
@@ -168,6 +168,9 @@ def memory_bytes() -> int:
     except (AttributeError, ValueError, OSError):  # not a POSIX system
         physical = sys.maxsize
     return min(sys.maxsize, physical if physical > 0 else sys.maxsize)
+
+
+MEMORY_BYTES = memory_bytes()  # read once: torch.compile cannot trace os.sysconf
 
 
 def check_noise_shape(noise_shape: object, shape: tuple[int, ...]) -> tuple[int, ...]:
