@@ -1,8 +1,9 @@
 """Any array whose namespace follows the Python Array API standard (``x.__array_namespace__()``):
 CuPy, Dask, ``array-api-strict``, and NumPy or JAX through their namespaces.
 
-It uses only the standard's functions, which shows that the spec needs nothing else. Arrays of a
-framework with a dedicated backend still go to that backend: this one is generic and is asked last.
+It uses only the standard's functions, which shows that the spec needs nothing else; every array
+it creates is made on the device of the array it goes with (``device=``). Arrays of a framework
+with a dedicated backend still go to that backend: this one is generic and is asked last.
 """
 
 from __future__ import annotations
@@ -55,21 +56,22 @@ class ArrayApiBackend(Backend):
                 return name
         return str(x.dtype)
 
-    def shape(self, x: Any) -> tuple[int, ...]:
+    def shape(self, x: Any) -> tuple[int | None, ...]:
         return tuple(x.shape)
 
-    def multiply(self, x: Any, factor: float) -> Any:
+    def multiply(self, x: Any, factor: Any) -> Any:
         return x * factor  # a Python scalar takes the array's dtype in the standard
 
     def select(self, keep: Any, x: Any) -> Any:
         xp = self._namespace(x)
-        return xp.where(keep, x, xp.zeros((), dtype=x.dtype))
+        return xp.where(keep, x, xp.zeros((), dtype=x.dtype, device=_device(x)))
 
     def broadcast_to(self, a: Any, shape: tuple[int, ...]) -> Any:
         return self._namespace(a).broadcast_to(a, shape)
 
     def full_mask(self, shape: tuple[int, ...], value: bool, like: Any = None) -> Any:
-        return self._namespace(like).full(shape, value, dtype=self._namespace(like).bool)
+        xp = self._namespace(like)
+        return xp.full(shape, value, dtype=xp.bool, device=_device(like))
 
     def reshape(self, a: Any, shape: tuple[int, ...]) -> Any:
         return self._namespace(a).reshape(a, shape)
@@ -79,11 +81,11 @@ class ArrayApiBackend(Backend):
 
     def word(self, value: int, like: Any = None) -> Any:
         xp = self._namespace(like)
-        return xp.asarray(value, dtype=xp.uint32)
+        return xp.asarray(value, dtype=xp.uint32, device=_device(like))
 
     def iota(self, n: int, like: Any = None) -> Any:
         xp = self._namespace(like)
-        return xp.arange(n, dtype=xp.uint32)
+        return xp.arange(n, dtype=xp.uint32, device=_device(like))
 
     def add(self, a: Any, b: Any) -> Any:
         return self._namespace(a).add(a, b)
@@ -93,13 +95,19 @@ class ArrayApiBackend(Backend):
 
     def rotate_left(self, a: Any, bits: int) -> Any:
         xp = self._namespace(a)
-        left = xp.bitwise_left_shift(a, xp.asarray(bits, dtype=xp.uint32))
-        right = xp.bitwise_right_shift(a, xp.asarray(32 - bits, dtype=xp.uint32))
+        left = xp.bitwise_left_shift(a, self.word(bits, a))
+        right = xp.bitwise_right_shift(a, self.word(32 - bits, a))
         return xp.bitwise_or(left, right)
 
-    def less_than(self, a: Any, threshold: int) -> Any:
-        xp = self._namespace(a)
-        return xp.less(a, xp.asarray(threshold, dtype=xp.uint32))
+    def shift_right(self, a: Any, bits: int) -> Any:
+        return self._namespace(a).bitwise_right_shift(a, self.word(bits, a))
+
+    def less_than(self, a: Any, b: Any) -> Any:
+        return self._namespace(a).less(a, self.word(b, a) if isinstance(b, int) else b)
+
+    def from_bool(self, mask: Any) -> Any:
+        xp = self._namespace(mask)
+        return xp.astype(mask, xp.uint32)
 
     def seed_words(self, seed: Any) -> Key:
         xp = self._namespace(seed)
@@ -109,9 +117,85 @@ class ArrayApiBackend(Backend):
         unsigned = xp.astype(seed, getattr(xp, f"uint{width}"))  # wraps: the unsigned reading
         low = xp.astype(unsigned, xp.uint32)
         if width < 64:
-            return xp.zeros((), dtype=xp.uint32), low
-        high = xp.bitwise_right_shift(unsigned, xp.asarray(32, dtype=xp.uint64))
+            return xp.zeros((), dtype=xp.uint32, device=_device(seed)), low
+        high = xp.bitwise_right_shift(
+            unsigned, xp.asarray(32, dtype=xp.uint64, device=_device(seed))
+        )
         return xp.astype(high, xp.uint32), low
 
     def seed_array(self, key: Key) -> Any:
         return self._namespace(key[0]).stack(list(key))
+
+    # -- losses: the standard has every operation R-Dropout needs ------------------------------------
+    def astype(self, x: Any, dtype: str) -> Any:
+        xp = self._namespace(x)
+        return xp.astype(x, getattr(xp, dtype))
+
+    def exp(self, x: Any) -> Any:
+        return self._namespace(x).exp(x)
+
+    def log_softmax(self, x: Any, axis: int) -> Any:
+        xp = self._namespace(x)
+        peak = xp.max(x, axis=axis, keepdims=True)
+        # a row of -inf (or holding +inf or NaN) has no distribution: NaN, as elsewhere
+        shifted = x - xp.where(xp.isfinite(peak), peak, xp.zeros_like(peak))
+        return shifted - xp.log(xp.sum(xp.exp(shifted), axis=axis, keepdims=True))
+
+    def sum(self, x: Any, axis: int | None = None) -> Any:
+        return self._namespace(x).sum(x, axis=axis)
+
+    def plus(self, a: Any, b: Any) -> Any:
+        return a + b
+
+    def minus(self, a: Any, b: Any) -> Any:
+        return a - b
+
+    def times(self, a: Any, b: Any) -> Any:
+        return a * b
+
+    def divide(self, a: Any, b: Any) -> Any:
+        return a / b
+
+    def equal(self, a: Any, b: Any) -> Any:
+        return a == b
+
+    def logical_or(self, a: Any, b: Any) -> Any:
+        return self._namespace(a).logical_or(a, b)
+
+    def where(self, condition: Any, a: Any, b: Any) -> Any:
+        xp = self._namespace(condition)
+        if isinstance(a, (int, float)):  # a Python number takes the other operand's dtype
+            a = xp.asarray(a, dtype=b.dtype, device=_device(b))
+        elif isinstance(b, (int, float)):
+            b = xp.asarray(b, dtype=a.dtype, device=_device(a))
+        return xp.where(condition, a, b)
+
+    def take_along_axis(self, x: Any, indices: Any, axis: int) -> Any:
+        xp = self._namespace(x)
+        if not hasattr(xp, "take_along_axis"):  # the standard has it since 2024.12
+            raise self._missing("take_along_axis")
+        return xp.take_along_axis(x, xp.astype(indices, xp.int64), axis=axis)
+
+    # -- rates held in arrays -----------------------------------------------------------------------
+    def ceil(self, x: Any) -> Any:
+        return self._namespace(x).ceil(x)
+
+    def less_equal(self, a: Any, b: Any) -> Any:
+        return a <= b if not isinstance(a, (int, float)) else b >= a
+
+    def logical_and(self, a: Any, b: Any) -> Any:
+        return self._namespace(a).logical_and(a, b)
+
+    def word_from_float(self, x: Any) -> Any:
+        xp = self._namespace(x)
+        return xp.astype(x, xp.uint32)
+
+    def split(self, x: Any, sections: int, axis: int) -> list[Any]:
+        size = x.shape[axis] // sections
+        before = (slice(None),) * axis
+        return [x[(*before, slice(i * size, (i + 1) * size), ...)] for i in range(sections)]
+
+
+def _device(like: Any) -> Any:
+    """The device of ``like`` (None: the namespace's default), for ``device=`` of a new array."""
+    return getattr(like, "device", None)

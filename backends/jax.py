@@ -49,6 +49,9 @@ class JaxBackend(Backend):
     def runtime_shape(self, x: Any) -> tuple[Any, ...]:
         return tuple(x.shape)  # symbolic dimensions work in shapes and in iota
 
+    def dim_array(self, dim: Any, dtype: str) -> Any:
+        return self.jnp.asarray(dim, dtype=dtype)  # a symbolic dimension becomes a value
+
     def multiply(self, x: Any, factor: Any) -> Any:
         return x * factor  # a Python float is weakly typed: the product stays in x's dtype
 

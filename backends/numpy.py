@@ -116,7 +116,8 @@ class NumpyBackend(Backend):
         return self.word(value >> 32), self.word(value & 0xFFFF_FFFF)
 
     def seed_array(self, key: Key) -> np.ndarray:
-        return np.array([int(word) for word in key], np.uint32)
+        value = int(key[0]) << 32 | int(key[1])  # 0-d int64 holding the seed's two's complement
+        return np.array(value - (1 << 64) if value >> 63 else value, np.int64)
 
     def native_keep_mask(
         self, shape: tuple[int, ...], keep_probability: float, seed: Any, like: Any

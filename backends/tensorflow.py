@@ -50,10 +50,17 @@ class TensorflowBackend(Backend):
     def size(self, shape: tuple[Any, ...]) -> Any:
         if all(isinstance(size, int) for size in shape):
             return math.prod(shape)
-        return self.tf.reduce_prod(self.tf.stack([self.tf.cast(size, self.tf.int32) for size in shape]))
+        return self.tf.reduce_prod(
+            self.tf.stack([self.tf.cast(size, self.tf.int32) for size in shape])
+        )
+
+    def dim_array(self, dim: Any, dtype: str) -> Any:
+        return self.tf.cast(dim, dtype)
 
     def multiply(self, x: Any, factor: Any) -> Any:
-        return x * (factor if isinstance(factor, self.tf.Tensor) else self.tf.constant(factor, x.dtype))
+        return x * (
+            factor if isinstance(factor, self.tf.Tensor) else self.tf.constant(factor, x.dtype)
+        )
 
     def select(self, keep: Any, x: Any) -> Any:
         return self.tf.where(keep, x, self.tf.zeros((), x.dtype))

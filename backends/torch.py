@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from xdrop.errors import TracingError
 from xdrop.protocol import Backend, Key
 
 _SIGN_BIT = 1 << 31
@@ -52,6 +53,9 @@ class TorchBackend(Backend):
 
     def runtime_shape(self, x: Any) -> tuple[Any, ...]:
         return tuple(x.shape)
+
+    def dim_array(self, dim: Any, dtype: str) -> Any:
+        return self.torch.tensor(dim, dtype=self._dtype(dtype))  # a SymInt stays symbolic
 
     def multiply(self, x: Any, factor: Any) -> Any:
         return x * factor
@@ -134,7 +138,9 @@ class TorchBackend(Backend):
         torch = self.torch
         width = torch.iinfo(seed.dtype).bits
         if seed.ndim == 1:  # uint32[2]: (hi, lo)
-            return self.word_of_int64(seed[0].to(torch.int64)), self.word_of_int64(seed[1].to(torch.int64))
+            return self.word_of_int64(seed[0].to(torch.int64)), self.word_of_int64(
+                seed[1].to(torch.int64)
+            )
         value = seed.to(torch.int64)
         if width < 64:  # a negative value means its unsigned two's complement of the width
             value = value & ((1 << width) - 1)
@@ -148,10 +154,16 @@ class TorchBackend(Backend):
         self, shape: tuple[int, ...], keep_probability: float, seed: int | Key | None, like: Any
     ) -> Any:
         generator = None
-        if isinstance(seed, int):
+        if isinstance(seed, tuple):  # a seed tensor's key words: torch.Generator takes an int
+            if self.torch.compiler.is_compiling():
+                raise TracingError(
+                    'torch\'s own generator (rng="native") takes its seed as a Python int, which '
+                    'a traced seed tensor is not under torch.compile; use rng="portable" there'
+                )
+            high, low = (int(word) & _LOW_WORD for word in seed)
+            seed = high << 32 | low  # the same mask as the integer the tensor holds
+        if seed is not None:
             generator = self.torch.Generator(device=_device(like) or "cpu").manual_seed(seed)
-        elif seed is not None:
-            raise TypeError("torch's native generator takes an integer seed or None")
         uniform = self.torch.rand(shape, generator=generator, device=_device(like))
         return uniform < keep_probability
 

@@ -40,3 +40,36 @@ def test_seed_arrays_of_the_namespace():
     seed = strict.asarray(-1, dtype=strict.int64)  # read as 2**64 - 1
     assert (np.asarray(xdrop.dropout(x, 0.5, seed=seed)) == np.asarray(
         xdrop.dropout(x, 0.5, seed=2**64 - 1))).all()  # fmt: skip
+
+
+def test_arrays_on_another_device_get_masks_on_that_device():
+    device = strict.Device("device1")
+    x = strict.ones((4, 5), dtype=strict.float32, device=device)
+    y, keep = xdrop.dropout(x, 0.5, seed=7, return_mask=True)
+    assert y.device == device and keep.device == device
+    cpu = strict.Device("CPU_DEVICE")
+    here = xdrop.dropout_mask((4, 5), 0.5, seed=7, like=strict.ones(1))
+    assert bool(strict.all(keep.to_device(cpu) == here))
+    seed = strict.asarray(7, dtype=strict.int64, device=device)
+    assert xdrop.dropout(x, 0.5, seed=seed).device == device
+    mask = xdrop.dropout_mask((4, 5), 0.5, seed=7, like=x)
+    assert mask.device == device
+
+
+def test_r_dropout_runs_on_the_standard_alone():
+    rng = np.random.default_rng(0)
+    z1, z2 = rng.normal(size=(2, 6, 5)), rng.normal(size=(2, 6, 5))
+    labels, pad = rng.integers(0, 5, (2, 6)), rng.random((2, 6)) < 0.3
+    on_strict = [strict.asarray(value) for value in (z1, z2, labels, pad)]
+    for reduction in ("sum", "mean", "none"):
+        expected = xdrop.rdrop_loss(z1, z2, labels, pad_mask=pad, alpha=0.5, reduction=reduction,
+                                    label_smoothing=0.1)  # fmt: skip
+        got = xdrop.rdrop_loss(*on_strict[:3], pad_mask=on_strict[3], alpha=0.5,
+                               reduction=reduction, label_smoothing=0.1)  # fmt: skip
+        assert type(got) is type(on_strict[0])
+        np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-12, atol=1e-12)
+        kl = xdrop.rdrop_kl(on_strict[0], on_strict[1], pad_mask=on_strict[3], reduction=reduction)
+        np.testing.assert_allclose(np.asarray(kl), xdrop.rdrop_kl(z1, z2, pad_mask=pad,
+                                   reduction=reduction), rtol=1e-12, atol=1e-12)  # fmt: skip
+    out1, out2 = xdrop.rdrop_forward(lambda x: x * 2.0, strict.ones((3, 2)))
+    assert out1.shape == out2.shape == (3, 2)

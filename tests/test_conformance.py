@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from xdrop import registry
@@ -99,3 +101,45 @@ def test_a_backend_without_the_loss_operations_skips_only_the_rdrop_cases(monkey
             assert "the numpy backend does not implement" in result.detail
         else:
             assert result.status == "passed", (result.case_id, result.detail)
+
+
+def test_the_comparator_matches_the_spec_on_nans_and_signed_zeros():
+    from xdrop.conformance.runner import _same_bits
+
+    quiet, canonical_cuda = np.float32(np.nan), np.uint32(0x7FFFFFFF).view(np.float32)
+    a = np.array([quiet, 0.0, 1.0, quiet], np.float32).astype(np.float64)
+    b = np.array([canonical_cuda, -0.0, 1.0, 1.0], np.float32).astype(np.float64)
+    assert _same_bits(a, b).tolist() == [True, False, True, False]
+    spec = (Path(__file__).parent.parent / "docs" / "spec.md").read_text()
+    assert "NaN payloads are not specified" in spec and "any NaN to equal any NaN" in spec
+
+
+def test_the_sample_for_slow_compilers_covers_what_a_compiled_graph_can_get_wrong():
+    from xdrop.conformance.runner import sample
+
+    chosen = sample(CASES)
+    dropout = [case for case in chosen if case["kind"] == "dropout"]
+    assert {case["dtype"] for case in dropout} == {"float16", "bfloat16", "float32", "float64"}
+    assert {case["training"] for case in dropout} == {True, False}
+    assert {case["mode"] for case in dropout} == {"inverted", "classic"}
+    rates = {case["p"] for case in dropout}
+    assert {0.0, 1.0} <= rates and any(0 < p < 1e-6 for p in rates)
+    assert any(p > 1 - 1e-6 and p < 1 for p in rates)
+    assert any(case["noise_shape"] for case in dropout)
+    offsets = [(case["offset"], np.prod(case["shape"])) for case in chosen if "offset" in case]
+    assert any(o // 2**32 != (o + n - 1) // 2**32 for o, n in offsets)  # across 2**32
+    assert any(o >= 2**32 for o, _ in offsets)
+    assert {case["data"] >= 2**31 for case in chosen if case["kind"] == "fold_in"} == {True, False}
+    assert {case["kind"] for case in chosen} >= {"mask", "rdrop_kl", "rdrop_loss"}
+    assert len(chosen) <= 24  # still a sample: each case is a compilation of seconds
+
+
+def test_every_backend_checks_the_edge_rates_in_float32_and_bfloat16():
+    narrow = [case for case in CASES if case["group"] == "edge_p_narrow"]
+    for dtype in ("float32", "bfloat16"):
+        rates = {case["p"] for case in narrow if case["dtype"] == dtype}
+        assert {0.0, 1.0} <= rates and any(0 < p < 1e-6 for p in rates)
+    report = run_backend(registry.default_name(), narrow)
+    assert not report.failed
+    ran = {result.case_id for result in report.results if result.status == "passed"}
+    assert {case["id"] for case in narrow if case["dtype"] != "float16"} <= ran

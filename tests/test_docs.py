@@ -12,6 +12,8 @@ import pytest
 
 import xdrop
 
+pytestmark = pytest.mark.backend_independent  # CI runs it once, not per backend
+
 ROOT = Path(__file__).resolve().parents[1]
 MODULES = sorted(
     info.name

@@ -155,3 +155,50 @@ def test_errors_can_be_caught_as_builtin_or_xdrop_errors(x):
         xdrop.dropout(x, 2.0)
     with pytest.raises(xdrop.XdropError):
         xdrop.dropout(x, 2.0)
+
+
+@pytest.mark.parametrize(
+    ("shape", "reason"),
+    [
+        ((2**64 + 1,), "at most 2**64 elements"),
+        ((2**33, 2**32), "at most 2**64 elements"),
+        ((2**64,), "this machine's memory"),
+        ((2**32, 2**32), "this machine's memory"),
+        ((2**62,), "this machine's memory"),
+        ((2**63,), "this machine's memory"),  # a dimension NumPy cannot even describe
+    ],
+)
+def test_a_mask_too_large_to_make_is_refused_at_once_blaming_the_shape(shape, reason):
+    # before: a list of chunks grew without end, or the size was blamed on `offset`
+    with raises(ValueError, "shape must be", repr(shape), reason):
+        xdrop.dropout_mask(shape, 0.5, seed=0)
+    with raises(ValueError, "shape must be", reason):
+        xdrop.dropout_mask(shape, 0.5, seed=0, offset=5)
+
+
+def test_a_non_float_array_is_shown_as_an_array_not_a_string():
+    with raises(TypeError, "got <array of int32>") as info:
+        xdrop.dropout(np.ones(3, np.int32), 0.5, seed=0)
+    assert "of type str" not in str(info.value)
+
+
+@pytest.mark.parametrize("x", [[[1.0], [1.0, 2.0]], [[1.0, 2.0], 3.0]])
+def test_what_cannot_become_an_array_is_an_xdrop_error(x):
+    with raises(TypeError, "x must be an array, or a rectangular nested list of numbers"):
+        xdrop.dropout(x, 0.5, seed=0)
+
+
+@pytest.mark.parametrize("name", [["numpy"], None, 3])
+def test_a_backend_name_that_is_not_a_string_is_an_xdrop_error(name):
+    with raises(TypeError, "backend name must be a str", repr(name)):
+        xdrop.set_backend(name)
+    with raises(TypeError, "backend name must be a str"):
+        xdrop.use_backend(name).__enter__()
+
+
+def test_sparse_torch_tensors_are_refused_with_an_xdrop_error():
+    torch = pytest.importorskip("torch")
+    for x in (torch.ones(3).to_sparse(), torch.ones(3, 3).to_sparse_csr()):
+        for training in (True, False):
+            with raises(TypeError, "x must be a dense array", "torch.sparse"):
+                xdrop.dropout(x, 0.5, seed=0, training=training, mode="classic")

@@ -16,6 +16,8 @@ import pytest
 
 import xdrop
 
+pytestmark = pytest.mark.backend_independent  # CI runs it once, not per backend
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 SCRIPTS = {
     "numpy": "rdrop_numpy.py",

@@ -116,3 +116,51 @@ def test_native_mode_is_statistically_jax_bernoulli(p):
     q = 1 - p
     assert set(np.unique(values)) <= {0.0, np.float32(1) / np.float32(q)}
     assert abs(np.count_nonzero(values) - count * q) <= 4 * math.sqrt(count * p * q)
+
+
+@pytest.mark.parametrize("impl", ["rbg", "unsafe_rbg"])
+def test_keys_of_other_generators_than_threefry_are_refused(impl):
+    key = jax.random.key(0, impl=impl)
+    with pytest.raises(TypeError, match=r"a JAX key of the Threefry implementation") as raised:
+        xdrop.dropout(jnp.ones(4), 0.5, seed=key)
+    assert f"dtype {key.dtype}" in str(raised.value)
+    with pytest.raises(TypeError, match="Threefry"):
+        xdrop.dropout_mask(4, 0.5, seed=key)
+    assert xdrop.dropout_mask(4, 0.5, seed=jax.random.key(0)).shape == (4,)  # Threefry is fine
+
+
+X64_CHECK = """
+import jax, jax.numpy as jnp, numpy as np, xdrop
+same = []
+for p in (0.5, 0.1, 0.3):
+    ours = np.asarray(xdrop.dropout_mask((4096,), p, seed=7))
+    key = jax.random.key(7)
+    python_float = np.asarray(jax.random.bernoulli(key, 1 - p, (4096,)))
+    float32 = np.asarray(jax.random.bernoulli(key, jnp.float32(1 - p), (4096,)))
+    same.append((bool((ours == python_float).all()), bool((ours == float32).all())))
+print(jax.config.jax_enable_x64, all(a for a, _ in same), all(b for _, b in same))
+"""
+
+
+@pytest.mark.parametrize(("x64", "python_float_equal"), [("0", True), ("1", False)])
+def test_the_jax_equality_holds_exactly_as_the_spec_states(x64, python_float_equal):
+    """docs/spec.md: equal to jax.random.bernoulli(key, 1 - p) with jax_enable_x64 off; with it
+    on, only for a float32 probability (a Python float then draws float64 uniforms)."""
+    import os
+    import subprocess
+    import sys
+
+    environment = {**os.environ, "JAX_ENABLE_X64": x64}
+    result = subprocess.run([sys.executable, "-c", X64_CHECK], capture_output=True, text=True,
+                            env=environment)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [str(x64 == "1"), str(python_float_equal), "True"]
+
+
+def test_the_edge_rates_are_checked_on_jax_without_x64():
+    from xdrop.conformance import golden_cases, run_backend
+
+    narrow = [case for case in golden_cases() if case["group"] == "edge_p_narrow"]
+    for mode in ("eager", "compiled"):
+        report = run_backend("jax", narrow, mode=mode)
+        assert [result.status for result in report.results] == ["passed"] * len(narrow), mode

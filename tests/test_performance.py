@@ -19,9 +19,9 @@ def test_chunked_application_gives_the_bits_of_one_select(xp, array, host):
     x = array(np.linspace(-3, 3, 70_003))
     key = spec.key_words(xp, 99)
     for factor in (None, spec.inverted_scale(0.3, "float32")):
-        chunks = spec.keep_chunks(xp, key, 70_003, 0.3, offset=5, like=x)
+        chunks = spec.keep_chunks(xp, key, 70_003, spec.keep_count(0.3), offset=5, like=x)
         y, keep = xp.select_chunks(chunks, x, factor, True)
-        whole = spec.keep_mask(xp, key, (70_003,), 0.3, offset=5, like=x)
+        whole = spec.keep_mask(xp, key, (70_003,), spec.keep_count(0.3), offset=5, like=x)
         expected = xp.select(whole, x if factor is None else xp.multiply(x, factor))
         assert (host(keep) == host(whole)).all()
         assert (host(y).view(np.uint32) == host(expected).view(np.uint32)).all()
@@ -46,7 +46,7 @@ def test_word_operations_in_place_never_touch_the_callers_arrays(xp, host):
     assert host(seed) == seed_copy and host(data) == data_copy
     key = spec.key_words(xp, 5)
     before = [host(word).copy() for word in key]
-    spec.keep_mask(xp, key, (100,), 0.5)
+    spec.keep_mask(xp, key, (100,), spec.keep_count(0.5))
     assert [host(word) for word in key] == before
 
 

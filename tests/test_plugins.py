@@ -1,17 +1,25 @@
 """Backends from other packages: found through entry points, checked, and kept apart when broken.
 
-The plugins are real distributions under tests/plugins/, installed by the test command."""
+The plugins are real distributions under tests/plugins/: ``tests/conftest.py`` gives each a
+``.dist-info`` on ``sys.path`` and ``PYTHONPATH`` while the tests run, so that
+``importlib.metadata`` discovers their entry points as it does an installed package's."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+from importlib import metadata
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 import xdrop
 from xdrop import conformance, reference, registry
+
+pytestmark = pytest.mark.backend_independent
+ROOT = Path(__file__).parent.parent
 
 boxed = pytest.importorskip(
     "xdrop_testplugin.boxed", reason="install tests/plugins/xdrop-testplugin"
@@ -20,6 +28,22 @@ boxed = pytest.importorskip(
 
 def test_a_plugin_is_registered_and_available():
     assert xdrop.available_backends()["boxed"] is True
+
+
+def test_plugins_are_found_through_their_distributions_entry_points():
+    (claim,) = registry._registered()["boxed"]
+    assert claim.dist is not None and claim.dist.name == "xdrop-testplugin"
+    assert claim.value == "xdrop_testplugin.boxed:BoxedBackend"
+    assert "boxed" in {entry.name for entry in metadata.entry_points(group="xdrop.backends")}
+
+
+def test_the_test_plugins_are_never_installed():
+    # they exist only while the tests run: the install commands do not name them
+    for path in ("ci/requirements.txt", ".ci/run"):
+        assert "tests/plugins" not in (ROOT / path).read_text(), path
+    readme = (ROOT / "README.md").read_text()
+    install = readme[readme.index("pip install -c") :].splitlines()[0]
+    assert install == "pip install -c ci/constraints.txt -r ci/requirements.txt && python -m pytest"
 
 
 def test_dispatch_recognises_the_plugins_array_type():
@@ -47,13 +71,107 @@ def test_the_plugin_passes_the_conformance_kit():
         ("broken_import", "cannot be imported (No module named 'xdrop_no_such_framework')"),
         ("incomplete", "failed to load: TypeError: Can't instantiate abstract class"),
         ("wrong_types", "fails its self-check: a keep mask came back as int64"),
+        ("exits", "failed to load: SystemExit: xdrop_testplugin.exits: a plugin that exits"),
     ],
 )
 def test_a_broken_plugin_is_named_with_its_problem(name, problem):
     with pytest.raises(xdrop.BackendError) as raised:
         registry.load(name)
     assert f"xdrop backend {name!r}" in str(raised.value) and problem in str(raised.value)
-    assert xdrop.available_backends()[name] is (name == "wrong_types")  # only a draw shows that one
+    # one notion of available: what fails to load (or its self-check) is not available
+    assert xdrop.available_backends()[name] is False
+
+
+def test_a_plugin_that_exits_on_import_takes_nothing_down():
+    torch = pytest.importorskip("torch")
+    code = (
+        "import numpy as np, torch, xdrop\n"
+        "print(xdrop.available_backends()['exits'], xdrop.available_backends()['numpy'])\n"
+        "print(type(xdrop.dropout(torch.ones(4), 0.5, seed=1)).__name__)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env=_environment())  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False", "True", "Tensor"]
+    expected = xdrop.dropout(np.ones(4, np.float32), 0.5, seed=1).tolist()
+    assert xdrop.dropout(torch.ones(4), 0.5, seed=1).tolist() == expected
+    command = [
+        sys.executable,
+        "-m",
+        "xdrop",
+        "conformance",
+        "--backend",
+        "numpy",
+        "--mode",
+        "eager",
+    ]
+    run = subprocess.run(command, capture_output=True, text=True, env=_environment())
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_chunks_of_the_wrong_size_are_an_error_not_uninitialised_output():
+    # the self-check draws 16 elements, which this plugin gets right
+    assert xdrop.available_backends()["wrong_sizes"] is True
+    with xdrop.use_backend("wrong_sizes"):
+        for draw in (
+            lambda: xdrop.dropout(np.ones(100, np.float32), 0.5, seed=0),
+            lambda: xdrop.dropout(np.ones(100, np.float32), 0.5, seed=0, return_mask=True),
+            lambda: xdrop.dropout_mask((100,), 0.5, seed=0),
+        ):
+            with pytest.raises(xdrop.BackendError, match=r"'wrong_sizes' .* 99 elements, not 100"):
+                draw()
+
+
+class _EntryPoint:
+    """An entry point of a distribution that is not installed, for claims made up by a test."""
+
+    def __init__(self, name: str, backend_class: type, distribution: str) -> None:
+        self.name, self.value = name, f"{backend_class.__module__}:{backend_class.__qualname__}"
+        self.dist, self._class = SimpleNamespace(name=distribution), backend_class
+
+    def load(self) -> type:
+        return self._class
+
+
+@pytest.fixture
+def claims(monkeypatch):
+    """Register extra backends for one test; dispatch forgets what it learnt meanwhile."""
+    monkeypatch.setattr(registry, "_owner_of_type", {})
+    monkeypatch.setattr(registry, "_backends", dict(registry._backends))
+
+    def register(name: str, backend_class: type, distribution: str) -> None:
+        monkeypatch.setitem(
+            registry._registered(), name, [_EntryPoint(name, backend_class, distribution)]
+        )
+
+    return register
+
+
+def test_two_plugins_claiming_one_array_type_is_an_error_naming_both(claims):
+    class Rival(boxed.BoxedBackend):
+        name = "rival"
+
+    claims("rival", Rival, "xdrop-rival")
+    x = boxed.Boxed(np.ones(8, np.float32))
+    with pytest.raises(xdrop.BackendError, match="claimed by several xdrop backends") as raised:
+        xdrop.dropout(x, 0.5, seed=0)
+    assert "'boxed'" in str(raised.value) and "'rival'" in str(raised.value)
+    assert "xdrop-testplugin" in str(raised.value) and "xdrop-rival" in str(raised.value)
+    with xdrop.use_backend("rival"):  # selecting one settles it
+        assert registry.backend_for(x).name == "rival"
+
+
+def test_a_plugin_cannot_take_torch_tensors_from_the_built_in_backend(claims):
+    torch = pytest.importorskip("torch")
+    from xdrop.backends.torch import TorchBackend
+
+    class Atorch(TorchBackend):  # sorts before "torch"
+        name = "atorch"
+
+    claims("atorch", Atorch, "xdrop-atorch")
+    assert registry.backend_for(torch.ones(2)).name == "torch"
+    with xdrop.use_backend("atorch"):  # unless the user selects it
+        assert registry.backend_for(torch.ones(2)).name == "atorch"
 
 
 def test_broken_plugins_break_neither_import_nor_other_backends():

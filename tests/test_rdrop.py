@@ -566,7 +566,9 @@ def test_labels_of_the_wrong_shape(array):
 @pytest.mark.parametrize("alpha", [-0.5, math.nan, math.inf])
 def test_alpha_must_be_finite_and_non_negative(array, alpha):
     z = array(np.zeros((2, 3)))
-    with pytest.raises(xdrop.ArgumentValueError, match="alpha must be a finite real number >= 0"):
+    with pytest.raises(
+        xdrop.ArgumentValueError, match="alpha must be a real number >= 0 that is finite in"
+    ):
         xdrop.rdrop_loss(z, z, array([0, 1], "int64"), alpha=alpha)
 
 
@@ -802,3 +804,37 @@ def test_tensorflow_gradients_under_tf_function_are_finite_and_right():
     assert float(loss) == pytest.approx(value, rel=1e-5)
     np.testing.assert_allclose(grad1.numpy(), expected1, atol=1e-6)
     np.testing.assert_allclose(grad2.numpy(), expected2, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "alpha", "computed_in"),
+    [("float32", 1e39, "float32"), ("float16", 1e39, "float32"), ("float64", 1e309, "float64")],
+)
+def test_alpha_must_be_finite_in_the_compute_dtype(array, host, dtype, alpha, computed_in):
+    # before: alpha=1e39 on float32 logits returned NaN
+    z = array(np.zeros((2, 3)), dtype)
+    labels = np.array([0, 1])
+    with pytest.raises(xdrop.ArgumentValueError, match=f"finite in {computed_in}"):
+        xdrop.rdrop_loss(z, z, labels, alpha=alpha)
+    assert np.isfinite(host(xdrop.rdrop_loss(z, z, labels, alpha=3e38)))
+
+
+def test_labels_on_a_device_are_not_copied_to_the_host(monkeypatch):
+    torch = pytest.importorskip("torch")
+    from xdrop.backends.torch import TorchBackend
+
+    def no_host_copies(self, x):
+        raise AssertionError("rdrop_loss copied an array to the host")
+
+    logits = torch.zeros((4, 3), requires_grad=True)
+    labels, pad = torch.tensor([0, 1, 2, 0]), torch.tensor([False, True, False, False])
+    expected = xdrop.rdrop_loss(logits, logits, labels, pad_mask=pad)
+    monkeypatch.setattr(TorchBackend, "to_numpy", no_host_copies)
+    loss = xdrop.rdrop_loss(logits, logits, labels, pad_mask=pad)
+    assert torch.equal(loss, expected)
+
+
+def test_host_labels_are_still_checked(array):
+    z = array(np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="labels must be class indices in"):
+        xdrop.rdrop_loss(z, z, np.array([0, 7]))

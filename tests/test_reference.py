@@ -20,6 +20,7 @@ THREEFRY_2X32_20_KAT = [
 ]
 
 
+@pytest.mark.backend_independent
 @pytest.mark.parametrize(("key", "counter", "expected"), THREEFRY_2X32_20_KAT)
 def test_reference_threefry_matches_random123_known_answers(key, counter, expected):
     assert reference.threefry2x32(key, counter) == expected
@@ -33,11 +34,13 @@ def test_array_threefry_matches_random123_known_answers(xp, host, key, counter, 
     assert tuple(int(host(word)) % 2**32 for word in words) == expected
 
 
+@pytest.mark.backend_independent
 @pytest.mark.parametrize(("key", "counter", "expected"), THREEFRY_2X32_20_KAT)
 def test_host_threefry_matches_random123_known_answers(key, counter, expected):
     assert spec.threefry2x32(spec.HOST_WORDS, key, counter) == expected
 
 
+@pytest.mark.backend_independent
 @given(st.floats(allow_nan=False, allow_infinity=False, width=64))
 @pytest.mark.parametrize("dtype", ["float16", "float32"])
 def test_reference_rounding_agrees_with_ieee_casts(dtype, value):
@@ -46,6 +49,7 @@ def test_reference_rounding_agrees_with_ieee_casts(dtype, value):
     assert reference.round_to(Fraction(value), dtype) == expected
 
 
+@pytest.mark.backend_independent
 @given(st.floats(allow_nan=False, allow_infinity=False, width=64))
 def test_spec_bfloat16_rounding_agrees_with_the_reference(value):
     got = spec.rounded(value, "bfloat16")
@@ -53,6 +57,7 @@ def test_spec_bfloat16_rounding_agrees_with_the_reference(value):
     assert got == expected and math.copysign(1, got) == math.copysign(1, expected)
 
 
+@pytest.mark.backend_independent
 def test_bfloat16_rounding_agrees_with_ml_dtypes():
     ml_dtypes = pytest.importorskip("ml_dtypes")
     values = np.random.default_rng(0).standard_normal(10_000) * 10.0 ** np.arange(-20, 20, 0.004)
@@ -60,6 +65,7 @@ def test_bfloat16_rounding_agrees_with_ml_dtypes():
     assert [reference.round_to(Fraction(v), "bfloat16") for v in values] == expected.tolist()
 
 
+@pytest.mark.backend_independent
 @pytest.mark.parametrize("p", [0.0, 0.1, 0.5, 0.9, 1e-10, 1 - 1e-10, 1.0])
 def test_threshold_is_jax_uniform_below_float32_q(p):
     q = np.float32(1 - p)
@@ -68,6 +74,7 @@ def test_threshold_is_jax_uniform_below_float32_q(p):
     assert spec.keep_threshold(p) == reference.keep_threshold(p) == kept_uniforms << 9
 
 
+@pytest.mark.backend_independent
 def test_stream_matches_jax_bits_and_bernoulli():
     jax = pytest.importorskip("jax")
     for seed in (0, 1, 2**31 - 1):
@@ -77,6 +84,7 @@ def test_stream_matches_jax_bits_and_bernoulli():
         assert kept.tolist() == reference.keep_mask(seed, 0.3, 50)
 
 
+@pytest.mark.backend_independent
 def test_fold_in_matches_jax():
     jax = pytest.importorskip("jax")
     for seed, data in ((0, 0), (7, 1), (2**31 - 1, 2**32 - 1)):

@@ -42,8 +42,11 @@ def test_the_default_backend_is_numpy_when_the_variable_is_unset():
 
 
 def test_xdrop_backend_names_the_default_backend():
-    result = run_python("import xdrop; print(xdrop.get_backend())", XDROP_BACKEND="numpy")
-    assert result.stdout.strip() == "numpy"
+    # a name other than the fallback: an ignored variable would print "numpy"
+    code = "import numpy as np, xdrop; print(xdrop.get_backend(), xdrop.registry.default_backend())"
+    result = run_python(code, XDROP_BACKEND="array_api")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "array_api <xdrop backend 'array_api'>"
 
 
 @pytest.mark.parametrize("name", ["nonsense", "os", "xdrop.backends.numpy", "numpy:NumpyBackend"])
@@ -52,8 +55,32 @@ def test_an_unregistered_name_fails_listing_the_registered_backends(name):
     result = run_python(code, XDROP_BACKEND=name)
     assert result.returncode != 0
     assert "BackendError" in result.stderr
-    assert f"unknown xdrop backend {name!r}; registered backends: " in result.stderr
+    origin = "(from the environment variable XDROP_BACKEND)"
+    assert f"unknown xdrop backend {name!r} {origin}" in result.stderr
+    assert "registered backends: " in result.stderr
     assert "numpy" in result.stderr.splitlines()[-1]
+
+
+@pytest.mark.parametrize("name", ["pytorch", "TORCH", "Torch ", "troch"])
+def test_a_near_miss_in_the_variable_gets_a_suggestion(name):
+    code = "import numpy as np, xdrop; xdrop.dropout(np.ones(3), 0.5, seed=0)"
+    result = run_python(code, XDROP_BACKEND=name)
+    assert result.returncode != 0
+    last = result.stderr.splitlines()[-1]
+    assert "XDROP_BACKEND" in last and "did you mean 'torch'?" in last
+
+
+@pytest.mark.parametrize("name", ["pytorch", "TORCH"])
+def test_set_backend_suggests_the_registered_name(name):
+    with pytest.raises(xdrop.BackendError, match="did you mean 'torch'"):
+        xdrop.set_backend(name)
+
+
+def test_a_backend_error_is_a_value_error():
+    # README: every xdrop error is also a ValueError or a TypeError
+    with pytest.raises(ValueError, match="unknown xdrop backend 'nope'"):
+        xdrop.set_backend("nope")
+    assert issubclass(xdrop.BackendError, ValueError)
 
 
 def test_the_variable_is_read_only_when_a_default_is_needed():
@@ -75,30 +102,47 @@ def test_set_backend_rejects_unknown_names():
 
 def test_use_backend_restores_exactly_what_was_there(monkeypatch):
     monkeypatch.setattr(registry, "_chosen_default", None)
-    monkeypatch.setenv("XDROP_BACKEND", "numpy")
+    monkeypatch.setenv("XDROP_BACKEND", "array_api")
+    assert xdrop.get_backend() == "array_api"
     with xdrop.use_backend("numpy") as backend:
         assert backend.name == "numpy" and xdrop.get_backend() == "numpy"
-        with xdrop.use_backend("numpy"):
-            pass
+        with xdrop.use_backend("array_api"):
+            assert xdrop.get_backend() == "array_api"
+        assert xdrop.get_backend() == "numpy"
     assert registry._context_default.get() is None
+    assert xdrop.get_backend() == "array_api"
 
 
 def test_use_backend_is_local_to_threads_and_tasks(monkeypatch):
-    monkeypatch.setattr(registry, "default_name", registry.default_name)
-    seen: dict[str, str | None] = {}
+    monkeypatch.setattr(registry, "_chosen_default", None)
+    monkeypatch.delenv("XDROP_BACKEND", raising=False)
+    seen: dict[str, object] = {}
 
     def other_thread() -> None:
-        seen["thread"] = registry._context_default.get()
+        seen["thread"] = xdrop.get_backend()
 
-    async def other_task() -> None:
-        seen["task"] = registry._context_default.get()
+    async def task(name: str) -> list[str]:
+        names = []
+        with xdrop.use_backend(name):
+            for _ in range(3):
+                await asyncio.sleep(0)  # the other task runs here, inside its own block
+                names.append(xdrop.get_backend())
+        return names
+
+    async def both() -> list[list[str]]:
+        return list(await asyncio.gather(task("numpy"), task("array_api")))
 
     thread = threading.Thread(target=other_thread)
-    with xdrop.use_backend("numpy"):
+    with xdrop.use_backend("array_api"):
         thread.start()
         thread.join()
-    asyncio.run(other_task())
-    assert seen == {"thread": None, "task": None}
+        seen["tasks"] = asyncio.run(both())  # tasks started inside the block
+        seen["here"] = xdrop.get_backend()
+    assert seen == {
+        "thread": "numpy",  # a new thread starts from the process default
+        "tasks": [["numpy"] * 3, ["array_api"] * 3],
+        "here": "array_api",
+    }
 
 
 def test_numpy_arrays_and_python_values_go_to_the_default_backend():

@@ -101,3 +101,126 @@ def test_numpy_seed_arrays_are_host_seeds(array, host):
     ).all()
     with pytest.raises(xdrop.ArgumentTypeError, match="seed must be"):
         xdrop.dropout(x, 0.5, seed=np.array([1, 2, 3]))
+
+
+# -- fork, pickling, checkpoints, use_rng -----------------------------------------------------------
+FORK = """
+import os, sys, numpy as np, xdrop
+if {manual}:
+    xdrop.manual_seed(3)
+xdrop.dropout(np.ones(8, np.float32), 0.5)  # the parent draws before forking
+masks = []
+for _ in range(2):
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.write(write, xdrop.dropout_mask(256, 0.5).tobytes())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    masks.append(os.read(read, 256))
+masks.append(xdrop.dropout_mask(256, 0.5).tobytes())
+print(len(set(masks)))
+"""
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+@pytest.mark.parametrize(("manual", "distinct"), [(False, 3), (True, 1)])
+def test_forked_children_reseed_unless_manually_seeded(manual, distinct):
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-c", FORK.format(manual=manual)], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    # OS-seeded: parent and both children draw different masks; manual_seed: the same stream
+    assert result.stdout.strip() == str(distinct)
+
+
+def test_a_generator_pickles_and_copies_with_its_position():
+    import copy
+    import pickle
+
+    generator = xdrop.Generator(11)
+    generator.next_seed()
+    for twin in (pickle.loads(pickle.dumps(generator)), copy.deepcopy(generator)):
+        assert twin.state_dict() == {"seed": 11, "draws": 1}
+        assert twin.next_seed() == xdrop.fold_in(11, 1)
+        assert twin._lock is not generator._lock
+    assert generator.next_seed() == xdrop.fold_in(11, 1)  # the copies did not advance it
+
+
+def test_state_dict_resumes_a_stream():
+    generator = xdrop.Generator(2**64 - 1)
+    for _ in range(5):
+        generator.next_seed()
+    resumed = xdrop.Generator(0)
+    resumed.load_state_dict(generator.state_dict())
+    assert [resumed.next_seed() for _ in range(3)] == [generator.next_seed() for _ in range(3)]
+
+
+@pytest.mark.parametrize(
+    ("state", "kind"),
+    [
+        ({"seed": 1}, TypeError),
+        ({"seed": -1, "draws": 0}, ValueError),
+        ({"seed": 1, "draws": 2**32 + 1}, ValueError),
+        ({"seed": 1, "draws": 1.0}, ValueError),
+        ([1, 0], TypeError),
+    ],
+)
+def test_load_state_dict_refuses_what_state_dict_never_gives(state, kind):
+    with pytest.raises(kind) as raised:
+        xdrop.Generator(0).load_state_dict(state)
+    assert isinstance(raised.value, xdrop.XdropError)
+
+
+def test_use_rng_is_local_to_a_block_and_a_thread():
+    seen = {}
+    with xdrop.use_rng("native"):
+        assert xdrop.get_rng() == "native"
+        thread = threading.Thread(target=lambda: seen.update(thread=xdrop.get_rng()))
+        thread.start()
+        thread.join()
+        with xdrop.use_rng("portable"):
+            assert xdrop.get_rng() == "portable"
+        assert xdrop.get_rng() == "native"
+    assert xdrop.get_rng() == "portable" and seen == {"thread": "portable"}
+    with pytest.raises(ValueError, match="rng must be one of"), xdrop.use_rng("fast"):
+        pass
+
+
+# -- one rule per kind of seed, on every backend ----------------------------------------------------
+def test_integers_with_a_dtype_are_read_as_twos_complement_of_their_width(array, host):
+    x = array(np.ones(64))
+    expected = host(xdrop.dropout(x, 0.5, seed=2**64 - 1))
+    for seed in (np.int64(-1), np.array(-1), np.array(-1, np.int64)):
+        assert (host(xdrop.dropout(x, 0.5, seed=seed)) == expected).all(), repr(seed)
+    assert xdrop.Generator(np.int64(-1)).seed == 2**64 - 1
+    assert xdrop.Generator(np.int8(-1)).seed == 255
+    with pytest.raises(ValueError, match="seed must be an integer in"):
+        xdrop.dropout(x, 0.5, seed=-1)  # a Python int has no width
+
+
+def test_fold_in_of_numpy_arrays_is_a_0d_int64_seed():
+    folded = xdrop.fold_in(np.array(5), np.array(3, np.uint32))
+    assert isinstance(folded, np.ndarray) and folded.shape == () and folded.dtype == np.int64
+    assert int(folded) % 2**64 == xdrop.fold_in(5, 3)
+    assert (
+        xdrop.dropout_mask(32, 0.5, seed=folded)
+        == xdrop.dropout_mask(32, 0.5, seed=xdrop.fold_in(5, 3))
+    ).all()
+
+
+def test_a_seed_array_of_another_framework_is_refused_in_training_and_evaluation():
+    torch = pytest.importorskip("torch")
+    x = np.ones(3, np.float32)
+    for training in (True, False):
+        with pytest.raises(TypeError, match="seed must be"):
+            xdrop.dropout(x, 0.5, seed=torch.tensor(1), training=training)
+
+
+@pytest.mark.parametrize("like", ["abc", [1.0, 2.0], 3])
+def test_like_must_be_an_array(like):
+    with pytest.raises(TypeError, match="like must be None or an array"):
+        xdrop.dropout_mask(4, 0.5, seed=0, like=like)

@@ -116,13 +116,27 @@ def test_native_mode_honours_torch_manual_seed():
 
 
 @pytest.mark.parametrize("p", [0.1, 0.5, 0.8])
-def test_native_mode_is_statistically_torch_dropout(p):
+def test_native_mode_draws_bernoulli_masks_of_the_right_rate(p):
     count = 100_000
     ours = xdrop.dropout(torch.ones(count), p, rng="native").numpy()
-    theirs = torch.nn.functional.dropout(torch.ones(count), p).numpy()
     q = 1 - p
-    assert set(np.unique(ours)) <= {0.0, np.float32(1) / np.float32(q)}
-    for values in (ours, theirs):
-        kept = np.count_nonzero(values)
-        assert abs(kept - count * q) <= 4 * math.sqrt(count * p * q)
-        assert abs(values.mean() - 1.0) <= 4 * math.sqrt(p / q / count)
+    # xdrop's native path, not the framework's dropout, is what is measured: exactly the values
+    # 0 and 1/q, about q of them kept, and a mask that is not mask stream v1's
+    assert set(np.unique(ours)) == {0.0, np.float32(1) / np.float32(q)}
+    assert abs(np.count_nonzero(ours) - count * q) <= 4 * math.sqrt(count * p * q)
+    assert abs(ours.mean() - 1.0) <= 4 * math.sqrt(p / q / count)
+    portable = xdrop.dropout_mask(count, p, seed=3)
+    assert ((ours != 0) != portable).any()
+    # and kept units are spread evenly, not bunched: each tenth holds about q of its units
+    tenths = np.count_nonzero(ours.reshape(10, -1), axis=1)
+    assert (np.abs(tenths - count / 10 * q) <= 5 * math.sqrt(count / 10 * p * q)).all()
+
+
+def test_native_mode_takes_seed_tensors_as_the_integers_they_hold():
+    x = torch.ones(256)
+    for value in (5, 2**64 - 1):
+        expected = xdrop.dropout(x, 0.5, rng="native", seed=value)
+        tensor = torch.tensor(value if value < 2**63 else value - 2**64)
+        assert torch.equal(xdrop.dropout(x, 0.5, rng="native", seed=tensor), expected)
+        assert torch.equal(xdrop.dropout_mask(256, 0.5, rng="native", seed=tensor, like=x),
+                           xdrop.dropout_mask(256, 0.5, rng="native", seed=value, like=x))  # fmt: skip

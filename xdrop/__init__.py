@@ -10,7 +10,7 @@ from xdrop.errors import (
 )
 from xdrop.rdrop_api import rdrop_forward, rdrop_kl, rdrop_loss
 from xdrop.registry import available_backends, get_backend, set_backend, use_backend
-from xdrop.seeds import Generator, fold_in, get_rng, manual_seed, set_rng
+from xdrop.seeds import Generator, fold_in, get_rng, manual_seed, set_rng, use_rng
 
 __version__ = "0.1.0"
 
@@ -34,4 +34,5 @@ __all__ = [
     "set_backend",
     "set_rng",
     "use_backend",
+    "use_rng",
 ]

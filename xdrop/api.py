@@ -16,6 +16,7 @@ from xdrop.registry import backend_for
 from xdrop.tracing import called_as_is
 from xdrop.validation import (
     Rate,
+    as_input_array,
     check_counter_range,
     check_flag,
     check_float_dtype,
@@ -48,9 +49,11 @@ class DropoutPlan:
     def noise_dims(self, xp: Backend, x: Array) -> tuple[Dim, ...]:
         """The mask's shape as dims: ``x``'s run-time size where the noise shape says None."""
         if None not in self.noise:
-            return self.noise  # type: ignore[return-value]
+            return self.noise
         sizes = xp.runtime_shape(x)
-        return tuple(size if entry is None else entry for entry, size in zip(self.noise, sizes, strict=True))
+        return tuple(
+            size if entry is None else entry for entry, size in zip(self.noise, sizes, strict=True)
+        )
 
     @property
     def is_elementwise(self) -> bool:
@@ -121,23 +124,20 @@ def dropout(
         array([0.5, 0.5, 0.5])
     """
     xp = backend_for(x)
-    if not xp.is_array(x):
-        x = xp.asarray(x)
+    x = as_input_array(xp, x)
     dtype = check_float_dtype(xp.dtype_name(x))
     rate = check_rate(p, xp)
     is_training = check_flag("training", training)
     mode = check_mode(mode)
     generator = seeds.rng_kind(rng)
     shape = xp.shape(x)
-    plan = DropoutPlan(
-        shape, dtype, check_noise_shape(noise_shape, shape), mode, return_mask=False
-    )
+    plan = DropoutPlan(shape, dtype, check_noise_shape(noise_shape, shape), mode, return_mask=False)
     start = _check_offset(offset, plan.noise, generator)
     plan = dataclasses.replace(plan, return_mask=check_flag("return_mask", return_mask))
     if is_training:
         y, keep = _training(xp, x, seed, rate, start, generator, plan)
     else:
-        seeds.validate_seed(seed)
+        seeds.validate_seed(seed, xp)
         y, keep = _evaluation(xp, x, rate, plan), None
     if not return_mask:
         return y
@@ -193,7 +193,8 @@ def _training(
         kept_count if not isinstance(kept_count, int) else xp.word(kept_count, x),
         factor if not isinstance(factor, float) else _factor_array(xp, factor, plan.dtype),
     )
-    return staged(x, resolved, *arguments)
+    result: tuple[Array, Array | None] = staged(x, resolved, *arguments)
+    return result
 
 
 def _portable(
@@ -284,6 +285,7 @@ def dropout_mask(
                [ True, False,  True]])
     """
     xp = backend_for(seed if like is None else like)
+    seeds.check_like(like, xp)
     size = check_shape(shape, xp.shape(like) if xp.is_array(like) else None)
     rate = check_rate(p, xp)
     generator = seeds.rng_kind(rng)

@@ -4,22 +4,33 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
+import tempfile
 from collections.abc import Sequence
-from typing import Any
+from pathlib import Path
+from typing import Any, NoReturn
 
 from xdrop import registry
 from xdrop.conformance import golden
 from xdrop.conformance.runner import MODES, BackendReport, identical_outputs, run_backend
 
 
+class _Parser(argparse.ArgumentParser):
+    """A bad argument ends the command with exit status 2 and one line, ``xdrop bench: error: ...``
+    (argparse would print the whole usage first)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault(
         "TF_CPP_MIN_LOG_LEVEL", "2"
     )  # TensorFlow's start-up chatter hides the table
-    parser = argparse.ArgumentParser(prog="xdrop", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="xdrop", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     conformance = commands.add_parser(
         "conformance", help="check the golden seeded cases on every installed backend"
     )
@@ -35,7 +46,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--full", action="store_true",
         help="compile every case on backends with slow compilers (torch: half an hour), not a sample",
     )  # fmt: skip
-    conformance.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    conformance.add_argument(
+        "--json", metavar="FILE", type=_output_path, help="also write the results as JSON"
+    )
     regenerate = commands.add_parser(
         "golden", help="regenerate the golden cases from the reference"
     )
@@ -79,27 +92,83 @@ def _add_bench(commands: Any) -> None:
         f"{','.join(f'{size:.0e}' for size in runner.SIZES)})",
     )  # fmt: skip
     bench.add_argument(
-        "--p", nargs="+", type=float, metavar="P",
+        "--p", nargs="+", type=_probability, metavar="P",
         help=f"drop probabilities (default: {' '.join(map(str, runner.RATES))})",
     )  # fmt: skip
     bench.add_argument(
-        "--repeats", type=int, metavar="N", help=f"timed rounds (default: {runner.REPEATS})"
-    )
+        "--repeats", type=_positive_integer, metavar="N",
+        help=f"timed rounds, at least 1 (default: {runner.REPEATS})",
+    )  # fmt: skip
     bench.add_argument(
         "--quick", action="store_true",
         help="fewer sizes, one rate, three rounds: a first look in a few minutes",
     )  # fmt: skip
-    bench.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    bench.add_argument(
+        "--json", metavar="FILE", type=_output_path, help="also write the results as JSON"
+    )
 
 
 def _sizes(text: str) -> list[int]:
     sizes = []
     for part in text.split(","):
-        value = float(part)
-        if not value.is_integer() or value < 1:
-            raise argparse.ArgumentTypeError(f"not a positive whole number of elements: {part}")
+        try:
+            value = float(part)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or not value.is_integer() or value < 1:
+            raise argparse.ArgumentTypeError(
+                f"a size must be a positive whole number of elements, e.g. 1e3; got {part!r}"
+            )
         sizes.append(int(value))
     return sizes
+
+
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.0 <= value <= 1.0:  # NaN fails both comparisons
+        raise argparse.ArgumentTypeError(f"--p must be a number in [0, 1], got {text!r}")
+    return value
+
+
+def _positive_integer(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"--repeats must be a whole number >= 1, got {text!r}")
+    return value
+
+
+def _output_path(text: str) -> Path:
+    """A file the results can be written to, checked before anything runs."""
+    path = Path(text)
+    folder = path.parent
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"--json must name a file, got the folder {text!r}")
+    if not folder.is_dir():
+        raise argparse.ArgumentTypeError(
+            f"--json {text!r}: the folder {str(folder)!r} does not exist"
+        )
+    if not os.access(folder, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise argparse.ArgumentTypeError(f"--json {text!r}: no permission to write there")
+    return path
+
+
+def _write_json(path: Path, document: dict[str, Any]) -> None:
+    """Write ``document`` to ``path`` atomically: a reader never sees half a file, and a failed
+    write leaves what was there."""
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w") as file:
+            json.dump(document, file, indent=1)
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
 
 
 def _bench(arguments: argparse.Namespace) -> int:
@@ -118,7 +187,7 @@ def _bench(arguments: argparse.Namespace) -> int:
         backends=arguments.backend,
         sizes=sizes or defaults.get("sizes", runner.SIZES),
         rates=arguments.p or defaults.get("rates", runner.RATES),
-        repeats=arguments.repeats or defaults.get("repeats", runner.REPEATS),
+        repeats=arguments.repeats if arguments.repeats else defaults.get("repeats", runner.REPEATS),
         min_sample=defaults.get("min_sample", runner.MIN_SAMPLE),
         paths=arguments.path,
         directions=[arguments.direction] if arguments.direction else None,
@@ -132,8 +201,7 @@ def _bench(arguments: argparse.Namespace) -> int:
           f"{machine['load_before']} before and {machine.get('load_after')} after; "
           + ", ".join(f"{name} {version}" for name, version in report.versions.items()))  # fmt: skip
     if arguments.json:
-        with open(arguments.json, "w") as file:
-            json.dump(benchmarks.document(report), file, indent=1)
+        _write_json(arguments.json, benchmarks.document(report))
     return 0
 
 
@@ -158,20 +226,26 @@ def _golden(check: bool) -> int:
 
 
 def _conformance(
-    names: list[str] | None, modes: list[str], full: bool, json_path: str | None
+    names: list[str] | None, modes: list[str], full: bool, json_path: Path | None
 ) -> int:
-    available = registry.available_backends()
-    named = bool(names)
+    registered = registry.registered_names()
     if names:
-        unknown = [name for name in names if name not in available]
+        unknown = [name for name in names if name not in registered]
         if unknown:
             print(
-                f"unknown backend(s) {', '.join(unknown)}; registered: {', '.join(available)}",
+                f"xdrop conformance: error: unknown backend(s) {', '.join(unknown)}; "
+                f"registered: {', '.join(registered)}",
                 file=sys.stderr,
             )
             return 2
     else:
-        names = [name for name, installed in available.items() if installed]
+        names = [name for name in registered if registry.is_available(name)]
+    if not names:
+        print(
+            "conformance: FAILED: no backend to check (registered: "
+            f"{', '.join(registered) or 'none'}); is xdrop installed with its backends?",
+        )
+        return 1
     reports = [
         run_backend(name, progress=_progress(f"{name} {mode}"), mode=mode, full=full)
         for name in names
@@ -183,14 +257,30 @@ def _conformance(
     for report in reports:
         for failure in report.failed:
             print(f"FAILED {report.backend} {report.mode} {failure.case_id}: {failure.detail}")
-    # a backend named on the command line must load; one found installed that fails to load (a
-    # broken plugin) is shown as unavailable, with its reason, but is not this run's failure
-    passed = all((report.available or not named) and not report.failed for report in reports)
+    # every backend asked for (named, or found available) must load and pass some case eagerly
+    unchecked = sorted({report.backend for report in reports if not _checked(report)})
+    passed = not unchecked and not any(report.failed for report in reports)
+    for name in unchecked:
+        print(f"NOT CHECKED {name}: " + "; ".join(
+            report.reason or "no case passed" for report in reports if report.backend == name
+        ))  # fmt: skip
     if json_path:
-        with open(json_path, "w") as file:
-            json.dump(_document(reports, passed), file, indent=1)
-    print("conformance: " + ("all backends conform" if passed else "FAILED"))
+        _write_json(json_path, _document(reports, passed))
+    checked = len(names) - len(unchecked)
+    print(
+        f"conformance: all backends conform ({checked} checked)"
+        if passed
+        else f"conformance: FAILED ({checked} of {len(names)} backends checked)"
+    )
     return 0 if passed else 1
+
+
+def _checked(report: BackendReport) -> bool:
+    """Whether a run checked its backend: it loaded and, eagerly, passed at least one case (a
+    backend without a compiler has nothing to check in the compiled mode)."""
+    if not report.available:
+        return False
+    return report.mode != "eager" or any(result.status == "passed" for result in report.results)
 
 
 def _progress(name: str) -> Any:
@@ -267,6 +357,11 @@ def _document(reports: list[BackendReport], passed: bool) -> dict[str, Any]:
                 "groups": report.groups(),
                 "failures": [
                     {"case": failure.case_id, "detail": failure.detail} for failure in report.failed
+                ],
+                "skipped": [
+                    {"case": result.case_id, "reason": result.detail}
+                    for result in report.results
+                    if result.status == "skipped"
                 ],
             }
             for report in reports

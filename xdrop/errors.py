@@ -21,15 +21,16 @@ class ArgumentTypeError(XdropError, TypeError):
     """An argument has a type that is not allowed."""
 
 
-class BackendError(XdropError):
-    """A backend is unknown, ambiguous, not installed or does not implement the protocol."""
+class BackendError(XdropError, ValueError):
+    """A backend is unknown, ambiguous, not installed or does not implement the protocol (a bad
+    value of a backend's name, ``XDROP_BACKEND``, or of the installed plugins)."""
 
 
 class TracingError(XdropError, RuntimeError):
     """An operation cannot be staged into a compiled graph as asked (e.g. ``seed=None`` under jit)."""
 
 
-for _mixed in (ArgumentValueError, ArgumentTypeError, TracingError):
+for _mixed in (ArgumentValueError, ArgumentTypeError, BackendError, TracingError):
     _mixed.__init__ = Exception.__init__  # type: ignore[method-assign]
 
 

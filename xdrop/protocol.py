@@ -137,6 +137,10 @@ class Backend(WordOps):
         """The number of elements of an array of ``shape`` (a dim)."""
         return math.prod(shape)
 
+    def dim_array(self, dim: Dim, dtype: str) -> Array:
+        """A dim as a 0-d array of ``dtype`` (the count a loss divides by)."""
+        return self.asarray(np.asarray(dim, np.float64), dtype)
+
     @abc.abstractmethod
     def multiply(self, x: Array, factor: float | Array) -> Array:
         """``x * factor`` in ``x``'s dtype; ``factor`` is a Python float exactly representable in
@@ -278,7 +282,6 @@ class Backend(WordOps):
         """Whether this framework is tracing now, whatever the arrays at hand (a seed drawn on the
         host would be baked into the graph). Default: :meth:`is_tracing` of no array."""
         return self.is_tracing(None)
-
 
     def is_compiling(self, x: Array | None) -> bool:
         """Whether ``x`` is being traced for a compiler that fuses operations (``jax.jit``, XLA,

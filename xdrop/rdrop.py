@@ -11,9 +11,7 @@ A *position* is one class distribution: the logits' shape without the class axis
 
 from __future__ import annotations
 
-import math
-
-from xdrop.protocol import Array, Backend
+from xdrop.protocol import Array, Backend, Dim
 
 REDUCTIONS = ("sum", "mean", "batchmean", "none")
 HALF_DTYPES = ("float16", "bfloat16")
@@ -24,14 +22,25 @@ def compute_dtype(dtype: str) -> str:
     return "float32" if dtype in HALF_DTYPES else dtype
 
 
-def position_shape(shape: tuple[int, ...], axis: int) -> tuple[int, ...]:
+def position_shape(shape: tuple[Dim, ...], axis: int) -> tuple[Dim, ...]:
     """The logits' shape without the class axis (``axis`` is non-negative)."""
     return shape[:axis] + shape[axis + 1 :]
 
 
-def with_class_axis(xp: Backend, a: Array, shape: tuple[int, ...], axis: int) -> Array:
-    """A per-position array of ``shape`` given a size-1 class axis, to broadcast against logits."""
+def with_class_axis(xp: Backend, a: Array, axis: int) -> Array:
+    """A per-position array given a size-1 class axis, to broadcast against logits."""
+    shape = xp.runtime_shape(a)
     return xp.reshape(a, (*shape[:axis], 1, *shape[axis:]))
+
+
+def element_count(xp: Backend, shape: tuple[Dim, ...], dtype: str) -> float | Array:
+    """The number of elements of ``shape``, at least 1 (a divisor): a float, or a 0-d array of
+    ``dtype`` where a size is known only at run time."""
+    count = xp.size(shape)
+    if isinstance(count, int):
+        return float(max(count, 1))
+    as_array = xp.dim_array(count, dtype)
+    return xp.where(xp.equal(as_array, 0.0), 1.0, as_array)
 
 
 # -- logits -> log-probabilities -------------------------------------------------------------------
@@ -46,8 +55,7 @@ def log_probabilities(
     if xp.dtype_name(logits) != dtype:
         logits = xp.astype(logits, dtype)
     if excluded is not None:
-        shape = position_shape(xp.shape(logits), axis)
-        logits = xp.where(with_class_axis(xp, excluded, shape, axis), 0.0, logits)
+        logits = xp.where(with_class_axis(xp, excluded, axis), 0.0, logits)
     return xp.log_softmax(logits, axis)
 
 
@@ -76,13 +84,13 @@ def cross_entropy(
 
     ``labels`` must be valid class indices everywhere (excluded positions were given class 0).
     """
-    shape = xp.shape(logp)
-    positions = position_shape(shape, axis)
-    picked = xp.take_along_axis(logp, with_class_axis(xp, labels, positions, axis), axis)
-    nll = xp.times(xp.reshape(picked, positions), -1.0)
+    picked = xp.take_along_axis(logp, with_class_axis(xp, labels, axis), axis)
+    nll = xp.times(xp.reshape(picked, xp.runtime_shape(labels)), -1.0)
     if label_smoothing == 0:
         return nll
-    uniform = xp.times(xp.sum(logp, axis), -1.0 / shape[axis])
+    classes = xp.shape(logp)[axis]  # known while tracing (checked)
+    assert classes is not None
+    uniform = xp.times(xp.sum(logp, axis), -1.0 / classes)
     return xp.plus(xp.times(nll, 1.0 - label_smoothing), xp.times(uniform, label_smoothing))
 
 
@@ -104,7 +112,7 @@ def reduce(xp: Backend, values: Array, excluded: Array | None, reduction: str, d
     first axis. ``"mean"``: the total over the number of positions not excluded. A division by a
     count of 0 (no positions, or all excluded) divides by 1 instead: the result is 0, not NaN.
     """
-    shape = xp.shape(values)
+    shape = xp.runtime_shape(values)
     if excluded is not None:
         values = xp.where(excluded, 0.0, values)
     if reduction == "none":
@@ -113,11 +121,11 @@ def reduce(xp: Backend, values: Array, excluded: Array | None, reduction: str, d
     if reduction == "sum":
         return total
     if reduction == "batchmean":
-        return xp.divide(total, float(max(shape[0], 1)))
-    count = math.prod(shape)
+        return xp.divide(total, element_count(xp, shape[:1], dtype))
+    count = element_count(xp, shape, dtype)
     if excluded is None:
-        return xp.divide(total, float(max(count, 1)))
-    kept = xp.minus(float(count), xp.sum(xp.astype(excluded, dtype)))
+        return xp.divide(total, count)
+    kept = xp.minus(count, xp.sum(xp.astype(excluded, dtype)))  # count >= 1 is exact otherwise
     return xp.divide(total, xp.where(xp.equal(kept, 0.0), 1.0, kept))
 
 

@@ -15,6 +15,7 @@ from xdrop.registry import backend_for
 from xdrop.tracing import called_as_is
 from xdrop.validation import (
     ArrayDescription,
+    as_input_array,
     bad_array,
     bad_array_type,
     check_alpha,
@@ -26,6 +27,7 @@ from xdrop.validation import (
     check_position_array,
     check_reduction,
     is_integer_dtype,
+    shapes_agree,
 )
 
 
@@ -104,8 +106,13 @@ def rdrop_loss(
 
     Args:
         logits1, logits2: the two passes' logits, as for :func:`rdrop_kl`.
-        labels: integer class indices, of the logits' shape without ``axis``.
-        alpha: the weight of the KL term, ``>= 0``; 0 gives ``CE1 + CE2`` alone.
+        labels: integer class indices, of the logits' shape without ``axis``. Their values are
+            checked (in ``[0, C)`` or ``ignore_index``) where they are host values (NumPy arrays,
+            lists, the NumPy backend); a framework's array is not read back for it, which would
+            cost a device sync per step: an out-of-range label there behaves as the framework's
+            indexing does (PyTorch raises, JAX clamps).
+        alpha: the weight of the KL term, ``>= 0`` and finite in the dtype the loss is computed
+            in; 0 gives ``CE1 + CE2`` alone.
         axis: the class axis.
         pad_mask: as for :func:`rdrop_kl` (True = padded, ignored); labels there may be anything.
         ignore_index: positions whose label equals it are ignored in both cross entropies and in
@@ -132,10 +139,11 @@ def rdrop_loss(
     shape = xp.shape(logits1)
     positions = rdrop.position_shape(shape, class_axis)
     how = check_reduction(reduction, positions)
-    weight = check_alpha(alpha)
+    weight = check_alpha(alpha, rdrop.compute_dtype(xp.dtype_name(logits1)))
     smoothing = check_label_smoothing(label_smoothing)
     ignored = check_ignore_index(ignore_index)
     pad = _pad_mask(xp, pad_mask, positions)
+    given = (labels, pad_mask)
     labels = _as_array(xp, "labels", labels)
     check_position_array(
         "labels",
@@ -144,9 +152,13 @@ def rdrop_loss(
         "an integer array",
         dtype_ok=is_integer_dtype(xp.dtype_name(labels)),
     )
-    if not (xp.is_tracing(labels) or (pad is not None and xp.is_tracing(pad))):
+    # label values are checked where they are on the host already; reading a device array back
+    # would stall every training step on a sync with the accelerator
+    if all(value is None or _on_host(xp, value) for value in given):
         padded = None if pad is None else xp.to_numpy(pad)
-        check_labels_in_range(xp.to_numpy(labels), shape[class_axis], ignored, padded)
+        classes = shape[class_axis]
+        assert classes is not None  # checked by _logit_pair
+        check_labels_in_range(xp.to_numpy(labels), classes, ignored, padded)
     return rdrop.rdrop_loss(
         xp,
         logits1,
@@ -200,19 +212,29 @@ def rdrop_forward(model_fn: Callable[[Any], Any], x: Any, *, axis: int = 0) -> t
     batch_axis = check_axis(axis, len(shape))
     y = model_fn(rdrop.doubled(xp, x, batch_axis))
     yp = backend_for(y)
-    expected = f"an array with {2 * shape[batch_axis]} entries along axis {axis} (twice x's)"
+    batch = shape[batch_axis]
+    doubled = None if batch is None else 2 * batch
+    count = "twice x's number of" if doubled is None else str(doubled)
+    expected = f"an array with {count} entries along axis {axis} (twice x's)"
     if not yp.is_array(y):
         raise bad_type("the output of model_fn", y, expected)
     output_shape = yp.shape(y)
     if not -len(output_shape) <= axis < len(output_shape):
         raise bad_array("the output of model_fn", _describe(yp, y), expected)
     output_axis = axis % len(output_shape)
-    if output_shape[output_axis] != 2 * shape[batch_axis]:
+    if not shapes_agree((output_shape[output_axis],), (doubled,)):
         raise bad_array("the output of model_fn", _describe(yp, y), expected)
     return rdrop.halves(yp, y, output_axis)
 
 
 # -- argument handling -----------------------------------------------------------------------------
+def _on_host(xp: Backend, value: Any) -> bool:
+    """Whether ``value`` was given as a host value: NumPy, Python, or an array of a NumPy backend."""
+    if xp.is_array(value):
+        return xp.framework == "numpy"
+    return isinstance(value, (np.ndarray, np.generic, list, tuple, numbers.Number))
+
+
 def _describe(xp: Backend, a: Array) -> ArrayDescription:
     return ArrayDescription(xp.dtype_name(a), tuple(xp.shape(a)))
 
@@ -220,9 +242,9 @@ def _describe(xp: Backend, a: Array) -> ArrayDescription:
 def _as_array(xp: Backend, argument: str, value: Any) -> Array:
     """``value`` as an array of ``xp``: NumPy arrays and Python values are converted."""
     if xp.is_array(value):
-        return value
+        return as_input_array(xp, value, argument)
     if isinstance(value, (np.ndarray, np.generic, list, tuple, numbers.Number)):
-        return xp.asarray(value)
+        return as_input_array(xp, value, argument)
     raise bad_type(argument, value, f"an array of the framework of logits1 ({xp.name})")
 
 
@@ -234,11 +256,14 @@ def _logit_pair(xp: Backend, logits1: Any, logits2: Any, axis: object) -> tuple[
     first, second = _describe(xp, logits1), _describe(xp, logits2)
     if second.dtype != dtype:
         raise bad_array_type("logits2", second, f"an array of logits1's dtype ({dtype})")
-    if second.shape != first.shape:
+    if not shapes_agree(second.shape, first.shape):
         raise bad_array("logits2", second, f"an array of logits1's shape {first.shape}")
     if not first.shape:
         raise bad_array("logits1", first, "an array with a class axis (at least 1-d)")
     class_axis = check_axis(axis, len(first.shape))
+    if first.shape[class_axis] is None:
+        allowed = f"an array whose number of classes (axis {axis}) is known while tracing"
+        raise bad_array("logits1", first, allowed)
     if first.shape[class_axis] == 0:
         raise bad_array("logits1", first, f"an array with at least one class along axis {axis}")
     return logits1, logits2, class_axis

@@ -10,31 +10,75 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import difflib
+import importlib.util
 import inspect
 import os
 import sys
 import threading
 from collections.abc import Iterator
 from importlib import metadata
+from pathlib import Path
 
 import numpy as np
 
-from xdrop.errors import BackendError
+from xdrop.errors import BackendError, bad_type
 from xdrop.protocol import Backend
 from xdrop.tracing import host_constant
 
 ENTRY_POINT_GROUP = "xdrop.backends"
 ENVIRONMENT_VARIABLE = "XDROP_BACKEND"
 FALLBACK_BACKEND = "numpy"
+BUILT_IN_DISTRIBUTION = "xdrop"
+ALIASES = {"pytorch": "torch", "tf": "tensorflow", "np": "numpy", "array-api": "array_api"}
+"""Names people type for a built-in backend, offered as "did you mean"."""
 
 _lock = threading.RLock()
 _entry_points: dict[str, list[metadata.EntryPoint]] | None = None
 _backends: dict[str, Backend] = {}
-_owner_of_type: dict[type, str | None] = {}
+_owner_of_type: dict[type, str | tuple[str, ...] | None] = {}
 _chosen_default: str | None = None
 _context_default: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "xdrop_backend", default=None
 )
+
+
+def _adopt_source_backends() -> None:
+    """Make ``backends/`` the package ``xdrop.backends`` when xdrop is imported from a checkout.
+
+    ``pyproject.toml`` installs the top-level folder ``backends/`` as ``xdrop.backends``. From the
+    checkout root, ``import xdrop`` finds the source folder ``xdrop/`` first, which has no
+    ``backends``: the installed entry points (``xdrop.backends.numpy:NumpyBackend``) would then
+    name modules that do not exist. This gives the source tree the installed layout, with one
+    module per backend file (``backends/__init__.py`` refuses the name ``backends``)."""
+    package = Path(__file__).resolve().parent
+    source = package.parent / "backends" / "__init__.py"
+    if "xdrop.backends" in sys.modules or (package / "backends").is_dir() or not source.is_file():
+        return
+    try:
+        if importlib.util.find_spec("xdrop.backends") is not None:
+            return  # an editable install's finder maps it already
+    except (ImportError, ValueError):
+        pass
+    spec = importlib.util.spec_from_file_location(
+        "xdrop.backends", source, submodule_search_locations=[str(source.parent)]
+    )
+    if spec is None or spec.loader is None:
+        return
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["xdrop.backends"] = module
+    spec.loader.exec_module(module)
+
+
+_adopt_source_backends()
+
+
+def forget_entry_points() -> None:
+    """Read the entry points again on next use (after ``sys.path`` changed); loaded backends stay."""
+    global _entry_points
+    with _lock:
+        _entry_points = None
+        _owner_of_type.clear()
 
 
 def _registered() -> dict[str, list[metadata.EntryPoint]]:
@@ -61,12 +105,26 @@ def _install_hint(name: str, entry_point: metadata.EntryPoint) -> str:
     return f"reinstall {distribution!r} with its dependencies"
 
 
+def unknown_backend(name: object, origin: str = "") -> BackendError:
+    """The error for a name that no backend is registered under, with the likely one."""
+    names = registered_names()
+    guess = None
+    if isinstance(name, str):
+        lowered = name.strip().lower()
+        guess = ALIASES.get(lowered, lowered if lowered in names else None)
+        if guess is None:
+            close = difflib.get_close_matches(lowered, names, n=1, cutoff=0.6)
+            guess = close[0] if close else None
+    hint = f"; did you mean {guess!r}?" if guess in names else ""
+    return BackendError(
+        f"unknown xdrop backend {name!r}{origin}{hint}; registered backends: {', '.join(names)}"
+    )
+
+
 def _entry_point(name: str) -> metadata.EntryPoint:
-    claims = _registered().get(name)
+    claims = _registered().get(name) if isinstance(name, str) else None
     if not claims:
-        raise BackendError(
-            f"unknown xdrop backend {name!r}; registered backends: {', '.join(registered_names())}"
-        )
+        raise unknown_backend(name)
     if len(claims) > 1:
         owners = ", ".join(f"{claim.value} (from {_distribution(claim)})" for claim in claims)
         raise BackendError(f"xdrop backend name {name!r} is claimed by several packages: {owners}")
@@ -77,8 +135,16 @@ def _distribution(entry_point: metadata.EntryPoint) -> str:
     return entry_point.dist.name if entry_point.dist is not None else "an unknown distribution"
 
 
+def is_built_in(name: str) -> bool:
+    """Whether ``name`` is registered by xdrop itself (not by a plugin)."""
+    claims = _registered().get(name, [])
+    return len(claims) == 1 and _distribution(claims[0]) == BUILT_IN_DISTRIBUTION
+
+
 def load(name: str) -> Backend:
     """The backend registered as ``name``, created (and its framework imported) on first use."""
+    if not isinstance(name, str):
+        raise bad_type("backend name", name, f"a str, one of: {', '.join(registered_names())}")
     backend = _backends.get(name)
     if backend is not None:
         return backend
@@ -98,7 +164,9 @@ def _create(name: str) -> Backend:
             f"xdrop backend {name!r} is registered but cannot be imported ({error}); "
             f"install what it needs: {_install_hint(name, entry_point)}"
         ) from error
-    except Exception as error:
+    except KeyboardInterrupt:
+        raise
+    except BaseException as error:  # SystemExit from a plugin's import must not end the caller
         raise BackendError(
             f"xdrop backend {name!r} ({entry_point.value}, from {_distribution(entry_point)}) "
             f"failed to load: {type(error).__name__}: {error}"
@@ -126,7 +194,7 @@ def _self_check(backend: Backend) -> str | None:
     seed, p, count = 20_14, 0.5, 16
     try:
         dtype = backend.dtype_name(backend.asarray(np.zeros(2, np.float32)))
-        mask = spec.keep_mask(backend, spec.key_words(backend, seed), (count,), p)
+        mask = spec.keep_mask(backend, spec.key_words(backend, seed), (count,), spec.keep_count(p))
         host = backend.to_numpy(mask)
     except Exception as error:
         return f"drawing a mask raised {type(error).__name__}: {error}"
@@ -146,47 +214,71 @@ def _backend_class(name: str) -> type[Backend] | None:
     or ambiguous: a broken plugin must not stop dispatch to the others."""
     try:
         backend_class = _entry_point(name).load()
-    except Exception:
+    except KeyboardInterrupt:
+        raise
+    except BaseException:  # SystemExit too: a broken plugin must not end the caller
         return None
     is_backend = isinstance(backend_class, type) and issubclass(backend_class, Backend)
     return backend_class if is_backend else None
 
 
+def is_available(name: str) -> bool:
+    """Whether backend ``name`` can be used here, which is what ``xdrop conformance`` checks too.
+
+    A built-in backend is available when its class implements the protocol and its framework is
+    installed (its framework is not imported). A plugin is available when it loads: its class
+    is created and passes the self-check (a small mask drawn through it), as on first use."""
+    if name in _backends:
+        return True
+    if not is_built_in(name):
+        try:
+            load(name)
+        except BackendError:
+            return False
+        return True
+    backend_class = _backend_class(name)
+    framework = None if backend_class is None else backend_class.framework
+    return (
+        backend_class is not None
+        and not inspect.isabstract(backend_class)
+        and (framework is None or importlib.util.find_spec(framework) is not None)
+    )
+
+
 def available_backends() -> dict[str, bool]:
-    """Each registered backend name mapped to whether it can be used here: its class loads and
-    implements the protocol, and its framework is installed. Imports no framework.
+    """Each registered backend name mapped to whether it can be used here: for a built-in
+    backend, its framework is installed (it is not imported); a plugin is loaded and self-checked.
 
     >>> xdrop.available_backends()["numpy"]
     True
     """
-    from importlib.util import find_spec
-
-    available = {}
-    for name in registered_names():
-        backend_class = _backend_class(name)
-        framework = None if backend_class is None else backend_class.framework
-        available[name] = (
-            backend_class is not None
-            and not inspect.isabstract(backend_class)
-            and (framework is None or find_spec(framework) is not None)
-        )
-    return available
+    return {name: is_available(name) for name in registered_names()}
 
 
 # -- the default backend ----------------------------------------------------------------------------
 @host_constant  # torch.compile cannot trace ContextVar.get
 def default_name() -> str:
     """The default backend's name: ``use_backend`` > ``set_backend`` > ``XDROP_BACKEND`` > numpy."""
+    return selected_name() or FALLBACK_BACKEND
+
+
+def selected_name() -> str | None:
+    """The backend the user selected (``use_backend``, ``set_backend`` or ``XDROP_BACKEND``), if any."""
     return (
         _context_default.get()
         or _chosen_default
         or os.environ.get(ENVIRONMENT_VARIABLE, "").strip()
-        or FALLBACK_BACKEND
+        or None
     )
 
 
 def default_backend() -> Backend:
-    return load(default_name())
+    name = default_name()
+    if name == _context_default.get() or name == _chosen_default or name in _backends:
+        return load(name)
+    if name != FALLBACK_BACKEND and name not in _registered():  # from XDROP_BACKEND
+        raise unknown_backend(name, f" (from the environment variable {ENVIRONMENT_VARIABLE})")
+    return load(name)
 
 
 def get_backend() -> str:
@@ -235,20 +327,58 @@ def backend_for(x: object) -> Backend:
 @host_constant
 def owner_of_type(kind: type) -> str | None:
     """The name of the backend whose arrays are of type ``kind`` (None: the default backend's
-    business), found once per type. Only frameworks already imported are considered."""
+    business), found once per type. Only frameworks already imported are considered.
+
+    When several backends claim ``kind``, the one the user selected (``use_backend``,
+    ``set_backend``, ``XDROP_BACKEND``) wins, else the one built into xdrop; two plugins, or two
+    built-ins, claiming one type are an error naming both."""
     try:
-        return _owner_of_type[kind]
+        claims = _owner_of_type[kind]
     except KeyError:
-        pass
-    owner = None
-    if not issubclass(kind, (np.ndarray, np.generic, int, float, list, tuple)):
-        owner = next((name for name in _candidates() if _owns(name, kind)), None)
-    _owner_of_type[kind] = owner
-    return owner
+        claims = None
+        if not issubclass(kind, (np.ndarray, np.generic, int, float, list, tuple)):
+            claims = _claimants(kind)
+        _owner_of_type[kind] = claims
+    if claims is None:
+        return None
+    if isinstance(claims, str):
+        return claims
+    return _settle(kind, claims)
 
 
-def _candidates() -> list[str]:
-    """Backends whose framework is imported, then the generic ones (no framework of their own)."""
+def _claimants(kind: type) -> str | tuple[str, ...] | None:
+    """Who claims ``kind``: the dedicated backends of imported frameworks, else the generic ones.
+    One name when there is a single claim (or one clear winner); a tuple to settle per call."""
+    dedicated, generic = _candidates()
+    for names in (dedicated, generic):
+        claims = tuple(name for name in names if _owns(name, kind))
+        if len(claims) == 1:
+            return claims[0]
+        if claims:
+            return claims
+    return None
+
+
+def _settle(kind: type, claims: tuple[str, ...]) -> str:
+    selected = selected_name()
+    if selected in claims:
+        return selected
+    built_in = [name for name in claims if is_built_in(name)]
+    if len(built_in) == 1:
+        return built_in[0]
+    owners = ", ".join(
+        f"{name!r} ({_registered()[name][0].value}, from {_distribution(_registered()[name][0])})"
+        for name in claims
+    )
+    raise BackendError(
+        f"arrays of type {kind.__module__}.{kind.__qualname__} are claimed by several xdrop "
+        f"backends: {owners}; select one with xdrop.use_backend, xdrop.set_backend or "
+        f"{ENVIRONMENT_VARIABLE}"
+    )
+
+
+def _candidates() -> tuple[list[str], list[str]]:
+    """Backends whose framework is imported, and the generic ones (no framework of their own)."""
     dedicated, generic = [], []
     for name in registered_names():
         backend_class = _backend_class(name)
@@ -258,7 +388,7 @@ def _candidates() -> list[str]:
             generic.append(name)
         elif backend_class.framework in sys.modules:
             dedicated.append(name)
-    return dedicated + generic
+    return dedicated, generic
 
 
 def imported_backends() -> list[Backend]:

@@ -3,9 +3,13 @@ arrays (traceable), ``fold_in``, and the choice between the portable and the nat
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 import secrets
 import threading
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
@@ -22,6 +26,7 @@ SEED_ALLOWED = (
     "an integer in [0, 2**64), an xdrop.Generator, None, a 0-d integer array, "
     "a uint32[2] array (hi, lo) or a JAX key"
 )
+THREEFRY_KEY_DTYPE = "key<fry>"
 INTEGER_DTYPES = frozenset(
     f"{sign}int{bits}" for sign in ("", "u") for bits in (8, 16, 32, 64)
 )  # fmt: skip
@@ -42,6 +47,37 @@ class Generator:
         self._seed = check_seed(seed)
         self._count = 0
         self._lock = threading.Lock()
+
+    # pickling and copying keep the stream's position; the copy gets a lock of its own
+    def __getstate__(self) -> dict[str, int]:
+        return self.state_dict()
+
+    def __setstate__(self, state: dict[str, int]) -> None:
+        self._lock = threading.Lock()
+        self._seed, self._count = 0, 0
+        self.load_state_dict(state)
+
+    def state_dict(self) -> dict[str, int]:
+        """The generator's state, ``{"seed": ..., "draws": ...}``, to save with a checkpoint.
+
+        >>> g = xdrop.Generator(7); _ = g.next_seed()
+        >>> g.state_dict()
+        {'seed': 7, 'draws': 1}
+        """
+        with self._lock:
+            return {"seed": self._seed, "draws": self._count}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue the stream saved by :meth:`state_dict`: the next seed is the one that the
+        saved generator would have yielded next."""
+        if not isinstance(state, dict) or set(state) != {"seed", "draws"}:
+            raise bad_type("state", state, 'a dict {"seed": int, "draws": int} from state_dict()')
+        seed = check_seed(state["seed"])
+        draws = as_integer(state["draws"])
+        if draws is None or not 0 <= draws <= spec.WORD_COUNT:
+            raise bad_value('state["draws"]', state["draws"], "an integer in [0, 2**32]")
+        with self._lock:
+            self._seed, self._count = seed, draws
 
     @property
     def seed(self) -> int:
@@ -67,17 +103,38 @@ class Generator:
 
 
 _global = Generator(secrets.randbits(64))
+_manually_seeded = False
 
 
 def manual_seed(seed: int) -> Generator:
     """Restart the global generator used by ``seed=None`` from ``seed`` and return it.
 
+    A process forked afterwards continues the same stream (as ``torch.manual_seed`` and NumPy's
+    global state do); until ``manual_seed`` is called, each forked child reseeds from the OS.
+
     >>> xdrop.manual_seed(0)
     xdrop.Generator(seed=0, draws=0)
     """
-    global _global
+    global _global, _manually_seeded
     _global = Generator(seed)
+    _manually_seeded = True
     return _global
+
+
+def _after_fork_in_child() -> None:
+    """A forked child (multiprocessing on Linux, DataLoader workers) must not draw its parent's
+    ``seed=None`` masks: it reseeds from the OS, unless ``manual_seed`` asked for reproducible
+    draws, which then continue the parent's stream. Either way its lock is new: another thread
+    of the parent may have held the old one at the fork, and it would never be released."""
+    global _global
+    if _manually_seeded:
+        _global._lock = threading.Lock()
+    else:
+        _global = Generator(secrets.randbits(64))
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def global_generator() -> Generator:
@@ -90,7 +147,11 @@ SeedLike = int | Generator | Array | None
 
 # -- resolving a call's seed ------------------------------------------------------------------------
 def host_seed(seed: object) -> int | None:
-    """``seed`` as a host integer if it is one (Python/NumPy integer, NumPy seed array), else None."""
+    """``seed`` as a host integer if it is one (Python/NumPy integer, NumPy seed array), else None.
+
+    A value with an integer dtype (a NumPy scalar or an array of any framework) is read as the
+    unsigned two's complement of its width, so that ``np.int64(-1)``, ``np.array(-1)`` and
+    ``torch.tensor(-1)`` are all the seed ``2**64 - 1``; a Python int must be in ``[0, 2**64)``."""
     if isinstance(seed, np.ndarray):
         check_seed_array(seed.dtype.name, seed.shape, seed)
         if seed.shape == (2,):
@@ -102,10 +163,18 @@ def host_seed(seed: object) -> int | None:
     return check_seed(seed)
 
 
-def check_seed_array(dtype: str, shape: tuple[int, ...], seed: object) -> None:
+def check_seed_array(dtype: str, shape: tuple[int | None, ...], seed: object) -> None:
     is_integer_scalar = shape == () and dtype in INTEGER_DTYPES
     is_key_data = shape == (2,) and dtype == "uint32"
-    is_jax_key = shape == () and dtype.startswith("key<")
+    is_jax_key = shape == () and dtype == THREEFRY_KEY_DTYPE
+    if shape == () and dtype.startswith("key<") and not is_jax_key:
+        raise bad_type(
+            "seed",
+            seed,
+            f"a JAX key of the Threefry implementation (dtype {THREEFRY_KEY_DTYPE}, "
+            f'jax.random.key(n, impl="threefry2x32")); mask stream v1 is Threefry, and a key of '
+            f"dtype {dtype} holds other words",
+        )
     if not (is_integer_scalar or is_key_data or is_jax_key):
         raise bad_type("seed", seed, f"{SEED_ALLOWED} (got dtype {dtype}, shape {shape})")
 
@@ -151,14 +220,20 @@ def native_seed(seed: object, xp: Backend, like: Array | None) -> int | Key | No
     return resolve(seed, xp, like)
 
 
-def validate_seed(seed: object) -> None:
-    """Reject a bad seed without drawing one (used where no mask is drawn, e.g. in eval)."""
+def validate_seed(seed: object, xp: Backend) -> None:
+    """Reject a seed without drawing one (where no mask is drawn, e.g. in eval) exactly as a
+    training call of backend ``xp`` would: a seed array must be one of ``xp``'s."""
     if seed is None or isinstance(seed, Generator) or host_seed(seed) is not None:
         return
-    xp = backend_for(seed)
     if not xp.is_array(seed):
         raise bad_type("seed", seed, SEED_ALLOWED)
     check_seed_array(xp.dtype_name(seed), xp.shape(seed), seed)
+
+
+def check_like(like: object, xp: Backend) -> None:
+    """``like`` names where a mask is made: None, or an array (of ``xp``, or a NumPy array)."""
+    if like is not None and not (xp.is_array(like) or isinstance(like, (np.ndarray, np.generic))):
+        raise bad_type("like", like, "None or an array of a registered backend")
 
 
 def _drawn_seed_in_trace(framework: str) -> TracingError:
@@ -218,6 +293,7 @@ def fold_in(seed: object, data: object) -> object:
 
 # -- portable or native ---------------------------------------------------------------------------------
 _chosen_rng: str | None = None
+_context_rng: contextvars.ContextVar[str | None] = contextvars.ContextVar("xdrop_rng", default=None)
 
 
 def check_rng(rng: object) -> str:
@@ -226,12 +302,17 @@ def check_rng(rng: object) -> str:
     return str(rng)
 
 
+@host_constant  # torch.compile cannot trace ContextVar.get: the choice is baked into the graph
 def get_rng() -> str:
-    """The generator used when a call passes no ``rng``: ``set_rng`` > ``XDROP_RNG`` > portable.
+    """The generator used when a call passes no ``rng``: ``use_rng`` > ``set_rng`` >
+    ``XDROP_RNG`` > portable.
 
     >>> xdrop.get_rng()
     'portable'
     """
+    in_context = _context_rng.get()
+    if in_context is not None:
+        return in_context
     if _chosen_rng is not None:
         return _chosen_rng
     from_environment = os.environ.get(RNG_ENVIRONMENT_VARIABLE, "").strip()
@@ -255,3 +336,19 @@ def set_rng(rng: str | None) -> None:
     """
     global _chosen_rng
     _chosen_rng = None if rng is None else check_rng(rng)
+
+
+@contextlib.contextmanager
+def use_rng(rng: str) -> Iterator[str]:
+    """Make ``rng`` the default generator inside a ``with`` block (thread- and async-safe;
+    restores exactly what was there before), as :func:`xdrop.use_backend` does for backends.
+
+    >>> with xdrop.use_rng("native"):
+    ...     xdrop.get_rng()
+    'native'
+    """
+    token = _context_rng.set(check_rng(rng))
+    try:
+        yield rng
+    finally:
+        _context_rng.reset(token)

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
+from xdrop.errors import BackendError
 from xdrop.protocol import Array, Backend, Dim, Key, WordOps, Words
 from xdrop.tracing import cached_host_constant, host_constant
 
@@ -106,7 +107,7 @@ def keep_count(p: float) -> int:
 
     ``C == 0`` only for ``p == 1``; ``C == 2**23`` keeps everything."""
     keep_probability = float(np.float32(1.0 - p))
-    return math.ceil(keep_probability * 2**UNIFORM_BITS)  # scaling by 2**23 is exact in float64
+    return math.ceil(keep_probability * ALL_KEPT)  # scaling by 2**23 is exact in float64
 
 
 def keep_threshold(p: float) -> int:
@@ -146,7 +147,20 @@ def keep_chunks(
         return
     for start, stop in counter_chunks(offset, count, xp.chunk_size):
         first = key_words(xp, start, like)
-        yield kept(xp, stream_bits(xp, key, first, stop - start, like, schedule), kept_count)
+        keep = kept(xp, stream_bits(xp, key, first, stop - start, like, schedule), kept_count)
+        check_chunk_size(
+            xp, keep, stop - start
+        )  # a plugin's wrong size must not leave output unwritten
+        yield keep
+
+
+def check_chunk_size(xp: Backend, chunk: Array, size: int) -> None:
+    """A chunk of the keep mask must hold the ``size`` elements asked for."""
+    if xp.shape(chunk) != (size,):
+        raise BackendError(
+            f"xdrop backend {xp.name!r} made a mask chunk of shape {xp.shape(chunk)} from its "
+            f"word operations: {xp.size(xp.shape(chunk))} elements, not {size}"
+        )
 
 
 def keep_mask(

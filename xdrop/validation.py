@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
+import sys
 from collections.abc import Sequence
 from typing import Union
 
@@ -12,7 +14,7 @@ import numpy as np
 from xdrop.errors import ArgumentTypeError, ArgumentValueError, bad_type, bad_value, describe
 from xdrop.protocol import Array, Backend
 from xdrop.rdrop import REDUCTIONS
-from xdrop.spec import FLOAT_DTYPES, MODES, SEED_COUNT, WORD_COUNT, inverted_scale
+from xdrop.spec import FLOAT_DTYPES, MODES, SEED_COUNT, WORD_COUNT, inverted_scale, rounded
 
 Rate = Union[float, Array]  # noqa: UP007 (Array is Any: "float | Any" fails on Python 3.10)
 """A checked rate: a Python float in [0, 1], or a 0-d float array being traced."""
@@ -41,14 +43,15 @@ def check_rate(p: object, xp: Backend | None = None) -> Rate:
     if isinstance(p, numbers.Real):
         value = float(p)
     elif isinstance(p, np.ndarray) or (xp is not None and xp.is_array(p)):
-        owner = xp if xp is not None and xp.is_array(p) else None
-        dtype = str(p.dtype) if owner is None else owner.dtype_name(p)
-        shape = tuple(p.shape) if owner is None else owner.shape(p)
+        array: Array = p
+        owner = xp if xp is not None and xp.is_array(array) else None
+        dtype = str(array.dtype) if owner is None else owner.dtype_name(array)
+        shape = tuple(array.shape) if owner is None else owner.shape(array)
         if dtype not in FLOAT_DTYPES or shape != ():
-            raise bad_type("p", f"<array of {dtype}, shape {shape}>", RATE_ALLOWED)
-        if owner is not None and owner.is_tracing(p):
-            return p
-        value = float(p if owner is None else owner.to_numpy(p))
+            raise bad_type("p", Shown(f"<{dtype} array of shape {shape}>"), RATE_ALLOWED)
+        if owner is not None and owner.is_tracing(array):
+            return array
+        value = float(array if owner is None else owner.to_numpy(array))
     else:
         raise bad_type("p", p, RATE_ALLOWED)
     if not 0.0 <= value <= 1.0:  # NaN fails both comparisons
@@ -90,8 +93,11 @@ def check_counter_range(offset: int, shape: tuple[int | None, ...]) -> None:
 
 
 def check_seed(seed: object) -> int:
-    """A host integer seed in ``[0, 2**64)``."""
+    """A host integer seed in ``[0, 2**64)``; a NumPy integer is read as the unsigned two's
+    complement of its width, as seed arrays are (``np.int64(-1)`` is ``2**64 - 1``)."""
     value = as_integer(seed)
+    if isinstance(seed, np.integer):
+        value = int(seed) % (1 << (8 * seed.dtype.itemsize))
     if value is None:
         raise bad_type("seed", seed, "an integer in [0, 2**64), an xdrop.Generator or None")
     if not 0 <= value < SEED_COUNT:
@@ -108,12 +114,44 @@ def check_fold_data(data: object) -> int:
     return value
 
 
+class Shown:
+    """A value as an error message shows it, e.g. ``<array of int32>``."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+
 def check_float_dtype(dtype: str, argument: str = "x") -> str:
     if dtype not in FLOAT_DTYPES:
-        raise bad_type(
-            argument, f"<array of {dtype}>", "an array of float16, bfloat16, float32 or float64"
-        )
+        allowed = "an array of float16, bfloat16, float32 or float64"
+        raise ArgumentTypeError(describe(argument, Shown(f"<array of {dtype}>"), allowed))
     return dtype
+
+
+def as_input_array(xp: Backend, x: object, argument: str = "x") -> Array:
+    """``x`` as a dense array of ``xp``: its own arrays pass through, NumPy arrays and (nested)
+    lists of numbers are converted; what cannot be converted, or a sparse tensor, is an error."""
+    if xp.is_array(x):
+        layout = str(getattr(x, "layout", ""))
+        if getattr(x, "is_sparse", False) or layout.startswith("torch.sparse"):
+            allowed = "a dense array (xdrop draws a mask for every element, stored or not)"
+            raise ArgumentTypeError(describe(argument, Shown(f"<{layout} tensor>"), allowed))
+        return x
+    try:
+        return xp.asarray(x)
+    except (ValueError, TypeError, OverflowError) as error:  # ragged lists, strings, objects
+        shown = Shown(_shorten(repr(x)))
+        allowed = f"an array, or a rectangular nested list of numbers ({error})"
+        raise ArgumentTypeError(
+            describe(argument, shown, allowed) + f" of type {type(x).__name__}"
+        ) from error
+
+
+def _shorten(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def check_shape(
@@ -142,12 +180,43 @@ def check_shape(
         raise bad_type("shape", shape, allowed)
     if any(size is not None and int(size) < 0 for size in shape):
         raise bad_value("shape", shape, allowed)
-    return tuple(None if size is None else int(size) for size in shape)
+    sizes = tuple(None if size is None else int(size) for size in shape)
+    if None not in sizes:
+        check_mask_size(shape, math.prod(sizes))  # type: ignore[arg-type]
+    return sizes
 
 
-def check_noise_shape(
-    noise_shape: object, shape: tuple[int | None, ...]
-) -> tuple[int | None, ...]:
+def check_mask_size(shape: object, count: int) -> None:
+    """A mask of ``count`` elements must fit the counter space and this machine's memory, so that
+    an impossible size fails at once rather than after growing a list of chunks without end."""
+    if count > SEED_COUNT:
+        raise bad_value(
+            "shape", shape, "a shape of at most 2**64 elements (the counters of mask stream v1)"
+        )
+    limit = MEMORY_BYTES
+    if count > limit:  # a boolean mask takes a byte per element
+        raise bad_value(
+            "shape",
+            shape,
+            f"a shape whose boolean mask fits this machine's memory: at most {limit} elements "
+            f"(got {count})",
+        )
+
+
+def memory_bytes() -> int:
+    """The most bytes one array can take here: the physical memory, and no more than the
+    address space (``sys.maxsize``)."""
+    try:
+        physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # not a POSIX system
+        physical = sys.maxsize
+    return min(sys.maxsize, physical if physical > 0 else sys.maxsize)
+
+
+MEMORY_BYTES = memory_bytes()  # read once: torch.compile cannot trace os.sysconf
+
+
+def check_noise_shape(noise_shape: object, shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
     """Complete ``noise_shape`` against the input's ``shape`` (TensorFlow/Keras rules).
 
     Entries align to the right; missing leading entries act as 1 (shared) and ``None`` takes the
@@ -191,7 +260,7 @@ def check_scale_fits(p: float, dtype: str, mode: str) -> None:
 class ArrayDescription:
     """An array as error messages show it: ``<int64 array of shape (2, 3)>``."""
 
-    def __init__(self, dtype: str, shape: tuple[int, ...]) -> None:
+    def __init__(self, dtype: str, shape: tuple[int | None, ...]) -> None:
         self.dtype = dtype
         self.shape = shape
 
@@ -240,13 +309,15 @@ def check_reduction(reduction: object, positions: tuple[int, ...]) -> str:
     return str(reduction)
 
 
-def check_alpha(alpha: object) -> float:
-    """The weight of the KL term: a finite real number >= 0."""
+def check_alpha(alpha: object, dtype: str = "float64") -> float:
+    """The weight of the KL term: a real number >= 0, finite in ``dtype``, the dtype the loss is
+    computed in (``alpha=1e39`` overflows float32 and would make every loss NaN)."""
+    allowed = f"a real number >= 0 that is finite in {dtype} (the dtype the loss is computed in)"
     if isinstance(alpha, (bool, np.bool_)) or not isinstance(alpha, numbers.Real):
-        raise bad_type("alpha", alpha, "a finite real number >= 0")
+        raise bad_type("alpha", alpha, allowed)
     value = float(alpha)
-    if not math.isfinite(value) or value < 0:
-        raise bad_value("alpha", alpha, "a finite real number >= 0")
+    if not math.isfinite(value) or value < 0 or math.isinf(rounded(value, dtype)):
+        raise bad_value("alpha", alpha, allowed)
     return value
 
 
@@ -271,7 +342,7 @@ def check_ignore_index(ignore_index: object) -> int | None:
 def check_position_array(
     argument: str,
     array: ArrayDescription,
-    positions: tuple[int, ...],
+    positions: tuple[int | None, ...],
     kind: str,
     *,
     dtype_ok: bool,
@@ -280,8 +351,15 @@ def check_position_array(
     allowed = f"{kind} of shape {positions} (the shape of the logits without the class axis)"
     if not dtype_ok:
         raise bad_array_type(argument, array, allowed)
-    if array.shape != positions:
+    if not shapes_agree(array.shape, positions):
         raise bad_array(argument, array, allowed)
+
+
+def shapes_agree(first: tuple[int | None, ...], second: tuple[int | None, ...]) -> bool:
+    """Whether two shapes can be one: the same rank, and equal sizes where both are known."""
+    return len(first) == len(second) and all(
+        a is None or b is None or a == b for a, b in zip(first, second, strict=True)
+    )
 
 
 def check_labels_in_range(

@@ -89,6 +89,13 @@ def case_parameters() -> Iterator[dict[str, Any]]:
     for p in (0.0, 1.0, 1e-10, 2.0**-30, 1 - 1e-10, 1 - 2.0**-53, 0.5 + 2.0**-40):
         for mode in ("inverted", "classic"):
             yield _dropout("edge_p", (30,), p, 5, mode=mode, dtype="float64")
+    # the edge rates in the narrow dtypes too, so that a backend without float64 (JAX without
+    # x64) checks p == 0, p == 1 and tiny p; float16 cannot hold 1/(1 - p) for p near 1
+    for dtype in ("float16", "bfloat16", "float32"):
+        for p in (0.0, 1.0, 1e-10, 2.0**-30, 1 - 1e-10):
+            if not (dtype == "float16" and p == 1 - 1e-10):
+                for mode in ("inverted", "classic"):
+                    yield _dropout("edge_p_narrow", (30,), p, 5, mode=mode, dtype=dtype)
     for noise_shape in ((4, 1, 5), (1, 6, 1), (5,), (None, 1, None), (1, 1, 1), (None, None, None)):
         yield _dropout("noise_shape", (4, 6, 5), 0.5, 13, noise_shape=list(noise_shape))
     for offset in (0, 7, 2**32 - 30, 2**40 + 3, 2**64 - 72):

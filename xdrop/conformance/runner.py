@@ -30,8 +30,6 @@ from xdrop.errors import BackendError
 from xdrop.protocol import Backend
 
 MODES = ("eager", "compiled")
-# for slow compilers: the first case of each of these groups
-SAMPLE_GROUPS = ("inverted", "noise_shape", "offset", "fold_in", "rdrop_kl", "rdrop_loss")
 RDROP_KINDS = ("rdrop_kl", "rdrop_loss")
 # (relative, absolute) tolerance of the R-Dropout cases, by the dtype the loss is computed in: a
 # few float32 roundings per term of sums of at most 30 terms; float64 is held to the reference.
@@ -39,12 +37,49 @@ RDROP_TOLERANCE = {"float32": (1e-5, 1e-6), "float64": (1e-12, 1e-12)}
 
 
 def sample(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The first case of each of a few groups: what a slow compiler checks by default."""
-    first: dict[str, dict[str, Any]] = {}
-    for case in cases:
-        if case["group"] in SAMPLE_GROUPS:
-            first.setdefault(case["group"], case)
-    return list(first.values())
+    """A few cases that between them show every feature a compiled graph could get wrong: each
+    group and kind, each dtype, evaluation and training, both modes, the edge rates (0, 1, tiny,
+    next to 1), noise shapes, offsets in the first block, across a multiple of 2**32 and far
+    beyond, fold_in data with the high bit set. What a slow compiler checks by default.
+
+    Chosen greedily, in file order: the case showing the most features not yet shown, until every
+    feature is shown."""
+    features = [_features(case) for case in cases]
+    missing = set().union(*features) if features else set()
+    chosen: list[int] = []
+    while missing:
+        best = max(range(len(cases)), key=lambda i: (len(features[i] & missing), -i))
+        chosen.append(best)
+        missing -= features[best]
+    return [cases[i] for i in sorted(chosen)]
+
+
+def _features(case: dict[str, Any]) -> set[tuple[str, Any]]:
+    """What a case exercises, as ``(aspect, value)`` pairs."""
+    kind = case["kind"]
+    shown: set[tuple[str, Any]] = {("group", case["group"]), ("kind", kind)}
+    if kind == "fold_in":
+        return shown | {("data high bit", case["data"] >= 2**31)}
+    if kind in RDROP_KINDS:
+        return shown | {("loss dtype", case["dtype"])}
+    if kind == "dropout":
+        shown.add(("dtype", case["dtype"]))
+    p, offset, count = case["p"], case["offset"], math.prod(case["shape"])
+    rate = (
+        "0" if p == 0 else "1" if p == 1 else "tiny" if p < 1e-6 else "next to 1" if p > 1 - 1e-6
+        else "interior"
+    )  # fmt: skip
+    if offset == 0:
+        place = "start"
+    elif offset // spec.WORD_COUNT != (offset + max(count, 1) - 1) // spec.WORD_COUNT:
+        place = "across 2**32"
+    else:
+        place = "first block" if offset < spec.WORD_COUNT else "beyond 2**32"
+    shown |= {("rate", rate), ("offset", place)}
+    if kind == "dropout":
+        shown |= {("training", case["training"]), ("mode", case["mode"])}
+        shown.add(("noise shape", case["noise_shape"] is not None))
+    return shown
 
 
 @dataclass
@@ -272,7 +307,8 @@ def identical_outputs(first: CaseResult, second: CaseResult) -> bool:
 
 
 def _same_bits(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Elementwise equality that tells -0.0 from +0.0 and takes any NaN to equal any NaN."""
+    """Elementwise equality that tells -0.0 from +0.0 and takes any NaN to equal any NaN: NaN
+    payloads are not part of the spec (``docs/spec.md``, Outputs: CUDA returns its canonical NaN)."""
     if a.dtype.kind != "f" or b.dtype.kind != "f":
         return np.asarray(a == b)
     same: np.ndarray = (a == b) & (np.signbit(a) == np.signbit(b)) | np.isnan(a) & np.isnan(b)

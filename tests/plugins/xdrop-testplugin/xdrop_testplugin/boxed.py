@@ -77,8 +77,14 @@ class BoxedBackend(Backend):
         shifted = np.left_shift(words, np.uint32(bits)), np.right_shift(words, np.uint32(32 - bits))
         return Boxed(np.bitwise_or(*shifted))
 
-    def less_than(self, a: Any, threshold: int) -> Boxed:
-        return Boxed(np.less(_unbox(a), np.uint32(threshold)))
+    def shift_right(self, a: Any, bits: int) -> Boxed:
+        return Boxed(np.right_shift(_unbox(a), np.uint32(bits)))
+
+    def less_than(self, a: Any, b: Any) -> Boxed:
+        return Boxed(np.less(_unbox(a), np.uint32(b) if isinstance(b, int) else _unbox(b)))
+
+    def from_bool(self, mask: Any) -> Boxed:
+        return Boxed(_unbox(mask).astype(np.uint32))
 
     def seed_words(self, seed: Any) -> Key:
         value = int(_unbox(seed)) % 2**64

@@ -31,5 +31,17 @@ class WrongTypes(NumpyBackend):
     framework = "xdrop_testplugin"
     array_types = ()
 
-    def less_than(self, a: Any, threshold: int) -> Any:
-        return (a < np.uint32(threshold)).astype(np.int64)
+    def less_than(self, a: Any, b: Any) -> Any:
+        return super().less_than(a, b).astype(np.int64)
+
+
+class WrongSizes(NumpyBackend):
+    """Loses the last word of every stream of counters longer than the self-check's 16: its
+    chunks come out one element short, which must be an error, not uninitialised output."""
+
+    name = "wrong_sizes"
+    framework = "xdrop_testplugin"
+    array_types = ()
+
+    def iota(self, n: int, like: Any = None) -> Any:
+        return np.arange(n if n <= 16 else n - 1, dtype=np.uint32)

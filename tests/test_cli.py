@@ -1,0 +1,167 @@
+"""The ``xdrop`` command: bad arguments end it at once (exit 2, one line), results are written
+atomically to a path checked before anything runs, and a run that checks nothing fails."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from xdrop import cli, registry
+
+pytestmark = pytest.mark.backend_independent
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ["bench", "--backend", "numpy", "--sizes", "16", "--p", "0.5", "--repeats", "1"]
+CONFORMANCE = ["conformance", "--backend", "numpy", "--mode", "eager"]
+
+
+def run_main(arguments: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    try:
+        status = cli.main(arguments)
+    except SystemExit as exit_:
+        status = exit_.code if isinstance(exit_.code, int) else 1
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        ["--repeats", "-1"],
+        ["--repeats", "0"],
+        ["--repeats", "two"],
+        ["--p", "2"],
+        ["--p", "nan"],
+        ["--p", "-0.1"],
+        ["--p", "half"],
+        ["--sizes", "0"],
+        ["--sizes", "1.5"],
+        ["--sizes", "inf"],
+        ["--sizes", "ten"],
+        ["--direction", "sideways"],
+    ],
+)
+def test_every_bad_bench_argument_exits_2_with_one_line(arguments, capsys):
+    status, out, err = run_main([*BENCH, *arguments], capsys)
+    assert status == 2
+    assert out == ""  # nothing ran
+    assert len(err.strip().splitlines()) == 1 and err.startswith("xdrop bench: error: ")
+
+
+@pytest.mark.parametrize("command", [BENCH, CONFORMANCE])
+@pytest.mark.parametrize("where", ["missing folder", "a folder", "no permission"])
+def test_a_bad_json_path_fails_before_the_run(command, where, tmp_path, capsys):
+    target = {
+        "missing folder": tmp_path / "nowhere" / "out.json",
+        "a folder": tmp_path,
+        "no permission": tmp_path / "locked" / "out.json",
+    }[where]
+    if where == "no permission":
+        target.parent.mkdir()
+        target.parent.chmod(0o500)
+        if os.access(target.parent, os.W_OK):  # root writes anywhere
+            pytest.skip("running as a user who may write anywhere")
+    status, out, err = run_main([*command, "--json", str(target)], capsys)
+    assert status == 2
+    assert out == ""  # checked before the run, not after it
+    assert len(err.strip().splitlines()) == 1 and "--json" in err
+
+
+def test_results_are_written_atomically(tmp_path, capsys, monkeypatch):
+    path = tmp_path / "report.json"
+    path.write_text("the previous results")
+
+    def fail(*arguments, **keywords):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(json, "dump", fail)
+    with pytest.raises(OSError, match="disk full"):
+        cli.main([*CONFORMANCE, "--json", str(path)])
+    assert path.read_text() == "the previous results"  # untouched, and no stray temporary
+    assert sorted(tmp_path.iterdir()) == [path]
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert cli.main([*CONFORMANCE, "--json", str(path)]) == 0
+    assert json.loads(path.read_text())["passed"] is True
+
+
+def test_a_conformance_run_that_checks_no_backend_fails(monkeypatch, capsys):
+    monkeypatch.setattr(registry, "is_available", lambda name: False)
+    status, out, _ = run_main(["conformance", "--mode", "eager"], capsys)
+    assert status == 1
+    assert "no backend to check" in out and "all backends conform" not in out
+
+
+def test_a_backend_whose_every_case_is_skipped_was_not_checked(monkeypatch, capsys):
+    from xdrop.conformance import runner
+
+    real = runner.load
+
+    def no_cases() -> dict:
+        document = dict(real())
+        document["cases"] = []
+        return document
+
+    monkeypatch.setattr(runner, "load", no_cases)
+    status, out, _ = run_main(CONFORMANCE, capsys)
+    assert status == 1
+    assert "NOT CHECKED numpy" in out and "FAILED (0 of 1 backends checked)" in out
+
+
+def test_an_unknown_backend_is_a_usage_error(capsys):
+    status, _, err = run_main(["conformance", "--backend", "nope"], capsys)
+    assert status == 2 and len(err.strip().splitlines()) == 1
+
+
+def test_the_source_tree_finds_the_installed_backends(tmp_path):
+    """From the checkout root, ``import xdrop`` finds the source folder (README: ``pip install .``
+    then ``xdrop conformance``). Emulated here by dropping an editable install's finder and
+    putting the checkout first on ``sys.path``, as ``python -c`` run from the root does."""
+    code = (
+        "import sys\n"
+        "sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in "
+        "getattr(f, '__module__', '')]\n"
+        f"sys.path.insert(0, {str(ROOT)!r})\n"
+        "import numpy as np, xdrop, xdrop.cli, xdrop.backends.numpy as module\n"
+        "print(xdrop.__file__.startswith(sys.path[0]))\n"
+        "print(xdrop.available_backends()['numpy'])\n"
+        "print(xdrop.dropout(np.ones(4, np.float32), 0.5, seed=0).tolist())\n"
+        "print(module is sys.modules['xdrop.backends.numpy'], "
+        "type(xdrop.registry.load('numpy')).__module__)\n"
+        "try:\n"
+        "    import backends.numpy\n"
+        "except ImportError as error:\n"
+        "    print('refused:', error)\n"
+        "sys.exit(xdrop.cli.main(['conformance', '--backend', 'numpy', '--mode', 'eager']))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[:4] == ["True", "True", "[0.0, 0.0, 2.0, 2.0]", "True xdrop.backends.numpy"]
+    assert lines[4].startswith("refused: backends/ is the package xdrop.backends")
+    assert "all backends conform" in result.stdout
+
+
+def test_the_json_report_gives_each_skipped_case_its_reason():
+    from xdrop.conformance.runner import BackendReport, CaseResult
+
+    report = BackendReport("jax", available=True, results=[
+        CaseResult("a", "inverted", "passed"),
+        CaseResult("b", "inverted", "skipped", detail="float64 arrays need jax_enable_x64"),
+    ])  # fmt: skip
+    (run,) = cli._document([report], passed=True)["runs"]
+    assert run["skipped"] == [{"case": "b", "reason": "float64 arrays need jax_enable_x64"}]
+
+
+def test_ci_runs_the_backend_independent_tests_once():
+    script = (ROOT / ".ci" / "run").read_text()
+    first, loop = script.split("for backend in", 1)
+    assert "python -m pytest" in first and "-m " not in first.split("python -m pytest", 1)[1][:40]
+    assert 'python -m pytest -q -m "not backend_independent"' in loop.split("done", 1)[0]
