@@ -36,6 +36,9 @@ class JaxBackend(Backend):
             raise TypeError("float64 arrays need jax.config.update('jax_enable_x64', True)")
         return self.jnp.asarray(np.asarray(x), dtype=dtype)
 
+    def in_host_memory(self, x: Any) -> bool:
+        return all(device.platform == "cpu" for device in x.devices())
+
     def to_numpy(self, x: Any) -> np.ndarray:
         array = np.array(x)
         return array.astype(np.float32) if array.dtype.name == "bfloat16" else array

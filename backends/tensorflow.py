@@ -27,6 +27,9 @@ class TensorflowBackend(Backend):
         tensor = self.tf.convert_to_tensor(x)
         return tensor if dtype is None else self.tf.cast(tensor, dtype)
 
+    def in_host_memory(self, x: Any) -> bool:
+        return "CPU" in x.device.rsplit("/", 1)[-1]
+
     def to_numpy(self, x: Any) -> np.ndarray:
         if x.dtype == self.tf.bfloat16:
             x = self.tf.cast(x, self.tf.float32)
@@ -109,6 +112,11 @@ class TensorflowBackend(Backend):
 
     def stage(self, function: Callable[..., Any]) -> Callable[..., Any]:
         return self.compile(function)  # eagerly and in graphs without XLA, one fused step
+
+    def stage_any_shape(self, function: Callable[..., Any]) -> Callable[..., Any]:
+        # a graph (no XLA) whose sizes relax to None after the first retrace: a new shape costs
+        # about a millisecond, against a hundred for an XLA compilation
+        return self.tf.function(function, reduce_retracing=True, autograph=False)
 
     def is_tracing(self, x: Any) -> bool:
         return not self.tf.executing_eagerly()

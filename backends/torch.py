@@ -41,6 +41,9 @@ class TorchBackend(Backend):
         # a copy: the source may be a read-only array, which torch cannot share
         return self.torch.tensor(np.asarray(x), dtype=self._dtype(dtype))
 
+    def in_host_memory(self, x: Any) -> bool:
+        return bool(x.device.type == "cpu")
+
     def to_numpy(self, x: Any) -> np.ndarray:
         x = x.detach().cpu()
         return (x.float() if x.dtype == self.torch.bfloat16 else x).numpy().copy()

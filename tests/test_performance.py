@@ -5,6 +5,7 @@ arrays, and chunked application that gives the bits of the whole-mask path."""
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import pytest
@@ -75,18 +76,37 @@ def test_torch_saves_one_byte_per_element_for_backward():
     assert sum(saved) <= x.numel()
 
 
-def test_staged_calls_compile_once_per_shape_not_per_seed(xp, array):
+def test_staged_steps_compile_per_program_not_per_seed_offset_or_rate(xp, array, host, monkeypatch):
     if xp.stage(lambda v: v) is None:
         pytest.skip(f"the {xp.name} backend runs eager calls op by op")
+    traces: list[str] = []
+
+    def counting(stage: Any) -> Any:
+        def counted_stage(function: Any) -> Any:
+            def traced(*arguments: Any) -> Any:
+                traces.append(xp.name)
+                return function(*arguments)
+
+            return stage(traced)
+
+        return counted_stage
+
+    monkeypatch.setattr(xp, "stage", counting(xp.stage))
+    monkeypatch.setattr(xp, "stage_any_shape", counting(xp.stage_any_shape))
     api._staged.cache_clear()
     x = array(np.ones((4, 33)))
-    first = xdrop.dropout(x, 0.3, seed=1)
-    for seed in (2, 3, 2**64 - 1):
-        xdrop.dropout(x, 0.3, seed=seed)
-    assert api._staged.cache_info().currsize == 1
-    assert xdrop.dropout(x, 0.3, seed=1) is not first  # a new call, the same bits
-    xdrop.dropout(array(np.ones(7)), 0.3, seed=1)
-    assert api._staged.cache_info().currsize == 2
+    for call in range(4):
+        y = xdrop.dropout(x, 0.1 + call / 10, seed=call, offset=call * 2**31)
+        want = xdrop.dropout(np.ones((4, 33), np.float32), 0.1 + call / 10, seed=call,
+                             offset=call * 2**31)  # fmt: skip
+        np.testing.assert_array_equal(host(y), want)
+    first = len(traces)
+    assert 1 <= first <= 3  # a step for any shape of the rank (TensorFlow), then this shape's
+    for call in range(6):
+        xdrop.dropout(x, 0.05 + call / 10, seed=call + 9, offset=call, mode="inverted")
+    assert len(traces) == first
+    xdrop.dropout(x, 0.3, seed=1, mode="classic")  # another program
+    assert len(traces) > first
 
 
 def test_staging_keeps_p_zero_as_x_itself(xp, array):

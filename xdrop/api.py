@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 from collections.abc import Callable, Sequence
@@ -30,6 +31,8 @@ from xdrop.validation import (
 
 STAGED_CACHE_SIZE = 64
 """Staged steps kept per process: each holds a compiled program (XLA's take megabytes)."""
+COMPILE_AFTER = 2
+"""Calls with one program after which a backend that can stage any shape compiles it alone."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +57,11 @@ class DropoutPlan:
         return tuple(
             size if entry is None else entry for entry, size in zip(self.noise, sizes, strict=True)
         )
+
+    def any_shape(self) -> DropoutPlan:
+        """The plan for every shape of this rank: sizes known at run time, shared axes kept."""
+        noise = tuple(1 if entry == 1 else None for entry in self.noise)
+        return dataclasses.replace(self, shape=(None,) * len(self.shape), noise=noise)
 
     @property
     def is_elementwise(self) -> bool:
@@ -220,22 +228,48 @@ def _portable(
 
 def _staged_step(xp: Backend, x: Array, plan: DropoutPlan) -> Callable[..., Any] | None:
     """The backend's staged step for ``plan``, or None where it does not stage: inside a compiler
-    that fuses anyway, or for shapes known only at run time (the graph runs as it is)."""
+    that fuses anyway, or for shapes known only at run time (the graph runs as it is).
+
+    A backend that can stage any shape of a rank runs a program seen fewer than
+    ``COMPILE_AFTER`` times there, so that many one-off shapes cost no compilation each."""
     if None in plan.shape or xp.is_compiling(x):
         return None
-    return _staged(xp, plan)
+    if _calls.count(plan) < COMPILE_AFTER:
+        general = _staged(xp, plan.any_shape(), any_shape=True)
+        if general is not None:
+            return general
+    return _staged(xp, plan, any_shape=False)
 
 
 @functools.lru_cache(maxsize=STAGED_CACHE_SIZE)
-def _staged(xp: Backend, plan: DropoutPlan) -> Callable[..., Any] | None:
-    """One compiled step per plan: seed, offset, keep count and factor are its arguments."""
+def _staged(xp: Backend, plan: DropoutPlan, any_shape: bool) -> Callable[..., Any] | None:
+    """One staged step per plan: seed, offset, keep count and factor are its arguments."""
 
     def step(
         x: Array, key: Key, start: Key, kept_count: Words, factor: Array | None
     ) -> tuple[Array, Array | None]:
         return _portable(xp, plan, x, key, start, kept_count, factor)
 
-    return xp.stage(step)
+    return xp.stage_any_shape(step) if any_shape else xp.stage(step)
+
+
+class _CallCounts:
+    """How often each recent program was called (the most recent ``size`` programs)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.counts: collections.OrderedDict[DropoutPlan, int] = collections.OrderedDict()
+
+    def count(self, plan: DropoutPlan) -> int:
+        """How many calls with ``plan`` came before this one (which is counted now)."""
+        seen = self.counts.pop(plan, 0)
+        self.counts[plan] = seen + 1
+        if len(self.counts) > self.size:
+            self.counts.popitem(last=False)
+        return seen
+
+
+_calls = _CallCounts(1024)
 
 
 @functools.lru_cache(maxsize=1024)

@@ -116,6 +116,11 @@ class Backend(WordOps):
     def asarray(self, x: object, dtype: str | None = None) -> Array:
         """``x`` (a NumPy array, Python scalar or nested list) as this framework's array."""
 
+    def in_host_memory(self, x: Array) -> bool:
+        """Whether ``x`` lives in the host's memory (a CPU device), so that reading it back waits
+        for no accelerator. Default: False."""
+        return False
+
     @abc.abstractmethod
     def to_numpy(self, x: Array) -> np.ndarray:
         """A NumPy copy of ``x`` (bfloat16 may come back as float32, which holds it exactly)."""
@@ -293,9 +298,16 @@ class Backend(WordOps):
         (eagerly, or in a graph without a compiler), or None (the default) to run it as it is.
 
         ``function`` takes arrays (and tuples of arrays) and returns them; its Python arguments
-        are already bound. The caller caches the result per bound arguments, so the compiler
-        runs once per input shape and dtype: a seed passed as an array never recompiles. Worth
-        it where a compilation takes milliseconds and each eager operation is a dispatch."""
+        are already bound. The caller caches the result per program (shape, dtype, noise shape,
+        mode), so the compiler runs once per program: seeds, offsets and rates are arrays and
+        never recompile. Worth it where a compilation takes milliseconds and each eager
+        operation is a dispatch."""
+        return None
+
+    def stage_any_shape(self, function: Callable[..., Any]) -> Callable[..., Any] | None:
+        """``function`` staged once for every shape of a rank (sizes as run-time dims), for
+        shapes seen once, where compiling each would cost more than it saves; or None (the
+        default) to compile for each shape with :meth:`stage`."""
         return None
 
     # -- seeds held in arrays (optional: lets seeds be traced values) -------------------------------

@@ -107,10 +107,11 @@ def rdrop_loss(
     Args:
         logits1, logits2: the two passes' logits, as for :func:`rdrop_kl`.
         labels: integer class indices, of the logits' shape without ``axis``. Their values are
-            checked (in ``[0, C)`` or ``ignore_index``) where they are host values (NumPy arrays,
-            lists, the NumPy backend); a framework's array is not read back for it, which would
-            cost a device sync per step: an out-of-range label there behaves as the framework's
-            indexing does (PyTorch raises, JAX clamps).
+            checked (in ``[0, C)`` or ``ignore_index``) where they are at hand on the host (NumPy
+            arrays, lists, eager arrays in CPU memory); an accelerator's array is not read back
+            for it, which would cost a device sync per step, and neither is a traced one: an
+            out-of-range label there behaves as the framework's indexing does (PyTorch raises,
+            JAX clamps).
         alpha: the weight of the KL term, ``>= 0`` and finite in the dtype the loss is computed
             in; 0 gives ``CE1 + CE2`` alone.
         axis: the class axis.
@@ -229,9 +230,10 @@ def rdrop_forward(model_fn: Callable[[Any], Any], x: Any, *, axis: int = 0) -> t
 
 # -- argument handling -----------------------------------------------------------------------------
 def _on_host(xp: Backend, value: Any) -> bool:
-    """Whether ``value`` was given as a host value: NumPy, Python, or an array of a NumPy backend."""
+    """Whether ``value`` is at hand on the host: NumPy, Python, or an eager array in host memory,
+    which reading costs no wait for an accelerator."""
     if xp.is_array(value):
-        return xp.framework == "numpy"
+        return xp.framework == "numpy" or (not xp.is_tracing(value) and xp.in_host_memory(value))
     return isinstance(value, (np.ndarray, np.generic, list, tuple, numbers.Number))
 
 

@@ -225,14 +225,12 @@ def rate_constants(
     A rate outside ``[0, 1]`` (or NaN), or whose inverted scale is not finite in ``dtype``,
     cannot raise inside a graph: it keeps every unit and makes the factor NaN, so the whole
     output is NaN rather than quietly wrong. Computed in float64 where the framework has it
-    (the host's arithmetic); else in float32, with ``dtype(1 - p)`` rounded from the exact
-    ``1 - p`` (see ``_rounded_difference``)."""
+    (the host's arithmetic), else in float32, which is exact for the float32 rate it then holds;
+    ``_rounded_difference`` rounds ``1 - p`` to ``dtype`` once."""
     compute = "float64" if xp.has_float64() else "float32"
     rate = xp.astype(p, compute)
     valid = xp.logical_and(xp.less_equal(0.0, rate), xp.less_equal(rate, 1.0))
     difference = xp.minus(1.0, rate)
-    scaled = xp.times(xp.astype(difference, "float32"), float(ALL_KEPT))
-    kept_count = xp.word_from_float(xp.where(valid, xp.ceil(scaled), float(ALL_KEPT)))
     keep_probability = _rounded_difference(xp, rate, difference, dtype, compute)
     if not training:  # classic evaluation: x * dtype(1 - p)
         factor = keep_probability
@@ -244,28 +242,36 @@ def rate_constants(
         finite = xp.equal(xp.minus(quotient, quotient), 0.0)  # inf - inf is NaN
         valid = xp.logical_and(valid, xp.where(nothing_kept, True, finite))
         factor = xp.where(nothing_kept, 0.0, quotient)
+    scaled = xp.times(xp.astype(difference, "float32"), float(ALL_KEPT))
+    kept_count = xp.word_from_float(xp.where(valid, xp.ceil(scaled), float(ALL_KEPT)))
     return kept_count, xp.where(valid, factor, math.nan)
 
 
 def _rounded_difference(
     xp: Backend, rate: Array, difference: Array, dtype: str, compute: str
 ) -> Array:
-    """``dtype(1 - p)`` rounded once from the exact ``1 - p``, as the host rounds float64's.
+    """``dtype(1 - p)``: ``difference`` (``1 - p`` in ``compute``, as the host computes it in
+    float64, or exact) rounded once to ``dtype``.
 
-    In float64, and in float32 for float32 itself, one rounding of ``difference`` is that.
-    Rounding float32's ``r = fl(1 - p)`` again to float16 or bfloat16 can go wrong only where
-    ``r`` is exactly halfway between two of their values and ``1 - p`` was not exact; the
-    exact error ``e = (1 - r) - p`` (Fast2Sum) then says which neighbour is right."""
-    nearest = xp.astype(difference, dtype)
-    if compute == "float64" or dtype in ("float32", "float64"):
-        return nearest
-    back = xp.astype(nearest, compute)
-    across = xp.plus(difference, xp.minus(difference, back))  # 2r - back: exact
+    A cast to float32 or float64 rounds once. To float16 and bfloat16 a framework may cast
+    through float32 (PyTorch does), and ``difference`` may itself be float32's rounding of
+    ``1 - p``: rounding twice goes wrong only where ``r = float32(difference)`` is exactly halfway
+    between two values of ``dtype`` and ``r`` is not the whole value. The residual ``e`` (exact:
+    Fast2Sum in float32, a subtraction of close numbers in float64) then says which is right."""
+    if dtype in ("float32", "float64"):
+        return xp.astype(difference, dtype)
+    if compute == "float32":
+        head, residual = difference, xp.minus(xp.minus(1.0, difference), rate)
+    else:
+        head = xp.astype(difference, "float32")
+        residual = xp.minus(difference, xp.astype(head, compute))
+    nearest = xp.astype(head, dtype)
+    back = xp.astype(nearest, "float32")
+    across = xp.plus(head, xp.minus(head, back))  # 2r - back: exact, the neighbour across r
     other = xp.astype(across, dtype)
-    error = xp.minus(xp.minus(1.0, difference), rate)
-    inexact = xp.logical_and(_not(xp, xp.equal(error, 0.0)), _not(xp, xp.equal(difference, back)))
-    halfway = xp.logical_and(inexact, xp.equal(xp.astype(other, compute), across))
-    other_is_right = xp.equal(xp.less_equal(across, difference), xp.less_equal(error, 0.0))
+    inexact = xp.logical_and(_not(xp, xp.equal(residual, 0.0)), _not(xp, xp.equal(head, back)))
+    halfway = xp.logical_and(inexact, xp.equal(xp.astype(other, "float32"), across))
+    other_is_right = xp.equal(xp.less_equal(across, head), xp.less_equal(residual, 0.0))
     return xp.where(xp.logical_and(halfway, other_is_right), other, nearest)
 
 
