@@ -7,7 +7,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from xdrop import seeds, spec
+from xdrop import kernel, seeds, spec
 from xdrop.errors import bad_value
 from xdrop.protocol import Array, Backend, Key
 from xdrop.registry import backend_for
@@ -162,6 +162,9 @@ def _dropout(
         return y, keep if return_mask else None
     assert isinstance(seed, tuple)  # portable seeds are key words
     if noise == xp.shape(x) and not xp.is_tracing(x):
+        fused = kernel.dropout(xp, x, seed, p, offset, mode, return_mask)
+        if fused is not None:  # one compiled pass where the backend has one (xdrop/kernel.py)
+            return fused
         count = math.prod(noise)
         chunks = functools.partial(spec.keep_chunks, xp, seed, count, p, offset, like=x)
         return spec.dropout(
