@@ -59,7 +59,7 @@ def dropout(
         run = functools.partial(_triton().dropout, key, offset, threshold, factor)
     else:
         return None
-    if x.requires_grad and torch.is_grad_enabled():
+    if (x.requires_grad and torch.is_grad_enabled()) or _forward_ad_level() >= 0:
         y, keep = _fused_dropout(x, run, return_mask)
         return y, keep
     return run(x, return_mask)
@@ -118,9 +118,17 @@ def _cpu(
     return y, keep
 
 
+def _forward_ad_level() -> int:
+    """The innermost ``forward_ad.dual_level`` open (-1: none), where ``x`` may carry a tangent;
+    0 (one may be open) if torch no longer says."""
+    return int(getattr(torch.autograd.forward_ad, "_current_level", 0))
+
+
 def _transforms_active() -> bool:
-    check = getattr(torch._C._functorch, "_are_functorch_transforms_active", None)
-    return bool(check()) if check is not None else False
+    """Whether a ``torch.func`` transform (``grad``, ``vmap``...) is running; True if torch no
+    longer says, which leaves every call to the spec's operations."""
+    check = getattr(torch._C, "_are_functorch_transforms_active", None)
+    return True if check is None else bool(check())
 
 
 @functools.lru_cache(maxsize=1)

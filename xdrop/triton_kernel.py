@@ -55,6 +55,13 @@ def _group_b(x0: Any, x1: Any) -> Any:
 
 
 @triton.jit
+def _widen_bfloat16(x: Any) -> Any:
+    """bfloat16 to float32 (exact) as a shift of the bits: Triton's interpreter mangles
+    subnormals otherwise."""
+    return (x.to(tl.uint16, bitcast=True).to(tl.uint32) << 16).to(tl.float32, bitcast=True)
+
+
+@triton.jit
 def _round_bfloat16(value: Any) -> Any:
     """float32 to bfloat16, to nearest-even, spelled out in integer arithmetic: Triton's
     interpreter truncates instead; NaN stays a quiet NaN with its sign."""
@@ -115,7 +122,7 @@ def _dropout_kernel(
         if x.dtype == tl.float64:
             value = x * factor
         elif x.dtype == tl.bfloat16:
-            value = _round_bfloat16(x.to(tl.float32) * factor.to(tl.float32))
+            value = _round_bfloat16(_widen_bfloat16(x) * factor.to(tl.float32))
         else:  # float16 products are exact in float32: one rounding, to nearest-even
             value = (x.to(tl.float32) * factor.to(tl.float32)).to(x.dtype)
     else:
