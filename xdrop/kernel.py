@@ -21,6 +21,7 @@ the extension, and it runs as with ``XDROP_KERNEL=0``.
 
 from __future__ import annotations
 
+import functools
 import os
 from types import ModuleType
 from typing import Any
@@ -89,18 +90,12 @@ def host_dropout(
     out: np.ndarray,
     keep: np.ndarray | None,
 ) -> None:
-    """Write ``where(keep, x * factor, +0.0)`` into ``out``, a C-contiguous array of ``x``'s shape
-    and item size, and the keep mask into ``keep`` (a C-contiguous boolean array of that shape)
-    unless it is None. Needs the compiled kernel (``compiled is not None``).
-
-    ``x`` holds values of ``dtype`` (bfloat16 and float16 may come as their 16-bit words), in
-    native byte order; a non-contiguous ``x`` is copied to row-major order first."""
+    """Write ``where(keep, x * factor, +0.0)`` into ``out`` and the keep mask into ``keep``
+    (unless it is None). ``x`` and ``out`` are C-contiguous arrays of one size holding values of
+    ``dtype`` in native byte order (bfloat16 may come as its 16-bit words), ``keep`` a C-contiguous
+    boolean array of that size. Needs the compiled kernel (``compiled is not None``)."""
     assert compiled is not None
-    words = np.dtype(f"u{x.dtype.itemsize}")  # the kernel reads bits: views, never conversions
-    source = np.ascontiguousarray(x).view(words)
-    compiled.dropout(
-        source, out.view(words), keep, dtype, key[0], key[1], offset, threshold, factor
-    )
+    compiled.dropout(x, out, keep, dtype, key[0], key[1], offset, threshold, factor)
 
 
 def numpy_dropout(
@@ -112,15 +107,19 @@ def numpy_dropout(
     return_mask: bool,
 ) -> tuple[np.ndarray, np.ndarray | None] | None:
     """:meth:`~xdrop.protocol.Backend.fused_dropout` for NumPy arrays (and NumPy scalars, which
-    give 0-d arrays, as the spec's path does)."""
+    give 0-d arrays, as the spec's path does). A non-contiguous ``x`` is copied to row-major
+    order first; a byte-swapped one is left to the spec's operations."""
     x = np.asarray(x)
-    if compiled is None or not x.dtype.isnative:  # a byte-swapped array: left to the spec
+    if compiled is None or not x.dtype.isnative:
         return None
+    if not x.flags.c_contiguous:
+        x = np.ascontiguousarray(x)
     y = np.empty(x.shape, x.dtype)
     keep = np.empty(x.shape, np.bool_) if return_mask else None
-    host_dropout(x, _name(x.dtype), key, offset, threshold, factor, y, keep)
+    compiled.dropout(x, y, keep, _name(x.dtype), key[0], key[1], offset, threshold, factor)
     return y, keep
 
 
+@functools.lru_cache
 def _name(dtype: np.dtype[Any]) -> str:
-    return str(dtype.name)  # "bfloat16" for ml_dtypes' type
+    return str(dtype.name)  # "bfloat16" for ml_dtypes' type; cached, NumPy builds it in Python
