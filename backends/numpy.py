@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from xdrop import kernel
 from xdrop.protocol import Backend, Key
 
 
@@ -59,6 +60,17 @@ class NumpyBackend(Backend):
                 keep.reshape(-1)[start:stop] = chunk
             start = stop
         return y, keep
+
+    def fused_dropout(
+        self,
+        x: Any,
+        key: tuple[int, int],
+        offset: int,
+        threshold: int,
+        factor: float | None,
+        return_mask: bool,
+    ) -> tuple[np.ndarray, np.ndarray | None] | None:
+        return kernel.numpy_dropout(x, key, offset, threshold, factor, return_mask)
 
     def broadcast_to(self, a: Any, shape: tuple[int, ...]) -> np.ndarray:
         return np.broadcast_to(a, shape)

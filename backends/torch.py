@@ -27,7 +27,10 @@ class TorchBackend(Backend):
     def __init__(self) -> None:
         import torch
 
+        from xdrop import torch_kernel  # imports torch: only once torch is in use
+
         self.torch = torch
+        self.kernels = torch_kernel
         self.array_types = (torch.Tensor,)
         # a 0-d zero that compiled graphs read as an input (an attribute), not as a constant
         self.opaque_zero = torch.zeros((), dtype=torch.int64)
@@ -65,6 +68,17 @@ class TorchBackend(Backend):
 
     def select(self, keep: Any, x: Any) -> Any:
         return self.torch.where(keep, x, self.torch.zeros((), dtype=x.dtype, device=x.device))
+
+    def fused_dropout(
+        self,
+        x: Any,
+        key: tuple[int, int],
+        offset: int,
+        threshold: int,
+        factor: float | None,
+        return_mask: bool,
+    ) -> tuple[Any, Any] | None:
+        return self.kernels.dropout(x, key, offset, threshold, factor, return_mask)
 
     def broadcast_to(self, a: Any, shape: tuple[int, ...]) -> Any:
         return a.expand(shape)

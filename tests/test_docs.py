@@ -42,7 +42,14 @@ def test_markdown_python_examples_run(document):
 
 @pytest.mark.parametrize("module_name", MODULES)
 def test_docstring_examples_run(module_name):
-    module = importlib.import_module(module_name)
+    try:
+        module = importlib.import_module(module_name)
+    except (
+        ImportError
+    ) as error:  # xdrop.torch_kernel and xdrop.triton_kernel import their framework
+        if error.name not in ("torch", "triton"):
+            raise
+        pytest.skip(f"{module_name} needs {error.name}")
     with xdrop.use_backend("numpy"):
         failures, _ = doctest.testmod(
             module, extraglobs={"xdrop": xdrop}, optionflags=doctest.NORMALIZE_WHITESPACE

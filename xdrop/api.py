@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from xdrop import seeds, spec
+from xdrop import kernel, seeds, spec
 from xdrop.errors import bad_value
 from xdrop.protocol import Array, Backend, Dim, Key, Words
 from xdrop.registry import backend_for
@@ -217,6 +217,11 @@ def _portable(
     """Portable dropout. A mask of ``x``'s own shape, known in full, is applied chunk by chunk as
     it is generated (eagerly); other masks are drawn whole, at the noise shape, and broadcast."""
     if plan.is_elementwise and isinstance(start, int) and not xp.is_tracing(x):
+        # eager: the seed, C and the factor are host values (a rate tensor was read)
+        assert isinstance(kept_count, int) and not _is_array(factor)
+        fused = kernel.dropout(xp, x, key, start, kept_count, factor, plan.return_mask)
+        if fused is not None:  # one compiled pass where the backend has one (xdrop/kernel.py)
+            return fused
         count = xp.size(plan.noise)
         chunks = functools.partial(spec.keep_chunks, xp, key, count, kept_count, start, like=x)
         return spec.dropout(xp, x, chunks, factor, chunked=True, return_mask=plan.return_mask)
@@ -270,6 +275,10 @@ class _CallCounts:
 
 
 _calls = _CallCounts(1024)
+
+
+def _is_array(value: object) -> bool:
+    return value is not None and not isinstance(value, float)
 
 
 @functools.lru_cache(maxsize=1024)

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from xdrop import registry
+from xdrop import kernel, registry
 from xdrop.conformance import golden
 from xdrop.conformance.runner import MODES, BackendReport, identical_outputs, run_backend
 
@@ -197,7 +197,8 @@ def _bench(arguments: argparse.Namespace) -> int:
     print()
     print(benchmarks.targets_table(benchmarks.check_targets(report)))
     machine = report.machine
-    print(f"\n{machine['processor']}, {machine['cores']} cores, load average "
+    print(f"\n{machine['kernel']}")
+    print(f"{machine['processor']}, {machine['cores']} cores, load average "
           f"{machine['load_before']} before and {machine.get('load_after')} after; "
           + ", ".join(f"{name} {version}" for name, version in report.versions.items()))  # fmt: skip
     if arguments.json:
@@ -251,6 +252,7 @@ def _conformance(
         for name in names
         for mode in modes
     ]
+    print(kernel.status())
     print(_table(reports))
     print()
     print(_pairwise_table(reports))
@@ -347,6 +349,7 @@ def _document(reports: list[BackendReport], passed: bool) -> dict[str, Any]:
     return {
         "schema": 1,
         "stream": golden.STREAM_VERSION,
+        "kernel": kernel.status(),
         "passed": passed,
         "runs": [
             {

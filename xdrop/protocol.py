@@ -186,6 +186,24 @@ class Backend(WordOps):
         kept_values = x if factor is None else self.multiply(x, factor)
         return self.select(keep, kept_values), keep if return_mask else None
 
+    def fused_dropout(
+        self,
+        x: Array,
+        key: tuple[int, int],
+        offset: int,
+        threshold: int,
+        factor: float | None,
+        return_mask: bool,
+    ) -> tuple[Array, Array | None] | None:
+        """Training dropout of ``x`` in one fused pass (:mod:`xdrop.kernel`), or None (the
+        default) where the backend has no fused kernel for ``x``: then the spec's operations run.
+
+        Element ``i`` (row-major) is kept when ``bits(key, offset + i) < threshold``; the result
+        is ``(where(keep, x * factor, +0.0), keep if return_mask else None)`` (``x`` unscaled for
+        ``factor=None``), with exactly the bits of :meth:`select_chunks` on the spec's mask.
+        ``key`` holds the key words as Python integers. Called only eagerly, for ``p > 0``."""
+        return None
+
     # -- words ----------------------------------------------------------------------------------
     @abc.abstractmethod
     def iota(self, n: Dim, like: Array | None = None) -> Words:

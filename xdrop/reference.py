@@ -75,7 +75,8 @@ def round_to(value: Fraction, dtype: str) -> float:
     quantum = Fraction(2) ** (max(exponent, min_exponent) - precision + 1)
     rounded = round(magnitude / quantum) * quantum  # round() on a Fraction ties to even
     overflows = rounded >= Fraction(2) ** (max_exponent + 1)
-    return math.copysign(math.inf if overflows else float(rounded), value)
+    # the sign from a comparison: float(value) itself may overflow (a float64 product)
+    return math.copysign(math.inf if overflows else float(rounded), -1.0 if value < 0 else 1.0)
 
 
 def keep_threshold(p: float) -> int:

@@ -12,7 +12,7 @@ from importlib import metadata
 from typing import Any
 
 import xdrop
-from xdrop import registry
+from xdrop import kernel, registry
 from xdrop.benchmarks.suites import SUITES, Case, Suite
 from xdrop.benchmarks.timing import Timing, describe_error, paired_ratio, time_interleaved
 
@@ -140,7 +140,8 @@ def measure(suite: Suite, case: Case, repeats: int, min_sample: float) -> Measur
 
 
 def machine() -> dict[str, Any]:
-    """The processor, the cores this process may use, the OS, Python and the load average."""
+    """The processor, the cores this process may use, the OS, Python, the load average and
+    whether the compiled kernel is in use."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {
         "processor": _processor_model(),
@@ -148,6 +149,7 @@ def machine() -> dict[str, Any]:
         "platform": platform.platform(),
         "python": platform.python_version(),
         "load_before": _load(),
+        "kernel": kernel.status(),
     }
 
 

@@ -1,0 +1,402 @@
+"""The fused kernels give the bits of the spec's operations (``XDROP_KERNEL=0``) and of the
+reference, for every dtype, rate, offset and layout; torch's autograd function saves nothing.
+
+Run on the backend under test where it has a fused kernel (NumPy, torch); CI runs the rest of the
+suite once more with ``XDROP_KERNEL=0``, so both paths pass the same tests."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+import xdrop
+from xdrop import kernel, reference, spec
+from xdrop.protocol import Backend
+
+DTYPES = ["float16", "bfloat16", "float32", "float64"]
+RATES = [1e-12, 0.1, 0.5, 0.9, 0.999, 1.0]  # 1e-12 keeps everything: T == 2**32
+BITS = {"float16": np.uint16, "bfloat16": np.uint32, "float32": np.uint32, "float64": np.uint64}
+# the host copy of bfloat16 is float32 (exact), hence its 32-bit words above
+
+# the spec's NumPy path warns where x * s overflows to infinity (the kernel does not)
+pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+
+needs_kernel = pytest.mark.skipif(kernel.compiled is None, reason=f"not built: {kernel.MISSING}")
+
+
+@pytest.fixture
+def fused(xp: Backend) -> Backend:
+    """The backend under test, where it has a fused kernel."""
+    if type(xp).fused_dropout is Backend.fused_dropout:
+        pytest.skip(f"the {xp.name} backend has no fused kernel")
+    if kernel.compiled is None:
+        pytest.skip(f"the compiled kernel is not built: {kernel.MISSING}")
+    return xp
+
+
+@pytest.fixture
+def calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The dtypes the compiled kernel ran on, call by call."""
+    seen: list[str] = []
+    compiled = kernel.compiled
+
+    class Spy:
+        @staticmethod
+        def dropout(*arguments: object) -> None:
+            seen.append(str(arguments[3]))
+            compiled.dropout(*arguments)
+
+    monkeypatch.setattr(kernel, "compiled", Spy)
+    return seen
+
+
+def both_paths(monkeypatch: pytest.MonkeyPatch, call):
+    """``call()`` with the kernel, then with ``XDROP_KERNEL=0``."""
+    monkeypatch.delenv(kernel.ENVIRONMENT_VARIABLE, raising=False)
+    with_kernel = call()
+    monkeypatch.setenv(kernel.ENVIRONMENT_VARIABLE, "0")
+    without = call()
+    monkeypatch.delenv(kernel.ENVIRONMENT_VARIABLE)
+    return with_kernel, without
+
+
+def assert_same_bits(a: np.ndarray, b: np.ndarray, dtype: str) -> None:
+    """Bit for bit, except that any NaN equals any NaN (payloads are the hardware's)."""
+    assert a.shape == b.shape and a.dtype == b.dtype
+    words = BITS[dtype]
+    same = (a.view(words) == b.view(words)) | (np.isnan(a) & np.isnan(b))
+    assert same.all(), f"{np.count_nonzero(~same)} elements differ, first at {np.argmin(same)}"
+
+
+def awkward_values(count: int, dtype: str) -> np.ndarray:
+    """Normal values mixed with NaN, infinities, signed zeros, subnormals and the largest
+    finite values (whose products overflow)."""
+    if dtype == "bfloat16":
+        largest, tiny = 3.3895313892515355e38, 2.0**-133
+    else:
+        info = np.finfo(dtype)
+        largest, tiny = float(info.max), float(info.smallest_subnormal)
+    special = [np.nan, np.inf, -np.inf, 0.0, -0.0, largest, -largest, tiny, -3 * tiny, 2**-14]
+    values = np.random.default_rng(count).standard_normal(count) * 3
+    values[: len(special) * 7 : 7] = special[: len(values[: len(special) * 7 : 7])]
+    return values
+
+
+def run_both(fused, array, host, monkeypatch, calls, values, dtype, **options):
+    x = array(values, dtype)
+
+    def call():
+        y, keep = xdrop.dropout(x, return_mask=True, **options)
+        return host(y), host(keep)
+
+    (y, keep), (y0, keep0) = both_paths(monkeypatch, call)
+    assert calls, "the compiled kernel did not run"
+    assert_same_bits(y, y0, dtype)
+    assert (keep == keep0).all()
+    return y, keep
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("p", RATES)
+@pytest.mark.parametrize("mode", ["inverted", "classic"])
+def test_the_kernel_gives_the_bits_of_the_spec(fused, array, host, monkeypatch, calls, dtype, p, mode):  # fmt: skip
+    values = awkward_values(2000, dtype)
+    for offset in (0, 2**32 - 1000, 2**64 - 2000):  # the last counter is 2**64 - 1
+        run_both(fused, array, host, monkeypatch, calls, values, dtype,
+                 p=p, seed=0xDEADBEEF_12345678, mode=mode, offset=offset)  # fmt: skip
+
+
+@pytest.mark.parametrize("p", [1 - 2**-23, 1 - 2**-24])
+def test_tiny_keep_probabilities(fused, array, host, monkeypatch, calls, p):
+    run_both(fused, array, host, monkeypatch, calls, awkward_values(5000, "float64"), "float64",
+             p=p, seed=3)  # fmt: skip
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_the_kernel_gives_the_bits_of_the_reference(fused, array, host, calls, dtype):
+    values = awkward_values(300, dtype)
+    x = array(values, dtype)
+    exact = host(x).astype(np.float64).tolist()  # the values as the dtype holds them
+    for p, mode, offset in [(0.3, "inverted", 2**32 - 150), (0.7, "classic", 5), (1.0, "inverted", 0)]:  # fmt: skip
+        y, keep = xdrop.dropout(x, p, seed=2**64 - 1, mode=mode, offset=offset, return_mask=True)
+        expected, expected_keep = reference.dropout(
+            exact, (300,), p, 2**64 - 1, dtype=dtype, mode=mode, offset=offset
+        )
+        assert host(keep).tolist() == expected_keep
+        assert_same_bits(host(y).astype(np.float64), np.array(expected), "float64")
+    assert calls == [dtype] * 3
+
+
+@pytest.mark.parametrize("offset", [0, 2**32 - 100, 2**33 - 1])
+def test_counters_crossing_a_multiple_of_two_to_the_32(fused, array, host, calls, offset):
+    _, keep = xdrop.dropout(array(np.ones(200)), 0.5, seed=11, offset=offset, return_mask=True)
+    assert host(keep).tolist() == reference.keep_mask(11, 0.5, 200, offset)
+
+
+def test_strided_inputs_follow_the_row_major_index(fused, array, host, monkeypatch, calls):
+    base = array(awkward_values(24 * 35, "float32").reshape(24, 35))
+    views = {
+        "transposed": lambda: base.T,
+        "every other column": lambda: base[:, ::2],
+        "one column": lambda: base[:, 3],
+    }
+    if fused.name == "torch":
+        views["broadcast"] = lambda: base[:1].expand(6, 35)
+        views["reversed"] = lambda: base.flip(0)
+    else:
+        views["reversed"] = lambda: base[::-1]
+    for name, view in views.items():
+
+        def call(view=view):
+            y, keep = xdrop.dropout(view(), 0.4, seed=8, return_mask=True)
+            return host(y), host(keep)
+
+        (y, keep), (y0, keep0) = both_paths(monkeypatch, call)
+        assert_same_bits(y, y0, "float32")
+        assert (keep == keep0).all(), name
+        assert y.shape == host(view()).shape
+    assert len(calls) == len(views)
+
+
+@pytest.mark.parametrize("shape", [(), (0,), (3, 0, 2), (1,)])
+def test_zero_dimensional_and_empty_inputs(fused, array, host, monkeypatch, calls, shape):
+    values = np.full(shape, 1.5)
+
+    def call():
+        y, keep = xdrop.dropout(array(values), 0.5, seed=1, return_mask=True)
+        return host(y), host(keep)
+
+    (y, keep), (y0, keep0) = both_paths(monkeypatch, call)
+    assert y.shape == y0.shape == keep.shape == shape
+    assert_same_bits(y, y0, "float32")
+    assert (keep == keep0).all()
+
+
+def test_without_return_mask_only_the_output_comes_back(fused, array, host, calls):
+    x = array(np.ones(1000))
+    y = xdrop.dropout(x, 0.5, seed=4)
+    expected = np.where(reference.keep_mask(4, 0.5, 1000), np.float32(2), np.float32(0))
+    assert_same_bits(host(y), expected, "float32")
+    assert calls == ["float32"]
+
+
+def test_the_input_is_never_written(fused, array, host):
+    values = awkward_values(500, "float32")
+    x = array(values)
+    before = host(x).copy()
+    xdrop.dropout(x, 0.5, seed=1)
+    assert_same_bits(host(x), before, "float32")
+
+
+def test_concurrent_calls_give_the_same_bits(fused, array, host):
+    """The kernel runs without the GIL: calls on several threads must not interfere."""
+    x = array(awkward_values(200_000, "float32"))
+    expected = host(xdrop.dropout(x, 0.5, seed=21))
+    results: list[np.ndarray] = []
+
+    def work() -> None:
+        results.append(host(xdrop.dropout(x, 0.5, seed=21)))
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(results) == 4
+    for result in results:
+        assert_same_bits(result, expected, "float32")
+
+
+def test_masks_at_another_shape_and_evaluation_do_not_use_the_kernel(fused, array, calls):
+    x = array(np.ones((4, 6)))
+    xdrop.dropout(x, 0.5, seed=1, noise_shape=(4, 1))
+    xdrop.dropout(x, 0.5, seed=1, training=False)
+    xdrop.dropout(x, 0.0, seed=1)
+    assert calls == []
+
+
+def test_xdrop_kernel_0_turns_the_kernel_off(fused, array, calls, monkeypatch):
+    monkeypatch.setenv("XDROP_KERNEL", "0")
+    xdrop.dropout(array(np.ones(10)), 0.5, seed=1)
+    assert calls == []
+    assert "off" in kernel.status()
+
+
+def test_a_bad_xdrop_kernel_value_is_an_error_naming_it(fused, array, monkeypatch):
+    monkeypatch.setenv("XDROP_KERNEL", "yes")
+    with pytest.raises(xdrop.ArgumentValueError, match=r"XDROP_KERNEL must be .*'yes'"):
+        xdrop.dropout(array(np.ones(3)), 0.5, seed=1)
+
+
+@needs_kernel
+def test_status_says_the_kernel_is_in_use(monkeypatch):
+    monkeypatch.delenv("XDROP_KERNEL", raising=False)
+    assert "in use" in kernel.status()
+
+
+# -- NumPy specifics --------------------------------------------------------------------------------
+@needs_kernel
+def test_numpy_scalars_read_only_and_byte_swapped_arrays(monkeypatch, calls):
+    with xdrop.use_backend("numpy"):
+        scalar, scalar0 = both_paths(monkeypatch, lambda: xdrop.dropout(np.float32(3), 0.5, seed=2))
+        assert_same_bits(np.asarray(scalar), np.asarray(scalar0), "float32")
+        frozen = np.linspace(-1, 1, 99, dtype=np.float32)
+        frozen.flags.writeable = False
+        y, y0 = both_paths(monkeypatch, lambda: xdrop.dropout(frozen, 0.5, seed=2))
+        assert_same_bits(y, y0, "float32")
+        swapped = frozen.astype(">f4")  # left to the spec's operations, same bits
+        y, y0 = both_paths(monkeypatch, lambda: xdrop.dropout(swapped, 0.5, seed=2))
+        assert y.dtype == y0.dtype == np.dtype(">f4") and (y == y0).all()
+    assert calls == ["float32", "float32"]
+
+
+@needs_kernel
+@pytest.mark.parametrize("name", ["float16", "bfloat16"])
+def test_sixteen_bit_products_are_the_dtypes_own_multiplication(name):
+    """Every 16-bit value times a few scales: one rounding from float32, as NumPy multiplies."""
+    dtype = np.dtype(pytest.importorskip("ml_dtypes").bfloat16 if name == "bfloat16" else name)
+    x = np.arange(2**16, dtype=np.uint16).view(dtype)
+    for p in (0.1, 0.3, 0.5, 0.9):
+        factor = spec.inverted_scale(p, name)
+        y = np.empty_like(x)
+        kernel.host_dropout(x, name, (0, 0), 0, 2**32, factor, y, None)  # keeps everything
+        with np.errstate(over="ignore", invalid="ignore"):
+            expected = x * dtype.type(factor)
+        same = (y.view(np.uint16) == expected.view(np.uint16)) | (np.isnan(y) & np.isnan(expected))
+        assert same.all(), x[~same][:5]
+
+
+# -- torch: autograd without a saved mask -----------------------------------------------------------
+@pytest.fixture
+def torch():
+    torch = pytest.importorskip("torch")
+    if kernel.compiled is None:
+        pytest.skip(f"the compiled kernel is not built: {kernel.MISSING}")
+    return torch
+
+
+def on_host(tensor):
+    """A NumPy copy; bfloat16 as float32 (exact), which ``BITS`` expects."""
+    tensor = tensor.detach()
+    return (tensor.float() if str(tensor.dtype) == "torch.bfloat16" else tensor).numpy()
+
+
+def saved_bytes(torch, function):
+    """Bytes of the tensors autograd saves while ``function()`` runs (the input included)."""
+    storages: dict[int, int] = {}
+
+    def pack(tensor):
+        storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        result = function()
+    return sum(storages.values()), result
+
+
+@pytest.mark.parametrize("mode", ["inverted", "classic"])
+def test_torch_saves_nothing_for_backward(torch, mode):
+    x = torch.randn(10_000, requires_grad=True)
+    saved, y = saved_bytes(torch, lambda: xdrop.dropout(x, 0.5, seed=0, mode=mode))
+    assert saved == 0
+    assert type(y.grad_fn).__name__ == "FusedDropoutBackward"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("p", [0.1, 0.5, 1.0])
+@pytest.mark.parametrize("mode", ["inverted", "classic"])
+def test_torch_gradients_are_those_of_the_spec(torch, monkeypatch, dtype, p, mode):
+    values = torch.tensor(awkward_values(3000, dtype), dtype=getattr(torch, dtype))
+    gradient = torch.tensor(awkward_values(3001, dtype)[1:], dtype=getattr(torch, dtype))
+
+    def call():
+        x = values.clone().requires_grad_()
+        y = xdrop.dropout(x, p, seed=77, mode=mode, offset=2**32 - 1500)
+        (grad,) = torch.autograd.grad(y, x, gradient)
+        return on_host(y), on_host(grad)
+
+    (y, grad), (y0, grad0) = both_paths(monkeypatch, call)
+    assert_same_bits(y, y0, dtype)
+    assert_same_bits(grad, grad0, dtype)
+
+
+def test_torch_second_derivatives_are_those_of_the_spec(torch, monkeypatch):
+    """The backward is differentiable: d(grad)/d(grad_output) is dropout again."""
+    values = torch.randn(500, dtype=torch.float64)
+
+    def call():
+        x = values.clone().requires_grad_()
+        upstream = torch.ones(500, dtype=torch.float64, requires_grad=True)
+        y = xdrop.dropout(x, 0.3, seed=5)
+        (grad,) = torch.autograd.grad(y, x, upstream, create_graph=True)
+        (second,) = torch.autograd.grad(grad, upstream, torch.arange(500.0, dtype=torch.float64))
+        return grad.detach().numpy(), second.numpy()
+
+    (grad, second), (grad0, second0) = both_paths(monkeypatch, call)
+    assert_same_bits(grad, grad0, "float64")
+    assert_same_bits(second, second0, "float64")
+
+
+def test_torch_forward_mode_gradients(torch, monkeypatch):
+    forward_ad = torch.autograd.forward_ad
+    values, tangent = torch.randn(300), torch.randn(300)
+
+    def call():
+        with forward_ad.dual_level():
+            y = xdrop.dropout(forward_ad.make_dual(values, tangent), 0.4, seed=9)
+            primal, derivative = forward_ad.unpack_dual(y)
+        return primal.numpy(), derivative.numpy()
+
+    (y, dy), (y0, dy0) = both_paths(monkeypatch, call)
+    assert_same_bits(y, y0, "float32")
+    assert_same_bits(dy, dy0, "float32")
+
+
+def test_torch_func_transforms_and_no_grad_keep_working(torch, monkeypatch):
+    x = torch.randn(4, 50)
+
+    def call():
+        grad = torch.func.grad(lambda v: xdrop.dropout(v, 0.5, seed=3).sum())(x)
+        with torch.no_grad():
+            plain = xdrop.dropout(x.clone().requires_grad_(), 0.5, seed=3)
+        with torch.inference_mode():
+            inference = xdrop.dropout(x, 0.5, seed=3)
+        parameter = xdrop.dropout(torch.nn.Parameter(x.clone()), 0.5, seed=3)
+        return grad.numpy(), plain.numpy(), inference.numpy(), parameter.detach().numpy()
+
+    with_kernel, without = both_paths(monkeypatch, call)
+    for a, b in zip(with_kernel, without, strict=True):
+        assert_same_bits(a, b, "float32")
+
+
+# -- Triton, under its interpreter ------------------------------------------------------------------
+def test_the_triton_kernel_gives_the_bits_of_the_spec(monkeypatch):
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # read when the kernel is defined: CPU tensors
+    import importlib
+    import sys
+
+    sys.modules.pop("xdrop.triton_kernel", None)
+    triton_kernel = importlib.import_module("xdrop.triton_kernel")
+    try:
+        key = (0xDEADBEEF, 0x12345678)
+        for dtype in DTYPES:
+            values = awkward_values(2500, dtype)
+            x = torch.tensor(values, dtype=getattr(torch, dtype))
+            for p, mode, offset in [(0.1, "inverted", 2**32 - 1200), (0.5, "classic", 0),
+                                    (0.999, "inverted", 2**64 - 2500), (1.0, "inverted", 7)]:  # fmt: skip
+                factor = None if mode == "classic" or p == 1 else spec.inverted_scale(p, dtype)
+                threshold = spec.keep_threshold(p)
+                y, keep = triton_kernel.dropout(key, offset, threshold, factor, x, True)
+                monkeypatch.setenv("XDROP_KERNEL", "0")
+                seed = key[0] << 32 | key[1]
+                y0, keep0 = xdrop.dropout(x, p, seed=seed, mode=mode, offset=offset,
+                                          return_mask=True)  # fmt: skip
+                monkeypatch.delenv("XDROP_KERNEL")
+                assert torch.equal(keep, keep0), (dtype, p)
+                assert_same_bits(on_host(y), on_host(y0), dtype)
+    finally:
+        sys.modules.pop("xdrop.triton_kernel", None)  # defined for the interpreter: not for a GPU

@@ -1,0 +1,256 @@
+/* Mask stream v1 and dropout in one pass over a buffer (docs/spec.md, docs/performance.md).
+
+   For element i of a contiguous buffer, with counter c = offset + i:
+
+       (y0, y1) = Threefry-2x32-20((k0, k1), (c >> 32, c & 0xFFFFFFFF))
+       keep_i   = ((y0 ^ y1) >> 9) < limit          limit = T >> 9 = ceil(float32(q) * 2**23)
+       y_i      = keep_i ? x_i * s : +0.0           (x_i itself when there is no scale)
+
+   The product is rounded once to x's dtype: float16 and bfloat16 are widened to float32, where
+   the product of two 11-bit (8-bit) significands is exact, and rounded to nearest-even once; this
+   is how NumPy (ml_dtypes) and PyTorch multiply them. Dropped elements are the bits of +0.0
+   whatever x holds there, NaN included.
+
+   Comparing (bits >> 9) < limit instead of bits < T keeps T == 2**32 (keep all) in 32 bits.
+
+   The element loops are written so that the compiler vectorises them; on x86-64 Linux with GCC
+   or Clang the hot functions are also compiled for AVX2 and AVX-512 and picked at load time, as
+   the wheel must run on any x86-64 processor. No -ffast-math: it would flush subnormals to zero. */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <stdint.h>
+#include <string.h>
+
+#if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__) && defined(__has_attribute)
+#if __has_attribute(target_clones)
+#define XDROP_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#endif
+#endif
+#ifndef XDROP_CLONES
+#define XDROP_CLONES
+#endif
+
+#define KEY_PARITY 0x1BD11BDAu
+/* Elements per block: the bits of one block (4 KiB) stay in L1 between the two passes */
+#define BLOCK 1024
+
+enum dtype { FLOAT16, BFLOAT16, FLOAT32, FLOAT64 };
+
+static inline uint32_t rotl(uint32_t a, int bits) { return (a << bits) | (a >> (32 - bits)); }
+
+#define MIX(r)               \
+    do {                     \
+        x0 += x1;            \
+        x1 = rotl(x1, r) ^ x0; \
+    } while (0)
+#define GROUP_A MIX(13); MIX(15); MIX(26); MIX(6)
+#define GROUP_B MIX(17); MIX(29); MIX(16); MIX(24)
+
+/* bits[j] = y0 ^ y1 of Threefry-2x32-20(key, (high, low + j)) for j < n; low + n <= 2**32 */
+static inline void stream_bits(uint32_t k0, uint32_t k1, uint32_t high, uint32_t low, int n,
+                               uint32_t *bits) {
+    const uint32_t k2 = k0 ^ k1 ^ KEY_PARITY;
+    for (int j = 0; j < n; j++) {
+        uint32_t x0 = high + k0;
+        uint32_t x1 = (low + (uint32_t)j) + k1;
+        GROUP_A; x0 += k1; x1 += k2 + 1u;
+        GROUP_B; x0 += k2; x1 += k0 + 2u;
+        GROUP_A; x0 += k0; x1 += k1 + 3u;
+        GROUP_B; x0 += k1; x1 += k2 + 4u;
+        GROUP_A; x0 += k2; x1 += k0 + 5u;
+        bits[j] = x0 ^ x1;
+    }
+}
+
+/* -- 16-bit floats, in integer arithmetic (vectorisable, no F16C needed) ---------------------- */
+static inline float float_of(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
+static inline uint32_t bits_of(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
+
+static inline float widen_bfloat16(uint16_t h) { return float_of((uint32_t)h << 16); }
+
+static inline float widen_float16(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+    uint32_t rest = (uint32_t)(h & 0x7FFFu) << 13;
+    /* rest as a float32 has the exponent biased by 127 instead of 15: scaling by 2**112 fixes
+       it, subnormals included, exactly */
+    uint32_t magnitude = bits_of(float_of(rest) * 0x1p112f);
+    if (rest >= (0x7C00u << 13)) magnitude = rest | 0x7F800000u; /* inf and NaN (payload kept) */
+    return float_of(sign | magnitude);
+}
+
+/* round to nearest-even; NaN stays NaN with its sign and top payload bits, made quiet */
+static inline uint16_t narrow_bfloat16(float f) {
+    uint32_t u = bits_of(f);
+    if ((u & 0x7FFFFFFFu) > 0x7F800000u) return (uint16_t)((u >> 16) | 0x40u);
+    u += 0x7FFFu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+static inline uint16_t narrow_float16(float f) {
+    uint32_t u = bits_of(f);
+    uint32_t sign = (u >> 16) & 0x8000u;
+    u &= 0x7FFFFFFFu;
+    uint32_t h;
+    if (u > 0x7F800000u) {
+        h = 0x7E00u | ((u >> 13) & 0x3FFu); /* NaN: quiet, top payload bits kept */
+    } else if (u >= 0x47800000u) {          /* >= 65536 (float16's max is 65504): infinity */
+        h = 0x7C00u;
+    } else if (u < 0x38800000u) {           /* below 2**-14: a subnormal float16 or zero */
+        /* adding 0.5 aligns the 10 significand bits at the bottom; float32 addition rounds to
+           nearest-even, which is the rounding wanted */
+        h = bits_of(float_of(u) + 0.5f) - 0x3F000000u;
+    } else {
+        uint32_t odd = (u >> 13) & 1u;
+        u += 0xC8000FFFu + odd; /* rebias the exponent (15 - 127 << 23) and round to even */
+        h = u >> 13;
+    }
+    return (uint16_t)(sign | h);
+}
+
+/* -- dropout of one block --------------------------------------------------------------------- */
+#define KEEP(j) ((uint32_t)0 - (uint32_t)((bits[j] >> 9) < limit))
+
+static inline void apply_block(enum dtype dtype, const char *x, char *y, uint8_t *keep, int n,
+                               const uint32_t *bits, uint32_t limit, int scaled, double factor) {
+    if (keep != NULL)
+        for (int j = 0; j < n; j++) keep[j] = (uint8_t)((bits[j] >> 9) < limit);
+    if (dtype == FLOAT64) {
+        const double *xs = (const double *)x;
+        uint64_t *ys = (uint64_t *)y;
+        for (int j = 0; j < n; j++) {
+            double v = scaled ? xs[j] * factor : xs[j];
+            uint64_t b;
+            memcpy(&b, &v, 8);
+            ys[j] = b & ((uint64_t)0 - (uint64_t)((bits[j] >> 9) < limit));
+        }
+    } else if (dtype == FLOAT32) {
+        const float *xs = (const float *)x;
+        uint32_t *ys = (uint32_t *)y;
+        const float s = (float)factor; /* exact: the scale is a float32 value */
+        for (int j = 0; j < n; j++) ys[j] = bits_of(scaled ? xs[j] * s : xs[j]) & KEEP(j);
+    } else {
+        const uint16_t *xs = (const uint16_t *)x;
+        uint16_t *ys = (uint16_t *)y;
+        const float s = (float)factor; /* exact: the scale is a value of the 16-bit dtype */
+        if (!scaled)
+            for (int j = 0; j < n; j++) ys[j] = (uint16_t)(xs[j] & KEEP(j));
+        else if (dtype == BFLOAT16)
+            for (int j = 0; j < n; j++)
+                ys[j] = (uint16_t)(narrow_bfloat16(widen_bfloat16(xs[j]) * s) & KEEP(j));
+        else
+            for (int j = 0; j < n; j++)
+                ys[j] = (uint16_t)(narrow_float16(widen_float16(xs[j]) * s) & KEEP(j));
+    }
+}
+
+XDROP_CLONES
+static void run(enum dtype dtype, size_t itemsize, const char *x, char *y, uint8_t *keep,
+                uint64_t count, uint32_t k0, uint32_t k1, uint64_t offset, uint32_t limit,
+                int scaled, double factor) {
+    uint32_t bits[BLOCK];
+    uint64_t done = 0;
+    while (done < count) {
+        uint64_t counter = offset + done;
+        uint32_t high = (uint32_t)(counter >> 32), low = (uint32_t)counter;
+        /* a block never crosses a multiple of 2**32, so it has one high counter word */
+        uint64_t room = ((uint64_t)1 << 32) - low;
+        uint64_t left = count - done;
+        int n = (int)(left < BLOCK ? left : BLOCK);
+        if ((uint64_t)n > room) n = (int)room;
+        stream_bits(k0, k1, high, low, n, bits);
+        apply_block(dtype, x + done * itemsize, y + done * itemsize,
+                    keep == NULL ? NULL : keep + done, n, bits, limit, scaled, factor);
+        done += (uint64_t)n;
+    }
+}
+
+/* -- Python ----------------------------------------------------------------------------------- */
+static const struct { const char *name; enum dtype dtype; Py_ssize_t itemsize; } DTYPES[] = {
+    {"float16", FLOAT16, 2}, {"bfloat16", BFLOAT16, 2}, {"float32", FLOAT32, 4},
+    {"float64", FLOAT64, 8},
+};
+
+PyDoc_STRVAR(dropout_doc,
+"dropout(x, y, keep, dtype, k0, k1, offset, threshold, factor)\n--\n\n"
+"Write dropout of the contiguous buffer x into y (same size) and, unless keep is None, the\n"
+"keep mask as one byte (0 or 1) per element into keep. dtype names x's element type\n"
+"('float16', 'bfloat16', 'float32', 'float64'); (k0, k1) are the key words; element i uses\n"
+"counter offset + i; it is kept when its bits are below threshold (T of docs/spec.md, a\n"
+"multiple of 512 up to 2**32); kept elements are x * factor rounded once (x if factor is None),\n"
+"dropped ones +0.0. Runs without the GIL.");
+
+static PyObject *dropout(PyObject *module, PyObject *args) {
+    Py_buffer x, y, keep;
+    PyObject *keep_object, *factor_object;
+    const char *dtype_name;
+    unsigned long long k0, k1, offset, threshold;
+    if (!PyArg_ParseTuple(args, "y*w*OsKKKKO", &x, &y, &keep_object, &dtype_name, &k0, &k1,
+                          &offset, &threshold, &factor_object))
+        return NULL;
+    PyObject *result = NULL;
+    int have_keep = 0;
+    double factor = 1.0;
+    int scaled = factor_object != Py_None;
+    int found = -1;
+    for (size_t d = 0; d < sizeof DTYPES / sizeof DTYPES[0]; d++)
+        if (strcmp(dtype_name, DTYPES[d].name) == 0) found = (int)d;
+    if (found < 0) {
+        PyErr_Format(PyExc_ValueError, "dtype must be float16, bfloat16, float32 or float64, got %s",
+                     dtype_name);
+        goto done;
+    }
+    Py_ssize_t itemsize = DTYPES[found].itemsize;
+    if (!PyBuffer_IsContiguous(&x, 'C') || !PyBuffer_IsContiguous(&y, 'C') || x.len != y.len ||
+        x.len % itemsize != 0) {
+        PyErr_SetString(PyExc_ValueError, "x and y must be contiguous buffers of the same size");
+        goto done;
+    }
+    uint64_t count = (uint64_t)(x.len / itemsize);
+    if (keep_object != Py_None) {
+        if (PyObject_GetBuffer(keep_object, &keep, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0)
+            goto done;
+        have_keep = 1;
+        if ((uint64_t)keep.len != count) {
+            PyErr_SetString(PyExc_ValueError, "keep must hold one byte per element");
+            goto done;
+        }
+    }
+    if (k0 > 0xFFFFFFFFull || k1 > 0xFFFFFFFFull || threshold > 0x100000000ull ||
+        threshold % 512 != 0 || (count > 0 && offset > UINT64_MAX - (count - 1))) {
+        PyErr_SetString(PyExc_ValueError,
+                        "key words must be 32-bit, threshold a multiple of 512 up to 2**32, and "
+                        "offset + count at most 2**64");
+        goto done;
+    }
+    if (scaled) {
+        factor = PyFloat_AsDouble(factor_object);
+        if (factor == -1.0 && PyErr_Occurred()) goto done;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    run(DTYPES[found].dtype, (size_t)itemsize, (const char *)x.buf, (char *)y.buf,
+        have_keep ? (uint8_t *)keep.buf : NULL, count, (uint32_t)k0, (uint32_t)k1, offset,
+        (uint32_t)(threshold >> 9), scaled, factor);
+    Py_END_ALLOW_THREADS
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    if (have_keep) PyBuffer_Release(&keep);
+    PyBuffer_Release(&x);
+    PyBuffer_Release(&y);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"dropout", dropout, METH_VARARGS, dropout_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "xdrop._kernel",
+    "Mask stream v1 and dropout compiled: one pass, no temporaries (see xdrop.kernel).", -1,
+    methods,
+};
+
+PyMODINIT_FUNC PyInit__kernel(void) { return PyModule_Create(&module); }

@@ -1,0 +1,150 @@
+"""Fused dropout of ``torch.Tensor``\\ s, and an autograd function that saves nothing for backward.
+
+Dropout is linear in ``x``: ``y = where(keep, x * s, +0.0)``, so the gradient with respect to
+``x`` is the same map applied to the incoming gradient, ``where(keep, g * s, +0.0)`` — exactly
+what the spec's path computes by differentiating ``select(keep, multiply(x, s))``. The backward
+pass therefore runs the kernel again from the key, the offset, the threshold and the scale (Python
+numbers) instead of keeping the mask: no tensor is saved for backward (``F.dropout`` saves a
+4-byte-per-element mask, the spec's path a 1-byte one). The backward is the same autograd function,
+so higher derivatives work too; forward-mode AD applies the same map to the tangent.
+
+CPU tensors run the compiled kernel on their buffers (:mod:`xdrop.kernel`), CUDA tensors the
+Triton kernel (:mod:`xdrop.triton_kernel`) when Triton is installed. Anything else — other devices,
+tensor subclasses, ``torch.func`` transforms — is left to the spec's operations (None).
+Imported by the torch backend once torch is, never by ``import xdrop``.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from xdrop import kernel
+
+# torch dtype -> (the name the kernels know, the integer dtype of the same width, to view bits)
+_DTYPES = {
+    torch.float16: ("float16", torch.int16),
+    torch.bfloat16: ("bfloat16", torch.int16),
+    torch.float32: ("float32", torch.int32),
+    torch.float64: ("float64", torch.int64),
+}
+_PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)
+
+Runner = Callable[[Any, bool], tuple[Any, Any]]
+"""``run(x, return_mask) -> (y, keep or None)``: one fused pass with the stream's parameters bound."""
+
+
+def dropout(
+    x: Any,
+    key: tuple[int, int],
+    offset: int,
+    threshold: int,
+    factor: float | None,
+    return_mask: bool,
+) -> tuple[Any, Any] | None:
+    """:meth:`~xdrop.protocol.Backend.fused_dropout` for torch: ``(y, keep or None)``, with the
+    autograd function where ``x`` needs a gradient; None where no kernel applies."""
+    if type(x) not in _PLAIN_TYPES or x.dtype not in _DTYPES or x.layout != torch.strided:
+        return None
+    if _transforms_active():  # torch.func wraps tensors: their buffers are not the values
+        return None
+    if x.device.type == "cpu":
+        if kernel.compiled is None:
+            return None
+        run: Runner = functools.partial(_cpu, key, offset, threshold, factor)
+    elif x.device.type == "cuda" and _triton() is not None:
+        run = functools.partial(_triton().dropout, key, offset, threshold, factor)
+    else:
+        return None
+    if (x.requires_grad and torch.is_grad_enabled()) or _forward_ad_level() >= 0:
+        y, keep = _fused_dropout(x, run, return_mask)
+        return y, keep
+    return run(x, return_mask)
+
+
+class FusedDropout(torch.autograd.Function):
+    """``y = run(x)``, a linear map of ``x``; its derivative applies ``run`` to the gradient (or
+    the tangent). Only ``run`` — Python numbers bound to a function — is kept for backward."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Any, run: Runner, return_mask: bool) -> tuple[Any, Any]:
+        ctx.run = run
+        y, keep = run(x, return_mask)
+        if keep is not None:
+            ctx.mark_non_differentiable(keep)
+        return y, keep
+
+    @staticmethod
+    def backward(ctx: Any, gradient: Any, _keep_gradient: Any) -> tuple[Any, None, None]:
+        # through the autograd function again: differentiable when create_graph=True
+        gradient_x, _ = _fused_dropout(gradient, ctx.run, False)
+        return gradient_x, None, None
+
+    @staticmethod
+    def jvp(ctx: Any, tangent: Any, _run: Any, _return_mask: Any) -> tuple[Any, None]:
+        return ctx.run(tangent, False)[0], None
+
+
+_fused_dropout: Callable[[Any, Runner, bool], tuple[Any, Any]] = FusedDropout.apply  # typed
+
+
+def _cpu(
+    key: tuple[int, int],
+    offset: int,
+    threshold: int,
+    factor: float | None,
+    x: Any,
+    return_mask: bool,
+) -> tuple[Any, Any]:
+    """The compiled kernel on a CPU tensor's buffer; a strided ``x`` is copied to row-major order
+    first (the mask follows the logical row-major index). The output is contiguous."""
+    source = x.detach()
+    if not source.is_contiguous():
+        source = source.contiguous()
+    # empty_like: a quarter of torch.empty's cost, which matters at 1e3 elements
+    y = torch.empty_like(source, memory_format=torch.contiguous_format)
+    keep = None
+    if return_mask:
+        keep = torch.empty_like(source, dtype=torch.bool, memory_format=torch.contiguous_format)
+    name, words = _DTYPES[x.dtype]
+    if name == "bfloat16":  # NumPy has no bfloat16: the kernel reads its 16-bit words
+        source, y_bits = source.view(words), y.view(words)
+    else:
+        y_bits = y
+    kernel.host_dropout(
+        source.numpy(),  # zero-copy
+        name,
+        key,
+        offset,
+        threshold,
+        factor,
+        y_bits.numpy(),
+        None if keep is None else keep.numpy(),
+    )
+    return y, keep
+
+
+def _forward_ad_level() -> int:
+    """The innermost ``forward_ad.dual_level`` open (-1: none), where ``x`` may carry a tangent;
+    0 (one may be open) if torch no longer says."""
+    return int(getattr(torch.autograd.forward_ad, "_current_level", 0))
+
+
+def _transforms_active() -> bool:
+    """Whether a ``torch.func`` transform (``grad``, ``vmap``...) is running; True if torch no
+    longer says, which leaves every call to the spec's operations."""
+    check = getattr(torch._C, "_are_functorch_transforms_active", None)
+    return True if check is None else bool(check())
+
+
+@functools.lru_cache(maxsize=1)
+def _triton() -> Any:
+    """:mod:`xdrop.triton_kernel`, or None where Triton is not installed."""
+    try:
+        from xdrop import triton_kernel
+    except ImportError:
+        return None
+    return triton_kernel
