@@ -110,6 +110,20 @@ def test_model_fit_with_a_sequential_model():
     assert step_of(model.layers[1]) == 4
 
 
+def test_a_retraced_tf_function_draws_no_extra_step():
+    """keras-team/keras#17548: a retrace must not advance the stream; the step is a variable."""
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("tf.function is TensorFlow's")
+    import tensorflow as tf
+
+    layer = Dropout(0.5, seed=4)
+    call = tf.function(lambda x: layer(x, training=True))
+    outputs = [call(tf.ones((2, 3))), call(tf.ones((4, 3))), call(tf.ones((2, 3)))]  # 2 traces
+    assert step_of(layer) == 3
+    for step, y in enumerate(outputs):
+        np.testing.assert_array_equal(host(y), contract(np.ones(y.shape, "float32"), 0.5, 4, step))
+
+
 def test_a_saved_model_continues_the_stream(tmp_path):
     x, y = data(64)
     model = mlp(seed=2**64 - 5)
