@@ -3,19 +3,25 @@ Imports no framework."""
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
+
+import numpy as np
 
 from xdrop.errors import bad_type, bad_value
 from xdrop.seeds import Generator, global_generator
-from xdrop.validation import as_integer, check_rate, check_seed, is_integer
+from xdrop.validation import as_integer, check_seed, is_integer
 
 
 def check_layer_rate(argument: str, rate: object) -> float:
-    """``rate`` as a float in ``[0, 1]``; errors name the layer's own argument (``p`` or ``rate``)."""
-    try:
-        return check_rate(rate)
-    except (TypeError, ValueError) as error:
-        raise type(error)(str(error).replace("p must be", f"{argument} must be", 1)) from None
+    """A layer's rate as a float in ``[0, 1]``; errors name the layer's own argument (``p`` or
+    ``rate``). A layer holds a Python number: it is part of the layer's configuration."""
+    if isinstance(rate, (bool, np.bool_)) or not isinstance(rate, numbers.Real):
+        raise bad_type(argument, rate, "a real number in [0, 1]")
+    value = float(rate)
+    if not 0.0 <= value <= 1.0:  # NaN fails both comparisons
+        raise bad_value(argument, rate, "a real number in [0, 1]")
+    return value
 
 
 def initial_seed(seed: object) -> int:
