@@ -1,61 +1,59 @@
-"""R-Drop on scikit-learn's digits with TensorFlow: an MLP trained three ways.
+"""R-Drop on scikit-learn's digits with TensorFlow and Keras: an MLP trained three ways.
 
     python examples/rdrop_tensorflow.py [--steps N | --quick]
 
-prints the test accuracy of: no dropout, dropout, and dropout + R-Drop. The dropout masks come
-from ``xdrop.dropout`` with a seeded ``xdrop.Generator``, so a run is reproducible; R-Drop feeds
-each batch through the model twice in one call (``xdrop.rdrop_forward``) and trains on
-``CE1 + CE2 + alpha * KL_sym`` (``xdrop.rdrop_loss``). The step runs eagerly: a seed would be a
-constant of a ``tf.function`` graph.
+prints the test accuracy of: no dropout, dropout, and dropout + R-Drop. Dropout is the Keras
+layer ``xdrop.layers.keras.Dropout``: its ``t``-th training call draws the mask of
+``xdrop.fold_in(seed, t)`` with ``t`` a variable of the layer, so the training step compiles once
+with ``tf.function`` and still draws a new mask each step. R-Drop feeds each batch through the
+model twice in one call (``xdrop.rdrop_forward``) and trains on ``CE1 + CE2 + alpha * KL_sym``
+(``xdrop.rdrop_loss``).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")  # before Keras is imported
+
+import keras
 import numpy as np
 import tensorflow as tf
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 import xdrop
-
-
-class MLP(tf.Module):
-    def __init__(self, p: float, seed: int) -> None:
-        super().__init__()
-        init = tf.random.Generator.from_seed(seed)
-        self.w1 = tf.Variable(init.normal((64, 256)) / 8.0)
-        self.b1 = tf.Variable(tf.zeros(256))
-        self.w2 = tf.Variable(init.normal((256, 10)) / 16.0)
-        self.b2 = tf.Variable(tf.zeros(10))
-        self.p = p
-        self.masks = xdrop.Generator(seed)  # a fresh, reproducible mask on every call
-
-    def __call__(self, x: tf.Tensor, training: bool = False) -> tf.Tensor:
-        h = tf.nn.relu(x @ self.w1 + self.b1)
-        h = xdrop.dropout(h, self.p, training=training, seed=self.masks)
-        return h @ self.w2 + self.b2
+from xdrop.layers.keras import Dropout
 
 
 def train(data, p: float, alpha: float, steps: int, seed: int = 0) -> float:
     x_train, y_train, x_test, y_test = data
-    model = MLP(p, seed)
-    optimizer = tf.keras.optimizers.Adam(learning_rate=1e-3)
-    batches = np.random.default_rng(seed)
-    for _ in range(steps):
-        index = batches.integers(0, len(x_train), 64)
-        x, y = tf.gather(x_train, index), tf.gather(y_train, index)
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential([
+        keras.Input((64,)),
+        keras.layers.Dense(256, activation="relu"),
+        Dropout(p, seed=seed),  # was: keras.layers.Dropout(p, seed=seed)
+        keras.layers.Dense(10),
+    ])  # fmt: skip
+    optimizer = keras.optimizers.Adam(learning_rate=1e-3)
+
+    @tf.function
+    def step(x, y):
         with tf.GradientTape() as tape:
             if alpha > 0:  # two passes with independent dropout masks, in one batched call
                 logits1, logits2 = xdrop.rdrop_forward(lambda v: model(v, training=True), x)
                 loss = xdrop.rdrop_loss(logits1, logits2, y, alpha=alpha)
             else:
-                loss = tf.reduce_mean(
-                    tf.nn.sparse_softmax_cross_entropy_with_logits(y, model(x, training=True))
-                )
+                logits = model(x, training=True)
+                loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits))
         variables = model.trainable_variables
         optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables, strict=True))
+
+    batches = np.random.default_rng(seed)
+    for _ in range(steps):
+        index = batches.integers(0, len(x_train), 64)
+        step(tf.gather(x_train, index), tf.gather(y_train, index))
     predictions = tf.argmax(model(x_test), axis=-1)
     return float(tf.reduce_mean(tf.cast(predictions == y_test, tf.float32)))
 

@@ -2,8 +2,10 @@
 
     python examples/rdrop_torch.py [--steps N | --quick]
 
-prints the test accuracy of: no dropout, dropout, and dropout + R-Drop. The dropout masks come
-from ``xdrop.dropout`` with a seeded ``xdrop.Generator``, so a run is reproducible; R-Drop feeds
+prints the test accuracy of: no dropout, dropout, and dropout + R-Drop. Dropout is the layer
+``xdrop.layers.torch.Dropout``: its ``t``-th training call draws the mask of
+``xdrop.fold_in(seed, t)``, and its seed and step are buffers in ``state_dict()``, so a run is
+reproducible and a checkpoint resumes the mask stream. R-Drop feeds
 each batch through the model twice in one call (``xdrop.rdrop_forward``) and trains on
 ``CE1 + CE2 + alpha * KL_sym`` (``xdrop.rdrop_loss``).
 """
@@ -18,20 +20,18 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 import xdrop
+from xdrop.layers.torch import Dropout
 
 
 class MLP(torch.nn.Module):
     def __init__(self, p: float, seed: int) -> None:
         super().__init__()
         self.hidden = torch.nn.Linear(64, 256)
+        self.dropout = Dropout(p, seed=seed)  # was: torch.nn.Dropout(p)
         self.out = torch.nn.Linear(256, 10)
-        self.p = p
-        self.masks = xdrop.Generator(seed)  # a fresh, reproducible mask on every call
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = torch.relu(self.hidden(x))
-        h = xdrop.dropout(h, self.p, training=self.training, seed=self.masks)
-        return self.out(h)
+        return self.out(self.dropout(torch.relu(self.hidden(x))))
 
 
 def train(data, p: float, alpha: float, steps: int, seed: int = 0) -> float:

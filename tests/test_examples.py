@@ -24,15 +24,20 @@ SCRIPTS = {
     "torch": "rdrop_torch.py",
     "tensorflow": "rdrop_tensorflow.py",
     "jax": "rdrop_jax.py",
+    "flax": "rdrop_flax.py",
 }
+BACKENDS = {"flax": "jax"}  # an example's xdrop backend, where it is not the example's name
+PACKAGES = {"tensorflow": ("keras",), "flax": ("optax",)}  # what else an example imports
 VARIANTS = ["no dropout", "dropout", "dropout + R-Drop"]
 
 
 def require(framework: str) -> None:
     pytest.importorskip("sklearn")
-    pytest.importorskip(framework)
-    if not xdrop.available_backends().get(framework):
-        pytest.skip(f"xdrop has no {framework} backend installed here")
+    for package in (framework, *PACKAGES.get(framework, ())):
+        pytest.importorskip(package)
+    backend = BACKENDS.get(framework, framework)
+    if not xdrop.available_backends().get(backend):
+        pytest.skip(f"xdrop has no {backend} backend installed here")
 
 
 @pytest.mark.parametrize("framework", SCRIPTS)

@@ -13,7 +13,7 @@ import pytest
 import xdrop
 from xdrop import registry
 
-FRAMEWORKS = ("torch", "tensorflow", "jax", "jaxlib")
+FRAMEWORKS = ("torch", "tensorflow", "jax", "jaxlib", "keras", "flax")
 
 
 def run_python(code: str, **environment: str) -> subprocess.CompletedProcess[str]:
@@ -26,7 +26,7 @@ def run_python(code: str, **environment: str) -> subprocess.CompletedProcess[str
 
 def test_importing_xdrop_imports_no_framework_besides_numpy():
     code = (
-        "import sys, numpy as np, xdrop\n"
+        "import sys, numpy as np, xdrop, xdrop.layers, xdrop.layers.common\n"
         "xdrop.dropout(np.ones(3, np.float32), 0.5, seed=0)\n"
         "xdrop.available_backends()\n"
         f"print(sorted(m for m in sys.modules if m.split('.')[0] in {FRAMEWORKS!r}))"
@@ -34,6 +34,21 @@ def test_importing_xdrop_imports_no_framework_besides_numpy():
     result = run_python(code)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("module", "imported"),
+    [("xdrop.layers.torch", {"torch"}), ("xdrop.layers.flax", {"flax", "jax", "jaxlib"})],
+)
+def test_a_layer_module_imports_its_own_framework_only(module, imported):
+    pytest.importorskip(module.rsplit(".", 1)[1])
+    code = (
+        f"import sys, {module}\n"
+        f"print(sorted({{m.split('.')[0] for m in sys.modules}} & {set(FRAMEWORKS)!r}))"
+    )
+    result = run_python(code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(sorted(imported))
 
 
 def test_the_default_backend_is_numpy_when_the_variable_is_unset():

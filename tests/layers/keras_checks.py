@@ -1,0 +1,224 @@
+"""Checks of xdrop.layers.keras on the Keras backend named by ``KERAS_BACKEND``.
+
+Keras picks its backend once, at import, so ``tests/test_layers_keras.py`` runs this file in one
+fresh pytest process per backend and reports each check as its own test.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import xdrop
+
+keras = pytest.importorskip("keras")
+from xdrop.layers.keras import (  # noqa: E402
+    Dropout,
+    SpatialDropout1D,
+    SpatialDropout2D,
+    SpatialDropout3D,
+)
+
+
+def host(x):  # type: ignore[no-untyped-def]
+    return keras.ops.convert_to_numpy(x)
+
+
+def contract(x, rate, seed, step, **options):  # type: ignore[no-untyped-def]
+    return xdrop.dropout(np.asarray(x), rate, seed=xdrop.fold_in(seed, step), **options)
+
+
+def step_of(layer):  # type: ignore[no-untyped-def]
+    return int(host(layer.step.value))
+
+
+@pytest.mark.parametrize("seed", [0, 2**63, 2**64 - 1])
+def test_the_t_th_training_call_draws_fold_in_seed_t(seed):
+    layer = Dropout(0.3, seed=seed)
+    x = np.random.default_rng(0).normal(size=(4, 33)).astype("float32")
+    for step in range(4):
+        np.testing.assert_array_equal(host(layer(x, training=True)), contract(x, 0.3, seed, step))
+    assert step_of(layer) == 4
+    assert layer.seed == seed
+
+
+def test_calls_not_in_training_draw_nothing_and_do_not_advance_the_step():
+    layer, x = Dropout(0.5, seed=1), np.ones((2, 8), "float32")
+    layer(x, training=True)
+    np.testing.assert_array_equal(host(layer(x)), x)
+    np.testing.assert_array_equal(host(layer(x, training=False)), x)
+    assert step_of(layer) == 1
+    classic = Dropout(0.25, seed=1, mode="classic")
+    np.testing.assert_array_equal(host(classic(x)), np.full((2, 8), 0.75, "float32"))
+
+
+def test_seed_none_draws_once_from_the_global_generator():
+    xdrop.manual_seed(5)
+    first = Dropout(0.5)
+    xdrop.manual_seed(5)
+    assert Dropout(0.5).seed == first.seed == xdrop.Generator(5).next_seed()
+
+
+def test_the_seed_and_step_are_non_trainable_int32_variables():
+    layer = Dropout(0.5, seed=2**64 - 1)
+    assert layer.trainable_weights == []
+    assert [v.dtype for v in layer.non_trainable_weights] == ["int32", "int32"]
+    assert [v.path.split("/")[-1] for v in layer.non_trainable_weights] == ["seed", "step"]
+
+
+def test_get_config_and_from_config_round_trip_the_seed():
+    layer = Dropout(0.4, noise_shape=(None, 1), seed=2**64 - 2, mode="classic", name="d")
+    config = layer.get_config()
+    assert {key: config[key] for key in ("rate", "noise_shape", "seed", "mode")} == {
+        "rate": 0.4, "noise_shape": (None, 1), "seed": 2**64 - 2, "mode": "classic"
+    }  # fmt: skip
+    rebuilt = Dropout.from_config(config)
+    x = np.ones((3, 5), "float32")
+    np.testing.assert_array_equal(host(rebuilt(x, training=True)), host(layer(x, training=True)))
+
+
+def mlp(seed=None, dropout=Dropout):  # type: ignore[no-untyped-def]
+    inputs = keras.Input((16,))
+    hidden = keras.layers.Dense(32, activation="relu")(inputs)
+    outputs = keras.layers.Dense(3)(dropout(0.5, seed=seed)(hidden))
+    model = keras.Model(inputs, outputs)
+    model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return model
+
+
+def data(n=70):  # type: ignore[no-untyped-def]
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(n, 16)).astype("float32"), rng.integers(0, 3, n)
+
+
+def test_model_fit_advances_the_step_once_per_batch():
+    x, y = data(70)  # batches of 32, 32 and 6
+    model = mlp(seed=3)
+    model.fit(x, y, batch_size=32, epochs=2, verbose=0)
+    assert step_of(model.layers[2]) == 6
+    model.predict(x, verbose=0)
+    model.evaluate(x, y, verbose=0)
+    assert step_of(model.layers[2]) == 6
+
+
+def test_model_fit_with_a_sequential_model():
+    x, y = data(64)
+    model = keras.Sequential([keras.Input((16,)), keras.layers.Dense(8), Dropout(0.5, seed=1),
+                              keras.layers.Dense(3)])  # fmt: skip
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    assert step_of(model.layers[1]) == 4
+
+
+def test_a_retraced_tf_function_draws_no_extra_step():
+    """keras-team/keras#17548: a retrace must not advance the stream; the step is a variable."""
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("tf.function is TensorFlow's")
+    import tensorflow as tf
+
+    layer = Dropout(0.5, seed=4)
+    call = tf.function(lambda x: layer(x, training=True))
+    outputs = [call(tf.ones((2, 3))), call(tf.ones((4, 3))), call(tf.ones((2, 3)))]  # 2 traces
+    assert step_of(layer) == 3
+    for step, y in enumerate(outputs):
+        np.testing.assert_array_equal(host(y), contract(np.ones(y.shape, "float32"), 0.5, 4, step))
+
+
+def test_a_saved_model_continues_the_stream(tmp_path):
+    x, y = data(64)
+    model = mlp(seed=2**64 - 5)
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    assert loaded.layers[2].seed == 2**64 - 5
+    assert step_of(loaded.layers[2]) == 4
+    probe = np.ones((2, 32), "float32")
+    np.testing.assert_array_equal(
+        host(loaded.layers[2](probe, training=True)), host(model.layers[2](probe, training=True))
+    )
+
+
+def test_load_weights_restores_the_seed_and_the_step(tmp_path):
+    x, y = data(64)
+    model = mlp(seed=11)
+    model.fit(x, y, batch_size=32, epochs=1, verbose=0)
+    model.save_weights(tmp_path / "m.weights.h5")
+    other = mlp(seed=None)  # another seed, until the weights are loaded
+    assert other.layers[2].seed != 11
+    other.load_weights(tmp_path / "m.weights.h5")
+    assert other.layers[2].seed == 11
+    assert step_of(other.layers[2]) == 2
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision(policy):
+    keras.config.set_dtype_policy(policy)
+    try:
+        layer = Dropout(0.5, seed=6)
+        x = np.random.default_rng(0).normal(size=(4, 8)).astype("float32")
+        y = layer(x, training=True)
+        compute = policy.removeprefix("mixed_")
+        assert keras.backend.standardize_dtype(y.dtype) == compute
+        expected = contract(host(keras.ops.cast(x, compute)).astype(np.float32), 0.5, 6, 0)
+        np.testing.assert_array_equal(host(keras.ops.cast(y, "float32")), expected)
+        model = mlp(seed=2)
+        model.fit(*data(32), batch_size=16, epochs=1, verbose=0)
+        assert step_of(model.layers[2]) == 2
+    finally:
+        keras.config.set_dtype_policy("float32")
+
+
+@pytest.mark.parametrize(
+    ("layer", "arguments", "shape", "noise"),
+    [(SpatialDropout1D, {}, (2, 5, 3), (2, 1, 3)),
+     (SpatialDropout2D, {"data_format": "channels_last"}, (2, 4, 4, 3), (2, 1, 1, 3)),
+     (SpatialDropout2D, {"data_format": "channels_first"}, (2, 3, 4, 4), (2, 3, 1, 1)),
+     (SpatialDropout3D, {"data_format": "channels_last"}, (2, 2, 2, 2, 3), (2, 1, 1, 1, 3))],
+)  # fmt: skip
+def test_spatial_forms_drop_whole_feature_maps(layer, arguments, shape, noise):
+    x = np.ones(shape, "float32")
+    built = layer(0.5, seed=9, **arguments)
+    np.testing.assert_array_equal(
+        host(built(x, training=True)), contract(x, 0.5, 9, 0, noise_shape=noise)
+    )
+    assert layer.from_config(built.get_config()).data_format == built.data_format
+
+
+def test_noise_shape_with_none_entries():
+    x = np.ones((4, 6), "float32")
+    y = Dropout(0.5, noise_shape=(None, 1), seed=1)(x, training=True)
+    np.testing.assert_array_equal(host(y), contract(x, 0.5, 1, 0, noise_shape=(4, 1)))
+
+
+@pytest.mark.parametrize(
+    ("make", "error", "message"),
+    [(lambda: Dropout(1.5), xdrop.ArgumentValueError, "rate must be a real number in [0, 1], got 1.5"),
+     (lambda: Dropout(0.5, seed=2**64), xdrop.ArgumentValueError, "seed must be an integer in [0, 2**64)"),
+     (lambda: Dropout(0.5, mode="x"), xdrop.ArgumentValueError, 'mode must be one of "inverted", "classic"'),
+     (lambda: SpatialDropout2D(0.5, data_format="nhwc"), xdrop.ArgumentValueError,
+      "data_format must be None, \"channels_first\" or \"channels_last\", got 'nhwc'")],
+)  # fmt: skip
+def test_bad_arguments_name_the_argument_the_value_and_what_is_allowed(make, error, message):
+    with pytest.raises(error) as raised:
+        make()
+    assert message in str(raised.value)
+
+
+def test_a_model_trains_on_digits_as_well_as_with_keras_dropout():
+    datasets = pytest.importorskip("sklearn.datasets")
+    digits = datasets.load_digits()
+    x, y = (digits.data / 16.0).astype("float32"), digits.target
+    accuracies = []
+    for dropout in (keras.layers.Dropout, Dropout):
+        keras.utils.set_random_seed(0)
+        inputs = keras.Input((64,))
+        hidden = keras.layers.Dense(128, activation="relu")(inputs)
+        model = keras.Model(inputs, keras.layers.Dense(10)(dropout(0.5, seed=0)(hidden)))
+        model.compile(keras.optimizers.Adam(1e-2),
+                      keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                      metrics=["accuracy"])  # fmt: skip
+        model.fit(x[:1200], y[:1200], batch_size=64, epochs=6, verbose=0)
+        accuracies.append(model.evaluate(x[1200:], y[1200:], verbose=0)[1])
+    own, ours = accuracies
+    assert ours > 0.9
+    assert abs(ours - own) < 0.03, (ours, own)

@@ -1,0 +1,73 @@
+"""What every framework's layer shares: the checks of its arguments and the seed it starts from.
+Imports no framework."""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Sequence
+
+import numpy as np
+
+from xdrop.errors import bad_type, bad_value
+from xdrop.seeds import Generator, global_generator
+from xdrop.validation import as_integer, check_seed, is_integer
+
+
+def check_layer_rate(argument: str, rate: object) -> float:
+    """A layer's rate as a float in ``[0, 1]``; errors name the layer's own argument (``p`` or
+    ``rate``). A layer holds a Python number: it is part of the layer's configuration."""
+    if isinstance(rate, (bool, np.bool_)) or not isinstance(rate, numbers.Real):
+        raise bad_type(argument, rate, "a real number in [0, 1]")
+    value = float(rate)
+    if not 0.0 <= value <= 1.0:  # NaN fails both comparisons
+        raise bad_value(argument, rate, "a real number in [0, 1]")
+    return value
+
+
+def initial_seed(seed: object) -> int:
+    """The seed ``s`` a layer starts from: ``seed`` itself, the next seed of an
+    :class:`xdrop.Generator`, or, for ``None``, the next seed of xdrop's global generator."""
+    if seed is None:
+        return global_generator().next_seed()
+    if isinstance(seed, Generator):
+        return seed.next_seed()
+    if as_integer(seed) is None:
+        raise bad_type("seed", seed, "an integer in [0, 2**64), an xdrop.Generator or None")
+    return check_seed(seed)
+
+
+def seed_words(seed: int) -> tuple[int, int]:
+    """The seed's two 32-bit words ``(hi, lo)``, each in ``[0, 2**32)``."""
+    return seed >> 32, seed & 0xFFFF_FFFF
+
+
+def signed(word: int, bits: int) -> int:
+    """An unsigned ``bits``-bit value as the signed integer with the same bits."""
+    return word - (1 << bits) if word >> (bits - 1) else word
+
+
+def unsigned(value: int, bits: int) -> int:
+    """A signed ``bits``-bit value as the unsigned integer with the same bits."""
+    return value % (1 << bits)
+
+
+def check_noise_shape_entries(noise_shape: object) -> tuple[int | None, ...] | None:
+    """A layer's ``noise_shape``: None, or a sequence of positive integers and None (checked
+    against each input's shape when the layer is called)."""
+    allowed = "None or a sequence of entries, each 1, None or the size of the input there"
+    if noise_shape is None:
+        return None
+    if not isinstance(noise_shape, Sequence) or isinstance(noise_shape, (str, bytes)):
+        raise bad_type("noise_shape", noise_shape, allowed)
+    if not all(entry is None or is_integer(entry) for entry in noise_shape):
+        raise bad_type("noise_shape", noise_shape, allowed)
+    if any(entry is not None and int(entry) < 1 for entry in noise_shape):
+        raise bad_value("noise_shape", noise_shape, allowed)
+    return tuple(None if entry is None else int(entry) for entry in noise_shape)
+
+
+def spatial_noise_shape(ndim: int, shared: Sequence[int]) -> tuple[int | None, ...]:
+    """A noise shape of ``ndim`` entries: 1 (one decision shared) on the ``shared`` axes, None
+    (the input's size) elsewhere."""
+    axes = {axis % ndim for axis in shared}
+    return tuple(1 if axis in axes else None for axis in range(ndim))

@@ -1,0 +1,206 @@
+"""Keras 3 layers (JAX, TensorFlow and torch backends): ``Dropout`` and ``SpatialDropout1D/2D/3D``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import keras
+import numpy as np
+
+import xdrop
+from xdrop.errors import bad_value
+from xdrop.layers.common import (
+    check_layer_rate,
+    check_noise_shape_entries,
+    initial_seed,
+    seed_words,
+    spatial_noise_shape,
+    unsigned,
+)
+from xdrop.validation import check_mode
+
+__all__ = ["Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D"]
+
+
+@keras.saving.register_keras_serializable(package="xdrop")
+class Dropout(keras.layers.Layer):
+    """``keras.layers.Dropout`` with a seeded, portable mask stream saved with the model.
+
+    On its ``t``-th call with ``training=True`` (``t = 0, 1, ...``) the layer returns exactly::
+
+        xdrop.dropout(x, rate, seed=xdrop.fold_in(seed, t), mode=mode, noise_shape=noise_shape)
+
+    and then advances ``t``; other calls return ``xdrop.dropout(x, rate, training=False,
+    mode=mode)`` (``x`` itself for ``mode="inverted"``) and leave ``t`` alone. The seed (two int32
+    words ``(hi, lo)``, exact on every backend, JAX without x64 included) and ``t`` (int32, read
+    modulo 2**32) are non-trainable variables, as Keras' ``SeedGenerator`` state is: a compiled
+    train step advances ``t``, and ``model.save("m.keras")`` / ``save_weights`` store both, so a
+    reloaded model continues the stream.
+
+    Args:
+        rate: the probability of zeroing an element, in ``[0, 1]``.
+        noise_shape: the shape the mask is drawn at, broadcast to the input (entries 1, None or
+            the input's size; see :func:`xdrop.dropout`). None: one decision per element.
+        seed: an integer in ``[0, 2**64)``; ``None`` (default) draws one now from xdrop's global
+            generator (reproducible after ``xdrop.manual_seed``). ``get_config`` holds the seed
+            in use, so ``from_config`` rebuilds the same stream.
+        mode: ``"inverted"`` (scale kept elements by ``1 / (1 - rate)`` in training) or
+            ``"classic"`` (scale by ``1 - rate`` in evaluation).
+        **kwargs: Keras layer arguments (``name``, ``dtype``).
+
+    Example:
+        >>> import keras, numpy as np, xdrop
+        >>> from xdrop.layers.keras import Dropout
+        >>> layer = Dropout(0.5, seed=0)
+        >>> y = layer(np.ones((2, 4), "float32"), training=True)
+        >>> expected = xdrop.dropout(np.ones((2, 4), "float32"), 0.5, seed=xdrop.fold_in(0, 0))
+        >>> bool((keras.ops.convert_to_numpy(y) == expected).all()), int(layer.step.numpy())
+        (True, 1)
+    """
+
+    def __init__(
+        self,
+        rate: float,
+        noise_shape: Sequence[int | None] | None = None,
+        seed: int | xdrop.Generator | None = None,
+        mode: str = "inverted",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.rate = check_layer_rate("rate", rate)
+        self.noise_shape = check_noise_shape_entries(noise_shape)
+        self.mode = check_mode(mode)
+        words = np.array(seed_words(initial_seed(seed)), np.uint32).view(np.int32)
+        self.seed_words = self.add_weight(
+            shape=(2,),
+            dtype="int32",
+            initializer=lambda shape, dtype: keras.ops.convert_to_tensor(words, dtype),
+            trainable=False,
+            name="seed",
+        )
+        self.step = self.add_weight(
+            shape=(), dtype="int32", initializer="zeros", trainable=False, name="step"
+        )
+        self.supports_masking = True
+        self._build_at_init()  # as keras.layers.Dropout: no weights depend on the input
+
+    @property
+    def seed(self) -> int:
+        """The seed ``s`` of the stream, read from its variable."""
+        high, low = keras.ops.convert_to_numpy(self.seed_words.value).astype(np.int64)
+        return (unsigned(int(high), 32) << 32) | unsigned(int(low), 32)
+
+    def call(self, inputs: Any, training: bool | None = False) -> Any:
+        if not training:
+            return xdrop.dropout(inputs, self.rate, training=False, mode=self.mode)
+        step = self.step.value
+        seed = xdrop.fold_in(_seed_array(self.seed_words.value), step)
+        noise_shape = self._noise_shape(inputs)
+        y = xdrop.dropout(inputs, self.rate, seed=seed, mode=self.mode, noise_shape=noise_shape)
+        self.step.assign(step + 1)
+        return y
+
+    def _noise_shape(self, inputs: Any) -> Sequence[int | None] | None:
+        return self.noise_shape
+
+    def compute_output_shape(self, input_shape: Any) -> Any:
+        return input_shape
+
+    def get_config(self) -> dict[str, Any]:
+        config: dict[str, Any] = super().get_config()
+        return {
+            **config,
+            "rate": self.rate,
+            "noise_shape": self.noise_shape,
+            "seed": self.seed,
+            "mode": self.mode,
+        }
+
+
+def _seed_array(words: Any) -> Any:
+    """The int32 words ``(hi, lo)`` as a seed array ``xdrop.fold_in`` takes: uint32[2], or on
+    torch (whose Keras backend has no uint32) the 0-d int64 holding the seed's two's complement."""
+    if keras.backend.backend() != "torch":
+        return keras.ops.cast(words, "uint32")
+    high, low = keras.ops.cast(words[0], "int64"), keras.ops.cast(words[1], "int64")
+    return keras.ops.bitwise_or(
+        keras.ops.left_shift(high, 32), keras.ops.bitwise_and(low, 0xFFFF_FFFF)
+    )
+
+
+class _SpatialDropout(Dropout):
+    """One decision per ``(sample, channel)``, shared over the spatial axes."""
+
+    rank = 0
+
+    def __init__(
+        self,
+        rate: float,
+        data_format: str | None = None,
+        seed: int | xdrop.Generator | None = None,
+        mode: str = "inverted",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(rate, seed=seed, mode=mode, **kwargs)
+        if data_format is None:  # Keras: SpatialDropout1D is channels-last whatever the config
+            data_format = "channels_last" if self.rank == 1 else keras.config.image_data_format()
+        if data_format not in ("channels_first", "channels_last"):
+            raise bad_value("data_format", data_format, 'None, "channels_first" or "channels_last"')
+        self.data_format = data_format
+        self.input_spec = keras.layers.InputSpec(ndim=self.rank + 2)
+
+    def _noise_shape(self, inputs: Any) -> Sequence[int | None] | None:
+        ndim = len(inputs.shape)
+        if ndim != self.rank + 2:
+            raise bad_value(
+                "inputs", f"<tensor of shape {tuple(inputs.shape)}>", f"a {self.rank + 2}-d tensor"
+            )
+        first = 2 if self.data_format == "channels_first" else 1
+        return spatial_noise_shape(ndim, range(first, first + self.rank))
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        del config["noise_shape"]
+        return {**config, "data_format": self.data_format}
+
+
+@keras.saving.register_keras_serializable(package="xdrop")
+class SpatialDropout1D(_SpatialDropout):
+    """:class:`Dropout` of whole feature maps of ``(samples, timesteps, channels)`` inputs, as
+    ``keras.layers.SpatialDropout1D``: the mask is drawn at ``(samples, 1, channels)``.
+
+    Args: ``rate``, ``seed``, ``mode`` and ``**kwargs`` as for :class:`Dropout`;
+    ``data_format`` (``"channels_last"``, or ``"channels_first"`` for ``(samples, channels,
+    timesteps)``).
+
+    Example:
+        >>> y = SpatialDropout1D(0.5, seed=0)(np.ones((2, 5, 3), "float32"), training=True)
+    """
+
+    rank = 1
+
+
+@keras.saving.register_keras_serializable(package="xdrop")
+class SpatialDropout2D(_SpatialDropout):
+    """:class:`Dropout` of whole feature maps of 4-d inputs, as ``keras.layers.SpatialDropout2D``:
+    the mask is drawn at ``(samples, 1, 1, channels)`` (``channels_last``) or ``(samples,
+    channels, 1, 1)`` (``channels_first``; default: ``keras.config.image_data_format()``).
+
+    Example:
+        >>> y = SpatialDropout2D(0.5, seed=0)(np.ones((2, 4, 4, 3), "float32"), training=True)
+    """
+
+    rank = 2
+
+
+@keras.saving.register_keras_serializable(package="xdrop")
+class SpatialDropout3D(_SpatialDropout):
+    """:class:`Dropout` of whole feature maps of 5-d inputs, as ``keras.layers.SpatialDropout3D``:
+    the mask is drawn at ``(samples, 1, 1, 1, channels)`` or ``(samples, channels, 1, 1, 1)``.
+
+    Example:
+        >>> y = SpatialDropout3D(0.5, seed=0)(np.ones((2, 2, 2, 2, 3), "float32"), training=True)
+    """
+
+    rank = 3
