@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.layers
+pytestmark = pytest.mark.backend_independent  # each framework's own arrays
 
 MLP = Path(__file__).resolve().parent / "layers" / "mlp.py"
 FRAMEWORKS = {  # name -> (script's framework, KERAS_BACKEND, packages it needs)

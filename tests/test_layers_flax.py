@@ -14,7 +14,7 @@ from flax import nnx
 
 from xdrop.layers.flax import Dropout, DropoutState
 
-pytestmark = pytest.mark.layers
+pytestmark = pytest.mark.backend_independent  # each framework's own arrays
 
 
 def contract(x, rate, seed, step, **options):

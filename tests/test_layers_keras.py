@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.layers
+pytestmark = pytest.mark.backend_independent  # each framework's own arrays
 
 CHECKS = Path(__file__).resolve().parent / "layers" / "keras_checks.py"
 BACKENDS = {"jax": "jax", "tensorflow": "tensorflow", "torch": "torch"}  # name -> package

@@ -12,7 +12,7 @@ import xdrop
 torch = pytest.importorskip("torch")
 from xdrop.layers.torch import Dropout, Dropout1d, Dropout2d, Dropout3d  # noqa: E402
 
-pytestmark = pytest.mark.layers
+pytestmark = pytest.mark.backend_independent  # each framework's own arrays
 
 
 @pytest.fixture(autouse=True)
