@@ -257,6 +257,7 @@ def available_backends() -> dict[str, bool]:
 
 # -- the default backend ----------------------------------------------------------------------------
 @host_constant  # torch.compile cannot trace ContextVar.get
+@host_constant  # torch.compile cannot trace ContextVar.get: it calls this as it is
 def default_name() -> str:
     """The default backend's name: ``use_backend`` > ``set_backend`` > ``XDROP_BACKEND`` > numpy."""
     return selected_name() or FALLBACK_BACKEND
@@ -273,12 +274,19 @@ def selected_name() -> str | None:
 
 
 def default_backend() -> Backend:
+    return load(_checked_default_name())
+
+
+@host_constant  # run as it is under torch.compile, which cannot enter the loader's lock
+def _checked_default_name() -> str:
+    """The default backend's name, loaded; one that only ``XDROP_BACKEND`` names must be
+    registered."""
     name = default_name()
-    if name == _context_default.get() or name == _chosen_default or name in _backends:
-        return load(name)
-    if name != FALLBACK_BACKEND and name not in _registered():  # from XDROP_BACKEND
+    chosen = name in (_context_default.get(), _chosen_default, FALLBACK_BACKEND)
+    if not chosen and name not in _backends and name not in _registered():
         raise unknown_backend(name, f" (from the environment variable {ENVIRONMENT_VARIABLE})")
-    return load(name)
+    load(name)
+    return name
 
 
 def get_backend() -> str:
