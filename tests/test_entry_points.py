@@ -219,7 +219,7 @@ def test_torch_compile_fullgraph_shows_xdrops_message():
         lambda x: x + xdrop.dropout_mask((3,), 0.5),
     ):
         with pytest.raises(
-            Exception, match="seed=None and xdrop.Generator seeds are drawn"
+            Exception, match=r"seed=None and xdrop\.Generator seeds are drawn"
         ) as error:
             torch.compile(function, fullgraph=True, backend="eager")(torch.ones(3))
         assert "Observed exception" not in str(error.value)
