@@ -103,6 +103,34 @@ class JaxBackend(Backend):
     def compile(self, function: Callable[..., Any]) -> Callable[..., Any]:
         return self.jax.jit(function)
 
+    def compile_runtime_sizes(self, function: Callable[..., Any]) -> Callable[..., Any]:
+        from jax import export
+
+        tree_util = self.jax.tree_util
+
+        def call(items: list[Any], fixed: list[Any]) -> Any:  # symbolic batch sizes, per item
+            groups = [tree_util.tree_flatten(item) for item in items]
+            batches = [
+                sorted({a.shape[0] for a in leaves if a.ndim >= 2 and a.shape[0] >= 2})
+                for leaves, _ in groups
+            ]
+            names = [f"n{index}_{size}" for index, sizes in enumerate(batches) for size in sizes]
+            symbols = iter(export.symbolic_shape(", ".join(names)) if names else ())
+            abstract = []
+            for (leaves, tree), sizes in zip(groups, batches, strict=True):
+                symbol = {size: next(symbols) for size in sizes}
+
+                def relaxed(a: Any, symbol: dict[int, Any] = symbol) -> Any:
+                    batch = a.ndim and symbol.get(a.shape[0])
+                    shape = (batch, *a.shape[1:]) if batch else a.shape
+                    return self.jax.ShapeDtypeStruct(shape, a.dtype)
+
+                abstract.append(tree_util.tree_unflatten(tree, [relaxed(a) for a in leaves]))
+            exact = tree_util.tree_map(lambda a: self.jax.ShapeDtypeStruct(a.shape, a.dtype), fixed)
+            return export.export(self.jax.jit(function))(abstract, exact).call(items, fixed)
+
+        return call
+
     def stage(self, function: Callable[..., Any]) -> Callable[..., Any]:
         return self.jax.jit(function)  # eager calls: one dispatch instead of one per operation
 

@@ -110,6 +110,24 @@ class TensorflowBackend(Backend):
     def compile(self, function: Callable[..., Any]) -> Callable[..., Any]:
         return self.tf.function(function, jit_compile=True, autograph=False)
 
+    def compile_runtime_sizes(self, function: Callable[..., Any]) -> Callable[..., Any]:
+        tf = self.tf
+
+        def call(items: list[Any], fixed: list[Any]) -> Any:  # the signature of the first call
+            def relaxed(a: Any) -> Any:
+                shape = a.shape.as_list()
+                batch = [None] if len(shape) >= 2 and shape[0] >= 2 else shape[:1]
+                return tf.TensorSpec([*batch, *shape[1:]], a.dtype)
+
+            signature = [
+                tf.nest.map_structure(relaxed, items),
+                tf.nest.map_structure(lambda a: tf.TensorSpec(a.shape, a.dtype), fixed),
+            ]
+            compiled = tf.function(function, input_signature=signature, autograph=False)
+            return compiled(items, fixed)
+
+        return call
+
     def stage(self, function: Callable[..., Any]) -> Callable[..., Any]:
         return self.compile(function)  # eagerly and in graphs without XLA, one fused step
 

@@ -136,6 +136,9 @@ class TorchBackend(Backend):
     def compile(self, function: Callable[..., Any]) -> Callable[..., Any]:
         return self.torch.compile(function, fullgraph=True, dynamic=False)
 
+    def compile_runtime_sizes(self, function: Callable[..., Any]) -> Callable[..., Any]:
+        return self.torch.compile(function, fullgraph=True, dynamic=True)
+
     def is_tracing(self, x: Any) -> bool:
         return bool(self.torch.compiler.is_compiling())
 

@@ -301,6 +301,16 @@ class Backend(WordOps):
         XLA, ``torch.compile``); identity where there is none. The conformance suite uses it."""
         return function
 
+    def compile_runtime_sizes(self, function: Callable[..., Any]) -> Callable[..., Any] | None:
+        """``function`` compiled so that the first axis of each array argument with two or more
+        axes (a batch; of size 2 or more) is a size known only at run time (a ``None``
+        dimension, a symbolic one, a dynamic one), as in serving or a batch of changing size.
+        The function takes two lists: the arrays of an item of the first that share a first size
+        share the run-time size (an item: one case's arrays); the second (seeds, rates) keeps its
+        shapes. None where the framework has no such compilation. The conformance suite's
+        ``runtime`` mode uses it."""
+        return None
+
     def in_trace(self) -> bool:
         """Whether this framework is tracing now, whatever the arrays at hand (a seed drawn on the
         host would be baked into the graph). Default: :meth:`is_tracing` of no array."""

@@ -27,8 +27,8 @@ MODES = ("inverted", "classic")
 # -- seed -> key ------------------------------------------------------------------------------------
 def key_words(ops: WordOps, seed: int, like: Array | None = None) -> Key:
     """The key of a 64-bit seed: ``(seed >> 32, seed & 0xFFFFFFFF)``."""
-    high, low = divmod(seed, WORD_COUNT)
-    return ops.word(high, like), ops.word(low, like)
+    # // and % rather than divmod: torch.compile traces them on a Python int it made a graph input
+    return ops.word(seed // WORD_COUNT, like), ops.word(seed % WORD_COUNT, like)
 
 
 # -- key, counter -> bits ---------------------------------------------------------------------------
@@ -136,8 +136,10 @@ def keep_chunks(
     dim. Chunks hold ``xp.chunk_size`` elements in eager execution, and the mask is one chunk while
     tracing: element ``i`` depends on ``i`` alone, so chunking changes nothing but the
     temporaries."""
-    nothing_to_draw = isinstance(count, int) and count == 0
-    if isinstance(kept_count, int) and (kept_count in (0, ALL_KEPT) or nothing_to_draw):
+    if isinstance(count, int) and count == 0:
+        yield xp.full_mask((0,), False, like)
+        return
+    if isinstance(kept_count, int) and kept_count in (0, ALL_KEPT):
         yield xp.full_mask((count,), kept_count == ALL_KEPT, like)
         return
     schedule = key_schedule(xp, key)

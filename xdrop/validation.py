@@ -221,7 +221,7 @@ def check_noise_shape(noise_shape: object, shape: tuple[int | None, ...]) -> tup
 
     Entries align to the right; missing leading entries act as 1 (shared) and ``None`` takes the
     input's size. Every entry must be 1 or the input's size; where that size is known only at
-    run time (None in ``shape``), an integer entry is taken as it is and must match then."""
+    run time (None in ``shape``), an entry other than 1 stands for it (it cannot be checked)."""
     if noise_shape is None:
         return shape
     allowed = (
@@ -242,6 +242,10 @@ def check_noise_shape(noise_shape: object, shape: tuple[int | None, ...]) -> tup
         for entry, size in zip(completed, shape, strict=True)
     ):
         raise bad_value("noise_shape", noise_shape, allowed)
+    completed = tuple(
+        None if size is None and entry != 1 else entry
+        for entry, size in zip(completed, shape, strict=True)
+    )
     return completed
 
 

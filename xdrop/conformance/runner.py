@@ -3,7 +3,9 @@ masks and seeds; to a floating-point tolerance for the R-Dropout losses.
 
 Each case runs eagerly, and — in the ``compiled`` mode — inside the framework's compiler
 (``jax.jit``, ``tf.function(jit_compile=True)``, ``torch.compile(fullgraph=True)``) with its seed
-passed as a traced seed array. A backend's dropout cases go into one compiled function and its
+passed as a traced seed array. The ``runtime`` mode compiles them with the first axis of every
+array known only at run time (``jax.export`` with a symbolic size, ``tf.function`` with a ``None``
+size, ``torch.compile(dynamic=True)``) and the rate passed as a traced 0-d array. A backend's dropout cases go into one compiled function and its
 R-Dropout cases into another, so the compiler runs twice per backend, not once per case; a backend
 without the optional loss operations still has its dropout cases checked.
 """
@@ -29,7 +31,8 @@ from xdrop.conformance.golden import (
 from xdrop.errors import BackendError
 from xdrop.protocol import Backend
 
-MODES = ("eager", "compiled")
+MODES = ("eager", "compiled", "runtime")
+SCALAR_INPUTS = ("seed", "data", "p")
 RDROP_KINDS = ("rdrop_kl", "rdrop_loss")
 # (relative, absolute) tolerance of the R-Dropout cases, by the dtype the loss is computed in: a
 # few float32 roundings per term of sums of at most 30 terms; float64 is held to the reference.
@@ -132,10 +135,12 @@ def run_backend(
         xp = registry.load(name)
     except BackendError as error:
         return BackendReport(name, available=False, mode=mode, reason=str(error))
-    if mode == "compiled" and type(xp).compile is Backend.compile:
-        return BackendReport(name, available=True, mode=mode, reason="no compiler")
+    compiler = _compiler(xp, mode)
+    if compiler is None:
+        reason = "no compiler" if mode == "compiled" else "no compilation with run-time sizes"
+        return BackendReport(name, available=True, mode=mode, reason=reason)
     selected = list(load()["cases"] if cases is None else cases)
-    if mode == "compiled" and xp.compiles_slowly and not full:
+    if mode != "eager" and xp.compiles_slowly and not full:
         selected = sample(selected)
     report = BackendReport(name, available=True, mode=mode)
     # IEEE overflow (x * s beyond the dtype's range) is part of what the cases check, not news
@@ -143,16 +148,18 @@ def run_backend(
         runnable = []
         for case in selected:
             try:
-                runnable.append((case, _inputs(xp, case, traced=mode == "compiled")))
+                runnable.append((case, _inputs(xp, case, mode)))
             except (ImportError, TypeError, NotImplementedError) as error:
                 # a dtype the framework lacks, or an optional part of the protocol
                 report.results.append(_result(case, "skipped", detail=str(error)))
-        if mode == "compiled":
+        if mode != "eager":
             runnable.sort(key=lambda pair: pair[0]["kind"] in RDROP_KINDS)
             outputs = [
                 output
                 for batch in _compile_batches(xp, runnable)
-                for output in _run_compiled(xp, [case for case, _ in batch], [i for _, i in batch])
+                for output in _run_compiled(
+                    compiler, [case for case, _ in batch], [i for _, i in batch]
+                )
             ]
         else:
             outputs = [_call_or_error(case, inputs) for case, inputs in runnable]
@@ -161,6 +168,17 @@ def run_backend(
             if progress is not None:
                 progress(done, len(runnable))
     return report
+
+
+def _compiler(xp: Backend, mode: str) -> Callable[[Callable[..., Any]], Any] | None:
+    """How ``mode`` runs a function on ``xp`` (None: it cannot)."""
+    if mode == "eager":
+        return lambda function: function
+    if mode == "compiled":
+        return None if type(xp).compile is Backend.compile else xp.compile
+    if type(xp).compile_runtime_sizes is Backend.compile_runtime_sizes:
+        return None
+    return xp.compile_runtime_sizes
 
 
 def _compile_batches(xp: Backend, runnable: list[Any]) -> list[list[Any]]:
@@ -173,17 +191,23 @@ def _compile_batches(xp: Backend, runnable: list[Any]) -> list[list[Any]]:
     return [batch for batch in (dropout, losses) if batch]
 
 
-def _inputs(xp: Backend, case: dict[str, Any], traced: bool) -> dict[str, Any]:
-    """The array arguments of a case (the compiled mode traces them; the rest of a case is
-    static); with ``traced``, its seed and data become arrays of ``xp`` too."""
+def _inputs(xp: Backend, case: dict[str, Any], mode: str) -> dict[str, Any]:
+    """The array arguments of a case (the compiled modes trace them; the rest of a case is
+    static): compiled, its seed and data become arrays of ``xp`` too; with run-time sizes, its
+    rate as well (a float64 array, or float32 where that holds it exactly)."""
     if case["kind"] in RDROP_KINDS:
         return _rdrop_inputs(xp, case)
     inputs: dict[str, Any] = {"seed": case["seed"]}
-    if traced:
+    if mode != "eager":
         inputs["seed"] = xp.seed_array(spec.key_words(xp, case["seed"]))
+    if mode == "runtime" and case["kind"] in ("dropout", "mask"):
+        dtype = "float64" if xp.has_float64() else "float32"
+        if dtype == "float32" and float(np.float32(case["p"])) != case["p"]:
+            raise TypeError(f"p = {case['p']!r} needs a float64 array, which {xp.name} lacks here")
+        inputs["p"] = xp.asarray(np.float64(case["p"]), dtype)
     if case["kind"] == "fold_in":
         data = case["data"]
-        inputs["data"] = xp.asarray(np.array(data, np.uint32)) if traced else data
+        inputs["data"] = xp.asarray(np.array(data, np.uint32)) if mode != "eager" else data
     elif case["kind"] == "dropout":
         shape = tuple(case["shape"])
         values = np.array(input_values(math.prod(shape)), np.float64).reshape(shape)
@@ -219,13 +243,14 @@ def _call(case: dict[str, Any], inputs: dict[str, Any]) -> Any:
         )
     if case["kind"] == "fold_in":
         return xdrop.fold_in(inputs["seed"], inputs["data"])
+    rate = inputs.get("p", case["p"])
     if case["kind"] == "mask":
         return xdrop.dropout_mask(
-            tuple(case["shape"]), case["p"], seed=inputs["seed"], offset=case["offset"]
+            tuple(case["shape"]), rate, seed=inputs["seed"], offset=case["offset"]
         )
     return xdrop.dropout(
         inputs["x"],
-        case["p"],
+        rate,
         training=case["training"],
         seed=inputs["seed"],
         mode=case["mode"],
@@ -243,11 +268,14 @@ def _call_or_error(case: dict[str, Any], inputs: dict[str, Any]) -> Any:
 
 
 def _run_compiled(
-    xp: Backend, cases: list[dict[str, Any]], inputs: list[dict[str, Any]]
+    compiler: Callable[[Callable[..., Any]], Any],
+    cases: list[dict[str, Any]],
+    inputs: list[dict[str, Any]],
 ) -> list[Any]:
-    def every_case(all_inputs: list[dict[str, Any]]) -> list[Any]:
+    def every_case(arrays: list[dict[str, Any]], scalars: list[dict[str, Any]]) -> list[Any]:
         return [
-            _call(case, case_inputs) for case, case_inputs in zip(cases, all_inputs, strict=True)
+            _call(case, {**case_arrays, **case_scalars})
+            for case, case_arrays, case_scalars in zip(cases, arrays, scalars, strict=True)
         ]
 
     # a code object of its own: compilers that cache per code object (torch.compile, which stops
@@ -255,7 +283,10 @@ def _run_compiled(
     every_case.__code__ = every_case.__code__.replace()
 
     try:
-        return list(xp.compile(every_case)(inputs))
+        # seeds, fold_in's data and rates apart: a compilation with run-time sizes keeps theirs
+        scalars = [{k: v for k, v in i.items() if k in SCALAR_INPUTS} for i in inputs]
+        arrays = [{k: v for k, v in i.items() if k not in SCALAR_INPUTS} for i in inputs]
+        return list(compiler(every_case)(arrays, scalars))
     except Exception as error:  # the compiler rejected the function: every case fails with it
         return [error] * len(cases)
 
