@@ -209,7 +209,7 @@ def _training(
         return spec.dropout(xp, x, draw_keep, factor)
     assert isinstance(resolved, tuple)  # portable seeds are key words
     staged = None if isinstance(start, sharding.Block) else _staged_step(xp, x, plan)
-    if staged is None:
+    if staged is None or isinstance(start, sharding.Block):
         return _portable(xp, plan, x, resolved, start, kept_count, factor)
     if factor is None and plan.mode == "inverted":  # p == 1: nothing kept, so 0 is as good
         factor = 0.0
@@ -243,11 +243,12 @@ def _portable(
         chunks = functools.partial(spec.keep_chunks, xp, key, count, kept_count, start, like=x)
         return spec.dropout(xp, x, chunks, factor, chunked=True, return_mask=plan.return_mask)
     noise = plan.noise_dims(xp, x)
-    draw_keep = functools.partial(spec.keep_mask, xp, key, noise, kept_count, start, like=x)
-    if isinstance(start, sharding.Block):
+    if isinstance(start, sharding.Block):  # x is a block of a larger tensor
         draw_keep = functools.partial(
             sharding.block_keep_mask, xp, key, start, noise, kept_count, x
         )
+    else:
+        draw_keep = functools.partial(spec.keep_mask, xp, key, noise, kept_count, start, like=x)
     y, keep = spec.dropout(xp, x, draw_keep, factor)
     return y, keep if plan.return_mask else None
 
