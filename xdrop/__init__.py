@@ -11,6 +11,7 @@ from xdrop.errors import (
 from xdrop.rdrop_api import rdrop_forward, rdrop_kl, rdrop_loss
 from xdrop.registry import available_backends, get_backend, set_backend, use_backend
 from xdrop.seeds import Generator, fold_in, get_rng, manual_seed, set_rng, use_rng
+from xdrop.sharding import Block, chunk_block, shard_map_block
 
 __version__ = "0.1.0"
 
@@ -18,10 +19,12 @@ __all__ = [
     "ArgumentTypeError",
     "ArgumentValueError",
     "BackendError",
+    "Block",
     "Generator",
     "TracingError",
     "XdropError",
     "available_backends",
+    "chunk_block",
     "dropout",
     "dropout_mask",
     "fold_in",
@@ -33,6 +36,7 @@ __all__ = [
     "rdrop_loss",
     "set_backend",
     "set_rng",
+    "shard_map_block",
     "use_backend",
     "use_rng",
 ]

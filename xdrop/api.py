@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from xdrop import kernel, seeds, spec
+from xdrop import kernel, seeds, sharding, spec
 from xdrop.errors import bad_value
 from xdrop.protocol import Array, Backend, Dim, Key, Words
 from xdrop.registry import backend_for
@@ -78,7 +78,7 @@ def dropout(
     seed: seeds.SeedLike = None,
     mode: str = "inverted",
     noise_shape: Sequence[int | None] | None = None,
-    offset: int = 0,
+    offset: int | sharding.Block = 0,
     return_mask: bool = False,
     rng: str | None = None,
 ) -> Any:
@@ -114,7 +114,10 @@ def dropout(
         noise_shape: the shape the mask is drawn at, broadcast to ``x`` (TensorFlow/Keras rules):
             aligned to the right, missing leading entries and entries of 1 share one decision,
             ``None`` takes ``x``'s size. ``(batch, 1, 1, channels)`` is spatial dropout.
-        offset: added to every element's counter, so a shard can draw its slice of a larger mask.
+        offset: added to every element's counter, so a shard can draw its slice of a larger mask;
+            or an :class:`xdrop.Block` (``x`` is a block of a larger tensor, contiguous or not:
+            each element draws its counter there; ``docs/distributed.md``). A PyTorch DTensor
+            draws its global counters on each rank, and comes back with the same placements.
         return_mask: also return the boolean keep mask (True = kept), broadcast to ``x``'s shape.
         rng: ``"portable"`` (mask stream v1) or ``"native"`` (the framework's own generator:
             same API and edge cases, no cross-backend equality; ``offset`` must be 0). Default:
@@ -131,6 +134,20 @@ def dropout(
         >>> xdrop.dropout(np.ones(3), p=0.5, training=False, mode="classic")
         array([0.5, 0.5, 0.5])
     """
+    if sharding.is_dtensor(x):  # each rank: its local tensor, drawing the counters it has in x
+        block = sharding.dtensor_block(x, check_offset(offset))
+        local = dropout(
+            x.to_local(),
+            p,
+            training=training,
+            seed=seed,
+            mode=mode,
+            noise_shape=noise_shape,
+            offset=block,
+            return_mask=return_mask,
+            rng=rng,
+        )
+        return sharding.dtensor_result(x, local)
     xp = backend_for(x)
     x = as_input_array(xp, x)
     dtype = check_float_dtype(xp.dtype_name(x))
@@ -140,7 +157,7 @@ def dropout(
     generator = seeds.rng_kind(rng)
     shape = xp.shape(x)
     plan = DropoutPlan(shape, dtype, check_noise_shape(noise_shape, shape), mode, return_mask=False)
-    start = _check_offset(offset, plan.noise, generator)
+    start = _check_offset(offset, plan.noise, generator, shape)
     plan = dataclasses.replace(plan, return_mask=check_flag("return_mask", return_mask))
     if is_training:
         y, keep = _training(xp, x, seed, rate, start, generator, plan)
@@ -169,7 +186,7 @@ def _training(
     x: Array,
     seed: object,
     rate: Rate,
-    start: int,
+    start: int | sharding.Block,
     generator: str,
     plan: DropoutPlan,
 ) -> tuple[Array, Array | None]:
@@ -191,8 +208,8 @@ def _training(
         draw_keep = functools.partial(xp.native_keep_mask, noise, probability, resolved, x)
         return spec.dropout(xp, x, draw_keep, factor)
     assert isinstance(resolved, tuple)  # portable seeds are key words
-    staged = _staged_step(xp, x, plan)
-    if staged is None:
+    staged = None if isinstance(start, sharding.Block) else _staged_step(xp, x, plan)
+    if staged is None or isinstance(start, sharding.Block):
         return _portable(xp, plan, x, resolved, start, kept_count, factor)
     if factor is None and plan.mode == "inverted":  # p == 1: nothing kept, so 0 is as good
         factor = 0.0
@@ -210,7 +227,7 @@ def _portable(
     plan: DropoutPlan,
     x: Array,
     key: Key,
-    start: Key | int,
+    start: Key | int | sharding.Block,
     kept_count: Words | int,
     factor: float | Array | None,
 ) -> tuple[Array, Array | None]:
@@ -226,7 +243,12 @@ def _portable(
         chunks = functools.partial(spec.keep_chunks, xp, key, count, kept_count, start, like=x)
         return spec.dropout(xp, x, chunks, factor, chunked=True, return_mask=plan.return_mask)
     noise = plan.noise_dims(xp, x)
-    draw_keep = functools.partial(spec.keep_mask, xp, key, noise, kept_count, start, like=x)
+    if isinstance(start, sharding.Block):  # x is a block of a larger tensor
+        draw_keep = functools.partial(
+            sharding.block_keep_mask, xp, key, start, noise, kept_count, x
+        )
+    else:
+        draw_keep = functools.partial(spec.keep_mask, xp, key, noise, kept_count, start, like=x)
     y, keep = spec.dropout(xp, x, draw_keep, factor)
     return y, keep if plan.return_mask else None
 
@@ -301,7 +323,7 @@ def dropout_mask(
     p: float | Any,
     *,
     seed: seeds.SeedLike = None,
-    offset: int = 0,
+    offset: int | sharding.Block = 0,
     like: Any = None,
     rng: str | None = None,
 ) -> Array:
@@ -316,7 +338,8 @@ def dropout_mask(
         p: the drop probability, in ``[0, 1]``: a Python float or a 0-d float array of ``like``'s
             framework (traceable).
         seed: as for :func:`dropout`; a generator or the global one is advanced once.
-        offset: added to every element's counter.
+        offset: added to every element's counter, or an :class:`xdrop.Block` (the mask of a
+            block of a larger tensor).
         like: an array whose framework (and device) the mask is made on; if None, the seed
             array's framework, else the default backend.
         rng: ``"portable"`` or ``"native"``, as for :func:`dropout`.
@@ -332,7 +355,7 @@ def dropout_mask(
     size = check_shape(shape, xp.shape(like) if xp.is_array(like) else None)
     rate = check_rate(p, xp)
     generator = seeds.rng_kind(rng)
-    start = _check_offset(offset, size, generator)
+    start = _check_offset(offset, size, generator, size)
     dims = DropoutPlan(size, "float32", size, "inverted", False).noise_dims(xp, like)
     resolved = _resolve_seed(xp, seed, generator, like)
     if isinstance(rate, float):
@@ -344,10 +367,24 @@ def dropout_mask(
     if generator == "native":
         return xp.native_keep_mask(dims, probability, resolved, like)
     assert isinstance(resolved, tuple)  # portable seeds are key words
+    if isinstance(start, sharding.Block):
+        return sharding.block_keep_mask(xp, resolved, start, dims, kept_count, like)
     return spec.keep_mask(xp, resolved, dims, kept_count, start, like=like)
 
 
-def _check_offset(offset: object, noise_shape: tuple[int | None, ...], generator: str) -> int:
+def _check_offset(
+    offset: object,
+    noise_shape: tuple[int | None, ...],
+    generator: str,
+    shape: tuple[int | None, ...],
+) -> int | sharding.Block:
+    if isinstance(offset, sharding.Block):
+        offset.check_fits(shape)
+        if noise_shape != shape:
+            raise bad_value("noise_shape", noise_shape, "x's shape (or None) with a Block offset")
+        if generator == "native":
+            raise bad_value("offset", offset, 'an integer with rng="native" (a Block is portable)')
+        return offset
     start = check_offset(offset)
     check_counter_range(start, noise_shape)
     if generator == "native" and start:

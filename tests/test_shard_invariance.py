@@ -1,0 +1,141 @@
+"""Shard invariance on every installed backend, in this process: an array that is a block of a
+larger tensor (``xdrop.Block``) draws exactly its slice of the larger tensor's mask, however the
+tensor is split, contiguous in memory or not; per-axis counters carry across 2**32.
+
+The same checks on many devices and processes are in ``tests/test_distributed.py``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+import xdrop
+from xdrop import registry, sharding
+
+pytestmark = pytest.mark.backend_independent  # it runs every installed backend itself
+
+BUILT_IN = ("numpy", "torch", "jax", "tensorflow")
+BACKENDS = [name for name in BUILT_IN if xdrop.available_backends().get(name)]
+SEED, RATE = 99, 0.35
+
+
+def as_numpy(backend: str, array: object) -> np.ndarray:
+    return registry.load(backend).to_numpy(array)
+
+
+def splits(shape: tuple[int, ...], parts: int) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+    """Every block of ``shape`` cut into ``parts`` chunks (torch.chunk's way) on every axis."""
+    bounds = [
+        [sharding.chunk_bounds(size, parts, index) for index in range(parts)] for size in shape
+    ]
+    return [
+        (tuple(first for first, _ in block), tuple(stop - first for first, stop in block))
+        for block in itertools.product(*bounds)
+    ]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape", [(10,), (5, 7), (3, 4, 5), (1, 9, 2)])
+def test_blocks_draw_their_slice_of_the_whole_mask(backend: str, shape: tuple[int, ...]) -> None:
+    with xdrop.use_backend(backend):
+        whole = as_numpy(backend, xdrop.dropout_mask(shape, RATE, seed=SEED, offset=17))
+        for start, size in splits(shape, 3):
+            block = xdrop.Block(shape, start, offset=17)
+            mask = as_numpy(backend, xdrop.dropout_mask(size, RATE, seed=SEED, offset=block))
+            index = tuple(slice(first, first + n) for first, n in zip(start, size, strict=True))
+            assert np.array_equal(mask, whole[index]), (start, size)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_dropout_of_a_column_slice_is_the_slice_of_dropout(backend: str) -> None:
+    x = np.arange(1.0, 49.0, dtype=np.float32).reshape(6, 8)
+    xp = registry.load(backend)
+    whole = as_numpy(backend, xdrop.dropout(xp.asarray(x), RATE, seed=SEED))
+    for rank in range(3):
+        block = xdrop.chunk_block(x.shape, dim=1, index=rank, parts=3)
+        first, stop = sharding.chunk_bounds(8, 3, rank)
+        local = xp.asarray(np.ascontiguousarray(x[:, first:stop]))
+        y, keep = xdrop.dropout(local, RATE, seed=SEED, offset=block, return_mask=True)
+        assert np.array_equal(as_numpy(backend, y), whole[:, first:stop])
+        assert np.array_equal(as_numpy(backend, keep), whole[:, first:stop] != 0)
+
+
+def test_counters_carry_into_the_high_word() -> None:
+    shape = (3, 1 << 11, 5)
+    offset = (1 << 32) - 7000  # the rows cross 2**32 inside the tensor
+    whole = xdrop.dropout_mask(shape, RATE, seed=SEED, offset=offset, like=np.zeros(1))
+    block = xdrop.Block(shape, (1, 3, 2), offset)
+    part = xdrop.dropout_mask((2, 2000, 3), RATE, seed=SEED, offset=block, like=np.zeros(1))
+    assert np.array_equal(part, whole[1:, 3:2003, 2:])
+
+
+def test_times_constant_is_the_64_bit_product() -> None:
+    words = np.array([0, 1, 7, 2**31 + 5, 2**32 - 1], np.uint32)
+    for factor in (0, 1, 2, 3, 4096, 2**32 - 1, 2**32 + 3, 2**63 + 12345):
+        high, low = sharding.times_constant(registry.load("numpy"), words.copy(), factor)
+        got = [(int(h) << 32) | int(lo) for h, lo in zip(high, low, strict=True)]
+        assert got == [int(w) * factor % 2**64 for w in words], factor
+
+
+def test_start_may_be_traced_under_jax_jit() -> None:
+    jax = pytest.importorskip("jax")
+    jnp = jax.numpy
+    whole = np.asarray(xdrop.dropout_mask((4, 6), RATE, seed=SEED, like=jnp.zeros(1)))
+
+    @jax.jit
+    def column_block(column: object) -> object:
+        block = xdrop.Block((4, 6), (0, column))
+        return xdrop.dropout_mask((4, 3), RATE, seed=SEED, offset=block, like=jnp.zeros(1))
+
+    for column in (0, 3):
+        assert np.array_equal(np.asarray(column_block(jnp.int32(column))), whole[:, column:][:, :3])
+
+
+def test_zero_dimensional_and_empty_blocks() -> None:
+    scalar = xdrop.dropout_mask((), RATE, seed=SEED, offset=5, like=np.zeros(()))
+    block = xdrop.dropout_mask((), RATE, seed=SEED, offset=xdrop.Block((), (), 5))
+    assert block.shape == () and bool(block) == bool(scalar)
+    empty = xdrop.dropout_mask((0, 4), RATE, seed=SEED, offset=xdrop.chunk_block((3, 4), 0, 3, 4))
+    assert empty.shape == (0, 4)
+
+
+def test_chunk_block_splits_as_torch_chunk() -> None:
+    assert [sharding.chunk_bounds(7, 4, i) for i in range(4)] == [(0, 2), (2, 4), (4, 6), (6, 7)]
+    assert [sharding.chunk_bounds(3, 4, i) for i in range(4)] == [(0, 1), (1, 2), (2, 3), (3, 3)]
+    assert [sharding.chunk_bounds(6, 4, i) for i in range(4)] == [(0, 2), (2, 4), (4, 6), (6, 6)]
+    assert xdrop.chunk_block((5, 9), dim=-1, index=2, parts=4).start == (0, 6)
+    assert xdrop.Block((5, 9)).strides == (9, 1)
+    assert xdrop.Block((2, 3, 4)).strides == (12, 4, 1)
+    assert math.prod(xdrop.Block((2, 3, 4)).global_shape) == 24
+
+
+@pytest.mark.parametrize(
+    ("call", "argument"),
+    [
+        (lambda: xdrop.Block((4, -1)), "global_shape"),
+        (lambda: xdrop.Block((4, 2**32)), "global_shape"),
+        (lambda: xdrop.Block("ab"), "global_shape"),
+        (lambda: xdrop.Block((4, 4), (1,)), "start"),
+        (lambda: xdrop.Block((4, 4), (1, 5)), "start"),
+        (lambda: xdrop.Block((4, 4), (1, 1.5)), "start"),
+        (lambda: xdrop.Block((4, 4), offset=-1), "offset"),
+        (lambda: xdrop.Block((2**31, 2**31), offset=2**64 - 2**61), "offset"),
+        (lambda: xdrop.chunk_block((4, 4), dim=2, index=0, parts=2), "dim"),
+        (lambda: xdrop.chunk_block((4, 4), dim=0, index=2, parts=2), "index"),
+        (lambda: xdrop.chunk_block((4, 4), dim=0, index=0, parts=0), "parts"),
+        (lambda: xdrop.dropout(np.ones((3, 3)), offset=xdrop.Block((4, 4), (2, 0))), "offset"),
+        (lambda: xdrop.dropout(np.ones(3), offset=xdrop.Block((4, 4))), "offset"),
+        (
+            lambda: xdrop.dropout(np.ones((2, 2)), noise_shape=(2, 1), offset=xdrop.Block((2, 2))),
+            "noise_shape",
+        ),
+        (lambda: xdrop.dropout(np.ones(2), rng="native", offset=xdrop.Block((2,))), "offset"),
+    ],
+)
+def test_bad_blocks_name_the_argument(call: object, argument: str) -> None:
+    with pytest.raises((xdrop.ArgumentValueError, xdrop.ArgumentTypeError), match=argument):
+        call()  # type: ignore[operator]

@@ -1,0 +1,339 @@
+"""Masks of a block of a larger tensor: each element draws the counter it has in the whole.
+
+Mask stream v1 gives the element at row-major index ``i`` of a tensor the counter ``offset + i``,
+so a mask does not depend on how the tensor is split. A :class:`Block` says where an array lies in
+a larger logical tensor of ``global_shape``; its element at local index ``(j_0, ..., j_{n-1})``
+draws counter ``offset + sum_k (start_k + j_k) * stride_k``, with ``stride_k`` the product of
+``global_shape[k + 1:]``. The block need not be contiguous in row-major order (a column slice is
+not), and ``start`` may hold traced values (``jax.lax.axis_index`` under ``shard_map``).
+
+The counters are built from one iota per axis, in 32-bit words with carries, so that they need
+nothing of a backend but its word operations, and a compiler that partitions the array (XLA's
+SPMD partitioner) partitions them along with it. ``docs/distributed.md`` shows the recipes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from xdrop import spec
+from xdrop.errors import bad_type, bad_value
+from xdrop.protocol import Array, Backend, Dim, Key, WordOps, Words
+from xdrop.validation import as_integer, check_offset
+
+AXIS_LIMIT = spec.WORD_COUNT
+"""The largest size of one axis of a logical tensor: an axis index is one 32-bit word."""
+Start = Any  # a block's start on one axis: a Python int, or a 0-d integer array (maybe traced)
+
+
+@dataclasses.dataclass(frozen=True)
+class Block:
+    """Where an array lies in a larger logical tensor, for ``xdrop.dropout(x, offset=block)``.
+
+    The array's element at local index ``j`` draws counter
+    ``offset + sum_k (start[k] + j[k]) * prod(global_shape[k + 1:])``: its row-major index in the
+    logical tensor, plus ``offset``. So the array's mask is exactly its slice of the logical
+    tensor's mask, ``dropout_mask(global_shape, p, seed=s, offset=offset)[start : start + shape]``,
+    however the tensor is split, contiguous in memory or not.
+
+    Args:
+        global_shape: the logical tensor's shape (each size below ``2**32``).
+        start: the index in the logical tensor of the array's first element, one entry per axis:
+            Python ints, or 0-d integer arrays of the array's framework (traced values are
+            fine, such as ``jax.lax.axis_index(name) * local_size``).
+        offset: added to every counter, as ``offset`` of :func:`xdrop.dropout`.
+
+    Example:
+        >>> import numpy as np, xdrop
+        >>> whole = xdrop.dropout_mask((4, 6), 0.5, seed=0)
+        >>> right = xdrop.dropout_mask((4, 3), 0.5, seed=0, offset=xdrop.Block((4, 6), (0, 3)))
+        >>> bool((right == whole[:, 3:]).all())
+        True
+    """
+
+    global_shape: tuple[int, ...]
+    start: tuple[Start, ...]
+    offset: int = 0
+
+    def __init__(
+        self, global_shape: Sequence[int], start: Sequence[Start] | None = None, offset: int = 0
+    ) -> None:
+        shape = _check_global_shape(global_shape)
+        starts = (0,) * len(shape) if start is None else _check_start(start, shape)
+        first = check_offset(offset)
+        if first + math.prod(shape) > spec.SEED_COUNT:
+            raise bad_value(
+                "offset", offset, f"at most 2**64 - {math.prod(shape)} so that the counters fit"
+            )
+        object.__setattr__(self, "global_shape", shape)
+        object.__setattr__(self, "start", starts)
+        object.__setattr__(self, "offset", first)
+
+    @property
+    def strides(self) -> tuple[int, ...]:
+        """The counters one step along each axis of the logical tensor moves (row-major)."""
+        shape = self.global_shape
+        return tuple(math.prod(shape[axis + 1 :]) for axis in range(len(shape)))
+
+    def check_fits(self, shape: tuple[int | None, ...], argument: str = "x") -> None:
+        """Raise unless an array of ``shape`` fits in the logical tensor at ``start``."""
+        if len(shape) != len(self.global_shape):
+            raise bad_value(
+                "offset",
+                self,
+                f"a Block of the rank of {argument} ({len(shape)}), not {len(self.global_shape)}",
+            )
+        for axis, (size, first, whole) in enumerate(
+            zip(shape, self.start, self.global_shape, strict=True)
+        ):
+            if size is not None and isinstance(first, int) and first + size > whole:
+                raise bad_value(
+                    "offset",
+                    self,
+                    f"a Block that holds {argument}: on axis {axis}, start {first} + size {size} "
+                    f"is past the logical size {whole}",
+                )
+
+
+def chunk_block(
+    global_shape: Sequence[int], dim: int, index: int, parts: int, offset: int = 0
+) -> Block:
+    """The :class:`Block` of chunk ``index`` of ``parts`` along ``dim``, as ``torch.chunk`` and
+    DTensor's ``Shard(dim)`` split: chunks of ``ceil(n / parts)`` elements, the last ones smaller
+    or empty. A tensor-parallel rank holding columns ``[a, b)`` of a weight is
+    ``chunk_block(shape, dim=1, index=rank, parts=world_size)``.
+
+    Args:
+        global_shape: the logical tensor's shape.
+        dim: the axis that is split (negative counts from the end).
+        index: which chunk, in ``[0, parts)`` (a rank).
+        parts: how many chunks (a world size), at least 1.
+        offset: added to every counter.
+
+    Example:
+        >>> import xdrop
+        >>> xdrop.chunk_block((4, 6), dim=1, index=1, parts=2).start
+        (0, 3)
+    """
+    shape = _check_global_shape(global_shape)
+    axis = _check_dim(dim, len(shape))
+    count = _check_count("parts", parts, 1, None)
+    rank = _check_count("index", index, 0, count)
+    first, _ = chunk_bounds(shape[axis], count, rank)
+    start = tuple(first if k == axis else 0 for k in range(len(shape)))
+    return Block(shape, start, offset)
+
+
+def chunk_bounds(size: int, parts: int, index: int) -> tuple[int, int]:
+    """``[first, stop)`` of chunk ``index`` when ``size`` is cut as ``torch.chunk`` does."""
+    step = -(-size // parts)
+    first = min(index * step, size)
+    return first, min(first + step, size)
+
+
+# -- counters and mask of a block -------------------------------------------------------------------
+def times_constant(ops: WordOps, words: Words, factor: int) -> tuple[Words, Words]:
+    """``words * factor mod 2**64`` as words ``(high, low)``, for a host integer ``factor``:
+    doubling and adding over the bits of ``factor`` (Horner), with only ``add`` and shifts."""
+    zero = ops.xor(words, words)  # zeros of the words' shape
+    if factor == 0:
+        return zero, zero
+    high, low = zero, words
+    for bit in reversed(range(factor.bit_length() - 1)):
+        high = ops.add(ops.add(high, high), ops.shift_right(low, 31))
+        low = ops.add(low, low)
+        if factor >> bit & 1:
+            high, low = add_pairs(ops, (high, low), (zero, words))
+    return high, low
+
+
+def add_pairs(ops: WordOps, a: tuple[Words, Words], b: tuple[Words, Words]) -> tuple[Words, Words]:
+    """``a + b mod 2**64`` of words ``(high, low)``, broadcasting: the low word carries."""
+    low = ops.add(a[1], b[1])
+    carry = ops.from_bool(ops.less_than(low, a[1]))
+    return ops.add(ops.add(a[0], b[0]), carry), low
+
+
+def block_counter_words(
+    xp: Backend, block: Block, shape: tuple[Dim, ...], like: Array | None
+) -> tuple[Words, Words]:
+    """The counter words ``(c >> 32, c & 0xFFFFFFFF)`` of each element of an array of ``shape``
+    at ``block``: ``c = offset + sum_k (start_k + iota_k) * stride_k``, each term one iota along
+    its axis, broadcast against the others."""
+    rank = len(shape)
+    total = spec.key_words(xp, block.offset, like)
+    for axis, (size, first, stride) in enumerate(
+        zip(shape, block.start, block.strides, strict=True)
+    ):
+        index = xp.iota(size, like)
+        if not isinstance(first, int):
+            index = xp.add(index, xp.seed_words(first)[1])  # a 0-d integer array: its low word
+        elif first:
+            index = xp.add(index, xp.word(first, like))
+        along = (1,) * axis + (size,) + (1,) * (rank - axis - 1)
+        term = times_constant(xp, index, stride)
+        total = add_pairs(xp, (xp.reshape(term[0], along), xp.reshape(term[1], along)), total)
+    return total  # both words have the full shape: every term was added to the running total
+
+
+def block_keep_mask(
+    xp: Backend,
+    key: Key,
+    block: Block,
+    shape: tuple[Dim, ...],
+    kept_count: Words | int,
+    like: Array | None = None,
+) -> Array:
+    """The boolean keep mask of an array of ``shape`` at ``block``: element ``j`` is kept when
+    ``bits(c_j) >> 9 < C`` with ``c_j`` its counter in the logical tensor (``block_counter_words``)."""
+    if isinstance(kept_count, int) and kept_count in (0, spec.ALL_KEPT):
+        return xp.full_mask(shape, kept_count == spec.ALL_KEPT, like)
+    y0, y1 = spec.threefry2x32(xp, key, block_counter_words(xp, block, shape, like))
+    keep = spec.kept(xp, xp.ixor(y0, y1), kept_count)
+    return xp.reshape(keep, shape)  # a 0-d array stays 0-d; others already have the shape
+
+
+# -- the engines' layouts -----------------------------------------------------------------------------
+def shard_map_block(local_shape: Sequence[int], partition: Sequence[Any], offset: int = 0) -> Block:
+    """The :class:`Block` of this shard inside ``jax.shard_map``, so that
+    ``xdrop.dropout(x, p, seed=s, offset=shard_map_block(x.shape, spec))`` on each shard gives
+    the shards of ``xdrop.dropout`` on the whole array.
+
+    Axis ``k`` of the logical array is ``local_shape[k] * n_k`` long, ``n_k`` the product of the
+    sizes of the mesh axes ``partition[k]`` names, and the shard starts at
+    ``local_shape[k] * i_k``, ``i_k`` this device's index over those mesh axes (row-major, as
+    ``PartitionSpec`` orders them), from ``jax.lax.axis_index``. Call it inside the function
+    ``shard_map`` maps.
+
+    Args:
+        local_shape: the shard's shape (``x.shape`` inside the mapped function).
+        partition: the ``PartitionSpec`` of ``x`` in ``in_specs``: per axis ``None``, a mesh axis
+            name, or a tuple of names; missing trailing entries are ``None``.
+        offset: added to every counter.
+
+    Example::
+
+        @functools.partial(jax.shard_map, mesh=mesh, in_specs=P("data", "model"),
+                           out_specs=P("data", "model"))
+        def step(x):
+            return xdrop.dropout(x, 0.1, seed=seed,
+                                 offset=xdrop.shard_map_block(x.shape, P("data", "model")))
+    """
+    import jax
+    import jax.numpy as jnp
+
+    shape = tuple(_check_global_shape(local_shape, "local_shape"))
+    entries = tuple(partition)
+    if len(entries) > len(shape):
+        raise bad_value(
+            "partition", partition, f"at most one entry per axis of the shard ({len(shape)})"
+        )
+    entries += (None,) * (len(shape) - len(entries))
+    global_shape, start = [], []
+    for size, names in zip(shape, entries, strict=True):
+        axes = () if names is None else (names,) if isinstance(names, str) else tuple(names)
+        count, index = 1, jnp.zeros((), jnp.int32)
+        for name in axes:
+            axis_size = int(jax.lax.axis_size(name))
+            index = index * axis_size + jax.lax.axis_index(name)
+            count *= axis_size
+        global_shape.append(size * count)
+        start.append(index * size if axes else 0)
+    return Block(global_shape, start, offset)
+
+
+def is_dtensor(x: object) -> bool:
+    """Whether ``x`` is a PyTorch DTensor (without importing torch)."""
+    module = sys.modules.get("torch.distributed.tensor")
+    kind = getattr(module, "DTensor", None)
+    return kind is not None and isinstance(x, kind)
+
+
+def dtensor_block(x: Any, offset: int) -> Block:
+    """The :class:`Block` of this rank's local tensor of the DTensor ``x``: ``Shard(d)`` splits
+    axis ``d`` as ``torch.chunk`` does, in the order of the mesh's axes (a later mesh axis splits
+    the chunk an earlier one left); ``Replicate()`` and ``Partial()`` hold the whole axis (dropout
+    is linear in ``x`` for a fixed mask, so a partial sum's mask is the sum's)."""
+    from torch.distributed.tensor import Shard
+
+    shape = list(x.shape)
+    size, start = list(shape), [0] * len(shape)
+    coordinate = x.device_mesh.get_coordinate()
+    for mesh_axis, placement in enumerate(x.placements):
+        if not isinstance(placement, Shard):
+            continue
+        if type(placement) is not Shard:  # a strided or other custom layout of shards
+            raise bad_value("x", placement, "a DTensor of Shard, Replicate or Partial placements")
+        dim = placement.dim
+        first, stop = chunk_bounds(size[dim], x.device_mesh.size(mesh_axis), coordinate[mesh_axis])
+        start[dim] += first
+        size[dim] = stop - first
+    return Block(shape, start, offset)
+
+
+def dtensor_result(x: Any, local: Any) -> Any:
+    """This rank's result (a tensor, or a tuple of them) as DTensors of ``x``'s mesh, placements,
+    shape and stride: ``from_local`` without communication."""
+    from torch.distributed.tensor import DTensor
+
+    if isinstance(local, tuple):
+        return tuple(dtensor_result(x, part) for part in local)
+    return DTensor.from_local(
+        local, x.device_mesh, x.placements, run_check=False, shape=x.shape, stride=x.stride()
+    )
+
+
+# -- argument checks ----------------------------------------------------------------------------------
+def _check_global_shape(shape: object, argument: str = "global_shape") -> tuple[int, ...]:
+    allowed = "a sequence of integers in [0, 2**32)"
+    if isinstance(shape, (str, bytes)) or not isinstance(shape, Sequence):
+        raise bad_type(argument, shape, allowed)
+    sizes = tuple(as_integer(size) for size in shape)
+    if any(size is None for size in sizes):
+        raise bad_type(argument, shape, allowed)
+    if not all(0 <= size < AXIS_LIMIT for size in sizes):  # type: ignore[operator]
+        raise bad_value(argument, shape, allowed)
+    return sizes  # type: ignore[return-value]
+
+
+def _check_start(start: object, shape: tuple[int, ...]) -> tuple[Start, ...]:
+    allowed = f"{len(shape)} entries (one per axis of global_shape {shape}): integers or 0-d arrays"
+    if isinstance(start, (str, bytes)) or not isinstance(start, Sequence):
+        raise bad_type("start", start, allowed)
+    if len(start) != len(shape):
+        raise bad_value("start", start, allowed)
+    starts: list[Start] = []
+    for axis, (first, size) in enumerate(zip(start, shape, strict=True)):
+        value = as_integer(first)
+        if value is None:
+            if getattr(first, "shape", None) != () or isinstance(first, (bool, float)):
+                raise bad_type("start", start, allowed)
+            starts.append(first)
+        elif not 0 <= value <= size:
+            raise bad_value("start", start, f"entries in [0, size]: axis {axis} has size {size}")
+        else:
+            starts.append(value)
+    return tuple(starts)
+
+
+def _check_dim(dim: object, rank: int) -> int:
+    value = as_integer(dim)
+    if value is None:
+        raise bad_type("dim", dim, f"an integer in [-{rank}, {rank})")
+    if not -rank <= value < rank:
+        raise bad_value("dim", dim, f"an integer in [-{rank}, {rank})")
+    return value % rank
+
+
+def _check_count(argument: str, value: object, low: int, high: int | None) -> int:
+    allowed = f"an integer >= {low}" if high is None else f"an integer in [{low}, {high})"
+    number = as_integer(value)
+    if number is None:
+        raise bad_type(argument, value, allowed)
+    if number < low or (high is not None and number >= high):
+        raise bad_value(argument, value, allowed)
+    return number
