@@ -72,6 +72,35 @@ def resident_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # peak, in KiB on Linux
 
 
+def measure(
+    name: str,
+    make: Callable[[tuple[int, ...]], Any],
+    own: Callable[[Any], Any],
+    rates: int,
+    shapes: int,
+) -> list[tuple[str, str, str, float, float]]:
+    """The three rows of one backend: distinct rates, distinct shapes, memory."""
+    x = make((64, 128))
+    xdrop.dropout(x, 0.5, seed=0)  # load the backend, stage this shape
+    one = timed(lambda: [xdrop.dropout(x, 0.5, seed=i) for i in range(rates)][-1])
+    many = timed(
+        lambda: [xdrop.dropout(x, 0.1 + 0.8 * i / rates, seed=i) for i in range(rates)][-1]
+    )
+    sizes = [(16 + i, 128) for i in range(shapes)]
+    for shape in sizes[:3]:  # the framework's own first calls: imports, kernels
+        own(make(shape))
+    before = resident_mib()
+    ours = timed(lambda: [xdrop.dropout(make(shape), 0.5, seed=1) for shape in sizes][-1])
+    grown = resident_mib() - before
+    theirs = timed(lambda: [own(make((size + shapes, width))) for size, width in sizes][-1])
+    return [
+        (name, f"{rates} distinct rates / one rate", f"{many:.3f} s vs {one:.3f} s", many / one, 2.0),
+        (name, f"{shapes} distinct shapes / its own dropout", f"{ours:.3f} s vs {theirs:.3f} s",
+         ours / theirs, 3.0),
+        (name, f"peak memory growth over {shapes} shapes", f"{grown:.0f} MiB", grown, 100.0),
+    ]  # fmt: skip
+
+
 class Collect(logging.Handler):
     """Keeps the messages of a logger (TensorFlow's retracing warnings)."""
 
@@ -93,30 +122,8 @@ def main() -> None:
     logging.getLogger("tensorflow").addHandler(Collect(warnings))
     rows: list[tuple[str, str, str, float, float]] = []  # backend, what, detail, value, limit
     for name, (make, own) in frameworks().items():
-        if arguments.backends and name not in arguments.backends:
-            continue
-        x = make((64, 128))  # noqa: B023 (each lambda runs before the loop moves on)
-        xdrop.dropout(x, 0.5, seed=0)  # load the backend, stage this shape
-        one = timed(lambda: [xdrop.dropout(x, 0.5, seed=i) for i in range(rates)][-1])
-        many = timed(
-            lambda: [xdrop.dropout(x, 0.1 + 0.8 * i / rates, seed=i) for i in range(rates)][-1]
-        )
-        detail = f"{many:.3f} s vs {one:.3f} s"
-        rows.append((name, f"{rates} distinct rates / one rate", detail, many / one, 2.0))
-        sizes = [(16 + i, 128) for i in range(shapes)]
-        for shape in sizes[:3]:  # the framework's own first calls: imports, kernels
-            own(make(shape))
-        before = resident_mib()
-        ours = timed(lambda: [xdrop.dropout(make(shape), 0.5, seed=1) for shape in sizes][-1])
-        grown = resident_mib() - before
-        theirs = timed(lambda: [own(make((size + shapes, width))) for size, width in sizes][-1])
-        detail = f"{ours:.3f} s vs {theirs:.3f} s"
-        rows.append(
-            (name, f"{shapes} distinct shapes / its own dropout", detail, ours / theirs, 3.0)
-        )
-        rows.append(
-            (name, f"peak memory growth over {shapes} shapes", f"{grown:.0f} MiB", grown, 100)
-        )
+        if not arguments.backends or name in arguments.backends:
+            rows += measure(name, make, own, rates, shapes)
     print(f"{'backend':<11} {'what':<40} {'measured':<24} {'value':>7} {'limit':>6}")
     for name, what, detail, value, limit in rows:
         verdict = "met" if value <= limit else "MISSED"
