@@ -127,7 +127,8 @@ class JaxBackend(Backend):
 
                 abstract.append(tree_util.tree_unflatten(tree, [relaxed(a) for a in leaves]))
             exact = tree_util.tree_map(lambda a: self.jax.ShapeDtypeStruct(a.shape, a.dtype), fixed)
-            return export.export(self.jax.jit(function))(abstract, exact).call(items, fixed)
+            exported = export.export(self.jax.jit(function))(abstract, exact)
+            return exported.call(items, fixed)  # type: ignore[no-untyped-call]
 
         return call
 
