@@ -195,6 +195,30 @@ class ArrayApiBackend(Backend):
         before = (slice(None),) * axis
         return [x[(*before, slice(i * size, (i + 1) * size), ...)] for i in range(sections)]
 
+    # -- the dropout family -------------------------------------------------------------------------
+    def log(self, x: Any) -> Any:
+        return self._namespace(x).log(x)
+
+    def sqrt(self, x: Any) -> Any:
+        return self._namespace(x).sqrt(x)
+
+    def cos(self, x: Any) -> Any:
+        return self._namespace(x).cos(x)
+
+    def max_pool_2d(self, x: Any, window: int, channels_last: bool) -> Any:
+        xp = self._namespace(x)
+        for axis in (1, 2) if channels_last else (2, 3):  # separable: rows, then columns
+            edge = list(x.shape)
+            edge[axis] = window - 1
+            zeros = xp.zeros(tuple(edge), dtype=x.dtype, device=_device(x))
+            padded = xp.concat([zeros, x, zeros], axis=axis)
+            size = x.shape[axis] + window - 1
+            before = (slice(None),) * axis
+            x = padded[(*before, slice(0, size), ...)]
+            for shift in range(1, window):
+                x = xp.maximum(x, padded[(*before, slice(shift, shift + size), ...)])
+        return x
+
 
 def _device(like: Any) -> Any:
     """The device of ``like`` (None: the namespace's default), for ``device=`` of a new array."""

@@ -226,3 +226,20 @@ class JaxBackend(Backend):
 
     def word_from_float(self, x: Any) -> Any:
         return self.jnp.asarray(x).astype(self.jnp.uint32)
+
+    # -- the dropout family -------------------------------------------------------------------------
+    def log(self, x: Any) -> Any:
+        return self.jnp.log(x)
+
+    def sqrt(self, x: Any) -> Any:
+        return self.jnp.sqrt(x)
+
+    def cos(self, x: Any) -> Any:
+        return self.jnp.cos(x)
+
+    def max_pool_2d(self, x: Any, window: int, channels_last: bool) -> Any:
+        axes = (1, 2) if channels_last else (2, 3)
+        sizes = tuple(window if axis in axes else 1 for axis in range(4))
+        pad = tuple((window - 1, window - 1) if axis in axes else (0, 0) for axis in range(4))
+        zero = self.jnp.zeros((), x.dtype)  # reduce_window pads with its initial value
+        return self.jax.lax.reduce_window(x, zero, self.jax.lax.max, sizes, (1,) * 4, pad)

@@ -193,6 +193,26 @@ class NumpyBackend(Backend):
     def word_from_float(self, x: Any) -> Any:
         return np.asarray(x).astype(np.uint32)
 
+    # -- the dropout family -------------------------------------------------------------------------
+    def log(self, x: Any) -> Any:
+        with np.errstate(divide="ignore"):  # log(0) == -inf, as asked
+            return np.log(x)
+
+    def sqrt(self, x: Any) -> Any:
+        return np.sqrt(x)
+
+    def cos(self, x: Any) -> Any:
+        return np.cos(x)
+
+    def max_pool_2d(self, x: Any, window: int, channels_last: bool) -> Any:
+        axes = (1, 2) if channels_last else (2, 3)
+        pad = [(window - 1, window - 1) if axis in axes else (0, 0) for axis in range(4)]
+        padded = np.pad(x, pad)
+        for axis in axes:  # separable: the maximum over rows, then over columns
+            view = np.lib.stride_tricks.sliding_window_view(padded, window, axis=axis)
+            padded = view.max(axis=-1)
+        return padded
+
 
 _SHIFTS = {bits: np.uint32(bits) for bits in range(32)}
 

@@ -230,6 +230,23 @@ class TensorflowBackend(Backend):
     def word_from_float(self, x: Any) -> Any:
         return self.tf.cast(self.tf.cast(x, self.tf.int64), self.tf.uint32)
 
+    # -- the dropout family -------------------------------------------------------------------------
+    def log(self, x: Any) -> Any:
+        return self.tf.math.log(x)
+
+    def sqrt(self, x: Any) -> Any:
+        return self.tf.math.sqrt(x)
+
+    def cos(self, x: Any) -> Any:
+        return self.tf.math.cos(x)
+
+    def max_pool_2d(self, x: Any, window: int, channels_last: bool) -> Any:
+        tf = self.tf  # max_pool2d on CPU takes NHWC only
+        nhwc = x if channels_last else tf.transpose(x, (0, 2, 3, 1))
+        padded = tf.pad(nhwc, [(0, 0), (window - 1, window - 1), (window - 1, window - 1), (0, 0)])
+        pooled = tf.nn.max_pool2d(padded, window, strides=1, padding="VALID")
+        return pooled if channels_last else tf.transpose(pooled, (0, 3, 1, 2))
+
     def _tensors(self, a: Any, b: Any) -> tuple[Any, Any]:
         """``a`` and ``b`` with a Python number converted to the other operand's dtype."""
         if isinstance(a, (int, float)):

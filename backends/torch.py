@@ -250,6 +250,23 @@ class TorchBackend(Backend):
             raise TypeError(f"torch has no dtype {name!r}")
         return dtype
 
+    # -- the dropout family -------------------------------------------------------------------------
+    def log(self, x: Any) -> Any:
+        return self.torch.log(x)
+
+    def sqrt(self, x: Any) -> Any:
+        return self.torch.sqrt(x)
+
+    def cos(self, x: Any) -> Any:
+        return self.torch.cos(x)
+
+    def max_pool_2d(self, x: Any, window: int, channels_last: bool) -> Any:
+        functional = self.torch.nn.functional  # NCHW only, and padding at most window // 2
+        nchw = x.permute(0, 3, 1, 2) if channels_last else x
+        padded = functional.pad(nchw, (window - 1,) * 4)
+        pooled = functional.max_pool2d(padded, window, stride=1)
+        return pooled.permute(0, 2, 3, 1) if channels_last else pooled
+
 
 @functools.lru_cache
 def _rotation(bits: int, device: Any) -> tuple[Any, Any, Any]:

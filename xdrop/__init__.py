@@ -8,6 +8,8 @@ from xdrop.errors import (
     TracingError,
     XdropError,
 )
+from xdrop.family import alpha_dropout, drop_block, drop_path, gaussian_dropout
+from xdrop.mc import MCDropoutResult, mc_dropout
 from xdrop.rdrop_api import rdrop_forward, rdrop_kl, rdrop_loss
 from xdrop.registry import available_backends, get_backend, set_backend, use_backend
 from xdrop.seeds import Generator, fold_in, get_rng, manual_seed, set_rng, use_rng
@@ -21,16 +23,22 @@ __all__ = [
     "BackendError",
     "Block",
     "Generator",
+    "MCDropoutResult",
     "TracingError",
     "XdropError",
+    "alpha_dropout",
     "available_backends",
     "chunk_block",
+    "drop_block",
+    "drop_path",
     "dropout",
     "dropout_mask",
     "fold_in",
+    "gaussian_dropout",
     "get_backend",
     "get_rng",
     "manual_seed",
+    "mc_dropout",
     "rdrop_forward",
     "rdrop_kl",
     "rdrop_loss",

@@ -291,6 +291,28 @@ class Backend(WordOps):
         """A 0-d float holding an integer in ``[0, 2**32)`` as a word."""
         raise self._rate_missing("word_from_float")
 
+    # -- the dropout family (optional: gaussian_dropout, drop_block, mc_dropout) -------------------
+    # Floating-point operations of :mod:`xdrop.family` and :mod:`xdrop.mc`, elementwise and
+    # differentiable where the framework differentiates, in the dtype of their argument.
+    def log(self, x: Array) -> Array:
+        """The natural logarithm elementwise (``log(0) == -inf``)."""
+        raise self._family_missing("log")
+
+    def sqrt(self, x: Array) -> Array:
+        """The square root elementwise (correctly rounded, as IEEE 754 requires)."""
+        raise self._family_missing("sqrt")
+
+    def cos(self, x: Array) -> Array:
+        """The cosine elementwise, of an argument in radians."""
+        raise self._family_missing("cos")
+
+    def max_pool_2d(self, x: Array, window: int, channels_last: bool) -> Array:
+        """The maximum over every ``window x window`` patch, stride 1, of a 4-d float array of
+        non-negative values padded with ``window - 1`` zeros on each side of its spatial axes
+        (``(2, 3)``, or ``(1, 2)`` with ``channels_last``): each spatial size grows by
+        ``window - 1``. It grows DropBlock's block corners into blocks."""
+        raise self._family_missing("max_pool_2d")
+
     # -- execution --------------------------------------------------------------------------------
     def is_tracing(self, x: Array | None) -> bool:
         """Whether ``x`` (or the current context) is being staged into a compiled graph."""
@@ -374,6 +396,12 @@ class Backend(WordOps):
         return NotImplementedError(
             f"the {self.name} backend does not implement {operation!r}, which a rate held in an "
             "array needs while tracing; pass p as a Python float"
+        )
+
+    def _family_missing(self, operation: str) -> NotImplementedError:
+        return NotImplementedError(
+            f"the {self.name} backend does not implement {operation!r}, which the dropout family "
+            "(gaussian_dropout, drop_block, mc_dropout) needs"
         )
 
     def _missing(self, operation: str) -> NotImplementedError:

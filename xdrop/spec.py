@@ -303,6 +303,43 @@ def dropout(
     return xp.select(keep, kept_values), keep
 
 
+# -- bits -> normals (gaussian_dropout) ------------------------------------------------------------
+NORMAL_BITS = 24  # uniforms on a grid of 2**-24: exact in float32
+TWO_PI = float(np.float32(2 * math.pi))  # 2 pi rounded to float32
+
+
+def stream_words(
+    xp: Backend, key: Key, start: Key, count: Dim, like: Array | None
+) -> tuple[Words, Words]:
+    """Both output words ``(y0, y1) = Threefry(key, counter(start + i))``, ``0 <= i < count``:
+    the words whose xor is ``stream_bits``."""
+    return threefry2x32(xp, key, counter_words(xp, start, count, like))
+
+
+def normals(
+    xp: Backend, key: Key, shape: tuple[Dim, ...], offset: Key | int = 0, like: Array | None = None
+) -> Array:
+    """Standard normal float32 values of ``shape`` by Box-Muller, element ``i`` (row-major) from
+    the two words of counter ``offset + i``::
+
+        u1 = ((y0 >> 8) + 1) * 2**-24        in (0, 1]   (exact in float32)
+        u2 = (y1 >> 8) * 2**-24              in [0, 1)   (exact in float32)
+        z  = sqrt(-2 * log(u1)) * cos(float32(2 pi) * u2)
+
+    every operation in float32. ``u1``, ``u2``, the products and ``sqrt`` are correctly rounded,
+    so they are the same bits on every backend; ``log`` and ``cos`` are the framework's, within
+    an ulp or two of the true values, which bounds how far backends may differ (docs/spec.md)."""
+    start = offset if not isinstance(offset, int) else key_words(xp, offset, like)
+    y0, y1 = stream_words(xp, key, start, xp.size(shape), like)
+    grid = 2.0**-NORMAL_BITS
+    shift = 32 - NORMAL_BITS
+    u1 = xp.times(xp.plus(xp.astype(xp.shift_right(y0, shift), "float32"), 1.0), grid)
+    u2 = xp.times(xp.astype(xp.shift_right(y1, shift), "float32"), grid)
+    radius = xp.sqrt(xp.times(xp.log(u1), -2.0))
+    z = xp.times(radius, xp.cos(xp.times(u2, TWO_PI)))
+    return xp.reshape(z, shape)
+
+
 # -- derived seeds ----------------------------------------------------------------------------------
 def fold_in_words(ops: WordOps, key: Key, data: Words) -> tuple[Words, Words]:
     """The key words of ``fold_in``: ``Threefry(key, (0, data))``."""

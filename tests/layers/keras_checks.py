@@ -222,3 +222,56 @@ def test_a_model_trains_on_digits_as_well_as_with_keras_dropout():
     own, ours = accuracies
     assert ours > 0.9
     assert abs(ours - own) < 0.03, (ours, own)
+
+
+# -- the family --------------------------------------------------------------------------------------
+def family_cases():  # type: ignore[no-untyped-def]
+    from xdrop.layers import keras as layers
+
+    return [
+        (lambda: layers.AlphaDropout(0.3, seed=5), lambda x, s: xdrop.alpha_dropout(x, 0.3, seed=s)),
+        (lambda: layers.GaussianDropout(0.3, seed=5), lambda x, s: xdrop.gaussian_dropout(x, 0.3, seed=s)),
+        (lambda: layers.DropPath(0.3, seed=5), lambda x, s: xdrop.drop_path(x, 0.3, seed=s)),
+        (
+            lambda: layers.DropBlock2D(0.3, 3, data_format="channels_last", seed=5),
+            lambda x, s: xdrop.drop_block(x, 0.3, 3, seed=s, data_format="channels_last"),
+        ),
+    ]  # fmt: skip
+
+
+def test_family_layers_follow_the_step_contract_and_round_trip_their_config():
+    x = np.random.default_rng(0).normal(size=(4, 8, 8, 3)).astype("float32")
+    for make, function in family_cases():
+        layer = make()
+        for step in range(2):
+            expected = function(x, xdrop.fold_in(5, step))
+            np.testing.assert_allclose(
+                host(layer(x, training=True)), expected, rtol=1e-6, atol=1e-6
+            )
+        np.testing.assert_array_equal(host(layer(x)), x)
+        assert step_of(layer) == 2
+        rebuilt = type(layer).from_config(layer.get_config())
+        np.testing.assert_allclose(
+            host(rebuilt(x, training=True)), function(x, xdrop.fold_in(5, 0)), rtol=1e-6, atol=1e-6
+        )
+
+
+def test_mc_sampling_leaves_batch_normalization_on_its_moving_statistics():
+    from xdrop.layers.keras import set_mc_sampling
+
+    model = keras.Sequential(
+        [
+            keras.Input((6,)),
+            keras.layers.Dense(8),
+            keras.layers.BatchNormalization(),
+            Dropout(0.5, seed=1),
+        ]
+    )
+    moving = host(model.layers[1].moving_mean)
+    assert set_mc_sampling(model) == 1
+    x = np.ones((5, 6), "float32")
+    first, second = model.predict(x, verbose=0), model.predict(x, verbose=0)
+    assert not np.array_equal(first, second)
+    np.testing.assert_array_equal(host(model.layers[1].moving_mean), moving)
+    set_mc_sampling(model, False)
+    np.testing.assert_array_equal(model.predict(x, verbose=0), model.predict(x, verbose=0))

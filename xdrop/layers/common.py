@@ -71,3 +71,26 @@ def spatial_noise_shape(ndim: int, shared: Sequence[int]) -> tuple[int | None, .
     (the input's size) elsewhere."""
     axes = {axis % ndim for axis in shared}
     return tuple(1 if axis in axes else None for axis in range(ndim))
+
+
+def check_gaussian_rate(argument: str, rate: object) -> float:
+    """A Gaussian dropout layer's rate: in ``[0, 1)`` (``1`` has infinite variance)."""
+    value = check_layer_rate(argument, rate)
+    if value == 1:
+        raise bad_value(argument, rate, "a real number in [0, 1) (1 has infinite variance)")
+    return value
+
+
+def check_drop_path_mode(mode: object) -> str:
+    if mode not in ("row", "batch"):
+        raise bad_value("mode", mode, 'one of "row", "batch"')
+    return str(mode)
+
+
+def check_block_size(block_size: object) -> int:
+    value = as_integer(block_size)
+    if value is None:
+        raise bad_type("block_size", block_size, "a positive integer")
+    if value < 1:
+        raise bad_value("block_size", block_size, "a positive integer")
+    return value

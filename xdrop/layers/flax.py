@@ -1,8 +1,10 @@
-"""Flax NNX layer: ``Dropout``, with ``broadcast_dims`` for its spatial (channel) form."""
+"""Flax NNX layers: ``Dropout``, with ``broadcast_dims`` for its spatial (channel) form, and the
+family ``AlphaDropout``, ``GaussianDropout``, ``DropPath``, ``DropBlock2D``."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -10,11 +12,27 @@ import numpy as np
 from flax import nnx
 
 import xdrop
-from xdrop.errors import bad_type
-from xdrop.layers.common import check_layer_rate, initial_seed, seed_words, spatial_noise_shape
+from xdrop.errors import bad_type, bad_value
+from xdrop.layers.common import (
+    check_block_size,
+    check_drop_path_mode,
+    check_gaussian_rate,
+    check_layer_rate,
+    initial_seed,
+    seed_words,
+    spatial_noise_shape,
+)
 from xdrop.validation import check_flag, check_mode, is_integer
 
-__all__ = ["Dropout", "DropoutState"]
+__all__ = [
+    "AlphaDropout",
+    "DropBlock2D",
+    "DropPath",
+    "Dropout",
+    "DropoutState",
+    "GaussianDropout",
+    "set_mc_sampling",
+]
 
 
 class DropoutState(nnx.Variable):  # type: ignore[type-arg]
@@ -76,20 +94,26 @@ class Dropout(nnx.Module):
         self.seed = DropoutState(jnp.asarray(np.array(seed_words(initial_seed(seed)), np.uint32)))
         self.step = DropoutState(jnp.zeros((), jnp.uint32))
 
+    mc_sampling = False
+    """Sample when deterministic too (Monte Carlo dropout); :func:`set_mc_sampling` sets it."""
+
     def __call__(self, inputs: jax.Array, *, deterministic: bool | None = None) -> jax.Array:
-        if self.deterministic if deterministic is None else deterministic:
-            return xdrop.dropout(inputs, self.rate, training=False, mode=self.mode)  # type: ignore[no-any-return]
+        deterministic = self.deterministic if deterministic is None else deterministic
+        if deterministic and not self.mc_sampling:
+            return self._evaluate(inputs)
         step = self.step[...]
-        noise_shape = spatial_noise_shape(inputs.ndim, self.broadcast_dims)
-        y = xdrop.dropout(
-            inputs,
-            self.rate,
-            seed=xdrop.fold_in(self.seed[...], step),
-            mode=self.mode,
-            noise_shape=noise_shape,
-        )
+        y = self._sample(inputs, xdrop.fold_in(self.seed[...], step))
         self.step[...] = step + jnp.uint32(1)
+        return y
+
+    def _sample(self, inputs: jax.Array, seed: Any) -> jax.Array:
+        """The training output for the step's seed."""
+        noise_shape = spatial_noise_shape(inputs.ndim, self.broadcast_dims)
+        y = xdrop.dropout(inputs, self.rate, seed=seed, mode=self.mode, noise_shape=noise_shape)
         return y  # type: ignore[no-any-return]
+
+    def _evaluate(self, inputs: jax.Array) -> jax.Array:
+        return xdrop.dropout(inputs, self.rate, training=False, mode=self.mode)  # type: ignore[no-any-return]
 
     def set_view(self, deterministic: bool | None = None) -> None:
         """Used by ``nnx.view(model, deterministic=...)``."""
@@ -101,3 +125,143 @@ class Dropout(nnx.Module):
         """The seed ``s`` of the stream as an integer."""
         high, low = (int(word) for word in np.asarray(self.seed[...]))
         return (high << 32) | low
+
+
+class AlphaDropout(Dropout):
+    """:func:`xdrop.alpha_dropout` as a module: on its ``t``-th call that is not deterministic
+    ``xdrop.alpha_dropout(x, rate, seed=xdrop.fold_in(seed, t), noise_shape=n)`` (``n`` from
+    ``broadcast_dims``, as for :class:`Dropout`); the inputs otherwise.
+
+    Example:
+        >>> y = AlphaDropout(0.2, seed=0)(jnp.ones((2, 4)))
+    """
+
+    def __init__(
+        self,
+        rate: float,
+        *,
+        broadcast_dims: Sequence[int] = (),
+        deterministic: bool = False,
+        seed: int | xdrop.Generator | None = None,
+    ) -> None:
+        super().__init__(
+            rate, broadcast_dims=broadcast_dims, deterministic=deterministic, seed=seed
+        )
+
+    def _sample(self, inputs: jax.Array, seed: Any) -> jax.Array:
+        noise_shape = spatial_noise_shape(inputs.ndim, self.broadcast_dims)
+        return xdrop.alpha_dropout(inputs, self.rate, seed=seed, noise_shape=noise_shape)  # type: ignore[no-any-return]
+
+    def _evaluate(self, inputs: jax.Array) -> jax.Array:
+        return inputs
+
+
+class GaussianDropout(AlphaDropout):
+    """:func:`xdrop.gaussian_dropout` as a module (``x * (1 + sqrt(rate / (1 - rate)) * z)``), with
+    the contract of :class:`AlphaDropout`. ``rate`` in ``[0, 1)``.
+
+    Example:
+        >>> y = GaussianDropout(0.2, seed=0)(jnp.ones((2, 4)))
+    """
+
+    def __init__(
+        self,
+        rate: float,
+        *,
+        broadcast_dims: Sequence[int] = (),
+        deterministic: bool = False,
+        seed: int | xdrop.Generator | None = None,
+    ) -> None:
+        super().__init__(
+            check_gaussian_rate("rate", rate),
+            broadcast_dims=broadcast_dims,
+            deterministic=deterministic,
+            seed=seed,
+        )
+
+    def _sample(self, inputs: jax.Array, seed: Any) -> jax.Array:
+        noise_shape = spatial_noise_shape(inputs.ndim, self.broadcast_dims)
+        return xdrop.gaussian_dropout(inputs, self.rate, seed=seed, noise_shape=noise_shape)  # type: ignore[no-any-return]
+
+
+class DropPath(Dropout):
+    """:func:`xdrop.drop_path` (stochastic depth) as a module: on its ``t``-th call that is not
+    deterministic ``xdrop.drop_path(x, rate, seed=xdrop.fold_in(seed, t), mode=mode,
+    scale_by_keep=scale_by_keep)``; the inputs otherwise.
+
+    Example:
+        >>> y = DropPath(0.1, seed=0)(jnp.ones((4, 3)))
+    """
+
+    def __init__(
+        self,
+        rate: float,
+        *,
+        mode: str = "row",
+        scale_by_keep: bool = True,
+        deterministic: bool = False,
+        seed: int | xdrop.Generator | None = None,
+    ) -> None:
+        super().__init__(rate, deterministic=deterministic, seed=seed)
+        self.path_mode = check_drop_path_mode(mode)
+        self.scale_by_keep = check_flag("scale_by_keep", scale_by_keep)
+
+    def _sample(self, inputs: jax.Array, seed: Any) -> jax.Array:
+        return xdrop.drop_path(  # type: ignore[no-any-return]
+            inputs, self.rate, seed=seed, mode=self.path_mode, scale_by_keep=self.scale_by_keep
+        )
+
+    def _evaluate(self, inputs: jax.Array) -> jax.Array:
+        return inputs
+
+
+class DropBlock2D(Dropout):
+    """:func:`xdrop.drop_block` as a module for ``(N, H, W, C)`` inputs (Flax's layout; or
+    ``data_format="channels_first"``), with the contract of :class:`DropPath`.
+
+    Example:
+        >>> y = DropBlock2D(0.1, 3, seed=0)(jnp.ones((2, 8, 8, 4)))
+    """
+
+    def __init__(
+        self,
+        rate: float,
+        block_size: int = 7,
+        *,
+        data_format: str = "channels_last",
+        deterministic: bool = False,
+        seed: int | xdrop.Generator | None = None,
+    ) -> None:
+        super().__init__(rate, deterministic=deterministic, seed=seed)
+        self.block_size = check_block_size(block_size)
+        if data_format not in ("channels_first", "channels_last"):
+            raise bad_value("data_format", data_format, '"channels_first" or "channels_last"')
+        self.data_format = data_format
+
+    def _sample(self, inputs: jax.Array, seed: Any) -> jax.Array:
+        return xdrop.drop_block(  # type: ignore[no-any-return]
+            inputs, self.rate, self.block_size, data_format=self.data_format, seed=seed
+        )
+
+    def _evaluate(self, inputs: jax.Array) -> jax.Array:
+        return inputs
+
+
+def set_mc_sampling(model: nnx.Module, enabled: bool = True) -> int:
+    """Make every xdrop module in ``model`` sample when deterministic too (Monte Carlo dropout), or
+    stop. Only xdrop's modules change: ``model.eval()`` keeps BatchNorm on its running averages,
+    which ``nnx.view(model, deterministic=False)`` alone would not guarantee for every module.
+    Returns the number of modules switched.
+
+    Example:
+        >>> model = nnx.Sequential(nnx.Linear(4, 4, rngs=nnx.Rngs(0)), Dropout(0.5, seed=0))
+        >>> set_mc_sampling(model)
+        1
+    """
+    flag = check_flag("enabled", enabled)
+    switched = 0
+    for _, module in nnx.iter_modules(model):
+        if isinstance(module, Dropout):
+            module.mc_sampling = flag
+            switched += 1
+    return switched

@@ -1,4 +1,5 @@
-"""Keras 3 layers (JAX, TensorFlow and torch backends): ``Dropout`` and ``SpatialDropout1D/2D/3D``."""
+"""Keras 3 layers (JAX, TensorFlow and torch backends): ``Dropout``, ``SpatialDropout1D/2D/3D``
+and the family ``AlphaDropout``, ``GaussianDropout``, ``DropPath``, ``DropBlock2D``."""
 
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ import numpy as np
 import xdrop
 from xdrop.errors import bad_value
 from xdrop.layers.common import (
+    check_block_size,
+    check_drop_path_mode,
+    check_gaussian_rate,
     check_layer_rate,
     check_noise_shape_entries,
     initial_seed,
@@ -18,9 +22,19 @@ from xdrop.layers.common import (
     spatial_noise_shape,
     unsigned,
 )
-from xdrop.validation import check_mode
+from xdrop.validation import check_flag, check_mode
 
-__all__ = ["Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D"]
+__all__ = [
+    "AlphaDropout",
+    "DropBlock2D",
+    "DropPath",
+    "Dropout",
+    "GaussianDropout",
+    "SpatialDropout1D",
+    "SpatialDropout2D",
+    "SpatialDropout3D",
+    "set_mc_sampling",
+]
 
 
 @keras.saving.register_keras_serializable(package="xdrop")
@@ -91,15 +105,25 @@ class Dropout(keras.layers.Layer):
         high, low = keras.ops.convert_to_numpy(self.seed_words.value).astype(np.int64)
         return (unsigned(int(high), 32) << 32) | unsigned(int(low), 32)
 
+    mc_sampling = False
+    """Sample when not training too (Monte Carlo dropout); :func:`set_mc_sampling` sets it."""
+
     def call(self, inputs: Any, training: bool | None = False) -> Any:
-        if not training:
-            return xdrop.dropout(inputs, self.rate, training=False, mode=self.mode)
+        if not (training or self.mc_sampling):
+            return self._evaluate(inputs)
         step = self.step.value
         seed = xdrop.fold_in(_seed_array(self.seed_words.value), step)
-        noise_shape = self._noise_shape(inputs)
-        y = xdrop.dropout(inputs, self.rate, seed=seed, mode=self.mode, noise_shape=noise_shape)
+        y = self._sample(inputs, seed)
         self.step.assign(step + 1)
         return y
+
+    def _sample(self, inputs: Any, seed: Any) -> Any:
+        """The training output for the step's seed."""
+        noise_shape = self._noise_shape(inputs)
+        return xdrop.dropout(inputs, self.rate, seed=seed, mode=self.mode, noise_shape=noise_shape)
+
+    def _evaluate(self, inputs: Any) -> Any:
+        return xdrop.dropout(inputs, self.rate, training=False, mode=self.mode)
 
     def _noise_shape(self, inputs: Any) -> Sequence[int | None] | None:
         return self.noise_shape
@@ -204,3 +228,167 @@ class SpatialDropout3D(_SpatialDropout):
     """
 
     rank = 3
+
+
+class _FamilyLayer(Dropout):
+    """A family member: no ``mode``; evaluation returns the inputs."""
+
+    def _evaluate(self, inputs: Any) -> Any:
+        return inputs
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        del config["mode"]
+        return config
+
+
+@keras.saving.register_keras_serializable(package="xdrop")
+class AlphaDropout(_FamilyLayer):
+    """:func:`xdrop.alpha_dropout` as a layer, as ``keras.layers.AlphaDropout``: on its ``t``-th
+    training call ``xdrop.alpha_dropout(x, rate, seed=xdrop.fold_in(seed, t),
+    noise_shape=noise_shape)``; the inputs otherwise. Arguments as for :class:`Dropout`, without
+    ``mode``.
+
+    Example:
+        >>> y = AlphaDropout(0.2, seed=0)(np.ones((2, 4), "float32"), training=True)
+    """
+
+    def __init__(
+        self,
+        rate: float,
+        noise_shape: Sequence[int | None] | None = None,
+        seed: int | xdrop.Generator | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(rate, noise_shape=noise_shape, seed=seed, **kwargs)
+
+    def _sample(self, inputs: Any, seed: Any) -> Any:
+        return xdrop.alpha_dropout(inputs, self.rate, seed=seed, noise_shape=self.noise_shape)
+
+
+@keras.saving.register_keras_serializable(package="xdrop")
+class GaussianDropout(_FamilyLayer):
+    """:func:`xdrop.gaussian_dropout` as a layer, as ``keras.layers.GaussianDropout``: on its
+    ``t``-th training call ``xdrop.gaussian_dropout(x, rate, seed=xdrop.fold_in(seed, t))``
+    (``x * (1 + sqrt(rate / (1 - rate)) * z)``); the inputs otherwise. ``rate`` in ``[0, 1)``.
+
+    Example:
+        >>> y = GaussianDropout(0.2, seed=0)(np.ones((2, 4), "float32"), training=True)
+    """
+
+    def __init__(
+        self, rate: float, seed: int | xdrop.Generator | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(check_gaussian_rate("rate", rate), seed=seed, **kwargs)
+
+    def _sample(self, inputs: Any, seed: Any) -> Any:
+        return xdrop.gaussian_dropout(inputs, self.rate, seed=seed)
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        del config["noise_shape"]
+        return config
+
+
+@keras.saving.register_keras_serializable(package="xdrop")
+class DropPath(_FamilyLayer):
+    """:func:`xdrop.drop_path` (stochastic depth) as a layer: on its ``t``-th training call
+    ``xdrop.drop_path(x, rate, seed=xdrop.fold_in(seed, t), mode=mode,
+    scale_by_keep=scale_by_keep)``; the inputs otherwise.
+
+    Args: ``rate`` (of dropping a sample's branch), ``mode`` (``"row"`` or ``"batch"``),
+    ``scale_by_keep`` (by ``1 / (1 - rate)``), ``seed`` and ``**kwargs`` as for :class:`Dropout`.
+
+    Example:
+        >>> y = DropPath(0.1, seed=0)(np.ones((4, 3), "float32"), training=True)
+    """
+
+    def __init__(
+        self,
+        rate: float,
+        mode: str = "row",
+        scale_by_keep: bool = True,
+        seed: int | xdrop.Generator | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(rate, seed=seed, **kwargs)
+        self.path_mode = check_drop_path_mode(mode)
+        self.scale_by_keep = check_flag("scale_by_keep", scale_by_keep)
+
+    def _sample(self, inputs: Any, seed: Any) -> Any:
+        return xdrop.drop_path(
+            inputs, self.rate, seed=seed, mode=self.path_mode, scale_by_keep=self.scale_by_keep
+        )
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        del config["noise_shape"]
+        return {**config, "mode": self.path_mode, "scale_by_keep": self.scale_by_keep}
+
+
+@keras.saving.register_keras_serializable(package="xdrop")
+class DropBlock2D(_FamilyLayer):
+    """:func:`xdrop.drop_block` as a layer for 4-d inputs: on its ``t``-th training call
+    ``xdrop.drop_block(x, rate, block_size, data_format=data_format,
+    seed=xdrop.fold_in(seed, t))``; the inputs otherwise.
+
+    Args: ``rate`` (the target fraction of dropped units), ``block_size``, ``data_format``
+    (default: ``keras.config.image_data_format()``), ``seed`` and ``**kwargs`` as for
+    :class:`Dropout`.
+
+    Example:
+        >>> y = DropBlock2D(0.1, 3, seed=0)(np.ones((2, 8, 8, 4), "float32"), training=True)
+    """
+
+    def __init__(
+        self,
+        rate: float,
+        block_size: int = 7,
+        data_format: str | None = None,
+        seed: int | xdrop.Generator | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(rate, seed=seed, **kwargs)
+        self.block_size = check_block_size(block_size)
+        if data_format is None:
+            data_format = keras.config.image_data_format()
+        if data_format not in ("channels_first", "channels_last"):
+            raise bad_value("data_format", data_format, 'None, "channels_first" or "channels_last"')
+        self.data_format = data_format
+        self.input_spec = keras.layers.InputSpec(ndim=4)
+
+    def _sample(self, inputs: Any, seed: Any) -> Any:
+        return xdrop.drop_block(
+            inputs, self.rate, self.block_size, data_format=self.data_format, seed=seed
+        )
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        del config["noise_shape"]
+        return {**config, "block_size": self.block_size, "data_format": self.data_format}
+
+
+def set_mc_sampling(model: Any, enabled: bool = True) -> int:
+    """Make every xdrop layer in ``model`` (a layer or model, searched recursively) sample when
+    called without ``training=True`` too (Monte Carlo dropout), or stop.
+
+    Only xdrop's layers change: BatchNormalization keeps using its moving statistics, which
+    ``training=True`` would not (keras-team/keras#9412). The model's compiled ``predict`` and
+    ``evaluate`` functions are dropped, so that they are traced again with the new setting.
+    Returns the number of layers switched.
+
+    Example:
+        >>> model = keras.Sequential([keras.layers.Dense(4), Dropout(0.5, seed=0)])
+        >>> set_mc_sampling(model)
+        1
+    """
+    flag = check_flag("enabled", enabled)
+    switched = 0
+    for layer in model._flatten_layers(include_self=True, recursive=True):
+        if isinstance(layer, Dropout):
+            layer.mc_sampling = flag
+            switched += 1
+    for cached in ("predict_function", "test_function"):
+        if hasattr(model, cached):
+            setattr(model, cached, None)
+    return switched

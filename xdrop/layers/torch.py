@@ -1,23 +1,38 @@
-"""PyTorch layers: ``Dropout`` and the channel forms ``Dropout1d``, ``Dropout2d``, ``Dropout3d``."""
+"""PyTorch layers: ``Dropout``, the channel forms ``Dropout1d``, ``Dropout2d``, ``Dropout3d``, and
+the family ``AlphaDropout``, ``GaussianDropout``, ``DropPath``, ``DropBlock2D``."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
 import xdrop
 from xdrop.errors import bad_value
 from xdrop.layers.common import (
+    check_block_size,
+    check_drop_path_mode,
+    check_gaussian_rate,
     check_layer_rate,
     check_noise_shape_entries,
     initial_seed,
     signed,
     spatial_noise_shape,
 )
-from xdrop.validation import check_mode
+from xdrop.validation import check_flag, check_mode
 
-__all__ = ["Dropout", "Dropout1d", "Dropout2d", "Dropout3d"]
+__all__ = [
+    "AlphaDropout",
+    "DropBlock2D",
+    "DropPath",
+    "Dropout",
+    "Dropout1d",
+    "Dropout2d",
+    "Dropout3d",
+    "GaussianDropout",
+    "set_mc_sampling",
+]
 
 
 class Dropout(torch.nn.Module):
@@ -73,13 +88,24 @@ class Dropout(torch.nn.Module):
         self.register_buffer("seed", torch.tensor(signed(start, 64), dtype=torch.int64))
         self.register_buffer("step", torch.tensor(0, dtype=torch.int64))
 
+    mc_sampling = False
+    """Sample in eval mode too (Monte Carlo dropout); :func:`set_mc_sampling` sets it."""
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training:
-            return xdrop.dropout(x, self.p, training=False, mode=self.mode)  # type: ignore[no-any-return]
+        if not (self.training or self.mc_sampling):
+            return self._evaluate(x)
         seed = xdrop.fold_in(self.seed, self.step)
-        y = xdrop.dropout(x, self.p, seed=seed, mode=self.mode, noise_shape=self._noise_shape(x))
+        y = self._sample(x, seed)
         self.step.add_(1)
-        return y  # type: ignore[no-any-return]
+        return y
+
+    def _sample(self, x: torch.Tensor, seed: Any) -> torch.Tensor:
+        """The training output for the step's seed."""
+        noise_shape = self._noise_shape(x)
+        return xdrop.dropout(x, self.p, seed=seed, mode=self.mode, noise_shape=noise_shape)  # type: ignore[no-any-return]
+
+    def _evaluate(self, x: torch.Tensor) -> torch.Tensor:
+        return xdrop.dropout(x, self.p, training=False, mode=self.mode)  # type: ignore[no-any-return]
 
     def _noise_shape(self, x: torch.Tensor) -> Sequence[int | None] | None:
         return self.noise_shape
@@ -147,3 +173,146 @@ class Dropout3d(_ChannelDropout):
     """
 
     spatial_dims = 3
+
+
+class AlphaDropout(Dropout):
+    """:func:`xdrop.alpha_dropout` as a layer, for SELU networks (``torch.nn.AlphaDropout``): on its
+    ``t``-th training call ``xdrop.alpha_dropout(x, p, seed=xdrop.fold_in(seed, t),
+    noise_shape=noise_shape)``; ``x`` in eval mode. Arguments as for :class:`Dropout`, without
+    ``mode``.
+
+    Example:
+        >>> y = AlphaDropout(0.2, seed=0)(torch.randn(4, 8))
+    """
+
+    def __init__(
+        self,
+        p: float = 0.5,
+        *,
+        seed: int | xdrop.Generator | None = None,
+        noise_shape: Sequence[int | None] | None = None,
+    ) -> None:
+        super().__init__(p, seed=seed, noise_shape=noise_shape)
+
+    def _sample(self, x: torch.Tensor, seed: Any) -> torch.Tensor:
+        return xdrop.alpha_dropout(x, self.p, seed=seed, noise_shape=self.noise_shape)  # type: ignore[no-any-return]
+
+    def _evaluate(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, seed={int(self.seed) % 2**64}"
+
+
+class GaussianDropout(AlphaDropout):
+    """:func:`xdrop.gaussian_dropout` as a layer: on its ``t``-th training call
+    ``xdrop.gaussian_dropout(x, p, seed=xdrop.fold_in(seed, t), noise_shape=noise_shape)``
+    (``x * (1 + sqrt(p / (1 - p)) * z)``); ``x`` in eval mode. ``p`` in ``[0, 1)``.
+
+    Example:
+        >>> y = GaussianDropout(0.2, seed=0)(torch.ones(4, 8))
+    """
+
+    def __init__(
+        self,
+        p: float = 0.5,
+        *,
+        seed: int | xdrop.Generator | None = None,
+        noise_shape: Sequence[int | None] | None = None,
+    ) -> None:
+        super().__init__(check_gaussian_rate("p", p), seed=seed, noise_shape=noise_shape)
+
+    def _sample(self, x: torch.Tensor, seed: Any) -> torch.Tensor:
+        return xdrop.gaussian_dropout(x, self.p, seed=seed, noise_shape=self.noise_shape)  # type: ignore[no-any-return]
+
+
+class DropPath(Dropout):
+    """:func:`xdrop.drop_path` (stochastic depth) as a layer, as timm's ``DropPath``: on its
+    ``t``-th training call ``xdrop.drop_path(x, p, seed=xdrop.fold_in(seed, t), mode=mode,
+    scale_by_keep=scale_by_keep)``; ``x`` in eval mode. Put it on a residual branch:
+    ``x + drop_path(block(x))``.
+
+    Args:
+        p: the probability of dropping a sample's branch.
+        mode: ``"row"`` (one draw per sample) or ``"batch"`` (one draw for the batch).
+        scale_by_keep: scale kept samples by ``1 / (1 - p)``.
+        seed: as for :class:`Dropout`.
+
+    Example:
+        >>> y = DropPath(0.1, seed=0)(torch.ones(4, 3, 8))
+    """
+
+    def __init__(
+        self,
+        p: float = 0.0,
+        *,
+        mode: str = "row",
+        scale_by_keep: bool = True,
+        seed: int | xdrop.Generator | None = None,
+    ) -> None:
+        super().__init__(p, seed=seed)
+        self.path_mode = check_drop_path_mode(mode)
+        self.scale_by_keep = check_flag("scale_by_keep", scale_by_keep)
+
+    def _sample(self, x: torch.Tensor, seed: Any) -> torch.Tensor:
+        return xdrop.drop_path(  # type: ignore[no-any-return]
+            x, self.p, seed=seed, mode=self.path_mode, scale_by_keep=self.scale_by_keep
+        )
+
+    def _evaluate(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, mode={self.path_mode!r}, seed={int(self.seed) % 2**64}"
+
+
+class DropBlock2D(Dropout):
+    """:func:`xdrop.drop_block` as a layer for ``(N, C, H, W)`` inputs: on its ``t``-th training
+    call ``xdrop.drop_block(x, p, block_size, seed=xdrop.fold_in(seed, t))``; ``x`` in eval mode.
+
+    Args:
+        p: the target fraction of dropped units.
+        block_size: the side of a block (clipped to the map's smaller side).
+        seed: as for :class:`Dropout`.
+
+    Example:
+        >>> y = DropBlock2D(0.1, block_size=3, seed=0)(torch.ones(2, 4, 8, 8))
+    """
+
+    def __init__(
+        self, p: float = 0.1, block_size: int = 7, *, seed: int | xdrop.Generator | None = None
+    ) -> None:
+        super().__init__(p, seed=seed)
+        self.block_size = check_block_size(block_size)
+
+    def _sample(self, x: torch.Tensor, seed: Any) -> torch.Tensor:
+        return xdrop.drop_block(x, self.p, self.block_size, seed=seed)  # type: ignore[no-any-return]
+
+    def _evaluate(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, block_size={self.block_size}, seed={int(self.seed) % 2**64}"
+
+
+def set_mc_sampling(model: torch.nn.Module, enabled: bool = True) -> int:
+    """Make every xdrop layer in ``model`` sample in eval mode too (Monte Carlo dropout), or stop.
+
+    Only xdrop's layers change: ``model.eval()`` keeps BatchNorm on its running statistics, which
+    ``model.train()`` would not. Each layer keeps its own stream (its step advances per sample).
+    Returns the number of layers switched.
+
+    Example:
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 4), Dropout(0.5, seed=0)).eval()
+        >>> set_mc_sampling(model)
+        1
+        >>> bool((model(torch.ones(1, 4)) != model(torch.ones(1, 4))).any())
+        True
+    """
+    flag = check_flag("enabled", enabled)
+    switched = 0
+    for module in model.modules():
+        if isinstance(module, Dropout):
+            module.mc_sampling = flag
+            switched += 1
+    return switched

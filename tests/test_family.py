@@ -1,0 +1,221 @@
+"""The dropout family on the backend under test: each formula against an independent reference
+computed from the same mask (or the same stream words), statistics, edge cases and errors."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import xdrop
+from xdrop import reference, spec
+from xdrop.family import ALPHA_PRIME
+
+SELU_ALPHA, SELU_SCALE = 1.6732632423543772, 1.0507009873554805
+
+
+def mask_of(host, xp, x, p, seed, noise=None):
+    """dropout's keep mask for x (broadcast to x's shape), on the host."""
+    _, keep = xdrop.dropout(x, p, seed=seed, noise_shape=noise, return_mask=True)
+    return host(keep).astype(bool)
+
+
+# -- alpha dropout ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
+def test_alpha_dropout_is_the_formula_on_dropouts_mask_bit_for_bit(xp, array, host, p):
+    x = array(np.random.default_rng(1).normal(size=(5, 37)))
+    keep = mask_of(host, xp, x, p, seed=9)
+    q = 1 - p
+    a = (q + ALPHA_PRIME**2 * q * p) ** -0.5
+    b = -a * ALPHA_PRIME * p
+    f32 = np.float32
+    expected = np.where(keep, host(x), f32(ALPHA_PRIME)) * f32(a) + f32(b)
+    np.testing.assert_array_equal(host(xdrop.alpha_dropout(x, p, seed=9)), expected)
+
+
+def test_alpha_dropout_equals_torch_and_keras_formulas_given_the_same_mask(xp, array, host):
+    p, x = 0.3, array(np.random.default_rng(2).normal(size=(8, 16)))
+    keep = mask_of(host, xp, x, p, seed=4).astype(np.float64)
+    values = host(x).astype(np.float64)
+    alpha = -ALPHA_PRIME
+    # torch's ATen _dropout_impl (alpha_dropout): a, b from p = the drop probability
+    a = 1.0 / math.sqrt((alpha * alpha * p + 1) * (1 - p))
+    torch_form = values * (keep * a) + (keep - 1) * alpha * a + alpha * a * p
+    # keras.layers.AlphaDropout
+    a_k = ((1 - p) * (1 + p * ALPHA_PRIME**2)) ** -0.5
+    keras_form = a_k * (values * keep + ALPHA_PRIME * (1 - keep)) - a_k * ALPHA_PRIME * p
+    y = host(xdrop.alpha_dropout(x, p, seed=4))
+    np.testing.assert_allclose(y, torch_form, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(y, keras_form, rtol=1e-6, atol=1e-6)
+
+
+def test_alpha_dropout_keeps_selu_activations_at_mean_0_and_variance_1(xp, array, host):
+    z = np.random.default_rng(3).normal(size=200_000)
+    selu = SELU_SCALE * np.where(z > 0, z, SELU_ALPHA * (np.exp(z) - 1))
+    y = host(xdrop.alpha_dropout(array(selu), 0.2, seed=5)).astype(np.float64)
+    assert abs(y.mean()) < 0.01 and abs(y.var() - 1) < 0.02
+
+
+def test_alpha_dropout_edges(xp, array, host):
+    x = array(np.arange(6.0).reshape(2, 3))
+    assert xdrop.alpha_dropout(x, 0.5, training=False) is x
+    assert xdrop.alpha_dropout(x, 0.0, seed=1) is x
+    np.testing.assert_array_equal(host(xdrop.alpha_dropout(x, 1.0, seed=1)), np.zeros((2, 3)))
+    rows = host(xdrop.alpha_dropout(array(np.zeros((4, 5, 3))), 0.5, seed=2, noise_shape=(4, 1, 3)))
+    assert (rows == rows[:, :1, :]).all()  # one mask shared over time: locked dropout
+
+
+# -- Gaussian dropout ------------------------------------------------------------------------------
+NORMAL_ULPS = (
+    2**-20
+)  # |z_backend - z| <= 2**-20 * max(1, |z|): log and cos are not correctly rounded
+
+
+def reference_normals(seed, count, offset=0):
+    """Box-Muller in float64 on the words of the pure-Python reference Threefry."""
+    key = reference.seed_key(seed)
+    z = []
+    for i in range(offset, offset + count):
+        y0, y1 = reference.threefry2x32(key, (i >> 32, i & 0xFFFFFFFF))
+        u1 = ((y0 >> 8) + 1) * 2.0**-24
+        u2 = (y1 >> 8) * 2.0**-24
+        z.append(math.sqrt(-2 * math.log(u1)) * math.cos(float(np.float32(2 * math.pi)) * u2))
+    return np.array(z)
+
+
+def test_normals_are_box_muller_of_the_stream_words_within_the_stated_bound(xp, array, host):
+    like = array(np.zeros(3))
+    for offset in (0, 2**32 - 5):
+        z = host(spec.normals(xp, spec.key_words(xp, 77, like), (400,), offset, like=like))
+        expected = reference_normals(77, 400, offset)
+        assert np.all(np.abs(z - expected) <= NORMAL_ULPS * np.maximum(1, np.abs(expected)))
+
+
+def test_gaussian_dropout_is_x_times_one_plus_sigma_z(xp, array, host):
+    p, x = 0.3, array(np.random.default_rng(4).normal(size=(3, 50)))
+    z = host(spec.normals(xp, spec.key_words(xp, 8, x), (3, 50), 0, like=x))
+    sigma = np.float32(math.sqrt(p / (1 - p)))
+    expected = host(x) * (np.float32(1) + sigma * z.astype(np.float32))
+    np.testing.assert_array_equal(host(xdrop.gaussian_dropout(x, p, seed=8)), expected)
+
+
+def test_gaussian_dropout_noise_has_mean_1_and_variance_p_over_1_minus_p(xp, array, host):
+    factor = host(xdrop.gaussian_dropout(array(np.ones(200_000)), 0.4, seed=1)).astype(np.float64)
+    assert abs(factor.mean() - 1) < 0.01 and abs(factor.var() - 0.4 / 0.6) < 0.01
+
+
+def test_gaussian_dropout_edges(xp, array, host):
+    x = array(np.ones((4, 6)))
+    assert xdrop.gaussian_dropout(x, 0.5, training=False) is x
+    assert xdrop.gaussian_dropout(x, 0.0, seed=1) is x
+    shared = host(xdrop.gaussian_dropout(x, 0.5, seed=1, noise_shape=(4, 1)))
+    assert (shared == shared[:, :1]).all()
+    with pytest.raises(xdrop.ArgumentValueError, match=r"p must be a real number in \[0, 1\)"):
+        xdrop.gaussian_dropout(x, 1.0, seed=1)
+
+
+# -- DropPath --------------------------------------------------------------------------------------
+def test_drop_path_drops_whole_rows_as_dropout_with_a_row_noise_shape(xp, array, host):
+    x = array(np.random.default_rng(5).normal(size=(64, 3, 4)))
+    y = host(xdrop.drop_path(x, 0.5, seed=3))
+    dropped = (y == 0).reshape(64, -1)
+    assert (dropped.all(axis=1) | ~dropped.any(axis=1)).all() and 10 < dropped[:, 0].sum() < 54
+    expected = xdrop.dropout(x, 0.5, seed=3, noise_shape=(64, 1, 1))
+    np.testing.assert_array_equal(y, host(expected))
+    unscaled = host(xdrop.drop_path(x, 0.5, seed=3, scale_by_keep=False))
+    np.testing.assert_array_equal(unscaled, np.where(dropped.reshape(y.shape), 0, host(x)))
+    assert xdrop.drop_path(x, 0.5, training=False, scale_by_keep=False) is x
+    whole = host(xdrop.drop_path(x, 0.5, seed=3, mode="batch"))
+    assert (whole == 0).all() or (whole != 0).all()
+
+
+# -- DropBlock -------------------------------------------------------------------------------------
+def reference_drop_block(x, corners, size):
+    """DropBlock by loops over the corners: NCHW x, corners of (N, C, H - b + 1, W - b + 1)."""
+    drop = np.zeros(x.shape, bool)
+    for n, c, i, j in zip(*np.nonzero(corners), strict=True):
+        drop[n, c, i : i + size, j : j + size] = True
+    kept = (~drop).sum()
+    scale = np.float32(x.size / kept) if kept else np.float32(0)
+    return np.where(drop, np.float32(0), x * scale)
+
+
+@pytest.mark.parametrize(
+    ("shape", "block"),
+    [((2, 3, 9, 9), 3), ((2, 2, 7, 12), 4), ((1, 2, 5, 8), 2), ((1, 1, 4, 6), 9)],
+)
+def test_drop_block_against_loops_over_the_same_corners(xp, array, host, shape, block):
+    x = array(np.random.default_rng(6).normal(size=shape))
+    height, width = shape[2:]
+    size = min(block, height, width)
+    gamma = min(1.0, 0.3 * height * width / (size**2 * (height - size + 1) * (width - size + 1)))
+    corners_shape = (*shape[:2], height - size + 1, width - size + 1)
+    corners = ~host(xdrop.dropout_mask(corners_shape, gamma, seed=11, like=x)).astype(bool)
+    y = host(xdrop.drop_block(x, 0.3, block, seed=11))
+    assert y.shape == shape
+    np.testing.assert_allclose(y, reference_drop_block(host(x), corners, size), rtol=1e-6)
+
+
+def test_drop_block_channels_last_is_channels_first_transposed(xp, array, host):
+    values = np.random.default_rng(7).normal(size=(2, 3, 8, 10))
+    first = host(xdrop.drop_block(array(values), 0.2, 3, seed=1))
+    last_input = array(values.transpose(0, 2, 3, 1))
+    last = host(xdrop.drop_block(last_input, 0.2, 3, seed=1, data_format="channels_last"))
+    # the corners are drawn in each layout's own row-major order: the same rate, other units
+    assert last.shape == (2, 8, 10, 3)
+    assert abs((first == 0).mean() - (last == 0).mean()) < 0.1
+
+
+@pytest.mark.parametrize("block", [3, 4])
+def test_drop_block_drops_about_p(xp, array, host, block):
+    y = host(xdrop.drop_block(array(np.ones((8, 16, 24, 20))), 0.1, block, seed=2))
+    assert abs((y == 0).mean() - 0.1) < 0.02
+
+
+def test_drop_block_edges(xp, array, host):
+    x = array(np.ones((1, 1, 6, 6)))
+    assert xdrop.drop_block(x, 0.3, 3, training=False) is x
+    assert xdrop.drop_block(x, 0.0, 3, seed=1) is x
+    np.testing.assert_array_equal(host(xdrop.drop_block(x, 1.0, 1, seed=1)), np.zeros((1, 1, 6, 6)))
+
+
+# -- errors ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("call", "error", "message"),
+    [
+        (lambda x: xdrop.alpha_dropout(x, 1.5), xdrop.ArgumentValueError, "p must be"),
+        (lambda x: xdrop.alpha_dropout(x, 0.5, noise_shape=(3,)), xdrop.ArgumentValueError, "noise_shape"),
+        (lambda x: xdrop.gaussian_dropout(x, "a"), xdrop.ArgumentTypeError, "p must be"),
+        (lambda x: xdrop.gaussian_dropout(x, 0.5, offset=-1), xdrop.ArgumentValueError, "offset"),
+        (lambda x: xdrop.drop_path(x, 0.5, mode="rows"), xdrop.ArgumentValueError, "mode must be"),
+        (lambda x: xdrop.drop_path(x, 0.5, scale_by_keep=1), xdrop.ArgumentTypeError, "scale_by_keep"),
+        (lambda x: xdrop.drop_block(x, 0.5, 3), xdrop.ArgumentValueError, "x must be a 4-d array"),
+        (lambda x: xdrop.drop_block(x, 0.5, 0), xdrop.ArgumentValueError, "block_size must be"),
+        (lambda x: xdrop.drop_block(x, 0.5, 2.0), xdrop.ArgumentTypeError, "block_size must be"),
+        (lambda x: xdrop.drop_block(x, 0.5, 2, data_format="NCHW"), xdrop.ArgumentValueError, "data_format"),
+        (lambda x: xdrop.alpha_dropout(x, 0.5, training="yes"), xdrop.ArgumentTypeError, "training"),
+    ],
+)  # fmt: skip
+def test_bad_arguments_raise_xdrop_errors_naming_them(xp, array, call, error, message):
+    with pytest.raises(error, match=message):
+        call(array(np.ones((2, 4))))
+
+
+def test_family_traced_seed_and_rate_in_the_framework_compiler(xp, array, host):
+    if xp.compiles_slowly:
+        pytest.skip("one compilation takes seconds here; the layer tests compile")
+    x = array(np.random.default_rng(8).normal(size=(2, 3, 6, 6)))
+    seed = xp.seed_array(spec.key_words(xp, 21, x))
+    p = array(0.25)
+    functions = {
+        "alpha": lambda x, s, p: xdrop.alpha_dropout(x, p, seed=s),
+        "gaussian": lambda x, s, p: xdrop.gaussian_dropout(x, p, seed=s),
+        "path": lambda x, s, p: xdrop.drop_path(x, p, seed=s),
+        "block": lambda x, s, p: xdrop.drop_block(x, p, 3, seed=s),
+    }
+    for name, function in functions.items():
+        eager = host(function(x, 21, 0.25))
+        compiled = host(xp.compile(function)(x, seed, p))
+        tolerance = 1e-6 if name in ("alpha", "gaussian") else 0  # a fused multiply-add
+        np.testing.assert_allclose(compiled, eager, rtol=tolerance, atol=tolerance, err_msg=name)

@@ -1,0 +1,131 @@
+"""xdrop.mc_dropout on the backend under test, against statistics computed by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import xdrop
+
+
+def entropy(p):
+    p = np.asarray(p, np.float64)
+    return -np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1)), 0), axis=-1)
+
+
+PROBABILITIES = np.array(
+    [
+        [[0.7, 0.2, 0.1], [1.0, 0.0, 0.0]],
+        [[0.5, 0.5, 0.0], [1.0, 0.0, 0.0]],
+        [[0.1, 0.1, 0.8], [0.0, 1.0, 0.0]],
+    ]
+)  # three samples of a batch of two
+
+
+def scripted(array, outputs):
+    """A predict that returns outputs[t] for the seed fold_in(0, t)."""
+    by_seed = {xdrop.fold_in(0, t): t for t in range(len(outputs))}
+    return lambda x, seed: array(outputs[by_seed[seed]])
+
+
+def test_statistics_of_probabilities_against_hand_computed_values(xp, array, host):
+    result = xdrop.mc_dropout(
+        scripted(array, PROBABILITIES), None, samples=3, seed=0, from_logits=False
+    )
+    mean = PROBABILITIES.mean(axis=0)
+    np.testing.assert_allclose(host(result.mean), mean, rtol=1e-6)
+    np.testing.assert_allclose(host(result.variance), PROBABILITIES.var(axis=0), atol=1e-7)
+    np.testing.assert_allclose(host(result.predictive_entropy), entropy(mean), rtol=1e-6)
+    expected_entropy = entropy(PROBABILITIES).mean(axis=0)
+    np.testing.assert_allclose(host(result.expected_entropy), expected_entropy, rtol=1e-6)
+    bald = entropy(mean) - expected_entropy
+    np.testing.assert_allclose(host(result.mutual_information), bald, rtol=1e-5, atol=1e-7)
+    assert np.isfinite(host(result.predictive_entropy)).all()  # zeros: 0 log 0 = 0
+
+
+def test_logits_go_through_softmax_and_minus_infinity_is_a_zero_probability(xp, array, host):
+    logits = np.log(np.where(PROBABILITIES > 0, PROBABILITIES, 1e-300))
+    logits = np.where(PROBABILITIES > 0, logits, -np.inf)
+    result = xdrop.mc_dropout(scripted(array, logits), None, samples=3, seed=0)
+    mean = PROBABILITIES.mean(axis=0)
+    np.testing.assert_allclose(host(result.mean), mean, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(host(result.predictive_entropy), entropy(mean), rtol=1e-5)
+    assert np.isfinite(host(result.mutual_information)).all()
+
+
+def test_half_precision_outputs_are_computed_in_float32(xp, array, host):
+    outputs = np.random.default_rng(0).normal(size=(4, 5, 3))
+    result = xdrop.mc_dropout(
+        lambda x, seed: array(outputs[0], "float16"), None, samples=4, seed=0, axis=1
+    )
+    assert xp.dtype_name(result.mean) == "float32"
+    assert xp.shape(result.predictive_entropy) == (5,)
+    np.testing.assert_allclose(host(result.mutual_information), 0, atol=1e-6)  # all alike
+
+
+def test_class_axis_other_than_the_last(xp, array, host):
+    columns = np.moveaxis(PROBABILITIES, -1, 1)  # (samples, classes, batch)
+    result = xdrop.mc_dropout(
+        scripted(array, columns), None, samples=3, seed=0, axis=0, from_logits=False
+    )
+    np.testing.assert_allclose(
+        host(result.predictive_entropy), entropy(PROBABILITIES.mean(0)), rtol=1e-6
+    )
+
+
+def test_each_sample_gets_fold_in_seed_t_and_the_batched_form_stacks_them(xp, array, host):
+    weights = np.random.default_rng(1).normal(size=(6, 3)).astype(np.float32)
+    x = array(np.random.default_rng(2).normal(size=(4, 6)))
+
+    seen = []
+
+    def recording(x, seed):
+        seen.append(seed)
+        return array(host(xdrop.dropout(x, 0.5, seed=seed)) @ weights)
+
+    result = xdrop.mc_dropout(recording, x, samples=5, seed=3)
+    assert seen == [xdrop.fold_in(3, t) for t in range(5)]
+    assert xp.shape(result.mean) == (4, 3)
+    stacked = []
+
+    def batched(x, seed):
+        stacked.append(xp.shape(x))
+        return array(host(xdrop.dropout(x, 0.5, seed=seed)) @ weights)
+
+    together = xdrop.mc_dropout(batched, x, samples=5, seed=3, batched=True)
+    assert stacked == [(20, 6)]
+    by_hand = host(xdrop.dropout(array(np.tile(host(x), (5, 1))), 0.5, seed=3)) @ weights
+    logits = by_hand.reshape(5, 4, 3)
+    probabilities = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    np.testing.assert_allclose(host(together.mean), probabilities.mean(0), rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "error", "message"),
+    [
+        ({"samples": 0}, xdrop.ArgumentValueError, "samples must be"),
+        ({"samples": 2.5}, xdrop.ArgumentTypeError, "samples must be"),
+        ({"from_logits": "yes"}, xdrop.ArgumentTypeError, "from_logits"),
+        ({"axis": 3}, xdrop.ArgumentValueError, "axis"),
+        ({"batched": 1}, xdrop.ArgumentTypeError, "batched"),
+    ],
+)
+def test_bad_arguments_raise_xdrop_errors_naming_them(xp, array, arguments, error, message):
+    with pytest.raises(error, match=message):
+        xdrop.mc_dropout(lambda x, seed: array(np.zeros((2, 3))), None, **arguments)
+
+
+def test_bad_predict_and_outputs(xp, array):
+    with pytest.raises(xdrop.ArgumentTypeError, match="predict must be a callable"):
+        xdrop.mc_dropout(None, None)  # type: ignore[arg-type]
+    with pytest.raises(xdrop.ArgumentTypeError, match="the output of predict"):
+        xdrop.mc_dropout(lambda x, seed: "logits", None, samples=2)
+    with pytest.raises(xdrop.ArgumentValueError, match="the output of predict"):
+        xdrop.mc_dropout(lambda x, seed: array(np.zeros(2), "int32"), None, samples=2)
+    with pytest.raises(xdrop.ArgumentValueError, match="the output of predict"):
+        xdrop.mc_dropout(
+            lambda x, seed: array(np.zeros((2, 3))),
+            array(np.zeros((2, 1))),
+            samples=2,
+            batched=True,
+        )

@@ -1,0 +1,362 @@
+"""The dropout family on mask stream v1: alpha dropout, Gaussian dropout, DropPath, DropBlock.
+
+Each function validates like :func:`xdrop.dropout`, takes the same seeds (traced ones included),
+works on every backend and keeps the framework's autograd. Masks come from the stream of
+``docs/spec.md``: alpha dropout and DropPath draw exactly :func:`xdrop.dropout`'s mask, DropBlock
+draws its block corners as the units that dropout at rate ``gamma`` drops, and Gaussian dropout
+turns the stream's two words per counter into a normal value (``spec.normals``). ``docs/family.md``
+states each formula and how it compares with the frameworks' own versions.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from xdrop import api, seeds, spec
+from xdrop.errors import bad_type, bad_value
+from xdrop.protocol import Array, Backend, Dim
+from xdrop.registry import backend_for
+from xdrop.tracing import called_as_is
+from xdrop.validation import (
+    Rate,
+    Shown,
+    as_input_array,
+    check_counter_range,
+    check_flag,
+    check_float_dtype,
+    check_noise_shape,
+    check_offset,
+    check_rate,
+    is_integer,
+)
+
+SELU_ALPHA = 1.6732632423543772848170429916717
+SELU_SCALE = 1.0507009873554804934193349852946
+ALPHA_PRIME = -SELU_SCALE * SELU_ALPHA
+"""``alpha' = -lambda * alpha = -1.7580993408473766``: the value SELU tends to for large negative
+inputs, which alpha dropout sets dropped units to."""
+DROP_PATH_MODES = ("row", "batch")
+DATA_FORMATS = ("channels_first", "channels_last")
+
+
+# -- alpha dropout ---------------------------------------------------------------------------------
+@called_as_is
+def alpha_dropout(
+    x: Any,
+    p: float | Any = 0.5,
+    *,
+    training: bool = True,
+    seed: seeds.SeedLike = None,
+    noise_shape: Sequence[int | None] | None = None,
+    offset: int = 0,
+    rng: str | None = None,
+) -> Any:
+    """Alpha dropout (Klambauer et al., NeurIPS 2017): dropout that keeps SELU activations at zero
+    mean and unit variance.
+
+    With ``keep`` exactly :func:`xdrop.dropout`'s mask for the same arguments, ``q = 1 - p`` and
+    ``alpha' = -1.7580993408473766``::
+
+        a = (q + alpha'**2 * q * p) ** -0.5        b = -a * alpha' * p
+        training: a * where(keep, x, alpha') + b              evaluation: x
+
+    ``a``, ``b`` and ``alpha'`` are rounded once to ``x``'s dtype; the select, the product and the
+    sum are IEEE operations, so every backend gives the same bits (a compiler that fuses the
+    product and the sum into one FMA may differ by an ulp). ``p == 0`` returns ``x``, ``p == 1``
+    zeros (as ``torch.nn.AlphaDropout`` does), with zero gradients.
+
+    Args:
+        x: a floating array of any registered framework (as for :func:`xdrop.dropout`).
+        p: the drop probability in ``[0, 1]``: a Python float or a 0-d float array (traceable).
+        training: apply alpha dropout (True) or return ``x`` (False).
+        seed, noise_shape, offset, rng: as for :func:`xdrop.dropout`; ``noise_shape=(batch, 1,
+            features)`` shares one mask over time.
+
+    Example:
+        >>> import numpy as np
+        >>> y = xdrop.alpha_dropout(np.zeros(4, np.float32), 0.5, seed=0)
+        >>> y                               # dropped: a * alpha' + b; kept: b
+        array([-0.7791938 , -0.7791938 ,  0.77919394,  0.77919394], dtype=float32)
+        >>> xdrop.dropout_mask(4, 0.5, seed=0)
+        array([False, False,  True,  True])
+    """
+    xp, x, dtype, rate = _common(x, p)
+    if not check_flag("training", training):
+        seeds.validate_seed(seed, xp)
+        return x
+    keep = _dropout_mask(xp, x, rate, seed, noise_shape, offset, rng)
+    if isinstance(rate, float):
+        if rate == 0:
+            return x
+        if rate == 1:
+            return xp.select(keep, x)  # nothing kept: +0.0 everywhere, zero gradient
+        q = 1.0 - rate
+        a = (q + ALPHA_PRIME**2 * q * rate) ** -0.5
+        scale, shift = spec.rounded(a, dtype), spec.rounded(-a * ALPHA_PRIME * rate, dtype)
+        dropped = xp.where(keep, x, spec.rounded(ALPHA_PRIME, dtype))
+        return xp.plus(xp.times(dropped, scale), shift)
+    scale, shift = _alpha_constants(xp, rate, dtype)
+    dropped = xp.where(keep, x, spec.rounded(ALPHA_PRIME, dtype))
+    return xp.plus(xp.times(dropped, scale), shift)
+
+
+def _alpha_constants(xp: Backend, p: Array, dtype: str) -> tuple[Array, Array]:
+    """``(a, b)`` of a rate held in a 0-d array (traced), in ``x``'s dtype; 0 for ``p == 1``."""
+    compute = "float64" if xp.has_float64() else "float32"
+    rate = xp.astype(p, compute)
+    q = xp.minus(1.0, rate)
+    variance = xp.times(q, xp.plus(xp.times(rate, ALPHA_PRIME**2), 1.0))
+    nothing_kept = xp.equal(q, 0.0)
+    a = xp.where(nothing_kept, 0.0, xp.divide(1.0, xp.sqrt(xp.where(nothing_kept, 1.0, variance))))
+    b = xp.times(xp.times(a, rate), -ALPHA_PRIME)
+    return xp.astype(a, dtype), xp.astype(b, dtype)
+
+
+# -- Gaussian dropout ------------------------------------------------------------------------------
+@called_as_is
+def gaussian_dropout(
+    x: Any,
+    p: float | Any = 0.5,
+    *,
+    training: bool = True,
+    seed: seeds.SeedLike = None,
+    noise_shape: Sequence[int | None] | None = None,
+    offset: int = 0,
+) -> Any:
+    """Gaussian dropout (Srivastava et al. 2014, section 10): multiplicative noise of mean 1 and
+    the variance ``p / (1 - p)`` of inverted dropout's factor::
+
+        training: x * dtype(1 + sigma * z),  sigma = float32(sqrt(p / (1 - p)))      evaluation: x
+
+    ``z`` is the standard normal of ``docs/spec.md`` ("Normals"): Box-Muller on the two Threefry
+    words of each counter, in float32, drawn at the noise shape and broadcast. The words are the
+    same on every backend; ``z`` may differ by the ulps of the framework's ``log`` and ``cos``
+    (at most ``2**-20 * max(1, |z|)``, tested). ``1 + sigma * z`` is formed in float32 and rounded
+    once to ``x``'s dtype. ``p == 0`` returns ``x``.
+
+    Args:
+        x: a floating array of any registered framework.
+        p: in ``[0, 1)`` (``p == 1`` has infinite variance): a Python float or a 0-d float array
+            (traceable; a traced ``p >= 1`` gives a non-finite output).
+        training: apply the noise (True) or return ``x`` (False).
+        seed, noise_shape, offset: as for :func:`xdrop.dropout` (the counters are the same; the
+            values are normals instead of a mask). Keras' ``GaussianDropout`` is this without a
+            noise shape.
+
+    Example:
+        >>> import numpy as np
+        >>> xdrop.gaussian_dropout(np.ones(3, np.float32), 0.5, seed=0)
+        array([-0.06545269,  1.5836947 ,  0.82184637], dtype=float32)
+    """
+    xp, x, dtype, rate = _common(x, p)
+    if isinstance(rate, float) and rate == 1:
+        raise bad_value("p", p, "a real number in [0, 1) (p == 1 has infinite variance)")
+    if not check_flag("training", training):
+        seeds.validate_seed(seed, xp)
+        return x
+    shape = xp.shape(x)
+    noise = check_noise_shape(noise_shape, shape)
+    start = check_offset(offset)
+    check_counter_range(start, noise)
+    key = seeds.seed_key(seed, xp, x)
+    if isinstance(rate, float) and rate == 0:
+        return x
+    z = spec.normals(xp, key, _noise_dims(xp, x, noise), start, like=x)
+    if isinstance(rate, float):
+        sigma: float | Array = spec.rounded(math.sqrt(rate / (1.0 - rate)), "float32")
+    else:
+        compute = "float64" if xp.has_float64() else "float32"
+        held = xp.astype(rate, compute)
+        sigma = xp.astype(xp.sqrt(xp.divide(held, xp.minus(1.0, held))), "float32")
+    factor = xp.plus(xp.times(z, sigma), 1.0)
+    return xp.times(x, factor if dtype == "float32" else xp.astype(factor, dtype))
+
+
+# -- DropPath (stochastic depth) -------------------------------------------------------------------
+@called_as_is
+def drop_path(
+    x: Any,
+    p: float | Any = 0.5,
+    *,
+    mode: str = "row",
+    scale_by_keep: bool = True,
+    training: bool = True,
+    seed: seeds.SeedLike = None,
+    offset: int = 0,
+    rng: str | None = None,
+) -> Any:
+    """DropPath, or stochastic depth (Huang et al., ECCV 2016), as timm's ``drop_path`` and
+    torchvision's ``stochastic_depth``: drop a residual branch for whole samples::
+
+        mode="row":   xdrop.dropout(x, p, noise_shape=(batch, 1, ..., 1))   one draw per sample
+        mode="batch": xdrop.dropout(x, p, noise_shape=(1, ..., 1))          one draw in all
+
+    in inverted mode (kept samples scaled by ``1 / (1 - p)``), or unscaled with
+    ``scale_by_keep=False``. Evaluation returns ``x`` either way. Sample ``n`` of a batch is kept
+    when counter ``offset + n`` keeps (``"row"``), so a row's fate does not depend on the batch
+    size.
+
+    Args:
+        x: a floating array whose first axis is the batch (at least 1-d for ``"row"``).
+        p: the probability of dropping a sample, as for :func:`xdrop.dropout`.
+        mode: ``"row"`` or ``"batch"`` (not dropout's ``mode``: DropPath is always inverted
+            unless ``scale_by_keep=False``).
+        scale_by_keep: scale kept samples by ``1 / (1 - p)`` (True, timm's default).
+        training, seed, offset, rng: as for :func:`xdrop.dropout`.
+
+    Example:
+        >>> import numpy as np
+        >>> xdrop.drop_path(np.ones((4, 2), np.float32), 0.5, seed=0)
+        array([[0., 0.],
+               [0., 0.],
+               [2., 2.],
+               [2., 2.]], dtype=float32)
+    """
+    if mode not in DROP_PATH_MODES:
+        raise bad_value("mode", mode, 'one of "row", "batch"')
+    xp = backend_for(x)
+    x = as_input_array(xp, x)
+    ndim = len(xp.shape(x))
+    if mode == "row" and ndim == 0:
+        raise bad_value("x", Shown("<0-d array>"), 'an array with a batch axis for mode="row"')
+    scaled = check_flag("scale_by_keep", scale_by_keep)
+    noise = (None,) + (1,) * (ndim - 1) if mode == "row" else (1,) * ndim
+    if not scaled and not check_flag("training", training):
+        check_rate(p, xp)  # classic evaluation would scale by 1 - p: DropPath returns x
+        seeds.validate_seed(seed, xp)
+        return x
+    return api.dropout(
+        x,
+        p,
+        training=training,
+        seed=seed,
+        mode="inverted" if scaled else "classic",
+        noise_shape=noise,
+        offset=offset,
+        rng=rng,
+    )
+
+
+# -- DropBlock -------------------------------------------------------------------------------------
+@called_as_is
+def drop_block(
+    x: Any,
+    p: float | Any = 0.1,
+    block_size: int = 7,
+    *,
+    data_format: str = "channels_first",
+    training: bool = True,
+    seed: seeds.SeedLike = None,
+    rng: str | None = None,
+) -> Any:
+    """DropBlock (Ghiasi et al., NeurIPS 2018) for 2-d feature maps: drop square blocks of each
+    channel, so that neighbouring units, which carry the same information, go together.
+
+    For a map of ``H x W`` and ``b = min(block_size, H, W)`` (a block never exceeds the map)::
+
+        gamma  = min(1, p * H * W / (b**2 * (H - b + 1) * (W - b + 1)))
+        corner = the units that xdrop.dropout(., gamma) drops, drawn at (N, C, H - b + 1, W - b + 1)
+        drop   = unit (h, w) lies in the b x b block whose top-left corner is a drawn corner
+        y      = where(drop, 0, x * dtype(count / kept))     (0 where nothing is kept)
+
+    with ``count`` the number of elements of ``x`` and ``kept`` those not dropped (over the whole
+    batch, as timm and torchvision normalise). Every block lies wholly inside the map, for any
+    ``H != W`` and odd or even ``b``, and the output has ``x``'s shape. The expected fraction of
+    dropped units is about ``p`` for small ``p`` (blocks overlap, so it is lower for large ``p``);
+    ``docs/family.md`` compares this with torchvision and timm.
+
+    Args:
+        x: a 4-d floating array ``(N, C, H, W)`` (or ``(N, H, W, C)``); ``H`` and ``W`` must be
+            known while tracing (``gamma`` and ``b`` depend on them), ``N`` and ``C`` may be
+            known only at run time.
+        p: the target fraction of dropped units, as for :func:`xdrop.dropout` (traceable).
+        block_size: the side of a block, a positive integer.
+        data_format: ``"channels_first"`` (PyTorch's layout) or ``"channels_last"``.
+        training: apply DropBlock (True) or return ``x`` (False).
+        seed, rng: as for :func:`xdrop.dropout`.
+
+    Example:
+        >>> import numpy as np
+        >>> y = xdrop.drop_block(np.ones((1, 1, 5, 6), np.float32), 0.2, 2, seed=3)
+        >>> (y == 0).astype(int)[0, 0]
+        array([[0, 1, 1, 1, 1, 0],
+               [0, 1, 1, 1, 1, 0],
+               [0, 0, 0, 0, 1, 1],
+               [0, 0, 0, 0, 1, 1],
+               [0, 0, 0, 0, 0, 0]])
+    """
+    xp, x, dtype, rate = _common(x, p)
+    if not is_integer(block_size):
+        raise bad_type("block_size", block_size, "a positive integer")
+    if int(block_size) < 1:
+        raise bad_value("block_size", block_size, "a positive integer")
+    if data_format not in DATA_FORMATS:
+        raise bad_value("data_format", data_format, 'one of "channels_first", "channels_last"')
+    shape = xp.shape(x)
+    channels_last = data_format == "channels_last"
+    if len(shape) != 4:
+        allowed = "a 4-d array " + ("(N, H, W, C)" if channels_last else "(N, C, H, W)")
+        raise bad_value("x", Shown(f"<array of shape {shape}>"), allowed)
+    height, width = shape[1:3] if channels_last else shape[2:4]
+    if height is None or width is None:
+        allowed = "an array whose H and W are known while tracing (DropBlock's gamma needs them)"
+        raise bad_value("x", Shown(f"<array of shape {shape}>"), allowed)
+    if not check_flag("training", training):
+        seeds.validate_seed(seed, xp)
+        return x
+    if (isinstance(rate, float) and rate == 0) or height * width == 0:
+        seeds.resolve(seed, xp, x)  # a training call draws its seed, whatever p
+        return x
+    size = min(int(block_size), height, width)
+    rows, columns = height - size + 1, width - size + 1
+    ratio = height * width / (size * size * rows * columns)
+    gamma: Rate
+    if isinstance(rate, float):
+        gamma = min(1.0, rate * ratio)
+    else:
+        compute = "float64" if xp.has_float64() else "float32"
+        scaled = xp.times(xp.astype(rate, compute), ratio)
+        gamma = xp.where(xp.less_equal(scaled, 1.0), scaled, 1.0)
+    corners_shape = (None, rows, columns, None) if channels_last else (None, None, rows, columns)
+    keep = api.dropout_mask(corners_shape, gamma, seed=seed, like=x, rng=rng)
+    corners = xp.astype(xp.equal(keep, False), "float32")
+    kept = xp.equal(xp.max_pool_2d(corners, size, channels_last), 0.0)
+    compute = "float64" if xp.has_float64() else "float32"
+    kept_count = xp.sum(xp.astype(kept, compute))
+    count = xp.dim_array(xp.size(xp.runtime_shape(x)), compute)
+    none_kept = xp.equal(kept_count, 0.0)
+    factor = xp.where(none_kept, 0.0, xp.divide(count, xp.where(none_kept, 1.0, kept_count)))
+    return xp.select(kept, xp.multiply(x, xp.astype(factor, dtype)))
+
+
+# -- shared ----------------------------------------------------------------------------------------
+def _common(x: Any, p: object) -> tuple[Backend, Array, str, Rate]:
+    """The backend, ``x`` as its array, ``x``'s dtype and the checked rate."""
+    xp = backend_for(x)
+    x = as_input_array(xp, x)
+    dtype = check_float_dtype(xp.dtype_name(x))
+    return xp, x, dtype, check_rate(p, xp)
+
+
+def _noise_dims(xp: Backend, x: Array, noise: tuple[int | None, ...]) -> tuple[Dim, ...]:
+    """The completed noise shape as dims: ``x``'s run-time size where an entry is None."""
+    if None not in noise:
+        return noise
+    sizes = xp.runtime_shape(x)
+    return tuple(size if entry is None else entry for entry, size in zip(noise, sizes, strict=True))
+
+
+def _dropout_mask(
+    xp: Backend,
+    x: Array,
+    rate: Rate,
+    seed: object,
+    noise_shape: Sequence[int | None] | None,
+    offset: int,
+    rng: str | None,
+) -> Array:
+    """:func:`xdrop.dropout`'s keep mask for ``x``, at the noise shape (it broadcasts)."""
+    noise = check_noise_shape(noise_shape, xp.shape(x))
+    return api.dropout_mask(noise, rate, seed=seed, offset=offset, like=x, rng=rng)

@@ -1,0 +1,201 @@
+"""Monte Carlo dropout (Gal & Ghahramani, ICML 2016): predict with dropout on, many times, and read
+the spread of the predictions as the model's uncertainty.
+
+Written once over the backend protocol, like :mod:`xdrop.rdrop`: the outputs are arrays of the
+model's framework, differentiable where it differentiates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from xdrop import rdrop, seeds
+from xdrop.errors import bad_type, bad_value
+from xdrop.protocol import Array, Backend
+from xdrop.registry import backend_for
+from xdrop.tracing import called_as_is
+from xdrop.validation import Shown, as_input_array, as_integer, check_axis, check_flag
+
+MAX_SAMPLES = 2**32  # one fold_in step per sample
+
+
+class MCDropoutResult(NamedTuple):
+    """What :func:`mc_dropout` returns, each an array of the model's framework. With ``p_t`` the
+    predicted class probabilities of sample ``t`` of ``T``, and sums over the class axis::
+
+        mean                = E p       = 1/T sum_t p_t                   (the output's shape)
+        variance            = 1/T sum_t (p_t - E p)**2                   (the output's shape)
+        predictive_entropy  = H[E p]    = -sum_c E p_c log E p_c          (without the class axis)
+        expected_entropy    = E H[p]    = 1/T sum_t -sum_c p_tc log p_tc  (without the class axis)
+        mutual_information  = H[E p] - E H[p]  (BALD; clipped at 0)       (without the class axis)
+
+    ``0 log 0`` is 0. Entropies are in nats."""
+
+    mean: Any
+    variance: Any
+    predictive_entropy: Any
+    expected_entropy: Any
+    mutual_information: Any
+
+
+@called_as_is
+def mc_dropout(
+    predict: Callable[[Any, Any], Any],
+    x: Any,
+    *,
+    samples: int = 30,
+    seed: seeds.SeedLike = 0,
+    axis: int = -1,
+    from_logits: bool = True,
+    batched: bool = False,
+    batch_axis: int = 0,
+) -> MCDropoutResult:
+    """Monte Carlo dropout: ``samples`` stochastic predictions, their mean and their spread.
+
+    Calls ``predict(x, fold_in(seed, t))`` for ``t = 0 .. samples - 1`` (dropout inside
+    ``predict`` uses the seed it is given, in training mode), or with ``batched=True`` once,
+    ``predict(concat([x] * samples, batch_axis), seed)``: dropout then draws one mask for the
+    stacked batch, so every copy gets its own (as :func:`xdrop.rdrop_forward` does for two).
+    A model of xdrop layers owns its seeds: switch its layers to sampling
+    (``set_mc_sampling`` of ``xdrop.layers.torch``, ``.keras`` or ``.flax``) and pass
+    ``lambda x, seed: model(x)``.
+
+    Args:
+        predict: a callable ``(x, seed) -> output``, the output a floating array whose ``axis``
+            holds the classes.
+        x: the input, an array of any framework (``predict`` receives it as it is unless
+            ``batched``, where it must be an array of a registered framework).
+        samples: the number of predictions ``T``, a positive integer.
+        seed: an integer in ``[0, 2**64)``, a seed array (traceable), or an
+            :class:`xdrop.Generator` / ``None`` (one seed drawn from it, or from the global one).
+        axis: the class axis of the output.
+        from_logits: the output holds logits (softmax is taken over ``axis``); False: it holds
+            probabilities already.
+        batched: stack the samples along ``batch_axis`` and call ``predict`` once.
+        batch_axis: the batch axis of ``x`` and of the output, for ``batched``.
+
+    Returns:
+        :class:`MCDropoutResult`. float16 and bfloat16 outputs are computed in float32.
+
+    Example:
+        >>> import numpy as np
+        >>> weights = np.array([[2.0, -1.0], [0.5, 1.0]], np.float32)
+        >>> def predict(x, seed):
+        ...     return xdrop.dropout(x, 0.5, seed=seed) @ weights
+        >>> result = xdrop.mc_dropout(predict, np.ones((1, 2), np.float32), samples=4, seed=0)
+        >>> result.mean
+        array([[0.689944, 0.310056]], dtype=float32)
+        >>> print(f"{float(result.predictive_entropy[0]):.4f} {float(result.mutual_information[0]):.4f}")
+        0.6191 0.2859
+    """
+    if not callable(predict):
+        raise bad_type("predict", predict, "a callable taking (x, seed) and returning an array")
+    count = as_integer(samples)
+    if count is None:
+        raise bad_type("samples", samples, "a positive integer")
+    if not 0 < count <= MAX_SAMPLES:
+        raise bad_value("samples", samples, "an integer in [1, 2**32]")
+    logits = check_flag("from_logits", from_logits)
+    if check_flag("batched", batched):
+        outputs = _batched(predict, x, count, _base_seed(seed), batch_axis)
+    else:
+        base = _base_seed(seed)
+        outputs = [predict(x, seeds.fold_in(base, t)) for t in range(count)]
+    xp, class_axis = _check_outputs(outputs, axis)
+    return summarize(xp, outputs, class_axis, logits)
+
+
+def _base_seed(seed: object) -> object:
+    """The seed the samples derive from: an integer or seed array as it is; generators draw one."""
+    if seed is None or isinstance(seed, seeds.Generator):
+        seeds.refuse_to_draw_in_a_trace()
+        return (seed or seeds.global_generator()).next_seed()
+    return seed
+
+
+def _batched(
+    predict: Callable[[Any, Any], Any], x: Any, count: int, seed: object, batch_axis: object
+) -> list[Array]:
+    """The ``count`` outputs of one call on the stacked batch."""
+    xp = backend_for(x)
+    x = as_input_array(xp, x)
+    shape = xp.shape(x)
+    stack_axis = check_axis(batch_axis, len(shape), "batch_axis")
+    y = predict(xp.concat([x] * count, axis=stack_axis), seed)
+    yp = backend_for(y)
+    batch = shape[stack_axis]
+    expected = f"an array with {count} times x's entries along axis {batch_axis}"
+    if not yp.is_array(y):
+        raise bad_type("the output of predict", y, expected)
+    output_shape = yp.shape(y)
+    if not -len(output_shape) <= stack_axis < len(output_shape):
+        raise bad_value(
+            "the output of predict", Shown(f"<array of shape {output_shape}>"), expected
+        )
+    stacked = output_shape[stack_axis]
+    if batch is not None and stacked is not None and stacked != count * batch:
+        raise bad_value(
+            "the output of predict", Shown(f"<array of shape {output_shape}>"), expected
+        )
+    return yp.split(y, count, stack_axis)
+
+
+def _check_outputs(outputs: list[Any], axis: object) -> tuple[Backend, int]:
+    """The outputs' backend and class axis; every output a floating array of one shape."""
+    first = outputs[0]
+    xp = backend_for(first)
+    allowed = "a floating array (logits or probabilities) of one shape for every sample"
+    for output in outputs:
+        if not xp.is_array(output):
+            raise bad_type("the output of predict", output, allowed)
+        dtype, shape = xp.dtype_name(output), xp.shape(output)
+        if dtype not in ("float16", "bfloat16", "float32", "float64") or shape != xp.shape(first):
+            raise bad_value("the output of predict", Shown(f"<{dtype} array {shape}>"), allowed)
+    shape = xp.shape(first)
+    if not shape:
+        raise bad_value("the output of predict", Shown("<0-d array>"), "an array with a class axis")
+    return xp, check_axis(axis, len(shape))
+
+
+# -- the statistics --------------------------------------------------------------------------------
+def summarize(xp: Backend, outputs: list[Array], axis: int, from_logits: bool) -> MCDropoutResult:
+    """:class:`MCDropoutResult` of the outputs of ``T`` samples (arrays of one shape and dtype)."""
+    dtype = rdrop.compute_dtype(xp.dtype_name(outputs[0]))
+    probabilities, neg_entropies = [], []
+    for output in outputs:
+        values = xp.astype(output, dtype) if xp.dtype_name(output) != dtype else output
+        if from_logits:
+            log_p = xp.log_softmax(values, axis)
+            p = xp.exp(log_p)
+        else:
+            p, log_p = values, safe_log(xp, values)
+        probabilities.append(p)
+        neg_entropies.append(xp.sum(xp.times(p, zero_where_impossible(xp, p, log_p)), axis))
+    count = float(len(outputs))
+    mean = xp.divide(_total(xp, probabilities), count)
+    squares = [xp.times(d, d) for d in (xp.minus(p, mean) for p in probabilities)]
+    variance = xp.divide(_total(xp, squares), count)
+    predictive = xp.times(xp.sum(xp.times(mean, safe_log(xp, mean)), axis), -1.0)
+    expected = xp.times(xp.divide(_total(xp, neg_entropies), count), -1.0)
+    difference = xp.minus(predictive, expected)
+    information = xp.where(xp.less_equal(difference, 0.0), 0.0, difference)
+    return MCDropoutResult(mean, variance, predictive, expected, information)
+
+
+def safe_log(xp: Backend, p: Array) -> Array:
+    """``log p`` where ``p > 0``, and 0 (not ``-inf``) where ``p == 0``, with finite gradients."""
+    impossible = xp.equal(p, 0.0)
+    return xp.where(impossible, 0.0, xp.log(xp.where(impossible, 1.0, p)))
+
+
+def zero_where_impossible(xp: Backend, p: Array, log_p: Array) -> Array:
+    """``log_p`` with 0 where ``p == 0`` (a ``-inf`` there would make ``p * log_p`` NaN)."""
+    return xp.where(xp.equal(p, 0.0), 0.0, log_p)
+
+
+def _total(xp: Backend, arrays: list[Array]) -> Array:
+    total = arrays[0]
+    for a in arrays[1:]:
+        total = xp.plus(total, a)
+    return total
