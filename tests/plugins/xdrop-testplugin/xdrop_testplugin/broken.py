@@ -45,3 +45,6 @@ class WrongSizes(NumpyBackend):
 
     def iota(self, n: int, like: Any = None) -> Any:
         return np.arange(n if n <= 16 else n - 1, dtype=np.uint32)
+
+    def fused_dropout(self, *arguments: Any) -> None:
+        return None  # the word operations, not NumPy's compiled kernel, make its masks
