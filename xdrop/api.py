@@ -156,9 +156,9 @@ def dropout(
     mode = check_mode(mode)
     generator = seeds.rng_kind(rng)
     shape = xp.shape(x)
-    plan = DropoutPlan(shape, dtype, check_noise_shape(noise_shape, shape), mode, return_mask=False)
-    start = _check_offset(offset, plan.noise, generator, shape)
-    plan = dataclasses.replace(plan, return_mask=check_flag("return_mask", return_mask))
+    noise = check_noise_shape(noise_shape, shape)
+    start = _check_offset(offset, noise, generator, shape)
+    plan = DropoutPlan(shape, dtype, noise, mode, check_flag("return_mask", return_mask))
     if is_training:
         y, keep = _training(xp, x, seed, rate, start, generator, plan)
     else:
@@ -207,10 +207,11 @@ def _training(
         noise = plan.noise_dims(xp, x)
         draw_keep = functools.partial(xp.native_keep_mask, noise, probability, resolved, x)
         return spec.dropout(xp, x, draw_keep, factor)
-    assert isinstance(resolved, tuple)  # portable seeds are key words
+    assert resolved is not None  # portable seeds are host integers or key words
     staged = None if isinstance(start, sharding.Block) else _staged_step(xp, x, plan)
-    if staged is None or isinstance(start, sharding.Block):
+    if staged is None:
         return _portable(xp, plan, x, resolved, start, kept_count, factor)
+    assert isinstance(start, int)  # blocks are not staged
     if factor is None and plan.mode == "inverted":  # p == 1: nothing kept, so 0 is as good
         factor = 0.0
     arguments = (
@@ -218,7 +219,7 @@ def _training(
         kept_count if not isinstance(kept_count, int) else xp.word(kept_count, x),
         factor if not isinstance(factor, float) else _factor_array(xp, factor, plan.dtype),
     )
-    result: tuple[Array, Array | None] = staged(x, resolved, *arguments)
+    result: tuple[Array, Array | None] = staged(x, seeds.key_of(resolved, xp, x), *arguments)
     return result
 
 
@@ -226,19 +227,22 @@ def _portable(
     xp: Backend,
     plan: DropoutPlan,
     x: Array,
-    key: Key,
+    seed: int | Key,
     start: Key | int | sharding.Block,
     kept_count: Words | int,
     factor: float | Array | None,
 ) -> tuple[Array, Array | None]:
     """Portable dropout. A mask of ``x``'s own shape, known in full, is applied chunk by chunk as
     it is generated (eagerly); other masks are drawn whole, at the noise shape, and broadcast."""
-    if plan.is_elementwise and isinstance(start, int) and not xp.is_tracing(x):
-        # eager: the seed, C and the factor are host values (a rate tensor was read)
-        assert isinstance(kept_count, int) and not _is_array(factor)
-        fused = kernel.dropout(xp, x, key, start, kept_count, factor, plan.return_mask)
+    chunked = plan.is_elementwise and isinstance(start, int) and not xp.is_tracing(x)
+    if chunked:  # eager: C and the factor are host values (a rate tensor was read)
+        assert isinstance(start, int) and isinstance(kept_count, int) and not _is_array(factor)
+        fused = kernel.dropout(xp, x, seed, start, kept_count, factor, plan.return_mask)
         if fused is not None:  # one compiled pass where the backend has one (xdrop/kernel.py)
             return fused
+    key = seeds.key_of(seed, xp, x)
+    if chunked:
+        assert isinstance(start, int)
         count = xp.size(plan.noise)
         chunks = functools.partial(spec.keep_chunks, xp, key, count, kept_count, start, like=x)
         return spec.dropout(xp, x, chunks, factor, chunked=True, return_mask=plan.return_mask)
@@ -259,13 +263,19 @@ def _staged_step(xp: Backend, x: Array, plan: DropoutPlan) -> Callable[..., Any]
 
     A backend that can stage any shape of a rank runs a program seen fewer than
     ``COMPILE_AFTER`` times there, so that many one-off shapes cost no compilation each."""
-    if None in plan.shape or xp.is_compiling(x):
+    if not _stages(type(xp)) or None in plan.shape or xp.is_compiling(x):
         return None
     if _calls.count(plan) < COMPILE_AFTER:
         general = _staged(xp, plan.any_shape(), any_shape=True)
         if general is not None:
             return general
     return _staged(xp, plan, any_shape=False)
+
+
+@functools.cache
+def _stages(backend: type[Backend]) -> bool:
+    """Whether a backend stages eager calls at all (most run them as they are)."""
+    return backend.stage is not Backend.stage
 
 
 @functools.lru_cache(maxsize=STAGED_CACHE_SIZE)
@@ -310,10 +320,10 @@ def _factor_array(xp: Backend, factor: float, dtype: str) -> Array:
 
 
 def _resolve_seed(xp: Backend, seed: object, generator: str, like: Any) -> int | Key | None:
-    """The seed a call uses: key words for the portable stream; for the framework's generator an
-    integer, key words, or None for its global generator. Generators advance here, once."""
+    """The seed a call uses: a host integer or key words; for the framework's generator also None
+    for its global generator. Generators advance here, once."""
     if generator == "portable":
-        return seeds.seed_key(seed, xp, like)
+        return seeds.resolve(seed, xp, like)
     return seeds.native_seed(seed, xp, like)
 
 
@@ -366,10 +376,11 @@ def dropout_mask(
         probability = xp.minus(1.0, rate)
     if generator == "native":
         return xp.native_keep_mask(dims, probability, resolved, like)
-    assert isinstance(resolved, tuple)  # portable seeds are key words
+    assert resolved is not None  # portable seeds are host integers or key words
+    key = seeds.key_of(resolved, xp, like)
     if isinstance(start, sharding.Block):
-        return sharding.block_keep_mask(xp, resolved, start, dims, kept_count, like)
-    return spec.keep_mask(xp, resolved, dims, kept_count, start, like=like)
+        return sharding.block_keep_mask(xp, key, start, dims, kept_count, like)
+    return spec.keep_mask(xp, key, dims, kept_count, start, like=like)
 
 
 def _check_offset(

@@ -66,7 +66,7 @@ def status() -> str:
 def dropout(
     xp: Backend,
     x: Array,
-    key: Key,
+    seed: int | Key,
     offset: int,
     kept_count: int,
     factor: float | None,
@@ -74,11 +74,15 @@ def dropout(
 ) -> tuple[Array, Array | None] | None:
     """Training dropout of ``x`` with a mask of ``x``'s own shape, fused by the backend
     (:meth:`~xdrop.protocol.Backend.fused_dropout`): ``(y, keep or None)``, or None where no
-    fused kernel applies (then the caller runs the spec). ``key`` holds concrete words;
+    fused kernel applies (then the caller runs the spec). ``seed`` is a host integer or
+    concrete key words;
     ``kept_count`` is ``C`` (``spec.keep_count``) and ``factor`` ``spec.training_factor``."""
     if not enabled() or type(xp).fused_dropout is Backend.fused_dropout:
         return None  # no kernel: leave the words alone
-    words = (int(key[0]) & 0xFFFF_FFFF, int(key[1]) & 0xFFFF_FFFF)  # torch words are signed
+    if isinstance(seed, int):
+        words = divmod(seed, spec.WORD_COUNT)
+    else:  # torch words are signed
+        words = (int(seed[0]) & 0xFFFF_FFFF, int(seed[1]) & 0xFFFF_FFFF)
     threshold = kept_count << (32 - spec.UNIFORM_BITS)
     return xp.fused_dropout(x, words, offset, threshold, factor, return_mask)
 

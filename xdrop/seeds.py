@@ -206,7 +206,11 @@ def refuse_to_draw_in_a_trace() -> None:
 
 def seed_key(seed: object, xp: Backend, like: Array | None) -> Key:
     """The key words of the seed a call uses."""
-    resolved = resolve(seed, xp, like)
+    return key_of(resolve(seed, xp, like), xp, like)
+
+
+def key_of(resolved: int | Key, xp: Backend, like: Array | None) -> Key:
+    """The key words of a resolved seed (a host integer, or key words already)."""
     if not isinstance(resolved, int):
         return resolved
     array = xp.seed_from_int(resolved, like)

@@ -370,6 +370,9 @@ class HostWords(WordOps):
     def from_bool(self, mask: bool) -> int:
         return int(mask)
 
+    # Python ints are immutable: the in-place forms are the plain ones, without the indirection
+    iadd, ixor, irotate_left = add, xor, rotate_left
+
 
 HOST_WORDS = HostWords()
 
