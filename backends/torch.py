@@ -137,7 +137,10 @@ class TorchBackend(Backend):
         return self.torch.compile(function, fullgraph=True, dynamic=False)
 
     def compile_runtime_sizes(self, function: Callable[..., Any]) -> Callable[..., Any]:
-        return self.torch.compile(function, fullgraph=True, dynamic=True)
+        # inductor skips the rounding of half-precision intermediates unless asked: a rate held
+        # in a tensor gives its scale in the graph, which must be rounded to x's dtype
+        options = {"emulate_precision_casts": True}
+        return self.torch.compile(function, fullgraph=True, dynamic=True, options=options)
 
     def is_tracing(self, x: Any) -> bool:
         return bool(self.torch.compiler.is_compiling())
