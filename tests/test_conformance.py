@@ -61,7 +61,7 @@ def test_the_command_prints_a_table_and_writes_json(tmp_path):
     document = json.loads(report_path.read_text())
     assert document["passed"] is True
     runs = {(run["backend"], run["mode"]): run for run in document["runs"]}
-    assert set(runs) == {("numpy", "eager"), ("numpy", "compiled")}
+    assert set(runs) == {("numpy", "eager"), ("numpy", "compiled"), ("numpy", "runtime")}
     assert runs["numpy", "eager"]["groups"]["mask"]["failed"] == 0
 
 
@@ -83,6 +83,15 @@ def test_golden_cases_inside_the_framework_compiler():
     if report.reason == "no compiler":
         pytest.skip(f"{registry.default_name()} has no compiler")
     assert report.results and not report.failed, [(r.case_id, r.detail) for r in report.failed]
+
+
+def test_golden_cases_with_sizes_known_at_run_time_and_rates_in_arrays():
+    report = run_backend(registry.default_name(), mode="runtime")
+    assert report.available, report.reason
+    if report.reason:
+        pytest.skip(f"{registry.default_name()}: {report.reason}")
+    assert report.results and not report.failed, [(r.case_id, r.detail) for r in report.failed]
+    assert any(r.status == "passed" and r.group == "dtypes" for r in report.results)
 
 
 LOSS_OPERATIONS = ("astype", "exp", "log_softmax", "sum", "plus", "minus", "times", "divide",
