@@ -114,3 +114,12 @@ def test_graphs_without_xla_run_xdrop_as_one_compiled_step():
         if op.type in ("PartitionedCall", "StatefulPartitionedCall")
     ]
     assert len(calls) == 1 and len(graph.get_operations()) < 40  # not ~130 word operations
+
+
+def test_two_tf_functions_with_one_rate_share_no_graph_tensors():
+    """A constant made inside one graph belongs to it: no cache may hand it to another."""
+    x = tf.ones((4, 8))
+    first = tf.function(lambda v: xdrop.dropout(v, 0.3, seed=1))(x)
+    second = tf.function(lambda v: xdrop.dropout(v, 0.3, seed=1))(x)
+    assert (first.numpy() == second.numpy()).all()
+    assert (first.numpy() == xdrop.dropout(np.ones((4, 8), np.float32), 0.3, seed=1)).all()

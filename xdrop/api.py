@@ -217,7 +217,7 @@ def _training(
     arguments = (
         spec.key_words(xp, start, x),
         kept_count if not isinstance(kept_count, int) else xp.word(kept_count, x),
-        factor if not isinstance(factor, float) else _factor_array(xp, factor, plan.dtype),
+        factor if not isinstance(factor, float) else _factor_array(xp, factor, plan.dtype, x),
     )
     result: tuple[Array, Array | None] = staged(x, seeds.key_of(resolved, xp, x), *arguments)
     return result
@@ -313,9 +313,16 @@ def _is_array(value: object) -> bool:
     return value is not None and not isinstance(value, float)
 
 
+def _factor_array(xp: Backend, factor: float, dtype: str, like: Array) -> Array:
+    """A host factor as a 0-d array of ``dtype`` (exact: it is representable there); eager ones
+    are kept, a graph's belong to that graph."""
+    if xp.is_tracing(like):
+        return xp.asarray(np.float64(factor), dtype)
+    return _eager_factor_array(xp, factor, dtype)
+
+
 @functools.lru_cache(maxsize=1024)
-def _factor_array(xp: Backend, factor: float, dtype: str) -> Array:
-    """A host factor as a 0-d array of ``dtype`` (exact: it is representable there)."""
+def _eager_factor_array(xp: Backend, factor: float, dtype: str) -> Array:
     return xp.asarray(np.float64(factor), dtype)
 
 
