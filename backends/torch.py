@@ -139,8 +139,9 @@ class TorchBackend(Backend):
     def compile_runtime_sizes(self, function: Callable[..., Any]) -> Callable[..., Any]:
         # inductor skips the rounding of half-precision intermediates unless asked: a rate held
         # in a tensor gives its scale in the graph, which must be rounded to x's dtype
-        options = {"emulate_precision_casts": True}
-        return self.torch.compile(function, fullgraph=True, dynamic=True, options=options)
+        return self.torch.compile(
+            function, fullgraph=True, dynamic=True, options={"emulate_precision_casts": True}
+        )
 
     def is_tracing(self, x: Any) -> bool:
         return bool(self.torch.compiler.is_compiling())
