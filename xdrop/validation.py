@@ -14,8 +14,7 @@ import numpy as np
 from xdrop.errors import ArgumentTypeError, ArgumentValueError, bad_type, bad_value, describe
 from xdrop.protocol import Array, Backend
 from xdrop.rdrop import REDUCTIONS
-from xdrop.spec import FLOAT_DTYPES, MODES, SEED_COUNT, WORD_COUNT, inverted_scale, rounded
-from xdrop.tracing import host_constant
+from xdrop.spec import FLOAT_DTYPES, MODES, SEED_COUNT, WORD_COUNT, inverted_scale
 
 Rate = Union[float, Array]  # noqa: UP007 (Array is Any: "float | Any" fails on Python 3.10)
 """A checked rate: a Python float in [0, 1], or a 0-d float array being traced."""
@@ -321,28 +320,24 @@ def check_alpha(alpha: object, dtype: str = "float64") -> float:
     if isinstance(alpha, (bool, np.bool_)) or not isinstance(alpha, numbers.Real):
         raise bad_type("alpha", alpha, allowed)
     value = float(alpha)
-    if not _is_weight(value, dtype):
+    # comparisons only: under torch.compile(dynamic=True) a float may be a symbol, which they
+    # guard on (NaN fails both)
+    if not 0 <= value < OVERFLOWS_FROM[dtype]:
         raise bad_value("alpha", alpha, allowed)
     return value
 
 
-@host_constant  # torch.compile(dynamic=True) may hand a float over as a symbol: check its value
-def _is_weight(value: float, dtype: str) -> bool:
-    return math.isfinite(value) and value >= 0 and not math.isinf(rounded(value, dtype))
+OVERFLOWS_FROM = {"float32": 2.0**128 * (1 - 2.0**-25), "float64": math.inf}
+"""The least magnitude that rounds to infinity in each dtype a loss is computed in."""
 
 
 def check_label_smoothing(smoothing: object) -> float:
     if isinstance(smoothing, (bool, np.bool_)) or not isinstance(smoothing, numbers.Real):
         raise bad_type("label_smoothing", smoothing, "a real number in [0, 1]")
     value = float(smoothing)
-    if not _is_probability(value):
+    if not 0.0 <= value <= 1.0:  # NaN fails both comparisons
         raise bad_value("label_smoothing", smoothing, "a real number in [0, 1]")
     return value
-
-
-@host_constant
-def _is_probability(value: float) -> bool:
-    return 0.0 <= value <= 1.0  # NaN fails both comparisons
 
 
 def check_ignore_index(ignore_index: object) -> int | None:
