@@ -78,7 +78,7 @@ class Dropout(nnx.Module):
 
     def __call__(self, inputs: jax.Array, *, deterministic: bool | None = None) -> jax.Array:
         if self.deterministic if deterministic is None else deterministic:
-            return xdrop.dropout(inputs, self.rate, training=False, mode=self.mode)  # type: ignore[no-any-return]
+            return xdrop.dropout(inputs, self.rate, training=False, mode=self.mode)
         step = self.step[...]
         noise_shape = spatial_noise_shape(inputs.ndim, self.broadcast_dims)
         y = xdrop.dropout(
@@ -89,7 +89,7 @@ class Dropout(nnx.Module):
             noise_shape=noise_shape,
         )
         self.step[...] = step + jnp.uint32(1)
-        return y  # type: ignore[no-any-return]
+        return y
 
     def set_view(self, deterministic: bool | None = None) -> None:
         """Used by ``nnx.view(model, deterministic=...)``."""

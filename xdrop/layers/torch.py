@@ -75,11 +75,11 @@ class Dropout(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
-            return xdrop.dropout(x, self.p, training=False, mode=self.mode)  # type: ignore[no-any-return]
+            return xdrop.dropout(x, self.p, training=False, mode=self.mode)
         seed = xdrop.fold_in(self.seed, self.step)
         y = xdrop.dropout(x, self.p, seed=seed, mode=self.mode, noise_shape=self._noise_shape(x))
         self.step.add_(1)
-        return y  # type: ignore[no-any-return]
+        return y
 
     def _noise_shape(self, x: torch.Tensor) -> Sequence[int | None] | None:
         return self.noise_shape
