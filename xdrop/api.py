@@ -143,11 +143,11 @@ def dropout(
     *,
     training: bool = True,
     seed: seeds.SeedLike = None,
-    mode: str = "inverted",
+    mode: Mode = "inverted",
     noise_shape: Sequence[int | None] | None = None,
     offset: int = 0,
     return_mask: bool = False,
-    rng: str | None = None,
+    rng: Rng | None = None,
 ) -> Any:
     """Zero each element of ``x`` with probability ``p``, from a seeded, portable mask.
 
@@ -400,7 +400,7 @@ def dropout_mask(
     seed: seeds.SeedLike = None,
     offset: int = 0,
     like: Any = None,
-    rng: str | None = None,
+    rng: Rng | None = None,
 ) -> Array:
     """The boolean keep mask (True = kept) that ``dropout`` draws for an input of ``shape``.
 

@@ -76,7 +76,7 @@ def rdrop_kl(
     *,
     axis: int = -1,
     pad_mask: Any = None,
-    reduction: str = "sum",
+    reduction: Reduction = "sum",
 ) -> Any:
     """The symmetric KL divergence of R-Dropout between two passes' predictive distributions.
 
@@ -181,7 +181,7 @@ def rdrop_loss(
     pad_mask: Any = None,
     ignore_index: int | None = None,
     label_smoothing: float = 0.0,
-    reduction: str = "mean",
+    reduction: Reduction = "mean",
 ) -> Any:
     """The R-Dropout training loss of the paper (Liang et al. 2021, eq. 3), per position::
 
