@@ -44,6 +44,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands.add_parser(
         "info",
         help="the installed backends, the default backend and generator, the compiled kernel",
+        description="Show xdrop's version, each registered backend (whether it can run here, its "
+        "framework's version, the package that registered it), the default backend and "
+        "generator and where each came from (XDROP_BACKEND, XDROP_RNG or the default), and "
+        "whether the compiled kernel is in use.",
     )
     conformance = commands.add_parser(
         "conformance", help="check the golden seeded cases on every installed backend"
