@@ -1,17 +1,21 @@
 """The ``xdrop`` command: bad arguments end it at once (exit 2, one line), results are written
-atomically to a path checked before anything runs, and a run that checks nothing fails."""
+atomically to a path checked before anything runs, a run that checks nothing fails, ``info``
+says what runs here, and long commands show how far along they are."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from xdrop import cli, registry
+import xdrop
+from xdrop import cli, kernel, registry
 
 pytestmark = pytest.mark.backend_independent
 ROOT = Path(__file__).resolve().parents[1]
@@ -165,3 +169,61 @@ def test_ci_runs_the_backend_independent_tests_once():
     first, loop = script.split("for backend in", 1)
     assert "python -m pytest" in first and "-m " not in first.split("python -m pytest", 1)[1][:40]
     assert 'python -m pytest -q -m "not backend_independent"' in loop.split("done", 1)[0]
+
+
+def test_help_is_plain_text_with_the_version(capsys):
+    status, out, _ = run_main(["--help"], capsys)
+    assert status == 0
+    assert "``" not in out and ":func:" not in out and ":mod:" not in out
+    assert "info" in out and "conformance" in out and "bench" in out
+    status, out, _ = run_main(["--version"], capsys)
+    assert status == 0 and out == f"xdrop {xdrop.__version__}\n"
+
+
+def test_info_says_what_runs_here_and_where_each_default_came_from(monkeypatch, capsys):
+    monkeypatch.delenv("XDROP_RNG", raising=False)
+    monkeypatch.setenv("XDROP_BACKEND", "numpy")
+    status, out, _ = run_main(["info"], capsys)
+    assert status == 0
+    assert out.startswith(f"xdrop {xdrop.__version__} (")
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line[:1].isalpha()}
+    assert rows["numpy"][:3] == ["yes", "numpy", np.__version__]  # available, framework version
+    assert set(registry.registered_names()) <= set(rows)
+    assert "default backend: numpy (from XDROP_BACKEND=numpy)" in out
+    assert "generator: portable (XDROP_RNG is not set)" in out
+    assert kernel.status() in out
+
+    monkeypatch.setenv("XDROP_BACKEND", "numpi")
+    monkeypatch.setenv("XDROP_RNG", "fast")
+    status, out, _ = run_main(["info"], capsys)
+    assert status == 0  # a bad setting is reported, not raised
+    assert "default backend: none: XDROP_BACKEND='numpi' is not a registered backend" in out
+    assert "generator: none:" in out and "XDROP_RNG" in out
+
+
+def test_progress_piped_is_plain_lines_ending_with_the_total(capsys):
+    status, _, err = run_main(CONFORMANCE, capsys)
+    assert status == 0 and "\r" not in err
+    lines = err.splitlines()
+    assert 2 <= len(lines) <= 12  # a line per tenth of the cases, not one per case
+    total = lines[-1].split("/")[1].split("]")[0]
+    assert lines[-1] == f"  [{total}/{total}] numpy eager: cases checked"
+
+    status, _, err = run_main(BENCH, capsys)
+    assert status == 0 and "\r" not in err
+    assert err.splitlines() == ["  [0/1] numpy forward size 2e+01 p 0.5", "  [1/1] numpy: timed"]
+
+
+def test_progress_on_a_terminal_rewrites_one_line():
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    stream = Terminal()
+    progress = cli.Progress(stream)
+    for done in range(3):
+        progress.show(f"case {done}", done, 3)
+    assert "\n" not in stream.getvalue()  # one line, rewritten in place
+    progress.show("all done", 3, 3)
+    assert stream.getvalue().endswith("\r\033[K  [3/3] all done\n")
+    assert stream.getvalue().count("\r\033[K") == 4

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import doctest
 import importlib
+import importlib.util
 import pkgutil
 import re
 from pathlib import Path
@@ -59,3 +61,70 @@ def test_docstring_examples_run(module_name):
             module, extraglobs={"xdrop": xdrop}, optionflags=doctest.NORMALIZE_WHITESPACE
         )
     assert failures == 0
+
+
+def emitted_warnings(source: str) -> list[tuple[str, str]]:
+    """``(category, message start)`` of each ``warnings.warn``/``warn`` call in ``source``: the
+    category's name (UserWarning by default) and the literal text the message begins with."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.Call):
+            continue
+        name = ast.unparse(node.func)
+        if name not in ("warnings.warn", "warn", "warnings.warn_explicit"):
+            continue
+        category = node.args[1] if len(node.args) > 1 else None
+        for keyword in node.keywords:
+            if keyword.arg == "category":
+                category = keyword.value
+        message = node.args[0] if node.args else None
+        if isinstance(message, ast.JoinedStr):  # an f-string: its leading literal text
+            first = message.values[0] if message.values else None
+            message = first if isinstance(first, ast.Constant) else None
+        start = message.value if isinstance(message, ast.Constant) else ""
+        label = ast.unparse(category).rsplit(".", 1)[-1] if category else "UserWarning"
+        found.append((label, str(start)[:30]))
+    return found
+
+
+def test_every_warning_xdrop_can_emit_is_documented_with_how_to_silence_it():
+    page = (ROOT / "docs" / "warnings.md").read_text()
+    sources = [*(ROOT / "xdrop").rglob("*.py"), *(ROOT / "backends").rglob("*.py")]
+    for path in sources:
+        for category, start in emitted_warnings(path.read_text()):
+            rows = [line for line in page.splitlines() if line.startswith(f"| `{category}`")]
+            assert any(start in row for row in rows), (
+                f"{path.relative_to(ROOT)} warns {category}({start!r}...): docs/warnings.md "
+                "needs a row for it (category, message, when, how to silence it)"
+            )
+
+
+def test_the_warning_scan_finds_warnings_however_they_are_written():
+    source = (
+        "import warnings\n"
+        "from warnings import warn\n"
+        "warnings.warn('p is tiny', RuntimeWarning)\n"
+        "warn(f'seed {s} reused', category=xdrop.SeedWarning)\n"
+        "warnings.warn('plain')\n"
+    )
+    assert emitted_warnings(source) == [
+        ("RuntimeWarning", "p is tiny"),
+        ("SeedWarning", "seed "),
+        ("UserWarning", "plain"),
+    ]
+
+
+def test_the_performance_chart_reads_every_table_of_the_performance_page():
+    pytest.importorskip("matplotlib")
+    spec = importlib.util.spec_from_file_location(
+        "site_figures", ROOT / "docs" / "figures" / "site_figures.py"
+    )
+    assert spec is not None and spec.loader is not None
+    figures = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(figures)
+    page = (ROOT / "docs" / "performance.md").read_text()
+    tables = page.split("## The tables", 1)[1].split("```", 2)[1]
+    titles = [line for line in tables.splitlines() if " · " in line]
+    ratios = figures.performance_ratios(page)
+    assert list(ratios) == titles  # one bar group per table, in the page's order
+    assert ratios["numpy · numpy · forward"][10**6] == 0.20  # p = 0.5, as the table says

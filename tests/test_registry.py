@@ -179,5 +179,5 @@ def test_a_backend_that_is_registered_but_not_importable_says_what_to_install(mo
             return Missing
 
     monkeypatch.setitem(registry._registered(), "missing", [EntryPoint()])
-    with pytest.raises(xdrop.BackendError, match=r'pip install "xdrop\[missing\]"'):
+    with pytest.raises(xdrop.BackendError, match=r'pip install "\.\[missing\]" from a checkout'):
         registry.load("missing")

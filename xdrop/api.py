@@ -6,15 +6,17 @@ import collections
 import dataclasses
 import functools
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
+import numpy.typing as npt
 
 from xdrop import kernel, seeds, sharding, spec
 from xdrop.errors import bad_value
 from xdrop.protocol import Array, Backend, Dim, Key, Words
 from xdrop.registry import backend_for
 from xdrop.tracing import called_as_is
+from xdrop.typing import ArrayT, DTypeT, Mode, PythonValues, Rng, ShapeT
 from xdrop.validation import (
     Rate,
     as_input_array,
@@ -69,6 +71,71 @@ class DropoutPlan:
         return self.noise == self.shape and None not in self.shape
 
 
+@overload
+def dropout(
+    x: PythonValues,
+    p: float | Any = ...,
+    *,
+    training: bool = ...,
+    seed: seeds.SeedLike = ...,
+    mode: Mode = ...,
+    noise_shape: Sequence[int | None] | None = ...,
+    offset: int | sharding.Block = ...,
+    return_mask: bool = ...,
+    rng: Rng | None = ...,
+) -> Any: ...
+@overload
+def dropout(
+    x: ArrayT,
+    p: float | Any = ...,
+    *,
+    training: bool = ...,
+    seed: seeds.SeedLike = ...,
+    mode: Mode = ...,
+    noise_shape: Sequence[int | None] | None = ...,
+    offset: int | sharding.Block = ...,
+    return_mask: Literal[False] = ...,
+    rng: Rng | None = ...,
+) -> ArrayT: ...
+@overload
+def dropout(
+    x: np.ndarray[ShapeT, DTypeT],
+    p: float | Any = ...,
+    *,
+    training: bool = ...,
+    seed: seeds.SeedLike = ...,
+    mode: Mode = ...,
+    noise_shape: Sequence[int | None] | None = ...,
+    offset: int | sharding.Block = ...,
+    return_mask: Literal[True],
+    rng: Rng | None = ...,
+) -> tuple[np.ndarray[ShapeT, DTypeT], np.ndarray[ShapeT, np.dtype[np.bool_]]]: ...
+@overload
+def dropout(
+    x: ArrayT,
+    p: float | Any = ...,
+    *,
+    training: bool = ...,
+    seed: seeds.SeedLike = ...,
+    mode: Mode = ...,
+    noise_shape: Sequence[int | None] | None = ...,
+    offset: int | sharding.Block = ...,
+    return_mask: Literal[True],
+    rng: Rng | None = ...,
+) -> tuple[ArrayT, ArrayT]: ...
+@overload
+def dropout(
+    x: ArrayT,
+    p: float | Any = ...,
+    *,
+    training: bool = ...,
+    seed: seeds.SeedLike = ...,
+    mode: Mode = ...,
+    noise_shape: Sequence[int | None] | None = ...,
+    offset: int | sharding.Block = ...,
+    return_mask: bool,
+    rng: Rng | None = ...,
+) -> ArrayT | tuple[ArrayT, Any]: ...
 @called_as_is
 def dropout(
     x: Any,
@@ -76,11 +143,11 @@ def dropout(
     *,
     training: bool = True,
     seed: seeds.SeedLike = None,
-    mode: str = "inverted",
+    mode: Mode = "inverted",
     noise_shape: Sequence[int | None] | None = None,
     offset: int | sharding.Block = 0,
     return_mask: bool = False,
-    rng: str | None = None,
+    rng: Rng | None = None,
 ) -> Any:
     """Zero each element of ``x`` with probability ``p``, from a seeded, portable mask.
 
@@ -334,6 +401,36 @@ def _resolve_seed(xp: Backend, seed: object, generator: str, like: Any) -> int |
     return seeds.native_seed(seed, xp, like)
 
 
+@overload
+def dropout_mask(
+    shape: int | Sequence[int | None],
+    p: float | Any,
+    *,
+    seed: seeds.SeedLike = ...,
+    offset: int | sharding.Block = ...,
+    like: None = ...,
+    rng: Rng | None = ...,
+) -> Any: ...
+@overload
+def dropout_mask(
+    shape: int | Sequence[int | None],
+    p: float | Any,
+    *,
+    seed: seeds.SeedLike = ...,
+    offset: int | sharding.Block = ...,
+    like: np.ndarray[Any, Any],
+    rng: Rng | None = ...,
+) -> npt.NDArray[np.bool_]: ...
+@overload
+def dropout_mask(
+    shape: int | Sequence[int | None],
+    p: float | Any,
+    *,
+    seed: seeds.SeedLike = ...,
+    offset: int | sharding.Block = ...,
+    like: ArrayT,
+    rng: Rng | None = ...,
+) -> ArrayT: ...
 @called_as_is
 def dropout_mask(
     shape: int | Sequence[int | None],
@@ -342,7 +439,7 @@ def dropout_mask(
     seed: seeds.SeedLike = None,
     offset: int | sharding.Block = 0,
     like: Any = None,
-    rng: str | None = None,
+    rng: Rng | None = None,
 ) -> Array:
     """The boolean keep mask (True = kept) that ``dropout`` draws for an input of ``shape``.
 

@@ -1,4 +1,4 @@
-"""The ``xdrop`` command: ``xdrop conformance``, ``xdrop golden`` and ``xdrop bench``."""
+"""The ``xdrop`` command: ``info``, ``conformance``, ``golden`` and ``bench``."""
 
 from __future__ import annotations
 
@@ -6,15 +6,24 @@ import argparse
 import json
 import math
 import os
+import platform
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from importlib import metadata
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TextIO
 
-from xdrop import kernel, registry
+import xdrop
+from xdrop import kernel, registry, seeds
 from xdrop.conformance import golden
 from xdrop.conformance.runner import MODES, BackendReport, identical_outputs, run_backend
+from xdrop.errors import XdropError
+
+DESCRIPTION = (
+    "Dropout and R-Dropout with the same masks on NumPy, PyTorch, TensorFlow and JAX. "
+    "These commands show what is installed, check the golden cases and time xdrop."
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -29,8 +38,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault(
         "TF_CPP_MIN_LOG_LEVEL", "2"
     )  # TensorFlow's start-up chatter hides the table
-    parser = _Parser(prog="xdrop", description=__doc__)
+    parser = _Parser(prog="xdrop", description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"xdrop {xdrop.__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    commands.add_parser(
+        "info",
+        help="the installed backends, the default backend and generator, the compiled kernel",
+        description="Show xdrop's version, each registered backend (whether it can run here, its "
+        "framework's version, the package that registered it), the default backend and "
+        "generator and where each came from (XDROP_BACKEND, XDROP_RNG or the default), and "
+        "whether the compiled kernel is in use.",
+    )
     conformance = commands.add_parser(
         "conformance", help="check the golden seeded cases on every installed backend"
     )
@@ -57,6 +75,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     _add_bench(commands)
     arguments = parser.parse_args(argv)
+    if arguments.command == "info":
+        return _info()
     if arguments.command == "golden":
         return _golden(check=arguments.check)
     if arguments.command == "bench":
@@ -191,7 +211,7 @@ def _bench(arguments: argparse.Namespace) -> int:
         min_sample=defaults.get("min_sample", runner.MIN_SAMPLE),
         paths=arguments.path,
         directions=[arguments.direction] if arguments.direction else None,
-        progress=_bench_progress,
+        progress=_bench_progress(Progress(sys.stderr)),
     )
     print(benchmarks.table(report))
     print()
@@ -206,10 +226,101 @@ def _bench(arguments: argparse.Namespace) -> int:
     return 0
 
 
-def _bench_progress(measurement: Any) -> None:
-    case = measurement.case
-    print(f"  {case.path} {case.direction} size {case.size:.0e} p {case.p:g}",
-          file=sys.stderr, flush=True)  # fmt: skip
+class Progress:
+    """How far a long command is, on ``stream``: on a terminal one line rewritten in place as the
+    work goes on; elsewhere (a pipe, a file, CI's log) plain lines, one per step."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.live = stream.isatty()
+
+    def show(self, what: str, done: int, total: int) -> None:
+        """Report ``done`` of ``total`` steps; ``what`` names the step now running (or the whole
+        task once ``done == total``)."""
+        line = f"  [{done}/{total}] {what}"
+        if self.live:
+            end = "\n" if done == total else ""
+            print(f"\r\033[K{line}", end=end, file=self.stream, flush=True)
+        else:
+            print(line, file=self.stream, flush=True)
+
+
+def _bench_progress(progress: Progress) -> Callable[[Any, int, int], None]:
+    def show(case: Any, done: int, total: int) -> None:
+        if done == total:
+            progress.show(f"{case.backend}: timed", done, total)
+        else:
+            what = f"{case.path} {case.direction} size {case.size:.0e} p {case.p:g}"
+            progress.show(what, done, total)
+
+    return show
+
+
+def _info() -> int:
+    """What xdrop runs on here: its version, each registered backend, the defaults, the kernel."""
+    print(f"xdrop {xdrop.__version__} ({Path(xdrop.__file__).parent})")
+    print(f"Python {platform.python_version()} on {platform.platform()}")
+    print()
+    rows: list[tuple[str, ...]] = [_backend_row(name) for name in registry.registered_names()]
+    print(_render(("backend", "available", "framework", "registered by"), rows))
+    print()
+    print(f"default backend: {_default_backend()}")
+    print(f"generator: {_default_rng()}")
+    print(kernel.status())
+    return 0
+
+
+def _backend_row(name: str) -> tuple[str, str, str, str]:
+    claims = [
+        entry_point
+        for entry_point in metadata.entry_points(group=registry.ENTRY_POINT_GROUP)
+        if entry_point.name == name
+    ]
+    providers = sorted({_version_of(claim.dist.name) for claim in claims if claim.dist is not None})
+    try:
+        framework = getattr(claims[0].load(), "framework", None) if len(claims) == 1 else None
+    except KeyboardInterrupt:
+        raise
+    except BaseException:  # SystemExit too: a broken plugin is listed as unavailable
+        framework = None
+    available = "yes" if registry.is_available(name) else "no"
+    return name, available, _framework_version(framework), ", ".join(providers) or "-"
+
+
+def _framework_version(module: str | None) -> str:
+    """The distributions that install the framework ``module``, with their versions."""
+    if module is None:
+        return "-"
+    installed = metadata.packages_distributions().get(module, [])
+    return ", ".join(sorted({_version_of(name) for name in installed})) or f"{module} not installed"
+
+
+def _version_of(distribution: str) -> str:
+    try:
+        return f"{distribution} {metadata.version(distribution)}"
+    except metadata.PackageNotFoundError:
+        return distribution
+
+
+def _default_backend() -> str:
+    variable = registry.ENVIRONMENT_VARIABLE
+    chosen = os.environ.get(variable, "").strip()
+    if not chosen:
+        return f"{registry.default_name()} ({variable} is not set)"
+    if chosen not in registry.registered_names():
+        return f"none: {variable}={chosen!r} is not a registered backend"
+    return f"{chosen} (from {variable}={chosen})"
+
+
+def _default_rng() -> str:
+    variable = seeds.RNG_ENVIRONMENT_VARIABLE
+    try:
+        rng = seeds.get_rng()
+    except XdropError as error:
+        return f"none: {error}"
+    if os.environ.get(variable, "").strip():
+        return f"{rng} (from {variable}={rng})"
+    return f"{rng} ({variable} is not set)"
 
 
 def _golden(check: bool) -> int:
@@ -247,8 +358,9 @@ def _conformance(
             f"{', '.join(registered) or 'none'}); is xdrop installed with its backends?",
         )
         return 1
+    progress = Progress(sys.stderr)
     reports = [
-        run_backend(name, progress=_progress(f"{name} {mode}"), mode=mode, full=full)
+        run_backend(name, progress=_progress(progress, name, mode), mode=mode, full=full)
         for name in names
         for mode in modes
     ]
@@ -285,11 +397,13 @@ def _checked(report: BackendReport) -> bool:
     return report.mode != "eager" or any(result.status == "passed" for result in report.results)
 
 
-def _progress(name: str) -> Any:
+def _progress(progress: Progress, name: str, mode: str) -> Callable[[int, int], None]:
+    """Conformance progress: every case on a terminal; piped, a line per tenth of the cases."""
+
     def show(done: int, total: int) -> None:
-        if sys.stderr.isatty() or done == total:
-            end = "\n" if done == total else "\r"
-            print(f"  {name}: {done}/{total} cases", end=end, file=sys.stderr, flush=True)
+        step = max(1, total // 10)
+        if progress.live or done == total or done % step == 0:
+            progress.show(f"{name} {mode}: cases checked", done, total)
 
     return show
 

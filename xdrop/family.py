@@ -19,6 +19,7 @@ from xdrop.errors import bad_type, bad_value
 from xdrop.protocol import Array, Backend, Dim
 from xdrop.registry import backend_for
 from xdrop.tracing import called_as_is
+from xdrop.typing import Rng
 from xdrop.validation import (
     Rate,
     Shown,
@@ -51,7 +52,7 @@ def alpha_dropout(
     seed: seeds.SeedLike = None,
     noise_shape: Sequence[int | None] | None = None,
     offset: int = 0,
-    rng: str | None = None,
+    rng: Rng | None = None,
 ) -> Any:
     """Alpha dropout (Klambauer et al., NeurIPS 2017): dropout that keeps SELU activations at zero
     mean and unit variance.
@@ -185,7 +186,7 @@ def drop_path(
     training: bool = True,
     seed: seeds.SeedLike = None,
     offset: int = 0,
-    rng: str | None = None,
+    rng: Rng | None = None,
 ) -> Any:
     """DropPath, or stochastic depth (Huang et al., ECCV 2016), as timm's ``drop_path`` and
     torchvision's ``stochastic_depth``: drop a residual branch for whole samples::
@@ -249,7 +250,7 @@ def drop_block(
     data_format: str = "channels_first",
     training: bool = True,
     seed: seeds.SeedLike = None,
-    rng: str | None = None,
+    rng: Rng | None = None,
 ) -> Any:
     """DropBlock (Ghiasi et al., NeurIPS 2018) for 2-d feature maps: drop square blocks of each
     channel, so that neighbouring units, which carry the same information, go together.
@@ -355,7 +356,7 @@ def _dropout_mask(
     seed: object,
     noise_shape: Sequence[int | None] | None,
     offset: int,
-    rng: str | None,
+    rng: Rng | None,
 ) -> Array:
     """:func:`xdrop.dropout`'s keep mask for ``x``, at the noise shape (it broadcasts)."""
     noise = check_noise_shape(noise_shape, xp.shape(x))

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
+import numpy.typing as npt
 
 from xdrop import rdrop
 from xdrop.errors import bad_type
 from xdrop.protocol import Array, Backend
 from xdrop.registry import backend_for
 from xdrop.tracing import called_as_is
+from xdrop.typing import ArrayT, OutputT, PythonValues, Reduction
 from xdrop.validation import (
     ArrayDescription,
     as_input_array,
@@ -31,6 +33,42 @@ from xdrop.validation import (
 )
 
 
+@overload
+def rdrop_kl(
+    logits1: PythonValues,
+    logits2: Any,
+    *,
+    axis: int = ...,
+    pad_mask: Any = ...,
+    reduction: Reduction = ...,
+) -> Any: ...
+@overload
+def rdrop_kl(
+    logits1: np.ndarray[Any, Any],
+    logits2: Any,
+    *,
+    axis: int = ...,
+    pad_mask: Any = ...,
+    reduction: Literal["sum", "mean", "batchmean"] = ...,
+) -> np.floating[Any]: ...
+@overload
+def rdrop_kl(
+    logits1: np.ndarray[Any, Any],
+    logits2: Any,
+    *,
+    axis: int = ...,
+    pad_mask: Any = ...,
+    reduction: Literal["none"],
+) -> npt.NDArray[np.floating[Any]]: ...
+@overload
+def rdrop_kl(
+    logits1: ArrayT,
+    logits2: ArrayT,
+    *,
+    axis: int = ...,
+    pad_mask: Any = ...,
+    reduction: Reduction = ...,
+) -> ArrayT: ...
 @called_as_is
 def rdrop_kl(
     logits1: Any,
@@ -38,7 +76,7 @@ def rdrop_kl(
     *,
     axis: int = -1,
     pad_mask: Any = None,
-    reduction: str = "sum",
+    reduction: Reduction = "sum",
 ) -> Any:
     """The symmetric KL divergence of R-Dropout between two passes' predictive distributions.
 
@@ -80,6 +118,58 @@ def rdrop_kl(
     return rdrop.kl_loss(xp, logits1, logits2, class_axis, pad, how)
 
 
+@overload
+def rdrop_loss(
+    logits1: PythonValues,
+    logits2: Any,
+    labels: Any,
+    *,
+    alpha: float = ...,
+    axis: int = ...,
+    pad_mask: Any = ...,
+    ignore_index: int | None = ...,
+    label_smoothing: float = ...,
+    reduction: Reduction = ...,
+) -> Any: ...
+@overload
+def rdrop_loss(
+    logits1: np.ndarray[Any, Any],
+    logits2: Any,
+    labels: Any,
+    *,
+    alpha: float = ...,
+    axis: int = ...,
+    pad_mask: Any = ...,
+    ignore_index: int | None = ...,
+    label_smoothing: float = ...,
+    reduction: Literal["sum", "mean", "batchmean"] = ...,
+) -> np.floating[Any]: ...
+@overload
+def rdrop_loss(
+    logits1: np.ndarray[Any, Any],
+    logits2: Any,
+    labels: Any,
+    *,
+    alpha: float = ...,
+    axis: int = ...,
+    pad_mask: Any = ...,
+    ignore_index: int | None = ...,
+    label_smoothing: float = ...,
+    reduction: Literal["none"],
+) -> npt.NDArray[np.floating[Any]]: ...
+@overload
+def rdrop_loss(
+    logits1: ArrayT,
+    logits2: ArrayT,
+    labels: Any,
+    *,
+    alpha: float = ...,
+    axis: int = ...,
+    pad_mask: Any = ...,
+    ignore_index: int | None = ...,
+    label_smoothing: float = ...,
+    reduction: Reduction = ...,
+) -> ArrayT: ...
 @called_as_is
 def rdrop_loss(
     logits1: Any,
@@ -91,7 +181,7 @@ def rdrop_loss(
     pad_mask: Any = None,
     ignore_index: int | None = None,
     label_smoothing: float = 0.0,
-    reduction: str = "mean",
+    reduction: Reduction = "mean",
 ) -> Any:
     """The R-Dropout training loss of the paper (Liang et al. 2021, eq. 3), per position::
 
@@ -175,7 +265,9 @@ def rdrop_loss(
 
 
 @called_as_is
-def rdrop_forward(model_fn: Callable[[Any], Any], x: Any, *, axis: int = 0) -> tuple[Any, Any]:
+def rdrop_forward(
+    model_fn: Callable[[ArrayT], OutputT], x: ArrayT, *, axis: int = 0
+) -> tuple[OutputT, OutputT]:
     """Run ``model_fn`` once on ``concat([x, x], axis)`` and split its output back in two.
 
     Every sample goes through the model twice in one batched call, as the R-Drop tutorial's

@@ -101,7 +101,8 @@ def registered_names() -> list[str]:
 def _install_hint(name: str, entry_point: metadata.EntryPoint) -> str:
     distribution = entry_point.dist.name if entry_point.dist is not None else None
     if distribution in (None, "xdrop"):
-        return f'pip install "xdrop[{name}]"'
+        # xdrop's extras are named after its backends; no package index serves xdrop yet
+        return f'pip install ".[{name}]" from a checkout of xdrop'
     return f"reinstall {distribution!r} with its dependencies"
 
 

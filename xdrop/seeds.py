@@ -18,6 +18,7 @@ from xdrop.errors import TracingError, XdropError, bad_type, bad_value
 from xdrop.protocol import Array, Backend, Key
 from xdrop.registry import backend_for, imported_backends, int_tracing_backend, load
 from xdrop.tracing import called_as_is, host_constant
+from xdrop.typing import Rng
 from xdrop.validation import as_integer, check_fold_data, check_seed
 
 RNG_KINDS = ("portable", "native")
@@ -332,7 +333,7 @@ def rng_kind(rng: object) -> str:
     return get_rng() if rng is None else check_rng(rng)
 
 
-def set_rng(rng: str | None) -> None:
+def set_rng(rng: Rng | None) -> None:
     """Choose the default generator: ``"portable"`` (mask stream v1, bit-identical everywhere) or
     ``"native"`` (the framework's own generator); ``None`` goes back to ``XDROP_RNG``.
 
@@ -343,7 +344,7 @@ def set_rng(rng: str | None) -> None:
 
 
 @contextlib.contextmanager
-def use_rng(rng: str) -> Iterator[str]:
+def use_rng(rng: Rng) -> Iterator[Rng]:
     """Make ``rng`` the default generator inside a ``with`` block (thread- and async-safe;
     restores exactly what was there before), as :func:`xdrop.use_backend` does for backends.
 

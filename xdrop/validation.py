@@ -7,7 +7,7 @@ import numbers
 import os
 import sys
 from collections.abc import Sequence
-from typing import Union
+from typing import Union, cast
 
 import numpy as np
 
@@ -15,6 +15,7 @@ from xdrop.errors import ArgumentTypeError, ArgumentValueError, bad_type, bad_va
 from xdrop.protocol import Array, Backend
 from xdrop.rdrop import REDUCTIONS
 from xdrop.spec import FLOAT_DTYPES, MODES, SEED_COUNT, WORD_COUNT, inverted_scale
+from xdrop.typing import Mode
 
 Rate = Union[float, Array]  # noqa: UP007 (Array is Any: "float | Any" fails on Python 3.10)
 """A checked rate: a Python float in [0, 1], or a 0-d float array being traced."""
@@ -59,10 +60,10 @@ def check_rate(p: object, xp: Backend | None = None) -> Rate:
     return value
 
 
-def check_mode(mode: object) -> str:
+def check_mode(mode: object) -> Mode:
     if mode not in MODES:
         raise bad_value("mode", mode, 'one of "inverted", "classic"')
-    return str(mode)
+    return cast(Mode, mode)
 
 
 def check_flag(name: str, value: object) -> bool:

@@ -20,6 +20,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+import site_figures  # beside this script
 import torch
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
@@ -290,6 +291,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=OUT, help=f"where to write (default {OUT})")
     arguments = parser.parse_args()
     arguments.out.mkdir(parents=True, exist_ok=True)
+    # the site's own figures (masks, noise shapes, performance) live beside this script
+    site_out = site_figures.FIGURES if arguments.out == OUT else arguments.out
+    with xdrop.use_backend("numpy"):
+        for draw in site_figures.DRAWINGS:
+            print(f"drew {draw(site_out).name}")
     torch.set_num_threads(1)  # tiny models: other threads would only wait
     data = digits()
     for make in (masks_across_backends, family_masks):

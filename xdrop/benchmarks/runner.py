@@ -72,10 +72,13 @@ def run(
     min_sample: float = MIN_SAMPLE,
     paths: Iterable[str] | None = None,
     directions: Iterable[str] | None = None,
-    progress: Callable[[Measurement], None] | None = None,
+    progress: Callable[[Case, int, int], None] | None = None,
 ) -> Report:
     """Time every case: for each backend (default: every installed one), each of its execution
-    paths (or those named in ``paths``), each direction, size and rate."""
+    paths (or those named in ``paths``), each direction, size and rate.
+
+    ``progress(case, done, total)`` is called as each case starts, with the number of the
+    backend's cases done and their total, and once more with ``done == total`` after the last."""
     names = list(backends) if backends else installed_backends()
     wanted_paths = None if paths is None else set(paths)
     wanted_directions = None if directions is None else set(directions)
@@ -94,11 +97,13 @@ def run(
             report.unavailable[name] = describe_error(error)
             continue
         with xdrop.use_backend(name):  # NumPy inputs of the NumPy suite run on NumPy
-            for case in _cases(suite, sizes, rates, wanted_paths, wanted_directions):
-                measurement = measure(suite, case, repeats, min_sample)
-                report.measurements.append(measurement)
+            cases = _cases(suite, sizes, rates, wanted_paths, wanted_directions)
+            for done, case in enumerate(cases):
                 if progress is not None:
-                    progress(measurement)
+                    progress(case, done, len(cases))
+                report.measurements.append(measure(suite, case, repeats, min_sample))
+            if progress is not None and cases:
+                progress(cases[-1], len(cases), len(cases))
     report.versions = versions(names)
     report.machine["load_after"] = _load()
     return report

@@ -13,7 +13,7 @@ without the optional loss operations still has its dropout cases checked.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -152,17 +152,19 @@ def run_backend(
             except (ImportError, TypeError, NotImplementedError) as error:
                 # a dtype the framework lacks, or an optional part of the protocol
                 report.results.append(_result(case, "skipped", detail=str(error)))
+        # outputs are made as they are compared, so that progress tells how far the run is
+        outputs: Iterator[Any]
         if mode != "eager":
             runnable.sort(key=lambda pair: pair[0]["kind"] in RDROP_KINDS)
-            outputs = [
+            outputs = (
                 output
                 for batch in _compile_batches(xp, runnable)
                 for output in _run_compiled(
                     compiler, [case for case, _ in batch], [i for _, i in batch]
                 )
-            ]
+            )
         else:
-            outputs = [_call_or_error(case, inputs) for case, inputs in runnable]
+            outputs = (_call_or_error(case, inputs) for case, inputs in runnable)
         for done, ((case, _), output) in enumerate(zip(runnable, outputs, strict=True), 1):
             report.results.append(_compare(xp, case, output))
             if progress is not None:

@@ -110,10 +110,10 @@ class Dropout(nnx.Module):
         """The training output for the step's seed."""
         noise_shape = spatial_noise_shape(inputs.ndim, self.broadcast_dims)
         y = xdrop.dropout(inputs, self.rate, seed=seed, mode=self.mode, noise_shape=noise_shape)
-        return y  # type: ignore[no-any-return]
+        return y
 
     def _evaluate(self, inputs: jax.Array) -> jax.Array:
-        return xdrop.dropout(inputs, self.rate, training=False, mode=self.mode)  # type: ignore[no-any-return]
+        return xdrop.dropout(inputs, self.rate, training=False, mode=self.mode)
 
     def set_view(self, deterministic: bool | None = None) -> None:
         """Used by ``nnx.view(model, deterministic=...)``."""
@@ -150,7 +150,7 @@ class AlphaDropout(Dropout):
 
     def _sample(self, inputs: jax.Array, seed: Any) -> jax.Array:
         noise_shape = spatial_noise_shape(inputs.ndim, self.broadcast_dims)
-        return xdrop.alpha_dropout(inputs, self.rate, seed=seed, noise_shape=noise_shape)  # type: ignore[no-any-return]
+        return xdrop.alpha_dropout(inputs, self.rate, seed=seed, noise_shape=noise_shape)
 
     def _evaluate(self, inputs: jax.Array) -> jax.Array:
         return inputs
@@ -181,7 +181,7 @@ class GaussianDropout(AlphaDropout):
 
     def _sample(self, inputs: jax.Array, seed: Any) -> jax.Array:
         noise_shape = spatial_noise_shape(inputs.ndim, self.broadcast_dims)
-        return xdrop.gaussian_dropout(inputs, self.rate, seed=seed, noise_shape=noise_shape)  # type: ignore[no-any-return]
+        return xdrop.gaussian_dropout(inputs, self.rate, seed=seed, noise_shape=noise_shape)
 
 
 class DropPath(Dropout):
@@ -207,7 +207,7 @@ class DropPath(Dropout):
         self.scale_by_keep = check_flag("scale_by_keep", scale_by_keep)
 
     def _sample(self, inputs: jax.Array, seed: Any) -> jax.Array:
-        return xdrop.drop_path(  # type: ignore[no-any-return]
+        return xdrop.drop_path(
             inputs, self.rate, seed=seed, mode=self.path_mode, scale_by_keep=self.scale_by_keep
         )
 
@@ -239,7 +239,7 @@ class DropBlock2D(Dropout):
         self.data_format = data_format
 
     def _sample(self, inputs: jax.Array, seed: Any) -> jax.Array:
-        return xdrop.drop_block(  # type: ignore[no-any-return]
+        return xdrop.drop_block(
             inputs, self.rate, self.block_size, data_format=self.data_format, seed=seed
         )
 

@@ -102,10 +102,10 @@ class Dropout(torch.nn.Module):
     def _sample(self, x: torch.Tensor, seed: Any) -> torch.Tensor:
         """The training output for the step's seed."""
         noise_shape = self._noise_shape(x)
-        return xdrop.dropout(x, self.p, seed=seed, mode=self.mode, noise_shape=noise_shape)  # type: ignore[no-any-return]
+        return xdrop.dropout(x, self.p, seed=seed, mode=self.mode, noise_shape=noise_shape)
 
     def _evaluate(self, x: torch.Tensor) -> torch.Tensor:
-        return xdrop.dropout(x, self.p, training=False, mode=self.mode)  # type: ignore[no-any-return]
+        return xdrop.dropout(x, self.p, training=False, mode=self.mode)
 
     def _noise_shape(self, x: torch.Tensor) -> Sequence[int | None] | None:
         return self.noise_shape
@@ -195,7 +195,7 @@ class AlphaDropout(Dropout):
         super().__init__(p, seed=seed, noise_shape=noise_shape)
 
     def _sample(self, x: torch.Tensor, seed: Any) -> torch.Tensor:
-        return xdrop.alpha_dropout(x, self.p, seed=seed, noise_shape=self.noise_shape)  # type: ignore[no-any-return]
+        return xdrop.alpha_dropout(x, self.p, seed=seed, noise_shape=self.noise_shape)
 
     def _evaluate(self, x: torch.Tensor) -> torch.Tensor:
         return x
@@ -223,7 +223,7 @@ class GaussianDropout(AlphaDropout):
         super().__init__(check_gaussian_rate("p", p), seed=seed, noise_shape=noise_shape)
 
     def _sample(self, x: torch.Tensor, seed: Any) -> torch.Tensor:
-        return xdrop.gaussian_dropout(x, self.p, seed=seed, noise_shape=self.noise_shape)  # type: ignore[no-any-return]
+        return xdrop.gaussian_dropout(x, self.p, seed=seed, noise_shape=self.noise_shape)
 
 
 class DropPath(Dropout):
@@ -255,7 +255,7 @@ class DropPath(Dropout):
         self.scale_by_keep = check_flag("scale_by_keep", scale_by_keep)
 
     def _sample(self, x: torch.Tensor, seed: Any) -> torch.Tensor:
-        return xdrop.drop_path(  # type: ignore[no-any-return]
+        return xdrop.drop_path(
             x, self.p, seed=seed, mode=self.path_mode, scale_by_keep=self.scale_by_keep
         )
 
@@ -286,7 +286,7 @@ class DropBlock2D(Dropout):
         self.block_size = check_block_size(block_size)
 
     def _sample(self, x: torch.Tensor, seed: Any) -> torch.Tensor:
-        return xdrop.drop_block(x, self.p, self.block_size, seed=seed)  # type: ignore[no-any-return]
+        return xdrop.drop_block(x, self.p, self.block_size, seed=seed)
 
     def _evaluate(self, x: torch.Tensor) -> torch.Tensor:
         return x

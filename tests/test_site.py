@@ -1,0 +1,140 @@
+"""The documentation site as a reader sees it: ``mkdocs build --strict`` passes (no broken link or
+anchor), and headless Chromium, opening the built pages over HTTP, shows a title, the API's
+entries and images that loaded. Skipped where mkdocs or Chromium is missing."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import json
+import re
+import shutil
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.backend_independent
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = next(
+    filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None
+)
+for module in ("mkdocs", "material", "mkdocstrings_handlers.python"):
+    pytest.importorskip(module)
+
+# A page of the site's own origin that opens another page in a frame and, once it has loaded,
+# writes what a reader sees there into its own DOM, which ``chromium --dump-dom`` prints.
+PROBE = """<!doctype html><html><head><meta charset="utf-8"></head><body>
+<iframe id="page" src="{target}" width="1280" height="900"></iframe>
+<script>
+document.getElementById("page").addEventListener("load", () => {{
+  const page = document.getElementById("page").contentDocument;
+  const seen = {{
+    title: page.title,
+    heading: ((page.querySelector("h1") || {{}}).textContent || "").replace("\\u00b6", ""),
+    text: page.body.innerText,
+    anchors: [...page.querySelectorAll("[id]")].map((element) => element.id),
+    images: [...page.querySelectorAll("article img")].map((image) => ({{
+      src: image.getAttribute("src"),
+      loaded: image.complete && image.naturalWidth > 0,
+    }})),
+  }};
+  const result = document.createElement("pre");
+  result.id = "seen";
+  result.textContent = JSON.stringify(seen);
+  document.body.appendChild(result);
+}});
+</script></body></html>"""
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("site")
+    result = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(folder)],
+        capture_output=True, text=True, cwd=ROOT, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    return folder
+
+
+@pytest.fixture(scope="module")
+def server(site: Path) -> Iterator[str]:
+    handler = functools.partial(QuietHandler, directory=str(site))
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as httpd:
+        thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+        thread.start()
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+        httpd.shutdown()
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def chromium(*arguments: str) -> str:
+    if CHROMIUM is None:
+        pytest.skip("no Chromium (Debian: apt-get install chromium)")
+    result = subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+         "--virtual-time-budget=20000", *arguments],
+        capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout
+
+
+def seen(site: Path, server: str, page: str) -> dict[str, Any]:
+    """What a reader sees on ``page`` (a path in the site): title, heading, text, images."""
+    probe = site / f"probe-{page.replace('/', '-')}.html"
+    probe.write_text(PROBE.format(target=f"/{page}"))
+    dom = chromium("--dump-dom", f"{server}/{probe.name}")
+    found = re.search(r'<pre id="seen">(.*?)</pre>', dom, flags=re.DOTALL)
+    assert found, f"{page} did not load in Chromium: {dom[-2000:]}"
+    text = found.group(1).replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+    return dict(json.loads(text))
+
+
+def test_the_site_has_a_home_page(site):
+    assert (site / "index.html").exists()  # the root of the site is not a 404
+    assert (site / "api" / "xdrop" / "index.html").exists()
+
+
+def test_the_home_page_shows_the_title_the_tour_and_a_picture(site, server):
+    home = seen(site, server, "")
+    assert home["title"].startswith("xdrop")
+    assert home["heading"].strip() == "xdrop"
+    assert "bit-identical masks" in home["text"]
+    assert "xdrop.dropout(x, p=0.5, seed=0)" in home["text"]
+    for tab in ("Getting started", "Guides", "Reference", "Performance"):
+        assert tab in home["text"]
+    assert home["images"] and all(image["loaded"] for image in home["images"]), home["images"]
+
+
+def test_the_api_page_shows_every_public_function_with_its_documentation(site, server):
+    api = seen(site, server, "api/xdrop/")
+    assert api["heading"].strip() == "xdrop"
+    for name in ("dropout", "dropout_mask", "rdrop_loss", "rdrop_kl", "rdrop_forward",
+                 "Generator", "fold_in", "use_backend", "XdropError"):  # fmt: skip
+        assert f"xdrop.{name}" in api["anchors"], name
+    text = api["text"]
+    assert "Zero each element of x with probability p" in text  # a docstring, rendered
+    assert "return_mask" in text and "Returns" in text and "Example" in text
+    assert ":func:" not in text and "``" not in text  # no raw reStructuredText
+
+
+def test_the_performance_page_shows_its_chart(site, server):
+    page = seen(site, server, "performance/")
+    assert any(image["src"].endswith("performance.png") for image in page["images"])
+    assert all(image["loaded"] for image in page["images"]), page["images"]
+
+
+def test_a_screenshot_of_the_home_page_is_a_picture(site, server, tmp_path):
+    picture = tmp_path / "home.png"  # a temporary folder: screenshots are never committed
+    chromium(f"--screenshot={picture}", "--window-size=1280,900", f"{server}/")
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and picture.stat().st_size > 10_000
