@@ -150,7 +150,7 @@ class AlphaDropout(Dropout):
 
     def _sample(self, inputs: jax.Array, seed: Any) -> jax.Array:
         noise_shape = spatial_noise_shape(inputs.ndim, self.broadcast_dims)
-        return xdrop.alpha_dropout(inputs, self.rate, seed=seed, noise_shape=noise_shape)
+        return xdrop.alpha_dropout(inputs, self.rate, seed=seed, noise_shape=noise_shape)  # type: ignore[no-any-return]
 
     def _evaluate(self, inputs: jax.Array) -> jax.Array:
         return inputs
@@ -181,7 +181,7 @@ class GaussianDropout(AlphaDropout):
 
     def _sample(self, inputs: jax.Array, seed: Any) -> jax.Array:
         noise_shape = spatial_noise_shape(inputs.ndim, self.broadcast_dims)
-        return xdrop.gaussian_dropout(inputs, self.rate, seed=seed, noise_shape=noise_shape)
+        return xdrop.gaussian_dropout(inputs, self.rate, seed=seed, noise_shape=noise_shape)  # type: ignore[no-any-return]
 
 
 class DropPath(Dropout):
@@ -207,7 +207,7 @@ class DropPath(Dropout):
         self.scale_by_keep = check_flag("scale_by_keep", scale_by_keep)
 
     def _sample(self, inputs: jax.Array, seed: Any) -> jax.Array:
-        return xdrop.drop_path(
+        return xdrop.drop_path(  # type: ignore[no-any-return]
             inputs, self.rate, seed=seed, mode=self.path_mode, scale_by_keep=self.scale_by_keep
         )
 
@@ -239,7 +239,7 @@ class DropBlock2D(Dropout):
         self.data_format = data_format
 
     def _sample(self, inputs: jax.Array, seed: Any) -> jax.Array:
-        return xdrop.drop_block(
+        return xdrop.drop_block(  # type: ignore[no-any-return]
             inputs, self.rate, self.block_size, data_format=self.data_format, seed=seed
         )
 

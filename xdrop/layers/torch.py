@@ -195,7 +195,7 @@ class AlphaDropout(Dropout):
         super().__init__(p, seed=seed, noise_shape=noise_shape)
 
     def _sample(self, x: torch.Tensor, seed: Any) -> torch.Tensor:
-        return xdrop.alpha_dropout(x, self.p, seed=seed, noise_shape=self.noise_shape)
+        return xdrop.alpha_dropout(x, self.p, seed=seed, noise_shape=self.noise_shape)  # type: ignore[no-any-return]
 
     def _evaluate(self, x: torch.Tensor) -> torch.Tensor:
         return x
@@ -223,7 +223,7 @@ class GaussianDropout(AlphaDropout):
         super().__init__(check_gaussian_rate("p", p), seed=seed, noise_shape=noise_shape)
 
     def _sample(self, x: torch.Tensor, seed: Any) -> torch.Tensor:
-        return xdrop.gaussian_dropout(x, self.p, seed=seed, noise_shape=self.noise_shape)
+        return xdrop.gaussian_dropout(x, self.p, seed=seed, noise_shape=self.noise_shape)  # type: ignore[no-any-return]
 
 
 class DropPath(Dropout):
@@ -255,7 +255,7 @@ class DropPath(Dropout):
         self.scale_by_keep = check_flag("scale_by_keep", scale_by_keep)
 
     def _sample(self, x: torch.Tensor, seed: Any) -> torch.Tensor:
-        return xdrop.drop_path(
+        return xdrop.drop_path(  # type: ignore[no-any-return]
             x, self.p, seed=seed, mode=self.path_mode, scale_by_keep=self.scale_by_keep
         )
 
@@ -286,7 +286,7 @@ class DropBlock2D(Dropout):
         self.block_size = check_block_size(block_size)
 
     def _sample(self, x: torch.Tensor, seed: Any) -> torch.Tensor:
-        return xdrop.drop_block(x, self.p, self.block_size, seed=seed)
+        return xdrop.drop_block(x, self.p, self.block_size, seed=seed)  # type: ignore[no-any-return]
 
     def _evaluate(self, x: torch.Tensor) -> torch.Tensor:
         return x
