@@ -123,14 +123,22 @@ print(len(set(masks)))
 """
 
 
+@pytest.mark.backend_independent  # the global generator; NumPy arrays, whatever XDROP_BACKEND says
 @pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
 @pytest.mark.parametrize(("manual", "distinct"), [(False, 3), (True, 1)])
 def test_forked_children_reseed_unless_manually_seeded(manual, distinct):
+    import os
     import subprocess
     import sys
 
+    # NumPy in the children: a framework's thread pool does not survive fork (PyTorch's hangs)
+    env = {**os.environ, "XDROP_BACKEND": "numpy"}
     result = subprocess.run(
-        [sys.executable, "-c", FORK.format(manual=manual)], capture_output=True, text=True
+        [sys.executable, "-c", FORK.format(manual=manual)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr
     # OS-seeded: parent and both children draw different masks; manual_seed: the same stream
