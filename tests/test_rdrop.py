@@ -36,7 +36,10 @@ def xp() -> Any:
 @pytest.fixture(scope="module")
 def array(xp: Any) -> Callable[..., Any]:
     def make(values: Any, dtype: str = "float32") -> Any:
-        return xp.asarray(np.asarray(values), dtype=dtype)
+        try:
+            return xp.asarray(np.asarray(values), dtype=dtype)
+        except TypeError as error:  # float64 on JAX without x64
+            pytest.skip(f"{xp.name} makes no {dtype} arrays here: {error}")
 
     return make
 
