@@ -12,7 +12,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from xdrop.protocol import Backend, Key
+from xdrop.errors import RoleNotImplementedError
+from xdrop.protocol import Backend, FamilyOps, Key, RateOps, SeedArrays
 
 _DTYPE_NAMES = (
     "float16", "bfloat16", "float32", "float64", "bool",
@@ -21,7 +22,7 @@ _DTYPE_NAMES = (
 )  # fmt: skip
 
 
-class ArrayApiBackend(Backend):
+class ArrayApiBackend(Backend, RateOps, FamilyOps, SeedArrays):
     name = "array_api"
     framework = None
     array_types = ()
@@ -59,7 +60,7 @@ class ArrayApiBackend(Backend):
     def shape(self, x: Any) -> tuple[int | None, ...]:
         return tuple(x.shape)
 
-    def multiply(self, x: Any, factor: Any) -> Any:
+    def scale(self, x: Any, factor: Any) -> Any:
         return x * factor  # a Python scalar takes the array's dtype in the standard
 
     def select(self, keep: Any, x: Any) -> Any:
@@ -87,25 +88,25 @@ class ArrayApiBackend(Backend):
         xp = self._namespace(like)
         return xp.arange(n, dtype=xp.uint32, device=_device(like))
 
-    def add(self, a: Any, b: Any) -> Any:
+    def word_add(self, a: Any, b: Any) -> Any:
         return self._namespace(a).add(a, b)
 
-    def xor(self, a: Any, b: Any) -> Any:
+    def word_xor(self, a: Any, b: Any) -> Any:
         return self._namespace(a).bitwise_xor(a, b)
 
-    def rotate_left(self, a: Any, bits: int) -> Any:
+    def word_rotate_left(self, a: Any, bits: int) -> Any:
         xp = self._namespace(a)
         left = xp.bitwise_left_shift(a, self.word(bits, a))
         right = xp.bitwise_right_shift(a, self.word(32 - bits, a))
         return xp.bitwise_or(left, right)
 
-    def shift_right(self, a: Any, bits: int) -> Any:
+    def word_shift_right(self, a: Any, bits: int) -> Any:
         return self._namespace(a).bitwise_right_shift(a, self.word(bits, a))
 
-    def less_than(self, a: Any, b: Any) -> Any:
+    def word_less_than(self, a: Any, b: Any) -> Any:
         return self._namespace(a).less(a, self.word(b, a) if isinstance(b, int) else b)
 
-    def from_bool(self, mask: Any) -> Any:
+    def word_from_bool(self, mask: Any) -> Any:
         xp = self._namespace(mask)
         return xp.astype(mask, xp.uint32)
 
@@ -144,13 +145,13 @@ class ArrayApiBackend(Backend):
     def sum(self, x: Any, axis: int | None = None) -> Any:
         return self._namespace(x).sum(x, axis=axis)
 
-    def plus(self, a: Any, b: Any) -> Any:
+    def add(self, a: Any, b: Any) -> Any:
         return a + b
 
-    def minus(self, a: Any, b: Any) -> Any:
+    def subtract(self, a: Any, b: Any) -> Any:
         return a - b
 
-    def times(self, a: Any, b: Any) -> Any:
+    def multiply(self, a: Any, b: Any) -> Any:
         return a * b
 
     def divide(self, a: Any, b: Any) -> Any:
@@ -173,7 +174,9 @@ class ArrayApiBackend(Backend):
     def take_along_axis(self, x: Any, indices: Any, axis: int) -> Any:
         xp = self._namespace(x)
         if not hasattr(xp, "take_along_axis"):  # the standard has it since 2024.12
-            raise self._missing("take_along_axis")
+            raise RoleNotImplementedError(
+                f"{xp.__name__} lacks take_along_axis (Array API 2024.12), which R-Dropout needs"
+            )
         return xp.take_along_axis(x, xp.astype(indices, xp.int64), axis=axis)
 
     # -- rates held in arrays -----------------------------------------------------------------------

@@ -7,10 +7,10 @@ from typing import Any
 
 import numpy as np
 
-from xdrop.protocol import Backend, Key
+from xdrop.protocol import Backend, FamilyOps, Key, NativeGenerator, RateOps, SeedArrays
 
 
-class JaxBackend(Backend):
+class JaxBackend(Backend, RateOps, FamilyOps, SeedArrays, NativeGenerator):
     name = "jax"
     framework = "jax"
     chunk_size = None  # each eager op is a dispatch: one fused pass beats many small ones
@@ -55,7 +55,7 @@ class JaxBackend(Backend):
     def dim_array(self, dim: Any, dtype: str) -> Any:
         return self.jnp.asarray(dim, dtype=dtype)  # a symbolic dimension becomes a value
 
-    def multiply(self, x: Any, factor: Any) -> Any:
+    def scale(self, x: Any, factor: Any) -> Any:
         return x * factor  # a Python float is weakly typed: the product stays in x's dtype
 
     def select(self, keep: Any, x: Any) -> Any:
@@ -81,23 +81,23 @@ class JaxBackend(Backend):
     def iota(self, n: int, like: Any = None) -> Any:
         return self.jax.lax.iota(np.uint32, n)
 
-    def add(self, a: Any, b: Any) -> Any:
+    def word_add(self, a: Any, b: Any) -> Any:
         return self.jnp.add(a, b)
 
-    def xor(self, a: Any, b: Any) -> Any:
+    def word_xor(self, a: Any, b: Any) -> Any:
         return self.jnp.bitwise_xor(a, b)
 
-    def rotate_left(self, a: Any, bits: int) -> Any:
+    def word_rotate_left(self, a: Any, bits: int) -> Any:
         jnp = self.jnp
         return jnp.left_shift(a, np.uint32(bits)) | jnp.right_shift(a, np.uint32(32 - bits))
 
-    def shift_right(self, a: Any, bits: int) -> Any:
+    def word_shift_right(self, a: Any, bits: int) -> Any:
         return self.jnp.right_shift(a, np.uint32(bits))
 
-    def less_than(self, a: Any, b: Any) -> Any:
+    def word_less_than(self, a: Any, b: Any) -> Any:
         return self.jnp.less(a, np.uint32(b) if isinstance(b, int) else b)
 
-    def from_bool(self, mask: Any) -> Any:
+    def word_from_bool(self, mask: Any) -> Any:
         return self.jnp.asarray(mask, self.jnp.uint32)
 
     def compile(self, function: Callable[..., Any]) -> Callable[..., Any]:
@@ -184,13 +184,13 @@ class JaxBackend(Backend):
     def sum(self, x: Any, axis: int | None = None) -> Any:
         return self.jnp.sum(x, axis=axis)
 
-    def plus(self, a: Any, b: Any) -> Any:
+    def add(self, a: Any, b: Any) -> Any:
         return self.jnp.add(a, b)
 
-    def minus(self, a: Any, b: Any) -> Any:
+    def subtract(self, a: Any, b: Any) -> Any:
         return self.jnp.subtract(a, b)
 
-    def times(self, a: Any, b: Any) -> Any:
+    def multiply(self, a: Any, b: Any) -> Any:
         return self.jnp.multiply(a, b)
 
     def divide(self, a: Any, b: Any) -> Any:

@@ -9,10 +9,10 @@ from typing import Any
 import numpy as np
 
 from xdrop import kernel
-from xdrop.protocol import Backend, Key
+from xdrop.protocol import Backend, FamilyOps, Key, NativeGenerator, RateOps, SeedArrays
 
 
-class NumpyBackend(Backend):
+class NumpyBackend(Backend, RateOps, FamilyOps, SeedArrays, NativeGenerator):
     name = "numpy"
     framework = "numpy"
 
@@ -31,7 +31,7 @@ class NumpyBackend(Backend):
     def shape(self, x: Any) -> tuple[int, ...]:
         return tuple(x.shape)
 
-    def multiply(self, x: Any, factor: Any) -> np.ndarray:
+    def scale(self, x: Any, factor: Any) -> np.ndarray:
         return np.multiply(x, x.dtype.type(factor))
 
     # select by multiplying the bits by 0 or 1: +0.0 where dropped, x's exact bits where kept,
@@ -91,35 +91,35 @@ class NumpyBackend(Backend):
         return np.arange(n, dtype=np.uint32)
 
     # ufuncs rather than operators: scalar operators warn on the wraparound the spec relies on
-    def add(self, a: Any, b: Any) -> np.ndarray:
+    def word_add(self, a: Any, b: Any) -> np.ndarray:
         return np.add(a, b, dtype=np.uint32)
 
-    def xor(self, a: Any, b: Any) -> np.ndarray:
+    def word_xor(self, a: Any, b: Any) -> np.ndarray:
         return np.bitwise_xor(a, b, dtype=np.uint32)
 
-    def rotate_left(self, a: Any, bits: int) -> np.ndarray:
+    def word_rotate_left(self, a: Any, bits: int) -> np.ndarray:
         return np.bitwise_or(np.left_shift(a, _SHIFTS[bits]), np.right_shift(a, _SHIFTS[32 - bits]))
 
     # in place where a can hold the result (a 0-d a is a scalar or cannot grow)
-    def iadd(self, a: Any, b: Any) -> np.ndarray:
-        return np.add(a, b, out=a) if a.ndim else self.add(a, b)
+    def word_iadd(self, a: Any, b: Any) -> np.ndarray:
+        return np.add(a, b, out=a) if a.ndim else self.word_add(a, b)
 
-    def ixor(self, a: Any, b: Any) -> np.ndarray:
-        return np.bitwise_xor(a, b, out=a) if a.ndim else self.xor(a, b)
+    def word_ixor(self, a: Any, b: Any) -> np.ndarray:
+        return np.bitwise_xor(a, b, out=a) if a.ndim else self.word_xor(a, b)
 
-    def irotate_left(self, a: Any, bits: int) -> np.ndarray:
+    def word_irotate_left(self, a: Any, bits: int) -> np.ndarray:
         if not a.ndim:
-            return self.rotate_left(a, bits)
+            return self.word_rotate_left(a, bits)
         high = np.right_shift(a, _SHIFTS[32 - bits])
         return np.bitwise_or(np.left_shift(a, _SHIFTS[bits], out=a), high, out=a)
 
-    def shift_right(self, a: Any, bits: int) -> np.ndarray:
+    def word_shift_right(self, a: Any, bits: int) -> np.ndarray:
         return np.right_shift(a, _SHIFTS[bits])
 
-    def less_than(self, a: Any, b: Any) -> np.ndarray:
+    def word_less_than(self, a: Any, b: Any) -> np.ndarray:
         return np.less(a, np.uint32(b) if isinstance(b, int) else b)
 
-    def from_bool(self, mask: Any) -> np.ndarray:
+    def word_from_bool(self, mask: Any) -> np.ndarray:
         return np.asarray(mask).astype(np.uint32)
 
     def seed_words(self, seed: Any) -> Key:
@@ -153,13 +153,13 @@ class NumpyBackend(Backend):
     def sum(self, x: Any, axis: int | None = None) -> Any:
         return np.sum(x, axis=axis)
 
-    def plus(self, a: Any, b: Any) -> Any:
+    def add(self, a: Any, b: Any) -> Any:
         return np.add(a, b)
 
-    def minus(self, a: Any, b: Any) -> Any:
+    def subtract(self, a: Any, b: Any) -> Any:
         return np.subtract(a, b)
 
-    def times(self, a: Any, b: Any) -> Any:
+    def multiply(self, a: Any, b: Any) -> Any:
         return np.multiply(a, b)
 
     def divide(self, a: Any, b: Any) -> Any:

@@ -8,10 +8,10 @@ from typing import Any
 
 import numpy as np
 
-from xdrop.protocol import Backend, Key
+from xdrop.protocol import Backend, FamilyOps, Key, NativeGenerator, RateOps, SeedArrays
 
 
-class TensorflowBackend(Backend):
+class TensorflowBackend(Backend, RateOps, FamilyOps, SeedArrays, NativeGenerator):
     name = "tensorflow"
     framework = "tensorflow"
 
@@ -60,7 +60,7 @@ class TensorflowBackend(Backend):
     def dim_array(self, dim: Any, dtype: str) -> Any:
         return self.tf.cast(dim, dtype)
 
-    def multiply(self, x: Any, factor: Any) -> Any:
+    def scale(self, x: Any, factor: Any) -> Any:
         return x * (
             factor if isinstance(factor, self.tf.Tensor) else self.tf.constant(factor, x.dtype)
         )
@@ -87,24 +87,24 @@ class TensorflowBackend(Backend):
         tf = self.tf
         return tf.cast(tf.range(tf.cast(n, tf.int64), dtype=tf.int64), tf.uint32)
 
-    def add(self, a: Any, b: Any) -> Any:
+    def word_add(self, a: Any, b: Any) -> Any:
         return self.tf.math.add(a, b)
 
-    def xor(self, a: Any, b: Any) -> Any:
+    def word_xor(self, a: Any, b: Any) -> Any:
         return self.tf.bitwise.bitwise_xor(a, b)
 
-    def rotate_left(self, a: Any, bits: int) -> Any:
+    def word_rotate_left(self, a: Any, bits: int) -> Any:
         bitwise = self.tf.bitwise  # shift amounts must have the shifted dtype
         left = bitwise.left_shift(a, self.word(bits))
         return bitwise.bitwise_or(left, bitwise.right_shift(a, self.word(32 - bits)))
 
-    def shift_right(self, a: Any, bits: int) -> Any:
+    def word_shift_right(self, a: Any, bits: int) -> Any:
         return self.tf.bitwise.right_shift(a, self.word(bits))  # logical on unsigned words
 
-    def less_than(self, a: Any, b: Any) -> Any:
+    def word_less_than(self, a: Any, b: Any) -> Any:
         return self.tf.math.less(a, self.word(b) if isinstance(b, int) else b)
 
-    def from_bool(self, mask: Any) -> Any:
+    def word_from_bool(self, mask: Any) -> Any:
         return self.tf.cast(mask, self.tf.uint32)
 
     def compile(self, function: Callable[..., Any]) -> Callable[..., Any]:
@@ -189,13 +189,13 @@ class TensorflowBackend(Backend):
     def sum(self, x: Any, axis: int | None = None) -> Any:
         return self.tf.reduce_sum(x, axis)
 
-    def plus(self, a: Any, b: Any) -> Any:
+    def add(self, a: Any, b: Any) -> Any:
         return self.tf.math.add(*self._tensors(a, b))
 
-    def minus(self, a: Any, b: Any) -> Any:
+    def subtract(self, a: Any, b: Any) -> Any:
         return self.tf.math.subtract(*self._tensors(a, b))
 
-    def times(self, a: Any, b: Any) -> Any:
+    def multiply(self, a: Any, b: Any) -> Any:
         return self.tf.math.multiply(*self._tensors(a, b))
 
     def divide(self, a: Any, b: Any) -> Any:

@@ -9,13 +9,13 @@ from typing import Any
 import numpy as np
 
 from xdrop.errors import TracingError
-from xdrop.protocol import Backend, Key
+from xdrop.protocol import Backend, FamilyOps, Key, NativeGenerator, RateOps, SeedArrays
 
 _SIGN_BIT = 1 << 31
 _LOW_WORD = (1 << 32) - 1
 
 
-class TorchBackend(Backend):
+class TorchBackend(Backend, RateOps, FamilyOps, SeedArrays, NativeGenerator):
     name = "torch"
     framework = "torch"
     has_global_rng = True
@@ -63,7 +63,7 @@ class TorchBackend(Backend):
     def dim_array(self, dim: Any, dtype: str) -> Any:
         return self.torch.tensor(dim, dtype=self._dtype(dtype))  # a SymInt stays symbolic
 
-    def multiply(self, x: Any, factor: Any) -> Any:
+    def scale(self, x: Any, factor: Any) -> Any:
         return x * factor
 
     def select(self, keep: Any, x: Any) -> Any:
@@ -98,39 +98,39 @@ class TorchBackend(Backend):
     def iota(self, n: int, like: Any = None) -> Any:
         return self.torch.arange(n, dtype=self.torch.int32, device=_device(like))
 
-    def add(self, a: Any, b: Any) -> Any:
+    def word_add(self, a: Any, b: Any) -> Any:
         return a + b  # int32 addition wraps around, as unsigned addition does
 
-    def xor(self, a: Any, b: Any) -> Any:
+    def word_xor(self, a: Any, b: Any) -> Any:
         return a ^ b
 
-    def rotate_left(self, a: Any, bits: int) -> Any:
+    def word_rotate_left(self, a: Any, bits: int) -> Any:
         # >> is arithmetic on int32: mask off the copies of the sign bit it shifts in
         return (a << bits) | ((a >> (32 - bits)) & ((1 << bits) - 1))
 
     # in place where a can hold the result (a 0-d a cannot grow); inductor fuses either form
-    def iadd(self, a: Any, b: Any) -> Any:
+    def word_iadd(self, a: Any, b: Any) -> Any:
         return a.add_(b) if a.ndim else a + b
 
-    def ixor(self, a: Any, b: Any) -> Any:
+    def word_ixor(self, a: Any, b: Any) -> Any:
         return a.bitwise_xor_(b) if a.ndim else a ^ b
 
-    def irotate_left(self, a: Any, bits: int) -> Any:
+    def word_irotate_left(self, a: Any, bits: int) -> Any:
         if not a.ndim or self.torch.compiler.is_compiling():
-            return self.rotate_left(a, bits)
+            return self.word_rotate_left(a, bits)
         left, right, mask = _rotation(bits, a.device)  # tensors: a Python int costs a wrapping
         low = a << left
         return a.bitwise_right_shift_(right).bitwise_and_(mask).bitwise_or_(low)
 
-    def shift_right(self, a: Any, bits: int) -> Any:
+    def word_shift_right(self, a: Any, bits: int) -> Any:
         return (a >> bits) & ((1 << (32 - bits)) - 1)  # >> is arithmetic on int32
 
-    def less_than(self, a: Any, b: Any) -> Any:
+    def word_less_than(self, a: Any, b: Any) -> Any:
         # flipping the sign bit maps unsigned order onto signed order
         flipped = b - _SIGN_BIT if isinstance(b, int) else b ^ -_SIGN_BIT
         return (a ^ -_SIGN_BIT) < flipped
 
-    def from_bool(self, mask: Any) -> Any:
+    def word_from_bool(self, mask: Any) -> Any:
         return mask.to(self.torch.int32)
 
     def compile(self, function: Callable[..., Any]) -> Callable[..., Any]:
@@ -204,13 +204,13 @@ class TorchBackend(Backend):
     def sum(self, x: Any, axis: int | None = None) -> Any:
         return x.sum() if axis is None else x.sum(dim=axis)
 
-    def plus(self, a: Any, b: Any) -> Any:
+    def add(self, a: Any, b: Any) -> Any:
         return a + b
 
-    def minus(self, a: Any, b: Any) -> Any:
+    def subtract(self, a: Any, b: Any) -> Any:
         return a - b
 
-    def times(self, a: Any, b: Any) -> Any:
+    def multiply(self, a: Any, b: Any) -> Any:
         return a * b
 
     def divide(self, a: Any, b: Any) -> Any:

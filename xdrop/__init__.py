@@ -5,6 +5,7 @@ from xdrop.errors import (
     ArgumentTypeError,
     ArgumentValueError,
     BackendError,
+    RoleNotImplementedError,
     TracingError,
     XdropError,
 )
@@ -24,6 +25,7 @@ __all__ = [
     "Block",
     "Generator",
     "MCDropoutResult",
+    "RoleNotImplementedError",
     "TracingError",
     "XdropError",
     "alpha_dropout",

@@ -6,14 +6,14 @@ import collections
 import dataclasses
 import functools
 from collections.abc import Callable, Sequence
-from typing import Any, Literal, overload
+from typing import TYPE_CHECKING, Any, Literal, TypedDict, overload
 
 import numpy as np
 import numpy.typing as npt
 
 from xdrop import kernel, seeds, sharding, spec
 from xdrop.errors import bad_value
-from xdrop.protocol import Array, Backend, Dim, Key, Words
+from xdrop.protocol import Array, Backend, Dim, Key, NativeBackend, Words, require
 from xdrop.registry import backend_for
 from xdrop.tracing import called_as_is
 from xdrop.typing import ArrayT, DTypeT, Mode, PythonValues, Rng, ShapeT
@@ -71,70 +71,63 @@ class DropoutPlan:
         return self.noise == self.shape and None not in self.shape
 
 
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    class _DropoutOptions(TypedDict, total=False):
+        """The keywords of :func:`dropout` that leave its return type as it is."""
+
+        training: bool
+        seed: seeds.SeedLike
+        mode: Mode
+        noise_shape: Sequence[int | None] | None
+        offset: int | sharding.Block
+        rng: Rng | None
+
+    class _MaskOptions(TypedDict, total=False):
+        """The keywords of :func:`dropout_mask` but ``like``."""
+
+        seed: seeds.SeedLike
+        offset: int | sharding.Block
+        rng: Rng | None
+
+
+# the result's type follows x's type and return_mask; Python values give Any
 @overload
 def dropout(
     x: PythonValues,
     p: float | Any = ...,
     *,
-    training: bool = ...,
-    seed: seeds.SeedLike = ...,
-    mode: Mode = ...,
-    noise_shape: Sequence[int | None] | None = ...,
-    offset: int | sharding.Block = ...,
     return_mask: bool = ...,
-    rng: Rng | None = ...,
+    **options: Unpack[_DropoutOptions],
 ) -> Any: ...
 @overload
 def dropout(
     x: ArrayT,
     p: float | Any = ...,
     *,
-    training: bool = ...,
-    seed: seeds.SeedLike = ...,
-    mode: Mode = ...,
-    noise_shape: Sequence[int | None] | None = ...,
-    offset: int | sharding.Block = ...,
     return_mask: Literal[False] = ...,
-    rng: Rng | None = ...,
+    **options: Unpack[_DropoutOptions],
 ) -> ArrayT: ...
 @overload
 def dropout(
     x: np.ndarray[ShapeT, DTypeT],
     p: float | Any = ...,
     *,
-    training: bool = ...,
-    seed: seeds.SeedLike = ...,
-    mode: Mode = ...,
-    noise_shape: Sequence[int | None] | None = ...,
-    offset: int | sharding.Block = ...,
     return_mask: Literal[True],
-    rng: Rng | None = ...,
+    **options: Unpack[_DropoutOptions],
 ) -> tuple[np.ndarray[ShapeT, DTypeT], np.ndarray[ShapeT, np.dtype[np.bool_]]]: ...
 @overload
 def dropout(
     x: ArrayT,
     p: float | Any = ...,
     *,
-    training: bool = ...,
-    seed: seeds.SeedLike = ...,
-    mode: Mode = ...,
-    noise_shape: Sequence[int | None] | None = ...,
-    offset: int | sharding.Block = ...,
     return_mask: Literal[True],
-    rng: Rng | None = ...,
+    **options: Unpack[_DropoutOptions],
 ) -> tuple[ArrayT, ArrayT]: ...
 @overload
 def dropout(
-    x: ArrayT,
-    p: float | Any = ...,
-    *,
-    training: bool = ...,
-    seed: seeds.SeedLike = ...,
-    mode: Mode = ...,
-    noise_shape: Sequence[int | None] | None = ...,
-    offset: int | sharding.Block = ...,
-    return_mask: bool,
-    rng: Rng | None = ...,
+    x: ArrayT, p: float | Any = ..., *, return_mask: bool, **options: Unpack[_DropoutOptions]
 ) -> ArrayT | tuple[ArrayT, Any]: ...
 @called_as_is
 def dropout(
@@ -243,9 +236,9 @@ def _evaluation(xp: Backend, x: Array, rate: Rate, plan: DropoutPlan) -> Array:
     if plan.mode == "inverted":
         return x
     if isinstance(rate, float):
-        return x if rate == 0 else xp.multiply(x, spec.rounded(1.0 - rate, plan.dtype))
+        return x if rate == 0 else xp.scale(x, spec.rounded(1.0 - rate, plan.dtype))
     _, factor = spec.rate_constants(xp, rate, plan.dtype, plan.mode, training=False)
-    return xp.multiply(x, factor)
+    return xp.scale(x, factor)
 
 
 def _training(
@@ -270,9 +263,10 @@ def _training(
     else:
         kept_count, factor = spec.rate_constants(xp, rate, plan.dtype, plan.mode, training=True)
     if generator == "native":
-        probability = 1.0 - rate if isinstance(rate, float) else xp.minus(1.0, rate)
+        native = require(xp, NativeBackend, 'rng="native"')
         noise = plan.noise_dims(xp, x)
-        draw_keep = functools.partial(xp.native_keep_mask, noise, probability, resolved, x)
+        probability = spec.keep_probability(xp, rate)
+        draw_keep = functools.partial(native.native_keep_mask, noise, probability, resolved, x)
         return spec.dropout(xp, x, draw_keep, factor)
     assert resolved is not None  # portable seeds are host integers or key words
     staged = None if isinstance(start, sharding.Block) else _staged_step(xp, x, plan)
@@ -398,38 +392,28 @@ def _resolve_seed(xp: Backend, seed: object, generator: str, like: Any) -> int |
     for its global generator. Generators advance here, once."""
     if generator == "portable":
         return seeds.resolve(seed, xp, like)
-    return seeds.native_seed(seed, xp, like)
+    return seeds.native_seed(seed, require(xp, NativeBackend, 'rng="native"'), like)
 
 
 @overload
 def dropout_mask(
-    shape: int | Sequence[int | None],
-    p: float | Any,
-    *,
-    seed: seeds.SeedLike = ...,
-    offset: int | sharding.Block = ...,
-    like: None = ...,
-    rng: Rng | None = ...,
+    shape: int | Sequence[int | None], p: float | Any, **options: Unpack[_MaskOptions]
 ) -> Any: ...
 @overload
 def dropout_mask(
     shape: int | Sequence[int | None],
     p: float | Any,
     *,
-    seed: seeds.SeedLike = ...,
-    offset: int | sharding.Block = ...,
     like: np.ndarray[Any, Any],
-    rng: Rng | None = ...,
+    **options: Unpack[_MaskOptions],
 ) -> npt.NDArray[np.bool_]: ...
 @overload
 def dropout_mask(
     shape: int | Sequence[int | None],
     p: float | Any,
     *,
-    seed: seeds.SeedLike = ...,
-    offset: int | sharding.Block = ...,
     like: ArrayT,
-    rng: Rng | None = ...,
+    **options: Unpack[_MaskOptions],
 ) -> ArrayT: ...
 @called_as_is
 def dropout_mask(
@@ -474,12 +458,11 @@ def dropout_mask(
     resolved = _resolve_seed(xp, seed, generator, like)
     if isinstance(rate, float):
         kept_count: Words | int = spec.keep_count(rate)
-        probability = 1.0 - rate
     else:
         kept_count, _ = spec.rate_constants(xp, rate, "float32", "inverted", training=True)
-        probability = xp.minus(1.0, rate)
     if generator == "native":
-        return xp.native_keep_mask(dims, probability, resolved, like)
+        native = require(xp, NativeBackend, 'rng="native"')
+        return native.native_keep_mask(dims, spec.keep_probability(xp, rate), resolved, like)
     assert resolved is not None  # portable seeds are host integers or key words
     key = seeds.key_of(resolved, xp, like)
     if isinstance(start, sharding.Block):

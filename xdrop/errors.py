@@ -26,11 +26,22 @@ class BackendError(XdropError, ValueError):
     value of a backend's name, ``XDROP_BACKEND``, or of the installed plugins)."""
 
 
+class RoleNotImplementedError(BackendError, NotImplementedError):
+    """The backend does not implement an optional role of the protocol that a call needs (the
+    loss operations for R-Dropout, seeds held in arrays...): :mod:`xdrop.protocol` lists them."""
+
+
 class TracingError(XdropError, RuntimeError):
     """An operation cannot be staged into a compiled graph as asked (e.g. ``seed=None`` under jit)."""
 
 
-for _mixed in (ArgumentValueError, ArgumentTypeError, BackendError, TracingError):
+for _mixed in (
+    ArgumentValueError,
+    ArgumentTypeError,
+    BackendError,
+    RoleNotImplementedError,
+    TracingError,
+):
     _mixed.__init__ = Exception.__init__  # type: ignore[method-assign]
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from xdrop import api, seeds, spec
 from xdrop.errors import bad_type, bad_value
-from xdrop.protocol import Array, Backend, Dim
+from xdrop.protocol import Array, Dim, FamilyBackend, require
 from xdrop.registry import backend_for
 from xdrop.tracing import called_as_is
 from xdrop.typing import Rng
@@ -97,21 +97,21 @@ def alpha_dropout(
         a = (q + ALPHA_PRIME**2 * q * rate) ** -0.5
         scale, shift = spec.rounded(a, dtype), spec.rounded(-a * ALPHA_PRIME * rate, dtype)
         dropped = xp.where(keep, x, spec.rounded(ALPHA_PRIME, dtype))
-        return xp.plus(xp.times(dropped, scale), shift)
+        return xp.add(xp.multiply(dropped, scale), shift)
     scale, shift = _alpha_constants(xp, rate, dtype)
     dropped = xp.where(keep, x, spec.rounded(ALPHA_PRIME, dtype))
-    return xp.plus(xp.times(dropped, scale), shift)
+    return xp.add(xp.multiply(dropped, scale), shift)
 
 
-def _alpha_constants(xp: Backend, p: Array, dtype: str) -> tuple[Array, Array]:
+def _alpha_constants(xp: FamilyBackend, p: Array, dtype: str) -> tuple[Array, Array]:
     """``(a, b)`` of a rate held in a 0-d array (traced), in ``x``'s dtype; 0 for ``p == 1``."""
     compute = "float64" if xp.has_float64() else "float32"
     rate = xp.astype(p, compute)
-    q = xp.minus(1.0, rate)
-    variance = xp.times(q, xp.plus(xp.times(rate, ALPHA_PRIME**2), 1.0))
+    q = xp.subtract(1.0, rate)
+    variance = xp.multiply(q, xp.add(xp.multiply(rate, ALPHA_PRIME**2), 1.0))
     nothing_kept = xp.equal(q, 0.0)
     a = xp.where(nothing_kept, 0.0, xp.divide(1.0, xp.sqrt(xp.where(nothing_kept, 1.0, variance))))
-    b = xp.times(xp.times(a, rate), -ALPHA_PRIME)
+    b = xp.multiply(xp.multiply(a, rate), -ALPHA_PRIME)
     return xp.astype(a, dtype), xp.astype(b, dtype)
 
 
@@ -170,9 +170,9 @@ def gaussian_dropout(
     else:
         compute = "float64" if xp.has_float64() else "float32"
         held = xp.astype(rate, compute)
-        sigma = xp.astype(xp.sqrt(xp.divide(held, xp.minus(1.0, held))), "float32")
-    factor = xp.plus(xp.times(z, sigma), 1.0)
-    return xp.times(x, factor if dtype == "float32" else xp.astype(factor, dtype))
+        sigma = xp.astype(xp.sqrt(xp.divide(held, xp.subtract(1.0, held))), "float32")
+    factor = xp.add(xp.multiply(z, sigma), 1.0)
+    return xp.multiply(x, factor if dtype == "float32" else xp.astype(factor, dtype))
 
 
 # -- DropPath (stochastic depth) -------------------------------------------------------------------
@@ -217,7 +217,7 @@ def drop_path(
     """
     if mode not in DROP_PATH_MODES:
         raise bad_value("mode", mode, 'one of "row", "batch"')
-    xp = backend_for(x)
+    xp = require(backend_for(x), FamilyBackend, "drop_path")
     x = as_input_array(xp, x)
     ndim = len(xp.shape(x))
     if mode == "row" and ndim == 0:
@@ -318,7 +318,7 @@ def drop_block(
         gamma = min(1.0, rate * ratio)
     else:
         compute = "float64" if xp.has_float64() else "float32"
-        scaled = xp.times(xp.astype(rate, compute), ratio)
+        scaled = xp.multiply(xp.astype(rate, compute), ratio)
         gamma = xp.where(xp.less_equal(scaled, 1.0), scaled, 1.0)
     corners_shape = (None, rows, columns, None) if channels_last else (None, None, rows, columns)
     keep = api.dropout_mask(corners_shape, gamma, seed=seed, like=x, rng=rng)
@@ -329,19 +329,19 @@ def drop_block(
     count = xp.dim_array(xp.size(xp.runtime_shape(x)), compute)
     none_kept = xp.equal(kept_count, 0.0)
     factor = xp.where(none_kept, 0.0, xp.divide(count, xp.where(none_kept, 1.0, kept_count)))
-    return xp.select(kept, xp.multiply(x, xp.astype(factor, dtype)))
+    return xp.select(kept, xp.scale(x, xp.astype(factor, dtype)))
 
 
 # -- shared ----------------------------------------------------------------------------------------
-def _common(x: Any, p: object) -> tuple[Backend, Array, str, Rate]:
+def _common(x: Any, p: object) -> tuple[FamilyBackend, Array, str, Rate]:
     """The backend, ``x`` as its array, ``x``'s dtype and the checked rate."""
-    xp = backend_for(x)
+    xp = require(backend_for(x), FamilyBackend, "the dropout family")
     x = as_input_array(xp, x)
     dtype = check_float_dtype(xp.dtype_name(x))
     return xp, x, dtype, check_rate(p, xp)
 
 
-def _noise_dims(xp: Backend, x: Array, noise: tuple[int | None, ...]) -> tuple[Dim, ...]:
+def _noise_dims(xp: FamilyBackend, x: Array, noise: tuple[int | None, ...]) -> tuple[Dim, ...]:
     """The completed noise shape as dims: ``x``'s run-time size where an entry is None."""
     if None not in noise:
         return noise
@@ -350,7 +350,7 @@ def _noise_dims(xp: Backend, x: Array, noise: tuple[int | None, ...]) -> tuple[D
 
 
 def _dropout_mask(
-    xp: Backend,
+    xp: FamilyBackend,
     x: Array,
     rate: Rate,
     seed: object,

@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 
 from xdrop import rdrop, seeds
 from xdrop.errors import bad_type, bad_value
-from xdrop.protocol import Array, Backend
+from xdrop.protocol import Array, FamilyBackend, LossBackend, require
 from xdrop.registry import backend_for
 from xdrop.tracing import called_as_is
 from xdrop.validation import Shown, as_input_array, as_integer, check_axis, check_flag
@@ -123,7 +123,7 @@ def _batched(
     shape = xp.shape(x)
     stack_axis = check_axis(batch_axis, len(shape), "batch_axis")
     y = predict(xp.concat([x] * count, axis=stack_axis), seed)
-    yp = backend_for(y)
+    yp = require(backend_for(y), LossBackend, "mc_dropout")
     batch = shape[stack_axis]
     expected = f"an array with {count} times x's entries along axis {batch_axis}"
     if not yp.is_array(y):
@@ -141,10 +141,10 @@ def _batched(
     return yp.split(y, count, stack_axis)
 
 
-def _check_outputs(outputs: list[Any], axis: object) -> tuple[Backend, int]:
+def _check_outputs(outputs: list[Any], axis: object) -> tuple[FamilyBackend, int]:
     """The outputs' backend and class axis; every output a floating array of one shape."""
     first = outputs[0]
-    xp = backend_for(first)
+    xp = require(backend_for(first), FamilyBackend, "mc_dropout")
     allowed = "a floating array (logits or probabilities) of one shape for every sample"
     for output in outputs:
         if not xp.is_array(output):
@@ -159,7 +159,9 @@ def _check_outputs(outputs: list[Any], axis: object) -> tuple[Backend, int]:
 
 
 # -- the statistics --------------------------------------------------------------------------------
-def summarize(xp: Backend, outputs: list[Array], axis: int, from_logits: bool) -> MCDropoutResult:
+def summarize(
+    xp: FamilyBackend, outputs: list[Array], axis: int, from_logits: bool
+) -> MCDropoutResult:
     """:class:`MCDropoutResult` of the outputs of ``T`` samples (arrays of one shape and dtype)."""
     dtype = rdrop.compute_dtype(xp.dtype_name(outputs[0]))
     probabilities, neg_entropies = [], []
@@ -171,31 +173,31 @@ def summarize(xp: Backend, outputs: list[Array], axis: int, from_logits: bool) -
         else:
             p, log_p = values, safe_log(xp, values)
         probabilities.append(p)
-        neg_entropies.append(xp.sum(xp.times(p, zero_where_impossible(xp, p, log_p)), axis))
+        neg_entropies.append(xp.sum(xp.multiply(p, zero_where_impossible(xp, p, log_p)), axis))
     count = float(len(outputs))
     mean = xp.divide(_total(xp, probabilities), count)
-    squares = [xp.times(d, d) for d in (xp.minus(p, mean) for p in probabilities)]
+    squares = [xp.multiply(d, d) for d in (xp.subtract(p, mean) for p in probabilities)]
     variance = xp.divide(_total(xp, squares), count)
-    predictive = xp.times(xp.sum(xp.times(mean, safe_log(xp, mean)), axis), -1.0)
-    expected = xp.times(xp.divide(_total(xp, neg_entropies), count), -1.0)
-    difference = xp.minus(predictive, expected)
+    predictive = xp.multiply(xp.sum(xp.multiply(mean, safe_log(xp, mean)), axis), -1.0)
+    expected = xp.multiply(xp.divide(_total(xp, neg_entropies), count), -1.0)
+    difference = xp.subtract(predictive, expected)
     information = xp.where(xp.less_equal(difference, 0.0), 0.0, difference)
     return MCDropoutResult(mean, variance, predictive, expected, information)
 
 
-def safe_log(xp: Backend, p: Array) -> Array:
+def safe_log(xp: FamilyBackend, p: Array) -> Array:
     """``log p`` where ``p > 0``, and 0 (not ``-inf``) where ``p == 0``, with finite gradients."""
     impossible = xp.equal(p, 0.0)
     return xp.where(impossible, 0.0, xp.log(xp.where(impossible, 1.0, p)))
 
 
-def zero_where_impossible(xp: Backend, p: Array, log_p: Array) -> Array:
+def zero_where_impossible(xp: FamilyBackend, p: Array, log_p: Array) -> Array:
     """``log_p`` with 0 where ``p == 0`` (a ``-inf`` there would make ``p * log_p`` NaN)."""
     return xp.where(xp.equal(p, 0.0), 0.0, log_p)
 
 
-def _total(xp: Backend, arrays: list[Array]) -> Array:
+def _total(xp: FamilyBackend, arrays: list[Array]) -> Array:
     total = arrays[0]
     for a in arrays[1:]:
-        total = xp.plus(total, a)
+        total = xp.add(total, a)
     return total

@@ -1,21 +1,31 @@
-"""The backend protocol: the few operations the spec needs from an array framework.
+"""The backend protocol: the operations the spec needs from an array framework, in named roles.
 
-A backend owns one framework's arrays. It supplies array plumbing (conversion, dtype and shape
-queries, ``select``, ``multiply``), 32-bit unsigned word arithmetic (``add``, ``xor``,
-``rotate_left``, ``shift_right``, ``less_than``, ``iota``) and, for the losses and for rates held
-in arrays, a few floating-point operations (``log_softmax``, ``sum``, ``where``, ``ceil``...). It holds no dropout or R-Drop logic:
-the algorithms live once in :mod:`xdrop.spec` and :mod:`xdrop.rdrop`. ``docs/backends.md`` states
-each method's contract; ``docs/rdrop-backend-ops.md`` those of the loss operations.
+A backend owns one framework's arrays. What it must implement is :class:`Backend`, three roles:
 
-A few optional methods make the same spec fast where a framework allows: in-place word operations
-(``iadd``...), applying a mask chunk by chunk as it is generated (``select_chunks``), and staging an
-eager call into one compiled step (``stage``). Their defaults keep a minimal backend correct.
+- :class:`WordArithmetic`: 32-bit unsigned words modulo 2**32 (``word_add``, ``word_xor``,
+  ``word_rotate_left``...), the arithmetic of the counter-based generator;
+- :class:`ArrayOps`: array plumbing (conversion, dtype and shape queries, ``scale``, ``select``);
+- :class:`Staging`: how the framework traces and compiles; the defaults describe an eager-only
+  framework.
+
+The other roles are optional; a backend class lists those it implements among its bases, and a
+call that needs a missing one fails with :class:`~xdrop.errors.RoleNotImplementedError`:
+
+- :class:`LossOps`: floating-point operations with the Array API standard's names (``add``,
+  ``subtract``, ``multiply``, ``divide``...), for the R-Dropout losses;
+- :class:`RateOps` (extends LossOps): a rate ``p`` held in an array, inside a compiled graph;
+- :class:`FamilyOps` (extends LossOps): the dropout family and Monte Carlo dropout;
+- :class:`SeedArrays`: seeds held in arrays, so that seeds can be traced values;
+- :class:`NativeGenerator`: ``rng="native"``, the framework's own generator.
+
+No role holds dropout or R-Drop logic: the algorithms live once in :mod:`xdrop.spec`,
+:mod:`xdrop.rdrop` and :mod:`xdrop.family`. ``docs/backends.md`` states each method's contract.
 
 Words are opaque to the spec: a backend may carry them in any integer dtype as long as the
 operations behave as arithmetic modulo 2**32 (PyTorch, for one, has no eager uint32 arithmetic).
 
 Sizes may be known only at run time (a ``None`` batch dimension in ``tf.function``, a symbolic
-dimension under ``jax.export``, a dynamic dimension under ``torch.compile``). :meth:`Backend.shape`
+dimension under ``jax.export``, a dynamic dimension under ``torch.compile``). :meth:`ArrayOps.shape`
 says what is known while tracing; a *dim* is a Python int or whatever the framework uses for a
 run-time size (a scalar tensor, a symbolic dimension), which ``iota``, ``reshape``,
 ``broadcast_to`` and ``full_mask`` accept.
@@ -26,9 +36,11 @@ from __future__ import annotations
 import abc
 import math
 from collections.abc import Callable, Iterable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar, cast
 
 import numpy as np
+
+from xdrop.errors import RoleNotImplementedError
 
 Array = Any  # a framework's array; the protocol cannot name it without importing the framework
 Words = Any  # a framework's array of 32-bit words, in whatever dtype the backend carries them
@@ -36,7 +48,7 @@ Key = tuple[Any, Any]  # the words (k0, k1) = (seed >> 32, seed & 0xFFFFFFFF)
 Dim = Any  # a size: a Python int, or the framework's run-time size (tensor, symbolic dimension)
 
 
-class WordOps(abc.ABC):
+class WordArithmetic(abc.ABC):
     """Arithmetic on 32-bit unsigned words (modulo 2**32), elementwise and broadcasting."""
 
     @abc.abstractmethod
@@ -44,66 +56,58 @@ class WordOps(abc.ABC):
         """A 0-d word holding ``value`` (``0 <= value < 2**32``), on ``like``'s device."""
 
     @abc.abstractmethod
-    def add(self, a: Words, b: Words) -> Words:
+    def word_add(self, a: Words, b: Words) -> Words:
         """``(a + b) mod 2**32``."""
 
     @abc.abstractmethod
-    def xor(self, a: Words, b: Words) -> Words:
+    def word_xor(self, a: Words, b: Words) -> Words:
         """``a ^ b``."""
 
     @abc.abstractmethod
-    def rotate_left(self, a: Words, bits: int) -> Words:
+    def word_rotate_left(self, a: Words, bits: int) -> Words:
         """``a`` rotated left by ``bits`` (``0 < bits < 32``)."""
 
     @abc.abstractmethod
-    def shift_right(self, a: Words, bits: int) -> Words:
+    def word_shift_right(self, a: Words, bits: int) -> Words:
         """``a >> bits``, logical (zeros shifted in), for ``0 < bits < 32``."""
 
     @abc.abstractmethod
-    def less_than(self, a: Words, b: Words | int) -> Array:
+    def word_less_than(self, a: Words, b: Words | int) -> Array:
         """Boolean ``a < b``, unsigned, broadcasting; ``b`` is words or a Python int in
         ``[0, 2**32)``."""
 
     @abc.abstractmethod
-    def from_bool(self, mask: Array) -> Words:
+    def word_from_bool(self, mask: Array) -> Words:
         """The words 1 where ``mask`` is True, 0 elsewhere."""
 
-    # In-place forms, as ``operator.iadd``: ``a = ops.iadd(a, b)`` may compute the result in
+    # In-place forms, as ``operator.iadd``: ``a = ops.word_iadd(a, b)`` may compute the result in
     # ``a``'s storage and return ``a``. The spec passes as ``a`` only words it made itself and
     # never reads again, of the result's shape or 0-d (a 0-d ``a`` cannot hold a larger result).
     # The defaults are the plain operations; backends with mutable arrays save the allocations.
-    def iadd(self, a: Words, b: Words) -> Words:
+    def word_iadd(self, a: Words, b: Words) -> Words:
         """``(a + b) mod 2**32``, possibly in ``a``'s storage."""
-        return self.add(a, b)
+        return self.word_add(a, b)
 
-    def ixor(self, a: Words, b: Words) -> Words:
+    def word_ixor(self, a: Words, b: Words) -> Words:
         """``a ^ b``, possibly in ``a``'s storage."""
-        return self.xor(a, b)
+        return self.word_xor(a, b)
 
-    def irotate_left(self, a: Words, bits: int) -> Words:
+    def word_irotate_left(self, a: Words, bits: int) -> Words:
         """``a`` rotated left by ``bits``, possibly in ``a``'s storage."""
-        return self.rotate_left(a, bits)
+        return self.word_rotate_left(a, bits)
 
 
-class Backend(WordOps):
-    """One array framework, seen through the operations the spec needs."""
-
-    name: ClassVar[str]
-    """The name it is registered under and selected by (``XDROP_BACKEND``)."""
-    framework: ClassVar[str | None]
-    """The top-level module of the framework; its arrays are recognised only once it is imported.
-    ``None`` for a generic backend (such as ``array_api``), which is asked after all others."""
-    compiles_slowly: ClassVar[bool] = False
-    """Whether one compilation takes seconds (torch inductor): the conformance suite then compiles
-    a sample of cases one at a time instead of all cases in one function, unless asked for all."""
-    chunk_size: ClassVar[int | None] = 1 << 16
-    """Elements per generated chunk in eager execution (bounds temporaries); ``None``: no chunks."""
+class ArrayOps(abc.ABC):
+    """The framework's arrays: conversion, queries, and the few operations dropout applies."""
 
     array_types: tuple[type, ...]
     """The types of the arrays this backend owns (set when the backend is created); dispatch
     checks ``issubclass(type(x), array_types)``."""
 
-    # -- arrays of the framework ------------------------------------------------------------------
+    def has_float64(self) -> bool:
+        """Whether float64 arrays can be computed with here (JAX needs ``jax_enable_x64``)."""
+        return True
+
     def owns_type(self, kind: type) -> bool:
         """Whether arrays of type ``kind`` belong to this backend (dispatch asks once per type)."""
         return issubclass(kind, self.array_types)
@@ -147,7 +151,7 @@ class Backend(WordOps):
         return self.asarray(np.asarray(dim, np.float64), dtype)
 
     @abc.abstractmethod
-    def multiply(self, x: Array, factor: float | Array) -> Array:
+    def scale(self, x: Array, factor: float | Array) -> Array:
         """``x * factor`` in ``x``'s dtype; ``factor`` is a Python float exactly representable in
         that dtype, or a 0-d array of that dtype."""
 
@@ -171,6 +175,10 @@ class Backend(WordOps):
     def concat(self, arrays: list[Array], axis: int = 0) -> Array:
         """The arrays joined end to end along ``axis`` (1-d arrays: along their only axis)."""
 
+    @abc.abstractmethod
+    def iota(self, n: Dim, like: Array | None = None) -> Words:
+        """The 1-d words ``0, 1, ..., n - 1`` (``n <= 2**32``, a dim)."""
+
     def select_chunks(
         self, keep_chunks: Iterable[Array], x: Array, factor: float | None, return_mask: bool
     ) -> tuple[Array, Array | None]:
@@ -183,7 +191,7 @@ class Backend(WordOps):
         (and the mask, when asked for) grows with ``x``; it must give the same bits."""
         chunks = list(keep_chunks)
         keep = self.reshape(chunks[0] if len(chunks) == 1 else self.concat(chunks), self.shape(x))
-        kept_values = x if factor is None else self.multiply(x, factor)
+        kept_values = x if factor is None else self.scale(x, factor)
         return self.select(keep, kept_values), keep if return_mask else None
 
     def fused_dropout(
@@ -204,119 +212,28 @@ class Backend(WordOps):
         ``key`` holds the key words as Python integers. Called only eagerly, for ``p > 0``."""
         return None
 
-    # -- words ----------------------------------------------------------------------------------
-    @abc.abstractmethod
-    def iota(self, n: Dim, like: Array | None = None) -> Words:
-        """The 1-d words ``0, 1, ..., n - 1`` (``n <= 2**32``, a dim)."""
 
-    # -- losses (optional: R-Dropout) ---------------------------------------------------------------
-    # Floating-point operations for the losses of :mod:`xdrop.rdrop`, differentiable where the
-    # framework differentiates. "Broadcasting" means NumPy rules. Where an operand may be a Python
-    # number, it takes the dtype of the array operand (as ``x * 0.5`` does for a float32 ``x``).
-    def astype(self, x: Array, dtype: str) -> Array:
-        """``x`` converted to the dtype named ``dtype`` (``"float32"``, ``"int64"``, ``"bool"``)."""
-        raise self._missing("astype")
+class Staging:
+    """How the framework traces and compiles. The defaults describe a framework that only runs
+    eagerly (NumPy)."""
 
-    def exp(self, x: Array) -> Array:
-        """``e ** x`` elementwise (``exp(-inf) == 0``)."""
-        raise self._missing("exp")
+    compiles_slowly: ClassVar[bool] = False
+    """Whether one compilation takes seconds (torch inductor): the conformance suite then compiles
+    a sample of cases one at a time instead of all cases in one function, unless asked for all."""
 
-    def log_softmax(self, x: Array, axis: int) -> Array:
-        """``x - logsumexp(x, axis)``, stable for finite ``x``; ``-inf`` entries stay ``-inf``."""
-        raise self._missing("log_softmax")
-
-    def sum(self, x: Array, axis: int | None = None) -> Array:
-        """The sum over ``axis`` (removed from the shape); over all elements (0-d) for ``None``."""
-        raise self._missing("sum")
-
-    def plus(self, a: Array, b: Array | float) -> Array:
-        """``a + b`` elementwise, broadcasting; ``b`` may be a Python number."""
-        raise self._missing("plus")
-
-    def minus(self, a: Array | float, b: Array) -> Array:
-        """``a - b`` elementwise, broadcasting; ``a`` may be a Python number."""
-        raise self._missing("minus")
-
-    def times(self, a: Array, b: Array | float) -> Array:
-        """``a * b`` elementwise, broadcasting; ``b`` may be a Python number."""
-        raise self._missing("times")
-
-    def divide(self, a: Array, b: Array | float) -> Array:
-        """``a / b`` elementwise, broadcasting (IEEE: ``1 / 0 == inf``); ``b`` may be a Python
-        number."""
-        raise self._missing("divide")
-
-    def equal(self, a: Array, b: Array | float) -> Array:
-        """Boolean ``a == b`` elementwise, broadcasting; ``b`` may be a Python number."""
-        raise self._missing("equal")
-
-    def logical_or(self, a: Array, b: Array) -> Array:
-        """Boolean ``a | b`` of boolean arrays, broadcasting."""
-        raise self._missing("logical_or")
-
-    def where(self, condition: Array, a: Array | float, b: Array | float) -> Array:
-        """``a`` where ``condition`` else ``b``, broadcasting; one of ``a``, ``b`` may be a Python
-        number. Differentiable in ``a`` and ``b``: no gradient flows through the unselected one."""
-        raise self._missing("where")
-
-    def take_along_axis(self, x: Array, indices: Array, axis: int) -> Array:
-        """The entries of ``x`` that ``indices`` picks along ``axis`` (``numpy.take_along_axis``):
-        ``indices`` is an integer array of ``x``'s shape but for a size of 1 at ``axis``."""
-        raise self._missing("take_along_axis")
-
-    def split(self, x: Array, sections: int, axis: int) -> list[Array]:
-        """``x`` cut along ``axis`` into ``sections`` equal consecutive parts (the size divides)."""
-        raise self._missing("split")
-
-    # -- rates held in arrays (optional: a traced p) -----------------------------------------------
-    # With the loss operations above (astype, plus, minus, times, divide, equal, where), these let
-    # the spec compute a rate's threshold and scale inside a compiled graph.
-    def has_float64(self) -> bool:
-        """Whether float64 arrays can be computed with here (JAX needs ``jax_enable_x64``)."""
-        return True
-
-    def ceil(self, x: Array) -> Array:
-        """The smallest integer >= ``x``, elementwise, in ``x``'s dtype."""
-        raise self._rate_missing("ceil")
-
-    def less_equal(self, a: Array | float, b: Array | float) -> Array:
-        """Boolean ``a <= b`` of floats, broadcasting (False for NaN); one may be a Python number."""
-        raise self._rate_missing("less_equal")
-
-    def logical_and(self, a: Array, b: Array) -> Array:
-        """Boolean ``a & b`` of boolean arrays, broadcasting."""
-        raise self._rate_missing("logical_and")
-
-    def word_from_float(self, x: Array) -> Words:
-        """A 0-d float holding an integer in ``[0, 2**32)`` as a word."""
-        raise self._rate_missing("word_from_float")
-
-    # -- the dropout family (optional: gaussian_dropout, drop_block, mc_dropout) -------------------
-    # Floating-point operations of :mod:`xdrop.family` and :mod:`xdrop.mc`, elementwise and
-    # differentiable where the framework differentiates, in the dtype of their argument.
-    def log(self, x: Array) -> Array:
-        """The natural logarithm elementwise (``log(0) == -inf``)."""
-        raise self._family_missing("log")
-
-    def sqrt(self, x: Array) -> Array:
-        """The square root elementwise (correctly rounded, as IEEE 754 requires)."""
-        raise self._family_missing("sqrt")
-
-    def cos(self, x: Array) -> Array:
-        """The cosine elementwise, of an argument in radians."""
-        raise self._family_missing("cos")
-
-    def max_pool_2d(self, x: Array, window: int, channels_last: bool) -> Array:
-        """The maximum over every ``window x window`` patch, stride 1, of a 4-d float array of
-        non-negative values padded with ``window - 1`` zeros on each side of its spatial axes
-        (``(2, 3)``, or ``(1, 2)`` with ``channels_last``): each spatial size grows by
-        ``window - 1``. It grows DropBlock's block corners into blocks."""
-        raise self._family_missing("max_pool_2d")
-
-    # -- execution --------------------------------------------------------------------------------
     def is_tracing(self, x: Array | None) -> bool:
         """Whether ``x`` (or the current context) is being staged into a compiled graph."""
         return False
+
+    def in_trace(self) -> bool:
+        """Whether this framework is tracing now, whatever the arrays at hand (a seed drawn on the
+        host would be baked into the graph). Default: :meth:`is_tracing` of no array."""
+        return self.is_tracing(None)
+
+    def is_compiling(self, x: Array | None) -> bool:
+        """Whether ``x`` is being traced for a compiler that fuses operations (``jax.jit``, XLA,
+        inductor), where :meth:`stage` would add nothing. Default: :meth:`is_tracing`."""
+        return self.is_tracing(x)
 
     def compile(self, function: Callable[..., Any]) -> Callable[..., Any]:
         """``function`` compiled by the framework's compiler (``jax.jit``, ``tf.function`` with
@@ -332,16 +249,6 @@ class Backend(WordOps):
         shapes. None where the framework has no such compilation. The conformance suite's
         ``runtime`` mode uses it."""
         return None
-
-    def in_trace(self) -> bool:
-        """Whether this framework is tracing now, whatever the arrays at hand (a seed drawn on the
-        host would be baked into the graph). Default: :meth:`is_tracing` of no array."""
-        return self.is_tracing(None)
-
-    def is_compiling(self, x: Array | None) -> bool:
-        """Whether ``x`` is being traced for a compiler that fuses operations (``jax.jit``, XLA,
-        inductor), where :meth:`stage` would add nothing. Default: :meth:`is_tracing`."""
-        return self.is_tracing(x)
 
     def stage(self, function: Callable[..., Any]) -> Callable[..., Any] | None:
         """``function`` compiled into one step, for calls that would otherwise run op by op
@@ -360,12 +267,6 @@ class Backend(WordOps):
         default) to compile for each shape with :meth:`stage`."""
         return None
 
-    # -- seeds held in arrays (optional: lets seeds be traced values) -------------------------------
-    def seed_words(self, seed: Array) -> Key:
-        """The key words of a seed array: a 0-d integer (a negative value read as its unsigned
-        two's complement of the dtype's width), a uint32[2] ``(hi, lo)``, or a framework key."""
-        raise NotImplementedError(f"the {self.name} backend does not take seeds held in arrays")
-
     traces_python_ints: ClassVar[bool] = False
     """Whether the framework's compiler may turn Python ints into graph inputs (``torch.compile``
     does): host arithmetic on a seed would then be traced, element by element."""
@@ -375,39 +276,207 @@ class Backend(WordOps):
         ints (while tracing); None to use it on the host (the default)."""
         return None
 
+
+class Backend(WordArithmetic, ArrayOps, Staging):
+    """One array framework, seen through the roles every backend implements."""
+
+    name: ClassVar[str]
+    """The name it is registered under and selected by (``XDROP_BACKEND``)."""
+    framework: ClassVar[str | None]
+    """The top-level module of the framework; its arrays are recognised only once it is imported.
+    ``None`` for a generic backend (such as ``array_api``), which is asked after all others."""
+    chunk_size: ClassVar[int | None] = 1 << 16
+    """Elements per generated chunk in eager execution (bounds temporaries); ``None``: no chunks."""
+
+    def __repr__(self) -> str:
+        return f"<xdrop backend {self.name!r}>"
+
+
+class LossOps(abc.ABC):
+    """Floating-point operations for the losses of :mod:`xdrop.rdrop`, named as in the Array API
+    standard, differentiable where the framework differentiates. "Broadcasting" means NumPy rules.
+    Where an operand may be a Python number, it takes the dtype of the array operand (as
+    ``x * 0.5`` does for a float32 ``x``)."""
+
+    @abc.abstractmethod
+    def astype(self, x: Array, dtype: str) -> Array:
+        """``x`` converted to the dtype named ``dtype`` (``"float32"``, ``"int64"``, ``"bool"``)."""
+
+    @abc.abstractmethod
+    def exp(self, x: Array) -> Array:
+        """``e ** x`` elementwise (``exp(-inf) == 0``)."""
+
+    @abc.abstractmethod
+    def log_softmax(self, x: Array, axis: int) -> Array:
+        """``x - logsumexp(x, axis)``, stable for finite ``x``; ``-inf`` entries stay ``-inf``."""
+
+    @abc.abstractmethod
+    def sum(self, x: Array, axis: int | None = None) -> Array:
+        """The sum over ``axis`` (removed from the shape); over all elements (0-d) for ``None``."""
+
+    @abc.abstractmethod
+    def add(self, a: Array, b: Array | float) -> Array:
+        """``a + b`` elementwise, broadcasting; ``b`` may be a Python number."""
+
+    @abc.abstractmethod
+    def subtract(self, a: Array | float, b: Array) -> Array:
+        """``a - b`` elementwise, broadcasting; ``a`` may be a Python number."""
+
+    @abc.abstractmethod
+    def multiply(self, a: Array, b: Array | float) -> Array:
+        """``a * b`` elementwise, broadcasting; ``b`` may be a Python number."""
+
+    @abc.abstractmethod
+    def divide(self, a: Array, b: Array | float) -> Array:
+        """``a / b`` elementwise, broadcasting (IEEE: ``1 / 0 == inf``); ``b`` may be a Python
+        number."""
+
+    @abc.abstractmethod
+    def equal(self, a: Array, b: Array | float) -> Array:
+        """Boolean ``a == b`` elementwise, broadcasting; ``b`` may be a Python number."""
+
+    @abc.abstractmethod
+    def less_equal(self, a: Array | float, b: Array | float) -> Array:
+        """Boolean ``a <= b`` of floats, broadcasting (False for NaN); one may be a Python number."""
+
+    @abc.abstractmethod
+    def logical_or(self, a: Array, b: Array) -> Array:
+        """Boolean ``a | b`` of boolean arrays, broadcasting."""
+
+    @abc.abstractmethod
+    def where(self, condition: Array, a: Array | float, b: Array | float) -> Array:
+        """``a`` where ``condition`` else ``b``, broadcasting; one of ``a``, ``b`` may be a Python
+        number. Differentiable in ``a`` and ``b``: no gradient flows through the unselected one."""
+
+    @abc.abstractmethod
+    def take_along_axis(self, x: Array, indices: Array, axis: int) -> Array:
+        """The entries of ``x`` that ``indices`` picks along ``axis`` (``numpy.take_along_axis``):
+        ``indices`` is an integer array of ``x``'s shape but for a size of 1 at ``axis``."""
+
+    @abc.abstractmethod
+    def split(self, x: Array, sections: int, axis: int) -> list[Array]:
+        """``x`` cut along ``axis`` into ``sections`` equal consecutive parts (the size divides)."""
+
+
+class RateOps(LossOps):
+    """With the loss operations, what the spec needs to compute a rate's threshold and scale
+    inside a compiled graph, for a rate ``p`` held in an array."""
+
+    @abc.abstractmethod
+    def ceil(self, x: Array) -> Array:
+        """The smallest integer >= ``x``, elementwise, in ``x``'s dtype."""
+
+    @abc.abstractmethod
+    def logical_and(self, a: Array, b: Array) -> Array:
+        """Boolean ``a & b`` of boolean arrays, broadcasting."""
+
+    @abc.abstractmethod
+    def word_from_float(self, x: Array) -> Words:
+        """A 0-d float holding an integer in ``[0, 2**32)`` as a word."""
+
+
+class FamilyOps(LossOps):
+    """With the loss operations, the floating-point operations of :mod:`xdrop.family` and
+    :mod:`xdrop.mc`, elementwise and differentiable where the framework differentiates, in the
+    dtype of their argument."""
+
+    @abc.abstractmethod
+    def log(self, x: Array) -> Array:
+        """The natural logarithm elementwise (``log(0) == -inf``)."""
+
+    @abc.abstractmethod
+    def sqrt(self, x: Array) -> Array:
+        """The square root elementwise (correctly rounded, as IEEE 754 requires)."""
+
+    @abc.abstractmethod
+    def cos(self, x: Array) -> Array:
+        """The cosine elementwise, of an argument in radians."""
+
+    @abc.abstractmethod
+    def max_pool_2d(self, x: Array, window: int, channels_last: bool) -> Array:
+        """The maximum over every ``window x window`` patch, stride 1, of a 4-d float array of
+        non-negative values padded with ``window - 1`` zeros on each side of its spatial axes
+        (``(2, 3)``, or ``(1, 2)`` with ``channels_last``): each spatial size grows by
+        ``window - 1``. It grows DropBlock's block corners into blocks."""
+
+
+class SeedArrays(abc.ABC):
+    """Seeds held in the framework's arrays, which lets seeds be traced values."""
+
+    @abc.abstractmethod
+    def seed_words(self, seed: Array) -> Key:
+        """The key words of a seed array: a 0-d integer (a negative value read as its unsigned
+        two's complement of the dtype's width), a uint32[2] ``(hi, lo)``, or a framework key."""
+
+    @abc.abstractmethod
     def seed_array(self, key: Key) -> Array:
         """The seed with key words ``key`` as an array that :meth:`seed_words` reads back: a 0-d
         int64 where the framework has 64-bit integers, else a uint32[2] ``(hi, lo)``."""
-        raise NotImplementedError(f"the {self.name} backend does not make seeds held in arrays")
 
-    # -- the framework's own generator (optional: rng="native") -----------------------------------
+
+class NativeGenerator(abc.ABC):
+    """The framework's own generator, for ``rng="native"``."""
+
     has_global_rng: ClassVar[bool] = False
     """Whether ``seed=None`` in native mode uses the framework's global generator."""
 
+    @abc.abstractmethod
     def native_keep_mask(
         self, shape: tuple[int, ...], keep_probability: float, seed: int | Key | None, like: Array
     ) -> Array:
         """A boolean mask, each element True with probability ``keep_probability``, from the
         framework's own generator. ``seed`` is a host integer, key words (a traced seed), or None
         for the global generator (only where ``has_global_rng``)."""
-        raise NotImplementedError(f"the {self.name} backend has no native generator")
 
-    def _rate_missing(self, operation: str) -> NotImplementedError:
-        return NotImplementedError(
-            f"the {self.name} backend does not implement {operation!r}, which a rate held in an "
-            "array needs while tracing; pass p as a Python float"
-        )
 
-    def _family_missing(self, operation: str) -> NotImplementedError:
-        return NotImplementedError(
-            f"the {self.name} backend does not implement {operation!r}, which the dropout family "
-            "(gaussian_dropout, drop_block, mc_dropout) needs"
-        )
+class _BackendWith(Backend):
+    """A backend together with optional roles: a type for the functions that need them, which
+    :func:`require` returns. No backend derives from it; a backend is one when its class has the
+    roles among its bases."""
 
-    def _missing(self, operation: str) -> NotImplementedError:
-        return NotImplementedError(
-            f"the {self.name} backend does not implement {operation!r}, which R-Dropout needs"
-        )
 
-    def __repr__(self) -> str:
-        return f"<xdrop backend {self.name!r}>"
+class LossBackend(_BackendWith, LossOps):
+    """A backend with the loss operations: what R-Dropout needs."""
+
+
+class RateBackend(_BackendWith, RateOps):
+    """A backend with the rate operations: what a rate held in an array needs while tracing."""
+
+
+class FamilyBackend(_BackendWith, FamilyOps):
+    """A backend with the family operations: what the dropout family and MC dropout need."""
+
+
+class SeedBackend(_BackendWith, SeedArrays):
+    """A backend that takes and makes seeds held in arrays."""
+
+
+class NativeBackend(_BackendWith, NativeGenerator):
+    """A backend with its framework's own generator."""
+
+
+Role = TypeVar("Role")
+
+
+def require(backend: Backend, role: Callable[..., Role], needed_by: str) -> Role:
+    """``backend`` as a ``role`` (an optional role, or a backend with one such as
+    :class:`LossBackend`), or an error naming what ``needed_by`` (e.g. "R-Dropout") needs and the
+    backend lacks.
+
+    >>> losses = require(xdrop.registry.load("numpy"), LossBackend, "R-Dropout")
+    """
+    missing = [part.__name__ for part in _roles(role) if not isinstance(backend, part)]
+    if not missing:
+        return cast(Role, backend)
+    raise RoleNotImplementedError(
+        f"the {backend.name} backend does not implement "
+        + ", ".join(f"xdrop.protocol.{name}" for name in missing)
+        + f", which {needed_by} needs"
+    )
+
+
+def _roles(role: Any) -> tuple[type, ...]:
+    """The optional roles a type stands for: itself, or those of a backend with roles."""
+    if _BackendWith not in role.__bases__:
+        return (role,)
+    return tuple(base for base in role.__bases__ if base is not _BackendWith)

@@ -11,7 +11,7 @@ A *position* is one class distribution: the logits' shape without the class axis
 
 from __future__ import annotations
 
-from xdrop.protocol import Array, Backend, Dim
+from xdrop.protocol import Array, Backend, Dim, LossBackend
 
 REDUCTIONS = ("sum", "mean", "batchmean", "none")
 HALF_DTYPES = ("float16", "bfloat16")
@@ -27,13 +27,13 @@ def position_shape(shape: tuple[Dim, ...], axis: int) -> tuple[Dim, ...]:
     return shape[:axis] + shape[axis + 1 :]
 
 
-def with_class_axis(xp: Backend, a: Array, axis: int) -> Array:
+def with_class_axis(xp: LossBackend, a: Array, axis: int) -> Array:
     """A per-position array given a size-1 class axis, to broadcast against logits."""
     shape = xp.runtime_shape(a)
     return xp.reshape(a, (*shape[:axis], 1, *shape[axis:]))
 
 
-def element_count(xp: Backend, shape: tuple[Dim, ...], dtype: str) -> float | Array:
+def element_count(xp: LossBackend, shape: tuple[Dim, ...], dtype: str) -> float | Array:
     """The number of elements of ``shape``, at least 1 (a divisor): a float, or a 0-d array of
     ``dtype`` where a size is known only at run time."""
     count = xp.size(shape)
@@ -45,7 +45,7 @@ def element_count(xp: Backend, shape: tuple[Dim, ...], dtype: str) -> float | Ar
 
 # -- logits -> log-probabilities -------------------------------------------------------------------
 def log_probabilities(
-    xp: Backend, logits: Array, axis: int, excluded: Array | None, dtype: str
+    xp: LossBackend, logits: Array, axis: int, excluded: Array | None, dtype: str
 ) -> Array:
     """``log softmax(logits)`` over ``axis`` in ``dtype``.
 
@@ -60,7 +60,7 @@ def log_probabilities(
 
 
 # -- symmetric KL per position ---------------------------------------------------------------------
-def symmetric_kl(xp: Backend, logp1: Array, logp2: Array, axis: int) -> Array:
+def symmetric_kl(xp: LossBackend, logp1: Array, logp2: Array, axis: int) -> Array:
     """``(KL(P1||P2) + KL(P2||P1)) / 2`` per position, as ``1/2 sum_c (p1 - p2) (log p1 - log p2)``.
 
     Each class term is a product of two differences of the same sign, so the result is
@@ -70,14 +70,14 @@ def symmetric_kl(xp: Backend, logp1: Array, logp2: Array, axis: int) -> Array:
     probability 0 under one distribution only makes the divergence ``+inf``, as it should.
     """
     p1, p2 = xp.exp(logp1), xp.exp(logp2)
-    impossible = xp.equal(xp.plus(p1, p2), 0.0)
-    log_ratio = xp.minus(xp.where(impossible, 0.0, logp1), xp.where(impossible, 0.0, logp2))
-    return xp.times(xp.sum(xp.times(xp.minus(p1, p2), log_ratio), axis), 0.5)
+    impossible = xp.equal(xp.add(p1, p2), 0.0)
+    log_ratio = xp.subtract(xp.where(impossible, 0.0, logp1), xp.where(impossible, 0.0, logp2))
+    return xp.multiply(xp.sum(xp.multiply(xp.subtract(p1, p2), log_ratio), axis), 0.5)
 
 
 # -- cross entropy per position --------------------------------------------------------------------
 def cross_entropy(
-    xp: Backend, logp: Array, labels: Array, axis: int, label_smoothing: float
+    xp: LossBackend, logp: Array, labels: Array, axis: int, label_smoothing: float
 ) -> Array:
     """``-log p[label]`` per position; with smoothing ``e`` over ``C`` classes, PyTorch's
     ``(1 - e) * (-log p[label]) + e * (-sum_c log p_c) / C``.
@@ -85,18 +85,18 @@ def cross_entropy(
     ``labels`` must be valid class indices everywhere (excluded positions were given class 0).
     """
     picked = xp.take_along_axis(logp, with_class_axis(xp, labels, axis), axis)
-    nll = xp.times(xp.reshape(picked, xp.runtime_shape(labels)), -1.0)
+    nll = xp.multiply(xp.reshape(picked, xp.runtime_shape(labels)), -1.0)
     if label_smoothing == 0:
         return nll
     classes = xp.shape(logp)[axis]  # known while tracing (checked)
     assert classes is not None
-    uniform = xp.times(xp.sum(logp, axis), -1.0 / classes)
-    return xp.plus(xp.times(nll, 1.0 - label_smoothing), xp.times(uniform, label_smoothing))
+    uniform = xp.multiply(xp.sum(logp, axis), -1.0 / classes)
+    return xp.add(xp.multiply(nll, 1.0 - label_smoothing), xp.multiply(uniform, label_smoothing))
 
 
 # -- excluded positions -> reduction ---------------------------------------------------------------
 def excluded_positions(
-    xp: Backend, pad_mask: Array | None, labels: Array | None, ignore_index: int | None
+    xp: LossBackend, pad_mask: Array | None, labels: Array | None, ignore_index: int | None
 ) -> Array | None:
     """Boolean per position: padded (``pad_mask`` True) or labelled ``ignore_index``; or None."""
     if labels is None or ignore_index is None:
@@ -105,7 +105,9 @@ def excluded_positions(
     return ignored if pad_mask is None else xp.logical_or(pad_mask, ignored)
 
 
-def reduce(xp: Backend, values: Array, excluded: Array | None, reduction: str, dtype: str) -> Array:
+def reduce(
+    xp: LossBackend, values: Array, excluded: Array | None, reduction: str, dtype: str
+) -> Array:
     """Excluded positions set to exactly 0, then reduced.
 
     ``"none"``: per position. ``"sum"``: the total. ``"batchmean"``: the total over the size of the
@@ -125,13 +127,13 @@ def reduce(xp: Backend, values: Array, excluded: Array | None, reduction: str, d
     count = element_count(xp, shape, dtype)
     if excluded is None:
         return xp.divide(total, count)
-    kept = xp.minus(count, xp.sum(xp.astype(excluded, dtype)))  # count >= 1 is exact otherwise
+    kept = xp.subtract(count, xp.sum(xp.astype(excluded, dtype)))  # count >= 1 is exact otherwise
     return xp.divide(total, xp.where(xp.equal(kept, 0.0), 1.0, kept))
 
 
 # -- the losses ------------------------------------------------------------------------------------
 def kl_loss(
-    xp: Backend,
+    xp: LossBackend,
     logits1: Array,
     logits2: Array,
     axis: int,
@@ -146,7 +148,7 @@ def kl_loss(
 
 
 def rdrop_loss(
-    xp: Backend,
+    xp: LossBackend,
     logits1: Array,
     logits2: Array,
     labels: Array,
@@ -166,12 +168,12 @@ def rdrop_loss(
         labels = xp.where(excluded, 0, labels)  # any valid class will do: the value is dropped
     logp1 = log_probabilities(xp, logits1, axis, excluded, dtype)
     logp2 = log_probabilities(xp, logits2, axis, excluded, dtype)
-    loss = xp.plus(
+    loss = xp.add(
         cross_entropy(xp, logp1, labels, axis, label_smoothing),
         cross_entropy(xp, logp2, labels, axis, label_smoothing),
     )
     if alpha != 0:
-        loss = xp.plus(loss, xp.times(symmetric_kl(xp, logp1, logp2, axis), alpha))
+        loss = xp.add(loss, xp.multiply(symmetric_kl(xp, logp1, logp2, axis), alpha))
     return reduce(xp, loss, excluded, reduction, dtype)
 
 
@@ -182,7 +184,7 @@ def doubled(xp: Backend, x: Array, axis: int) -> Array:
     return xp.concat([x, x], axis)
 
 
-def halves(xp: Backend, y: Array, axis: int) -> tuple[Array, Array]:
+def halves(xp: LossBackend, y: Array, axis: int) -> tuple[Array, Array]:
     """The outputs of the first and of the second copy of the batch."""
     first, second = xp.split(y, 2, axis)
     return first, second

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Callable
-from typing import Any, Literal, overload
+from typing import TYPE_CHECKING, Any, Literal, TypedDict, overload
 
 import numpy as np
 import numpy.typing as npt
 
 from xdrop import rdrop
 from xdrop.errors import bad_type
-from xdrop.protocol import Array, Backend
+from xdrop.protocol import Array, Backend, LossBackend, require
 from xdrop.registry import backend_for
 from xdrop.tracing import called_as_is
 from xdrop.typing import ArrayT, OutputT, PythonValues, Reduction
@@ -32,42 +32,51 @@ from xdrop.validation import (
     shapes_agree,
 )
 
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
+    class _KlOptions(TypedDict, total=False):
+        """The keywords of :func:`rdrop_kl` but ``reduction``."""
+
+        axis: int
+        pad_mask: Any
+
+    class _LossOptions(_KlOptions, total=False):
+        """The keywords of :func:`rdrop_loss` but ``reduction``."""
+
+        alpha: float
+        ignore_index: int | None
+        label_smoothing: float
+
+
+# the result's type follows the logits' type and the reduction; Python values give Any
 @overload
 def rdrop_kl(
     logits1: PythonValues,
     logits2: Any,
     *,
-    axis: int = ...,
-    pad_mask: Any = ...,
     reduction: Reduction = ...,
+    **options: Unpack[_KlOptions],
 ) -> Any: ...
 @overload
 def rdrop_kl(
     logits1: np.ndarray[Any, Any],
     logits2: Any,
     *,
-    axis: int = ...,
-    pad_mask: Any = ...,
     reduction: Literal["sum", "mean", "batchmean"] = ...,
+    **options: Unpack[_KlOptions],
 ) -> np.floating[Any]: ...
 @overload
 def rdrop_kl(
     logits1: np.ndarray[Any, Any],
     logits2: Any,
     *,
-    axis: int = ...,
-    pad_mask: Any = ...,
     reduction: Literal["none"],
+    **options: Unpack[_KlOptions],
 ) -> npt.NDArray[np.floating[Any]]: ...
 @overload
 def rdrop_kl(
-    logits1: ArrayT,
-    logits2: ArrayT,
-    *,
-    axis: int = ...,
-    pad_mask: Any = ...,
-    reduction: Reduction = ...,
+    logits1: ArrayT, logits2: ArrayT, *, reduction: Reduction = ..., **options: Unpack[_KlOptions]
 ) -> ArrayT: ...
 @called_as_is
 def rdrop_kl(
@@ -110,7 +119,7 @@ def rdrop_kl(
         >>> print(f'{xdrop.rdrop_kl(np.array([0.0, 0.0]), np.array([math.log(3), 0.0])):.6f}')
         0.137327
     """
-    xp = backend_for(logits1)
+    xp = require(backend_for(logits1), LossBackend, "R-Dropout")
     logits1, logits2, class_axis = _logit_pair(xp, logits1, logits2, axis)
     positions = rdrop.position_shape(xp.shape(logits1), class_axis)
     how = check_reduction(reduction, positions)
@@ -124,12 +133,8 @@ def rdrop_loss(
     logits2: Any,
     labels: Any,
     *,
-    alpha: float = ...,
-    axis: int = ...,
-    pad_mask: Any = ...,
-    ignore_index: int | None = ...,
-    label_smoothing: float = ...,
     reduction: Reduction = ...,
+    **options: Unpack[_LossOptions],
 ) -> Any: ...
 @overload
 def rdrop_loss(
@@ -137,12 +142,8 @@ def rdrop_loss(
     logits2: Any,
     labels: Any,
     *,
-    alpha: float = ...,
-    axis: int = ...,
-    pad_mask: Any = ...,
-    ignore_index: int | None = ...,
-    label_smoothing: float = ...,
     reduction: Literal["sum", "mean", "batchmean"] = ...,
+    **options: Unpack[_LossOptions],
 ) -> np.floating[Any]: ...
 @overload
 def rdrop_loss(
@@ -150,12 +151,8 @@ def rdrop_loss(
     logits2: Any,
     labels: Any,
     *,
-    alpha: float = ...,
-    axis: int = ...,
-    pad_mask: Any = ...,
-    ignore_index: int | None = ...,
-    label_smoothing: float = ...,
     reduction: Literal["none"],
+    **options: Unpack[_LossOptions],
 ) -> npt.NDArray[np.floating[Any]]: ...
 @overload
 def rdrop_loss(
@@ -163,12 +160,8 @@ def rdrop_loss(
     logits2: ArrayT,
     labels: Any,
     *,
-    alpha: float = ...,
-    axis: int = ...,
-    pad_mask: Any = ...,
-    ignore_index: int | None = ...,
-    label_smoothing: float = ...,
     reduction: Reduction = ...,
+    **options: Unpack[_LossOptions],
 ) -> ArrayT: ...
 @called_as_is
 def rdrop_loss(
@@ -225,7 +218,7 @@ def rdrop_loss(
         >>> print(f'{xdrop.rdrop_loss(logits1, logits2, np.array([0, 1]), alpha=0.5):.4f}')
         1.1837
     """
-    xp = backend_for(logits1)
+    xp = require(backend_for(logits1), LossBackend, "R-Dropout")
     logits1, logits2, class_axis = _logit_pair(xp, logits1, logits2, axis)
     shape = xp.shape(logits1)
     positions = rdrop.position_shape(shape, class_axis)
@@ -304,7 +297,7 @@ def rdrop_forward(
     shape = xp.shape(x)
     batch_axis = check_axis(axis, len(shape))
     y = model_fn(rdrop.doubled(xp, x, batch_axis))
-    yp = backend_for(y)
+    yp = require(backend_for(y), LossBackend, "R-Dropout")
     batch = shape[batch_axis]
     doubled = None if batch is None else 2 * batch
     count = "twice x's number of" if doubled is None else str(doubled)

@@ -15,7 +15,7 @@ import numpy as np
 
 from xdrop import spec
 from xdrop.errors import TracingError, XdropError, bad_type, bad_value
-from xdrop.protocol import Array, Backend, Key
+from xdrop.protocol import Array, Backend, Key, NativeBackend, SeedBackend, require
 from xdrop.registry import backend_for, imported_backends, int_tracing_backend, load
 from xdrop.tracing import called_as_is, host_constant
 from xdrop.typing import Rng
@@ -191,7 +191,7 @@ def resolve(seed: object, xp: Backend, like: Array | None) -> int | Key:
         return host
     if xp.is_array(seed):
         check_seed_array(xp.dtype_name(seed), xp.shape(seed), seed)
-        return xp.seed_words(seed)
+        return require(xp, SeedBackend, "a seed held in an array").seed_words(seed)
     raise bad_type("seed", seed, SEED_ALLOWED)
 
 
@@ -215,10 +215,12 @@ def key_of(resolved: int | Key, xp: Backend, like: Array | None) -> Key:
     if not isinstance(resolved, int):
         return resolved
     array = xp.seed_from_int(resolved, like)
-    return spec.key_words(xp, resolved, like) if array is None else xp.seed_words(array)
+    if array is None:
+        return spec.key_words(xp, resolved, like)
+    return require(xp, SeedBackend, "a seed traced as an array").seed_words(array)
 
 
-def native_seed(seed: object, xp: Backend, like: Array | None) -> int | Key | None:
+def native_seed(seed: object, xp: NativeBackend, like: Array | None) -> int | Key | None:
     """The seed for the framework's own generator: ``None`` keeps the framework's global one."""
     if seed is None and xp.has_global_rng:
         return None
@@ -277,23 +279,21 @@ def fold_in(seed: object, data: object) -> object:
         compiler = int_tracing_backend()
         if compiler is None:
             return spec.fold_in(host, host_data)
-        # the ints may be graph inputs: fold them in the graph, not on the host
-        xp = load(compiler)
-        key = seed_key(host, xp, like=None)
-        return xp.seed_array(spec.fold_in_words(xp, key, xp.word(host_data)))
-    if isinstance(seed, Generator) or seed is None:
+        xp, like = load(compiler), None  # the ints may be graph inputs: fold them in the graph
+    elif isinstance(seed, Generator) or seed is None:
         raise bad_type("seed", seed, "an integer in [0, 2**64) or a seed array")
-    xp = backend_for(seed if host is None else data)
-    key = seed_key(seed, xp, like=None if host is None else data)
+    else:
+        like = None if host is None else data
+        xp = backend_for(seed if host is None else data)
+    arrays = require(xp, SeedBackend, "fold_in of arrays")
+    key = seed_key(seed, xp, like)
     if host_data is not None:
         data_word = xp.word(host_data, key[0])
+    elif xp.is_array(data) and xp.shape(data) == () and xp.dtype_name(data) in INTEGER_DTYPES:
+        data_word = arrays.seed_words(data)[1]
     else:
-        if not xp.is_array(data):
-            raise bad_type("data", data, "an integer in [0, 2**32) or a 0-d integer array")
-        if xp.shape(data) != () or xp.dtype_name(data) not in INTEGER_DTYPES:
-            raise bad_type("data", data, "an integer in [0, 2**32) or a 0-d integer array")
-        data_word = xp.seed_words(data)[1]
-    return xp.seed_array(spec.fold_in_words(xp, key, data_word))
+        raise bad_type("data", data, "an integer in [0, 2**32) or a 0-d integer array")
+    return arrays.seed_array(spec.fold_in_words(xp, key, data_word))
 
 
 # -- portable or native ---------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from typing import Any
 
 from xdrop import spec
 from xdrop.errors import bad_type, bad_value
-from xdrop.protocol import Array, Backend, Dim, Key, WordOps, Words
+from xdrop.protocol import Array, Backend, Dim, Key, SeedBackend, WordArithmetic, Words, require
 from xdrop.validation import as_integer, check_offset
 
 AXIS_LIMIT = spec.WORD_COUNT
@@ -136,26 +136,28 @@ def chunk_bounds(size: int, parts: int, index: int) -> tuple[int, int]:
 
 
 # -- counters and mask of a block -------------------------------------------------------------------
-def times_constant(ops: WordOps, words: Words, factor: int) -> tuple[Words, Words]:
+def times_constant(ops: WordArithmetic, words: Words, factor: int) -> tuple[Words, Words]:
     """``words * factor mod 2**64`` as words ``(high, low)``, for a host integer ``factor``:
     doubling and adding over the bits of ``factor`` (Horner), with only ``add`` and shifts."""
-    zero = ops.xor(words, words)  # zeros of the words' shape
+    zero = ops.word_xor(words, words)  # zeros of the words' shape
     if factor == 0:
         return zero, zero
     high, low = zero, words
     for bit in reversed(range(factor.bit_length() - 1)):
-        high = ops.add(ops.add(high, high), ops.shift_right(low, 31))
-        low = ops.add(low, low)
+        high = ops.word_add(ops.word_add(high, high), ops.word_shift_right(low, 31))
+        low = ops.word_add(low, low)
         if factor >> bit & 1:
             high, low = add_pairs(ops, (high, low), (zero, words))
     return high, low
 
 
-def add_pairs(ops: WordOps, a: tuple[Words, Words], b: tuple[Words, Words]) -> tuple[Words, Words]:
+def add_pairs(
+    ops: WordArithmetic, a: tuple[Words, Words], b: tuple[Words, Words]
+) -> tuple[Words, Words]:
     """``a + b mod 2**64`` of words ``(high, low)``, broadcasting: the low word carries."""
-    low = ops.add(a[1], b[1])
-    carry = ops.from_bool(ops.less_than(low, a[1]))
-    return ops.add(ops.add(a[0], b[0]), carry), low
+    low = ops.word_add(a[1], b[1])
+    carry = ops.word_from_bool(ops.word_less_than(low, a[1]))
+    return ops.word_add(ops.word_add(a[0], b[0]), carry), low
 
 
 def block_counter_words(
@@ -171,9 +173,10 @@ def block_counter_words(
     ):
         index = xp.iota(size, like)
         if not isinstance(first, int):
-            index = xp.add(index, xp.seed_words(first)[1])  # a 0-d integer array: its low word
+            first_word = require(xp, SeedBackend, "a run-time block start").seed_words(first)[1]
+            index = xp.word_add(index, first_word)  # a 0-d integer array: its low word
         elif first:
-            index = xp.add(index, xp.word(first, like))
+            index = xp.word_add(index, xp.word(first, like))
         along = (1,) * axis + (size,) + (1,) * (rank - axis - 1)
         term = times_constant(xp, index, stride)
         total = add_pairs(xp, (xp.reshape(term[0], along), xp.reshape(term[1], along)), total)
@@ -193,7 +196,7 @@ def block_keep_mask(
     if isinstance(kept_count, int) and kept_count in (0, spec.ALL_KEPT):
         return xp.full_mask(shape, kept_count == spec.ALL_KEPT, like)
     y0, y1 = spec.threefry2x32(xp, key, block_counter_words(xp, block, shape, like))
-    keep = spec.kept(xp, xp.ixor(y0, y1), kept_count)
+    keep = spec.kept(xp, xp.word_ixor(y0, y1), kept_count)
     return xp.reshape(keep, shape)  # a 0-d array stays 0-d; others already have the shape
 
 

@@ -13,7 +13,17 @@ from collections.abc import Callable, Iterator
 import numpy as np
 
 from xdrop.errors import BackendError
-from xdrop.protocol import Array, Backend, Dim, Key, WordOps, Words
+from xdrop.protocol import (
+    Array,
+    Backend,
+    Dim,
+    FamilyBackend,
+    Key,
+    RateBackend,
+    WordArithmetic,
+    Words,
+    require,
+)
 from xdrop.tracing import cached_host_constant, host_constant
 
 WORD_COUNT = 2**32
@@ -25,25 +35,25 @@ MODES = ("inverted", "classic")
 
 
 # -- seed -> key ------------------------------------------------------------------------------------
-def key_words(ops: WordOps, seed: int, like: Array | None = None) -> Key:
+def key_words(ops: WordArithmetic, seed: int, like: Array | None = None) -> Key:
     """The key of a 64-bit seed: ``(seed >> 32, seed & 0xFFFFFFFF)``."""
     # // and % rather than divmod: torch.compile traces them on a Python int it made a graph input
     return ops.word(seed // WORD_COUNT, like), ops.word(seed % WORD_COUNT, like)
 
 
 # -- key, counter -> bits ---------------------------------------------------------------------------
-def key_schedule(ops: WordOps, key: Key) -> list[tuple[Words, Words]]:
+def key_schedule(ops: WordArithmetic, key: Key) -> list[tuple[Words, Words]]:
     """The words that key injection ``j = 0 .. 5`` of Threefry-2x32 adds to ``(x0, x1)``:
     ``(ks[j mod 3], ks[(j + 1) mod 3] + j)`` with ``ks = (k0, k1, k0 ^ k1 ^ 0x1BD11BDA)``."""
     k0, k1 = key
-    ks = (k0, k1, ops.xor(ops.xor(k0, k1), ops.word(KEY_PARITY, k0)))
+    ks = (k0, k1, ops.word_xor(ops.word_xor(k0, k1), ops.word(KEY_PARITY, k0)))
     return [(k0, k1)] + [
-        (ks[j % 3], ops.add(ks[(j + 1) % 3], ops.word(j, k0))) for j in range(1, 6)
+        (ks[j % 3], ops.word_add(ks[(j + 1) % 3], ops.word(j, k0))) for j in range(1, 6)
     ]
 
 
 def threefry2x32(
-    ops: WordOps,
+    ops: WordArithmetic,
     key: Key,
     counter: tuple[Words, Words],
     schedule: list[tuple[Words, Words]] | None = None,
@@ -53,13 +63,13 @@ def threefry2x32(
     a caller that computes it once for many counters."""
     if schedule is None:
         schedule = key_schedule(ops, key)
-    x0, x1 = ops.add(counter[0], schedule[0][0]), ops.add(counter[1], schedule[0][1])
+    x0, x1 = ops.word_add(counter[0], schedule[0][0]), ops.word_add(counter[1], schedule[0][1])
     for group in range(5):  # x0 and x1 are new words from here on: updated in place
         for rotation in ROTATIONS[4 * (group % 2) : 4 * (group % 2) + 4]:
-            x0 = ops.iadd(x0, x1)
-            x1 = ops.ixor(ops.irotate_left(x1, rotation), x0)
-        x0 = ops.iadd(x0, schedule[group + 1][0])
-        x1 = ops.iadd(x1, schedule[group + 1][1])
+            x0 = ops.word_iadd(x0, x1)
+            x1 = ops.word_ixor(ops.word_irotate_left(x1, rotation), x0)
+        x0 = ops.word_iadd(x0, schedule[group + 1][0])
+        x1 = ops.word_iadd(x1, schedule[group + 1][1])
     return x0, x1
 
 
@@ -68,9 +78,9 @@ def counter_words(xp: Backend, start: Key, count: Dim, like: Array | None) -> tu
     (``count <= 2**32``): the low word wraps around and carries into the high word, so a range may
     cross a multiple of 2**32 and ``start`` may be a traced value."""
     start_high, start_low = start
-    low = xp.iadd(xp.iota(count, like), start_low)
-    carry = xp.from_bool(xp.less_than(low, start_low))
-    return xp.iadd(carry, start_high), low
+    low = xp.word_iadd(xp.iota(count, like), start_low)
+    carry = xp.word_from_bool(xp.word_less_than(low, start_low))
+    return xp.word_iadd(carry, start_high), low
 
 
 def stream_bits(
@@ -83,7 +93,7 @@ def stream_bits(
 ) -> Words:
     """``bits_i = y0 ^ y1`` with ``(y0, y1) = Threefry(key, counter(start + i))``, ``0 <= i < count``."""
     y0, y1 = threefry2x32(xp, key, counter_words(xp, start, count, like), schedule)
-    return xp.ixor(y0, y1)
+    return xp.word_ixor(y0, y1)
 
 
 def counter_chunks(offset: int, count: int, chunk: int | None) -> Iterator[tuple[int, int]]:
@@ -118,7 +128,7 @@ def keep_threshold(p: float) -> int:
 
 def kept(xp: Backend, bits: Words, count: Words | int) -> Array:
     """``keep_i = (bits_i >> 9) < C`` for a keep count ``C`` (a word, or a Python int)."""
-    return xp.less_than(xp.shift_right(bits, 32 - UNIFORM_BITS), count)
+    return xp.word_less_than(xp.word_shift_right(bits, 32 - UNIFORM_BITS), count)
 
 
 def keep_chunks(
@@ -218,7 +228,7 @@ def training_factor(p: float, dtype: str, mode: str) -> float | None:
 
 
 def rate_constants(
-    xp: Backend, p: Array, dtype: str, mode: str, training: bool
+    backend: Backend, p: Array, dtype: str, mode: str, training: bool
 ) -> tuple[Words, Array | None]:
     """``(C, factor)`` for a rate held in a 0-d float array while tracing, bit for bit what
     ``keep_count``, ``training_factor`` (training) and ``rounded(1 - p, dtype)`` (evaluation,
@@ -229,10 +239,11 @@ def rate_constants(
     output is NaN rather than quietly wrong. Computed in float64 where the framework has it
     (the host's arithmetic), else in float32, which is exact for the float32 rate it then holds;
     ``_rounded_difference`` rounds ``1 - p`` to ``dtype`` once."""
+    xp = require(backend, RateBackend, "a rate held in an array")
     compute = "float64" if xp.has_float64() else "float32"
     rate = xp.astype(p, compute)
     valid = xp.logical_and(xp.less_equal(0.0, rate), xp.less_equal(rate, 1.0))
-    difference = xp.minus(1.0, rate)
+    difference = xp.subtract(1.0, rate)
     keep_probability = _rounded_difference(xp, rate, difference, dtype, compute)
     if not training:  # classic evaluation: x * dtype(1 - p)
         factor = keep_probability
@@ -241,16 +252,16 @@ def rate_constants(
     else:
         quotient = xp.astype(xp.divide(1.0, xp.astype(keep_probability, compute)), dtype)
         nothing_kept = xp.equal(keep_probability, 0.0)
-        finite = xp.equal(xp.minus(quotient, quotient), 0.0)  # inf - inf is NaN
+        finite = xp.equal(xp.subtract(quotient, quotient), 0.0)  # inf - inf is NaN
         valid = xp.logical_and(valid, xp.where(nothing_kept, True, finite))
         factor = xp.where(nothing_kept, 0.0, quotient)
-    scaled = xp.times(xp.astype(difference, "float32"), float(ALL_KEPT))
+    scaled = xp.multiply(xp.astype(difference, "float32"), float(ALL_KEPT))
     kept_count = xp.word_from_float(xp.where(valid, xp.ceil(scaled), float(ALL_KEPT)))
     return kept_count, xp.where(valid, factor, math.nan)
 
 
 def _rounded_difference(
-    xp: Backend, rate: Array, difference: Array, dtype: str, compute: str
+    xp: RateBackend, rate: Array, difference: Array, dtype: str, compute: str
 ) -> Array:
     """``dtype(1 - p)``: ``difference`` (``1 - p`` in ``compute``, as the host computes it in
     float64, or exact) rounded once to ``dtype``.
@@ -263,13 +274,13 @@ def _rounded_difference(
     if dtype in ("float32", "float64"):
         return xp.astype(difference, dtype)
     if compute == "float32":
-        head, residual = difference, xp.minus(xp.minus(1.0, difference), rate)
+        head, residual = difference, xp.subtract(xp.subtract(1.0, difference), rate)
     else:
         head = xp.astype(difference, "float32")
-        residual = xp.minus(difference, xp.astype(head, compute))
+        residual = xp.subtract(difference, xp.astype(head, compute))
     nearest = xp.astype(head, dtype)
     back = xp.astype(nearest, "float32")
-    across = xp.plus(head, xp.minus(head, back))  # 2r - back: exact, the neighbour across r
+    across = xp.add(head, xp.subtract(head, back))  # 2r - back: exact, the neighbour across r
     other = xp.astype(across, dtype)
     inexact = xp.logical_and(_not(xp, xp.equal(residual, 0.0)), _not(xp, xp.equal(head, back)))
     halfway = xp.logical_and(inexact, xp.equal(xp.astype(other, "float32"), across))
@@ -277,8 +288,15 @@ def _rounded_difference(
     return xp.where(xp.logical_and(halfway, other_is_right), other, nearest)
 
 
-def _not(xp: Backend, mask: Array) -> Array:
+def _not(xp: RateBackend, mask: Array) -> Array:
     return xp.equal(mask, False)
+
+
+def keep_probability(xp: Backend, p: float | Array) -> float | Array:
+    """``1 - p``, the probability of keeping a unit, for a float or a rate held in an array."""
+    if isinstance(p, float):
+        return 1.0 - p
+    return require(xp, RateBackend, "a rate held in an array").subtract(1.0, p)
 
 
 def dropout(
@@ -299,7 +317,7 @@ def dropout(
     keep = draw_keep()
     if chunked:
         return xp.select_chunks(keep, x, factor, return_mask)
-    kept_values = x if factor is None else xp.multiply(x, factor)
+    kept_values = x if factor is None else xp.scale(x, factor)
     return xp.select(keep, kept_values), keep
 
 
@@ -317,7 +335,11 @@ def stream_words(
 
 
 def normals(
-    xp: Backend, key: Key, shape: tuple[Dim, ...], offset: Key | int = 0, like: Array | None = None
+    xp: FamilyBackend,
+    key: Key,
+    shape: tuple[Dim, ...],
+    offset: Key | int = 0,
+    like: Array | None = None,
 ) -> Array:
     """Standard normal float32 values of ``shape`` by Box-Muller, element ``i`` (row-major) from
     the two words of counter ``offset + i``::
@@ -333,45 +355,45 @@ def normals(
     y0, y1 = stream_words(xp, key, start, xp.size(shape), like)
     grid = 2.0**-NORMAL_BITS
     shift = 32 - NORMAL_BITS
-    u1 = xp.times(xp.plus(xp.astype(xp.shift_right(y0, shift), "float32"), 1.0), grid)
-    u2 = xp.times(xp.astype(xp.shift_right(y1, shift), "float32"), grid)
-    radius = xp.sqrt(xp.times(xp.log(u1), -2.0))
-    z = xp.times(radius, xp.cos(xp.times(u2, TWO_PI)))
+    u1 = xp.multiply(xp.add(xp.astype(xp.word_shift_right(y0, shift), "float32"), 1.0), grid)
+    u2 = xp.multiply(xp.astype(xp.word_shift_right(y1, shift), "float32"), grid)
+    radius = xp.sqrt(xp.multiply(xp.log(u1), -2.0))
+    z = xp.multiply(radius, xp.cos(xp.multiply(u2, TWO_PI)))
     return xp.reshape(z, shape)
 
 
 # -- derived seeds ----------------------------------------------------------------------------------
-def fold_in_words(ops: WordOps, key: Key, data: Words) -> tuple[Words, Words]:
+def fold_in_words(ops: WordArithmetic, key: Key, data: Words) -> tuple[Words, Words]:
     """The key words of ``fold_in``: ``Threefry(key, (0, data))``."""
     return threefry2x32(ops, key, (ops.word(0, data), data))
 
 
-class HostWords(WordOps):
+class HostWords(WordArithmetic):
     """Word arithmetic on Python ints, for seeds known on the host (a few microseconds a seed)."""
 
     def word(self, value: int, like: Array | None = None) -> int:
         return value
 
-    def add(self, a: int, b: int) -> int:
+    def word_add(self, a: int, b: int) -> int:
         return (a + b) & (WORD_COUNT - 1)
 
-    def xor(self, a: int, b: int) -> int:
+    def word_xor(self, a: int, b: int) -> int:
         return a ^ b
 
-    def rotate_left(self, a: int, bits: int) -> int:
+    def word_rotate_left(self, a: int, bits: int) -> int:
         return ((a << bits) | (a >> (32 - bits))) & (WORD_COUNT - 1)
 
-    def shift_right(self, a: int, bits: int) -> int:
+    def word_shift_right(self, a: int, bits: int) -> int:
         return a >> bits
 
-    def less_than(self, a: int, b: int) -> bool:
+    def word_less_than(self, a: int, b: int) -> bool:
         return a < b
 
-    def from_bool(self, mask: bool) -> int:
+    def word_from_bool(self, mask: bool) -> int:
         return int(mask)
 
     # Python ints are immutable: the in-place forms are the plain ones, without the indirection
-    iadd, ixor, irotate_left = add, xor, rotate_left
+    word_iadd, word_ixor, word_irotate_left = word_add, word_xor, word_rotate_left
 
 
 HOST_WORDS = HostWords()

@@ -29,7 +29,7 @@ from xdrop.conformance.golden import (
     rdrop_positions,
 )
 from xdrop.errors import BackendError
-from xdrop.protocol import Backend
+from xdrop.protocol import Backend, SeedBackend, require
 
 MODES = ("eager", "compiled", "runtime")
 SCALAR_INPUTS = ("seed", "data", "p")
@@ -201,7 +201,8 @@ def _inputs(xp: Backend, case: dict[str, Any], mode: str) -> dict[str, Any]:
         return _rdrop_inputs(xp, case)
     inputs: dict[str, Any] = {"seed": case["seed"]}
     if mode != "eager":
-        inputs["seed"] = xp.seed_array(spec.key_words(xp, case["seed"]))
+        arrays = require(xp, SeedBackend, "a compiled conformance run")
+        inputs["seed"] = arrays.seed_array(spec.key_words(xp, case["seed"]))
     if mode == "runtime" and case["kind"] in ("dropout", "mask"):
         dtype = "float64" if xp.has_float64() else "float32"
         if dtype == "float32" and float(np.float32(case["p"])) != case["p"]:
@@ -378,7 +379,8 @@ def _seed_value(xp: Backend, seed: Any) -> int:
     """A seed as an int, whether fold_in returned a host int or a seed array."""
     if isinstance(seed, int):
         return seed
-    words = [int(xp.to_numpy(word)) % 2**32 for word in xp.seed_words(seed)]
+    arrays = require(xp, SeedBackend, "fold_in of arrays")
+    words = [int(xp.to_numpy(word)) % 2**32 for word in arrays.seed_words(seed)]
     return (words[0] << 32) | words[1]
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from xdrop.protocol import Backend, Key
+from xdrop.protocol import Backend, Key, SeedArrays
 
 
 class Boxed:
@@ -23,7 +23,7 @@ def _unbox(a: Any) -> Any:
     return a.values if isinstance(a, Boxed) else a
 
 
-class BoxedBackend(Backend):
+class BoxedBackend(Backend, SeedArrays):
     name = "boxed"
     framework = "xdrop_testplugin"
     array_types = (Boxed,)
@@ -40,7 +40,7 @@ class BoxedBackend(Backend):
     def shape(self, x: Any) -> tuple[int, ...]:
         return tuple(_unbox(x).shape)
 
-    def multiply(self, x: Any, factor: float) -> Boxed:
+    def scale(self, x: Any, factor: float) -> Boxed:
         values = _unbox(x)
         return Boxed(values * values.dtype.type(factor))
 
@@ -66,26 +66,29 @@ class BoxedBackend(Backend):
     def iota(self, n: int, like: Any = None) -> Boxed:
         return Boxed(np.arange(n, dtype=np.uint32))
 
-    def add(self, a: Any, b: Any) -> Boxed:
+    def word_add(self, a: Any, b: Any) -> Boxed:
         return Boxed(np.add(_unbox(a), _unbox(b), dtype=np.uint32))
 
-    def xor(self, a: Any, b: Any) -> Boxed:
+    def word_xor(self, a: Any, b: Any) -> Boxed:
         return Boxed(np.bitwise_xor(_unbox(a), _unbox(b), dtype=np.uint32))
 
-    def rotate_left(self, a: Any, bits: int) -> Boxed:
+    def word_rotate_left(self, a: Any, bits: int) -> Boxed:
         words = _unbox(a)
         shifted = np.left_shift(words, np.uint32(bits)), np.right_shift(words, np.uint32(32 - bits))
         return Boxed(np.bitwise_or(*shifted))
 
-    def shift_right(self, a: Any, bits: int) -> Boxed:
+    def word_shift_right(self, a: Any, bits: int) -> Boxed:
         return Boxed(np.right_shift(_unbox(a), np.uint32(bits)))
 
-    def less_than(self, a: Any, b: Any) -> Boxed:
+    def word_less_than(self, a: Any, b: Any) -> Boxed:
         return Boxed(np.less(_unbox(a), np.uint32(b) if isinstance(b, int) else _unbox(b)))
 
-    def from_bool(self, mask: Any) -> Boxed:
+    def word_from_bool(self, mask: Any) -> Boxed:
         return Boxed(_unbox(mask).astype(np.uint32))
 
     def seed_words(self, seed: Any) -> Key:
         value = int(_unbox(seed)) % 2**64
         return self.word(value >> 32), self.word(value & 0xFFFF_FFFF)
+
+    def seed_array(self, key: Key) -> Boxed:
+        return Boxed(np.array(int(_unbox(key[0])) << 32 | int(_unbox(key[1])), np.uint64))

@@ -31,8 +31,8 @@ class WrongTypes(NumpyBackend):
     framework = "xdrop_testplugin"
     array_types = ()
 
-    def less_than(self, a: Any, b: Any) -> Any:
-        return super().less_than(a, b).astype(np.int64)
+    def word_less_than(self, a: Any, b: Any) -> Any:
+        return super().word_less_than(a, b).astype(np.int64)
 
 
 class WrongSizes(NumpyBackend):
