@@ -17,9 +17,10 @@ from __future__ import annotations
 import struct
 from typing import Any
 
-import torch
 import triton
 import triton.language as tl
+
+from xdrop.fused import FusedCall
 
 BLOCK = 1024
 
@@ -132,26 +133,18 @@ def _dropout_kernel(
         tl.store(keep_ptr + index, keep, mask=inside)
 
 
-def dropout(
-    key: tuple[int, int],
-    offset: int,
-    threshold: int,
-    factor: float | None,
-    x: Any,
-    return_mask: bool,
-) -> tuple[Any, Any]:
-    """One fused pass over ``x`` (row-major; a strided ``x`` is copied first): ``(y, keep or
-    None)``, ``y`` contiguous. ``threshold`` is ``T``; ``factor`` None means no scale."""
-    source = x.detach().contiguous()
-    y = torch.empty_like(source)
-    keep = torch.empty(source.shape, dtype=torch.bool, device=x.device) if return_mask else None
+def write(source: Any, y: Any, keep: Any, call: FusedCall) -> None:
+    """``call``'s pass over the contiguous CUDA tensor ``source`` into ``y`` (its shape and
+    dtype) and ``keep`` (booleans; None: no mask), as :mod:`xdrop.torch_kernel` allocates them."""
     count = source.numel()
-    if count:
-        # the scale travels as the bits of a float64 (Triton passes Python floats as float32)
-        (factor_bits,) = struct.unpack("<q", struct.pack("<d", 1.0 if factor is None else factor))
-        _dropout_kernel[(triton.cdiv(count, BLOCK),)](
-            source, y, y if keep is None else keep, count, key[0], key[1], offset >> 32, offset & 0xFFFF_FFFF,
-            threshold >> 9, factor_bits, SCALED=factor is not None, HAS_KEEP=return_mask,
-            BLOCK=BLOCK,
-        )  # fmt: skip
-    return y, keep
+    if not count:
+        return
+    # the scale travels as the bits of a float64 (Triton passes Python floats as float32)
+    factor = 1.0 if call.factor is None else call.factor
+    (factor_bits,) = struct.unpack("<q", struct.pack("<d", factor))
+    k0, k1 = call.key
+    _dropout_kernel[(triton.cdiv(count, BLOCK),)](
+        source, y, y if keep is None else keep, count, k0, k1, call.offset >> 32,
+        call.offset & 0xFFFF_FFFF, call.threshold >> 9, factor_bits,
+        SCALED=call.factor is not None, HAS_KEEP=keep is not None, BLOCK=BLOCK,
+    )  # fmt: skip
