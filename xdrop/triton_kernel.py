@@ -38,21 +38,23 @@ def _mix(x0: Any, x1: Any, bits: tl.constexpr) -> Any:
 
 
 @triton.jit
-def _group_a(x0: Any, x1: Any) -> Any:
-    x0, x1 = _mix(x0, x1, 13)
-    x0, x1 = _mix(x0, x1, 15)
-    x0, x1 = _mix(x0, x1, 26)
-    x0, x1 = _mix(x0, x1, 6)
-    return x0, x1
-
-
-@triton.jit
-def _group_b(x0: Any, x1: Any) -> Any:
-    x0, x1 = _mix(x0, x1, 17)
-    x0, x1 = _mix(x0, x1, 29)
-    x0, x1 = _mix(x0, x1, 16)
-    x0, x1 = _mix(x0, x1, 24)
-    return x0, x1
+def _four_rounds(
+    x0: Any,
+    x1: Any,
+    inject0: Any,
+    inject1: Any,
+    R0: tl.constexpr,
+    R1: tl.constexpr,
+    R2: tl.constexpr,
+    R3: tl.constexpr,
+) -> Any:
+    """Four rounds of Threefry-2x32 with the rotations ``R0..R3``, then the key injection
+    ``(inject0, inject1)``: a fifth of the twenty rounds."""
+    x0, x1 = _mix(x0, x1, R0)
+    x0, x1 = _mix(x0, x1, R1)
+    x0, x1 = _mix(x0, x1, R2)
+    x0, x1 = _mix(x0, x1, R3)
+    return x0 + inject0, x1 + inject1
 
 
 @triton.jit
@@ -99,23 +101,12 @@ def _dropout_kernel(
     k0 = key0.to(tl.uint32)
     k1 = key1.to(tl.uint32)
     k2 = k0 ^ k1 ^ 0x1BD11BDA
-    x0 = c0 + k0
-    x1 = c1 + k1
-    x0, x1 = _group_a(x0, x1)
-    x0 += k1
-    x1 += k2 + 1
-    x0, x1 = _group_b(x0, x1)
-    x0 += k2
-    x1 += k0 + 2
-    x0, x1 = _group_a(x0, x1)
-    x0 += k0
-    x1 += k1 + 3
-    x0, x1 = _group_b(x0, x1)
-    x0 += k1
-    x1 += k2 + 4
-    x0, x1 = _group_a(x0, x1)
-    x0 += k2
-    x1 += k0 + 5
+    # the rotations alternate between two sets of four (spec.ROTATIONS)
+    x0, x1 = _four_rounds(c0 + k0, c1 + k1, k1, k2 + 1, 13, 15, 26, 6)
+    x0, x1 = _four_rounds(x0, x1, k2, k0 + 2, 17, 29, 16, 24)
+    x0, x1 = _four_rounds(x0, x1, k0, k1 + 3, 13, 15, 26, 6)
+    x0, x1 = _four_rounds(x0, x1, k1, k2 + 4, 17, 29, 16, 24)
+    x0, x1 = _four_rounds(x0, x1, k2, k0 + 5, 13, 15, 26, 6)
     keep = ((x0 ^ x1) >> 9) < limit.to(tl.uint32)
     x = tl.load(x_ptr + index, mask=inside)
     if SCALED:
