@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from xdrop import kernel
+from xdrop.fused import FusedCall
 from xdrop.protocol import Backend, FamilyOps, Key, NativeGenerator, RateOps, SeedArrays
 
 
@@ -61,16 +62,8 @@ class NumpyBackend(Backend, RateOps, FamilyOps, SeedArrays, NativeGenerator):
             start = stop
         return y, keep
 
-    def fused_dropout(
-        self,
-        x: Any,
-        key: tuple[int, int],
-        offset: int,
-        threshold: int,
-        factor: float | None,
-        return_mask: bool,
-    ) -> tuple[np.ndarray, np.ndarray | None] | None:
-        return kernel.numpy_dropout(x, key, offset, threshold, factor, return_mask)
+    def fused_dropout(self, x: Any, call: FusedCall) -> tuple[np.ndarray, np.ndarray | None] | None:
+        return kernel.numpy_dropout(x, call)
 
     def broadcast_to(self, a: Any, shape: tuple[int, ...]) -> np.ndarray:
         return np.broadcast_to(a, shape)

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from xdrop.errors import TracingError
+from xdrop.fused import FusedCall
 from xdrop.protocol import Backend, FamilyOps, Key, NativeGenerator, RateOps, SeedArrays
 
 _SIGN_BIT = 1 << 31
@@ -69,16 +70,8 @@ class TorchBackend(Backend, RateOps, FamilyOps, SeedArrays, NativeGenerator):
     def select(self, keep: Any, x: Any) -> Any:
         return self.torch.where(keep, x, self.torch.zeros((), dtype=x.dtype, device=x.device))
 
-    def fused_dropout(
-        self,
-        x: Any,
-        key: tuple[int, int],
-        offset: int,
-        threshold: int,
-        factor: float | None,
-        return_mask: bool,
-    ) -> tuple[Any, Any] | None:
-        return self.kernels.dropout(x, key, offset, threshold, factor, return_mask)
+    def fused_dropout(self, x: Any, call: FusedCall) -> tuple[Any, Any] | None:
+        return self.kernels.dropout(x, call)
 
     def broadcast_to(self, a: Any, shape: tuple[int, ...]) -> Any:
         return a.expand(shape)

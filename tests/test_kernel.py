@@ -13,6 +13,7 @@ import pytest
 
 import xdrop
 from xdrop import kernel, reference, spec
+from xdrop.fused import FusedCall
 from xdrop.protocol import Backend
 
 DTYPES = ["float16", "bfloat16", "float32", "float64"]
@@ -261,7 +262,8 @@ def test_sixteen_bit_products_are_the_dtypes_own_multiplication(name):
     for p in (0.1, 0.3, 0.5, 0.9):
         factor = spec.inverted_scale(p, name)
         y = np.empty_like(x)
-        kernel.host_dropout(x, name, (0, 0), 0, 2**32, factor, y, None)  # keeps everything
+        call = FusedCall(key=(0, 0), offset=0, threshold=2**32, factor=factor, return_mask=False)
+        kernel.host_dropout(x, y, None, name, call)  # keeps everything
         with np.errstate(over="ignore", invalid="ignore"):
             expected = x * dtype.type(factor)
         same = (y.view(np.uint16) == expected.view(np.uint16)) | (np.isnan(y) & np.isnan(expected))
@@ -381,6 +383,8 @@ def test_the_triton_kernel_gives_the_bits_of_the_spec(monkeypatch):
 
     sys.modules.pop("xdrop.triton_kernel", None)
     triton_kernel = importlib.import_module("xdrop.triton_kernel")
+    from xdrop import torch_kernel
+
     try:
         key = (0xDEADBEEF, 0x12345678)
         for dtype in DTYPES:
@@ -390,7 +394,8 @@ def test_the_triton_kernel_gives_the_bits_of_the_spec(monkeypatch):
                                     (0.999, "inverted", 2**64 - 2500), (1.0, "inverted", 7)]:  # fmt: skip
                 factor = None if mode == "classic" or p == 1 else spec.inverted_scale(p, dtype)
                 threshold = spec.keep_threshold(p)
-                y, keep = triton_kernel.dropout(key, offset, threshold, factor, x, True)
+                call = FusedCall(key, offset, threshold, factor, return_mask=True)
+                y, keep = torch_kernel.one_pass(x, triton_kernel.write, call)
                 monkeypatch.setenv("XDROP_KERNEL", "0")
                 seed = key[0] << 32 | key[1]
                 y0, keep0 = xdrop.dropout(x, p, seed=seed, mode=mode, offset=offset,
@@ -398,5 +403,10 @@ def test_the_triton_kernel_gives_the_bits_of_the_spec(monkeypatch):
                 monkeypatch.delenv("XDROP_KERNEL")
                 assert torch.equal(keep, keep0), (dtype, p)
                 assert_same_bits(on_host(y), on_host(y0), dtype)
+                y_alone, no_keep = torch_kernel.one_pass(
+                    x, triton_kernel.write, call.without_mask()
+                )
+                assert no_keep is None
+                assert_same_bits(on_host(y_alone), on_host(y0), dtype)
     finally:
         sys.modules.pop("xdrop.triton_kernel", None)  # defined for the interpreter: not for a GPU

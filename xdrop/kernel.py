@@ -30,6 +30,7 @@ import numpy as np
 
 from xdrop import spec
 from xdrop.errors import bad_value
+from xdrop.fused import FusedCall
 from xdrop.protocol import Array, Backend, Key
 
 ENVIRONMENT_VARIABLE = "XDROP_KERNEL"
@@ -76,7 +77,8 @@ def dropout(
     (:meth:`~xdrop.protocol.Backend.fused_dropout`): ``(y, keep or None)``, or None where no
     fused kernel applies (then the caller runs the spec). ``seed`` is a host integer or
     concrete key words;
-    ``kept_count`` is ``C`` (``spec.keep_count``) and ``factor`` ``spec.training_factor``."""
+    ``kept_count`` is ``C`` (``spec.keep_count``) and ``factor`` ``spec.training_factor``.
+    The pass is planned here, once, as a :class:`~xdrop.fused.FusedCall`."""
     if not enabled() or type(xp).fused_dropout is Backend.fused_dropout:
         return None  # no kernel: leave the words alone
     if isinstance(seed, int):
@@ -84,35 +86,23 @@ def dropout(
     else:  # torch words are signed
         words = (int(seed[0]) & 0xFFFF_FFFF, int(seed[1]) & 0xFFFF_FFFF)
     threshold = kept_count << (32 - spec.UNIFORM_BITS)
-    return xp.fused_dropout(x, words, offset, threshold, factor, return_mask)
+    return xp.fused_dropout(x, FusedCall(words, offset, threshold, factor, return_mask))
 
 
 def host_dropout(
-    x: np.ndarray,
-    dtype: str,
-    key: tuple[int, int],
-    offset: int,
-    threshold: int,
-    factor: float | None,
-    out: np.ndarray,
-    keep: np.ndarray | None,
+    x: np.ndarray, out: np.ndarray, keep: np.ndarray | None, dtype: str, call: FusedCall
 ) -> None:
-    """Write ``where(keep, x * factor, +0.0)`` into ``out`` and the keep mask into ``keep``
-    (unless it is None). ``x`` and ``out`` are C-contiguous arrays of one size holding values of
-    ``dtype`` in native byte order (bfloat16 may come as its 16-bit words), ``keep`` a C-contiguous
-    boolean array of that size. Needs the compiled kernel (``compiled is not None``)."""
+    """Write ``call``'s pass over ``x`` into ``out`` and its keep mask into ``keep`` (unless it
+    is None; ``call.return_mask`` is not read). ``x`` and ``out`` are C-contiguous arrays of one
+    size holding values of ``dtype`` in native byte order (bfloat16 may come as its 16-bit
+    words), ``keep`` a C-contiguous boolean array of that size. Needs the compiled kernel
+    (``compiled is not None``)."""
     assert compiled is not None
-    compiled.dropout(x, out, keep, dtype, key[0], key[1], offset, threshold, factor)
+    k0, k1 = call.key
+    compiled.dropout(x, out, keep, dtype, k0, k1, call.offset, call.threshold, call.factor)
 
 
-def numpy_dropout(
-    x: np.ndarray,
-    key: tuple[int, int],
-    offset: int,
-    threshold: int,
-    factor: float | None,
-    return_mask: bool,
-) -> tuple[np.ndarray, np.ndarray | None] | None:
+def numpy_dropout(x: np.ndarray, call: FusedCall) -> tuple[np.ndarray, np.ndarray | None] | None:
     """:meth:`~xdrop.protocol.Backend.fused_dropout` for NumPy arrays (and NumPy scalars, which
     give 0-d arrays, as the spec's path does). A non-contiguous ``x`` is copied to row-major
     order first; a byte-swapped one is left to the spec's operations."""
@@ -122,8 +112,8 @@ def numpy_dropout(
     if not x.flags.c_contiguous:
         x = np.ascontiguousarray(x)
     y = np.empty(x.shape, x.dtype)
-    keep = np.empty(x.shape, np.bool_) if return_mask else None
-    compiled.dropout(x, y, keep, _name(x.dtype), key[0], key[1], offset, threshold, factor)
+    keep = np.empty(x.shape, np.bool_) if call.return_mask else None
+    host_dropout(x, y, keep, _name(x.dtype), call)
     return y, keep
 
 

@@ -41,6 +41,7 @@ from typing import Any, ClassVar, TypeVar, cast
 import numpy as np
 
 from xdrop.errors import RoleNotImplementedError
+from xdrop.fused import FusedCall
 
 Array = Any  # a framework's array; the protocol cannot name it without importing the framework
 Words = Any  # a framework's array of 32-bit words, in whatever dtype the backend carries them
@@ -194,22 +195,15 @@ class ArrayOps(abc.ABC):
         kept_values = x if factor is None else self.scale(x, factor)
         return self.select(keep, kept_values), keep if return_mask else None
 
-    def fused_dropout(
-        self,
-        x: Array,
-        key: tuple[int, int],
-        offset: int,
-        threshold: int,
-        factor: float | None,
-        return_mask: bool,
-    ) -> tuple[Array, Array | None] | None:
+    def fused_dropout(self, x: Array, call: FusedCall) -> tuple[Array, Array | None] | None:
         """Training dropout of ``x`` in one fused pass (:mod:`xdrop.kernel`), or None (the
         default) where the backend has no fused kernel for ``x``: then the spec's operations run.
 
-        Element ``i`` (row-major) is kept when ``bits(key, offset + i) < threshold``; the result
-        is ``(where(keep, x * factor, +0.0), keep if return_mask else None)`` (``x`` unscaled for
-        ``factor=None``), with exactly the bits of :meth:`select_chunks` on the spec's mask.
-        ``key`` holds the key words as Python integers. Called only eagerly, for ``p > 0``."""
+        ``call`` (:class:`~xdrop.fused.FusedCall`, Python numbers) describes the pass: element
+        ``i`` (row-major) is kept when ``bits(call.key, call.offset + i) < call.threshold``; the
+        result is ``(where(keep, x * call.factor, +0.0), keep if call.return_mask else None)``
+        (``x`` unscaled for ``factor=None``), with exactly the bits of :meth:`select_chunks` on
+        the spec's mask. Called only eagerly, for ``p > 0``."""
         return None
 
 

@@ -3,8 +3,9 @@
 Dropout is linear in ``x``: ``y = where(keep, x * s, +0.0)``, so the gradient with respect to
 ``x`` is the same map applied to the incoming gradient, ``where(keep, g * s, +0.0)`` — exactly
 what the spec's path computes by differentiating ``select(keep, multiply(x, s))``. The backward
-pass therefore runs the kernel again from the key, the offset, the threshold and the scale (Python
-numbers) instead of keeping the mask: no tensor is saved for backward (``F.dropout`` saves a
+pass therefore runs the kernel again from the pass's description (a
+:class:`~xdrop.fused.FusedCall`: the key, the offset, the threshold and the scale, Python numbers)
+instead of keeping the mask: no tensor is saved for backward (``F.dropout`` saves a
 4-byte-per-element mask, the spec's path a 1-byte one). The backward is the same autograd function,
 so higher derivatives work too; forward-mode AD applies the same map to the tangent.
 
@@ -23,6 +24,7 @@ from typing import Any
 import torch
 
 from xdrop import kernel
+from xdrop.fused import FusedCall
 
 # torch dtype -> (the name the kernels know, the integer dtype of the same width, to view bits)
 _DTYPES = {
@@ -33,18 +35,13 @@ _DTYPES = {
 }
 _PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)
 
-Runner = Callable[[Any, bool], tuple[Any, Any]]
-"""``run(x, return_mask) -> (y, keep or None)``: one fused pass with the stream's parameters bound."""
+Write = Callable[[Any, Any, Any, FusedCall], None]
+"""``write(source, y, keep, call)``: ``call``'s pass over the contiguous ``source`` into ``y`` and
+``keep`` (None: no mask), all of one device — :func:`_write_on_cpu`, or
+:func:`xdrop.triton_kernel.write` for CUDA tensors."""
 
 
-def dropout(
-    x: Any,
-    key: tuple[int, int],
-    offset: int,
-    threshold: int,
-    factor: float | None,
-    return_mask: bool,
-) -> tuple[Any, Any] | None:
+def dropout(x: Any, call: FusedCall) -> tuple[Any, Any] | None:
     """:meth:`~xdrop.protocol.Backend.fused_dropout` for torch: ``(y, keep or None)``, with the
     autograd function where ``x`` needs a gradient; None where no kernel applies."""
     if type(x) not in _PLAIN_TYPES or x.dtype not in _DTYPES or x.layout != torch.strided:
@@ -54,25 +51,42 @@ def dropout(
     if x.device.type == "cpu":
         if kernel.compiled is None:
             return None
-        run: Runner = functools.partial(_cpu, key, offset, threshold, factor)
+        write: Write = _write_on_cpu
     elif x.device.type == "cuda" and _triton() is not None:
-        run = functools.partial(_triton().dropout, key, offset, threshold, factor)
+        write = _triton().write
     else:
         return None
     if (x.requires_grad and torch.is_grad_enabled()) or _forward_ad_level() >= 0:
-        y, keep = _fused_dropout(x, run, return_mask)
+        y, keep = _fused_dropout(x, write, call)
         return y, keep
-    return run(x, return_mask)
+    return one_pass(x, write, call)
+
+
+def one_pass(x: Any, write: Write, call: FusedCall) -> tuple[Any, Any]:
+    """``(y, keep or None)`` from ``write`` on ``x``'s buffer: a strided ``x`` is copied to
+    row-major order first (the mask follows the logical row-major index); ``y`` and ``keep``
+    are new contiguous tensors on ``x``'s device."""
+    source = x.detach()
+    if not source.is_contiguous():
+        source = source.contiguous()
+    # empty_like: a quarter of torch.empty's cost, which matters at 1e3 elements
+    y = torch.empty_like(source, memory_format=torch.contiguous_format)
+    keep = None
+    if call.return_mask:
+        keep = torch.empty_like(source, dtype=torch.bool, memory_format=torch.contiguous_format)
+    write(source, y, keep, call)
+    return y, keep
 
 
 class FusedDropout(torch.autograd.Function):
-    """``y = run(x)``, a linear map of ``x``; its derivative applies ``run`` to the gradient (or
-    the tangent). Only ``run`` — Python numbers bound to a function — is kept for backward."""
+    """``y = one_pass(x)``, a linear map of ``x``; its derivative is the same pass over the
+    gradient (or the tangent). Only ``write`` and ``call`` — a function and Python numbers — are
+    kept for backward."""
 
     @staticmethod
-    def forward(ctx: Any, x: Any, run: Runner, return_mask: bool) -> tuple[Any, Any]:
-        ctx.run = run
-        y, keep = run(x, return_mask)
+    def forward(ctx: Any, x: Any, write: Write, call: FusedCall) -> tuple[Any, Any]:
+        ctx.write, ctx.call = write, call.without_mask()
+        y, keep = one_pass(x, write, call)
         if keep is not None:
             ctx.mark_non_differentiable(keep)
         return y, keep
@@ -80,51 +94,25 @@ class FusedDropout(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, gradient: Any, _keep_gradient: Any) -> tuple[Any, None, None]:
         # through the autograd function again: differentiable when create_graph=True
-        gradient_x, _ = _fused_dropout(gradient, ctx.run, False)
+        gradient_x, _ = _fused_dropout(gradient, ctx.write, ctx.call)
         return gradient_x, None, None
 
     @staticmethod
-    def jvp(ctx: Any, tangent: Any, _run: Any, _return_mask: Any) -> tuple[Any, None]:
-        return ctx.run(tangent, False)[0], None
+    def jvp(ctx: Any, tangent: Any, _write: Any, _call: Any) -> tuple[Any, None]:
+        return one_pass(tangent, ctx.write, ctx.call)[0], None
 
 
-_fused_dropout: Callable[[Any, Runner, bool], tuple[Any, Any]] = FusedDropout.apply  # typed
+_fused_dropout: Callable[[Any, Write, FusedCall], tuple[Any, Any]] = FusedDropout.apply  # typed
 
 
-def _cpu(
-    key: tuple[int, int],
-    offset: int,
-    threshold: int,
-    factor: float | None,
-    x: Any,
-    return_mask: bool,
-) -> tuple[Any, Any]:
-    """The compiled kernel on a CPU tensor's buffer; a strided ``x`` is copied to row-major order
-    first (the mask follows the logical row-major index). The output is contiguous."""
-    source = x.detach()
-    if not source.is_contiguous():
-        source = source.contiguous()
-    # empty_like: a quarter of torch.empty's cost, which matters at 1e3 elements
-    y = torch.empty_like(source, memory_format=torch.contiguous_format)
-    keep = None
-    if return_mask:
-        keep = torch.empty_like(source, dtype=torch.bool, memory_format=torch.contiguous_format)
-    name, words = _DTYPES[x.dtype]
+def _write_on_cpu(source: Any, y: Any, keep: Any, call: FusedCall) -> None:
+    """The compiled kernel on CPU tensors' buffers, shared with NumPy (zero-copy)."""
+    name, words = _DTYPES[source.dtype]
     if name == "bfloat16":  # NumPy has no bfloat16: the kernel reads its 16-bit words
-        source, y_bits = source.view(words), y.view(words)
-    else:
-        y_bits = y
+        source, y = source.view(words), y.view(words)
     kernel.host_dropout(
-        source.numpy(),  # zero-copy
-        name,
-        key,
-        offset,
-        threshold,
-        factor,
-        y_bits.numpy(),
-        None if keep is None else keep.numpy(),
+        source.numpy(), y.numpy(), None if keep is None else keep.numpy(), name, call
     )
-    return y, keep
 
 
 def _forward_ad_level() -> int:

@@ -17,9 +17,10 @@ from __future__ import annotations
 import struct
 from typing import Any
 
-import torch
 import triton
 import triton.language as tl
+
+from xdrop.fused import FusedCall
 
 BLOCK = 1024
 
@@ -37,21 +38,23 @@ def _mix(x0: Any, x1: Any, bits: tl.constexpr) -> Any:
 
 
 @triton.jit
-def _group_a(x0: Any, x1: Any) -> Any:
-    x0, x1 = _mix(x0, x1, 13)
-    x0, x1 = _mix(x0, x1, 15)
-    x0, x1 = _mix(x0, x1, 26)
-    x0, x1 = _mix(x0, x1, 6)
-    return x0, x1
-
-
-@triton.jit
-def _group_b(x0: Any, x1: Any) -> Any:
-    x0, x1 = _mix(x0, x1, 17)
-    x0, x1 = _mix(x0, x1, 29)
-    x0, x1 = _mix(x0, x1, 16)
-    x0, x1 = _mix(x0, x1, 24)
-    return x0, x1
+def _four_rounds(
+    x0: Any,
+    x1: Any,
+    inject0: Any,
+    inject1: Any,
+    R0: tl.constexpr,
+    R1: tl.constexpr,
+    R2: tl.constexpr,
+    R3: tl.constexpr,
+) -> Any:
+    """Four rounds of Threefry-2x32 with the rotations ``R0..R3``, then the key injection
+    ``(inject0, inject1)``: a fifth of the twenty rounds."""
+    x0, x1 = _mix(x0, x1, R0)
+    x0, x1 = _mix(x0, x1, R1)
+    x0, x1 = _mix(x0, x1, R2)
+    x0, x1 = _mix(x0, x1, R3)
+    return x0 + inject0, x1 + inject1
 
 
 @triton.jit
@@ -98,23 +101,12 @@ def _dropout_kernel(
     k0 = key0.to(tl.uint32)
     k1 = key1.to(tl.uint32)
     k2 = k0 ^ k1 ^ 0x1BD11BDA
-    x0 = c0 + k0
-    x1 = c1 + k1
-    x0, x1 = _group_a(x0, x1)
-    x0 += k1
-    x1 += k2 + 1
-    x0, x1 = _group_b(x0, x1)
-    x0 += k2
-    x1 += k0 + 2
-    x0, x1 = _group_a(x0, x1)
-    x0 += k0
-    x1 += k1 + 3
-    x0, x1 = _group_b(x0, x1)
-    x0 += k1
-    x1 += k2 + 4
-    x0, x1 = _group_a(x0, x1)
-    x0 += k2
-    x1 += k0 + 5
+    # the rotations alternate between two sets of four (spec.ROTATIONS)
+    x0, x1 = _four_rounds(c0 + k0, c1 + k1, k1, k2 + 1, 13, 15, 26, 6)
+    x0, x1 = _four_rounds(x0, x1, k2, k0 + 2, 17, 29, 16, 24)
+    x0, x1 = _four_rounds(x0, x1, k0, k1 + 3, 13, 15, 26, 6)
+    x0, x1 = _four_rounds(x0, x1, k1, k2 + 4, 17, 29, 16, 24)
+    x0, x1 = _four_rounds(x0, x1, k2, k0 + 5, 13, 15, 26, 6)
     keep = ((x0 ^ x1) >> 9) < limit.to(tl.uint32)
     x = tl.load(x_ptr + index, mask=inside)
     if SCALED:
@@ -132,26 +124,18 @@ def _dropout_kernel(
         tl.store(keep_ptr + index, keep, mask=inside)
 
 
-def dropout(
-    key: tuple[int, int],
-    offset: int,
-    threshold: int,
-    factor: float | None,
-    x: Any,
-    return_mask: bool,
-) -> tuple[Any, Any]:
-    """One fused pass over ``x`` (row-major; a strided ``x`` is copied first): ``(y, keep or
-    None)``, ``y`` contiguous. ``threshold`` is ``T``; ``factor`` None means no scale."""
-    source = x.detach().contiguous()
-    y = torch.empty_like(source)
-    keep = torch.empty(source.shape, dtype=torch.bool, device=x.device) if return_mask else None
+def write(source: Any, y: Any, keep: Any, call: FusedCall) -> None:
+    """``call``'s pass over the contiguous CUDA tensor ``source`` into ``y`` (its shape and
+    dtype) and ``keep`` (booleans; None: no mask), as :mod:`xdrop.torch_kernel` allocates them."""
     count = source.numel()
-    if count:
-        # the scale travels as the bits of a float64 (Triton passes Python floats as float32)
-        (factor_bits,) = struct.unpack("<q", struct.pack("<d", 1.0 if factor is None else factor))
-        _dropout_kernel[(triton.cdiv(count, BLOCK),)](
-            source, y, y if keep is None else keep, count, key[0], key[1], offset >> 32, offset & 0xFFFF_FFFF,
-            threshold >> 9, factor_bits, SCALED=factor is not None, HAS_KEEP=return_mask,
-            BLOCK=BLOCK,
-        )  # fmt: skip
-    return y, keep
+    if not count:
+        return
+    # the scale travels as the bits of a float64 (Triton passes Python floats as float32)
+    factor = 1.0 if call.factor is None else call.factor
+    (factor_bits,) = struct.unpack("<q", struct.pack("<d", factor))
+    k0, k1 = call.key
+    _dropout_kernel[(triton.cdiv(count, BLOCK),)](
+        source, y, y if keep is None else keep, count, k0, k1, call.offset >> 32,
+        call.offset & 0xFFFF_FFFF, call.threshold >> 9, factor_bits,
+        SCALED=call.factor is not None, HAS_KEEP=keep is not None, BLOCK=BLOCK,
+    )  # fmt: skip
