@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import xdrop
-from xdrop import registry
+from xdrop import defaults, registry
 
 FRAMEWORKS = ("torch", "tensorflow", "jax", "jaxlib", "keras", "flax")
 
@@ -116,7 +116,7 @@ def test_set_backend_rejects_unknown_names():
 
 
 def test_use_backend_restores_exactly_what_was_there(monkeypatch):
-    monkeypatch.setattr(registry, "_chosen_default", None)
+    monkeypatch.setattr(defaults.BACKEND, "_process", None)
     monkeypatch.setenv("XDROP_BACKEND", "array_api")
     assert xdrop.get_backend() == "array_api"
     with xdrop.use_backend("numpy") as backend:
@@ -124,12 +124,12 @@ def test_use_backend_restores_exactly_what_was_there(monkeypatch):
         with xdrop.use_backend("array_api"):
             assert xdrop.get_backend() == "array_api"
         assert xdrop.get_backend() == "numpy"
-    assert registry._context_default.get() is None
+    assert defaults.BACKEND.chosen() is None
     assert xdrop.get_backend() == "array_api"
 
 
 def test_use_backend_is_local_to_threads_and_tasks(monkeypatch):
-    monkeypatch.setattr(registry, "_chosen_default", None)
+    monkeypatch.setattr(defaults.BACKEND, "_process", None)
     monkeypatch.delenv("XDROP_BACKEND", raising=False)
     seen: dict[str, object] = {}
 
@@ -158,6 +158,44 @@ def test_use_backend_is_local_to_threads_and_tasks(monkeypatch):
         "tasks": [["numpy"] * 3, ["array_api"] * 3],
         "here": "array_api",
     }
+
+
+@pytest.mark.parametrize(
+    ("setting", "set_default", "use_default", "get_default", "values"),
+    [
+        (defaults.BACKEND, xdrop.set_backend, xdrop.use_backend, xdrop.get_backend,
+         ("numpy", "array_api")),
+        (defaults.RNG, xdrop.set_rng, xdrop.use_rng, xdrop.get_rng, ("portable", "native")),
+    ],
+    ids=["backend", "rng"],
+)  # fmt: skip
+def test_the_default_backend_and_generator_are_kept_alike_in_xdrop_defaults(
+    monkeypatch, setting, set_default, use_default, get_default, values
+):
+    process_wide, in_block = values
+    monkeypatch.setattr(setting, "_process", None)
+    monkeypatch.setenv(setting.environment_variable, f" {in_block} ")
+    assert get_default() == setting.get() == in_block  # the environment, stripped
+    set_default(process_wide)
+    assert get_default() == setting.chosen() == process_wide  # beats the environment
+    seen: dict[str, object] = {}
+
+    async def task(value: str) -> str:
+        with use_default(value):
+            await asyncio.sleep(0)  # the other task enters its own block here
+            return str(get_default())
+
+    async def both() -> list[str]:
+        return list(await asyncio.gather(task(in_block), task(process_wide)))
+
+    with use_default(in_block):
+        assert setting.chosen() == in_block
+        thread = threading.Thread(target=lambda: seen.update(thread=get_default()))
+        thread.start()
+        thread.join()
+        seen["tasks"] = asyncio.run(both())
+    assert seen == {"thread": process_wide, "tasks": [in_block, process_wide]}
+    assert get_default() == process_wide
 
 
 def test_numpy_arrays_and_python_values_go_to_the_default_backend():

@@ -9,11 +9,9 @@ first time the backend is used, never by ``import xdrop``; an array's framework 
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import difflib
 import importlib.util
 import inspect
-import os
 import sys
 import threading
 from collections.abc import Iterator
@@ -22,12 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
+from xdrop import defaults
 from xdrop.errors import BackendError, bad_type
 from xdrop.protocol import Backend
 from xdrop.tracing import host_constant
 
 ENTRY_POINT_GROUP = "xdrop.backends"
-ENVIRONMENT_VARIABLE = "XDROP_BACKEND"
+ENVIRONMENT_VARIABLE = defaults.BACKEND.environment_variable
 FALLBACK_BACKEND = "numpy"
 BUILT_IN_DISTRIBUTION = "xdrop"
 ALIASES = {"pytorch": "torch", "tf": "tensorflow", "np": "numpy", "array-api": "array_api"}
@@ -37,10 +36,6 @@ _lock = threading.RLock()
 _entry_points: dict[str, list[metadata.EntryPoint]] | None = None
 _backends: dict[str, Backend] = {}
 _owner_of_type: dict[type, str | tuple[str, ...] | None] = {}
-_chosen_default: str | None = None
-_context_default: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "xdrop_backend", default=None
-)
 
 
 def _adopt_source_backends() -> None:
@@ -257,7 +252,6 @@ def available_backends() -> dict[str, bool]:
 
 
 # -- the default backend ----------------------------------------------------------------------------
-@host_constant  # torch.compile cannot trace ContextVar.get
 @host_constant  # torch.compile cannot trace ContextVar.get: it calls this as it is
 def default_name() -> str:
     """The default backend's name: ``use_backend`` > ``set_backend`` > ``XDROP_BACKEND`` > numpy."""
@@ -266,12 +260,7 @@ def default_name() -> str:
 
 def selected_name() -> str | None:
     """The backend the user selected (``use_backend``, ``set_backend`` or ``XDROP_BACKEND``), if any."""
-    return (
-        _context_default.get()
-        or _chosen_default
-        or os.environ.get(ENVIRONMENT_VARIABLE, "").strip()
-        or None
-    )
+    return defaults.BACKEND.get()
 
 
 def default_backend() -> Backend:
@@ -283,7 +272,7 @@ def _checked_default_name() -> str:
     """The default backend's name, loaded; one that only ``XDROP_BACKEND`` names must be
     registered."""
     name = default_name()
-    chosen = name in (_context_default.get(), _chosen_default, FALLBACK_BACKEND)
+    chosen = name in (defaults.BACKEND.chosen(), FALLBACK_BACKEND)
     if not chosen and name not in _backends and name not in _registered():
         raise unknown_backend(name, f" (from the environment variable {ENVIRONMENT_VARIABLE})")
     load(name)
@@ -305,9 +294,8 @@ def set_backend(name: str) -> None:
 
     >>> xdrop.set_backend("numpy")  # doctest: +SKIP
     """
-    global _chosen_default
     load(name)
-    _chosen_default = name
+    defaults.BACKEND.set(name)
 
 
 @contextlib.contextmanager
@@ -319,11 +307,8 @@ def use_backend(name: str) -> Iterator[Backend]:
     ...     y = xdrop.dropout([1.0, 2.0], 0.5, seed=0)
     """
     backend = load(name)
-    token = _context_default.set(name)
-    try:
+    with defaults.BACKEND.use(name):
         yield backend
-    finally:
-        _context_default.reset(token)
 
 
 # -- dispatch ---------------------------------------------------------------------------------------
