@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 import threading
@@ -17,8 +18,6 @@ FRAMEWORKS = ("torch", "tensorflow", "jax", "jaxlib", "keras", "flax")
 
 
 def run_python(code: str, **environment: str) -> subprocess.CompletedProcess[str]:
-    import os
-
     env = {key: value for key, value in os.environ.items() if key != "XDROP_BACKEND"}
     env.update(environment)
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)

@@ -5,8 +5,10 @@ from xdrop.errors import (
     ArgumentTypeError,
     ArgumentValueError,
     BackendError,
+    BackendWarning,
     TracingError,
     XdropError,
+    XdropWarning,
 )
 from xdrop.family import alpha_dropout, drop_block, drop_path, gaussian_dropout
 from xdrop.mc import MCDropoutResult, mc_dropout
@@ -21,11 +23,13 @@ __all__ = [
     "ArgumentTypeError",
     "ArgumentValueError",
     "BackendError",
+    "BackendWarning",
     "Block",
     "Generator",
     "MCDropoutResult",
     "TracingError",
     "XdropError",
+    "XdropWarning",
     "alpha_dropout",
     "available_backends",
     "chunk_block",

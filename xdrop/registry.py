@@ -14,6 +14,7 @@ import importlib.util
 import inspect
 import sys
 import threading
+import warnings
 from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
@@ -21,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from xdrop import defaults
-from xdrop.errors import BackendError, bad_type
+from xdrop.errors import BackendError, BackendWarning, bad_type
 from xdrop.protocol import Backend
 from xdrop.tracing import host_constant
 
@@ -36,6 +37,8 @@ _lock = threading.RLock()
 _entry_points: dict[str, list[metadata.EntryPoint]] | None = None
 _backends: dict[str, Backend] = {}
 _owner_of_type: dict[type, str | tuple[str, ...] | None] = {}
+_warned_lost: set[tuple[str, type]] = set()
+"""The ``(plugin, array type)`` pairs already warned about: a built-in backend took the type."""
 
 
 def _adopt_source_backends() -> None:
@@ -131,6 +134,12 @@ def _distribution(entry_point: metadata.EntryPoint) -> str:
     return entry_point.dist.name if entry_point.dist is not None else "an unknown distribution"
 
 
+def origin(name: str) -> str:
+    """Where the backend ``name`` comes from, for messages: ``"module:Class, from package"``."""
+    entry_point = _entry_point(name)
+    return f"{entry_point.value}, from {_distribution(entry_point)}"
+
+
 def is_built_in(name: str) -> bool:
     """Whether ``name`` is registered by xdrop itself (not by a plugin)."""
     claims = _registered().get(name, [])
@@ -172,37 +181,7 @@ def _create(name: str) -> Backend:
             f"xdrop backend {name!r} ({entry_point.value}) is not an xdrop.protocol.Backend: "
             f"got {type(backend).__name__}"
         )
-    if _distribution(entry_point) != "xdrop":
-        problem = _self_check(backend)
-        if problem:
-            raise BackendError(
-                f"xdrop backend {name!r} ({entry_point.value}, from {_distribution(entry_point)}) "
-                f"fails its self-check: {problem}"
-            )
     return backend
-
-
-def _self_check(backend: Backend) -> str | None:
-    """Draw one small mask through a third-party backend, so that a broken implementation fails
-    once, here, with its name, rather than as wrong masks later. None when all is well."""
-    from xdrop import reference, spec
-
-    seed, p, count = 20_14, 0.5, 16
-    try:
-        dtype = backend.dtype_name(backend.asarray(np.zeros(2, np.float32)))
-        mask = spec.keep_mask(backend, spec.key_words(backend, seed), (count,), spec.keep_count(p))
-        host = backend.to_numpy(mask)
-    except Exception as error:
-        return f"drawing a mask raised {type(error).__name__}: {error}"
-    if dtype != "float32":
-        return f"dtype_name of a float32 array gave {dtype!r}"
-    if host.dtype != np.bool_ or host.shape != (count,):
-        return (
-            f"a keep mask came back as {host.dtype} of shape {host.shape}, not bool of ({count},)"
-        )
-    if host.tolist() != reference.keep_mask(seed, p, count):
-        return "its masks differ from mask stream v1 (docs/spec.md)"
-    return None
 
 
 def _backend_class(name: str) -> type[Backend] | None:
@@ -222,15 +201,18 @@ def is_available(name: str) -> bool:
     """Whether backend ``name`` can be used here, which is what ``xdrop conformance`` checks too.
 
     A built-in backend is available when its class implements the protocol and its framework is
-    installed (its framework is not imported). A plugin is available when it loads: its class
-    is created and passes the self-check (a small mask drawn through it), as on first use."""
-    if name in _backends:
-        return True
+    installed (its framework is not imported). A plugin is available when it loads and passes the
+    conformance kit's self-check (a small mask drawn through it); using it never runs the check."""
     if not is_built_in(name):
+        # imported here: the conformance kit sits above the registry, which dispatch needs alone
+        from xdrop.conformance.self_check import checked_backend
+
         try:
-            load(name)
+            checked_backend(name)
         except BackendError:
             return False
+        return True
+    if name in _backends:
         return True
     backend_class = _backend_class(name)
     framework = None if backend_class is None else backend_class.framework
@@ -243,7 +225,8 @@ def is_available(name: str) -> bool:
 
 def available_backends() -> dict[str, bool]:
     """Each registered backend name mapped to whether it can be used here: for a built-in
-    backend, its framework is installed (it is not imported); a plugin is loaded and self-checked.
+    backend, its framework is installed (it is not imported); a plugin is loaded and passes the
+    self-check of ``xdrop.conformance``, as ``xdrop conformance`` requires.
 
     >>> xdrop.available_backends()["numpy"]
     True
@@ -359,16 +342,34 @@ def _settle(kind: type, claims: tuple[str, ...]) -> str:
         return selected
     built_in = [name for name in claims if is_built_in(name)]
     if len(built_in) == 1:
+        _warn_lost(kind, claims, built_in[0])
         return built_in[0]
-    owners = ", ".join(
-        f"{name!r} ({_registered()[name][0].value}, from {_distribution(_registered()[name][0])})"
-        for name in claims
-    )
+    owners = ", ".join(f"{name!r} ({origin(name)})" for name in claims)
     raise BackendError(
-        f"arrays of type {kind.__module__}.{kind.__qualname__} are claimed by several xdrop "
-        f"backends: {owners}; select one with xdrop.use_backend, xdrop.set_backend or "
-        f"{ENVIRONMENT_VARIABLE}"
+        f"arrays of type {_type_name(kind)} are claimed by several xdrop backends: {owners}; "
+        f"select one with xdrop.use_backend, xdrop.set_backend or {ENVIRONMENT_VARIABLE}"
     )
+
+
+def _warn_lost(kind: type, claims: tuple[str, ...], built_in: str) -> None:
+    """Say once per plugin and type that the built-in backend runs arrays the plugin claims, and
+    how to run them on the plugin instead: otherwise the plugin would seem to do nothing."""
+    for name in claims:
+        if name == built_in or (name, kind) in _warned_lost:
+            continue
+        _warned_lost.add((name, kind))
+        warnings.warn(
+            f"xdrop backend plugin {name!r} ({origin(name)}) claims arrays of type "
+            f"{_type_name(kind)}, which the built-in backend {built_in!r} runs; to run them on "
+            f"{name!r}, select it: with xdrop.use_backend({name!r}), xdrop.set_backend({name!r}) "
+            f"or {ENVIRONMENT_VARIABLE}={name}",
+            BackendWarning,
+            stacklevel=1,  # attributed to xdrop.registry: a module=r"xdrop\." filter matches it
+        )
+
+
+def _type_name(kind: type) -> str:
+    return f"{kind.__module__}.{kind.__qualname__}"
 
 
 def _candidates() -> tuple[list[str], list[str]]:
