@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +17,7 @@ import xdrop
 from xdrop import defaults, registry
 
 FRAMEWORKS = ("torch", "tensorflow", "jax", "jaxlib", "keras", "flax")
+ROOT = Path(__file__).parent.parent
 
 
 def run_python(code: str, **environment: str) -> subprocess.CompletedProcess[str]:
@@ -218,3 +221,46 @@ def test_a_backend_that_is_registered_but_not_importable_says_what_to_install(mo
     monkeypatch.setitem(registry._registered(), "missing", [EntryPoint()])
     with pytest.raises(xdrop.BackendError, match=r'pip install "\.\[missing\]" from a checkout'):
         registry.load("missing")
+
+
+def test_the_built_in_table_is_what_pyproject_toml_registers():
+    tomllib = pytest.importorskip("tomllib")
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["entry-points"]["xdrop.backends"] == registry.BUILT_IN_BACKENDS
+
+
+def test_a_checkout_on_pythonpath_finds_its_backends_without_an_install(tmp_path):
+    """No pip install: no entry points, no editable finder. ``python -S`` skips site-packages (so
+    the installed xdrop); NumPy alone is put on the path, from a folder of its own."""
+    checkout, site = tmp_path / "checkout", tmp_path / "site"
+    litter = shutil.ignore_patterns("__pycache__", "*.so", "*.pyd", "*.egg-info")
+    for folder in ("xdrop", "backends"):
+        shutil.copytree(ROOT / folder, checkout / folder, ignore=litter)
+    site.mkdir()
+    numpy_home = Path(np.__file__).parent
+    for name in ("numpy", "numpy.libs"):  # numpy.libs: the wheel's shared libraries, if any
+        if (numpy_home.parent / name).exists():
+            (site / name).symlink_to(numpy_home.parent / name)
+    code = (
+        "import importlib.metadata as metadata, numpy, xdrop\n"
+        "print(list(metadata.entry_points(group='xdrop.backends')))\n"
+        "print(xdrop.__file__.startswith(sys.argv[1]), xdrop.available_backends()['numpy'])\n"
+        "print(xdrop.dropout(numpy.ones(4, numpy.float32), 0.5, seed=0).tolist())\n"
+        "print(xdrop.registry.is_built_in('numpy'), xdrop.registry.origin('numpy'))\n"
+        "import xdrop.cli\n"
+        "sys.exit(xdrop.cli.main(['conformance', '--backend', 'numpy', '--mode', 'eager']))\n"
+    )
+    environment = {"PYTHONPATH": f"{checkout}{os.pathsep}{site}", "PATH": os.environ["PATH"]}
+    result = subprocess.run(
+        [sys.executable, "-S", "-c", "import sys\n" + code, str(checkout)],
+        capture_output=True, text=True, cwd=tmp_path, env=environment,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[:4] == [
+        "[]",  # nothing installed: the registry's own table registers the built-ins
+        "True True",
+        "[0.0, 0.0, 2.0, 2.0]",
+        "True xdrop.backends.numpy:NumpyBackend, from xdrop",
+    ]
+    assert "all backends conform" in result.stdout

@@ -1,7 +1,8 @@
 """Which backend runs a call: the entry-point registry, the default backend and dispatch.
 
-Backends are found only through the ``xdrop.backends`` entry-point group (the built-ins too), so
-``XDROP_BACKEND`` can name nothing but a registered backend. A backend's framework is imported the
+Backends are found only through the ``xdrop.backends`` entry-point group (the built-ins too, from
+``BUILT_IN_BACKENDS`` where xdrop is not installed), so ``XDROP_BACKEND`` can name nothing but a
+registered backend. A backend's framework is imported the
 first time the backend is used, never by ``import xdrop``; an array's framework is recognised from
 ``sys.modules``, as einops and array-api-compat do, so dispatch imports nothing either.
 """
@@ -30,6 +31,15 @@ ENTRY_POINT_GROUP = "xdrop.backends"
 ENVIRONMENT_VARIABLE = defaults.BACKEND.environment_variable
 FALLBACK_BACKEND = "numpy"
 BUILT_IN_DISTRIBUTION = "xdrop"
+BUILT_IN_BACKENDS = {
+    "numpy": "xdrop.backends.numpy:NumpyBackend",
+    "torch": "xdrop.backends.torch:TorchBackend",
+    "tensorflow": "xdrop.backends.tensorflow:TensorflowBackend",
+    "jax": "xdrop.backends.jax:JaxBackend",
+    "array_api": "xdrop.backends.array_api:ArrayApiBackend",
+}
+"""xdrop's own backends, as ``pyproject.toml`` registers them: registered from here when no
+installed xdrop provides them (a checkout on ``PYTHONPATH`` has no entry points)."""
 ALIASES = {"pytorch": "torch", "tf": "tensorflow", "np": "numpy", "array-api": "array_api"}
 """Names people type for a built-in backend, offered as "did you mean"."""
 
@@ -87,6 +97,10 @@ def _registered() -> dict[str, list[metadata.EntryPoint]]:
             claims = found.setdefault(entry_point.name, [])
             if all(entry_point.value != other.value for other in claims):
                 claims.append(entry_point)  # one distribution seen twice on sys.path is one claim
+        for name, value in BUILT_IN_BACKENDS.items():
+            claims = found.setdefault(name, [])
+            if not any(_distribution(claim) == BUILT_IN_DISTRIBUTION for claim in claims):
+                claims.append(metadata.EntryPoint(name, value, ENTRY_POINT_GROUP))
         _entry_points = found
     return _entry_points
 
@@ -131,7 +145,11 @@ def _entry_point(name: str) -> metadata.EntryPoint:
 
 
 def _distribution(entry_point: metadata.EntryPoint) -> str:
-    return entry_point.dist.name if entry_point.dist is not None else "an unknown distribution"
+    if entry_point.dist is not None:
+        return entry_point.dist.name
+    if BUILT_IN_BACKENDS.get(entry_point.name) == entry_point.value:
+        return BUILT_IN_DISTRIBUTION  # registered from the table, by xdrop itself
+    return "an unknown distribution"
 
 
 def origin(name: str) -> str:
