@@ -6,8 +6,10 @@ The plugins are real distributions under tests/plugins/: ``tests/conftest.py`` g
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import warnings
 from importlib import metadata
 from pathlib import Path
 from types import SimpleNamespace
@@ -17,6 +19,7 @@ import pytest
 
 import xdrop
 from xdrop import conformance, reference, registry
+from xdrop.conformance import self_check
 
 pytestmark = pytest.mark.backend_independent
 ROOT = Path(__file__).parent.parent
@@ -24,6 +27,24 @@ ROOT = Path(__file__).parent.parent
 boxed = pytest.importorskip(
     "xdrop_testplugin.boxed", reason="install tests/plugins/xdrop-testplugin"
 )
+shadowed = pytest.importorskip("xdrop_testplugin.shadowed")
+
+
+def run_python(*arguments: str, **environment: str) -> subprocess.CompletedProcess[str]:
+    """``python ARGUMENTS`` in a fresh process that sees the test plugins, with no
+    ``XDROP_BACKEND`` but the one given."""
+    env = {key: value for key, value in os.environ.items() if key != "XDROP_BACKEND"}
+    env.update(environment)
+    command = [sys.executable, *arguments]
+    return subprocess.run(command, capture_output=True, text=True, env=env)
+
+
+def run_conformance(*names: str) -> subprocess.CompletedProcess[str]:
+    """``xdrop conformance --mode eager --backend NAME ...`` in a fresh process."""
+    return run_python(
+        "-m", "xdrop", "conformance", "--mode", "eager",
+        *(argument for name in names for argument in ("--backend", name)),
+    )  # fmt: skip
 
 
 def test_a_plugin_is_registered_and_available():
@@ -54,8 +75,7 @@ def test_dispatch_recognises_the_plugins_array_type():
 
 def test_xdrop_backend_selects_a_plugin():
     code = "import numpy as np, xdrop; print(type(xdrop.dropout(np.ones(3), 0.5, seed=0)).__name__)"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            env={**_environment(), "XDROP_BACKEND": "boxed"})  # fmt: skip
+    result = run_python("-c", code, XDROP_BACKEND="boxed")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "Boxed"
 
@@ -70,7 +90,6 @@ def test_the_plugin_passes_the_conformance_kit():
     [
         ("broken_import", "cannot be imported (No module named 'xdrop_no_such_framework')"),
         ("incomplete", "failed to load: TypeError: Can't instantiate abstract class"),
-        ("wrong_types", "fails its self-check: a keep mask came back as int64"),
         ("exits", "failed to load: SystemExit: xdrop_testplugin.exits: a plugin that exits"),
     ],
 )
@@ -78,8 +97,30 @@ def test_a_broken_plugin_is_named_with_its_problem(name, problem):
     with pytest.raises(xdrop.BackendError) as raised:
         registry.load(name)
     assert f"xdrop backend {name!r}" in str(raised.value) and problem in str(raised.value)
-    # one notion of available: what fails to load (or its self-check) is not available
+    # one notion of available: what fails to load is not available
     assert xdrop.available_backends()[name] is False
+
+
+def test_only_availability_and_conformance_run_the_self_check(monkeypatch):
+    checked = []
+    real = self_check.problem
+    monkeypatch.setattr(
+        self_check, "problem", lambda backend: checked.append(backend.name) or real(backend)
+    )
+    monkeypatch.setattr(registry, "_backends", {})  # load every backend afresh
+    monkeypatch.setattr(registry, "_owner_of_type", {})
+    xdrop.dropout(boxed.Boxed(np.ones(4, np.float32)), 0.5, seed=0)
+    assert registry.load("wrong_types").name == "wrong_types"  # loads: dispatch checks nothing
+    assert checked == []
+    # one notion of available: the self-check fails, so neither counts it
+    assert xdrop.available_backends()["wrong_types"] is False
+    report = conformance.run_backend("wrong_types", [])
+    assert not report.available
+    assert report.reason.startswith(
+        "xdrop backend 'wrong_types' (xdrop_testplugin.broken:WrongTypes, from xdrop-testplugin) "
+        "fails its self-check: a keep mask came back as int64"
+    )
+    assert {"boxed", "wrong_types"} <= set(checked) and "numpy" not in checked
 
 
 def test_a_plugin_that_exits_on_import_takes_nothing_down():
@@ -89,23 +130,12 @@ def test_a_plugin_that_exits_on_import_takes_nothing_down():
         "print(xdrop.available_backends()['exits'], xdrop.available_backends()['numpy'])\n"
         "print(type(xdrop.dropout(torch.ones(4), 0.5, seed=1)).__name__)"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            env=_environment())  # fmt: skip
+    result = run_python("-c", code)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["False", "True", "Tensor"]
     expected = xdrop.dropout(np.ones(4, np.float32), 0.5, seed=1).tolist()
     assert xdrop.dropout(torch.ones(4), 0.5, seed=1).tolist() == expected
-    command = [
-        sys.executable,
-        "-m",
-        "xdrop",
-        "conformance",
-        "--backend",
-        "numpy",
-        "--mode",
-        "eager",
-    ]
-    run = subprocess.run(command, capture_output=True, text=True, env=_environment())
+    run = run_conformance("numpy")
     assert run.returncode == 0, run.stdout + run.stderr
 
 
@@ -138,6 +168,7 @@ def claims(monkeypatch):
     """Register extra backends for one test; dispatch forgets what it learnt meanwhile."""
     monkeypatch.setattr(registry, "_owner_of_type", {})
     monkeypatch.setattr(registry, "_backends", dict(registry._backends))
+    monkeypatch.setattr(registry, "_warned_lost", set())
 
     def register(name: str, backend_class: type, distribution: str) -> None:
         monkeypatch.setitem(
@@ -169,9 +200,41 @@ def test_a_plugin_cannot_take_torch_tensors_from_the_built_in_backend(claims):
         name = "atorch"
 
     claims("atorch", Atorch, "xdrop-atorch")
-    assert registry.backend_for(torch.ones(2)).name == "torch"
+    with pytest.warns(xdrop.BackendWarning, match="plugin 'atorch' .* type torch.Tensor"):
+        assert registry.backend_for(torch.ones(2)).name == "torch"
     with xdrop.use_backend("atorch"):  # unless the user selects it
         assert registry.backend_for(torch.ones(2)).name == "atorch"
+
+
+def test_a_plugin_that_loses_an_array_type_to_a_built_in_is_told_how_to_win_it(monkeypatch):
+    monkeypatch.setattr(registry, "_owner_of_type", {})
+    monkeypatch.setattr(registry, "_warned_lost", set())
+    x = shadowed.Standard(
+        np.ones(4, np.float32)
+    )  # claimed by 'shadowed' and the built-in array_api
+    with pytest.warns(xdrop.BackendWarning) as caught:
+        assert registry.backend_for(x).name == "array_api"
+    (warning,) = caught
+    assert str(warning.message) == (
+        "xdrop backend plugin 'shadowed' (xdrop_testplugin.shadowed:ShadowedBackend, from "
+        "xdrop-testplugin) claims arrays of type xdrop_testplugin.shadowed.Standard, which the "
+        "built-in backend 'array_api' runs; to run them on 'shadowed', select it: with "
+        "xdrop.use_backend('shadowed'), xdrop.set_backend('shadowed') or XDROP_BACKEND=shadowed"
+    )
+    assert (
+        issubclass(xdrop.BackendWarning, xdrop.XdropWarning)
+        and warning.filename == registry.__file__
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per plugin and type; none once it is selected
+        assert registry.backend_for(x).name == "array_api"
+        with xdrop.use_backend("shadowed"):
+            assert registry.backend_for(x).name == "shadowed"
+        monkeypatch.setenv("XDROP_BACKEND", "shadowed")
+        assert registry.backend_for(x).name == "shadowed"
+        monkeypatch.setattr(registry, "_warned_lost", set())
+        monkeypatch.setenv("XDROP_BACKEND", "array_api")
+        assert registry.backend_for(x).name == "array_api"  # selected: nothing was lost unasked
 
 
 def test_broken_plugins_break_neither_import_nor_other_backends():
@@ -181,8 +244,7 @@ def test_broken_plugins_break_neither_import_nor_other_backends():
         "print(xdrop.dropout(Boxed(np.ones(4)), 0.5, seed=1).values.tolist())\n"
         "print(xdrop.dropout(np.ones(4), 0.5, seed=1).tolist())"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            env=_environment())  # fmt: skip
+    result = run_python("-c", code)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split("\n")[0] == result.stdout.split("\n")[1]
 
@@ -195,29 +257,11 @@ def test_two_packages_claiming_one_name_is_an_error_not_a_silent_winner():
 
 
 def test_the_conformance_command_takes_plugins():
-    command = [
-        sys.executable,
-        "-m",
-        "xdrop",
-        "conformance",
-        "--backend",
-        "boxed",
-        "--mode",
-        "eager",
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, env=_environment())
+    result = run_conformance("boxed")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "boxed" in result.stdout and "all backends conform" in result.stdout
 
 
-def _environment() -> dict[str, str]:
-    import os
-
-    return {key: value for key, value in os.environ.items() if key != "XDROP_BACKEND"}
-
-
 def test_a_broken_backend_named_on_the_command_line_fails_the_run():
-    command = [sys.executable, "-m", "xdrop", "conformance", "--mode", "eager"]
-    command += [argument for name in ("numpy", "wrong_types") for argument in ("--backend", name)]
-    named = subprocess.run(command, capture_output=True, text=True, env=_environment())
+    named = run_conformance("numpy", "wrong_types")
     assert named.returncode == 1 and "unavailable: xdrop backend 'wrong_types'" in named.stdout

@@ -3,22 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import xdrop
-from xdrop import registry
+from xdrop import defaults, registry
 
 FRAMEWORKS = ("torch", "tensorflow", "jax", "jaxlib", "keras", "flax")
+ROOT = Path(__file__).parent.parent
 
 
 def run_python(code: str, **environment: str) -> subprocess.CompletedProcess[str]:
-    import os
-
     env = {key: value for key, value in os.environ.items() if key != "XDROP_BACKEND"}
     env.update(environment)
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
@@ -116,7 +118,7 @@ def test_set_backend_rejects_unknown_names():
 
 
 def test_use_backend_restores_exactly_what_was_there(monkeypatch):
-    monkeypatch.setattr(registry, "_chosen_default", None)
+    monkeypatch.setattr(defaults.BACKEND, "_process", None)
     monkeypatch.setenv("XDROP_BACKEND", "array_api")
     assert xdrop.get_backend() == "array_api"
     with xdrop.use_backend("numpy") as backend:
@@ -124,12 +126,12 @@ def test_use_backend_restores_exactly_what_was_there(monkeypatch):
         with xdrop.use_backend("array_api"):
             assert xdrop.get_backend() == "array_api"
         assert xdrop.get_backend() == "numpy"
-    assert registry._context_default.get() is None
+    assert defaults.BACKEND.chosen() is None
     assert xdrop.get_backend() == "array_api"
 
 
 def test_use_backend_is_local_to_threads_and_tasks(monkeypatch):
-    monkeypatch.setattr(registry, "_chosen_default", None)
+    monkeypatch.setattr(defaults.BACKEND, "_process", None)
     monkeypatch.delenv("XDROP_BACKEND", raising=False)
     seen: dict[str, object] = {}
 
@@ -160,6 +162,44 @@ def test_use_backend_is_local_to_threads_and_tasks(monkeypatch):
     }
 
 
+@pytest.mark.parametrize(
+    ("setting", "set_default", "use_default", "get_default", "values"),
+    [
+        (defaults.BACKEND, xdrop.set_backend, xdrop.use_backend, xdrop.get_backend,
+         ("numpy", "array_api")),
+        (defaults.RNG, xdrop.set_rng, xdrop.use_rng, xdrop.get_rng, ("portable", "native")),
+    ],
+    ids=["backend", "rng"],
+)  # fmt: skip
+def test_the_default_backend_and_generator_are_kept_alike_in_xdrop_defaults(
+    monkeypatch, setting, set_default, use_default, get_default, values
+):
+    process_wide, in_block = values
+    monkeypatch.setattr(setting, "_process", None)
+    monkeypatch.setenv(setting.environment_variable, f" {in_block} ")
+    assert get_default() == setting.get() == in_block  # the environment, stripped
+    set_default(process_wide)
+    assert get_default() == setting.chosen() == process_wide  # beats the environment
+    seen: dict[str, object] = {}
+
+    async def task(value: str) -> str:
+        with use_default(value):
+            await asyncio.sleep(0)  # the other task enters its own block here
+            return str(get_default())
+
+    async def both() -> list[str]:
+        return list(await asyncio.gather(task(in_block), task(process_wide)))
+
+    with use_default(in_block):
+        assert setting.chosen() == in_block
+        thread = threading.Thread(target=lambda: seen.update(thread=get_default()))
+        thread.start()
+        thread.join()
+        seen["tasks"] = asyncio.run(both())
+    assert seen == {"thread": process_wide, "tasks": [in_block, process_wide]}
+    assert get_default() == process_wide
+
+
 def test_numpy_arrays_and_python_values_go_to_the_default_backend():
     for value in (np.ones(2), np.float32(1.0), 1.0, [1.0, 2.0]):
         assert registry.backend_for(value) is registry.default_backend()
@@ -181,3 +221,46 @@ def test_a_backend_that_is_registered_but_not_importable_says_what_to_install(mo
     monkeypatch.setitem(registry._registered(), "missing", [EntryPoint()])
     with pytest.raises(xdrop.BackendError, match=r'pip install "\.\[missing\]" from a checkout'):
         registry.load("missing")
+
+
+def test_the_built_in_table_is_what_pyproject_toml_registers():
+    tomllib = pytest.importorskip("tomllib")
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["entry-points"]["xdrop.backends"] == registry.BUILT_IN_BACKENDS
+
+
+def test_a_checkout_on_pythonpath_finds_its_backends_without_an_install(tmp_path):
+    """No pip install: no entry points, no editable finder. ``python -S`` skips site-packages (so
+    the installed xdrop); NumPy alone is put on the path, from a folder of its own."""
+    checkout, site = tmp_path / "checkout", tmp_path / "site"
+    litter = shutil.ignore_patterns("__pycache__", "*.so", "*.pyd", "*.egg-info")
+    for folder in ("xdrop", "backends"):
+        shutil.copytree(ROOT / folder, checkout / folder, ignore=litter)
+    site.mkdir()
+    numpy_home = Path(np.__file__).parent
+    for name in ("numpy", "numpy.libs"):  # numpy.libs: the wheel's shared libraries, if any
+        if (numpy_home.parent / name).exists():
+            (site / name).symlink_to(numpy_home.parent / name)
+    code = (
+        "import importlib.metadata as metadata, numpy, xdrop\n"
+        "print(list(metadata.entry_points(group='xdrop.backends')))\n"
+        "print(xdrop.__file__.startswith(sys.argv[1]), xdrop.available_backends()['numpy'])\n"
+        "print(xdrop.dropout(numpy.ones(4, numpy.float32), 0.5, seed=0).tolist())\n"
+        "print(xdrop.registry.is_built_in('numpy'), xdrop.registry.origin('numpy'))\n"
+        "import xdrop.cli\n"
+        "sys.exit(xdrop.cli.main(['conformance', '--backend', 'numpy', '--mode', 'eager']))\n"
+    )
+    environment = {"PYTHONPATH": f"{checkout}{os.pathsep}{site}", "PATH": os.environ["PATH"]}
+    result = subprocess.run(
+        [sys.executable, "-S", "-c", "import sys\n" + code, str(checkout)],
+        capture_output=True, text=True, cwd=tmp_path, env=environment,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[:4] == [
+        "[]",  # nothing installed: the registry's own table registers the built-ins
+        "True True",
+        "[0.0, 0.0, 2.0, 2.0]",
+        "True xdrop.backends.numpy:NumpyBackend, from xdrop",
+    ]
+    assert "all backends conform" in result.stdout

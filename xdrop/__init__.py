@@ -5,9 +5,11 @@ from xdrop.errors import (
     ArgumentTypeError,
     ArgumentValueError,
     BackendError,
+    BackendWarning,
     RoleNotImplementedError,
     TracingError,
     XdropError,
+    XdropWarning,
 )
 from xdrop.family import alpha_dropout, drop_block, drop_path, gaussian_dropout
 from xdrop.mc import MCDropoutResult, mc_dropout
@@ -22,12 +24,14 @@ __all__ = [
     "ArgumentTypeError",
     "ArgumentValueError",
     "BackendError",
+    "BackendWarning",
     "Block",
     "Generator",
     "MCDropoutResult",
     "RoleNotImplementedError",
     "TracingError",
     "XdropError",
+    "XdropWarning",
     "alpha_dropout",
     "available_backends",
     "chunk_block",

@@ -1,4 +1,5 @@
-"""The exceptions xdrop raises on purpose, all rooted in :class:`XdropError`.
+"""The exceptions xdrop raises on purpose, all rooted in :class:`XdropError`, and the warnings it
+emits, rooted in :class:`XdropWarning` (``docs/warnings.md`` lists each).
 
 The argument errors also subclass the matching built-in, so ``except ValueError`` keeps working.
 They restore ``Exception.__init__``: TensorFlow's autograph re-raises an exception from inside
@@ -33,6 +34,16 @@ class RoleNotImplementedError(BackendError, NotImplementedError):
 
 class TracingError(XdropError, RuntimeError):
     """An operation cannot be staged into a compiled graph as asked (e.g. ``seed=None`` under jit)."""
+
+
+class XdropWarning(UserWarning):
+    """Root of every warning xdrop emits: ``warnings.filterwarnings("ignore", category=...)``
+    with it silences them all."""
+
+
+class BackendWarning(XdropWarning):
+    """A backend was passed over: a plugin claims arrays that a built-in backend runs, and the
+    built-in runs them unless the plugin is selected."""
 
 
 for _mixed in (

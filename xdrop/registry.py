@@ -1,7 +1,8 @@
 """Which backend runs a call: the entry-point registry, the default backend and dispatch.
 
-Backends are found only through the ``xdrop.backends`` entry-point group (the built-ins too), so
-``XDROP_BACKEND`` can name nothing but a registered backend. A backend's framework is imported the
+Backends are found only through the ``xdrop.backends`` entry-point group (the built-ins too, from
+``BUILT_IN_BACKENDS`` where xdrop is not installed), so ``XDROP_BACKEND`` can name nothing but a
+registered backend. A backend's framework is imported the
 first time the backend is used, never by ``import xdrop``; an array's framework is recognised from
 ``sys.modules``, as einops and array-api-compat do, so dispatch imports nothing either.
 """
@@ -9,27 +10,36 @@ first time the backend is used, never by ``import xdrop``; an array's framework 
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import difflib
 import importlib.util
 import inspect
-import os
 import sys
 import threading
+import warnings
 from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 
-from xdrop.errors import BackendError, bad_type
+from xdrop import defaults
+from xdrop.errors import BackendError, BackendWarning, bad_type
 from xdrop.protocol import Backend
 from xdrop.tracing import host_constant
 
 ENTRY_POINT_GROUP = "xdrop.backends"
-ENVIRONMENT_VARIABLE = "XDROP_BACKEND"
+ENVIRONMENT_VARIABLE = defaults.BACKEND.environment_variable
 FALLBACK_BACKEND = "numpy"
 BUILT_IN_DISTRIBUTION = "xdrop"
+BUILT_IN_BACKENDS = {
+    "numpy": "xdrop.backends.numpy:NumpyBackend",
+    "torch": "xdrop.backends.torch:TorchBackend",
+    "tensorflow": "xdrop.backends.tensorflow:TensorflowBackend",
+    "jax": "xdrop.backends.jax:JaxBackend",
+    "array_api": "xdrop.backends.array_api:ArrayApiBackend",
+}
+"""xdrop's own backends, as ``pyproject.toml`` registers them: registered from here when no
+installed xdrop provides them (a checkout on ``PYTHONPATH`` has no entry points)."""
 ALIASES = {"pytorch": "torch", "tf": "tensorflow", "np": "numpy", "array-api": "array_api"}
 """Names people type for a built-in backend, offered as "did you mean"."""
 
@@ -37,10 +47,8 @@ _lock = threading.RLock()
 _entry_points: dict[str, list[metadata.EntryPoint]] | None = None
 _backends: dict[str, Backend] = {}
 _owner_of_type: dict[type, str | tuple[str, ...] | None] = {}
-_chosen_default: str | None = None
-_context_default: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "xdrop_backend", default=None
-)
+_warned_lost: set[tuple[str, type]] = set()
+"""The ``(plugin, array type)`` pairs already warned about: a built-in backend took the type."""
 
 
 def _adopt_source_backends() -> None:
@@ -89,6 +97,10 @@ def _registered() -> dict[str, list[metadata.EntryPoint]]:
             claims = found.setdefault(entry_point.name, [])
             if all(entry_point.value != other.value for other in claims):
                 claims.append(entry_point)  # one distribution seen twice on sys.path is one claim
+        for name, value in BUILT_IN_BACKENDS.items():
+            claims = found.setdefault(name, [])
+            if not any(_distribution(claim) == BUILT_IN_DISTRIBUTION for claim in claims):
+                claims.append(metadata.EntryPoint(name, value, ENTRY_POINT_GROUP))
         _entry_points = found
     return _entry_points
 
@@ -133,7 +145,17 @@ def _entry_point(name: str) -> metadata.EntryPoint:
 
 
 def _distribution(entry_point: metadata.EntryPoint) -> str:
-    return entry_point.dist.name if entry_point.dist is not None else "an unknown distribution"
+    if entry_point.dist is not None:
+        return entry_point.dist.name
+    if BUILT_IN_BACKENDS.get(entry_point.name) == entry_point.value:
+        return BUILT_IN_DISTRIBUTION  # registered from the table, by xdrop itself
+    return "an unknown distribution"
+
+
+def origin(name: str) -> str:
+    """Where the backend ``name`` comes from, for messages: ``"module:Class, from package"``."""
+    entry_point = _entry_point(name)
+    return f"{entry_point.value}, from {_distribution(entry_point)}"
 
 
 def is_built_in(name: str) -> bool:
@@ -177,37 +199,7 @@ def _create(name: str) -> Backend:
             f"xdrop backend {name!r} ({entry_point.value}) is not an xdrop.protocol.Backend: "
             f"got {type(backend).__name__}"
         )
-    if _distribution(entry_point) != "xdrop":
-        problem = _self_check(backend)
-        if problem:
-            raise BackendError(
-                f"xdrop backend {name!r} ({entry_point.value}, from {_distribution(entry_point)}) "
-                f"fails its self-check: {problem}"
-            )
     return backend
-
-
-def _self_check(backend: Backend) -> str | None:
-    """Draw one small mask through a third-party backend, so that a broken implementation fails
-    once, here, with its name, rather than as wrong masks later. None when all is well."""
-    from xdrop import reference, spec
-
-    seed, p, count = 20_14, 0.5, 16
-    try:
-        dtype = backend.dtype_name(backend.asarray(np.zeros(2, np.float32)))
-        mask = spec.keep_mask(backend, spec.key_words(backend, seed), (count,), spec.keep_count(p))
-        host = backend.to_numpy(mask)
-    except Exception as error:
-        return f"drawing a mask raised {type(error).__name__}: {error}"
-    if dtype != "float32":
-        return f"dtype_name of a float32 array gave {dtype!r}"
-    if host.dtype != np.bool_ or host.shape != (count,):
-        return (
-            f"a keep mask came back as {host.dtype} of shape {host.shape}, not bool of ({count},)"
-        )
-    if host.tolist() != reference.keep_mask(seed, p, count):
-        return "its masks differ from mask stream v1 (docs/spec.md)"
-    return None
 
 
 def _backend_class(name: str) -> type[Backend] | None:
@@ -227,15 +219,18 @@ def is_available(name: str) -> bool:
     """Whether backend ``name`` can be used here, which is what ``xdrop conformance`` checks too.
 
     A built-in backend is available when its class implements the protocol and its framework is
-    installed (its framework is not imported). A plugin is available when it loads: its class
-    is created and passes the self-check (a small mask drawn through it), as on first use."""
-    if name in _backends:
-        return True
+    installed (its framework is not imported). A plugin is available when it loads and passes the
+    conformance kit's self-check (a small mask drawn through it); using it never runs the check."""
     if not is_built_in(name):
+        # imported here: the conformance kit sits above the registry, which dispatch needs alone
+        from xdrop.conformance.self_check import checked_backend
+
         try:
-            load(name)
+            checked_backend(name)
         except BackendError:
             return False
+        return True
+    if name in _backends:
         return True
     backend_class = _backend_class(name)
     framework = None if backend_class is None else backend_class.framework
@@ -248,7 +243,8 @@ def is_available(name: str) -> bool:
 
 def available_backends() -> dict[str, bool]:
     """Each registered backend name mapped to whether it can be used here: for a built-in
-    backend, its framework is installed (it is not imported); a plugin is loaded and self-checked.
+    backend, its framework is installed (it is not imported); a plugin is loaded and passes the
+    self-check of ``xdrop.conformance``, as ``xdrop conformance`` requires.
 
     >>> xdrop.available_backends()["numpy"]
     True
@@ -257,7 +253,6 @@ def available_backends() -> dict[str, bool]:
 
 
 # -- the default backend ----------------------------------------------------------------------------
-@host_constant  # torch.compile cannot trace ContextVar.get
 @host_constant  # torch.compile cannot trace ContextVar.get: it calls this as it is
 def default_name() -> str:
     """The default backend's name: ``use_backend`` > ``set_backend`` > ``XDROP_BACKEND`` > numpy."""
@@ -266,12 +261,7 @@ def default_name() -> str:
 
 def selected_name() -> str | None:
     """The backend the user selected (``use_backend``, ``set_backend`` or ``XDROP_BACKEND``), if any."""
-    return (
-        _context_default.get()
-        or _chosen_default
-        or os.environ.get(ENVIRONMENT_VARIABLE, "").strip()
-        or None
-    )
+    return defaults.BACKEND.get()
 
 
 def default_backend() -> Backend:
@@ -283,7 +273,7 @@ def _checked_default_name() -> str:
     """The default backend's name, loaded; one that only ``XDROP_BACKEND`` names must be
     registered."""
     name = default_name()
-    chosen = name in (_context_default.get(), _chosen_default, FALLBACK_BACKEND)
+    chosen = name in (defaults.BACKEND.chosen(), FALLBACK_BACKEND)
     if not chosen and name not in _backends and name not in _registered():
         raise unknown_backend(name, f" (from the environment variable {ENVIRONMENT_VARIABLE})")
     load(name)
@@ -305,9 +295,8 @@ def set_backend(name: str) -> None:
 
     >>> xdrop.set_backend("numpy")  # doctest: +SKIP
     """
-    global _chosen_default
     load(name)
-    _chosen_default = name
+    defaults.BACKEND.set(name)
 
 
 @contextlib.contextmanager
@@ -319,11 +308,8 @@ def use_backend(name: str) -> Iterator[Backend]:
     ...     y = xdrop.dropout([1.0, 2.0], 0.5, seed=0)
     """
     backend = load(name)
-    token = _context_default.set(name)
-    try:
+    with defaults.BACKEND.use(name):
         yield backend
-    finally:
-        _context_default.reset(token)
 
 
 # -- dispatch ---------------------------------------------------------------------------------------
@@ -374,16 +360,34 @@ def _settle(kind: type, claims: tuple[str, ...]) -> str:
         return selected
     built_in = [name for name in claims if is_built_in(name)]
     if len(built_in) == 1:
+        _warn_lost(kind, claims, built_in[0])
         return built_in[0]
-    owners = ", ".join(
-        f"{name!r} ({_registered()[name][0].value}, from {_distribution(_registered()[name][0])})"
-        for name in claims
-    )
+    owners = ", ".join(f"{name!r} ({origin(name)})" for name in claims)
     raise BackendError(
-        f"arrays of type {kind.__module__}.{kind.__qualname__} are claimed by several xdrop "
-        f"backends: {owners}; select one with xdrop.use_backend, xdrop.set_backend or "
-        f"{ENVIRONMENT_VARIABLE}"
+        f"arrays of type {_type_name(kind)} are claimed by several xdrop backends: {owners}; "
+        f"select one with xdrop.use_backend, xdrop.set_backend or {ENVIRONMENT_VARIABLE}"
     )
+
+
+def _warn_lost(kind: type, claims: tuple[str, ...], built_in: str) -> None:
+    """Say once per plugin and type that the built-in backend runs arrays the plugin claims, and
+    how to run them on the plugin instead: otherwise the plugin would seem to do nothing."""
+    for name in claims:
+        if name == built_in or (name, kind) in _warned_lost:
+            continue
+        _warned_lost.add((name, kind))
+        warnings.warn(
+            f"xdrop backend plugin {name!r} ({origin(name)}) claims arrays of type "
+            f"{_type_name(kind)}, which the built-in backend {built_in!r} runs; to run them on "
+            f"{name!r}, select it: with xdrop.use_backend({name!r}), xdrop.set_backend({name!r}) "
+            f"or {ENVIRONMENT_VARIABLE}={name}",
+            BackendWarning,
+            stacklevel=1,  # attributed to xdrop.registry: a module=r"xdrop\." filter matches it
+        )
+
+
+def _type_name(kind: type) -> str:
+    return f"{kind.__module__}.{kind.__qualname__}"
 
 
 def _candidates() -> tuple[list[str], list[str]]:

@@ -4,7 +4,6 @@ arrays (traceable), ``fold_in``, and the choice between the portable and the nat
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import os
 import secrets
 import threading
@@ -13,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from xdrop import spec
+from xdrop import defaults, spec
 from xdrop.errors import TracingError, XdropError, bad_type, bad_value
 from xdrop.protocol import Array, Backend, Key, NativeBackend, SeedBackend, require
 from xdrop.registry import backend_for, imported_backends, int_tracing_backend, load
@@ -22,7 +21,7 @@ from xdrop.typing import Rng
 from xdrop.validation import as_integer, check_fold_data, check_seed
 
 RNG_KINDS = ("portable", "native")
-RNG_ENVIRONMENT_VARIABLE = "XDROP_RNG"
+RNG_ENVIRONMENT_VARIABLE = defaults.RNG.environment_variable
 SEED_ALLOWED = (
     "an integer in [0, 2**64), an xdrop.Generator, None, a 0-d integer array, "
     "a uint32[2] array (hi, lo) or a JAX key"
@@ -297,10 +296,6 @@ def fold_in(seed: object, data: object) -> object:
 
 
 # -- portable or native ---------------------------------------------------------------------------------
-_chosen_rng: str | None = None
-_context_rng: contextvars.ContextVar[str | None] = contextvars.ContextVar("xdrop_rng", default=None)
-
-
 def check_rng(rng: object) -> str:
     if rng not in RNG_KINDS:
         raise bad_value("rng", rng, 'one of "portable", "native"')
@@ -315,17 +310,15 @@ def get_rng() -> str:
     >>> xdrop.get_rng()
     'portable'
     """
-    in_context = _context_rng.get()
-    if in_context is not None:
-        return in_context
-    if _chosen_rng is not None:
-        return _chosen_rng
-    from_environment = os.environ.get(RNG_ENVIRONMENT_VARIABLE, "").strip()
-    if from_environment:
-        if from_environment not in RNG_KINDS:
-            raise bad_value(RNG_ENVIRONMENT_VARIABLE, from_environment, '"portable" or "native"')
-        return from_environment
-    return "portable"
+    chosen = defaults.RNG.chosen()  # checked when it was chosen
+    if chosen is not None:
+        return chosen
+    from_environment = defaults.RNG.from_environment()
+    if from_environment is None:
+        return "portable"
+    if from_environment not in RNG_KINDS:
+        raise bad_value(RNG_ENVIRONMENT_VARIABLE, from_environment, '"portable" or "native"')
+    return from_environment
 
 
 def rng_kind(rng: object) -> str:
@@ -339,8 +332,7 @@ def set_rng(rng: Rng | None) -> None:
 
     >>> xdrop.set_rng("portable")
     """
-    global _chosen_rng
-    _chosen_rng = None if rng is None else check_rng(rng)
+    defaults.RNG.set(None if rng is None else check_rng(rng))
 
 
 @contextlib.contextmanager
@@ -352,8 +344,5 @@ def use_rng(rng: Rng) -> Iterator[Rng]:
     ...     xdrop.get_rng()
     'native'
     """
-    token = _context_rng.set(check_rng(rng))
-    try:
+    with defaults.RNG.use(check_rng(rng)):
         yield rng
-    finally:
-        _context_rng.reset(token)

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 import xdrop
-from xdrop import registry, spec
+from xdrop import spec
 from xdrop.conformance.golden import (
     RDROP_IGNORE_INDEX,
     input_values,
@@ -28,6 +28,7 @@ from xdrop.conformance.golden import (
     rdrop_logits,
     rdrop_positions,
 )
+from xdrop.conformance.self_check import checked_backend
 from xdrop.errors import BackendError
 from xdrop.protocol import Backend, SeedBackend, require
 
@@ -132,7 +133,7 @@ def run_backend(
     cases unless ``full``; other backends compile the dropout cases into one function and the
     R-Dropout cases into another."""
     try:
-        xp = registry.load(name)
+        xp = checked_backend(name)  # a plugin that fails its self-check is not available
     except BackendError as error:
         return BackendReport(name, available=False, mode=mode, reason=str(error))
     compiler = _compiler(xp, mode)
