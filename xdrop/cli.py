@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
 import xdrop
-from xdrop import kernel, registry, seeds
+from xdrop import kernel, registry, seeds, tables
 from xdrop.conformance import golden
 from xdrop.conformance.runner import MODES, BackendReport, identical_outputs, run_backend
 from xdrop.errors import XdropError
@@ -262,7 +262,7 @@ def _info() -> int:
     print(f"Python {platform.python_version()} on {platform.platform()}")
     print()
     rows: list[tuple[str, ...]] = [_backend_row(name) for name in registry.registered_names()]
-    print(_render(("backend", "available", "framework", "registered by"), rows))
+    print(tables.render(("backend", "available", "framework", "registered by"), rows))
     print()
     print(f"default backend: {_default_backend()}")
     print(f"generator: {_default_rng()}")
@@ -421,7 +421,7 @@ def _table(reports: list[BackendReport]) -> str:
                 report.backend, report.mode, group, str(counts["passed"]), str(counts["failed"]),
                 str(counts["skipped"]), f"{counts['max_difference']:g}",
             ))  # fmt: skip
-    return _render(header, rows)
+    return tables.render(header, rows)
 
 
 def _pairwise_table(reports: list[BackendReport]) -> str:
@@ -443,20 +443,7 @@ def _pairwise_table(reports: list[BackendReport]) -> str:
             rows.append((first, second, f"{same}/{len(both)}"))
     if not rows:
         return "pairwise: fewer than two backends ran eagerly"
-    return _render(("backend", "backend", "identical cases"), rows)
-
-
-def _render(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
-    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header) - 1)]
-    lines = []
-    for row in (header, *rows):
-        lines.append(
-            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False))
-            + "  "
-            + row[-1]
-        )
-    lines.insert(1, "-" * len(lines[0]))
-    return "\n".join(lines)
+    return tables.render(("backend", "backend", "identical cases"), rows)
 
 
 def _document(reports: list[BackendReport], passed: bool) -> dict[str, Any]:
