@@ -1,6 +1,6 @@
 """The ``xdrop`` command: bad arguments end it at once (exit 2, one line), results are written
 atomically to a path checked before anything runs, a run that checks nothing fails, ``info``
-says what runs here, and long commands show how far along they are."""
+says what runs here, long commands show how far along they are, and every table is drawn one way."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 import xdrop
-from xdrop import cli, kernel, registry
+from xdrop import benchmarks, cli, kernel, registry, tables
+from xdrop.benchmarks.timing import Timing
 
 pytestmark = pytest.mark.backend_independent
 ROOT = Path(__file__).resolve().parents[1]
@@ -227,3 +228,62 @@ def test_progress_on_a_terminal_rewrites_one_line():
     progress.show("all done", 3, 3)
     assert stream.getvalue().endswith("\r\033[K  [3/3] all done\n")
     assert stream.getvalue().count("\r\033[K") == 4
+
+
+def test_a_table_aligns_its_columns_under_a_rule_of_dashes():
+    header = ("name", "cases", "note")
+    rows = [("numpy", "12", "all passed"), ("tensorflow", "7", "-")]
+    assert tables.render(header, rows).splitlines() == [
+        "name        cases  note",
+        "-----------------------",
+        "numpy       12     all passed",
+        "tensorflow  7      -",  # a left-aligned last column is not padded: no trailing spaces
+    ]
+    assert tables.render(header, rows, align="<>").splitlines() == [
+        "name        cases        note",
+        "-----------------------------",
+        "numpy          12  all passed",
+        "tensorflow      7           -",
+    ]
+    assert tables.render(header, rows, align="><<") == tables.render(header, rows, align="><")
+    assert (
+        tables.render(header, rows, align="><").splitlines()[2] == "     numpy  12     all passed"
+    )
+
+
+def test_the_benchmark_draws_its_tables_the_same_way_in_plain_ascii():
+    measurement = benchmarks.Measurement(
+        benchmarks.Case("numpy", "numpy", 1000, 0.5),
+        {name: Timing(2e-6, (1e-6, 3e-6), 1e-3, 10, [2e-6]) for name in ("xdrop", "framework")},
+    )
+    text = benchmarks.table(benchmarks.Report([measurement], settings={}))
+    title, table = text.split("\n", 1)
+    assert title == "numpy · numpy · forward"  # the title may say more, the table itself is ASCII
+    assert table.isascii()
+    header, rule, row = table.splitlines()
+    assert rule == "-" * len(header) and len(row) == len(header)
+    assert header.split() == [
+        "size",
+        "p",
+        "xdrop",
+        "framework",
+        "xdrop/framework",
+        "xdrop",
+        "1st",
+        "call",
+    ]
+    assert row.split() == ["1e+03", "0.5", "2.0", "us", "2.0", "us", "1.00", "1.00", "ms"]
+
+
+@pytest.mark.parametrize(
+    ("rows", "align", "message"),
+    [
+        ([("numpy", "12")], "", "align must be"),
+        ([("numpy", "12")], "<^", "align must be"),
+        ([("numpy",)], "<", "each row must be 2 cells"),
+        ([("numpy", "12", "extra")], "<", "each row must be 2 cells"),
+    ],
+)
+def test_a_table_refuses_a_bad_alignment_or_a_ragged_row(rows, align, message):
+    with pytest.raises(xdrop.ArgumentValueError, match=message):
+        tables.render(("name", "cases"), rows, align=align)

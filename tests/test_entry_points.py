@@ -34,6 +34,16 @@ def run(script: str, *arguments: str, **environment: str) -> None:
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
 
 
+def saved_then_loaded(script: str, folder: Path) -> dict[str, np.ndarray]:
+    """``script save`` in one fresh interpreter, ``script load`` in another that never imports
+    xdrop: the outputs the loaded program wrote, by name and batch size (``"y_3"``)."""
+    saved, outputs = folder / "saved", folder / "outputs.npz"
+    run(script, "save", str(saved))
+    run(script, "load", str(saved), str(outputs))
+    with np.load(outputs) as arrays:
+        return dict(arrays)
+
+
 def batch_input(batch: int, scale: float = 1.0) -> np.ndarray:
     return np.arange(batch * 8, dtype=np.float32).reshape(batch, 8) * np.float32(scale)
 
@@ -70,9 +80,7 @@ def test_keras_gives_identical_training_outputs_on_its_three_backends(keras_outp
 # -- TensorFlow serving -----------------------------------------------------------------------------
 def test_a_saved_model_with_a_batch_of_unknown_size_reloads_in_a_fresh_process(tmp_path):
     pytest.importorskip("tensorflow")
-    run("saved_model.py", "save", str(tmp_path / "model"))
-    run("saved_model.py", "load", str(tmp_path / "model"), str(tmp_path / "out.npz"))
-    results = np.load(tmp_path / "out.npz")
+    results = saved_then_loaded("saved_model.py", tmp_path)
     for batch in (3, 5):
         x = batch_input(batch) + 1
         want = xdrop.dropout(x, 0.3, seed=7, offset=2**32 - 20)  # counters cross 2**32
@@ -101,9 +109,7 @@ def test_tf_function_relaxing_the_batch_gives_the_eager_masks():
 # -- JAX --------------------------------------------------------------------------------------------
 def test_jax_export_with_a_symbolic_batch_reloads_in_a_fresh_process(tmp_path):
     pytest.importorskip("jax")
-    run("jax_export.py", "save", str(tmp_path / "step.bin"))
-    run("jax_export.py", "load", str(tmp_path / "step.bin"), str(tmp_path / "out.npz"))
-    results = np.load(tmp_path / "out.npz")
+    results = saved_then_loaded("jax_export.py", tmp_path)
     for batch in (3, 5):
         x = batch_input(batch, 1 / 8)
         y = xdrop.dropout(x, 0.3, seed=7, offset=2**32 - 20)

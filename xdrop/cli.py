@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
 import xdrop
-from xdrop import kernel, registry, seeds
+from xdrop import kernel, registry, seeds, tables
 from xdrop.conformance import golden
 from xdrop.conformance.runner import MODES, BackendReport, identical_outputs, run_backend
 from xdrop.errors import XdropError
@@ -52,10 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     conformance = commands.add_parser(
         "conformance", help="check the golden seeded cases on every installed backend"
     )
-    conformance.add_argument(
-        "--backend", action="append", metavar="NAME",
-        help="a backend to check (repeatable); default: every installed one",
-    )  # fmt: skip
+    _add_shared_options(conformance, "check")
     conformance.add_argument(
         "--mode", choices=[*MODES, "all"], default="all",
         help="eager calls, calls inside the framework's compiler, or both (default)",
@@ -64,9 +61,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--full", action="store_true",
         help="compile every case on backends with slow compilers (torch: half an hour), not a sample",
     )  # fmt: skip
-    conformance.add_argument(
-        "--json", metavar="FILE", type=_output_path, help="also write the results as JSON"
-    )
     regenerate = commands.add_parser(
         "golden", help="regenerate the golden cases from the reference"
     )
@@ -94,10 +88,7 @@ def _add_bench(commands: Any) -> None:
         description="Time xdrop (portable and rng='native'), the framework's own dropout and a "
         "copy, interleaved, in every execution mode; print medians and the ratios of one run.",
     )
-    bench.add_argument(
-        "--backend", action="append", metavar="NAME",
-        help="a backend to time (repeatable); default: every installed one",
-    )  # fmt: skip
+    _add_shared_options(bench, "time")
     bench.add_argument(
         "--path", action="append", metavar="PATH",
         help="an execution path to time (repeatable), e.g. 'jax.jit', 'torch eager'; default: all",
@@ -123,7 +114,16 @@ def _add_bench(commands: Any) -> None:
         "--quick", action="store_true",
         help="fewer sizes, one rate, three rounds: a first look in a few minutes",
     )  # fmt: skip
-    bench.add_argument(
+
+
+def _add_shared_options(command: argparse.ArgumentParser, doing: str) -> None:
+    """The options of ``conformance`` and ``bench`` alike: which backends to ``doing``, and a file
+    for the results as JSON (its path checked before anything runs)."""
+    command.add_argument(
+        "--backend", action="append", metavar="NAME",
+        help=f"a backend to {doing} (repeatable); default: every installed one",
+    )  # fmt: skip
+    command.add_argument(
         "--json", metavar="FILE", type=_output_path, help="also write the results as JSON"
     )
 
@@ -262,7 +262,7 @@ def _info() -> int:
     print(f"Python {platform.python_version()} on {platform.platform()}")
     print()
     rows: list[tuple[str, ...]] = [_backend_row(name) for name in registry.registered_names()]
-    print(_render(("backend", "available", "framework", "registered by"), rows))
+    print(tables.render(("backend", "available", "framework", "registered by"), rows))
     print()
     print(f"default backend: {_default_backend()}")
     print(f"generator: {_default_rng()}")
@@ -421,7 +421,7 @@ def _table(reports: list[BackendReport]) -> str:
                 report.backend, report.mode, group, str(counts["passed"]), str(counts["failed"]),
                 str(counts["skipped"]), f"{counts['max_difference']:g}",
             ))  # fmt: skip
-    return _render(header, rows)
+    return tables.render(header, rows)
 
 
 def _pairwise_table(reports: list[BackendReport]) -> str:
@@ -443,20 +443,7 @@ def _pairwise_table(reports: list[BackendReport]) -> str:
             rows.append((first, second, f"{same}/{len(both)}"))
     if not rows:
         return "pairwise: fewer than two backends ran eagerly"
-    return _render(("backend", "backend", "identical cases"), rows)
-
-
-def _render(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
-    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header) - 1)]
-    lines = []
-    for row in (header, *rows):
-        lines.append(
-            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False))
-            + "  "
-            + row[-1]
-        )
-    lines.insert(1, "-" * len(lines[0]))
-    return "\n".join(lines)
+    return tables.render(("backend", "backend", "identical cases"), rows)
 
 
 def _document(reports: list[BackendReport], passed: bool) -> dict[str, Any]:

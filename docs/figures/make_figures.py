@@ -14,6 +14,7 @@ import argparse
 import importlib.util
 import time
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -128,10 +129,25 @@ def masks_across_backends(out: Path) -> None:
         axis.set_xticks([])
         axis.set_yticks([])
     figure.suptitle(f"dropout_mask((32, 32), p=0.5, seed=2024): identical = {same}")
-    figure.tight_layout()
-    figure.savefig(out / "masks-across-backends.png", dpi=100)
-    plt.close(figure)
+    save(figure, out / "masks-across-backends.png")
     assert same, "the frameworks drew different masks"
+
+
+def save(figure: Any, path: Path) -> None:
+    """Lay the figure out, write it to ``path`` and free it."""
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def save_chart(axis: Any, path: Path, *, x: str, y: str, title: str) -> None:
+    """Label the one chart of a figure (its axes ``x`` and ``y``, its title), give it a legend,
+    and save the figure to ``path``."""
+    axis.set_xlabel(x)
+    axis.set_ylabel(y)
+    axis.set_title(title, fontsize=10)
+    axis.legend()
+    save(axis.figure, path)
 
 
 def _host(a: object) -> np.ndarray:
@@ -166,9 +182,7 @@ def family_masks(out: Path) -> None:
         axis.set_xticks([])
         axis.set_yticks([])
     figure.suptitle("dropped units (black) of one seed")
-    figure.tight_layout()
-    figure.savefig(out / "family-masks.png", dpi=100)
-    plt.close(figure)
+    save(figure, out / "family-masks.png")
 
 
 def mc_against_weight_scaling(out: Path, data: tuple[torch.Tensor, ...], quick: bool) -> None:
@@ -193,18 +207,13 @@ def mc_against_weight_scaling(out: Path, data: tuple[torch.Tensor, ...], quick: 
         if len(below)
         else ("MC stays above weight scaling up to k = " + str(most))
     )
-    figure, axis = plt.subplots(figsize=(6, 4))
+    _, axis = plt.subplots(figsize=(6, 4))
     axis.errorbar(counts, 100 * mean, yerr=100 * spread, marker="o", ms=3, capsize=2,
                   label=f"Monte Carlo averaging ({repeats} repeats)")  # fmt: skip
     axis.axhline(100 * scaled, color="k", linestyle="--", label="weight scaling (evaluation mode)")
     axis.set_xscale("log")
-    axis.set_xlabel("number of samples k")
-    axis.set_ylabel("test error (%)")
-    axis.set_title(f"Digits, MLP 64-256-256-10, p = 0.5\n{crossing}", fontsize=10)
-    axis.legend()
-    figure.tight_layout()
-    figure.savefig(out / "mc-vs-weight-scaling.png", dpi=100)
-    plt.close(figure)
+    save_chart(axis, out / "mc-vs-weight-scaling.png", x="number of samples k", y="test error (%)",
+               title=f"Digits, MLP 64-256-256-10, p = 0.5\n{crossing}")  # fmt: skip
     print(f"Fig. 11: weight scaling {100 * scaled:.2f}% error; {crossing}")
 
 
@@ -217,16 +226,11 @@ def error_against_p(out: Path, data: tuple[torch.Tensor, ...], quick: bool) -> N
         model = network(p, seed=1)
         test.append(train(model, data, epochs)[-1])
         training.append(test_error(model, data[0], data[1]))
-    figure, axis = plt.subplots(figsize=(6, 4))
+    _, axis = plt.subplots(figsize=(6, 4))
     axis.plot(rates, 100 * np.array(test), marker="o", label="test error")
     axis.plot(rates, 100 * np.array(training), marker="s", label="training error")
-    axis.set_xlabel("drop probability p (both hidden layers)")
-    axis.set_ylabel("error (%)")
-    axis.set_title(f"Digits, MLP 64-256-256-10, {epochs} epochs", fontsize=10)
-    axis.legend()
-    figure.tight_layout()
-    figure.savefig(out / "error-vs-p.png", dpi=100)
-    plt.close(figure)
+    save_chart(axis, out / "error-vs-p.png", x="drop probability p (both hidden layers)",
+               y="error (%)", title=f"Digits, MLP 64-256-256-10, {epochs} epochs")  # fmt: skip
 
 
 def mc_uncertainty(out: Path, data: tuple[torch.Tensor, ...], quick: bool) -> None:
@@ -264,25 +268,18 @@ def mc_uncertainty(out: Path, data: tuple[torch.Tensor, ...], quick: bool) -> No
         axis.set_yscale("log")
         axis.legend()
     figure.suptitle("Monte Carlo dropout on digits: uncertainty of clean, rotated and noisy inputs")
-    figure.tight_layout()
-    figure.savefig(out / "mc-uncertainty.png", dpi=100)
-    plt.close(figure)
+    save(figure, out / "mc-uncertainty.png")
 
 
 def rdrop_curves(out: Path, data: tuple[torch.Tensor, ...], quick: bool) -> None:
     """Test error per epoch with and without R-Drop's KL term."""
     epochs = 15 if quick else 60
-    figure, axis = plt.subplots(figsize=(6, 4))
+    _, axis = plt.subplots(figsize=(6, 4))
     for alpha, label in ((0.0, "dropout (alpha = 0)"), (1.0, "dropout + R-Drop (alpha = 1)")):
         errors = train(network(0.3, seed=3), data, epochs, alpha=alpha)
         axis.plot(range(1, epochs + 1), 100 * np.array(errors), label=label)
-    axis.set_xlabel("epoch")
-    axis.set_ylabel("test error (%)")
-    axis.set_title("R-Drop on digits, MLP 64-256-256-10, p = 0.3", fontsize=10)
-    axis.legend()
-    figure.tight_layout()
-    figure.savefig(out / "rdrop-curves.png", dpi=100)
-    plt.close(figure)
+    save_chart(axis, out / "rdrop-curves.png", x="epoch", y="test error (%)",
+               title="R-Drop on digits, MLP 64-256-256-10, p = 0.3")  # fmt: skip
 
 
 def main() -> None:

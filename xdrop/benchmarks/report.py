@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from xdrop import tables
 from xdrop.benchmarks.runner import Measurement, Report
 from xdrop.benchmarks.suites import (
     BACKWARD,
@@ -165,7 +165,8 @@ def table(report: Report) -> str:
             {f"{name}: {error}" for m in measurements for name, error in m.failures.items()}
         )
         title = f"{backend} · {path} · {direction}"
-        blocks.append("\n".join([title, render(header, rows), *(f"  ! {note}" for note in notes)]))
+        columns = tables.render(header, rows, align="<>")
+        blocks.append("\n".join([title, columns, *(f"  ! {note}" for note in notes)]))
     for backend, reason in report.unavailable.items():
         blocks.append(f"{backend}: not measured ({reason})")
     return "\n\n".join(blocks)
@@ -181,21 +182,7 @@ def targets_table(results: list[TargetResult]) -> str:
         )
         for result in results
     ]
-    return render(("target", "limit", "worst measured", ""), rows)
-
-
-def render(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """Columns aligned: the first left, the others right."""
-    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
-    lines = [
-        "  ".join(
-            cell.ljust(width) if i == 0 else cell.rjust(width)
-            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
-        )
-        for row in (header, *rows)
-    ]
-    lines.insert(1, "-" * len(lines[0]))
-    return "\n".join(lines)
+    return tables.render(("target", "limit", "worst measured", ""), rows, align="<>")
 
 
 def _duration(seconds: float) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import gc
+import importlib
 import itertools
 import tracemalloc
 from collections.abc import Callable, Iterator
@@ -48,6 +49,9 @@ class Suite(abc.ABC):
     """The contenders of one backend."""
 
     backend: ClassVar[str]
+    framework: ClassVar[str]
+    """The framework's module name (``"torch"``), imported into ``self.module`` when the suite is
+    made and not before: ``import xdrop.benchmarks`` imports no framework."""
     paths: ClassVar[tuple[str, ...]]
     """Execution modes, eager first (e.g. ``("torch eager", "torch.compile")``)."""
     compiled_paths: ClassVar[tuple[str, ...]] = ()
@@ -56,6 +60,9 @@ class Suite(abc.ABC):
     """Whether forward+backward is measured."""
     framework_dropout: ClassVar[str]
     """What the ``framework`` contender runs, in words."""
+
+    def __init__(self) -> None:
+        self.module: Any = importlib.import_module(self.framework)
 
     def directions(self) -> tuple[str, ...]:
         return (FORWARD, BACKWARD) if self.differentiates else (FORWARD,)
@@ -71,7 +78,7 @@ class Suite(abc.ABC):
 
 # -- NumPy ------------------------------------------------------------------------------------------
 class NumpySuite(Suite):
-    backend = "numpy"
+    backend = framework = "numpy"
     paths = ("numpy",)
     differentiates = False
     framework_dropout = "where(Generator.random(shape) < q, x * s, 0)"
@@ -114,18 +121,13 @@ def peak_bytes(call: Call) -> int:
 
 # -- PyTorch ----------------------------------------------------------------------------------------
 class TorchSuite(Suite):
-    backend = "torch"
+    backend = framework = "torch"
     paths = ("torch eager", "torch.compile")
     compiled_paths = ("torch.compile",)
     framework_dropout = "torch.nn.functional.dropout"
 
-    def __init__(self) -> None:
-        import torch
-
-        self.torch = torch
-
     def _functions(self, case: Case) -> dict[str, Callable[[Any, Any], Any]]:
-        functional = self.torch.nn.functional
+        functional = self.module.nn.functional
         p = case.p
         return {
             XDROP: lambda x, seed: xdrop.dropout(x, p, seed=seed),
@@ -135,13 +137,13 @@ class TorchSuite(Suite):
         }
 
     def _inputs(self, case: Case) -> tuple[Any, Any]:
-        torch = self.torch
+        torch = self.module
         x = torch.randn(case.size, generator=torch.Generator().manual_seed(0))
         x.requires_grad_(case.direction == BACKWARD)
         return x, torch.ones(case.size)
 
     def contenders(self, case: Case) -> dict[str, Call]:
-        torch = self.torch
+        torch = self.module
         x, gradient = self._inputs(case)
         functions = self._functions(case)
         if case.path == "torch.compile":
@@ -185,7 +187,7 @@ class TorchSuite(Suite):
             storages[storage.data_ptr()] = storage.nbytes()
             return tensor
 
-        with self.torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        with self.module.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
             function(x, 0)
         storages.pop(x.untyped_storage().data_ptr(), None)
         return sum(storages.values())
@@ -193,19 +195,18 @@ class TorchSuite(Suite):
 
 # -- TensorFlow -------------------------------------------------------------------------------------
 class TensorflowSuite(Suite):
-    backend = "tensorflow"
+    backend = framework = "tensorflow"
     paths = ("tf eager", "tf.function", "tf.function(jit_compile)")
     compiled_paths = ("tf.function", "tf.function(jit_compile)")
     framework_dropout = "tf.nn.dropout"
 
     def __init__(self) -> None:
-        import tensorflow as tf
-
-        self.tf = tf
-        tf.get_logger().setLevel("ERROR")  # each case makes new functions: retracing is meant
+        super().__init__()
+        # each case makes new functions: retracing is meant, and not worth a warning
+        self.module.get_logger().setLevel("ERROR")
 
     def contenders(self, case: Case) -> dict[str, Call]:
-        tf = self.tf
+        tf = self.module
         p = case.p
         x = tf.random.stateless_normal((case.size,), seed=(0, 0))
         gradient = tf.ones((case.size,))
@@ -252,18 +253,13 @@ def _bind(function: Callable[[Any, Any], Any], x: Any, seeds: Iterator[Any]) -> 
 
 # -- JAX --------------------------------------------------------------------------------------------
 class JaxSuite(Suite):
-    backend = "jax"
+    backend = framework = "jax"
     paths = ("jax eager", "jax.jit")
     compiled_paths = ("jax.jit",)
     framework_dropout = "Flax-style: lax.select(jax.random.bernoulli(key, q, shape), x / q, 0)"
 
-    def __init__(self) -> None:
-        import jax
-
-        self.jax = jax
-
     def contenders(self, case: Case) -> dict[str, Call]:
-        jax = self.jax
+        jax = self.module
         jnp = jax.numpy
         p, q = case.p, 1.0 - case.p
 

@@ -1,0 +1,52 @@
+"""Plain-text tables, the one way ``xdrop info``, ``xdrop conformance`` and ``xdrop bench`` print
+their results."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from xdrop.errors import bad_value
+
+GAP = "  "  # between two columns
+
+
+def render(header: Sequence[str], rows: Sequence[Sequence[str]], align: str = "<") -> str:
+    """``header`` and ``rows`` as aligned columns of plain ASCII, a rule of dashes under the header.
+
+    A column is as wide as its widest cell; columns are two spaces apart. A left-aligned last
+    column is not padded (its lines end with their text, not with spaces).
+
+    Args:
+        header: the column names.
+        rows: one sequence of cells (strings) per row, each as long as ``header``.
+        align: each column's alignment, ``<`` (left) or ``>`` (right), as in :func:`format`; the
+            last character holds for the columns after it, so ``"<"`` puts every column on the
+            left and ``"<>"`` the first on the left and the others (numbers) on the right.
+
+    Returns:
+        The table's lines joined by newlines, with no newline at the end.
+
+    Example:
+        >>> print(render(("backend", "cases"), [("numpy", "12"), ("jax", "7")], align="<>"))
+        backend  cases
+        --------------
+        numpy       12
+        jax          7
+    """
+    if not align or set(align) - {"<", ">"}:
+        raise bad_value("align", align, "'<' or '>' for each column, e.g. '<>'")
+    for row in rows:
+        if len(row) != len(header):
+            raise bad_value("each row", row, f"{len(header)} cells, one per header column")
+    sides = [align[min(i, len(align) - 1)] for i in range(len(header))]
+    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
+    if sides and sides[-1] == "<":
+        widths[-1] = 0  # nothing follows it: no trailing spaces
+    lines = [
+        GAP.join(
+            cell.rjust(width) if side == ">" else cell.ljust(width)
+            for cell, side, width in zip(row, sides, widths, strict=True)
+        )
+        for row in (header, *rows)
+    ]
+    return "\n".join([lines[0], "-" * len(lines[0]), *lines[1:]])
