@@ -271,12 +271,8 @@ def _info() -> int:
 
 
 def _backend_row(name: str) -> tuple[str, str, str, str]:
-    claims = [
-        entry_point
-        for entry_point in metadata.entry_points(group=registry.ENTRY_POINT_GROUP)
-        if entry_point.name == name
-    ]
-    providers = sorted({_version_of(claim.dist.name) for claim in claims if claim.dist is not None})
+    claims = registry.claims(name)
+    providers = sorted({_version_of(registry.distribution(claim)) for claim in claims})
     try:
         framework = getattr(claims[0].load(), "framework", None) if len(claims) == 1 else None
     except KeyboardInterrupt:

@@ -99,10 +99,15 @@ def _registered() -> dict[str, list[metadata.EntryPoint]]:
                 claims.append(entry_point)  # one distribution seen twice on sys.path is one claim
         for name, value in BUILT_IN_BACKENDS.items():
             claims = found.setdefault(name, [])
-            if not any(_distribution(claim) == BUILT_IN_DISTRIBUTION for claim in claims):
+            if not any(distribution(claim) == BUILT_IN_DISTRIBUTION for claim in claims):
                 claims.append(metadata.EntryPoint(name, value, ENTRY_POINT_GROUP))
         _entry_points = found
     return _entry_points
+
+
+def claims(name: str) -> list[metadata.EntryPoint]:
+    """The entry points that register a backend under ``name`` (more than one is an error)."""
+    return list(_registered().get(name, []))
 
 
 def registered_names() -> list[str]:
@@ -139,12 +144,13 @@ def _entry_point(name: str) -> metadata.EntryPoint:
     if not claims:
         raise unknown_backend(name)
     if len(claims) > 1:
-        owners = ", ".join(f"{claim.value} (from {_distribution(claim)})" for claim in claims)
+        owners = ", ".join(f"{claim.value} (from {distribution(claim)})" for claim in claims)
         raise BackendError(f"xdrop backend name {name!r} is claimed by several packages: {owners}")
     return claims[0]
 
 
-def _distribution(entry_point: metadata.EntryPoint) -> str:
+def distribution(entry_point: metadata.EntryPoint) -> str:
+    """The package that registers ``entry_point`` (``"xdrop"`` for a built-in backend)."""
     if entry_point.dist is not None:
         return entry_point.dist.name
     if BUILT_IN_BACKENDS.get(entry_point.name) == entry_point.value:
@@ -155,13 +161,13 @@ def _distribution(entry_point: metadata.EntryPoint) -> str:
 def origin(name: str) -> str:
     """Where the backend ``name`` comes from, for messages: ``"module:Class, from package"``."""
     entry_point = _entry_point(name)
-    return f"{entry_point.value}, from {_distribution(entry_point)}"
+    return f"{entry_point.value}, from {distribution(entry_point)}"
 
 
 def is_built_in(name: str) -> bool:
     """Whether ``name`` is registered by xdrop itself (not by a plugin)."""
     claims = _registered().get(name, [])
-    return len(claims) == 1 and _distribution(claims[0]) == BUILT_IN_DISTRIBUTION
+    return len(claims) == 1 and distribution(claims[0]) == BUILT_IN_DISTRIBUTION
 
 
 def load(name: str) -> Backend:
@@ -191,7 +197,7 @@ def _create(name: str) -> Backend:
         raise
     except BaseException as error:  # SystemExit from a plugin's import must not end the caller
         raise BackendError(
-            f"xdrop backend {name!r} ({entry_point.value}, from {_distribution(entry_point)}) "
+            f"xdrop backend {name!r} ({entry_point.value}, from {distribution(entry_point)}) "
             f"failed to load: {type(error).__name__}: {error}"
         ) from error
     if not isinstance(backend, Backend):
