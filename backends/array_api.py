@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from xdrop.errors import RoleNotImplementedError
-from xdrop.protocol import Backend, FamilyOps, Key, RateOps, SeedArrays
+from xdrop.protocol import Backend, FamilyOps, Key, OperatorArithmetic, RateOps, SeedArrays
 
 _DTYPE_NAMES = (
     "float16", "bfloat16", "float32", "float64", "bool",
@@ -22,7 +22,7 @@ _DTYPE_NAMES = (
 )  # fmt: skip
 
 
-class ArrayApiBackend(Backend, RateOps, FamilyOps, SeedArrays):
+class ArrayApiBackend(Backend, OperatorArithmetic, RateOps, FamilyOps, SeedArrays):
     name = "array_api"
     framework = None
     array_types = ()
@@ -144,21 +144,6 @@ class ArrayApiBackend(Backend, RateOps, FamilyOps, SeedArrays):
 
     def sum(self, x: Any, axis: int | None = None) -> Any:
         return self._namespace(x).sum(x, axis=axis)
-
-    def add(self, a: Any, b: Any) -> Any:
-        return a + b
-
-    def subtract(self, a: Any, b: Any) -> Any:
-        return a - b
-
-    def multiply(self, a: Any, b: Any) -> Any:
-        return a * b
-
-    def divide(self, a: Any, b: Any) -> Any:
-        return a / b
-
-    def equal(self, a: Any, b: Any) -> Any:
-        return a == b
 
     def logical_or(self, a: Any, b: Any) -> Any:
         return self._namespace(a).logical_or(a, b)

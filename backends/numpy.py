@@ -11,6 +11,7 @@ import numpy as np
 from xdrop import kernel
 from xdrop.fused import FusedCall
 from xdrop.protocol import Backend, FamilyOps, Key, NativeGenerator, RateOps, SeedArrays
+from xdrop.validation import seed_value
 
 
 class NumpyBackend(Backend, RateOps, FamilyOps, SeedArrays, NativeGenerator):
@@ -116,8 +117,7 @@ class NumpyBackend(Backend, RateOps, FamilyOps, SeedArrays, NativeGenerator):
         return np.asarray(mask).astype(np.uint32)
 
     def seed_words(self, seed: Any) -> Key:
-        value = int(seed[0]) << 32 | int(seed[1]) if seed.shape == (2,) else int(seed)
-        value %= 1 << (8 * int(seed.dtype.itemsize) if seed.shape == () else 64)
+        value = seed_value(np.asarray(seed))
         return self.word(value >> 32), self.word(value & 0xFFFF_FFFF)
 
     def seed_array(self, key: Key) -> np.ndarray:

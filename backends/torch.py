@@ -10,13 +10,21 @@ import numpy as np
 
 from xdrop.errors import TracingError
 from xdrop.fused import FusedCall
-from xdrop.protocol import Backend, FamilyOps, Key, NativeGenerator, RateOps, SeedArrays
+from xdrop.protocol import (
+    Backend,
+    FamilyOps,
+    Key,
+    NativeGenerator,
+    OperatorArithmetic,
+    RateOps,
+    SeedArrays,
+)
 
 _SIGN_BIT = 1 << 31
 _LOW_WORD = (1 << 32) - 1
 
 
-class TorchBackend(Backend, RateOps, FamilyOps, SeedArrays, NativeGenerator):
+class TorchBackend(Backend, OperatorArithmetic, RateOps, FamilyOps, SeedArrays, NativeGenerator):
     name = "torch"
     framework = "torch"
     has_global_rng = True
@@ -196,21 +204,6 @@ class TorchBackend(Backend, RateOps, FamilyOps, SeedArrays, NativeGenerator):
 
     def sum(self, x: Any, axis: int | None = None) -> Any:
         return x.sum() if axis is None else x.sum(dim=axis)
-
-    def add(self, a: Any, b: Any) -> Any:
-        return a + b
-
-    def subtract(self, a: Any, b: Any) -> Any:
-        return a - b
-
-    def multiply(self, a: Any, b: Any) -> Any:
-        return a * b
-
-    def divide(self, a: Any, b: Any) -> Any:
-        return a / b
-
-    def equal(self, a: Any, b: Any) -> Any:
-        return a == b
 
     def logical_or(self, a: Any, b: Any) -> Any:
         return self.torch.logical_or(a, b)

@@ -352,6 +352,27 @@ class LossOps(abc.ABC):
         """``x`` cut along ``axis`` into ``sections`` equal consecutive parts (the size divides)."""
 
 
+class OperatorArithmetic(LossOps, abc.ABC):
+    """The elementwise loss operations as Python's operators, for arrays whose operators follow
+    NumPy's broadcasting and keep the array operand's dtype for a Python number (PyTorch, the
+    Array API standard)."""
+
+    def add(self, a: Array, b: Array | float) -> Array:
+        return a + b
+
+    def subtract(self, a: Array | float, b: Array) -> Array:
+        return a - b
+
+    def multiply(self, a: Array, b: Array | float) -> Array:
+        return a * b
+
+    def divide(self, a: Array, b: Array | float) -> Array:
+        return a / b
+
+    def equal(self, a: Array, b: Array | float) -> Array:
+        return a == b
+
+
 class RateOps(LossOps):
     """With the loss operations, what the spec needs to compute a rate's threshold and scale
     inside a compiled graph, for a rate ``p`` held in an array."""

@@ -18,7 +18,7 @@ from xdrop.protocol import Array, Backend, Key, NativeBackend, SeedBackend, requ
 from xdrop.registry import backend_for, imported_backends, int_tracing_backend, load
 from xdrop.tracing import called_as_is, host_constant
 from xdrop.typing import Rng
-from xdrop.validation import as_integer, check_fold_data, check_seed
+from xdrop.validation import as_integer, check_fold_data, check_seed, seed_value
 
 RNG_KINDS = ("portable", "native")
 RNG_ENVIRONMENT_VARIABLE = defaults.RNG.environment_variable
@@ -154,10 +154,7 @@ def host_seed(seed: object) -> int | None:
     ``torch.tensor(-1)`` are all the seed ``2**64 - 1``; a Python int must be in ``[0, 2**64)``."""
     if isinstance(seed, np.ndarray):
         check_seed_array(seed.dtype.name, seed.shape, seed)
-        if seed.shape == (2,):
-            return (int(seed[0]) << 32) | int(seed[1])
-        width = 8 * int(seed.dtype.itemsize)
-        return int(seed) % (1 << width)  # a negative value: its two's complement of the width
+        return seed_value(seed)
     if as_integer(seed) is None:
         return None
     return check_seed(seed)

@@ -93,12 +93,20 @@ def check_counter_range(offset: int, shape: tuple[int | None, ...]) -> None:
         )
 
 
+def seed_value(seed: np.ndarray | np.generic) -> int:
+    """The seed a NumPy seed holds: a uint32[2] ``(hi, lo)`` is ``hi << 32 | lo``; an integer is
+    read as the unsigned two's complement of its width, so ``np.int64(-1)`` is ``2**64 - 1``
+    (backends that read seeds inside a graph zero-extend the bits, which is the same)."""
+    if seed.shape == (2,):
+        return (int(seed[0]) << 32) | int(seed[1])
+    return int(seed) % (1 << (8 * seed.dtype.itemsize))
+
+
 def check_seed(seed: object) -> int:
-    """A host integer seed in ``[0, 2**64)``; a NumPy integer is read as the unsigned two's
-    complement of its width, as seed arrays are (``np.int64(-1)`` is ``2**64 - 1``)."""
+    """A host integer seed in ``[0, 2**64)``; a NumPy integer as :func:`seed_value` reads it."""
     value = as_integer(seed)
     if isinstance(seed, np.integer):
-        value = int(seed) % (1 << (8 * seed.dtype.itemsize))
+        value = seed_value(seed)
     if value is None:
         raise bad_type("seed", seed, "an integer in [0, 2**64), an xdrop.Generator or None")
     if not 0 <= value < SEED_COUNT:

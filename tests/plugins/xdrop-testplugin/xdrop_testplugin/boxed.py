@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from xdrop.protocol import Backend, Key, SeedArrays
+from xdrop.validation import seed_value
 
 
 class Boxed:
@@ -87,7 +88,7 @@ class BoxedBackend(Backend, SeedArrays):
         return Boxed(_unbox(mask).astype(np.uint32))
 
     def seed_words(self, seed: Any) -> Key:
-        value = int(_unbox(seed)) % 2**64
+        value = seed_value(_unbox(seed))
         return self.word(value >> 32), self.word(value & 0xFFFF_FFFF)
 
     def seed_array(self, key: Key) -> Boxed:
