@@ -141,11 +141,15 @@ class FamilyDraws(DropoutDraws):
 
 
 class AlphaDropoutDraws(FamilyDraws):
+    """:func:`xdrop.alpha_dropout`: dropout that keeps SELU activations' mean and variance."""
+
     def _draw(self, inputs: Any, rate: float, seed: Any, noise_shape: Any) -> Any:
         return xdrop.alpha_dropout(inputs, rate, seed=seed, noise_shape=noise_shape)
 
 
 class GaussianDropoutDraws(FamilyDraws):
+    """:func:`xdrop.gaussian_dropout`: multiplicative noise; the rate is below 1."""
+
     _check_rate = staticmethod(check_gaussian_rate)
 
     def _draw(self, inputs: Any, rate: float, seed: Any, noise_shape: Any) -> Any:
@@ -153,7 +157,7 @@ class GaussianDropoutDraws(FamilyDraws):
 
 
 class DropPathDraws(FamilyDraws):
-    """Draws per sample (``path_mode="row"``) or per batch; no noise shape."""
+    """:func:`xdrop.drop_path`: one draw per sample (``path_mode="row"``) or one per batch."""
 
     path_mode: str
     scale_by_keep: bool
@@ -165,7 +169,7 @@ class DropPathDraws(FamilyDraws):
 
 
 class DropBlock2DDraws(FamilyDraws):
-    """Drops square blocks of ``block_size`` of each feature map; no noise shape."""
+    """:func:`xdrop.drop_block`: drops square blocks of ``block_size`` of each feature map."""
 
     block_size: int
     data_format: str
