@@ -1,16 +1,21 @@
-"""What every framework's layer shares: the checks of its arguments and the seed it starts from.
-Imports no framework."""
+"""What every framework's layer shares: the checks of its arguments, the seed it starts from, and
+what each variant computes (:class:`DropoutDraws` and its subclasses). A framework's module adds
+only the stream: the seed and the step held as the framework's state, advanced on each training
+call. Imports no framework."""
 
 from __future__ import annotations
 
 import numbers
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
+import xdrop
 from xdrop.errors import bad_type, bad_value
 from xdrop.seeds import Generator, global_generator
-from xdrop.validation import as_integer, check_seed, is_integer
+from xdrop.typing import Mode
+from xdrop.validation import as_integer, check_flag, check_seed, is_integer
 
 
 def check_layer_rate(argument: str, rate: object) -> float:
@@ -81,10 +86,11 @@ def check_gaussian_rate(argument: str, rate: object) -> float:
     return value
 
 
-def check_drop_path_mode(mode: object) -> str:
+def check_drop_path_options(mode: object, scale_by_keep: object) -> tuple[str, bool]:
+    """A DropPath layer's ``mode`` (``"row"`` or ``"batch"``) and ``scale_by_keep`` flag."""
     if mode not in ("row", "batch"):
         raise bad_value("mode", mode, 'one of "row", "batch"')
-    return str(mode)
+    return str(mode), check_flag("scale_by_keep", scale_by_keep)
 
 
 def check_block_size(block_size: object) -> int:
@@ -94,3 +100,81 @@ def check_block_size(block_size: object) -> int:
     if value < 1:
         raise bad_value("block_size", block_size, "a positive integer")
     return value
+
+
+def check_data_format(data_format: object, default: str | None = None) -> str:
+    """``"channels_first"`` or ``"channels_last"``; None stands for ``default`` where the layer
+    has one (Keras' layers: ``keras.config.image_data_format()``) and is refused otherwise."""
+    allowed = '"channels_first" or "channels_last"'
+    if data_format is None and default is not None:
+        return default
+    if data_format not in ("channels_first", "channels_last"):
+        raise bad_value(
+            "data_format", data_format, allowed if default is None else f"None, {allowed}"
+        )
+    return str(data_format)
+
+
+class DropoutDraws:
+    """What a ``Dropout`` layer computes, in every framework: the training output for one step's
+    seed (:meth:`_draw`) and the evaluation output (:meth:`_evaluate`). A framework's ``Dropout``
+    inherits this and adds the stream; each variant below overrides what it computes otherwise."""
+
+    mode: Mode
+
+    _check_rate = staticmethod(check_layer_rate)
+    """Checks the layer's rate at construction: ``(argument name, rate) -> float``."""
+
+    def _draw(self, inputs: Any, rate: float, seed: Any, noise_shape: Any) -> Any:
+        """The training output for the step's seed."""
+        return xdrop.dropout(inputs, rate, seed=seed, mode=self.mode, noise_shape=noise_shape)
+
+    def _evaluate(self, inputs: Any, rate: float) -> Any:
+        return xdrop.dropout(inputs, rate, training=False, mode=self.mode)
+
+
+class FamilyDraws(DropoutDraws):
+    """A member of the dropout family: no ``mode``, and evaluation returns the inputs."""
+
+    def _evaluate(self, inputs: Any, rate: float) -> Any:
+        return inputs
+
+
+class AlphaDropoutDraws(FamilyDraws):
+    """:func:`xdrop.alpha_dropout`: dropout that keeps SELU activations' mean and variance."""
+
+    def _draw(self, inputs: Any, rate: float, seed: Any, noise_shape: Any) -> Any:
+        return xdrop.alpha_dropout(inputs, rate, seed=seed, noise_shape=noise_shape)
+
+
+class GaussianDropoutDraws(FamilyDraws):
+    """:func:`xdrop.gaussian_dropout`: multiplicative noise; the rate is below 1."""
+
+    _check_rate = staticmethod(check_gaussian_rate)
+
+    def _draw(self, inputs: Any, rate: float, seed: Any, noise_shape: Any) -> Any:
+        return xdrop.gaussian_dropout(inputs, rate, seed=seed, noise_shape=noise_shape)
+
+
+class DropPathDraws(FamilyDraws):
+    """:func:`xdrop.drop_path`: one draw per sample (``path_mode="row"``) or one per batch."""
+
+    path_mode: str
+    scale_by_keep: bool
+
+    def _draw(self, inputs: Any, rate: float, seed: Any, noise_shape: Any) -> Any:
+        return xdrop.drop_path(
+            inputs, rate, seed=seed, mode=self.path_mode, scale_by_keep=self.scale_by_keep
+        )
+
+
+class DropBlock2DDraws(FamilyDraws):
+    """:func:`xdrop.drop_block`: drops square blocks of ``block_size`` of each feature map."""
+
+    block_size: int
+    data_format: str
+
+    def _draw(self, inputs: Any, rate: float, seed: Any, noise_shape: Any) -> Any:
+        return xdrop.drop_block(
+            inputs, rate, self.block_size, data_format=self.data_format, seed=seed
+        )

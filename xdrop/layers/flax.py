@@ -4,7 +4,6 @@ family ``AlphaDropout``, ``GaussianDropout``, ``DropPath``, ``DropBlock2D``."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -12,16 +11,8 @@ import numpy as np
 from flax import nnx
 
 import xdrop
-from xdrop.errors import bad_type, bad_value
-from xdrop.layers.common import (
-    check_block_size,
-    check_drop_path_mode,
-    check_gaussian_rate,
-    check_layer_rate,
-    initial_seed,
-    seed_words,
-    spatial_noise_shape,
-)
+from xdrop.errors import bad_type
+from xdrop.layers import common
 from xdrop.validation import check_flag, check_mode, is_integer
 
 __all__ = [
@@ -41,7 +32,7 @@ class DropoutState(nnx.Variable):  # type: ignore[type-arg]
     ``nnx.state(model)`` / ``nnx.split(model)`` carry it."""
 
 
-class Dropout(nnx.Module):
+class Dropout(common.DropoutDraws, nnx.Module):
     """``flax.nnx.Dropout`` with a seeded, portable mask stream kept in the module's state.
 
     On its ``t``-th call that is not deterministic (``t = 0, 1, ...``) the module returns exactly::
@@ -85,13 +76,14 @@ class Dropout(nnx.Module):
         seed: int | xdrop.Generator | None = None,
         mode: str = "inverted",
     ) -> None:
-        self.rate = check_layer_rate("rate", rate)
+        self.rate = self._check_rate("rate", rate)
         if not isinstance(broadcast_dims, Sequence) or not all(map(is_integer, broadcast_dims)):
             raise bad_type("broadcast_dims", broadcast_dims, "a sequence of integer axes")
         self.broadcast_dims = tuple(int(axis) for axis in broadcast_dims)
         self.deterministic = check_flag("deterministic", deterministic)
         self.mode = check_mode(mode)
-        self.seed = DropoutState(jnp.asarray(np.array(seed_words(initial_seed(seed)), np.uint32)))
+        words = common.seed_words(common.initial_seed(seed))
+        self.seed = DropoutState(jnp.asarray(np.array(words, np.uint32)))
         self.step = DropoutState(jnp.zeros((), jnp.uint32))
 
     mc_sampling = False
@@ -100,20 +92,13 @@ class Dropout(nnx.Module):
     def __call__(self, inputs: jax.Array, *, deterministic: bool | None = None) -> jax.Array:
         deterministic = self.deterministic if deterministic is None else deterministic
         if deterministic and not self.mc_sampling:
-            return self._evaluate(inputs)
+            return self._evaluate(inputs, self.rate)  # type: ignore[no-any-return]
         step = self.step[...]
-        y = self._sample(inputs, xdrop.fold_in(self.seed[...], step))
+        seed = xdrop.fold_in(self.seed[...], step)
+        noise_shape = common.spatial_noise_shape(inputs.ndim, self.broadcast_dims)
+        y = self._draw(inputs, self.rate, seed, noise_shape)
         self.step[...] = step + jnp.uint32(1)
-        return y
-
-    def _sample(self, inputs: jax.Array, seed: Any) -> jax.Array:
-        """The training output for the step's seed."""
-        noise_shape = spatial_noise_shape(inputs.ndim, self.broadcast_dims)
-        y = xdrop.dropout(inputs, self.rate, seed=seed, mode=self.mode, noise_shape=noise_shape)
-        return y
-
-    def _evaluate(self, inputs: jax.Array) -> jax.Array:
-        return xdrop.dropout(inputs, self.rate, training=False, mode=self.mode)
+        return y  # type: ignore[no-any-return]
 
     def set_view(self, deterministic: bool | None = None) -> None:
         """Used by ``nnx.view(model, deterministic=...)``."""
@@ -127,7 +112,7 @@ class Dropout(nnx.Module):
         return (high << 32) | low
 
 
-class AlphaDropout(Dropout):
+class AlphaDropout(common.AlphaDropoutDraws, Dropout):
     """:func:`xdrop.alpha_dropout` as a module: on its ``t``-th call that is not deterministic
     ``xdrop.alpha_dropout(x, rate, seed=xdrop.fold_in(seed, t), noise_shape=n)`` (``n`` from
     ``broadcast_dims``, as for :class:`Dropout`); the inputs otherwise.
@@ -148,15 +133,8 @@ class AlphaDropout(Dropout):
             rate, broadcast_dims=broadcast_dims, deterministic=deterministic, seed=seed
         )
 
-    def _sample(self, inputs: jax.Array, seed: Any) -> jax.Array:
-        noise_shape = spatial_noise_shape(inputs.ndim, self.broadcast_dims)
-        return xdrop.alpha_dropout(inputs, self.rate, seed=seed, noise_shape=noise_shape)  # type: ignore[no-any-return]
 
-    def _evaluate(self, inputs: jax.Array) -> jax.Array:
-        return inputs
-
-
-class GaussianDropout(AlphaDropout):
+class GaussianDropout(common.GaussianDropoutDraws, AlphaDropout):
     """:func:`xdrop.gaussian_dropout` as a module (``x * (1 + sqrt(rate / (1 - rate)) * z)``), with
     the contract of :class:`AlphaDropout`. ``rate`` in ``[0, 1)``.
 
@@ -164,27 +142,8 @@ class GaussianDropout(AlphaDropout):
         >>> y = GaussianDropout(0.2, seed=0)(jnp.ones((2, 4)))
     """
 
-    def __init__(
-        self,
-        rate: float,
-        *,
-        broadcast_dims: Sequence[int] = (),
-        deterministic: bool = False,
-        seed: int | xdrop.Generator | None = None,
-    ) -> None:
-        super().__init__(
-            check_gaussian_rate("rate", rate),
-            broadcast_dims=broadcast_dims,
-            deterministic=deterministic,
-            seed=seed,
-        )
 
-    def _sample(self, inputs: jax.Array, seed: Any) -> jax.Array:
-        noise_shape = spatial_noise_shape(inputs.ndim, self.broadcast_dims)
-        return xdrop.gaussian_dropout(inputs, self.rate, seed=seed, noise_shape=noise_shape)  # type: ignore[no-any-return]
-
-
-class DropPath(Dropout):
+class DropPath(common.DropPathDraws, Dropout):
     """:func:`xdrop.drop_path` (stochastic depth) as a module: on its ``t``-th call that is not
     deterministic ``xdrop.drop_path(x, rate, seed=xdrop.fold_in(seed, t), mode=mode,
     scale_by_keep=scale_by_keep)``; the inputs otherwise.
@@ -203,19 +162,10 @@ class DropPath(Dropout):
         seed: int | xdrop.Generator | None = None,
     ) -> None:
         super().__init__(rate, deterministic=deterministic, seed=seed)
-        self.path_mode = check_drop_path_mode(mode)
-        self.scale_by_keep = check_flag("scale_by_keep", scale_by_keep)
-
-    def _sample(self, inputs: jax.Array, seed: Any) -> jax.Array:
-        return xdrop.drop_path(  # type: ignore[no-any-return]
-            inputs, self.rate, seed=seed, mode=self.path_mode, scale_by_keep=self.scale_by_keep
-        )
-
-    def _evaluate(self, inputs: jax.Array) -> jax.Array:
-        return inputs
+        self.path_mode, self.scale_by_keep = common.check_drop_path_options(mode, scale_by_keep)
 
 
-class DropBlock2D(Dropout):
+class DropBlock2D(common.DropBlock2DDraws, Dropout):
     """:func:`xdrop.drop_block` as a module for ``(N, H, W, C)`` inputs (Flax's layout; or
     ``data_format="channels_first"``), with the contract of :class:`DropPath`.
 
@@ -233,18 +183,8 @@ class DropBlock2D(Dropout):
         seed: int | xdrop.Generator | None = None,
     ) -> None:
         super().__init__(rate, deterministic=deterministic, seed=seed)
-        self.block_size = check_block_size(block_size)
-        if data_format not in ("channels_first", "channels_last"):
-            raise bad_value("data_format", data_format, '"channels_first" or "channels_last"')
-        self.data_format = data_format
-
-    def _sample(self, inputs: jax.Array, seed: Any) -> jax.Array:
-        return xdrop.drop_block(  # type: ignore[no-any-return]
-            inputs, self.rate, self.block_size, data_format=self.data_format, seed=seed
-        )
-
-    def _evaluate(self, inputs: jax.Array) -> jax.Array:
-        return inputs
+        self.block_size = common.check_block_size(block_size)
+        self.data_format = common.check_data_format(data_format)
 
 
 def set_mc_sampling(model: nnx.Module, enabled: bool = True) -> int:

@@ -11,17 +11,7 @@ import numpy as np
 
 import xdrop
 from xdrop.errors import bad_value
-from xdrop.layers.common import (
-    check_block_size,
-    check_drop_path_mode,
-    check_gaussian_rate,
-    check_layer_rate,
-    check_noise_shape_entries,
-    initial_seed,
-    seed_words,
-    spatial_noise_shape,
-    unsigned,
-)
+from xdrop.layers import common
 from xdrop.validation import check_flag, check_mode
 
 __all__ = [
@@ -38,7 +28,7 @@ __all__ = [
 
 
 @keras.saving.register_keras_serializable(package="xdrop")
-class Dropout(keras.layers.Layer):
+class Dropout(common.DropoutDraws, keras.layers.Layer):
     """``keras.layers.Dropout`` with a seeded, portable mask stream saved with the model.
 
     On its ``t``-th call with ``training=True`` (``t = 0, 1, ...``) the layer returns exactly::
@@ -82,10 +72,10 @@ class Dropout(keras.layers.Layer):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.rate = check_layer_rate("rate", rate)
-        self.noise_shape = check_noise_shape_entries(noise_shape)
+        self.rate = self._check_rate("rate", rate)
+        self.noise_shape = common.check_noise_shape_entries(noise_shape)
         self.mode = check_mode(mode)
-        words = np.array(seed_words(initial_seed(seed)), np.uint32).view(np.int32)
+        words = np.array(common.seed_words(common.initial_seed(seed)), np.uint32).view(np.int32)
         self.seed_words = self.add_weight(
             shape=(2,),
             dtype="int32",
@@ -103,27 +93,19 @@ class Dropout(keras.layers.Layer):
     def seed(self) -> int:
         """The seed ``s`` of the stream, read from its variable."""
         high, low = keras.ops.convert_to_numpy(self.seed_words.value).astype(np.int64)
-        return (unsigned(int(high), 32) << 32) | unsigned(int(low), 32)
+        return (common.unsigned(int(high), 32) << 32) | common.unsigned(int(low), 32)
 
     mc_sampling = False
     """Sample when not training too (Monte Carlo dropout); :func:`set_mc_sampling` sets it."""
 
     def call(self, inputs: Any, training: bool | None = False) -> Any:
         if not (training or self.mc_sampling):
-            return self._evaluate(inputs)
+            return self._evaluate(inputs, self.rate)
         step = self.step.value
         seed = xdrop.fold_in(_seed_array(self.seed_words.value), step)
-        y = self._sample(inputs, seed)
+        y = self._draw(inputs, self.rate, seed, self._noise_shape(inputs))
         self.step.assign(step + 1)
         return y
-
-    def _sample(self, inputs: Any, seed: Any) -> Any:
-        """The training output for the step's seed."""
-        noise_shape = self._noise_shape(inputs)
-        return xdrop.dropout(inputs, self.rate, seed=seed, mode=self.mode, noise_shape=noise_shape)
-
-    def _evaluate(self, inputs: Any) -> Any:
-        return xdrop.dropout(inputs, self.rate, training=False, mode=self.mode)
 
     def _noise_shape(self, inputs: Any) -> Sequence[int | None] | None:
         return self.noise_shape
@@ -131,15 +113,18 @@ class Dropout(keras.layers.Layer):
     def compute_output_shape(self, input_shape: Any) -> Any:
         return input_shape
 
+    _not_taken: tuple[str, ...] = ()
+    """The arguments of :class:`Dropout` that a variant does not take: its config leaves them out."""
+
     def get_config(self) -> dict[str, Any]:
         config: dict[str, Any] = super().get_config()
-        return {
-            **config,
-            "rate": self.rate,
-            "noise_shape": self.noise_shape,
-            "seed": self.seed,
-            "mode": self.mode,
-        }
+        shared = dict(rate=self.rate, noise_shape=self.noise_shape, seed=self.seed, mode=self.mode)
+        config.update((key, value) for key, value in shared.items() if key not in self._not_taken)
+        return {**config, **self._own_config()}
+
+    def _own_config(self) -> dict[str, Any]:
+        """A variant's own arguments, added to the config after those it shares with Dropout."""
+        return {}
 
 
 def _seed_array(words: Any) -> Any:
@@ -156,6 +141,8 @@ def _seed_array(words: Any) -> Any:
 class _SpatialDropout(Dropout):
     """One decision per ``(sample, channel)``, shared over the spatial axes."""
 
+    _not_taken = ("noise_shape",)
+
     rank = 0
 
     def __init__(
@@ -167,11 +154,9 @@ class _SpatialDropout(Dropout):
         **kwargs: Any,
     ) -> None:
         super().__init__(rate, seed=seed, mode=mode, **kwargs)
-        if data_format is None:  # Keras: SpatialDropout1D is channels-last whatever the config
-            data_format = "channels_last" if self.rank == 1 else keras.config.image_data_format()
-        if data_format not in ("channels_first", "channels_last"):
-            raise bad_value("data_format", data_format, 'None, "channels_first" or "channels_last"')
-        self.data_format = data_format
+        # Keras: SpatialDropout1D is channels-last whatever the config
+        default = "channels_last" if self.rank == 1 else keras.config.image_data_format()
+        self.data_format = common.check_data_format(data_format, default)
         self.input_spec = keras.layers.InputSpec(ndim=self.rank + 2)
 
     def _noise_shape(self, inputs: Any) -> Sequence[int | None] | None:
@@ -181,12 +166,10 @@ class _SpatialDropout(Dropout):
                 "inputs", f"<tensor of shape {tuple(inputs.shape)}>", f"a {self.rank + 2}-d tensor"
             )
         first = 2 if self.data_format == "channels_first" else 1
-        return spatial_noise_shape(ndim, range(first, first + self.rank))
+        return common.spatial_noise_shape(ndim, range(first, first + self.rank))
 
-    def get_config(self) -> dict[str, Any]:
-        config = super().get_config()
-        del config["noise_shape"]
-        return {**config, "data_format": self.data_format}
+    def _own_config(self) -> dict[str, Any]:
+        return {"data_format": self.data_format}
 
 
 @keras.saving.register_keras_serializable(package="xdrop")
@@ -230,20 +213,8 @@ class SpatialDropout3D(_SpatialDropout):
     rank = 3
 
 
-class _FamilyLayer(Dropout):
-    """A family member: no ``mode``; evaluation returns the inputs."""
-
-    def _evaluate(self, inputs: Any) -> Any:
-        return inputs
-
-    def get_config(self) -> dict[str, Any]:
-        config = super().get_config()
-        del config["mode"]
-        return config
-
-
 @keras.saving.register_keras_serializable(package="xdrop")
-class AlphaDropout(_FamilyLayer):
+class AlphaDropout(common.AlphaDropoutDraws, Dropout):
     """:func:`xdrop.alpha_dropout` as a layer, as ``keras.layers.AlphaDropout``: on its ``t``-th
     training call ``xdrop.alpha_dropout(x, rate, seed=xdrop.fold_in(seed, t),
     noise_shape=noise_shape)``; the inputs otherwise. Arguments as for :class:`Dropout`, without
@@ -252,6 +223,8 @@ class AlphaDropout(_FamilyLayer):
     Example:
         >>> y = AlphaDropout(0.2, seed=0)(np.ones((2, 4), "float32"), training=True)
     """
+
+    _not_taken = ("mode",)
 
     def __init__(
         self,
@@ -262,12 +235,9 @@ class AlphaDropout(_FamilyLayer):
     ) -> None:
         super().__init__(rate, noise_shape=noise_shape, seed=seed, **kwargs)
 
-    def _sample(self, inputs: Any, seed: Any) -> Any:
-        return xdrop.alpha_dropout(inputs, self.rate, seed=seed, noise_shape=self.noise_shape)
-
 
 @keras.saving.register_keras_serializable(package="xdrop")
-class GaussianDropout(_FamilyLayer):
+class GaussianDropout(common.GaussianDropoutDraws, Dropout):
     """:func:`xdrop.gaussian_dropout` as a layer, as ``keras.layers.GaussianDropout``: on its
     ``t``-th training call ``xdrop.gaussian_dropout(x, rate, seed=xdrop.fold_in(seed, t))``
     (``x * (1 + sqrt(rate / (1 - rate)) * z)``); the inputs otherwise. ``rate`` in ``[0, 1)``.
@@ -276,22 +246,19 @@ class GaussianDropout(_FamilyLayer):
         >>> y = GaussianDropout(0.2, seed=0)(np.ones((2, 4), "float32"), training=True)
     """
 
+    _not_taken = ("noise_shape", "mode")
+
     def __init__(
         self, rate: float, seed: int | xdrop.Generator | None = None, **kwargs: Any
     ) -> None:
-        super().__init__(check_gaussian_rate("rate", rate), seed=seed, **kwargs)
+        super().__init__(rate, seed=seed, **kwargs)
 
-    def _sample(self, inputs: Any, seed: Any) -> Any:
-        return xdrop.gaussian_dropout(inputs, self.rate, seed=seed)
-
-    def get_config(self) -> dict[str, Any]:
-        config = super().get_config()
-        del config["noise_shape"]
-        return config
+    def _noise_shape(self, inputs: Any) -> None:
+        return None  # as keras.layers.GaussianDropout: one draw per element
 
 
 @keras.saving.register_keras_serializable(package="xdrop")
-class DropPath(_FamilyLayer):
+class DropPath(common.DropPathDraws, Dropout):
     """:func:`xdrop.drop_path` (stochastic depth) as a layer: on its ``t``-th training call
     ``xdrop.drop_path(x, rate, seed=xdrop.fold_in(seed, t), mode=mode,
     scale_by_keep=scale_by_keep)``; the inputs otherwise.
@@ -303,6 +270,8 @@ class DropPath(_FamilyLayer):
         >>> y = DropPath(0.1, seed=0)(np.ones((4, 3), "float32"), training=True)
     """
 
+    _not_taken = ("noise_shape", "mode")
+
     def __init__(
         self,
         rate: float,
@@ -312,22 +281,14 @@ class DropPath(_FamilyLayer):
         **kwargs: Any,
     ) -> None:
         super().__init__(rate, seed=seed, **kwargs)
-        self.path_mode = check_drop_path_mode(mode)
-        self.scale_by_keep = check_flag("scale_by_keep", scale_by_keep)
+        self.path_mode, self.scale_by_keep = common.check_drop_path_options(mode, scale_by_keep)
 
-    def _sample(self, inputs: Any, seed: Any) -> Any:
-        return xdrop.drop_path(
-            inputs, self.rate, seed=seed, mode=self.path_mode, scale_by_keep=self.scale_by_keep
-        )
-
-    def get_config(self) -> dict[str, Any]:
-        config = super().get_config()
-        del config["noise_shape"]
-        return {**config, "mode": self.path_mode, "scale_by_keep": self.scale_by_keep}
+    def _own_config(self) -> dict[str, Any]:
+        return {"mode": self.path_mode, "scale_by_keep": self.scale_by_keep}
 
 
 @keras.saving.register_keras_serializable(package="xdrop")
-class DropBlock2D(_FamilyLayer):
+class DropBlock2D(common.DropBlock2DDraws, Dropout):
     """:func:`xdrop.drop_block` as a layer for 4-d inputs: on its ``t``-th training call
     ``xdrop.drop_block(x, rate, block_size, data_format=data_format,
     seed=xdrop.fold_in(seed, t))``; the inputs otherwise.
@@ -340,6 +301,8 @@ class DropBlock2D(_FamilyLayer):
         >>> y = DropBlock2D(0.1, 3, seed=0)(np.ones((2, 8, 8, 4), "float32"), training=True)
     """
 
+    _not_taken = ("noise_shape", "mode")
+
     def __init__(
         self,
         rate: float,
@@ -349,23 +312,12 @@ class DropBlock2D(_FamilyLayer):
         **kwargs: Any,
     ) -> None:
         super().__init__(rate, seed=seed, **kwargs)
-        self.block_size = check_block_size(block_size)
-        if data_format is None:
-            data_format = keras.config.image_data_format()
-        if data_format not in ("channels_first", "channels_last"):
-            raise bad_value("data_format", data_format, 'None, "channels_first" or "channels_last"')
-        self.data_format = data_format
+        self.block_size = common.check_block_size(block_size)
+        self.data_format = common.check_data_format(data_format, keras.config.image_data_format())
         self.input_spec = keras.layers.InputSpec(ndim=4)
 
-    def _sample(self, inputs: Any, seed: Any) -> Any:
-        return xdrop.drop_block(
-            inputs, self.rate, self.block_size, data_format=self.data_format, seed=seed
-        )
-
-    def get_config(self) -> dict[str, Any]:
-        config = super().get_config()
-        del config["noise_shape"]
-        return {**config, "block_size": self.block_size, "data_format": self.data_format}
+    def _own_config(self) -> dict[str, Any]:
+        return {"block_size": self.block_size, "data_format": self.data_format}
 
 
 def set_mc_sampling(model: Any, enabled: bool = True) -> int:

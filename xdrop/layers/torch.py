@@ -4,22 +4,12 @@ the family ``AlphaDropout``, ``GaussianDropout``, ``DropPath``, ``DropBlock2D``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 
 import xdrop
 from xdrop.errors import bad_value
-from xdrop.layers.common import (
-    check_block_size,
-    check_drop_path_mode,
-    check_gaussian_rate,
-    check_layer_rate,
-    check_noise_shape_entries,
-    initial_seed,
-    signed,
-    spatial_noise_shape,
-)
+from xdrop.layers import common
 from xdrop.validation import check_flag, check_mode
 
 __all__ = [
@@ -35,7 +25,7 @@ __all__ = [
 ]
 
 
-class Dropout(torch.nn.Module):
+class Dropout(common.DropoutDraws, torch.nn.Module):
     """``torch.nn.Dropout`` with a seeded, portable mask stream that lives in ``state_dict()``.
 
     On its ``t``-th call in training mode (``t = 0, 1, ...``) the module returns exactly::
@@ -81,11 +71,11 @@ class Dropout(torch.nn.Module):
         noise_shape: Sequence[int | None] | None = None,
     ) -> None:
         super().__init__()
-        self.p = check_layer_rate("p", p)
+        self.p = self._check_rate("p", p)
         self.mode = check_mode(mode)
-        self.noise_shape = check_noise_shape_entries(noise_shape)
-        start = initial_seed(seed)
-        self.register_buffer("seed", torch.tensor(signed(start, 64), dtype=torch.int64))
+        self.noise_shape = common.check_noise_shape_entries(noise_shape)
+        start = common.initial_seed(seed)
+        self.register_buffer("seed", torch.tensor(common.signed(start, 64), dtype=torch.int64))
         self.register_buffer("step", torch.tensor(0, dtype=torch.int64))
 
     mc_sampling = False
@@ -93,19 +83,11 @@ class Dropout(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training or self.mc_sampling):
-            return self._evaluate(x)
+            return self._evaluate(x, self.p)  # type: ignore[no-any-return]
         seed = xdrop.fold_in(self.seed, self.step)
-        y = self._sample(x, seed)
+        y = self._draw(x, self.p, seed, self._noise_shape(x))
         self.step.add_(1)
-        return y
-
-    def _sample(self, x: torch.Tensor, seed: Any) -> torch.Tensor:
-        """The training output for the step's seed."""
-        noise_shape = self._noise_shape(x)
-        return xdrop.dropout(x, self.p, seed=seed, mode=self.mode, noise_shape=noise_shape)
-
-    def _evaluate(self, x: torch.Tensor) -> torch.Tensor:
-        return xdrop.dropout(x, self.p, training=False, mode=self.mode)
+        return y  # type: ignore[no-any-return]
 
     def _noise_shape(self, x: torch.Tensor) -> Sequence[int | None] | None:
         return self.noise_shape
@@ -138,7 +120,7 @@ class _ChannelDropout(Dropout):
                 f"a tensor of {spatial + 1} (C, *spatial) or {spatial + 2} (N, C, *spatial) "
                 f"dimensions for {type(self).__name__}",
             )
-        return spatial_noise_shape(ndim, range(-spatial, 0))
+        return common.spatial_noise_shape(ndim, range(-spatial, 0))
 
 
 class Dropout1d(_ChannelDropout):
@@ -175,7 +157,7 @@ class Dropout3d(_ChannelDropout):
     spatial_dims = 3
 
 
-class AlphaDropout(Dropout):
+class AlphaDropout(common.AlphaDropoutDraws, Dropout):
     """:func:`xdrop.alpha_dropout` as a layer, for SELU networks (``torch.nn.AlphaDropout``): on its
     ``t``-th training call ``xdrop.alpha_dropout(x, p, seed=xdrop.fold_in(seed, t),
     noise_shape=noise_shape)``; ``x`` in eval mode. Arguments as for :class:`Dropout`, without
@@ -194,17 +176,11 @@ class AlphaDropout(Dropout):
     ) -> None:
         super().__init__(p, seed=seed, noise_shape=noise_shape)
 
-    def _sample(self, x: torch.Tensor, seed: Any) -> torch.Tensor:
-        return xdrop.alpha_dropout(x, self.p, seed=seed, noise_shape=self.noise_shape)  # type: ignore[no-any-return]
-
-    def _evaluate(self, x: torch.Tensor) -> torch.Tensor:
-        return x
-
     def extra_repr(self) -> str:
         return f"p={self.p}, seed={int(self.seed) % 2**64}"
 
 
-class GaussianDropout(AlphaDropout):
+class GaussianDropout(common.GaussianDropoutDraws, AlphaDropout):
     """:func:`xdrop.gaussian_dropout` as a layer: on its ``t``-th training call
     ``xdrop.gaussian_dropout(x, p, seed=xdrop.fold_in(seed, t), noise_shape=noise_shape)``
     (``x * (1 + sqrt(p / (1 - p)) * z)``); ``x`` in eval mode. ``p`` in ``[0, 1)``.
@@ -213,20 +189,8 @@ class GaussianDropout(AlphaDropout):
         >>> y = GaussianDropout(0.2, seed=0)(torch.ones(4, 8))
     """
 
-    def __init__(
-        self,
-        p: float = 0.5,
-        *,
-        seed: int | xdrop.Generator | None = None,
-        noise_shape: Sequence[int | None] | None = None,
-    ) -> None:
-        super().__init__(check_gaussian_rate("p", p), seed=seed, noise_shape=noise_shape)
 
-    def _sample(self, x: torch.Tensor, seed: Any) -> torch.Tensor:
-        return xdrop.gaussian_dropout(x, self.p, seed=seed, noise_shape=self.noise_shape)  # type: ignore[no-any-return]
-
-
-class DropPath(Dropout):
+class DropPath(common.DropPathDraws, Dropout):
     """:func:`xdrop.drop_path` (stochastic depth) as a layer, as timm's ``DropPath``: on its
     ``t``-th training call ``xdrop.drop_path(x, p, seed=xdrop.fold_in(seed, t), mode=mode,
     scale_by_keep=scale_by_keep)``; ``x`` in eval mode. Put it on a residual branch:
@@ -251,22 +215,13 @@ class DropPath(Dropout):
         seed: int | xdrop.Generator | None = None,
     ) -> None:
         super().__init__(p, seed=seed)
-        self.path_mode = check_drop_path_mode(mode)
-        self.scale_by_keep = check_flag("scale_by_keep", scale_by_keep)
-
-    def _sample(self, x: torch.Tensor, seed: Any) -> torch.Tensor:
-        return xdrop.drop_path(  # type: ignore[no-any-return]
-            x, self.p, seed=seed, mode=self.path_mode, scale_by_keep=self.scale_by_keep
-        )
-
-    def _evaluate(self, x: torch.Tensor) -> torch.Tensor:
-        return x
+        self.path_mode, self.scale_by_keep = common.check_drop_path_options(mode, scale_by_keep)
 
     def extra_repr(self) -> str:
         return f"p={self.p}, mode={self.path_mode!r}, seed={int(self.seed) % 2**64}"
 
 
-class DropBlock2D(Dropout):
+class DropBlock2D(common.DropBlock2DDraws, Dropout):
     """:func:`xdrop.drop_block` as a layer for ``(N, C, H, W)`` inputs: on its ``t``-th training
     call ``xdrop.drop_block(x, p, block_size, seed=xdrop.fold_in(seed, t))``; ``x`` in eval mode.
 
@@ -279,17 +234,13 @@ class DropBlock2D(Dropout):
         >>> y = DropBlock2D(0.1, block_size=3, seed=0)(torch.ones(2, 4, 8, 8))
     """
 
+    data_format = "channels_first"  # torch's layout, (N, C, H, W)
+
     def __init__(
         self, p: float = 0.1, block_size: int = 7, *, seed: int | xdrop.Generator | None = None
     ) -> None:
         super().__init__(p, seed=seed)
-        self.block_size = check_block_size(block_size)
-
-    def _sample(self, x: torch.Tensor, seed: Any) -> torch.Tensor:
-        return xdrop.drop_block(x, self.p, self.block_size, seed=seed)  # type: ignore[no-any-return]
-
-    def _evaluate(self, x: torch.Tensor) -> torch.Tensor:
-        return x
+        self.block_size = common.check_block_size(block_size)
 
     def extra_repr(self) -> str:
         return f"p={self.p}, block_size={self.block_size}, seed={int(self.seed) % 2**64}"
