@@ -14,7 +14,7 @@ import numpy as np
 from xdrop.errors import ArgumentTypeError, ArgumentValueError, bad_type, bad_value, describe
 from xdrop.protocol import Array, Backend
 from xdrop.rdrop import REDUCTIONS
-from xdrop.spec import FLOAT_DTYPES, MODES, SEED_COUNT, WORD_COUNT, inverted_scale
+from xdrop.spec import FLOAT_DTYPES, MODES, SEED_COUNT, inverted_scale
 from xdrop.typing import Mode
 
 Rate = Union[float, Array]  # noqa: UP007 (Array is Any: "float | Any" fails on Python 3.10)
@@ -72,13 +72,23 @@ def check_flag(name: str, value: object) -> bool:
     return bool(value)
 
 
+def check_natural(
+    name: str, value: object, bits: int, also_allowed: str = "", read: int | None = None
+) -> int:
+    """``value`` as an int in ``[0, 2**bits)``, or an error naming ``name``: a type error unless it
+    is an integer (``also_allowed`` lists other accepted kinds), a value error outside the range.
+    ``read`` is the integer it has been read as, where that is not ``int(value)``."""
+    allowed = f"an integer in [0, 2**{bits})"
+    integer = as_integer(value) if read is None else read
+    if integer is None:
+        raise bad_type(name, value, allowed + also_allowed)
+    if not 0 <= integer < 1 << bits:
+        raise bad_value(name, value, allowed)
+    return integer
+
+
 def check_offset(offset: object) -> int:
-    value = as_integer(offset)
-    if value is None:
-        raise bad_type("offset", offset, "an integer in [0, 2**64)")
-    if not 0 <= value < SEED_COUNT:
-        raise bad_value("offset", offset, "an integer in [0, 2**64)")
-    return value
+    return check_natural("offset", offset, 64)
 
 
 def check_counter_range(offset: int, shape: tuple[int | None, ...]) -> None:
@@ -104,23 +114,12 @@ def seed_value(seed: np.ndarray | np.generic) -> int:
 
 def check_seed(seed: object) -> int:
     """A host integer seed in ``[0, 2**64)``; a NumPy integer as :func:`seed_value` reads it."""
-    value = as_integer(seed)
-    if isinstance(seed, np.integer):
-        value = seed_value(seed)
-    if value is None:
-        raise bad_type("seed", seed, "an integer in [0, 2**64), an xdrop.Generator or None")
-    if not 0 <= value < SEED_COUNT:
-        raise bad_value("seed", seed, "an integer in [0, 2**64)")
-    return value
+    read = seed_value(seed) if isinstance(seed, np.integer) else None
+    return check_natural("seed", seed, 64, ", an xdrop.Generator or None", read)
 
 
 def check_fold_data(data: object) -> int:
-    value = as_integer(data)
-    if value is None:
-        raise bad_type("data", data, "an integer in [0, 2**32)")
-    if not 0 <= value < WORD_COUNT:
-        raise bad_value("data", data, "an integer in [0, 2**32)")
-    return value
+    return check_natural("data", data, 32)
 
 
 class Shown:

@@ -14,7 +14,15 @@ import xdrop
 keras = pytest.importorskip("keras")
 from layers.shared import assert_refused, check_seed_none_draws_once, digits  # noqa: E402
 
-from xdrop.layers.keras import Dropout, SpatialDropout1D, SpatialDropout2D, SpatialDropout3D  # noqa: E402
+from xdrop.layers.keras import (  # noqa: E402
+    AlphaDropout,
+    Dropout,
+    DropPath,
+    GaussianDropout,
+    SpatialDropout1D,
+    SpatialDropout2D,
+    SpatialDropout3D,
+)
 
 
 def host(x):  # type: ignore[no-untyped-def]
@@ -190,7 +198,15 @@ def test_noise_shape_with_none_entries():
      (lambda: Dropout(0.5, seed=2**64), xdrop.ArgumentValueError, "seed must be an integer in [0, 2**64)"),
      (lambda: Dropout(0.5, mode="x"), xdrop.ArgumentValueError, 'mode must be one of "inverted", "classic"'),
      (lambda: SpatialDropout2D(0.5, data_format="nhwc"), xdrop.ArgumentValueError,
-      "data_format must be None, \"channels_first\" or \"channels_last\", got 'nhwc'")],
+      "data_format must be None, \"channels_first\" or \"channels_last\", got 'nhwc'"),
+     (lambda: GaussianDropout(0.5, noise_shape=(1, 4)), xdrop.ArgumentTypeError,
+      "GaussianDropout takes no 'noise_shape' argument, got (1, 4)"),
+     (lambda: DropPath(0.5, noise_shape=[1]), xdrop.ArgumentTypeError,
+      "DropPath takes no 'noise_shape' argument, got [1]"),
+     (lambda: AlphaDropout(0.5, mode="classic"), xdrop.ArgumentTypeError,
+      "AlphaDropout takes no 'mode' argument, got 'classic'"),
+     (lambda: SpatialDropout1D(0.5, noise_shape=(1, 1, 4)), xdrop.ArgumentTypeError,
+      "SpatialDropout1D takes no 'noise_shape' argument")],
 )  # fmt: skip
 def test_bad_arguments_name_the_argument_the_value_and_what_is_allowed(make, error, message):
     assert_refused(make, error, message)

@@ -10,7 +10,7 @@ import keras
 import numpy as np
 
 import xdrop
-from xdrop.errors import bad_value
+from xdrop.errors import ArgumentTypeError, bad_value
 from xdrop.layers import common
 from xdrop.validation import check_flag, check_mode
 
@@ -71,6 +71,13 @@ class Dropout(common.DropoutDraws, keras.layers.Layer):
         mode: str = "inverted",
         **kwargs: Any,
     ) -> None:
+        defaults = {"noise_shape": None, "mode": "inverted"}
+        given = {"noise_shape": noise_shape, "mode": mode}
+        for name in self._not_taken:  # a variant passes its **kwargs on to here
+            if given[name] != defaults[name]:
+                raise ArgumentTypeError(
+                    f"{type(self).__name__} takes no {name!r} argument, got {given[name]!r}"
+                )
         super().__init__(**kwargs)
         self.rate = self._check_rate("rate", rate)
         self.noise_shape = common.check_noise_shape_entries(noise_shape)
