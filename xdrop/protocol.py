@@ -13,6 +13,8 @@ call that needs a missing one fails with :class:`~xdrop.errors.RoleNotImplemente
 
 - :class:`LossOps`: floating-point operations with the Array API standard's names (``add``,
   ``subtract``, ``multiply``, ``divide``...), for the R-Dropout losses;
+- :class:`OperatorArithmetic` (extends LossOps): the arithmetic loss operations as Python's
+  operators, for arrays whose operators follow NumPy's rules;
 - :class:`RateOps` (extends LossOps): a rate ``p`` held in an array, inside a compiled graph;
 - :class:`FamilyOps` (extends LossOps): the dropout family and Monte Carlo dropout;
 - :class:`SeedArrays`: seeds held in arrays, so that seeds can be traced values;
@@ -352,7 +354,7 @@ class LossOps(abc.ABC):
         """``x`` cut along ``axis`` into ``sections`` equal consecutive parts (the size divides)."""
 
 
-class OperatorArithmetic(LossOps, abc.ABC):
+class OperatorArithmetic(LossOps):
     """The elementwise loss operations as Python's operators, for arrays whose operators follow
     NumPy's broadcasting and keep the array operand's dtype for a Python number (PyTorch, the
     Array API standard)."""
