@@ -163,13 +163,13 @@ class TorchBackend(Backend, OperatorArithmetic, RateOps, FamilyOps, SeedArrays, 
         torch = self.torch
         width = torch.iinfo(seed.dtype).bits
         if seed.ndim == 1:  # uint32[2]: (hi, lo)
-            return self.word_of_int64(seed[0].to(torch.int64)), self.word_of_int64(
+            return self._word_of_int64(seed[0].to(torch.int64)), self._word_of_int64(
                 seed[1].to(torch.int64)
             )
         value = seed.to(torch.int64)
         if width < 64:  # a negative value means its unsigned two's complement of the width
             value = value & ((1 << width) - 1)
-        return self.word_of_int64(value >> 32), self.word_of_int64(value)
+        return self._word_of_int64(value >> 32), self._word_of_int64(value)
 
     def seed_array(self, key: Key) -> Any:
         high, low = (word.to(self.torch.int64) & _LOW_WORD for word in key)
@@ -228,9 +228,9 @@ class TorchBackend(Backend, OperatorArithmetic, RateOps, FamilyOps, SeedArrays, 
         return self.torch.logical_and(a, b)
 
     def word_from_float(self, x: Any) -> Any:
-        return self.word_of_int64(x.to(self.torch.int64))
+        return self._word_of_int64(x.to(self.torch.int64))
 
-    def word_of_int64(self, value: Any) -> Any:
+    def _word_of_int64(self, value: Any) -> Any:
         """The low 32 bits of an int64 tensor as a word (int32 read as unsigned)."""
         return (((value & _LOW_WORD) ^ _SIGN_BIT) - _SIGN_BIT).to(self.torch.int32)
 

@@ -263,7 +263,7 @@ def _training(
     else:
         kept_count, factor = spec.rate_constants(xp, rate, plan.dtype, plan.mode, training=True)
     if generator == "native":
-        native = require(xp, NativeBackend, 'rng="native"')
+        native = _native(xp)
         noise = plan.noise_dims(xp, x)
         probability = spec.keep_probability(xp, rate)
         draw_keep = functools.partial(native.native_keep_mask, noise, probability, resolved, x)
@@ -392,7 +392,11 @@ def _resolve_seed(xp: Backend, seed: object, generator: str, like: Any) -> int |
     for its global generator. Generators advance here, once."""
     if generator == "portable":
         return seeds.resolve(seed, xp, like)
-    return seeds.native_seed(seed, require(xp, NativeBackend, 'rng="native"'), like)
+    return seeds.native_seed(seed, _native(xp), like)
+
+
+def _native(xp: Backend) -> NativeBackend:
+    return require(xp, NativeBackend, 'rng="native"', 'use rng="portable"')
 
 
 @overload
@@ -461,7 +465,7 @@ def dropout_mask(
     else:
         kept_count, _ = spec.rate_constants(xp, rate, "float32", "inverted", training=True)
     if generator == "native":
-        native = require(xp, NativeBackend, 'rng="native"')
+        native = _native(xp)
         return native.native_keep_mask(dims, spec.keep_probability(xp, rate), resolved, like)
     assert resolved is not None  # portable seeds are host integers or key words
     key = seeds.key_of(resolved, xp, like)

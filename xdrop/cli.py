@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
 import xdrop
-from xdrop import kernel, registry, seeds, tables
+from xdrop import defaults, kernel, registry, seeds, tables
 from xdrop.conformance import golden
 from xdrop.conformance.runner import MODES, BackendReport, identical_outputs, run_backend
 from xdrop.errors import XdropError
@@ -300,7 +300,7 @@ def _version_of(distribution: str) -> str:
 
 def _default_backend() -> str:
     variable = registry.ENVIRONMENT_VARIABLE
-    chosen = os.environ.get(variable, "").strip()
+    chosen = defaults.BACKEND.from_environment()
     if not chosen:
         return f"{registry.default_name()} ({variable} is not set)"
     if chosen not in registry.registered_names():
@@ -314,7 +314,7 @@ def _default_rng() -> str:
         rng = seeds.get_rng()
     except XdropError as error:
         return f"none: {error}"
-    if os.environ.get(variable, "").strip():
+    if defaults.RNG.from_environment():
         return f"{rng} (from {variable}={rng})"
     return f"{rng} ({variable} is not set)"
 

@@ -50,7 +50,6 @@ for _mixed in (
     ArgumentValueError,
     ArgumentTypeError,
     BackendError,
-    RoleNotImplementedError,
     TracingError,
 ):
     _mixed.__init__ = Exception.__init__  # type: ignore[method-assign]

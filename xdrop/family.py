@@ -16,7 +16,7 @@ from typing import Any
 
 from xdrop import api, seeds, spec
 from xdrop.errors import bad_type, bad_value
-from xdrop.protocol import Array, Dim, FamilyBackend, require
+from xdrop.protocol import Array, Backend, Dim, FamilyBackend, require
 from xdrop.registry import backend_for
 from xdrop.tracing import called_as_is
 from xdrop.typing import Rng
@@ -87,20 +87,21 @@ def alpha_dropout(
     if not check_flag("training", training):
         seeds.validate_seed(seed, xp)
         return x
-    keep = _dropout_mask(xp, x, rate, seed, noise_shape, offset, rng)
+    family = require(xp, FamilyBackend, "alpha_dropout in training")
+    keep = _dropout_mask(family, x, rate, seed, noise_shape, offset, rng)
     if isinstance(rate, float):
         if rate == 0:
             return x
         if rate == 1:
-            return xp.select(keep, x)  # nothing kept: +0.0 everywhere, zero gradient
+            return family.select(keep, x)  # nothing kept: +0.0 everywhere, zero gradient
         q = 1.0 - rate
         a = (q + ALPHA_PRIME**2 * q * rate) ** -0.5
         scale, shift = spec.rounded(a, dtype), spec.rounded(-a * ALPHA_PRIME * rate, dtype)
-        dropped = xp.where(keep, x, spec.rounded(ALPHA_PRIME, dtype))
-        return xp.add(xp.multiply(dropped, scale), shift)
-    scale, shift = _alpha_constants(xp, rate, dtype)
-    dropped = xp.where(keep, x, spec.rounded(ALPHA_PRIME, dtype))
-    return xp.add(xp.multiply(dropped, scale), shift)
+        dropped = family.where(keep, x, spec.rounded(ALPHA_PRIME, dtype))
+        return family.add(family.multiply(dropped, scale), shift)
+    scale, shift = _alpha_constants(family, rate, dtype)
+    dropped = family.where(keep, x, spec.rounded(ALPHA_PRIME, dtype))
+    return family.add(family.multiply(dropped, scale), shift)
 
 
 def _alpha_constants(xp: FamilyBackend, p: Array, dtype: str) -> tuple[Array, Array]:
@@ -157,22 +158,25 @@ def gaussian_dropout(
     if not check_flag("training", training):
         seeds.validate_seed(seed, xp)
         return x
-    shape = xp.shape(x)
+    family = require(xp, FamilyBackend, "gaussian_dropout in training")
+    shape = family.shape(x)
     noise = check_noise_shape(noise_shape, shape)
     start = check_offset(offset)
     check_counter_range(start, noise)
-    key = seeds.seed_key(seed, xp, x)
+    key = seeds.seed_key(seed, family, x)
     if isinstance(rate, float) and rate == 0:
         return x
-    z = spec.normals(xp, key, _noise_dims(xp, x, noise), start, like=x)
+    z = spec.normals(family, key, _noise_dims(family, x, noise), start, like=x)
     if isinstance(rate, float):
         sigma: float | Array = spec.rounded(math.sqrt(rate / (1.0 - rate)), "float32")
     else:
-        compute = "float64" if xp.has_float64() else "float32"
-        held = xp.astype(rate, compute)
-        sigma = xp.astype(xp.sqrt(xp.divide(held, xp.subtract(1.0, held))), "float32")
-    factor = xp.add(xp.multiply(z, sigma), 1.0)
-    return xp.multiply(x, factor if dtype == "float32" else xp.astype(factor, dtype))
+        compute = "float64" if family.has_float64() else "float32"
+        held = family.astype(rate, compute)
+        sigma = family.astype(
+            family.sqrt(family.divide(held, family.subtract(1.0, held))), "float32"
+        )
+    factor = family.add(family.multiply(z, sigma), 1.0)
+    return family.multiply(x, factor if dtype == "float32" else family.astype(factor, dtype))
 
 
 # -- DropPath (stochastic depth) -------------------------------------------------------------------
@@ -217,7 +221,7 @@ def drop_path(
     """
     if mode not in DROP_PATH_MODES:
         raise bad_value("mode", mode, 'one of "row", "batch"')
-    xp = require(backend_for(x), FamilyBackend, "drop_path")
+    xp = backend_for(x)
     x = as_input_array(xp, x)
     ndim = len(xp.shape(x))
     if mode == "row" and ndim == 0:
@@ -307,8 +311,9 @@ def drop_block(
     if not check_flag("training", training):
         seeds.validate_seed(seed, xp)
         return x
+    family = require(xp, FamilyBackend, "drop_block in training")
     if (isinstance(rate, float) and rate == 0) or height * width == 0:
-        seeds.resolve(seed, xp, x)  # a training call draws its seed, whatever p
+        seeds.resolve(seed, family, x)  # a training call draws its seed, whatever p
         return x
     size = min(int(block_size), height, width)
     rows, columns = height - size + 1, width - size + 1
@@ -317,31 +322,33 @@ def drop_block(
     if isinstance(rate, float):
         gamma = min(1.0, rate * ratio)
     else:
-        compute = "float64" if xp.has_float64() else "float32"
-        scaled = xp.multiply(xp.astype(rate, compute), ratio)
-        gamma = xp.where(xp.less_equal(scaled, 1.0), scaled, 1.0)
+        compute = "float64" if family.has_float64() else "float32"
+        scaled = family.multiply(family.astype(rate, compute), ratio)
+        gamma = family.where(family.less_equal(scaled, 1.0), scaled, 1.0)
     corners_shape = (None, rows, columns, None) if channels_last else (None, None, rows, columns)
     keep = api.dropout_mask(corners_shape, gamma, seed=seed, like=x, rng=rng)
-    corners = xp.astype(xp.equal(keep, False), "float32")
-    kept = xp.equal(xp.max_pool_2d(corners, size, channels_last), 0.0)
-    compute = "float64" if xp.has_float64() else "float32"
-    kept_count = xp.sum(xp.astype(kept, compute))
-    count = xp.dim_array(xp.size(xp.runtime_shape(x)), compute)
-    none_kept = xp.equal(kept_count, 0.0)
-    factor = xp.where(none_kept, 0.0, xp.divide(count, xp.where(none_kept, 1.0, kept_count)))
-    return xp.select(kept, xp.scale(x, xp.astype(factor, dtype)))
+    corners = family.astype(family.equal(keep, False), "float32")
+    kept = family.equal(family.max_pool_2d(corners, size, channels_last), 0.0)
+    compute = "float64" if family.has_float64() else "float32"
+    kept_count = family.sum(family.astype(kept, compute))
+    count = family.dim_array(family.size(family.runtime_shape(x)), compute)
+    none_kept = family.equal(kept_count, 0.0)
+    factor = family.where(
+        none_kept, 0.0, family.divide(count, family.where(none_kept, 1.0, kept_count))
+    )
+    return family.select(kept, family.scale(x, family.astype(factor, dtype)))
 
 
 # -- shared ----------------------------------------------------------------------------------------
-def _common(x: Any, p: object) -> tuple[FamilyBackend, Array, str, Rate]:
+def _common(x: Any, p: object) -> tuple[Backend, Array, str, Rate]:
     """The backend, ``x`` as its array, ``x``'s dtype and the checked rate."""
-    xp = require(backend_for(x), FamilyBackend, "the dropout family")
+    xp = backend_for(x)
     x = as_input_array(xp, x)
     dtype = check_float_dtype(xp.dtype_name(x))
     return xp, x, dtype, check_rate(p, xp)
 
 
-def _noise_dims(xp: FamilyBackend, x: Array, noise: tuple[int | None, ...]) -> tuple[Dim, ...]:
+def _noise_dims(xp: Backend, x: Array, noise: tuple[int | None, ...]) -> tuple[Dim, ...]:
     """The completed noise shape as dims: ``x``'s run-time size where an entry is None."""
     if None not in noise:
         return noise
@@ -350,7 +357,7 @@ def _noise_dims(xp: FamilyBackend, x: Array, noise: tuple[int | None, ...]) -> t
 
 
 def _dropout_mask(
-    xp: FamilyBackend,
+    xp: Backend,
     x: Array,
     rate: Rate,
     seed: object,

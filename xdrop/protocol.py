@@ -475,25 +475,30 @@ class NativeBackend(_BackendWith, NativeGenerator):
 Role = TypeVar("Role")
 
 
-def require(backend: Backend, role: Callable[..., Role], needed_by: str) -> Role:
+OPTIONAL_ROLES = (LossOps, RateOps, FamilyOps, SeedArrays, NativeGenerator)
+"""The roles a backend may leave out; :func:`require` checks them where a feature starts."""
+
+EVERY_ROLE_ADVICE = (
+    "xdrop's numpy, torch, tensorflow and jax backends implement every role, and "
+    "docs/backends.md says how a backend adds one"
+)
+
+
+def require(
+    backend: Backend, role: Callable[..., Role], needed_by: str, remedy: str = EVERY_ROLE_ADVICE
+) -> Role:
     """``backend`` as a ``role`` (an optional role, or a backend with one such as
-    :class:`LossBackend`), or an error naming what ``needed_by`` (e.g. "R-Dropout") needs and the
-    backend lacks.
+    :class:`LossBackend`), or a :class:`~xdrop.errors.RoleNotImplementedError` naming the roles
+    that ``needed_by`` (e.g. "R-Dropout") needs and the backend lacks, and ``remedy``.
 
     >>> losses = require(xdrop.registry.load("numpy"), LossBackend, "R-Dropout")
     """
-    missing = [part.__name__ for part in _roles(role) if not isinstance(backend, part)]
+    needed = [part for part in OPTIONAL_ROLES if issubclass(cast(type, role), part)]
+    missing = [part.__name__ for part in needed if not isinstance(backend, part)]
     if not missing:
         return cast(Role, backend)
     raise RoleNotImplementedError(
         f"the {backend.name} backend does not implement "
         + ", ".join(f"xdrop.protocol.{name}" for name in missing)
-        + f", which {needed_by} needs"
+        + f", which {needed_by} needs; {remedy}"
     )
-
-
-def _roles(role: Any) -> tuple[type, ...]:
-    """The optional roles a type stands for: itself, or those of a backend with roles."""
-    if _BackendWith not in role.__bases__:
-        return (role,)
-    return tuple(base for base in role.__bases__ if base is not _BackendWith)

@@ -176,6 +176,10 @@ def check_seed_array(dtype: str, shape: tuple[int | None, ...], seed: object) ->
         raise bad_type("seed", seed, f"{SEED_ALLOWED} (got dtype {dtype}, shape {shape})")
 
 
+SEED_IN_AN_ARRAY = ("a seed held in an array", "pass the seed as a Python int")
+"""What a seed held in an array needs, and what a backend without it can do instead."""
+
+
 def resolve(seed: object, xp: Backend, like: Array | None) -> int | Key:
     """The seed a call uses: a host integer, or the key words of a seed array of ``xp``.
     ``None`` and generators draw their next seed, which cannot happen inside a trace."""
@@ -187,7 +191,7 @@ def resolve(seed: object, xp: Backend, like: Array | None) -> int | Key:
         return host
     if xp.is_array(seed):
         check_seed_array(xp.dtype_name(seed), xp.shape(seed), seed)
-        return require(xp, SeedBackend, "a seed held in an array").seed_words(seed)
+        return require(xp, SeedBackend, *SEED_IN_AN_ARRAY).seed_words(seed)
     raise bad_type("seed", seed, SEED_ALLOWED)
 
 
@@ -213,7 +217,7 @@ def key_of(resolved: int | Key, xp: Backend, like: Array | None) -> Key:
     array = xp.seed_from_int(resolved, like)
     if array is None:
         return spec.key_words(xp, resolved, like)
-    return require(xp, SeedBackend, "a seed traced as an array").seed_words(array)
+    return require(xp, SeedBackend, *SEED_IN_AN_ARRAY).seed_words(array)
 
 
 def native_seed(seed: object, xp: NativeBackend, like: Array | None) -> int | Key | None:
@@ -281,7 +285,7 @@ def fold_in(seed: object, data: object) -> object:
     else:
         like = None if host is None else data
         xp = backend_for(seed if host is None else data)
-    arrays = require(xp, SeedBackend, "fold_in of arrays")
+    arrays = require(xp, SeedBackend, "fold_in of arrays", "pass Python ints to fold_in")
     key = seed_key(seed, xp, like)
     if host_data is not None:
         data_word = xp.word(host_data, key[0])

@@ -20,7 +20,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from xdrop import spec
+from xdrop import seeds, spec
 from xdrop.errors import bad_type, bad_value
 from xdrop.protocol import Array, Backend, Dim, Key, SeedBackend, WordArithmetic, Words, require
 from xdrop.validation import as_integer, check_offset
@@ -173,7 +173,7 @@ def block_counter_words(
     ):
         index = xp.iota(size, like)
         if not isinstance(first, int):
-            first_word = require(xp, SeedBackend, "a run-time block start").seed_words(first)[1]
+            first_word = require(xp, SeedBackend, *seeds.SEED_IN_AN_ARRAY).seed_words(first)[1]
             index = xp.word_add(index, first_word)  # a 0-d integer array: its low word
         elif first:
             index = xp.word_add(index, xp.word(first, like))

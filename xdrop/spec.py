@@ -227,6 +227,10 @@ def training_factor(p: float, dtype: str, mode: str) -> float | None:
     return inverted_scale(p, dtype)
 
 
+RATE_IN_AN_ARRAY = ("a rate held in an array", "pass p as a Python float")
+"""What a rate held in an array needs, and what a backend without it can do instead."""
+
+
 def rate_constants(
     backend: Backend, p: Array, dtype: str, mode: str, training: bool
 ) -> tuple[Words, Array | None]:
@@ -239,7 +243,7 @@ def rate_constants(
     output is NaN rather than quietly wrong. Computed in float64 where the framework has it
     (the host's arithmetic), else in float32, which is exact for the float32 rate it then holds;
     ``_rounded_difference`` rounds ``1 - p`` to ``dtype`` once."""
-    xp = require(backend, RateBackend, "a rate held in an array")
+    xp = require(backend, RateBackend, *RATE_IN_AN_ARRAY)
     compute = "float64" if xp.has_float64() else "float32"
     rate = xp.astype(p, compute)
     valid = xp.logical_and(xp.less_equal(0.0, rate), xp.less_equal(rate, 1.0))
@@ -296,7 +300,7 @@ def keep_probability(xp: Backend, p: float | Array) -> float | Array:
     """``1 - p``, the probability of keeping a unit, for a float or a rate held in an array."""
     if isinstance(p, float):
         return 1.0 - p
-    return require(xp, RateBackend, "a rate held in an array").subtract(1.0, p)
+    return require(xp, RateBackend, *RATE_IN_AN_ARRAY).subtract(1.0, p)
 
 
 def dropout(

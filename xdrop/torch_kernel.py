@@ -2,7 +2,7 @@
 
 Dropout is linear in ``x``: ``y = where(keep, x * s, +0.0)``, so the gradient with respect to
 ``x`` is the same map applied to the incoming gradient, ``where(keep, g * s, +0.0)`` — exactly
-what the spec's path computes by differentiating ``select(keep, multiply(x, s))``. The backward
+what the spec's path computes by differentiating ``select(keep, scale(x, s))``. The backward
 pass therefore runs the kernel again from the pass's description (a
 :class:`~xdrop.fused.FusedCall`: the key, the offset, the threshold and the scale, Python numbers)
 instead of keeping the mask: no tensor is saved for backward (``F.dropout`` saves a
