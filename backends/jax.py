@@ -7,10 +7,11 @@ from typing import Any
 
 import numpy as np
 
-from xdrop.protocol import Backend, FamilyOps, Key, NativeGenerator, RateOps, SeedArrays
+from xdrop.protocol import Backend, Key, NamespaceFunctions, NativeGenerator, SeedArrays
 
 
-class JaxBackend(Backend, RateOps, FamilyOps, SeedArrays, NativeGenerator):
+class JaxBackend(Backend, NamespaceFunctions, SeedArrays, NativeGenerator):
+    # NamespaceFunctions is LossOps, RateOps and FamilyOps in NumPy's spelling
     name = "jax"
     framework = "jax"
     chunk_size = None  # each eager op is a dispatch: one fused pass beats many small ones
@@ -20,7 +21,7 @@ class JaxBackend(Backend, RateOps, FamilyOps, SeedArrays, NativeGenerator):
         import jax.numpy as jnp
 
         self.jax = jax
-        self.jnp = jnp
+        self.jnp = self.namespace = jnp
         self.array_types = (jax.Array, jax.core.Tracer)  # tracers are Arrays by isinstance only
         try:  # jax.jit's context, with no tracer at hand; else: make an array, see if it is one
             from jax._src.core import trace_state_clean
@@ -175,68 +176,17 @@ class JaxBackend(Backend, RateOps, FamilyOps, SeedArrays, NativeGenerator):
     def astype(self, x: Any, dtype: str) -> Any:
         return self.jnp.asarray(x).astype(dtype)
 
-    def exp(self, x: Any) -> Any:
-        return self.jnp.exp(x)
-
     def log_softmax(self, x: Any, axis: int) -> Any:
         return self.jax.nn.log_softmax(x, axis=axis)
-
-    def sum(self, x: Any, axis: int | None = None) -> Any:
-        return self.jnp.sum(x, axis=axis)
-
-    def add(self, a: Any, b: Any) -> Any:
-        return self.jnp.add(a, b)
-
-    def subtract(self, a: Any, b: Any) -> Any:
-        return self.jnp.subtract(a, b)
-
-    def multiply(self, a: Any, b: Any) -> Any:
-        return self.jnp.multiply(a, b)
-
-    def divide(self, a: Any, b: Any) -> Any:
-        return self.jnp.divide(a, b)
-
-    def equal(self, a: Any, b: Any) -> Any:
-        return self.jnp.equal(a, b)
-
-    def logical_or(self, a: Any, b: Any) -> Any:
-        return self.jnp.logical_or(a, b)
-
-    def where(self, condition: Any, a: Any, b: Any) -> Any:
-        return self.jnp.where(condition, a, b)
-
-    def take_along_axis(self, x: Any, indices: Any, axis: int) -> Any:
-        return self.jnp.take_along_axis(x, indices, axis=axis)
-
-    def split(self, x: Any, sections: int, axis: int) -> list[Any]:
-        return list(self.jnp.split(x, sections, axis=axis))
 
     # -- rates held in arrays -----------------------------------------------------------------------
     def has_float64(self) -> bool:
         return bool(self.jax.dtypes.canonicalize_dtype(np.float64) == np.float64)
 
-    def ceil(self, x: Any) -> Any:
-        return self.jnp.ceil(x)
-
-    def less_equal(self, a: Any, b: Any) -> Any:
-        return self.jnp.less_equal(a, b)
-
-    def logical_and(self, a: Any, b: Any) -> Any:
-        return self.jnp.logical_and(a, b)
-
     def word_from_float(self, x: Any) -> Any:
         return self.jnp.asarray(x).astype(self.jnp.uint32)
 
     # -- the dropout family -------------------------------------------------------------------------
-    def log(self, x: Any) -> Any:
-        return self.jnp.log(x)
-
-    def sqrt(self, x: Any) -> Any:
-        return self.jnp.sqrt(x)
-
-    def cos(self, x: Any) -> Any:
-        return self.jnp.cos(x)
-
     def max_pool_2d(self, x: Any, window: int, channels_last: bool) -> Any:
         axes = (1, 2) if channels_last else (2, 3)
         sizes = tuple(window if axis in axes else 1 for axis in range(4))

@@ -10,12 +10,14 @@ import numpy as np
 
 from xdrop import kernel
 from xdrop.fused import FusedCall
-from xdrop.protocol import Backend, FamilyOps, Key, NativeGenerator, RateOps, SeedArrays
+from xdrop.protocol import Backend, Key, NamespaceFunctions, NativeGenerator, SeedArrays
 from xdrop.validation import seed_value
 
 
-class NumpyBackend(Backend, RateOps, FamilyOps, SeedArrays, NativeGenerator):
+class NumpyBackend(Backend, NamespaceFunctions, SeedArrays, NativeGenerator):
+    # NamespaceFunctions is LossOps, RateOps and FamilyOps in NumPy's spelling
     name = "numpy"
+    namespace = np
     framework = "numpy"
 
     array_types = (np.ndarray, np.generic)
@@ -133,9 +135,6 @@ class NumpyBackend(Backend, RateOps, FamilyOps, SeedArrays, NativeGenerator):
     def astype(self, x: Any, dtype: str) -> Any:
         return np.asarray(x).astype(_dtype(dtype))
 
-    def exp(self, x: Any) -> Any:
-        return np.exp(x)
-
     def log_softmax(self, x: Any, axis: int) -> Any:
         # a row of -inf (or one holding +inf or NaN) has no distribution: NaN, without a warning
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -143,46 +142,7 @@ class NumpyBackend(Backend, RateOps, FamilyOps, SeedArrays, NativeGenerator):
             shifted = x - np.where(np.isfinite(peak), peak, 0)
             return shifted - np.log(np.sum(np.exp(shifted), axis=axis, keepdims=True))
 
-    def sum(self, x: Any, axis: int | None = None) -> Any:
-        return np.sum(x, axis=axis)
-
-    def add(self, a: Any, b: Any) -> Any:
-        return np.add(a, b)
-
-    def subtract(self, a: Any, b: Any) -> Any:
-        return np.subtract(a, b)
-
-    def multiply(self, a: Any, b: Any) -> Any:
-        return np.multiply(a, b)
-
-    def divide(self, a: Any, b: Any) -> Any:
-        return np.divide(a, b)
-
-    def equal(self, a: Any, b: Any) -> Any:
-        return np.equal(a, b)
-
-    def logical_or(self, a: Any, b: Any) -> Any:
-        return np.logical_or(a, b)
-
-    def where(self, condition: Any, a: Any, b: Any) -> Any:
-        return np.where(condition, a, b)
-
-    def take_along_axis(self, x: Any, indices: Any, axis: int) -> Any:
-        return np.take_along_axis(x, indices, axis=axis)
-
-    def split(self, x: Any, sections: int, axis: int) -> list[Any]:
-        return np.split(x, sections, axis=axis)
-
     # -- rates held in arrays -----------------------------------------------------------------------
-    def ceil(self, x: Any) -> Any:
-        return np.ceil(x)
-
-    def less_equal(self, a: Any, b: Any) -> Any:
-        return np.less_equal(a, b)
-
-    def logical_and(self, a: Any, b: Any) -> Any:
-        return np.logical_and(a, b)
-
     def word_from_float(self, x: Any) -> Any:
         return np.asarray(x).astype(np.uint32)
 
@@ -190,12 +150,6 @@ class NumpyBackend(Backend, RateOps, FamilyOps, SeedArrays, NativeGenerator):
     def log(self, x: Any) -> Any:
         with np.errstate(divide="ignore"):  # log(0) == -inf, as asked
             return np.log(x)
-
-    def sqrt(self, x: Any) -> Any:
-        return np.sqrt(x)
-
-    def cos(self, x: Any) -> Any:
-        return np.cos(x)
 
     def max_pool_2d(self, x: Any, window: int, channels_last: bool) -> Any:
         axes = (1, 2) if channels_last else (2, 3)

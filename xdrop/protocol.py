@@ -13,12 +13,14 @@ call that needs a missing one fails with :class:`~xdrop.errors.RoleNotImplemente
 
 - :class:`LossOps`: floating-point operations with the Array API standard's names (``add``,
   ``subtract``, ``multiply``, ``divide``...), for the R-Dropout losses;
-- :class:`OperatorArithmetic` (extends LossOps): the arithmetic loss operations as Python's
-  operators, for arrays whose operators follow NumPy's rules;
 - :class:`RateOps` (extends LossOps): a rate ``p`` held in an array, inside a compiled graph;
 - :class:`FamilyOps` (extends LossOps): the dropout family and Monte Carlo dropout;
 - :class:`SeedArrays`: seeds held in arrays, so that seeds can be traced values;
 - :class:`NativeGenerator`: ``rng="native"``, the framework's own generator.
+
+Two helper base classes implement roles the way a family of frameworks spells them:
+:class:`OperatorArithmetic` (Python's operators) and :class:`NamespaceFunctions` (a NumPy-like
+module's functions).
 
 No role holds dropout or R-Drop logic: the algorithms live once in :mod:`xdrop.spec`,
 :mod:`xdrop.rdrop` and :mod:`xdrop.family`. ``docs/backends.md`` states each method's contract.
@@ -355,9 +357,9 @@ class LossOps(abc.ABC):
 
 
 class OperatorArithmetic(LossOps):
-    """The elementwise loss operations as Python's operators, for arrays whose operators follow
-    NumPy's broadcasting and keep the array operand's dtype for a Python number (PyTorch, the
-    Array API standard)."""
+    """Not a role but a helper base class: the elementwise loss operations as Python's operators,
+    for arrays whose operators follow NumPy's broadcasting and keep the array operand's dtype for
+    a Python number (PyTorch, the Array API standard)."""
 
     def add(self, a: Array, b: Array | float) -> Array:
         return a + b
@@ -415,6 +417,68 @@ class FamilyOps(LossOps):
         non-negative values padded with ``window - 1`` zeros on each side of its spatial axes
         (``(2, 3)``, or ``(1, 2)`` with ``channels_last``): each spatial size grows by
         ``window - 1``. It grows DropBlock's block corners into blocks."""
+
+
+class NamespaceFunctions(RateOps, FamilyOps):
+    """Not a role but a helper base class: the elementwise and reducing operations of the loss,
+    rate and family roles as the functions of the same name in a NumPy-like namespace
+    (``numpy``, ``jax.numpy``), which a backend names in ``namespace``. What the namespaces
+    spell differently (``astype``, ``log_softmax``, ``word_from_float``, ``max_pool_2d``) is
+    left to the backend."""
+
+    namespace: Any
+    """The module whose functions these are, e.g. ``numpy``."""
+
+    def exp(self, x: Array) -> Array:
+        return self.namespace.exp(x)
+
+    def sum(self, x: Array, axis: int | None = None) -> Array:
+        return self.namespace.sum(x, axis=axis)
+
+    def add(self, a: Array, b: Array | float) -> Array:
+        return self.namespace.add(a, b)
+
+    def subtract(self, a: Array | float, b: Array) -> Array:
+        return self.namespace.subtract(a, b)
+
+    def multiply(self, a: Array, b: Array | float) -> Array:
+        return self.namespace.multiply(a, b)
+
+    def divide(self, a: Array, b: Array | float) -> Array:
+        return self.namespace.divide(a, b)
+
+    def equal(self, a: Array, b: Array | float) -> Array:
+        return self.namespace.equal(a, b)
+
+    def less_equal(self, a: Array | float, b: Array | float) -> Array:
+        return self.namespace.less_equal(a, b)
+
+    def logical_or(self, a: Array, b: Array) -> Array:
+        return self.namespace.logical_or(a, b)
+
+    def logical_and(self, a: Array, b: Array) -> Array:
+        return self.namespace.logical_and(a, b)
+
+    def where(self, condition: Array, a: Array | float, b: Array | float) -> Array:
+        return self.namespace.where(condition, a, b)
+
+    def take_along_axis(self, x: Array, indices: Array, axis: int) -> Array:
+        return self.namespace.take_along_axis(x, indices, axis=axis)
+
+    def split(self, x: Array, sections: int, axis: int) -> list[Array]:
+        return list(self.namespace.split(x, sections, axis=axis))
+
+    def ceil(self, x: Array) -> Array:
+        return self.namespace.ceil(x)
+
+    def log(self, x: Array) -> Array:
+        return self.namespace.log(x)
+
+    def sqrt(self, x: Array) -> Array:
+        return self.namespace.sqrt(x)
+
+    def cos(self, x: Array) -> Array:
+        return self.namespace.cos(x)
 
 
 class SeedArrays(abc.ABC):
