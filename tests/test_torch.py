@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 from native_masks import COUNT, assert_native_dropout_of_ones
@@ -95,6 +96,14 @@ def test_inductor_output_is_bit_identical():
     step = torch.compile(lambda x, seed: xdrop.dropout(x, 0.5, seed=seed), fullgraph=True)
     x = torch.randn(2, 300)
     assert torch.equal(step(x, torch.tensor(9)), xdrop.dropout(x, 0.5, seed=9))
+
+
+def test_compiling_dropout_warns_nothing():
+    step = torch.compile(lambda x: xdrop.dropout(x, 0.5, seed=3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # dynamo warns where it traces through a cache, say
+        y = step(torch.ones(2, 8))
+    assert torch.equal(y, xdrop.dropout(torch.ones(2, 8), 0.5, seed=3))
 
 
 def test_seed_none_inside_compile_is_refused():

@@ -15,7 +15,7 @@ from xdrop import kernel, seeds, sharding, spec
 from xdrop.errors import bad_value
 from xdrop.protocol import Array, Backend, Dim, Key, NativeBackend, Words, require
 from xdrop.registry import backend_for
-from xdrop.tracing import called_as_is
+from xdrop.tracing import cached_host_constant, called_as_is
 from xdrop.typing import ArrayT, DTypeT, Mode, PythonValues, Rng, ShapeT
 from xdrop.validation import (
     Rate,
@@ -333,7 +333,7 @@ def _staged_step(xp: Backend, x: Array, plan: DropoutPlan) -> Callable[..., Any]
     return _staged(xp, plan, any_shape=False)
 
 
-@functools.cache
+@cached_host_constant  # torch.compile would warn about, and trace through, functools.cache
 def _stages(backend: type[Backend]) -> bool:
     """Whether a backend stages eager calls at all (most run them as they are)."""
     return backend.stage is not Backend.stage
