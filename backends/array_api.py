@@ -168,9 +168,6 @@ class ArrayApiBackend(Backend, OperatorArithmetic, RateOps, FamilyOps, SeedArray
     def ceil(self, x: Any) -> Any:
         return self._namespace(x).ceil(x)
 
-    def less_equal(self, a: Any, b: Any) -> Any:
-        return a <= b if not isinstance(a, (int, float)) else b >= a
-
     def logical_and(self, a: Any, b: Any) -> Any:
         return self._namespace(a).logical_and(a, b)
 

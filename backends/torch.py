@@ -12,11 +12,10 @@ from xdrop.errors import TracingError
 from xdrop.fused import FusedCall
 from xdrop.protocol import (
     Backend,
-    FamilyOps,
     Key,
+    NamespaceFunctions,
     NativeGenerator,
     OperatorArithmetic,
-    RateOps,
     SeedArrays,
 )
 
@@ -24,7 +23,8 @@ _SIGN_BIT = 1 << 31
 _LOW_WORD = (1 << 32) - 1
 
 
-class TorchBackend(Backend, OperatorArithmetic, RateOps, FamilyOps, SeedArrays, NativeGenerator):
+class TorchBackend(Backend, OperatorArithmetic, NamespaceFunctions, SeedArrays, NativeGenerator):
+    # OperatorArithmetic takes Python numbers on either side; torch's functions do the rest
     name = "torch"
     framework = "torch"
     has_global_rng = True
@@ -38,7 +38,7 @@ class TorchBackend(Backend, OperatorArithmetic, RateOps, FamilyOps, SeedArrays, 
 
         from xdrop import torch_kernel  # imports torch: only once torch is in use
 
-        self.torch = torch
+        self.torch = self.namespace = torch
         self.kernels = torch_kernel
         self.array_types = (torch.Tensor,)
         # a 0-d zero that compiled graphs read as an input (an attribute), not as a constant
@@ -196,20 +196,8 @@ class TorchBackend(Backend, OperatorArithmetic, RateOps, FamilyOps, SeedArrays, 
     def astype(self, x: Any, dtype: str) -> Any:
         return x.to(self._dtype(dtype))
 
-    def exp(self, x: Any) -> Any:
-        return self.torch.exp(x)
-
     def log_softmax(self, x: Any, axis: int) -> Any:
         return self.torch.log_softmax(x, dim=axis)
-
-    def sum(self, x: Any, axis: int | None = None) -> Any:
-        return x.sum() if axis is None else x.sum(dim=axis)
-
-    def logical_or(self, a: Any, b: Any) -> Any:
-        return self.torch.logical_or(a, b)
-
-    def where(self, condition: Any, a: Any, b: Any) -> Any:
-        return self.torch.where(condition, a, b)
 
     def take_along_axis(self, x: Any, indices: Any, axis: int) -> Any:
         return self.torch.take_along_dim(x, indices.long(), dim=axis)  # gather wants int64
@@ -218,15 +206,6 @@ class TorchBackend(Backend, OperatorArithmetic, RateOps, FamilyOps, SeedArrays, 
         return list(self.torch.tensor_split(x, sections, dim=axis))  # chunk may give fewer parts
 
     # -- rates held in arrays -----------------------------------------------------------------------
-    def ceil(self, x: Any) -> Any:
-        return self.torch.ceil(x)
-
-    def less_equal(self, a: Any, b: Any) -> Any:
-        return a <= b
-
-    def logical_and(self, a: Any, b: Any) -> Any:
-        return self.torch.logical_and(a, b)
-
     def word_from_float(self, x: Any) -> Any:
         return self._word_of_int64(x.to(self.torch.int64))
 
@@ -241,15 +220,6 @@ class TorchBackend(Backend, OperatorArithmetic, RateOps, FamilyOps, SeedArrays, 
         return dtype
 
     # -- the dropout family -------------------------------------------------------------------------
-    def log(self, x: Any) -> Any:
-        return self.torch.log(x)
-
-    def sqrt(self, x: Any) -> Any:
-        return self.torch.sqrt(x)
-
-    def cos(self, x: Any) -> Any:
-        return self.torch.cos(x)
-
     def max_pool_2d(self, x: Any, window: int, channels_last: bool) -> Any:
         functional = self.torch.nn.functional  # NCHW only, and padding at most window // 2
         nchw = x.permute(0, 3, 1, 2) if channels_last else x

@@ -376,6 +376,9 @@ class OperatorArithmetic(LossOps):
     def equal(self, a: Array, b: Array | float) -> Array:
         return a == b
 
+    def less_equal(self, a: Array | float, b: Array | float) -> Array:
+        return a <= b
+
 
 class RateOps(LossOps):
     """With the loss operations, what the spec needs to compute a rate's threshold and scale
