@@ -425,9 +425,9 @@ class FamilyOps(LossOps):
 class NamespaceFunctions(RateOps, FamilyOps):
     """Not a role but a helper base class: the elementwise and reducing operations of the loss,
     rate and family roles as the functions of the same name in a NumPy-like namespace
-    (``numpy``, ``jax.numpy``), which a backend names in ``namespace``. What the namespaces
-    spell differently (``astype``, ``log_softmax``, ``word_from_float``, ``max_pool_2d``) is
-    left to the backend."""
+    (``numpy``, ``jax.numpy``, ``torch``), which a backend names in ``namespace``. What the
+    namespaces spell differently (``astype``, ``log_softmax``, ``word_from_float``,
+    ``max_pool_2d``; torch's ``split`` and ``take_along_axis``) is left to the backend."""
 
     namespace: Any
     """The module whose functions these are, e.g. ``numpy``."""
