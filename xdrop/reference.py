@@ -209,12 +209,8 @@ def reduce_losses(
     values = [value if keep else 0.0 for value, keep in zip(values, kept, strict=True)]
     if reduction == "none":
         return values
-    total = math.fsum(values)
-    if reduction == "sum":
-        return total
-    if reduction == "batchmean":
-        return total / max(batch, 1)
-    return total / max(sum(kept), 1)
+    divisor = {"sum": 1, "batchmean": max(batch, 1), "mean": max(sum(kept), 1)}[reduction]
+    return math.fsum(values) / divisor
 
 
 def rdrop_kl(
