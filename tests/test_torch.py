@@ -100,10 +100,13 @@ def test_inductor_output_is_bit_identical():
 
 def test_compiling_dropout_warns_nothing():
     step = torch.compile(lambda x: xdrop.dropout(x, 0.5, seed=3))
+    traced = torch.compile(lambda x, seed: xdrop.dropout(x, 0.5, seed=xdrop.fold_in(seed, 1)))
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # dynamo warns where it traces through a cache, say
         y = step(torch.ones(2, 8))
+        z = traced(torch.ones(2, 8), torch.tensor(3))
     assert torch.equal(y, xdrop.dropout(torch.ones(2, 8), 0.5, seed=3))
+    assert torch.equal(z, xdrop.dropout(torch.ones(2, 8), 0.5, seed=xdrop.fold_in(3, 1)))
 
 
 def test_seed_none_inside_compile_is_refused():

@@ -46,6 +46,7 @@ import numpy as np
 
 from xdrop.errors import RoleNotImplementedError
 from xdrop.fused import FusedCall
+from xdrop.tracing import cached_host_constant
 
 Array = Any  # a framework's array; the protocol cannot name it without importing the framework
 Words = Any  # a framework's array of 32-bit words, in whatever dtype the backend carries them
@@ -560,12 +561,18 @@ def require(
 
     >>> losses = require(xdrop.registry.load("numpy"), LossBackend, "R-Dropout")
     """
-    needed = [part for part in OPTIONAL_ROLES if issubclass(cast(type, role), part)]
-    missing = [part.__name__ for part in needed if not isinstance(backend, part)]
-    if not missing:
+    needed = _optional_roles(cast(type, role))
+    if all(isinstance(backend, part) for part in needed):
         return cast(Role, backend)
+    missing = [part.__name__ for part in needed if not isinstance(backend, part)]
     raise RoleNotImplementedError(
         f"the {backend.name} backend does not implement "
         + ", ".join(f"xdrop.protocol.{name}" for name in missing)
         + f", which {needed_by} needs; {remedy}"
     )
+
+
+@cached_host_constant  # torch.compile traces require: it calls this as it is
+def _optional_roles(role: type) -> tuple[type, ...]:
+    """The optional roles that ``role`` stands for (asked on every call that needs one)."""
+    return tuple(part for part in OPTIONAL_ROLES if issubclass(role, part))
