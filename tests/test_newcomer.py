@@ -1,0 +1,68 @@
+"""A newcomer's path: README's commands, as written, are what CI runs, in one environment."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.backend_independent
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def bash_blocks(markdown: str) -> list[str]:
+    return [block.strip() for block in re.findall(r"```bash\n(.*?)```", markdown, flags=re.DOTALL)]
+
+
+def test_ci_runs_the_readmes_two_commands_verbatim_in_order_in_one_environment():
+    readme = (ROOT / "README.md").read_text()
+    first, second = bash_blocks(readme)[:2]
+    assert first.startswith('pip install ".[torch]"'), first  # PyPI's torch: CUDA on Linux
+    assert second == "pip install -c ci/constraints.txt -r ci/requirements.txt && python -m pytest"
+
+    lines = (ROOT / ".ci" / "run").read_text().splitlines()
+    venvs = [number for number, line in enumerate(lines) if " -m venv " in line]
+    installs = [number for number, line in enumerate(lines) if line.startswith("pip install")]
+    assert len(venvs) == 1, "one environment for the whole run"
+    assert installs[:2] == [lines.index(first), lines.index(second)]
+    assert venvs[0] < installs[0]
+
+
+def test_the_readme_says_how_to_get_the_cpu_build_of_torch():
+    readme = (ROOT / "README.md").read_text()
+    assert "pip install torch --index-url https://download.pytorch.org/whl/cpu" in readme
+
+
+def test_the_development_guide_installs_the_checkout_editable():
+    # a plain `pip install ".[docs]"` after the test command replaces the editable install
+    guide = (ROOT / "docs" / "development.md").read_text()
+    commands = [line for block in bash_blocks(guide) for line in block.splitlines()]
+    checkout = [
+        line for line in commands if re.search(r"pip install\b.*(\s|\")\.(\[|\s|\"|$)", line)
+    ]
+    assert checkout, "the guide names no install of the checkout"
+    for line in checkout:
+        assert "pip install -e " in line, line
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("triton") is None or importlib.util.find_spec("tensorflow") is None,
+    reason="the crash needs Triton (CUDA builds of torch install it) and TensorFlow",
+)
+def test_the_suite_runs_torch_compile_beside_tensorflow_where_triton_is_installed():
+    # TensorFlow, then torch._dynamo (which loads Triton), segfaults without the suite's set-up
+    code = (
+        f"import sys; sys.path.insert(0, {str(ROOT / 'tests')!r})\n"
+        "import conftest, tensorflow, torch._dynamo\n"
+        "print('shared one process')"
+    )
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, (result.returncode, result.stderr[-2000:])
+    assert result.stdout.strip() == "shared one process"
