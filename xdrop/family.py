@@ -15,14 +15,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from xdrop import api, seeds, spec
-from xdrop.errors import bad_type, bad_value
+from xdrop.errors import Shown, bad_type, bad_value
 from xdrop.protocol import Array, Backend, Dim, FamilyBackend, require
 from xdrop.registry import backend_for
 from xdrop.tracing import called_as_is
 from xdrop.typing import Rng
 from xdrop.validation import (
     Rate,
-    Shown,
     as_input_array,
     check_counter_range,
     check_flag,
