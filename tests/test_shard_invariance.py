@@ -113,6 +113,50 @@ def test_chunk_block_splits_as_torch_chunk() -> None:
     assert math.prod(xdrop.Block((2, 3, 4)).global_shape) == 24
 
 
+@pytest.mark.parametrize("make", [np.array, np.int32, np.uint8])
+def test_a_numpy_start_is_checked_and_kept_as_the_integer_it_holds(make: object) -> None:
+    block = xdrop.Block((4, 6), (0, make(3)))  # type: ignore[operator]
+    assert block == xdrop.Block((4, 6), (0, 3)) and type(block.start[1]) is int
+    with pytest.raises(xdrop.ArgumentValueError, match=r"start must be entries in \[0, size\]"):
+        xdrop.Block((4, 6), (0, make(7)))  # type: ignore[operator]
+    with pytest.raises(
+        xdrop.ArgumentValueError, match="start 5 \\+ size 3 is past the logical size 6"
+    ):
+        xdrop.dropout_mask((4, 3), RATE, seed=SEED, offset=xdrop.Block((4, 6), (0, make(5))))  # type: ignore[operator]
+
+
+@pytest.mark.parametrize(
+    "start", [np.array(1.5), np.float64(1.0), np.float32(2.0), np.array(True), np.bool_(True)]
+)
+def test_a_numpy_start_that_is_not_an_integer_is_refused(start: object) -> None:
+    with pytest.raises(xdrop.ArgumentTypeError, match="start must be"):
+        xdrop.Block((4, 6), (0, start))
+
+
+@pytest.mark.parametrize("backend", [name for name in BACKENDS if name != "numpy"])
+def test_a_concrete_start_array_is_checked_as_the_integer_it_holds(backend: str) -> None:
+    # before: a concrete 0-d array went unchecked, past the end of the axis or not an integer
+    xp = registry.load(backend)
+    like = xp.asarray(np.zeros((4, 3)), dtype="float32")
+
+    def mask(start: object, shape: tuple[int, ...] = (4, 3)) -> np.ndarray:
+        block = xdrop.Block((4, 6), (0, start))
+        return as_numpy(
+            backend, xdrop.dropout_mask(shape, RATE, seed=SEED, offset=block, like=like)
+        )
+
+    whole = as_numpy(backend, xdrop.dropout_mask((4, 6), RATE, seed=SEED, like=like))
+    np.testing.assert_array_equal(mask(xp.asarray(np.array(3, np.int32))), whole[:, 3:])
+    with pytest.raises(
+        xdrop.ArgumentValueError, match="start 5 \\+ size 3 is past the logical size 6"
+    ):
+        mask(xp.asarray(np.array(5, np.int32)))
+    with pytest.raises(xdrop.ArgumentValueError, match=r"start must be entries in \[0, size\]"):
+        mask(xp.asarray(np.array(7, np.int32)), (4, 0))
+    with pytest.raises(xdrop.ArgumentTypeError, match="start must be"):
+        mask(xp.asarray(np.array(1.5), dtype="float32"))
+
+
 @pytest.mark.parametrize(
     ("call", "argument"),
     [

@@ -20,10 +20,12 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 from xdrop import seeds, spec
-from xdrop.errors import bad_type, bad_value
+from xdrop.errors import Shown, bad_type, bad_value
 from xdrop.protocol import Array, Backend, Dim, Key, SeedBackend, WordArithmetic, Words, require
-from xdrop.validation import as_integer, check_offset
+from xdrop.validation import as_integer, check_offset, is_integer_dtype
 
 AXIS_LIMIT = spec.WORD_COUNT
 """The largest size of one axis of a logical tensor: an axis index is one 32-bit word."""
@@ -43,8 +45,10 @@ class Block:
     Args:
         global_shape: the logical tensor's shape (each size below ``2**32``).
         start: the index in the logical tensor of the array's first element, one entry per axis:
-            Python ints, or 0-d integer arrays of the array's framework (traced values are
-            fine, such as ``jax.lax.axis_index(name) * local_size``).
+            Python or NumPy integers, or 0-d integer arrays of the array's framework (traced
+            values are fine, such as ``jax.lax.axis_index(name) * local_size``). An array whose
+            value is known (NumPy's at once, a framework's when the block is used) is checked as
+            the integer it holds; a traced one only for its dtype.
         offset: added to every counter, as ``offset`` of :func:`xdrop.dropout`.
 
     Example:
@@ -72,6 +76,24 @@ class Block:
         object.__setattr__(self, "global_shape", shape)
         object.__setattr__(self, "start", starts)
         object.__setattr__(self, "offset", first)
+
+    def resolve(self, xp: Backend) -> Block:
+        """This block as ``xp`` runs it: each start held in a concrete array of ``xp`` read as the
+        integer it holds, so it goes through the checks of a Python int (a value past the axis
+        would draw another element's counter); a traced start is checked for its dtype only."""
+        if all(isinstance(first, int) for first in self.start):
+            return self
+        allowed = "integers or 0-d integer arrays of x's framework"
+        starts: list[Start] = []
+        for first in self.start:
+            if isinstance(first, int):
+                starts.append(first)
+                continue
+            if not xp.is_array(first) or not is_integer_dtype(xp.dtype_name(first)):
+                shown = Shown(_describe_start(xp, first), type(first).__name__)
+                raise bad_type("start", shown, allowed)
+            starts.append(first if xp.is_tracing(first) else int(xp.to_numpy(first)))
+        return Block(self.global_shape, starts, self.offset)
 
     @property
     def strides(self) -> tuple[int, ...]:
@@ -304,13 +326,21 @@ def _check_global_shape(shape: object, argument: str = "global_shape") -> tuple[
 
 
 def _check_start(start: object, shape: tuple[int, ...]) -> tuple[Start, ...]:
-    allowed = f"{len(shape)} entries (one per axis of global_shape {shape}): integers or 0-d arrays"
+    allowed = (
+        f"{len(shape)} entries (one per axis of global_shape {shape}): integers or 0-d integer "
+        "arrays"
+    )
     if isinstance(start, (str, bytes)) or not isinstance(start, Sequence):
         raise bad_type("start", start, allowed)
     if len(start) != len(shape):
         raise bad_value("start", start, allowed)
     starts: list[Start] = []
     for axis, (first, size) in enumerate(zip(start, shape, strict=True)):
+        if isinstance(first, (np.ndarray, np.generic)) and first.shape == ():
+            # its value is known now: checked as the number it holds, like np.int32(5)
+            if first.dtype.kind not in "iu":
+                raise bad_type("start", start, allowed)
+            first = int(first)
         value = as_integer(first)
         if value is None:
             if getattr(first, "shape", None) != () or isinstance(first, (bool, float)):
@@ -321,6 +351,13 @@ def _check_start(start: object, shape: tuple[int, ...]) -> tuple[Start, ...]:
         else:
             starts.append(value)
     return tuple(starts)
+
+
+def _describe_start(xp: Backend, first: object) -> str:
+    """A start that is not an integer array of ``xp``, as an error message shows it."""
+    if not xp.is_array(first):
+        return f"<{type(first).__name__}, not an array of {xp.name}>"
+    return f"<{xp.dtype_name(first)} array>"
 
 
 def _check_dim(dim: object, rank: int) -> int:
