@@ -218,6 +218,8 @@ def dropout(
     shape = xp.shape(x)
     noise = check_noise_shape(noise_shape, shape)
     start = _check_offset(xp, offset, noise, generator, shape)
+    if isinstance(start, sharding.Block):
+        sharding.check_shard_map_axes(start, x)
     plan = DropoutPlan(shape, dtype, noise, mode, check_flag("return_mask", return_mask))
     if is_training:
         y, keep = _training(xp, x, seed, rate, start, generator, plan)
