@@ -182,6 +182,14 @@ def test_a_non_float_array_is_shown_as_an_array_not_a_string():
     assert "of type str" not in str(info.value)
 
 
+@pytest.mark.parametrize("p", [np.array([0.3]), np.array(1), np.array([[0.5]], np.float32)])
+def test_a_rate_array_of_the_wrong_shape_or_dtype_is_shown_with_its_own_type(x, p):
+    with raises(TypeError, "p must be", f"got <{p.dtype} array of shape {p.shape}>") as info:
+        xdrop.dropout(x, p, seed=0)
+    assert str(info.value).endswith("of type ndarray")  # not the class that formats the message
+    assert "Shown" not in str(info.value)
+
+
 @pytest.mark.parametrize("x", [[[1.0], [1.0, 2.0]], [[1.0, 2.0], 3.0]])
 def test_what_cannot_become_an_array_is_an_xdrop_error(x):
     with raises(TypeError, "x must be an array, or a rectangular nested list of numbers"):

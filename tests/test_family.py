@@ -180,6 +180,25 @@ def test_drop_block_edges(xp, array, host):
     np.testing.assert_array_equal(host(xdrop.drop_block(x, 1.0, 1, seed=1)), np.zeros((1, 1, 6, 6)))
 
 
+@pytest.mark.parametrize(("shape", "block"), [((2, 3, 16, 16), 7), ((1, 2, 9, 12), 4)])
+def test_drop_block_at_p_1_drops_every_unit(xp, array, host, shape, block):
+    # the paper's gamma at p = 1 is well below 1 for blocks smaller than the map: it dropped ~59%
+    x = array(np.ones(shape))
+    np.testing.assert_array_equal(host(xdrop.drop_block(x, 1.0, block, seed=3)), np.zeros(shape))
+    y = host(xdrop.drop_block(x, 0.999, block, seed=3))
+    assert 0 < (y == 0).mean() < 1  # below 1, p is the paper's rate: blocks overlap
+
+
+def test_drop_block_at_a_traced_p_of_1_drops_every_unit(xp, array, host):
+    if xp.compiles_slowly:
+        pytest.skip("one compilation takes seconds here; the layer tests compile")
+    x = array(np.ones((2, 3, 16, 16)))
+    seed = xp.seed_array(spec.key_words(xp, 3, x))
+    compiled = xp.compile(lambda x, s, p: xdrop.drop_block(x, p, 7, seed=s))
+    np.testing.assert_array_equal(host(compiled(x, seed, array(1.0))), np.zeros((2, 3, 16, 16)))
+    assert 0 < (host(compiled(x, seed, array(0.5))) == 0).mean() < 1
+
+
 # -- errors ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("call", "error", "message"),

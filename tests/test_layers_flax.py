@@ -69,6 +69,22 @@ def test_broadcast_dims_share_one_decision():
     np.testing.assert_array_equal(y, contract(x, 0.5, 9, 0, noise_shape=(2, 4, 4, 1)))
 
 
+@pytest.mark.parametrize("dims", [(5,), (-3,), (2,), (0, 2)])
+def test_broadcast_dims_outside_the_input_are_refused(dims):
+    # before: an axis outside the input wrapped around ((5,) and (-3,) shared along axis 1)
+    layer = Dropout(0.5, broadcast_dims=dims, seed=9)
+    assert_refused(
+        lambda: layer(jnp.ones((2, 4))),
+        xdrop.ArgumentValueError,
+        f"broadcast_dims must be axes in [-2, 2) of the 2-d inputs, got {dims!r}",
+    )
+    assert int(layer.step[...]) == 0  # a refused call draws nothing
+    np.testing.assert_array_equal(
+        Dropout(0.5, broadcast_dims=(1, -2), seed=9)(jnp.ones((2, 4))),
+        contract(jnp.ones((2, 4)), 0.5, 9, 0, noise_shape=(1, 1)),
+    )
+
+
 def test_an_nnx_jit_training_step_advances_the_stream_and_trains():
     optax = pytest.importorskip("optax")
     model = MLP(rate=0.2)

@@ -95,6 +95,51 @@ def test_start_may_be_traced_under_jax_jit() -> None:
         assert np.array_equal(np.asarray(column_block(jnp.int32(column))), whole[:, column:][:, :3])
 
 
+@pytest.fixture
+def P() -> object:  # PartitionSpec, as JAX's users spell it
+    return pytest.importorskip("jax.sharding").PartitionSpec
+
+
+def shard_mapped(partition: object, check_vma: bool = True) -> object:
+    """A jitted shard_map over a 1-device mesh ("d",) of (4, 6) arrays split by P("d", None),
+    whose body draws dropout with ``shard_map_block(v.shape, partition)``."""
+    jax = pytest.importorskip("jax")
+    sharding_api = jax.sharding
+    mesh = jax.make_mesh((1,), ("d",))
+
+    def body(v: object) -> object:
+        block = xdrop.shard_map_block(v.shape, partition)  # type: ignore[attr-defined]
+        return xdrop.dropout(v, RATE, seed=SEED, offset=block)
+
+    spec = sharding_api.PartitionSpec("d")
+    mapped = jax.shard_map(body, mesh=mesh, in_specs=spec, out_specs=spec, check_vma=check_vma)
+    x = jax.device_put(jax.numpy.ones((4, 6)), sharding_api.NamedSharding(mesh, spec))
+    return lambda: np.asarray(jax.jit(mapped)(x))
+
+
+def test_shard_map_block_draws_the_whole_mask_with_the_partition_of_in_specs(P) -> None:
+    whole = xdrop.dropout(np.ones((4, 6), np.float32), RATE, seed=SEED)
+    np.testing.assert_array_equal(shard_mapped(P("d"))(), whole)  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("entries", [(), (None, None), ((),)])
+def test_shard_map_block_missing_a_mesh_axis_x_varies_over_is_refused(P, entries) -> None:
+    # before: the shards split over "d" all drew the first shard's mask, silently
+    with pytest.raises(xdrop.ArgumentValueError, match=r"x varies over \['d'\]"):
+        shard_mapped(P(*entries))()  # type: ignore[operator]
+    # where JAX does not track what varies (check_vma=False) there is nothing to compare
+    shard_mapped(P(*entries), check_vma=False)()  # type: ignore[operator]
+
+
+def test_shard_map_block_naming_an_axis_of_no_enclosing_shard_map_is_refused(P) -> None:
+    # before: JAX's own NameError ("unbound axis name")
+    message = r"partition must be mesh axes of the enclosing shard_map \['d'\]"
+    with pytest.raises(xdrop.ArgumentValueError, match=message):
+        shard_mapped(P("model"))()  # type: ignore[operator]
+    with pytest.raises(xdrop.ArgumentValueError, match=r"inside the function that jax\.shard_map"):
+        xdrop.shard_map_block((4, 6), P("d"))
+
+
 def test_zero_dimensional_and_empty_blocks() -> None:
     scalar = xdrop.dropout_mask((), RATE, seed=SEED, offset=5, like=np.zeros(()))
     block = xdrop.dropout_mask((), RATE, seed=SEED, offset=xdrop.Block((), (), 5))
@@ -111,6 +156,50 @@ def test_chunk_block_splits_as_torch_chunk() -> None:
     assert xdrop.Block((5, 9)).strides == (9, 1)
     assert xdrop.Block((2, 3, 4)).strides == (12, 4, 1)
     assert math.prod(xdrop.Block((2, 3, 4)).global_shape) == 24
+
+
+@pytest.mark.parametrize("make", [np.array, np.int32, np.uint8])
+def test_a_numpy_start_is_checked_and_kept_as_the_integer_it_holds(make: object) -> None:
+    block = xdrop.Block((4, 6), (0, make(3)))  # type: ignore[operator]
+    assert block == xdrop.Block((4, 6), (0, 3)) and type(block.start[1]) is int
+    with pytest.raises(xdrop.ArgumentValueError, match=r"start must be entries in \[0, size\]"):
+        xdrop.Block((4, 6), (0, make(7)))  # type: ignore[operator]
+    with pytest.raises(
+        xdrop.ArgumentValueError, match="start 5 \\+ size 3 is past the logical size 6"
+    ):
+        xdrop.dropout_mask((4, 3), RATE, seed=SEED, offset=xdrop.Block((4, 6), (0, make(5))))  # type: ignore[operator]
+
+
+@pytest.mark.parametrize(
+    "start", [np.array(1.5), np.float64(1.0), np.float32(2.0), np.array(True), np.bool_(True)]
+)
+def test_a_numpy_start_that_is_not_an_integer_is_refused(start: object) -> None:
+    with pytest.raises(xdrop.ArgumentTypeError, match="start must be"):
+        xdrop.Block((4, 6), (0, start))
+
+
+@pytest.mark.parametrize("backend", [name for name in BACKENDS if name != "numpy"])
+def test_a_concrete_start_array_is_checked_as_the_integer_it_holds(backend: str) -> None:
+    # before: a concrete 0-d array went unchecked, past the end of the axis or not an integer
+    xp = registry.load(backend)
+    like = xp.asarray(np.zeros((4, 3)), dtype="float32")
+
+    def mask(start: object, shape: tuple[int, ...] = (4, 3)) -> np.ndarray:
+        block = xdrop.Block((4, 6), (0, start))
+        return as_numpy(
+            backend, xdrop.dropout_mask(shape, RATE, seed=SEED, offset=block, like=like)
+        )
+
+    whole = as_numpy(backend, xdrop.dropout_mask((4, 6), RATE, seed=SEED, like=like))
+    np.testing.assert_array_equal(mask(xp.asarray(np.array(3, np.int32))), whole[:, 3:])
+    with pytest.raises(
+        xdrop.ArgumentValueError, match="start 5 \\+ size 3 is past the logical size 6"
+    ):
+        mask(xp.asarray(np.array(5, np.int32)))
+    with pytest.raises(xdrop.ArgumentValueError, match=r"start must be entries in \[0, size\]"):
+        mask(xp.asarray(np.array(7, np.int32)), (4, 0))
+    with pytest.raises(xdrop.ArgumentTypeError, match="start must be"):
+        mask(xp.asarray(np.array(1.5), dtype="float32"))
 
 
 @pytest.mark.parametrize(

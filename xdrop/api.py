@@ -217,7 +217,9 @@ def dropout(
     generator = seeds.rng_kind(rng)
     shape = xp.shape(x)
     noise = check_noise_shape(noise_shape, shape)
-    start = _check_offset(offset, noise, generator, shape)
+    start = _check_offset(xp, offset, noise, generator, shape)
+    if isinstance(start, sharding.Block):
+        sharding.check_shard_map_axes(start, x)
     plan = DropoutPlan(shape, dtype, noise, mode, check_flag("return_mask", return_mask))
     if is_training:
         y, keep = _training(xp, x, seed, rate, start, generator, plan)
@@ -457,7 +459,7 @@ def dropout_mask(
     size = check_shape(shape, xp.shape(like) if xp.is_array(like) else None)
     rate = check_rate(p, xp)
     generator = seeds.rng_kind(rng)
-    start = _check_offset(offset, size, generator, size)
+    start = _check_offset(xp, offset, size, generator, size)
     dims = DropoutPlan(size, "float32", size, "inverted", False).noise_dims(xp, like)
     resolved = _resolve_seed(xp, seed, generator, like)
     if isinstance(rate, float):
@@ -475,12 +477,14 @@ def dropout_mask(
 
 
 def _check_offset(
+    xp: Backend,
     offset: object,
     noise_shape: tuple[int | None, ...],
     generator: str,
     shape: tuple[int | None, ...],
 ) -> int | sharding.Block:
     if isinstance(offset, sharding.Block):
+        offset = offset.resolve(xp)
         offset.check_fits(shape)
         if noise_shape != shape:
             raise bad_value("noise_shape", noise_shape, "x's shape (or None) with a Block offset")

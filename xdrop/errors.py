@@ -55,6 +55,19 @@ for _mixed in (
     _mixed.__init__ = Exception.__init__  # type: ignore[method-assign]
 
 
+class Shown:
+    """A value as an error message shows it, e.g. ``<array of int32>``, standing in for a value
+    whose own ``repr`` would be too long or say too little. ``type_name`` is the type of the value
+    it stands for, which :func:`bad_type` names (None: the text already says what it is)."""
+
+    def __init__(self, text: str, type_name: str | None = None) -> None:
+        self.text = text
+        self.type_name = type_name
+
+    def __repr__(self) -> str:
+        return self.text
+
+
 def describe(argument: str, value: object, allowed: str) -> str:
     """The one message shape for bad arguments: which argument, what it was, what is allowed."""
     return f"{argument} must be {allowed}, got {value!r}"
@@ -65,6 +78,7 @@ def bad_value(argument: str, value: object, allowed: str) -> ArgumentValueError:
 
 
 def bad_type(argument: str, value: object, allowed: str) -> ArgumentTypeError:
-    return ArgumentTypeError(
-        describe(argument, value, allowed) + f" of type {type(value).__name__}"
-    )
+    """A type error naming the type of the value (for a :class:`Shown`, of the value it shows)."""
+    type_name = value.type_name if isinstance(value, Shown) else type(value).__name__
+    suffix = "" if type_name is None else f" of type {type_name}"
+    return ArgumentTypeError(describe(argument, value, allowed) + suffix)

@@ -15,14 +15,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from xdrop import api, seeds, spec
-from xdrop.errors import bad_type, bad_value
+from xdrop.errors import Shown, bad_type, bad_value
 from xdrop.protocol import Array, Backend, Dim, FamilyBackend, require
 from xdrop.registry import backend_for
 from xdrop.tracing import called_as_is
 from xdrop.typing import Rng
 from xdrop.validation import (
     Rate,
-    Shown,
     as_input_array,
     check_counter_range,
     check_flag,
@@ -261,22 +260,26 @@ def drop_block(
 
     For a map of ``H x W`` and ``b = min(block_size, H, W)`` (a block never exceeds the map)::
 
-        gamma  = min(1, p * H * W / (b**2 * (H - b + 1) * (W - b + 1)))
+        gamma  = min(1, p * H * W / (b**2 * (H - b + 1) * (W - b + 1)))    (1 for p == 1)
         corner = the units that xdrop.dropout(., gamma) drops, drawn at (N, C, H - b + 1, W - b + 1)
         drop   = unit (h, w) lies in the b x b block whose top-left corner is a drawn corner
         y      = where(drop, 0, x * dtype(count / kept))     (0 where nothing is kept)
 
     with ``count`` the number of elements of ``x`` and ``kept`` those not dropped (over the whole
     batch, as timm and torchvision normalise). Every block lies wholly inside the map, for any
-    ``H != W`` and odd or even ``b``, and the output has ``x``'s shape. The expected fraction of
-    dropped units is about ``p`` for small ``p`` (blocks overlap, so it is lower for large ``p``);
-    ``docs/family.md`` compares this with torchvision and timm.
+    ``H != W`` and odd or even ``b``, and the output has ``x``'s shape. ``p`` is the paper's drop
+    rate ``1 - keep_prob``, not a probability per unit: the expected fraction of dropped units is
+    about ``p`` for small ``p``, and lower for large ``p`` as blocks overlap (at ``p = 0.99`` and
+    ``b = 7`` on a 16 x 16 map, about 60%), except that ``p == 1`` drops every unit, as it does in
+    :func:`xdrop.dropout`. ``docs/family.md`` compares this with torchvision and timm.
 
     Args:
         x: a 4-d floating array ``(N, C, H, W)`` (or ``(N, H, W, C)``); ``H`` and ``W`` must be
             known while tracing (``gamma`` and ``b`` depend on them), ``N`` and ``C`` may be
             known only at run time.
-        p: the target fraction of dropped units, as for :func:`xdrop.dropout` (traceable).
+        p: the paper's drop rate ``1 - keep_prob``, in ``[0, 1]``: a Python float or a 0-d
+            float array of ``x``'s framework (traceable). ``p == 0`` returns ``x``; ``p == 1``
+            returns zeros.
         block_size: the side of a block, a positive integer.
         data_format: ``"channels_first"`` (PyTorch's layout) or ``"channels_last"``.
         training: apply DropBlock (True) or return ``x`` (False).
@@ -319,12 +322,15 @@ def drop_block(
     rows, columns = height - size + 1, width - size + 1
     ratio = height * width / (size * size * rows * columns)
     gamma: Rate
+    # the paper's gamma is below 1 at p == 1 whenever a block is smaller than the map, so p == 1
+    # is its own case: every corner is drawn and every unit dropped, as dropout drops them all
     if isinstance(rate, float):
-        gamma = min(1.0, rate * ratio)
+        gamma = 1.0 if rate == 1 else min(1.0, rate * ratio)
     else:
         compute = "float64" if family.has_float64() else "float32"
         scaled = family.multiply(family.astype(rate, compute), ratio)
-        gamma = family.where(family.less_equal(scaled, 1.0), scaled, 1.0)
+        capped = family.where(family.less_equal(scaled, 1.0), scaled, 1.0)
+        gamma = family.where(family.equal(rate, 1.0), 1.0, capped)
     corners_shape = (None, rows, columns, None) if channels_last else (None, None, rows, columns)
     keep = api.dropout_mask(corners_shape, gamma, seed=seed, like=x, rng=rng)
     corners = family.astype(family.equal(keep, False), "float32")

@@ -11,11 +11,11 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from xdrop import rdrop, seeds
-from xdrop.errors import bad_type, bad_value
+from xdrop.errors import Shown, bad_type, bad_value
 from xdrop.protocol import Array, FamilyBackend, LossBackend, require
 from xdrop.registry import backend_for
 from xdrop.tracing import called_as_is
-from xdrop.validation import Shown, as_input_array, as_integer, check_axis, check_flag
+from xdrop.validation import as_input_array, as_integer, check_axis, check_flag
 
 MAX_SAMPLES = 2**32  # one fold_in step per sample
 

@@ -20,10 +20,12 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 from xdrop import seeds, spec
-from xdrop.errors import bad_type, bad_value
+from xdrop.errors import Shown, bad_type, bad_value
 from xdrop.protocol import Array, Backend, Dim, Key, SeedBackend, WordArithmetic, Words, require
-from xdrop.validation import as_integer, check_offset
+from xdrop.validation import as_integer, check_offset, is_integer_dtype
 
 AXIS_LIMIT = spec.WORD_COUNT
 """The largest size of one axis of a logical tensor: an axis index is one 32-bit word."""
@@ -43,8 +45,10 @@ class Block:
     Args:
         global_shape: the logical tensor's shape (each size below ``2**32``).
         start: the index in the logical tensor of the array's first element, one entry per axis:
-            Python ints, or 0-d integer arrays of the array's framework (traced values are
-            fine, such as ``jax.lax.axis_index(name) * local_size``).
+            Python or NumPy integers, or 0-d integer arrays of the array's framework (traced
+            values are fine, such as ``jax.lax.axis_index(name) * local_size``). An array whose
+            value is known (NumPy's at once, a framework's when the block is used) is checked as
+            the integer it holds; a traced one only for its dtype.
         offset: added to every counter, as ``offset`` of :func:`xdrop.dropout`.
 
     Example:
@@ -58,6 +62,9 @@ class Block:
     global_shape: tuple[int, ...]
     start: tuple[Start, ...]
     offset: int = 0
+    mesh_axes: frozenset[str] | None = dataclasses.field(default=None, repr=False, compare=False)
+    """The mesh axes of ``shard_map`` that :func:`shard_map_block` placed the block by (None for
+    other blocks): an array used with it must vary over exactly these."""
 
     def __init__(
         self, global_shape: Sequence[int], start: Sequence[Start] | None = None, offset: int = 0
@@ -72,6 +79,27 @@ class Block:
         object.__setattr__(self, "global_shape", shape)
         object.__setattr__(self, "start", starts)
         object.__setattr__(self, "offset", first)
+        object.__setattr__(self, "mesh_axes", None)
+
+    def resolve(self, xp: Backend) -> Block:
+        """This block as ``xp`` runs it: each start held in a concrete array of ``xp`` read as the
+        integer it holds, so it goes through the checks of a Python int (a value past the axis
+        would draw another element's counter); a traced start is checked for its dtype only."""
+        if all(isinstance(first, int) for first in self.start):
+            return self
+        allowed = "integers or 0-d integer arrays of x's framework"
+        starts: list[Start] = []
+        for first in self.start:
+            if isinstance(first, int):
+                starts.append(first)
+                continue
+            if not xp.is_array(first) or not is_integer_dtype(xp.dtype_name(first)):
+                shown = Shown(_describe_start(xp, first), type(first).__name__)
+                raise bad_type("start", shown, allowed)
+            starts.append(first if xp.is_tracing(first) else int(xp.to_numpy(first)))
+        resolved = Block(self.global_shape, starts, self.offset)
+        object.__setattr__(resolved, "mesh_axes", self.mesh_axes)
+        return resolved
 
     @property
     def strides(self) -> tuple[int, ...]:
@@ -212,10 +240,18 @@ def shard_map_block(local_shape: Sequence[int], partition: Sequence[Any], offset
     ``PartitionSpec`` orders them), from ``jax.lax.axis_index``. Call it inside the function
     ``shard_map`` maps.
 
+    ``partition`` must be the one ``in_specs`` gives ``x``: with another, shards that differ
+    would draw the same mask (a missing mesh axis) or copies of one shard different masks (an
+    extra one). Where JAX tracks the mesh axes a value varies over (``shard_map``'s
+    ``check_vma=True``, the default), :func:`xdrop.dropout` checks that ``x`` varies over exactly
+    the mesh axes ``partition`` names, and refuses the block otherwise; which of ``x``'s axes
+    each name splits cannot be checked (``P("d", None)`` and ``P(None, "d")`` vary alike).
+
     Args:
         local_shape: the shard's shape (``x.shape`` inside the mapped function).
         partition: the ``PartitionSpec`` of ``x`` in ``in_specs``: per axis ``None``, a mesh axis
-            name, or a tuple of names; missing trailing entries are ``None``.
+            name, or a tuple of names; missing trailing entries are ``None``. Each name must be
+            a mesh axis of the enclosing ``shard_map``.
         offset: added to every counter.
 
     Example::
@@ -236,9 +272,15 @@ def shard_map_block(local_shape: Sequence[int], partition: Sequence[Any], offset
             "partition", partition, f"at most one entry per axis of the shard ({len(shape)})"
         )
     entries += (None,) * (len(shape) - len(entries))
+    manual = _manual_axes()
     global_shape, start = [], []
     for size, names in zip(shape, entries, strict=True):
         axes = () if names is None else (names,) if isinstance(names, str) else tuple(names)
+        if manual is not None and not set(axes) <= manual:
+            allowed = f"mesh axes of the enclosing shard_map {sorted(manual)} and None"
+            if not manual:
+                allowed += " (call it inside the function that jax.shard_map maps)"
+            raise bad_value("partition", partition, allowed)
         count, index = 1, jnp.zeros((), jnp.int32)
         for name in axes:
             axis_size = int(jax.lax.axis_size(name))
@@ -246,7 +288,65 @@ def shard_map_block(local_shape: Sequence[int], partition: Sequence[Any], offset
             count *= axis_size
         global_shape.append(size * count)
         start.append(index * size if axes else 0)
-    return Block(global_shape, start, offset)
+    block = Block(global_shape, start, offset)
+    named = frozenset(name for names in entries if names is not None for name in _names(names))
+    object.__setattr__(block, "mesh_axes", named)
+    return block
+
+
+def _names(entry: Any) -> tuple[str, ...]:
+    """The mesh axis names of one entry of a ``PartitionSpec``."""
+    return (entry,) if isinstance(entry, str) else tuple(entry)
+
+
+def _manual_axes() -> frozenset[str] | None:
+    """The mesh axes ``shard_map`` maps over here (empty outside it), or None where this JAX
+    does not say."""
+    import jax
+
+    get_mesh = getattr(jax.sharding, "get_abstract_mesh", None)
+    axes = getattr(get_mesh(), "manual_axes", None) if get_mesh is not None else None
+    return None if axes is None else frozenset(axes)
+
+
+def _varying_axes(value: Any) -> frozenset[str] | None:
+    """The mesh axes a JAX value varies over inside ``shard_map``, as JAX tracks them
+    (``check_vma``), or None where this JAX does not say."""
+    import jax
+
+    typeof = getattr(jax, "typeof", None)
+    if typeof is None:
+        return None
+    aval = typeof(value)
+    manual_type = getattr(aval, "manual_axis_type", None)  # JAX 0.10
+    varying = getattr(manual_type, "varying", getattr(aval, "vma", None))
+    return None if varying is None else frozenset(varying)
+
+
+def check_shard_map_axes(block: Block, x: Any) -> None:
+    """Raise unless ``x`` varies over the mesh axes that ``block`` (a :func:`shard_map_block`)
+    was placed by. Unchecked where JAX does not track them (``check_vma=False``)."""
+    if block.mesh_axes is None:
+        return
+    import jax
+
+    if not isinstance(x, (jax.Array, jax.core.Tracer)):
+        return
+    varying = _varying_axes(x)
+    manual = _manual_axes()
+    if varying is None or not manual:
+        return
+    # an axis index varies over its axis only where JAX tracks variation (check_vma=True)
+    probe = _varying_axes(jax.lax.axis_index(next(iter(sorted(manual)))))
+    if not probe or varying == block.mesh_axes:
+        return
+    shown = Shown(f"<shard_map_block of a partition naming mesh axes {sorted(block.mesh_axes)}>")
+    allowed = (
+        f"the Block of x's own PartitionSpec in shard_map's in_specs, naming the mesh axes x "
+        f"varies over {sorted(varying)}: otherwise shards that differ draw the same mask, or "
+        "copies of one shard different masks"
+    )
+    raise bad_value("offset", shown, allowed)
 
 
 def is_dtensor(x: object) -> bool:
@@ -304,13 +404,21 @@ def _check_global_shape(shape: object, argument: str = "global_shape") -> tuple[
 
 
 def _check_start(start: object, shape: tuple[int, ...]) -> tuple[Start, ...]:
-    allowed = f"{len(shape)} entries (one per axis of global_shape {shape}): integers or 0-d arrays"
+    allowed = (
+        f"{len(shape)} entries (one per axis of global_shape {shape}): integers or 0-d integer "
+        "arrays"
+    )
     if isinstance(start, (str, bytes)) or not isinstance(start, Sequence):
         raise bad_type("start", start, allowed)
     if len(start) != len(shape):
         raise bad_value("start", start, allowed)
     starts: list[Start] = []
     for axis, (first, size) in enumerate(zip(start, shape, strict=True)):
+        if isinstance(first, (np.ndarray, np.generic)) and first.shape == ():
+            # its value is known now: checked as the number it holds, like np.int32(5)
+            if first.dtype.kind not in "iu":
+                raise bad_type("start", start, allowed)
+            first = int(first)
         value = as_integer(first)
         if value is None:
             if getattr(first, "shape", None) != () or isinstance(first, (bool, float)):
@@ -321,6 +429,13 @@ def _check_start(start: object, shape: tuple[int, ...]) -> tuple[Start, ...]:
         else:
             starts.append(value)
     return tuple(starts)
+
+
+def _describe_start(xp: Backend, first: object) -> str:
+    """A start that is not an integer array of ``xp``, as an error message shows it."""
+    if not xp.is_array(first):
+        return f"<{type(first).__name__}, not an array of {xp.name}>"
+    return f"<{xp.dtype_name(first)} array>"
 
 
 def _check_dim(dim: object, rank: int) -> int:

@@ -11,7 +11,14 @@ from typing import Union, cast
 
 import numpy as np
 
-from xdrop.errors import ArgumentTypeError, ArgumentValueError, bad_type, bad_value, describe
+from xdrop.errors import (
+    ArgumentTypeError,
+    ArgumentValueError,
+    Shown,
+    bad_type,
+    bad_value,
+    describe,
+)
 from xdrop.protocol import Array, Backend
 from xdrop.rdrop import REDUCTIONS
 from xdrop.spec import FLOAT_DTYPES, MODES, SEED_COUNT, inverted_scale
@@ -49,7 +56,8 @@ def check_rate(p: object, xp: Backend | None = None) -> Rate:
         dtype = str(array.dtype) if owner is None else owner.dtype_name(array)
         shape = tuple(array.shape) if owner is None else owner.shape(array)
         if dtype not in FLOAT_DTYPES or shape != ():
-            raise bad_type("p", Shown(f"<{dtype} array of shape {shape}>"), RATE_ALLOWED)
+            shown = Shown(f"<{dtype} array of shape {shape}>", type(array).__name__)
+            raise bad_type("p", shown, RATE_ALLOWED)
         if owner is not None and owner.is_tracing(array):
             return array
         value = float(array if owner is None else owner.to_numpy(array))
@@ -120,16 +128,6 @@ def check_seed(seed: object) -> int:
 
 def check_fold_data(data: object) -> int:
     return check_natural("data", data, 32)
-
-
-class Shown:
-    """A value as an error message shows it, e.g. ``<array of int32>``."""
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-
-    def __repr__(self) -> str:
-        return self.text
 
 
 def check_float_dtype(dtype: str, argument: str = "x") -> str:

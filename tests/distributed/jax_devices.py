@@ -81,6 +81,18 @@ def check_shard_map(mesh: jax.sharding.Mesh, x: jax.Array) -> int:
         y = jax.jit(step)(jax.device_put(x, NamedSharding(mesh, spec)))
         assert np.array_equal(np.asarray(y), expected), f"shard_map {dict(mesh.shape)} {spec}"
         checked += 1
+        if any(spec):  # a block that leaves out the mesh axes x is split over is refused
+            wrong = functools.partial(jax.shard_map, mesh=mesh, in_specs=spec, out_specs=spec)(
+                lambda v: xdrop.dropout(
+                    v, RATE, seed=SEED, offset=xdrop.shard_map_block(v.shape, P())
+                )
+            )
+            try:
+                jax.jit(wrong)(jax.device_put(x, NamedSharding(mesh, spec)))
+            except xdrop.ArgumentValueError as error:
+                assert "x varies over" in str(error), error
+            else:
+                raise AssertionError(f"shard_map {dict(mesh.shape)} {spec} with P() ran")
     return checked
 
 

@@ -71,6 +71,13 @@ def check_noise_shape_entries(noise_shape: object) -> tuple[int | None, ...] | N
     return tuple(None if entry is None else int(entry) for entry in noise_shape)
 
 
+def check_shared_axes(argument: str, axes: tuple[int, ...], ndim: int) -> None:
+    """Axes a layer shares one decision along (Flax's ``broadcast_dims``) must be axes of the
+    input: taken modulo ``ndim`` an axis past the end would share along another one."""
+    if not all(-ndim <= axis < ndim for axis in axes):
+        raise bad_value(argument, axes, f"axes in [{-ndim}, {ndim}) of the {ndim}-d inputs")
+
+
 def spatial_noise_shape(ndim: int, shared: Sequence[int]) -> tuple[int | None, ...]:
     """A noise shape of ``ndim`` entries: 1 (one decision shared) on the ``shared`` axes, None
     (the input's size) elsewhere."""
