@@ -16,7 +16,7 @@ from typing import Any, NoReturn, TextIO
 
 import xdrop
 from xdrop import defaults, kernel, registry, seeds, tables
-from xdrop.conformance import golden
+from xdrop.conformance import golden, self_check
 from xdrop.conformance.runner import MODES, BackendReport, identical_outputs, run_backend
 from xdrop.errors import XdropError
 
@@ -279,7 +279,7 @@ def _backend_row(name: str) -> tuple[str, str, str, str]:
         raise
     except BaseException:  # SystemExit too: a broken plugin is listed as unavailable
         framework = None
-    available = "yes" if registry.is_available(name) else "no"
+    available = "yes" if self_check.is_available(name) else "no"
     return name, available, _framework_version(framework), ", ".join(providers) or "-"
 
 
@@ -347,7 +347,7 @@ def _conformance(
             )
             return 2
     else:
-        names = [name for name in registered if registry.is_available(name)]
+        names = [name for name in registered if self_check.is_available(name)]
     if not names:
         print(
             "conformance: FAILED: no backend to check (registered: "
