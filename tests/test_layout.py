@@ -4,6 +4,8 @@ into the ones that use them, and the benchmarks live in one place."""
 from __future__ import annotations
 
 import ast
+import importlib.util
+import re
 from pathlib import Path
 
 import pytest
@@ -63,3 +65,30 @@ def test_modules_import_each_other_one_way():
     assert "xdrop.registry" in graph and "xdrop.conformance.self_check" in graph
     cycles = [cycle for name in sorted(graph) if (cycle := _cycle_through(graph, name))]
     assert not cycles, "import cycles: " + "; ".join(" -> ".join(cycle) for cycle in cycles)
+
+
+def test_the_benchmarks_have_one_home():
+    """``xdrop/benchmarks/`` holds every benchmark (``xdrop bench``, ``python -m
+    xdrop.benchmarks.churn``); no scripts of their own beside the package."""
+    assert not (ROOT / "benchmarks").exists()
+    assert (ROOT / "xdrop" / "benchmarks" / "churn.py").is_file()
+
+
+def test_every_command_the_docs_give_names_a_script_or_module_that_exists():
+    pages = [ROOT / "README.md", *(ROOT / "docs").glob("*.md"), ROOT / ".ci" / "run"]
+    named = {
+        (page.name, match.group(1))
+        for page in pages
+        for match in re.finditer(r"python3? (-m [\w.]+|[\w./-]+\.py)\b", page.read_text())
+    }
+    assert ("performance.md", "-m xdrop.benchmarks.churn") in named
+    missing = [
+        (page, target)
+        for page, target in sorted(named)
+        if not (
+            importlib.util.find_spec(target[3:])
+            if target.startswith("-m ")
+            else (ROOT / target).is_file()
+        )
+    ]
+    assert not missing
