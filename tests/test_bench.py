@@ -17,6 +17,9 @@ from xdrop.benchmarks.suites import BACKWARD, COPY, FORWARD, FRAMEWORK, NATIVE, 
 from xdrop.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
+# the installed ``xdrop`` command, next to this interpreter (``python -m xdrop`` where it is not)
+SCRIPT = Path(sys.executable).with_name("xdrop")
+COMMAND = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "xdrop"]
 
 
 @pytest.mark.backend_independent
@@ -63,11 +66,24 @@ def test_a_target_is_met_exactly_when_its_worst_value_is_within_its_limit(monkey
 @pytest.mark.backend_independent
 def test_the_one_command_runs_the_benchmark(tmp_path):
     path = tmp_path / "bench.json"
-    command = [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--backend", "numpy"]
+    command = [*COMMAND, "bench", "--backend", "numpy"]
     command += ["--sizes", "32", "--p", "0.1", "--repeats", "1", "--json", str(path)]
     run = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     assert json.loads(path.read_text())["measurements"][0]["size"] == 32
+
+
+@pytest.mark.backend_independent
+def test_the_churn_benchmark_runs_from_the_package():
+    command = [sys.executable, "-m", "xdrop.benchmarks.churn", "--quick", "--backends", "numpy"]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    rows = [line.split()[0] for line in run.stdout.splitlines()[1:-1]]
+    assert rows == ["numpy"] * 3  # rates, shapes, memory: only the framework asked for
+    refused = subprocess.run([*command[:-1], "nope"], capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and refused.stderr.splitlines()[-1].endswith(
+        "argument --backends: unknown 'nope'; known: numpy, torch, tensorflow, jax"
+    )
 
 
 @pytest.mark.backend_independent

@@ -17,11 +17,24 @@ import pytest
 import xdrop
 from xdrop import benchmarks, cli, kernel, registry, tables
 from xdrop.benchmarks.timing import Timing
+from xdrop.conformance import golden, self_check
 
 pytestmark = pytest.mark.backend_independent
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ["bench", "--backend", "numpy", "--sizes", "16", "--p", "0.5", "--repeats", "1"]
 CONFORMANCE = ["conformance", "--backend", "numpy", "--mode", "eager"]
+
+
+# the installed ``xdrop`` command, next to this interpreter (``python -m xdrop`` where it is not)
+SCRIPT = Path(sys.executable).with_name("xdrop")
+COMMAND = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "xdrop"]
+
+
+def xdrop_command(arguments: list[str], **options: object) -> subprocess.CompletedProcess[str]:
+    """``xdrop ARGUMENTS`` in a fresh process, as a user types it."""
+    return subprocess.run(
+        [*COMMAND, *arguments], capture_output=True, text=True, timeout=600, **options
+    )  # type: ignore[call-overload]
 
 
 def run_main(arguments: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -48,6 +61,11 @@ def run_main(arguments: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[
         ["--sizes", "inf"],
         ["--sizes", "ten"],
         ["--direction", "sideways"],
+        ["--sizes", "1e20"],  # more memory than any machine has
+        ["--path", "nosuch"],
+        ["--path", "torch eager"],  # a path, but not of the backend asked for
+        ["--direction", "forward+backward"],  # NumPy does not differentiate: nothing to time
+        ["--backend", "nope"],
     ],
 )
 def test_every_bad_bench_argument_exits_2_with_one_line(arguments, capsys):
@@ -55,6 +73,81 @@ def test_every_bad_bench_argument_exits_2_with_one_line(arguments, capsys):
     assert status == 2
     assert out == ""  # nothing ran
     assert len(err.strip().splitlines()) == 1 and err.startswith("xdrop bench: error: ")
+
+
+@pytest.mark.parametrize(
+    ("arguments", "says"),
+    [
+        ([*BENCH, "--path", "nosuch"], "xdrop bench: error: argument --path: 'nosuch'"),
+        ([*BENCH, "--sizes", "1e20"], "xdrop bench: error: argument --sizes: 1e+20 elements"),
+        ([*CONFORMANCE, "--backend", "nope"], "xdrop conformance: error: unknown backend(s) nope"),
+        (["golden"], "xdrop golden: error: "),
+        (["golden", "--check", "no-such-file.json"], "xdrop golden: error: "),
+    ],
+)
+def test_the_installed_command_refuses_bad_arguments_with_one_line(arguments, says, tmp_path):
+    result = xdrop_command(arguments, cwd=tmp_path)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stdout == "" and result.stderr.startswith(says)
+    assert len(result.stderr.strip().splitlines()) == 1  # no traceback
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_a_bench_case_that_cannot_run_fails_the_command(monkeypatch, capsys):
+    class Broken(benchmarks.suites.NumpySuite):
+        def __init__(self) -> None:
+            raise ImportError("no such framework")
+
+    monkeypatch.setitem(benchmarks.SUITES, "numpy", Broken)
+    status, out, err = run_main(BENCH, capsys)
+    assert status == 1 and "not measured" in out
+    assert (
+        err.splitlines()[-1]
+        == "xdrop bench: FAILED: not measured: numpy (ImportError: no such framework)"
+    )
+
+
+def test_a_backend_named_twice_is_checked_once(tmp_path, capsys):
+    path = tmp_path / "report.json"
+    status, out, _ = run_main([*CONFORMANCE, "--backend", "numpy", "--json", str(path)], capsys)
+    assert status == 0 and "(1 checked: numpy;" in out
+    runs = json.loads(path.read_text())["runs"]
+    assert [(run["backend"], run["mode"]) for run in runs] == [("numpy", "eager")]
+    status, out, _ = run_main([*BENCH, "--backend", "numpy", "--path", "numpy"], capsys)
+    assert status == 0 and out.count("numpy · numpy · forward") == 1
+
+
+def test_golden_writes_only_where_it_is_told(tmp_path, monkeypatch, capsys):
+    shipped = tmp_path / "shipped.json"
+    shipped.write_text(golden.GOLDEN_PATH.read_text())
+    monkeypatch.setattr(golden, "GOLDEN_PATH", shipped)  # stands for the installed package's file
+    before = shipped.stat().st_mtime_ns
+
+    status, out, err = run_main(["golden"], capsys)  # where to? it must be told
+    assert status == 2 and out == "" and len(err.strip().splitlines()) == 1
+    assert "xdrop golden: error: " in err and "FILE" in err
+
+    target = tmp_path / "out" / "golden.json"
+    status, _, err = run_main(["golden", str(target)], capsys)
+    assert status == 2 and "does not exist" in err  # its folder is checked first
+    target.parent.mkdir()
+    status, out, _ = run_main(["golden", str(target)], capsys)
+    assert status == 0 and out == f"wrote {len(golden.load()['cases'])} cases to {target}\n"
+    assert target.read_text() == shipped.read_text()
+    assert shipped.stat().st_mtime_ns == before
+    assert sorted(tmp_path.rglob("*")) == [target.parent, target, shipped]
+
+    assert run_main(["golden", "--check", str(target)], capsys)[0] == 0
+    target.write_text("{}")
+    status, _, err = run_main(["golden", "--check", str(target)], capsys)
+    assert status == 1 and f"{target} is out of date" in err
+
+
+def test_the_installed_golden_command_writes_into_the_folder_it_is_given(tmp_path):
+    result = xdrop_command(["golden", "cases.json"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "cases.json").read_text() == golden.GOLDEN_PATH.read_text()
+    assert [path.name for path in tmp_path.iterdir()] == ["cases.json"]
 
 
 @pytest.mark.parametrize("command", [BENCH, CONFORMANCE])
@@ -95,7 +188,7 @@ def test_results_are_written_atomically(tmp_path, capsys, monkeypatch):
 
 
 def test_a_conformance_run_that_checks_no_backend_fails(monkeypatch, capsys):
-    monkeypatch.setattr(registry, "is_available", lambda name: False)
+    monkeypatch.setattr(self_check, "is_available", lambda name: False)
     status, out, _ = run_main(["conformance", "--mode", "eager"], capsys)
     assert status == 1
     assert "no backend to check" in out and "all backends conform" not in out
@@ -202,8 +295,58 @@ def test_info_says_what_runs_here_and_where_each_default_came_from(monkeypatch, 
     assert "generator: none:" in out and "XDROP_RNG" in out
 
 
+def test_conformance_piped_prints_its_verdict_alone(capsys):
+    status, out, err = run_main(CONFORMANCE, capsys)
+    assert status == 0 and err == ""  # no progress where nobody watches it
+    count = sum(1 for case in golden.load()["cases"])
+    assert out == f"conformance: all backends conform (1 checked: numpy; {count} cases passed)\n"
+
+
+def test_conformance_verbose_prints_each_case_and_the_tables(capsys):
+    status, out, _ = run_main([*CONFORMANCE, "--verbose"], capsys)
+    assert status == 0
+    lines = out.splitlines()
+    cases = [case["id"] for case in golden.load()["cases"]]
+    assert [line for line in lines if line.startswith("passed ")] == [
+        f"passed numpy eager {case}" for case in cases
+    ]
+    assert kernel.status() in lines and "backend  mode   group" in out
+    assert "pairwise: fewer than two backends ran eagerly" in lines
+    assert lines[-1].startswith("conformance: all backends conform (1 checked: numpy;")
+
+
+def test_conformance_on_a_terminal_draws_one_progress_bar():
+    """The installed command on a real terminal (a pseudo-terminal): one bar, redrawn in place
+    and cleared, then the verdict."""
+    pty = pytest.importorskip("pty")
+    main_fd, terminal = pty.openpty()
+    try:
+        process = subprocess.Popen(
+            [*COMMAND, *CONFORMANCE], stdin=terminal, stdout=terminal, stderr=terminal
+        )
+        os.close(terminal)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(main_fd, 65536)
+            except OSError:  # the terminal closed: the command has ended
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        assert process.wait(timeout=600) == 0
+    finally:
+        os.close(main_fd)
+    shown = b"".join(chunks).decode().replace("\r\n", "\n")
+    *drawn, verdict = shown.rstrip("\n").split("\n")
+    assert not drawn  # everything before the verdict was redrawn in place, on one line
+    assert verdict.startswith("\r\033[K") and "conformance [" in verdict and "100%" in verdict
+    assert verdict.endswith("\r\033[Kconformance: all backends conform (1 checked: numpy; "
+                            f"{len(golden.load()['cases'])} cases passed)")  # fmt: skip
+
+
 def test_progress_piped_is_plain_lines_ending_with_the_total(capsys):
-    status, _, err = run_main(CONFORMANCE, capsys)
+    status, _, err = run_main([*CONFORMANCE, "--verbose"], capsys)
     assert status == 0 and "\r" not in err
     lines = err.splitlines()
     assert 2 <= len(lines) <= 12  # a line per tenth of the cases, not one per case

@@ -53,7 +53,7 @@ def test_a_wrong_expectation_is_reported_as_a_failure():
 
 def test_the_command_prints_a_table_and_writes_json(tmp_path):
     report_path = tmp_path / "report.json"
-    command = [sys.executable, "-m", "xdrop", "conformance", "--backend", "numpy",
+    command = [sys.executable, "-m", "xdrop", "conformance", "--backend", "numpy", "--verbose",
                "--json", str(report_path)]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -16,7 +16,7 @@ from typing import Any, NoReturn, TextIO
 
 import xdrop
 from xdrop import defaults, kernel, registry, seeds, tables
-from xdrop.conformance import golden
+from xdrop.conformance import golden, self_check
 from xdrop.conformance.runner import MODES, BackendReport, identical_outputs, run_backend
 from xdrop.errors import XdropError
 
@@ -26,6 +26,11 @@ DESCRIPTION = (
 )
 
 
+class _Exit(SystemExit):
+    """The parser is done (``--help``, ``--version``, a bad argument): :func:`main` returns the
+    status rather than raising it."""
+
+
 class _Parser(argparse.ArgumentParser):
     """A bad argument ends the command with exit status 2 and one line, ``xdrop bench: error: ...``
     (argparse would print the whole usage first)."""
@@ -33,8 +38,23 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
+    def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
+        if message:
+            print(message, end="", file=sys.stderr)
+        raise _Exit(status)
+
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``xdrop`` command with ``argv`` (default: the process's arguments); return its
+    exit status: 0 done, 1 a check or a measurement failed, 2 a bad argument (one line on
+    stderr, nothing run)."""
+    try:
+        return _main(argv)
+    except _Exit as done:
+        return int(done.code or 0)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     os.environ.setdefault(
         "TF_CPP_MIN_LOG_LEVEL", "2"
     )  # TensorFlow's start-up chatter hides the table
@@ -50,7 +70,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "whether the compiled kernel is in use.",
     )
     conformance = commands.add_parser(
-        "conformance", help="check the golden seeded cases on every installed backend"
+        "conformance",
+        help="check the golden seeded cases on every installed backend",
+        description="Check the golden cases on every installed backend (or those named) and "
+        "print the verdict; on a terminal a progress bar shows how far the run is.",
     )
     _add_shared_options(conformance, "check")
     conformance.add_argument(
@@ -61,28 +84,46 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--full", action="store_true",
         help="compile every case on backends with slow compilers (torch: half an hour), not a sample",
     )  # fmt: skip
+    conformance.add_argument(
+        "-v", "--verbose", action="store_true",
+        help="also print each case's result, the tables by group and by pair of backends, "
+        "and progress lines per backend",
+    )  # fmt: skip
     regenerate = commands.add_parser(
-        "golden", help="regenerate the golden cases from the reference"
+        "golden",
+        help="regenerate the golden cases from the reference into FILE",
+        description="Regenerate the golden cases from the scalar reference and write them to "
+        "FILE (only there: nothing is written unless a FILE is named). From a checkout, "
+        "xdrop/conformance/golden.json is the file xdrop ships.",
     )
     regenerate.add_argument(
-        "--check", action="store_true", help="only check that the shipped file is up to date"
-    )
-    _add_bench(commands)
+        "file", nargs="?", metavar="FILE",
+        help="where to write the cases (with --check: the file to check; default the shipped one)",
+    )  # fmt: skip
+    regenerate.add_argument(
+        "--check", action="store_true",
+        help="write nothing: check that FILE (default: the shipped cases) matches the reference",
+    )  # fmt: skip
+    bench = _add_bench(commands)
     arguments = parser.parse_args(argv)
     if arguments.command == "info":
         return _info()
     if arguments.command == "golden":
-        return _golden(check=arguments.check)
+        return _golden(regenerate, arguments.file, check=arguments.check)
+    if arguments.backend:  # named twice is asked for once
+        arguments.backend = list(dict.fromkeys(arguments.backend))
     if arguments.command == "bench":
-        return _bench(arguments)
+        return _bench(bench, arguments)
     modes = list(MODES) if arguments.mode == "all" else [arguments.mode]
-    return _conformance(arguments.backend, modes, arguments.full, arguments.json)
+    return _conformance(
+        conformance, arguments.backend, modes, arguments.full, arguments.json, arguments.verbose
+    )
 
 
-def _add_bench(commands: Any) -> None:
+def _add_bench(commands: Any) -> argparse.ArgumentParser:
     from xdrop.benchmarks import runner  # imports no framework
 
-    bench = commands.add_parser(
+    bench: argparse.ArgumentParser = commands.add_parser(
         "bench",
         help="time xdrop against each framework's own dropout (docs/performance.md)",
         description="Time xdrop (portable and rng='native'), the framework's own dropout and a "
@@ -114,6 +155,7 @@ def _add_bench(commands: Any) -> None:
         "--quick", action="store_true",
         help="fewer sizes, one rate, three rounds: a first look in a few minutes",
     )  # fmt: skip
+    return bench
 
 
 def _add_shared_options(command: argparse.ArgumentParser, doing: str) -> None:
@@ -128,8 +170,14 @@ def _add_shared_options(command: argparse.ArgumentParser, doing: str) -> None:
     )
 
 
+BENCH_BYTES_PER_ELEMENT = 16
+"""About what ``xdrop bench`` holds per float32 element of a case: the input, the outputs of the
+contenders and, backward, the gradients."""
+
+
 def _sizes(text: str) -> list[int]:
     sizes = []
+    memory = _memory_bytes()
     for part in text.split(","):
         try:
             value = float(part)
@@ -139,8 +187,22 @@ def _sizes(text: str) -> list[int]:
             raise argparse.ArgumentTypeError(
                 f"a size must be a positive whole number of elements, e.g. 1e3; got {part!r}"
             )
+        if memory is not None and value * BENCH_BYTES_PER_ELEMENT > memory:
+            raise argparse.ArgumentTypeError(
+                f"{value:.0e} elements need about {value * BENCH_BYTES_PER_ELEMENT / 2**30:,.0f} "
+                f"GiB ({BENCH_BYTES_PER_ELEMENT} bytes each: the input, the outputs, the "
+                f"gradients), more than this machine's {memory / 2**30:,.0f} GiB; got {part!r}"
+            )
         sizes.append(int(value))
     return sizes
+
+
+def _memory_bytes() -> int | None:
+    """This machine's memory (None where the system does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows), or no such name
+        return None
 
 
 def _probability(text: str) -> float:
@@ -163,46 +225,46 @@ def _positive_integer(text: str) -> int:
     return value
 
 
-def _output_path(text: str) -> Path:
+def _output_path(text: str, option: str = "--json") -> Path:
     """A file the results can be written to, checked before anything runs."""
     path = Path(text)
     folder = path.parent
     if path.is_dir():
-        raise argparse.ArgumentTypeError(f"--json must name a file, got the folder {text!r}")
+        raise argparse.ArgumentTypeError(f"{option} must name a file, got the folder {text!r}")
     if not folder.is_dir():
         raise argparse.ArgumentTypeError(
-            f"--json {text!r}: the folder {str(folder)!r} does not exist"
+            f"{option} {text!r}: the folder {str(folder)!r} does not exist"
         )
     if not os.access(folder, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise argparse.ArgumentTypeError(f"--json {text!r}: no permission to write there")
+        raise argparse.ArgumentTypeError(f"{option} {text!r}: no permission to write there")
     return path
 
 
 def _write_json(path: Path, document: dict[str, Any]) -> None:
-    """Write ``document`` to ``path`` atomically: a reader never sees half a file, and a failed
+    """Write ``document`` to ``path`` as JSON, atomically."""
+    _write_atomically(path, lambda file: json.dump(document, file, indent=1))
+
+
+def _write_atomically(path: Path, write: Callable[[TextIO], None]) -> None:
+    """Write ``path`` through ``write`` atomically: a reader never sees half a file, and a failed
     write leaves what was there."""
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(handle, "w") as file:
-            json.dump(document, file, indent=1)
+            write(file)
         os.replace(temporary, path)
     except BaseException:
         os.unlink(temporary)
         raise
 
 
-def _bench(arguments: argparse.Namespace) -> int:
+def _bench(parser: argparse.ArgumentParser, arguments: argparse.Namespace) -> int:
     from xdrop import benchmarks
     from xdrop.benchmarks import runner
 
     defaults: dict[str, Any] = dict(runner.QUICK) if arguments.quick else {}
     sizes = [size for group in arguments.sizes for size in group] if arguments.sizes else None
-    if arguments.backend:
-        unknown = [name for name in arguments.backend if name not in benchmarks.SUITES]
-        if unknown:
-            print(f"no benchmark for backend(s) {', '.join(unknown)}; "
-                  f"known: {', '.join(benchmarks.SUITES)}", file=sys.stderr)  # fmt: skip
-            return 2
+    _check_bench_cases(parser, arguments)
     report = benchmarks.run(
         backends=arguments.backend,
         sizes=sizes or defaults.get("sizes", runner.SIZES),
@@ -223,7 +285,49 @@ def _bench(arguments: argparse.Namespace) -> int:
           + ", ".join(f"{name} {version}" for name, version in report.versions.items()))  # fmt: skip
     if arguments.json:
         _write_json(arguments.json, benchmarks.document(report))
+    problems = [f"{name} ({reason})" for name, reason in report.unavailable.items()]
+    failed = [
+        measurement for measurement in report.measurements
+        if measurement.failures.keys() & {"all", benchmarks.suites.XDROP}
+    ]  # fmt: skip
+    if problems or failed:  # a table with holes is not a benchmark that ran
+        what = [f"not measured: {', '.join(problems)}"] if problems else []
+        what += [f"{len(failed)} case(s) where xdrop could not be timed"] if failed else []
+        print(f"xdrop bench: FAILED: {'; '.join(what)}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _check_bench_cases(parser: argparse.ArgumentParser, arguments: argparse.Namespace) -> None:
+    """Refuse (exit status 2, one line) backends, paths and directions that leave nothing to
+    time, before anything runs: an empty table is not an answer."""
+    from xdrop.benchmarks import SUITES, installed_backends
+    from xdrop.benchmarks.suites import BACKWARD, FORWARD
+
+    names = arguments.backend or installed_backends()
+    unknown = [name for name in names if name not in SUITES]
+    if unknown:
+        parser.error(f"argument --backend: no benchmark for backend(s) {', '.join(unknown)}; "
+                     f"known: {', '.join(SUITES)}")  # fmt: skip
+    suites = [SUITES[name] for name in names]
+    paths = [path for suite in suites for path in suite.paths]
+    for path in arguments.path or ():
+        if path not in paths:
+            parser.error(f"argument --path: {path!r} is not a path of {', '.join(names)}; "
+                         f"their paths: {', '.join(map(repr, paths))}")  # fmt: skip
+    directions = {FORWARD, *(BACKWARD for suite in suites if suite.differentiates)}
+    if arguments.direction and arguments.direction not in directions:
+        parser.error(f"argument --direction: {', '.join(names)} time(s) only "
+                     f"{', '.join(sorted(directions))}; got {arguments.direction!r}")  # fmt: skip
+    if (
+        arguments.path
+        and arguments.direction == BACKWARD
+        and not any(
+            suite.differentiates and set(suite.paths) & set(arguments.path) for suite in suites
+        )
+    ):
+        parser.error(f"argument --direction: the paths {', '.join(map(repr, arguments.path))} "
+                     f"time only {FORWARD}; got {arguments.direction!r}")  # fmt: skip
 
 
 class Progress:
@@ -243,6 +347,37 @@ class Progress:
             print(f"\r\033[K{line}", end=end, file=self.stream, flush=True)
         else:
             print(line, file=self.stream, flush=True)
+
+
+class Bar:
+    """One progress bar on a terminal, redrawn in place: ``what [#####-----]  50%  now``, and
+    cleared once the work is done, so that what follows takes its place."""
+
+    WIDTH = 30
+
+    def __init__(self, stream: TextIO, what: str) -> None:
+        self.stream = stream
+        self.what = what
+
+    def show(self, fraction: float, now: str) -> None:
+        """Draw the bar at ``fraction`` (0 to 1) of the work, ``now`` naming what runs."""
+        filled = round(self.WIDTH * min(max(fraction, 0.0), 1.0))
+        bar = "#" * filled + "-" * (self.WIDTH - filled)
+        line = f"{self.what} [{bar}] {fraction:4.0%}  {now}"
+        print(f"\r\033[K{line}", end="", file=self.stream, flush=True)
+
+    def clear(self) -> None:
+        print("\r\033[K", end="", file=self.stream, flush=True)
+
+
+def _bar_progress(bar: Bar, now: str, run: int, runs: int) -> Callable[[int, int], None]:
+    """Conformance progress on the one bar: run ``run`` of ``runs``, ``done`` of its ``total``
+    cases."""
+
+    def show(done: int, total: int) -> None:
+        bar.show((run + done / max(total, 1)) / runs, f"{now} ({done}/{total} cases)")
+
+    return show
 
 
 def _bench_progress(progress: Progress) -> Callable[[Any, int, int], None]:
@@ -279,7 +414,7 @@ def _backend_row(name: str) -> tuple[str, str, str, str]:
         raise
     except BaseException:  # SystemExit too: a broken plugin is listed as unavailable
         framework = None
-    available = "yes" if registry.is_available(name) else "no"
+    available = "yes" if self_check.is_available(name) else "no"
     return name, available, _framework_version(framework), ", ".join(providers) or "-"
 
 
@@ -319,51 +454,88 @@ def _default_rng() -> str:
     return f"{rng} ({variable} is not set)"
 
 
-def _golden(check: bool) -> int:
-    text = golden.render(golden.generate())
+def _golden(parser: argparse.ArgumentParser, file: str | None, check: bool) -> int:
+    """Write the regenerated cases to ``file`` (and only there), or with ``check`` compare
+    ``file`` (default: the shipped cases) with them."""
     if check:
-        current = golden.GOLDEN_PATH.read_text() if golden.GOLDEN_PATH.exists() else ""
-        if current != text:
-            print(f"{golden.GOLDEN_PATH} is out of date: run `xdrop golden`", file=sys.stderr)
+        path = Path(file) if file else golden.GOLDEN_PATH
+        if not path.is_file():
+            parser.error(f"--check {str(path)!r}: no such file")
+    elif file is None:
+        parser.error(
+            "name the FILE to write the cases to, e.g. `xdrop golden golden.json` (from a "
+            "checkout, xdrop/conformance/golden.json is the shipped file)"
+        )
+    else:
+        try:
+            path = _output_path(file, "FILE")
+        except argparse.ArgumentTypeError as error:
+            parser.error(str(error))
+    document = golden.generate()
+    text = golden.render(document)
+    if check:
+        if path.read_text() != text:
+            print(f"{path} is out of date: run `xdrop golden {path}`", file=sys.stderr)
             return 1
-        print(f"{golden.GOLDEN_PATH} matches the reference")
+        print(f"{path} matches the reference")
         return 0
-    golden.GOLDEN_PATH.write_text(text)
-    print(f"wrote {len(golden.load()['cases'])} cases to {golden.GOLDEN_PATH}")
+
+    def write(handle: TextIO) -> None:
+        handle.write(text)
+
+    _write_atomically(path, write)
+    print(f"wrote {len(document['cases'])} cases to {path}")
     return 0
 
 
 def _conformance(
-    names: list[str] | None, modes: list[str], full: bool, json_path: Path | None
+    parser: argparse.ArgumentParser,
+    names: list[str] | None,
+    modes: list[str],
+    full: bool,
+    json_path: Path | None,
+    verbose: bool,
 ) -> int:
     registered = registry.registered_names()
     if names:
         unknown = [name for name in names if name not in registered]
         if unknown:
-            print(
-                f"xdrop conformance: error: unknown backend(s) {', '.join(unknown)}; "
-                f"registered: {', '.join(registered)}",
-                file=sys.stderr,
+            parser.error(
+                f"unknown backend(s) {', '.join(unknown)}; registered: {', '.join(registered)}"
             )
-            return 2
     else:
-        names = [name for name in registered if registry.is_available(name)]
+        names = [name for name in registered if self_check.is_available(name)]
     if not names:
         print(
             "conformance: FAILED: no backend to check (registered: "
             f"{', '.join(registered) or 'none'}); is xdrop installed with its backends?",
         )
         return 1
+    runs = [(name, mode) for name in names for mode in modes]
+    bar = Bar(sys.stdout, "conformance") if not verbose and sys.stdout.isatty() else None
     progress = Progress(sys.stderr)
-    reports = [
-        run_backend(name, progress=_progress(progress, name, mode), mode=mode, full=full)
-        for name in names
-        for mode in modes
-    ]
-    print(kernel.status())
-    print(_table(reports))
-    print()
-    print(_pairwise_table(reports))
+    reports = []
+    for index, (name, mode) in enumerate(runs):
+        if verbose:
+            show = _progress(progress, name, mode)
+        elif bar is not None:
+            bar.show(index / len(runs), f"{name} {mode}")  # loading a framework takes a while
+            show = _bar_progress(bar, f"{name} {mode}", index, len(runs))
+        else:
+            show = None
+        report = run_backend(name, progress=show, mode=mode, full=full)
+        reports.append(report)
+        if verbose:
+            for result in report.results:
+                detail = f": {result.detail}" if result.detail and result.status != "passed" else ""
+                print(f"{result.status} {name} {mode} {result.case_id}{detail}", flush=True)
+    if bar is not None:
+        bar.clear()
+    if verbose:
+        print(kernel.status())
+        print(_table(reports))
+        print()
+        print(_pairwise_table(reports))
     for report in reports:
         for failure in report.failed:
             print(f"FAILED {report.backend} {report.mode} {failure.case_id}: {failure.detail}")
@@ -371,18 +543,34 @@ def _conformance(
     unchecked = sorted({report.backend for report in reports if not _checked(report)})
     passed = not unchecked and not any(report.failed for report in reports)
     for name in unchecked:
-        print(f"NOT CHECKED {name}: " + "; ".join(
-            report.reason or "no case passed" for report in reports if report.backend == name
-        ))  # fmt: skip
+        reasons = dict.fromkeys(
+            _reason(report) or "no case passed" for report in reports if report.backend == name
+        )
+        print(f"NOT CHECKED {name}: " + "; ".join(reasons))
     if json_path:
         _write_json(json_path, _document(reports, passed))
-    checked = len(names) - len(unchecked)
-    print(
-        f"conformance: all backends conform ({checked} checked)"
-        if passed
-        else f"conformance: FAILED ({checked} of {len(names)} backends checked)"
-    )
+    checked = [name for name in names if name not in unchecked]
+    print(_verdict(reports, checked, len(names), passed))
     return 0 if passed else 1
+
+
+def _reason(report: BackendReport) -> str:
+    """Why a run checked nothing, as the table says it."""
+    return report.reason if report.available else f"unavailable: {report.reason}"
+
+
+def _verdict(reports: list[BackendReport], checked: list[str], asked: int, passed: bool) -> str:
+    """The last line: whether every backend conforms, which were checked and how many cases."""
+    counts = {status: 0 for status in ("passed", "failed", "skipped")}
+    for report in reports:
+        for result in report.results:
+            counts[result.status] += 1
+    cases = f"{counts['passed']:,} cases passed" + "".join(
+        f", {counts[status]:,} {status}" for status in ("failed", "skipped") if counts[status]
+    )
+    if passed:
+        return f"conformance: all backends conform ({len(checked)} checked: {', '.join(checked)}; {cases})"
+    return f"conformance: FAILED ({len(checked)} of {asked} backends checked); {cases}"
 
 
 def _checked(report: BackendReport) -> bool:
@@ -409,8 +597,7 @@ def _table(reports: list[BackendReport]) -> str:
     rows: list[tuple[str, ...]] = []
     for report in reports:
         if not report.available or not report.results:
-            reason = report.reason if report.available else f"unavailable: {report.reason}"
-            rows.append((report.backend, report.mode, "-", "-", "-", "-", reason))
+            rows.append((report.backend, report.mode, "-", "-", "-", "-", _reason(report)))
             continue
         for group, counts in report.groups().items():
             rows.append((

@@ -221,21 +221,11 @@ def _backend_class(name: str) -> type[Backend] | None:
     return backend_class if is_backend else None
 
 
-def is_available(name: str) -> bool:
-    """Whether backend ``name`` can be used here, which is what ``xdrop conformance`` checks too.
-
-    A built-in backend is available when its class implements the protocol and its framework is
-    installed (its framework is not imported). A plugin is available when it loads and passes the
-    conformance kit's self-check (a small mask drawn through it); using it never runs the check."""
-    if not is_built_in(name):
-        # imported here: the conformance kit sits above the registry, which dispatch needs alone
-        from xdrop.conformance.self_check import checked_backend
-
-        try:
-            checked_backend(name)
-        except BackendError:
-            return False
-        return True
+def is_installed(name: str) -> bool:
+    """Whether the backend registered as ``name`` could run here, as far as the registry can tell
+    without running it: its class loads, implements the protocol and its framework is installed
+    (the framework is not imported). Plugins must also pass a self-check before they count as
+    available: see ``xdrop.conformance.self_check.is_available``, which sits above the registry."""
     if name in _backends:
         return True
     backend_class = _backend_class(name)
@@ -245,17 +235,6 @@ def is_available(name: str) -> bool:
         and not inspect.isabstract(backend_class)
         and (framework is None or importlib.util.find_spec(framework) is not None)
     )
-
-
-def available_backends() -> dict[str, bool]:
-    """Each registered backend name mapped to whether it can be used here: for a built-in
-    backend, its framework is installed (it is not imported); a plugin is loaded and passes the
-    self-check of ``xdrop.conformance``, as ``xdrop conformance`` requires.
-
-    >>> xdrop.available_backends()["numpy"]
-    True
-    """
-    return {name: is_available(name) for name in registered_names()}
 
 
 # -- the default backend ----------------------------------------------------------------------------

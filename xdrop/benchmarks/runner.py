@@ -12,7 +12,7 @@ from importlib import metadata
 from typing import Any
 
 import xdrop
-from xdrop import kernel, registry
+from xdrop import kernel
 from xdrop.benchmarks.suites import SUITES, Case, Suite
 from xdrop.benchmarks.timing import Timing, describe_error, paired_ratio, time_interleaved
 
@@ -60,7 +60,7 @@ class Report:
 
 def installed_backends() -> list[str]:
     """The backends with a suite whose framework is installed."""
-    available = registry.available_backends()
+    available = xdrop.available_backends()
     return [name for name in SUITES if available.get(name)]
 
 

@@ -303,7 +303,7 @@ def _blocking(jax: Any, function: Callable[[Any, Any], Any], x: Any, seeds: Iter
     return lambda: jax.block_until_ready(function(x, next(seeds)))
 
 
-SUITES: dict[str, Callable[[], Suite]] = {
+SUITES: dict[str, type[Suite]] = {
     "numpy": NumpySuite,
     "torch": TorchSuite,
     "tensorflow": TensorflowSuite,

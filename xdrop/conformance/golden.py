@@ -1,7 +1,8 @@
 """The golden conformance cases: their parameters, and their expected values from the reference.
 
-``python -m xdrop golden`` rewrites ``golden.json`` from :mod:`xdrop.reference`; ``--check`` fails
-when the file differs from what the reference produces now.
+``xdrop golden FILE`` writes the cases from :mod:`xdrop.reference` to ``FILE`` (from a checkout,
+``xdrop/conformance/golden.json`` is the shipped file); ``xdrop golden --check`` fails when the
+shipped file differs from what the reference produces now.
 
 Dropout, mask and fold-in cases are bit-exact. The R-Dropout cases (kinds ``rdrop_kl`` and
 ``rdrop_loss``) hold float64 values that a backend matches to the tolerance of the dtype it

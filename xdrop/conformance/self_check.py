@@ -3,6 +3,9 @@
 Loading and dispatching a backend never run it; ``xdrop.available_backends()``, ``xdrop info`` and
 ``xdrop conformance`` do, through :func:`checked_backend`, so that they agree on what "available"
 means, and a broken plugin is named once, with its problem, rather than found by wrong masks.
+
+This module sits above the registry: it imports :mod:`xdrop.registry`, never the other way round,
+so what "available" means (registered, installed and, for a plugin, checked) is decided here.
 """
 
 from __future__ import annotations
@@ -51,3 +54,29 @@ def checked_backend(name: str) -> Backend:
             f"xdrop backend {name!r} ({registry.origin(name)}) fails its self-check: {found}"
         )
     return backend
+
+
+def is_available(name: str) -> bool:
+    """Whether backend ``name`` can be used here, which is what ``xdrop conformance`` checks too.
+
+    A built-in backend is available when its class implements the protocol and its framework is
+    installed (its framework is not imported). A plugin is available when it loads and passes the
+    self-check (a small mask drawn through it); using it never runs the check."""
+    if registry.is_built_in(name):
+        return registry.is_installed(name)
+    try:
+        checked_backend(name)
+    except BackendError:
+        return False
+    return True
+
+
+def available_backends() -> dict[str, bool]:
+    """Each registered backend name mapped to whether it can be used here: for a built-in
+    backend, its framework is installed (it is not imported); a plugin is loaded and passes the
+    self-check of ``xdrop.conformance``, as ``xdrop conformance`` requires.
+
+    >>> xdrop.available_backends()["numpy"]
+    True
+    """
+    return {name: is_available(name) for name in registry.registered_names()}

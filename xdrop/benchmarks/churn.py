@@ -1,5 +1,5 @@
 """What real training code does to eager calls: a new rate on every call (a schedule, a sweep)
-and a new shape on most calls (ragged batches). ``python benchmarks/churn.py [--quick]``.
+and a new shape on most calls (ragged batches). ``python -m xdrop.benchmarks.churn [--quick]``.
 
 Targets (``docs/performance.md``), on eager JAX and TensorFlow, and on NumPy and PyTorch:
 
@@ -14,49 +14,66 @@ Each line prints the two times, their ratio and the target, and whether it is me
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
-import resource
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
 
 import xdrop
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+Framework = tuple[Callable[[tuple[int, ...]], Any], Callable[[Any], Any]]
+"""How to make an input of a shape, and the framework's own dropout of it."""
 
 
-def frameworks() -> dict[str, tuple[Callable[[tuple[int, ...]], Any], Callable[[Any], Any]]]:
-    """For each installed framework: make an input of a shape, and the framework's own dropout."""
-    found: dict[str, tuple[Callable[[tuple[int, ...]], Any], Callable[[Any], Any]]] = {}
-    found["numpy"] = (
+def _numpy() -> Framework:
+    return (
         lambda shape: np.ones(shape, np.float32),
         lambda x: np.where(np.random.default_rng().random(x.shape) < 0.5, x * 2, 0),
     )
-    try:
-        import torch
 
-        found["torch"] = (lambda shape: torch.ones(shape), lambda x: torch.nn.functional.dropout(x))
-    except ImportError:
-        pass
-    try:
-        import tensorflow as tf
 
-        found["tensorflow"] = (lambda shape: tf.ones(shape), lambda x: tf.nn.dropout(x, 0.5))
-    except ImportError:
-        pass
-    try:
-        import jax
+def _torch() -> Framework:
+    import torch
 
-        def flax_style(x: Any) -> Any:
-            key = jax.random.key(int(time.perf_counter_ns() % 2**31))
-            return jax.numpy.where(jax.random.bernoulli(key, 0.5, x.shape), x * 2, 0)
+    return lambda shape: torch.ones(shape), lambda x: torch.nn.functional.dropout(x)
 
-        found["jax"] = (lambda shape: jax.numpy.ones(shape), flax_style)
-    except ImportError:
-        pass
+
+def _tensorflow() -> Framework:
+    import tensorflow as tf
+
+    return lambda shape: tf.ones(shape), lambda x: tf.nn.dropout(x, 0.5)
+
+
+def _jax() -> Framework:
+    import jax
+
+    def flax_style(x: Any) -> Any:
+        key = jax.random.key(int(time.perf_counter_ns() % 2**31))
+        return jax.numpy.where(jax.random.bernoulli(key, 0.5, x.shape), x * 2, 0)
+
+    return lambda shape: jax.numpy.ones(shape), flax_style
+
+
+FRAMEWORKS: dict[str, Callable[[], Framework]] = {
+    "numpy": _numpy,
+    "torch": _torch,
+    "tensorflow": _tensorflow,
+    "jax": _jax,
+}
+
+
+def frameworks(names: Iterable[str] | None = None) -> dict[str, Framework]:
+    """Each framework of ``names`` (default: every one) that is installed; only those are
+    imported."""
+    found: dict[str, Framework] = {}
+    for name in FRAMEWORKS if names is None else names:
+        with contextlib.suppress(ImportError):  # not installed: left out
+            found[name] = FRAMEWORKS[name]()
     return found
 
 
@@ -70,6 +87,8 @@ def timed(calls: Callable[[], Any]) -> float:
 
 def resident_mib() -> float:
     """The resident memory now (Linux); elsewhere the peak so far."""
+    import resource  # POSIX only: imported here so that the package imports everywhere
+
     try:
         with open("/proc/self/statm") as statm:
             return int(statm.read().split()[1]) * resource.getpagesize() / 2**20
@@ -117,16 +136,28 @@ class Collect(logging.Handler):
         self.messages.append(record.getMessage())
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None) -> int:
+    """Measure and print the table; exit status 2 with one line for a bad argument."""
+    parser = argparse.ArgumentParser(
+        prog="python -m xdrop.benchmarks.churn", description=(__doc__ or "").split("\n\n")[0]
+    )
     parser.add_argument("--quick", action="store_true", help="100 rates and 30 shapes")
     parser.add_argument("--backends", nargs="*", help="only these (default: every installed one)")
-    arguments = parser.parse_args()
+    arguments = parser.parse_args(argv)
     rates, shapes = (100, 30) if arguments.quick else (1000, 300)
+    unknown = [name for name in arguments.backends or () if name not in FRAMEWORKS]
+    if unknown:
+        parser.error(f"argument --backends: unknown {', '.join(map(repr, unknown))}; "
+                     f"known: {', '.join(FRAMEWORKS)}")  # fmt: skip
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter
+    found = frameworks(dict.fromkeys(arguments.backends) if arguments.backends else None)
+    missing = [name for name in arguments.backends or () if name not in found]
+    if missing:
+        parser.error(f"argument --backends: not installed here: {', '.join(map(repr, missing))}")
     warnings: list[str] = []
     logging.getLogger("tensorflow").addHandler(Collect(warnings))
     rows: list[tuple[str, str, str, float, float]] = []  # backend, what, detail, value, limit
-    for name, (make, own) in frameworks().items():
+    for name, (make, own) in found.items():
         if not arguments.backends or name in arguments.backends:
             rows += measure(name, make, own, rates, shapes)
     print(f"{'backend':<11} {'what':<40} {'measured':<24} {'value':>7} {'limit':>6}")
@@ -135,7 +166,8 @@ def main() -> None:
         print(f"{name:<11} {what:<40} {detail:<24} {value:7.2f} {limit:6.1f} {verdict}")
     retracing = [message for message in warnings if "retracing" in message]
     print(f"TensorFlow retracing warnings: {len(retracing)}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
