@@ -356,6 +356,28 @@ def test_torch_forward_mode_gradients(torch, monkeypatch):
     assert_same_bits(dy, dy0, "float32")
 
 
+def test_torch_negative_views_drop_the_values_they_stand_for(torch, monkeypatch):
+    """A lazily negated view (``_neg_view``, which ``torch.conj`` and ``torch.neg`` of views make)
+    shares ``x``'s buffer and carries a bit that says "negate": the kernel reads the values, in the
+    forward pass and for a gradient that is such a view."""
+    values = torch.randn(64)
+    upstream = torch.randn(64)
+
+    def call():
+        x = values.clone()._neg_view().requires_grad_()
+        y = xdrop.dropout(x, 0.5, seed=1)
+        (grad,) = torch.autograd.grad(y, x, upstream._neg_view())
+        plain = xdrop.dropout(values._neg_view(), 0.5, seed=1)
+        return y.detach().numpy(), grad.resolve_neg().numpy(), plain.numpy()
+
+    with_kernel, without = both_paths(monkeypatch, call)
+    for a, b in zip(with_kernel, without, strict=True):
+        assert_same_bits(a, b, "float32")
+    expected = xdrop.dropout(-values, 0.5, seed=1).numpy()
+    assert_same_bits(with_kernel[0], expected, "float32")
+    assert_same_bits(with_kernel[2], expected, "float32")
+
+
 def test_torch_func_transforms_and_no_grad_keep_working(torch, monkeypatch):
     x = torch.randn(4, 50)
 
