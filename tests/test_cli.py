@@ -202,6 +202,16 @@ def test_info_says_what_runs_here_and_where_each_default_came_from(monkeypatch, 
     assert "generator: none:" in out and "XDROP_RNG" in out
 
 
+def test_info_reports_a_bad_xdrop_kernel_instead_of_failing(monkeypatch, capsys):
+    monkeypatch.setenv("XDROP_KERNEL", "2")
+    kernel.refresh()  # as a new process reads it
+    status, out, _ = run_main(["info"], capsys)
+    assert status == 0  # a bad setting is reported, as a bad XDROP_BACKEND is
+    assert kernel.status() in out
+    if kernel.compiled is not None:
+        assert "compiled kernel: none: XDROP_KERNEL must be" in out and "'2'" in out
+
+
 def test_progress_piped_is_plain_lines_ending_with_the_total(capsys):
     status, _, err = run_main(CONFORMANCE, capsys)
     assert status == 0 and "\r" not in err
