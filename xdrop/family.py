@@ -229,7 +229,7 @@ def drop_path(
     scaled = check_flag("scale_by_keep", scale_by_keep)
     noise = (None,) + (1,) * (ndim - 1) if mode == "row" else (1,) * ndim
     if not scaled and not check_flag("training", training):
-        check_rate(p, xp)  # classic evaluation would scale by 1 - p: DropPath returns x
+        check_rate(p, xp, like=x)  # classic evaluation would scale by 1 - p: DropPath returns x
         seeds.validate_seed(seed, xp)
         return x
     return api.dropout(
@@ -345,7 +345,7 @@ def _common(x: Any, p: object) -> tuple[Backend, Array, str, Rate]:
     xp = backend_for(x)
     x = as_input_array(xp, x)
     dtype = check_float_dtype(xp.dtype_name(x))
-    return xp, x, dtype, check_rate(p, xp)
+    return xp, x, dtype, check_rate(p, xp, like=x)
 
 
 def _noise_dims(xp: Backend, x: Array, noise: tuple[int | None, ...]) -> tuple[Dim, ...]:
