@@ -126,6 +126,7 @@ def gaussian_dropout(
     seed: seeds.SeedLike = None,
     noise_shape: Sequence[int | None] | None = None,
     offset: int = 0,
+    rng: Rng | None = None,
 ) -> Any:
     """Gaussian dropout (Srivastava et al. 2014, section 10): multiplicative noise of mean 1 and
     the variance ``p / (1 - p)`` of inverted dropout's factor::
@@ -146,6 +147,9 @@ def gaussian_dropout(
         seed, noise_shape, offset: as for :func:`xdrop.dropout` (the counters are the same; the
             values are normals instead of a mask). Keras' ``GaussianDropout`` is this without a
             noise shape.
+        rng: ``"portable"``, taken as the rest of the family takes it; ``"native"`` is refused
+            (xdrop draws no normals from the frameworks' own generators), and ``None`` is
+            portable whatever ``xdrop.set_rng`` / ``XDROP_RNG`` say.
 
     Example:
         >>> import numpy as np
@@ -153,6 +157,13 @@ def gaussian_dropout(
         array([-0.06545269,  1.5836947 ,  0.82184637], dtype=float32)
     """
     xp, x, dtype, rate = _common(x, p)
+    if rng is not None and seeds.check_rng(rng) != "portable":
+        raise bad_value(
+            "rng",
+            rng,
+            '"portable" for gaussian_dropout (or None): the frameworks\' own '
+            "generators give xdrop no normals",
+        )
     if isinstance(rate, float) and rate == 1:
         raise bad_value("p", p, "a real number in [0, 1) (p == 1 has infinite variance)")
     if not check_flag("training", training):
