@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from xdrop.errors import TracingError
 from xdrop.protocol import Backend, FamilyOps, Key, NativeGenerator, RateOps, SeedArrays
 
 
@@ -40,7 +41,12 @@ class TensorflowBackend(Backend, RateOps, FamilyOps, SeedArrays, NativeGenerator
 
     def shape(self, x: Any) -> tuple[int | None, ...]:
         if x.shape.rank is None:
-            raise TypeError(f"xdrop needs a tensor of known rank; got shape {x.shape}")
+            raise TracingError(
+                "xdrop needs tensors (x, p, seeds) of known rank, got one of unknown rank while "
+                "tracing: give the tf.function an input_signature with each rank "
+                "(tf.TensorSpec([None, None]) for any 2-d tensor), or call "
+                "x = tf.ensure_shape(x, [None, None]) first"
+            )
         return tuple(x.shape.as_list())
 
     def runtime_shape(self, x: Any) -> tuple[Any, ...]:
@@ -129,12 +135,12 @@ class TensorflowBackend(Backend, RateOps, FamilyOps, SeedArrays, NativeGenerator
         return call
 
     def stage(self, function: Callable[..., Any]) -> Callable[..., Any]:
-        return self.compile(function)  # eagerly and in graphs without XLA, one fused step
+        return _quiet(self.compile(function))  # eagerly and in graphs without XLA, one fused step
 
     def stage_any_shape(self, function: Callable[..., Any]) -> Callable[..., Any]:
         # a graph (no XLA) whose sizes relax to None after the first retrace: a new shape costs
         # about a millisecond, against a hundred for an XLA compilation
-        return self.tf.function(function, reduce_retracing=True, autograph=False)
+        return _quiet(self.tf.function(function, reduce_retracing=True, autograph=False))
 
     def is_tracing(self, x: Any) -> bool:
         return not self.tf.executing_eagerly()
@@ -254,3 +260,12 @@ class TensorflowBackend(Backend, RateOps, FamilyOps, SeedArrays, NativeGenerator
         elif isinstance(b, (int, float)):
             b = self.tf.constant(b, a.dtype)
         return a, b
+
+
+def _quiet(function: Any) -> Any:
+    """``function``, a ``tf.function`` that xdrop stages, without TensorFlow's warning that it
+    retraces often: xdrop's steps trace once per program by design (each new shape or dtype), and
+    the warning's advice is for a user's own functions. The switch is the one TensorFlow sets on
+    the functions it restores from a SavedModel; a version without it just warns."""
+    function._omit_frequent_tracing_warning = True
+    return function

@@ -14,6 +14,7 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ import numpy as np
 import pytest
 
 import xdrop
-from xdrop import registry
+from xdrop import kernel, registry
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -111,7 +112,11 @@ def host(xp: Any) -> Any:
 
 
 @pytest.fixture(autouse=True)
-def _fresh_global_state() -> None:
-    """Each test starts from the same global generator and no process-wide rng choice."""
+def _fresh_global_state() -> Iterator[None]:
+    """Each test starts from the same global generator and no process-wide rng choice, and ends
+    with ``XDROP_KERNEL`` read again: this fixture's end comes after ``monkeypatch`` restored
+    the variable, so a test that set it and called ``kernel.refresh()`` leaves nothing behind."""
     xdrop.manual_seed(1234)
     xdrop.set_rng(None)
+    yield
+    kernel.refresh()

@@ -76,3 +76,23 @@ def test_r_dropout_runs_on_the_standard_alone():
                                        reduction=reduction), rtol=1e-12, atol=1e-12)  # fmt: skip
     out1, out2 = xdrop.rdrop_forward(lambda x: x * 2.0, strict.ones((3, 2)))
     assert out1.shape == out2.shape == (3, 2)
+
+
+def test_a_rate_of_another_namespace_is_refused_with_what_to_do():
+    """The generic backend runs any namespace, but a rate must be of x's own (a JAX rate on a
+    strict array cannot be computed with while traced): refused eagerly and under jax.jit alike."""
+    jax = pytest.importorskip("jax")
+    x = strict.ones(4)
+    message = r"p must be a real number in \[0, 1\] or a 0-d float array of x's framework"
+    calls = [
+        lambda: xdrop.dropout(x, jax.numpy.asarray(0.5), seed=1),
+        lambda: jax.jit(lambda p: xdrop.dropout(x, p, seed=1))(jax.numpy.asarray(0.5)),
+        lambda: xdrop.dropout_mask(4, jax.numpy.asarray(0.5), seed=1, like=x),
+        lambda: xdrop.alpha_dropout(x, jax.numpy.asarray(0.5), seed=1),
+        lambda: xdrop.drop_path(strict.ones((4, 2)), jax.numpy.asarray(0.5), seed=1),
+    ]
+    for call in calls:
+        with pytest.raises(xdrop.ArgumentTypeError, match=message):
+            call()
+    same = xdrop.dropout(x, strict.asarray(0.5), seed=1)  # x's own namespace, and NumPy, are fine
+    assert (np.asarray(same) == xdrop.dropout(x, np.asarray(0.5), seed=1)).all()

@@ -345,6 +345,16 @@ def test_conformance_on_a_terminal_draws_one_progress_bar():
                             f"{len(golden.load()['cases'])} cases passed)")  # fmt: skip
 
 
+def test_info_reports_a_bad_xdrop_kernel_instead_of_failing(monkeypatch, capsys):
+    monkeypatch.setenv("XDROP_KERNEL", "2")
+    kernel.refresh()  # as a new process reads it
+    status, out, _ = run_main(["info"], capsys)
+    assert status == 0  # a bad setting is reported, as a bad XDROP_BACKEND is
+    assert kernel.status() in out
+    if kernel.compiled is not None:
+        assert "compiled kernel: none: XDROP_KERNEL must be" in out and "'2'" in out
+
+
 def test_progress_piped_is_plain_lines_ending_with_the_total(capsys):
     status, _, err = run_main([*CONFORMANCE, "--verbose"], capsys)
     assert status == 0 and "\r" not in err

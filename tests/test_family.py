@@ -115,6 +115,21 @@ def test_gaussian_dropout_edges(xp, array, host):
         xdrop.gaussian_dropout(x, 1.0, seed=1)
 
 
+def test_gaussian_dropout_takes_rng_as_the_family_does(xp, array, host):
+    x = array(np.ones((4, 6)))
+    portable = host(xdrop.gaussian_dropout(x, 0.5, seed=1))
+    np.testing.assert_array_equal(
+        host(xdrop.gaussian_dropout(x, 0.5, seed=1, rng="portable")), portable
+    )
+    with xdrop.use_rng("native"):  # the default stays portable: no generator gives normals
+        np.testing.assert_array_equal(host(xdrop.gaussian_dropout(x, 0.5, seed=1)), portable)
+    message = 'rng must be "portable" for gaussian_dropout'
+    with pytest.raises(xdrop.ArgumentValueError, match=message):
+        xdrop.gaussian_dropout(x, 0.5, seed=1, rng="native")
+    with pytest.raises(xdrop.ArgumentValueError, match='rng must be one of "portable", "native"'):
+        xdrop.gaussian_dropout(x, 0.5, seed=1, rng="fast")
+
+
 # -- DropPath --------------------------------------------------------------------------------------
 def test_drop_path_drops_whole_rows_as_dropout_with_a_row_noise_shape(xp, array, host):
     x = array(np.random.default_rng(5).normal(size=(64, 3, 4)))

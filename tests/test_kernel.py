@@ -53,13 +53,23 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return seen
 
 
+def set_kernel_variable(monkeypatch: pytest.MonkeyPatch, value: str | None) -> None:
+    """``XDROP_KERNEL`` set to ``value`` (None: unset) and read again; the test's end restores
+    the variable and reads it again (``tests/conftest.py``)."""
+    if value is None:
+        monkeypatch.delenv(kernel.ENVIRONMENT_VARIABLE, raising=False)
+    else:
+        monkeypatch.setenv(kernel.ENVIRONMENT_VARIABLE, value)
+    kernel.refresh()
+
+
 def both_paths(monkeypatch: pytest.MonkeyPatch, call):
     """``call()`` with the kernel, then with ``XDROP_KERNEL=0``."""
-    monkeypatch.delenv(kernel.ENVIRONMENT_VARIABLE, raising=False)
+    set_kernel_variable(monkeypatch, None)
     with_kernel = call()
-    monkeypatch.setenv(kernel.ENVIRONMENT_VARIABLE, "0")
+    set_kernel_variable(monkeypatch, "0")
     without = call()
-    monkeypatch.delenv(kernel.ENVIRONMENT_VARIABLE)
+    set_kernel_variable(monkeypatch, None)
     return with_kernel, without
 
 
@@ -219,21 +229,47 @@ def test_masks_at_another_shape_and_evaluation_do_not_use_the_kernel(fused, arra
 
 
 def test_xdrop_kernel_0_turns_the_kernel_off(fused, array, calls, monkeypatch):
-    monkeypatch.setenv("XDROP_KERNEL", "0")
+    set_kernel_variable(monkeypatch, "0")
     xdrop.dropout(array(np.ones(10)), 0.5, seed=1)
     assert calls == []
     assert "off" in kernel.status()
 
 
 def test_a_bad_xdrop_kernel_value_is_an_error_naming_it(fused, array, monkeypatch):
-    monkeypatch.setenv("XDROP_KERNEL", "yes")
+    set_kernel_variable(monkeypatch, "yes")
     with pytest.raises(xdrop.ArgumentValueError, match=r"XDROP_KERNEL must be .*'yes'"):
         xdrop.dropout(array(np.ones(3)), 0.5, seed=1)
 
 
 @needs_kernel
+def test_a_bad_xdrop_kernel_value_is_reported_by_the_status_line(monkeypatch):
+    set_kernel_variable(monkeypatch, "2")
+    assert kernel.status() == (
+        'compiled kernel: none: XDROP_KERNEL must be "0" (off) or "1" (on where available), '
+        "got '2'"
+    )
+
+
+def test_xdrop_kernel_is_read_once_until_refreshed(fused, array, calls, monkeypatch):
+    set_kernel_variable(monkeypatch, None)
+    monkeypatch.setenv("XDROP_KERNEL", "0")  # not read yet: the kernel stays on
+    xdrop.dropout(array(np.ones(10)), 0.5, seed=1)
+    assert calls == ["float32"]
+    monkeypatch.setenv("XDROP_KERNEL", "2")  # nor a bad value: calls keep working
+    xdrop.dropout(array(np.ones(10)), 0.5, seed=1)
+    assert calls == ["float32", "float32"]
+    kernel.refresh()
+    with pytest.raises(xdrop.ArgumentValueError, match="XDROP_KERNEL"):
+        xdrop.dropout(array(np.ones(10)), 0.5, seed=1)
+    monkeypatch.setenv("XDROP_KERNEL", "0")
+    kernel.refresh()
+    xdrop.dropout(array(np.ones(10)), 0.5, seed=1)
+    assert calls == ["float32", "float32"]
+
+
+@needs_kernel
 def test_status_says_the_kernel_is_in_use(monkeypatch):
-    monkeypatch.delenv("XDROP_KERNEL", raising=False)
+    set_kernel_variable(monkeypatch, None)
     assert "in use" in kernel.status()
 
 
@@ -356,6 +392,28 @@ def test_torch_forward_mode_gradients(torch, monkeypatch):
     assert_same_bits(dy, dy0, "float32")
 
 
+def test_torch_negative_views_drop_the_values_they_stand_for(torch, monkeypatch):
+    """A lazily negated view (``_neg_view``, which ``torch.conj`` and ``torch.neg`` of views make)
+    shares ``x``'s buffer and carries a bit that says "negate": the kernel reads the values, in the
+    forward pass and for a gradient that is such a view."""
+    values = torch.randn(64)
+    upstream = torch.randn(64)
+
+    def call():
+        x = values.clone()._neg_view().requires_grad_()
+        y = xdrop.dropout(x, 0.5, seed=1)
+        (grad,) = torch.autograd.grad(y, x, upstream._neg_view())
+        plain = xdrop.dropout(values._neg_view(), 0.5, seed=1)
+        return y.detach().numpy(), grad.resolve_neg().numpy(), plain.numpy()
+
+    with_kernel, without = both_paths(monkeypatch, call)
+    for a, b in zip(with_kernel, without, strict=True):
+        assert_same_bits(a, b, "float32")
+    expected = xdrop.dropout(-values, 0.5, seed=1).numpy()
+    assert_same_bits(with_kernel[0], expected, "float32")
+    assert_same_bits(with_kernel[2], expected, "float32")
+
+
 def test_torch_func_transforms_and_no_grad_keep_working(torch, monkeypatch):
     x = torch.randn(4, 50)
 
@@ -396,11 +454,11 @@ def test_the_triton_kernel_gives_the_bits_of_the_spec(monkeypatch):
                 threshold = spec.keep_threshold(p)
                 call = FusedCall(key, offset, threshold, factor, return_mask=True)
                 y, keep = torch_kernel.one_pass(x, triton_kernel.write, call)
-                monkeypatch.setenv("XDROP_KERNEL", "0")
+                set_kernel_variable(monkeypatch, "0")
                 seed = key[0] << 32 | key[1]
                 y0, keep0 = xdrop.dropout(x, p, seed=seed, mode=mode, offset=offset,
                                           return_mask=True)  # fmt: skip
-                monkeypatch.delenv("XDROP_KERNEL")
+                set_kernel_variable(monkeypatch, None)
                 assert torch.equal(keep, keep0), (dtype, p)
                 assert_same_bits(on_host(y), on_host(y0), dtype)
                 y_alone, no_keep = torch_kernel.one_pass(

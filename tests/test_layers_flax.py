@@ -154,6 +154,18 @@ def test_bad_arguments_name_the_argument_the_value_and_what_is_allowed(arguments
     assert_refused(lambda: Dropout(**arguments), error, message)
 
 
+@pytest.mark.parametrize("value", ["no", 0, "jnp.ones(2)"])
+def test_a_bad_deterministic_at_call_time_or_in_a_view_is_refused(value):
+    value = jnp.ones(2) if value == "jnp.ones(2)" else value  # an array is not a flag either
+    layer = Dropout(0.5, seed=0)
+    message = "deterministic must be True or False (or None: the module's own)"
+    assert_refused(
+        lambda: layer(jnp.ones(4), deterministic=value), xdrop.ArgumentTypeError, message
+    )
+    assert_refused(lambda: nnx.view(layer, deterministic=value), xdrop.ArgumentTypeError, message)
+    assert int(layer.step[...]) == 0 and layer.deterministic is False
+
+
 def test_a_model_trains_on_digits_as_well_as_with_nnx_dropout():
     pixels, labels = digits()
     optax = pytest.importorskip("optax")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
@@ -114,3 +115,36 @@ def test_two_tf_functions_with_one_rate_share_no_graph_tensors():
     second = tf.function(lambda v: xdrop.dropout(v, 0.3, seed=1))(x)
     assert (first.numpy() == second.numpy()).all()
     assert (first.numpy() == xdrop.dropout(x, 0.3, seed=1).numpy()).all()  # eager
+
+
+def test_eager_calls_of_changing_shapes_log_no_retracing_warning():
+    """xdrop stages eager calls as tf.functions of its own; their traces for new shapes are
+    xdrop's business, not a retracing in the user's code that TensorFlow should warn about."""
+    records: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record.getMessage())
+
+    handler = Collect(logging.WARNING)
+    logger = logging.getLogger("tensorflow")
+    logger.addHandler(handler)
+    try:
+        for rank in range(1, 4):
+            for size in range(1, 9):
+                for _ in range(3):  # past xdrop.api.COMPILE_AFTER: a program per shape
+                    xdrop.dropout(tf.ones((size,) * rank), 0.5, seed=size)
+                    xdrop.dropout(tf.ones((size,) * rank), tf.constant(0.25), seed=size)
+    finally:
+        logger.removeHandler(handler)
+    assert not [record for record in records if "retracing" in record]
+
+
+def test_a_tensor_of_unknown_rank_is_refused_with_what_to_do():
+    @tf.function(input_signature=[tf.TensorSpec(None, tf.float32)])
+    def unknown_rank(x):
+        return xdrop.dropout(x, 0.5, seed=1)
+
+    expected = r"xdrop needs tensors \(x, p, seeds\) of known rank.*input_signature"
+    with pytest.raises(xdrop.TracingError, match=expected):
+        unknown_rank(tf.ones((2, 3)))

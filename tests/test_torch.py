@@ -142,3 +142,17 @@ def test_native_mode_takes_seed_tensors_as_the_integers_they_hold():
         assert torch.equal(xdrop.dropout(x, 0.5, rng="native", seed=tensor), expected)
         assert torch.equal(xdrop.dropout_mask(256, 0.5, rng="native", seed=tensor, like=x),
                            xdrop.dropout_mask(256, 0.5, rng="native", seed=value, like=x))  # fmt: skip
+
+
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+def test_a_rate_on_the_meta_device_is_refused_with_what_to_do(device):
+    """A meta tensor has no value to read: refused with xdrop's error, not torch's."""
+    rate = torch.tensor(0.5, device="meta")
+    message = "p must be a Python float or a 0-d float array whose value can be read"
+    for call in (
+        lambda: xdrop.dropout(torch.ones(4, device=device), rate, seed=1),
+        lambda: xdrop.alpha_dropout(torch.ones(4, device=device), rate, seed=1),
+        lambda: xdrop.dropout_mask(4, rate, seed=1, like=torch.ones(4, device=device)),
+    ):
+        with pytest.raises(xdrop.ArgumentValueError, match=message):
+            call()

@@ -125,6 +125,7 @@ def gaussian_dropout(
     seed: seeds.SeedLike = None,
     noise_shape: Sequence[int | None] | None = None,
     offset: int = 0,
+    rng: Rng | None = None,
 ) -> Any:
     """Gaussian dropout (Srivastava et al. 2014, section 10): multiplicative noise of mean 1 and
     the variance ``p / (1 - p)`` of inverted dropout's factor::
@@ -145,6 +146,9 @@ def gaussian_dropout(
         seed, noise_shape, offset: as for :func:`xdrop.dropout` (the counters are the same; the
             values are normals instead of a mask). Keras' ``GaussianDropout`` is this without a
             noise shape.
+        rng: ``"portable"``, taken as the rest of the family takes it; ``"native"`` is refused
+            (xdrop draws no normals from the frameworks' own generators), and ``None`` is
+            portable whatever ``xdrop.set_rng`` / ``XDROP_RNG`` say.
 
     Example:
         >>> import numpy as np
@@ -152,6 +156,13 @@ def gaussian_dropout(
         array([-0.06545269,  1.5836947 ,  0.82184637], dtype=float32)
     """
     xp, x, dtype, rate = _common(x, p)
+    if rng is not None and seeds.check_rng(rng) != "portable":
+        raise bad_value(
+            "rng",
+            rng,
+            '"portable" for gaussian_dropout (or None): the frameworks\' own '
+            "generators give xdrop no normals",
+        )
     if isinstance(rate, float) and rate == 1:
         raise bad_value("p", p, "a real number in [0, 1) (p == 1 has infinite variance)")
     if not check_flag("training", training):
@@ -228,7 +239,7 @@ def drop_path(
     scaled = check_flag("scale_by_keep", scale_by_keep)
     noise = (None,) + (1,) * (ndim - 1) if mode == "row" else (1,) * ndim
     if not scaled and not check_flag("training", training):
-        check_rate(p, xp)  # classic evaluation would scale by 1 - p: DropPath returns x
+        check_rate(p, xp, like=x)  # classic evaluation would scale by 1 - p: DropPath returns x
         seeds.validate_seed(seed, xp)
         return x
     return api.dropout(
@@ -351,7 +362,7 @@ def _common(x: Any, p: object) -> tuple[Backend, Array, str, Rate]:
     xp = backend_for(x)
     x = as_input_array(xp, x)
     dtype = check_float_dtype(xp.dtype_name(x))
-    return xp, x, dtype, check_rate(p, xp)
+    return xp, x, dtype, check_rate(p, xp, like=x)
 
 
 def _noise_dims(xp: Backend, x: Array, noise: tuple[int | None, ...]) -> tuple[Dim, ...]:

@@ -15,8 +15,11 @@ Strided inputs are first copied to row-major order. CUDA tensors run the same al
 Triton kernel (:mod:`xdrop.triton_kernel`).
 
 ``XDROP_KERNEL=0`` turns fused kernels off (``1`` or unset: on where available): the spec's
-operations then run, with the same bits. A machine without a C compiler installs xdrop without
-the extension, and it runs as with ``XDROP_KERNEL=0``.
+operations then run, with the same bits. The variable is read once, when xdrop is imported;
+:func:`refresh` reads it again after a change to ``os.environ``. Another value makes every call
+that would use a kernel raise an :class:`~xdrop.errors.ArgumentValueError` naming it (``xdrop
+info`` reports it). A machine without a C compiler installs xdrop without the extension, and it
+runs as with ``XDROP_KERNEL=0``.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from xdrop import spec
-from xdrop.errors import bad_value
+from xdrop.errors import XdropError, bad_value
 from xdrop.fused import FusedCall
 from xdrop.protocol import Array, Backend, Key
 
@@ -45,21 +48,42 @@ except ImportError as error:  # built without a compiler, or the build failed: t
     MISSING = str(error)
 
 
+_ALLOWED = '"0" (off) or "1" (on where available)'
+_setting = ""
+"""``XDROP_KERNEL`` as :func:`refresh` last read it, stripped."""
+
+
+def refresh() -> None:
+    """Read ``XDROP_KERNEL`` again. It is read once, when xdrop is imported, so that a call
+    costs no look-up in ``os.environ``; a program that changes the variable later calls this
+    (``os.environ["XDROP_KERNEL"] = "0"; xdrop.kernel.refresh()``)."""
+    global _setting
+    _setting = os.environ.get(ENVIRONMENT_VARIABLE, "").strip()
+
+
+refresh()
+
+
 def enabled() -> bool:
-    """Whether fused kernels may be used: ``XDROP_KERNEL`` is unset, ``"1"`` or ``"0"``."""
-    setting = os.environ.get(ENVIRONMENT_VARIABLE, "").strip()
-    if setting in ("", "1"):
+    """Whether fused kernels may be used: ``XDROP_KERNEL`` is unset, ``"1"`` or ``"0"``; another
+    value is an :class:`~xdrop.errors.ArgumentValueError` naming it."""
+    if _setting in ("", "1"):
         return True
-    if setting == "0":
+    if _setting == "0":
         return False
-    raise bad_value(ENVIRONMENT_VARIABLE, setting, '"0" (off) or "1" (on where available)')
+    raise bad_value(ENVIRONMENT_VARIABLE, _setting, _ALLOWED)
 
 
 def status() -> str:
-    """One line on the compiled kernel, as ``xdrop conformance`` and ``xdrop bench`` print it."""
+    """One line on the compiled kernel, as ``xdrop info``, ``xdrop conformance`` and ``xdrop
+    bench`` print it; a bad ``XDROP_KERNEL`` is reported here, not raised."""
     if compiled is None:
         return f"compiled kernel: not built ({MISSING}); the spec's operations run"
-    if not enabled():
+    try:
+        on = enabled()
+    except XdropError as error:
+        return f"compiled kernel: none: {error}"
+    if not on:
         return f"compiled kernel: built, off ({ENVIRONMENT_VARIABLE}=0); the spec's operations run"
     return "compiled kernel: in use (NumPy, CPU torch tensors in eager mode)"
 

@@ -66,7 +66,9 @@ def one_pass(x: Any, write: Write, call: FusedCall) -> tuple[Any, Any]:
     """``(y, keep or None)`` from ``write`` on ``x``'s buffer: a strided ``x`` is copied to
     row-major order first (the mask follows the logical row-major index); ``y`` and ``keep``
     are new contiguous tensors on ``x``'s device."""
-    source = x.detach()
+    # a lazily negated (or conjugated) view holds the buffer of the values it negates: the
+    # kernel reads buffers, so the bits are resolved first (no copy where none is set)
+    source = x.detach().resolve_neg().resolve_conj()
     if not source.is_contiguous():
         source = source.contiguous()
     # empty_like: a quarter of torch.empty's cost, which matters at 1e3 elements

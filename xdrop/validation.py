@@ -6,7 +6,7 @@ import math
 import numbers
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Union, cast
 
 import numpy as np
@@ -43,9 +43,10 @@ def is_integer(value: object) -> bool:
     return as_integer(value) is not None
 
 
-def check_rate(p: object, xp: Backend | None = None) -> Rate:
+def check_rate(p: object, xp: Backend | None = None, like: object = None) -> Rate:
     """``p`` as a float in ``[0, 1]``; a 0-d float array is read as its value, unless it is being
-    traced (then it is returned as it is, and the spec computes with it in the graph)."""
+    traced (then it is returned as it is, and the spec computes with it in the graph). ``like``
+    is the array ``p`` goes with, if any: an Array API array's rate must share its namespace."""
     if isinstance(p, (bool, np.bool_)):
         raise bad_type("p", p, RATE_ALLOWED)
     if isinstance(p, numbers.Real):
@@ -58,14 +59,38 @@ def check_rate(p: object, xp: Backend | None = None) -> Rate:
         if dtype not in FLOAT_DTYPES or shape != ():
             shown = Shown(f"<{dtype} array of shape {shape}>", type(array).__name__)
             raise bad_type("p", shown, RATE_ALLOWED)
+        # the generic backend claims every namespace: a JAX rate beside a strict array would be
+        # read eagerly but cannot be computed with once traced (NumPy rates are read, always)
+        foreign = like is not None and _namespace(p) != _namespace(like)
+        if owner is not None and foreign and not isinstance(p, np.ndarray):
+            raise bad_type("p", p, RATE_ALLOWED)
         if owner is not None and owner.is_tracing(array):
             return array
-        value = float(array if owner is None else owner.to_numpy(array))
+        value = _read_rate(lambda: float(array if owner is None else owner.to_numpy(array)))
     else:
         raise bad_type("p", p, RATE_ALLOWED)
     if not 0.0 <= value <= 1.0:  # NaN fails both comparisons
         raise bad_value("p", p, "a real number in [0, 1]")
     return value
+
+
+def _namespace(x: object) -> object:
+    """``x``'s Array API namespace, or None (no array, or one that names none)."""
+    method = getattr(x, "__array_namespace__", None)
+    return None if method is None else method()
+
+
+def _read_rate(read: Callable[[], float]) -> float:
+    """A concrete rate's value, ``read()``, or an error that says to pass one whose value can be
+    read: a torch tensor on the meta device holds none."""
+    try:
+        return read()
+    except Exception as error:  # the framework's own error, whatever it is: ours names p
+        raise bad_value(
+            "p",
+            Shown(f"<0-d array that cannot be read: {error}>"),
+            "a Python float or a 0-d float array whose value can be read (on x's device)",
+        ) from error
 
 
 def check_mode(mode: object) -> Mode:

@@ -212,6 +212,28 @@ def test_bad_arguments_name_the_argument_the_value_and_what_is_allowed(make, err
     assert_refused(make, error, message)
 
 
+@pytest.mark.parametrize("training", [True, False])
+def test_inputs_of_the_wrong_rank_are_refused_with_the_rank_and_layout_expected(training):
+    from xdrop.layers.keras import DropBlock2D
+
+    cases = [(SpatialDropout1D(0.5, seed=0), "a 3-d tensor (samples, timesteps, channels)"),
+             (SpatialDropout2D(0.5, "channels_last", seed=0),
+              "a 4-d tensor (samples, rows, cols, channels)"),
+             (SpatialDropout2D(0.5, "channels_first", seed=0),
+              "a 4-d tensor (samples, channels, rows, cols)"),
+             (SpatialDropout3D(0.5, "channels_last", seed=0),
+              "a 5-d tensor (samples, dim1, dim2, dim3, channels)"),
+             (DropBlock2D(0.3, 3, "channels_last", seed=0),
+              "a 4-d tensor (samples, rows, cols, channels)")]  # fmt: skip
+    for layer, allowed in cases:
+        assert_refused(
+            lambda layer=layer: layer(np.ones((2, 3), "float32"), training=training),
+            xdrop.ArgumentValueError,
+            f"inputs must be {allowed}, got <tensor of shape (2, 3)>",
+        )
+        assert step_of(layer) == 0
+
+
 def test_a_model_trains_on_digits_as_well_as_with_keras_dropout():
     x, y = digits()
     accuracies = []

@@ -91,7 +91,7 @@ class Dropout(common.DropoutDraws, nnx.Module):
     """Sample when deterministic too (Monte Carlo dropout); :func:`set_mc_sampling` sets it."""
 
     def __call__(self, inputs: jax.Array, *, deterministic: bool | None = None) -> jax.Array:
-        deterministic = self.deterministic if deterministic is None else deterministic
+        deterministic = _check_deterministic(deterministic, self.deterministic)
         if deterministic and not self.mc_sampling:
             return self._evaluate(inputs, self.rate)  # type: ignore[no-any-return]
         common.check_shared_axes("broadcast_dims", self.broadcast_dims, inputs.ndim)
@@ -104,8 +104,7 @@ class Dropout(common.DropoutDraws, nnx.Module):
 
     def set_view(self, deterministic: bool | None = None) -> None:
         """Used by ``nnx.view(model, deterministic=...)``."""
-        if deterministic is not None:
-            self.deterministic = deterministic
+        self.deterministic = _check_deterministic(deterministic, self.deterministic)
 
     @property
     def seed_value(self) -> int:
@@ -187,6 +186,16 @@ class DropBlock2D(common.DropBlock2DDraws, Dropout):
         super().__init__(rate, deterministic=deterministic, seed=seed)
         self.block_size = common.check_block_size(block_size)
         self.data_format = common.check_data_format(data_format)
+
+
+def _check_deterministic(value: object, default: bool) -> bool:
+    """A call's or a view's ``deterministic``: True, False, or None for ``default``. Anything
+    else is refused rather than read for its truth (``"no"`` would mean evaluation)."""
+    if value is None:
+        return default
+    if not isinstance(value, (bool, np.bool_)):
+        raise bad_type("deterministic", value, "True or False (or None: the module's own)")
+    return bool(value)
 
 
 def set_mc_sampling(model: nnx.Module, enabled: bool = True) -> int:
