@@ -4,7 +4,9 @@ entries and images that loaded. Skipped where mkdocs or Chromium is missing."""
 
 from __future__ import annotations
 
+import ast
 import functools
+import html
 import http.server
 import json
 import re
@@ -126,6 +128,63 @@ def test_the_api_page_shows_every_public_function_with_its_documentation(site, s
     assert "Zero each element of x with probability p" in text  # a docstring, rendered
     assert "return_mask" in text and "Returns" in text and "Example" in text
     assert ":func:" not in text and "``" not in text  # no raw reStructuredText
+
+
+# The modules whose public names (``__all__``) the API pages document, read without importing
+# a framework.
+PUBLIC_MODULES = {
+    "xdrop": ROOT / "xdrop" / "__init__.py",
+    "xdrop.layers.torch": ROOT / "xdrop" / "layers" / "torch.py",
+    "xdrop.layers.keras": ROOT / "xdrop" / "layers" / "keras.py",
+    "xdrop.layers.flax": ROOT / "xdrop" / "layers" / "flax.py",
+}
+
+
+def public_names(path: Path) -> list[str]:
+    """The literal ``__all__`` of the module at ``path``."""
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Assign) and any(
+            isinstance(target, ast.Name) and target.id == "__all__" for target in node.targets
+        ):
+            return list(ast.literal_eval(node.value))
+    raise AssertionError(f"{path} has no __all__")
+
+
+PUBLIC = [(module, name) for module, path in PUBLIC_MODULES.items() for name in public_names(path)]
+
+
+def search(index: dict[str, Any], query: str) -> list[str]:
+    """The locations the site's search (Material for MkDocs over lunr) finds for ``query``: both
+    split text at the index's separator and lower-case it, markup apart; each query term matches
+    the tokens it begins (the search appends a wildcard); a document must match every term."""
+    separator = re.compile(index["config"]["separator"])
+
+    def tokens(text: str) -> set[str]:
+        words = separator.split(html.unescape(re.sub(r"<[^>]*>", " ", text)))
+        return {word.lower() for word in words if word}
+
+    terms = tokens(query)
+    found = []
+    for document in index["docs"]:
+        words = tokens(document["title"]) | tokens(document["text"])
+        if all(any(word.startswith(term) for word in words) for term in terms):
+            found.append(document["location"])
+    return found
+
+
+@pytest.fixture(scope="module")
+def search_index(site: Path) -> dict[str, Any]:
+    return dict(json.loads((site / "search" / "search_index.json").read_text()))
+
+
+@pytest.mark.parametrize(("module", "name"), PUBLIC)
+def test_every_public_name_has_an_api_entry_the_search_finds(search_index, module, name):
+    anchor = f"#{module}.{name}"
+    entries = [doc["location"] for doc in search_index["docs"] if doc["location"].endswith(anchor)]
+    assert entries, f"{module}.{name} has no entry on the API pages"
+    # the name alone, and xdrop's own names as users write them in code: xdrop.mc_dropout
+    for query in (name, f"{module}.{name}") if module == "xdrop" else (name,):
+        assert set(entries) & set(search(search_index, query)), f"searching {query!r} misses it"
 
 
 def test_the_performance_page_shows_its_chart(site, server):
