@@ -118,6 +118,28 @@ def test_the_home_page_shows_the_title_the_tour_and_a_picture(site, server):
     assert home["images"] and all(image["loaded"] for image in home["images"]), home["images"]
 
 
+def nav_pages(entries: list[Any]) -> list[str]:
+    """The pages of the site's navigation (mkdocs.yml), each section's in order."""
+    pages = []
+    for entry in entries:
+        for value in entry.values() if isinstance(entry, dict) else [entry]:
+            pages += nav_pages(value) if isinstance(value, list) else [value]
+    return pages
+
+
+def test_the_home_page_links_every_page_of_the_navigation(site):
+    yaml = pytest.importorskip("yaml")
+    nav = yaml.safe_load((ROOT / "mkdocs.yml").read_text())["nav"]
+    api = next(section["API"] for entry in nav for section in entry.get("Reference", []) if
+               isinstance(section, dict) and "API" in section)  # fmt: skip
+    others = nav_pages(api)[1:]  # the API's first page links the other API pages
+    wanted = [page for page in nav_pages(nav) if page != "index.md" and page not in others]
+    article = (site / "index.html").read_text().split("<article", 1)[1].split("</article>")[0]
+    linked = {link.split("#")[0] for link in re.findall(r'href="([^"]+)"', article)}
+    missing = [page for page in wanted if page.removesuffix(".md") + "/" not in linked]
+    assert not missing, f"the home page's article links none of {missing}"
+
+
 def test_the_api_page_shows_every_public_function_with_its_documentation(site, server):
     api = seen(site, server, "api/xdrop/")
     assert api["heading"].strip() == "xdrop"
