@@ -44,6 +44,36 @@ def test_markdown_python_examples_run(document):
             exec(compile(block, str(path), "exec"), {})
 
 
+# The modules with a page of their own in the API reference (docs/api/), and those pages.
+API_PAGES = {
+    "xdrop.layers.torch": "api/layers-torch.md",
+    "xdrop.layers.keras": "api/layers-keras.md",
+    "xdrop.layers.flax": "api/layers-flax.md",
+    "xdrop.protocol": "api/protocol.md",
+    "xdrop.typing": "api/typing.md",
+}
+
+
+def prose(path: Path) -> str:
+    """The text of a Markdown page without its fenced code blocks."""
+    return re.sub(r"^\s*```.*?^\s*```", "", path.read_text(), flags=re.DOTALL | re.MULTILINE)
+
+
+@pytest.mark.parametrize("document", sorted(p.name for p in (ROOT / "docs").glob("*.md")))
+def test_pages_link_the_pages_and_modules_they_name(document):
+    """A page names another page of the site, or a module with an API page, as a link a reader
+    can follow: never as a path (``docs/spec.md``, ``xdrop/protocol.py``) alone."""
+    text = prose(ROOT / "docs" / document)
+    targets = {link.split("#")[0] for link in re.findall(r"\]\(([^)\s]+)\)", text)}
+    unlinked = re.sub(r"\[[^\]]*\]\([^)]*\)", "", text)
+    paths = sorted(set(re.findall(r"\bdocs/[\w/-]+\.md\b", unlinked)))
+    assert not paths, f"{document} names {paths} without linking them"
+    for module, page in API_PAGES.items():
+        path = module.replace(".", "/") + ".py"
+        if re.search(rf"`{re.escape(module)}\b|`{re.escape(path)}`", text):
+            assert page in targets, f"{document} names {module} but never links {page}"
+
+
 @pytest.mark.parametrize("module_name", MODULES)
 def test_docstring_examples_run(module_name):
     if module_name.startswith("xdrop.layers."):  # a layer module imports its framework

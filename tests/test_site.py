@@ -209,6 +209,18 @@ def test_every_public_name_has_an_api_entry_the_search_finds(search_index, modul
         assert set(entries) & set(search(search_index, query)), f"searching {query!r} misses it"
 
 
+def article_text(page: Path) -> str:
+    """The text of a built page's article, markup removed."""
+    article = page.read_text().split("<article", 1)[1].split("</article>")[0]
+    return html.unescape(re.sub(r"<[^>]*>", "", article))
+
+
+def test_the_api_pages_link_the_pages_their_docstrings_name(site):
+    for page in sorted((site / "api").glob("*/index.html")):
+        paths = re.findall(r"\bdocs/[\w-]+\.md\b", article_text(page))
+        assert not paths, f"{page.parent.name} names {paths} without linking them"
+
+
 def test_the_performance_page_shows_its_chart(site, server):
     page = seen(site, server, "performance/")
     assert any(image["src"].endswith("performance.png") for image in page["images"])
