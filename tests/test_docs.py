@@ -6,6 +6,7 @@ import ast
 import doctest
 import importlib
 import importlib.util
+import json
 import pkgutil
 import re
 from pathlib import Path
@@ -72,6 +73,15 @@ def test_pages_link_the_pages_and_modules_they_name(document):
         path = module.replace(".", "/") + ".py"
         if re.search(rf"`{re.escape(module)}\b|`{re.escape(path)}`", text):
             assert page in targets, f"{document} names {module} but never links {page}"
+
+
+def test_the_monte_carlo_page_quotes_its_figure():
+    """docs/mc-dropout.md states the k at which Monte Carlo averaging reaches weight scaling that
+    make_figures.py found when it drew the committed figure (and wrote beside it)."""
+    record = json.loads((ROOT / "docs" / "figures" / "mc-vs-weight-scaling.json").read_text())
+    k = record["reaches_weight_scaling_at_k"]
+    page = (ROOT / "docs" / "mc-dropout.md").read_text()
+    assert re.findall(r"reaches weight scaling at (?:about )?`k = (\d+)`", page) == [str(k)]
 
 
 @pytest.mark.parametrize("module_name", MODULES)
