@@ -75,6 +75,37 @@ def test_pages_link_the_pages_and_modules_they_name(document):
             assert page in targets, f"{document} names {module} but never links {page}"
 
 
+# The widest code line the site shows without a scrollbar: Material's page is 61rem, less two
+# 12.1rem sidebars and 1.2rem margins, less the code block's padding, at 0.68rem monospace
+# (0.6em a character) is 80 characters. tests/test_site.py holds the API pages to it too.
+CODE_WIDTH = 80
+
+
+def code_lines(path: Path) -> list[tuple[int, str]]:
+    """``(line number, line)`` of each line inside a fenced code block of a Markdown page, but
+    the recorded output of ``xdrop bench`` under "## The tables" (a wide table, as printed)."""
+    lines, inside, recorded = [], False, False
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if line.startswith("## "):
+            recorded = line.strip() == "## The tables"
+        if line.lstrip().startswith("```"):
+            inside = not inside
+        elif inside and not recorded:
+            lines.append((number, line))
+    return lines
+
+
+@pytest.mark.parametrize(
+    "document", ["README.md", *sorted(p.name for p in (ROOT / "docs").glob("*.md"))]
+)
+def test_code_blocks_fit_the_page(document):
+    path = ROOT / document if document == "README.md" else ROOT / "docs" / document
+    wide = [
+        f"{document}:{n} ({len(line)})" for n, line in code_lines(path) if len(line) > CODE_WIDTH
+    ]
+    assert not wide, f"code lines wider than {CODE_WIDTH} characters: {wide}"
+
+
 def test_the_monte_carlo_page_quotes_its_figure():
     """docs/mc-dropout.md states the k at which Monte Carlo averaging reaches weight scaling that
     make_figures.py found when it drew the committed figure (and wrote beside it)."""

@@ -221,6 +221,19 @@ def test_the_api_pages_link_the_pages_their_docstrings_name(site):
         assert not paths, f"{page.parent.name} names {paths} without linking them"
 
 
+def test_the_api_pages_code_fits_the_page(site):
+    """The docstrings' examples and the signatures, as the API pages show them, are no wider than
+    the page (``CODE_WIDTH`` of tests/test_docs.py)."""
+    from test_docs import CODE_WIDTH
+
+    for page in sorted((site / "api").glob("*/index.html")):
+        article = page.read_text().split("<article", 1)[1].split("</article>")[0]
+        for block in re.findall(r"<pre\b.*?</pre>", article, flags=re.DOTALL):
+            lines = html.unescape(re.sub(r"<[^>]*>", "", block)).splitlines()
+            wide = [line for line in lines if len(line) > CODE_WIDTH]
+            assert not wide, f"{page.parent.name} shows code wider than the page: {wide}"
+
+
 def test_the_performance_page_shows_its_chart(site, server):
     page = seen(site, server, "performance/")
     assert any(image["src"].endswith("performance.png") for image in page["images"])
