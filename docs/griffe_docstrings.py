@@ -5,11 +5,13 @@
   argument, the later ones pointing to the first, as Google-style sections list them.
 - Doctest examples (``>>>`` lines and their output) become code blocks, except in an
   ``Examples:`` section, which Griffe reads itself; Markdown would read ``>>>`` as nested quotes.
+- A page of this site named by its path (``docs/spec.md``) becomes a link to it.
 - A reStructuredText literal block's ``::`` becomes ``:`` (the indented block is code anyway)."""
 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 import griffe
@@ -18,6 +20,15 @@ ROLE = re.compile(r":(?:func|class|meth|mod|data|attr|obj|exc):`~?([^`]+)`")
 SHARED_ENTRY = re.compile(r"^(\s+)(\w+(?:, \w+)+): (.*)$")
 LITERAL_BLOCK = re.compile(r"(?<=\S)::$", flags=re.MULTILINE)
 SECTION = re.compile(r"^(\w+):\s*$")
+PAGE = re.compile(r"``docs/([\w-]+)\.md``")  # a page of this site, named by its path
+
+
+def page_link(match: re.Match[str]) -> str:
+    """A link to the page ``docs/NAME.md`` (from an API page, one folder down), titled by its
+    heading: a reader of the site follows it; ``help()`` still shows the path."""
+    page = Path(__file__).resolve().parent / f"{match.group(1)}.md"
+    title = page.read_text().splitlines()[0].lstrip("# ").replace("`", "")
+    return f"[{title}](../{match.group(1)}.md)"
 
 
 def split_shared_entries(text: str) -> str:
@@ -71,4 +82,5 @@ class HelpDocstrings(griffe.Extension):
     def on_instance(self, *, obj: griffe.Object, **kwargs: Any) -> None:
         if obj.docstring is not None:
             text = LITERAL_BLOCK.sub(":", ROLE.sub(r"``\1``", obj.docstring.value))
+            text = PAGE.sub(page_link, text)
             obj.docstring.value = fence_doctests(split_shared_entries(text))

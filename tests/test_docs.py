@@ -6,6 +6,7 @@ import ast
 import doctest
 import importlib
 import importlib.util
+import json
 import pkgutil
 import re
 from pathlib import Path
@@ -42,6 +43,76 @@ def test_markdown_python_examples_run(document):
             ):
                 pytest.importorskip(framework)
             exec(compile(block, str(path), "exec"), {})
+
+
+# The modules with a page of their own in the API reference (docs/api/), and those pages.
+API_PAGES = {
+    "xdrop.layers.torch": "api/layers-torch.md",
+    "xdrop.layers.keras": "api/layers-keras.md",
+    "xdrop.layers.flax": "api/layers-flax.md",
+    "xdrop.protocol": "api/protocol.md",
+    "xdrop.typing": "api/typing.md",
+}
+
+
+def prose(path: Path) -> str:
+    """The text of a Markdown page without its fenced code blocks."""
+    return re.sub(r"^\s*```.*?^\s*```", "", path.read_text(), flags=re.DOTALL | re.MULTILINE)
+
+
+@pytest.mark.parametrize("document", sorted(p.name for p in (ROOT / "docs").glob("*.md")))
+def test_pages_link_the_pages_and_modules_they_name(document):
+    """A page names another page of the site, or a module with an API page, as a link a reader
+    can follow: never as a path (``docs/spec.md``, ``xdrop/protocol.py``) alone."""
+    text = prose(ROOT / "docs" / document)
+    targets = {link.split("#")[0] for link in re.findall(r"\]\(([^)\s]+)\)", text)}
+    unlinked = re.sub(r"\[[^\]]*\]\([^)]*\)", "", text)
+    paths = sorted(set(re.findall(r"\bdocs/[\w/-]+\.md\b", unlinked)))
+    assert not paths, f"{document} names {paths} without linking them"
+    for module, page in API_PAGES.items():
+        path = module.replace(".", "/") + ".py"
+        if re.search(rf"`{re.escape(module)}\b|`{re.escape(path)}`", text):
+            assert page in targets, f"{document} names {module} but never links {page}"
+
+
+# The widest code line the site shows without a scrollbar: Material's page is 61rem, less two
+# 12.1rem sidebars and 1.2rem margins, less the code block's padding, at 0.68rem monospace
+# (0.6em a character) is 80 characters. tests/test_site.py holds the API pages to it too.
+CODE_WIDTH = 80
+
+
+def code_lines(path: Path) -> list[tuple[int, str]]:
+    """``(line number, line)`` of each line inside a fenced code block of a Markdown page, but
+    the recorded output of ``xdrop bench`` under "## The tables" (a wide table, as printed)."""
+    lines, inside, recorded = [], False, False
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if line.startswith("## "):
+            recorded = line.strip() == "## The tables"
+        if line.lstrip().startswith("```"):
+            inside = not inside
+        elif inside and not recorded:
+            lines.append((number, line))
+    return lines
+
+
+@pytest.mark.parametrize(
+    "document", ["README.md", *sorted(p.name for p in (ROOT / "docs").glob("*.md"))]
+)
+def test_code_blocks_fit_the_page(document):
+    path = ROOT / document if document == "README.md" else ROOT / "docs" / document
+    wide = [
+        f"{document}:{n} ({len(line)})" for n, line in code_lines(path) if len(line) > CODE_WIDTH
+    ]
+    assert not wide, f"code lines wider than {CODE_WIDTH} characters: {wide}"
+
+
+def test_the_monte_carlo_page_quotes_its_figure():
+    """docs/mc-dropout.md states the k at which Monte Carlo averaging reaches weight scaling that
+    make_figures.py found when it drew the committed figure (and wrote beside it)."""
+    record = json.loads((ROOT / "docs" / "figures" / "mc-vs-weight-scaling.json").read_text())
+    k = record["reaches_weight_scaling_at_k"]
+    page = (ROOT / "docs" / "mc-dropout.md").read_text()
+    assert re.findall(r"reaches weight scaling at (?:about )?`k = (\d+)`", page) == [str(k)]
 
 
 @pytest.mark.parametrize("module_name", MODULES)

@@ -47,11 +47,8 @@ def test_p_that_is_not_a_real_number(x, p):
 
 @pytest.mark.parametrize("dtype", [np.int32, np.int64, np.bool_, np.complex64, np.uint8])
 def test_non_floating_inputs(xp, dtype):
-    values = np.ones(3, dtype)
-    try:
-        x = xp.asarray(values)
-    except Exception:
-        pytest.skip(f"{xp.name} has no {np.dtype(dtype).name} arrays")
+    # every backend makes these arrays: a conversion that fails is a bug to see, not a skip
+    x = xp.asarray(np.ones(3, dtype))
     with raises(TypeError, "x must be an array of float16, bfloat16, float32 or float64"):
         xdrop.dropout(x, 0.5, seed=0)
 

@@ -4,7 +4,9 @@ entries and images that loaded. Skipped where mkdocs or Chromium is missing."""
 
 from __future__ import annotations
 
+import ast
 import functools
+import html
 import http.server
 import json
 import re
@@ -116,6 +118,28 @@ def test_the_home_page_shows_the_title_the_tour_and_a_picture(site, server):
     assert home["images"] and all(image["loaded"] for image in home["images"]), home["images"]
 
 
+def nav_pages(entries: list[Any]) -> list[str]:
+    """The pages of the site's navigation (mkdocs.yml), each section's in order."""
+    pages = []
+    for entry in entries:
+        for value in entry.values() if isinstance(entry, dict) else [entry]:
+            pages += nav_pages(value) if isinstance(value, list) else [value]
+    return pages
+
+
+def test_the_home_page_links_every_page_of_the_navigation(site):
+    yaml = pytest.importorskip("yaml")
+    nav = yaml.safe_load((ROOT / "mkdocs.yml").read_text())["nav"]
+    api = next(section["API"] for entry in nav for section in entry.get("Reference", []) if
+               isinstance(section, dict) and "API" in section)  # fmt: skip
+    others = nav_pages(api)[1:]  # the API's first page links the other API pages
+    wanted = [page for page in nav_pages(nav) if page != "index.md" and page not in others]
+    article = (site / "index.html").read_text().split("<article", 1)[1].split("</article>")[0]
+    linked = {link.split("#")[0] for link in re.findall(r'href="([^"]+)"', article)}
+    missing = [page for page in wanted if page.removesuffix(".md") + "/" not in linked]
+    assert not missing, f"the home page's article links none of {missing}"
+
+
 def test_the_api_page_shows_every_public_function_with_its_documentation(site, server):
     api = seen(site, server, "api/xdrop/")
     assert api["heading"].strip() == "xdrop"
@@ -126,6 +150,88 @@ def test_the_api_page_shows_every_public_function_with_its_documentation(site, s
     assert "Zero each element of x with probability p" in text  # a docstring, rendered
     assert "return_mask" in text and "Returns" in text and "Example" in text
     assert ":func:" not in text and "``" not in text  # no raw reStructuredText
+
+
+# The modules whose public names (``__all__``) the API pages document, read without importing
+# a framework.
+PUBLIC_MODULES = {
+    "xdrop": ROOT / "xdrop" / "__init__.py",
+    "xdrop.layers.torch": ROOT / "xdrop" / "layers" / "torch.py",
+    "xdrop.layers.keras": ROOT / "xdrop" / "layers" / "keras.py",
+    "xdrop.layers.flax": ROOT / "xdrop" / "layers" / "flax.py",
+}
+
+
+def public_names(path: Path) -> list[str]:
+    """The literal ``__all__`` of the module at ``path``."""
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Assign) and any(
+            isinstance(target, ast.Name) and target.id == "__all__" for target in node.targets
+        ):
+            return list(ast.literal_eval(node.value))
+    raise AssertionError(f"{path} has no __all__")
+
+
+PUBLIC = [(module, name) for module, path in PUBLIC_MODULES.items() for name in public_names(path)]
+
+
+def search(index: dict[str, Any], query: str) -> list[str]:
+    """The locations the site's search (Material for MkDocs over lunr) finds for ``query``: both
+    split text at the index's separator and lower-case it, markup apart; each query term matches
+    the tokens it begins (the search appends a wildcard); a document must match every term."""
+    separator = re.compile(index["config"]["separator"])
+
+    def tokens(text: str) -> set[str]:
+        words = separator.split(html.unescape(re.sub(r"<[^>]*>", " ", text)))
+        return {word.lower() for word in words if word}
+
+    terms = tokens(query)
+    found = []
+    for document in index["docs"]:
+        words = tokens(document["title"]) | tokens(document["text"])
+        if all(any(word.startswith(term) for word in words) for term in terms):
+            found.append(document["location"])
+    return found
+
+
+@pytest.fixture(scope="module")
+def search_index(site: Path) -> dict[str, Any]:
+    return dict(json.loads((site / "search" / "search_index.json").read_text()))
+
+
+@pytest.mark.parametrize(("module", "name"), PUBLIC)
+def test_every_public_name_has_an_api_entry_the_search_finds(search_index, module, name):
+    anchor = f"#{module}.{name}"
+    entries = [doc["location"] for doc in search_index["docs"] if doc["location"].endswith(anchor)]
+    assert entries, f"{module}.{name} has no entry on the API pages"
+    # the name alone, and xdrop's own names as users write them in code: xdrop.mc_dropout
+    for query in (name, f"{module}.{name}") if module == "xdrop" else (name,):
+        assert set(entries) & set(search(search_index, query)), f"searching {query!r} misses it"
+
+
+def article_text(page: Path) -> str:
+    """The text of a built page's article, markup removed."""
+    article = page.read_text().split("<article", 1)[1].split("</article>")[0]
+    return html.unescape(re.sub(r"<[^>]*>", "", article))
+
+
+def test_the_api_pages_link_the_pages_their_docstrings_name(site):
+    for page in sorted((site / "api").glob("*/index.html")):
+        paths = re.findall(r"\bdocs/[\w-]+\.md\b", article_text(page))
+        assert not paths, f"{page.parent.name} names {paths} without linking them"
+
+
+def test_the_api_pages_code_fits_the_page(site):
+    """The docstrings' examples and the signatures, as the API pages show them, are no wider than
+    the page (``CODE_WIDTH`` of tests/test_docs.py)."""
+    from test_docs import CODE_WIDTH
+
+    for page in sorted((site / "api").glob("*/index.html")):
+        article = page.read_text().split("<article", 1)[1].split("</article>")[0]
+        for block in re.findall(r"<pre\b.*?</pre>", article, flags=re.DOTALL):
+            lines = html.unescape(re.sub(r"<[^>]*>", "", block)).splitlines()
+            wide = [line for line in lines if len(line) > CODE_WIDTH]
+            assert not wide, f"{page.parent.name} shows code wider than the page: {wide}"
 
 
 def test_the_performance_page_shows_its_chart(site, server):

@@ -147,9 +147,11 @@ def dropout(
     With ``q = 1 - p`` and ``keep`` the mask of mask stream v1 (``docs/spec.md``)::
 
         mode="inverted" (default, as every framework does):
-            training: where(keep, x * s, 0) with s = dtype(1) / dtype(q)     eval: x
+            training: where(keep, x * s, 0) with s = dtype(1) / dtype(q)
+            eval:     x
         mode="classic" (Srivastava et al. 2014, scaling at test time):
-            training: where(keep, x, 0)                                      eval: x * dtype(q)
+            training: where(keep, x, 0)
+            eval:     x * dtype(q)
 
     The same ``(seed, p, shape, noise_shape, offset)`` gives the same mask on every backend.
 

@@ -130,7 +130,8 @@ def gaussian_dropout(
     """Gaussian dropout (Srivastava et al. 2014, section 10): multiplicative noise of mean 1 and
     the variance ``p / (1 - p)`` of inverted dropout's factor::
 
-        training: x * dtype(1 + sigma * z),  sigma = float32(sqrt(p / (1 - p)))      evaluation: x
+        training:   x * dtype(1 + sigma * z),  sigma = float32(sqrt(p / (1 - p)))
+        evaluation: x
 
     ``z`` is the standard normal of ``docs/spec.md`` ("Normals"): Box-Muller on the two Threefry
     words of each counter, in float32, drawn at the noise shape and broadcast. The words are the
@@ -205,8 +206,8 @@ def drop_path(
     """DropPath, or stochastic depth (Huang et al., ECCV 2016), as timm's ``drop_path`` and
     torchvision's ``stochastic_depth``: drop a residual branch for whole samples::
 
-        mode="row":   xdrop.dropout(x, p, noise_shape=(batch, 1, ..., 1))   one draw per sample
-        mode="batch": xdrop.dropout(x, p, noise_shape=(1, ..., 1))          one draw in all
+        mode="row":   xdrop.dropout(x, p, noise_shape=(batch, 1, ..., 1))  # per sample
+        mode="batch": xdrop.dropout(x, p, noise_shape=(1, ..., 1))         # for all
 
     in inverted mode (kept samples scaled by ``1 / (1 - p)``), or unscaled with
     ``scale_by_keep=False``. Evaluation returns ``x`` either way. Sample ``n`` of a batch is kept
@@ -271,9 +272,11 @@ def drop_block(
 
     For a map of ``H x W`` and ``b = min(block_size, H, W)`` (a block never exceeds the map)::
 
-        gamma  = min(1, p * H * W / (b**2 * (H - b + 1) * (W - b + 1)))    (1 for p == 1)
-        corner = the units that xdrop.dropout(., gamma) drops, drawn at (N, C, H - b + 1, W - b + 1)
-        drop   = unit (h, w) lies in the b x b block whose top-left corner is a drawn corner
+        gamma  = min(1, p * H * W / (b**2 * (H - b + 1) * (W - b + 1)))
+                 (1 for p == 1)
+        corner = the units that xdrop.dropout(., gamma) drops,
+                 drawn at the shape (N, C, H - b + 1, W - b + 1)
+        drop   = unit (h, w) lies in the b x b block of a drawn top-left corner
         y      = where(drop, 0, x * dtype(count / kept))     (0 where nothing is kept)
 
     with ``count`` the number of elements of ``x`` and ``kept`` those not dropped (over the whole

@@ -32,9 +32,10 @@ class FusedCall(NamedTuple):
 
     Example:
         >>> from xdrop.fused import FusedCall
-        >>> call = FusedCall(key=(0, 42), offset=0, threshold=2**31, factor=2.0, return_mask=True)
-        >>> call.without_mask()
-        FusedCall(key=(0, 42), offset=0, threshold=2147483648, factor=2.0, return_mask=False)
+        >>> call = FusedCall(key=(0, 42), offset=0, threshold=2**31, factor=2.0,
+        ...                  return_mask=True)
+        >>> call.without_mask().return_mask
+        False
     """
 
     key: tuple[int, int]

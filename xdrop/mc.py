@@ -24,11 +24,13 @@ class MCDropoutResult(NamedTuple):
     """What :func:`mc_dropout` returns, each an array of the model's framework. With ``p_t`` the
     predicted class probabilities of sample ``t`` of ``T``, and sums over the class axis::
 
-        mean                = E p       = 1/T sum_t p_t                   (the output's shape)
-        variance            = 1/T sum_t (p_t - E p)**2                   (the output's shape)
-        predictive_entropy  = H[E p]    = -sum_c E p_c log E p_c          (without the class axis)
-        expected_entropy    = E H[p]    = 1/T sum_t -sum_c p_tc log p_tc  (without the class axis)
-        mutual_information  = H[E p] - E H[p]  (BALD; clipped at 0)       (without the class axis)
+        the output's shape:
+        mean                = E p    = 1/T sum_t p_t
+        variance            = 1/T sum_t (p_t - E p)**2
+        without the class axis:
+        predictive_entropy  = H[E p] = -sum_c E p_c log E p_c
+        expected_entropy    = E H[p] = 1/T sum_t -sum_c p_tc log p_tc
+        mutual_information  = H[E p] - E H[p]  (BALD; clipped at 0)
 
     ``0 log 0`` is 0. Entropies are in nats."""
 
@@ -83,10 +85,12 @@ def mc_dropout(
         >>> weights = np.array([[2.0, -1.0], [0.5, 1.0]], np.float32)
         >>> def predict(x, seed):
         ...     return xdrop.dropout(x, 0.5, seed=seed) @ weights
-        >>> result = xdrop.mc_dropout(predict, np.ones((1, 2), np.float32), samples=4, seed=0)
+        >>> x = np.ones((1, 2), np.float32)
+        >>> result = xdrop.mc_dropout(predict, x, samples=4, seed=0)
         >>> result.mean
         array([[0.689944, 0.310056]], dtype=float32)
-        >>> print(f"{float(result.predictive_entropy[0]):.4f} {float(result.mutual_information[0]):.4f}")
+        >>> entropy, bald = result.predictive_entropy[0], result.mutual_information[0]
+        >>> print(f"{float(entropy):.4f} {float(bald):.4f}")
         0.6191 0.2859
     """
     if not callable(predict):

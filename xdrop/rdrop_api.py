@@ -91,7 +91,8 @@ def rdrop_kl(
 
     With ``P = softmax(logits)`` over ``axis``, per position (one class distribution)::
 
-        KL_sym = (KL(P1 || P2) + KL(P2 || P1)) / 2 = 1/2 sum_c (p1_c - p2_c) (log p1_c - log p2_c)
+        KL_sym = (KL(P1 || P2) + KL(P2 || P1)) / 2
+               = 1/2 sum_c (p1_c - p2_c) (log p1_c - log p2_c)
 
     It is 0 for identical logits, symmetric, non-negative and unchanged by adding a constant to a
     row. Logits of ``-inf`` (masked classes) are allowed: a class with probability 0 in both passes
@@ -116,7 +117,8 @@ def rdrop_kl(
 
     Example:
         >>> import math, numpy as np
-        >>> print(f'{xdrop.rdrop_kl(np.array([0.0, 0.0]), np.array([math.log(3), 0.0])):.6f}')
+        >>> kl = xdrop.rdrop_kl(np.array([0.0, 0.0]), np.array([math.log(3), 0.0]))
+        >>> print(f'{kl:.6f}')
         0.137327
     """
     xp = require(backend_for(logits1), LossBackend, "R-Dropout")
@@ -185,7 +187,7 @@ def rdrop_loss(
 
         0.5 * (CE1.mean() + CE2.mean()) + alpha * KL_sym.sum()
         == 0.5 * rdrop_loss(l1, l2, y, alpha=0) + alpha * rdrop_kl(l1, l2)
-        == 0.5 * rdrop_loss(l1, l2, y, alpha=2 * alpha * n)      # n: positions not ignored
+        == 0.5 * rdrop_loss(l1, l2, y, alpha=2 * alpha * n)  # n: positions not ignored
 
     Args:
         logits1, logits2: the two passes' logits, as for :func:`rdrop_kl`.
@@ -215,7 +217,8 @@ def rdrop_loss(
         >>> import numpy as np
         >>> logits1 = np.array([[2.0, 0.5, -1.0], [0.0, 1.0, 0.0]])
         >>> logits2 = np.array([[1.5, 1.0, -1.0], [0.5, 0.5, 0.0]])
-        >>> print(f'{xdrop.rdrop_loss(logits1, logits2, np.array([0, 1]), alpha=0.5):.4f}')
+        >>> loss = xdrop.rdrop_loss(logits1, logits2, np.array([0, 1]), alpha=0.5)
+        >>> print(f'{loss:.4f}')
         1.1837
     """
     xp = require(backend_for(logits1), LossBackend, "R-Dropout")

@@ -54,7 +54,8 @@ class Block:
     Example:
         >>> import numpy as np, xdrop
         >>> whole = xdrop.dropout_mask((4, 6), 0.5, seed=0)
-        >>> right = xdrop.dropout_mask((4, 3), 0.5, seed=0, offset=xdrop.Block((4, 6), (0, 3)))
+        >>> block = xdrop.Block((4, 6), (0, 3))  # columns 3 to 5 of a 4 x 6 tensor
+        >>> right = xdrop.dropout_mask((4, 3), 0.5, seed=0, offset=block)
         >>> bool((right == whole[:, 3:]).all())
         True
     """
@@ -259,8 +260,8 @@ def shard_map_block(local_shape: Sequence[int], partition: Sequence[Any], offset
         @functools.partial(jax.shard_map, mesh=mesh, in_specs=P("data", "model"),
                            out_specs=P("data", "model"))
         def step(x):
-            return xdrop.dropout(x, 0.1, seed=seed,
-                                 offset=xdrop.shard_map_block(x.shape, P("data", "model")))
+            block = xdrop.shard_map_block(x.shape, P("data", "model"))
+            return xdrop.dropout(x, 0.1, seed=seed, offset=block)
     """
     import jax
     import jax.numpy as jnp

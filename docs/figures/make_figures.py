@@ -2,6 +2,11 @@
 
     python docs/figures/make_figures.py            # the committed figures (a few minutes on a CPU)
     python docs/figures/make_figures.py --quick    # fewer epochs, samples and rates (CI: ~1 min)
+    python docs/figures/make_figures.py --only mc-vs-weight-scaling   # one figure
+
+The Monte Carlo figure also writes what docs/mc-dropout.md quotes of it (the number of samples at
+which the average reaches weight scaling) to docs/figures/mc-vs-weight-scaling.json, which
+tests/test_docs.py holds the page to.
 
 Needs matplotlib, scikit-learn and PyTorch; the first figure also draws with TensorFlow and JAX
 where they are installed. Every number comes from seeded streams, so a rerun redraws the same
@@ -12,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -30,6 +36,7 @@ import xdrop
 from xdrop.layers.torch import Dropout, set_mc_sampling
 
 OUT = Path(__file__).resolve().parents[1] / "images"
+RECORD = Path(__file__).resolve().parent / "mc-vs-weight-scaling.json"
 
 
 # -- data and a small network ----------------------------------------------------------------------
@@ -202,9 +209,10 @@ def mc_against_weight_scaling(out: Path, data: tuple[torch.Tensor, ...], quick: 
             errors[repeat, j] = float((running[k - 1].argmax(1) != y_test).float().mean())
     mean, spread = errors.mean(0), errors.std(0)
     below = np.nonzero(mean <= scaled)[0]
+    reached = int(counts[below[0]]) if len(below) else None
     crossing = (
-        f"MC reaches weight scaling at k = {counts[below[0]]}"
-        if len(below)
+        f"MC reaches weight scaling at k = {reached}"
+        if reached is not None
         else ("MC stays above weight scaling up to k = " + str(most))
     )
     _, axis = plt.subplots(figsize=(6, 4))
@@ -215,6 +223,9 @@ def mc_against_weight_scaling(out: Path, data: tuple[torch.Tensor, ...], quick: 
     save_chart(axis, out / "mc-vs-weight-scaling.png", x="number of samples k", y="test error (%)",
                title=f"Digits, MLP 64-256-256-10, p = 0.5\n{crossing}")  # fmt: skip
     print(f"Fig. 11: weight scaling {100 * scaled:.2f}% error; {crossing}")
+    if out == OUT and not quick:  # the committed figure: the page quotes its numbers
+        record = {"reaches_weight_scaling_at_k": reached, "weight_scaling_error": scaled}
+        RECORD.write_text(json.dumps(record, indent=2) + "\n")
 
 
 def error_against_p(out: Path, data: tuple[torch.Tensor, ...], quick: bool) -> None:
@@ -282,22 +293,35 @@ def rdrop_curves(out: Path, data: tuple[torch.Tensor, ...], quick: bool) -> None
                title="R-Drop on digits, MLP 64-256-256-10, p = 0.3")  # fmt: skip
 
 
+# each figure drawn from trained networks, by the name of its image
+TRAINED = {
+    "mc-vs-weight-scaling": mc_against_weight_scaling,
+    "error-vs-p": error_against_p,
+    "mc-uncertainty": mc_uncertainty,
+    "rdrop-curves": rdrop_curves,
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer epochs and samples (CI)")
     parser.add_argument("--out", type=Path, default=OUT, help=f"where to write (default {OUT})")
+    parser.add_argument("--only", choices=sorted(TRAINED), help="draw this one trained figure")
     arguments = parser.parse_args()
     arguments.out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(1)  # tiny models: other threads would only wait
+    if arguments.only:
+        TRAINED[arguments.only](arguments.out, digits(), arguments.quick)
+        return
     # the site's own figures (masks, noise shapes, performance) live beside this script
     site_out = site_figures.FIGURES if arguments.out == OUT else arguments.out
     with xdrop.use_backend("numpy"):
         for draw in site_figures.DRAWINGS:
             print(f"drew {draw(site_out).name}")
-    torch.set_num_threads(1)  # tiny models: other threads would only wait
     data = digits()
     for make in (masks_across_backends, family_masks):
         make(arguments.out)
-    for make_trained in (mc_against_weight_scaling, error_against_p, mc_uncertainty, rdrop_curves):
+    for make_trained in TRAINED.values():
         start = time.perf_counter()
         make_trained(arguments.out, data, arguments.quick)
         print(f"{make_trained.__name__}: {time.perf_counter() - start:.1f} s")

@@ -205,7 +205,8 @@ def set_mc_sampling(model: nnx.Module, enabled: bool = True) -> int:
     Returns the number of modules switched.
 
     Example:
-        >>> model = nnx.Sequential(nnx.Linear(4, 4, rngs=nnx.Rngs(0)), Dropout(0.5, seed=0))
+        >>> linear = nnx.Linear(4, 4, rngs=nnx.Rngs(0))
+        >>> model = nnx.Sequential(linear, Dropout(0.5, seed=0))
         >>> set_mc_sampling(model)
         1
     """

@@ -33,7 +33,8 @@ class Dropout(common.DropoutDraws, keras.layers.Layer):
 
     On its ``t``-th call with ``training=True`` (``t = 0, 1, ...``) the layer returns exactly::
 
-        xdrop.dropout(x, rate, seed=xdrop.fold_in(seed, t), mode=mode, noise_shape=noise_shape)
+        xdrop.dropout(x, rate, seed=xdrop.fold_in(seed, t), mode=mode,
+                      noise_shape=noise_shape)
 
     and then advances ``t``; other calls return ``xdrop.dropout(x, rate, training=False,
     mode=mode)`` (``x`` itself for ``mode="inverted"``) and leave ``t`` alone. The seed (two int32
@@ -57,9 +58,11 @@ class Dropout(common.DropoutDraws, keras.layers.Layer):
         >>> import keras, numpy as np, xdrop
         >>> from xdrop.layers.keras import Dropout
         >>> layer = Dropout(0.5, seed=0)
-        >>> y = layer(np.ones((2, 4), "float32"), training=True)
-        >>> expected = xdrop.dropout(np.ones((2, 4), "float32"), 0.5, seed=xdrop.fold_in(0, 0))
-        >>> bool((keras.ops.convert_to_numpy(y) == expected).all()), int(layer.step.numpy())
+        >>> x = np.ones((2, 4), "float32")
+        >>> y = layer(x, training=True)
+        >>> expected = xdrop.dropout(x, 0.5, seed=xdrop.fold_in(0, 0))
+        >>> same = (keras.ops.convert_to_numpy(y) == expected).all()
+        >>> bool(same), int(layer.step.numpy())
         (True, 1)
     """
 
@@ -207,7 +210,8 @@ class SpatialDropout1D(_SpatialDropout):
     timesteps)``).
 
     Example:
-        >>> y = SpatialDropout1D(0.5, seed=0)(np.ones((2, 5, 3), "float32"), training=True)
+        >>> layer = SpatialDropout1D(0.5, seed=0)
+        >>> y = layer(np.ones((2, 5, 3), "float32"), training=True)
     """
 
     rank = 1
@@ -220,7 +224,8 @@ class SpatialDropout2D(_SpatialDropout):
     channels, 1, 1)`` (``channels_first``; default: ``keras.config.image_data_format()``).
 
     Example:
-        >>> y = SpatialDropout2D(0.5, seed=0)(np.ones((2, 4, 4, 3), "float32"), training=True)
+        >>> layer = SpatialDropout2D(0.5, seed=0)
+        >>> y = layer(np.ones((2, 4, 4, 3), "float32"), training=True)
     """
 
     rank = 2
@@ -232,7 +237,8 @@ class SpatialDropout3D(_SpatialDropout):
     the mask is drawn at ``(samples, 1, 1, 1, channels)`` or ``(samples, channels, 1, 1, 1)``.
 
     Example:
-        >>> y = SpatialDropout3D(0.5, seed=0)(np.ones((2, 2, 2, 2, 3), "float32"), training=True)
+        >>> layer = SpatialDropout3D(0.5, seed=0)
+        >>> y = layer(np.ones((2, 2, 2, 2, 3), "float32"), training=True)
     """
 
     rank = 3
@@ -323,7 +329,8 @@ class DropBlock2D(common.DropBlock2DDraws, Dropout):
     :class:`Dropout`.
 
     Example:
-        >>> y = DropBlock2D(0.1, 3, seed=0)(np.ones((2, 8, 8, 4), "float32"), training=True)
+        >>> layer = DropBlock2D(0.1, 3, seed=0)
+        >>> y = layer(np.ones((2, 8, 8, 4), "float32"), training=True)
     """
 
     _not_taken = ("noise_shape", "mode")

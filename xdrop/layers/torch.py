@@ -30,7 +30,8 @@ class Dropout(common.DropoutDraws, torch.nn.Module):
 
     On its ``t``-th call in training mode (``t = 0, 1, ...``) the module returns exactly::
 
-        xdrop.dropout(x, p, seed=xdrop.fold_in(seed, t), mode=mode, noise_shape=noise_shape)
+        xdrop.dropout(x, p, seed=xdrop.fold_in(seed, t), mode=mode,
+                      noise_shape=noise_shape)
 
     and then advances ``t``; in eval mode it returns ``xdrop.dropout(x, p, training=False,
     mode=mode)`` (``x`` itself for ``mode="inverted"``) and leaves ``t`` alone. The seed and ``t``
@@ -53,7 +54,8 @@ class Dropout(common.DropoutDraws, torch.nn.Module):
         >>> from xdrop.layers.torch import Dropout
         >>> layer = Dropout(0.5, seed=0)
         >>> y0, y1 = layer(torch.ones(8)), layer(torch.ones(8))
-        >>> bool((y0 == xdrop.dropout(torch.ones(8), 0.5, seed=xdrop.fold_in(0, 0))).all())
+        >>> first = xdrop.dropout(torch.ones(8), 0.5, seed=xdrop.fold_in(0, 0))
+        >>> bool((y0 == first).all())
         True
         >>> layer.step.item()
         2
@@ -129,7 +131,7 @@ class Dropout1d(_ChannelDropout):
     ``noise_shape``.
 
     Example:
-        >>> y = Dropout1d(0.5, seed=0)(torch.ones(2, 3, 4))  # each of the 6 channels all 0 or all 2
+        >>> y = Dropout1d(0.5, seed=0)(torch.ones(2, 3, 4))  # each channel all 0 or 2
     """
 
     spatial_dims = 1
@@ -254,7 +256,8 @@ def set_mc_sampling(model: torch.nn.Module, enabled: bool = True) -> int:
     Returns the number of layers switched.
 
     Example:
-        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 4), Dropout(0.5, seed=0)).eval()
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 4), Dropout(0.5, seed=0))
+        >>> model = model.eval()
         >>> set_mc_sampling(model)
         1
         >>> bool((model(torch.ones(1, 4)) != model(torch.ones(1, 4))).any())
