@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -106,6 +109,32 @@ def test_graphs_without_xla_run_xdrop_as_one_compiled_step():
         if op.type in ("PartitionedCall", "StatefulPartitionedCall")
     ]
     assert len(calls) == 1 and len(graph.get_operations()) < 40  # not ~130 word operations
+
+
+XLA_STEPS_OF_A_FIRST_TRACE = """
+import sys, tensorflow as tf, xdrop
+x, seed = tf.ones((1000,)), tf.constant(0)
+for step in range(int(sys.argv[1])):  # the program's eager calls before the trace
+    xdrop.dropout(x, 0.5, seed=tf.constant(step))
+graph = tf.function(lambda v, s: xdrop.dropout(v, 0.5, seed=s)).get_concrete_function(x, seed).graph
+calls = [op for op in graph.get_operations() if op.type.endswith("PartitionedCall")]
+print([bool(op.get_attr("_XlaMustCompile")) if "_XlaMustCompile" in op.node_def.attr else False
+       for op in calls])
+"""
+
+
+@pytest.mark.backend_independent  # a fresh process, whatever XDROP_BACKEND says
+@pytest.mark.parametrize("eager_calls_before", [0, 3])
+def test_a_tf_function_embeds_the_fused_step_whatever_ran_before(eager_calls_before):
+    """A training script traces its step first: the graph must not embed the op-by-op step that
+    serves one-off eager shapes (4 to 8 times slower), nor depend on the process's history."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    result = subprocess.run(
+        [sys.executable, "-c", XLA_STEPS_OF_A_FIRST_TRACE, str(eager_calls_before)],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["[True]"]  # one call, compiled by XLA
 
 
 def test_two_tf_functions_with_one_rate_share_no_graph_tensors():

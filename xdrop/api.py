@@ -326,11 +326,13 @@ def _staged_step(xp: Backend, x: Array, plan: DropoutPlan) -> Callable[..., Any]
     """The backend's staged step for ``plan``, or None where it does not stage: inside a compiler
     that fuses anyway, or for shapes known only at run time (the graph runs as it is).
 
-    A backend that can stage any shape of a rank runs a program seen fewer than
-    ``COMPILE_AFTER`` times there, so that many one-off shapes cost no compilation each."""
+    Eagerly, a backend that can stage any shape of a rank runs a program seen fewer than
+    ``COMPILE_AFTER`` times there, so that many one-off shapes cost no compilation each. Inside
+    a trace (a ``tf.function`` without XLA) the step is embedded once and runs at every call of
+    the graph: it is always the fused one, whatever ran before in the process."""
     if not _stages(type(xp)) or None in plan.shape or xp.is_compiling(x):
         return None
-    if _calls.count(plan) < COMPILE_AFTER:
+    if not xp.is_tracing(x) and _calls.count(plan) < COMPILE_AFTER:
         general = _staged(xp, plan.any_shape(), any_shape=True)
         if general is not None:
             return general
