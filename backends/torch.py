@@ -56,6 +56,9 @@ class TorchBackend(Backend, OperatorArithmetic, NamespaceFunctions, SeedArrays, 
     def in_host_memory(self, x: Any) -> bool:
         return bool(x.device.type == "cpu")
 
+    def holds_values(self, x: Any) -> bool:
+        return bool(x.device.type != "meta")
+
     def to_numpy(self, x: Any) -> np.ndarray:
         x = x.detach().cpu()
         return (x.float() if x.dtype == self.torch.bfloat16 else x).numpy().copy()

@@ -131,6 +131,12 @@ class ArrayOps(abc.ABC):
         for no accelerator. Default: False."""
         return False
 
+    def holds_values(self, x: Array) -> bool:
+        """Whether ``x`` holds values that a computation can use, False for a placeholder of
+        shape and dtype alone (a torch tensor on the meta device). A traced rate is checked with
+        it, since it cannot be read. Default: True."""
+        return True
+
     @abc.abstractmethod
     def to_numpy(self, x: Array) -> np.ndarray:
         """A NumPy copy of ``x`` (bfloat16 may come back as float32, which holds it exactly)."""
