@@ -348,7 +348,7 @@ def drop_block(
     kept = family.equal(family.max_pool_2d(corners, size, channels_last), 0.0)
     compute = "float64" if family.has_float64() else "float32"
     kept_count = family.sum(family.astype(kept, compute))
-    count = family.dim_array(family.size(family.runtime_shape(x)), compute)
+    count = _element_count(family, x, compute)
     none_kept = family.equal(kept_count, 0.0)
     factor = family.where(
         none_kept, 0.0, family.divide(count, family.where(none_kept, 1.0, kept_count))
@@ -363,6 +363,17 @@ def _common(x: Any, p: object) -> tuple[Backend, Array, str, Rate]:
     x = as_input_array(xp, x)
     dtype = check_float_dtype(xp.dtype_name(x))
     return xp, x, dtype, check_rate(p, xp, like=x)
+
+
+def _element_count(xp: FamilyBackend, x: Array, dtype: str) -> Array:
+    """The number of elements of ``x`` as a 0-d array of ``dtype``, in ``x``'s namespace and on its
+    device. A size known now is made from a one like ``x``: the generic backend's ``dim_array``
+    knows no array, so it would make a NumPy array, which another namespace cannot compute with."""
+    count = xp.size(xp.runtime_shape(x))
+    if not isinstance(count, int):
+        return xp.dim_array(count, dtype)
+    one = xp.astype(xp.full_mask((), True, like=x), dtype)
+    return xp.multiply(one, float(count))  # exact: a count below 2**53 (rounded as dim_array would)
 
 
 def _noise_dims(xp: Backend, x: Array, noise: tuple[int | None, ...]) -> tuple[Dim, ...]:
