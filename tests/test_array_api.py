@@ -142,3 +142,16 @@ def test_a_seed_array_of_another_namespace_is_refused_with_what_to_do():
     own = strict.asarray(3, dtype=strict.int64)  # x's own namespace, and NumPy, are fine
     assert (np.asarray(xdrop.dropout(x, 0.5, seed=own)) == np.asarray(
         xdrop.dropout(x, 0.5, seed=np.asarray(3)))).all()  # fmt: skip
+
+
+def test_native_family_calls_say_the_generic_backend_has_no_native_generator():
+    x = strict.ones((2, 3, 4, 4))
+    message = 'does not implement xdrop.protocol.NativeGenerator.*use rng="portable"'
+    for call in (
+        lambda: xdrop.gaussian_dropout(x, 0.5, seed=1, rng="native"),
+        lambda: xdrop.alpha_dropout(x, 0.5, seed=1, rng="native"),
+        lambda: xdrop.drop_path(x, 0.5, seed=1, rng="native"),
+        lambda: xdrop.drop_block(x, 0.5, 3, seed=1, rng="native"),
+    ):
+        with pytest.raises(xdrop.RoleNotImplementedError, match=message):
+            call()

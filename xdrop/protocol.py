@@ -519,6 +519,17 @@ class NativeGenerator(abc.ABC):
         framework's own generator. ``seed`` is a host integer, key words (a traced seed), or None
         for the global generator (only where ``has_global_rng``)."""
 
+    def native_normals(self, shape: tuple[int, ...], seed: int | Key | None, like: Array) -> Array:
+        """Standard normal float32 values of ``shape`` from the framework's own generator, on
+        ``like``'s device; ``seed`` as for :meth:`native_keep_mask`. ``gaussian_dropout`` with
+        ``rng="native"`` uses them. Not abstract, so that a backend written before it keeps
+        working: the default raises :class:`~xdrop.errors.RoleNotImplementedError`."""
+        name = getattr(self, "name", type(self).__name__)
+        raise RoleNotImplementedError(
+            f"the {name} backend does not implement xdrop.protocol.NativeGenerator.native_normals, "
+            'which gaussian_dropout with rng="native" needs; use rng="portable"'
+        )
+
 
 class _BackendWith(Backend):
     """A backend together with optional roles: a type for the functions that need them, which
