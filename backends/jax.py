@@ -166,11 +166,17 @@ class JaxBackend(Backend, NamespaceFunctions, SeedArrays, NativeGenerator):
     def native_keep_mask(
         self, shape: tuple[int, ...], keep_probability: float, seed: int | Key | None, like: Any
     ) -> Any:
+        return self.jax.random.bernoulli(self._key(seed), keep_probability, shape)
+
+    def native_normals(self, shape: tuple[int, ...], seed: int | Key | None, like: Any) -> Any:
+        return self.jax.random.normal(self._key(seed), shape, self.jnp.float32)
+
+    def _key(self, seed: int | Key | None) -> Any:
+        """The JAX key of a host or traced seed."""
         if isinstance(seed, int):
             seed = (self.word(seed >> 32), self.word(seed & 0xFFFF_FFFF))
         assert seed is not None  # no global generator: seed=None was resolved to an integer
-        key = self.jax.random.wrap_key_data(self.seed_array(seed))
-        return self.jax.random.bernoulli(key, keep_probability, shape)
+        return self.jax.random.wrap_key_data(self.seed_array(seed))
 
     # -- losses: Python numbers are weakly typed, so they take the array operand's dtype ----------
     def astype(self, x: Any, dtype: str) -> Any:

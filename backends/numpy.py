@@ -131,6 +131,9 @@ class NumpyBackend(Backend, NamespaceFunctions, SeedArrays, NativeGenerator):
     ) -> np.ndarray:
         return np.random.default_rng(seed).random(shape) < keep_probability
 
+    def native_normals(self, shape: tuple[int, ...], seed: Any, like: Any) -> np.ndarray:
+        return np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
+
     # -- losses: values only, NumPy has no autograd ------------------------------------------------
     def astype(self, x: Any, dtype: str) -> Any:
         return np.asarray(x).astype(_dtype(dtype))

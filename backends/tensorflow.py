@@ -173,14 +173,20 @@ class TensorflowBackend(Backend, RateOps, FamilyOps, SeedArrays, NativeGenerator
     def native_keep_mask(
         self, shape: tuple[int, ...], keep_probability: float, seed: int | Key | None, like: Any
     ) -> Any:
+        # Philox named, not left to auto_select: XLA on CPU would pick a far slower generator
+        uniform = self.tf.random.stateless_uniform(shape, seed=self._pair(seed), alg="philox")
+        return uniform < keep_probability
+
+    def native_normals(self, shape: tuple[int, ...], seed: int | Key | None, like: Any) -> Any:
+        return self.tf.random.stateless_normal(shape, seed=self._pair(seed), alg="philox")
+
+    def _pair(self, seed: int | Key | None) -> Any:
+        """The int64[2] seed of TensorFlow's stateless generators for a host or traced seed."""
         tf = self.tf
         if isinstance(seed, int):
             seed = (self.word(seed >> 32), self.word(seed & 0xFFFF_FFFF))
         assert seed is not None  # no global generator: seed=None was resolved to an integer
-        pair = tf.stack([tf.cast(word, tf.int64) for word in seed])
-        # Philox named, not left to auto_select: XLA on CPU would pick a far slower generator
-        uniform = tf.random.stateless_uniform(shape, seed=pair, alg="philox")
-        return uniform < keep_probability
+        return tf.stack([tf.cast(word, tf.int64) for word in seed])
 
     # -- losses: a Python number becomes a tensor of the other operand's dtype first -------------
     def astype(self, x: Any, dtype: str) -> Any:

@@ -56,6 +56,9 @@ class TorchBackend(Backend, OperatorArithmetic, NamespaceFunctions, SeedArrays, 
     def in_host_memory(self, x: Any) -> bool:
         return bool(x.device.type == "cpu")
 
+    def holds_values(self, x: Any) -> bool:
+        return bool(x.device.type != "meta")
+
     def to_numpy(self, x: Any) -> np.ndarray:
         x = x.detach().cpu()
         return (x.float() if x.dtype == self.torch.bfloat16 else x).numpy().copy()
@@ -178,7 +181,18 @@ class TorchBackend(Backend, OperatorArithmetic, NamespaceFunctions, SeedArrays, 
     def native_keep_mask(
         self, shape: tuple[int, ...], keep_probability: float, seed: int | Key | None, like: Any
     ) -> Any:
-        generator = None
+        generator = self._generator(seed, like)
+        uniform = self.torch.rand(shape, generator=generator, device=_device(like))
+        return uniform < keep_probability
+
+    def native_normals(self, shape: tuple[int, ...], seed: int | Key | None, like: Any) -> Any:
+        generator = self._generator(seed, like)
+        return self.torch.randn(
+            shape, generator=generator, dtype=self.torch.float32, device=_device(like)
+        )
+
+    def _generator(self, seed: int | Key | None, like: Any) -> Any:
+        """A ``torch.Generator`` seeded with ``seed`` on ``like``'s device; None: the global one."""
         if isinstance(seed, tuple):  # a seed tensor's key words: torch.Generator takes an int
             if self.torch.compiler.is_compiling():
                 raise TracingError(
@@ -186,11 +200,10 @@ class TorchBackend(Backend, OperatorArithmetic, NamespaceFunctions, SeedArrays, 
                     'a traced seed tensor is not under torch.compile; use rng="portable" there'
                 )
             high, low = (int(word) & _LOW_WORD for word in seed)
-            seed = high << 32 | low  # the same mask as the integer the tensor holds
-        if seed is not None:
-            generator = self.torch.Generator(device=_device(like) or "cpu").manual_seed(seed)
-        uniform = self.torch.rand(shape, generator=generator, device=_device(like))
-        return uniform < keep_probability
+            seed = high << 32 | low  # the same draws as the integer the tensor holds
+        if seed is None:
+            return None
+        return self.torch.Generator(device=_device(like) or "cpu").manual_seed(seed)
 
     # -- losses: operators take Python numbers on either side, in the tensor's dtype and device ----
     def astype(self, x: Any, dtype: str) -> Any:

@@ -96,3 +96,62 @@ def test_a_rate_of_another_namespace_is_refused_with_what_to_do():
             call()
     same = xdrop.dropout(x, strict.asarray(0.5), seed=1)  # x's own namespace, and NumPy, are fine
     assert (np.asarray(same) == xdrop.dropout(x, np.asarray(0.5), seed=1)).all()
+
+
+@pytest.mark.parametrize("backend", ["array_api", "strict"])
+def test_the_family_runs_on_array_api_strict_as_on_numpy(monkeypatch, backend):
+    """On the generic backend itself (whose own namespace is NumPy's) and on the plugin that
+    gives it array-api-strict's namespace."""
+    if backend == "strict":
+        pytest.importorskip("xdrop_testplugin", reason="install tests/plugins/xdrop-testplugin")
+    values = np.random.default_rng(3).normal(size=(2, 3, 8, 8)).astype(np.float32)
+    x = strict.asarray(values)
+    monkeypatch.setitem(xdrop.registry._owner_of_type, type(x), backend)
+    calls = {
+        "alpha": lambda x: xdrop.alpha_dropout(x, 0.3, seed=5),
+        "gaussian": lambda x: xdrop.gaussian_dropout(x, 0.3, seed=5),
+        "path": lambda x: xdrop.drop_path(x, 0.3, seed=5),
+        "block": lambda x: xdrop.drop_block(x, 0.3, 3, seed=5),
+    }
+    for name, call in calls.items():
+        got = call(x)
+        assert type(got) is type(x), name
+        with xdrop.use_backend("numpy"):
+            expected = call(values)
+        np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-6, atol=1e-6, err_msg=name)
+
+
+def test_a_seed_array_of_another_namespace_is_refused_with_what_to_do():
+    """The generic backend claims every namespace, but a seed array must be of x's own (as a
+    rate must): refused by name in training and evaluation, never a raw framework error."""
+    jax = pytest.importorskip("jax")
+    x = strict.ones(4)
+    message = "seed must be .* of x's framework"
+    seeds = [jax.numpy.asarray(3), jax.numpy.asarray([0, 3], jax.numpy.uint32), jax.random.key(3)]
+    calls = [
+        lambda seed: xdrop.dropout(x, 0.5, seed=seed),
+        lambda seed: xdrop.dropout(x, 0.5, seed=seed, training=False),
+        lambda seed: xdrop.dropout_mask(4, 0.5, seed=seed, like=x),
+        lambda seed: xdrop.alpha_dropout(x, 0.5, seed=seed),
+        lambda seed: xdrop.gaussian_dropout(x, 0.5, seed=seed, training=False),
+    ]
+    for seed in seeds:
+        for call in calls:
+            with pytest.raises(xdrop.ArgumentTypeError, match=message):
+                call(seed)
+    own = strict.asarray(3, dtype=strict.int64)  # x's own namespace, and NumPy, are fine
+    assert (np.asarray(xdrop.dropout(x, 0.5, seed=own)) == np.asarray(
+        xdrop.dropout(x, 0.5, seed=np.asarray(3)))).all()  # fmt: skip
+
+
+def test_native_family_calls_say_the_generic_backend_has_no_native_generator():
+    x = strict.ones((2, 3, 4, 4))
+    message = 'does not implement xdrop.protocol.NativeGenerator.*use rng="portable"'
+    for call in (
+        lambda: xdrop.gaussian_dropout(x, 0.5, seed=1, rng="native"),
+        lambda: xdrop.alpha_dropout(x, 0.5, seed=1, rng="native"),
+        lambda: xdrop.drop_path(x, 0.5, seed=1, rng="native"),
+        lambda: xdrop.drop_block(x, 0.5, 3, seed=1, rng="native"),
+    ):
+        with pytest.raises(xdrop.RoleNotImplementedError, match=message):
+            call()

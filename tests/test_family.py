@@ -3,6 +3,7 @@ computed from the same mask (or the same stream words), statistics, edge cases a
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import numpy as np
@@ -115,19 +116,78 @@ def test_gaussian_dropout_edges(xp, array, host):
         xdrop.gaussian_dropout(x, 1.0, seed=1)
 
 
-def test_gaussian_dropout_takes_rng_as_the_family_does(xp, array, host):
+def test_gaussian_dropout_takes_rng_as_dropout_does(xp, array, host):
     x = array(np.ones((4, 6)))
     portable = host(xdrop.gaussian_dropout(x, 0.5, seed=1))
     np.testing.assert_array_equal(
         host(xdrop.gaussian_dropout(x, 0.5, seed=1, rng="portable")), portable
     )
-    with xdrop.use_rng("native"):  # the default stays portable: no generator gives normals
-        np.testing.assert_array_equal(host(xdrop.gaussian_dropout(x, 0.5, seed=1)), portable)
-    message = 'rng must be "portable" for gaussian_dropout'
-    with pytest.raises(xdrop.ArgumentValueError, match=message):
-        xdrop.gaussian_dropout(x, 0.5, seed=1, rng="native")
+    native = host(xdrop.gaussian_dropout(x, 0.5, seed=1, rng="native"))
+    assert (native != portable).any()
+    with xdrop.use_rng("native"):  # the default generator, as for dropout
+        np.testing.assert_array_equal(host(xdrop.gaussian_dropout(x, 0.5, seed=1)), native)
     with pytest.raises(xdrop.ArgumentValueError, match='rng must be one of "portable", "native"'):
         xdrop.gaussian_dropout(x, 0.5, seed=1, rng="fast")
+
+
+def test_gaussian_dropout_native_draws_the_frameworks_normals(xp, array, host):
+    """Mean 1 and variance p / (1 - p) from the framework's own generator, the same values for
+    the same seed however it is given (an integer, a seed array, a generator), as dropout's
+    native masks; not the portable stream's."""
+    x = array(np.ones(100_000))
+    factor = host(xdrop.gaussian_dropout(x, 0.4, seed=3, rng="native")).astype(np.float64)
+    assert abs(factor.mean() - 1) < 0.01 and abs(factor.var() - 0.4 / 0.6) < 0.01
+    assert not np.allclose(factor, host(xdrop.gaussian_dropout(x, 0.4, seed=3)))
+    again = host(xdrop.gaussian_dropout(x, 0.4, seed=3, rng="native"))
+    np.testing.assert_array_equal(again, factor.astype(np.float32))
+    held = xp.seed_array(spec.key_words(xp, 3, x))
+    np.testing.assert_array_equal(
+        host(xdrop.gaussian_dropout(x, 0.4, seed=held, rng="native")), again
+    )
+    from_generators = [
+        host(xdrop.gaussian_dropout(x, 0.4, seed=xdrop.Generator(5), rng="native"))
+        for _ in range(2)
+    ]
+    np.testing.assert_array_equal(*from_generators)
+    shared = host(xdrop.gaussian_dropout(array(np.ones((4, 6))), 0.5, seed=1, noise_shape=(4, 1),
+                                         rng="native"))  # fmt: skip
+    assert (shared == shared[:, :1]).all() and (shared[:, 0] != shared[0, 0]).any()
+    with pytest.raises(xdrop.ArgumentValueError, match='offset must be 0 with rng="native"'):
+        xdrop.gaussian_dropout(x, 0.4, seed=3, rng="native", offset=5)
+
+
+def test_a_native_generator_without_normals_says_what_gaussian_dropout_needs(monkeypatch):
+    """A backend written before native_normals joined the role keeps its native masks, and
+    native Gaussian dropout names the method it lacks."""
+    from xdrop import registry
+    from xdrop.protocol import NativeGenerator
+
+    numpy_backend = type(registry.load("numpy"))
+    older = type("Older", (numpy_backend,), {"native_normals": NativeGenerator.native_normals})()
+    monkeypatch.setitem(registry._backends, "numpy", older)
+    with xdrop.use_backend("numpy"):
+        x = np.ones(8, np.float32)
+        assert xdrop.dropout(x, 0.5, seed=1, rng="native").shape == (8,)
+        message = "does not implement xdrop.protocol.NativeGenerator.native_normals"
+        with pytest.raises(xdrop.RoleNotImplementedError, match=message):
+            xdrop.gaussian_dropout(x, 0.5, seed=1, rng="native")
+
+
+SIGNATURE_ARGUMENTS = ("seed", "offset", "rng")
+
+
+@pytest.mark.parametrize(
+    "function",
+    [xdrop.alpha_dropout, xdrop.gaussian_dropout, xdrop.drop_path, xdrop.drop_block,
+     xdrop.dropout_mask],
+)  # fmt: skip
+def test_every_family_function_takes_dropouts_seed_offset_and_rng(function):
+    reference = inspect.signature(xdrop.dropout).parameters
+    parameters = inspect.signature(function).parameters
+    for name in SIGNATURE_ARGUMENTS:
+        ours, theirs = parameters[name], reference[name]
+        assert (ours.kind, ours.default) == (theirs.kind, theirs.default), name
+        assert str(ours.annotation) == str(theirs.annotation), name
 
 
 # -- DropPath --------------------------------------------------------------------------------------
@@ -193,6 +253,8 @@ def test_drop_block_edges(xp, array, host):
     assert xdrop.drop_block(x, 0.3, 3, training=False) is x
     assert xdrop.drop_block(x, 0.0, 3, seed=1) is x
     np.testing.assert_array_equal(host(xdrop.drop_block(x, 1.0, 1, seed=1)), np.zeros((1, 1, 6, 6)))
+    for empty in ((0, 2, 6, 6), (2, 0, 6, 6), (2, 2, 0, 6)):  # nothing to drop: x itself
+        assert host(xdrop.drop_block(array(np.ones(empty)), 0.3, 3, seed=1)).shape == empty
 
 
 @pytest.mark.parametrize(("shape", "block"), [((2, 3, 16, 16), 7), ((1, 2, 9, 12), 4)])

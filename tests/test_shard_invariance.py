@@ -228,3 +228,114 @@ def test_a_concrete_start_array_is_checked_as_the_integer_it_holds(backend: str)
 def test_bad_blocks_name_the_argument(call: object, argument: str) -> None:
     with pytest.raises((xdrop.ArgumentValueError, xdrop.ArgumentTypeError), match=argument):
         call()  # type: ignore[operator]
+
+
+# -- the dropout family: shards put together are the whole tensor's result --------------------------
+FAMILY = {
+    "alpha": lambda x, **kw: xdrop.alpha_dropout(x, RATE, seed=SEED, **kw),
+    "gaussian": lambda x, **kw: xdrop.gaussian_dropout(x, RATE, seed=SEED, **kw),
+    "path": lambda x, **kw: xdrop.drop_path(x, RATE, seed=SEED, **kw),
+    "path_batch": lambda x, **kw: xdrop.drop_path(x, RATE, seed=SEED, mode="batch", **kw),
+    "block": lambda x, **kw: xdrop.drop_block(x, 0.2, 3, seed=SEED, **kw),
+    "block_last": lambda x, **kw: xdrop.drop_block(
+        x, 0.2, 3, seed=SEED, data_format="channels_last", **kw
+    ),
+}
+SHAPE = (6, 4, 7, 5)  # (N, C, H, W); drop_block's Blocks split only N and C
+
+
+def family_splits(name: str, parts: int) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+    """Every block of SHAPE cut into ``parts`` chunks on every axis; for drop_block, on the batch
+    and channel axes only (the maps stay whole)."""
+    if not name.startswith("block"):
+        return splits(SHAPE, parts)
+    split_axes = (0, 3) if name == "block_last" else (0, 1)
+    bounds = [
+        [sharding.chunk_bounds(size, parts if axis in split_axes else 1, index)
+         for index in range(parts if axis in split_axes else 1)]
+        for axis, size in enumerate(SHAPE)
+    ]  # fmt: skip
+    return [
+        (tuple(first for first, _ in block), tuple(stop - first for first, stop in block))
+        for block in itertools.product(*bounds)
+    ]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", sorted(FAMILY))
+@pytest.mark.parametrize("parts", [2, 4])
+def test_family_shards_put_together_are_the_whole(backend: str, name: str, parts: int) -> None:
+    values = np.random.default_rng(4).normal(size=SHAPE).astype(np.float32)
+    xp = registry.load(backend)
+    function = FAMILY[name]
+    whole = as_numpy(backend, function(xp.asarray(values), offset=11))
+    assembled = np.full(SHAPE, np.nan, np.float32)
+    blocks = family_splits(name, parts)
+    assert len(blocks) >= parts
+    for start, size in blocks:
+        index = tuple(slice(first, first + n) for first, n in zip(start, size, strict=True))
+        shard = xp.asarray(np.ascontiguousarray(values[index]))
+        block = xdrop.Block(SHAPE, start, offset=11)
+        assembled[index] = as_numpy(backend, function(shard, offset=block))
+    if name == "gaussian":  # the same words; log and cos may round by shape (TensorFlow's do)
+        np.testing.assert_allclose(assembled, whole, rtol=2**-20, atol=2**-20, err_msg=name)
+    else:
+        np.testing.assert_array_equal(assembled, whole, err_msg=name)
+
+
+@pytest.mark.parametrize("name", sorted(FAMILY))
+def test_a_whole_block_is_the_integer_offset(name: str) -> None:
+    values = np.random.default_rng(5).normal(size=SHAPE).astype(np.float32)
+    with xdrop.use_backend("numpy"):
+        by_block = FAMILY[name](values, offset=xdrop.Block(SHAPE, offset=3))
+        np.testing.assert_array_equal(by_block, FAMILY[name](values, offset=3))
+
+
+def test_drop_block_refuses_a_block_that_splits_the_maps() -> None:
+    x = np.ones((2, 3, 4, 8), np.float32)
+    message = "offset must be a Block that splits only the batch and channel axes"
+    for block in (
+        xdrop.Block((2, 3, 8, 8), (0, 0, 4, 0)),
+        xdrop.Block((2, 3, 4, 16), (0, 0, 0, 8)),
+    ):
+        with pytest.raises(xdrop.ArgumentValueError, match=message):
+            xdrop.drop_block(x, 0.2, 3, seed=1, offset=block)
+    last = xdrop.Block((2, 3, 4, 16), (0, 0, 0, 8))  # channels_last: C is the last axis
+    y = xdrop.drop_block(x, 0.2, 3, seed=1, offset=last, data_format="channels_last")
+    assert y.shape == x.shape
+
+
+def test_family_blocks_are_portable_and_checked_as_dropouts() -> None:
+    x = np.ones((4, 6), np.float32)
+    block = xdrop.Block((8, 6), (4, 0))
+    for name, function in FAMILY.items():
+        if name.startswith("block"):
+            continue
+        with pytest.raises(xdrop.ArgumentValueError, match=r"offset must be an integer with rng="):
+            function(x, offset=block, rng="native")
+        with pytest.raises(xdrop.ArgumentValueError, match="offset must be a Block that holds x"):
+            function(x, offset=xdrop.Block((8, 6), (6, 0)))
+    with pytest.raises(xdrop.ArgumentValueError, match="noise_shape must be"):
+        xdrop.alpha_dropout(x, RATE, seed=SEED, noise_shape=(4, 1), offset=block)
+    with pytest.raises(xdrop.ArgumentValueError, match=r"offset must be an integer with rng="):
+        xdrop.drop_block(np.ones((2, 3, 4, 4), np.float32), 0.2, 2, seed=1, rng="native",
+                         offset=xdrop.Block((4, 3, 4, 4), (2, 0, 0, 0)))  # fmt: skip
+
+
+def test_drop_path_with_a_traced_start_under_jax_jit() -> None:
+    jax = pytest.importorskip("jax")
+    jnp = jax.numpy
+    values = jnp.asarray(np.random.default_rng(6).normal(size=(8, 3)).astype(np.float32))
+    whole = np.asarray(xdrop.drop_path(values, 0.5, seed=SEED))
+    gaussian = np.asarray(xdrop.gaussian_dropout(values, 0.5, seed=SEED))
+
+    @jax.jit
+    def rows(shard: object, first: object) -> object:
+        block = xdrop.Block((8, 3), (first, 0))
+        path = xdrop.drop_path(shard, 0.5, seed=SEED, offset=block)
+        return path, xdrop.gaussian_dropout(shard, 0.5, seed=SEED, offset=block)
+
+    for first in (0, 4):
+        path, noise = rows(values[first : first + 4], jnp.int32(first))
+        assert np.array_equal(np.asarray(path), whole[first : first + 4])
+        np.testing.assert_allclose(np.asarray(noise), gaussian[first : first + 4], rtol=1e-6)

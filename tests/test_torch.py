@@ -156,3 +156,20 @@ def test_a_rate_on_the_meta_device_is_refused_with_what_to_do(device):
     ):
         with pytest.raises(xdrop.ArgumentValueError, match=message):
             call()
+
+
+def test_a_rate_on_the_meta_device_is_refused_under_compile_as_eagerly():
+    """Traced, a meta rate cannot be read: xdrop's error all the same, not a device mismatch."""
+    rate = torch.tensor(0.5, device="meta")
+    message = "p must be a Python float or a 0-d float array whose value can be read"
+    for function in (
+        lambda x, p: xdrop.dropout(x, p, seed=1),
+        lambda x, p: xdrop.alpha_dropout(x, p, seed=1),
+        lambda x, p: xdrop.dropout_mask(4, p, seed=1, like=x),
+    ):
+        step = torch.compile(function, backend="eager")
+        with pytest.raises(xdrop.ArgumentValueError, match=message):
+            step(torch.ones(4), rate)
+        whole = torch.compile(function, fullgraph=True, backend="eager")  # dynamo wraps it
+        with pytest.raises(Exception, match=message):
+            whole(torch.ones(4), rate)

@@ -178,8 +178,11 @@ def dropout(
             ``None`` takes ``x``'s size. ``(batch, 1, 1, channels)`` is spatial dropout.
         offset: added to every element's counter, so a shard can draw its slice of a larger mask;
             or an :class:`xdrop.Block` (``x`` is a block of a larger tensor, contiguous or not:
-            each element draws its counter there; ``docs/distributed.md``). A PyTorch DTensor
-            draws its global counters on each rank, and comes back with the same placements.
+            each element draws its counter there; ``docs/distributed.md``). With a noise shape,
+            a Block places the mask instead, its ``global_shape`` 1 on the axes the noise shape
+            shares: ``Block((n, 1), (start, 0))`` draws one decision per row at its global row.
+            A PyTorch DTensor draws its global counters on each rank, and comes back with the
+            same placements.
         return_mask: also return the boolean keep mask (True = kept), broadcast to ``x``'s shape.
         rng: ``"portable"`` (mask stream v1) or ``"native"`` (the framework's own generator:
             same API and edge cases, no cross-backend equality; ``offset`` must be 0). Default:
@@ -219,7 +222,7 @@ def dropout(
     generator = seeds.rng_kind(rng)
     shape = xp.shape(x)
     noise = check_noise_shape(noise_shape, shape)
-    start = _check_offset(xp, offset, noise, generator, shape)
+    start = check_offset_argument(xp, offset, noise, generator, shape)
     if isinstance(start, sharding.Block):
         sharding.check_shard_map_axes(start, x)
     plan = DropoutPlan(shape, dtype, noise, mode, check_flag("return_mask", return_mask))
@@ -257,7 +260,7 @@ def _training(
     """Training dropout: the seed is resolved now (a training call draws one, whatever p); then
     a portable call runs as a staged step where the backend stages (JAX and TensorFlow outside
     their compilers), op by op elsewhere."""
-    resolved = _resolve_seed(xp, seed, generator, x)
+    resolved = resolve_seed(xp, seed, generator, x)
     if isinstance(rate, float):
         if rate == 0:
             return x, None  # x itself, never a copy
@@ -267,7 +270,7 @@ def _training(
     else:
         kept_count, factor = spec.rate_constants(xp, rate, plan.dtype, plan.mode, training=True)
     if generator == "native":
-        native = _native(xp)
+        native = native_backend(xp)
         noise = plan.noise_dims(xp, x)
         probability = spec.keep_probability(xp, rate)
         draw_keep = functools.partial(native.native_keep_mask, noise, probability, resolved, x)
@@ -393,15 +396,17 @@ def _eager_factor_array(xp: Backend, factor: float, dtype: str) -> Array:
     return xp.asarray(np.float64(factor), dtype)
 
 
-def _resolve_seed(xp: Backend, seed: object, generator: str, like: Any) -> int | Key | None:
+def resolve_seed(xp: Backend, seed: object, generator: str, like: Any) -> int | Key | None:
     """The seed a call uses: a host integer or key words; for the framework's generator also None
     for its global generator. Generators advance here, once."""
     if generator == "portable":
         return seeds.resolve(seed, xp, like)
-    return seeds.native_seed(seed, _native(xp), like)
+    return seeds.native_seed(seed, native_backend(xp), like)
 
 
-def _native(xp: Backend) -> NativeBackend:
+def native_backend(xp: Backend) -> NativeBackend:
+    """``xp`` as a backend with its framework's own generator, or the error that says to use the
+    portable one."""
     return require(xp, NativeBackend, 'rng="native"', 'use rng="portable"')
 
 
@@ -463,15 +468,15 @@ def dropout_mask(
     size = check_shape(shape, xp.shape(like) if xp.is_array(like) else None)
     rate = check_rate(p, xp, like=like)
     generator = seeds.rng_kind(rng)
-    start = _check_offset(xp, offset, size, generator, size)
+    start = check_offset_argument(xp, offset, size, generator, size)
     dims = DropoutPlan(size, "float32", size, "inverted", False).noise_dims(xp, like)
-    resolved = _resolve_seed(xp, seed, generator, like)
+    resolved = resolve_seed(xp, seed, generator, like)
     if isinstance(rate, float):
         kept_count: Words | int = spec.keep_count(rate)
     else:
         kept_count, _ = spec.rate_constants(xp, rate, "float32", "inverted", training=True)
     if generator == "native":
-        native = _native(xp)
+        native = native_backend(xp)
         return native.native_keep_mask(dims, spec.keep_probability(xp, rate), resolved, like)
     assert resolved is not None  # portable seeds are host integers or key words
     key = seeds.key_of(resolved, xp, like)
@@ -480,18 +485,37 @@ def dropout_mask(
     return spec.keep_mask(xp, key, dims, kept_count, start, like=like)
 
 
-def _check_offset(
+def check_offset_argument(
     xp: Backend,
     offset: object,
     noise_shape: tuple[int | None, ...],
     generator: str,
     shape: tuple[int | None, ...],
 ) -> int | sharding.Block:
+    """``offset`` checked for a call on an array of ``shape`` with a mask of ``noise_shape``: an
+    integer whose counters fit, or a :class:`~xdrop.Block` that holds the array (resolved for
+    ``xp``). With a noise shape, the Block may instead place the mask itself: its logical shape
+    is then 1 on every axis the noise shape shares. Both are portable: ``rng="native"`` takes
+    only 0."""
     if isinstance(offset, sharding.Block):
         offset = offset.resolve(xp)
-        offset.check_fits(shape)
-        if noise_shape != shape:
-            raise bad_value("noise_shape", noise_shape, "x's shape (or None) with a Block offset")
+        shared = [
+            axis
+            for axis, (entry, size) in enumerate(zip(noise_shape, shape, strict=True))
+            if entry != size
+        ]
+        whole = offset.global_shape
+        if shared and len(whole) == len(shape) and all(whole[axis] == 1 for axis in shared):
+            offset.check_fits(noise_shape, "the noise shape")
+        else:
+            offset.check_fits(shape)
+            if shared:
+                raise bad_value(
+                    "noise_shape",
+                    noise_shape,
+                    "x's shape (or None) with a Block offset, or 1 only on axes where the "
+                    "Block's global_shape is 1",
+                )
         if generator == "native":
             raise bad_value("offset", offset, 'an integer with rng="native" (a Block is portable)')
         return offset

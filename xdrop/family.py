@@ -14,20 +14,18 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from xdrop import api, seeds, spec
+from xdrop import api, seeds, sharding, spec
 from xdrop.errors import Shown, bad_type, bad_value
-from xdrop.protocol import Array, Backend, Dim, FamilyBackend, require
+from xdrop.protocol import Array, Backend, Dim, FamilyBackend, Words, require
 from xdrop.registry import backend_for
 from xdrop.tracing import called_as_is
 from xdrop.typing import Rng
 from xdrop.validation import (
     Rate,
     as_input_array,
-    check_counter_range,
     check_flag,
     check_float_dtype,
     check_noise_shape,
-    check_offset,
     check_rate,
     is_integer,
 )
@@ -50,7 +48,7 @@ def alpha_dropout(
     training: bool = True,
     seed: seeds.SeedLike = None,
     noise_shape: Sequence[int | None] | None = None,
-    offset: int = 0,
+    offset: int | sharding.Block = 0,
     rng: Rng | None = None,
 ) -> Any:
     """Alpha dropout (Klambauer et al., NeurIPS 2017): dropout that keeps SELU activations at zero
@@ -83,11 +81,14 @@ def alpha_dropout(
         array([False, False,  True,  True])
     """
     xp, x, dtype, rate = _common(x, p)
+    generator = seeds.rng_kind(rng)
+    noise = check_noise_shape(noise_shape, xp.shape(x))
+    start = _check_offset(xp, x, offset, noise, generator)
     if not check_flag("training", training):
         seeds.validate_seed(seed, xp)
         return x
     family = require(xp, FamilyBackend, "alpha_dropout in training")
-    keep = _dropout_mask(family, x, rate, seed, noise_shape, offset, rng)
+    keep = api.dropout_mask(noise, rate, seed=seed, offset=start, like=x, rng=rng)
     if isinstance(rate, float):
         if rate == 0:
             return x
@@ -124,7 +125,7 @@ def gaussian_dropout(
     training: bool = True,
     seed: seeds.SeedLike = None,
     noise_shape: Sequence[int | None] | None = None,
-    offset: int = 0,
+    offset: int | sharding.Block = 0,
     rng: Rng | None = None,
 ) -> Any:
     """Gaussian dropout (Srivastava et al. 2014, section 10): multiplicative noise of mean 1 and
@@ -145,11 +146,12 @@ def gaussian_dropout(
             (traceable; a traced ``p >= 1`` gives a non-finite output).
         training: apply the noise (True) or return ``x`` (False).
         seed, noise_shape, offset: as for :func:`xdrop.dropout` (the counters are the same; the
-            values are normals instead of a mask). Keras' ``GaussianDropout`` is this without a
-            noise shape.
-        rng: ``"portable"``, taken as the rest of the family takes it; ``"native"`` is refused
-            (xdrop draws no normals from the frameworks' own generators), and ``None`` is
-            portable whatever ``xdrop.set_rng`` / ``XDROP_RNG`` say.
+            values are normals instead of a mask, and a :class:`xdrop.Block` gives each element
+            the normal it has in the whole tensor). Keras' ``GaussianDropout`` is this without
+            a noise shape.
+        rng: as for :func:`xdrop.dropout`: ``"native"`` draws ``z`` from the framework's own
+            generator (``torch.randn``, ``tf.random.stateless_normal``, ``jax.random.normal``,
+            NumPy's ``standard_normal``), seeded as dropout's native masks are.
 
     Example:
         >>> import numpy as np
@@ -157,27 +159,28 @@ def gaussian_dropout(
         array([-0.06545269,  1.5836947 ,  0.82184637], dtype=float32)
     """
     xp, x, dtype, rate = _common(x, p)
-    if rng is not None and seeds.check_rng(rng) != "portable":
-        raise bad_value(
-            "rng",
-            rng,
-            '"portable" for gaussian_dropout (or None): the frameworks\' own '
-            "generators give xdrop no normals",
-        )
     if isinstance(rate, float) and rate == 1:
         raise bad_value("p", p, "a real number in [0, 1) (p == 1 has infinite variance)")
+    generator = seeds.rng_kind(rng)
+    noise = check_noise_shape(noise_shape, xp.shape(x))
+    start = _check_offset(xp, x, offset, noise, generator)
     if not check_flag("training", training):
         seeds.validate_seed(seed, xp)
         return x
     family = require(xp, FamilyBackend, "gaussian_dropout in training")
-    shape = family.shape(x)
-    noise = check_noise_shape(noise_shape, shape)
-    start = check_offset(offset)
-    check_counter_range(start, noise)
-    key = seeds.seed_key(seed, family, x)
+    resolved = api.resolve_seed(family, seed, generator, x)  # drawn in training, whatever p
     if isinstance(rate, float) and rate == 0:
         return x
-    z = spec.normals(family, key, _noise_dims(family, x, noise), start, like=x)
+    dims = _noise_dims(family, x, noise)
+    if generator == "native":
+        z = api.native_backend(family).native_normals(dims, resolved, x)
+    else:
+        assert resolved is not None  # portable seeds are host integers or key words
+        key = seeds.key_of(resolved, family, x)
+        if isinstance(start, sharding.Block):
+            z = sharding.block_normals(family, key, start, dims, x)
+        else:
+            z = spec.normals(family, key, dims, start, like=x)
     if isinstance(rate, float):
         sigma: float | Array = spec.rounded(math.sqrt(rate / (1.0 - rate)), "float32")
     else:
@@ -200,7 +203,7 @@ def drop_path(
     scale_by_keep: bool = True,
     training: bool = True,
     seed: seeds.SeedLike = None,
-    offset: int = 0,
+    offset: int | sharding.Block = 0,
     rng: Rng | None = None,
 ) -> Any:
     """DropPath, or stochastic depth (Huang et al., ECCV 2016), as timm's ``drop_path`` and
@@ -239,6 +242,7 @@ def drop_path(
         raise bad_value("x", Shown("<0-d array>"), 'an array with a batch axis for mode="row"')
     scaled = check_flag("scale_by_keep", scale_by_keep)
     noise = (None,) + (1,) * (ndim - 1) if mode == "row" else (1,) * ndim
+    start = _check_offset(xp, x, offset, xp.shape(x), seeds.rng_kind(rng))
     if not scaled and not check_flag("training", training):
         check_rate(p, xp, like=x)  # classic evaluation would scale by 1 - p: DropPath returns x
         seeds.validate_seed(seed, xp)
@@ -250,8 +254,20 @@ def drop_path(
         seed=seed,
         mode="inverted" if scaled else "classic",
         noise_shape=noise,
-        offset=offset,
+        offset=start if isinstance(start, int) else _decisions_block(start, mode),
         rng=rng,
+    )
+
+
+def _decisions_block(block: sharding.Block, mode: str) -> sharding.Block:
+    """The Block of DropPath's decisions for ``x`` at ``block``: one per sample at its global
+    index (``"row"``: logical shape ``(batch, 1, ..., 1)``), or the one of the whole batch."""
+    rank = len(block.global_shape)
+    if mode == "batch":
+        return sharding.Block((1,) * rank, None, block.offset)
+    rest = (1,) * (rank - 1)
+    return sharding.Block(
+        block.global_shape[:1] + rest, block.start[:1] + (0,) * (rank - 1), block.offset
     )
 
 
@@ -265,6 +281,7 @@ def drop_block(
     data_format: str = "channels_first",
     training: bool = True,
     seed: seeds.SeedLike = None,
+    offset: int | sharding.Block = 0,
     rng: Rng | None = None,
 ) -> Any:
     """DropBlock (Ghiasi et al., NeurIPS 2018) for 2-d feature maps: drop square blocks of each
@@ -298,6 +315,13 @@ def drop_block(
         data_format: ``"channels_first"`` (PyTorch's layout) or ``"channels_last"``.
         training: apply DropBlock (True) or return ``x`` (False).
         seed, rng: as for :func:`xdrop.dropout`.
+        offset: added to the counter of every corner (as for :func:`xdrop.dropout`), or an
+            :class:`xdrop.Block` of ``x`` that splits only its batch and channel axes: each
+            corner is drawn where it lies in the whole tensor, and ``count`` and ``kept`` are
+            the whole tensor's, so the shards put together are the whole tensor's DropBlock
+            exactly. To know ``kept``, each shard draws the corners of the whole tensor: work and
+            memory in proportion to the whole. A Block that splits ``H`` or ``W`` is refused (a
+            block would straddle the split).
 
     Example:
         >>> import numpy as np
@@ -325,12 +349,16 @@ def drop_block(
     if height is None or width is None:
         allowed = "an array whose H and W are known while tracing (DropBlock's gamma needs them)"
         raise bad_value("x", Shown(f"<array of shape {shape}>"), allowed)
+    generator = seeds.rng_kind(rng)
+    start = _check_offset(xp, x, offset, shape, generator)
+    if isinstance(start, sharding.Block):
+        _check_maps_whole(start, shape, channels_last)
     if not check_flag("training", training):
         seeds.validate_seed(seed, xp)
         return x
     family = require(xp, FamilyBackend, "drop_block in training")
-    if (isinstance(rate, float) and rate == 0) or height * width == 0:
-        seeds.resolve(seed, family, x)  # a training call draws its seed, whatever p
+    if (isinstance(rate, float) and rate == 0) or 0 in shape:  # no units: nothing to pool
+        api.resolve_seed(family, seed, generator, x)  # a training call draws its seed, whatever p
         return x
     size = min(int(block_size), height, width)
     rows, columns = height - size + 1, width - size + 1
@@ -345,13 +373,41 @@ def drop_block(
         scaled = family.multiply(family.astype(rate, compute), ratio)
         capped = family.where(family.less_equal(scaled, 1.0), scaled, 1.0)
         gamma = family.where(family.equal(rate, 1.0), 1.0, capped)
-    corners_shape = (None, rows, columns, None) if channels_last else (None, None, rows, columns)
-    keep = api.dropout_mask(corners_shape, gamma, seed=seed, like=x, rng=rng)
-    corners = family.astype(family.equal(keep, False), "float32")
-    kept = family.equal(family.max_pool_2d(corners, size, channels_last), 0.0)
+    spatial = (1, 2) if channels_last else (2, 3)
+    corners_shape = tuple(
+        (rows, columns)[spatial.index(axis)] if axis in spatial else None for axis in range(4)
+    )
     compute = "float64" if family.has_float64() else "float32"
-    kept_count = family.sum(family.astype(kept, compute))
-    count = family.dim_array(family.size(family.runtime_shape(x)), compute)
+    if isinstance(start, sharding.Block):  # x is a shard of a larger tensor, whole maps
+        whole = tuple(
+            (rows, columns)[spatial.index(axis)] if axis in spatial else size_
+            for axis, size_ in enumerate(start.global_shape)
+        )
+        resolved = api.resolve_seed(family, seed, "portable", x)
+        assert resolved is not None  # portable seeds are host integers or key words
+        key = seeds.key_of(resolved, family, x)
+        if isinstance(gamma, float):
+            threshold: Words | int = spec.keep_count(gamma)
+        else:
+            threshold, _ = spec.rate_constants(family, gamma, "float32", "inverted", training=True)
+        corners = sharding.Block(whole, start.start, start.offset)
+        dims = _noise_dims(family, x, corners_shape)
+        keep = sharding.block_keep_mask(family, key, corners, dims, threshold, x)
+        kept = _kept_units(family, keep, size, channels_last)
+        # count and kept are the whole tensor's: every shard counts the same units
+        all_kept = _kept_units(
+            family,
+            spec.keep_mask(family, key, whole, threshold, start.offset, like=x),
+            size,
+            channels_last,
+        )
+        kept_count = family.sum(family.astype(all_kept, compute))
+        count = _count_array(family, x, math.prod(start.global_shape), compute)
+    else:
+        keep = api.dropout_mask(corners_shape, gamma, seed=seed, offset=start, like=x, rng=rng)
+        kept = _kept_units(family, keep, size, channels_last)
+        kept_count = family.sum(family.astype(kept, compute))
+        count = _element_count(family, x, compute)
     none_kept = family.equal(kept_count, 0.0)
     factor = family.where(
         none_kept, 0.0, family.divide(count, family.where(none_kept, 1.0, kept_count))
@@ -368,6 +424,42 @@ def _common(x: Any, p: object) -> tuple[Backend, Array, str, Rate]:
     return xp, x, dtype, check_rate(p, xp, like=x)
 
 
+def _kept_units(xp: FamilyBackend, keep: Array, size: int, channels_last: bool) -> Array:
+    """The units no block covers: the blocks of ``size`` grown from the corners ``keep`` drops."""
+    corners = xp.astype(xp.equal(keep, False), "float32")
+    return xp.equal(xp.max_pool_2d(corners, size, channels_last), 0.0)
+
+
+def _check_maps_whole(block: sharding.Block, shape: tuple[int | None, ...], last: bool) -> None:
+    """DropBlock takes a Block that splits only the batch and channel axes: a block of units
+    straddling a split of H or W would need its neighbour shard's corners."""
+    for axis in (1, 2) if last else (2, 3):
+        first = block.start[axis]  # a traced start cannot be known to be 0
+        if not isinstance(first, int) or first != 0 or block.global_shape[axis] != shape[axis]:
+            raise bad_value(
+                "offset",
+                block,
+                "a Block that splits only the batch and channel axes of x for drop_block (whole "
+                "H and W: a block of units would straddle a split of the maps)",
+            )
+
+
+def _element_count(xp: FamilyBackend, x: Array, dtype: str) -> Array:
+    """The number of elements of ``x`` as a 0-d array of ``dtype``, on ``x``'s device."""
+    count = xp.size(xp.runtime_shape(x))
+    if not isinstance(count, int):
+        return xp.dim_array(count, dtype)
+    return _count_array(xp, x, count, dtype)
+
+
+def _count_array(xp: FamilyBackend, x: Array, count: int, dtype: str) -> Array:
+    """``count`` as a 0-d array of ``dtype`` in ``x``'s namespace and on its device, made from a
+    one like ``x``: the generic backend's ``dim_array`` knows no array, so it would make a NumPy
+    array, which another namespace cannot compute with."""
+    one = xp.astype(xp.full_mask((), True, like=x), dtype)
+    return xp.multiply(one, float(count))  # exact: a count below 2**53 (rounded as dim_array would)
+
+
 def _noise_dims(xp: Backend, x: Array, noise: tuple[int | None, ...]) -> tuple[Dim, ...]:
     """The completed noise shape as dims: ``x``'s run-time size where an entry is None."""
     if None not in noise:
@@ -376,15 +468,12 @@ def _noise_dims(xp: Backend, x: Array, noise: tuple[int | None, ...]) -> tuple[D
     return tuple(size if entry is None else entry for entry, size in zip(noise, sizes, strict=True))
 
 
-def _dropout_mask(
-    xp: Backend,
-    x: Array,
-    rate: Rate,
-    seed: object,
-    noise_shape: Sequence[int | None] | None,
-    offset: int,
-    rng: Rng | None,
-) -> Array:
-    """:func:`xdrop.dropout`'s keep mask for ``x``, at the noise shape (it broadcasts)."""
-    noise = check_noise_shape(noise_shape, xp.shape(x))
-    return api.dropout_mask(noise, rate, seed=seed, offset=offset, like=x, rng=rng)
+def _check_offset(
+    xp: Backend, x: Array, offset: object, noise: tuple[int | None, ...], generator: str
+) -> int | sharding.Block:
+    """``offset`` checked as :func:`xdrop.dropout` checks it, for a mask of ``noise``; a Block
+    from ``shard_map_block`` must be of x's own partition, as there."""
+    start = api.check_offset_argument(xp, offset, noise, generator, xp.shape(x))
+    if isinstance(start, sharding.Block):
+        sharding.check_shard_map_axes(start, x)
+    return start

@@ -131,6 +131,12 @@ class ArrayOps(abc.ABC):
         for no accelerator. Default: False."""
         return False
 
+    def holds_values(self, x: Array) -> bool:
+        """Whether ``x`` holds values that a computation can use, False for a placeholder of
+        shape and dtype alone (a torch tensor on the meta device). A traced rate is checked with
+        it, since it cannot be read. Default: True."""
+        return True
+
     @abc.abstractmethod
     def to_numpy(self, x: Array) -> np.ndarray:
         """A NumPy copy of ``x`` (bfloat16 may come back as float32, which holds it exactly)."""
@@ -512,6 +518,17 @@ class NativeGenerator(abc.ABC):
         """A boolean mask, each element True with probability ``keep_probability``, from the
         framework's own generator. ``seed`` is a host integer, key words (a traced seed), or None
         for the global generator (only where ``has_global_rng``)."""
+
+    def native_normals(self, shape: tuple[int, ...], seed: int | Key | None, like: Array) -> Array:
+        """Standard normal float32 values of ``shape`` from the framework's own generator, on
+        ``like``'s device; ``seed`` as for :meth:`native_keep_mask`. ``gaussian_dropout`` with
+        ``rng="native"`` uses them. Not abstract, so that a backend written before it keeps
+        working: the default raises :class:`~xdrop.errors.RoleNotImplementedError`."""
+        name = getattr(self, "name", type(self).__name__)
+        raise RoleNotImplementedError(
+            f"the {name} backend does not implement xdrop.protocol.NativeGenerator.native_normals, "
+            'which gaussian_dropout with rng="native" needs; use rng="portable"'
+        )
 
 
 class _BackendWith(Backend):

@@ -26,6 +26,10 @@ SEED_ALLOWED = (
     "an integer in [0, 2**64), an xdrop.Generator, None, a 0-d integer array, "
     "a uint32[2] array (hi, lo) or a JAX key"
 )
+SEED_OF_X_ALLOWED = (
+    "an integer in [0, 2**64), an xdrop.Generator, None, or a seed array of x's framework "
+    "(a 0-d integer array, a uint32[2] array (hi, lo) or a JAX key)"
+)
 THREEFRY_KEY_DTYPE = "key<fry>"
 INTEGER_DTYPES = frozenset(
     f"{sign}int{bits}" for sign in ("", "u") for bits in (8, 16, 32, 64)
@@ -190,9 +194,18 @@ def resolve(seed: object, xp: Backend, like: Array | None) -> int | Key:
     if host is not None:
         return host
     if xp.is_array(seed):
+        check_seed_owner(seed, xp)
         check_seed_array(xp.dtype_name(seed), xp.shape(seed), seed)
         return require(xp, SeedBackend, *SEED_IN_AN_ARRAY).seed_words(seed)
     raise bad_type("seed", seed, SEED_ALLOWED)
+
+
+def check_seed_owner(seed: Array, xp: Backend) -> None:
+    """A seed array must belong to ``xp``, the backend of the call's arrays. A generic backend
+    takes every array with an Array API namespace for its own, but cannot compute with another
+    namespace's (a JAX seed beside an array-api-strict ``x``): such a seed is refused by name."""
+    if backend_for(seed) is not xp:
+        raise bad_type("seed", seed, SEED_OF_X_ALLOWED)
 
 
 @host_constant
@@ -234,6 +247,7 @@ def validate_seed(seed: object, xp: Backend) -> None:
         return
     if not xp.is_array(seed):
         raise bad_type("seed", seed, SEED_ALLOWED)
+    check_seed_owner(seed, xp)
     check_seed_array(xp.dtype_name(seed), xp.shape(seed), seed)
 
 

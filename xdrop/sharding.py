@@ -24,7 +24,17 @@ import numpy as np
 
 from xdrop import seeds, spec
 from xdrop.errors import Shown, bad_type, bad_value
-from xdrop.protocol import Array, Backend, Dim, Key, SeedBackend, WordArithmetic, Words, require
+from xdrop.protocol import (
+    Array,
+    Backend,
+    Dim,
+    FamilyBackend,
+    Key,
+    SeedBackend,
+    WordArithmetic,
+    Words,
+    require,
+)
 from xdrop.validation import as_integer, check_offset, is_integer_dtype
 
 AXIS_LIMIT = spec.WORD_COUNT
@@ -227,6 +237,16 @@ def block_keep_mask(
     y0, y1 = spec.threefry2x32(xp, key, block_counter_words(xp, block, shape, like))
     keep = spec.kept(xp, xp.word_ixor(y0, y1), kept_count)
     return xp.reshape(keep, shape)  # a 0-d array stays 0-d; others already have the shape
+
+
+def block_normals(
+    xp: FamilyBackend, key: Key, block: Block, shape: tuple[Dim, ...], like: Array | None = None
+) -> Array:
+    """The standard normals of an array of ``shape`` at ``block`` (``gaussian_dropout``): element
+    ``j`` from the two words of its counter in the logical tensor, as :func:`xdrop.spec.normals`
+    draws them for the whole."""
+    y0, y1 = spec.threefry2x32(xp, key, block_counter_words(xp, block, shape, like))
+    return xp.reshape(spec.box_muller(xp, y0, y1), shape)
 
 
 # -- the engines' layouts -----------------------------------------------------------------------------

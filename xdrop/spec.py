@@ -357,13 +357,17 @@ def normals(
     an ulp or two of the true values, which bounds how far backends may differ (docs/spec.md)."""
     start = offset if not isinstance(offset, int) else key_words(xp, offset, like)
     y0, y1 = stream_words(xp, key, start, xp.size(shape), like)
+    return xp.reshape(box_muller(xp, y0, y1), shape)
+
+
+def box_muller(xp: FamilyBackend, y0: Words, y1: Words) -> Array:
+    """The standard normals of :func:`normals` from the two words of each counter, elementwise."""
     grid = 2.0**-NORMAL_BITS
     shift = 32 - NORMAL_BITS
     u1 = xp.multiply(xp.add(xp.astype(xp.word_shift_right(y0, shift), "float32"), 1.0), grid)
     u2 = xp.multiply(xp.astype(xp.word_shift_right(y1, shift), "float32"), grid)
     radius = xp.sqrt(xp.multiply(xp.log(u1), -2.0))
-    z = xp.multiply(radius, xp.cos(xp.multiply(u2, TWO_PI)))
-    return xp.reshape(z, shape)
+    return xp.multiply(radius, xp.cos(xp.multiply(u2, TWO_PI)))
 
 
 # -- derived seeds ----------------------------------------------------------------------------------

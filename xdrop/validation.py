@@ -27,6 +27,7 @@ from xdrop.typing import Mode
 Rate = Union[float, Array]  # noqa: UP007 (Array is Any: "float | Any" fails on Python 3.10)
 """A checked rate: a Python float in [0, 1], or a 0-d float array being traced."""
 RATE_ALLOWED = "a real number in [0, 1] or a 0-d float array of x's framework"
+RATE_READABLE = "a Python float or a 0-d float array whose value can be read (on x's device)"
 
 
 def as_integer(value: object) -> int | None:
@@ -65,6 +66,8 @@ def check_rate(p: object, xp: Backend | None = None, like: object = None) -> Rat
         if owner is not None and foreign and not isinstance(p, np.ndarray):
             raise bad_type("p", p, RATE_ALLOWED)
         if owner is not None and owner.is_tracing(array):
+            if not owner.holds_values(array):  # what reading it eagerly would refuse
+                raise bad_value("p", Shown("<0-d array that holds no value>"), RATE_READABLE)
             return array
         value = _read_rate(lambda: float(array if owner is None else owner.to_numpy(array)))
     else:
@@ -89,7 +92,7 @@ def _read_rate(read: Callable[[], float]) -> float:
         raise bad_value(
             "p",
             Shown(f"<0-d array that cannot be read: {error}>"),
-            "a Python float or a 0-d float array whose value can be read (on x's device)",
+            RATE_READABLE,
         ) from error
 
 
