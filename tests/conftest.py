@@ -9,7 +9,6 @@ this process and in the subprocesses tests start; nothing is installed into the 
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import sys
@@ -18,17 +17,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-# TensorFlow and Triton each link their own LLVM. Triton loaded after TensorFlow (as torch._dynamo
-# loads it wherever it is installed, and CUDA builds of torch install it) segfaults; loaded before,
-# the two share a process. So where Triton is installed the suite loads it first.
-if importlib.util.find_spec("triton") is not None:
-    import triton  # noqa: F401
-
 import numpy as np
 import pytest
 
 import xdrop
 from xdrop import kernel, registry
+
+# test modules import TensorFlow, and torch.compile then loads Triton where it is installed
+registry.load_triton_before_tensorflow()
 
 if sys.version_info >= (3, 11):
     import tomllib

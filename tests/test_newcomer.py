@@ -51,18 +51,31 @@ def test_the_development_guide_installs_the_checkout_editable():
         assert "pip install -e " in line, line
 
 
-@pytest.mark.skipif(
+NEEDS_TRITON_AND_TENSORFLOW = pytest.mark.skipif(
     importlib.util.find_spec("triton") is None or importlib.util.find_spec("tensorflow") is None,
     reason="the crash needs Triton (CUDA builds of torch install it) and TensorFlow",
 )
-def test_the_suite_runs_torch_compile_beside_tensorflow_where_triton_is_installed():
-    # TensorFlow, then torch._dynamo (which loads Triton), segfaults without the suite's set-up
-    code = (
-        f"import sys; sys.path.insert(0, {str(ROOT / 'tests')!r})\n"
-        "import conftest, tensorflow, torch._dynamo\n"
-        "print('shared one process')"
-    )
+
+
+def run_fresh(code: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+
+
+@NEEDS_TRITON_AND_TENSORFLOW
+@pytest.mark.parametrize(
+    "importer",
+    [
+        # the test suite: its modules import TensorFlow themselves
+        f"import sys; sys.path.insert(0, {str(ROOT / 'tests')!r}); import conftest, tensorflow",
+        # xdrop importing TensorFlow itself, as xdrop conformance and XDROP_BACKEND do
+        "from xdrop import registry; registry.load('tensorflow')",
+    ],
+    ids=["test-suite", "xdrop"],
+)
+def test_torch_compile_runs_beside_tensorflow_where_triton_is_installed(importer):
+    # TensorFlow, then torch._dynamo (which loads Triton), is a segmentation fault unless
+    # Triton was loaded first
+    result = run_fresh(f"{importer}\nimport torch._dynamo\nprint('shared one process')")
     assert result.returncode == 0, (result.returncode, result.stderr[-2000:])
     assert result.stdout.strip() == "shared one process"

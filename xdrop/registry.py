@@ -183,10 +183,28 @@ def load(name: str) -> Backend:
         return _backends[name]
 
 
+def load_triton_before_tensorflow() -> None:
+    """Import Triton now if it is installed and TensorFlow is not imported yet.
+
+    TensorFlow and Triton each link their own LLVM: Triton loaded after TensorFlow (as
+    ``torch.compile`` loads it wherever it is installed, and CUDA builds of torch install it)
+    ends the process with a segmentation fault, while loaded before, the two share the process.
+    xdrop calls this where it imports TensorFlow itself (the conformance suite, the benchmark,
+    ``XDROP_BACKEND=tensorflow``); a program that imports both frameworks can call it first."""
+    if "tensorflow" in sys.modules or "triton" in sys.modules:
+        return
+    if importlib.util.find_spec("triton") is None:
+        return
+    with contextlib.suppress(Exception):  # a broken Triton is torch.compile's to report, not ours
+        import triton  # noqa: F401
+
+
 def _create(name: str) -> Backend:
     entry_point = _entry_point(name)
     try:
         backend_class = entry_point.load()
+        if getattr(backend_class, "framework", None) == "tensorflow":
+            load_triton_before_tensorflow()
         backend = backend_class()
     except ImportError as error:
         raise BackendError(
