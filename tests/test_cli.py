@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -712,3 +713,31 @@ def test_a_file_name_that_is_not_utf8_is_written_and_named(tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout.decode() == f"wrote {len(golden.load()['cases'])} cases to \\udcff.json\n"
     assert os.listdir(os.fsencode(tmp_path)) == [b"\xff.json"]
+
+
+@pytest.mark.parametrize(
+    ("arguments", "option"),
+    [
+        ([*BENCH, "--p", "2"], "--p"),
+        ([*BENCH, "--repeats", "0"], "--repeats"),
+        ([*BENCH, "--sizes", "0"], "--sizes"),
+        ([*BENCH, "--json", "."], "--json"),
+        ([*CONFORMANCE, "--json", "."], "--json"),
+        (["golden", "."], "FILE"),
+    ],
+)
+def test_an_error_names_its_option_once(arguments, option, capsys):
+    status, _, err = run_main(arguments, capsys)
+    assert status == 2
+    assert f"error: argument {option}: " in err
+    named = re.findall(rf"(?<![\w-]){re.escape(option)}(?![\w-])", err)
+    assert len(named) == 1, err  # "argument --p: --p must be ..." said it twice
+
+
+def test_conformance_help_describes_every_mode(capsys):
+    status, out, _ = run_main(["conformance", "--help"], capsys)
+    assert status == 0
+    described = " ".join(out.split("--mode {eager,compiled,runtime,all}")[-1].split())
+    for mode in [*cli.MODES, "all"]:
+        assert f"{mode}: " in described or f"{mode} (default): " in described, mode
+    assert "sizes known only at run time" in described and "or both" not in described

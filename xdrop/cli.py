@@ -78,7 +78,9 @@ def _main(argv: Sequence[str] | None) -> int:
     _add_shared_options(conformance, "check")
     conformance.add_argument(
         "--mode", choices=[*MODES, "all"], default="all",
-        help="eager calls, calls inside the framework's compiler, or both (default)",
+        help="eager: call the public API directly; compiled: call it inside the framework's "
+        "compiler, seeds traced; runtime: compile it with sizes known only at run time and the "
+        "rate traced; all (default): the three modes in turn",
     )  # fmt: skip
     conformance.add_argument(
         "--full", action="store_true",
@@ -211,7 +213,7 @@ def _probability(text: str) -> float:
     except ValueError:
         value = math.nan
     if not 0.0 <= value <= 1.0:  # NaN fails both comparisons
-        raise argparse.ArgumentTypeError(f"--p must be a number in [0, 1], got {text!r}")
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {text!r}")
     return value
 
 
@@ -221,7 +223,7 @@ def _positive_integer(text: str) -> int:
     except ValueError:
         value = 0
     if value < 1:
-        raise argparse.ArgumentTypeError(f"--repeats must be a whole number >= 1, got {text!r}")
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
     return value
 
 
