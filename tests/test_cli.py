@@ -741,3 +741,17 @@ def test_conformance_help_describes_every_mode(capsys):
     for mode in [*cli.MODES, "all"]:
         assert f"{mode}: " in described or f"{mode} (default): " in described, mode
     assert "sizes known only at run time" in described and "or both" not in described
+
+
+def test_a_stream_is_written_without_resolving_its_path(tmp_path, capsys, monkeypatch):
+    """A shell's ``--json >(jq .)`` names ``/dev/fd/63``, a link to a pipe with no path that
+    ``os.path.realpath`` could return (it gives a name that does not exist): a FIFO or device is
+    written through the path it was given, whatever realpath makes of it."""
+    from xdrop import cli_files
+
+    nowhere = str(tmp_path / "no such folder" / "pipe:[1234]")
+    monkeypatch.setattr(cli_files.os.path, "realpath", lambda path: nowhere)
+    reader = FifoReader(tmp_path / "pipe")
+    status, _, err = run_main(["golden", str(tmp_path / "pipe")], capsys)
+    assert (status, err) == (0, "")
+    assert reader.result() == golden.GOLDEN_PATH.read_text()

@@ -32,13 +32,13 @@ def check_output(text: str) -> Path:
     write into (through symbolic links alike). Raises :class:`FileError` otherwise."""
     path = Path(text)
     try:
-        target = Path(os.path.realpath(path))
-        status = _stat(target)
+        status = _stat(path)
         if status is not None and not _writable_kind(status.st_mode):
             raise FileError(_wrong_kind(text, status.st_mode))
         if status is not None and _is_stream(status.st_mode):
-            writable = os.access(target, os.W_OK)
+            writable = os.access(path, os.W_OK)
         else:  # replaced through a temporary file beside it: its folder must take one
+            target = Path(os.path.realpath(path))
             folder = target.parent
             if _stat(folder) is None:
                 shown = path.parent if not os.path.islink(path) else folder
@@ -61,13 +61,15 @@ def write_text(path: Path, write: Callable[[TextIO], None]) -> None:
     there; a FIFO or character device is written into. Raises :class:`FileError`."""
     text = str(path)
     try:
-        target = Path(os.path.realpath(path))
-        status = _stat(target)
-        if status is None or stat.S_ISREG(status.st_mode):
-            _replace(target, status, write)
-        elif _is_stream(status.st_mode):
-            with open(target, "w", encoding="utf-8") as stream:
+        # The kind is asked of the path itself, which the system follows through every link: a
+        # shell's >(...) names /dev/fd/63, a link to a pipe that has no path realpath could give.
+        status = _stat(path)
+        if status is not None and _is_stream(status.st_mode):
+            with open(path, "w", encoding="utf-8") as stream:
                 write(stream)
+        elif status is None or stat.S_ISREG(status.st_mode):
+            target = Path(os.path.realpath(path))  # the file to replace, not the link to it
+            _replace(target, _stat(target), write)
         else:  # it changed since it was checked
             raise FileError(_wrong_kind(text, status.st_mode))
     except NotADirectoryError:
