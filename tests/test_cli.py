@@ -7,6 +7,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -177,8 +179,10 @@ def test_results_are_written_atomically(tmp_path, capsys, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(json, "dump", fail)
-    with pytest.raises(OSError, match="disk full"):
-        cli.main([*CONFORMANCE, "--json", str(path)])
+    status, _, err = run_main([*CONFORMANCE, "--json", str(path)], capsys)
+    assert status == 2 and len(err.strip().splitlines()) == 1  # one line, no traceback
+    assert err.startswith("xdrop conformance: error: argument --json: could not write ")
+    assert "disk full" in err
     assert path.read_text() == "the previous results"  # untouched, and no stray temporary
     assert sorted(tmp_path.iterdir()) == [path]
     monkeypatch.undo()
@@ -440,3 +444,314 @@ def test_the_benchmark_draws_its_tables_the_same_way_in_plain_ascii():
 def test_a_table_refuses_a_bad_alignment_or_a_ragged_row(rows, align, message):
     with pytest.raises(xdrop.ArgumentValueError, match=message):
         tables.render(("name", "cases"), rows, align=align)
+
+
+# Files named on the command line: followed through links, written as ``cp`` and ``tee`` write
+# them (a regular file replaced whole, a FIFO written into, permissions as the umask allows), and
+# every file that cannot be read or written refused with one line and exit status 2.
+
+
+def run_either(how: str, arguments: list[str], capsys: pytest.CaptureFixture[str], cwd: Path):
+    """``xdrop ARGUMENTS`` through :func:`cli.main` or the installed command, from ``cwd``."""
+    if how == "command":
+        result = xdrop_command(arguments, cwd=cwd)
+        return result.returncode, result.stdout, result.stderr
+    here = Path.cwd()
+    os.chdir(cwd)
+    try:
+        return run_main(arguments, capsys)
+    finally:
+        os.chdir(here)
+
+
+WRITERS = {
+    "golden": lambda path: ["golden", path],
+    "conformance": lambda path: [*CONFORMANCE, "--json", path],
+    "bench": lambda path: [*BENCH, "--json", path],
+}
+
+
+def written_right(command: str, text: str) -> bool:
+    """Whether ``text`` is what ``command`` writes: the golden cases, or a JSON report."""
+    if command == "golden":
+        return text == golden.GOLDEN_PATH.read_text()
+    return isinstance(json.loads(text), dict)
+
+
+@pytest.mark.parametrize("how", ["main", "command"])
+@pytest.mark.parametrize("command", sorted(WRITERS))
+def test_a_symbolic_link_is_written_through_to_its_target(command, how, tmp_path, capsys):
+    target = tmp_path / "results" / "target.json"
+    target.parent.mkdir()
+    target.write_text("the previous results")
+    (tmp_path / "link.json").symlink_to(Path("results") / "target.json")
+    status, _, err = run_either(how, WRITERS[command]("link.json"), capsys, tmp_path)
+    assert status == 0, err
+    assert (tmp_path / "link.json").is_symlink()  # the link stays a link
+    assert os.readlink(tmp_path / "link.json") == str(Path("results") / "target.json")
+    assert written_right(command, target.read_text())
+    assert sorted(path.name for path in tmp_path.rglob("*")) == [
+        "link.json",
+        "results",
+        "target.json",
+    ]  # no stray temporary
+
+
+def test_a_dangling_link_creates_its_target(tmp_path, capsys):
+    (tmp_path / "link.json").symlink_to("new.json")
+    status, _, err = run_main(["golden", str(tmp_path / "link.json")], capsys)
+    assert status == 0, err
+    assert (tmp_path / "link.json").is_symlink()
+    assert (tmp_path / "new.json").read_text() == golden.GOLDEN_PATH.read_text()
+
+
+class FifoReader:
+    """Reads everything written into the FIFO at ``path``, in a thread. The FIFO is opened here
+    (and held open for writing until :meth:`result`), so the command's open does not wait and an
+    end of file means the command closed it, or never wrote there."""
+
+    def __init__(self, path: Path) -> None:
+        import threading
+
+        os.mkfifo(path)
+        self.reader = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        self.keeper = os.open(path, os.O_WRONLY)
+        os.set_blocking(self.reader, True)
+        self.chunks: list[bytes] = []
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        while chunk := os.read(self.reader, 65536):
+            self.chunks.append(chunk)
+
+    def result(self) -> str:
+        os.close(self.keeper)
+        self.thread.join(timeout=60)
+        os.close(self.reader)
+        return b"".join(self.chunks).decode()
+
+
+@pytest.mark.parametrize("how", ["main", "command"])
+@pytest.mark.parametrize("command", sorted(WRITERS))
+def test_a_fifo_is_written_into(command, how, tmp_path, capsys):
+    fifo = tmp_path / "pipe"
+    reader = FifoReader(fifo)
+    status, _, err = run_either(how, WRITERS[command]("pipe"), capsys, tmp_path)
+    text = reader.result()
+    assert status == 0, err
+    assert written_right(command, text)
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)  # still a FIFO, not replaced by a file
+    assert [path.name for path in tmp_path.iterdir()] == ["pipe"]
+
+
+@pytest.mark.parametrize("how", ["main", "command"])
+def test_golden_check_reads_a_fifo(how, tmp_path, capsys):
+    import threading
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+
+    def feed() -> None:
+        try:
+            with open(fifo, "w") as stream:  # waits for the command to open it
+                stream.write(golden.GOLDEN_PATH.read_text())
+        except BrokenPipeError:
+            pass
+
+    writer = threading.Thread(target=feed, daemon=True)
+    writer.start()
+    status, out, err = run_either(how, ["golden", "--check", "pipe"], capsys, tmp_path)
+    if writer.is_alive():  # the command never opened it: let the writer go
+        os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))
+    writer.join(timeout=60)
+    assert (status, out, err) == (0, "pipe matches the reference\n", "")
+
+
+def test_a_socket_is_refused_and_left_alone(tmp_path, capsys, monkeypatch):
+    import socket
+
+    monkeypatch.chdir(tmp_path)  # a short relative name: socket paths are limited to ~100 bytes
+    server = socket.socket(socket.AF_UNIX)
+    try:
+        server.bind("sock")
+        for command in sorted(WRITERS):
+            status, out, err = run_main(WRITERS[command]("sock"), capsys)
+            assert status == 2 and out == "", command
+            assert len(err.strip().splitlines()) == 1
+            assert "'sock' is a socket: name a file, a FIFO or a character device" in err
+            assert stat.S_ISSOCK(os.lstat("sock").st_mode)
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize("how", ["main", "command"])
+@pytest.mark.parametrize("command", sorted(WRITERS))
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_a_new_file_gets_the_permissions_the_umask_allows(umask, command, how, tmp_path, capsys):
+    previous = os.umask(umask)
+    try:
+        status, _, err = run_either(how, WRITERS[command]("new.json"), capsys, tmp_path)
+    finally:
+        os.umask(previous)
+    assert status == 0, err
+    assert stat.S_IMODE((tmp_path / "new.json").stat().st_mode) == 0o666 & ~umask
+
+
+@pytest.mark.parametrize("command", sorted(WRITERS))
+@pytest.mark.parametrize("mode", [0o640, 0o604])
+def test_a_replaced_file_keeps_its_permissions(mode, command, tmp_path, capsys):
+    path = tmp_path / "old.json"
+    path.write_text("the previous results")
+    path.chmod(mode)
+    status, _, err = run_main(WRITERS[command](str(path)), capsys)
+    assert status == 0, err
+    assert stat.S_IMODE(path.stat().st_mode) == mode
+    assert written_right(command, path.read_text())
+
+
+def test_a_name_as_long_as_the_system_allows_is_written(tmp_path, capsys):
+    longest = os.pathconf(tmp_path, "PC_NAME_MAX")
+    path = tmp_path / ("a" * (longest - 5) + ".json")
+    status, _, err = run_main(["golden", str(path)], capsys)
+    assert status == 0, err
+    assert [entry.name for entry in tmp_path.iterdir()] == [path.name]
+
+
+def bad_file(case: str, tmp_path: Path) -> str:
+    """A file name (relative to ``tmp_path``) that no command can read or write, set up there."""
+    if case == "under a file":
+        (tmp_path / "file").write_text("")
+        return "file/out.json"
+    if case == "a folder":
+        (tmp_path / "folder").mkdir()
+        return "folder"
+    if case == "a link loop":
+        (tmp_path / "loop").symlink_to("loop")
+        return "loop"
+    if case == "a link to a folder":
+        (tmp_path / "folder").mkdir()
+        (tmp_path / "link").symlink_to("folder")
+        return "link"
+    assert case == "too long"
+    return "a" * 300 + ".json"
+
+
+BAD_FILES = {
+    "under a file": "'file/out.json': 'file' is a file, not a folder",
+    "a folder": "'folder' is a folder: name a file",
+    "a link loop": "'loop': Too many levels of symbolic links",
+    "a link to a folder": "'link' is a folder (through a link to ",
+    "too long": ".json': File name too long",
+}
+FILE_OPTIONS = {
+    "golden": (lambda path: ["golden", path], "argument FILE: "),
+    "golden --check": (lambda path: ["golden", "--check", path], "argument FILE: "),
+    "conformance --json": (lambda path: [*CONFORMANCE, "--json", path], "argument --json: "),
+    "bench --json": (lambda path: [*BENCH, "--json", path], "argument --json: "),
+}
+
+
+@pytest.mark.parametrize("how", ["main", "command"])
+@pytest.mark.parametrize("option", sorted(FILE_OPTIONS))
+@pytest.mark.parametrize("case", sorted(BAD_FILES))
+def test_every_file_option_refuses_a_bad_file_with_one_line(case, option, how, tmp_path, capsys):
+    name = bad_file(case, tmp_path)
+    before = sorted(tmp_path.rglob("*"))
+    arguments, says = FILE_OPTIONS[option]
+    status, out, err = run_either(how, arguments(name), capsys, tmp_path)
+    assert status == 2, err
+    assert out == "" and len(err.strip().splitlines()) == 1  # no traceback
+    command = option.split()[0]
+    assert err.startswith(f"xdrop {command}: error: {says}")
+    assert BAD_FILES[case] in err
+    assert sorted(tmp_path.rglob("*")) == before  # nothing written, nothing replaced
+
+
+@pytest.mark.parametrize("option", sorted(FILE_OPTIONS))
+def test_a_nul_byte_in_a_file_name_is_refused_with_one_line(option, capsys):
+    arguments, says = FILE_OPTIONS[option]
+    status, out, err = run_main(arguments("out\0.json"), capsys)
+    assert status == 2 and out == "" and len(err.strip().splitlines()) == 1
+    assert says in err and "embedded null byte" in err
+
+
+@pytest.mark.parametrize("how", ["main", "command"])
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        (b"\xff\xfe", "'cases.json' is not UTF-8 text (byte 0xff at offset 0)"),
+        (b"", "'cases.json' is not a golden cases file: not JSON (Expecting value"),
+        (b'{"cases": [', "'cases.json' is not a golden cases file: not JSON ("),
+        (b"[1, 2]", "is not a golden cases file: a JSON object is expected, got an array"),
+        (b"null", "is not a golden cases file: a JSON object is expected, got null"),
+        (b'{"cases": 3}', "is not a golden cases file: 'cases' must be an array, got a number"),
+        (b'{"stream": []}', "'stream' must be a string, got an array"),
+        (b'{"cases": [1]}', "is not a golden cases file: each of 'cases' must be an object"),
+    ],
+)
+def test_golden_check_refuses_a_file_that_is_not_golden_cases(content, says, how, tmp_path, capsys):
+    (tmp_path / "cases.json").write_bytes(content)
+    status, out, err = run_either(how, ["golden", "--check", "cases.json"], capsys, tmp_path)
+    assert status == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1  # no traceback
+    assert err.startswith("xdrop golden: error: argument FILE: ") and says in err
+
+
+def test_golden_check_says_a_missing_file_is_missing(tmp_path, capsys):
+    status, _, err = run_main(["golden", "--check", str(tmp_path / "none.json")], capsys)
+    assert status == 2 and f"{str(tmp_path / 'none.json')!r}: no such file" in err
+
+
+def test_a_file_name_that_is_not_utf8_is_written_and_named(tmp_path):
+    """A name of arbitrary bytes (as Linux allows) is written, and printed with the bytes that
+    are not UTF-8 escaped, where printing it as is would fail."""
+    environment = {**os.environ, "PYTHONIOENCODING": "utf-8", "PYTHONUTF8": "0"}
+    result = subprocess.run(
+        [*COMMAND, "golden", b"\xff.json"], capture_output=True, cwd=tmp_path, env=environment
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.decode() == f"wrote {len(golden.load()['cases'])} cases to \\udcff.json\n"
+    assert os.listdir(os.fsencode(tmp_path)) == [b"\xff.json"]
+
+
+@pytest.mark.parametrize(
+    ("arguments", "option"),
+    [
+        ([*BENCH, "--p", "2"], "--p"),
+        ([*BENCH, "--repeats", "0"], "--repeats"),
+        ([*BENCH, "--sizes", "0"], "--sizes"),
+        ([*BENCH, "--json", "."], "--json"),
+        ([*CONFORMANCE, "--json", "."], "--json"),
+        (["golden", "."], "FILE"),
+    ],
+)
+def test_an_error_names_its_option_once(arguments, option, capsys):
+    status, _, err = run_main(arguments, capsys)
+    assert status == 2
+    assert f"error: argument {option}: " in err
+    named = re.findall(rf"(?<![\w-]){re.escape(option)}(?![\w-])", err)
+    assert len(named) == 1, err  # "argument --p: --p must be ..." said it twice
+
+
+def test_conformance_help_describes_every_mode(capsys):
+    status, out, _ = run_main(["conformance", "--help"], capsys)
+    assert status == 0
+    described = " ".join(out.split("--mode {eager,compiled,runtime,all}")[-1].split())
+    for mode in [*cli.MODES, "all"]:
+        assert f"{mode}: " in described or f"{mode} (default): " in described, mode
+    assert "sizes known only at run time" in described and "or both" not in described
+
+
+def test_a_stream_is_written_without_resolving_its_path(tmp_path, capsys, monkeypatch):
+    """A shell's ``--json >(jq .)`` names ``/dev/fd/63``, a link to a pipe with no path that
+    ``os.path.realpath`` could return (it gives a name that does not exist): a FIFO or device is
+    written through the path it was given, whatever realpath makes of it."""
+    from xdrop import cli_files
+
+    nowhere = str(tmp_path / "no such folder" / "pipe:[1234]")
+    monkeypatch.setattr(cli_files.os.path, "realpath", lambda path: nowhere)
+    reader = FifoReader(tmp_path / "pipe")
+    status, _, err = run_main(["golden", str(tmp_path / "pipe")], capsys)
+    assert (status, err) == (0, "")
+    assert reader.result() == golden.GOLDEN_PATH.read_text()

@@ -8,7 +8,6 @@ import math
 import os
 import platform
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any, NoReturn, TextIO
 
 import xdrop
 from xdrop import defaults, kernel, registry, seeds, tables
+from xdrop.cli_files import FileError, check_output, read_text, write_text
 from xdrop.conformance import golden, self_check
 from xdrop.conformance.runner import MODES, BackendReport, identical_outputs, run_backend
 from xdrop.errors import XdropError
@@ -78,7 +78,9 @@ def _main(argv: Sequence[str] | None) -> int:
     _add_shared_options(conformance, "check")
     conformance.add_argument(
         "--mode", choices=[*MODES, "all"], default="all",
-        help="eager calls, calls inside the framework's compiler, or both (default)",
+        help="eager: call the public API directly; compiled: call it inside the framework's "
+        "compiler, seeds traced; runtime: compile it with sizes known only at run time and the "
+        "rate traced; all (default): the three modes in turn",
     )  # fmt: skip
     conformance.add_argument(
         "--full", action="store_true",
@@ -211,7 +213,7 @@ def _probability(text: str) -> float:
     except ValueError:
         value = math.nan
     if not 0.0 <= value <= 1.0:  # NaN fails both comparisons
-        raise argparse.ArgumentTypeError(f"--p must be a number in [0, 1], got {text!r}")
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {text!r}")
     return value
 
 
@@ -221,41 +223,32 @@ def _positive_integer(text: str) -> int:
     except ValueError:
         value = 0
     if value < 1:
-        raise argparse.ArgumentTypeError(f"--repeats must be a whole number >= 1, got {text!r}")
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
     return value
 
 
-def _output_path(text: str, option: str = "--json") -> Path:
-    """A file the results can be written to, checked before anything runs."""
-    path = Path(text)
-    folder = path.parent
-    if path.is_dir():
-        raise argparse.ArgumentTypeError(f"{option} must name a file, got the folder {text!r}")
-    if not folder.is_dir():
-        raise argparse.ArgumentTypeError(
-            f"{option} {text!r}: the folder {str(folder)!r} does not exist"
-        )
-    if not os.access(folder, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise argparse.ArgumentTypeError(f"{option} {text!r}: no permission to write there")
-    return path
-
-
-def _write_json(path: Path, document: dict[str, Any]) -> None:
-    """Write ``document`` to ``path`` as JSON, atomically."""
-    _write_atomically(path, lambda file: json.dump(document, file, indent=1))
-
-
-def _write_atomically(path: Path, write: Callable[[TextIO], None]) -> None:
-    """Write ``path`` through ``write`` atomically: a reader never sees half a file, and a failed
-    write leaves what was there."""
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+def _output_path(text: str) -> Path:
+    """A file the results can be written to, checked before anything runs (argparse names the
+    option in front of the reason)."""
     try:
-        with os.fdopen(handle, "w") as file:
-            write(file)
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
+        return check_output(text)
+    except FileError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _write_json(parser: argparse.ArgumentParser, path: Path, document: dict[str, Any]) -> None:
+    """Write ``document`` to ``path`` as JSON (see :mod:`xdrop.cli_files`); a failure ends the
+    command with one line and exit status 2."""
+    try:
+        write_text(path, lambda file: json.dump(document, file, indent=1))
+    except FileError as error:
+        parser.error(f"argument --json: {error}")
+
+
+def _shown(path: Path) -> str:
+    """``path`` as text any terminal can print: a name that is not valid UTF-8 (its bytes kept
+    as surrogates by Python) shows those bytes escaped instead of failing to print."""
+    return str(path).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _bench(parser: argparse.ArgumentParser, arguments: argparse.Namespace) -> int:
@@ -284,7 +277,7 @@ def _bench(parser: argparse.ArgumentParser, arguments: argparse.Namespace) -> in
           f"{machine['load_before']} before and {machine.get('load_after')} after; "
           + ", ".join(f"{name} {version}" for name, version in report.versions.items()))  # fmt: skip
     if arguments.json:
-        _write_json(arguments.json, benchmarks.document(report))
+        _write_json(parser, arguments.json, benchmarks.document(report))
     problems = [f"{name} ({reason})" for name, reason in report.unavailable.items()]
     failed = [
         measurement for measurement in report.measurements
@@ -459,8 +452,13 @@ def _golden(parser: argparse.ArgumentParser, file: str | None, check: bool) -> i
     ``file`` (default: the shipped cases) with them."""
     if check:
         path = Path(file) if file else golden.GOLDEN_PATH
-        if not path.is_file():
-            parser.error(f"--check {str(path)!r}: no such file")
+        try:  # read before the cases are generated: a bad file is refused at once
+            found = read_text(path)
+        except FileError as error:
+            parser.error(f"argument FILE: {error}")
+        problem = _golden_problem(found)
+        if problem:
+            parser.error(f"argument FILE: {str(path)!r} is not a golden cases file: {problem}")
     elif file is None:
         parser.error(
             "name the FILE to write the cases to, e.g. `xdrop golden golden.json` (from a "
@@ -468,24 +466,57 @@ def _golden(parser: argparse.ArgumentParser, file: str | None, check: bool) -> i
         )
     else:
         try:
-            path = _output_path(file, "FILE")
-        except argparse.ArgumentTypeError as error:
-            parser.error(str(error))
+            path = check_output(file)
+        except FileError as error:
+            parser.error(f"argument FILE: {error}")
     document = golden.generate()
     text = golden.render(document)
     if check:
-        if path.read_text() != text:
-            print(f"{path} is out of date: run `xdrop golden {path}`", file=sys.stderr)
+        if found != text:
+            print(
+                f"{_shown(path)} is out of date: run `xdrop golden {_shown(path)}`", file=sys.stderr
+            )
             return 1
-        print(f"{path} matches the reference")
+        print(f"{_shown(path)} matches the reference")
         return 0
 
     def write(handle: TextIO) -> None:
         handle.write(text)
 
-    _write_atomically(path, write)
-    print(f"wrote {len(document['cases'])} cases to {path}")
+    try:
+        write_text(path, write)
+    except FileError as error:
+        parser.error(f"argument FILE: {error}")
+    print(f"wrote {len(document['cases'])} cases to {_shown(path)}")
     return 0
+
+
+def _golden_problem(text: str) -> str | None:
+    """Why ``text`` is not a golden document at all (malformed JSON, or JSON of another shape),
+    or None: then it is one, up to date or not. An object with none of the fields (``{}``) is
+    an empty document, out of date."""
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as error:
+        return f"not JSON ({error})"
+    if not isinstance(document, dict):
+        return f"a JSON object is expected, got {_json_kind(document)}"
+    fields = {"stream": str, "input_pattern": list, "cases": list}
+    for name, kind in fields.items():
+        if name in document and not isinstance(document[name], kind):
+            expected, found = _json_kind(kind()), _json_kind(document[name])
+            return f"{name!r} must be {expected}, got {found}"
+    if not all(isinstance(case, dict) for case in document.get("cases", [])):
+        return "each of 'cases' must be an object"
+    return None
+
+
+def _json_kind(value: Any) -> str:
+    """What JSON calls the kind of ``value``, as :func:`json.loads` returns it."""
+    kinds = ((bool, "a boolean"), (dict, "an object"), (list, "an array"), (str, "a string"))
+    if value is None:
+        return "null"
+    return next((name for kind, name in kinds if isinstance(value, kind)), "a number")
 
 
 def _conformance(
@@ -548,7 +579,7 @@ def _conformance(
         )
         print(f"NOT CHECKED {name}: " + "; ".join(reasons))
     if json_path:
-        _write_json(json_path, _document(reports, passed))
+        _write_json(parser, json_path, _document(reports, passed))
     checked = [name for name in names if name not in unchecked]
     print(_verdict(reports, checked, len(names), passed))
     return 0 if passed else 1
