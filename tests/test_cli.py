@@ -408,6 +408,31 @@ def test_a_table_aligns_its_columns_under_a_rule_of_dashes():
     )
 
 
+def test_a_table_renders_as_a_markdown_table_too():
+    header = ("name", "cases", "note")
+    rows = [("numpy", "12", "a | b"), ("tensorflow", "7", "-")]
+    assert tables.markdown(header, rows, align="<>").splitlines() == [
+        "| name | cases | note |",
+        "| :-- | --: | --: |",
+        "| numpy | 12 | a \\| b |",  # a bar in a cell is not a column's end
+        "| tensorflow | 7 | - |",
+    ]
+    with pytest.raises(xdrop.ArgumentValueError, match="each row must be 3 cells"):
+        tables.markdown(header, [("numpy", "12")])
+
+
+def test_bench_prints_its_tables_as_markdown_when_asked(capsys):
+    status, out, _ = run_main([*BENCH, "--path", "numpy", "--markdown"], capsys)
+    assert status == 0
+    lines = out.splitlines()
+    title = lines.index("**numpy · numpy · forward**")
+    assert lines[title + 1] == ""
+    assert lines[title + 2].startswith("| size | p | xdrop |")
+    assert lines[title + 3].startswith("| :-- | --: | --: |")
+    assert lines[title + 4].startswith("| 2e+01 | 0.5 | ")
+    assert "| target | limit | worst measured |  |" in lines
+
+
 def test_the_benchmark_draws_its_tables_the_same_way_in_plain_ascii():
     measurement = benchmarks.Measurement(
         benchmarks.Case("numpy", "numpy", 1000, 0.5),

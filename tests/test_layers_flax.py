@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from flax import nnx
 from layers.shared import assert_refused, check_seed_none_draws_once, digits
 
-from xdrop.layers.flax import Dropout, DropoutState
+from xdrop.layers.flax import AlphaDropout, DropBlock2D, Dropout, DropoutState, DropPath
 
 pytestmark = pytest.mark.backend_independent  # each framework's own arrays
 
@@ -83,6 +83,30 @@ def test_broadcast_dims_outside_the_input_are_refused(dims):
         Dropout(0.5, broadcast_dims=(1, -2), seed=9)(jnp.ones((2, 4))),
         contract(jnp.ones((2, 4)), 0.5, 9, 0, noise_shape=(1, 1)),
     )
+
+
+@pytest.mark.parametrize(
+    ("make", "shape", "message"),
+    [(lambda: Dropout(0.5, broadcast_dims=(2,), seed=0), (2, 4),
+      "broadcast_dims must be axes in [-2, 2) of the 2-d inputs, got (2,)"),
+     (lambda: AlphaDropout(0.5, broadcast_dims=(-3,), seed=0), (2, 4),
+      "broadcast_dims must be axes in [-2, 2) of the 2-d inputs, got (-3,)"),
+     (lambda: DropBlock2D(0.1, 3, seed=0), (2, 3, 4),
+      "inputs must be a 4-d tensor (N, H, W, C), got <tensor of shape (2, 3, 4)>"),
+     (lambda: DropBlock2D(0.1, 3, data_format="channels_first", seed=0), (2, 3, 4),
+      "inputs must be a 4-d tensor (N, C, H, W), got <tensor of shape (2, 3, 4)>"),
+     (lambda: DropPath(0.1, seed=0), (),
+      'inputs must be a tensor with a batch axis for mode="row", got <tensor of shape ()>')],
+)  # fmt: skip
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_a_wrong_rank_is_refused_in_training_and_evaluation_alike(
+    make, shape, message, deterministic
+):
+    # before: a deterministic call returned the input, so the wrong rank surfaced only in training
+    layer = make()
+    call = lambda: layer(jnp.ones(shape), deterministic=deterministic)  # noqa: E731
+    assert_refused(call, xdrop.ArgumentValueError, message)
+    assert int(layer.step[...]) == 0
 
 
 def test_an_nnx_jit_training_step_advances_the_stream_and_trains():

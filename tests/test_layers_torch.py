@@ -12,7 +12,14 @@ import xdrop
 torch = pytest.importorskip("torch")
 from layers.shared import assert_refused, check_seed_none_draws_once, digits  # noqa: E402
 
-from xdrop.layers.torch import Dropout, Dropout1d, Dropout2d, Dropout3d  # noqa: E402
+from xdrop.layers.torch import (  # noqa: E402
+    DropBlock2D,
+    Dropout,
+    Dropout1d,
+    Dropout2d,
+    Dropout3d,
+    DropPath,
+)
 
 pytestmark = pytest.mark.backend_independent  # each framework's own arrays
 
@@ -166,6 +173,29 @@ def test_bad_arguments_name_the_argument_the_value_and_what_is_allowed(arguments
 def test_a_channel_form_refuses_inputs_of_the_wrong_rank():
     with pytest.raises(xdrop.ArgumentValueError, match=r"x must be a tensor of 3 .* or 4 "):
         Dropout2d(0.5, seed=0)(torch.ones(2, 3))
+
+
+@pytest.mark.parametrize(
+    ("make", "shape", "allowed"),
+    [(lambda: Dropout1d(0.5, seed=0), (3,),
+      "a tensor of 2 (C, *spatial) or 3 (N, C, *spatial) dimensions for Dropout1d"),
+     (lambda: Dropout2d(0.5, seed=0), (3,),
+      "a tensor of 3 (C, *spatial) or 4 (N, C, *spatial) dimensions for Dropout2d"),
+     (lambda: Dropout3d(0.5, seed=0), (2, 3, 4, 5, 6, 7),
+      "a tensor of 4 (C, *spatial) or 5 (N, C, *spatial) dimensions for Dropout3d"),
+     (lambda: DropBlock2D(0.1, 3, seed=0), (2, 3, 4), "a 4-d tensor (N, C, H, W)"),
+     (lambda: DropPath(0.1, seed=0), (), 'a tensor with a batch axis for mode="row"')],
+)  # fmt: skip
+@pytest.mark.parametrize("training", [True, False])
+def test_a_wrong_rank_is_refused_in_training_and_evaluation_alike(make, shape, allowed, training):
+    # before: evaluation returned the input, so the wrong rank surfaced only in training
+    layer = make().train(training)
+    assert_refused(
+        lambda: layer(torch.ones(shape)),
+        xdrop.ArgumentValueError,
+        f"x must be {allowed}, got <tensor of shape {shape}>",
+    )
+    assert layer.step.item() == 0
 
 
 def test_repr_names_the_seed():

@@ -154,6 +154,10 @@ def _add_bench(commands: Any) -> argparse.ArgumentParser:
         help=f"timed rounds, at least 1 (default: {runner.REPEATS})",
     )  # fmt: skip
     bench.add_argument(
+        "--markdown", action="store_true",
+        help="print the tables as Markdown tables (as docs/performance.md records them)",
+    )  # fmt: skip
+    bench.add_argument(
         "--quick", action="store_true",
         help="fewer sizes, one rate, three rounds: a first look in a few minutes",
     )  # fmt: skip
@@ -268,9 +272,10 @@ def _bench(parser: argparse.ArgumentParser, arguments: argparse.Namespace) -> in
         directions=[arguments.direction] if arguments.direction else None,
         progress=_bench_progress(Progress(sys.stderr)),
     )
-    print(benchmarks.table(report))
+    print(benchmarks.table(report, markdown=arguments.markdown))
     print()
-    print(benchmarks.targets_table(benchmarks.check_targets(report)))
+    targets = benchmarks.check_targets(report)
+    print(benchmarks.targets_table(targets, markdown=arguments.markdown))
     machine = report.machine
     print(f"\n{machine['kernel']}")
     print(f"{machine['processor']}, {machine['cores']} cores, load average "

@@ -1,5 +1,5 @@
 """Plain-text tables, the one way ``xdrop info``, ``xdrop conformance`` and ``xdrop bench`` print
-their results."""
+their results, and the same tables in Markdown (``xdrop bench --markdown``, for the site)."""
 
 from __future__ import annotations
 
@@ -33,12 +33,7 @@ def render(header: Sequence[str], rows: Sequence[Sequence[str]], align: str = "<
         numpy       12
         jax          7
     """
-    if not align or set(align) - {"<", ">"}:
-        raise bad_value("align", align, "'<' or '>' for each column, e.g. '<>'")
-    for row in rows:
-        if len(row) != len(header):
-            raise bad_value("each row", row, f"{len(header)} cells, one per header column")
-    sides = [align[min(i, len(align) - 1)] for i in range(len(header))]
+    sides = _sides(header, rows, align)
     widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
     if sides and sides[-1] == "<":
         widths[-1] = 0  # nothing follows it: no trailing spaces
@@ -50,3 +45,34 @@ def render(header: Sequence[str], rows: Sequence[Sequence[str]], align: str = "<
         for row in (header, *rows)
     ]
     return "\n".join([lines[0], "-" * len(lines[0]), *lines[1:]])
+
+
+def markdown(header: Sequence[str], rows: Sequence[Sequence[str]], align: str = "<") -> str:
+    """The table of :func:`render` as a Markdown (GitHub-flavoured) table: a site shows it as a
+    table, wrapped and scrolled on its own, where the plain text would be a code block wider
+    than the page. Arguments as for :func:`render`; a ``|`` in a cell is escaped.
+
+    Example:
+        >>> print(markdown(("backend", "cases"), [("numpy", "12"), ("jax", "7")], align="<>"))
+        | backend | cases |
+        | :-- | --: |
+        | numpy | 12 |
+        | jax | 7 |
+    """
+    sides = _sides(header, rows, align)
+    rule = [":--" if side == "<" else "--:" for side in sides]
+
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
+
+    return "\n".join([line(header), "| " + " | ".join(rule) + " |", *map(line, rows)])
+
+
+def _sides(header: Sequence[str], rows: Sequence[Sequence[str]], align: str) -> list[str]:
+    """Each column's alignment, ``<`` or ``>``, after checking ``align`` and the rows' lengths."""
+    if not align or set(align) - {"<", ">"}:
+        raise bad_value("align", align, "'<' or '>' for each column, e.g. '<>'")
+    for row in rows:
+        if len(row) != len(header):
+            raise bad_value("each row", row, f"{len(header)} cells, one per header column")
+    return [align[min(i, len(align) - 1)] for i in range(len(header))]

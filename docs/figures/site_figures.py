@@ -103,18 +103,23 @@ def draw_noise_shapes(folder: Path) -> Path:
 
 
 def performance_ratios(page: str, p: float = 0.5) -> dict[str, dict[int, float]]:
-    """``{"backend · path · direction": {size: xdrop/framework}}`` at rate ``p``, from the text
-    tables under "## The tables" of docs/performance.md."""
-    tables = page.split("## The tables", 1)[1].split("```text", 1)[1].split("```", 1)[0]
+    """``{"backend · path · direction": {size: xdrop/framework}}`` at rate ``p``, from the
+    Markdown tables under "## The tables" of docs/performance.md, each under its title in bold."""
+    section = page.split("## The tables", 1)[1].split("\n## ", 1)[0]
     ratios: dict[str, dict[int, float]] = {}
-    for block in tables.strip().split("\n\n"):
-        title, header, _, *rows = block.splitlines()
-        columns = re.split(r"\s{2,}", header.strip())
-        for row in rows:
-            cells = dict(zip(columns, re.split(r"\s{2,}", row.strip()), strict=True))
-            if float(cells["p"]) == p:
-                size = int(float(cells["size"]))
-                ratios.setdefault(title.strip(), {})[size] = float(cells["xdrop/framework"])
+    title, columns = "", []
+    for line in section.splitlines():
+        if line.startswith("**") and line.endswith("**"):
+            title, columns = line.strip("*"), []
+        elif line.startswith("|") and title:
+            cells = [cell.strip() for cell in re.split(r"(?<!\\)\|", line)[1:-1]]
+            if not columns:
+                columns = cells
+            elif not all(re.fullmatch(r":?-+:?", cell) for cell in cells):  # not the rule
+                row = dict(zip(columns, cells, strict=True))
+                if float(row["p"]) == p:
+                    size = int(float(row["size"]))
+                    ratios.setdefault(title, {})[size] = float(row["xdrop/framework"])
     if not ratios:
         raise SystemExit(f"no xdrop/framework ratios at p={p} under '## The tables'")
     return ratios

@@ -216,26 +216,53 @@ def test_bad_arguments_name_the_argument_the_value_and_what_is_allowed(make, err
     assert_refused(make, error, message)
 
 
-@pytest.mark.parametrize("training", [True, False])
-def test_inputs_of_the_wrong_rank_are_refused_with_the_rank_and_layout_expected(training):
+def rank_cases():  # type: ignore[no-untyped-def]
+    """Fresh layers that take one rank, each with what it takes, as its error says."""
     from xdrop.layers.keras import DropBlock2D
 
-    cases = [(SpatialDropout1D(0.5, seed=0), "a 3-d tensor (samples, timesteps, channels)"),
-             (SpatialDropout2D(0.5, "channels_last", seed=0),
-              "a 4-d tensor (samples, rows, cols, channels)"),
-             (SpatialDropout2D(0.5, "channels_first", seed=0),
-              "a 4-d tensor (samples, channels, rows, cols)"),
-             (SpatialDropout3D(0.5, "channels_last", seed=0),
-              "a 5-d tensor (samples, dim1, dim2, dim3, channels)"),
-             (DropBlock2D(0.3, 3, "channels_last", seed=0),
-              "a 4-d tensor (samples, rows, cols, channels)")]  # fmt: skip
-    for layer, allowed in cases:
+    return [(SpatialDropout1D(0.5, seed=0), "a 3-d tensor (samples, timesteps, channels)"),
+            (SpatialDropout2D(0.5, "channels_last", seed=0),
+             "a 4-d tensor (samples, rows, cols, channels)"),
+            (SpatialDropout2D(0.5, "channels_first", seed=0),
+             "a 4-d tensor (samples, channels, rows, cols)"),
+            (SpatialDropout3D(0.5, "channels_last", seed=0),
+             "a 5-d tensor (samples, dim1, dim2, dim3, channels)"),
+            (DropBlock2D(0.3, 3, "channels_last", seed=0),
+             "a 4-d tensor (samples, rows, cols, channels)")]  # fmt: skip
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_inputs_of_the_wrong_rank_are_refused_with_the_rank_and_layout_expected(training):
+    for layer, allowed in rank_cases():
         assert_refused(
             lambda layer=layer: layer(np.ones((2, 3), "float32"), training=training),
             xdrop.ArgumentValueError,
             f"inputs must be {allowed}, got <tensor of shape (2, 3)>",
         )
         assert step_of(layer) == 0
+    row = DropPath(0.1, seed=0)
+    assert_refused(
+        lambda: row(np.ones((), "float32"), training=training),
+        xdrop.ArgumentValueError,
+        'inputs must be a tensor with a batch axis for mode="row", got <tensor of shape ()>',
+    )
+    assert step_of(row) == 0
+
+
+@pytest.mark.parametrize("build", ["sequential", "functional"])
+def test_a_wrong_rank_is_refused_when_the_model_is_built(build):
+    # before: the model built, with a (None, 4, 5) output, and failed only in predict or fit
+    for layer, allowed in rank_cases():
+        inputs = keras.Input((4, 5) if allowed.startswith(("a 4", "a 5")) else (4,))
+        if build == "sequential":
+            make = lambda layer=layer, inputs=inputs: keras.Sequential([inputs, layer])  # noqa: E731
+        else:
+            make = lambda layer=layer, inputs=inputs: layer(inputs)  # noqa: E731
+        assert_refused(
+            make,
+            xdrop.ArgumentValueError,
+            f"inputs must be {allowed}, got <tensor of shape {(None, *inputs.shape[1:])}>",
+        )
 
 
 def test_a_model_trains_on_digits_as_well_as_with_keras_dropout():

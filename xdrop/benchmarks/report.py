@@ -131,9 +131,11 @@ def check_targets(report: Report) -> list[TargetResult]:
 
 
 # -- text -------------------------------------------------------------------------------------------
-def table(report: Report) -> str:
+def table(report: Report, markdown: bool = False) -> str:
     """One line per case: the median time per call of each contender, the ratios from the same
-    run, the first call of xdrop (compilation) and memory where measured."""
+    run, the first call of xdrop (compilation) and memory where measured. ``markdown``: each
+    table as a Markdown table under its title in bold (:func:`xdrop.tables.markdown`), as
+    ``docs/performance.md`` records them, instead of aligned plain text."""
     blocks = []
     groups: dict[tuple[str, str, str], list[Measurement]] = {}
     for measurement in report.measurements:
@@ -165,14 +167,21 @@ def table(report: Report) -> str:
             {f"{name}: {error}" for m in measurements for name, error in m.failures.items()}
         )
         title = f"{backend} · {path} · {direction}"
-        columns = tables.render(header, rows, align="<>")
-        blocks.append("\n".join([title, columns, *(f"  ! {note}" for note in notes)]))
+        if markdown:  # a Markdown table and a list each need a blank line before them
+            columns = tables.markdown(header, rows, align="<>")
+            listed = ["", *(f"- {note}" for note in notes)] if notes else []
+            blocks.append("\n".join([f"**{title}**", "", columns, *listed]))
+        else:
+            columns = tables.render(header, rows, align="<>")
+            blocks.append("\n".join([title, columns, *(f"  ! {note}" for note in notes)]))
     for backend, reason in report.unavailable.items():
         blocks.append(f"{backend}: not measured ({reason})")
     return "\n\n".join(blocks)
 
 
-def targets_table(results: list[TargetResult]) -> str:
+def targets_table(results: list[TargetResult], markdown: bool = False) -> str:
+    """Each target, its limit, the worst ratio measured and whether it was met; ``markdown`` as
+    for :func:`table`."""
     rows = [
         (
             result.name,
@@ -182,7 +191,8 @@ def targets_table(results: list[TargetResult]) -> str:
         )
         for result in results
     ]
-    return tables.render(("target", "limit", "worst measured", ""), rows, align="<>")
+    draw = tables.markdown if markdown else tables.render
+    return draw(("target", "limit", "worst measured", ""), rows, align="<>")
 
 
 def _duration(seconds: float) -> str:

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 import xdrop
-from xdrop.errors import bad_type, bad_value
+from xdrop.errors import Shown, bad_type, bad_value
 from xdrop.seeds import Generator, global_generator
 from xdrop.typing import Mode
 from xdrop.validation import as_integer, check_flag, check_seed, is_integer
@@ -132,6 +132,39 @@ class DropoutDraws:
     _check_rate = staticmethod(check_layer_rate)
     """Checks the layer's rate at construction: ``(argument name, rate) -> float``."""
 
+    _axis_names: tuple[str, str, dict[int, tuple[str, ...]]] = (
+        "N",
+        "C",
+        {1: ("L",), 2: ("H", "W"), 3: ("D", "H", "W")},
+    )
+    """How the framework names the axes of feature maps in its errors: the batch axis, the
+    channel axis, and the spatial axes of each rank (Keras' layers use Keras' own names)."""
+
+    def _check_input_shape(self, argument: str, shape: Sequence[int | None]) -> None:
+        """An :class:`~xdrop.errors.ArgumentValueError` naming ``argument`` (the input) unless
+        an input of ``shape`` has a rank the layer takes. Every framework's layer checks each
+        call, drawing or not: a wrong rank that passed evaluation would only fail later, in
+        training (the frameworks' own layers refuse it in evaluation too); Keras' also checks
+        the symbolic input a model is built on."""
+        allowed = self._ranks_allowed(len(shape))
+        if allowed is not None:
+            shown = Shown(f"<tensor of shape {tuple(shape)}>")
+            raise bad_value(argument, shown, allowed)
+
+    def _ranks_allowed(self, ndim: int) -> str | None:
+        """None where the layer takes inputs of ``ndim`` axes; otherwise the ranks it takes, in
+        words. Plain dropout takes any rank."""
+        return None
+
+    def _feature_map(self, spatial: int, data_format: str) -> str:
+        """What a layer of feature maps with ``spatial`` spatial axes takes, e.g. ``"a 4-d tensor
+        (N, C, H, W)"``, named as the framework names the axes."""
+        batch, channels, names = self._axis_names
+        axes = (channels, *names[spatial])
+        if data_format == "channels_last":
+            axes = (*names[spatial], channels)
+        return f"a {spatial + 2}-d tensor ({', '.join((batch, *axes))})"
+
     def _draw(self, inputs: Any, rate: float, seed: Any, noise_shape: Any) -> Any:
         """The training output for the step's seed."""
         return xdrop.dropout(inputs, rate, seed=seed, mode=self.mode, noise_shape=noise_shape)
@@ -169,6 +202,11 @@ class DropPathDraws(FamilyDraws):
     path_mode: str
     scale_by_keep: bool
 
+    def _ranks_allowed(self, ndim: int) -> str | None:
+        if self.path_mode == "row" and ndim == 0:
+            return 'a tensor with a batch axis for mode="row"'
+        return None
+
     def _draw(self, inputs: Any, rate: float, seed: Any, noise_shape: Any) -> Any:
         return xdrop.drop_path(
             inputs, rate, seed=seed, mode=self.path_mode, scale_by_keep=self.scale_by_keep
@@ -180,6 +218,9 @@ class DropBlock2DDraws(FamilyDraws):
 
     block_size: int
     data_format: str
+
+    def _ranks_allowed(self, ndim: int) -> str | None:
+        return None if ndim == 4 else self._feature_map(2, self.data_format)
 
     def _draw(self, inputs: Any, rate: float, seed: Any, noise_shape: Any) -> Any:
         return xdrop.drop_block(

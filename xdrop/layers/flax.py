@@ -49,7 +49,7 @@ class Dropout(common.DropoutDraws, nnx.Module):
         rate: the probability of zeroing an element, in ``[0, 1]``.
         broadcast_dims: axes along which one decision is shared (e.g. ``(1, 2)`` for images
             ``(N, H, W, C)``: whole channels are dropped), each in ``[-ndim, ndim)`` of the
-            inputs (checked at each call that draws).
+            inputs (checked at each call, deterministic or not).
         deterministic: the default of the call's ``deterministic``; ``model.train()`` /
             ``model.eval()`` and ``nnx.view`` set it.
         seed: an integer in ``[0, 2**64)``; ``None`` (default) draws one now from xdrop's global
@@ -92,9 +92,10 @@ class Dropout(common.DropoutDraws, nnx.Module):
 
     def __call__(self, inputs: jax.Array, *, deterministic: bool | None = None) -> jax.Array:
         deterministic = _check_deterministic(deterministic, self.deterministic)
+        self._check_input_shape("inputs", inputs.shape)
+        common.check_shared_axes("broadcast_dims", self.broadcast_dims, inputs.ndim)
         if deterministic and not self.mc_sampling:
             return self._evaluate(inputs, self.rate)  # type: ignore[no-any-return]
-        common.check_shared_axes("broadcast_dims", self.broadcast_dims, inputs.ndim)
         step = self.step[...]
         seed = xdrop.fold_in(self.seed[...], step)
         noise_shape = common.spatial_noise_shape(inputs.ndim, self.broadcast_dims)

@@ -10,7 +10,7 @@ import keras
 import numpy as np
 
 import xdrop
-from xdrop.errors import ArgumentTypeError, Shown, bad_value
+from xdrop.errors import ArgumentTypeError
 from xdrop.layers import common
 from xdrop.validation import check_flag, check_mode
 
@@ -108,8 +108,14 @@ class Dropout(common.DropoutDraws, keras.layers.Layer):
     mc_sampling = False
     """Sample when not training too (Monte Carlo dropout); :func:`set_mc_sampling` sets it."""
 
+    _axis_names = (
+        "samples",
+        "channels",
+        {1: ("timesteps",), 2: ("rows", "cols"), 3: ("dim1", "dim2", "dim3")},
+    )  # as Keras' documentation names them
+
     def call(self, inputs: Any, training: bool | None = False) -> Any:
-        self._check_inputs(inputs)
+        self._check_input_shape("inputs", inputs.shape)
         if not (training or self.mc_sampling):
             return self._evaluate(inputs, self.rate)
         step = self.step.value
@@ -121,17 +127,11 @@ class Dropout(common.DropoutDraws, keras.layers.Layer):
     def _noise_shape(self, inputs: Any) -> Sequence[int | None] | None:
         return self.noise_shape
 
-    def _check_inputs(self, inputs: Any) -> None:
-        """Raise unless ``inputs`` suits the layer, in training and evaluation alike."""
-
-    def _check_rank(self, inputs: Any, axes: Sequence[str]) -> None:
-        """An :class:`~xdrop.errors.ArgumentValueError` unless ``inputs`` has one axis per name
-        in ``axes``: xdrop's own error where a ``keras.layers.InputSpec`` would raise Keras's."""
-        if len(inputs.shape) != len(axes):
-            shown = Shown(f"<tensor of shape {tuple(inputs.shape)}>")
-            raise bad_value("inputs", shown, f"a {len(axes)}-d tensor ({', '.join(axes)})")
-
     def compute_output_shape(self, input_shape: Any) -> Any:
+        # Keras builds a model by calling each layer on symbolic inputs, which reach this method
+        # and not call: a wrong rank is refused here, when the model is built, as an InputSpec
+        # would refuse it, rather than at the first predict or fit.
+        self._check_input_shape("inputs", input_shape)
         return input_shape
 
     _not_taken: tuple[str, ...] = ()
@@ -146,13 +146,6 @@ class Dropout(common.DropoutDraws, keras.layers.Layer):
     def _own_config(self) -> dict[str, Any]:
         """A variant's own arguments, added to the config after those it shares with Dropout."""
         return {}
-
-
-def _layout(spatial: Sequence[str], data_format: str) -> list[str]:
-    """The axes of a feature-map tensor, as Keras' documentation names them."""
-    if data_format == "channels_first":
-        return ["samples", "channels", *spatial]
-    return ["samples", *spatial, "channels"]
 
 
 def _seed_array(words: Any) -> Any:
@@ -186,11 +179,8 @@ class _SpatialDropout(Dropout):
         default = "channels_last" if self.rank == 1 else keras.config.image_data_format()
         self.data_format = common.check_data_format(data_format, default)
 
-    def _check_inputs(self, inputs: Any) -> None:
-        spatial = ["timesteps"] if self.rank == 1 else ["rows", "cols"]
-        if self.rank == 3:
-            spatial = ["dim1", "dim2", "dim3"]
-        self._check_rank(inputs, _layout(spatial, self.data_format))
+    def _ranks_allowed(self, ndim: int) -> str | None:
+        return None if ndim == self.rank + 2 else self._feature_map(self.rank, self.data_format)
 
     def _noise_shape(self, inputs: Any) -> Sequence[int | None] | None:
         first = 2 if self.data_format == "channels_first" else 1
@@ -346,9 +336,6 @@ class DropBlock2D(common.DropBlock2DDraws, Dropout):
         super().__init__(rate, seed=seed, **kwargs)
         self.block_size = common.check_block_size(block_size)
         self.data_format = common.check_data_format(data_format, keras.config.image_data_format())
-
-    def _check_inputs(self, inputs: Any) -> None:
-        self._check_rank(inputs, _layout(["rows", "cols"], self.data_format))
 
     def _own_config(self) -> dict[str, Any]:
         return {"block_size": self.block_size, "data_format": self.data_format}

@@ -8,7 +8,6 @@ from collections.abc import Sequence
 import torch
 
 import xdrop
-from xdrop.errors import bad_value
 from xdrop.layers import common
 from xdrop.validation import check_flag, check_mode
 
@@ -84,6 +83,7 @@ class Dropout(common.DropoutDraws, torch.nn.Module):
     """Sample in eval mode too (Monte Carlo dropout); :func:`set_mc_sampling` sets it."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input_shape("x", x.shape)
         if not (self.training or self.mc_sampling):
             return self._evaluate(x, self.p)  # type: ignore[no-any-return]
         seed = xdrop.fold_in(self.seed, self.step)
@@ -113,16 +113,17 @@ class _ChannelDropout(Dropout):
     ) -> None:
         super().__init__(p, seed=seed, mode=mode)
 
+    def _ranks_allowed(self, ndim: int) -> str | None:
+        spatial = self.spatial_dims
+        if ndim in (spatial + 1, spatial + 2):
+            return None
+        return (
+            f"a tensor of {spatial + 1} (C, *spatial) or {spatial + 2} (N, C, *spatial) "
+            f"dimensions for {type(self).__name__}"
+        )
+
     def _noise_shape(self, x: torch.Tensor) -> Sequence[int | None] | None:
-        ndim, spatial = x.dim(), self.spatial_dims
-        if ndim not in (spatial + 1, spatial + 2):
-            raise bad_value(
-                "x",
-                f"<tensor of shape {tuple(x.shape)}>",
-                f"a tensor of {spatial + 1} (C, *spatial) or {spatial + 2} (N, C, *spatial) "
-                f"dimensions for {type(self).__name__}",
-            )
-        return common.spatial_noise_shape(ndim, range(-spatial, 0))
+        return common.spatial_noise_shape(x.dim(), range(-self.spatial_dims, 0))
 
 
 class Dropout1d(_ChannelDropout):
