@@ -77,9 +77,12 @@ def test_bad_noise_shapes(x, noise_shape, kind):
         xdrop.dropout(x, 0.5, seed=0, noise_shape=noise_shape)
 
 
-@pytest.mark.parametrize("mode", ["Inverted", "paper", None, 1])
-def test_unknown_mode(x, mode):
-    with raises(ValueError, "mode must be one of", repr(mode)):
+@pytest.mark.parametrize(
+    ("mode", "kind"),
+    [("Inverted", ValueError), ("paper", ValueError), (None, TypeError), (1, TypeError)],
+)
+def test_unknown_mode(x, mode, kind):
+    with raises(kind, "mode must be one of", repr(mode)):
         xdrop.dropout(x, 0.5, seed=0, mode=mode)
 
 
@@ -207,3 +210,28 @@ def test_sparse_torch_tensors_are_refused_with_an_xdrop_error():
         for training in (True, False):
             with raises(TypeError, "x must be a dense array", "torch.sparse"):
                 xdrop.dropout(x, 0.5, seed=0, training=training, mode="classic")
+
+
+STRINGS = np.array(["inverted", "classic"])  # `in` on it compares element by element
+LOGITS = np.zeros((2, 3), np.float32)
+
+
+@pytest.mark.parametrize(
+    ("argument", "call"),
+    [
+        ("mode", lambda v: xdrop.dropout(np.ones(4), 0.5, seed=0, mode=v)),
+        ("rng", lambda v: xdrop.dropout(np.ones(4), 0.5, seed=0, rng=v)),
+        ("rng", lambda v: xdrop.dropout_mask(4, 0.5, seed=0, rng=v)),
+        ("rng", lambda v: xdrop.alpha_dropout(np.ones(4), 0.5, seed=0, rng=v)),
+        ("mode", lambda v: xdrop.drop_path(np.ones((2, 2)), 0.5, seed=0, mode=v)),
+        ("data_format", lambda v: xdrop.drop_block(np.ones((1, 1, 4, 4)), 0.5, 2, data_format=v)),
+        ("rng", xdrop.set_rng),
+        ("rng", lambda v: xdrop.use_rng(v).__enter__()),
+        ("reduction", lambda v: xdrop.rdrop_kl(LOGITS, LOGITS, reduction=v)),
+    ],
+)
+@pytest.mark.parametrize("value", [STRINGS, 3, b"classic"])
+def test_a_string_choice_that_is_not_a_str_is_a_type_error_naming_it(argument, call, value):
+    # before: an array of strings raised NumPy's "truth value of an array ... is ambiguous"
+    with raises(ArgumentTypeError, f"{argument} must be one of", "of type"):
+        call(value)

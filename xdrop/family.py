@@ -23,6 +23,7 @@ from xdrop.typing import Rng
 from xdrop.validation import (
     Rate,
     as_input_array,
+    check_choice,
     check_flag,
     check_float_dtype,
     check_noise_shape,
@@ -233,8 +234,7 @@ def drop_path(
                [2., 2.],
                [2., 2.]], dtype=float32)
     """
-    if mode not in DROP_PATH_MODES:
-        raise bad_value("mode", mode, 'one of "row", "batch"')
+    check_choice("mode", mode, DROP_PATH_MODES)
     xp = backend_for(x)
     x = as_input_array(xp, x)
     ndim = len(xp.shape(x))
@@ -338,8 +338,7 @@ def drop_block(
         raise bad_type("block_size", block_size, "a positive integer")
     if int(block_size) < 1:
         raise bad_value("block_size", block_size, "a positive integer")
-    if data_format not in DATA_FORMATS:
-        raise bad_value("data_format", data_format, 'one of "channels_first", "channels_last"')
+    check_choice("data_format", data_format, DATA_FORMATS)
     shape = xp.shape(x)
     channels_last = data_format == "channels_last"
     if len(shape) != 4:

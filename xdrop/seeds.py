@@ -18,7 +18,7 @@ from xdrop.protocol import Array, Backend, Key, NativeBackend, SeedBackend, requ
 from xdrop.registry import backend_for, imported_backends, int_tracing_backend, load
 from xdrop.tracing import called_as_is, host_constant
 from xdrop.typing import Rng
-from xdrop.validation import as_integer, check_fold_data, check_seed, seed_value
+from xdrop.validation import as_integer, check_choice, check_fold_data, check_seed, seed_value
 
 RNG_KINDS = ("portable", "native")
 RNG_ENVIRONMENT_VARIABLE = defaults.RNG.environment_variable
@@ -312,9 +312,7 @@ def fold_in(seed: object, data: object) -> object:
 
 # -- portable or native ---------------------------------------------------------------------------------
 def check_rng(rng: object) -> str:
-    if rng not in RNG_KINDS:
-        raise bad_value("rng", rng, 'one of "portable", "native"')
-    return str(rng)
+    return check_choice("rng", rng, RNG_KINDS)
 
 
 @host_constant  # torch.compile cannot trace ContextVar.get: the choice is baked into the graph

@@ -96,10 +96,25 @@ def _read_rate(read: Callable[[], float]) -> float:
         ) from error
 
 
+def check_choice(
+    argument: str, value: object, choices: Sequence[str], allowed: str | None = None
+) -> str:
+    """``value`` if it is one of the strings ``choices``, else an error naming ``argument``: a
+    type error unless it is a ``str`` (an array of strings would make ``in`` compare element by
+    element and fail with NumPy's own error), a value error otherwise. ``allowed`` is what the
+    message says is allowed, where the caller accepts more before it asks (default: the
+    choices)."""
+    if allowed is None:
+        allowed = "one of " + ", ".join(f'"{choice}"' for choice in choices)
+    if not isinstance(value, str):
+        raise bad_type(argument, value, allowed)
+    if value not in choices:
+        raise bad_value(argument, value, allowed)
+    return value
+
+
 def check_mode(mode: object) -> Mode:
-    if mode not in MODES:
-        raise bad_value("mode", mode, 'one of "inverted", "classic"')
-    return cast(Mode, mode)
+    return cast(Mode, check_choice("mode", mode, MODES))
 
 
 def check_flag(name: str, value: object) -> bool:
@@ -336,8 +351,7 @@ def check_axis(axis: object, ndim: int, argument: str = "axis") -> int:
 
 def check_reduction(reduction: object, positions: tuple[int, ...]) -> str:
     """One of :data:`xdrop.rdrop.REDUCTIONS`; ``"batchmean"`` needs a first (batch) axis."""
-    if reduction not in REDUCTIONS:
-        raise bad_value("reduction", reduction, 'one of "sum", "mean", "batchmean", "none"')
+    check_choice("reduction", reduction, REDUCTIONS)
     if reduction == "batchmean" and not positions:
         raise bad_value(
             "reduction",
