@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import pytest
 
@@ -235,3 +237,54 @@ def test_a_string_choice_that_is_not_a_str_is_a_type_error_naming_it(argument, c
     # before: an array of strings raised NumPy's "truth value of an array ... is ambiguous"
     with raises(ArgumentTypeError, f"{argument} must be one of", "of type"):
         call(value)
+
+
+FAMILY = {  # every public function with a training flag, and a shape it takes
+    "dropout": (xdrop.dropout, (2, 3), {}),
+    "alpha_dropout": (xdrop.alpha_dropout, (2, 3), {}),
+    "gaussian_dropout": (xdrop.gaussian_dropout, (2, 3), {}),
+    "drop_path": (xdrop.drop_path, (2, 3), {}),
+    "drop_path unscaled": (xdrop.drop_path, (2, 3), {"scale_by_keep": False}),
+    "drop_block": (xdrop.drop_block, (1, 2, 4, 4), {"block_size": 2}),
+}
+BAD_ARGUMENTS = {  # each argument of those functions, with values none of them takes
+    "x": ["int32 array", "letters"],
+    "p": [1.5, "0.5", np.array([0.1, 0.2])],
+    "seed": [-1, 2**64, "s", np.array(1.5)],
+    "mode": ["bogus", 3],
+    "noise_shape": [(5, 7), "ab", (1, 1, 1, 1, 1)],
+    "offset": [-1, 1.5, xdrop.Block((9,) * 5)],
+    "return_mask": [3],
+    "rng": ["bogus", 3],
+    "scale_by_keep": [None],
+    "block_size": [0, 1.5],
+    "data_format": ["bogus"],
+}
+CASES = [
+    pytest.param(name, argument, value, id=f"{name}-{argument}-{index}")
+    for name, (function, _, _) in FAMILY.items()
+    for argument in inspect.signature(function).parameters
+    if argument != "training"
+    for index, value in enumerate(BAD_ARGUMENTS[argument])
+]
+
+
+@pytest.mark.parametrize(("name", "argument", "value"), CASES)
+def test_every_argument_is_checked_alike_in_training_and_evaluation(
+    xp, array, name, argument, value
+):
+    # before: drop_path(scale_by_keep=False) returned an integer x as it was in evaluation
+    function, shape, fixed = FAMILY[name]
+    x = array(np.ones(shape))
+    if argument == "x":
+        x = xp.asarray(np.ones(shape, np.int32)) if value == "int32 array" else value
+    arguments = {"x": x, "p": 0.5, "seed": 0, **fixed}
+    if argument != "x":
+        arguments[argument] = value
+    errors = []
+    for training in (True, False):
+        with pytest.raises(xdrop.XdropError) as info:
+            function(**arguments, training=training)
+        errors.append((type(info.value), str(info.value)))
+    assert errors[0] == errors[1]
+    assert f"{argument} must be" in errors[0][1]

@@ -235,8 +235,7 @@ def drop_path(
                [2., 2.]], dtype=float32)
     """
     check_choice("mode", mode, DROP_PATH_MODES)
-    xp = backend_for(x)
-    x = as_input_array(xp, x)
+    xp, x, _, rate = _common(x, p)  # checked here too: evaluation may return before dropout
     ndim = len(xp.shape(x))
     if mode == "row" and ndim == 0:
         raise bad_value("x", Shown("<0-d array>"), 'an array with a batch axis for mode="row"')
@@ -244,12 +243,11 @@ def drop_path(
     noise = (None,) + (1,) * (ndim - 1) if mode == "row" else (1,) * ndim
     start = _check_offset(xp, x, offset, xp.shape(x), seeds.rng_kind(rng))
     if not scaled and not check_flag("training", training):
-        check_rate(p, xp, like=x)  # classic evaluation would scale by 1 - p: DropPath returns x
-        seeds.validate_seed(seed, xp)
+        seeds.validate_seed(seed, xp)  # classic evaluation would scale by 1 - p: DropPath returns x
         return x
     return api.dropout(
         x,
-        p,
+        rate,
         training=training,
         seed=seed,
         mode="inverted" if scaled else "classic",
