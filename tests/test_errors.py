@@ -288,3 +288,50 @@ def test_every_argument_is_checked_alike_in_training_and_evaluation(
         errors.append((type(info.value), str(info.value)))
     assert errors[0] == errors[1]
     assert f"{argument} must be" in errors[0][1]
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_nested_torch_tensors_are_refused_with_an_xdrop_error(training):
+    # before: "NestedTensorImpl doesn't support sizes", or an AttributeError for jagged ones
+    torch = pytest.importorskip("torch")
+    for layout in (torch.strided, torch.jagged):
+        x = torch.nested.nested_tensor([torch.ones(2), torch.ones(3)], layout=layout)
+        for call in (xdrop.dropout, xdrop.alpha_dropout, xdrop.drop_path):
+            with raises(TypeError, "x must be a dense array", "nested tensor", str(layout)):
+                call(x, 0.5, seed=1, training=training)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_a_seed_or_start_on_the_meta_device_beside_values_is_an_xdrop_error(training):
+    # before: "Tensor.item() cannot be called on meta tensors", "Cannot copy out of meta tensor"
+    torch = pytest.importorskip("torch")
+    meta = torch.tensor(3, device="meta")
+    with raises(ValueError, "seed must be a seed array whose value can be read", "no value"):
+        xdrop.dropout(torch.ones(4), 0.5, seed=meta, training=training)
+    with raises(ValueError, "seed must be", "on like's device"):
+        xdrop.dropout_mask(4, 0.5, seed=meta, like=torch.ones(4))
+    block = xdrop.Block((4, 6), (0, torch.tensor(2, device="meta")))
+    with raises(ValueError, "start must be", "whose values can be read", "holds no value"):
+        xdrop.dropout(torch.ones(4, 3), 0.5, seed=0, offset=block, training=training)
+    # on the meta device with x, they are placeholders like x, which computes shapes alone
+    y = xdrop.dropout(torch.ones(4, 3, device="meta"), 0.5, seed=meta, offset=block)
+    assert y.shape == (4, 3) and y.device.type == "meta"
+
+
+def test_dropout_mask_names_like_and_not_an_x_it_does_not_have():
+    torch = pytest.importorskip("torch")
+    block = xdrop.Block((4, 6), (0, torch.tensor(5)))
+    with raises(ValueError, "offset must be a Block that holds like") as info:
+        xdrop.dropout_mask((4, 3), 0.5, seed=0, like=torch.ones(1), offset=block)
+    assert "holds x" not in str(info.value)
+    with raises(TypeError, "p must be", "of like's framework") as info:
+        xdrop.dropout_mask(4, np.array([0.3]), seed=0)
+    assert "x's" not in str(info.value)
+
+
+def test_a_seed_of_the_wrong_dtype_is_shown_once():
+    # before: "... a JAX key (got dtype float64, shape ()), got array(1.5) of type ndarray"
+    message = "got array(1.5) (dtype float64, shape ()) of type ndarray"
+    with raises(TypeError, "seed must be", message) as info:
+        xdrop.dropout(np.ones(3), 0.5, seed=np.array(1.5))
+    assert str(info.value).count("got") == 1

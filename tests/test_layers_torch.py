@@ -168,6 +168,14 @@ def test_a_channel_form_refuses_inputs_of_the_wrong_rank():
         Dropout2d(0.5, seed=0)(torch.ones(2, 3))
 
 
+@pytest.mark.parametrize("layer", [Dropout1d, Dropout2d, Dropout3d])
+def test_a_wrong_rank_shows_the_tensor_without_quotes(layer):
+    # before: "got '<tensor of shape (3,)>'", the description quoted as a string
+    with pytest.raises(xdrop.ArgumentValueError) as info:
+        layer(0.5, seed=0)(torch.ones(3))
+    assert str(info.value).endswith("got <tensor of shape (3,)>")
+
+
 def test_repr_names_the_seed():
     assert repr(Dropout(0.5, seed=2**64 - 1)) == (
         "Dropout(p=0.5, mode='inverted', seed=18446744073709551615)"

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 
 import xdrop
-from xdrop.errors import bad_value
+from xdrop.errors import Shown, bad_value
 from xdrop.layers import common
 from xdrop.validation import check_flag, check_mode
 
@@ -118,7 +118,7 @@ class _ChannelDropout(Dropout):
         if ndim not in (spatial + 1, spatial + 2):
             raise bad_value(
                 "x",
-                f"<tensor of shape {tuple(x.shape)}>",
+                Shown(f"<tensor of shape {tuple(x.shape)}>"),
                 f"a tensor of {spatial + 1} (C, *spatial) or {spatial + 2} (N, C, *spatial) "
                 f"dimensions for {type(self).__name__}",
             )
