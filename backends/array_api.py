@@ -30,10 +30,10 @@ class ArrayApiBackend(Backend, OperatorArithmetic, RateOps, FamilyOps, SeedArray
     """The namespace that Python values and NumPy arrays are converted into."""
 
     def owns_type(self, kind: type) -> bool:
-        return hasattr(kind, "__array_namespace__")
+        return _names_a_namespace(kind)
 
     def is_array(self, x: object) -> bool:
-        return hasattr(x, "__array_namespace__")
+        return _names_a_namespace(type(x))
 
     def _namespace(self, x: Any) -> Any:
         return x.__array_namespace__() if self.is_array(x) else self.namespace
@@ -203,6 +203,13 @@ class ArrayApiBackend(Backend, OperatorArithmetic, RateOps, FamilyOps, SeedArray
             for shift in range(1, window):
                 x = xp.maximum(x, padded[(*before, slice(shift, shift + size), ...)])
         return x
+
+
+def _names_a_namespace(kind: type) -> bool:
+    """Whether arrays of ``kind`` name their Array API namespace. JAX's key arrays declare
+    ``__array_namespace__`` as an abstract method that raises: they are no arrays of numbers."""
+    method = getattr(kind, "__array_namespace__", None)
+    return method is not None and not getattr(method, "__isabstractmethod__", False)
 
 
 def _device(like: Any) -> Any:

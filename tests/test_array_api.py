@@ -83,16 +83,16 @@ def test_a_rate_of_another_namespace_is_refused_with_what_to_do():
     strict array cannot be computed with while traced): refused eagerly and under jax.jit alike."""
     jax = pytest.importorskip("jax")
     x = strict.ones(4)
-    message = r"p must be a real number in \[0, 1\] or a 0-d float array of x's framework"
-    calls = [
-        lambda: xdrop.dropout(x, jax.numpy.asarray(0.5), seed=1),
-        lambda: jax.jit(lambda p: xdrop.dropout(x, p, seed=1))(jax.numpy.asarray(0.5)),
-        lambda: xdrop.dropout_mask(4, jax.numpy.asarray(0.5), seed=1, like=x),
-        lambda: xdrop.alpha_dropout(x, jax.numpy.asarray(0.5), seed=1),
-        lambda: xdrop.drop_path(strict.ones((4, 2)), jax.numpy.asarray(0.5), seed=1),
+    message = r"p must be a real number in \[0, 1\] or a 0-d float array of {}'s framework"
+    calls = [  # each names the array whose framework the rate must be of
+        ("x", lambda: xdrop.dropout(x, jax.numpy.asarray(0.5), seed=1)),
+        ("x", lambda: jax.jit(lambda p: xdrop.dropout(x, p, seed=1))(jax.numpy.asarray(0.5))),
+        ("like", lambda: xdrop.dropout_mask(4, jax.numpy.asarray(0.5), seed=1, like=x)),
+        ("x", lambda: xdrop.alpha_dropout(x, jax.numpy.asarray(0.5), seed=1)),
+        ("x", lambda: xdrop.drop_path(strict.ones((4, 2)), jax.numpy.asarray(0.5), seed=1)),
     ]
-    for call in calls:
-        with pytest.raises(xdrop.ArgumentTypeError, match=message):
+    for name, call in calls:
+        with pytest.raises(xdrop.ArgumentTypeError, match=message.format(name)):
             call()
     same = xdrop.dropout(x, strict.asarray(0.5), seed=1)  # x's own namespace, and NumPy, are fine
     assert (np.asarray(same) == xdrop.dropout(x, np.asarray(0.5), seed=1)).all()
@@ -126,18 +126,17 @@ def test_a_seed_array_of_another_namespace_is_refused_with_what_to_do():
     rate must): refused by name in training and evaluation, never a raw framework error."""
     jax = pytest.importorskip("jax")
     x = strict.ones(4)
-    message = "seed must be .* of x's framework"
     seeds = [jax.numpy.asarray(3), jax.numpy.asarray([0, 3], jax.numpy.uint32), jax.random.key(3)]
-    calls = [
-        lambda seed: xdrop.dropout(x, 0.5, seed=seed),
-        lambda seed: xdrop.dropout(x, 0.5, seed=seed, training=False),
-        lambda seed: xdrop.dropout_mask(4, 0.5, seed=seed, like=x),
-        lambda seed: xdrop.alpha_dropout(x, 0.5, seed=seed),
-        lambda seed: xdrop.gaussian_dropout(x, 0.5, seed=seed, training=False),
+    calls = [  # each names the array whose framework the seed must be of
+        ("x", lambda seed: xdrop.dropout(x, 0.5, seed=seed)),
+        ("x", lambda seed: xdrop.dropout(x, 0.5, seed=seed, training=False)),
+        ("like", lambda seed: xdrop.dropout_mask(4, 0.5, seed=seed, like=x)),
+        ("x", lambda seed: xdrop.alpha_dropout(x, 0.5, seed=seed)),
+        ("x", lambda seed: xdrop.gaussian_dropout(x, 0.5, seed=seed, training=False)),
     ]
     for seed in seeds:
-        for call in calls:
-            with pytest.raises(xdrop.ArgumentTypeError, match=message):
+        for name, call in calls:
+            with pytest.raises(xdrop.ArgumentTypeError, match=f"seed must be .* of {name}'s fr"):
                 call(seed)
     own = strict.asarray(3, dtype=strict.int64)  # x's own namespace, and NumPy, are fine
     assert (np.asarray(xdrop.dropout(x, 0.5, seed=own)) == np.asarray(
@@ -155,3 +154,18 @@ def test_native_family_calls_say_the_generic_backend_has_no_native_generator():
     ):
         with pytest.raises(xdrop.RoleNotImplementedError, match=message):
             call()
+
+
+def test_a_jax_key_beside_a_strict_array_is_refused_by_name():
+    """A JAX key declares ``__array_namespace__`` but cannot give one: the generic backend must
+    not take it for an array of numbers (before: NotImplementedError, "Cannot call abstract
+    method __array_namespace__")."""
+    jax = pytest.importorskip("jax")
+    x, key = strict.ones(4), jax.random.key(0)
+    for training in (True, False):
+        with pytest.raises(xdrop.ArgumentTypeError, match=r"p must be .* of x's framework"):
+            xdrop.dropout(x, key, seed=0, training=training)
+        with pytest.raises(xdrop.ArgumentTypeError, match=r"seed must be .* of x's framework"):
+            xdrop.dropout(x, 0.5, seed=key, training=training)
+        with pytest.raises(xdrop.ArgumentTypeError, match=r"start must be .* of x's framework"):
+            xdrop.dropout(x, 0.5, seed=0, offset=xdrop.Block((8,), (key,)), training=training)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import pytest
 
@@ -77,9 +79,12 @@ def test_bad_noise_shapes(x, noise_shape, kind):
         xdrop.dropout(x, 0.5, seed=0, noise_shape=noise_shape)
 
 
-@pytest.mark.parametrize("mode", ["Inverted", "paper", None, 1])
-def test_unknown_mode(x, mode):
-    with raises(ValueError, "mode must be one of", repr(mode)):
+@pytest.mark.parametrize(
+    ("mode", "kind"),
+    [("Inverted", ValueError), ("paper", ValueError), (None, TypeError), (1, TypeError)],
+)
+def test_unknown_mode(x, mode, kind):
+    with raises(kind, "mode must be one of", repr(mode)):
         xdrop.dropout(x, 0.5, seed=0, mode=mode)
 
 
@@ -207,3 +212,126 @@ def test_sparse_torch_tensors_are_refused_with_an_xdrop_error():
         for training in (True, False):
             with raises(TypeError, "x must be a dense array", "torch.sparse"):
                 xdrop.dropout(x, 0.5, seed=0, training=training, mode="classic")
+
+
+STRINGS = np.array(["inverted", "classic"])  # `in` on it compares element by element
+LOGITS = np.zeros((2, 3), np.float32)
+
+
+@pytest.mark.parametrize(
+    ("argument", "call"),
+    [
+        ("mode", lambda v: xdrop.dropout(np.ones(4), 0.5, seed=0, mode=v)),
+        ("rng", lambda v: xdrop.dropout(np.ones(4), 0.5, seed=0, rng=v)),
+        ("rng", lambda v: xdrop.dropout_mask(4, 0.5, seed=0, rng=v)),
+        ("rng", lambda v: xdrop.alpha_dropout(np.ones(4), 0.5, seed=0, rng=v)),
+        ("mode", lambda v: xdrop.drop_path(np.ones((2, 2)), 0.5, seed=0, mode=v)),
+        ("data_format", lambda v: xdrop.drop_block(np.ones((1, 1, 4, 4)), 0.5, 2, data_format=v)),
+        ("rng", xdrop.set_rng),
+        ("rng", lambda v: xdrop.use_rng(v).__enter__()),
+        ("reduction", lambda v: xdrop.rdrop_kl(LOGITS, LOGITS, reduction=v)),
+    ],
+)
+@pytest.mark.parametrize("value", [STRINGS, 3, b"classic"])
+def test_a_string_choice_that_is_not_a_str_is_a_type_error_naming_it(argument, call, value):
+    # before: an array of strings raised NumPy's "truth value of an array ... is ambiguous"
+    with raises(ArgumentTypeError, f"{argument} must be one of", "of type"):
+        call(value)
+
+
+FAMILY = {  # every public function with a training flag, and a shape it takes
+    "dropout": (xdrop.dropout, (2, 3), {}),
+    "alpha_dropout": (xdrop.alpha_dropout, (2, 3), {}),
+    "gaussian_dropout": (xdrop.gaussian_dropout, (2, 3), {}),
+    "drop_path": (xdrop.drop_path, (2, 3), {}),
+    "drop_path unscaled": (xdrop.drop_path, (2, 3), {"scale_by_keep": False}),
+    "drop_block": (xdrop.drop_block, (1, 2, 4, 4), {"block_size": 2}),
+}
+BAD_ARGUMENTS = {  # each argument of those functions, with values none of them takes
+    "x": ["int32 array", "letters"],
+    "p": [1.5, "0.5", np.array([0.1, 0.2])],
+    "seed": [-1, 2**64, "s", np.array(1.5)],
+    "mode": ["bogus", 3],
+    "noise_shape": [(5, 7), "ab", (1, 1, 1, 1, 1)],
+    "offset": [-1, 1.5, xdrop.Block((9,) * 5)],
+    "return_mask": [3],
+    "rng": ["bogus", 3],
+    "scale_by_keep": [None],
+    "block_size": [0, 1.5],
+    "data_format": ["bogus"],
+}
+CASES = [
+    pytest.param(name, argument, value, id=f"{name}-{argument}-{index}")
+    for name, (function, _, _) in FAMILY.items()
+    for argument in inspect.signature(function).parameters
+    if argument != "training"
+    for index, value in enumerate(BAD_ARGUMENTS[argument])
+]
+
+
+@pytest.mark.parametrize(("name", "argument", "value"), CASES)
+def test_every_argument_is_checked_alike_in_training_and_evaluation(
+    xp, array, name, argument, value
+):
+    # before: drop_path(scale_by_keep=False) returned an integer x as it was in evaluation
+    function, shape, fixed = FAMILY[name]
+    x = array(np.ones(shape))
+    if argument == "x":
+        x = xp.asarray(np.ones(shape, np.int32)) if value == "int32 array" else value
+    arguments = {"x": x, "p": 0.5, "seed": 0, **fixed}
+    if argument != "x":
+        arguments[argument] = value
+    errors = []
+    for training in (True, False):
+        with pytest.raises(xdrop.XdropError) as info:
+            function(**arguments, training=training)
+        errors.append((type(info.value), str(info.value)))
+    assert errors[0] == errors[1]
+    assert f"{argument} must be" in errors[0][1]
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_nested_torch_tensors_are_refused_with_an_xdrop_error(training):
+    # before: "NestedTensorImpl doesn't support sizes", or an AttributeError for jagged ones
+    torch = pytest.importorskip("torch")
+    for layout in (torch.strided, torch.jagged):
+        x = torch.nested.nested_tensor([torch.ones(2), torch.ones(3)], layout=layout)
+        for call in (xdrop.dropout, xdrop.alpha_dropout, xdrop.drop_path):
+            with raises(TypeError, "x must be a dense array", "nested tensor", str(layout)):
+                call(x, 0.5, seed=1, training=training)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_a_seed_or_start_on_the_meta_device_beside_values_is_an_xdrop_error(training):
+    # before: "Tensor.item() cannot be called on meta tensors", "Cannot copy out of meta tensor"
+    torch = pytest.importorskip("torch")
+    meta = torch.tensor(3, device="meta")
+    with raises(ValueError, "seed must be a seed array whose value can be read", "no value"):
+        xdrop.dropout(torch.ones(4), 0.5, seed=meta, training=training)
+    with raises(ValueError, "seed must be", "on like's device"):
+        xdrop.dropout_mask(4, 0.5, seed=meta, like=torch.ones(4))
+    block = xdrop.Block((4, 6), (0, torch.tensor(2, device="meta")))
+    with raises(ValueError, "start must be", "whose values can be read", "holds no value"):
+        xdrop.dropout(torch.ones(4, 3), 0.5, seed=0, offset=block, training=training)
+    # on the meta device with x, they are placeholders like x, which computes shapes alone
+    y = xdrop.dropout(torch.ones(4, 3, device="meta"), 0.5, seed=meta, offset=block)
+    assert y.shape == (4, 3) and y.device.type == "meta"
+
+
+def test_dropout_mask_names_like_and_not_an_x_it_does_not_have():
+    torch = pytest.importorskip("torch")
+    block = xdrop.Block((4, 6), (0, torch.tensor(5)))
+    with raises(ValueError, "offset must be a Block that holds like") as info:
+        xdrop.dropout_mask((4, 3), 0.5, seed=0, like=torch.ones(1), offset=block)
+    assert "holds x" not in str(info.value)
+    with raises(TypeError, "p must be", "of like's framework") as info:
+        xdrop.dropout_mask(4, np.array([0.3]), seed=0)
+    assert "x's" not in str(info.value)
+
+
+def test_a_seed_of_the_wrong_dtype_is_shown_once():
+    # before: "... a JAX key (got dtype float64, shape ()), got array(1.5) of type ndarray"
+    message = "got array(1.5) (dtype float64, shape ()) of type ndarray"
+    with raises(TypeError, "seed must be", message) as info:
+        xdrop.dropout(np.ones(3), 0.5, seed=np.array(1.5))
+    assert str(info.value).count("got") == 1

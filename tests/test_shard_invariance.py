@@ -140,6 +140,50 @@ def test_shard_map_block_naming_an_axis_of_no_enclosing_shard_map_is_refused(P) 
         xdrop.shard_map_block((4, 6), P("d"))
 
 
+SHARD_MAP_CALLS = {  # every function that takes a Block, on a shard v of (N, C, H, W)
+    "dropout": lambda v, b: xdrop.dropout(v, RATE, seed=SEED, offset=b),
+    "dropout_mask": lambda v, b: v * xdrop.dropout_mask(v.shape, RATE, seed=SEED, offset=b, like=v),
+    "alpha_dropout": lambda v, b: xdrop.alpha_dropout(v, RATE, seed=SEED, offset=b),
+    "gaussian_dropout": lambda v, b: xdrop.gaussian_dropout(v, RATE, seed=SEED, offset=b),
+    "drop_path": lambda v, b: xdrop.drop_path(v, RATE, seed=SEED, offset=b),
+    "drop_block": lambda v, b: xdrop.drop_block(v, RATE, 2, seed=SEED, offset=b),
+}
+
+
+@pytest.mark.parametrize("name", SHARD_MAP_CALLS)
+def test_every_function_that_takes_a_block_checks_a_shard_map_block(P, name) -> None:
+    # before: dropout_mask(like=v) took the Block of another partition and silently drew the
+    # same mask on shards that differ
+    jax = pytest.importorskip("jax")
+    mesh = jax.make_mesh((1, 1), ("a", "b"))
+    spec = P("a", "b")  # batch and channels split
+    call = SHARD_MAP_CALLS[name]
+
+    def mapped(partition: object) -> object:
+        def body(v: object) -> object:
+            return call(v, xdrop.shard_map_block(v.shape, partition))  # type: ignore[attr-defined]
+
+        run = jax.shard_map(body, mesh=mesh, in_specs=spec, out_specs=spec)
+        x = jax.device_put(jax.numpy.ones((2, 2, 4, 4)), jax.sharding.NamedSharding(mesh, spec))
+        return jax.jit(run)(x)
+
+    whole = np.asarray(call(jax.numpy.ones((2, 2, 4, 4)), xdrop.Block((2, 2, 4, 4))))
+    if name == "gaussian_dropout":  # normals may differ by the ulps of log and cos under jit
+        np.testing.assert_allclose(np.asarray(mapped(spec)), whole, rtol=1e-6, atol=1e-6)
+    else:
+        np.testing.assert_array_equal(np.asarray(mapped(spec)), whole)
+    with pytest.raises(xdrop.ArgumentValueError, match=r"varies over \['a', 'b'\]"):
+        mapped(P("a"))
+
+
+@pytest.mark.parametrize("partition", [None, (0, 1), ("d", 3), (("d", None),), "d"])
+def test_a_partition_that_is_no_partition_spec_is_a_type_error(partition: object) -> None:
+    # before: TypeError "'NoneType' object is not iterable", "'int' object is not iterable"
+    pytest.importorskip("jax")
+    with pytest.raises(xdrop.ArgumentTypeError, match="partition must be a PartitionSpec"):
+        xdrop.shard_map_block((4, 6), partition)  # type: ignore[arg-type]
+
+
 def test_zero_dimensional_and_empty_blocks() -> None:
     scalar = xdrop.dropout_mask((), RATE, seed=SEED, offset=5, like=np.zeros(()))
     block = xdrop.dropout_mask((), RATE, seed=SEED, offset=xdrop.Block((), (), 5))

@@ -156,11 +156,12 @@ def dropout(
     The same ``(seed, p, shape, noise_shape, offset)`` gives the same mask on every backend.
 
     Args:
-        x: a floating array (float16, bfloat16, float32, float64) of any registered framework;
-            the result is of the same framework, dtype, shape and device. NumPy arrays and Python
-            values run on the default backend (``XDROP_BACKEND``, ``xdrop.use_backend``). Sizes
-            known only at run time (``None`` in ``tf.function``, symbolic under ``jax.export``,
-            dynamic under ``torch.compile``) are fine.
+        x: a dense floating array (float16, bfloat16, float32, float64; not a sparse or nested
+            torch tensor) of any registered framework; the result is of the same framework,
+            dtype, shape and device. NumPy arrays and Python values run on the default backend
+            (``XDROP_BACKEND``, ``xdrop.use_backend``). Sizes known only at run time (``None``
+            in ``tf.function``, symbolic under ``jax.export``, dynamic under ``torch.compile``)
+            are fine.
         p: the probability of dropping an element, in ``[0, 1]``: a Python float, or a 0-d float
             array of ``x``'s framework, which may be traced (a rate schedule, a Keras variable)
             and never recompiles. ``p == 0`` returns ``x``; ``p == 1`` returns zeros (with zero
@@ -170,8 +171,10 @@ def dropout(
         seed: an integer in ``[0, 2**64)``, an :class:`xdrop.Generator`, ``None`` for the next
             seed of the global generator (``xdrop.manual_seed``), or a seed array of ``x``'s
             framework — a 0-d integer, a uint32[2] ``(hi, lo)`` or a JAX key — which may be a
-            traced value under ``jax.jit``, ``tf.function`` or ``torch.compile``. Seeds are drawn
-            only in training; ``None`` and generators are refused inside a trace.
+            traced value under ``jax.jit``, ``tf.function`` or ``torch.compile``, and whose value
+            can be read where ``x``'s can (not on torch's meta device beside a real ``x``).
+            Seeds are drawn only in training; ``None`` and generators are refused inside a
+            trace; every argument is checked alike in training and evaluation.
         mode: ``"inverted"`` or ``"classic"``.
         noise_shape: the shape the mask is drawn at, broadcast to ``x`` (TensorFlow/Keras rules):
             aligned to the right, missing leading entries and entries of 1 share one decision,
@@ -222,14 +225,12 @@ def dropout(
     generator = seeds.rng_kind(rng)
     shape = xp.shape(x)
     noise = check_noise_shape(noise_shape, shape)
-    start = check_offset_argument(xp, offset, noise, generator, shape)
-    if isinstance(start, sharding.Block):
-        sharding.check_shard_map_axes(start, x)
+    start = check_offset_argument(xp, offset, noise, generator, shape, x)
     plan = DropoutPlan(shape, dtype, noise, mode, check_flag("return_mask", return_mask))
     if is_training:
         y, keep = _training(xp, x, seed, rate, start, generator, plan)
     else:
-        seeds.validate_seed(seed, xp)
+        seeds.validate_seed(seed, xp, x)
         y, keep = _evaluation(xp, x, rate, plan), None
     if not return_mask:
         return y
@@ -396,12 +397,15 @@ def _eager_factor_array(xp: Backend, factor: float, dtype: str) -> Array:
     return xp.asarray(np.float64(factor), dtype)
 
 
-def resolve_seed(xp: Backend, seed: object, generator: str, like: Any) -> int | Key | None:
+def resolve_seed(
+    xp: Backend, seed: object, generator: str, like: Any, name: str = "x"
+) -> int | Key | None:
     """The seed a call uses: a host integer or key words; for the framework's generator also None
-    for its global generator. Generators advance here, once."""
+    for its global generator. Generators advance here, once. ``like`` is the call's array,
+    called ``name`` in messages."""
     if generator == "portable":
-        return seeds.resolve(seed, xp, like)
-    return seeds.native_seed(seed, native_backend(xp), like)
+        return seeds.resolve(seed, xp, like, name)
+    return seeds.native_seed(seed, native_backend(xp), like, name)
 
 
 def native_backend(xp: Backend) -> NativeBackend:
@@ -463,14 +467,29 @@ def dropout_mask(
         array([[False, False,  True],
                [ True, False,  True]])
     """
+    return keep_mask(shape, p, seed=seed, offset=offset, like=like, rng=rng, name="like")
+
+
+def keep_mask(
+    shape: int | Sequence[int | None],
+    p: float | Any,
+    *,
+    seed: seeds.SeedLike,
+    offset: int | sharding.Block,
+    like: Any,
+    rng: Rng | None,
+    name: str,
+) -> Array:
+    """:func:`dropout_mask`, whose messages call ``like`` ``name``: the dropout family draws the
+    mask of its ``x`` with it."""
     xp = backend_for(seed if like is None else like)
     seeds.check_like(like, xp)
     size = check_shape(shape, xp.shape(like) if xp.is_array(like) else None)
-    rate = check_rate(p, xp, like=like)
+    rate = check_rate(p, xp, like=like, name=name)
     generator = seeds.rng_kind(rng)
-    start = check_offset_argument(xp, offset, size, generator, size)
+    start = check_offset_argument(xp, offset, size, generator, size, like, name)
     dims = DropoutPlan(size, "float32", size, "inverted", False).noise_dims(xp, like)
-    resolved = resolve_seed(xp, seed, generator, like)
+    resolved = resolve_seed(xp, seed, generator, like, name)
     if isinstance(rate, float):
         kept_count: Words | int = spec.keep_count(rate)
     else:
@@ -491,14 +510,20 @@ def check_offset_argument(
     noise_shape: tuple[int | None, ...],
     generator: str,
     shape: tuple[int | None, ...],
+    like: Array | None,
+    name: str = "x",
 ) -> int | sharding.Block:
     """``offset`` checked for a call on an array of ``shape`` with a mask of ``noise_shape``: an
     integer whose counters fit, or a :class:`~xdrop.Block` that holds the array (resolved for
     ``xp``). With a noise shape, the Block may instead place the mask itself: its logical shape
     is then 1 on every axis the noise shape shares. Both are portable: ``rng="native"`` takes
-    only 0."""
+    only 0. ``like`` is the call's array, called ``name`` in messages (None: none): a Block of
+    :func:`~xdrop.shard_map_block` must be of its own partition.
+
+    Every function that takes a Block checks it here, so that none can skip a check."""
     if isinstance(offset, sharding.Block):
-        offset = offset.resolve(xp)
+        offset = offset.resolve(xp, like, name)
+        sharding.check_shard_map_axes(offset, like, name)
         shared = [
             axis
             for axis, (entry, size) in enumerate(zip(noise_shape, shape, strict=True))
@@ -508,12 +533,12 @@ def check_offset_argument(
         if shared and len(whole) == len(shape) and all(whole[axis] == 1 for axis in shared):
             offset.check_fits(noise_shape, "the noise shape")
         else:
-            offset.check_fits(shape)
+            offset.check_fits(shape, name)
             if shared:
                 raise bad_value(
                     "noise_shape",
                     noise_shape,
-                    "x's shape (or None) with a Block offset, or 1 only on axes where the "
+                    f"{name}'s shape (or None) with a Block offset, or 1 only on axes where the "
                     "Block's global_shape is 1",
                 )
         if generator == "native":

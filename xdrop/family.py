@@ -23,6 +23,7 @@ from xdrop.typing import Rng
 from xdrop.validation import (
     Rate,
     as_input_array,
+    check_choice,
     check_flag,
     check_float_dtype,
     check_noise_shape,
@@ -85,10 +86,10 @@ def alpha_dropout(
     noise = check_noise_shape(noise_shape, xp.shape(x))
     start = _check_offset(xp, x, offset, noise, generator)
     if not check_flag("training", training):
-        seeds.validate_seed(seed, xp)
+        seeds.validate_seed(seed, xp, x)
         return x
     family = require(xp, FamilyBackend, "alpha_dropout in training")
-    keep = api.dropout_mask(noise, rate, seed=seed, offset=start, like=x, rng=rng)
+    keep = api.keep_mask(noise, rate, seed=seed, offset=start, like=x, rng=rng, name="x")
     if isinstance(rate, float):
         if rate == 0:
             return x
@@ -165,7 +166,7 @@ def gaussian_dropout(
     noise = check_noise_shape(noise_shape, xp.shape(x))
     start = _check_offset(xp, x, offset, noise, generator)
     if not check_flag("training", training):
-        seeds.validate_seed(seed, xp)
+        seeds.validate_seed(seed, xp, x)
         return x
     family = require(xp, FamilyBackend, "gaussian_dropout in training")
     resolved = api.resolve_seed(family, seed, generator, x)  # drawn in training, whatever p
@@ -233,10 +234,8 @@ def drop_path(
                [2., 2.],
                [2., 2.]], dtype=float32)
     """
-    if mode not in DROP_PATH_MODES:
-        raise bad_value("mode", mode, 'one of "row", "batch"')
-    xp = backend_for(x)
-    x = as_input_array(xp, x)
+    check_choice("mode", mode, DROP_PATH_MODES)
+    xp, x, _, rate = _common(x, p)  # checked here too: evaluation may return before dropout
     ndim = len(xp.shape(x))
     if mode == "row" and ndim == 0:
         raise bad_value("x", Shown("<0-d array>"), 'an array with a batch axis for mode="row"')
@@ -244,12 +243,12 @@ def drop_path(
     noise = (None,) + (1,) * (ndim - 1) if mode == "row" else (1,) * ndim
     start = _check_offset(xp, x, offset, xp.shape(x), seeds.rng_kind(rng))
     if not scaled and not check_flag("training", training):
-        check_rate(p, xp, like=x)  # classic evaluation would scale by 1 - p: DropPath returns x
-        seeds.validate_seed(seed, xp)
+        # classic evaluation would scale by 1 - p: DropPath returns x
+        seeds.validate_seed(seed, xp, x)
         return x
     return api.dropout(
         x,
-        p,
+        rate,
         training=training,
         seed=seed,
         mode="inverted" if scaled else "classic",
@@ -338,8 +337,7 @@ def drop_block(
         raise bad_type("block_size", block_size, "a positive integer")
     if int(block_size) < 1:
         raise bad_value("block_size", block_size, "a positive integer")
-    if data_format not in DATA_FORMATS:
-        raise bad_value("data_format", data_format, 'one of "channels_first", "channels_last"')
+    check_choice("data_format", data_format, DATA_FORMATS)
     shape = xp.shape(x)
     channels_last = data_format == "channels_last"
     if len(shape) != 4:
@@ -354,7 +352,7 @@ def drop_block(
     if isinstance(start, sharding.Block):
         _check_maps_whole(start, shape, channels_last)
     if not check_flag("training", training):
-        seeds.validate_seed(seed, xp)
+        seeds.validate_seed(seed, xp, x)
         return x
     family = require(xp, FamilyBackend, "drop_block in training")
     if (isinstance(rate, float) and rate == 0) or 0 in shape:  # no units: nothing to pool
@@ -404,7 +402,9 @@ def drop_block(
         kept_count = family.sum(family.astype(all_kept, compute))
         count = _count_array(family, x, math.prod(start.global_shape), compute)
     else:
-        keep = api.dropout_mask(corners_shape, gamma, seed=seed, offset=start, like=x, rng=rng)
+        keep = api.keep_mask(
+            corners_shape, gamma, seed=seed, offset=start, like=x, rng=rng, name="x"
+        )
         kept = _kept_units(family, keep, size, channels_last)
         kept_count = family.sum(family.astype(kept, compute))
         count = _element_count(family, x, compute)
@@ -471,9 +471,5 @@ def _noise_dims(xp: Backend, x: Array, noise: tuple[int | None, ...]) -> tuple[D
 def _check_offset(
     xp: Backend, x: Array, offset: object, noise: tuple[int | None, ...], generator: str
 ) -> int | sharding.Block:
-    """``offset`` checked as :func:`xdrop.dropout` checks it, for a mask of ``noise``; a Block
-    from ``shard_map_block`` must be of x's own partition, as there."""
-    start = api.check_offset_argument(xp, offset, noise, generator, xp.shape(x))
-    if isinstance(start, sharding.Block):
-        sharding.check_shard_map_axes(start, x)
-    return start
+    """``offset`` checked as :func:`xdrop.dropout` checks it, for a mask of ``noise``."""
+    return api.check_offset_argument(xp, offset, noise, generator, xp.shape(x), x)

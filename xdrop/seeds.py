@@ -13,22 +13,32 @@ from typing import Any
 import numpy as np
 
 from xdrop import defaults, spec
-from xdrop.errors import TracingError, XdropError, bad_type, bad_value
+from xdrop.errors import Shown, TracingError, XdropError, bad_type, bad_value
 from xdrop.protocol import Array, Backend, Key, NativeBackend, SeedBackend, require
-from xdrop.registry import backend_for, imported_backends, int_tracing_backend, load
+from xdrop.registry import (
+    backend_for,
+    imported_backends,
+    int_tracing_backend,
+    load,
+    owner_of_type,
+)
 from xdrop.tracing import called_as_is, host_constant
 from xdrop.typing import Rng
-from xdrop.validation import as_integer, check_fold_data, check_seed, seed_value
+from xdrop.validation import (
+    as_integer,
+    check_choice,
+    check_fold_data,
+    check_seed,
+    holds_values_here,
+    seed_value,
+    shorten,
+)
 
 RNG_KINDS = ("portable", "native")
 RNG_ENVIRONMENT_VARIABLE = defaults.RNG.environment_variable
 SEED_ALLOWED = (
     "an integer in [0, 2**64), an xdrop.Generator, None, a 0-d integer array, "
     "a uint32[2] array (hi, lo) or a JAX key"
-)
-SEED_OF_X_ALLOWED = (
-    "an integer in [0, 2**64), an xdrop.Generator, None, or a seed array of x's framework "
-    "(a 0-d integer array, a uint32[2] array (hi, lo) or a JAX key)"
 )
 THREEFRY_KEY_DTYPE = "key<fry>"
 INTEGER_DTYPES = frozenset(
@@ -177,35 +187,59 @@ def check_seed_array(dtype: str, shape: tuple[int | None, ...], seed: object) ->
             f"dtype {dtype} holds other words",
         )
     if not (is_integer_scalar or is_key_data or is_jax_key):
-        raise bad_type("seed", seed, f"{SEED_ALLOWED} (got dtype {dtype}, shape {shape})")
+        # the value, and what it holds: its repr may not say (a torch tensor's omits the shape)
+        shown = Shown(f"{shorten(repr(seed))} (dtype {dtype}, shape {shape})", type(seed).__name__)
+        raise bad_type("seed", shown, SEED_ALLOWED)
 
 
 SEED_IN_AN_ARRAY = ("a seed held in an array", "pass the seed as a Python int")
 """What a seed held in an array needs, and what a backend without it can do instead."""
 
 
-def resolve(seed: object, xp: Backend, like: Array | None) -> int | Key:
+def seed_of_allowed(name: str) -> str:
+    """The seeds a call on the array called ``name`` takes."""
+    return (
+        f"an integer in [0, 2**64), an xdrop.Generator, None, or a seed array of {name}'s "
+        "framework (a 0-d integer array, a uint32[2] array (hi, lo) or a JAX key)"
+    )
+
+
+def resolve(seed: object, xp: Backend, like: Array | None, name: str = "x") -> int | Key:
     """The seed a call uses: a host integer, or the key words of a seed array of ``xp``.
-    ``None`` and generators draw their next seed, which cannot happen inside a trace."""
+    ``None`` and generators draw their next seed, which cannot happen inside a trace.
+    ``like`` is the call's array, called ``name`` in messages."""
     if seed is None or isinstance(seed, Generator):
         refuse_to_draw_in_a_trace()
         return (seed or _global).next_seed()
     host = host_seed(seed)
     if host is not None:
         return host
-    if xp.is_array(seed):
-        check_seed_owner(seed, xp)
-        check_seed_array(xp.dtype_name(seed), xp.shape(seed), seed)
-        return require(xp, SeedBackend, *SEED_IN_AN_ARRAY).seed_words(seed)
-    raise bad_type("seed", seed, SEED_ALLOWED)
+    check_seed_of(seed, xp, like, name)
+    return require(xp, SeedBackend, *SEED_IN_AN_ARRAY).seed_words(seed)
 
 
-def check_seed_owner(seed: Array, xp: Backend) -> None:
+def check_seed_of(seed: object, xp: Backend, like: Array | None, name: str) -> None:
+    """A seed that is no host integer, for a call of ``xp`` beside ``like`` (called ``name``):
+    an array of ``xp``, of a seed's dtype and shape, holding a value where ``like`` does (a
+    torch seed on the meta device cannot be read)."""
+    if not xp.is_array(seed):
+        # an array of another framework is told which one to use
+        foreign = owner_of_type(type(seed)) is not None
+        raise bad_type("seed", seed, seed_of_allowed(name) if foreign else SEED_ALLOWED)
+    check_seed_owner(seed, xp, name)
+    dtype = xp.dtype_name(seed)
+    check_seed_array(dtype, xp.shape(seed), seed)
+    if not xp.is_tracing(seed) and not holds_values_here(xp, seed, like):
+        shown = Shown(f"<{dtype} array that holds no value>", type(seed).__name__)
+        raise bad_value("seed", shown, f"a seed array whose value can be read, on {name}'s device")
+
+
+def check_seed_owner(seed: Array, xp: Backend, name: str = "x") -> None:
     """A seed array must belong to ``xp``, the backend of the call's arrays. A generic backend
     takes every array with an Array API namespace for its own, but cannot compute with another
     namespace's (a JAX seed beside an array-api-strict ``x``): such a seed is refused by name."""
     if backend_for(seed) is not xp:
-        raise bad_type("seed", seed, SEED_OF_X_ALLOWED)
+        raise bad_type("seed", seed, seed_of_allowed(name))
 
 
 @host_constant
@@ -233,22 +267,21 @@ def key_of(resolved: int | Key, xp: Backend, like: Array | None) -> Key:
     return require(xp, SeedBackend, *SEED_IN_AN_ARRAY).seed_words(array)
 
 
-def native_seed(seed: object, xp: NativeBackend, like: Array | None) -> int | Key | None:
+def native_seed(
+    seed: object, xp: NativeBackend, like: Array | None, name: str = "x"
+) -> int | Key | None:
     """The seed for the framework's own generator: ``None`` keeps the framework's global one."""
     if seed is None and xp.has_global_rng:
         return None
-    return resolve(seed, xp, like)
+    return resolve(seed, xp, like, name)
 
 
-def validate_seed(seed: object, xp: Backend) -> None:
+def validate_seed(seed: object, xp: Backend, like: Array | None) -> None:
     """Reject a seed without drawing one (where no mask is drawn, e.g. in eval) exactly as a
-    training call of backend ``xp`` would: a seed array must be one of ``xp``'s."""
+    training call of backend ``xp`` beside ``like`` (called ``x``) would."""
     if seed is None or isinstance(seed, Generator) or host_seed(seed) is not None:
         return
-    if not xp.is_array(seed):
-        raise bad_type("seed", seed, SEED_ALLOWED)
-    check_seed_owner(seed, xp)
-    check_seed_array(xp.dtype_name(seed), xp.shape(seed), seed)
+    check_seed_of(seed, xp, like, "x")
 
 
 def check_like(like: object, xp: Backend) -> None:
@@ -312,9 +345,7 @@ def fold_in(seed: object, data: object) -> object:
 
 # -- portable or native ---------------------------------------------------------------------------------
 def check_rng(rng: object) -> str:
-    if rng not in RNG_KINDS:
-        raise bad_value("rng", rng, 'one of "portable", "native"')
-    return str(rng)
+    return check_choice("rng", rng, RNG_KINDS)
 
 
 @host_constant  # torch.compile cannot trace ContextVar.get: the choice is baked into the graph

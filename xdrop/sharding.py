@@ -35,7 +35,7 @@ from xdrop.protocol import (
     Words,
     require,
 )
-from xdrop.validation import as_integer, check_offset, is_integer_dtype
+from xdrop.validation import as_integer, check_offset, holds_values_here, is_integer_dtype
 
 AXIS_LIMIT = spec.WORD_COUNT
 """The largest size of one axis of a logical tensor: an axis index is one 32-bit word."""
@@ -92,13 +92,15 @@ class Block:
         object.__setattr__(self, "offset", first)
         object.__setattr__(self, "mesh_axes", None)
 
-    def resolve(self, xp: Backend) -> Block:
-        """This block as ``xp`` runs it: each start held in a concrete array of ``xp`` read as the
-        integer it holds, so it goes through the checks of a Python int (a value past the axis
-        would draw another element's counter); a traced start is checked for its dtype only."""
+    def resolve(self, xp: Backend, like: Array | None = None, name: str = "x") -> Block:
+        """This block as ``xp`` runs it beside ``like`` (the array called ``name``): each start
+        held in a concrete array of ``xp`` read as the integer it holds, so it goes through the
+        checks of a Python int (a value past the axis would draw another element's counter); a
+        traced start is checked for its dtype only, and so is one that holds no value beside a
+        ``like`` that holds none either (torch's meta device)."""
         if all(isinstance(first, int) for first in self.start):
             return self
-        allowed = "integers or 0-d integer arrays of x's framework"
+        allowed = f"integers or 0-d integer arrays of {name}'s framework"
         starts: list[Start] = []
         for first in self.start:
             if isinstance(first, int):
@@ -107,7 +109,13 @@ class Block:
             if not xp.is_array(first) or not is_integer_dtype(xp.dtype_name(first)):
                 shown = Shown(_describe_start(xp, first), type(first).__name__)
                 raise bad_type("start", shown, allowed)
-            starts.append(first if xp.is_tracing(first) else int(xp.to_numpy(first)))
+            if xp.is_tracing(first) or not xp.holds_values(first):
+                if not holds_values_here(xp, first, like):
+                    shown = Shown(f"<{xp.dtype_name(first)} array that holds no value>")
+                    raise bad_value("start", shown, f"{allowed} whose values can be read")
+                starts.append(first)
+                continue
+            starts.append(int(xp.to_numpy(first)))
         resolved = Block(self.global_shape, starts, self.offset)
         object.__setattr__(resolved, "mesh_axes", self.mesh_axes)
         return resolved
@@ -264,15 +272,20 @@ def shard_map_block(local_shape: Sequence[int], partition: Sequence[Any], offset
     ``partition`` must be the one ``in_specs`` gives ``x``: with another, shards that differ
     would draw the same mask (a missing mesh axis) or copies of one shard different masks (an
     extra one). Where JAX tracks the mesh axes a value varies over (``shard_map``'s
-    ``check_vma=True``, the default), :func:`xdrop.dropout` checks that ``x`` varies over exactly
-    the mesh axes ``partition`` names, and refuses the block otherwise; which of ``x``'s axes
-    each name splits cannot be checked (``P("d", None)`` and ``P(None, "d")`` vary alike).
+    ``check_vma=True``, the default), every function that takes a Block (:func:`xdrop.dropout`,
+    :func:`xdrop.dropout_mask` with ``like``, the dropout family) checks that its array varies
+    over exactly the mesh axes ``partition`` names, and refuses the block otherwise. JAX tracks
+    only the set of those axes, so two mistakes cannot be checked: which of ``x``'s axes each
+    name splits (``P("d", None)`` and ``P(None, "d")`` vary alike), and the order of the names
+    inside one entry (``P(("a", "b"))`` and ``P(("b", "a"))`` vary alike, but number the shards
+    in another order: each shard would draw another shard's mask).
 
     Args:
         local_shape: the shard's shape (``x.shape`` inside the mapped function).
-        partition: the ``PartitionSpec`` of ``x`` in ``in_specs``: per axis ``None``, a mesh axis
-            name, or a tuple of names; missing trailing entries are ``None``. Each name must be
-            a mesh axis of the enclosing ``shard_map``.
+        partition: the ``PartitionSpec`` of ``x`` in ``in_specs`` (or a sequence of its
+            entries): per axis ``None``, a mesh axis name, or a tuple of names, in the order
+            ``in_specs`` gives them; missing trailing entries are ``None``. Each name must be a
+            mesh axis of the enclosing ``shard_map``.
         offset: added to every counter.
 
     Example::
@@ -287,7 +300,7 @@ def shard_map_block(local_shape: Sequence[int], partition: Sequence[Any], offset
     import jax.numpy as jnp
 
     shape = tuple(_check_global_shape(local_shape, "local_shape"))
-    entries = tuple(partition)
+    entries = _check_partition(partition, jax.sharding.PartitionSpec)
     if len(entries) > len(shape):
         raise bad_value(
             "partition", partition, f"at most one entry per axis of the shard ({len(shape)})"
@@ -296,7 +309,7 @@ def shard_map_block(local_shape: Sequence[int], partition: Sequence[Any], offset
     manual = _manual_axes()
     global_shape, start = [], []
     for size, names in zip(shape, entries, strict=True):
-        axes = () if names is None else (names,) if isinstance(names, str) else tuple(names)
+        axes = () if names is None else _names(names)
         if manual is not None and not set(axes) <= manual:
             allowed = f"mesh axes of the enclosing shard_map {sorted(manual)} and None"
             if not manual:
@@ -318,6 +331,24 @@ def shard_map_block(local_shape: Sequence[int], partition: Sequence[Any], offset
 def _names(entry: Any) -> tuple[str, ...]:
     """The mesh axis names of one entry of a ``PartitionSpec``."""
     return (entry,) if isinstance(entry, str) else tuple(entry)
+
+
+def _check_partition(partition: object, spec_type: type) -> tuple[Any, ...]:
+    """The entries of a ``PartitionSpec`` (``spec_type``, which is no ``Sequence`` in every JAX)
+    or of a sequence like one: each None, a mesh axis name, or a sequence of names."""
+    allowed = (
+        "a PartitionSpec (or a sequence) whose entries are None, a mesh axis name or a tuple of "
+        "mesh axis names"
+    )
+    if isinstance(partition, (str, bytes)) or not isinstance(partition, (spec_type, Sequence)):
+        raise bad_type("partition", partition, allowed)
+    for entry in partition:  # type: ignore[attr-defined]
+        names = () if entry is None or isinstance(entry, str) else entry
+        if isinstance(names, bytes) or not isinstance(names, Sequence):
+            raise bad_type("partition", partition, allowed)
+        if not all(isinstance(name, str) for name in names):
+            raise bad_type("partition", partition, allowed)
+    return tuple(partition)  # type: ignore[arg-type]
 
 
 def _manual_axes() -> frozenset[str] | None:
@@ -344,10 +375,12 @@ def _varying_axes(value: Any) -> frozenset[str] | None:
     return None if varying is None else frozenset(varying)
 
 
-def check_shard_map_axes(block: Block, x: Any) -> None:
-    """Raise unless ``x`` varies over the mesh axes that ``block`` (a :func:`shard_map_block`)
-    was placed by. Unchecked where JAX does not track them (``check_vma=False``)."""
-    if block.mesh_axes is None:
+def check_shard_map_axes(block: Block, x: Any, name: str = "x") -> None:
+    """Raise unless ``x`` (the array called ``name``) varies over the mesh axes that ``block``
+    (a :func:`shard_map_block`) was placed by. Unchecked where JAX does not track them
+    (``check_vma=False``), and for a call without an array (``dropout_mask`` without ``like``),
+    whose mask varies over no mesh axis."""
+    if block.mesh_axes is None or x is None:
         return
     import jax
 
@@ -363,9 +396,9 @@ def check_shard_map_axes(block: Block, x: Any) -> None:
         return
     shown = Shown(f"<shard_map_block of a partition naming mesh axes {sorted(block.mesh_axes)}>")
     allowed = (
-        f"the Block of x's own PartitionSpec in shard_map's in_specs, naming the mesh axes x "
-        f"varies over {sorted(varying)}: otherwise shards that differ draw the same mask, or "
-        "copies of one shard different masks"
+        f"the Block of {name}'s own PartitionSpec in shard_map's in_specs, naming the mesh axes "
+        f"{name} varies over {sorted(varying)}: otherwise shards that differ draw the same mask, "
+        "or copies of one shard different masks"
     )
     raise bad_value("offset", shown, allowed)
 

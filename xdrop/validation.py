@@ -26,8 +26,6 @@ from xdrop.typing import Mode
 
 Rate = Union[float, Array]  # noqa: UP007 (Array is Any: "float | Any" fails on Python 3.10)
 """A checked rate: a Python float in [0, 1], or a 0-d float array being traced."""
-RATE_ALLOWED = "a real number in [0, 1] or a 0-d float array of x's framework"
-RATE_READABLE = "a Python float or a 0-d float array whose value can be read (on x's device)"
 
 
 def as_integer(value: object) -> int | None:
@@ -44,12 +42,15 @@ def is_integer(value: object) -> bool:
     return as_integer(value) is not None
 
 
-def check_rate(p: object, xp: Backend | None = None, like: object = None) -> Rate:
+def check_rate(p: object, xp: Backend | None = None, like: object = None, name: str = "x") -> Rate:
     """``p`` as a float in ``[0, 1]``; a 0-d float array is read as its value, unless it is being
     traced (then it is returned as it is, and the spec computes with it in the graph). ``like``
-    is the array ``p`` goes with, if any: an Array API array's rate must share its namespace."""
+    is the array ``p`` goes with, if any (called ``name`` in messages): an Array API array's
+    rate must share its namespace."""
+    allowed = f"a real number in [0, 1] or a 0-d float array of {name}'s framework"
+    readable = f"a Python float or a 0-d float array whose value can be read (on {name}'s device)"
     if isinstance(p, (bool, np.bool_)):
-        raise bad_type("p", p, RATE_ALLOWED)
+        raise bad_type("p", p, allowed)
     if isinstance(p, numbers.Real):
         value = float(p)
     elif isinstance(p, np.ndarray) or (xp is not None and xp.is_array(p)):
@@ -59,19 +60,21 @@ def check_rate(p: object, xp: Backend | None = None, like: object = None) -> Rat
         shape = tuple(array.shape) if owner is None else owner.shape(array)
         if dtype not in FLOAT_DTYPES or shape != ():
             shown = Shown(f"<{dtype} array of shape {shape}>", type(array).__name__)
-            raise bad_type("p", shown, RATE_ALLOWED)
+            raise bad_type("p", shown, allowed)
         # the generic backend claims every namespace: a JAX rate beside a strict array would be
         # read eagerly but cannot be computed with once traced (NumPy rates are read, always)
         foreign = like is not None and _namespace(p) != _namespace(like)
         if owner is not None and foreign and not isinstance(p, np.ndarray):
-            raise bad_type("p", p, RATE_ALLOWED)
+            raise bad_type("p", p, allowed)
         if owner is not None and owner.is_tracing(array):
             if not owner.holds_values(array):  # what reading it eagerly would refuse
-                raise bad_value("p", Shown("<0-d array that holds no value>"), RATE_READABLE)
+                raise bad_value("p", Shown("<0-d array that holds no value>"), readable)
             return array
-        value = _read_rate(lambda: float(array if owner is None else owner.to_numpy(array)))
+        value = _read_rate(
+            lambda: float(array if owner is None else owner.to_numpy(array)), readable
+        )
     else:
-        raise bad_type("p", p, RATE_ALLOWED)
+        raise bad_type("p", p, allowed)
     if not 0.0 <= value <= 1.0:  # NaN fails both comparisons
         raise bad_value("p", p, "a real number in [0, 1]")
     return value
@@ -83,23 +86,38 @@ def _namespace(x: object) -> object:
     return None if method is None else method()
 
 
-def _read_rate(read: Callable[[], float]) -> float:
+def _read_rate(read: Callable[[], float], readable: str) -> float:
     """A concrete rate's value, ``read()``, or an error that says to pass one whose value can be
-    read: a torch tensor on the meta device holds none."""
+    read (``readable``): a torch tensor on the meta device holds none."""
     try:
         return read()
     except Exception as error:  # the framework's own error, whatever it is: ours names p
         raise bad_value(
             "p",
             Shown(f"<0-d array that cannot be read: {error}>"),
-            RATE_READABLE,
+            readable,
         ) from error
 
 
+def check_choice(
+    argument: str, value: object, choices: Sequence[str], allowed: str | None = None
+) -> str:
+    """``value`` if it is one of the strings ``choices``, else an error naming ``argument``: a
+    type error unless it is a ``str`` (an array of strings would make ``in`` compare element by
+    element and fail with NumPy's own error), a value error otherwise. ``allowed`` is what the
+    message says is allowed, where the caller accepts more before it asks (default: the
+    choices)."""
+    if allowed is None:
+        allowed = "one of " + ", ".join(f'"{choice}"' for choice in choices)
+    if not isinstance(value, str):
+        raise bad_type(argument, value, allowed)
+    if value not in choices:
+        raise bad_value(argument, value, allowed)
+    return value
+
+
 def check_mode(mode: object) -> Mode:
-    if mode not in MODES:
-        raise bad_value("mode", mode, 'one of "inverted", "classic"')
-    return cast(Mode, mode)
+    return cast(Mode, check_choice("mode", mode, MODES))
 
 
 def check_flag(name: str, value: object) -> bool:
@@ -173,18 +191,32 @@ def as_input_array(xp: Backend, x: object, argument: str = "x") -> Array:
         if getattr(x, "is_sparse", False) or layout.startswith("torch.sparse"):
             allowed = "a dense array (xdrop draws a mask for every element, stored or not)"
             raise ArgumentTypeError(describe(argument, Shown(f"<{layout} tensor>"), allowed))
+        if getattr(x, "is_nested", False):  # its components have shapes of their own
+            allowed = "a dense array (pad a nested tensor first: torch.nested.to_padded_tensor)"
+            shown = Shown(f"<nested tensor of layout {layout}>")
+            raise ArgumentTypeError(describe(argument, shown, allowed))
         return x
     try:
         return xp.asarray(x)
     except (ValueError, TypeError, OverflowError) as error:  # ragged lists, strings, objects
-        shown = Shown(_shorten(repr(x)))
+        shown = Shown(shorten(repr(x)))
         allowed = f"an array, or a rectangular nested list of numbers ({error})"
         raise ArgumentTypeError(
             describe(argument, shown, allowed) + f" of type {type(x).__name__}"
         ) from error
 
 
-def _shorten(text: str, limit: int = 60) -> str:
+def holds_values_here(xp: Backend, value: Array, like: object) -> bool:
+    """Whether an eager array argument (a seed, a Block's start) can be used beside ``like``:
+    it holds values, or ``like`` is an array that holds none either (both are placeholders of
+    shape and dtype alone, such as torch tensors on the meta device, which compute alike)."""
+    if xp.holds_values(value):
+        return True
+    return like is not None and xp.is_array(like) and not xp.holds_values(like)
+
+
+def shorten(text: str, limit: int = 60) -> str:
+    """``text`` cut to ``limit`` characters, for a value's repr in a message."""
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -336,8 +368,7 @@ def check_axis(axis: object, ndim: int, argument: str = "axis") -> int:
 
 def check_reduction(reduction: object, positions: tuple[int, ...]) -> str:
     """One of :data:`xdrop.rdrop.REDUCTIONS`; ``"batchmean"`` needs a first (batch) axis."""
-    if reduction not in REDUCTIONS:
-        raise bad_value("reduction", reduction, 'one of "sum", "mean", "batchmean", "none"')
+    check_choice("reduction", reduction, REDUCTIONS)
     if reduction == "batchmean" and not positions:
         raise bad_value(
             "reduction",

@@ -15,7 +15,7 @@ import xdrop
 from xdrop.errors import Shown, bad_type, bad_value
 from xdrop.seeds import Generator, global_generator
 from xdrop.typing import Mode
-from xdrop.validation import as_integer, check_flag, check_seed, is_integer
+from xdrop.validation import as_integer, check_choice, check_flag, check_seed, is_integer
 
 
 def check_layer_rate(argument: str, rate: object) -> float:
@@ -95,9 +95,7 @@ def check_gaussian_rate(argument: str, rate: object) -> float:
 
 def check_drop_path_options(mode: object, scale_by_keep: object) -> tuple[str, bool]:
     """A DropPath layer's ``mode`` (``"row"`` or ``"batch"``) and ``scale_by_keep`` flag."""
-    if mode not in ("row", "batch"):
-        raise bad_value("mode", mode, 'one of "row", "batch"')
-    return str(mode), check_flag("scale_by_keep", scale_by_keep)
+    return check_choice("mode", mode, ("row", "batch")), check_flag("scale_by_keep", scale_by_keep)
 
 
 def check_block_size(block_size: object) -> int:
@@ -115,11 +113,9 @@ def check_data_format(data_format: object, default: str | None = None) -> str:
     allowed = '"channels_first" or "channels_last"'
     if data_format is None and default is not None:
         return default
-    if data_format not in ("channels_first", "channels_last"):
-        raise bad_value(
-            "data_format", data_format, allowed if default is None else f"None, {allowed}"
-        )
-    return str(data_format)
+    if default is not None:
+        allowed = f"None, {allowed}"
+    return check_choice("data_format", data_format, ("channels_first", "channels_last"), allowed)
 
 
 class DropoutDraws:
