@@ -26,6 +26,9 @@ RATES = (0.1, 0.5)
 REPEATS = 7
 MIN_SAMPLE = 0.02
 """Seconds a timed sample lasts at least: short calls are repeated back to back within one."""
+FRESH = True
+"""Whether :func:`run` starts a new process per path by default (tests of code that only this
+process can see, a patched suite say, turn it off)."""
 QUICK = {"sizes": (10**3, 10**6), "rates": (0.5,), "repeats": 3, "min_sample": 0.005}
 DISTRIBUTIONS = {
     "numpy": ["numpy"],
@@ -81,18 +84,20 @@ def run(
     directions: Iterable[str] | None = None,
     progress: Callable[[Case, int, int], None] | None = None,
     contenders: Iterable[str] | None = None,
-    fresh: bool = True,
+    fresh: bool | None = None,
 ) -> Report:
     """Time every case: for each backend (default: every installed one), each of its execution
     paths (or those named in ``paths``), each direction, size and rate.
 
-    ``fresh`` (default): each path runs in a new Python process, so that none inherits what
-    another left behind (a framework's caches, xdrop's staged programs and call counts): a
-    program's speed must not depend on what ran before it. ``fresh=False`` runs every path here.
+    ``fresh`` (default :data:`FRESH`, true): each path runs in a new Python process, so that
+    none inherits what another left behind (a framework's caches, xdrop's staged programs and
+    call counts): a program's speed must not depend on what ran before it. ``fresh=False`` runs
+    every path in this process.
     ``contenders`` keeps only the contenders named (default: all of the suite's).
 
     ``progress(case, done, total)`` is called as each case starts, with the number of the
     backend's cases done and their total, and once more with ``done == total`` after the last."""
+    fresh = FRESH if fresh is None else fresh
     names = list(backends) if backends else installed_backends()
     wanted_paths = None if paths is None else set(paths)
     wanted_directions = None if directions is None else set(directions)
