@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,9 @@ from pathlib import Path
 import pytest
 
 from xdrop import benchmarks, registry
-from xdrop.benchmarks.suites import BACKWARD, COPY, FORWARD, FRAMEWORK, NATIVE, XDROP
+from xdrop.benchmarks import gate
+from xdrop.benchmarks.suites import BACKWARD, COPY, FORWARD, FRAMEWORK, NATIVE, XDROP, Case
+from xdrop.benchmarks.timing import Timing
 from xdrop.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -115,8 +118,10 @@ def test_unavailable_backends_are_reported_not_raised(monkeypatch):
     def broken() -> benchmarks.suites.Suite:
         raise ImportError("no such framework")
 
-    monkeypatch.setitem(benchmarks.SUITES, "numpy", broken)
-    report = benchmarks.run(["numpy"], sizes=[8], rates=[0.5], repeats=1, min_sample=0.0)
+    monkeypatch.setitem(benchmarks.SUITES, "numpy", broken)  # seen here only: run in this process
+    report = benchmarks.run(
+        ["numpy"], sizes=[8], rates=[0.5], repeats=1, min_sample=0.0, fresh=False
+    )
     assert report.measurements == [] and "no such framework" in report.unavailable["numpy"]
     assert "not measured" in benchmarks.table(report)
 
@@ -126,3 +131,93 @@ def test_unavailable_backends_are_reported_not_raised(monkeypatch):
 def test_installed_backends_lists_those_with_a_framework(name):
     assert name in benchmarks.installed_backends()
     assert set(benchmarks.installed_backends()) <= set(registry.registered_names())
+
+
+@pytest.mark.backend_independent
+def test_each_path_is_timed_in_a_fresh_process_of_its_own():
+    """No path inherits another's caches, staged programs or call counts: each runs in a new
+    process, which the measurements name."""
+    pytest.importorskip("jax")
+    paths = ["jax eager", "jax.jit"]
+    report = benchmarks.run(["jax"], sizes=[16, 32], rates=[0.5], repeats=1, min_sample=0.0,
+                            paths=paths, directions=[FORWARD])  # fmt: skip
+    pids = {path: {m.pid for m in report.measurements if m.case.path == path} for path in paths}
+    assert all(len(found) == 1 for found in pids.values()), pids  # one process per path
+    (eager,), (jitted,) = pids.values()
+    assert eager != jitted and os.getpid() not in (eager, jitted)
+    assert all(not m.failures and XDROP in m.timings for m in report.measurements)
+    document = benchmarks.document(report)
+    assert [m["pid"] for m in document["measurements"]] == [eager, eager, jitted, jitted]
+
+
+def _measured(path: str, ratio: float, numerator: str = XDROP, denominator: str = FRAMEWORK):
+    """A measurement of ``path`` at the gate's size whose paired ratio is ``ratio``."""
+
+    def timing(seconds: float) -> Timing:
+        return Timing(seconds, (seconds, seconds), seconds, 1, [seconds] * 3)
+
+    case = Case("tensorflow", path, gate.SIZE, gate.RATE, FORWARD)
+    timings = {numerator: timing(ratio * 1e-3), denominator: timing(1e-3)}
+    return benchmarks.Measurement(case, timings, pid=1234)
+
+
+@pytest.mark.backend_independent
+def test_the_gate_fails_a_ratio_above_twice_its_target_and_names_the_path():
+    (graph,) = [g for g in gate.gates() if g.target.path == "tf.function"]
+    assert graph.limit == gate.MARGIN * graph.target.limit == 2 * 0.6
+    within = gate.evaluate(graph, [_measured("tf.function", 1.19)])
+    assert within.passed and within.pid == 1234
+    above = gate.evaluate(graph, [_measured("tf.function", 4.7)])  # the old staged-step bug
+    assert not above.passed and above.ratio == pytest.approx(4.7)
+    assert above.line().startswith("tf.function (tf.function vs tf.nn.dropout): ")
+    assert "4.70" in above.line() and "1.2" in above.line()
+    missing = gate.evaluate(graph, [_measured("tf eager", 0.1)])  # another path is no answer
+    assert not missing.passed and "not timed" in missing.line()
+
+
+@pytest.mark.backend_independent
+def test_the_gate_covers_the_paths_users_take_each_in_its_own_run(monkeypatch, capsys):
+    gated = {(g.backend, g.target.path, g.target.numerator) for g in gate.gates()}
+    assert gated == {
+        ("numpy", "numpy", XDROP),
+        ("torch", "torch eager", XDROP),
+        ("torch", "torch eager", NATIVE),
+        ("torch", "torch.compile", XDROP),
+        ("tensorflow", "tf eager", XDROP),
+        ("tensorflow", "tf.function", XDROP),  # the program's first call is inside tf.function
+        ("tensorflow", "tf.function(input_signature)", XDROP),  # a None dimension
+        ("tensorflow", "tf.function(jit_compile)", XDROP),
+        ("jax", "jax.jit", XDROP),
+        ("jax", "jax eager", XDROP),
+    }
+    ratios = {"tf.function": 4.7, "jax eager": 2.5}  # two regressions; the rest are fine
+    runs = []
+
+    def fabricated(backends, **options):
+        runs.append((backends, options))
+        assert options.get("fresh", True)  # the runner's default: a new process per path
+        (path,) = options["paths"]
+        numerator, denominator = options["contenders"]
+        measured = _measured(path, ratios.get(path, 0.3), numerator, denominator)
+        return benchmarks.Report([measured], {}, machine={"load_before": None})
+
+    monkeypatch.setattr(gate, "run", fabricated)
+    monkeypatch.setattr(gate, "installed_backends", lambda: ["numpy", "torch", "tensorflow", "jax"])
+    assert main(["bench", "--check"]) == 1
+    assert len(runs) == len(gated) and all(len(backends) == 1 for backends, _ in runs)
+    assert all(o["sizes"] == [10**6] and o["rates"] == [0.5] for _, o in runs)
+    captured = capsys.readouterr()
+    failed = [line for line in captured.err.splitlines() if "FAILED" in line]
+    assert len(failed) == 2
+    assert failed[0].startswith("xdrop bench --check: FAILED: tf.function (")
+    assert failed[1].startswith("xdrop bench --check: FAILED: jax eager (")
+    assert captured.out.count("passed") == len(gated) - 2
+    ratios.clear()
+    assert main(["bench", "--check", "--backend", "jax"]) == 0
+    assert [o["paths"] for _, o in runs[len(gated) :]] == [["jax.jit"], ["jax eager"]]
+
+
+@pytest.mark.backend_independent
+def test_the_gate_refuses_options_that_would_change_its_cases(capsys):
+    assert main(["bench", "--check", "--sizes", "1e3"]) == 2
+    assert "--sizes cannot be given with it" in capsys.readouterr().err

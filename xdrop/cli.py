@@ -161,6 +161,11 @@ def _add_bench(commands: Any) -> argparse.ArgumentParser:
         "--quick", action="store_true",
         help="fewer sizes, one rate, three rounds: a first look in a few minutes",
     )  # fmt: skip
+    bench.add_argument(
+        "--check", action="store_true",
+        help="the gate: the paths users take at 1e6 elements, each in a fresh process; exit 1 "
+        "when a ratio is above twice its target (with --backend, --path and --json only)",
+    )  # fmt: skip
     return bench
 
 
@@ -262,6 +267,8 @@ def _bench(parser: argparse.ArgumentParser, arguments: argparse.Namespace) -> in
     defaults: dict[str, Any] = dict(runner.QUICK) if arguments.quick else {}
     sizes = [size for group in arguments.sizes for size in group] if arguments.sizes else None
     _check_bench_cases(parser, arguments)
+    if arguments.check:
+        return _bench_check(parser, arguments)
     report = benchmarks.run(
         backends=arguments.backend,
         sizes=sizes or defaults.get("sizes", runner.SIZES),
@@ -296,12 +303,61 @@ def _bench(parser: argparse.ArgumentParser, arguments: argparse.Namespace) -> in
     return 0
 
 
+def _bench_check(parser: argparse.ArgumentParser, arguments: argparse.Namespace) -> int:
+    """``xdrop bench --check``: the gate's table, and one line on stderr per failing path."""
+    from xdrop import benchmarks
+    from xdrop.benchmarks import gate
+
+    results, report = gate.check(
+        arguments.backend, arguments.path, progress=_bench_progress(Progress(sys.stderr))
+    )
+    rows = [
+        (
+            result.gate.target.path,
+            f"{result.gate.target.numerator}/{result.gate.target.denominator}",
+            "-" if result.ratio is None else f"{result.ratio:.2f}",
+            f"{result.gate.target.limit:g}",
+            f"{result.gate.limit:g}",
+            "passed" if result.passed else "FAILED",
+        )
+        for result in results
+    ]
+    header = ("path", "ratio", f"{gate.SIZE:.0e}, p {gate.RATE:g}", "target", "fails above", "")
+    print(tables.render(header, rows, align="<<>>><"))
+    machine = report.machine
+    print(f"\n{machine.get('kernel')}")
+    print(f"{machine.get('processor')}, {machine.get('cores')} cores, load average "
+          f"{machine.get('load_before')} before and {machine.get('load_after')} after")  # fmt: skip
+    if arguments.json:
+        document = benchmarks.document(report)
+        document["check"] = [
+            {"name": r.gate.name, "path": r.gate.target.path, "ratio": r.ratio,
+             "target": r.gate.target.limit, "limit": r.gate.limit, "passed": r.passed,
+             "error": None if r.ratio is not None else r.error, "pid": r.pid}
+            for r in results
+        ]  # fmt: skip
+        _write_json(parser, arguments.json, document)
+    failed = [result for result in results if not result.passed]
+    for result in failed:
+        print(f"xdrop bench --check: FAILED: {result.line()}", file=sys.stderr)
+    return 1 if failed or not results else 0
+
+
 def _check_bench_cases(parser: argparse.ArgumentParser, arguments: argparse.Namespace) -> None:
     """Refuse (exit status 2, one line) backends, paths and directions that leave nothing to
     time, before anything runs: an empty table is not an answer."""
     from xdrop.benchmarks import SUITES, installed_backends
     from xdrop.benchmarks.suites import BACKWARD, FORWARD
 
+    if arguments.check:
+        given = [option for option, value in (
+            ("--sizes", arguments.sizes), ("--p", arguments.p), ("--repeats", arguments.repeats),
+            ("--quick", arguments.quick), ("--direction", arguments.direction),
+            ("--markdown", arguments.markdown),
+        ) if value]  # fmt: skip
+        if given:
+            parser.error(f"argument --check: the gate's cases are fixed; {', '.join(given)} "
+                         "cannot be given with it")  # fmt: skip
     names = arguments.backend or installed_backends()
     unknown = [name for name in names if name not in SUITES]
     if unknown:

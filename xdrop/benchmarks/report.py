@@ -15,6 +15,7 @@ from xdrop.benchmarks.suites import (
     FRAMEWORK_EAGER,
     FRAMEWORK_GRAPH,
     NATIVE,
+    SIGNATURE_PATH,
     XDROP,
 )
 
@@ -77,8 +78,11 @@ TARGETS = (
     Target("torch eager forward+backward vs F.dropout", "torch eager", XDROP, FRAMEWORK, 0.5,
            direction=BACKWARD),
     Target("NumPy vs Generator.random() < q", "numpy", XDROP, FRAMEWORK, 0.5),
-    Target("TF eager vs tf.nn.dropout", "tf eager", XDROP, FRAMEWORK, 2.0),
-    Target("tf.function vs tf.nn.dropout", "tf.function", XDROP, FRAMEWORK, 2.0),
+    Target("TF eager vs tf.nn.dropout", "tf eager", XDROP, FRAMEWORK, 0.6),
+    Target("tf.function vs tf.nn.dropout", "tf.function", XDROP, FRAMEWORK, 0.6),
+    # a known gap, not a goal: sizes known only at run time run the spec op by op (4.4 measured)
+    Target("tf.function, a None dimension, vs tf.nn.dropout (known gap)", SIGNATURE_PATH, XDROP,
+           FRAMEWORK, 5.0),
     Target("JAX eager vs Flax-style eager", "jax eager", XDROP, FRAMEWORK, 1.0),
     *(
         Target(f'rng="native" vs the framework, {path}', path, NATIVE, FRAMEWORK, 1.1)
@@ -234,6 +238,7 @@ def document(report: Report) -> dict[str, Any]:
                 },
                 "memory_bytes_per_element": m.memory,
                 "failures": m.failures,
+                "pid": m.pid,
             }
             for m in report.measurements
         ],

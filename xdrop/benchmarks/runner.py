@@ -1,14 +1,19 @@
-"""Run the benchmark: every case of every installed backend's suite, contenders interleaved."""
+"""Run the benchmark: every case of every installed backend's suite, contenders interleaved, each
+execution path in a fresh process."""
 
 from __future__ import annotations
 
 import gc
+import json
 import os
 import platform
+import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import xdrop
@@ -21,6 +26,9 @@ RATES = (0.1, 0.5)
 REPEATS = 7
 MIN_SAMPLE = 0.02
 """Seconds a timed sample lasts at least: short calls are repeated back to back within one."""
+FRESH = True
+"""Whether :func:`run` starts a new process per path by default (tests of code that only this
+process can see, a patched suite say, turn it off)."""
 QUICK = {"sizes": (10**3, 10**6), "rates": (0.5,), "repeats": 3, "min_sample": 0.005}
 DISTRIBUTIONS = {
     "numpy": ["numpy"],
@@ -40,6 +48,8 @@ class Measurement:
     """Contenders that could not run, with the error."""
     memory: dict[str, float] = field(default_factory=dict)
     """Bytes per element, by contender: NumPy's peak allocation, torch's saved tensors."""
+    pid: int | None = None
+    """The process that timed it (one per execution path: see :func:`run`)."""
 
     def ratio(self, numerator: str, denominator: str) -> float | None:
         """``numerator / denominator`` paired within each repeat (None if either did not run)."""
@@ -73,15 +83,25 @@ def run(
     paths: Iterable[str] | None = None,
     directions: Iterable[str] | None = None,
     progress: Callable[[Case, int, int], None] | None = None,
+    contenders: Iterable[str] | None = None,
+    fresh: bool | None = None,
 ) -> Report:
     """Time every case: for each backend (default: every installed one), each of its execution
     paths (or those named in ``paths``), each direction, size and rate.
 
+    ``fresh`` (default :data:`FRESH`, true): each path runs in a new Python process, so that
+    none inherits what another left behind (a framework's caches, xdrop's staged programs and
+    call counts): a program's speed must not depend on what ran before it. ``fresh=False`` runs
+    every path in this process.
+    ``contenders`` keeps only the contenders named (default: all of the suite's).
+
     ``progress(case, done, total)`` is called as each case starts, with the number of the
     backend's cases done and their total, and once more with ``done == total`` after the last."""
+    fresh = FRESH if fresh is None else fresh
     names = list(backends) if backends else installed_backends()
     wanted_paths = None if paths is None else set(paths)
     wanted_directions = None if directions is None else set(directions)
+    wanted_contenders = None if contenders is None else list(contenders)
     settings = {
         "backends": names,
         "sizes": list(sizes),
@@ -91,17 +111,23 @@ def run(
     }
     report = Report([], settings, machine=machine())
     for name in names:
+        if fresh:
+            options = {**settings, "backends": [name], "contenders": wanted_contenders}
+            cases = _cases(SUITES[name], sizes, rates, wanted_paths, wanted_directions)
+            _run_in_fresh_processes(report, name, cases, options, progress)
+            continue
         try:
             suite = SUITES[name]()
         except Exception as error:  # not installed, or broken: say so and go on
             report.unavailable[name] = describe_error(error)
             continue
         with xdrop.use_backend(name):  # NumPy inputs of the NumPy suite run on NumPy
-            cases = _cases(suite, sizes, rates, wanted_paths, wanted_directions)
+            cases = _cases(type(suite), sizes, rates, wanted_paths, wanted_directions)
             for done, case in enumerate(cases):
                 if progress is not None:
                     progress(case, done, len(cases))
-                report.measurements.append(measure(suite, case, repeats, min_sample))
+                measurement = measure(suite, case, repeats, min_sample, wanted_contenders)
+                report.measurements.append(measurement)
             if progress is not None and cases:
                 progress(cases[-1], len(cases), len(cases))
     report.versions = versions(names)
@@ -109,8 +135,68 @@ def run(
     return report
 
 
+PROGRESS = "xdrop-bench-case "
+"""How a path's process announces the case it starts (a line on its stdout: its index)."""
+
+
+def _run_in_fresh_processes(
+    report: Report,
+    backend: str,
+    cases: list[Case],
+    options: dict[str, Any],
+    progress: Callable[[Case, int, int], None] | None,
+) -> None:
+    """Time ``cases`` of ``backend``, one new process per path (``python -m
+    xdrop.benchmarks.worker``), into ``report``."""
+    by_path: dict[str, list[Case]] = {}
+    for case in cases:
+        by_path.setdefault(case.path, []).append(case)
+    done = 0
+    for path, path_cases in by_path.items():
+        with tempfile.TemporaryDirectory(prefix="xdrop-bench-") as folder:
+            result = Path(folder) / "result.json"
+            spec = json.dumps({**options, "paths": [path], "directions": sorted(
+                {case.direction for case in path_cases})})  # fmt: skip
+            command = [sys.executable, "-m", "xdrop.benchmarks.worker", spec, str(result)]
+            with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as process:
+                assert process.stdout is not None
+                for line in process.stdout:
+                    if not line.startswith(PROGRESS):  # a framework's chatter: not the table's
+                        print(line, end="", file=sys.stderr)
+                    elif progress is not None:
+                        index = int(line[len(PROGRESS) :])
+                        progress(path_cases[index], done + index, len(cases))
+            status = process.returncode
+            document = json.loads(result.read_text()) if result.is_file() else None
+        done += len(path_cases)
+        if document is not None and document["unavailable"]:
+            report.unavailable[backend] = document["unavailable"]
+            return  # the framework cannot be imported: its other paths would say the same
+        if document is None or status != 0:
+            error = f"the process timing {path!r} exited with status {status}"
+            report.measurements.extend(Measurement(case, {}, {"all": error}) for case in path_cases)
+            continue
+        report.measurements.extend(from_document(item) for item in document["measurements"])
+    if progress is not None and cases:
+        progress(cases[-1], len(cases), len(cases))
+
+
+def to_document(measurement: Measurement) -> dict[str, Any]:
+    """``measurement`` as JSON-ready data (how a path's process hands it back)."""
+    return asdict(measurement)
+
+
+def from_document(data: dict[str, Any]) -> Measurement:
+    """The measurement :func:`to_document` wrote."""
+    timings = {
+        name: Timing(**{**timing, "quartiles": tuple(timing["quartiles"])})
+        for name, timing in data["timings"].items()
+    }
+    return Measurement(Case(**data["case"]), timings, data["failures"], data["memory"], data["pid"])
+
+
 def _cases(
-    suite: Suite,
+    suite: type[Suite],
     sizes: Sequence[int],
     rates: Sequence[float],
     paths: set[str] | None,
@@ -127,12 +213,21 @@ def _cases(
     ]
 
 
-def measure(suite: Suite, case: Case, repeats: int, min_sample: float) -> Measurement:
-    """Time the contenders of ``case`` together, then measure their memory."""
+def measure(
+    suite: Suite,
+    case: Case,
+    repeats: int,
+    min_sample: float,
+    names: Sequence[str] | None = None,
+) -> Measurement:
+    """Time the contenders of ``case`` (those in ``names``, default all) together, then measure
+    their memory."""
     try:
         contenders = suite.contenders(case)
     except Exception as error:
-        return Measurement(case, {}, {"all": describe_error(error)})
+        return Measurement(case, {}, {"all": describe_error(error)}, pid=os.getpid())
+    if names is not None:
+        contenders = {name: call for name, call in contenders.items() if name in names}
     timings, failures = time_interleaved(contenders, repeats, min_sample)
     del contenders
     gc.collect()
@@ -141,7 +236,9 @@ def measure(suite: Suite, case: Case, repeats: int, min_sample: float) -> Measur
     except Exception as error:
         memory = {}
         failures["memory"] = describe_error(error)
-    return Measurement(case, timings, failures, memory)
+    if names is not None:
+        memory = {name: value for name, value in memory.items() if name in names}
+    return Measurement(case, timings, failures, memory, os.getpid())
 
 
 def machine() -> dict[str, Any]:

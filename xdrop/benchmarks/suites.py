@@ -64,8 +64,11 @@ class Suite(abc.ABC):
     def __init__(self) -> None:
         self.module: Any = importlib.import_module(self.framework)
 
-    def directions(self) -> tuple[str, ...]:
-        return (FORWARD, BACKWARD) if self.differentiates else (FORWARD,)
+    @classmethod
+    def directions(cls) -> tuple[str, ...]:
+        """Forward, and forward+backward where the framework differentiates (a class method: the
+        runner plans each path's cases without importing its framework)."""
+        return (FORWARD, BACKWARD) if cls.differentiates else (FORWARD,)
 
     @abc.abstractmethod
     def contenders(self, case: Case) -> dict[str, Call]:
@@ -194,10 +197,14 @@ class TorchSuite(Suite):
 
 
 # -- TensorFlow -------------------------------------------------------------------------------------
+SIGNATURE_PATH = "tf.function(input_signature)"
+"""``tf.function`` traced from an ``input_signature`` whose dimension is ``None``."""
+
+
 class TensorflowSuite(Suite):
     backend = framework = "tensorflow"
-    paths = ("tf eager", "tf.function", "tf.function(jit_compile)")
-    compiled_paths = ("tf.function", "tf.function(jit_compile)")
+    paths = ("tf eager", "tf.function", SIGNATURE_PATH, "tf.function(jit_compile)")
+    compiled_paths = ("tf.function", SIGNATURE_PATH, "tf.function(jit_compile)")
     framework_dropout = "tf.nn.dropout"
 
     def __init__(self) -> None:
@@ -222,9 +229,18 @@ class TensorflowSuite(Suite):
             seeds: Iterator[Any] = itertools.count()
         else:
             jit_compile = case.path == "tf.function(jit_compile)"
+            # Keras and tf.saved_model trace with the batch dimension unknown: sizes in the graph
+            # are known only at run time
+            signature = (
+                (tf.TensorSpec([None], tf.float32), tf.TensorSpec([], tf.int64))
+                if case.path == SIGNATURE_PATH
+                else None
+            )
             graph_dropout = tf.function(functions[FRAMEWORK], autograph=False)
             functions = {  # autograph off: these functions have no Python control flow
-                name: tf.function(function, jit_compile=jit_compile, autograph=False)
+                name: tf.function(
+                    function, jit_compile=jit_compile, input_signature=signature, autograph=False
+                )
                 for name, function in functions.items()
             }
             if jit_compile:
