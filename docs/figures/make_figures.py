@@ -35,6 +35,9 @@ from sklearn.model_selection import train_test_split
 import xdrop
 from xdrop.layers.torch import Dropout, set_mc_sampling
 
+# this script imports TensorFlow beside torch, whose training loop may load Triton (CUDA builds)
+xdrop.registry.load_triton_before_tensorflow()
+
 OUT = Path(__file__).resolve().parents[1] / "images"
 RECORD = Path(__file__).resolve().parent / "mc-vs-weight-scaling.json"
 
