@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 import xdrop
+from xdrop import registry
 
 Framework = tuple[Callable[[tuple[int, ...]], Any], Callable[[Any], Any]]
 """How to make an input of a shape, and the framework's own dropout of it."""
@@ -44,6 +45,7 @@ def _torch() -> Framework:
 
 
 def _tensorflow() -> Framework:
+    registry.load_triton_before_tensorflow()
     import tensorflow as tf
 
     return lambda shape: tf.ones(shape), lambda x: tf.nn.dropout(x, 0.5)
