@@ -47,12 +47,10 @@ def check_rate(p: object, xp: Backend | None = None, like: object = None, name: 
     traced (then it is returned as it is, and the spec computes with it in the graph). ``like``
     is the array ``p`` goes with, if any (called ``name`` in messages): an Array API array's
     rate must share its namespace."""
-    allowed = f"a real number in [0, 1] or a 0-d float array of {name}'s framework"
-    readable = f"a Python float or a 0-d float array whose value can be read (on {name}'s device)"
-    if isinstance(p, (bool, np.bool_)):
-        raise bad_type("p", p, allowed)
-    if isinstance(p, numbers.Real):
-        value = float(p)
+    if isinstance(p, numbers.Real) and not isinstance(p, (bool, np.bool_)):
+        value = float(p)  # the common case first: no message is built unless it is needed
+    elif isinstance(p, (bool, np.bool_)):
+        raise bad_type("p", p, _rate_allowed(name))
     elif isinstance(p, np.ndarray) or (xp is not None and xp.is_array(p)):
         array: Array = p
         owner = xp if xp is not None and xp.is_array(array) else None
@@ -60,24 +58,33 @@ def check_rate(p: object, xp: Backend | None = None, like: object = None, name: 
         shape = tuple(array.shape) if owner is None else owner.shape(array)
         if dtype not in FLOAT_DTYPES or shape != ():
             shown = Shown(f"<{dtype} array of shape {shape}>", type(array).__name__)
-            raise bad_type("p", shown, allowed)
+            raise bad_type("p", shown, _rate_allowed(name))
         # the generic backend claims every namespace: a JAX rate beside a strict array would be
         # read eagerly but cannot be computed with once traced (NumPy rates are read, always)
         foreign = like is not None and _namespace(p) != _namespace(like)
         if owner is not None and foreign and not isinstance(p, np.ndarray):
-            raise bad_type("p", p, allowed)
+            raise bad_type("p", p, _rate_allowed(name))
         if owner is not None and owner.is_tracing(array):
             if not owner.holds_values(array):  # what reading it eagerly would refuse
-                raise bad_value("p", Shown("<0-d array that holds no value>"), readable)
+                shown = Shown("<0-d array that holds no value>")
+                raise bad_value("p", shown, _rate_readable(name))
             return array
         value = _read_rate(
-            lambda: float(array if owner is None else owner.to_numpy(array)), readable
+            lambda: float(array if owner is None else owner.to_numpy(array)), _rate_readable(name)
         )
     else:
-        raise bad_type("p", p, allowed)
+        raise bad_type("p", p, _rate_allowed(name))
     if not 0.0 <= value <= 1.0:  # NaN fails both comparisons
         raise bad_value("p", p, "a real number in [0, 1]")
     return value
+
+
+def _rate_allowed(name: str) -> str:
+    return f"a real number in [0, 1] or a 0-d float array of {name}'s framework"
+
+
+def _rate_readable(name: str) -> str:
+    return f"a Python float or a 0-d float array whose value can be read (on {name}'s device)"
 
 
 def _namespace(x: object) -> object:
