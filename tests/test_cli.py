@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 
 import xdrop
-from xdrop import benchmarks, cli, kernel, registry, tables
+from xdrop import benchmarks, cli, kernel, registry, self_check, tables
 from xdrop.benchmarks.timing import Timing
-from xdrop.conformance import golden, self_check
+from xdrop.conformance import golden
 
 pytestmark = pytest.mark.backend_independent
 ROOT = Path(__file__).resolve().parents[1]

@@ -18,8 +18,7 @@ import numpy as np
 import pytest
 
 import xdrop
-from xdrop import conformance, reference, registry
-from xdrop.conformance import self_check
+from xdrop import conformance, reference, registry, self_check
 
 pytestmark = pytest.mark.backend_independent
 ROOT = Path(__file__).parent.parent

@@ -1,7 +1,6 @@
 """xdrop: dropout and R-Dropout, defined once, bit-identical on NumPy, PyTorch, TensorFlow and JAX."""
 
 from xdrop.api import dropout, dropout_mask
-from xdrop.conformance.self_check import available_backends
 from xdrop.errors import (
     ArgumentTypeError,
     ArgumentValueError,
@@ -17,6 +16,7 @@ from xdrop.mc import MCDropoutResult, mc_dropout
 from xdrop.rdrop_api import rdrop_forward, rdrop_kl, rdrop_loss
 from xdrop.registry import get_backend, set_backend, use_backend
 from xdrop.seeds import Generator, fold_in, get_rng, manual_seed, set_rng, use_rng
+from xdrop.self_check import available_backends
 from xdrop.sharding import Block, chunk_block, shard_map_block
 
 __version__ = "0.1.0"

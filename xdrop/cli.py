@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
 import xdrop
-from xdrop import defaults, kernel, registry, seeds, tables
+from xdrop import defaults, kernel, registry, seeds, self_check, tables
 from xdrop.cli_files import FileError, check_output, read_text, write_text
-from xdrop.conformance import golden, self_check
+from xdrop.conformance import golden
 from xdrop.conformance.runner import MODES, BackendReport, identical_outputs, run_backend
 from xdrop.errors import XdropError
 

@@ -243,7 +243,7 @@ def is_installed(name: str) -> bool:
     """Whether the backend registered as ``name`` could run here, as far as the registry can tell
     without running it: its class loads, implements the protocol and its framework is installed
     (the framework is not imported). Plugins must also pass a self-check before they count as
-    available: see ``xdrop.conformance.self_check.is_available``, which sits above the registry."""
+    available: see ``xdrop.self_check.is_available``, which sits above the registry."""
     if name in _backends:
         return True
     backend_class = _backend_class(name)

@@ -28,9 +28,9 @@ from xdrop.conformance.golden import (
     rdrop_logits,
     rdrop_positions,
 )
-from xdrop.conformance.self_check import checked_backend
 from xdrop.errors import BackendError, RoleNotImplementedError
 from xdrop.protocol import Backend, SeedBackend, require
+from xdrop.self_check import checked_backend
 
 MODES = ("eager", "compiled", "runtime")
 SCALAR_INPUTS = ("seed", "data", "p")
