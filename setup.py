@@ -9,6 +9,8 @@ from setuptools.command.build_ext import build_ext
 
 # -O3: vectorise the element loops. -ffp-contract=off: no fused multiply-add may change a rounding.
 # Never -ffast-math, which flushes subnormals to zero for the whole process.
+# No -pthread: the kernel's POSIX threads come from the C library or from the interpreter, which
+# links them; a compiler without them builds a kernel that runs on one thread.
 UNIX_FLAGS = ["-O3", "-ffp-contract=off", "-fno-strict-aliasing"]
 MSVC_FLAGS = ["/O2", "/fp:precise"]
 

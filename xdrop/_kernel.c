@@ -15,13 +15,42 @@
 
    The element loops are written so that the compiler vectorises them; on x86-64 Linux with GCC
    or Clang the hot functions are also compiled for AVX2 and AVX-512 and picked at load time, as
-   the wheel must run on any x86-64 processor. No -ffast-math: it would flush subnormals to zero. */
+   the wheel must run on any x86-64 processor. No -ffast-math: it would flush subnormals to zero.
+
+   A large buffer is split into chunks that several threads take in turn (POSIX threads, or
+   Windows threads; one thread where neither is available, or when compiled with
+   -DXDROP_NO_THREADS). The stream is counter-based, so every split gives the bits of one pass:
+   element i uses counter offset + i whichever thread computes it. */
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
 #include <stdint.h>
 #include <string.h>
+
+#if defined(XDROP_NO_THREADS)
+#define XDROP_THREADING "none"
+#elif defined(_WIN32)
+#define XDROP_WINDOWS_THREADS
+#define XDROP_THREADING "windows"
+#include <windows.h>
+#elif !defined(__GNUC__)
+/* threads take chunks with GCC's (and Clang's) atomic built-ins: other compilers run one */
+#elif defined(__has_include)
+#if __has_include(<pthread.h>)
+#define XDROP_PTHREADS
+#endif
+#elif defined(__unix__) || defined(__APPLE__)
+#define XDROP_PTHREADS
+#endif
+#ifdef XDROP_PTHREADS
+#define XDROP_THREADING "pthreads"
+#include <pthread.h>
+#include <signal.h>
+#endif
+#ifndef XDROP_THREADING
+#define XDROP_THREADING "none"
+#endif
 
 #if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__) && defined(__has_attribute)
 #if __has_attribute(target_clones)
@@ -166,6 +195,110 @@ static void run(enum dtype dtype, size_t itemsize, const char *x, char *y, uint8
     }
 }
 
+/* -- chunks on threads ----------------------------------------------------------------------- */
+/* The most threads one call may use */
+#define MAX_THREADS 256
+/* Chunks are a multiple of this many elements (64 bytes of the 1-byte mask, more of y), so that
+   no two threads write to one cache line, and at most CHUNK_MAX elements (~80 us of work) */
+#define CHUNK_ALIGN 64
+#define CHUNK_MAX 65536
+
+#if defined(XDROP_PTHREADS) || defined(XDROP_WINDOWS_THREADS)
+#if defined(_MSC_VER)
+#define FETCH_ADD(counter, n) \
+    ((uint64_t)InterlockedExchangeAdd64((volatile LONG64 *)(counter), (LONG64)(n)))
+#else
+#define FETCH_ADD(counter, n) __atomic_fetch_add((counter), (n), __ATOMIC_RELAXED)
+#endif
+#else
+#define FETCH_ADD(counter, n) ((*(counter) += (n)) - (n))
+#endif
+
+struct pass {
+    enum dtype dtype;
+    size_t itemsize;
+    const char *x;
+    char *y;
+    uint8_t *keep;
+    uint32_t k0, k1;
+    uint64_t offset;
+    uint32_t limit;
+    int scaled;
+    double factor;
+    uint64_t count, chunk;
+    uint64_t next; /* the first element no thread has taken yet; taken with FETCH_ADD */
+};
+
+/* Take chunks until none is left. Threads take them in turn rather than a fixed share each: on a
+   busy machine a thread that waits for a core leaves its chunks to the others. */
+static void run_chunks(struct pass *p) {
+    for (;;) {
+        uint64_t begin = FETCH_ADD(&p->next, p->chunk);
+        if (begin >= p->count) return;
+        uint64_t end = p->count - begin < p->chunk ? p->count : begin + p->chunk;
+        run(p->dtype, p->itemsize, p->x + begin * p->itemsize, p->y + begin * p->itemsize,
+            p->keep == NULL ? NULL : p->keep + begin, end - begin, p->k0, p->k1,
+            p->offset + begin, p->limit, p->scaled, p->factor);
+    }
+}
+
+#if defined(XDROP_PTHREADS)
+static void *chunks_thread(void *pass) {
+    run_chunks((struct pass *)pass);
+    return NULL;
+}
+#elif defined(XDROP_WINDOWS_THREADS)
+static DWORD WINAPI chunks_thread(LPVOID pass) {
+    run_chunks((struct pass *)pass);
+    return 0;
+}
+#endif
+
+/* The pass over its count elements on min(threads, count / grain) threads (at least one), the
+   calling thread included. A thread that cannot be started leaves its chunks to the others: a
+   call never fails for want of threads. */
+static void run_parallel(struct pass *pass, unsigned threads, uint64_t grain) {
+    uint64_t count = pass->count;
+    unsigned parts = threads;
+    if (count / grain < parts) parts = (unsigned)(count / grain);
+    pass->next = 0;
+    if (parts <= 1) {
+        pass->chunk = count > 0 ? count : 1;
+        run_chunks(pass);
+        return;
+    }
+    /* about four chunks a thread, fewer where they would be above CHUNK_MAX */
+    uint64_t chunk = (count / (4 * (uint64_t)parts) + CHUNK_ALIGN - 1) / CHUNK_ALIGN * CHUNK_ALIGN;
+    pass->chunk = chunk < CHUNK_ALIGN ? CHUNK_ALIGN : chunk > CHUNK_MAX ? CHUNK_MAX : chunk;
+#if defined(XDROP_PTHREADS)
+    pthread_t handle[MAX_THREADS];
+    int started[MAX_THREADS];
+    /* the workers block every signal, so that the process's signals reach Python's threads */
+    sigset_t all, old;
+    sigfillset(&all);
+    int masked = pthread_sigmask(SIG_SETMASK, &all, &old) == 0;
+    for (unsigned k = 1; k < parts; k++)
+        started[k] = pthread_create(&handle[k], NULL, chunks_thread, pass) == 0;
+    if (masked) pthread_sigmask(SIG_SETMASK, &old, NULL);
+    run_chunks(pass);
+    for (unsigned k = 1; k < parts; k++)
+        if (started[k]) pthread_join(handle[k], NULL);
+#elif defined(XDROP_WINDOWS_THREADS)
+    HANDLE handle[MAX_THREADS];
+    for (unsigned k = 1; k < parts; k++)
+        handle[k] = CreateThread(NULL, 0, chunks_thread, pass, 0, NULL);
+    run_chunks(pass);
+    for (unsigned k = 1; k < parts; k++) {
+        if (handle[k] != NULL) {
+            WaitForSingleObject(handle[k], INFINITE);
+            CloseHandle(handle[k]);
+        }
+    }
+#else
+    run_chunks(pass);
+#endif
+}
+
 /* -- Python ----------------------------------------------------------------------------------- */
 static const struct { const char *name; enum dtype dtype; Py_ssize_t itemsize; } DTYPES[] = {
     {"float16", FLOAT16, 2}, {"bfloat16", BFLOAT16, 2}, {"float32", FLOAT32, 4},
@@ -173,21 +306,23 @@ static const struct { const char *name; enum dtype dtype; Py_ssize_t itemsize; }
 };
 
 PyDoc_STRVAR(dropout_doc,
-"dropout(x, y, keep, dtype, k0, k1, offset, threshold, factor)\n--\n\n"
+"dropout(x, y, keep, dtype, k0, k1, offset, threshold, factor, threads=1, grain=1)\n--\n\n"
 "Write dropout of the contiguous buffer x into y (same size) and, unless keep is None, the\n"
 "keep mask as one byte (0 or 1) per element into keep. dtype names x's element type\n"
 "('float16', 'bfloat16', 'float32', 'float64'); (k0, k1) are the key words; element i uses\n"
 "counter offset + i; it is kept when its bits are below threshold (T of docs/spec.md, a\n"
 "multiple of 512 up to 2**32); kept elements are x * factor rounded once (x if factor is None),\n"
-"dropped ones +0.0. Runs without the GIL.");
+"dropped ones +0.0. Runs without the GIL, on min(threads, count // grain) threads (at least\n"
+"one; threads from 1 to MAX_THREADS, grain at least 1); the bits do not depend on the split.");
 
 static PyObject *dropout(PyObject *module, PyObject *args) {
     Py_buffer x, y, keep;
     PyObject *keep_object, *factor_object;
     const char *dtype_name;
-    unsigned long long k0, k1, offset, threshold;
-    if (!PyArg_ParseTuple(args, "y*w*OsKKKKO", &x, &y, &keep_object, &dtype_name, &k0, &k1,
-                          &offset, &threshold, &factor_object))
+    unsigned long long k0, k1, offset, threshold, grain = 1;
+    unsigned int threads = 1;
+    if (!PyArg_ParseTuple(args, "y*w*OsKKKKO|IK", &x, &y, &keep_object, &dtype_name, &k0, &k1,
+                          &offset, &threshold, &factor_object, &threads, &grain))
         return NULL;
     PyObject *result = NULL;
     int have_keep = 0;
@@ -224,14 +359,20 @@ static PyObject *dropout(PyObject *module, PyObject *args) {
                         "offset + count at most 2**64");
         goto done;
     }
+    if (threads < 1 || threads > MAX_THREADS || grain < 1) {
+        PyErr_Format(PyExc_ValueError, "threads must be from 1 to %d and grain at least 1",
+                     MAX_THREADS);
+        goto done;
+    }
     if (scaled) {
         factor = PyFloat_AsDouble(factor_object);
         if (factor == -1.0 && PyErr_Occurred()) goto done;
     }
+    struct pass pass = {DTYPES[found].dtype, (size_t)itemsize, (const char *)x.buf, (char *)y.buf,
+                        have_keep ? (uint8_t *)keep.buf : NULL, (uint32_t)k0, (uint32_t)k1,
+                        offset, (uint32_t)(threshold >> 9), scaled, factor, count, 1, 0};
     Py_BEGIN_ALLOW_THREADS
-    run(DTYPES[found].dtype, (size_t)itemsize, (const char *)x.buf, (char *)y.buf,
-        have_keep ? (uint8_t *)keep.buf : NULL, count, (uint32_t)k0, (uint32_t)k1, offset,
-        (uint32_t)(threshold >> 9), scaled, factor);
+    run_parallel(&pass, threads, (uint64_t)grain);
     Py_END_ALLOW_THREADS
     result = Py_None;
     Py_INCREF(result);
@@ -253,4 +394,14 @@ static struct PyModuleDef module = {
     methods,
 };
 
-PyMODINIT_FUNC PyInit__kernel(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__kernel(void) {
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL) return NULL;
+    /* how a call's parts run: "pthreads", "windows", or "none" (one after another) */
+    if (PyModule_AddStringConstant(m, "THREADING", XDROP_THREADING) < 0 ||
+        PyModule_AddIntConstant(m, "MAX_THREADS", MAX_THREADS) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

@@ -11,5 +11,10 @@ def dropout(
     offset: int,
     threshold: int,
     factor: float | None,
+    threads: int = 1,
+    grain: int = 1,
     /,
 ) -> None: ...
+
+THREADING: str
+MAX_THREADS: int

@@ -1,9 +1,9 @@
 """Fused dropout: mask stream v1 generated and applied in one pass by a compiled kernel.
 
 The spec (:mod:`xdrop.spec`) runs Threefry as a hundred framework operations per chunk. Where
-a backend can hand its buffers to compiled code — NumPy arrays and CPU ``torch.Tensor``\\ s, in
-eager execution — the C extension ``xdrop._kernel`` (``xdrop/_kernel.c``) computes, for element
-``i`` of ``x`` in row-major order::
+a backend can hand its buffers to compiled code — NumPy arrays, CPU ``torch.Tensor``\\ s and
+TensorFlow's CPU tensors that no tape records, in eager execution — the C extension
+``xdrop._kernel`` (``xdrop/_kernel.c``) computes, for element ``i`` of ``x`` in row-major order::
 
     (y0, y1) = Threefry-2x32-20((k0, k1), (c >> 32, c & 0xFFFFFFFF))    c = offset + i
     keep_i   = (y0 ^ y1) < T                                            T = keep_threshold(p)
@@ -20,6 +20,13 @@ operations then run, with the same bits. The variable is read once, when xdrop i
 that would use a kernel raise an :class:`~xdrop.errors.ArgumentValueError` naming it (``xdrop
 info`` reports it). A machine without a C compiler installs xdrop without the extension, and it
 runs as with ``XDROP_KERNEL=0``.
+
+A call of ``n`` elements runs on ``min(threads(), n // grain)`` threads (at least one), each
+over its own part of the buffer; the bits do not depend on the split. :func:`set_threads` sets
+the count and the grain; ``XDROP_KERNEL_THREADS`` sets the count too, read with
+``XDROP_KERNEL``; by default it is the number of cores this process may run on. On CPU
+``torch.Tensor``\\ s the count is also capped by ``torch.get_num_threads()``, which torch users set
+to limit all of a process's tensor work.
 """
 
 from __future__ import annotations
@@ -32,11 +39,17 @@ from typing import Any
 import numpy as np
 
 from xdrop import spec
-from xdrop.errors import XdropError, bad_value
+from xdrop.errors import XdropError, bad_type, bad_value
 from xdrop.fused import FusedCall
 from xdrop.protocol import Array, Backend, Key
 
 ENVIRONMENT_VARIABLE = "XDROP_KERNEL"
+THREADS_VARIABLE = "XDROP_KERNEL_THREADS"
+MAX_THREADS = 256
+"""The most threads one call may use (the compiled kernel's limit)."""
+GRAIN = 2**17
+"""Elements per thread at least, by default: where the start of a thread (tens of microseconds)
+is repaid by the part it takes over (``docs/performance.md``, "Threads and memory bandwidth")."""
 
 compiled: ModuleType | None
 try:
@@ -48,17 +61,108 @@ except ImportError as error:  # built without a compiler, or the build failed: t
     MISSING = str(error)
 
 
+_THREADED = compiled is not None and compiled.THREADING != "none"
+"""Whether the kernel was built with threads (POSIX or Windows) to split a call over."""
 _ALLOWED = '"0" (off) or "1" (on where available)'
+_THREADS_ALLOWED = f"a whole number from 1 to {MAX_THREADS} (unset or empty: the cores available)"
 _setting = ""
 """``XDROP_KERNEL`` as :func:`refresh` last read it, stripped."""
+_threads_setting = ""
+"""``XDROP_KERNEL_THREADS`` as :func:`refresh` last read it, stripped."""
+_chosen: int | None = None
+"""The count :func:`set_threads` was given (None: the variable's, or the cores')."""
+_threads = 1
+"""The thread count calls pass to the kernel; 0 while ``XDROP_KERNEL_THREADS`` is bad."""
+_grain = GRAIN
 
 
 def refresh() -> None:
-    """Read ``XDROP_KERNEL`` again. It is read once, when xdrop is imported, so that a call
-    costs no look-up in ``os.environ``; a program that changes the variable later calls this
-    (``os.environ["XDROP_KERNEL"] = "0"; xdrop.kernel.refresh()``)."""
-    global _setting
+    """Read ``XDROP_KERNEL`` and ``XDROP_KERNEL_THREADS`` again. They are read once, when xdrop
+    is imported, so that a call costs no look-up in ``os.environ``; a program that changes them
+    later calls this (``os.environ["XDROP_KERNEL"] = "0"; xdrop.kernel.refresh()``). A count
+    given to :func:`set_threads` stays in force."""
+    global _setting, _threads_setting
     _setting = os.environ.get(ENVIRONMENT_VARIABLE, "").strip()
+    _threads_setting = os.environ.get(THREADS_VARIABLE, "").strip()
+    _resolve_threads()
+
+
+def set_threads(count: int | None = None, *, grain: int | None = None) -> None:
+    """Set how many threads the compiled kernel may split a large call over.
+
+    A call of ``n`` elements runs on ``min(count, n // grain)`` threads (at least one), each
+    over a part of about ``n / threads`` elements; on CPU ``torch.Tensor``\\ s at most
+    ``torch.get_num_threads()``. The bits are those of one thread whatever the split.
+
+    Args:
+        count: threads from 1 to ``MAX_THREADS`` (256), or None for ``XDROP_KERNEL_THREADS``
+            where it is set, else the number of cores this process may run on.
+        grain: elements per thread at least (``n >= 2 * grain`` elements use two threads), or
+            None for ``GRAIN`` (2**17), measured where starting a thread pays for itself.
+
+    Raises:
+        ArgumentTypeError: ``count`` or ``grain`` is not an integer (or None).
+        ArgumentValueError: ``count`` is outside 1 to 256, or ``grain`` below 1.
+
+    Example:
+        >>> from xdrop import kernel
+        >>> kernel.set_threads(1)  # one thread, whatever the size
+        >>> kernel.threads()
+        1
+        >>> kernel.set_threads()  # back to XDROP_KERNEL_THREADS, or the cores available
+    """
+    global _chosen, _grain
+    if count is not None:
+        _check_whole("count", count, 1, MAX_THREADS)
+    if grain is not None:
+        _check_whole("grain", grain, 1, None)
+    _chosen = count
+    _grain = GRAIN if grain is None else grain
+    _resolve_threads()
+
+
+def threads() -> int:
+    """How many threads a large call may use: the count given to :func:`set_threads`, else
+    ``XDROP_KERNEL_THREADS``, else the cores this process may run on (1 where the kernel was
+    built without threads). A bad ``XDROP_KERNEL_THREADS`` is an
+    :class:`~xdrop.errors.ArgumentValueError` naming it."""
+    if _threads == 0:
+        raise bad_value(THREADS_VARIABLE, _threads_setting, _THREADS_ALLOWED)
+    return _threads
+
+
+def _check_whole(argument: str, value: object, low: int, high: int | None) -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise bad_type(argument, value, "an integer or None")
+    if value < low or (high is not None and value > high):
+        span = f"from {low} to {high}" if high is not None else f"at least {low}"
+        raise bad_value(argument, value, f"an integer {span}, or None")
+
+
+def _resolve_threads() -> None:
+    global _threads
+    if not _THREADED:
+        _threads = 1
+    elif _chosen is not None:
+        _threads = _chosen
+    elif _threads_setting == "":
+        _threads = _available_cores()
+    elif _threads_setting.isdecimal() and 1 <= int(_threads_setting) <= MAX_THREADS:
+        _threads = int(_threads_setting)
+    else:
+        _threads = 0
+
+
+def _available_cores() -> int:
+    """The cores this process may run on (its affinity mask where the system has one)."""
+    counter = getattr(os, "process_cpu_count", None)  # Python 3.13
+    if counter is not None:
+        count = counter()
+    elif hasattr(os, "sched_getaffinity"):
+        count = len(os.sched_getaffinity(0))
+    else:
+        count = os.cpu_count()
+    return max(1, min(count or 1, MAX_THREADS))
 
 
 refresh()
@@ -66,11 +170,14 @@ refresh()
 
 def enabled() -> bool:
     """Whether fused kernels may be used: ``XDROP_KERNEL`` is unset, ``"1"`` or ``"0"``; another
-    value is an :class:`~xdrop.errors.ArgumentValueError` naming it."""
-    if _setting in ("", "1"):
+    value, or a bad ``XDROP_KERNEL_THREADS`` while the kernel is on, is an
+    :class:`~xdrop.errors.ArgumentValueError` naming it."""
+    if _setting in ("", "1") and _threads:
         return True
     if _setting == "0":
         return False
+    if _threads == 0:
+        threads()  # raises
     raise bad_value(ENVIRONMENT_VARIABLE, _setting, _ALLOWED)
 
 
@@ -85,7 +192,11 @@ def status() -> str:
         return f"compiled kernel: none: {error}"
     if not on:
         return f"compiled kernel: built, off ({ENVIRONMENT_VARIABLE}=0); the spec's operations run"
-    return "compiled kernel: in use (NumPy, CPU torch tensors in eager mode)"
+    count = _threads
+    split = "1 thread" if count == 1 else f"up to {count} threads, from {2 * _grain} elements"
+    return (
+        f"compiled kernel: in use (NumPy; CPU torch and TensorFlow tensors in eager mode; {split})"
+    )
 
 
 def dropout(
@@ -114,16 +225,27 @@ def dropout(
 
 
 def host_dropout(
-    x: np.ndarray, out: np.ndarray, keep: np.ndarray | None, dtype: str, call: FusedCall
+    x: np.ndarray,
+    out: np.ndarray,
+    keep: np.ndarray | None,
+    dtype: str,
+    call: FusedCall,
+    most_threads: int = MAX_THREADS,
 ) -> None:
     """Write ``call``'s pass over ``x`` into ``out`` and its keep mask into ``keep`` (unless it
     is None; ``call.return_mask`` is not read). ``x`` and ``out`` are C-contiguous arrays of one
     size holding values of ``dtype`` in native byte order (bfloat16 may come as its 16-bit
-    words), ``keep`` a C-contiguous boolean array of that size. Needs the compiled kernel
+    words), ``keep`` a C-contiguous boolean array of that size. Runs on up to
+    ``min(threads(), most_threads)`` threads. Needs the compiled kernel
     (``compiled is not None``)."""
     assert compiled is not None
     k0, k1 = call.key
-    compiled.dropout(x, out, keep, dtype, k0, k1, call.offset, call.threshold, call.factor)
+    count = _threads
+    if count > most_threads or count == 0:  # 0: XDROP_KERNEL_THREADS is bad, threads() says so
+        count = min(threads(), max(most_threads, 1))
+    compiled.dropout(
+        x, out, keep, dtype, k0, k1, call.offset, call.threshold, call.factor, count, _grain
+    )
 
 
 def numpy_dropout(x: np.ndarray, call: FusedCall) -> tuple[np.ndarray, np.ndarray | None] | None:
