@@ -145,6 +145,12 @@ class NumpyBackend(Backend, NamespaceFunctions, SeedArrays, NativeGenerator):
             shifted = x - np.where(np.isfinite(peak), peak, 0)
             return shifted - np.log(np.sum(np.exp(shifted), axis=axis, keepdims=True))
 
+    def subtract(self, a: Any, b: Any) -> Any:
+        # inf - inf is NaN (R-Drop's log-ratio of a class impossible in both passes, replaced
+        # right after): IEEE semantics, without a warning
+        with np.errstate(invalid="ignore"):
+            return np.subtract(a, b)
+
     # -- rates held in arrays -----------------------------------------------------------------------
     def word_from_float(self, x: Any) -> Any:
         return np.asarray(x).astype(np.uint32)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
+from xdrop import kernel
 from xdrop.errors import TracingError
+from xdrop.fused import FusedCall
 from xdrop.protocol import Backend, FamilyOps, Key, NativeGenerator, RateOps, SeedArrays
 
 
@@ -18,11 +21,19 @@ class TensorflowBackend(Backend, RateOps, FamilyOps, SeedArrays, NativeGenerator
 
     def __init__(self) -> None:
         import tensorflow as tf
-        from tensorflow.python.ops import control_flow_util  # where Keras asks the same
+        from tensorflow.python.ops import (
+            control_flow_util,  # where Keras asks the same
+            gradients_util,  # where tf.function asks the same
+        )
 
         self.tf = tf
         self.array_types = (tf.Tensor, tf.Variable)
+        from tensorflow.python.eager import record  # what tf.custom_gradient itself asks
+
         self.in_xla_context = control_flow_util.GraphOrParentsInXlaContext
+        self.could_record = record.could_possibly_record  # a gradient tape is active
+        self.tape_gradients = gradients_util.PossibleTapeGradientTypes
+        self.eager_tensor = type(tf.constant(0))
 
     def asarray(self, x: object, dtype: str | None = None) -> Any:
         tensor = self.tf.convert_to_tensor(x)
@@ -73,6 +84,35 @@ class TensorflowBackend(Backend, RateOps, FamilyOps, SeedArrays, NativeGenerator
 
     def select(self, keep: Any, x: Any) -> Any:
         return self.tf.where(keep, x, self.tf.zeros((), x.dtype))
+
+    def fused_dropout(self, x: Any, call: FusedCall) -> tuple[Any, Any] | None:
+        # the compiled kernel on an eager CPU tensor's buffer, where no tape or accumulator
+        # could record the call (those take the staged step, which TensorFlow differentiates):
+        # one pass on this thread, where the XLA step would hand a small one to other threads
+        if (
+            type(x) is not self.eager_tensor
+            or self.tape_gradients([x])
+            or not self.tf.executing_eagerly()
+            or not self.in_host_memory(x)
+        ):
+            return None
+        if kernel.compiled is None:
+            return None
+        try:
+            source = np.asarray(x)  # a view of x's buffer (row-major, native order): no copy
+        except ValueError:  # a 0-d bfloat16 tensor reads as a scalar, which NumPy refuses
+            source = np.asarray(x.numpy())
+        y = _aligned_empty(source.shape, source.dtype)
+        keep = _aligned_empty(source.shape, np.dtype(np.bool_)) if call.return_mask else None
+        kernel.host_dropout(source, y, keep, self.dtype_name(x), call)
+        return self._from_host(y), None if keep is None else self._from_host(keep)
+
+    def _from_host(self, array: np.ndarray) -> Any:
+        """A new, aligned NumPy array as a tensor: its buffer handed over (DLPack), where NumPy
+        can."""
+        if array.dtype.name == "bfloat16":  # no DLPack type code in NumPy: copied
+            return self.tf.constant(array)
+        return self.tf.experimental.dlpack.from_dlpack(array.__dlpack__())
 
     def broadcast_to(self, a: Any, shape: tuple[int, ...]) -> Any:
         return self.tf.broadcast_to(a, shape)
@@ -134,13 +174,78 @@ class TensorflowBackend(Backend, RateOps, FamilyOps, SeedArrays, NativeGenerator
 
         return call
 
+    def staged_step_returns_mask(self, x: Any) -> bool:
+        # a gradient may be taken: it is the mask times the scale. Not otherwise: XLA computes
+        # the words a second time for a mask it returns beside y (a third more time)
+        return bool(self.could_record())
+
     def stage(self, function: Callable[..., Any]) -> Callable[..., Any]:
-        return _quiet(self.compile(function))  # eagerly and in graphs without XLA, one fused step
+        # eagerly and in graphs without XLA, one fused step; its gradient one XLA pass too (two
+        # operations otherwise), compiled for the step's shape and dropped with the step
+        backward = _quiet(self.compile(self._backward))
+        step = _EagerlyFlat(self.tf, _quiet(self.compile(function)))
+        return self._mask_gradient(step, backward)
 
     def stage_any_shape(self, function: Callable[..., Any]) -> Callable[..., Any]:
         # a graph (no XLA) whose sizes relax to None after the first retrace: a new shape costs
         # about a millisecond, against a hundred for an XLA compilation
-        return _quiet(self.tf.function(function, reduce_retracing=True, autograph=False))
+        staged = self.tf.function(function, reduce_retracing=True, autograph=False)
+        return self._mask_gradient(_quiet(staged), self._backward)
+
+    def stage_padded(self, function: Callable[..., Any]) -> Callable[..., Any]:
+        tf = self.tf
+        # XLA compiles once per concrete shape it is called with (the step is traced once, with
+        # its size None): padded to one of PADDED_PER_DOUBLING sizes per doubling, x costs a
+        # compilation per size class rather than one per size
+        step = _quiet(self.compile(function))
+
+        def padded(x: Any, *arguments: Any) -> tuple[Any, Any]:
+            flat = tf.reshape(x, [-1])
+            size = tf.size(flat, out_type=tf.int64)
+            y, keep = step(tf.pad(flat, [[0, padded_size(tf, size) - size]]), *arguments)
+            shape = tf.shape(x)  # leading slices share the step's buffers: no copy
+            return tf.reshape(y[:size], shape), None if keep is None else tf.reshape(
+                keep[:size], shape
+            )
+
+        # the gradient by the graph's operations: XLA would compile it for every unpadded size
+        return self._mask_gradient(padded, self._backward)
+
+    def _backward(self, dy: Any, keep: Any, factor: Any) -> Any:
+        """The gradient of dropout with ``keep`` and ``factor`` (None: none) for ``dy``."""
+        kept = dy if factor is None else dy * factor
+        return self.tf.where(keep, kept, self.tf.zeros((), dy.dtype))
+
+    def _mask_gradient(
+        self, step: Callable[..., Any], backward: Callable[..., Any]
+    ) -> Callable[..., Any]:
+        """``step``, ``(x, key, start, kept_count, factor) -> (y, keep)``, with the gradient
+        ``backward(dy, keep, factor)``: ``where(keep, dy * factor, 0)`` (``dy`` for factor
+        None), what ``tf.nn.dropout``'s backward pass computes too. TensorFlow's own
+        differentiation of the step would also keep ``x`` and reduce ``dy * x`` for the scale's
+        gradient on every backward pass; ``p`` gets no gradient through the scale, as on the
+        other backends."""
+        tf = self.tf
+
+        def call(x: Any, *arguments: Any) -> tuple[Any, Any]:
+            if not self.could_record():  # no tape: nothing to differentiate (nor a mask)
+                result: tuple[Any, Any] = step(x, *arguments)
+                return result
+            factor = arguments[-1]
+
+            @tf.custom_gradient  # type: ignore[untyped-decorator]
+            def dropout(x: Any) -> tuple[list[Any], Callable[..., Any]]:
+                y, keep = step(x, *arguments)
+
+                def gradient(dy: Any, *_: Any) -> Any:
+                    return backward(dy, keep, factor)
+
+                return [y, keep], gradient
+
+            y, keep = dropout(x)
+            return y, keep
+
+        return call
 
     def is_tracing(self, x: Any) -> bool:
         return not self.tf.executing_eagerly()
@@ -156,6 +261,9 @@ class TensorflowBackend(Backend, RateOps, FamilyOps, SeedArrays, NativeGenerator
         seed = tf.convert_to_tensor(seed)
         if seed.shape.rank == 1:  # uint32[2]: (hi, lo)
             return seed[0], seed[1]
+        if seed.dtype.size == 8 and sys.byteorder == "little":  # two operations, not five
+            low, high = tf.unstack(tf.bitcast(seed, tf.uint32))  # the words in memory order
+            return high, low
         unsigned = {8: tf.uint8, 16: tf.uint16, 32: tf.uint32, 64: tf.uint64}[seed.dtype.size * 8]
         value = tf.cast(tf.bitcast(seed, unsigned), tf.uint64)  # unsigned reading of the width
         low = tf.cast(tf.bitwise.bitwise_and(value, tf.constant(0xFFFF_FFFF, tf.uint64)), tf.uint32)
@@ -224,6 +332,19 @@ class TensorflowBackend(Backend, RateOps, FamilyOps, SeedArrays, NativeGenerator
 
     def take_along_axis(self, x: Any, indices: Any, axis: int) -> Any:
         tf = self.tf
+        if axis == (x.shape.rank or 0) - 1:
+            # the class axis of losses: one flat gather, whose gradient is a few ops too (tf.numpy's
+            # take_along_axis runs ~40 ops, a gather with batch_dims ~20 more for its gradient)
+            if indices.dtype != tf.int64:  # gather takes int32 and int64 only
+                indices = tf.cast(indices, tf.int64)
+            classes, positions = x.shape[-1], indices.shape
+            if classes is not None and positions.is_fully_defined():  # the offsets: a constant
+                start = np.arange(positions.num_elements(), dtype=np.int64) * classes
+                start = tf.constant(start.reshape(positions))
+            else:
+                rows = tf.range(tf.size(indices, out_type=tf.int64), dtype=tf.int64)
+                start = tf.reshape(rows, tf.shape(indices)) * tf.shape(x, out_type=tf.int64)[-1]
+            return tf.gather(tf.reshape(x, [-1]), start + indices)
         return tf.experimental.numpy.take_along_axis(x, tf.cast(indices, tf.int64), axis)
 
     def split(self, x: Any, sections: int, axis: int) -> list[Any]:
@@ -268,6 +389,24 @@ class TensorflowBackend(Backend, RateOps, FamilyOps, SeedArrays, NativeGenerator
         return a, b
 
 
+PADDED_PER_DOUBLING = 4
+"""Sizes a flattened ``x`` of run-time size is padded to per doubling (at most 25% more)."""
+PADDED_AT_LEAST = 1024
+"""The smallest padded size: smaller inputs share one compilation."""
+
+
+def padded_size(tf: Any, size: Any) -> Any:
+    """The size a flat ``x`` of ``size`` elements (int64, elementwise) is padded to: the next
+    multiple of ``2**b / (2 * PADDED_PER_DOUBLING)``, where ``2**(b - 1) < size <= 2**b``, and at
+    least ``PADDED_AT_LEAST``: ``5/8, 6/8, 7/8, 8/8`` of ``2**b``, exact integers throughout."""
+    powers = tf.constant([1 << bit for bit in range(63)], tf.int64)
+    below = tf.reshape(size - 1, [-1])  # b = bit_length(size - 1): the powers of two up to it
+    bits = tf.searchsorted(powers, below, side="right", out_type=tf.int64)
+    shift = tf.maximum(tf.reshape(bits, tf.shape(size)) - PADDED_PER_DOUBLING.bit_length(), 0)
+    unit = tf.bitwise.left_shift(tf.ones_like(size), shift)
+    return tf.maximum((size + unit - 1) // unit * unit, PADDED_AT_LEAST)
+
+
 def _quiet(function: Any) -> Any:
     """``function``, a ``tf.function`` that xdrop stages, without TensorFlow's warning that it
     retraces often: xdrop's steps trace once per program by design (each new shape or dtype), and
@@ -275,3 +414,56 @@ def _quiet(function: Any) -> Any:
     the functions it restores from a SavedModel; a version without it just warns."""
     function._omit_frequent_tracing_warning = True
     return function
+
+
+ALIGNMENT = 64
+"""The alignment TensorFlow's CPU kernels assume of a tensor's buffer (``EIGEN_MAX_ALIGN_BYTES``;
+a tensor handed a less aligned one through DLPack fails a check that ends the process)."""
+
+
+def _aligned_empty(shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray:
+    """An uninitialised C-contiguous array whose buffer starts at a multiple of ``ALIGNMENT``."""
+    size = math.prod(shape) * dtype.itemsize
+    raw = np.empty(size + ALIGNMENT, np.uint8)
+    start = -raw.ctypes.data % ALIGNMENT
+    return raw[start : start + size].view(dtype).reshape(shape)
+
+
+class _EagerlyFlat:
+    """A staged ``tf.function`` of one signature, called eagerly through its concrete function.
+
+    A ``tf.function`` call binds its arguments and works out their trace types before it runs
+    the function it traced: for the few scalars of a staged step, five times what running it
+    costs at a thousand elements. Eagerly, every call of a step has the signature of its first
+    (one program: ``x``'s shape and dtype, scalar words, the factor in ``x``'s dtype), so the
+    concrete function traced for it is run on the flat tensors directly; TensorFlow still
+    records it on a gradient tape. A call of another signature, with other than eager tensors
+    (a variable), inside a graph, or with ``tf.config.run_functions_eagerly(True)`` goes
+    through the ``tf.function`` itself."""
+
+    def __init__(self, tf: Any, function: Any) -> None:
+        self.tf = tf
+        self.function = function
+        self.eager_tensor = type(tf.constant(0))
+        self.concrete: dict[tuple[Any, ...], Any] = {}
+
+    def __call__(self, *arguments: Any) -> Any:
+        tf = self.tf
+        if not tf.executing_eagerly() or tf.config.functions_run_eagerly():
+            return self.function(*arguments)
+        flat: list[Any] = []  # the step's arguments are tensors, pairs of tensors, or None
+        for argument in arguments:
+            if type(argument) is tuple:
+                flat.extend(argument)
+            elif argument is not None:
+                flat.append(argument)
+        if any(type(tensor) is not self.eager_tensor for tensor in flat):
+            return self.function(*arguments)
+        signature = (len(arguments), *(tensor.dtype for tensor in flat))
+        concrete = self.concrete.get(signature)
+        if concrete is None:
+            concrete = self.concrete[signature] = self.function.get_concrete_function(*arguments)
+        call_flat = getattr(concrete, "_call_flat", None)
+        if call_flat is None:  # a TensorFlow without it: the concrete function's own call
+            return concrete(*arguments)
+        return call_flat(flat, concrete.captured_inputs)

@@ -43,6 +43,12 @@ class TorchBackend(Backend, OperatorArithmetic, NamespaceFunctions, SeedArrays, 
         self.array_types = (torch.Tensor,)
         # a 0-d zero that compiled graphs read as an input (an attribute), not as a constant
         self.opaque_zero = torch.zeros((), dtype=torch.int64)
+        self.same_width_integers = {
+            torch.float16: torch.int16,
+            torch.bfloat16: torch.int16,
+            torch.float32: torch.int32,
+            torch.float64: torch.int64,
+        }
 
     def owns_type(self, kind: type) -> bool:  # a SymInt seed or step belongs to torch too
         return issubclass(kind, (self.torch.Tensor, self.torch.SymInt))
@@ -181,15 +187,40 @@ class TorchBackend(Backend, OperatorArithmetic, NamespaceFunctions, SeedArrays, 
     def native_keep_mask(
         self, shape: tuple[int, ...], keep_probability: float, seed: int | Key | None, like: Any
     ) -> Any:
-        generator = self._generator(seed, like)
-        uniform = self.torch.rand(shape, generator=generator, device=_device(like))
+        uniform = self.torch.rand(shape, device=_device(like), **self._drawing(seed, like))
         return uniform < keep_probability
 
+    def native_dropout(
+        self, x: Any, keep_probability: float, seed: int | Key | None, factor: float | None
+    ) -> Any:
+        torch = self.torch
+        integers = self.same_width_integers.get(x.dtype)
+        differentiated = x.requires_grad and torch.is_grad_enabled()
+        if integers is None or differentiated or x.layout != torch.strided:
+            return None  # bits have no gradient: autograd's path selects with the mask
+        if torch.compiler.is_compiling():
+            return None
+        # the uniforms of native_keep_mask, turned in place into words of all ones where kept
+        # (0 <= u < q compares as its bits do) and anded with x's bits: +0.0 where dropped, and
+        # no pass over a fresh output but rand's (a select costs 5 ns an element on CPU)
+        uniform = torch.rand(x.shape, device=x.device, **self._drawing(seed, x))
+        threshold = int(np.float32(keep_probability).view(np.int32))
+        words = uniform.view(torch.int32).sub_(threshold).bitwise_right_shift_(31)
+        if integers != torch.int32:
+            words = words.to(integers)
+        y = words.bitwise_and_(x.contiguous().view(integers)).view(x.dtype)
+        return y if factor is None else y.mul_(factor)
+
     def native_normals(self, shape: tuple[int, ...], seed: int | Key | None, like: Any) -> Any:
-        generator = self._generator(seed, like)
         return self.torch.randn(
-            shape, generator=generator, dtype=self.torch.float32, device=_device(like)
+            shape, dtype=self.torch.float32, device=_device(like), **self._drawing(seed, like)
         )
+
+    def _drawing(self, seed: int | Key | None, like: Any) -> dict[str, Any]:
+        """The ``generator=`` argument of a draw, or none for the global generator:
+        ``torch.compile`` fails on ``generator=None`` beside sizes it made symbolic."""
+        generator = self._generator(seed, like)
+        return {} if generator is None else {"generator": generator}
 
     def _generator(self, seed: int | Key | None, like: Any) -> Any:
         """A ``torch.Generator`` seeded with ``seed`` on ``like``'s device; None: the global one."""

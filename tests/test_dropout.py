@@ -164,3 +164,97 @@ def test_native_generator_edge_cases_match_the_portable_ones(array, host):
         xdrop.dropout(x, 0.5, seed=1, rng="native", offset=3)
     with pytest.raises(xdrop.ArgumentValueError, match="rng must be one of"):
         xdrop.dropout(x, 0.5, seed=1, rng="numpy")
+
+
+# -- the common call: a Python float p and int seed, the other arguments as they are -------------
+# It may take a shorter road (the fused kernel, without the general path's bookkeeping): what it
+# returns and what it refuses must be exactly what the general path returns and refuses.
+def _general_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Send every call down the general path, to compare the common call with it."""
+    monkeypatch.setattr(xdrop.api, "_fused_common_call", lambda *arguments: None)
+
+
+def _bits(xp: object, host: object, value: object) -> np.ndarray:
+    array = host(value)  # type: ignore[operator]
+    return array.view(f"u{array.dtype.itemsize}") if array.dtype.kind == "f" else array
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", "float64"])
+@pytest.mark.parametrize("shape", [(), (0,), (1000,), (3, 5)])
+@pytest.mark.parametrize("return_mask", [False, True])
+def test_the_common_call_gives_the_general_paths_bits(
+    array, host, xp, monkeypatch, dtype, shape, return_mask
+):
+    x = array(np.random.default_rng(0).standard_normal(shape) * 100, dtype)
+    for p, seed in [(0.5, 0), (0.1, 2**64 - 1), (0.9999, 12345)]:
+        common = xdrop.dropout(x, p, seed=seed, return_mask=return_mask)
+        with monkeypatch.context() as patch:
+            _general_path(patch)
+            general = xdrop.dropout(x, p, seed=seed, return_mask=return_mask)
+        pairs = zip(common, general, strict=True) if return_mask else [(common, general)]
+        for mine, theirs in pairs:
+            assert type(mine) is type(theirs)
+            assert xp.dtype_name(mine) == xp.dtype_name(theirs) and xp.shape(mine) == shape
+            assert (_bits(xp, host, mine) == _bits(xp, host, theirs)).all()
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda array: xdrop.dropout(array([1, 2], "int32"), 0.5, seed=1),  # not a float array
+        lambda array: xdrop.dropout(array([1.0]), 1.5, seed=1),
+        lambda array: xdrop.dropout(array([1.0]), math.nan, seed=1),
+        lambda array: xdrop.dropout(array([1.0]), 0.5, seed=2**64),
+        lambda array: xdrop.dropout(array([1.0]), 0.5, seed=-1),
+        lambda array: xdrop.dropout(array([1.0], "float16"), 0.99999, seed=1),  # 1e5: no float16
+        lambda array: xdrop.dropout(array([1.0]), 0.5, seed=1, mode="inverse"),
+        lambda array: xdrop.dropout(array([1.0]), 0.5, seed=1, rng="Portable"),
+    ],
+)
+def test_the_common_call_refuses_what_the_general_path_refuses(array, monkeypatch, call):
+    with pytest.raises(xdrop.XdropError) as common:
+        call(array)
+    _general_path(monkeypatch)
+    with pytest.raises(xdrop.XdropError) as general:
+        call(array)
+    assert type(common.value) is type(general.value)
+    assert str(common.value) == str(general.value)
+
+
+@pytest.mark.parametrize("variable", ["XDROP_RNG", "XDROP_KERNEL"])
+def test_the_common_call_meets_a_bad_setting_as_the_general_path_does(
+    array, host, xp, monkeypatch, variable
+):
+    def outcome() -> object:  # the error's type and message, or the result's bits
+        try:
+            return _bits(xp, host, xdrop.dropout(array([1.0, 2.0]), 0.5, seed=1)).tolist()
+        except xdrop.XdropError as error:
+            return type(error), str(error)
+
+    monkeypatch.setenv(variable, "fast")
+    xdrop.kernel.refresh()
+    common = outcome()
+    _general_path(monkeypatch)
+    assert common == outcome()
+    if variable == "XDROP_RNG":  # XDROP_KERNEL is read only where there is a kernel
+        assert common[0] is xdrop.ArgumentValueError and variable in common[1]
+
+
+def test_the_common_call_follows_the_default_generator(array, host, monkeypatch):
+    x = array(np.ones(1000))
+    native = host(xdrop.dropout(x, 0.5, seed=7, rng="native"))
+    with xdrop.use_rng("native"):
+        assert (host(xdrop.dropout(x, 0.5, seed=7)) == native).all()
+    monkeypatch.setenv("XDROP_RNG", "native")  # read at each call
+    assert (host(xdrop.dropout(x, 0.5, seed=7)) == native).all()
+    portable = host(xdrop.dropout(x, 0.5, seed=7, rng="portable"))
+    monkeypatch.delenv("XDROP_RNG")
+    assert (host(xdrop.dropout(x, 0.5, seed=7)) == portable).all()
+
+
+def test_the_common_call_leaves_the_input_alone(array, host):
+    values = np.random.default_rng(1).standard_normal(100)
+    x = array(values)
+    before = host(x).copy()
+    xdrop.dropout(x, 0.5, seed=3)
+    assert (host(x) == before).all()

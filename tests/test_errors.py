@@ -259,6 +259,10 @@ BAD_ARGUMENTS = {  # each argument of those functions, with values none of them 
     "scale_by_keep": [None],
     "block_size": [0, 1.5],
     "data_format": ["bogus"],
+    "couple_channels": [None, 1],
+    "with_noise": [None],
+    "gamma_scale": [0, -1.0, float("nan"), "1", True],
+    "eps": [-1e-6, float("inf"), "0", None],
 }
 CASES = [
     pytest.param(name, argument, value, id=f"{name}-{argument}-{index}")

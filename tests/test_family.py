@@ -276,6 +276,72 @@ def test_drop_block_at_a_traced_p_of_1_drops_every_unit(xp, array, host):
     assert 0 < (host(compiled(x, seed, array(0.5))) == 0).mean() < 1
 
 
+def reference_drop_block_3d(x, corners, size):
+    """DropBlock of (N, C, D, H, W) x by loops over the corners (N or 1, C or 1, D', H', W')."""
+    drop = np.zeros(corners.shape[:2] + x.shape[2:], bool)
+    for n, c, d, i, j in zip(*np.nonzero(corners), strict=True):
+        drop[n, c, d : d + size, i : i + size, j : j + size] = True
+    drop = np.broadcast_to(drop, x.shape)
+    kept = (~drop).sum()
+    scale = np.float32(x.size / kept) if kept else np.float32(0)
+    return np.where(drop, np.float32(0), x * scale)
+
+
+@pytest.mark.parametrize("couple", [False, True])
+@pytest.mark.parametrize(("shape", "block"), [((2, 3, 5, 6, 7), 3), ((1, 2, 4, 9, 5), 2)])
+def test_drop_block_3d_against_loops_over_the_same_corners(xp, array, host, shape, block, couple):
+    x = array(np.random.default_rng(8).normal(size=shape))
+    maps = shape[2:]
+    size = min(block, *maps)
+    rest = [length - size + 1 for length in maps]
+    gamma = 0.3 * math.prod(maps) / (size**3 * math.prod(rest))
+    corners_shape = (shape[0], 1 if couple else shape[1], *rest)
+    corners = ~host(xdrop.dropout_mask(corners_shape, gamma, seed=12, like=x)).astype(bool)
+    y = host(xdrop.drop_block(x, 0.3, block, seed=12, couple_channels=couple))
+    np.testing.assert_allclose(y, reference_drop_block_3d(host(x), corners, size), rtol=1e-6)
+    last = xdrop.drop_block(
+        array(host(x).transpose(0, 2, 3, 4, 1)), 0.3, block, seed=12, data_format="channels_last"
+    )
+    assert host(last).shape == (shape[0], *maps, shape[1])
+
+
+def test_coupled_channels_share_the_corners_drawn_once_per_sample(xp, array, host):
+    x = array(np.random.default_rng(9).normal(size=(2, 4, 9, 8)))
+    y = host(xdrop.drop_block(x, 0.3, 3, seed=5, couple_channels=True))
+    gamma = 0.3 * 9 * 8 / (9 * 7 * 6)
+    corners = ~host(xdrop.dropout_mask((2, 1, 7, 6), gamma, seed=5, like=x)).astype(bool)
+    corners = np.broadcast_to(corners, (2, 4, 7, 6))
+    np.testing.assert_allclose(y, reference_drop_block(host(x), corners, 3), rtol=1e-6)
+
+
+def test_drop_block_options_scale_gamma_and_eps(xp, array, host):
+    x = array(np.ones((2, 3, 10, 10)))
+    plain = host(xdrop.drop_block(x, 0.2, 3, seed=4))
+    unscaled = host(xdrop.drop_block(x, 0.2, 3, seed=4, scale_by_keep=False))
+    np.testing.assert_array_equal(unscaled, (plain != 0).astype(np.float32))
+    kept = (plain != 0).sum()
+    with_eps = host(xdrop.drop_block(x, 0.2, 3, seed=4, eps=0.5))
+    np.testing.assert_allclose(with_eps[plain != 0], np.float32(plain.size / (kept + 0.5)))
+    # gamma_scale multiplies gamma: the corners are dropout's at the scaled rate
+    scaled = host(xdrop.drop_block(x, 0.2, 3, seed=4, gamma_scale=0.5, scale_by_keep=False))
+    gamma = 0.5 * 0.2 * 100 / (9 * 64)
+    corners = ~host(xdrop.dropout_mask((2, 3, 8, 8), gamma, seed=4, like=x)).astype(bool)
+    expected = reference_drop_block(np.ones((2, 3, 10, 10), np.float32), corners, 3) != 0
+    np.testing.assert_array_equal(scaled, expected.astype(np.float32))
+
+
+def test_drop_block_with_noise_puts_the_streams_normals_after_the_corners_in_dropped_units(
+    xp, array, host
+):
+    values = np.random.default_rng(10).normal(size=(2, 3, 8, 8)).astype(np.float32)
+    y = host(xdrop.drop_block(array(values), 0.3, 3, seed=6, with_noise=True))
+    dropped = host(xdrop.drop_block(array(values), 0.3, 3, seed=6)) == 0
+    np.testing.assert_array_equal(y[~dropped], values[~dropped])  # kept: unscaled
+    # the normals of counters 2 * 3 * 6 * 6 + i, read through Gaussian dropout at sigma = 1
+    z = xdrop.gaussian_dropout(np.ones((2, 3, 8, 8), np.float32), 0.5, seed=6, offset=216) - 1
+    np.testing.assert_allclose(y[dropped], z[dropped], atol=1e-5)
+
+
 # -- errors ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("call", "error", "message"),

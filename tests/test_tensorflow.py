@@ -111,6 +111,48 @@ def test_graphs_without_xla_run_xdrop_as_one_compiled_step():
     assert len(calls) == 1 and len(graph.get_operations()) < 40  # not ~130 word operations
 
 
+def test_eager_calls_give_the_same_bits_whether_a_tape_records_them_or_not():
+    """Eagerly, an unrecorded call runs the compiled kernel on x's buffer, a recorded one the
+    staged step (first the any-shape graph, then the XLA step): one set of bits, and the
+    gradient and the forward-mode tangent are the mask times the scale."""
+    x = tf.random.stateless_normal((3, 100), seed=(0, 1))
+    scale = tf.constant(1 / 0.6)
+    for seed in range(4):
+        y, keep = xdrop.dropout(x, 0.4, seed=seed, return_mask=True)
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y_taped, keep_taped = xdrop.dropout(x, 0.4, seed=seed, return_mask=True)
+        gradient = tape.gradient(y_taped, x)
+        tangent = tf.ones_like(x)
+        with tf.autodiff.ForwardAccumulator(x, tangent) as accumulator:
+            y_forward = xdrop.dropout(x, 0.4, seed=seed)
+        for result in (y_taped, y_forward):
+            assert (result.numpy().view(np.uint32) == y.numpy().view(np.uint32)).all()
+        assert (keep_taped.numpy() == keep.numpy()).all()
+        expected = tf.where(keep, scale, 0.0).numpy()
+        assert (gradient.numpy() == expected).all()
+        assert (accumulator.jvp(y_forward).numpy() == expected).all()
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", "float64"])
+def test_eager_results_work_in_tensorflows_own_kernels(dtype):
+    """Results made on the host are handed to TensorFlow as tensors its kernels can read."""
+    for size in (None, 0, 1, 7, 1000, 4099):  # None: a 0-d tensor
+        x = tf.cast(tf.range(size) if size is not None else tf.constant(3), dtype)
+        y, keep = xdrop.dropout(x, 0.5, seed=size, return_mask=True)
+        assert y.dtype == x.dtype and keep.dtype == tf.bool and y.device == x.device
+        again = tf.where(keep, y * tf.constant(0.5, dtype), tf.zeros((), dtype))
+        assert (again.numpy() == tf.where(keep, x, tf.zeros((), dtype)).numpy()).all()
+        assert float(tf.reduce_sum(tf.cast(y + y, tf.float32))) >= 0
+
+
+def test_a_variable_and_its_value_give_the_same_bits():
+    v = tf.Variable(tf.random.stateless_normal((50,), seed=(2, 3)))
+    for seed in range(3):
+        expected = xdrop.dropout(v.read_value(), 0.3, seed=seed).numpy()
+        assert (xdrop.dropout(v, 0.3, seed=seed).numpy() == expected).all()
+
+
 XLA_STEPS_OF_A_FIRST_TRACE = """
 import sys, tensorflow as tf, xdrop
 x, seed = tf.ones((1000,)), tf.constant(0)
@@ -161,9 +203,12 @@ def test_eager_calls_of_changing_shapes_log_no_retracing_warning():
     try:
         for rank in range(1, 4):
             for size in range(1, 9):
-                for _ in range(3):  # past xdrop.api.COMPILE_AFTER: a program per shape
-                    xdrop.dropout(tf.ones((size,) * rank), 0.5, seed=size)
-                    xdrop.dropout(tf.ones((size,) * rank), tf.constant(0.25), seed=size)
+                x = tf.ones((size,) * rank)
+                with tf.GradientTape() as tape:  # recorded: the staged steps run, not the kernel
+                    tape.watch(x)
+                    for _ in range(3):  # past xdrop.api.COMPILE_AFTER: a program per shape
+                        xdrop.dropout(x, 0.5, seed=size)
+                        xdrop.dropout(x, tf.constant(0.25), seed=size)
     finally:
         logger.removeHandler(handler)
     assert not [record for record in records if "retracing" in record]
@@ -177,3 +222,85 @@ def test_a_tensor_of_unknown_rank_is_refused_with_what_to_do():
     expected = r"xdrop needs tensors \(x, p, seeds\) of known rank.*input_signature"
     with pytest.raises(xdrop.TracingError, match=expected):
         unknown_rank(tf.ones((2, 3)))
+
+
+# -- sizes known only at run time ----------------------------------------------------------------
+RUNTIME_ROWS = (0, 1, 2, 341, 342, 343, 427, 428, 1000)
+"""Rows of 3 elements: flat sizes 0, 3, 6 and around the padded sizes 1024 and 1280."""
+
+
+def _runtime_step(**options):
+    signature = (tf.TensorSpec([None, 3], tf.float32), tf.TensorSpec([], tf.int64))
+
+    @tf.function(input_signature=signature, autograph=False)
+    def step(x, seed):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            result = xdrop.dropout(x, 0.3, seed=seed, **options)
+            y = result[0] if isinstance(result, tuple) else result
+        return result, tape.gradient(y, x, output_gradients=tf.fill(tf.shape(y), 3.0))
+
+    return step
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"return_mask": True}, {"mode": "classic"}, {"offset": 2**32 - 5, "return_mask": True}],
+)
+def test_a_none_dimension_gives_the_eager_bits_and_gradients_at_every_size(options):
+    step = _runtime_step(**options)
+    for rows in RUNTIME_ROWS:
+        x = tf.random.normal((rows, 3))
+        result, gradient = step(x, tf.constant(11, tf.int64))
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            expected = xdrop.dropout(x, 0.3, seed=11, **options)
+            y = expected[0] if isinstance(expected, tuple) else expected
+        expected_gradient = tape.gradient(y, x, output_gradients=tf.fill(tf.shape(y), 3.0))
+        for ours, theirs in zip(tf.nest.flatten(result), tf.nest.flatten(expected), strict=True):
+            assert ours.shape == theirs.shape == (rows, 3)
+            assert (ours.numpy() == theirs.numpy()).all(), (options, rows)
+        assert (gradient.numpy() == expected_gradient.numpy()).all(), (options, rows)
+    assert step.experimental_get_tracing_count() == 1  # one graph for every size
+
+
+def test_a_none_dimension_runs_one_compiled_step_not_the_word_operations():
+    graph = (
+        tf.function(lambda v, s: xdrop.dropout(v, 0.5, seed=s))
+        .get_concrete_function(tf.TensorSpec((None, 8), tf.float32), tf.TensorSpec((), tf.int64))
+        .graph
+    )
+    calls = [op for op in graph.get_operations() if op.type.endswith("PartitionedCall")]
+    assert [op.get_attr("_XlaMustCompile") for op in calls] == [True]
+    assert len(graph.get_operations()) < 120  # not ~130 word operations and more
+
+
+def test_a_none_dimension_is_padded_to_four_sizes_per_doubling():
+    """XLA compiles the step once per size it runs at: a flat size is padded up to a multiple of
+    an eighth of the next power of two (at least 1024), so sizes up to 2**20 make 41 programs."""
+    from xdrop.registry import backend_for
+
+    module = sys.modules[type(backend_for(tf.ones(1))).__module__]
+    sizes = np.array([*range(0, 5000), *range(2**20 - 3000, 2**20 + 3000), 2**40 + 1])
+    padded = module.padded_size(tf, tf.constant(sizes, tf.int64)).numpy()
+    assert (padded >= sizes).all() and (padded >= 1024).all()
+    assert (padded[sizes > 1024] < 1.25 * sizes[sizes > 1024]).all()
+    assert sorted(set(padded[sizes <= 2**12].tolist())) == [1024, 1280, 1536, 1792, 2048, 2560,
+                                                           3072, 3584, 4096]  # fmt: skip
+    assert padded[-1] == 2**40 + 2**38
+
+
+def test_gradients_of_compiled_steps_are_the_mask_times_the_scale():
+    x = tf.random.normal((64, 33))
+
+    @tf.function(autograph=False)
+    def gradient(x, seed, p):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y, keep = xdrop.dropout(x, p, seed=seed, return_mask=True)
+        return tape.gradient(y, x, output_gradients=tf.fill(tf.shape(y), 2.0)), keep
+
+    for p in (0.3, tf.constant(0.3), 1.0):
+        ours, keep = gradient(x, tf.constant(5, tf.int64), p)
+        expected = np.where(keep.numpy(), 2 * (np.float32(1) / np.float32(0.7)), 0.0)
+        assert (ours.numpy() == (expected if p != 1.0 else 0.0)).all()

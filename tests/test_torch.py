@@ -37,6 +37,41 @@ def test_p_one_has_zero_gradient_even_for_infinite_inputs():
     assert torch.equal(x.grad, torch.zeros(3))
 
 
+def _general_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Send every call down the general path (the common call may take a shorter one)."""
+    monkeypatch.setattr(xdrop.api, "_fused_common_call", lambda *arguments: None)
+
+
+def test_the_common_call_differentiates_as_the_general_path_does(monkeypatch):
+    values = torch.randn(2, 500, generator=torch.Generator().manual_seed(0))
+    results = []
+    for general in (False, True):
+        if general:
+            _general_path(monkeypatch)
+        x = torch.nn.Parameter(values.clone())
+        y = xdrop.dropout(x, 0.3, seed=5)
+        assert y.requires_grad
+        (gradient,) = torch.autograd.grad((y * values).sum(), x)
+        results.append((y.detach(), gradient))
+    (y, gradient), (y_general, gradient_general) = results
+    assert torch.equal(y, y_general) and torch.equal(gradient, gradient_general)
+
+
+def test_the_common_call_refuses_sparse_and_nested_tensors_as_the_general_path_does(monkeypatch):
+    with warnings.catch_warnings():  # the strided layout is a prototype: a plain torch.Tensor
+        warnings.simplefilter("ignore", UserWarning)
+        nested = torch.nested.nested_tensor([torch.ones(2), torch.ones(3)])
+    assert type(nested) is torch.Tensor
+    for x in (torch.ones(4).to_sparse(), nested):
+        with pytest.raises(xdrop.ArgumentTypeError) as common:
+            xdrop.dropout(x, 0.5, seed=1)
+        with monkeypatch.context() as patch:
+            _general_path(patch)
+            with pytest.raises(xdrop.ArgumentTypeError) as general:
+                xdrop.dropout(x, 0.5, seed=1)
+        assert str(common.value) == str(general.value)
+
+
 def test_seed_tensors_give_the_masks_of_their_values():
     x = torch.ones(64)
     expected = xdrop.dropout(x, 0.5, seed=2**64 - 1)
@@ -125,6 +160,38 @@ def test_native_mode_honours_torch_manual_seed():
     assert torch.equal(xdrop.dropout(x, 0.5, rng="native"), first)
     assert torch.equal(xdrop.dropout(x, 0.5, rng="native", seed=5),
                        xdrop.dropout(x, 0.5, rng="native", seed=5))  # fmt: skip
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+@pytest.mark.parametrize("mode", ["inverted", "classic"])
+def test_native_mode_gives_the_select_of_its_own_mask_for_every_value(dtype, mode):
+    """Without a mask asked for or a gradient to keep, native mode applies its draws in place on
+    their bits: the same values as selecting with the mask it returns, +0.0 where dropped."""
+    x = torch.tensor([1.0, -2.0, math.inf, -math.inf, math.nan, -0.0, 3.5] * 300, dtype=dtype)
+    for p in (0.1, 0.5, 1.0):
+        torch.manual_seed(3)
+        y = xdrop.dropout(x, p, rng="native", mode=mode)
+        torch.manual_seed(3)
+        expected, keep = xdrop.dropout(x, p, rng="native", mode=mode, return_mask=True)
+        assert torch.equal(y.view(torch.uint8), expected.view(torch.uint8)), (p, mode)
+        assert not torch.signbit(y[~keep]).any()
+        assert keep.float().mean() > 0.1 if p < 1 else not keep.any()
+    graded = x.detach()[:7].abs().nan_to_num(1.0, 1.0).requires_grad_()
+    torch.manual_seed(3)
+    xdrop.dropout(graded, 0.5, rng="native", mode=mode).sum().backward()
+    scale = 2.0 if mode == "inverted" else 1.0
+    assert set(graded.grad.tolist()) <= {0.0, scale}
+
+
+def test_native_mode_compiles_for_sizes_torch_compile_made_symbolic():
+    # before: torch.rand(..., generator=None) failed to compile once the batch size changed
+    # ("SymIntArrayRef expected to contain only concrete integers")
+    for function in (xdrop.dropout, xdrop.alpha_dropout, xdrop.gaussian_dropout):
+        step = torch.compile(lambda x, f=function: f(x, 0.5, rng="native"), fullgraph=True)
+        for rows in (16, 17, 18):
+            y = step(torch.ones(rows, 8))
+            assert y.shape == (rows, 8)
+        assert not torch.equal(y, torch.ones(rows, 8))  # it drew
 
 
 @pytest.mark.parametrize("p", [0.1, 0.5, 0.8])

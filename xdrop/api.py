@@ -5,14 +5,16 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
+import math
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypedDict, overload
 
 import numpy as np
 import numpy.typing as npt
 
-from xdrop import kernel, seeds, sharding, spec
-from xdrop.errors import bad_value
+from xdrop import defaults, kernel, seeds, sharding, spec
+from xdrop.errors import XdropError, bad_value
+from xdrop.fused import FusedCall
 from xdrop.protocol import Array, Backend, Dim, Key, NativeBackend, Words, require
 from xdrop.registry import backend_for
 from xdrop.tracing import cached_host_constant, called_as_is
@@ -202,6 +204,21 @@ def dropout(
         >>> xdrop.dropout(np.ones(3), p=0.5, training=False, mode="classic")
         array([0.5, 0.5, 0.5])
     """
+    if (  # the common call: a Python float p and int seed, every other argument left as it is
+        type(p) is float
+        and type(seed) is int
+        and training is True
+        and noise_shape is None
+        and type(offset) is int
+        and offset == 0
+        and (return_mask is False or return_mask is True)
+        and type(mode) is str
+        and mode == "inverted"
+        and (rng is None or (type(rng) is str and rng == "portable"))
+    ):
+        fused = _fused_common_call(x, p, seed, return_mask, rng is None)
+        if fused is not None:
+            return fused if return_mask else fused[0]
     if sharding.is_dtensor(x):  # each rank: its local tensor, drawing the counters it has in x
         block = sharding.dtensor_block(x, check_offset(offset))
         local = dropout(
@@ -239,6 +256,38 @@ def dropout(
     return y, keep if plan.is_elementwise else xp.broadcast_to(keep, xp.runtime_shape(x))
 
 
+def _fused_common_call(
+    x: object, p: float, seed: int, return_mask: bool, default_rng: bool
+) -> tuple[Array, Array | None] | None:
+    """:func:`dropout`'s training call in inverted mode at offset 0, with every argument valid,
+    as one pass of the backend's fused kernel where it has one (NumPy arrays, CPU torch and
+    TensorFlow tensors, eagerly): ``(y, keep or None)``, the same values as the general path, which the call takes
+    instead where this returns None. Arguments the general path would refuse are left to it,
+    so that its errors, in its order, are the only ones."""
+    if not 0.0 < p < 1.0 or seed >= spec.SEED_COUNT or seed < 0:
+        return None
+    xp = backend_for(x)
+    if type(xp).fused_dropout is Backend.fused_dropout or xp.is_tracing(x):
+        return None
+    if default_rng and defaults.RNG.get() not in (None, "portable"):
+        return None  # the native generator, or an XDROP_RNG that the general path refuses
+    try:
+        if not kernel.enabled():
+            return None
+        x = as_input_array(xp, x)
+    except XdropError:
+        return None
+    dtype = xp.dtype_name(x)
+    if dtype not in spec.FLOAT_DTYPES:
+        return None
+    factor = spec.inverted_scale(p, dtype)
+    if math.isinf(factor):  # the general path says why
+        return None
+    threshold = spec.keep_count(p) << (32 - spec.UNIFORM_BITS)
+    words = divmod(seed, spec.WORD_COUNT)
+    return xp.fused_dropout(x, FusedCall(words, 0, threshold, factor, return_mask))
+
+
 def _evaluation(xp: Backend, x: Array, rate: Rate, plan: DropoutPlan) -> Array:
     """``x`` (inverted), or ``x * dtype(1 - p)`` (classic)."""
     if plan.mode == "inverted":
@@ -272,11 +321,22 @@ def _training(
         kept_count, factor = spec.rate_constants(xp, rate, plan.dtype, plan.mode, training=True)
     if generator == "native":
         native = native_backend(xp)
-        noise = plan.noise_dims(xp, x)
         probability = spec.keep_probability(xp, rate)
+        if plan.is_elementwise and not plan.return_mask and not xp.is_tracing(x):
+            host_factor = factor if factor is None or isinstance(factor, float) else None
+            if isinstance(probability, float) and host_factor is factor:
+                y = native.native_dropout(x, probability, resolved, host_factor)
+                if y is not None:
+                    return y, None
+        noise = plan.noise_dims(xp, x)
         draw_keep = functools.partial(native.native_keep_mask, noise, probability, resolved, x)
         return spec.dropout(xp, x, draw_keep, factor)
     assert resolved is not None  # portable seeds are host integers or key words
+    if _fuses_eagerly(xp, x, plan, start):  # eager: C and the factor are host values
+        assert isinstance(start, int) and isinstance(kept_count, int) and not _is_array(factor)
+        fused = kernel.dropout(xp, x, resolved, start, kept_count, factor, plan.return_mask)
+        if fused is not None:  # one compiled pass where the backend has one (xdrop/kernel.py)
+            return fused
     staged = None if isinstance(start, sharding.Block) else _staged_step(xp, x, plan)
     if staged is None:
         return _portable(xp, plan, x, resolved, start, kept_count, factor)
@@ -288,8 +348,8 @@ def _training(
         kept_count if not isinstance(kept_count, int) else xp.word(kept_count, x),
         factor if not isinstance(factor, float) else _factor_array(xp, factor, plan.dtype, x),
     )
-    result: tuple[Array, Array | None] = staged(x, seeds.key_of(resolved, xp, x), *arguments)
-    return result
+    y, keep = staged(x, seeds.key_of(resolved, xp, x), *arguments)
+    return y, keep if plan.return_mask else None
 
 
 def _portable(
@@ -303,14 +363,8 @@ def _portable(
 ) -> tuple[Array, Array | None]:
     """Portable dropout. A mask of ``x``'s own shape, known in full, is applied chunk by chunk as
     it is generated (eagerly); other masks are drawn whole, at the noise shape, and broadcast."""
-    chunked = plan.is_elementwise and isinstance(start, int) and not xp.is_tracing(x)
-    if chunked:  # eager: C and the factor are host values (a rate tensor was read)
-        assert isinstance(start, int) and isinstance(kept_count, int) and not _is_array(factor)
-        fused = kernel.dropout(xp, x, seed, start, kept_count, factor, plan.return_mask)
-        if fused is not None:  # one compiled pass where the backend has one (xdrop/kernel.py)
-            return fused
     key = seeds.key_of(seed, xp, x)
-    if chunked:
+    if _fuses_eagerly(xp, x, plan, start):  # as the kernel would, but chunk by chunk
         assert isinstance(start, int)
         count = xp.size(plan.noise)
         chunks = functools.partial(spec.keep_chunks, xp, key, count, kept_count, start, like=x)
@@ -326,6 +380,13 @@ def _portable(
     return y, keep if plan.return_mask else None
 
 
+def _fuses_eagerly(xp: Backend, x: Array, plan: DropoutPlan, start: object) -> bool:
+    """Whether the mask is ``x``'s own shape, known in full, at an integer offset, eagerly: then
+    it can be applied as it is generated, by the fused kernel or chunk by chunk (a rate tensor
+    has been read: the keep count and the factor are host values)."""
+    return plan.is_elementwise and isinstance(start, int) and not xp.is_tracing(x)
+
+
 def _staged_step(xp: Backend, x: Array, plan: DropoutPlan) -> Callable[..., Any] | None:
     """The backend's staged step for ``plan``, or None where it does not stage: inside a compiler
     that fuses anyway, or for shapes known only at run time (the graph runs as it is).
@@ -334,13 +395,17 @@ def _staged_step(xp: Backend, x: Array, plan: DropoutPlan) -> Callable[..., Any]
     ``COMPILE_AFTER`` times there, so that many one-off shapes cost no compilation each. Inside
     a trace (a ``tf.function`` without XLA) the step is embedded once and runs at every call of
     the graph: it is always the fused one, whatever ran before in the process."""
-    if not _stages(type(xp)) or None in plan.shape or xp.is_compiling(x):
+    if not _stages(type(xp)) or xp.is_compiling(x):
         return None
+    return_mask = plan.return_mask or xp.staged_step_returns_mask(x)
+    if None in plan.shape:  # a mask of x's own shape is x's flat counters: pad, then stage
+        elementwise = plan.noise == plan.shape
+        return _staged_padded(xp, plan.dtype, plan.mode, return_mask) if elementwise else None
     if not xp.is_tracing(x) and _calls.count(plan) < COMPILE_AFTER:
-        general = _staged(xp, plan.any_shape(), any_shape=True)
+        general = _staged(xp, plan.any_shape(), return_mask, any_shape=True)
         if general is not None:
             return general
-    return _staged(xp, plan, any_shape=False)
+    return _staged(xp, plan, return_mask, any_shape=False)
 
 
 @cached_host_constant  # torch.compile would warn about, and trace through, functools.cache
@@ -350,8 +415,12 @@ def _stages(backend: type[Backend]) -> bool:
 
 
 @functools.lru_cache(maxsize=STAGED_CACHE_SIZE)
-def _staged(xp: Backend, plan: DropoutPlan, any_shape: bool) -> Callable[..., Any] | None:
-    """One staged step per plan: seed, offset, keep count and factor are its arguments."""
+def _staged(
+    xp: Backend, plan: DropoutPlan, return_mask: bool, any_shape: bool
+) -> Callable[..., Any] | None:
+    """One staged step per plan, returning the mask if ``return_mask``: seed, offset, keep count
+    and factor are its arguments."""
+    plan = dataclasses.replace(plan, return_mask=return_mask)
 
     def step(
         x: Array, key: Key, start: Key, kept_count: Words, factor: Array | None
@@ -359,6 +428,24 @@ def _staged(xp: Backend, plan: DropoutPlan, any_shape: bool) -> Callable[..., An
         return _portable(xp, plan, x, key, start, kept_count, factor)
 
     return xp.stage_any_shape(step) if any_shape else xp.stage(step)
+
+
+@functools.lru_cache(maxsize=STAGED_CACHE_SIZE)
+def _staged_padded(
+    xp: Backend, dtype: str, mode: str, return_mask: bool
+) -> Callable[..., Any] | None:
+    """One staged step per dtype, mode and ``return_mask`` for arrays of sizes known only at run
+    time, with a mask of their own shape: a flat ``x`` of ``n`` elements draws counters
+    ``offset + i``, ``i < n``, the same on any longer flat array, so the backend may pad ``x``
+    to one of a few sizes, run one compiled step per size and keep the first ``n`` results."""
+    plan = DropoutPlan((None,), dtype, (None,), mode, return_mask)
+
+    def step(
+        x: Array, key: Key, start: Key, kept_count: Words, factor: Array | None
+    ) -> tuple[Array, Array | None]:
+        return _portable(xp, plan, x, key, start, kept_count, factor)
+
+    return xp.stage_padded(step)
 
 
 class _CallCounts:

@@ -36,9 +36,26 @@ class TracingError(XdropError, RuntimeError):
     """An operation cannot be staged into a compiled graph as asked (e.g. ``seed=None`` under jit)."""
 
 
+class InputRankError(ArgumentValueError, RuntimeError):
+    """A layer's input has a number of dimensions the layer does not take. Also a
+    ``RuntimeError``: the type PyTorch's own layers raise for it (``except RuntimeError`` code
+    written for ``torch.nn.Dropout1d`` keeps working)."""
+
+
+class InPlaceError(XdropError, RuntimeError):
+    """A layer built with ``inplace=True`` was asked to overwrite a tensor that autograd forbids
+    overwriting (a leaf that requires grad, or a view of one), as ``torch.nn.Dropout`` refuses."""
+
+
 class XdropWarning(UserWarning):
     """Root of every warning xdrop emits: ``warnings.filterwarnings("ignore", category=...)``
     with it silences them all."""
+
+
+class InputRankWarning(XdropWarning):
+    """A channel dropout layer got an input of a rank PyTorch's own layer takes with a deprecation
+    warning (``Dropout2d`` on 3-d or 5-d inputs, ``Dropout3d`` on 6-d...): xdrop reads the input as
+    torch does and says how, as torch does."""
 
 
 class BackendWarning(XdropWarning):
@@ -51,6 +68,8 @@ for _mixed in (
     ArgumentTypeError,
     BackendError,
     TracingError,
+    InputRankError,
+    InPlaceError,
 ):
     _mixed.__init__ = Exception.__init__  # type: ignore[method-assign]
 

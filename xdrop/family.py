@@ -11,12 +11,13 @@ states each formula and how it compares with the frameworks' own versions.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
 from xdrop import api, seeds, sharding, spec
 from xdrop.errors import Shown, bad_type, bad_value
-from xdrop.protocol import Array, Backend, Dim, FamilyBackend, Words, require
+from xdrop.protocol import Array, Backend, Dim, FamilyBackend, Key, Words, require
 from xdrop.registry import backend_for
 from xdrop.tracing import called_as_is
 from xdrop.typing import Rng
@@ -278,40 +279,59 @@ def drop_block(
     block_size: int = 7,
     *,
     data_format: str = "channels_first",
+    couple_channels: bool = False,
+    scale_by_keep: bool = True,
+    with_noise: bool = False,
+    gamma_scale: float = 1.0,
+    eps: float = 0.0,
     training: bool = True,
     seed: seeds.SeedLike = None,
     offset: int | sharding.Block = 0,
     rng: Rng | None = None,
 ) -> Any:
-    """DropBlock (Ghiasi et al., NeurIPS 2018) for 2-d feature maps: drop square blocks of each
-    channel, so that neighbouring units, which carry the same information, go together.
+    """DropBlock (Ghiasi et al., NeurIPS 2018) for 2-d or 3-d feature maps: drop square (cubic)
+    blocks of each channel, so that neighbouring units, which carry the same information, go
+    together.
 
-    For a map of ``H x W`` and ``b = min(block_size, H, W)`` (a block never exceeds the map)::
+    For ``k`` spatial axes of sizes ``S_1 .. S_k`` and ``b = min(block_size, S_1, .., S_k)`` (a
+    block never exceeds the map)::
 
-        gamma  = min(1, p * H * W / (b**2 * (H - b + 1) * (W - b + 1)))
+        gamma  = min(1, gamma_scale * p * prod(S_i) / (b**k * prod(S_i - b + 1)))
                  (1 for p == 1)
-        corner = the units that xdrop.dropout(., gamma) drops,
-                 drawn at the shape (N, C, H - b + 1, W - b + 1)
-        drop   = unit (h, w) lies in the b x b block of a drawn top-left corner
-        y      = where(drop, 0, x * dtype(count / kept))     (0 where nothing is kept)
+        corner = the units that xdrop.dropout(., gamma) drops, drawn at the shape
+                 (N, C, S_1 - b + 1, ..)    ((N, 1, ..) with couple_channels)
+        drop   = a unit lies in the b x .. x b block of a drawn top-left corner
+        y      = where(drop, 0, x * dtype(count / (kept + eps)))
+                 (0 where nothing is kept)
 
-    with ``count`` the number of elements of ``x`` and ``kept`` those not dropped (over the whole
-    batch, as timm and torchvision normalise). Every block lies wholly inside the map, for any
-    ``H != W`` and odd or even ``b``, and the output has ``x``'s shape. ``p`` is the paper's drop
-    rate ``1 - keep_prob``, not a probability per unit: the expected fraction of dropped units is
-    about ``p`` for small ``p``, and lower for large ``p`` as blocks overlap (at ``p = 0.99`` and
-    ``b = 7`` on a 16 x 16 map, about 60%), except that ``p == 1`` drops every unit, as it does in
-    :func:`xdrop.dropout`. ``docs/family.md`` compares this with torchvision and timm.
+    with ``count`` the number of units of the mask and ``kept`` those not dropped (over the whole
+    batch, as timm and torchvision normalise); ``eps == 0`` divides exactly. Every block lies
+    wholly inside the map, for any sizes and odd or even ``b``, and the output has ``x``'s shape.
+    ``p`` is the paper's drop rate ``1 - keep_prob``, not a probability per unit: the expected
+    fraction of dropped units is about ``p`` for small ``p``, and lower for large ``p`` as blocks
+    overlap (at ``p = 0.99`` and ``b = 7`` on a 16 x 16 map, about 60%), except that ``p == 1``
+    drops every unit, as it does in :func:`xdrop.dropout`. ``docs/family.md`` compares this with
+    torchvision and timm.
 
     Args:
-        x: a 4-d floating array ``(N, C, H, W)`` (or ``(N, H, W, C)``); ``H`` and ``W`` must be
-            known while tracing (``gamma`` and ``b`` depend on them), ``N`` and ``C`` may be
-            known only at run time.
+        x: a 4-d floating array ``(N, C, H, W)`` or a 5-d one ``(N, C, D, H, W)`` (or channels
+            last); the spatial sizes must be known while tracing (``gamma`` and ``b`` depend on
+            them), ``N`` and ``C`` may be known only at run time.
         p: the paper's drop rate ``1 - keep_prob``, in ``[0, 1]``: a Python float or a 0-d
             float array of ``x``'s framework (traceable). ``p == 0`` returns ``x``; ``p == 1``
             returns zeros.
         block_size: the side of a block, a positive integer.
         data_format: ``"channels_first"`` (PyTorch's layout) or ``"channels_last"``.
+        couple_channels: one mask shared by every channel of a sample (timm's default), or one
+            per channel (False: torchvision's).
+        scale_by_keep: scale the kept units by ``count / (kept + eps)`` (True) or leave them.
+        with_noise: put a standard normal (the stream's normals, :func:`xdrop.gaussian_dropout`'s)
+            in the dropped units instead of 0 and leave the kept ones unscaled, as timm's
+            ``with_noise``. The normals use the counters after the corners' (``offset + corners
+            + i``), so they are independent of the mask; it needs the portable stream, an
+            integer offset and ``N`` and ``C`` known.
+        gamma_scale: a positive factor of ``gamma`` (timm's ``gamma_scale``).
+        eps: a non-negative number added to ``kept`` (torchvision's ``eps``).
         training: apply DropBlock (True) or return ``x`` (False).
         seed, rng: as for :func:`xdrop.dropout`.
         offset: added to the counter of every corner (as for :func:`xdrop.dropout`), or an
@@ -319,7 +339,7 @@ def drop_block(
             corner is drawn where it lies in the whole tensor, and ``count`` and ``kept`` are
             the whole tensor's, so the shards put together are the whole tensor's DropBlock
             exactly. To know ``kept``, each shard draws the corners of the whole tensor: work and
-            memory in proportion to the whole. A Block that splits ``H`` or ``W`` is refused (a
+            memory in proportion to the whole. A Block that splits a spatial axis is refused (a
             block would straddle the split).
 
     Example:
@@ -338,19 +358,34 @@ def drop_block(
     if int(block_size) < 1:
         raise bad_value("block_size", block_size, "a positive integer")
     check_choice("data_format", data_format, DATA_FORMATS)
+    coupled = check_flag("couple_channels", couple_channels)
+    scaled = check_flag("scale_by_keep", scale_by_keep)
+    noisy = check_flag("with_noise", with_noise)
+    scale_of_gamma = _check_positive_real("gamma_scale", gamma_scale, allow_zero=False)
+    epsilon = _check_positive_real("eps", eps, allow_zero=True)
     shape = xp.shape(x)
     channels_last = data_format == "channels_last"
-    if len(shape) != 4:
-        allowed = "a 4-d array " + ("(N, H, W, C)" if channels_last else "(N, C, H, W)")
+    if len(shape) not in (4, 5):
+        allowed = (
+            "a 4-d array (N, H, W, C) or a 5-d array (N, D, H, W, C)"
+            if channels_last
+            else "a 4-d array (N, C, H, W) or a 5-d array (N, C, D, H, W)"
+        )
         raise bad_value("x", Shown(f"<array of shape {shape}>"), allowed)
-    height, width = shape[1:3] if channels_last else shape[2:4]
-    if height is None or width is None:
-        allowed = "an array whose H and W are known while tracing (DropBlock's gamma needs them)"
+    spatial = tuple(range(1, len(shape) - 1)) if channels_last else tuple(range(2, len(shape)))
+    channel_axis = len(shape) - 1 if channels_last else 1
+    sizes = tuple(shape[axis] for axis in spatial)
+    if any(size is None for size in sizes):
+        allowed = "an array whose spatial sizes are known while tracing (gamma needs them)"
         raise bad_value("x", Shown(f"<array of shape {shape}>"), allowed)
+    maps = tuple(int(size) for size in sizes if size is not None)
     generator = seeds.rng_kind(rng)
     start = _check_offset(xp, x, offset, shape, generator)
     if isinstance(start, sharding.Block):
-        _check_maps_whole(start, shape, channels_last)
+        _check_maps_whole(start, shape, spatial)
+    if noisy and (generator != "portable" or isinstance(start, sharding.Block)):
+        allowed = 'False with rng="native" or a Block offset (the normals are the portable stream)'
+        raise bad_value("with_noise", with_noise, allowed)
     if not check_flag("training", training):
         seeds.validate_seed(seed, xp, x)
         return x
@@ -358,9 +393,9 @@ def drop_block(
     if (isinstance(rate, float) and rate == 0) or 0 in shape:  # no units: nothing to pool
         api.resolve_seed(family, seed, generator, x)  # a training call draws its seed, whatever p
         return x
-    size = min(int(block_size), height, width)
-    rows, columns = height - size + 1, width - size + 1
-    ratio = height * width / (size * size * rows * columns)
+    size = min(int(block_size), *maps)
+    corner_sizes = tuple(length - size + 1 for length in maps)
+    ratio = scale_of_gamma * math.prod(maps) / (size ** len(maps) * math.prod(corner_sizes))
     gamma: Rate
     # the paper's gamma is below 1 at p == 1 whenever a block is smaller than the map, so p == 1
     # is its own case: every corner is drawn and every unit dropped, as dropout drops them all
@@ -368,27 +403,28 @@ def drop_block(
         gamma = 1.0 if rate == 1 else min(1.0, rate * ratio)
     else:
         compute = "float64" if family.has_float64() else "float32"
-        scaled = family.multiply(family.astype(rate, compute), ratio)
-        capped = family.where(family.less_equal(scaled, 1.0), scaled, 1.0)
+        scaled_rate = family.multiply(family.astype(rate, compute), ratio)
+        capped = family.where(family.less_equal(scaled_rate, 1.0), scaled_rate, 1.0)
         gamma = family.where(family.equal(rate, 1.0), 1.0, capped)
-    spatial = (1, 2) if channels_last else (2, 3)
-    corners_shape = tuple(
-        (rows, columns)[spatial.index(axis)] if axis in spatial else None for axis in range(4)
-    )
+
+    def corners_of(full: tuple[Any, ...]) -> tuple[Any, ...]:
+        return tuple(
+            corner_sizes[spatial.index(axis)]
+            if axis in spatial
+            else (1 if coupled and axis == channel_axis else length)
+            for axis, length in enumerate(full)
+        )
+
+    corners_shape = corners_of((None,) * len(shape))
     compute = "float64" if family.has_float64() else "float32"
     if isinstance(start, sharding.Block):  # x is a shard of a larger tensor, whole maps
-        whole = tuple(
-            (rows, columns)[spatial.index(axis)] if axis in spatial else size_
-            for axis, size_ in enumerate(start.global_shape)
+        whole = corners_of(start.global_shape)
+        first = tuple(
+            0 if coupled and axis == channel_axis else at for axis, at in enumerate(start.start)
         )
-        resolved = api.resolve_seed(family, seed, "portable", x)
-        assert resolved is not None  # portable seeds are host integers or key words
-        key = seeds.key_of(resolved, family, x)
-        if isinstance(gamma, float):
-            threshold: Words | int = spec.keep_count(gamma)
-        else:
-            threshold, _ = spec.rate_constants(family, gamma, "float32", "inverted", training=True)
-        corners = sharding.Block(whole, start.start, start.offset)
+        key = seeds.key_of(_portable_seed(family, seed, x), family, x)
+        threshold = _threshold(family, gamma)
+        corners = sharding.Block(whole, first, start.offset)
         dims = _noise_dims(family, x, corners_shape)
         keep = sharding.block_keep_mask(family, key, corners, dims, threshold, x)
         kept = _kept_units(family, keep, size, channels_last)
@@ -400,18 +436,40 @@ def drop_block(
             channels_last,
         )
         kept_count = family.sum(family.astype(all_kept, compute))
-        count = _count_array(family, x, math.prod(start.global_shape), compute)
+        units = math.prod(
+            1 if coupled and axis == channel_axis else length
+            for axis, length in enumerate(start.global_shape)
+        )
+        count = _count_array(family, x, units, compute)
+    elif noisy:  # the normals need the key: the seed is resolved once, here
+        key = seeds.key_of(_portable_seed(family, seed, x), family, x)
+        dims = _noise_dims(family, x, corners_shape)
+        if not all(isinstance(dim, int) for dim in dims):
+            allowed = "an array whose N and C are known while tracing, for with_noise"
+            raise bad_value("x", Shown(f"<array of shape {shape}>"), allowed)
+        assert isinstance(start, int)  # a Block is refused with noise
+        keep = spec.keep_mask(family, key, dims, _threshold(family, gamma), start, like=x)
+        kept = _kept_units(family, keep, size, channels_last)
+        # the normals take the counters after the corners': independent of the mask
+        after = start + math.prod(dims)
+        z = spec.normals(family, key, family.runtime_shape(kept), after, like=x)
+        return family.where(kept, x, family.astype(z, dtype))
     else:
         keep = api.keep_mask(
             corners_shape, gamma, seed=seed, offset=start, like=x, rng=rng, name="x"
         )
         kept = _kept_units(family, keep, size, channels_last)
         kept_count = family.sum(family.astype(kept, compute))
-        count = _element_count(family, x, compute)
-    none_kept = family.equal(kept_count, 0.0)
-    factor = family.where(
-        none_kept, 0.0, family.divide(count, family.where(none_kept, 1.0, kept_count))
-    )
+        count = _element_count(family, kept, compute)
+    if not scaled:
+        return family.select(kept, x)
+    if epsilon:
+        factor = family.divide(count, family.add(kept_count, epsilon))
+    else:
+        none_kept = family.equal(kept_count, 0.0)
+        factor = family.where(
+            none_kept, 0.0, family.divide(count, family.where(none_kept, 1.0, kept_count))
+        )
     return family.select(kept, family.scale(x, family.astype(factor, dtype)))
 
 
@@ -425,22 +483,74 @@ def _common(x: Any, p: object) -> tuple[Backend, Array, str, Rate]:
 
 
 def _kept_units(xp: FamilyBackend, keep: Array, size: int, channels_last: bool) -> Array:
-    """The units no block covers: the blocks of ``size`` grown from the corners ``keep`` drops."""
+    """The units no block covers: the blocks of ``size`` grown from the corners ``keep`` drops,
+    for 2-d or 3-d maps. A 3-d block is a 2-d one over ``(H, W)`` of each depth slice, then grown
+    along ``D`` with the same 2-d pooling over ``D`` and an axis of size 1 (the pooling is
+    separable), so every backend needs only ``max_pool_2d``."""
     corners = xp.astype(xp.equal(keep, False), "float32")
-    return xp.equal(xp.max_pool_2d(corners, size, channels_last), 0.0)
+    if len(xp.shape(keep)) == 4:
+        return xp.equal(xp.max_pool_2d(corners, size, channels_last), 0.0)
+    dims = xp.runtime_shape(corners)
+    grow = size - 1
+    if channels_last:  # (N, D', H', W', C)
+        n, depth, height, width, channels = dims
+        planes = xp.reshape(corners, (n * depth, height, width, channels))
+        grown = xp.max_pool_2d(planes, size, True)  # (N * D', H, W, C)
+        rows = (n, depth, 1, (height + grow) * (width + grow) * channels)
+    else:  # (N, C, D', H', W')
+        n, channels, depth, height, width = dims
+        planes = xp.reshape(corners, (n * channels, depth, height, width))
+        grown = xp.max_pool_2d(planes, size, False)  # (N * C, D', H, W)
+        rows = (n * channels, depth, 1, (height + grow) * (width + grow))
+    deep = xp.max_pool_2d(xp.reshape(grown, rows), size, True)  # (., D, size, .): equal columns
+    column = xp.split(deep, size, 2)[0]
+    full = (
+        (n, depth + grow, height + grow, width + grow, channels)
+        if channels_last
+        else (n, channels, depth + grow, height + grow, width + grow)
+    )
+    return xp.equal(xp.reshape(column, full), 0.0)
 
 
-def _check_maps_whole(block: sharding.Block, shape: tuple[int | None, ...], last: bool) -> None:
+def _portable_seed(xp: FamilyBackend, seed: object, x: Array) -> int | Key:
+    """The call's portable seed, resolved once (a generator advances here)."""
+    resolved = api.resolve_seed(xp, seed, "portable", x)
+    assert resolved is not None  # portable seeds are host integers or key words
+    return resolved
+
+
+def _threshold(xp: FamilyBackend, gamma: Rate) -> Words | int:
+    """The keep threshold of the corners' rate ``gamma`` (a host float or a traced one)."""
+    if isinstance(gamma, float):
+        return spec.keep_count(gamma)
+    threshold, _ = spec.rate_constants(xp, gamma, "float32", "inverted", training=True)
+    return threshold
+
+
+def _check_positive_real(argument: str, value: object, allow_zero: bool) -> float:
+    """A finite real number above 0 (or at least 0 with ``allow_zero``) as a float."""
+    allowed = "a finite real number " + ("at least 0" if allow_zero else "above 0")
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise bad_type(argument, value, allowed)
+    number = float(value)
+    if not math.isfinite(number) or number < 0 or (number == 0 and not allow_zero):
+        raise bad_value(argument, value, allowed)
+    return number
+
+
+def _check_maps_whole(
+    block: sharding.Block, shape: tuple[int | None, ...], spatial: tuple[int, ...]
+) -> None:
     """DropBlock takes a Block that splits only the batch and channel axes: a block of units
-    straddling a split of H or W would need its neighbour shard's corners."""
-    for axis in (1, 2) if last else (2, 3):
+    straddling a split of a spatial axis would need its neighbour shard's corners."""
+    for axis in spatial:
         first = block.start[axis]  # a traced start cannot be known to be 0
         if not isinstance(first, int) or first != 0 or block.global_shape[axis] != shape[axis]:
             raise bad_value(
                 "offset",
                 block,
                 "a Block that splits only the batch and channel axes of x for drop_block (whole "
-                "H and W: a block of units would straddle a split of the maps)",
+                "maps: a block of units would straddle a split of the maps)",
             )
 
 

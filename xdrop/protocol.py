@@ -260,10 +260,32 @@ class Staging:
         (eagerly, or in a graph without a compiler), or None (the default) to run it as it is.
 
         ``function`` takes arrays (and tuples of arrays) and returns them; its Python arguments
-        are already bound. The caller caches the result per program (shape, dtype, noise shape,
+        are already bound. It is training dropout, ``(x, key, start, kept_count, factor) ->
+        (y, keep or None)``: ``y = where(keep, x * factor, 0)`` (``x`` for factor None), so a
+        backend may give it the gradient ``where(keep, dy * factor, 0)`` (see
+        :meth:`staged_step_returns_mask`) rather than differentiate its operations. The caller caches the result per program (shape, dtype, noise shape,
         mode), so the compiler runs once per program: seeds, offsets and rates are arrays and
         never recompile. Worth it where a compilation takes milliseconds and each eager
         operation is a dispatch."""
+        return None
+
+    def staged_step_returns_mask(self, x: Array) -> bool:
+        """Whether the step staged for a call on ``x`` (:meth:`stage`, :meth:`stage_any_shape`,
+        :meth:`stage_padded`) must return the keep mask whatever ``return_mask`` says: the
+        backend differentiates a step by its mask, and ``x`` may be differentiated now. The
+        caller drops the mask where it was not asked for. Default: False."""
+        return False
+
+    def stage_padded(self, function: Callable[..., Any]) -> Callable[..., Any] | None:
+        """``function``, the training step of a 1-d ``x`` of any size, staged for ``x`` of any
+        shape whose sizes are known only at run time (a ``None`` dimension in a graph), or None
+        (the default) to run the step's operations as they are.
+
+        ``function(x, *arguments)`` returns ``(y, keep or None)`` elementwise in ``x`` (as for
+        :meth:`stage`), so the
+        result may flatten ``x``, pad it with anything to a size the compiler has seen, run the
+        staged step and keep the first ``size(x)`` elements of each output, in ``x``'s shape:
+        the number of compilations is then bounded by the sizes it pads to."""
         return None
 
     def stage_any_shape(self, function: Callable[..., Any]) -> Callable[..., Any] | None:
@@ -518,6 +540,15 @@ class NativeGenerator(abc.ABC):
         """A boolean mask, each element True with probability ``keep_probability``, from the
         framework's own generator. ``seed`` is a host integer, key words (a traced seed), or None
         for the global generator (only where ``has_global_rng``)."""
+
+    def native_dropout(
+        self, x: Array, keep_probability: float, seed: int | Key | None, factor: float | None
+    ) -> Array | None:
+        """Training dropout of ``x`` with a mask of ``x``'s own shape, ``where(keep, x * factor,
+        +0.0)`` (``x`` for factor None), whose ``keep`` is exactly :meth:`native_keep_mask` of
+        ``x``'s shape (the same draws from the same generator state), in fewer passes; or None
+        (the default) to select with that mask. Called eagerly, for host rates only."""
+        return None
 
     def native_normals(self, shape: tuple[int, ...], seed: int | Key | None, like: Array) -> Array:
         """Standard normal float32 values of ``shape`` from the framework's own generator, on

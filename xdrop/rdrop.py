@@ -15,6 +15,9 @@ from xdrop.protocol import Array, Backend, Dim, LossBackend
 
 REDUCTIONS = ("sum", "mean", "batchmean", "none")
 HALF_DTYPES = ("float16", "bfloat16")
+MIN_HALF_ALPHA = 2.0**-100
+"""``alpha / 2`` from here up is a normal number in float32, so ``x * (alpha / 2)`` rounds as
+``(x * 0.5) * alpha`` does (the product by 0.5 is exact): the loss multiplies once."""
 
 
 def compute_dtype(dtype: str) -> str:
@@ -65,14 +68,25 @@ def symmetric_kl(xp: LossBackend, logp1: Array, logp2: Array, axis: int) -> Arra
 
     Each class term is a product of two differences of the same sign, so the result is
     non-negative, exactly symmetric and exactly 0 for identical inputs. A class with probability 0
-    under both (a ``-inf`` logit in both) contributes 0: its log-probabilities are replaced by 0
-    before the subtraction, so neither ``-inf - -inf`` nor a NaN gradient appears. A class with
+    under both (a ``-inf`` logit in both) contributes 0: its log-ratio is replaced by 0 before the
+    product, so neither ``-inf - -inf`` nor a NaN gradient reaches the result. A class with
     probability 0 under one distribution only makes the divergence ``+inf``, as it should.
+    """
+    return xp.multiply(twice_symmetric_kl(xp, logp1, logp2, axis), 0.5)
+
+
+def twice_symmetric_kl(xp: LossBackend, logp1: Array, logp2: Array, axis: int) -> Array:
+    """``KL(P1||P2) + KL(P2||P1) = sum_c (p1 - p2) (log p1 - log p2)`` per position: both
+    directions in one product and one sum, over the logits' size: 2 ``exp``, 2 ``subtract``, an
+    ``add``, an ``equal``, a ``where``, a ``multiply`` and a ``sum``.
+
+    The ``where`` acts on the difference of the log-probabilities: ``subtract``'s gradient is
+    ``+-1``, so the ``NaN`` it computes for ``-inf - -inf`` is never multiplied into a gradient.
     """
     p1, p2 = xp.exp(logp1), xp.exp(logp2)
     impossible = xp.equal(xp.add(p1, p2), 0.0)
-    log_ratio = xp.subtract(xp.where(impossible, 0.0, logp1), xp.where(impossible, 0.0, logp2))
-    return xp.multiply(xp.sum(xp.multiply(xp.subtract(p1, p2), log_ratio), axis), 0.5)
+    log_ratio = xp.where(impossible, 0.0, xp.subtract(logp1, logp2))
+    return xp.sum(xp.multiply(xp.subtract(p1, p2), log_ratio), axis)
 
 
 # -- cross entropy per position --------------------------------------------------------------------
@@ -92,6 +106,13 @@ def cross_entropy(
     assert classes is not None
     uniform = xp.multiply(xp.sum(logp, axis), -1.0 / classes)
     return xp.add(xp.multiply(nll, 1.0 - label_smoothing), xp.multiply(uniform, label_smoothing))
+
+
+def picked_sum(xp: LossBackend, logp1: Array, logp2: Array, labels: Array, axis: int) -> Array:
+    """``log p1[label] + log p2[label]`` per position: ``-(CE1 + CE2)`` without smoothing."""
+    index = with_class_axis(xp, labels, axis)
+    picked = xp.add(xp.take_along_axis(logp1, index, axis), xp.take_along_axis(logp2, index, axis))
+    return xp.reshape(picked, xp.runtime_shape(labels))
 
 
 # -- excluded positions -> reduction ---------------------------------------------------------------
@@ -161,19 +182,32 @@ def rdrop_loss(
     reduction: str,
 ) -> Array:
     """Per position ``CE(P1, y) + CE(P2, y) + alpha * KL_sym(P1, P2)`` (the paper's formula),
-    padded and ignored positions 0, reduced."""
+    padded and ignored positions 0, reduced.
+
+    Each pass's log-probabilities are computed once and feed both its cross entropy and the KL;
+    without smoothing the two cross entropies are one ``add`` of the picked log-probabilities.
+    """
     dtype = compute_dtype(xp.dtype_name(logits1))
     excluded = excluded_positions(xp, pad_mask, labels, ignore_index)
     if excluded is not None:
         labels = xp.where(excluded, 0, labels)  # any valid class will do: the value is dropped
     logp1 = log_probabilities(xp, logits1, axis, excluded, dtype)
     logp2 = log_probabilities(xp, logits2, axis, excluded, dtype)
-    loss = xp.add(
-        cross_entropy(xp, logp1, labels, axis, label_smoothing),
-        cross_entropy(xp, logp2, labels, axis, label_smoothing),
-    )
-    if alpha != 0:
-        loss = xp.add(loss, xp.multiply(symmetric_kl(xp, logp1, logp2, axis), alpha))
+    if alpha == 0:
+        kl = None
+    elif alpha * 0.5 >= MIN_HALF_ALPHA:  # one multiply: the same rounding as by 0.5, then alpha
+        kl = xp.multiply(twice_symmetric_kl(xp, logp1, logp2, axis), alpha * 0.5)
+    else:
+        kl = xp.multiply(symmetric_kl(xp, logp1, logp2, axis), alpha)
+    if label_smoothing == 0:  # -a + -b == -(a + b) and k + -s == k - s: the same bits
+        picked = picked_sum(xp, logp1, logp2, labels, axis)
+        loss = xp.multiply(picked, -1.0) if kl is None else xp.subtract(kl, picked)
+    else:
+        loss = xp.add(
+            cross_entropy(xp, logp1, labels, axis, label_smoothing),
+            cross_entropy(xp, logp2, labels, axis, label_smoothing),
+        )
+        loss = loss if kl is None else xp.add(loss, kl)
     return reduce(xp, loss, excluded, reduction, dtype)
 
 

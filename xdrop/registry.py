@@ -268,17 +268,20 @@ def selected_name() -> str | None:
 
 
 def default_backend() -> Backend:
-    return load(_checked_default_name())
+    name = _checked_default_name()
+    backend = _backends.get(name)
+    return load(name) if backend is None else backend
 
 
 @host_constant  # run as it is under torch.compile, which cannot enter the loader's lock
 def _checked_default_name() -> str:
     """The default backend's name, loaded; one that only ``XDROP_BACKEND`` names must be
     registered."""
-    name = default_name()
-    chosen = name in (defaults.BACKEND.chosen(), FALLBACK_BACKEND)
-    if not chosen and name not in _backends and name not in _registered():
-        raise unknown_backend(name, f" (from the environment variable {ENVIRONMENT_VARIABLE})")
+    name = defaults.BACKEND.chosen()
+    if name is None:
+        name = defaults.BACKEND.from_environment() or FALLBACK_BACKEND
+        if name not in _backends and name != FALLBACK_BACKEND and name not in _registered():
+            raise unknown_backend(name, f" (from the environment variable {ENVIRONMENT_VARIABLE})")
     load(name)
     return name
 
@@ -319,7 +322,10 @@ def use_backend(name: str) -> Iterator[Backend]:
 def backend_for(x: object) -> Backend:
     """The backend that owns ``x``; NumPy arrays and Python values go to the default backend."""
     owner = owner_of_type(type(x))
-    return default_backend() if owner is None else load(owner)
+    if owner is None:
+        return default_backend()
+    backend = _backends.get(owner)
+    return load(owner) if backend is None else backend
 
 
 @host_constant

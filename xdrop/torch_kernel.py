@@ -108,12 +108,19 @@ _fused_dropout: Callable[[Any, Write, FusedCall], tuple[Any, Any]] = FusedDropou
 
 
 def _write_on_cpu(source: Any, y: Any, keep: Any, call: FusedCall) -> None:
-    """The compiled kernel on CPU tensors' buffers, shared with NumPy (zero-copy)."""
+    """The compiled kernel on CPU tensors' buffers, shared with NumPy (zero-copy), on at most
+    ``torch.get_num_threads()`` threads."""
     name, words = _DTYPES[source.dtype]
     if name == "bfloat16":  # NumPy has no bfloat16: the kernel reads its 16-bit words
         source, y = source.view(words), y.view(words)
+    # torch.set_num_threads limits all of a process's tensor work: the kernel's threads too
     kernel.host_dropout(
-        source.numpy(), y.numpy(), None if keep is None else keep.numpy(), name, call
+        source.numpy(),
+        y.numpy(),
+        None if keep is None else keep.numpy(),
+        name,
+        call,
+        torch.get_num_threads(),
     )
 
 
