@@ -23,7 +23,8 @@ from xdrop.conformance import golden
 
 pytestmark = pytest.mark.backend_independent
 ROOT = Path(__file__).resolve().parents[1]
-BENCH = ["bench", "--backend", "numpy", "--sizes", "16", "--p", "0.5", "--repeats", "1"]
+BENCH = ["bench", "--backend", "numpy", "--sizes", "16", "--p", "0.5", "--repeats", "1",
+         "--dtype", "float32", "--shapes", "fixed"]  # fmt: skip
 CONFORMANCE = ["conformance", "--backend", "numpy", "--mode", "eager"]
 
 
@@ -117,7 +118,7 @@ def test_a_backend_named_twice_is_checked_once(tmp_path, capsys):
     runs = json.loads(path.read_text())["runs"]
     assert [(run["backend"], run["mode"]) for run in runs] == [("numpy", "eager")]
     status, out, _ = run_main([*BENCH, "--backend", "numpy", "--path", "numpy"], capsys)
-    assert status == 0 and out.count("numpy · numpy · forward") == 1
+    assert status == 0 and out.count("numpy · numpy · forward · float32 · fixed shapes") == 1
 
 
 def test_golden_writes_only_where_it_is_told(tmp_path, monkeypatch, capsys):
@@ -426,7 +427,7 @@ def test_bench_prints_its_tables_as_markdown_when_asked(capsys):
     status, out, _ = run_main([*BENCH, "--path", "numpy", "--markdown"], capsys)
     assert status == 0
     lines = out.splitlines()
-    title = lines.index("**numpy · numpy · forward**")
+    title = lines.index("**numpy · numpy · forward · float32 · fixed shapes**")
     assert lines[title + 1] == ""
     assert lines[title + 2].startswith("| size | p | xdrop |")
     assert lines[title + 3].startswith("| :-- | --: | --: |")
@@ -441,7 +442,8 @@ def test_the_benchmark_draws_its_tables_the_same_way_in_plain_ascii():
     )
     text = benchmarks.table(benchmarks.Report([measurement], settings={}))
     title, table = text.split("\n", 1)
-    assert title == "numpy · numpy · forward"  # the title may say more, the table itself is ASCII
+    # the title may say more, the table itself is ASCII
+    assert title == "numpy · numpy · forward · float32 · fixed shapes"
     assert table.isascii()
     header, rule, row = table.splitlines()
     assert rule == "-" * len(header) and len(row) == len(header)

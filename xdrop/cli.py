@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import os
@@ -141,6 +142,15 @@ def _add_bench(commands: Any) -> argparse.ArgumentParser:
         help="time only this direction (default: both, where the framework differentiates)",
     )  # fmt: skip
     bench.add_argument(
+        "--dtype", action="append", choices=["float32", "bfloat16"],
+        help="time only this dtype (repeatable; default: both; NumPy's bfloat16 is ml_dtypes')",
+    )  # fmt: skip
+    bench.add_argument(
+        "--shapes", action="append", choices=["fixed", "changing"],
+        help="one shape per case, or a new shape of about the same size on every call "
+        "(repeatable; default: both)",
+    )  # fmt: skip
+    bench.add_argument(
         "--sizes", nargs="+", type=_sizes, metavar="N",
         help=f"float32 elements per input, e.g. 1e3 1e6 or 1e3,1e6 (default: "
         f"{','.join(f'{size:.0e}' for size in runner.SIZES)})",
@@ -158,8 +168,23 @@ def _add_bench(commands: Any) -> argparse.ArgumentParser:
         help="print the tables as Markdown tables (as docs/performance.md records them)",
     )  # fmt: skip
     bench.add_argument(
+        "--load", action="append", metavar="FILE", type=Path,
+        help="time nothing: read the results of earlier runs (--json files; repeatable, merged) "
+        "and print their tables (with --markdown, --figure, --json)",
+    )  # fmt: skip
+    bench.add_argument(
+        "--figure", metavar="FILE.png", type=_figure_path,
+        help="also draw the ratios xdrop / the framework's dropout as a figure (matplotlib)",
+    )  # fmt: skip
+    bench.add_argument(
         "--quick", action="store_true",
-        help="fewer sizes, one rate, three rounds: a first look in a few minutes",
+        help="fewer sizes, one rate, float32 on fixed shapes, three rounds: a first look in a few "
+        "minutes",
+    )  # fmt: skip
+    bench.add_argument(
+        "--rdrop", action="store_true",
+        help="time R-Dropout's loss against the losses users write, at BERT-base shapes, instead "
+        "(with --backend, --quick, --direction, --markdown and --json only)",
     )  # fmt: skip
     bench.add_argument(
         "--check", action="store_true",
@@ -245,6 +270,14 @@ def _output_path(text: str) -> Path:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+def _figure_path(text: str) -> Path:
+    """A file the figure can be written to, and matplotlib to draw it, both checked before
+    anything runs."""
+    if importlib.util.find_spec("matplotlib") is None:
+        raise argparse.ArgumentTypeError("drawing needs matplotlib (pip install matplotlib)")
+    return _output_path(text)
+
+
 def _write_json(parser: argparse.ArgumentParser, path: Path, document: dict[str, Any]) -> None:
     """Write ``document`` to ``path`` as JSON (see :mod:`xdrop.cli_files`); a failure ends the
     command with one line and exit status 2."""
@@ -261,15 +294,29 @@ def _shown(path: Path) -> str:
 
 
 def _bench(parser: argparse.ArgumentParser, arguments: argparse.Namespace) -> int:
-    from xdrop import benchmarks
     from xdrop.benchmarks import runner
 
+    if arguments.rdrop:
+        return _bench_rdrop(parser, arguments)
     defaults: dict[str, Any] = dict(runner.QUICK) if arguments.quick else {}
     sizes = [size for group in arguments.sizes for size in group] if arguments.sizes else None
     _check_bench_cases(parser, arguments)
     if arguments.check:
         return _bench_check(parser, arguments)
-    report = benchmarks.run(
+    if arguments.load:
+        report = _load_reports(parser, arguments.load)
+    else:
+        report = _time_cases(arguments, defaults, sizes)
+    return _show_report(parser, arguments, report)
+
+
+def _time_cases(
+    arguments: argparse.Namespace, defaults: dict[str, Any], sizes: list[int] | None
+) -> Any:
+    from xdrop import benchmarks
+    from xdrop.benchmarks import runner, suites
+
+    return benchmarks.run(
         backends=arguments.backend,
         sizes=sizes or defaults.get("sizes", runner.SIZES),
         rates=arguments.p or defaults.get("rates", runner.RATES),
@@ -278,7 +325,35 @@ def _bench(parser: argparse.ArgumentParser, arguments: argparse.Namespace) -> in
         paths=arguments.path,
         directions=[arguments.direction] if arguments.direction else None,
         progress=_bench_progress(Progress(sys.stderr)),
+        dtypes=list(dict.fromkeys(arguments.dtype or defaults.get("dtypes", suites.DTYPES))),
+        shapes=list(dict.fromkeys(arguments.shapes or defaults.get("shapes", suites.SHAPES))),
     )
+
+
+def _load_reports(parser: argparse.ArgumentParser, paths: list[Path]) -> Any:
+    """The runs saved in ``paths`` (``--json`` files) as one report; a file that cannot be read
+    ends the command with one line and exit status 2."""
+    from xdrop.benchmarks import report
+
+    documents = []
+    for path in paths:
+        try:
+            documents.append(json.loads(read_text(path)))
+        except FileError as error:
+            parser.error(f"argument --load: {error}")
+        except json.JSONDecodeError as error:
+            parser.error(f"argument --load: {_shown(path)!r} is not JSON: {error}")
+    try:
+        return report.from_documents(documents)
+    except (XdropError, KeyError, TypeError, IndexError) as error:
+        parser.error(f"argument --load: not a benchmark's results: {error}")
+
+
+def _show_report(
+    parser: argparse.ArgumentParser, arguments: argparse.Namespace, report: Any
+) -> int:
+    from xdrop import benchmarks
+
     print(benchmarks.table(report, markdown=arguments.markdown))
     print()
     targets = benchmarks.check_targets(report)
@@ -290,6 +365,11 @@ def _bench(parser: argparse.ArgumentParser, arguments: argparse.Namespace) -> in
           + ", ".join(f"{name} {version}" for name, version in report.versions.items()))  # fmt: skip
     if arguments.json:
         _write_json(parser, arguments.json, benchmarks.document(report))
+    if arguments.figure:
+        from xdrop.benchmarks import figure
+
+        rate = figure.rate(report)
+        figure.draw(figure.ratios(report, rate), arguments.figure, rate)
     problems = [f"{name} ({reason})" for name, reason in report.unavailable.items()]
     failed = [
         measurement for measurement in report.measurements
@@ -303,6 +383,34 @@ def _bench(parser: argparse.ArgumentParser, arguments: argparse.Namespace) -> in
     return 0
 
 
+def _bench_rdrop(parser: argparse.ArgumentParser, arguments: argparse.Namespace) -> int:
+    """``xdrop bench --rdrop``: :mod:`xdrop.benchmarks.rdrop`'s table."""
+    from xdrop.benchmarks import rdrop
+
+    given = [option for option, value in (
+        ("--sizes", arguments.sizes), ("--p", arguments.p), ("--repeats", arguments.repeats),
+        ("--path", arguments.path), ("--check", arguments.check),
+    ) if value]  # fmt: skip
+    unknown = [name for name in arguments.backend or () if name not in rdrop.MODES]
+    if given or unknown:
+        parser.error(f"argument --rdrop: {', '.join(given)} cannot be given with it" if given
+                     else f"argument --backend: no R-Dropout benchmark for {', '.join(unknown)}; "
+                     f"known: {', '.join(rdrop.MODES)}")  # fmt: skip
+    document = rdrop.run(
+        arguments.backend,
+        directions=[arguments.direction] if arguments.direction else rdrop.DIRECTIONS,
+        quick=arguments.quick,
+        progress=lambda what: print(f"timing {what} ...", file=sys.stderr, flush=True),
+    )
+    print(rdrop.table(document, markdown=arguments.markdown))
+    if arguments.json:
+        _write_json(parser, arguments.json, document)
+    failed = [row for row in document["rows"] if "ratio" not in row] or document["missing"]
+    if failed:
+        print("xdrop bench --rdrop: FAILED: not every backend could be timed", file=sys.stderr)
+    return 1 if failed else 0
+
+
 def _bench_check(parser: argparse.ArgumentParser, arguments: argparse.Namespace) -> int:
     """``xdrop bench --check``: the gate's table, and one line on stderr per failing path."""
     from xdrop import benchmarks
@@ -314,7 +422,9 @@ def _bench_check(parser: argparse.ArgumentParser, arguments: argparse.Namespace)
     rows = [
         (
             result.gate.target.path,
+            _gate_variant(result.gate.target),
             f"{result.gate.target.numerator}/{result.gate.target.denominator}",
+            f"{result.gate.size:.0e}",
             "-" if result.ratio is None else f"{result.ratio:.2f}",
             f"{result.gate.target.limit:g}",
             f"{result.gate.limit:g}",
@@ -322,8 +432,8 @@ def _bench_check(parser: argparse.ArgumentParser, arguments: argparse.Namespace)
         )
         for result in results
     ]
-    header = ("path", "ratio", f"{gate.SIZE:.0e}, p {gate.RATE:g}", "target", "fails above", "")
-    print(tables.render(header, rows, align="<<>>><"))
+    header = ("path", "case", "ratio", "size", f"p {gate.RATE:g}", "target", "fails above", "")
+    print(tables.render(header, rows, align="<<<>>>><"))
     machine = report.machine
     print(f"\n{machine.get('kernel')}")
     print(f"{machine.get('processor')}, {machine.get('cores')} cores, load average "
@@ -343,17 +453,41 @@ def _bench_check(parser: argparse.ArgumentParser, arguments: argparse.Namespace)
     return 1 if failed or not results else 0
 
 
+def _gate_variant(target: Any) -> str:
+    """What sets a gate's case apart from forward, float32, one shape, and its size (the gate's
+    table names it)."""
+    from xdrop.benchmarks.suites import CHANGING, FLOAT32, FORWARD
+
+    parts = [f"{target.sizes[0]:.0e}"]
+    parts += [target.direction] if target.direction != FORWARD else []
+    parts += [target.dtype] if target.dtype != FLOAT32 else []
+    parts += ["changing shapes"] if target.shapes == CHANGING else []
+    return ", ".join(parts)
+
+
 def _check_bench_cases(parser: argparse.ArgumentParser, arguments: argparse.Namespace) -> None:
     """Refuse (exit status 2, one line) backends, paths and directions that leave nothing to
     time, before anything runs: an empty table is not an answer."""
     from xdrop.benchmarks import SUITES, installed_backends
     from xdrop.benchmarks.suites import BACKWARD, FORWARD
 
+    if arguments.load:
+        given = [option for option, value in (
+            ("--sizes", arguments.sizes), ("--p", arguments.p), ("--repeats", arguments.repeats),
+            ("--quick", arguments.quick), ("--direction", arguments.direction),
+            ("--dtype", arguments.dtype), ("--shapes", arguments.shapes),
+            ("--backend", arguments.backend), ("--path", arguments.path),
+        ) if value]  # fmt: skip
+        if given:
+            parser.error(f"argument --load: nothing is timed; {', '.join(given)} cannot be given "
+                         "with it")  # fmt: skip
     if arguments.check:
         given = [option for option, value in (
             ("--sizes", arguments.sizes), ("--p", arguments.p), ("--repeats", arguments.repeats),
             ("--quick", arguments.quick), ("--direction", arguments.direction),
-            ("--markdown", arguments.markdown),
+            ("--markdown", arguments.markdown), ("--dtype", arguments.dtype),
+            ("--shapes", arguments.shapes), ("--figure", arguments.figure),
+            ("--load", arguments.load),
         ) if value]  # fmt: skip
         if given:
             parser.error(f"argument --check: the gate's cases are fixed; {', '.join(given)} "

@@ -8,7 +8,9 @@ Targets (``docs/performance.md``), on eager JAX and TensorFlow, and on NumPy and
   and grow resident memory by at most 100 MiB;
 - no TensorFlow retracing warning is printed because of xdrop.
 
-Each line prints the two times, their ratio and the target, and whether it is met.
+Each line prints the two times, their ratio and the target, and whether it is met. Every shape
+here is new (a first call each); shapes that recur, on every execution path, are ``xdrop bench
+--shapes changing``'s (:func:`xdrop.benchmarks.suites.shapes`).
 """
 
 from __future__ import annotations

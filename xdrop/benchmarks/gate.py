@@ -12,11 +12,13 @@ from dataclasses import dataclass
 
 from xdrop.benchmarks.report import TARGETS, Target
 from xdrop.benchmarks.runner import Measurement, Report, installed_backends, run
-from xdrop.benchmarks.suites import FORWARD, SUITES, Case
+from xdrop.benchmarks.suites import SUITES, Case
 
 MARGIN = 2.0
 """A gated ratio fails above ``MARGIN`` times its target."""
 SIZE = 10**6
+"""The size of a gate on large inputs (a target's smallest size: a target on the overhead at
+1e3 elements is gated at 1e3)."""
 RATE = 0.5
 REPEATS = 5
 MIN_SAMPLE = 0.01
@@ -27,17 +29,27 @@ GATED = (
     "torch.compile vs compiled F.dropout",
     "TF eager vs tf.nn.dropout",
     "tf.function vs tf.nn.dropout",
-    "tf.function, a None dimension, vs tf.nn.dropout (known gap)",
+    "tf.function, a None dimension, vs tf.nn.dropout",
     "TF jit_compile vs tf.nn.dropout in tf.function",
     "jax.jit vs Flax-style under jit",
     "JAX eager vs Flax-style eager",
+    "per-call overhead at 1e3, numpy",
+    "per-call overhead at 1e3, torch eager",
+    "per-call overhead at 1e3, tf eager",
+    "torch eager forward+backward vs F.dropout",
+    "tf.function forward+backward vs tf.nn.dropout",
+    "torch eager bfloat16 vs F.dropout",
+    "jax.jit bfloat16 vs Flax-style under jit",
+    "TF eager, changing shapes, vs tf.nn.dropout",
 )
-"""The targets checked, by name (``report.TARGETS``): one execution path each, as users call it."""
+"""The targets checked, by name (``report.TARGETS``): one execution path each, as users call it,
+forward in float32 on one shape unless the target says otherwise."""
 
 
 @dataclass(frozen=True)
 class Gate:
-    """One gated ratio: ``target`` on its path at :data:`SIZE` elements, forward, p = :data:`RATE`."""
+    """One gated ratio: ``target`` on its path, in its direction, dtype and shape mode, at its
+    smallest size (:data:`SIZE` for the targets on large inputs), p = :data:`RATE`."""
 
     target: Target
     backend: str
@@ -45,6 +57,16 @@ class Gate:
     @property
     def name(self) -> str:
         return self.target.name
+
+    @property
+    def size(self) -> int:
+        return self.target.sizes[0]
+
+    def case(self) -> Case:
+        """The one case timed for this gate."""
+        target = self.target
+        return Case(self.backend, target.path, self.size, RATE, target.direction, target.dtype,
+                    target.shapes)  # fmt: skip
 
     @property
     def limit(self) -> float:
@@ -74,9 +96,11 @@ class GateResult:
             return f"{head}: not measured: {self.error}"
         ratio = f"{gate.target.numerator}/{gate.target.denominator}"
         verdict = "within" if self.passed else "above"
+        target = gate.target
         return (
-            f"{head}: {ratio} = {self.ratio:.2f} at {SIZE:.0e}, p = {RATE:g}, {verdict} "
-            f"{MARGIN:g} x target {gate.target.limit:g} = {gate.limit:g}"
+            f"{head}: {ratio} = {self.ratio:.2f} at {gate.size:.0e}, p = {RATE:g}, "
+            f"{target.direction}, {target.dtype}, {target.shapes} shapes, {verdict} "
+            f"{MARGIN:g} x target {target.limit:g} = {gate.limit:g}"
         )
 
 
@@ -93,11 +117,9 @@ def gates(names: Sequence[str] = GATED) -> list[Gate]:
 
 def evaluate(gate: Gate, measurements: Iterable[Measurement]) -> GateResult:
     """The gate's verdict on what was measured for its path (fabricated timings do as well)."""
+    wanted = gate.case()
     for measurement in measurements:
-        case = measurement.case
-        if (case.path, case.size, case.p, case.direction) != (
-            gate.target.path, SIZE, RATE, FORWARD
-        ):  # fmt: skip
+        if measurement.case != wanted:
             continue
         ratio = gate.target.value(measurement)
         errors = "; ".join(f"{name}: {error}" for name, error in measurement.failures.items())
@@ -120,16 +142,21 @@ def check(
         if gate.backend in names and (wanted is None or gate.target.path in wanted)
     ]  # fmt: skip
     results = []
-    combined = Report([], {"check": True, "sizes": [SIZE], "rates": [RATE], "repeats": REPEATS})
+    sizes = sorted({gate.size for gate in chosen})
+    settings = {"check": True, "sizes": sizes, "rates": [RATE], "repeats": REPEATS}
+    combined = Report([], settings)
     for gate in chosen:
+        case = gate.case()
         report = run(
             [gate.backend],
-            sizes=[SIZE],
+            sizes=[case.size],
             rates=[RATE],
             repeats=REPEATS,
             min_sample=MIN_SAMPLE,
-            paths=[gate.target.path],
-            directions=[FORWARD],
+            paths=[case.path],
+            directions=[case.direction],
+            dtypes=[case.dtype],
+            shapes=[case.shapes],
             contenders=[gate.target.numerator, gate.target.denominator],
             progress=progress,
         )

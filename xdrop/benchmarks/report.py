@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -9,7 +10,11 @@ from xdrop import tables
 from xdrop.benchmarks.runner import Measurement, Report
 from xdrop.benchmarks.suites import (
     BACKWARD,
+    BFLOAT16,
+    CHANGING,
     COPY,
+    FIXED,
+    FLOAT32,
     FORWARD,
     FRAMEWORK,
     FRAMEWORK_EAGER,
@@ -17,7 +22,10 @@ from xdrop.benchmarks.suites import (
     NATIVE,
     SIGNATURE_PATH,
     XDROP,
+    Case,
 )
+from xdrop.benchmarks.timing import Timing
+from xdrop.errors import ArgumentValueError
 
 SCHEMA = 1
 CONTENDERS = (XDROP, NATIVE, FRAMEWORK, COPY, FRAMEWORK_EAGER, FRAMEWORK_GRAPH)
@@ -44,6 +52,8 @@ class Target:
     sizes: tuple[int, int | None] = (LARGE, None)  # inclusive bounds; None: no upper bound
     direction: str = FORWARD
     quantity: str = "ratio"  # or "memory": bytes per element of ``numerator``
+    dtype: str = FLOAT32
+    shapes: str = FIXED
 
     def applies(self, measurement: Measurement) -> bool:
         case = measurement.case
@@ -51,6 +61,8 @@ class Target:
         return (
             case.path == self.path
             and case.direction == self.direction
+            and case.dtype == self.dtype
+            and case.shapes == self.shapes
             and case.size >= low
             and (high is None or case.size <= high)
         )
@@ -80,18 +92,29 @@ TARGETS = (
     Target("NumPy vs Generator.random() < q", "numpy", XDROP, FRAMEWORK, 0.5),
     Target("TF eager vs tf.nn.dropout", "tf eager", XDROP, FRAMEWORK, 0.6),
     Target("tf.function vs tf.nn.dropout", "tf.function", XDROP, FRAMEWORK, 0.6),
-    # a known gap, not a goal: sizes known only at run time run the spec op by op (4.4 measured)
-    Target("tf.function, a None dimension, vs tf.nn.dropout (known gap)", SIGNATURE_PATH, XDROP,
-           FRAMEWORK, 5.0),
+    Target("tf.function, a None dimension, vs tf.nn.dropout", SIGNATURE_PATH, XDROP, FRAMEWORK,
+           0.6),
     Target("JAX eager vs Flax-style eager", "jax eager", XDROP, FRAMEWORK, 1.0),
+    # training: the gradient's pass too (torch eager's is above)
+    Target("tf.function forward+backward vs tf.nn.dropout", "tf.function", XDROP, FRAMEWORK, 0.6,
+           direction=BACKWARD),
+    # bfloat16, as mixed-precision training runs dropout
+    Target("torch eager bfloat16 vs F.dropout", "torch eager", XDROP, FRAMEWORK, 0.5,
+           dtype=BFLOAT16),
+    Target("jax.jit bfloat16 vs Flax-style under jit", "jax.jit", XDROP, FRAMEWORK, 0.5,
+           dtype=BFLOAT16),
+    # shapes that change from call to call, as dynamic padding makes them, once each has recurred
+    # (the first call of each shape is the churn benchmark's)
+    Target("TF eager, changing shapes, vs tf.nn.dropout", "tf eager", XDROP, FRAMEWORK, 0.6,
+           shapes=CHANGING),
     *(
         Target(f'rng="native" vs the framework, {path}', path, NATIVE, FRAMEWORK, 1.1)
         for path in ALL_PATHS
     ),
     *(
         Target(f"per-call overhead at 1e3, {path}", path, XDROP, FRAMEWORK,
-               2.0 if path in KERNEL_PATHS else 3.0, (SMALL, SMALL))
-        for path in EAGER_PATHS
+               3.0 if path == "jax eager" else 1.2, (SMALL, SMALL))
+        for path in (*EAGER_PATHS, "tf.function")
     ),
     *(Target(f"within 4x of the copy, {path}", path, XDROP, COPY, 4.0) for path in COMPILED_PATHS),
     *(
@@ -141,11 +164,11 @@ def table(report: Report, markdown: bool = False) -> str:
     table as a Markdown table under its title in bold (:func:`xdrop.tables.markdown`), as
     ``docs/performance.md`` records them, instead of aligned plain text."""
     blocks = []
-    groups: dict[tuple[str, str, str], list[Measurement]] = {}
+    groups: dict[str, list[Measurement]] = {}
     for measurement in report.measurements:
-        case = measurement.case
-        groups.setdefault((case.backend, case.path, case.direction), []).append(measurement)
-    for (backend, path, direction), measurements in groups.items():
+        groups.setdefault(title(measurement.case), []).append(measurement)
+    for heading, measurements in groups.items():
+        measurements = sorted(measurements, key=lambda m: (m.case.size, m.case.p))  # runs merged
         contenders = [name for name in CONTENDERS if any(name in m.timings for m in measurements)]
         ratios = [(a, b) for a, b in RATIOS if any(m.ratio(a, b) is not None for m in measurements)]
         memory = sorted({name for m in measurements for name in m.memory})
@@ -170,17 +193,24 @@ def table(report: Report, markdown: bool = False) -> str:
         notes = sorted(
             {f"{name}: {error}" for m in measurements for name, error in m.failures.items()}
         )
-        title = f"{backend} · {path} · {direction}"
         if markdown:  # a Markdown table and a list each need a blank line before them
             columns = tables.markdown(header, rows, align="<>")
             listed = ["", *(f"- {note}" for note in notes)] if notes else []
-            blocks.append("\n".join([f"**{title}**", "", columns, *listed]))
+            blocks.append("\n".join([f"**{heading}**", "", columns, *listed]))
         else:
             columns = tables.render(header, rows, align="<>")
-            blocks.append("\n".join([title, columns, *(f"  ! {note}" for note in notes)]))
+            blocks.append("\n".join([heading, columns, *(f"  ! {note}" for note in notes)]))
     for backend, reason in report.unavailable.items():
         blocks.append(f"{backend}: not measured ({reason})")
     return "\n\n".join(blocks)
+
+
+def title(case: Case) -> str:
+    """The title of the table that holds ``case``: backend, path, direction, dtype and shape
+    mode, e.g. ``torch · torch eager · forward · float32 · fixed shapes``."""
+    return " · ".join(
+        (case.backend, case.path, case.direction, case.dtype, f"{case.shapes} shapes")
+    )
 
 
 def targets_table(results: list[TargetResult], markdown: bool = False) -> str:
@@ -244,3 +274,43 @@ def document(report: Report) -> dict[str, Any]:
         ],
         "targets": [asdict(result) for result in check_targets(report)],
     }
+
+
+def from_documents(documents: list[dict[str, Any]]) -> Report:
+    """The report that :func:`document` wrote, or several of them as one (runs of different paths,
+    rates or sizes; the measurements in order, the first file's machine and versions, the load
+    averages of the first and the last): ``xdrop bench --load`` redraws tables and figures from
+    saved runs without timing anything again."""
+    if not documents:
+        raise ArgumentValueError("documents: no document to read; give at least one")
+    for data in documents:
+        if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+            schema = data.get("schema") if isinstance(data, dict) else None
+            raise ArgumentValueError(f"documents: a file of `xdrop bench --json` (schema "
+                                     f"{SCHEMA}) was expected; got schema {schema!r}")  # fmt: skip
+    fields = {field.name for field in dataclasses.fields(Case)}
+    measurements = [
+        Measurement(
+            Case(**{key: value for key, value in item.items() if key in fields}),
+            {
+                name: Timing(
+                    median=timing["median_seconds"],
+                    quartiles=(timing["quartile_seconds"][0], timing["quartile_seconds"][1]),
+                    first_call=timing["first_call_seconds"],
+                    calls_per_sample=timing["calls_per_sample"],
+                    samples=timing["samples_seconds"],
+                )
+                for name, timing in item["contenders"].items()
+            },
+            item["failures"],
+            item["memory_bytes_per_element"],
+            item["pid"],
+        )
+        for data in documents
+        for item in data["measurements"]
+    ]
+    first, last = documents[0], documents[-1]
+    machine = {**first["machine"], "load_after": last["machine"].get("load_after")}
+    unavailable = {name: why for data in documents for name, why in data["unavailable"].items()}
+    versions = {name: v for data in documents for name, v in data["versions"].items()}
+    return Report(measurements, first["settings"], unavailable, machine, versions)

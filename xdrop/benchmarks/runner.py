@@ -17,19 +17,38 @@ from pathlib import Path
 from typing import Any
 
 import xdrop
-from xdrop import kernel
-from xdrop.benchmarks.suites import SUITES, Case, Suite
-from xdrop.benchmarks.timing import Timing, describe_error, paired_ratio, time_interleaved
+from xdrop import api, kernel
+from xdrop.benchmarks import suites
+from xdrop.benchmarks.suites import CHANGING, DTYPES, FIXED, SHAPES, SUITES, Case, Suite
+from xdrop.benchmarks.timing import (
+    WARMUP_CALLS,
+    Timing,
+    describe_error,
+    paired_ratio,
+    time_interleaved,
+)
 
 SIZES = (10**3, 10**4, 10**6, 10**7)
 RATES = (0.1, 0.5)
 REPEATS = 7
 MIN_SAMPLE = 0.02
 """Seconds a timed sample lasts at least: short calls are repeated back to back within one."""
+CHANGING_WARMUP = api.COMPILE_AFTER + 1
+"""Untimed rounds through the pool of a changing-shapes case, so that the timing sees the steady
+state of shapes that recur (each traced by the compiler, and by xdrop compiled at its
+``COMPILE_AFTER + 1``-th eager call); shapes seen once are the churn benchmark's
+(:mod:`xdrop.benchmarks.churn`)."""
 FRESH = True
 """Whether :func:`run` starts a new process per path by default (tests of code that only this
 process can see, a patched suite say, turn it off)."""
-QUICK = {"sizes": (10**3, 10**6), "rates": (0.5,), "repeats": 3, "min_sample": 0.005}
+QUICK = {
+    "sizes": (10**3, 10**6),
+    "rates": (0.5,),
+    "repeats": 3,
+    "min_sample": 0.005,
+    "dtypes": ("float32",),
+    "shapes": (FIXED,),
+}
 DISTRIBUTIONS = {
     "numpy": ["numpy"],
     "torch": ["torch"],
@@ -85,14 +104,17 @@ def run(
     progress: Callable[[Case, int, int], None] | None = None,
     contenders: Iterable[str] | None = None,
     fresh: bool | None = None,
+    dtypes: Sequence[str] = DTYPES,
+    shapes: Sequence[str] = SHAPES,
 ) -> Report:
     """Time every case: for each backend (default: every installed one), each of its execution
-    paths (or those named in ``paths``), each direction, size and rate.
+    paths (or those named in ``paths``), each direction, dtype (``dtypes``: float32,
+    bfloat16), shape mode (``shapes``: ``"fixed"``, ``"changing"``), size and rate.
 
-    ``fresh`` (default :data:`FRESH`, true): each path runs in a new Python process, so that
-    none inherits what another left behind (a framework's caches, xdrop's staged programs and
-    call counts): a program's speed must not depend on what ran before it. ``fresh=False`` runs
-    every path in this process.
+    ``fresh`` (default :data:`FRESH`, true): each path, direction, dtype and shape mode runs in
+    a new Python process, so that none inherits what another left behind (a framework's caches,
+    xdrop's staged programs and call counts): a program's speed must not depend on what ran
+    before it. ``fresh=False`` runs every case in this process.
     ``contenders`` keeps only the contenders named (default: all of the suite's).
 
     ``progress(case, done, total)`` is called as each case starts, with the number of the
@@ -108,12 +130,16 @@ def run(
         "rates": list(rates),
         "repeats": repeats,
         "min_sample_seconds": min_sample,
+        "dtypes": list(dtypes),
+        "shapes": list(shapes),
     }
     report = Report([], settings, machine=machine())
     for name in names:
         if fresh:
             options = {**settings, "backends": [name], "contenders": wanted_contenders}
-            cases = _cases(SUITES[name], sizes, rates, wanted_paths, wanted_directions)
+            cases = _cases(
+                SUITES[name], sizes, rates, wanted_paths, wanted_directions, dtypes, shapes
+            )
             _run_in_fresh_processes(report, name, cases, options, progress)
             continue
         try:
@@ -122,7 +148,9 @@ def run(
             report.unavailable[name] = describe_error(error)
             continue
         with xdrop.use_backend(name):  # NumPy inputs of the NumPy suite run on NumPy
-            cases = _cases(type(suite), sizes, rates, wanted_paths, wanted_directions)
+            cases = _cases(
+                type(suite), sizes, rates, wanted_paths, wanted_directions, dtypes, shapes
+            )
             for done, case in enumerate(cases):
                 if progress is not None:
                     progress(case, done, len(cases))
@@ -146,17 +174,17 @@ def _run_in_fresh_processes(
     options: dict[str, Any],
     progress: Callable[[Case, int, int], None] | None,
 ) -> None:
-    """Time ``cases`` of ``backend``, one new process per path (``python -m
-    xdrop.benchmarks.worker``), into ``report``."""
-    by_path: dict[str, list[Case]] = {}
+    """Time ``cases`` of ``backend``, one new process per path, direction, dtype and shape mode
+    (``python -m xdrop.benchmarks.worker``), into ``report``."""
+    groups: dict[tuple[str, str, str, str], list[Case]] = {}
     for case in cases:
-        by_path.setdefault(case.path, []).append(case)
+        groups.setdefault(_process_of(case), []).append(case)
     done = 0
-    for path, path_cases in by_path.items():
+    for (path, direction, dtype, shapes), path_cases in groups.items():
         with tempfile.TemporaryDirectory(prefix="xdrop-bench-") as folder:
             result = Path(folder) / "result.json"
-            spec = json.dumps({**options, "paths": [path], "directions": sorted(
-                {case.direction for case in path_cases})})  # fmt: skip
+            spec = json.dumps({**options, "paths": [path], "directions": [direction],
+                               "dtypes": [dtype], "shapes": [shapes]})  # fmt: skip
             command = [sys.executable, "-m", "xdrop.benchmarks.worker", spec, str(result)]
             with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as process:
                 assert process.stdout is not None
@@ -173,12 +201,20 @@ def _run_in_fresh_processes(
             report.unavailable[backend] = document["unavailable"]
             return  # the framework cannot be imported: its other paths would say the same
         if document is None or status != 0:
-            error = f"the process timing {path!r} exited with status {status}"
+            error = (
+                f"the process timing {path!r} ({direction}, {dtype}, {shapes} shapes) "
+                f"exited with status {status}"
+            )
             report.measurements.extend(Measurement(case, {}, {"all": error}) for case in path_cases)
             continue
         report.measurements.extend(from_document(item) for item in document["measurements"])
     if progress is not None and cases:
         progress(cases[-1], len(cases), len(cases))
+
+
+def _process_of(case: Case) -> tuple[str, str, str, str]:
+    """What a case shares with the others timed in its process."""
+    return case.path, case.direction, case.dtype, case.shapes
 
 
 def to_document(measurement: Measurement) -> dict[str, Any]:
@@ -201,13 +237,17 @@ def _cases(
     rates: Sequence[float],
     paths: set[str] | None,
     directions: set[str] | None,
+    dtypes: Sequence[str] = DTYPES,
+    shapes: Sequence[str] = SHAPES,
 ) -> list[Case]:
     return [
-        Case(suite.backend, path, size, p, direction)
+        Case(suite.backend, path, size, p, direction, dtype, mode)
         for path in suite.paths
         if paths is None or path in paths
         for direction in suite.directions()
         if directions is None or direction in directions
+        for dtype in dtypes
+        for mode in shapes
         for size in sizes
         for p in rates
     ]
@@ -228,7 +268,8 @@ def measure(
         return Measurement(case, {}, {"all": describe_error(error)}, pid=os.getpid())
     if names is not None:
         contenders = {name: call for name, call in contenders.items() if name in names}
-    timings, failures = time_interleaved(contenders, repeats, min_sample)
+    warmup = WARMUP_CALLS + (CHANGING_WARMUP * suites.SHAPE_POOL if case.shapes == CHANGING else 0)
+    timings, failures = time_interleaved(contenders, repeats, min_sample, warmup)
     del contenders
     gc.collect()
     try:

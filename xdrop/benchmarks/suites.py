@@ -1,5 +1,6 @@
 """What is timed on each framework: xdrop (portable and ``rng="native"``), the framework's own
-dropout and a plain ``x * 2`` copy, in each execution mode, forward and forward+backward.
+dropout and a plain ``x * 2`` copy, in each execution mode, forward and forward+backward, in
+float32 and bfloat16, on one shape or on shapes that change from call to call.
 
 Each suite imports its framework only when it is used. A contender is a function of no arguments
 that runs one call to completion; seeds change from call to call (the framework's own dropout
@@ -33,16 +34,45 @@ FRAMEWORK_EAGER = "framework-eager"
 FRAMEWORK_GRAPH = "framework-graph"
 SEED_COUNT = 64  # seeds (or keys) made ahead of time and cycled through
 
+FLOAT32 = "float32"
+BFLOAT16 = "bfloat16"
+DTYPES = (FLOAT32, BFLOAT16)
+FIXED = "fixed"
+CHANGING = "changing"
+SHAPES = (FIXED, CHANGING)
+SHAPE_POOL = 8
+"""Distinct shapes a "changing" case cycles through, each call a different one from the last:
+as the batches of dynamic padding, whose sequence lengths recur from epoch to epoch."""
+
 
 @dataclass(frozen=True)
 class Case:
-    """One measurement: a backend's execution path at one size, rate and direction."""
+    """One measurement: a backend's execution path at one size, rate, direction, dtype and shape
+    mode (``"fixed"``: one 1-D shape of ``size`` elements; ``"changing"``: :func:`shapes`)."""
 
     backend: str
     path: str
     size: int
     p: float
     direction: str = FORWARD
+    dtype: str = FLOAT32
+    shapes: str = FIXED
+
+
+def shapes(case: Case) -> list[tuple[int, ...]]:
+    """The shapes of ``case``'s inputs: ``(size,)``, or, changing, :data:`SHAPE_POOL` shapes
+    ``(rows, width)`` of ``size`` elements within about 6%, rows differing (a batch's tokens by
+    the hidden width, the sequence length changing).
+
+    >>> shapes(Case("numpy", "numpy", 10**6, 0.5, shapes="changing"))[:3]
+    [(916, 1024), (931, 1024), (946, 1024)]
+    """
+    if case.shapes == FIXED:
+        return [(case.size,)]
+    width = max(1, min(1024, case.size // 64))
+    rows = max(1, case.size // width)
+    step = max(1, rows // 64)
+    return [(max(1, rows + (i - SHAPE_POOL // 2) * step), width) for i in range(SHAPE_POOL)]
 
 
 class Suite(abc.ABC):
@@ -80,31 +110,56 @@ class Suite(abc.ABC):
 
 
 # -- NumPy ------------------------------------------------------------------------------------------
+def numpy_dtype(name: str) -> np.dtype[Any]:
+    """NumPy's dtype of ``name``; bfloat16 is ml_dtypes' (NumPy has none of its own: ml_dtypes
+    is how JAX's and TensorFlow's bfloat16 arrays reach NumPy, and xdrop's kernel reads it)."""
+    if name != BFLOAT16:
+        return np.dtype(name)
+    try:
+        import ml_dtypes
+    except ImportError:
+        raise ImportError("bfloat16 on NumPy needs ml_dtypes (pip install ml_dtypes)") from None
+    bfloat16: np.dtype[Any] = np.dtype(ml_dtypes.bfloat16)
+    return bfloat16
+
+
 class NumpySuite(Suite):
     backend = framework = "numpy"
     paths = ("numpy",)
     differentiates = False
     framework_dropout = "where(Generator.random(shape) < q, x * s, 0)"
 
-    def contenders(self, case: Case) -> dict[str, Call]:
-        x = np.random.default_rng(0).standard_normal(case.size, dtype=np.float32)
-        p, q = case.p, 1.0 - case.p
-        scale = np.float32(1) / np.float32(q)
+    def _inputs(self, case: Case) -> list[Any]:
         generator = np.random.default_rng(0)
-        seeds = itertools.count()
+        dtype = numpy_dtype(case.dtype)
+        return [
+            generator.standard_normal(shape, dtype=np.float32).astype(dtype)
+            for shape in shapes(case)
+        ]
+
+    def contenders(self, case: Case) -> dict[str, Call]:
+        inputs = self._inputs(case)
+        dtype = inputs[0].dtype
+        p, q = case.p, 1.0 - case.p
+        # scalars of x's dtype: a float32 scalar would promote a bfloat16 array to float32
+        scale, zero, two = dtype.type(1.0 / q), dtype.type(0), dtype.type(2)
+        generator = np.random.default_rng(0)
+        functions: dict[str, Callable[[Any, Any], Any]] = {
+            XDROP: lambda x, seed: xdrop.dropout(x, p, seed=seed),
+            NATIVE: lambda x, seed: xdrop.dropout(x, p, seed=seed, rng="native"),
+            FRAMEWORK: lambda x, seed: np.where(generator.random(x.shape) < q, x * scale, zero),
+            COPY: lambda x, seed: x * two,
+        }
         return {
-            XDROP: lambda: xdrop.dropout(x, p, seed=next(seeds)),
-            NATIVE: lambda: xdrop.dropout(x, p, seed=next(seeds), rng="native"),
-            FRAMEWORK: lambda: np.where(generator.random(x.shape) < q, x * scale, np.float32(0)),
-            COPY: lambda: x * np.float32(2),
+            name: _bind(function, inputs, itertools.count()) for name, function in functions.items()
         }
 
     def memory(self, case: Case) -> dict[str, float]:
         """The peak of the memory allocated during one call (``tracemalloc``), output included."""
         calls = self.contenders(case)
-        x = np.ones(case.size, np.float32)
+        (x, *_) = self._inputs(case)
         calls[XDROP + " return_mask"] = lambda: xdrop.dropout(x, case.p, seed=0, return_mask=True)
-        return {name: peak_bytes(call) / case.size for name, call in calls.items()}
+        return {name: peak_bytes(call) / x.size for name, call in calls.items()}
 
 
 def peak_bytes(call: Call) -> int:
@@ -139,21 +194,30 @@ class TorchSuite(Suite):
             COPY: lambda x, seed: x * 2,
         }
 
-    def _inputs(self, case: Case) -> tuple[Any, Any]:
+    def _inputs(self, case: Case) -> list[tuple[Any, Any]]:
+        """``(x, the gradient flowing back)`` of each shape of the case."""
         torch = self.module
-        x = torch.randn(case.size, generator=torch.Generator().manual_seed(0))
-        x.requires_grad_(case.direction == BACKWARD)
-        return x, torch.ones(case.size)
+        dtype = getattr(torch, case.dtype)
+        generator = torch.Generator().manual_seed(0)
+        inputs = []
+        for shape in shapes(case):
+            x = torch.randn(shape, generator=generator).to(dtype)
+            x.requires_grad_(case.direction == BACKWARD)
+            inputs.append((x, torch.ones(shape, dtype=dtype)))
+        return inputs
 
     def contenders(self, case: Case) -> dict[str, Call]:
         torch = self.module
-        x, gradient = self._inputs(case)
+        inputs = self._inputs(case)
         functions = self._functions(case)
         if case.path == "torch.compile":
             torch._dynamo.reset()  # a fresh cache per case: no recompilation limit is reached
             eager_dropout = functions[FRAMEWORK]
+            # shapes that change compile as users leave it: a second compilation with dynamic
+            # sizes at the first change (``dynamic=None``)
+            dynamic = None if case.shapes == CHANGING else False
             functions = {
-                name: torch.compile(function, fullgraph=True, dynamic=False)
+                name: torch.compile(function, fullgraph=True, dynamic=dynamic)
                 for name, function in functions.items()
             }
             functions[FRAMEWORK_EAGER] = eager_dropout
@@ -163,9 +227,11 @@ class TorchSuite(Suite):
 
         def call(function: Callable[[Any, Any], Any]) -> Call:
             if case.direction == FORWARD:
-                return lambda: function(x, next(seeds))
+                return _bind(function, [x for x, _ in inputs], seeds)
+            pairs = itertools.cycle(inputs)
 
             def forward_backward() -> Any:
+                x, gradient = next(pairs)
                 return torch.autograd.grad(function(x, next(seeds)), x, gradient)
 
             return forward_backward
@@ -176,9 +242,9 @@ class TorchSuite(Suite):
         """Bytes saved for the backward pass, per element (distinct storages; ``x`` excluded)."""
         if case.direction != BACKWARD or case.path != "torch eager":
             return {}
-        x, _ = self._inputs(case)
+        ((x, _), *_) = self._inputs(case)
         return {
-            name: self._saved_bytes(function, x) / case.size
+            name: self._saved_bytes(function, x) / x.numel()
             for name, function in self._functions(case).items()
         }
 
@@ -198,7 +264,7 @@ class TorchSuite(Suite):
 
 # -- TensorFlow -------------------------------------------------------------------------------------
 SIGNATURE_PATH = "tf.function(input_signature)"
-"""``tf.function`` traced from an ``input_signature`` whose dimension is ``None``."""
+"""``tf.function`` traced from an ``input_signature`` whose first dimension is ``None``."""
 
 
 class TensorflowSuite(Suite):
@@ -215,8 +281,12 @@ class TensorflowSuite(Suite):
     def contenders(self, case: Case) -> dict[str, Call]:
         tf = self.module
         p = case.p
-        x = tf.random.stateless_normal((case.size,), seed=(0, 0))
-        gradient = tf.ones((case.size,))
+        dtype = getattr(tf, case.dtype)
+        pool = shapes(case)
+        inputs = [
+            tf.cast(tf.random.stateless_normal(shape, seed=(0, i)), dtype)
+            for i, shape in enumerate(pool)
+        ]
         functions: dict[str, Callable[[Any, Any], Any]] = {
             XDROP: lambda x, seed: xdrop.dropout(x, p, seed=seed),
             NATIVE: lambda x, seed: xdrop.dropout(x, p, seed=seed, rng="native"),
@@ -224,15 +294,17 @@ class TensorflowSuite(Suite):
             COPY: lambda x, seed: x * 2.0,
         }
         if case.direction == BACKWARD:
-            functions = {name: _taped(tf, f, gradient) for name, f in functions.items()}
+            functions = {name: _taped(tf, f) for name, f in functions.items()}
+            inputs = [(x, tf.ones_like(x)) for x in inputs]
         if case.path == "tf eager":
             seeds: Iterator[Any] = itertools.count()
         else:
             jit_compile = case.path == "tf.function(jit_compile)"
             # Keras and tf.saved_model trace with the batch dimension unknown: sizes in the graph
             # are known only at run time
+            spec = tf.TensorSpec([None, *pool[0][1:]], dtype)
             signature = (
-                (tf.TensorSpec([None], tf.float32), tf.TensorSpec([], tf.int64))
+                ((spec, spec) if case.direction == BACKWARD else spec, tf.TensorSpec([], tf.int64))
                 if case.path == SIGNATURE_PATH
                 else None
             )
@@ -248,13 +320,14 @@ class TensorflowSuite(Suite):
             seeds = itertools.cycle(
                 [tf.constant(seed, tf.int64) for seed in range(SEED_COUNT)]
             )  # tensors: a Python seed would retrace on every new value
-        return {name: _bind(function, x, seeds) for name, function in functions.items()}
+        return {name: _bind(function, inputs, seeds) for name, function in functions.items()}
 
 
-def _taped(
-    tf: Any, function: Callable[[Any, Any], Any], gradient: Any
-) -> Callable[[Any, Any], Any]:
-    def forward_backward(x: Any, seed: Any) -> Any:
+def _taped(tf: Any, function: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+    """``function`` forward and backward: its argument is ``(x, the gradient flowing back)``."""
+
+    def forward_backward(x_and_gradient: Any, seed: Any) -> Any:
+        x, gradient = x_and_gradient
         with tf.GradientTape() as tape:
             tape.watch(x)
             y = function(x, seed)
@@ -263,8 +336,14 @@ def _taped(
     return forward_backward
 
 
-def _bind(function: Callable[[Any, Any], Any], x: Any, seeds: Iterator[Any]) -> Call:
-    return lambda: function(x, next(seeds))
+def _bind(function: Callable[[Any, Any], Any], inputs: list[Any], seeds: Iterator[Any]) -> Call:
+    """One call of ``function`` on the next of ``inputs`` (each call a new one where there are
+    several) with the next seed."""
+    if len(inputs) == 1:
+        (x,) = inputs
+        return lambda: function(x, next(seeds))
+    cycle = itertools.cycle(inputs)
+    return lambda: function(next(cycle), next(seeds))
 
 
 # -- JAX --------------------------------------------------------------------------------------------
@@ -289,10 +368,14 @@ class JaxSuite(Suite):
             FRAMEWORK: flax_style,
             COPY: lambda x, seed: x * 2,
         }
-        x = jax.random.normal(jax.random.key(0), (case.size,))
-        gradient = jnp.ones((case.size,))
+        dtype = getattr(jnp, case.dtype)
+        inputs: list[Any] = [
+            jax.random.normal(jax.random.key(i), shape).astype(dtype)
+            for i, shape in enumerate(shapes(case))
+        ]
         if case.direction == BACKWARD:
-            functions = {name: _pulled_back(jax, f, gradient) for name, f in functions.items()}
+            functions = {name: _pulled_back(jax, f) for name, f in functions.items()}
+            inputs = [(x, jnp.ones_like(x)) for x in inputs]
         keys = [jax.random.key(seed) for seed in range(SEED_COUNT)]
         if case.path == "jax.jit":
             functions = {name: jax.jit(function) for name, function in functions.items()}
@@ -301,22 +384,27 @@ class JaxSuite(Suite):
             seeds = {name: itertools.cycle(range(SEED_COUNT)) for name in functions}
             seeds[FRAMEWORK] = itertools.cycle(keys)
         return {
-            name: _blocking(jax, function, x, seeds[name]) for name, function in functions.items()
+            name: _blocking(jax, function, inputs, seeds[name])
+            for name, function in functions.items()
         }
 
 
-def _pulled_back(
-    jax: Any, function: Callable[[Any, Any], Any], gradient: Any
-) -> Callable[[Any, Any], Any]:
-    def forward_backward(x: Any, seed: Any) -> Any:
+def _pulled_back(jax: Any, function: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+    """``function`` forward and backward: its argument is ``(x, the gradient flowing back)``."""
+
+    def forward_backward(x_and_gradient: Any, seed: Any) -> Any:
+        x, gradient = x_and_gradient
         y, pullback = jax.vjp(lambda v: function(v, seed), x)
         return y, pullback(gradient)[0]
 
     return forward_backward
 
 
-def _blocking(jax: Any, function: Callable[[Any, Any], Any], x: Any, seeds: Iterator[Any]) -> Call:
-    return lambda: jax.block_until_ready(function(x, next(seeds)))
+def _blocking(
+    jax: Any, function: Callable[[Any, Any], Any], inputs: list[Any], seeds: Iterator[Any]
+) -> Call:
+    call = _bind(function, inputs, seeds)
+    return lambda: jax.block_until_ready(call())
 
 
 SUITES: dict[str, type[Suite]] = {

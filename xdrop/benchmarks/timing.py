@@ -34,13 +34,14 @@ class Timing:
 
 
 def time_interleaved(
-    contenders: dict[str, Call], repeats: int, min_sample: float
+    contenders: dict[str, Call], repeats: int, min_sample: float, warmup: int = WARMUP_CALLS
 ) -> tuple[dict[str, Timing], dict[str, str]]:
-    """Time each contender: a first call (timed apart: compilation), warm-up calls, then
+    """Time each contender: a first call (timed apart: compilation), ``warmup`` calls, then
     ``repeats`` rounds in which every contender runs one sample of at least ``min_sample``
     seconds. The order of the contenders rotates from round to round; the garbage collector is
-    off while a sample runs. Returns the timings and, for contenders whose first call raised
-    (a framework that cannot compile its own dropout, say), the error instead."""
+    off while a sample runs. Returns the timings and, for contenders whose first call or a
+    warm-up call raised (a framework that cannot compile its own dropout, or a new shape, say),
+    the error instead."""
     first_call: dict[str, float] = {}
     failures: dict[str, str] = {}
     for name, call in contenders.items():
@@ -48,10 +49,14 @@ def time_interleaved(
             first_call[name] = _seconds(call)
         except Exception as error:  # reported in place of the contender's time
             failures[name] = describe_error(error)
+    for name in list(first_call):
+        try:  # a later call may fail where the first did not (a new shape recompiles)
+            for _ in range(warmup):
+                contenders[name]()
+        except Exception as error:
+            failures[name] = describe_error(error)
+            del first_call[name]
     contenders = {name: call for name, call in contenders.items() if name in first_call}
-    for call in contenders.values():
-        for _ in range(WARMUP_CALLS):
-            call()
     number = {
         name: max(1, math.ceil(min_sample / max(_seconds(call), 1e-9)))
         for name, call in contenders.items()

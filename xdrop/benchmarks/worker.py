@@ -35,6 +35,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         paths=spec["paths"],
         directions=spec["directions"],
         contenders=spec["contenders"],
+        dtypes=spec["dtypes"],
+        shapes=spec["shapes"],
         progress=announce,
         fresh=False,
     )
