@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
 import xdrop
+from xdrop import reference
 
 pytest.importorskip("flax")
 import jax
@@ -39,7 +43,7 @@ def test_the_t_th_call_draws_fold_in_seed_t(seed):
     x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 33)), jnp.float32)
     for step in range(4):
         np.testing.assert_array_equal(layer(x), contract(x, 0.3, seed, step))
-    assert int(layer.step[...]) == 4
+    assert layer.step_value == 4
     assert layer.seed_value == seed
 
 
@@ -50,7 +54,7 @@ def test_deterministic_calls_draw_nothing_and_do_not_advance_the_step():
     layer.eval()
     assert layer.deterministic and layer(x) is x
     assert nnx.view(layer, deterministic=False)(x) is not x  # a view draws step 1 ...
-    assert int(layer.step[...]) == 2  # ... in the state it shares with the layer
+    assert layer.step_value == 2  # ... in the state it shares with the layer
     layer.train()
     np.testing.assert_array_equal(layer(x), contract(x, 0.5, 1, 2))
     classic = Dropout(0.25, seed=1, mode="classic", deterministic=True)
@@ -78,7 +82,7 @@ def test_broadcast_dims_outside_the_input_are_refused(dims):
         xdrop.ArgumentValueError,
         f"broadcast_dims must be axes in [-2, 2) of the 2-d inputs, got {dims!r}",
     )
-    assert int(layer.step[...]) == 0  # a refused call draws nothing
+    assert layer.step_value == 0  # a refused call draws nothing
     np.testing.assert_array_equal(
         Dropout(0.5, broadcast_dims=(1, -2), seed=9)(jnp.ones((2, 4))),
         contract(jnp.ones((2, 4)), 0.5, 9, 0, noise_shape=(1, 1)),
@@ -106,7 +110,7 @@ def test_a_wrong_rank_is_refused_in_training_and_evaluation_alike(
     layer = make()
     call = lambda: layer(jnp.ones(shape), deterministic=deterministic)  # noqa: E731
     assert_refused(call, xdrop.ArgumentValueError, message)
-    assert int(layer.step[...]) == 0
+    assert layer.step_value == 0
 
 
 def test_an_nnx_jit_training_step_advances_the_stream_and_trains():
@@ -134,7 +138,7 @@ def test_an_nnx_jit_training_step_advances_the_stream_and_trains():
         loss, out = step(model, optimizer, x)
         np.testing.assert_allclose(out, eager(x), rtol=1e-5, atol=1e-6)  # the same mask
         losses.append(float(loss))
-    assert int(model.drop.step[...]) == int(eager.drop.step[...]) == 40
+    assert model.drop.step_value == eager.drop.step_value == 40
     assert losses[-1] < losses[0] / 2
 
 
@@ -148,7 +152,7 @@ def test_the_state_is_not_a_parameter_and_round_trips_through_split_and_merge():
     graph, state = nnx.split(model)
     merged = nnx.merge(graph, state)
     np.testing.assert_array_equal(merged(x), independent(x))
-    assert int(model.drop.step[...]) == int(independent.drop.step[...]) == 2
+    assert model.drop.step_value == independent.drop.step_value == 2
 
 
 def test_a_pure_dict_of_the_state_restores_the_stream():
@@ -187,7 +191,7 @@ def test_a_bad_deterministic_at_call_time_or_in_a_view_is_refused(value):
         lambda: layer(jnp.ones(4), deterministic=value), xdrop.ArgumentTypeError, message
     )
     assert_refused(lambda: nnx.view(layer, deterministic=value), xdrop.ArgumentTypeError, message)
-    assert int(layer.step[...]) == 0 and layer.deterministic is False
+    assert layer.step_value == 0 and layer.deterministic is False
 
 
 def test_a_model_trains_on_digits_as_well_as_with_nnx_dropout():
@@ -226,3 +230,159 @@ def test_a_model_trains_on_digits_as_well_as_with_nnx_dropout():
     own_accuracy, ours = accuracies
     assert ours > 0.9
     assert abs(ours - own_accuracy) < 0.03, accuracies
+
+
+# -- Flax code that passes rngs ---------------------------------------------------------------------
+def test_given_rngs_each_training_call_draws_with_the_streams_next_key():
+    layer, x = Dropout(0.5, rngs=nnx.Rngs(dropout=3)), jnp.ones((4, 9))
+    keys = nnx.Rngs(dropout=3).fork()  # the layer forks the stream it is given, as Flax's does
+    for _ in range(3):
+        np.testing.assert_array_equal(layer(x), xdrop.dropout(x, 0.5, seed=keys.dropout()))
+    assert int(layer.rngs.count[...]) == 3
+    assert layer(x, deterministic=True) is x
+    assert int(layer.rngs.count[...]) == 3  # evaluation draws no key
+
+
+def test_rngs_of_the_call_take_precedence_and_leave_the_modules_stream_alone():
+    x = jnp.ones((2, 8))
+    flax_style, own = Dropout(0.5, rngs=nnx.Rngs(dropout=0)), Dropout(0.5, seed=5)
+    key = jax.random.key(11)
+    for layer in (flax_style, own):
+        np.testing.assert_array_equal(layer(x, rngs=key), xdrop.dropout(x, 0.5, seed=key))
+        stream = nnx.Rngs(dropout=4)
+        expected = xdrop.dropout(x, 0.5, seed=nnx.Rngs(dropout=4).dropout())
+        np.testing.assert_array_equal(layer(x, rngs=stream), expected)
+        assert int(stream.dropout.count[...]) == 1
+    assert int(flax_style.rngs.count[...]) == 0 and own.step_value == 0
+
+
+def test_an_rngs_without_the_collection_gives_its_default_stream_as_in_flax():
+    layer, x = Dropout(0.5, rngs=nnx.Rngs(7)), jnp.ones(16)
+    np.testing.assert_array_equal(layer(x), xdrop.dropout(x, 0.5, seed=nnx.Rngs(7).fork()()))
+    other = Dropout(0.5, rng_collection="noise", rngs=nnx.Rngs(noise=2, dropout=1))
+    np.testing.assert_array_equal(
+        other(x), xdrop.dropout(x, 0.5, seed=nnx.Rngs(noise=2).fork().noise())
+    )
+
+
+@pytest.mark.parametrize(
+    "make", [AlphaDropout, DropPath, lambda rate, **kw: DropBlock2D(rate, 3, **kw)]
+)
+def test_the_family_takes_rngs_too(make):
+    layer, x = make(0.3, rngs=nnx.Rngs(dropout=1)), jnp.ones((2, 6, 6, 3))
+    same = make(0.3, seed=0)
+    np.testing.assert_array_equal(layer(x), same(x, rngs=nnx.Rngs(dropout=1).fork()))
+
+
+@pytest.mark.parametrize(
+    ("arguments", "error", "message"),
+    [({"seed": 1, "rngs": nnx.Rngs(0)}, xdrop.ArgumentValueError,
+      "seed and rngs are two sources of masks: give one, got seed=1 and rngs"),
+     ({"rngs": 0}, xdrop.ArgumentTypeError,
+      "rngs must be an nnx.Rngs, an nnx.RngStream or None, got 0 of type int"),
+     ({"rng_collection": 1}, xdrop.ArgumentTypeError,
+      "rng_collection must be the name of a stream of nnx.Rngs, got 1")],
+)  # fmt: skip
+def test_bad_rngs_are_refused_as_flax_refuses_them(arguments, error, message):
+    assert_refused(lambda: Dropout(0.5, **arguments), error, message)
+    layer = Dropout(0.5, seed=0)
+    assert_refused(
+        lambda: layer(jnp.ones(3), rngs="key"),
+        xdrop.ArgumentTypeError,
+        "rngs must be an nnx.Rngs, an nnx.RngStream, a JAX key or None, got 'key'",
+    )
+
+
+def test_deterministic_none_must_be_given_at_the_call_as_in_flax():
+    layer, x = Dropout(0.5, deterministic=None, seed=0), jnp.ones(4)
+    with pytest.raises(ValueError, match="deterministic must be True or False, got None both"):
+        layer(x)
+    assert layer(x, deterministic=True) is x
+    np.testing.assert_array_equal(layer(x, deterministic=False), contract(x, 0.5, 0, 0))
+
+
+def test_view_info_describes_the_deterministic_view():
+    model = nnx.Sequential(nnx.Linear(2, 2, rngs=nnx.Rngs(0)), Dropout(0.5, seed=0))
+    info = nnx.view_info(model)
+    assert "Dropout:\n  deterministic: bool | None = None\n    if True, the module returns" in info
+    assert nnx.view(model, deterministic=True).layers[1].deterministic is True
+
+
+RESUME = """
+import sys, jax, jax.numpy as jnp, numpy as np, optax
+from flax import nnx
+from xdrop.layers.flax import Dropout
+
+class Net(nnx.Module):  # written as Flax code is: rngs everywhere
+    def __init__(self, rngs):
+        self.hidden = nnx.Linear(8, 32, rngs=rngs)
+        self.drop = Dropout(0.3, rngs=rngs)
+        self.out = nnx.Linear(32, 2, rngs=rngs)
+
+    def __call__(self, x):
+        return self.out(self.drop(nnx.relu(self.hidden(x))))
+
+@nnx.jit
+def step(model, optimizer, x, y):
+    loss, grads = nnx.value_and_grad(lambda m: ((m(x) - y) ** 2).mean())(model)
+    optimizer.update(model, grads)
+    return loss
+
+def as_numpy(a):
+    is_key = jnp.issubdtype(a.dtype, jax.dtypes.prng_key)
+    return np.asarray(jax.random.key_data(a) if is_key else a)
+
+def as_jax(like, a):
+    is_key = jnp.issubdtype(like.dtype, jax.dtypes.prng_key)
+    return jax.random.wrap_key_data(a) if is_key else jnp.asarray(a)
+
+path, phase = sys.argv[1], sys.argv[2]
+x = jnp.asarray(np.random.default_rng(0).normal(size=(16, 8)), jnp.float32)
+y = x[:, :2]
+model = Net(nnx.Rngs(params=0, dropout=1))
+optimizer = nnx.Optimizer(model, optax.sgd(0.1), wrt=nnx.Param)
+if phase == "resume":
+    saved = dict(np.load(path + ".npz"))
+    state = nnx.state((model, optimizer))
+    flat = nnx.to_flat_state(state)
+    for key, variable in flat:
+        variable.set_value(as_jax(variable.get_value(), saved["/".join(map(str, key))]))
+    nnx.update((model, optimizer), nnx.from_flat_state(flat))
+else:
+    for _ in range(3):
+        step(model, optimizer, x, y)
+    flat = nnx.to_flat_state(nnx.state((model, optimizer)))
+    np.savez(path, **{"/".join(map(str, k)): as_numpy(v.get_value()) for k, v in flat})
+losses = [float(step(model, optimizer, x, y)) for _ in range(4)]
+print(repr(losses))
+"""
+
+
+def test_a_flax_model_passing_rngs_checkpoints_and_resumes_bit_for_bit(tmp_path):
+    pytest.importorskip("optax")
+    script = tmp_path / "resume.py"
+    script.write_text(RESUME)
+    path = str(tmp_path / "checkpoint")
+
+    def run(phase: str) -> str:
+        command = [sys.executable, str(script), path, phase]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stdout.strip().splitlines()[-1]
+
+    trained, resumed = run("train"), run("resume")  # the resume runs in a new process
+    assert trained == resumed
+    assert len(set(eval(trained))) == 4  # the losses move: the masks and the weights changed
+
+
+def test_the_step_carries_past_2_to_the_32_instead_of_repeating_the_stream():
+    layer, x = Dropout(0.5, seed=6), jnp.ones(64)
+    layer.step[...] = jnp.asarray([0, 2**32 - 1], jnp.uint32)
+    np.testing.assert_array_equal(layer(x), contract(x, 0.5, 6, 2**32 - 1))
+    assert layer.step_value == 2**32
+    # Threefry of the seed's key at counter (1, 0): the high word carries into the counter
+    high, low = reference.threefry2x32(reference.seed_key(6), (1, 0))
+    carried = (high << 32) | low
+    np.testing.assert_array_equal(layer(x), xdrop.dropout(x, 0.5, seed=carried))
+    assert layer.step_value == 2**32 + 1
+    assert not np.array_equal(layer(x), contract(x, 0.5, 6, 1))  # not step 1's mask again

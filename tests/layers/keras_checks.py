@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import xdrop
+from xdrop import reference
 
 keras = pytest.importorskip("keras")
 from layers.shared import assert_refused, check_seed_none_draws_once, digits  # noqa: E402
@@ -19,6 +20,7 @@ from xdrop.layers.keras import (  # noqa: E402
     Dropout,
     DropPath,
     GaussianDropout,
+    GaussianNoise,
     SpatialDropout1D,
     SpatialDropout2D,
     SpatialDropout3D,
@@ -38,7 +40,7 @@ def contract(x, rate, seed, step, **options):  # type: ignore[no-untyped-def]
 
 
 def step_of(layer):  # type: ignore[no-untyped-def]
-    return int(host(layer.step.value))
+    return layer.step
 
 
 @pytest.mark.parametrize("seed", [0, 2**63, 2**64 - 1])
@@ -65,11 +67,74 @@ def test_seed_none_draws_once_from_the_global_generator():
     check_seed_none_draws_once(lambda: Dropout(0.5), lambda layer: layer.seed)
 
 
-def test_the_seed_and_step_are_non_trainable_int32_variables():
+def test_the_stream_is_one_seed_generator_and_no_weights_as_keras_counts_them():
+    from xdrop.layers.keras import SeedStream
+
     layer = Dropout(0.5, seed=2**64 - 1)
-    assert layer.trainable_weights == []
-    assert [v.dtype for v in layer.non_trainable_weights] == ["int32", "int32"]
-    assert [v.path.split("/")[-1] for v in layer.non_trainable_weights] == ["seed", "step"]
+    assert layer.weights == [] and layer.trainable_variables == []
+    assert isinstance(layer.seed_generator, SeedStream)
+    assert isinstance(layer.seed_generator, keras.random.SeedGenerator)
+    assert layer._seed_generators == [layer.seed_generator]
+    state = layer.seed_generator.state
+    assert layer.non_trainable_variables == [state]
+    assert (state.dtype, tuple(state.shape), state.trainable) == ("int32", (4,), False)
+    layer(np.ones((2, 3), "float32"), training=True)
+    np.testing.assert_array_equal(host(state.value), np.array([-1, -1, 0, 1], "int32"))
+    assert (layer.seed, layer.step) == (2**64 - 1, 1)
+
+
+@pytest.mark.parametrize("seed", [5, 2**64 - 1])
+def test_the_step_carries_into_its_high_word_instead_of_wrapping(seed):
+    layer, x = Dropout(0.5, seed=seed), np.ones((4, 33), "float32")
+    high, low = seed >> 32, seed & 0xFFFF_FFFF
+    words = np.array([high, low, 0, 2**32 - 1], np.uint32).view(np.int32)
+    layer.seed_generator.state.assign(words)
+    assert layer.step == 2**32 - 1
+    np.testing.assert_array_equal(host(layer(x, training=True)), contract(x, 0.5, seed, 2**32 - 1))
+    assert layer.step == 2**32
+    # draw t uses Threefry of the seed's key at counter (t_hi, t_lo), as the torch and Flax
+    # layers do: no earlier draw's seed
+    for t_low in range(2):
+        y0, y1 = reference.threefry2x32(reference.seed_key(seed), (1, t_low))
+        expected = np.asarray(xdrop.dropout(x, 0.5, seed=y0 << 32 | y1))
+        np.testing.assert_array_equal(host(layer(x, training=True)), expected)
+        assert not np.array_equal(expected, contract(x, 0.5, seed, t_low))
+    assert layer.step == 2**32 + 2
+    np.testing.assert_array_equal(
+        host(layer.seed_generator.state.value),
+        np.array([high, low, 1, 2], np.uint32).view(np.int32),
+    )
+
+
+def test_keras_random_functions_draw_from_the_stream_and_advance_it():
+    layer = Dropout(0.5, seed=3)
+    first = host(keras.random.normal((4,), seed=layer.seed_generator))
+    second = host(keras.random.uniform((4,), seed=layer.seed_generator))
+    assert layer.step == 2 and first.shape == second.shape == (4,)
+    again = Dropout(0.5, seed=3)
+    np.testing.assert_array_equal(host(keras.random.normal((4,), seed=again.seed_generator)), first)
+
+
+@pytest.mark.parametrize(
+    ("values", "error", "message"),
+    [([np.array([0.0, 7.0, 0.0, 1.0])], xdrop.ArgumentTypeError, "<array of float64>"),
+     ([np.array([0, 7], "int32"), np.array(1.5)], xdrop.ArgumentTypeError, "<array of float64>"),
+     ([np.array([0, 2**40, 0, 1], "int64")], xdrop.ArgumentValueError, "[0, 1099511627776, 0, 1]"),
+     ([np.array([0, 7, 1], "int32")], xdrop.ArgumentValueError, "<arrays of shapes [(3,)]>")],
+)  # fmt: skip
+def test_loaded_state_that_is_not_int32_words_is_refused(values, error, message):
+    layer = Dropout(0.5, seed=1, name="d")
+    store = {str(i): value for i, value in enumerate(values)}
+    assert_refused(lambda: layer.load_own_variables(store), error, "the state of layer 'd' must be")
+    assert_refused(lambda: layer.load_own_variables(store), error, message)
+    assert (layer.seed, layer.step) == (1, 0)
+
+
+def test_state_saved_as_a_seed_variable_and_a_step_variable_loads():
+    """Files written before the stream became a seed generator hold int32[2] seed, int32 step."""
+    layer = Dropout(0.5, seed=1)
+    layer.load_own_variables({"0": np.array([-1, 5], "int32"), "1": np.array(-2, "int32")})
+    assert (layer.seed, layer.step) == ((2**32 - 1) << 32 | 5, 2**32 - 2)
 
 
 def test_get_config_and_from_config_round_trip_the_seed():
@@ -200,6 +265,15 @@ def test_noise_shape_with_none_entries():
     ("make", "error", "message"),
     [(lambda: Dropout(1.5), xdrop.ArgumentValueError, "rate must be a real number in [0, 1], got 1.5"),
      (lambda: Dropout(0.5, seed=2**64), xdrop.ArgumentValueError, "seed must be an integer in [0, 2**64)"),
+     # a ValueError where Keras' layers raise one: a seed or noise shape of another type
+     (lambda: Dropout(0.5, seed=1.5), xdrop.ArgumentValueError,
+      "seed must be an integer in [0, 2**64), an xdrop.Generator or None, got 1.5 of type float"),
+     (lambda: Dropout(0.5, noise_shape="a"), xdrop.ArgumentValueError, "noise_shape must be None or"),
+     (lambda: Dropout(0.5, noise_shape=(2, 1.5)), xdrop.ArgumentValueError, "got (2, 1.5) of type tuple"),
+     (lambda: Dropout("0.5"), xdrop.ArgumentTypeError, "rate must be a real number in [0, 1], got '0.5'"),
+     (lambda: GaussianNoise(1.5), xdrop.ArgumentValueError, "stddev must be a real number in [0, 1], got 1.5"),
+     (lambda: GaussianNoise(0.5, mode="classic"), xdrop.ArgumentTypeError,
+      "GaussianNoise takes no 'mode' argument"),
      (lambda: Dropout(0.5, mode="x"), xdrop.ArgumentValueError, 'mode must be one of "inverted", "classic"'),
      (lambda: SpatialDropout2D(0.5, data_format="nhwc"), xdrop.ArgumentValueError,
       "data_format must be None, \"channels_first\" or \"channels_last\", got 'nhwc'"),
@@ -285,12 +359,14 @@ def test_a_model_trains_on_digits_as_well_as_with_keras_dropout():
 
 # -- the family --------------------------------------------------------------------------------------
 def family_cases():  # type: ignore[no-untyped-def]
+    from xdrop.layers import common
     from xdrop.layers import keras as layers
 
     return [
         (lambda: layers.AlphaDropout(0.3, seed=5), lambda x, s: xdrop.alpha_dropout(x, 0.3, seed=s)),
         (lambda: layers.GaussianDropout(0.3, seed=5), lambda x, s: xdrop.gaussian_dropout(x, 0.3, seed=s)),
         (lambda: layers.DropPath(0.3, seed=5), lambda x, s: xdrop.drop_path(x, 0.3, seed=s)),
+        (lambda: layers.GaussianNoise(0.3, seed=5), lambda x, s: common.gaussian_noise(x, 0.3, s)),
         (
             lambda: layers.DropBlock2D(0.3, 3, data_format="channels_last", seed=5),
             lambda x, s: xdrop.drop_block(x, 0.3, 3, seed=s, data_format="channels_last"),
@@ -334,3 +410,58 @@ def test_mc_sampling_leaves_batch_normalization_on_its_moving_statistics():
     np.testing.assert_array_equal(host(model.layers[1].moving_mean), moving)
     set_mc_sampling(model, False)
     np.testing.assert_array_equal(model.predict(x, verbose=0), model.predict(x, verbose=0))
+
+
+# -- every Keras regularization layer, swapped for xdrop's -------------------------------------------
+def run_every_layer(action, directory):  # type: ignore[no-untyped-def]
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).with_name("keras_every_layer.py")
+    run = subprocess.run([sys.executable, str(script), action, str(directory)],
+                         capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+
+
+def test_a_model_with_every_regularization_layer_resumes_bit_for_bit_in_a_fresh_process(tmp_path):
+    from layers.keras_every_layer import model, train
+
+    built = model(seed=2**64 - 20)
+    train(built)
+    built.save(tmp_path / "model.keras")
+    steps = [layer.step for layer in built.layers if hasattr(layer, "seed_generator")]
+    assert steps == [4] * 7  # one training call per batch (3) and one more, for the output
+    uninterrupted = train(built)
+    run_every_layer("resume", tmp_path)
+    resumed = dict(np.load(tmp_path / "resumed.npz"))
+    assert resumed.keys() == uninterrupted.keys()
+    assert (
+        len([key for key in resumed if key.startswith("variable")]) == 7 + 6
+    )  # 7 streams, 3 dense kernels and biases
+    for key, value in uninterrupted.items():
+        np.testing.assert_array_equal(resumed[key], value, err_msg=key)
+
+
+def test_loading_without_importing_the_layers_fails_with_an_error_that_names_the_module(tmp_path):
+    from layers.keras_every_layer import model
+
+    model().save(tmp_path / "model.keras")
+    run_every_layer("load-only", tmp_path)
+    error = (tmp_path / "error.txt").read_text()
+    # Keras imports the module a config names only for its own packages (keras, keras_hub...):
+    # its error names the class, says to import it, and shows the module that defines it
+    assert error.startswith("TypeError: "), error[:300]
+    assert "Could not locate class 'SpatialDropout3D'" in error, error[:300]
+    assert "make sure they are all imported" in error, error[:300]
+    assert "{'module': 'xdrop.layers.keras', 'class_name': 'SpatialDropout3D'" in error, error[:300]
+
+
+def test_gaussian_noise_adds_the_normals_gaussian_dropout_multiplies_by():
+    from xdrop.layers.keras import GaussianNoise
+
+    x = np.zeros((3, 50), "float32")
+    noise = host(GaussianNoise(1.0, seed=4)(x, training=True))  # z itself
+    factor = xdrop.gaussian_dropout(np.ones_like(x), 0.5, seed=xdrop.fold_in(4, 0))  # 1 + 1 * z
+    np.testing.assert_allclose(noise, factor - 1, rtol=0, atol=2e-6)
+    assert 0.8 < noise.std() < 1.2

@@ -12,10 +12,21 @@ from typing import Any
 import numpy as np
 
 import xdrop
+from xdrop import api, seeds, spec
 from xdrop.errors import Shown, bad_type, bad_value
+from xdrop.protocol import FamilyBackend, SeedBackend, require
+from xdrop.registry import backend_for
 from xdrop.seeds import Generator, global_generator
 from xdrop.typing import Mode
-from xdrop.validation import as_integer, check_choice, check_flag, check_seed, is_integer
+from xdrop.validation import (
+    as_input_array,
+    as_integer,
+    check_choice,
+    check_flag,
+    check_float_dtype,
+    check_seed,
+    is_integer,
+)
 
 
 def check_layer_rate(argument: str, rate: object) -> float:
@@ -39,6 +50,21 @@ def initial_seed(seed: object) -> int:
     if as_integer(seed) is None:
         raise bad_type("seed", seed, "an integer in [0, 2**64), an xdrop.Generator or None")
     return check_seed(seed)
+
+
+def step_seed(seed: Any, step: Any) -> Any:
+    """The seed of a layer's step ``t``, for seed and step held as arrays of one framework:
+    Threefry-2x32 of the seed's key at counter ``(t >> 32, t & 0xFFFFFFFF)``, ``t`` read as its
+    unsigned two's complement.
+
+    Below ``2**32`` the counter is ``(0, t)``, so this is exactly ``xdrop.fold_in(seed, t)``,
+    the layers' contract. Above, the high word carries into the counter instead of being dropped:
+    the stream never repeats within ``2**64`` steps (a signed int64 step that wraps past
+    ``2**63 - 1`` keeps going on fresh counters), at the cost of one fold."""
+    xp = backend_for(seed)
+    arrays = require(xp, SeedBackend, "a layer's stream", "hold the seed in an integer array")
+    high, low = arrays.seed_words(step)
+    return arrays.seed_array(spec.threefry2x32(xp, arrays.seed_words(seed), (high, low)))
 
 
 def seed_words(seed: int) -> tuple[int, int]:
@@ -210,15 +236,96 @@ class DropPathDraws(FamilyDraws):
 
 
 class DropBlock2DDraws(FamilyDraws):
-    """:func:`xdrop.drop_block`: drops square blocks of ``block_size`` of each feature map."""
+    """:func:`xdrop.drop_block`: drops square (``spatial_dims = 3``: cubic) blocks of
+    ``block_size`` of each feature map. The class attributes are the function's defaults; a
+    layer that takes timm's or torchvision's arguments sets them on the instance."""
 
     block_size: int
     data_format: str
+    spatial_dims = 2
+    couple_channels = False
+    scale_by_keep = True
+    with_noise = False
+    gamma_scale = 1.0
+    eps = 0.0
 
     def _ranks_allowed(self, ndim: int) -> str | None:
-        return None if ndim == 4 else self._feature_map(2, self.data_format)
+        spatial = self.spatial_dims
+        return None if ndim == spatial + 2 else self._feature_map(spatial, self.data_format)
 
     def _draw(self, inputs: Any, rate: float, seed: Any, noise_shape: Any) -> Any:
         return xdrop.drop_block(
-            inputs, rate, self.block_size, data_format=self.data_format, seed=seed
+            inputs,
+            rate,
+            self.block_size,
+            data_format=self.data_format,
+            couple_channels=self.couple_channels,
+            scale_by_keep=self.scale_by_keep,
+            with_noise=self.with_noise,
+            gamma_scale=self.gamma_scale,
+            eps=self.eps,
+            seed=seed,
         )
+
+
+def check_gamma_scale(gamma_scale: object) -> float:
+    """timm's ``gamma_scale``: a finite real number above 0 that multiplies DropBlock's gamma."""
+    allowed = "a finite real number above 0"
+    if isinstance(gamma_scale, (bool, np.bool_)) or not isinstance(gamma_scale, numbers.Real):
+        raise bad_type("gamma_scale", gamma_scale, allowed)
+    value = float(gamma_scale)
+    if not (np.isfinite(value) and value > 0):
+        raise bad_value("gamma_scale", gamma_scale, allowed)
+    return value
+
+
+def check_eps(eps: object) -> float:
+    """torchvision's ``eps``: a finite real number at least 0 added to DropBlock's kept count."""
+    allowed = "a finite real number at least 0"
+    if isinstance(eps, (bool, np.bool_)) or not isinstance(eps, numbers.Real):
+        raise bad_type("eps", eps, allowed)
+    value = float(eps)
+    if not (np.isfinite(value) and value >= 0):
+        raise bad_value("eps", eps, allowed)
+    return value
+
+
+def layer_rate(p: object, drop_prob: object, default: float) -> tuple[object, str]:
+    """The rate a torch drop layer was given, as torchvision spells it (``p``) or timm
+    (``drop_prob``), and which: ``"torchvision"`` for ``p``, ``"timm"`` for ``drop_prob`` or
+    neither (then ``default``). Both is an error: one of them would be ignored."""
+    if p is not None and drop_prob is not None:
+        raise bad_value(
+            "drop_prob", drop_prob, f"None when p is given (p={p!r}): the rate is p or drop_prob"
+        )
+    if drop_prob is not None:
+        return drop_prob, "timm"
+    if p is not None:
+        return p, "torchvision"
+    return default, "timm"
+
+
+def gaussian_noise(x: Any, stddev: float, seed: Any) -> Any:
+    """Additive Gaussian noise: ``x + dtype(float32(stddev) * z)``, with ``z`` the float32 standard
+    normals of the specification ("Normals") that :func:`xdrop.gaussian_dropout` draws for the same
+    seed, one per element of ``x``. ``stddev == 0`` returns ``x``."""
+    xp = backend_for(x)
+    x = as_input_array(xp, x)
+    dtype = check_float_dtype(xp.dtype_name(x))
+    family = require(xp, FamilyBackend, "GaussianNoise in training")
+    resolved = api.resolve_seed(family, seed, "portable", x)
+    if stddev == 0:
+        return x
+    assert resolved is not None  # portable seeds are host integers or key words
+    key = seeds.key_of(resolved, family, x)
+    z = spec.normals(family, key, tuple(family.runtime_shape(x)), 0, like=x)
+    noise = family.multiply(z, spec.rounded(stddev, "float32"))
+    return family.add(x, noise if dtype == "float32" else family.astype(noise, dtype))
+
+
+class GaussianNoiseDraws(FamilyDraws):
+    """Additive zero-centred Gaussian noise of standard deviation ``stddev`` (held as the rate:
+    a real number in ``[0, 1]``, as Keras' ``GaussianNoise`` takes it)."""
+
+    def _draw(self, inputs: Any, rate: float, seed: Any, noise_shape: Any) -> Any:
+        return gaussian_noise(inputs, rate, seed)

@@ -1,16 +1,17 @@
-"""Keras 3 layers (JAX, TensorFlow and torch backends): ``Dropout``, ``SpatialDropout1D/2D/3D``
-and the family ``AlphaDropout``, ``GaussianDropout``, ``DropPath``, ``DropBlock2D``."""
+"""Keras 3 layers (JAX, TensorFlow and torch backends): ``Dropout``, ``SpatialDropout1D/2D/3D``,
+the family ``AlphaDropout``, ``GaussianDropout``, ``DropPath``, ``DropBlock2D``, and
+``GaussianNoise``; each holds its stream in a :class:`SeedStream`."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import keras
 import numpy as np
 
 import xdrop
-from xdrop.errors import ArgumentTypeError
+from xdrop.errors import ArgumentTypeError, ArgumentValueError, Shown, bad_type, bad_value
 from xdrop.layers import common
 from xdrop.validation import check_flag, check_mode
 
@@ -20,11 +21,149 @@ __all__ = [
     "DropPath",
     "Dropout",
     "GaussianDropout",
+    "GaussianNoise",
+    "SeedStream",
     "SpatialDropout1D",
     "SpatialDropout2D",
     "SpatialDropout3D",
     "set_mc_sampling",
 ]
+
+_T = TypeVar("_T")
+
+_WORD = 1 << 32
+
+
+def _as_value_error(check: Callable[[], _T]) -> _T:
+    """``check()``, its type errors raised as :class:`~xdrop.ArgumentValueError` with the same
+    message: Keras' layers raise ``ValueError`` for a seed or a noise shape of a wrong type."""
+    try:
+        return check()
+    except ArgumentTypeError as error:
+        raise ArgumentValueError(*error.args) from None
+
+
+@keras.saving.register_keras_serializable(package="xdrop")
+class SeedStream(keras.random.SeedGenerator):
+    """The stream of an xdrop layer, as the ``keras.random.SeedGenerator`` Keras' own layers hold:
+    Keras' tooling counts it as a seed generator (``layer.seed_generator``), and its one variable
+    ``state`` is the layer's whole state, outside its weights.
+
+    ``state`` is int32[4] ``(s_hi, s_lo, t_hi, t_lo)``: the seed ``s`` and the step ``t`` (the
+    number of draws so far), each as two 32-bit words, exact on every backend (JAX without x64
+    included). Draw ``t`` uses the seed of every layer's step (``xdrop.layers.common.step_seed``):
+    Threefry-2x32 of the key of ``s`` at counter ``(t_hi, t_lo)``, which is ``xdrop.fold_in(s, t)``
+    for ``t < 2**32``; the step carries into the high word instead of wrapping, so one stream
+    never repeats within ``2**64`` draws.
+
+    Args:
+        seed: an integer in ``[0, 2**64)``, an :class:`xdrop.Generator`, or None (the next seed
+            of xdrop's global generator).
+        name: the name of the generator (its variable's path starts with it).
+
+    Example:
+        >>> stream = SeedStream(7)
+        >>> stream.seed, stream.step
+        (7, 0)
+    """
+
+    def __init__(self, seed: int | xdrop.Generator | None = None, name: str | None = None) -> None:
+        # SeedGenerator.__init__ is not called: it makes a (2,) variable of the backend's seed
+        # dtype, which cannot hold a 64-bit seed and a step on JAX without x64.
+        self.name = "seed_generator" if name is None else name
+        self._initial_seed = _as_value_error(lambda: common.initial_seed(seed))
+        high, low = common.seed_words(self._initial_seed)
+        words = np.array([high, low, 0, 0], np.uint32).view(np.int32)
+        with keras.name_scope(self.name, caller=self):
+            self.state = keras.Variable(
+                lambda shape, dtype: keras.ops.convert_to_tensor(words, dtype),
+                shape=(4,),
+                dtype="int32",
+                trainable=False,
+                aggregation="none",
+                name="seed_generator_state",
+            )
+
+    @property
+    def seed(self) -> int:
+        """The seed ``s`` of the stream, read from ``state``."""
+        high, low, _, _ = _words(self.state)
+        return high << 32 | low
+
+    @property
+    def step(self) -> int:
+        """The step ``t``: the number of draws so far, read from ``state``."""
+        _, _, high, low = _words(self.state)
+        return high << 32 | low
+
+    def draw(self) -> Any:
+        """The seed of the next draw, as a seed array ``xdrop.dropout`` takes, and advance the
+        step (traceable: inside a compiled step the new state is assigned as Keras' own
+        ``SeedGenerator`` assigns its own)."""
+        state = self.state.value
+        s_high, s_low, t_high, t_low = (state[i] for i in range(4))
+        seed = common.step_seed(_seed_array(s_high, s_low), _seed_array(t_high, t_low))
+        carry = keras.ops.cast(keras.ops.equal(t_low, -1), "int32")  # t_lo == 2**32 - 1
+        self.state.assign(keras.ops.stack([s_high, s_low, t_high + carry, t_low + 1]))
+        return seed
+
+    def next(self, ordered: bool = True) -> Any:
+        """A seed for ``keras.random`` functions (``seed=layer.seed_generator``): the two words of
+        the next draw's seed, each shifted right by one bit to fit every backend's seed dtype."""
+        seed = self.draw()
+        if len(seed.shape) == 0:  # a 0-d int64 holding the seed's two's complement
+            high = keras.ops.bitwise_and(keras.ops.right_shift(seed, 33), 0x7FFF_FFFF)
+            words = keras.ops.stack([high, keras.ops.bitwise_and(seed, 0xFFFF_FFFF) // 2])
+        else:  # uint32[2] (hi, lo)
+            words = keras.ops.right_shift(seed, 1)
+        # the dtype keras.random's functions take seeds in (not exported: uint32, int64 or int32)
+        from keras.src.backend import random_seed_dtype
+
+        return keras.ops.cast(words, random_seed_dtype())
+
+    def get_config(self) -> dict[str, Any]:
+        return {"seed": self.seed, "name": self.name}
+
+    def load(self, values: Sequence[Any], layer: str) -> None:
+        """Set ``state`` from saved values: one int32[4] ``state``, or the int32[2] seed and the
+        0-d int32 step that files of earlier versions hold. Refused unless integers of those
+        shapes, each word within int32 (no value is read modulo anything)."""
+        arrays = [np.asarray(value) for value in values]
+        shapes = [array.shape for array in arrays]
+        argument = f"the state of layer {layer!r}"
+        allowed = "an int32[4] (seed hi, seed lo, step hi, step lo), or an int32[2] seed and an int32 step"
+        if shapes not in ([(4,)], [(2,), ()]):
+            shown = Shown(f"<arrays of shapes {shapes}>")
+            raise bad_value(argument, shown, allowed)
+        for array in arrays:
+            if array.dtype.kind not in "iu":
+                raise bad_type(
+                    argument, Shown(f"<array of {array.dtype}>", array.dtype.name), allowed
+                )
+            int32 = np.iinfo(np.int32)
+            if array.size and (array.min() < int32.min or array.max() > int32.max):
+                raise bad_value(argument, Shown(f"<array holding {array.tolist()}>"), allowed)
+        words = np.concatenate([array.reshape(-1) for array in arrays]).astype(np.int64)
+        if len(words) == 3:  # the seed's words and the step, which was read modulo 2**32
+            words = np.array([words[0], words[1], 0, words[2]])
+        self.state.assign(words.astype(np.int32))
+
+
+def _words(variable: Any) -> list[int]:
+    """The four words of a stream's state as unsigned Python integers."""
+    values = keras.ops.convert_to_numpy(variable.value).astype(np.int64)
+    return [common.unsigned(int(value), 32) for value in values]
+
+
+def _seed_array(high: Any, low: Any) -> Any:
+    """The int32 words ``(hi, lo)`` as a seed array ``xdrop.fold_in`` takes: uint32[2], or on
+    torch (whose Keras backend has no uint32) the 0-d int64 holding the seed's two's complement."""
+    if keras.backend.backend() != "torch":
+        return keras.ops.cast(keras.ops.stack([high, low]), "uint32")
+    high, low = keras.ops.cast(high, "int64"), keras.ops.cast(low, "int64")
+    return keras.ops.bitwise_or(
+        keras.ops.left_shift(high, 32), keras.ops.bitwise_and(low, 0xFFFF_FFFF)
+    )
 
 
 @keras.saving.register_keras_serializable(package="xdrop")
@@ -37,11 +176,12 @@ class Dropout(common.DropoutDraws, keras.layers.Layer):
                       noise_shape=noise_shape)
 
     and then advances ``t``; other calls return ``xdrop.dropout(x, rate, training=False,
-    mode=mode)`` (``x`` itself for ``mode="inverted"``) and leave ``t`` alone. The seed (two int32
-    words ``(hi, lo)``, exact on every backend, JAX without x64 included) and ``t`` (int32, read
-    modulo 2**32) are non-trainable variables, as Keras' ``SeedGenerator`` state is: a compiled
-    train step advances ``t``, and ``model.save("m.keras")`` / ``save_weights`` store both, so a
-    reloaded model continues the stream.
+    mode=mode)`` (``x`` itself for ``mode="inverted"``) and leave ``t`` alone. The seed and ``t``
+    are held in ``layer.seed_generator``, a :class:`SeedStream` (a ``keras.random.SeedGenerator``,
+    as Keras' own ``Dropout`` holds one; ``t`` carries past ``2**32`` as it describes): no
+    weights, one seed generator, as Keras counts them. A compiled train step advances ``t``, and
+    ``model.save("m.keras")`` / ``save_weights`` store the state, so a reloaded model continues the
+    stream. ``layer.seed`` and ``layer.step`` read ``s`` and ``t`` as Python integers.
 
     Args:
         rate: the probability of zeroing an element, in ``[0, 1]``.
@@ -54,6 +194,9 @@ class Dropout(common.DropoutDraws, keras.layers.Layer):
             ``"classic"`` (scale by ``1 - rate`` in evaluation).
         **kwargs: Keras layer arguments (``name``, ``dtype``).
 
+    Raises ``ValueError`` (:class:`xdrop.ArgumentValueError`) where Keras' layer raises one: a
+    rate, seed or noise shape it does not take.
+
     Example:
         >>> import keras, numpy as np, xdrop
         >>> from xdrop.layers.keras import Dropout
@@ -62,7 +205,7 @@ class Dropout(common.DropoutDraws, keras.layers.Layer):
         >>> y = layer(x, training=True)
         >>> expected = xdrop.dropout(x, 0.5, seed=xdrop.fold_in(0, 0))
         >>> same = (keras.ops.convert_to_numpy(y) == expected).all()
-        >>> bool(same), int(layer.step.numpy())
+        >>> bool(same), layer.step
         (True, 1)
     """
 
@@ -77,33 +220,30 @@ class Dropout(common.DropoutDraws, keras.layers.Layer):
         defaults = {"noise_shape": None, "mode": "inverted"}
         given = {"noise_shape": noise_shape, "mode": mode}
         for name in self._not_taken:  # a variant passes its **kwargs on to here
-            if given[name] != defaults[name]:
+            if name in given and given[name] != defaults[name]:
                 raise ArgumentTypeError(
                     f"{type(self).__name__} takes no {name!r} argument, got {given[name]!r}"
                 )
         super().__init__(**kwargs)
-        self.rate = self._check_rate("rate", rate)
-        self.noise_shape = common.check_noise_shape_entries(noise_shape)
+        self.rate = self._check_rate(self._rate_argument, rate)
+        self.noise_shape = _as_value_error(lambda: common.check_noise_shape_entries(noise_shape))
         self.mode = check_mode(mode)
-        words = np.array(common.seed_words(common.initial_seed(seed)), np.uint32).view(np.int32)
-        self.seed_words = self.add_weight(
-            shape=(2,),
-            dtype="int32",
-            initializer=lambda shape, dtype: keras.ops.convert_to_tensor(words, dtype),
-            trainable=False,
-            name="seed",
-        )
-        self.step = self.add_weight(
-            shape=(), dtype="int32", initializer="zeros", trainable=False, name="step"
-        )
+        self.seed_generator = SeedStream(seed)
         self.supports_masking = True
         self._build_at_init()  # as keras.layers.Dropout: no weights depend on the input
 
+    _rate_argument = "rate"
+    """The name of the layer's rate argument, as its errors name it."""
+
     @property
     def seed(self) -> int:
-        """The seed ``s`` of the stream, read from its variable."""
-        high, low = keras.ops.convert_to_numpy(self.seed_words.value).astype(np.int64)
-        return (common.unsigned(int(high), 32) << 32) | common.unsigned(int(low), 32)
+        """The seed ``s`` of the stream (``seed_generator.seed``)."""
+        return int(self.seed_generator.seed)
+
+    @property
+    def step(self) -> int:
+        """The step ``t``: training calls so far (``seed_generator.step``)."""
+        return int(self.seed_generator.step)
 
     mc_sampling = False
     """Sample when not training too (Monte Carlo dropout); :func:`set_mc_sampling` sets it."""
@@ -118,11 +258,7 @@ class Dropout(common.DropoutDraws, keras.layers.Layer):
         self._check_input_shape("inputs", inputs.shape)
         if not (training or self.mc_sampling):
             return self._evaluate(inputs, self.rate)
-        step = self.step.value
-        seed = xdrop.fold_in(_seed_array(self.seed_words.value), step)
-        y = self._draw(inputs, self.rate, seed, self._noise_shape(inputs))
-        self.step.assign(step + 1)
-        return y
+        return self._draw(inputs, self.rate, self.seed_generator.draw(), self._noise_shape(inputs))
 
     def _noise_shape(self, inputs: Any) -> Sequence[int | None] | None:
         return self.noise_shape
@@ -133,6 +269,16 @@ class Dropout(common.DropoutDraws, keras.layers.Layer):
         # would refuse it, rather than at the first predict or fit.
         self._check_input_shape("inputs", input_shape)
         return input_shape
+
+    def save_own_variables(self, store: Any) -> None:
+        # Keras' Layer saves its weights only; the stream is the state that must resume
+        super().save_own_variables(store)
+        weights = len(self._trainable_variables + self._non_trainable_variables)
+        store[str(weights)] = self.seed_generator.state
+
+    def load_own_variables(self, store: Any) -> None:
+        keys = sorted(store.keys(), key=int)
+        self.seed_generator.load([store[key] for key in keys], self.name)
 
     _not_taken: tuple[str, ...] = ()
     """The arguments of :class:`Dropout` that a variant does not take: its config leaves them out."""
@@ -146,17 +292,6 @@ class Dropout(common.DropoutDraws, keras.layers.Layer):
     def _own_config(self) -> dict[str, Any]:
         """A variant's own arguments, added to the config after those it shares with Dropout."""
         return {}
-
-
-def _seed_array(words: Any) -> Any:
-    """The int32 words ``(hi, lo)`` as a seed array ``xdrop.fold_in`` takes: uint32[2], or on
-    torch (whose Keras backend has no uint32) the 0-d int64 holding the seed's two's complement."""
-    if keras.backend.backend() != "torch":
-        return keras.ops.cast(words, "uint32")
-    high, low = keras.ops.cast(words[0], "int64"), keras.ops.cast(words[1], "int64")
-    return keras.ops.bitwise_or(
-        keras.ops.left_shift(high, 32), keras.ops.bitwise_and(low, 0xFFFF_FFFF)
-    )
 
 
 class _SpatialDropout(Dropout):
@@ -276,6 +411,39 @@ class GaussianDropout(common.GaussianDropoutDraws, Dropout):
 
     def _noise_shape(self, inputs: Any) -> None:
         return None  # as keras.layers.GaussianDropout: one draw per element
+
+
+@keras.saving.register_keras_serializable(package="xdrop")
+class GaussianNoise(common.GaussianNoiseDraws, Dropout):
+    """Additive zero-centred Gaussian noise, as ``keras.layers.GaussianNoise``: on its ``t``-th
+    training call ``x + dtype(float32(stddev) * z)``, with ``z`` the standard normals
+    :func:`xdrop.gaussian_dropout` draws for ``seed=xdrop.fold_in(seed, t)`` (so that
+    ``xdrop.gaussian_dropout(x, p, ...)`` is ``x * (1 + sqrt(p / (1 - p)) * z)`` with the same
+    ``z``); the inputs otherwise.
+
+    Args:
+        stddev: the standard deviation of the noise, in ``[0, 1]`` (as Keras takes it).
+        seed: and ``**kwargs`` as for :class:`Dropout`.
+
+    Example:
+        >>> y = GaussianNoise(0.1, seed=0)(np.ones((2, 4), "float32"), training=True)
+    """
+
+    _not_taken = ("rate", "noise_shape", "mode")
+
+    _rate_argument = "stddev"
+
+    def __init__(
+        self, stddev: float, seed: int | xdrop.Generator | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(stddev, seed=seed, **kwargs)
+        self.stddev = self.rate
+
+    def _noise_shape(self, inputs: Any) -> None:
+        return None  # as keras.layers.GaussianNoise: one draw per element
+
+    def _own_config(self) -> dict[str, Any]:
+        return {"stddev": self.stddev}
 
 
 @keras.saving.register_keras_serializable(package="xdrop")

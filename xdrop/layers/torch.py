@@ -1,25 +1,43 @@
 """PyTorch layers: ``Dropout``, the channel forms ``Dropout1d``, ``Dropout2d``, ``Dropout3d``, and
-the family ``AlphaDropout``, ``GaussianDropout``, ``DropPath``, ``DropBlock2D``."""
+the family ``AlphaDropout``, ``FeatureAlphaDropout``, ``GaussianDropout``, ``DropPath``
+(``StochasticDepth``), ``DropBlock2D``, ``DropBlock2d``, ``DropBlock3d``."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
+from typing import Any
 
 import torch
+import torch.fx
 
 import xdrop
+from xdrop.errors import (
+    InPlaceError,
+    InputRankError,
+    InputRankWarning,
+    Shown,
+    TracingError,
+    XdropWarning,
+    bad_type,
+    describe,
+)
 from xdrop.layers import common
 from xdrop.validation import check_flag, check_mode
 
 __all__ = [
     "AlphaDropout",
     "DropBlock2D",
+    "DropBlock2d",
+    "DropBlock3d",
     "DropPath",
     "Dropout",
     "Dropout1d",
     "Dropout2d",
     "Dropout3d",
+    "FeatureAlphaDropout",
     "GaussianDropout",
+    "StochasticDepth",
     "set_mc_sampling",
 ]
 
@@ -37,9 +55,21 @@ class Dropout(common.DropoutDraws, torch.nn.Module):
     are int64 buffers (``seed`` holds the seed's two's complement), so ``state_dict()`` /
     ``load_state_dict`` save and restore the stream, and ``.to(device)`` moves it. ``t`` is
     advanced in place, inside the graph, so ``torch.compile(model, fullgraph=True)`` compiles once.
+    From ``t = 2**32`` on, where ``fold_in`` would repeat the stream, the step's high word carries
+    into the fold (:func:`xdrop.layers.common.step_seed`): no mask repeats within ``2**64`` calls.
+
+    As ``torch.nn.Dropout``: the output has the input's memory format (channels_last, permuted,
+    strided), while the mask is drawn over the elements in row-major (logical) order, so an input
+    and its contiguous copy get the same output values; ``inplace=True`` writes the output into
+    ``x`` and returns ``x``, and refuses (:class:`xdrop.InPlaceError`, a ``RuntimeError``) where
+    autograd forbids it: a leaf that requires grad or a view of one. Under
+    ``torch.fx.symbolic_trace`` (and tracers built on it, such as torchvision's
+    ``create_feature_extractor``) the layer is a leaf, a ``call_module`` node, as ``nn.Dropout``
+    is: the traced module draws the same masks and advances the same step.
 
     Args:
         p: the probability of zeroing an element, in ``[0, 1]``.
+        inplace: overwrite ``x`` with the output.
         seed: an integer in ``[0, 2**64)``; ``None`` (default) draws one now from xdrop's global
             generator (reproducible after ``xdrop.manual_seed``); an :class:`xdrop.Generator`
             gives its next seed.
@@ -62,10 +92,12 @@ class Dropout(common.DropoutDraws, torch.nn.Module):
 
     seed: torch.Tensor
     step: torch.Tensor
+    inplace = False  # layers pickled before the argument existed
 
     def __init__(
         self,
         p: float = 0.5,
+        inplace: bool = False,
         *,
         seed: int | xdrop.Generator | None = None,
         mode: str = "inverted",
@@ -73,6 +105,7 @@ class Dropout(common.DropoutDraws, torch.nn.Module):
     ) -> None:
         super().__init__()
         self.p = self._check_rate("p", p)
+        self.inplace = check_flag("inplace", inplace)
         self.mode = check_mode(mode)
         self.noise_shape = common.check_noise_shape_entries(noise_shape)
         start = common.initial_seed(seed)
@@ -83,53 +116,154 @@ class Dropout(common.DropoutDraws, torch.nn.Module):
     """Sample in eval mode too (Monte Carlo dropout); :func:`set_mc_sampling` sets it."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if isinstance(x, torch.fx.Proxy):
+            return _leaf_node(self, x)
         self._check_input_shape("x", x.shape)
         if not (self.training or self.mc_sampling):
-            return self._evaluate(x, self.p)  # type: ignore[no-any-return]
-        seed = xdrop.fold_in(self.seed, self.step)
-        y = self._draw(x, self.p, seed, self._noise_shape(x))
+            return self._write(x, self._evaluate(x, self.p))
+        seed = common.step_seed(self.seed, self.step)
+        logical = x if x.is_contiguous() else x.contiguous()
+        y = self._write(x, self._draw(logical, self.p, seed, self._noise_shape(x)))
         self.step.add_(1)
-        return y  # type: ignore[no-any-return]
+        return y
+
+    def _write(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The output ``y`` (computed in row-major order) as the layer returns it: written into
+        ``x`` for ``inplace=True``, else in ``x``'s memory format."""
+        if y is x:
+            return x
+        if self.inplace:
+            try:
+                x.copy_(y)
+            except RuntimeError as error:
+                raise InPlaceError(
+                    f"{type(self).__name__}(inplace=True) cannot overwrite x: {error}"
+                ) from error
+            return x
+        if x.is_contiguous() or not y.is_contiguous():
+            return y  # already laid out as x (a non-contiguous y was computed from x itself)
+        out = _empty_in_layout(x)
+        out.copy_(y)
+        return out
+
+    def _check_input_shape(self, argument: str, shape: Sequence[int | None]) -> None:
+        allowed = self._ranks_allowed(len(shape))
+        if allowed is not None:
+            message = describe(argument, Shown(f"<tensor of shape {tuple(shape)}>"), allowed)
+            raise InputRankError(message)
 
     def _noise_shape(self, x: torch.Tensor) -> Sequence[int | None] | None:
         return self.noise_shape
 
+    def _load_from_state_dict(
+        self, state_dict: Any, prefix: str, *args: Any, **kwargs: Any
+    ) -> None:
+        for name in ("seed", "step"):
+            value = state_dict.get(prefix + name)
+            if value is not None and not _is_integer_scalar(value):
+                shown = Shown(f"<{type(value).__name__}>")
+                if isinstance(value, torch.Tensor):
+                    shown = Shown(f"<tensor of {value.dtype} shape {tuple(value.shape)}>")
+                raise bad_type(f"state_dict[{prefix + name!r}]", shown, "a 0-d integer tensor")
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def extra_repr(self) -> str:
-        return f"p={self.p}, mode={self.mode!r}, seed={int(self.seed) % 2**64}"
+        return (
+            f"p={self.p}, inplace={self.inplace}, mode={self.mode!r}, seed={int(self.seed) % 2**64}"
+        )
+
+
+def _is_integer_scalar(value: object) -> bool:
+    """A seed or step as ``load_state_dict`` may take it: a 0-d tensor of integers (a float
+    would be truncated to another stream silently, a bool is no count)."""
+    return (
+        isinstance(value, torch.Tensor)
+        and value.dim() == 0
+        and not value.dtype.is_floating_point
+        and not value.dtype.is_complex
+        and value.dtype != torch.bool
+    )
+
+
+def _empty_in_layout(x: torch.Tensor) -> torch.Tensor:
+    """An uninitialized dense tensor of ``x``'s shape, dtype and device whose dimensions lie in
+    memory in the order of ``x``'s strides, as ``F.dropout`` lays out its output: ``x``'s exact
+    strides for a dense ``x`` (channels_last, a permutation), the same order of dimensions for a
+    sliced one."""
+    strides = x.stride()
+    order = sorted(range(x.dim()), key=lambda dim: (-strides[dim], dim))
+    dense = torch.empty([x.shape[dim] for dim in order], dtype=x.dtype, device=x.device)
+    inverse = [0] * x.dim()
+    for position, dim in enumerate(order):
+        inverse[dim] = position
+    return dense.permute(inverse)
+
+
+def _leaf_node(module: torch.nn.Module, x: torch.fx.Proxy) -> Any:
+    """The layer as a leaf of an FX trace: one ``call_module`` node, as the default tracer
+    records ``torch.nn.Dropout``. Tracing through ``forward`` instead would bake one step's seed
+    and the training flag into the graph; the node calls the layer itself, so the traced module
+    draws the layer's stream, advances its step and follows ``.train()`` / ``.eval()``."""
+    tracer = x.tracer
+    if not isinstance(tracer, torch.fx.Tracer):
+        raise TracingError(
+            f"{type(module).__name__} is traced as a torch.fx.Tracer's leaf module, by its "
+            f"path in the traced module; got a proxy of {type(tracer).__name__}, which has none"
+        )
+    path = tracer.path_of_module(module)
+    if not path:  # the trace's root: torch.fx traces a root's forward, never calls it
+        raise TracingError(
+            f"{type(module).__name__} cannot be the root of an FX trace: it is traced as a leaf "
+            f"of the model that holds it; trace e.g. torch.nn.Sequential(layer)"
+        )
+    return tracer.create_proxy("call_module", path, (x,), {})
 
 
 class _ChannelDropout(Dropout):
-    """Zero whole channels: one decision per ``(sample, channel)``, shared over the last
-    ``spatial_dims`` axes of inputs ``(N, C, *spatial)`` or ``(C, *spatial)``."""
+    """Zero whole channels: one decision per ``(sample, channel)``, shared over the spatial axes,
+    reading each rank as ``torch.nn.Dropout{1,2,3}d`` reads it (:meth:`_batched`)."""
 
     spatial_dims = 0
 
     def __init__(
         self,
         p: float = 0.5,
+        inplace: bool = False,
         *,
         seed: int | xdrop.Generator | None = None,
         mode: str = "inverted",
     ) -> None:
-        super().__init__(p, seed=seed, mode=mode)
+        super().__init__(p, inplace, seed=seed, mode=mode)
 
-    def _ranks_allowed(self, ndim: int) -> str | None:
-        spatial = self.spatial_dims
-        if ndim in (spatial + 1, spatial + 2):
-            return None
-        return (
-            f"a tensor of {spatial + 1} (C, *spatial) or {spatial + 2} (N, C, *spatial) "
-            f"dimensions for {type(self).__name__}"
-        )
+    def _batched(self, ndim: int) -> bool:
+        """Whether axis 0 of an ``ndim``-d input is the batch (else it is the channel axis)."""
+        return ndim == self.spatial_dims + 2
 
     def _noise_shape(self, x: torch.Tensor) -> Sequence[int | None] | None:
-        return common.spatial_noise_shape(x.dim(), range(-self.spatial_dims, 0))
+        ndim = x.dim()
+        decisions = 2 if self._batched(ndim) else 1
+        return (None,) * decisions + (1,) * (ndim - decisions)
+
+    def _warn_rank(self, ndim: int) -> None:
+        """Torch's deprecation warning for a rank outside ``(C, *spatial)`` / ``(N, C, *spatial)``
+        (its words ``Received a N-D input to dropoutKd`` kept, which code filters on)."""
+        spatial = self.spatial_dims
+        if ndim not in (spatial + 1, spatial + 2):
+            name = type(self).__name__
+            warnings.warn(
+                f"{name}: Received a {ndim}-D input to dropout{spatial}d; {name} takes "
+                f"{spatial + 1}-D (C, *spatial) or {spatial + 2}-D (N, C, *spatial) inputs, as "
+                f"torch's does. Read as torch reads it; use Dropout for element-wise dropout.",
+                InputRankWarning,
+                stacklevel=4,
+            )
 
 
 class Dropout1d(_ChannelDropout):
     """:class:`Dropout` of whole channels of ``(N, C, L)`` or ``(C, L)`` inputs, as
-    ``torch.nn.Dropout1d``: the mask is drawn at ``(N, C, 1)``. Same arguments, without
-    ``noise_shape``.
+    ``torch.nn.Dropout1d``: the mask is drawn at ``(N, C, 1)`` (``(C, 1)``). Same arguments,
+    without ``noise_shape``. Other ranks: :class:`xdrop.InputRankError` (a ``RuntimeError``), as
+    torch raises.
 
     Example:
         >>> y = Dropout1d(0.5, seed=0)(torch.ones(2, 3, 4))  # each channel all 0 or 2
@@ -137,10 +271,23 @@ class Dropout1d(_ChannelDropout):
 
     spatial_dims = 1
 
+    def _ranks_allowed(self, ndim: int) -> str | None:
+        if ndim in (2, 3):
+            return None
+        return (
+            "a tensor of 2 (C, L) or 3 (N, C, L) dimensions for Dropout1d (as torch says: "
+            f"Expected 2D or 3D input, but received a {ndim}D input)"
+        )
+
 
 class Dropout2d(_ChannelDropout):
-    """:class:`Dropout` of whole channels of ``(N, C, H, W)`` or ``(C, H, W)`` inputs, as
-    ``torch.nn.Dropout2d``: the mask is drawn at ``(N, C, 1, 1)``.
+    """:class:`Dropout` of whole channels of ``(N, C, H, W)`` inputs, as ``torch.nn.Dropout2d``:
+    the mask is drawn at ``(N, C, 1, 1)``.
+
+    Other ranks are read as torch reads them, with its warnings (:class:`xdrop.InputRankWarning`,
+    a ``UserWarning``): a 3-d input as ``(N, C, L)`` (not ``(C, H, W)``), a 2-d one as
+    ``(N, C)``, a 5-d or larger one as ``(N, C, *spatial)``; axis 0 is always the batch. Inputs
+    of fewer than 2 dimensions: :class:`xdrop.InputRankError`.
 
     Example:
         >>> y = Dropout2d(0.5, seed=0)(torch.ones(2, 3, 4, 4))
@@ -148,16 +295,44 @@ class Dropout2d(_ChannelDropout):
 
     spatial_dims = 2
 
+    def _batched(self, ndim: int) -> bool:
+        return True  # torch reads axis 0 as the batch at every rank
+
+    def _ranks_allowed(self, ndim: int) -> str | None:
+        if ndim >= 2:
+            self._warn_rank(ndim)
+            if ndim == 3:
+                warnings.warn(
+                    "Dropout2d: Received a 3-D input, assuming that channel-wise 1D dropout "
+                    "behavior is desired, as torch does: read as (N, C, L), one decision per "
+                    "(N, C). Dropout1d says so without this warning; a (C, H, W) input needs "
+                    "unsqueeze(0).",
+                    InputRankWarning,
+                    stacklevel=3,
+                )
+            return None
+        return "a tensor of at least 2 dimensions (N, C, *spatial) for Dropout2d"
+
 
 class Dropout3d(_ChannelDropout):
     """:class:`Dropout` of whole channels of ``(N, C, D, H, W)`` or ``(C, D, H, W)`` inputs, as
-    ``torch.nn.Dropout3d``: the mask is drawn at ``(N, C, 1, 1, 1)``.
+    ``torch.nn.Dropout3d``: the mask is drawn at ``(N, C, 1, 1, 1)`` (``(C, 1, 1, 1)``).
+
+    Other ranks are read as torch reads them, with its warning (:class:`xdrop.InputRankWarning`):
+    as ``(C, *spatial)`` unless 5-d, so a 6-d input has its channels on axis 0 and a 1-d input
+    is dropped element-wise. 0-d inputs: :class:`xdrop.InputRankError`.
 
     Example:
         >>> y = Dropout3d(0.5, seed=0)(torch.ones(2, 3, 2, 2, 2))
     """
 
     spatial_dims = 3
+
+    def _ranks_allowed(self, ndim: int) -> str | None:
+        if ndim >= 1:
+            self._warn_rank(ndim)
+            return None
+        return "a tensor of at least 1 dimension (C, *spatial) for Dropout3d"
 
 
 class AlphaDropout(common.AlphaDropoutDraws, Dropout):
@@ -173,14 +348,42 @@ class AlphaDropout(common.AlphaDropoutDraws, Dropout):
     def __init__(
         self,
         p: float = 0.5,
+        inplace: bool = False,
         *,
         seed: int | xdrop.Generator | None = None,
         noise_shape: Sequence[int | None] | None = None,
     ) -> None:
-        super().__init__(p, seed=seed, noise_shape=noise_shape)
+        super().__init__(p, inplace, seed=seed, noise_shape=noise_shape)
 
     def extra_repr(self) -> str:
-        return f"p={self.p}, seed={int(self.seed) % 2**64}"
+        return f"p={self.p}, inplace={self.inplace}, seed={int(self.seed) % 2**64}"
+
+
+class FeatureAlphaDropout(AlphaDropout):
+    """:class:`AlphaDropout` of whole channels, as ``torch.nn.FeatureAlphaDropout``: one decision
+    per ``(N, C)`` of an ``(N, C, *spatial)`` input (axis 0 is the batch at every rank, as in
+    torch). Inputs of fewer than 2 dimensions: :class:`xdrop.InputRankError`.
+
+    Example:
+        >>> y = FeatureAlphaDropout(0.2, seed=0)(torch.randn(2, 3, 4, 4))
+    """
+
+    def __init__(
+        self,
+        p: float = 0.5,
+        inplace: bool = False,
+        *,
+        seed: int | xdrop.Generator | None = None,
+    ) -> None:
+        super().__init__(p, inplace, seed=seed)
+
+    def _ranks_allowed(self, ndim: int) -> str | None:
+        if ndim >= 2:
+            return None
+        return "a tensor of at least 2 dimensions (N, C, *spatial) for FeatureAlphaDropout"
+
+    def _noise_shape(self, x: torch.Tensor) -> Sequence[int | None] | None:
+        return (None, None) + (1,) * (x.dim() - 2)
 
 
 class GaussianDropout(common.GaussianDropoutDraws, AlphaDropout):
@@ -194,39 +397,77 @@ class GaussianDropout(common.GaussianDropoutDraws, AlphaDropout):
 
 
 class DropPath(common.DropPathDraws, Dropout):
-    """:func:`xdrop.drop_path` (stochastic depth) as a layer, as timm's ``DropPath``: on its
-    ``t``-th training call ``xdrop.drop_path(x, p, seed=xdrop.fold_in(seed, t), mode=mode,
-    scale_by_keep=scale_by_keep)``; ``x`` in eval mode. Put it on a residual branch:
-    ``x + drop_path(block(x))``.
+    """:func:`xdrop.drop_path` (stochastic depth) as a layer, as timm's ``DropPath`` and
+    torchvision's ``StochasticDepth``: on its ``t``-th training call ``xdrop.drop_path(x, p,
+    seed=xdrop.fold_in(seed, t), mode=mode, scale_by_keep=scale_by_keep)``; ``x`` in eval mode.
+    Put it on a residual branch: ``x + drop_path(block(x))``.
+
+    The arguments are timm's, in timm's order (``DropPath(drop_prob, scale_by_keep)``), with
+    torchvision's ``p`` and ``mode`` by keyword; :class:`StochasticDepth` takes torchvision's
+    order ``(p, mode)``. Kept samples are scaled by ``1 / (1 - p)``; ``p == 1`` gives zeros.
 
     Args:
-        p: the probability of dropping a sample's branch.
-        mode: ``"row"`` (one draw per sample) or ``"batch"`` (one draw for the batch).
+        p: the probability of dropping a sample's branch, in ``[0, 1]`` (torchvision's name).
         scale_by_keep: scale kept samples by ``1 / (1 - p)``.
+        mode: ``"row"`` (one draw per sample) or ``"batch"`` (one draw for the batch).
+        drop_prob: timm's name for ``p`` (give one of them; neither: 0).
         seed: as for :class:`Dropout`.
 
     Example:
         >>> y = DropPath(0.1, seed=0)(torch.ones(4, 3, 8))
+        >>> DropPath(drop_prob=0.1).drop_prob
+        0.1
     """
 
     def __init__(
         self,
-        p: float = 0.0,
+        p: float | None = None,
+        scale_by_keep: bool = True,
         *,
         mode: str = "row",
-        scale_by_keep: bool = True,
+        drop_prob: float | None = None,
         seed: int | xdrop.Generator | None = None,
     ) -> None:
-        super().__init__(p, seed=seed)
+        rate, _ = common.layer_rate(p, drop_prob, 0.0)
+        super().__init__(rate, seed=seed)  # type: ignore[arg-type]  # checked there
         self.path_mode, self.scale_by_keep = common.check_drop_path_options(mode, scale_by_keep)
+
+    @property
+    def drop_prob(self) -> float:
+        """timm's name for ``p``; setting it checks the rate, as the constructor does."""
+        return self.p
+
+    @drop_prob.setter
+    def drop_prob(self, value: float) -> None:
+        self.p = self._check_rate("drop_prob", value)
 
     def extra_repr(self) -> str:
         return f"p={self.p}, mode={self.path_mode!r}, seed={int(self.seed) % 2**64}"
 
 
-class DropBlock2D(common.DropBlock2DDraws, Dropout):
+class StochasticDepth(DropPath):
+    """:class:`DropPath` with torchvision's ``StochasticDepth(p, mode)`` order of arguments (both
+    required, as there): ``StochasticDepth(0.2, "row")`` is ``DropPath(0.2, mode="row")``.
+
+    Example:
+        >>> y = StochasticDepth(0.2, "batch", seed=0)(torch.ones(4, 3))
+    """
+
+    def __init__(self, p: float, mode: str, *, seed: int | xdrop.Generator | None = None) -> None:
+        super().__init__(p, mode=mode, seed=seed)
+
+
+class _TorchDropBlock(common.DropBlock2DDraws, Dropout):
+    """A DropBlock layer of torch, in torch's layout ``(N, C, *spatial)``."""
+
+    data_format = "channels_first"
+
+
+class DropBlock2D(_TorchDropBlock):
     """:func:`xdrop.drop_block` as a layer for ``(N, C, H, W)`` inputs: on its ``t``-th training
-    call ``xdrop.drop_block(x, p, block_size, seed=xdrop.fold_in(seed, t))``; ``x`` in eval mode.
+    call ``xdrop.drop_block(x, p, block_size, seed=xdrop.fold_in(seed, t))`` (one mask per
+    channel, kept units scaled exactly); ``x`` in eval mode. :class:`DropBlock2d` takes timm's
+    and torchvision's arguments.
 
     Args:
         p: the target fraction of dropped units.
@@ -237,8 +478,6 @@ class DropBlock2D(common.DropBlock2DDraws, Dropout):
         >>> y = DropBlock2D(0.1, block_size=3, seed=0)(torch.ones(2, 4, 8, 8))
     """
 
-    data_format = "channels_first"  # torch's layout, (N, C, H, W)
-
     def __init__(
         self, p: float = 0.1, block_size: int = 7, *, seed: int | xdrop.Generator | None = None
     ) -> None:
@@ -247,6 +486,109 @@ class DropBlock2D(common.DropBlock2DDraws, Dropout):
 
     def extra_repr(self) -> str:
         return f"p={self.p}, block_size={self.block_size}, seed={int(self.seed) % 2**64}"
+
+
+_TIMM_DEPRECATED = frozenset({"batchwise", "fast"})
+"""timm's ``DropBlock2d`` arguments that it removed and still accepts, doing nothing."""
+
+
+class DropBlock2d(_TorchDropBlock):
+    """:func:`xdrop.drop_block` as a layer with torchvision's ``DropBlock2d(p, block_size,
+    inplace=False, eps=1e-6)`` and timm's ``DropBlock2d(drop_prob=0.1, block_size=7,
+    gamma_scale=1.0, with_noise=False, inplace=False, couple_channels=True,
+    scale_by_keep=True)`` arguments: on its ``t``-th training call ``xdrop.drop_block(x, p,
+    block_size, seed=xdrop.fold_in(seed, t), ...)`` with the options below; ``x`` in eval mode.
+
+    Positional arguments follow torchvision; timm's are taken by keyword. The name of the rate
+    picks the library whose defaults apply where they differ: ``p`` torchvision's (one mask per
+    channel, ``eps=1e-6``), ``drop_prob`` (or neither) timm's (one mask shared by a sample's
+    channels, ``eps=1e-7``). Both compute ``gamma`` as ``gamma_scale * p * H * W / (b**2 * (H -
+    b + 1) * (W - b + 1))`` with ``b = min(block_size, H, W)`` (see :func:`xdrop.drop_block`).
+    timm's removed ``batchwise`` and ``fast`` are accepted and do nothing; another unknown
+    keyword warns, as timm does.
+
+    Args:
+        p: the paper's drop rate, in ``[0, 1]`` (torchvision's name).
+        block_size: the side of a block (clipped to the map's smaller side).
+        inplace: write the output into the input (as ``x.mul_``), autograd-tracked.
+        eps: added to the number of kept units when scaling (None: the library's default).
+        drop_prob: timm's name for ``p`` (give one of them; neither: 0.1).
+        gamma_scale: a factor of ``gamma`` above 0 (timm).
+        with_noise: standard normals in the dropped units instead of 0, no scaling (timm).
+        couple_channels: one mask for all channels of a sample (None: the library's default).
+        scale_by_keep: scale kept units by ``count / (kept + eps)`` (timm; True).
+        seed: as for :class:`Dropout`.
+
+    Example:
+        >>> x = torch.ones(2, 4, 8, 8)
+        >>> y = DropBlock2d(0.1, 3, seed=0)(x)  # torchvision's spelling
+        >>> y = DropBlock2d(drop_prob=0.1, block_size=3, seed=0)(x)  # timm's
+    """
+
+    spatial_dims = 2
+
+    def __init__(
+        self,
+        p: float | None = None,
+        block_size: int = 7,
+        inplace: bool = False,
+        eps: float | None = None,
+        *,
+        drop_prob: float | None = None,
+        gamma_scale: float = 1.0,
+        with_noise: bool = False,
+        couple_channels: bool | None = None,
+        scale_by_keep: bool = True,
+        seed: int | xdrop.Generator | None = None,
+        **removed: object,
+    ) -> None:
+        rate, spelling = common.layer_rate(p, drop_prob, 0.1)
+        super().__init__(rate, seed=seed)  # type: ignore[arg-type]  # checked there
+        self.block_size = common.check_block_size(block_size)
+        self.inplace = check_flag("inplace", inplace)
+        timm = spelling == "timm"
+        self.eps = common.check_eps((1e-7 if timm else 1e-6) if eps is None else eps)
+        self.gamma_scale = common.check_gamma_scale(gamma_scale)
+        self.with_noise = check_flag("with_noise", with_noise)
+        coupled = timm if couple_channels is None else couple_channels
+        self.couple_channels = check_flag("couple_channels", coupled)
+        self.scale_by_keep = check_flag("scale_by_keep", scale_by_keep)
+        for name in removed:
+            if name not in _TIMM_DEPRECATED:
+                warnings.warn(
+                    f"unexpected keyword argument {name!r} to {type(self).__name__}(): "
+                    "ignored, as timm's DropBlock2d ignores it",
+                    XdropWarning,
+                    stacklevel=2,
+                )
+
+    @property
+    def drop_prob(self) -> float:
+        """timm's name for ``p``; setting it checks the rate, as the constructor does."""
+        return self.p
+
+    @drop_prob.setter
+    def drop_prob(self, value: float) -> None:
+        self.p = self._check_rate("drop_prob", value)
+
+    def extra_repr(self) -> str:
+        return (
+            f"p={self.p}, block_size={self.block_size}, inplace={self.inplace}, "
+            f"couple_channels={self.couple_channels}, seed={int(self.seed) % 2**64}"
+        )
+
+
+class DropBlock3d(DropBlock2d):
+    """:class:`DropBlock2d` for ``(N, C, D, H, W)`` inputs, as torchvision's ``DropBlock3d(p,
+    block_size, inplace=False, eps=1e-6)``: cubic blocks, ``gamma = gamma_scale * p * D * H * W
+    / (b**3 * (D - b + 1) * (H - b + 1) * (W - b + 1))``. The same arguments as
+    :class:`DropBlock2d`.
+
+    Example:
+        >>> y = DropBlock3d(0.1, 3, seed=0)(torch.ones(2, 4, 6, 6, 6))
+    """
+
+    spatial_dims = 3
 
 
 def set_mc_sampling(model: torch.nn.Module, enabled: bool = True) -> int:
