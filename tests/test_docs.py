@@ -194,7 +194,16 @@ def test_the_performance_chart_reads_every_table_of_the_performance_page():
     page = (ROOT / "docs" / "performance.md").read_text()
     tables = page.split("## The tables", 1)[1].split("\n## ", 1)[0]
     titles = [line.strip("*") for line in tables.splitlines() if line.startswith("**")]
-    assert len(titles) == 9 and all(title.count(" · ") == 2 for title in titles)
+    # backend · path · direction · dtype · shapes, every variant of every path
+    assert all(title.count(" · ") == 4 for title in titles)
+    variants = {tuple(title.split(" · ")[2:]) for title in titles}
+    assert variants == {
+        (direction, dtype, f"{shapes} shapes")
+        for direction in ("forward", "forward+backward")
+        for dtype in ("float32", "bfloat16")
+        for shapes in ("fixed", "changing")
+    }
     ratios = figures.performance_ratios(page)
     assert list(ratios) == titles  # one bar group per table, in the page's order
-    assert ratios["numpy · numpy · forward"][10**6] == 0.20  # p = 0.5, as the table says
+    # p = 0.5, as the table says
+    assert ratios["numpy · numpy · forward · float32 · fixed shapes"][10**6] == 0.21

@@ -103,7 +103,8 @@ def draw_noise_shapes(folder: Path) -> Path:
 
 
 def performance_ratios(page: str, p: float = 0.5) -> dict[str, dict[int, float]]:
-    """``{"backend · path · direction": {size: xdrop/framework}}`` at rate ``p``, from the
+    """``{"backend · path · direction · dtype · shapes": {size: xdrop/framework}}`` at rate ``p``
+    (cases that could not be timed, "-", left out), from the
     Markdown tables under "## The tables" of docs/performance.md, each under its title in bold."""
     section = page.split("## The tables", 1)[1].split("\n## ", 1)[0]
     ratios: dict[str, dict[int, float]] = {}
@@ -117,7 +118,7 @@ def performance_ratios(page: str, p: float = 0.5) -> dict[str, dict[int, float]]
                 columns = cells
             elif not all(re.fullmatch(r":?-+:?", cell) for cell in cells):  # not the rule
                 row = dict(zip(columns, cells, strict=True))
-                if float(row["p"]) == p:
+                if float(row["p"]) == p and row.get("xdrop/framework", "-") != "-":
                     size = int(float(row["size"]))
                     ratios.setdefault(title, {})[size] = float(row["xdrop/framework"])
     if not ratios:
@@ -126,26 +127,11 @@ def performance_ratios(page: str, p: float = 0.5) -> dict[str, dict[int, float]]
 
 
 def draw_performance(folder: Path) -> Path:
+    """The benchmark's own figure (``xdrop bench --figure``), from the page's tables."""
+    from xdrop.benchmarks import figure
+
     ratios = performance_ratios(PERFORMANCE_PAGE.read_text())
-    sizes = sorted({size for by_size in ratios.values() for size in by_size})
-    labels = list(ratios)
-    figure, axes = plt.subplots(figsize=(8, 0.5 * len(labels) + 1.4))
-    height = 0.8 / len(sizes)
-    for i, size in enumerate(sizes):
-        values = [ratios[label].get(size, np.nan) for label in labels]
-        positions = np.arange(len(labels)) + i * height
-        axes.barh(positions, values, height, label=f"{size:.0e} elements")
-    axes.axvline(1.0, color="black", linewidth=1)
-    names = [label.split(" · ", 1)[1] for label in labels]  # "path · direction"
-    axes.set_yticks(np.arange(len(labels)) + height * (len(sizes) - 1) / 2, names, fontsize=8)
-    axes.invert_yaxis()
-    axes.set_xlabel(
-        "xdrop's time / the framework's dropout's time, p = 0.5 (below 1: xdrop is faster)"
-    )
-    axes.legend(fontsize=8, loc="lower right")
-    axes.set_title("xdrop against each framework's own dropout, per execution path", fontsize=10)
-    figure.tight_layout()
-    return save(figure, folder / "performance.png")
+    return figure.draw(ratios, folder / "performance.png")
 
 
 def save(figure: Any, path: Path) -> Path:
