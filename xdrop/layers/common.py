@@ -5,6 +5,7 @@ call. Imports no framework."""
 
 from __future__ import annotations
 
+import hashlib
 import numbers
 from collections.abc import Sequence
 from typing import Any
@@ -65,6 +66,23 @@ def step_seed(seed: Any, step: Any) -> Any:
     arrays = require(xp, SeedBackend, "a layer's stream", "hold the seed in an integer array")
     high, low = arrays.seed_words(step)
     return arrays.seed_array(spec.threefry2x32(xp, arrays.seed_words(seed), (high, low)))
+
+
+def site_seed(seed: int, name: str) -> int:
+    """The seed of the dropout site ``name`` in a model converted with ``seed``: with ``(hi, lo)``
+    the two big-endian 32-bit words of the first 8 bytes of BLAKE2b(``name`` in UTF-8),
+    ``fold_in(fold_in(seed, hi), lo)``.
+
+    A site's stream depends on its name alone, never on the order in which a model created its
+    layers, and any framework derives the same seed for the same name: ``convert`` in PyTorch,
+    Keras and Flax names each dropout after its place in the model.
+
+    >>> site_seed(0, "encoder.dropout") != site_seed(0, "decoder.dropout")
+    True
+    """
+    digest = int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big")
+    high, low = seed_words(digest)
+    return spec.fold_in(spec.fold_in(seed, high), low)
 
 
 def seed_words(seed: int) -> tuple[int, int]:
