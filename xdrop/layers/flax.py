@@ -1,19 +1,25 @@
 """Flax NNX layers: ``Dropout``, with ``broadcast_dims`` for its spatial (channel) form, and the
-family ``AlphaDropout``, ``GaussianDropout``, ``DropPath``, ``DropBlock2D``."""
+family ``AlphaDropout``, ``GaussianDropout``, ``DropPath``, ``DropBlock2D``; :func:`convert`, which
+makes the dropout of an NNX model written with Flax's own modules portable, and :func:`dropout`,
+the functional form for code that draws its masks itself."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from flax.nnx import graphlib
 
 import xdrop
-from xdrop.errors import ArgumentValueError, bad_type
+from xdrop.errors import ArgumentValueError, XdropError, XdropWarning, bad_type
 from xdrop.layers import common
-from xdrop.validation import check_flag, check_mode, is_integer
+from xdrop.validation import check_flag, check_mode, check_natural, is_integer, seed_value
 
 Rngs = nnx.Rngs | nnx.RngStream
 """What Flax's layers take as ``rngs``: a collection of streams, or one stream."""
@@ -25,6 +31,11 @@ __all__ = [
     "Dropout",
     "DropoutState",
     "GaussianDropout",
+    "SiteStream",
+    "UnconvertedDropoutError",
+    "UnconvertedDropoutWarning",
+    "convert",
+    "dropout",
     "set_mc_sampling",
 ]
 
@@ -335,3 +346,357 @@ def set_mc_sampling(model: nnx.Module, enabled: bool = True) -> int:
             module.mc_sampling = flag
             switched += 1
     return switched
+
+
+def dropout(
+    x: jax.Array,
+    rate: float,
+    rngs: Rngs | jax.Array,
+    *,
+    rng_collection: str = "dropout",
+    broadcast_dims: Sequence[int] = (),
+    deterministic: bool = False,
+    mode: str = "inverted",
+) -> jax.Array:
+    """Dropout for code that draws its own masks: the functional form of :class:`Dropout` with
+    ``rngs``. Where code writes ``keep = jax.random.bernoulli(key, 1 - rate, shape)``, this
+    returns::
+
+        xdrop.dropout(x, rate, seed=k, mode=mode, noise_shape=n)
+
+    with ``k`` the next key of ``rngs`` (its ``rng_collection`` stream of an ``nnx.Rngs``, the
+    stream itself, or a JAX key as it is) and ``n`` 1 on ``broadcast_dims``, None elsewhere.
+    xdrop's mask for a key is ``jax.random.bernoulli(k, 1 - rate, n)``'s, so the units dropped
+    are those the hand-written code dropped for the same key, now drawn by the portable stream
+    every xdrop backend draws for that key. ``deterministic=True`` draws nothing and returns
+    ``xdrop.dropout(x, rate, training=False, mode=mode)``.
+
+    Args:
+        x: the inputs.
+        rate: the probability of zeroing an element, in ``[0, 1]``.
+        rngs: an ``nnx.Rngs``, an ``nnx.RngStream`` (its next key is taken: its count advances)
+            or a JAX key (a Threefry key, typed or uint32[2]).
+        rng_collection: the stream of an ``nnx.Rngs`` to draw from.
+        broadcast_dims: axes along which one decision is shared, as :class:`Dropout`'s.
+        deterministic: True for evaluation.
+        mode: ``"inverted"`` or ``"classic"``, as :func:`xdrop.dropout`'s.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from flax import nnx
+        >>> key = jax.random.key(0)
+        >>> w = jnp.ones((2, 4, 4))
+        >>> y = dropout(w, 0.25, key)
+        >>> keep = jax.random.bernoulli(key, 0.75, w.shape)
+        >>> bool(((y != 0) == keep).all())
+        True
+        >>> y = dropout(w, 0.25, nnx.Rngs(dropout=1), broadcast_dims=(0,))
+    """
+    deterministic = check_flag("deterministic", deterministic)
+    if not isinstance(broadcast_dims, Sequence) or not all(map(is_integer, broadcast_dims)):
+        raise bad_type("broadcast_dims", broadcast_dims, "a sequence of integer axes")
+    if not isinstance(rng_collection, str):
+        raise bad_type("rng_collection", rng_collection, "the name of a stream of nnx.Rngs")
+    checked_mode = check_mode(mode)
+    if deterministic:
+        return xdrop.dropout(x, rate, training=False, mode=checked_mode)
+    axes = tuple(int(axis) for axis in broadcast_dims)
+    common.check_shared_axes("broadcast_dims", axes, x.ndim)
+    noise_shape = common.spatial_noise_shape(x.ndim, axes)
+    key = _key(rngs, rng_collection)
+    return xdrop.dropout(x, rate, seed=key, mode=checked_mode, noise_shape=noise_shape)
+
+
+class UnconvertedDropoutError(XdropError, ValueError):
+    """:func:`convert` with ``strict=True` found dropout it cannot make portable: the message
+    names each module by its path in the model and says why."""
+
+
+class UnconvertedDropoutWarning(XdropWarning):
+    """:func:`convert` left dropout it cannot make portable as it was: the message names each
+    module by its path in the model and says why (``strict=True`` makes it an error)."""
+
+
+class SiteStream(nnx.RngStream):
+    """The dropout stream :func:`convert` gives an ``nnx.MultiHeadAttention``: an
+    ``nnx.RngStream`` whose key is the site's seed ``s`` (its two words ``(hi, lo)``), so that
+    its ``t``-th key is ``xdrop.fold_in(s, t)``. Its key and count are the module's state, as any
+    ``nnx.RngStream``'s; its class marks the site as converted.
+
+    Example:
+        >>> stream = SiteStream(7)
+        >>> key = jax.random.key_data(stream())
+        >>> tuple(int(w) for w in key) == common.seed_words(xdrop.fold_in(7, 0))
+        True
+    """
+
+    def __init__(self, seed: int, *, tag: str = "dropout") -> None:
+        words = np.array(common.seed_words(check_natural("seed", seed, 64)), np.uint32)
+        key = jax.random.wrap_key_data(jnp.asarray(words), impl="threefry2x32")
+        super().__init__(key, tag=tag)
+
+
+_DROPOUT_LIKE = re.compile(r"drop(out|path|block|connect)|stochastic_?depth", re.IGNORECASE)
+"""Class names of modules that probably drop units, but are not Flax's ``nnx.Dropout``: xdrop
+cannot know what they draw, so :func:`convert` reports them."""
+
+Path = tuple[Any, ...]
+
+
+def convert(
+    module: nnx.Module,
+    *,
+    seed: int,
+    strict: bool = False,
+    rename: Callable[[str], str] | None = None,
+) -> nnx.Module:
+    """Make every dropout of an NNX model written with Flax's modules portable, seeded and
+    resumable, in place; returns ``module``.
+
+    Each ``flax.nnx.Dropout`` anywhere in the module graph (attributes, ``nnx.List``,
+    ``nnx.Dict``, lists, dicts and tuples held with ``nnx.data``, nested modules) is replaced by
+    :class:`Dropout` with the same ``rate``, ``broadcast_dims``, ``deterministic`` and
+    ``rng_collection`` and its own stream from ``seed=site_seed(seed, name)``
+    (:func:`xdrop.layers.common.site_seed`): its ``t``-th training call returns::
+
+        xdrop.dropout(x, rate, seed=xdrop.fold_in(site_seed(seed, name), t), noise_shape=n)
+
+    where ``name`` is the module's path in the graph joined with dots (``blocks.0.dropout``),
+    or ``rename(path)``. A site's stream depends on its name only, never on the order in which
+    the model built its modules; the same name gives the same seed in PyTorch and Keras.
+
+    An ``nnx.MultiHeadAttention`` with ``dropout_rate > 0`` that holds its stream (the default
+    ``keep_rngs=True``) and Flax's ``dot_product_attention`` gets a :class:`SiteStream` for its
+    stream instead: its ``t``-th training call drops the attention weights with the mask
+    ``xdrop.dropout_mask`` gives for ``seed=xdrop.fold_in(site_seed(seed, name), t)`` (shared
+    across batch and heads where ``broadcast_dropout``), as Flax's ``jax.random.bernoulli``
+    draws it from that key. The module's other arguments are kept.
+
+    A module reached by several paths (a shared reference) is one site, named after the first
+    path in the graph's (sorted) order; every reference is replaced by the same new module, so
+    it stays shared. xdrop's own layers are left as they are, so ``convert`` twice changes
+    nothing: the streams keep their seeds and steps. The seeds and steps are ``nnx.Variable``s:
+    ``nnx.state`` / ``nnx.split`` / checkpoints carry them, and ``nnx.jit`` advances them.
+
+    Other modules whose class name says they drop units (``Dropout``, ``DropPath``,
+    ``DropBlock``, ``StochasticDepth``: subclasses of ``nnx.Dropout`` included) and that hold no
+    dropout ``convert`` replaces, an ``nnx.MultiHeadAttention`` that draws from ``rngs`` passed
+    to each call (``keep_rngs=False``) or calls its own ``attention_fn``, are left as they are,
+    with one :class:`UnconvertedDropoutWarning` naming each; ``strict=True`` raises
+    :class:`UnconvertedDropoutError` instead, before anything is changed. Dropout that a
+    module's code draws itself (``jax.random.bernoulli``) is invisible to ``convert``: see
+    :func:`dropout`. ``rngs`` passed to a call take precedence over a converted module's stream,
+    as in Flax.
+
+    Args:
+        module: an ``nnx.Module``, changed in place.
+        seed: the model's seed, an integer in ``[0, 2**64)``.
+        strict: raise rather than warn when some dropout cannot be converted.
+        rename: maps each site's dotted path to the name its seed is derived from (e.g. to the
+            name the same site has in a PyTorch model); each site's name must be unique.
+
+    Returns:
+        ``module``.
+
+    Example:
+        >>> class Block(nnx.Module):
+        ...     def __init__(self, rngs: nnx.Rngs) -> None:
+        ...         self.linear = nnx.Linear(4, 4, rngs=rngs)
+        ...         self.dropout = nnx.Dropout(0.5, rngs=rngs)
+        ...     def __call__(self, x: jax.Array) -> jax.Array:
+        ...         return self.dropout(self.linear(x))
+        >>> model = convert(Block(nnx.Rngs(0)), seed=7)
+        >>> type(model.dropout).__name__, model.dropout.rate
+        ('Dropout', 0.5)
+        >>> s = common.site_seed(7, "dropout")
+        >>> model.dropout.seed_value == s
+        True
+    """
+    if not isinstance(module, nnx.Module):
+        raise bad_type("module", module, "an nnx.Module (a Flax NNX model)")
+    if type(module) is nnx.Dropout:
+        raise ArgumentValueError(
+            "module is an nnx.Dropout, which convert cannot replace in place: convert the model "
+            "that holds it, or build xdrop.layers.flax.Dropout(rate, seed=...) instead"
+        )
+    read = seed_value(seed) if isinstance(seed, np.integer) else None
+    seed = check_natural("seed", seed, 64, read=read)
+    strict = check_flag("strict", strict)
+    if rename is not None and not callable(rename):
+        raise bad_type("rename", rename, "None or a function from a site's path to its name")
+    found = _Found()
+    found.walk(module, ())
+    unconverted = found.unconverted()
+    if unconverted and strict:
+        raise UnconvertedDropoutError(_unconverted_message(unconverted, strict=True))
+    names = _site_names([path for path, _ in found.sites], rename)
+    replacements: dict[int, tuple[object, object]] = {}
+    streams: list[tuple[nnx.MultiHeadAttention, SiteStream]] = []
+    for (_, site), name in zip(found.sites, names, strict=True):
+        site_seed = common.site_seed(seed, name)
+        if isinstance(site, nnx.MultiHeadAttention):
+            streams.append(
+                (site, SiteStream(site_seed, tag=str(getattr(site.rngs, "tag", "dropout"))))
+            )
+            continue
+        new = Dropout(
+            site.rate,
+            broadcast_dims=site.broadcast_dims,
+            deterministic=site.deterministic,
+            rng_collection=site.rng_collection,
+            seed=site_seed,
+        )
+        replacements[id(site)] = (site, new)
+    # every check is done and every new module built: only now is the model changed
+    _replace(module, replacements, set())
+    for attention, stream in streams:
+        attention.rngs = stream
+    if unconverted:
+        warnings.warn(
+            _unconverted_message(unconverted, strict=False), UnconvertedDropoutWarning, stacklevel=2
+        )
+    return module
+
+
+def _dotted(path: Path) -> str:
+    return ".".join(str(key) for key in path)
+
+
+class _Found:
+    """What a walk of a module graph finds: the sites :func:`convert` converts (``nnx.Dropout``
+    and ``nnx.MultiHeadAttention``, each once, at its first path), the paths of dropout that is
+    already portable, and the modules it cannot convert, with why."""
+
+    def __init__(self) -> None:
+        self.sites: list[tuple[Path, Any]] = []
+        self.portable: list[Path] = []
+        self.suspects: list[tuple[Path, str]] = []
+        self.visited: set[int] = set()
+
+    def walk(self, node: object, path: Path) -> None:
+        if id(node) in self.visited:
+            return
+        self.visited.add(id(node))
+        impl = graphlib.get_node_impl(node)
+        if impl is None:
+            return
+        for key, child in impl.node_dict(node).items():
+            if isinstance(child, nnx.Variable) or id(child) in self.visited:
+                continue
+            child_path = (*path, key)
+            if type(child) is nnx.Dropout:
+                self.visited.add(id(child))
+                if _settable(node, impl):
+                    self.sites.append((child_path, child))
+                else:
+                    held = f"held in a {type(node).__name__}, which cannot be changed in place"
+                    self.suspects.append((child_path, f"nnx.Dropout {held}"))
+                continue
+            if isinstance(child, Dropout):
+                self.visited.add(id(child))
+                self.portable.append(child_path)
+                continue
+            if isinstance(child, nnx.MultiHeadAttention) and child.dropout_rate > 0:
+                self._attention(child_path, child)
+            elif isinstance(child, nnx.Module) and _DROPOUT_LIKE.search(type(child).__name__):
+                reason = f"{type(child).__name__}: a module convert does not know"
+                self.suspects.append((child_path, reason))
+            self.walk(child, child_path)
+
+    def _attention(self, path: Path, attention: nnx.MultiHeadAttention) -> None:
+        if isinstance(attention.rngs, SiteStream):
+            self.portable.append(path)
+        elif attention.attention_fn is not nnx.dot_product_attention:
+            reason = "nnx.MultiHeadAttention with dropout_rate > 0 and its own attention_fn"
+            self.suspects.append((path, reason))
+        elif not isinstance(attention.rngs, nnx.RngStream):
+            reason = "nnx.MultiHeadAttention drawing from the rngs passed to each call"
+            self.suspects.append((path, f"{reason} (keep_rngs=False)"))
+        else:
+            self.sites.append((path, attention))
+
+    def unconverted(self) -> list[tuple[Path, str]]:
+        """The suspects that hold no dropout that is converted or portable: a module named like
+        dropout that wraps an ``nnx.Dropout`` is made portable through it."""
+        inside = [path for path, _ in self.sites] + self.portable
+        return [
+            (path, reason)
+            for path, reason in self.suspects
+            if not any(site[: len(path)] == path and site != path for site in inside)
+        ]
+
+
+def _settable(node: object, impl: Any) -> bool:
+    """Whether a child of ``node`` can be replaced: a module's attribute, an item of a list, a
+    dict, an ``nnx.List`` or ``nnx.Dict``, or of a tuple (rebuilt)."""
+    return isinstance(node, (list, dict, tuple)) or getattr(impl, "set_key", None) is not None
+
+
+def _site_names(paths: list[Path], rename: Callable[[str], str] | None) -> list[str]:
+    """Each site's name: its dotted path, or what ``rename`` makes of it; distinct names only,
+    as two sites with one name would drop the same units."""
+    names: list[str] = []
+    owners: dict[str, str] = {}
+    for path in paths:
+        dotted = _dotted(path)
+        name = dotted if rename is None else rename(dotted)
+        if not isinstance(name, str):
+            raise bad_type(f"rename({dotted!r})", name, "a str: the name of the site")
+        if name in owners:
+            raise ArgumentValueError(
+                f"rename gives the name {name!r} to two dropout sites, {owners[name]!r} and "
+                f"{dotted!r}: they would drop the same units; give each site its own name"
+            )
+        owners[name] = dotted
+        names.append(name)
+    return names
+
+
+def _unconverted_message(unconverted: list[tuple[Path, str]], strict: bool) -> str:
+    listed = "; ".join(f"{_dotted(path) or '<root>'} ({reason})" for path, reason in unconverted)
+    outcome = (
+        "(strict=True); convert refuses the model"
+        if strict
+        else "left as they are, drawing masks xdrop does not control"
+    )
+    return (
+        f"convert found {len(unconverted)} dropout module(s) it cannot make portable, "
+        f"{outcome}: {listed}. Replace them with xdrop.layers.flax layers, or draw their "
+        "masks with xdrop.layers.flax.dropout (see the page Convert a Flax model)"
+    )
+
+
+def _replace(
+    node: object, replacements: dict[int, tuple[object, object]], visited: set[int]
+) -> object:
+    """``node`` with every child in ``replacements`` (by id: ``(old, new)``) replaced, at any
+    depth, in place; a tuple that holds one is rebuilt, and the new tuple returned."""
+    if id(node) in replacements:
+        return replacements[id(node)][1]
+    if id(node) in visited:
+        return node
+    visited.add(id(node))
+    impl: Any = graphlib.get_node_impl(node)
+    if impl is None:
+        return node
+    children = impl.node_dict(node)
+    changed = {}
+    for key, child in children.items():
+        if isinstance(child, nnx.Variable):
+            continue
+        new = _replace(child, replacements, visited)
+        if new is not child:
+            changed[key] = new
+    if not changed:
+        return node
+    if isinstance(node, tuple):
+        values = [changed.get(key, child) for key, child in children.items()]
+        rebuilt = type(node)._make(values) if hasattr(node, "_make") else type(node)(values)
+        replacements[id(node)] = (node, rebuilt)
+        return rebuilt
+    for key, new in changed.items():
+        if isinstance(node, (list, dict)):
+            node[key] = new
+        else:
+            impl.set_key(node, key, new)
+    return node
