@@ -22,7 +22,8 @@ from flax import nnx
 from layers import flax_transformer as tiny
 from layers.shared import assert_refused
 
-from xdrop.layers.common import seed_words, site_seed
+from xdrop.errors import ArgumentTypeError, ArgumentValueError
+from xdrop.layers.common import site_seed
 from xdrop.layers.flax import (
     Dropout,
     SiteStream,
@@ -51,6 +52,11 @@ def sites(model) -> dict[str, object]:
         elif isinstance(node, nnx.MultiHeadAttention):
             found[dotted(path)] = node.rngs
     return found
+
+
+def drawn(site) -> int:
+    """How many training calls a site has drawn: its step, or its stream's count."""
+    return int(site.count[...]) if isinstance(site, SiteStream) else site.step_value
 
 
 def stream_seed(stream: nnx.RngStream) -> int:
@@ -134,9 +140,9 @@ def test_a_converted_model_trains_under_nnx_jit_and_advances_every_stream():
     tokens, labels = tiny.batch()
     losses = [float(tiny.train_step(model, optimizer, tokens, labels)) for _ in range(6)]
     assert losses[-1] < losses[0]
-    for name, site in sites(model).items():
-        count = site.count[...] if isinstance(site, SiteStream) else site.step_value
-        assert int(count) == 6, name
+    assert {name: drawn(site) for name, site in sites(model).items()} == dict.fromkeys(
+        sites(model), 6
+    )
 
 
 def test_train_eval_and_view_switch_every_site():
@@ -145,10 +151,7 @@ def test_train_eval_and_view_switch_every_site():
     model.eval()
     first = model(tokens)
     np.testing.assert_array_equal(model(tokens), first)
-    assert all(
-        int(getattr(s, "count", [0])[...] if isinstance(s, SiteStream) else s.step_value) == 0
-        for s in sites(model).values()
-    )
+    assert all(drawn(site) == 0 for site in sites(model).values())
     training = nnx.view(model, deterministic=False)
     assert not np.array_equal(training(tokens), first)
     model.train()
@@ -217,3 +220,208 @@ def test_a_checkpoint_resumes_every_stream_bit_for_bit_in_a_fresh_process(tmp_pa
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().splitlines()[-1] == repr(trained)
     assert len(set(trained)) == 3  # the masks and the weights moved on each step
+
+
+class Holders(nnx.Module):
+    """Dropout in every kind of place a module graph holds modules, and one shared."""
+
+    def __init__(self) -> None:
+        self.shared = nnx.Dropout(0.1)
+        self.again = self.shared
+        self.listed = nnx.List([nnx.Linear(2, 2, rngs=nnx.Rngs(0)), nnx.Dropout(0.2)])
+        self.table = nnx.Dict(a=nnx.Dropout(0.3))
+        self.plain = nnx.data([{"deep": nnx.Dropout(0.4)}])
+        self.pair = nnx.data((nnx.Dropout(0.5), 7))
+
+
+def test_dropout_in_lists_dicts_tuples_and_nested_containers_is_converted():
+    model = convert(Holders(), seed=3)
+    expected = {"listed.1": 0.2, "table.a": 0.3, "plain.0.deep": 0.4, "pair.0": 0.5}
+    for name, rate in expected.items():
+        layer = sites(model)[name]
+        assert type(layer) is Dropout and layer.rate == rate
+        assert layer.seed_value == site_seed(3, name)
+    assert type(model.pair) is tuple and model.pair[1] == 7
+    assert not any(type(site) is nnx.Dropout for site in sites(model).values())
+
+
+def test_a_shared_dropout_stays_shared_as_one_site_named_after_its_first_path():
+    model = convert(Holders(), seed=3)
+    assert model.shared is model.again and type(model.shared) is Dropout
+    assert model.shared.seed_value == site_seed(3, "again")  # "again" sorts before "shared"
+    x = jnp.ones(16)
+    first = model.shared(x)
+    assert model.again.step_value == 1  # one stream, advanced through either path
+    assert not np.array_equal(model.again(x), first)
+
+
+def test_converting_twice_changes_nothing():
+    model = convert(tiny.Transformer(nnx.Rngs(0)), seed=SEED)
+    tokens, _ = tiny.batch()
+    model(tokens)
+    before = sites(model)
+    state = jax.tree.map(np.asarray, nnx.state(model, nnx.Not(nnx.RngKey)))
+    assert convert(model, seed=SEED + 1) is model
+    after = sites(model)
+    assert all(after[name] is site for name, site in before.items())
+    again = jax.tree.map(np.asarray, nnx.state(model, nnx.Not(nnx.RngKey)))
+    jax.tree.map(np.testing.assert_array_equal, again, state)
+
+
+def test_rename_names_each_site_and_two_sites_of_one_name_are_refused():
+    model = convert(tiny.Transformer(nnx.Rngs(0)), seed=SEED, rename=lambda n: "bert." + n)
+    assert model.dropout.seed_value == site_seed(SEED, "bert.dropout")
+    stream = model.blocks[0].attn.rngs
+    assert stream_seed(stream) == site_seed(SEED, "bert.blocks.0.attn")
+    assert_refused(
+        lambda: convert(tiny.Transformer(nnx.Rngs(0)), seed=0, rename=lambda n: "same"),
+        ArgumentValueError,
+        "rename gives the name 'same' to two dropout sites",
+    )
+    assert_refused(
+        lambda: convert(tiny.Transformer(nnx.Rngs(0)), seed=0, rename=lambda n: 3),
+        ArgumentTypeError,
+        "rename('blocks.0.attn') must be a str: the name of the site, got 3 of type int",
+    )
+
+
+class Unknown(nnx.Module):
+    """Dropout convert cannot see into: a module of its own named so, a subclass of Flax's
+    layer, attention drawing from the call's rngs or with its own attention function; and a
+    module named so that only wraps Flax's layer (converted through it)."""
+
+    class StochasticDepth(nnx.Module):
+        def __call__(self, x: jax.Array) -> jax.Array:
+            return x
+
+    class MyDropout(nnx.Dropout):
+        pass
+
+    class DropoutWrapper(nnx.Module):
+        def __init__(self) -> None:
+            self.inner = nnx.Dropout(0.1)
+
+    def __init__(self) -> None:
+        rngs = nnx.Rngs(0)
+        self.depth = Unknown.StochasticDepth()
+        self.subclass = Unknown.MyDropout(0.1)
+        self.wrapper = Unknown.DropoutWrapper()
+        self.call_rngs = nnx.MultiHeadAttention(
+            2, 4, dropout_rate=0.1, keep_rngs=False, decode=False, rngs=rngs
+        )
+        self.own_fn = nnx.MultiHeadAttention(
+            2, 4, dropout_rate=0.1, attention_fn=lambda *a, **k: a[0], decode=False, rngs=rngs
+        )
+        self.no_dropout = nnx.MultiHeadAttention(2, 4, decode=False, rngs=rngs)
+
+
+UNKNOWN = [
+    "call_rngs (nnx.MultiHeadAttention drawing from the rngs passed to each call",
+    "depth (StochasticDepth: a module convert does not know)",
+    "own_fn (nnx.MultiHeadAttention with dropout_rate > 0 and its own attention_fn)",
+    "subclass (MyDropout: a module convert does not know)",
+]
+
+
+def test_unknown_dropout_is_left_alone_with_one_warning_naming_each():
+    model = Unknown()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        convert(model, seed=0)
+    assert len(caught) == 1 and caught[0].category is UnconvertedDropoutWarning
+    message = str(caught[0].message)
+    assert message.startswith("convert found 4 dropout module(s) it cannot make portable")
+    assert all(entry in message for entry in UNKNOWN)
+    assert "wrapper" not in message and type(model.wrapper.inner) is Dropout
+    assert type(model.subclass) is Unknown.MyDropout
+
+
+def test_strict_refuses_unknown_dropout_before_changing_anything():
+    model = Unknown()
+    with pytest.raises(UnconvertedDropoutError) as raised:
+        convert(model, seed=0, strict=True)
+    assert all(entry in str(raised.value) for entry in UNKNOWN)
+    assert isinstance(raised.value, xdrop.XdropError)
+    assert type(model.wrapper.inner) is nnx.Dropout  # nothing converted
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        convert(tiny.Transformer(nnx.Rngs(0)), seed=0, strict=True)  # all known: no warning
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "message"),
+    [
+        (lambda m: convert([m], seed=0), ArgumentTypeError, "module must be an nnx.Module"),
+        (lambda m: convert(nnx.Dropout(0.1), seed=0), ArgumentValueError, "module is an nnx"),
+        (lambda m: convert(m, seed=-1), ArgumentValueError, "seed must be"),
+        (lambda m: convert(m, seed=2**64), ArgumentValueError, "seed must be"),
+        (lambda m: convert(m, seed="1"), ArgumentTypeError, "seed must be"),
+        (lambda m: convert(m, seed=None), ArgumentTypeError, "seed must be"),
+        (lambda m: convert(m, seed=0, strict="yes"), ArgumentTypeError, "strict must be"),
+        (lambda m: convert(m, seed=0, rename="x"), ArgumentTypeError, "rename must be"),
+    ],
+)
+def test_bad_arguments_are_refused_naming_the_argument(call, error, message):
+    model = Holders()
+    assert_refused(lambda: call(model), error, message)
+    assert type(model.shared) is nnx.Dropout
+
+
+def test_a_numpy_integer_seed_is_read_as_its_value():
+    model = convert(Holders(), seed=np.uint64(2**64 - 1))
+    assert model.shared.seed_value == site_seed(2**64 - 1, "again")
+
+
+def test_functional_dropout_drops_the_units_jax_random_bernoulli_drops_for_the_key():
+    key, x = jax.random.key(5), jnp.ones((2, 3, 6, 6))
+    keep = jax.random.bernoulli(key, 0.8, x.shape)
+    y = dropout(x, 0.2, key)
+    np.testing.assert_array_equal(y != 0, keep)
+    np.testing.assert_array_equal(y, xdrop.dropout(x, 0.2, seed=key))
+    assert dropout(x, 0.2, key, deterministic=True) is x
+    shared = dropout(x, 0.5, key, broadcast_dims=(0, 1))
+    assert (shared == shared[:1, :1]).all()
+
+
+def test_functional_dropout_takes_the_next_key_of_an_rngs_stream():
+    rngs = nnx.Rngs(dropout=1, noise=2)
+    x = jnp.ones(64)
+    first = dropout(x, 0.5, rngs)
+    second = dropout(x, 0.5, rngs)
+    expected = nnx.Rngs(dropout=1)
+    np.testing.assert_array_equal(first, xdrop.dropout(x, 0.5, seed=expected.dropout()))
+    np.testing.assert_array_equal(second, xdrop.dropout(x, 0.5, seed=expected.dropout()))
+    noise = dropout(x, 0.5, rngs, rng_collection="noise")
+    np.testing.assert_array_equal(noise, xdrop.dropout(x, 0.5, seed=nnx.Rngs(noise=2).noise()))
+    assert_refused(lambda: dropout(x, 0.5, 3), ArgumentTypeError, "rngs must be")
+    assert_refused(lambda: dropout(x, 0.5, rngs, deterministic=1), ArgumentTypeError, "determ")
+    assert_refused(lambda: dropout(x, 0.5, rngs, broadcast_dims=(1,)), ArgumentValueError, "")
+
+
+def hand_written_attention(q, k, v, rate, key):
+    """Attention as it is often written by hand: Flax's bernoulli dropout on the weights."""
+    weights = jax.nn.softmax(jnp.einsum("qd,kd->qk", q, k))
+    keep = jax.random.bernoulli(key, 1 - rate, weights.shape)
+    weights = jnp.where(keep, weights / (1 - rate), 0)
+    return weights @ v
+
+
+def portable_attention(q, k, v, rate, rngs):
+    """The same, with its one dropout line replaced by xdrop's."""
+    weights = jax.nn.softmax(jnp.einsum("qd,kd->qk", q, k))
+    weights = dropout(weights, rate, rngs)
+    return weights @ v
+
+
+def test_replacing_a_hand_written_bernoulli_dropout_keeps_the_masks_and_makes_them_portable():
+    q, k, v = (jax.random.normal(jax.random.key(i), (6, 8)) for i in range(3))
+    key = jax.random.key(11)
+    np.testing.assert_allclose(
+        portable_attention(q, k, v, 0.3, key),
+        hand_written_attention(q, k, v, 0.3, key),
+        rtol=1e-6,
+    )
+    weights = jax.nn.softmax(jnp.einsum("qd,kd->qk", q, k))
+    words = np.asarray(jax.random.key_data(key))  # uint32[2]: a seed on any backend
+    numpy_mask = xdrop.dropout_mask((6, 6), 0.3, seed=words)
+    np.testing.assert_array_equal(np.asarray(dropout(weights, 0.3, key)) != 0, numpy_mask)
