@@ -408,7 +408,7 @@ def dropout(
 
 
 class UnconvertedDropoutError(XdropError, ValueError):
-    """:func:`convert` with ``strict=True` found dropout it cannot make portable: the message
+    """:func:`convert` with ``strict=True`` found dropout it cannot make portable: the message
     names each module by its path in the model and says why."""
 
 
@@ -459,7 +459,8 @@ def convert(
     ``rng_collection`` and its own stream from ``seed=site_seed(seed, name)``
     (:func:`xdrop.layers.common.site_seed`): its ``t``-th training call returns::
 
-        xdrop.dropout(x, rate, seed=xdrop.fold_in(site_seed(seed, name), t), noise_shape=n)
+        s = site_seed(seed, name)
+        xdrop.dropout(x, rate, seed=xdrop.fold_in(s, t), noise_shape=n)
 
     where ``name`` is the module's path in the graph joined with dots (``blocks.0.dropout``),
     or ``rename(path)``. A site's stream depends on its name only, never on the order in which
