@@ -395,7 +395,11 @@ def test_functional_dropout_takes_the_next_key_of_an_rngs_stream():
     np.testing.assert_array_equal(noise, xdrop.dropout(x, 0.5, seed=nnx.Rngs(noise=2).noise()))
     assert_refused(lambda: dropout(x, 0.5, 3), ArgumentTypeError, "rngs must be")
     assert_refused(lambda: dropout(x, 0.5, rngs, deterministic=1), ArgumentTypeError, "determ")
-    assert_refused(lambda: dropout(x, 0.5, rngs, broadcast_dims=(1,)), ArgumentValueError, "")
+    assert_refused(
+        lambda: dropout(x, 0.5, rngs, broadcast_dims=(1,)),
+        ArgumentValueError,
+        "broadcast_dims must be axes in [-1, 1)",
+    )
 
 
 def hand_written_attention(q, k, v, rate, key):
