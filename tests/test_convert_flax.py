@@ -116,6 +116,10 @@ def test_a_dropout_sites_training_output_is_the_documented_formula():
         inner = nnx.gelu(mlp.up(h))
         by_hand = mlp.down(xdrop.dropout(inner, tiny.RATE, seed=xdrop.fold_in(seed, t)))
         np.testing.assert_array_equal(mlp(h), by_hand)
+    # the site's draw of step 1 is NumPy's for the same seed: portable, not JAX's alone
+    on_numpy = xdrop.dropout(np.asarray(inner), tiny.RATE, seed=xdrop.fold_in(seed, 1))
+    on_jax = xdrop.dropout(inner, tiny.RATE, seed=xdrop.fold_in(seed, 1))
+    np.testing.assert_array_equal(np.asarray(on_jax), on_numpy)
 
 
 def test_attention_dropout_is_xdrops_mask_for_the_sites_stream_shared_over_batch_and_heads():
