@@ -433,3 +433,20 @@ def test_replacing_a_hand_written_bernoulli_dropout_keeps_the_masks_and_makes_th
     words = np.asarray(jax.random.key_data(key))  # uint32[2]: a seed on any backend
     numpy_mask = xdrop.dropout_mask((6, 6), 0.3, seed=words)
     np.testing.assert_array_equal(np.asarray(dropout(weights, 0.3, key)) != 0, numpy_mask)
+
+
+def test_attention_is_not_converted_while_jax_draws_bernoulli_masks_another_way():
+    model = tiny.Transformer(nnx.Rngs(0))
+    converted = convert(tiny.Transformer(nnx.Rngs(0)), seed=0)
+    x = jnp.ones((1, 3, tiny.HIDDEN))
+    before = jax.config.jax_threefry_partitionable
+    jax.config.update("jax_threefry_partitionable", False)
+    try:
+        with pytest.warns(UnconvertedDropoutWarning, match="blocks.0.attn .nnx.MultiHeadAtt"):
+            convert(model, seed=0)
+        assert not isinstance(model.blocks[0].attn.rngs, SiteStream)
+        attn = converted.blocks[0].attn
+        assert_refused(lambda: attn(x), UnconvertedDropoutError, "jax_threefry_partitionable")
+    finally:
+        jax.config.update("jax_threefry_partitionable", before)
+    assert attn(x).shape == x.shape

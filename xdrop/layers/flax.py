@@ -435,6 +435,29 @@ class SiteStream(nnx.RngStream):
         key = jax.random.wrap_key_data(jnp.asarray(words), impl="threefry2x32")
         super().__init__(key, tag=tag)
 
+    def __call__(self) -> jax.Array:
+        """The next key, ``xdrop.fold_in(s, t)``; the count ``t`` advances. Refused where JAX's
+        ``jax_threefry_partitionable`` is off: ``jax.random.bernoulli`` then draws other masks
+        than xdrop's for the same key."""
+        if not _bernoulli_is_xdrops():
+            raise UnconvertedDropoutError(NOT_PARTITIONABLE)
+        key: jax.Array = super().__call__()
+        return key
+
+
+NOT_PARTITIONABLE = (
+    "jax_threefry_partitionable is off, and jax.random.bernoulli then draws other masks than "
+    "xdrop's for the same key: a converted nnx.MultiHeadAttention's dropout would not be "
+    "portable. Turn it on (JAX's default: jax.config.update('jax_threefry_partitionable', "
+    "True)), or use dropout_rate=0 and drop the attention weights with xdrop's layers"
+)
+
+
+def _bernoulli_is_xdrops() -> bool:
+    """Whether ``jax.random.bernoulli`` draws xdrop's mask for a key: JAX's bits for a key are
+    xdrop's (mask stream v1) with ``jax_threefry_partitionable`` on, JAX's default."""
+    return bool(getattr(jax.config, "jax_threefry_partitionable", True))
+
 
 _DROPOUT_LIKE = re.compile(r"drop(out|path|block|connect)|stochastic_?depth", re.IGNORECASE)
 """Class names of modules that probably drop units, but are not Flax's ``nnx.Dropout``: xdrop
@@ -471,7 +494,9 @@ def convert(
     stream instead: its ``t``-th training call drops the attention weights with the mask
     ``xdrop.dropout_mask`` gives for ``seed=xdrop.fold_in(site_seed(seed, name), t)`` (shared
     across batch and heads where ``broadcast_dropout``), as Flax's ``jax.random.bernoulli``
-    draws it from that key. The module's other arguments are kept.
+    draws it from that key (with JAX's ``jax_threefry_partitionable`` on, its default; off,
+    the module is reported, and a converted one refuses to draw). The module's other
+    arguments are kept.
 
     A module reached by several paths (a shared reference) is one site, named after the first
     path in the graph's (sorted) order; every reference is replaced by the same new module, so
@@ -610,6 +635,9 @@ class _Found:
         elif attention.attention_fn is not nnx.dot_product_attention:
             reason = "nnx.MultiHeadAttention with dropout_rate > 0 and its own attention_fn"
             self.suspects.append((path, reason))
+        elif not _bernoulli_is_xdrops():
+            reason = "nnx.MultiHeadAttention: jax_threefry_partitionable is off"
+            self.suspects.append((path, f"{reason}, so its masks are not xdrop's"))
         elif not isinstance(attention.rngs, nnx.RngStream):
             reason = "nnx.MultiHeadAttention drawing from the rngs passed to each call"
             self.suspects.append((path, f"{reason} (keep_rngs=False)"))
