@@ -584,6 +584,7 @@ _NOT_CHILDREN = frozenset(
         "_buffers",
         "_torch_params",
         "_tracker",
+        "_self_saveable_object_factories",
     }
 )
 """Attributes of a Keras layer that hold its sublayers a second time (or none): a layer's name in
@@ -596,7 +597,8 @@ _KEPT = ("_inbound_nodes", "_outbound_nodes", "_called", "_parent_path", "_path"
 
 
 def named_layers(model: Any) -> Iterator[tuple[str, Any]]:
-    """Every layer inside ``model`` (not ``model`` itself), once, with its name in the model: the
+    """Every layer inside ``model`` (not ``model`` itself), once, with its name in the model (the
+    name :func:`convert` derives the layer's seed from): the
     dotted path of attributes that reaches it, list and tuple items by index and dict items by key
     (``"encoder.blocks.0.attention._dropout_layer"``), attributes in sorted order, so a layer held
     twice is named after the first. Layers reached through no attribute (those of a Sequential or
@@ -610,7 +612,7 @@ def named_layers(model: Any) -> Iterator[tuple[str, Any]]:
         attributes = {**vars(layer), **getattr(layer, "_modules", {})}
         for attribute in sorted(attributes):
             # TensorFlow's tracking (_self_unconditional_dependency_names...) holds them again
-            if attribute not in _NOT_CHILDREN and not attribute.startswith("_self_"):
+            if attribute not in _NOT_CHILDREN and not attribute.startswith("_self_uncondition"):
                 yield from items(attribute, attributes[attribute])
         tracked = (
             layer.layers
@@ -690,7 +692,7 @@ def _swap(layer: Any, target: type, arguments: dict[str, Any], seed: int) -> Non
 def _check_rename(rename: object) -> Callable[[str], str] | None:
     if rename is not None and not callable(rename):
         raise bad_type("rename", rename, "a function from a layer's name to a site's name, or None")
-    return rename  # type: ignore[return-value]
+    return rename
 
 
 def convert(
@@ -747,13 +749,14 @@ def convert(
             xdrop.UnconvertedDropoutError: with ``strict=True``, as above.
 
     Example:
-        >>> import keras, xdrop
+        >>> import keras
+        >>> from xdrop.layers.common import site_seed
         >>> from xdrop.layers.keras import convert
-        >>> model = keras.Sequential([keras.layers.Dense(4), keras.layers.Dropout(0.5)])
-        >>> model = convert(model, seed=0)
+        >>> layers = [keras.layers.Dense(4), keras.layers.Dropout(0.5)]
+        >>> model = convert(keras.Sequential(layers), seed=0)
         >>> layer = model.layers[1]
-        >>> type(layer).__name__, layer.seed == common.site_seed(0, "layers.1")
-        ('Dropout', True)
+        >>> type(layer).__module__, layer.seed == site_seed(0, "layers.1")
+        ('xdrop.layers.keras', True)
     """
     if not isinstance(model, keras.layers.Layer):
         raise bad_type("model", model, "a Keras layer or model (keras.layers.Layer)")
