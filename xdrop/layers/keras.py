@@ -663,12 +663,18 @@ def _draws_its_own(layer: Any) -> bool:
 
 
 def _unbuilt_dropout(layer: Any) -> bool:
-    """A ``MultiHeadAttention`` (or subclass) with dropout whose dropout layer does not exist
-    yet: Keras makes it when the attention is built."""
-    return (
-        isinstance(layer, keras.layers.MultiHeadAttention)
-        and layer.dropout > 0
-        and getattr(layer, "_dropout_layer", None) is None
+    """A layer with a ``dropout`` above 0 whose dropout layers do not exist yet because it is not
+    built: Keras' ``MultiHeadAttention`` and ``GroupedQueryAttention`` make theirs in ``build``,
+    and so do layers that make every sublayer there (keras-hub's ``TransformerEncoder``). A layer
+    that draws with a seed generator of its own is judged by :func:`_draws_its_own` instead."""
+    rate = getattr(layer, "dropout", 0)
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or rate <= 0 or layer.built:
+        return False
+    if getattr(layer, "_seed_generators", ()):
+        return False
+    attention = (keras.layers.MultiHeadAttention, keras.layers.GroupQueryAttention)
+    return isinstance(layer, attention) or not layer._flatten_layers(
+        include_self=False, recursive=False
     )
 
 
@@ -735,8 +741,8 @@ def convert(
     streams into them: load those with :func:`load_model`.
 
     Args:
-        model: a ``keras.layers.Layer`` (a model is one), built where it holds
-            ``MultiHeadAttention`` with dropout (its dropout layer is made in ``build``).
+        model: a ``keras.layers.Layer`` (a model is one), built where it holds layers that
+            make their dropout in ``build`` (``MultiHeadAttention``, ``GroupQueryAttention``).
         seed: an integer in ``[0, 2**64)``, the seed of the model's sites.
         strict: raise instead of warning about dropout-like layers left as they are.
         rename: a function from a layer's name to the name its site's seed is derived from
@@ -745,7 +751,8 @@ def convert(
     Raises:
         xdrop.ArgumentTypeError: ``model`` is not a Keras layer, or another argument has a wrong
             type; xdrop.ArgumentValueError: a seed out of range, or ``rename`` giving two sites
-            one name; xdrop.UnbuiltLayerError: an attention layer with dropout is not built yet;
+            one name; xdrop.UnbuiltLayerError: a layer with dropout that makes its dropout layers
+            in ``build`` (attention layers, keras-hub's blocks) is not built yet;
             xdrop.UnconvertedDropoutError: with ``strict=True``, as above.
 
     Example:
@@ -767,7 +774,8 @@ def convert(
     unbuilt = [name for name, layer in layers if _unbuilt_dropout(layer)]
     if unbuilt:
         raise UnbuiltLayerError(
-            f"attention layers with dropout that is not built yet: {', '.join(unbuilt)}; build "
+            "layers whose dropout is made when they are built, not built yet: "
+            f"{', '.join(unbuilt)}; build "
             "the model first (call it on a batch, or model.build(input_shape)), then convert it"
         )
     unknown = [
