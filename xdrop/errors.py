@@ -47,6 +47,17 @@ class InPlaceError(XdropError, RuntimeError):
     overwriting (a leaf that requires grad, or a view of one), as ``torch.nn.Dropout`` refuses."""
 
 
+class UnconvertedDropoutError(XdropError):
+    """``convert(model, strict=True)`` found dropout-like layers it cannot make portable (a
+    layer of an unknown class, or one that draws its own masks): the message names each, so that
+    the model can be changed or the layers accepted as they are (``strict=False``)."""
+
+
+class UnbuiltLayerError(XdropError):
+    """``convert`` met a layer whose dropout does not exist yet because the layer is not built
+    (Keras' ``MultiHeadAttention`` makes its dropout layer in ``build``): build the model first."""
+
+
 class XdropWarning(UserWarning):
     """Root of every warning xdrop emits: ``warnings.filterwarnings("ignore", category=...)``
     with it silences them all."""
@@ -56,6 +67,12 @@ class InputRankWarning(XdropWarning):
     """A channel dropout layer got an input of a rank PyTorch's own layer takes with a deprecation
     warning (``Dropout2d`` on 3-d or 5-d inputs, ``Dropout3d`` on 6-d...): xdrop reads the input as
     torch does and says how, as torch does."""
+
+
+class UnconvertedDropoutWarning(XdropWarning):
+    """``convert`` left dropout-like layers it does not know as they are (their masks do not come
+    from xdrop); the warning names each. ``strict=True`` raises
+    :class:`UnconvertedDropoutError` instead."""
 
 
 class BackendWarning(XdropWarning):
