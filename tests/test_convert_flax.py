@@ -22,16 +22,10 @@ from flax import nnx
 from layers import flax_transformer as tiny
 from layers.shared import assert_refused
 
+from xdrop import UnconvertedDropoutError, UnconvertedDropoutWarning
 from xdrop.errors import ArgumentTypeError, ArgumentValueError
 from xdrop.layers.common import site_seed
-from xdrop.layers.flax import (
-    Dropout,
-    SiteStream,
-    UnconvertedDropoutError,
-    UnconvertedDropoutWarning,
-    convert,
-    dropout,
-)
+from xdrop.layers.flax import Dropout, SiteStream, convert, dropout
 
 pytestmark = pytest.mark.backend_independent  # Flax's own modules and arrays
 

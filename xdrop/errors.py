@@ -47,7 +47,7 @@ class InPlaceError(XdropError, RuntimeError):
     overwriting (a leaf that requires grad, or a view of one), as ``torch.nn.Dropout`` refuses."""
 
 
-class UnconvertedDropoutError(XdropError):
+class UnconvertedDropoutError(XdropError, ValueError):
     """``convert(model, strict=True)`` found dropout-like layers it cannot make portable (a
     layer of an unknown class, or one that draws its own masks): the message names each, so that
     the model can be changed or the layers accepted as they are (``strict=False``)."""
@@ -87,6 +87,7 @@ for _mixed in (
     TracingError,
     InputRankError,
     InPlaceError,
+    UnconvertedDropoutError,
 ):
     _mixed.__init__ = Exception.__init__  # type: ignore[method-assign]
 

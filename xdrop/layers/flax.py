@@ -17,7 +17,12 @@ from flax import nnx
 from flax.nnx import graphlib
 
 import xdrop
-from xdrop.errors import ArgumentValueError, XdropError, XdropWarning, bad_type
+from xdrop.errors import (
+    ArgumentValueError,
+    UnconvertedDropoutError,
+    UnconvertedDropoutWarning,
+    bad_type,
+)
 from xdrop.layers import common
 from xdrop.validation import check_flag, check_mode, check_natural, is_integer, seed_value
 
@@ -32,8 +37,6 @@ __all__ = [
     "DropoutState",
     "GaussianDropout",
     "SiteStream",
-    "UnconvertedDropoutError",
-    "UnconvertedDropoutWarning",
     "convert",
     "dropout",
     "set_mc_sampling",
@@ -405,16 +408,6 @@ def dropout(
     noise_shape = common.spatial_noise_shape(x.ndim, axes)
     key = _key(rngs, rng_collection)
     return xdrop.dropout(x, rate, seed=key, mode=checked_mode, noise_shape=noise_shape)
-
-
-class UnconvertedDropoutError(XdropError, ValueError):
-    """:func:`convert` with ``strict=True`` found dropout it cannot make portable: the message
-    names each module by its path in the model and says why."""
-
-
-class UnconvertedDropoutWarning(XdropWarning):
-    """:func:`convert` left dropout it cannot make portable as it was: the message names each
-    module by its path in the model and says why (``strict=True`` makes it an error)."""
 
 
 class SiteStream(nnx.RngStream):
