@@ -309,6 +309,36 @@ def test_sdpa_without_dropout_is_sdpa_itself():
     assert torch.equal(model(x), reference(x))
 
 
+class Attention(nn.Module):
+    def __init__(self, need_weights: bool) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.attn = nn.MultiheadAttention(16, 2, dropout=0.3, batch_first=True)
+        self.need_weights = need_weights
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.attn(x, x, x, need_weights=self.need_weights)[0]
+
+
+@pytest.mark.parametrize("need_weights", [True, False])
+def test_multihead_attention_drops_its_probabilities_with_xdrop(need_weights):
+    model = convert(Attention(need_weights), seed=1)
+    x = _inputs()
+    state = torch.get_rng_state()
+    y = model(x)
+    assert torch.equal(torch.get_rng_state(), state)
+    attn = model.attn
+    n, length, width = x.shape
+    q, k, v = (
+        h.view(n, length, 2, -1).transpose(1, 2)
+        for h in F.linear(x, attn.in_proj_weight, attn.in_proj_bias).chunk(3, -1)
+    )
+    probs = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(width // 2), -1)
+    h = xdrop.dropout(probs, 0.3, seed=_site(1, "attn#0", 0)) @ v
+    expected = attn.out_proj(h.transpose(1, 2).reshape(n, length, width))
+    torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5)
+
+
 # -- state, resumption, global generator ------------------------------------------------------------
 def test_seed_and_step_live_in_state_dict_and_load_into_a_model_converted_with_another_seed():
     x = _inputs()
@@ -433,7 +463,13 @@ class Dropped(nn.Module):
         super().__init__()
         self.tokens = TokenDropout()
         self.attention = nn.MultiheadAttention(16, 2, dropout=0.1)
-        self.quiet = nn.MultiheadAttention(16, 2)
+        self.scale = ScaledDrop()
+
+
+class ScaledDrop(nn.Module):
+    """Not named like dropout, but holding timm's float ``drop_prob``."""
+
+    drop_prob = 0.1
 
 
 def test_unknown_dropout_like_modules_are_left_alone_with_one_warning_naming_each():
@@ -441,8 +477,8 @@ def test_unknown_dropout_like_modules_are_left_alone_with_one_warning_naming_eac
         model = convert(Dropped(), seed=0)
     assert len(caught) == 1
     message = str(caught[0].message)
-    assert "tokens (TokenDropout)" in message and "attention (MultiheadAttention" in message
-    assert "quiet" not in message
+    assert "tokens (TokenDropout)" in message and "scale (ScaledDrop)" in message
+    assert "attention" not in message  # its dropout is routed through xdrop
     assert type(model.tokens) is TokenDropout
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -233,6 +234,12 @@ class FunctionalDropout(TorchFunctionMode):
             return self._attention(args, kwargs)
         if func is _NATIVE:
             return self._native(args, kwargs)
+        if func is _MHA and _MHA_BODY is not None:
+            _RUNNING.append(self)
+            try:
+                return _MHA_BODY(*args, **kwargs)
+            finally:
+                _RUNNING.pop()
         return func(*args, **kwargs)
 
     def _site_seed(self) -> torch.Tensor | int:
@@ -323,6 +330,49 @@ class FunctionalDropout(TorchFunctionMode):
 @functools.lru_cache(maxsize=4096)
 def _host_site_seed(seed: int, high: int, low: int) -> int:
     return spec.fold_in(spec.fold_in(seed, high), low)
+
+
+def _running_mode() -> FunctionalDropout:
+    return _RUNNING[-1]
+
+
+def _never(*args: Any) -> bool:
+    return False
+
+
+def _attention_body() -> Callable[..., Any] | None:
+    """``F.multi_head_attention_forward`` (which ``nn.MultiheadAttention`` calls) as it is, but
+    with its calls of ``dropout`` and ``scaled_dot_product_attention`` routed through the running
+    mode, and without its own dispatch to modes: inside a mode's ``__torch_function__`` the mode
+    is off, so the function itself would draw from torch's generator. The same code object with
+    three of its global names bound otherwise; None (MultiheadAttention then not converted)
+    where torch's function no longer names them."""
+    original = F.multi_head_attention_forward
+    needed = {"has_torch_function", "dropout", "scaled_dot_product_attention"}
+    if not needed <= set(original.__code__.co_names):
+        return None
+    namespace = dict(original.__globals__)
+    namespace["has_torch_function"] = _never
+    namespace["dropout"] = lambda *args, **kwargs: _running_mode()._dropout(
+        F.dropout, _FUNCTIONS[F.dropout], args, kwargs
+    )
+    namespace["scaled_dot_product_attention"] = lambda *args, **kwargs: _running_mode()._attention(
+        args, kwargs
+    )
+    body = types.FunctionType(
+        original.__code__, namespace, original.__name__, original.__defaults__
+    )
+    body.__kwdefaults__ = original.__kwdefaults__
+    return body
+
+
+_RUNNING: list[FunctionalDropout] = []
+"""The modes running ``nn.MultiheadAttention``'s function body, innermost last."""
+_MHA_BODY = _attention_body()
+MULTIHEAD_ATTENTION_CONVERTED = _MHA_BODY is not None
+"""Whether ``nn.MultiheadAttention``'s attention dropout is routed through xdrop (it is where
+torch's ``F.multi_head_attention_forward`` names ``dropout`` and ``scaled_dot_product_attention``
+as globals, as torch 2.x does)."""
 
 
 def _is_zero(p: Any) -> bool:
