@@ -442,7 +442,16 @@ def attention(
     ``bias`` is ``-inf`` above the diagonal for ``is_causal`` (top-left aligned, as torch),
     ``-inf`` where a boolean ``attn_mask`` is False, or a float ``attn_mask`` itself; ``scale``
     defaults to ``1 / sqrt(E)``; with ``enable_gqa`` each key/value head serves
-    ``Hq / Hkv`` query heads, as torch repeats them."""
+    ``Hq / Hkv`` query heads, as torch repeats them.
+
+    Example:
+        >>> import torch.nn.functional as F
+        >>> q = k = v = torch.randn(1, 2, 4, 8)
+        >>> out = attention(q, k, v, None, 0.0, True, None, False, seed=0)
+        >>> sdpa = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        >>> torch.allclose(out, sdpa, atol=1e-6)
+        True
+    """
     if not isinstance(query, torch.Tensor):
         raise bad_type("query", query, "a tensor")
     length, source = query.size(-2), key.size(-2)
