@@ -363,6 +363,16 @@ def _train(model: nn.Module, steps: int, optimizer: torch.optim.Optimizer) -> to
     return torch.stack(losses)
 
 
+def test_a_converted_model_saved_whole_loads_and_goes_on_drawing_its_streams(tmp_path):
+    model = convert(_encoder(), seed=1)
+    x = _inputs()
+    model(x)
+    torch.save(model, tmp_path / "model.pt")
+    loaded = torch.load(tmp_path / "model.pt", weights_only=False)
+    assert torch.equal(loaded(x), model(x))
+    assert int(loaded.xdrop_step) == 2
+
+
 _RESUME = """
 import sys, torch
 sys.path.insert(0, {tests!r})
@@ -493,6 +503,30 @@ def test_a_subclass_of_a_known_dropout_is_unknown():
 
     with pytest.raises(xdrop.UnconvertedDropoutError, match=r"0 \(Mine\)"):
         convert(nn.Sequential(Mine()), seed=0, strict=True)
+
+
+def test_a_submodule_drawing_outside_the_models_forward_is_refused():
+    model = convert(_encoder(), seed=0)
+    with pytest.raises(xdrop.UnconvertedDropoutError, match=r"'layers\.0\.attention'"):
+        model.layers[0](_inputs())
+    model.eval()
+    model.layers[0](_inputs())  # nothing drawn: torch's answer
+    assert torch.equal(model.layers[0](_inputs()), model.layers[0](_inputs()))
+
+
+def test_activation_checkpointing_recomputation_is_refused_not_given_torchs_masks():
+    class Checkpointed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.block = Block()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.utils.checkpoint.checkpoint(self.block, x, use_reentrant=False)
+
+    model = convert(Checkpointed(), seed=0)
+    loss = model(_inputs()).sum()
+    with pytest.raises(xdrop.UnconvertedDropoutError, match="activation checkpointing"):
+        loss.backward()
 
 
 def test_a_model_without_dropout_like_modules_converts_without_warning():
