@@ -435,19 +435,26 @@ class Pooled(nn.Module):
         return F.dropout(x.mean(1), 0.3, self.training)
 
 
-def test_torch_compile_fullgraph_equals_eager_step_for_step():
-    eager = convert(_small(), seed=3)
+def _renamed(name: str) -> str:
+    return "model/" + name.replace(".", "/")
+
+
+def test_torch_compile_fullgraph_equals_eager_step_for_step_compiling_once():
+    import torch._dynamo.testing
+
+    torch._dynamo.reset()
+    eager = convert(_small(), seed=3, rename=_renamed)
     compiled_model = copy.deepcopy(eager)
-    compiled = torch.compile(compiled_model, fullgraph=True, backend="aot_eager")
+    counter = torch._dynamo.testing.CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(compiled_model, fullgraph=True, backend=counter)
     x = _inputs()
-    for _ in range(2):
+    for _ in range(3):
         assert torch.equal(compiled(x), eager(x))
-    assert int(compiled_model.xdrop_step) == int(eager.xdrop_step) == 2
-    reloaded = convert(_small(), seed=4)
-    reloaded.load_state_dict(eager.state_dict())  # the compiled graph reads the new buffers
-    compiled_model.load_state_dict(convert(_small(), seed=4).state_dict())
-    assert torch.equal(compiled(x), convert(_small(), seed=4)(x))
-    assert torch.equal(reloaded(x), eager(x))
+    assert counter.frame_count == 1
+    assert int(compiled_model.xdrop_step) == int(eager.xdrop_step) == 3
+    fresh = convert(_small(), seed=4, rename=_renamed)
+    compiled_model.load_state_dict(fresh.state_dict())  # the graph reads the new buffers
+    assert torch.equal(compiled(x), fresh(x))
 
 
 def test_torch_export_keeps_the_streams_and_advances_the_step():
