@@ -324,8 +324,8 @@ class FunctionalDropout(TorchFunctionMode):
         ]
         query, key, value, attn_mask, dropout_p, is_causal, scale = values
         enable_gqa = bool(kwargs.get("enable_gqa", False))
-        if dropout_p is None or _is_zero(dropout_p):
-            self._skip_site()
+        if dropout_p is None or _is_zero(dropout_p) or (is_causal and attn_mask is not None):
+            self._skip_site()  # no dropout, or arguments SDPA refuses with its own error
             return _SDPA(*args, **kwargs)
         seed = self._site_seed()
         return attention(
