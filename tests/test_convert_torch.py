@@ -185,6 +185,21 @@ def _by_hand(model: Encoder, x: torch.Tensor, seed: int, step: int) -> torch.Ten
     return model.head(pooled)
 
 
+@pytest.mark.parametrize("step", [2**32 - 1, 2**32 + 5, 2**63 - 1])
+def test_functional_sites_follow_step_seed_past_two_to_the_32_steps(step):
+    class Calls(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return F.dropout(x, 0.5)
+
+    model = convert(Calls(), seed=5)
+    model.xdrop_step.fill_(step)
+    x = torch.ones(64)
+    site = torch.tensor(common.signed(common.site_seed(5, "#0"), 64))
+    expected = xdrop.dropout(x, 0.5, seed=common.step_seed(site, torch.tensor(step)))
+    assert torch.equal(model(x), expected)
+    assert int(model.xdrop_step) == common.signed((step + 1) % 2**64, 64)
+
+
 def test_each_call_of_one_module_takes_the_next_index_also_when_the_module_is_called_twice():
     class Twice(nn.Module):
         def __init__(self) -> None:
