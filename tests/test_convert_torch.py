@@ -577,10 +577,19 @@ def test_converting_twice_changes_no_stream_and_no_state_dict_key():
     assert len(twice._forward_pre_hooks) == 1
 
 
-def test_converting_again_with_another_seed_is_refused():
-    model = convert(_encoder(), seed=5)
+def test_converting_again_with_another_seed_or_rename_is_refused():
+    model = convert(_encoder(), seed=5, rename=str.upper)
     with pytest.raises(xdrop.ArgumentValueError, match="seed"):
         convert(model, seed=6)
+    with pytest.raises(xdrop.ArgumentValueError, match="rename"):
+        convert(model, seed=5, rename=str.lower)
+
+
+def test_converting_again_converts_what_was_added_with_the_models_seed_and_rename():
+    model = convert(_encoder(), seed=5, rename=str.upper)
+    model.extra = nn.Dropout(0.5)
+    convert(model, seed=None)
+    assert int(model.extra.seed) % 2**64 == common.site_seed(5, "EXTRA")
 
 
 # -- arguments ------------------------------------------------------------------------------------
