@@ -362,6 +362,8 @@ def test_multihead_attention_drops_its_probabilities_with_xdrop(need_weights):
     h = xdrop.dropout(probs, 0.3, seed=_site(1, "attn#0", 0)) @ v
     expected = attn.out_proj(h.transpose(1, 2).reshape(n, length, width))
     torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5)
+    reference = Attention(need_weights).eval()  # the same weights; torch's eval fast path
+    torch.testing.assert_close(model.eval()(x), reference(x), rtol=1e-5, atol=1e-6)
 
 
 # -- state, resumption, global generator ------------------------------------------------------------
