@@ -548,6 +548,16 @@ def test_a_submodule_drawing_outside_the_models_forward_is_refused():
     assert torch.equal(model.layers[0](_inputs()), model.layers[0](_inputs()))
 
 
+def test_a_converted_layer_drawing_outside_the_models_forward_is_refused():
+    model = convert(_encoder(), seed=0)
+    layer = model.layers[0].mlp[2]
+    with pytest.raises(xdrop.UnconvertedDropoutError, match=r"'layers\.0\.mlp\.2'"):
+        layer(torch.ones(4))
+    assert int(layer.step) == 0
+    layer.eval()
+    assert torch.equal(layer(torch.ones(4)), torch.ones(4))
+
+
 def test_activation_checkpointing_recomputation_is_refused_not_given_torchs_masks():
     class Checkpointed(nn.Module):
         def __init__(self) -> None:

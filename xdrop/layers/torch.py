@@ -885,5 +885,6 @@ def _install_sites(model: torch.nn.Module, seed: int, rename: Callable[[str], st
         if hooked:
             continue
         root = module is model
-        module.register_forward_pre_hook(functional.EnterModule(context, name, root))
+        layer = isinstance(module, Dropout)
+        module.register_forward_pre_hook(functional.EnterModule(context, name, root, layer))
         module.register_forward_hook(functional.ExitModule(context, root), always_call=True)
