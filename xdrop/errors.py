@@ -48,9 +48,13 @@ class InPlaceError(XdropError, RuntimeError):
 
 
 class UnconvertedDropoutError(XdropError, ValueError):
-    """``convert(model, strict=True)`` found dropout-like layers it cannot make portable (a
-    layer of an unknown class, or one that draws its own masks): the message names each, so that
-    the model can be changed or the layers accepted as they are (``strict=False``)."""
+    """``convert(model, strict=True)`` found dropout-like layers or modules it cannot make
+    portable (a class it does not know whose name says dropout, drop path, drop block, stochastic
+    depth or noise, a subclass of one it knows, or a layer that draws its own masks): their masks
+    would still come from the framework's own generator. The message names each by its place in
+    the model. PyTorch's ``convert`` also raises it where a converted model's submodule draws a
+    mask outside the model's forward (called directly, or recomputed by activation
+    checkpointing), which has no stream of the model."""
 
 
 class UnbuiltLayerError(XdropError):
@@ -70,8 +74,8 @@ class InputRankWarning(XdropWarning):
 
 
 class UnconvertedDropoutWarning(XdropWarning):
-    """``convert`` left dropout-like layers it does not know as they are (their masks do not come
-    from xdrop); the warning names each. ``strict=True`` raises
+    """``convert`` left dropout-like layers or modules it cannot make portable as they are
+    (their masks do not come from xdrop); the warning names each. ``strict=True`` raises
     :class:`UnconvertedDropoutError` instead."""
 
 
