@@ -48,10 +48,16 @@ class InPlaceError(XdropError, RuntimeError):
 
 
 class UnconvertedDropoutError(XdropError, ValueError):
-    """``convert(model, strict=True)`` found dropout-like modules it cannot convert (a class it
-    does not know whose name says dropout, drop path, drop block or stochastic depth, or a
-    subclass of one it knows): their masks would still come from the framework's own generator.
-    The message names each by its qualified name and class."""
+    """``convert(model, strict=True)`` found dropout-like modules or layers it cannot convert (a
+    class it does not know whose name says dropout, drop path, drop block or stochastic depth, a
+    subclass of one it knows, or a layer that draws its own masks): their masks would still come
+    from the framework's own generator. The message names each, so that the model can be changed
+    or the layers accepted as they are (``strict=False``)."""
+
+
+class UnbuiltLayerError(XdropError):
+    """``convert`` met a layer whose dropout does not exist yet because the layer is not built
+    (Keras' ``MultiHeadAttention`` makes its dropout layer in ``build``): build the model first."""
 
 
 class XdropWarning(UserWarning):
@@ -66,8 +72,9 @@ class InputRankWarning(XdropWarning):
 
 
 class UnconvertedDropoutWarning(XdropWarning):
-    """``convert(model)`` left dropout-like modules it cannot convert as they are (see
-    :class:`UnconvertedDropoutError`, which ``strict=True`` raises instead)."""
+    """``convert(model)`` left dropout-like modules or layers it cannot convert as they are (their
+    masks do not come from xdrop); the warning names each. ``strict=True`` raises
+    :class:`UnconvertedDropoutError` instead."""
 
 
 class BackendWarning(XdropWarning):

@@ -4,16 +4,29 @@ the family ``AlphaDropout``, ``GaussianDropout``, ``DropPath``, ``DropBlock2D``,
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import json
+import warnings
+import zipfile
+from collections.abc import Callable, Iterator, Sequence
+from os import PathLike
 from typing import Any, TypeVar
 
 import keras
 import numpy as np
 
 import xdrop
-from xdrop.errors import ArgumentTypeError, ArgumentValueError, Shown, bad_type, bad_value
+from xdrop.errors import (
+    ArgumentTypeError,
+    ArgumentValueError,
+    Shown,
+    UnbuiltLayerError,
+    UnconvertedDropoutError,
+    UnconvertedDropoutWarning,
+    bad_type,
+    bad_value,
+)
 from xdrop.layers import common
-from xdrop.validation import check_flag, check_mode
+from xdrop.validation import check_flag, check_mode, check_natural
 
 __all__ = [
     "AlphaDropout",
@@ -26,6 +39,9 @@ __all__ = [
     "SpatialDropout1D",
     "SpatialDropout2D",
     "SpatialDropout3D",
+    "convert",
+    "load_model",
+    "named_layers",
     "set_mc_sampling",
 ]
 
@@ -533,3 +549,303 @@ def set_mc_sampling(model: Any, enabled: bool = True) -> int:
         if hasattr(model, cached):
             setattr(model, cached, None)
     return switched
+
+
+def _dropout_arguments(layer: Any) -> dict[str, Any]:
+    return {"rate": layer.rate, "noise_shape": layer.noise_shape}
+
+
+def _spatial_arguments(layer: Any) -> dict[str, Any]:
+    return {"rate": layer.rate, "data_format": getattr(layer, "data_format", None)}
+
+
+_CONVERTED: dict[type, tuple[type, Callable[[Any], dict[str, Any]]]] = {
+    keras.layers.Dropout: (Dropout, _dropout_arguments),
+    keras.layers.SpatialDropout1D: (SpatialDropout1D, lambda layer: {"rate": layer.rate}),
+    keras.layers.SpatialDropout2D: (SpatialDropout2D, _spatial_arguments),
+    keras.layers.SpatialDropout3D: (SpatialDropout3D, _spatial_arguments),
+    keras.layers.GaussianDropout: (GaussianDropout, lambda layer: {"rate": layer.rate}),
+    keras.layers.AlphaDropout: (AlphaDropout, _dropout_arguments),
+    keras.layers.GaussianNoise: (GaussianNoise, lambda layer: {"stddev": layer.stddev}),
+}
+"""Keras' layer class (exactly: a subclass may compute something else) -> xdrop's layer and the
+arguments read from Keras' layer."""
+
+_NOT_CHILDREN = frozenset(
+    {
+        "_layers",  # every tracked sublayer again, without a name
+        "_operations",  # a functional model's graph: its layers again
+        "_operations_by_depth",
+        "_functional",  # a Sequential's inner functional model: the same layers
+        "_inbound_nodes",
+        "_outbound_nodes",
+        "_modules",  # torch's view of the sublayers (read as attributes below)
+        "_parameters",
+        "_buffers",
+        "_torch_params",
+        "_tracker",
+    }
+)
+"""Attributes of a Keras layer that hold its sublayers a second time (or none): a layer's name in
+the model never goes through them."""
+
+# what Keras' layers hold about their place in a graph and how they were built and called:
+# kept when a layer changes class, so that the graph and the model's config stay as they were
+_KEPT = ("_inbound_nodes", "_outbound_nodes", "_called", "_parent_path", "_path",
+         "_build_shapes_dict", "_trainable", "build", "quantize")  # fmt: skip
+
+
+def named_layers(model: Any) -> Iterator[tuple[str, Any]]:
+    """Every layer inside ``model`` (not ``model`` itself), once, with its name in the model: the
+    dotted path of attributes that reaches it, list and tuple items by index and dict items by key
+    (``"encoder.blocks.0.attention._dropout_layer"``), attributes in sorted order, so a layer held
+    twice is named after the first. Layers reached through no attribute (those of a Sequential or
+    functional model, e.g.) are ``layers.I``, with ``I`` the index in the parent's ``layers``.
+
+    Names come from the model's structure, never from Keras' layer names (``dropout_3``), which
+    depend on how many layers the process made before."""
+    seen = {id(model)}
+
+    def children(layer: Any) -> Iterator[tuple[str, Any]]:
+        attributes = {**vars(layer), **getattr(layer, "_modules", {})}
+        for attribute in sorted(attributes):
+            # TensorFlow's tracking (_self_unconditional_dependency_names...) holds them again
+            if attribute not in _NOT_CHILDREN and not attribute.startswith("_self_"):
+                yield from items(attribute, attributes[attribute])
+        tracked = (
+            layer.layers
+            if isinstance(layer, keras.Model)
+            else layer._flatten_layers(include_self=False, recursive=False)
+        )
+        for index, sublayer in enumerate(tracked):
+            yield f"layers.{index}", sublayer
+
+    def items(name: str, value: Any) -> Iterator[tuple[str, Any]]:
+        if isinstance(value, keras.layers.Layer):
+            yield name, value
+        elif isinstance(value, (list, tuple)):
+            for index, item in enumerate(value):
+                yield from items(f"{name}.{index}", item)
+        elif isinstance(value, dict):
+            for key in sorted(value, key=str):
+                yield from items(f"{name}.{key}", value[key])
+
+    def walk(layer: Any, prefix: str) -> Iterator[tuple[str, Any]]:
+        found = [(prefix + name, child) for name, child in children(layer)]
+        fresh = []
+        for name, child in found:  # a layer's own children first: they are named there
+            if id(child) not in seen:
+                seen.add(id(child))
+                fresh.append((name, child))
+        for name, child in fresh:
+            yield name, child
+            yield from walk(child, name + ".")
+
+    yield from walk(model, "")
+
+
+def _draws_its_own(layer: Any) -> bool:
+    """A layer that draws dropout-like noise without xdrop: its class is named like a dropout
+    (``Dropout`` or ``Noise`` in the name), or it holds a seed generator of its own and a dropout
+    rate above 0 (Keras' ``Attention``, ``AdditiveAttention``, the recurrent cells)."""
+    if isinstance(layer, Dropout) or type(layer) in _CONVERTED:
+        return False
+    if isinstance(layer, keras.Model):
+        return False  # a model is a container: its layers are judged one by one
+    name = type(layer).__name__
+    if "Dropout" in name or "Noise" in name:
+        return True
+    rates = [getattr(layer, rate, 0) for rate in ("dropout", "recurrent_dropout")]
+    owns_generator = bool(getattr(layer, "_seed_generators", ()))
+    return owns_generator and any(isinstance(r, (int, float)) and r > 0 for r in rates)
+
+
+def _unbuilt_dropout(layer: Any) -> bool:
+    """A ``MultiHeadAttention`` (or subclass) with dropout whose dropout layer does not exist
+    yet: Keras makes it when the attention is built."""
+    return (
+        isinstance(layer, keras.layers.MultiHeadAttention)
+        and layer.dropout > 0
+        and getattr(layer, "_dropout_layer", None) is None
+    )
+
+
+def _swap(layer: Any, target: type, arguments: dict[str, Any], seed: int) -> None:
+    """Make ``layer`` (an instance of Keras' layer) the xdrop layer ``target`` in place: the same
+    object, so every reference to it (attributes, lists, a functional graph's nodes, torch's
+    module tree) now reaches xdrop's layer. The new state is that of a freshly built
+    ``target(**arguments, seed=seed)`` with the layer's name and dtype; what Keras holds about
+    the layer's place in the graph is kept."""
+    fresh = target(**arguments, seed=seed, name=layer.name, dtype=layer.dtype_policy)
+    state = dict(vars(fresh))
+    old = vars(layer)
+    for attribute in _KEPT:
+        if attribute in old:
+            state[attribute] = old[attribute]
+    old.clear()
+    old.update(state)
+    layer.__class__ = target
+
+
+def _check_rename(rename: object) -> Callable[[str], str] | None:
+    if rename is not None and not callable(rename):
+        raise bad_type("rename", rename, "a function from a layer's name to a site's name, or None")
+    return rename  # type: ignore[return-value]
+
+
+def convert(
+    model: Any,
+    *,
+    seed: int,
+    strict: bool = False,
+    rename: Callable[[str], str] | None = None,
+) -> Any:
+    """Make every dropout in a Keras 3 model portable, seeded and resumable, in place; returns
+    ``model``.
+
+    Each layer of ``keras.layers`` ``Dropout``, ``SpatialDropout1D/2D/3D``, ``GaussianDropout``,
+    ``AlphaDropout`` and ``GaussianNoise`` anywhere inside ``model`` (the layers of a Sequential
+    or functional model, a subclassed model's attributes, nested layers and models, the dropout
+    inside ``keras.layers.MultiHeadAttention`` and its subclasses) becomes the xdrop layer of the
+    same name with the same arguments and the seed::
+
+        xdrop.layers.common.site_seed(seed, rename(name))
+
+    ``name`` is the layer's place in the model (see :func:`named_layers`: attributes by name, list
+    items by index, the layers of a Sequential or functional model as ``layers.I``), so a site's
+    stream depends neither on the order in which layers were made nor on Keras' layer names; its
+    ``t``-th training call then returns what the xdrop layer's docstring says, e.g. for
+    ``Dropout`` ``xdrop.dropout(x, rate, seed=xdrop.fold_in(site_seed, t))``. The layer stays
+    the same Python object (its class changes), so functional graphs and the model's config stay
+    valid; the model's compiled train, test and predict functions are dropped, to be traced again.
+    Layers that already are xdrop's are left as they are, so converting twice changes nothing.
+
+    A layer that draws dropout-like noise otherwise (a class with ``Dropout`` or ``Noise`` in its
+    name that is not listed above, or one that holds its own seed generator and a ``dropout`` or
+    ``recurrent_dropout`` above 0, such as ``keras.layers.Attention`` or an ``LSTM``'s cell) is
+    left as it is, with an :class:`xdrop.UnconvertedDropoutWarning` naming each; with
+    ``strict=True`` an :class:`xdrop.UnconvertedDropoutError` names them and nothing changes.
+
+    ``model.save("m.keras")`` stores every stream. ``keras.saving.load_model`` reloads a model
+    whose converted layers all come back from its config (those of Sequential and functional
+    models); models that make their layers in code (subclassed models, keras-hub's, the dropout
+    in ``MultiHeadAttention``) come back with Keras' layers, and Keras refuses to load their
+    streams into them: load those with :func:`load_model`.
+
+    Args:
+        model: a ``keras.layers.Layer`` (a model is one), built where it holds
+            ``MultiHeadAttention`` with dropout (its dropout layer is made in ``build``).
+        seed: an integer in ``[0, 2**64)``, the seed of the model's sites.
+        strict: raise instead of warning about dropout-like layers left as they are.
+        rename: a function from a layer's name to the name its site's seed is derived from
+            (so that two implementations of one model can share streams); None: the name itself.
+
+    Raises:
+        xdrop.ArgumentTypeError: ``model`` is not a Keras layer, or another argument has a wrong
+            type; xdrop.ArgumentValueError: a seed out of range, or ``rename`` giving two sites
+            one name; xdrop.UnbuiltLayerError: an attention layer with dropout is not built yet;
+            xdrop.UnconvertedDropoutError: with ``strict=True``, as above.
+
+    Example:
+        >>> import keras, xdrop
+        >>> from xdrop.layers.keras import convert
+        >>> model = keras.Sequential([keras.layers.Dense(4), keras.layers.Dropout(0.5)])
+        >>> model = convert(model, seed=0)
+        >>> layer = model.layers[1]
+        >>> type(layer).__name__, layer.seed == common.site_seed(0, "layers.1")
+        ('Dropout', True)
+    """
+    if not isinstance(model, keras.layers.Layer):
+        raise bad_type("model", model, "a Keras layer or model (keras.layers.Layer)")
+    seed = check_natural("seed", seed, 64)
+    strict = check_flag("strict", strict)
+    rename = _check_rename(rename)
+    layers = list(named_layers(model))
+    unbuilt = [name for name, layer in layers if _unbuilt_dropout(layer)]
+    if unbuilt:
+        raise UnbuiltLayerError(
+            f"attention layers with dropout that is not built yet: {', '.join(unbuilt)}; build "
+            "the model first (call it on a batch, or model.build(input_shape)), then convert it"
+        )
+    unknown = [
+        f"{name} ({type(layer).__name__})" for name, layer in layers if _draws_its_own(layer)
+    ]
+    if unknown and strict:
+        raise UnconvertedDropoutError(
+            f"dropout-like layers that xdrop cannot convert: {', '.join(unknown)}; replace them "
+            "with xdrop's layers, or convert with strict=False to leave them as they are"
+        )
+    sites: dict[str, str] = {}
+    plan = []
+    for name, layer in layers:
+        if type(layer) not in _CONVERTED:
+            continue
+        site = name if rename is None else rename(name)
+        if not isinstance(site, str):
+            raise bad_type(f"rename({name!r})", site, "a str, the name of the site")
+        if site in sites:
+            raise bad_value(
+                "rename", rename, f"a function giving each site its own name ({sites[site]!r} "
+                f"and {name!r} both give {site!r})"
+            )  # fmt: skip
+        sites[site] = name
+        plan.append((layer, site))
+    for layer, site in plan:
+        target, arguments = _CONVERTED[type(layer)]
+        _swap(layer, target, arguments(layer), common.site_seed(seed, site))
+    if unknown:
+        warnings.warn(
+            f"dropout-like layers left as they are (their masks do not come from xdrop): "
+            f"{', '.join(unknown)}",
+            UnconvertedDropoutWarning,
+            stacklevel=2,
+        )
+    if plan:
+        _refresh(model)
+    return model
+
+
+def _refresh(model: Any) -> None:
+    """What the model derived from its layers before they changed: its compiled functions, and
+    on the torch backend each layer's torch parameters (which hold the layers' variables)."""
+    for cached in ("train_function", "test_function", "predict_function"):
+        if getattr(model, cached, None) is not None:
+            setattr(model, cached, None)
+    for layer in model._flatten_layers(include_self=True, recursive=True):
+        if "_torch_params" in vars(layer):
+            layer._track_variables()
+
+
+def load_model(
+    filepath: str | PathLike[str],
+    *,
+    custom_objects: dict[str, Any] | None = None,
+    compile: bool = True,
+    safe_mode: bool = True,
+) -> Any:
+    """Load a ``.keras`` file of a converted model, streams included, wherever the model comes
+    back from its config with Keras' dropout layers (subclassed models, keras-hub's models, the
+    dropout in ``MultiHeadAttention``), which ``keras.saving.load_model`` refuses: the model is
+    made from the file's config (and compiled from it, unless ``compile=False``), converted with
+    :func:`convert`, and then every weight, stream and optimizer variable is read from the file.
+    Each stream continues from the file's seed and step: the loaded model draws at its next
+    steps what the saved one would have.
+
+    Args: as ``keras.saving.load_model``.
+
+    Example:
+        >>> model = load_model("converted.keras")  # doctest: +SKIP
+    """
+    with zipfile.ZipFile(filepath) as archive:
+        config = json.loads(archive.read("config.json"))
+    if not compile:
+        config.pop("compile_config", None)
+    model = keras.saving.deserialize_keras_object(
+        config, custom_objects=custom_objects, safe_mode=safe_mode
+    )
+    # the seed is irrelevant: each stream's seed and step are read from the file next
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnconvertedDropoutWarning)
+        convert(model, seed=0)
+    model.load_weights(filepath)
+    return model
