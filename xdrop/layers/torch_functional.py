@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 import xdrop
+from xdrop import spec
 from xdrop.errors import ArgumentTypeError, bad_type
 from xdrop.layers import common
 
@@ -102,9 +103,37 @@ class SiteContext:
         self.counts: dict[str, int] = {}
         self.mode: FunctionalDropout | None = None
         self.depth = 0
+        self.host: tuple[int, int] | None = None
+        self.mirrored: tuple[torch.Tensor, torch.Tensor, int, int] | None = None
+
+    def host_state(self, seed: torch.Tensor, step: torch.Tensor) -> tuple[int, int] | None:
+        """The root's seed and step as host integers, in eager execution only (None when traced):
+        read from the buffers when they changed since (a step, ``load_state_dict``, ``.to()``),
+        else remembered, so that an eager forward on an accelerator does not wait on them."""
+        if torch.compiler.is_compiling() or type(seed) is not torch.Tensor:
+            return None
+        if type(step) is not torch.Tensor:
+            return None
+        mirrored = self.mirrored
+        if (
+            mirrored is None
+            or mirrored[0] is not seed
+            or mirrored[1] is not step
+            or mirrored[2] != seed._version
+            or mirrored[3] != step._version
+        ):
+            self.host = int(seed) % 2**64, int(step) % 2**64
+            self.mirrored = seed, step, seed._version, step._version
+        return self.host
+
+    def advanced(self, seed: torch.Tensor, step: torch.Tensor) -> None:
+        """The step was advanced by one in place: the mirror follows without reading it."""
+        if self.host is not None and self.mirrored is not None and self.mirrored[1] is step:
+            self.host = self.host[0], (self.host[1] + 1) % 2**64
+            self.mirrored = seed, step, seed._version, step._version
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"rename": self.rename}  # a forward's state never outlives the forward
+        return {"rename": self.rename}  # a forward's state, and the mirror, stay behind
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["rename"])  # type: ignore[misc]
@@ -125,7 +154,7 @@ class EnterModule:
                 context.stack = []
                 context.counts = {}
                 seed, step = _root_state(module)
-                mode = FunctionalDropout(context, seed, step)
+                mode = FunctionalDropout(context, seed, step, context.host_state(seed, step))
                 context.mode = mode
                 mode.__enter__()  # type: ignore[no-untyped-call]
         context.stack.append(self.name)
@@ -149,7 +178,10 @@ class ExitModule:
                 context.mode = None
                 mode.__exit__(None, None, None)  # type: ignore[no-untyped-call]
                 if module.training or mode.drew:
-                    _root_state(module)[1].add_(1)
+                    seed, step = _root_state(module)
+                    step.add_(1)
+                    if mode.host is not None:
+                        context.advanced(seed, step)
 
 
 def _root_state(module: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
@@ -172,11 +204,18 @@ class FunctionalDropout(TorchFunctionMode):
     :data:`SITE_FUNCTIONS` is computed with xdrop on the call site's stream; every other function
     runs as it is."""
 
-    def __init__(self, context: SiteContext, seed: torch.Tensor, step: torch.Tensor) -> None:
+    def __init__(
+        self,
+        context: SiteContext,
+        seed: torch.Tensor,
+        step: torch.Tensor,
+        host: tuple[int, int] | None,
+    ) -> None:
         super().__init__()
         self.context = context
         self.seed = seed
         self.step = step
+        self.host = host
         self.drew = False
 
     def __torch_function__(
@@ -196,16 +235,19 @@ class FunctionalDropout(TorchFunctionMode):
             return self._native(args, kwargs)
         return func(*args, **kwargs)
 
-    def _site_seed(self) -> torch.Tensor:
+    def _site_seed(self) -> torch.Tensor | int:
         """The seed of this call: the next site of the innermost running module, at the
-        model's step."""
+        model's step. Eagerly, a host integer (xdrop's fused kernel takes it as it is, and the
+        site's seed is remembered); traced, computed in the graph from the root's buffers."""
         context = self.context
         module = context.stack[-1] if context.stack else ""
         index = context.counts.get(module, 0)
         context.counts[module] = index + 1
         high, low = site_words(context.rename, f"{module}#{index}")
-        site = xdrop.fold_in(xdrop.fold_in(self.seed, high), low)
         self.drew = True
+        if self.host is not None and self.host[1] < 2**32:
+            return spec.fold_in(_host_site_seed(self.host[0], high, low), self.host[1])
+        site = xdrop.fold_in(xdrop.fold_in(self.seed, high), low)
         seed: torch.Tensor = common.step_seed(site, self.step)
         return seed
 
@@ -278,6 +320,11 @@ class FunctionalDropout(TorchFunctionMode):
         )
 
 
+@functools.lru_cache(maxsize=4096)
+def _host_site_seed(seed: int, high: int, low: int) -> int:
+    return spec.fold_in(spec.fold_in(seed, high), low)
+
+
 def _is_zero(p: Any) -> bool:
     return isinstance(p, (int, float)) and p == 0
 
@@ -302,7 +349,7 @@ def _rate(p: Any) -> Any:
     return float(p) if isinstance(p, (int, float)) else p
 
 
-def _draw(kind: str, x: torch.Tensor, p: Any, seed: torch.Tensor) -> torch.Tensor:
+def _draw(kind: str, x: torch.Tensor, p: Any, seed: torch.Tensor | int) -> torch.Tensor:
     """What the function computes in training, with xdrop's mask for ``seed``: one decision per
     element, or per ``(N, C)`` channel (per ``C`` of an unbatched input) as torch reads the
     input's rank."""
