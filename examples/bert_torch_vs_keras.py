@@ -323,6 +323,7 @@ def plot(figure: Path, torch_losses: np.ndarray, keras_losses: np.ndarray) -> No
     ax.plot(steps, torch_losses, "-", lw=5, alpha=0.4, label="transformers BERT, PyTorch")
     ax.plot(steps, keras_losses, "k.--", lw=1, label="keras-hub BERT, Keras on JAX")
     ax.set_xlabel("SGD step (dropout 0.1 at every site)")
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_ylabel("training loss")
     ax.set_title("One seed, two frameworks: the same dropout masks")
     ax.legend()
@@ -366,7 +367,7 @@ def main(argv: list[str] | None = None) -> None:
         keras_losses = np.load(workdir / "keras.npz")["losses"]
         plot(args.figure, torch_losses, keras_losses)
     for name, value in found.items():
-        print(f"max |torch - keras| {name:<20} {value:.2e}")
+        print(f"max |torch - keras| {name:<22} {value:.2e}")
     print(f"losses: {np.array2string(torch_losses, precision=4)}")
     print(f"figure: {args.figure}")
 
