@@ -1,6 +1,6 @@
 """One BERT, two frameworks, dropout on: Hugging Face's PyTorch BERT against keras-hub's on JAX.
 
-    python examples/bert_torch_vs_keras.py [FIGURE] [--steps N] [--workdir DIR]
+    python examples/bert_torch_vs_keras.py [FIGURE] [--steps N] [--attention sdpa] [--workdir DIR]
 
 builds a tiny ``transformers.BertForSequenceClassification`` (PyTorch) and a tiny
 ``keras_hub.models.BertTextClassifier`` (Keras 3 on JAX) with the same architecture, copies the
@@ -12,7 +12,7 @@ of the two loss curves (default ``docs/figures/bert_torch_vs_keras.png``).
 
 The two models draw the same masks because every dropout site gets the stream of a name both
 sides share: ``rename`` maps each framework's own site name (PyTorch's module path with ``#k``
-for a functional call, Keras's layer path) to one name such as ``layer0/attention_probs``, and
+for a functional call, Keras' layer path) to one name such as ``layer0/attention_probs``, and
 the masks have the same shapes on both sides (attention probabilities are
 ``(batch, heads, query, key)`` in both). The mapping is :data:`SHARED_SITES`; the weight mapping
 is :func:`keras_weights`.
@@ -95,7 +95,7 @@ def recording(rename: Callable[[str], str], sites: dict[str, str]) -> Callable[[
 def keras_weights(hf: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """keras-hub's weights (by variable path) from Hugging Face's ``state_dict`` (as NumPy).
 
-    PyTorch's ``Linear`` holds ``(out, in)``, Keras's ``Dense`` ``(in, out)``; keras-hub's
+    PyTorch's ``Linear`` holds ``(out, in)``, Keras' ``Dense`` ``(in, out)``; keras-hub's
     attention projections are ``EinsumDense`` kernels ``(hidden, heads, head_dim)`` and an output
     kernel ``(heads, head_dim, hidden)``, the same numbers reshaped.
     """
@@ -228,7 +228,7 @@ def run_torch(workdir: Path, steps: int, attention: str) -> None:
 
 
 def run_keras(workdir: Path, steps: int) -> None:
-    """Keras's side on JAX: the same, from PyTorch's weights, trained with ``train_on_batch``;
+    """Keras' side on JAX: the same, from PyTorch's weights, trained with ``train_on_batch``;
     saved to ``keras.npz``."""
     os.environ["KERAS_BACKEND"] = "jax"
     import keras
@@ -271,7 +271,7 @@ def run_keras(workdir: Path, steps: int) -> None:
 
     results: dict[str, np.ndarray] = {}
     results["eval_logits"] = np.asarray(model(inputs(0), training=False))
-    own = convert(bert(), seed=SEED)  # the control: Keras's own site names
+    own = convert(bert(), seed=SEED)  # the control: Keras' own site names
     results["own_names_train_logits"] = np.asarray(own(inputs(0), training=True))
     sites: dict[str, str] = {}
     convert(model, seed=SEED, rename=recording(keras_site, sites))
