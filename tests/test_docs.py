@@ -37,7 +37,7 @@ def test_markdown_python_examples_run(document):
     with xdrop.use_backend("numpy"):
         for block in python_blocks(path):
             for framework in re.findall(
-                r"^(?:import|from) (torch|tensorflow|jax|keras|flax|optax)\b",
+                r"^(?:import|from) (torch|tensorflow|jax|keras_hub|keras|flax|optax)\b",
                 block,
                 flags=re.MULTILINE,
             ):

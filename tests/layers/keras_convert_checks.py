@@ -177,17 +177,28 @@ def test_unknown_dropout_like_layers_are_named_by_strict_and_left_with_a_warning
     assert type(model.layers[1]) is keras.layers.Attention
 
 
-def test_an_unbuilt_attention_with_dropout_is_refused():
+@pytest.mark.parametrize(
+    "attention",
+    [lambda: keras.layers.MultiHeadAttention(2, 4, dropout=0.1),
+     lambda: keras.layers.GroupQueryAttention(4, 2, 1, dropout=0.1)],
+    ids=["MultiHeadAttention", "GroupQueryAttention"],
+)  # fmt: skip
+def test_an_attention_makes_its_dropout_when_built_so_unbuilt_is_refused(attention):
     class Encoder(keras.Model):
         def __init__(self):  # type: ignore[no-untyped-def]
             super().__init__()
-            self.attention = keras.layers.MultiHeadAttention(2, 4, dropout=0.1)
+            self.attention = attention()
 
         def call(self, x):  # type: ignore[no-untyped-def]
             return self.attention(x, x)
 
-    with pytest.raises(xdrop.UnbuiltLayerError, match="attention"):
-        xk.convert(Encoder(), seed=SEED)
+    model = Encoder()
+    with pytest.raises(xdrop.UnbuiltLayerError, match="not built yet: attention; build"):
+        xk.convert(model, seed=SEED)
+    model(inputs(2, 3, 8))
+    xk.convert(model, seed=SEED)
+    assert type(model.attention._dropout_layer) is xk.Dropout
+    assert model.attention._dropout_layer.seed == site_seed(SEED, "attention._dropout_layer")
 
 
 @pytest.mark.parametrize(
@@ -265,8 +276,9 @@ def test_a_saved_model_resumes_bit_identically_in_a_fresh_process(tmp_path):
         steps = {layer.step for _, layer in xk.named_layers(model) if isinstance(layer, xk.Dropout)}
         assert steps == {6}  # the compiled train step advanced every stream
     assert isinstance(subclassed.attention._dropout_layer, xk.Dropout)
-    command = [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
-               "import keras_convert_checks\n" + RESUME, str(tmp_path), str(tmp_path / "data.npz")]  # fmt: skip
+    here = str(Path(__file__).parent)  # importing this file registers Small with Keras
+    script = f"import sys; sys.path.insert(0, {here!r})\nimport keras_convert_checks\n" + RESUME
+    command = [sys.executable, "-c", script, str(tmp_path), str(tmp_path / "data.npz")]
     run = subprocess.run(command, capture_output=True, text=True, timeout=300, env=os.environ)
     assert run.returncode == 0, run.stderr[-3000:]
     assert json.loads(run.stdout.strip().splitlines()[-1]) == expected

@@ -584,6 +584,7 @@ _NOT_CHILDREN = frozenset(
         "_buffers",
         "_torch_params",
         "_tracker",
+        "_self_saveable_object_factories",
     }
 )
 """Attributes of a Keras layer that hold its sublayers a second time (or none): a layer's name in
@@ -596,7 +597,8 @@ _KEPT = ("_inbound_nodes", "_outbound_nodes", "_called", "_parent_path", "_path"
 
 
 def named_layers(model: Any) -> Iterator[tuple[str, Any]]:
-    """Every layer inside ``model`` (not ``model`` itself), once, with its name in the model: the
+    """Every layer inside ``model`` (not ``model`` itself), once, with its name in the model (the
+    name :func:`convert` derives the layer's seed from): the
     dotted path of attributes that reaches it, list and tuple items by index and dict items by key
     (``"encoder.blocks.0.attention._dropout_layer"``), attributes in sorted order, so a layer held
     twice is named after the first. Layers reached through no attribute (those of a Sequential or
@@ -610,7 +612,7 @@ def named_layers(model: Any) -> Iterator[tuple[str, Any]]:
         attributes = {**vars(layer), **getattr(layer, "_modules", {})}
         for attribute in sorted(attributes):
             # TensorFlow's tracking (_self_unconditional_dependency_names...) holds them again
-            if attribute not in _NOT_CHILDREN and not attribute.startswith("_self_"):
+            if attribute not in _NOT_CHILDREN and not attribute.startswith("_self_uncondition"):
                 yield from items(attribute, attributes[attribute])
         tracked = (
             layer.layers
@@ -661,12 +663,18 @@ def _draws_its_own(layer: Any) -> bool:
 
 
 def _unbuilt_dropout(layer: Any) -> bool:
-    """A ``MultiHeadAttention`` (or subclass) with dropout whose dropout layer does not exist
-    yet: Keras makes it when the attention is built."""
-    return (
-        isinstance(layer, keras.layers.MultiHeadAttention)
-        and layer.dropout > 0
-        and getattr(layer, "_dropout_layer", None) is None
+    """A layer with a ``dropout`` above 0 whose dropout layers do not exist yet because it is not
+    built: Keras' ``MultiHeadAttention`` and ``GroupedQueryAttention`` make theirs in ``build``,
+    and so do layers that make every sublayer there (keras-hub's ``TransformerEncoder``). A layer
+    that draws with a seed generator of its own is judged by :func:`_draws_its_own` instead."""
+    rate = getattr(layer, "dropout", 0)
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or rate <= 0 or layer.built:
+        return False
+    if getattr(layer, "_seed_generators", ()):
+        return False
+    attention = (keras.layers.MultiHeadAttention, keras.layers.GroupQueryAttention)
+    return isinstance(layer, attention) or not layer._flatten_layers(
+        include_self=False, recursive=False
     )
 
 
@@ -690,7 +698,7 @@ def _swap(layer: Any, target: type, arguments: dict[str, Any], seed: int) -> Non
 def _check_rename(rename: object) -> Callable[[str], str] | None:
     if rename is not None and not callable(rename):
         raise bad_type("rename", rename, "a function from a layer's name to a site's name, or None")
-    return rename  # type: ignore[return-value]
+    return rename
 
 
 def convert(
@@ -733,8 +741,8 @@ def convert(
     streams into them: load those with :func:`load_model`.
 
     Args:
-        model: a ``keras.layers.Layer`` (a model is one), built where it holds
-            ``MultiHeadAttention`` with dropout (its dropout layer is made in ``build``).
+        model: a ``keras.layers.Layer`` (a model is one), built where it holds layers that
+            make their dropout in ``build`` (``MultiHeadAttention``, ``GroupQueryAttention``).
         seed: an integer in ``[0, 2**64)``, the seed of the model's sites.
         strict: raise instead of warning about dropout-like layers left as they are.
         rename: a function from a layer's name to the name its site's seed is derived from
@@ -743,17 +751,19 @@ def convert(
     Raises:
         xdrop.ArgumentTypeError: ``model`` is not a Keras layer, or another argument has a wrong
             type; xdrop.ArgumentValueError: a seed out of range, or ``rename`` giving two sites
-            one name; xdrop.UnbuiltLayerError: an attention layer with dropout is not built yet;
+            one name; xdrop.UnbuiltLayerError: a layer with dropout that makes its dropout layers
+            in ``build`` (attention layers, keras-hub's blocks) is not built yet;
             xdrop.UnconvertedDropoutError: with ``strict=True``, as above.
 
     Example:
-        >>> import keras, xdrop
+        >>> import keras
+        >>> from xdrop.layers.common import site_seed
         >>> from xdrop.layers.keras import convert
-        >>> model = keras.Sequential([keras.layers.Dense(4), keras.layers.Dropout(0.5)])
-        >>> model = convert(model, seed=0)
+        >>> layers = [keras.layers.Dense(4), keras.layers.Dropout(0.5)]
+        >>> model = convert(keras.Sequential(layers), seed=0)
         >>> layer = model.layers[1]
-        >>> type(layer).__name__, layer.seed == common.site_seed(0, "layers.1")
-        ('Dropout', True)
+        >>> type(layer).__module__, layer.seed == site_seed(0, "layers.1")
+        ('xdrop.layers.keras', True)
     """
     if not isinstance(model, keras.layers.Layer):
         raise bad_type("model", model, "a Keras layer or model (keras.layers.Layer)")
@@ -764,7 +774,8 @@ def convert(
     unbuilt = [name for name, layer in layers if _unbuilt_dropout(layer)]
     if unbuilt:
         raise UnbuiltLayerError(
-            f"attention layers with dropout that is not built yet: {', '.join(unbuilt)}; build "
+            "layers whose dropout is made when they are built, not built yet: "
+            f"{', '.join(unbuilt)}; build "
             "the model first (call it on a batch, or model.build(input_shape)), then convert it"
         )
     unknown = [
