@@ -309,6 +309,36 @@ def test_sdpa_without_dropout_is_sdpa_itself():
     assert torch.equal(model(x), reference(x))
 
 
+class Attention(nn.Module):
+    def __init__(self, need_weights: bool) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.attn = nn.MultiheadAttention(16, 2, dropout=0.3, batch_first=True)
+        self.need_weights = need_weights
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.attn(x, x, x, need_weights=self.need_weights)[0]
+
+
+@pytest.mark.parametrize("need_weights", [True, False])
+def test_multihead_attention_drops_its_probabilities_with_xdrop(need_weights):
+    model = convert(Attention(need_weights), seed=1)
+    x = _inputs()
+    state = torch.get_rng_state()
+    y = model(x)
+    assert torch.equal(torch.get_rng_state(), state)
+    attn = model.attn
+    n, length, width = x.shape
+    q, k, v = (
+        h.view(n, length, 2, -1).transpose(1, 2)
+        for h in F.linear(x, attn.in_proj_weight, attn.in_proj_bias).chunk(3, -1)
+    )
+    probs = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(width // 2), -1)
+    h = xdrop.dropout(probs, 0.3, seed=_site(1, "attn#0", 0)) @ v
+    expected = attn.out_proj(h.transpose(1, 2).reshape(n, length, width))
+    torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5)
+
+
 # -- state, resumption, global generator ------------------------------------------------------------
 def test_seed_and_step_live_in_state_dict_and_load_into_a_model_converted_with_another_seed():
     x = _inputs()
@@ -331,6 +361,16 @@ def _train(model: nn.Module, steps: int, optimizer: torch.optim.Optimizer) -> to
         optimizer.step()
         losses.append(loss.detach())
     return torch.stack(losses)
+
+
+def test_a_converted_model_saved_whole_loads_and_goes_on_drawing_its_streams(tmp_path):
+    model = convert(_encoder(), seed=1)
+    x = _inputs()
+    model(x)
+    torch.save(model, tmp_path / "model.pt")
+    loaded = torch.load(tmp_path / "model.pt", weights_only=False)
+    assert torch.equal(loaded(x), model(x))
+    assert int(loaded.xdrop_step) == 2
 
 
 _RESUME = """
@@ -395,19 +435,26 @@ class Pooled(nn.Module):
         return F.dropout(x.mean(1), 0.3, self.training)
 
 
-def test_torch_compile_fullgraph_equals_eager_step_for_step():
-    eager = convert(_small(), seed=3)
+def _renamed(name: str) -> str:
+    return "model/" + name.replace(".", "/")
+
+
+def test_torch_compile_fullgraph_equals_eager_step_for_step_compiling_once():
+    import torch._dynamo.testing
+
+    torch._dynamo.reset()
+    eager = convert(_small(), seed=3, rename=_renamed)
     compiled_model = copy.deepcopy(eager)
-    compiled = torch.compile(compiled_model, fullgraph=True, backend="aot_eager")
+    counter = torch._dynamo.testing.CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(compiled_model, fullgraph=True, backend=counter)
     x = _inputs()
-    for _ in range(2):
+    for _ in range(3):
         assert torch.equal(compiled(x), eager(x))
-    assert int(compiled_model.xdrop_step) == int(eager.xdrop_step) == 2
-    reloaded = convert(_small(), seed=4)
-    reloaded.load_state_dict(eager.state_dict())  # the compiled graph reads the new buffers
-    compiled_model.load_state_dict(convert(_small(), seed=4).state_dict())
-    assert torch.equal(compiled(x), convert(_small(), seed=4)(x))
-    assert torch.equal(reloaded(x), eager(x))
+    assert counter.frame_count == 1
+    assert int(compiled_model.xdrop_step) == int(eager.xdrop_step) == 3
+    fresh = convert(_small(), seed=4, rename=_renamed)
+    compiled_model.load_state_dict(fresh.state_dict())  # the graph reads the new buffers
+    assert torch.equal(compiled(x), fresh(x))
 
 
 def test_torch_export_keeps_the_streams_and_advances_the_step():
@@ -433,7 +480,13 @@ class Dropped(nn.Module):
         super().__init__()
         self.tokens = TokenDropout()
         self.attention = nn.MultiheadAttention(16, 2, dropout=0.1)
-        self.quiet = nn.MultiheadAttention(16, 2)
+        self.scale = ScaledDrop()
+
+
+class ScaledDrop(nn.Module):
+    """Not named like dropout, but holding timm's float ``drop_prob``."""
+
+    drop_prob = 0.1
 
 
 def test_unknown_dropout_like_modules_are_left_alone_with_one_warning_naming_each():
@@ -441,8 +494,8 @@ def test_unknown_dropout_like_modules_are_left_alone_with_one_warning_naming_eac
         model = convert(Dropped(), seed=0)
     assert len(caught) == 1
     message = str(caught[0].message)
-    assert "tokens (TokenDropout)" in message and "attention (MultiheadAttention" in message
-    assert "quiet" not in message
+    assert "tokens (TokenDropout)" in message and "scale (ScaledDrop)" in message
+    assert "attention" not in message  # its dropout is routed through xdrop
     assert type(model.tokens) is TokenDropout
 
 
@@ -457,6 +510,30 @@ def test_a_subclass_of_a_known_dropout_is_unknown():
 
     with pytest.raises(xdrop.UnconvertedDropoutError, match=r"0 \(Mine\)"):
         convert(nn.Sequential(Mine()), seed=0, strict=True)
+
+
+def test_a_submodule_drawing_outside_the_models_forward_is_refused():
+    model = convert(_encoder(), seed=0)
+    with pytest.raises(xdrop.UnconvertedDropoutError, match=r"'layers\.0\.attention'"):
+        model.layers[0](_inputs())
+    model.eval()
+    model.layers[0](_inputs())  # nothing drawn: torch's answer
+    assert torch.equal(model.layers[0](_inputs()), model.layers[0](_inputs()))
+
+
+def test_activation_checkpointing_recomputation_is_refused_not_given_torchs_masks():
+    class Checkpointed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.block = Block()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.utils.checkpoint.checkpoint(self.block, x, use_reentrant=False)
+
+    model = convert(Checkpointed(), seed=0)
+    loss = model(_inputs()).sum()
+    with pytest.raises(xdrop.UnconvertedDropoutError, match="activation checkpointing"):
+        loss.backward()
 
 
 def test_a_model_without_dropout_like_modules_converts_without_warning():

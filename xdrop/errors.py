@@ -52,7 +52,9 @@ class UnconvertedDropoutError(XdropError, ValueError):
     class it does not know whose name says dropout, drop path, drop block or stochastic depth, a
     subclass of one it knows, or a layer that draws its own masks): their masks would still come
     from the framework's own generator. The message names each, so that the model can be changed
-    or the layers accepted as they are (``strict=False``)."""
+    or the layers accepted as they are (``strict=False``). Also raised where a converted PyTorch
+    model's submodule draws a mask outside the model's forward (called directly, or recomputed
+    by activation checkpointing), which has no stream of the model."""
 
 
 class UnbuiltLayerError(XdropError):

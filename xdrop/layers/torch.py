@@ -761,17 +761,16 @@ def convert(
        a functional call drew). A call that does not drop (``training=False``, ``p == 0``)
        takes its index and draws nothing: torch computes it. Attention with dropout is
        computed explicitly, softmax(q k^T * scale + mask), with xdrop's dropout on the
-       probabilities (:func:`xdrop.layers.torch_functional.attention`).
+       probabilities; ``nn.MultiheadAttention``'s attention dropout likewise.
     3. **State**: ``model`` gets the int64 buffers ``xdrop_seed`` and ``xdrop_step``, beside each
        layer's ``seed`` and ``step``, so ``state_dict()`` / ``load_state_dict`` resume every
        stream, also into a model converted with another seed.
 
     Modules that look like dropout but that convert does not know (see
-    ``docs/convert-torch.md``), and ``nn.MultiheadAttention`` with dropout (its dropout runs
-    inside ``F.multi_head_attention_forward``, out of reach), are listed in one
-    :class:`xdrop.UnconvertedDropoutWarning` and left as they are; ``strict=True`` raises
-    :class:`xdrop.UnconvertedDropoutError` instead. Converting again converts only what was
-    added since, keeping every stream and state_dict key.
+    ``docs/convert-torch.md``) are listed in one :class:`xdrop.UnconvertedDropoutWarning` and
+    left as they are; ``strict=True`` raises :class:`xdrop.UnconvertedDropoutError` instead.
+    Converting again converts only what was added since, keeping every stream and state_dict
+    key.
 
     Args:
         model: the ``torch.nn.Module`` to convert (changed in place). If it is itself a
@@ -820,7 +819,11 @@ def convert(
     for name, module in model.named_modules():
         if _is_unknown_dropout(module, table):
             unknown.append(f"{name or '<model>'} ({type(module).__name__})")
-        elif isinstance(module, torch.nn.MultiheadAttention) and module.dropout > 0:
+        elif (
+            isinstance(module, torch.nn.MultiheadAttention)
+            and module.dropout > 0
+            and not functional.MULTIHEAD_ATTENTION_CONVERTED
+        ):
             unknown.append(
                 f"{name or '<model>'} (MultiheadAttention with dropout={module.dropout}: its "
                 "attention dropout runs inside F.multi_head_attention_forward)"

@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -24,7 +25,7 @@ from torch.overrides import TorchFunctionMode
 
 import xdrop
 from xdrop import spec
-from xdrop.errors import ArgumentTypeError, bad_type
+from xdrop.errors import ArgumentTypeError, UnconvertedDropoutError, bad_type
 from xdrop.layers import common
 
 _DROPOUT = "dropout"
@@ -103,6 +104,8 @@ class SiteContext:
         self.counts: dict[str, int] = {}
         self.mode: FunctionalDropout | None = None
         self.depth = 0
+        self.outside = 0
+        self.guard: OutsideForward | None = None
         self.host: tuple[int, int] | None = None
         self.mirrored: tuple[torch.Tensor, torch.Tensor, int, int] | None = None
 
@@ -157,6 +160,12 @@ class EnterModule:
                 mode = FunctionalDropout(context, seed, step, context.host_state(seed, step))
                 context.mode = mode
                 mode.__enter__()  # type: ignore[no-untyped-call]
+        elif context.depth == 0:  # a submodule run outside the root's forward
+            context.outside += 1
+            if context.outside == 1:
+                guard = OutsideForward(context)
+                context.guard = guard
+                guard.__enter__()  # type: ignore[no-untyped-call]
         context.stack.append(self.name)
 
 
@@ -182,6 +191,12 @@ class ExitModule:
                     step.add_(1)
                     if mode.host is not None:
                         context.advanced(seed, step)
+        elif context.depth == 0 and context.outside > 0:
+            context.outside -= 1
+            guard = context.guard
+            if context.outside == 0 and guard is not None:
+                context.guard = None
+                guard.__exit__(None, None, None)  # type: ignore[no-untyped-call]
 
 
 def _root_state(module: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
@@ -233,6 +248,12 @@ class FunctionalDropout(TorchFunctionMode):
             return self._attention(args, kwargs)
         if func is _NATIVE:
             return self._native(args, kwargs)
+        if func is _MHA and _MHA_BODY is not None:
+            _RUNNING.append(self)
+            try:
+                return _MHA_BODY(*args, **kwargs)
+            finally:
+                _RUNNING.pop()
         return func(*args, **kwargs)
 
     def _site_seed(self) -> torch.Tensor | int:
@@ -320,9 +341,73 @@ class FunctionalDropout(TorchFunctionMode):
         )
 
 
+class OutsideForward(FunctionalDropout):
+    """The mode entered while a submodule of a converted model runs outside the model's forward
+    (called directly, or recomputed by activation checkpointing during the backward pass): a
+    call that would draw a mask is refused, since it has no site in a forward of the model and
+    torch's generator would give it a mask that no checkpoint resumes (and that a recomputation
+    would not match)."""
+
+    def __init__(self, context: SiteContext) -> None:
+        super().__init__(context, torch.zeros((), dtype=torch.int64), torch.zeros(()), None)
+
+    def _site_seed(self) -> torch.Tensor | int:
+        module = self.context.stack[-1] if self.context.stack else ""
+        raise UnconvertedDropoutError(
+            f"dropout drawn by {module!r} of a converted model outside the model's forward "
+            "(a submodule called directly, or recomputed by activation checkpointing): it has "
+            "no site on the model's streams. Call the converted model itself, call "
+            "xdrop.layers.torch.convert on the submodule you run, or put it in eval mode; "
+            "activation checkpointing is not supported in a converted model"
+        )
+
+
 @functools.lru_cache(maxsize=4096)
 def _host_site_seed(seed: int, high: int, low: int) -> int:
     return spec.fold_in(spec.fold_in(seed, high), low)
+
+
+def _running_mode() -> FunctionalDropout:
+    return _RUNNING[-1]
+
+
+def _never(*args: Any) -> bool:
+    return False
+
+
+def _attention_body() -> Callable[..., Any] | None:
+    """``F.multi_head_attention_forward`` (which ``nn.MultiheadAttention`` calls) as it is, but
+    with its calls of ``dropout`` and ``scaled_dot_product_attention`` routed through the running
+    mode, and without its own dispatch to modes: inside a mode's ``__torch_function__`` the mode
+    is off, so the function itself would draw from torch's generator. The same code object with
+    three of its global names bound otherwise; None (MultiheadAttention then not converted)
+    where torch's function no longer names them."""
+    original = F.multi_head_attention_forward
+    needed = {"has_torch_function", "dropout", "scaled_dot_product_attention"}
+    if not needed <= set(original.__code__.co_names):
+        return None
+    namespace = dict(original.__globals__)
+    namespace["has_torch_function"] = _never
+    namespace["dropout"] = lambda *args, **kwargs: _running_mode()._dropout(
+        F.dropout, _FUNCTIONS[F.dropout], args, kwargs
+    )
+    namespace["scaled_dot_product_attention"] = lambda *args, **kwargs: _running_mode()._attention(
+        args, kwargs
+    )
+    body = types.FunctionType(
+        original.__code__, namespace, original.__name__, original.__defaults__
+    )
+    body.__kwdefaults__ = original.__kwdefaults__
+    return body
+
+
+_RUNNING: list[FunctionalDropout] = []
+"""The modes running ``nn.MultiheadAttention``'s function body, innermost last."""
+_MHA_BODY = _attention_body()
+MULTIHEAD_ATTENTION_CONVERTED = _MHA_BODY is not None
+"""Whether ``nn.MultiheadAttention``'s attention dropout is routed through xdrop (it is where
+torch's ``F.multi_head_attention_forward`` names ``dropout`` and ``scaled_dot_product_attention``
+as globals, as torch 2.x does)."""
 
 
 def _is_zero(p: Any) -> bool:
@@ -392,7 +477,16 @@ def attention(
     ``bias`` is ``-inf`` above the diagonal for ``is_causal`` (top-left aligned, as torch),
     ``-inf`` where a boolean ``attn_mask`` is False, or a float ``attn_mask`` itself; ``scale``
     defaults to ``1 / sqrt(E)``; with ``enable_gqa`` each key/value head serves
-    ``Hq / Hkv`` query heads, as torch repeats them."""
+    ``Hq / Hkv`` query heads, as torch repeats them.
+
+    Example:
+        >>> import torch.nn.functional as F
+        >>> q = k = v = torch.randn(1, 2, 4, 8)
+        >>> out = attention(q, k, v, None, 0.0, True, None, False, seed=0)
+        >>> sdpa = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        >>> torch.allclose(out, sdpa, atol=1e-6)
+        True
+    """
     if not isinstance(query, torch.Tensor):
         raise bad_type("query", query, "a tensor")
     length, source = query.size(-2), key.size(-2)
