@@ -302,6 +302,16 @@ def test_sdpa_with_dropout_applies_xdrop_dropout_to_the_attention_probabilities(
     torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-6)
 
 
+def test_sdpa_arguments_sdpa_refuses_are_refused_as_sdpa_refuses_them():
+    class Attend(nn.Module):
+        def forward(self, q, k, v):  # type: ignore[no-untyped-def]
+            mask = torch.ones(5, 7, dtype=torch.bool)
+            return F.scaled_dot_product_attention(q, k, v, mask, 0.1, is_causal=True)
+
+    with pytest.raises(RuntimeError, match="attn_mask"):
+        convert(Attend(), seed=0)(*_qkv())
+
+
 def test_sdpa_without_dropout_is_sdpa_itself():
     model = convert(_encoder(sdpa=True), seed=0).eval()
     reference = _encoder(sdpa=True).eval()

@@ -13,10 +13,9 @@ in the graph so that ``torch.compile`` and ``torch.export`` keep the buffers as 
 from __future__ import annotations
 
 import functools
-import hashlib
 import math
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 import torch
@@ -69,14 +68,14 @@ def site_words(rename: Callable[[str], str] | None, site: str) -> tuple[int, int
     """The two 32-bit words ``(hi, lo)`` that :func:`xdrop.layers.common.site_seed` folds into
     the seed for the site ``site`` (after ``rename``). A constant to ``torch.compile``: the
     hash and ``rename`` run in Python when the graph is traced, not in it."""
-    return _words(rename, site)
+    if isinstance(rename, Hashable):
+        return _cached_words(rename, site)
+    return common.site_words(renamed(rename, site))  # a callable object defining __eq__
 
 
 @functools.lru_cache(maxsize=4096)
-def _words(rename: Callable[[str], str] | None, site: str) -> tuple[int, int]:
-    name = renamed(rename, site)
-    digest = int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big")
-    return common.seed_words(digest)
+def _cached_words(rename: Callable[[str], str] | None, site: str) -> tuple[int, int]:
+    return common.site_words(renamed(rename, site))
 
 
 def renamed(rename: Callable[[str], str] | None, name: str) -> str:
@@ -324,8 +323,8 @@ class FunctionalDropout(TorchFunctionMode):
         ]
         query, key, value, attn_mask, dropout_p, is_causal, scale = values
         enable_gqa = bool(kwargs.get("enable_gqa", False))
-        if dropout_p is None or _is_zero(dropout_p):
-            self._skip_site()
+        if dropout_p is None or _is_zero(dropout_p) or (is_causal and attn_mask is not None):
+            self._skip_site()  # no dropout, or arguments SDPA refuses with its own error
             return _SDPA(*args, **kwargs)
         seed = self._site_seed()
         return attention(
