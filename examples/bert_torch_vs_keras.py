@@ -1,6 +1,6 @@
 """One BERT, two frameworks, dropout on: Hugging Face's PyTorch BERT against keras-hub's on JAX.
 
-    python examples/bert_torch_vs_keras.py [FIGURE] [--steps N] [--attention sdpa] [--workdir DIR]
+    python examples/bert_torch_vs_keras.py [FIGURE] [--steps N] [--attention eager sdpa]
 
 builds a tiny ``transformers.BertForSequenceClassification`` (PyTorch) and a tiny
 ``keras_hub.models.BertTextClassifier`` (Keras 3 on JAX) with the same architecture, copies the
@@ -18,7 +18,8 @@ the masks have the same shapes on both sides (attention probabilities are
 is :func:`keras_weights`.
 
 Each framework runs in its own process (Keras reads ``KERAS_BACKEND`` at import); the two
-exchange weights, batches and results as ``.npz`` files in ``--workdir``.
+exchange weights, batches and results as ``.npz`` files in a scratch folder (``--workdir DIR``
+keeps them there).
 """
 
 from __future__ import annotations
@@ -158,9 +159,15 @@ def make_batches(steps: int) -> dict[str, np.ndarray]:
     }
 
 
-def run_torch(workdir: Path, steps: int, attention: str) -> None:
-    """PyTorch's side: the initial weights (for Keras), then eval and training-mode logits of
-    batch 0 and ``steps`` SGD steps, saved to ``torch_<attention>.npz``."""
+def run_torch(workdir: Path, steps: int, attentions: list[str]) -> None:
+    """PyTorch's side, once per attention implementation of transformers (``"eager"``,
+    ``"sdpa"``): the initial weights (for Keras), then eval and training-mode logits of batch 0
+    and ``steps`` SGD steps, saved to ``torch_<attention>.npz``."""
+    for attention in attentions:
+        train_torch(workdir, steps, attention)
+
+
+def train_torch(workdir: Path, steps: int, attention: str) -> None:
     import torch
     import transformers
 
@@ -339,19 +346,30 @@ def side(workdir: Path, *arguments: str) -> None:
     subprocess.run(command, check=True, env=environment)
 
 
-def compare(workdir: Path, steps: int, attention: str = "eager") -> dict[str, float]:
-    """Run both sides in fresh processes; the largest differences between their results."""
+def compare(workdir: Path, steps: int, attentions: list[str]) -> dict[str, dict[str, float]]:
+    """Run both sides in fresh processes; per attention implementation of the PyTorch side, the
+    largest differences between their results."""
     np.savez(workdir / "batches.npz", **make_batches(steps))
-    side(workdir, "--steps", str(steps), "--side", "torch", "--attention", attention)
+    side(workdir, "--steps", str(steps), "--side", "torch", "--attention", *attentions)
     side(workdir, "--steps", str(steps), "--side", "keras")
-    return differences(np.load(workdir / f"torch_{attention}.npz"), np.load(workdir / "keras.npz"))
+    keras = np.load(workdir / "keras.npz")
+    return {
+        attention: differences(np.load(workdir / f"torch_{attention}.npz"), keras)
+        for attention in attentions
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("figure", nargs="?", type=Path, default=FIGURE)
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--attention", choices=("eager", "sdpa"), default="eager")
+    parser.add_argument(
+        "--attention",
+        nargs="+",
+        choices=("eager", "sdpa"),
+        default=["eager"],
+        help="transformers' attention implementations to compare (the first is drawn)",
+    )
     parser.add_argument("--workdir", type=Path, help="keep the .npz files here")
     parser.add_argument("--side", choices=("torch", "keras"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -363,11 +381,12 @@ def main(argv: list[str] | None = None) -> None:
         workdir = args.workdir or Path(scratch)
         workdir.mkdir(parents=True, exist_ok=True)
         found = compare(workdir, args.steps, args.attention)
-        torch_losses = np.load(workdir / f"torch_{args.attention}.npz")["losses"]
+        torch_losses = np.load(workdir / f"torch_{args.attention[0]}.npz")["losses"]
         keras_losses = np.load(workdir / "keras.npz")["losses"]
         plot(args.figure, torch_losses, keras_losses)
-    for name, value in found.items():
-        print(f"max |torch - keras| {name:<22} {value:.2e}")
+    for attention, differences_found in found.items():
+        for name, value in differences_found.items():
+            print(f"max |torch ({attention}) - keras| {name:<22} {value:.2e}")
     print(f"losses: {np.array2string(torch_losses, precision=4)}")
     print(f"figure: {args.figure}")
 
