@@ -24,13 +24,19 @@ def test_ci_runs_the_readmes_two_commands_verbatim_in_order_in_one_environment()
     readme = (ROOT / "README.md").read_text()
     first, second = bash_blocks(readme)[:2]
     assert first.startswith('pip install ".[torch]"'), first  # PyPI's torch: CUDA on Linux
-    assert second == "pip install -c ci/constraints.txt -r ci/requirements.txt && python -m pytest"
+    test_command = second.splitlines()
+    assert test_command == [
+        "pip install -c ci/constraints.txt -r ci/requirements.txt",
+        "pip install --no-deps -r ci/requirements-nodeps.txt && python -m pytest",
+    ]
 
     lines = (ROOT / ".ci" / "run").read_text().splitlines()
     venvs = [number for number, line in enumerate(lines) if " -m venv " in line]
     installs = [number for number, line in enumerate(lines) if line.startswith("pip install")]
     assert len(venvs) == 1, "one environment for the whole run"
-    assert installs[:2] == [lines.index(first), lines.index(second)]
+    start = lines.index(first) + 1
+    assert lines[start : start + len(test_command)] == test_command
+    assert installs[:3] == [lines.index(first), start, start + 1]
     assert venvs[0] < installs[0]
 
 
