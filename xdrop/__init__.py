@@ -11,6 +11,8 @@ from xdrop.errors import (
     InputRankWarning,
     RoleNotImplementedError,
     TracingError,
+    UnconvertedDropoutError,
+    UnconvertedDropoutWarning,
     XdropError,
     XdropWarning,
 )
@@ -37,6 +39,8 @@ __all__ = [
     "MCDropoutResult",
     "RoleNotImplementedError",
     "TracingError",
+    "UnconvertedDropoutError",
+    "UnconvertedDropoutWarning",
     "XdropError",
     "XdropWarning",
     "alpha_dropout",

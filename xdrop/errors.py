@@ -47,6 +47,13 @@ class InPlaceError(XdropError, RuntimeError):
     overwriting (a leaf that requires grad, or a view of one), as ``torch.nn.Dropout`` refuses."""
 
 
+class UnconvertedDropoutError(XdropError, ValueError):
+    """``convert(model, strict=True)`` found dropout-like modules it cannot convert (a class it
+    does not know whose name says dropout, drop path, drop block or stochastic depth, or a
+    subclass of one it knows): their masks would still come from the framework's own generator.
+    The message names each by its qualified name and class."""
+
+
 class XdropWarning(UserWarning):
     """Root of every warning xdrop emits: ``warnings.filterwarnings("ignore", category=...)``
     with it silences them all."""
@@ -56,6 +63,11 @@ class InputRankWarning(XdropWarning):
     """A channel dropout layer got an input of a rank PyTorch's own layer takes with a deprecation
     warning (``Dropout2d`` on 3-d or 5-d inputs, ``Dropout3d`` on 6-d...): xdrop reads the input as
     torch does and says how, as torch does."""
+
+
+class UnconvertedDropoutWarning(XdropWarning):
+    """``convert(model)`` left dropout-like modules it cannot convert as they are (see
+    :class:`UnconvertedDropoutError`, which ``strict=True`` raises instead)."""
 
 
 class BackendWarning(XdropWarning):
@@ -70,6 +82,7 @@ for _mixed in (
     TracingError,
     InputRankError,
     InPlaceError,
+    UnconvertedDropoutError,
 ):
     _mixed.__init__ = Exception.__init__  # type: ignore[method-assign]
 

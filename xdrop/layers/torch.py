@@ -1,11 +1,14 @@
 """PyTorch layers: ``Dropout``, the channel forms ``Dropout1d``, ``Dropout2d``, ``Dropout3d``, and
 the family ``AlphaDropout``, ``FeatureAlphaDropout``, ``GaussianDropout``, ``DropPath``
-(``StochasticDepth``), ``DropBlock2D``, ``DropBlock2d``, ``DropBlock3d``."""
+(``StochasticDepth``), ``DropBlock2D``, ``DropBlock2d``, ``DropBlock3d``; and :func:`convert`, which
+makes a model written by anyone draw every dropout from xdrop."""
 
 from __future__ import annotations
 
+import re
+import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -18,12 +21,16 @@ from xdrop.errors import (
     InputRankWarning,
     Shown,
     TracingError,
+    UnconvertedDropoutError,
+    UnconvertedDropoutWarning,
     XdropWarning,
     bad_type,
+    bad_value,
     describe,
 )
 from xdrop.layers import common
-from xdrop.validation import check_flag, check_mode
+from xdrop.layers import torch_functional as functional
+from xdrop.validation import as_integer, check_flag, check_mode
 
 __all__ = [
     "AlphaDropout",
@@ -38,6 +45,7 @@ __all__ = [
     "FeatureAlphaDropout",
     "GaussianDropout",
     "StochasticDepth",
+    "convert",
     "set_mc_sampling",
 ]
 
@@ -613,3 +621,260 @@ def set_mc_sampling(model: torch.nn.Module, enabled: bool = True) -> int:
             module.mc_sampling = flag
             switched += 1
     return switched
+
+
+# -- convert ----------------------------------------------------------------------------------------
+_DROPOUT_LIKE = re.compile(r"dropout|droppath|dropblock|stochasticdepth", re.IGNORECASE)
+"""Class names that say a module drops something: convert lists such modules it does not know."""
+
+
+def _torch_replacements() -> dict[type, Callable[[Any, int], torch.nn.Module]]:
+    """The dropout classes ``convert`` replaces, each with the xdrop layer of the same arguments:
+    torch's always, timm's and torchvision's where those libraries are already imported (convert
+    never imports them)."""
+    nn = torch.nn
+    table: dict[type, Callable[[Any, int], torch.nn.Module]] = {
+        nn.Dropout: lambda m, s: Dropout(m.p, m.inplace, seed=s),
+        nn.Dropout1d: lambda m, s: Dropout1d(m.p, m.inplace, seed=s),
+        nn.Dropout2d: lambda m, s: Dropout2d(m.p, m.inplace, seed=s),
+        nn.Dropout3d: lambda m, s: Dropout3d(m.p, m.inplace, seed=s),
+        nn.AlphaDropout: lambda m, s: AlphaDropout(m.p, m.inplace, seed=s),
+        nn.FeatureAlphaDropout: lambda m, s: FeatureAlphaDropout(m.p, m.inplace, seed=s),
+    }
+    timm = sys.modules.get("timm.layers.drop")
+    if timm is not None:
+        table[timm.DropPath] = lambda m, s: DropPath(
+            drop_prob=m.drop_prob, scale_by_keep=m.scale_by_keep, seed=s
+        )
+        table[timm.DropBlock2d] = lambda m, s: DropBlock2d(
+            drop_prob=m.drop_prob,
+            block_size=m.block_size,
+            gamma_scale=m.gamma_scale,
+            with_noise=m.with_noise,
+            inplace=m.inplace,
+            couple_channels=m.couple_channels,
+            scale_by_keep=m.scale_by_keep,
+            seed=s,
+        )
+    depth = sys.modules.get("torchvision.ops.stochastic_depth")
+    if depth is not None:
+        table[depth.StochasticDepth] = lambda m, s: StochasticDepth(m.p, m.mode, seed=s)
+    blocks = sys.modules.get("torchvision.ops.drop_block")
+    if blocks is not None:
+        table[blocks.DropBlock2d] = lambda m, s: DropBlock2d(
+            m.p, m.block_size, m.inplace, m.eps, seed=s
+        )
+        table[blocks.DropBlock3d] = lambda m, s: DropBlock3d(
+            m.p, m.block_size, m.inplace, m.eps, seed=s
+        )
+    return table
+
+
+def _replacement(
+    module: torch.nn.Module,
+    name: str,
+    seed: int,
+    rename: Callable[[str], str] | None,
+    table: dict[type, Callable[[Any, int], torch.nn.Module]],
+) -> torch.nn.Module | None:
+    """The xdrop layer that replaces ``module`` (None: it stays), on the device and in the
+    train/eval mode of the module, seeded for its site."""
+    build = table.get(type(module))
+    if build is None:
+        return None
+    layer = build(module, common.site_seed(seed, functional.renamed(rename, name)))
+    layer.train(module.training)
+    device = next((t.device for t in module.buffers()), None)
+    if device is not None:  # a torch dropout module holds no tensor: the layer stays on the CPU
+        layer.to(device)
+    return layer
+
+
+def _is_unknown_dropout(module: torch.nn.Module, table: dict[type, Any]) -> bool:
+    """A module that looks like dropout and that convert does not replace: a class (or base class
+    below ``nn.Module``) whose name says dropout, drop path, drop block or stochastic depth, or a
+    module with a float ``drop_prob`` (timm's name); xdrop's own layers excepted."""
+    if isinstance(module, Dropout) or type(module) in table:
+        return False
+    classes = type(module).__mro__[: type(module).__mro__.index(torch.nn.Module)]
+    if any(_DROPOUT_LIKE.search(cls.__name__) for cls in classes):
+        return True
+    return isinstance(getattr(module, "drop_prob", None), float)
+
+
+def _check_convert_arguments(
+    model: object, strict: object, rename: object
+) -> tuple[torch.nn.Module, bool, Callable[[str], str] | None]:
+    if not isinstance(model, torch.nn.Module):
+        raise bad_type("model", model, "a torch.nn.Module")
+    if rename is not None and not callable(rename):
+        raise bad_type("rename", rename, "None or a callable taking a site's name to a str")
+    return model, check_flag("strict", strict), rename
+
+
+def _root_seed(model: torch.nn.Module, seed: object) -> int:
+    """The seed the model is converted with: the one it holds if converted before (``seed`` must
+    then be None or that seed), else ``seed`` resolved as a layer resolves it."""
+    held = getattr(model, "xdrop_seed", None)
+    if isinstance(held, torch.Tensor) and isinstance(
+        getattr(model, "xdrop_step", None), torch.Tensor
+    ):
+        current = int(held) % 2**64
+        if seed is not None and (isinstance(seed, xdrop.Generator) or as_integer(seed) != current):
+            raise bad_value(
+                "seed",
+                seed,
+                f"None or {current}, the seed this model was converted with (its xdrop_seed "
+                "buffer): converting again keeps every stream; load_state_dict sets another seed",
+            )
+        return current
+    return common.initial_seed(seed)
+
+
+def convert(
+    model: torch.nn.Module,
+    *,
+    seed: int | xdrop.Generator | None,
+    strict: bool = False,
+    rename: Callable[[str], str] | None = None,
+) -> torch.nn.Module:
+    """Make every dropout in a model written by anyone seeded, portable and resumable, in place.
+
+    1. **Modules**: each ``nn.Dropout``, ``nn.Dropout1d/2d/3d``, ``nn.AlphaDropout``,
+       ``nn.FeatureAlphaDropout``, timm's ``DropPath`` and ``DropBlock2d`` and torchvision's
+       ``StochasticDepth`` and ``DropBlock2d/3d`` (where timm / torchvision are imported) is
+       replaced by the xdrop layer with the same arguments, train/eval flag and device, seeded
+       ``site_seed(seed, rename(name))`` (:func:`xdrop.layers.common.site_seed`) with ``name``
+       its qualified name in ``model.named_modules()``. A module registered under several names
+       stays one module: one layer, named after its first name. xdrop's layers stay as they are.
+    2. **Functional dropout**: while ``model``'s forward runs, ``F.dropout``,
+       ``F.dropout1d/2d/3d``, ``F.alpha_dropout``, ``F.feature_alpha_dropout``, the
+       ``torch.dropout`` family (in-place forms, ``torch.native_dropout``) and
+       ``F.scaled_dot_product_attention`` with ``dropout_p > 0`` are computed with xdrop. The
+       call ``k`` (from 0) that the forward of the module named ``m`` makes, within one forward
+       of ``model``, is the site ``f"{m}#{k}"`` and draws with the seed::
+
+           step_seed(site_seed(xdrop_seed, rename(f"{m}#{k}")), xdrop_step)
+
+       where ``m`` is the innermost module whose forward is running (``""`` for ``model``),
+       and ``xdrop_step`` advances once per forward of ``model`` in training mode (or in which
+       a functional call drew). A call that does not drop (``training=False``, ``p == 0``)
+       takes its index and draws nothing: torch computes it. Attention with dropout is
+       computed explicitly, softmax(q k^T * scale + mask), with xdrop's dropout on the
+       probabilities (:func:`xdrop.layers.torch_functional.attention`).
+    3. **State**: ``model`` gets the int64 buffers ``xdrop_seed`` and ``xdrop_step``, beside each
+       layer's ``seed`` and ``step``, so ``state_dict()`` / ``load_state_dict`` resume every
+       stream, also into a model converted with another seed.
+
+    ``nn.MultiheadAttention``'s attention dropout (inside ``F.multi_head_attention_forward``) is
+    routed too. Modules that look like dropout but that convert does not know (see
+    ``docs/convert-torch.md``) are listed in one :class:`xdrop.UnconvertedDropoutWarning` and
+    left as they are; ``strict=True`` raises :class:`xdrop.UnconvertedDropoutError` instead.
+    Converting again converts only what was added since, keeping every stream and state_dict
+    key.
+
+    Args:
+        model: the ``torch.nn.Module`` to convert (changed in place). If it is itself a
+            dropout module, the layer replacing it is returned.
+        seed: an integer in ``[0, 2**64)``, an :class:`xdrop.Generator` (its next seed), or
+            None: the seed the model already holds if converted before, else the next seed of
+            xdrop's global generator (``xdrop.manual_seed``).
+        strict: raise on dropout-like modules convert cannot convert, instead of warning.
+        rename: maps each site's name (a module's qualified name, or ``"module#k"``) to the
+            name its seed is derived from, e.g. to match another framework's names.
+
+    Returns:
+        ``model``, converted.
+
+    Example:
+        >>> import torch, xdrop
+        >>> from xdrop.layers.torch import convert
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Dropout(0.1))
+        >>> model = convert(model, seed=0)
+        >>> type(model[1]).__name__
+        'Dropout'
+        >>> sorted(k for k in model.state_dict() if "xdrop" in k)
+        ['xdrop_seed', 'xdrop_step']
+    """
+    model, strict, rename = _check_convert_arguments(model, strict, rename)
+    root_seed = _root_seed(model, seed)
+    table = _torch_replacements()
+    root = _replacement(model, "", root_seed, rename, table)
+    if root is not None:
+        model = root
+    unknown: list[str] = []
+    first_names: dict[int, str] = {}
+    replaced: dict[int, torch.nn.Module] = {}
+    for parent_name, parent in list(model.named_modules(remove_duplicate=False)):
+        for attribute, child in list(parent._modules.items()):
+            if child is None:
+                continue
+            name = f"{parent_name}.{attribute}" if parent_name else attribute
+            first_names.setdefault(id(child), name)
+            if id(child) not in replaced:
+                layer = _replacement(child, first_names[id(child)], root_seed, rename, table)
+                if layer is None:
+                    continue
+                replaced[id(child)] = layer
+            setattr(parent, attribute, replaced[id(child)])
+    for name, module in model.named_modules():
+        if _is_unknown_dropout(module, table):
+            unknown.append(f"{name or '<model>'} ({type(module).__name__})")
+        elif (
+            isinstance(module, torch.nn.MultiheadAttention)
+            and module.dropout > 0
+            and not functional.MULTIHEAD_ATTENTION_CONVERTED
+        ):
+            unknown.append(
+                f"{name or '<model>'} (MultiheadAttention with dropout={module.dropout}: its "
+                "attention dropout runs inside F.multi_head_attention_forward)"
+            )
+    if unknown:
+        listed = ", ".join(unknown)
+        if strict:
+            raise UnconvertedDropoutError(
+                f"convert cannot convert these dropout-like modules, whose masks would still "
+                f"come from torch's generator: {listed}. Replace them with xdrop's layers (see "
+                "docs/convert-torch.md), or pass strict=False to leave them as they are"
+            )
+        warnings.warn(
+            f"convert left these dropout-like modules as they are (their masks come from "
+            f"torch's generator, not xdrop's): {listed}. Replace them with xdrop's layers, or "
+            "filter xdrop.UnconvertedDropoutWarning",
+            UnconvertedDropoutWarning,
+            stacklevel=2,
+        )
+    _install_sites(model, root_seed, rename)
+    return model
+
+
+def _install_sites(model: torch.nn.Module, seed: int, rename: Callable[[str], str] | None) -> None:
+    """The root's seed and step buffers, and the hooks that name the running module and enter
+    the functional mode around the root's forward; on a model converted before, hooks only on
+    the modules added since."""
+    if not isinstance(getattr(model, "xdrop_seed", None), torch.Tensor):
+        device = next((t.device for t in model.parameters()), None)
+        device = device or next((t.device for t in model.buffers()), torch.device("cpu"))
+        value = torch.tensor(common.signed(seed, 64), dtype=torch.int64, device=device)
+        model.register_buffer("xdrop_seed", value)
+        model.register_buffer("xdrop_step", torch.zeros((), dtype=torch.int64, device=device))
+    context = next(
+        (
+            hook.context
+            for hook in model._forward_pre_hooks.values()
+            if isinstance(hook, functional.EnterModule) and hook.root
+        ),
+        None,
+    )
+    if context is None:
+        context = functional.SiteContext(rename)
+    for name, module in model.named_modules():
+        hooked = any(
+            isinstance(hook, functional.EnterModule) and hook.context is context
+            for hook in module._forward_pre_hooks.values()
+        )
+        if hooked:
+            continue
+        root = module is model
+        module.register_forward_pre_hook(functional.EnterModule(context, name, root))
+        module.register_forward_hook(functional.ExitModule(context, root), always_call=True)

@@ -1,0 +1,535 @@
+"""xdrop.layers.torch.convert: a model written with torch's own dropout (modules, functional calls,
+attention with dropout) made to draw every mask from xdrop, on streams named after each site, kept
+in state_dict, never touching torch's global generator."""
+
+from __future__ import annotations
+
+import copy
+import math
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
+
+import xdrop  # noqa: E402
+from xdrop.layers import common  # noqa: E402
+from xdrop.layers import torch as layers  # noqa: E402
+from xdrop.layers.torch import convert  # noqa: E402
+from xdrop.layers.torch_functional import attention  # noqa: E402
+
+pytestmark = pytest.mark.backend_independent
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# -- models written as other people write them -----------------------------------------------------
+class SelfAttention(nn.Module):
+    """Attention as Hugging Face's eager and sdpa paths write it: F.dropout on the probabilities,
+    or SDPA given dropout_p, then a dropout module on the output."""
+
+    def __init__(self, width: int = 16, heads: int = 2, sdpa: bool = False) -> None:
+        super().__init__()
+        self.heads, self.sdpa = heads, sdpa
+        self.qkv = nn.Linear(width, 3 * width)
+        self.out = nn.Linear(width, width)
+        self.dropout = nn.Dropout(0.1)
+        self.attention_dropout = 0.25
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        n, length, width = x.shape
+        q, k, v = self.qkv(x).view(n, length, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        rate = self.attention_dropout if self.training else 0.0
+        if self.sdpa:
+            h = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=rate)
+        else:
+            scores = q @ k.transpose(-1, -2) / math.sqrt(q.size(-1))
+            if mask is not None:
+                scores = scores + mask
+            probs = F.dropout(scores.softmax(-1), p=rate, training=self.training)
+            h = probs @ v
+        return self.dropout(self.out(h.transpose(1, 2).reshape(n, length, width)))
+
+
+class Block(nn.Module):
+    def __init__(self, sdpa: bool = False) -> None:
+        super().__init__()
+        self.attention = SelfAttention(sdpa=sdpa)
+        self.mlp = nn.Sequential(nn.Linear(16, 32), nn.GELU(), nn.Dropout(0.2), nn.Linear(32, 16))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attention(x)
+        return x + F.dropout(self.mlp(x), 0.1, self.training)
+
+
+class Encoder(nn.Module):
+    def __init__(self, sdpa: bool = False) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList([Block(sdpa), Block(sdpa)])
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer(x)
+        return self.head(torch.dropout(x.mean(1), 0.3, self.training))
+
+
+def _encoder(sdpa: bool = False, seed: int = 0) -> Encoder:
+    torch.manual_seed(seed)
+    return Encoder(sdpa)
+
+
+def _inputs() -> torch.Tensor:
+    return torch.randn(2, 5, 16, generator=torch.Generator().manual_seed(1))
+
+
+def _site(seed: int, name: str, step: int) -> torch.Tensor:
+    """A functional site's seed by the documented formula, from host integers."""
+    return torch.tensor(common.signed(xdrop.fold_in(common.site_seed(seed, name), step), 64))
+
+
+# -- modules --------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("original", "expected"),
+    [
+        (nn.Dropout(0.3, inplace=True), layers.Dropout),
+        (nn.Dropout1d(0.2), layers.Dropout1d),
+        (nn.Dropout2d(0.4, inplace=True), layers.Dropout2d),
+        (nn.Dropout3d(0.5), layers.Dropout3d),
+        (nn.AlphaDropout(0.1), layers.AlphaDropout),
+        (nn.FeatureAlphaDropout(0.2, inplace=True), layers.FeatureAlphaDropout),
+    ],
+)
+def test_each_torch_dropout_module_becomes_the_xdrop_layer_of_the_same_arguments(
+    original, expected
+):
+    model = nn.Sequential(nn.Identity(), original).eval()
+    convert(model, seed=5)
+    layer = model[1]
+    assert type(layer) is expected
+    assert (layer.p, layer.inplace, layer.training) == (original.p, original.inplace, False)
+    assert int(layer.seed) % 2**64 == common.site_seed(5, "1")
+
+
+def test_module_streams_depend_on_names_not_on_the_order_modules_were_created_in():
+    class Forward(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Dropout(0.5)
+            self.b = nn.Dropout(0.5)
+
+    class Backward(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.b = nn.Dropout(0.5)
+            self.a = nn.Dropout(0.5)
+
+    first, second = convert(Forward(), seed=3), convert(Backward(), seed=3)
+    for name in ("a", "b"):
+        assert int(getattr(first, name).seed) == int(getattr(second, name).seed)
+        assert int(getattr(first, name).seed) % 2**64 == common.site_seed(3, name)
+    x = torch.ones(64)
+    assert torch.equal(first.a(x), second.a(x))
+    assert not torch.equal(first.b(x), first.a(x))
+
+
+def test_a_module_registered_under_two_names_stays_one_layer_named_after_its_first_name():
+    shared = nn.Dropout(0.5)
+    model = nn.Module()
+    model.first = shared
+    model.inner = nn.Sequential(nn.Identity(), shared)
+    convert(model, seed=1)
+    assert model.first is model.inner[1]
+    assert isinstance(model.first, layers.Dropout)
+    assert int(model.first.seed) % 2**64 == common.site_seed(1, "first")
+
+
+def test_rename_maps_site_names_before_their_seeds_are_derived():
+    model = convert(nn.Sequential(nn.Dropout(0.5)), seed=2, rename=lambda n: f"encoder/{n}")
+    assert int(model[0].seed) % 2**64 == common.site_seed(2, "encoder/0")
+
+
+# -- functional sites -----------------------------------------------------------------------------
+def test_functional_calls_draw_the_documented_stream_of_their_module_and_index():
+    model = convert(_encoder(), seed=11)
+    x = _inputs()
+    for step in range(2):
+        expected = _by_hand(model, x, seed=11, step=step)
+        assert torch.equal(model(x), expected)
+        assert int(model.xdrop_step) == step + 1
+
+
+def _by_hand(model: Encoder, x: torch.Tensor, seed: int, step: int) -> torch.Tensor:
+    """The converted encoder's training forward, written out with xdrop.dropout and the
+    documented site seeds (module layers at their own step ``step``)."""
+
+    def layer(module: layers.Dropout, h: torch.Tensor) -> torch.Tensor:
+        return xdrop.dropout(h, module.p, seed=xdrop.fold_in(int(module.seed) % 2**64, step))
+
+    for index, block in enumerate(model.layers):
+        a = block.attention
+        n, length, width = x.shape
+        q, k, v = a.qkv(x).view(n, length, 3, a.heads, -1).permute(2, 0, 3, 1, 4)
+        probs = (q @ k.transpose(-1, -2) / math.sqrt(q.size(-1))).softmax(-1)
+        site = _site(seed, f"layers.{index}.attention#0", step)
+        h = xdrop.dropout(probs, 0.25, seed=site) @ v
+        x = x + layer(a.dropout, a.out(h.transpose(1, 2).reshape(n, length, width)))
+        mlp = block.mlp
+        hidden = mlp[3](layer(mlp[2], mlp[1](mlp[0](x))))
+        x = x + xdrop.dropout(hidden, 0.1, seed=_site(seed, f"layers.{index}#0", step))
+    pooled = xdrop.dropout(x.mean(1), 0.3, seed=_site(seed, "#0", step))
+    return model.head(pooled)
+
+
+def test_each_call_of_one_module_takes_the_next_index_also_when_the_module_is_called_twice():
+    class Twice(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = nn.Identity()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return F.dropout(x, 0.5) + 10 * F.dropout(x, 0.5)
+
+    class Outer(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.twice = Twice()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.stack([self.twice(x), self.twice(x)])
+
+    model = convert(Outer(), seed=4)
+    x = torch.ones(32)
+    expected = torch.stack(
+        [
+            xdrop.dropout(x, 0.5, seed=_site(4, f"twice#{2 * call}", 0))
+            + 10 * xdrop.dropout(x, 0.5, seed=_site(4, f"twice#{2 * call + 1}", 0))
+            for call in range(2)
+        ]
+    )
+    assert torch.equal(model(x), expected)
+
+
+@pytest.mark.parametrize(
+    ("function", "noise"),
+    [
+        (lambda x: F.dropout(x, 0.5, True, inplace=True), None),
+        (lambda x: torch.dropout_(x, 0.5, True), None),
+        (lambda x: F.dropout2d(x, 0.5), (None, None, 1, 1)),
+        (lambda x: torch.feature_dropout(x, 0.5, True), (None, None, 1, 1)),
+        (lambda x: F.dropout1d(x.flatten(2), 0.5).view_as(x), (None, None, 1, 1)),
+        (lambda x: F.dropout3d(x[None], 0.5)[0], (None, 1, 1, 1)),
+        (lambda x: torch.native_dropout(x, 0.5, True)[0], None),
+    ],
+)
+def test_the_torch_dropout_family_is_computed_by_xdrop_with_torchs_decision_shapes(function, noise):
+    class Calls(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return function(x.clone())
+
+    x = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    y = convert(Calls(), seed=9)(x)
+    expected = xdrop.dropout(x, 0.5, seed=_site(9, "#0", 0), noise_shape=noise)
+    assert torch.equal(y, expected)
+
+
+def test_alpha_dropout_functions_are_computed_by_xdrop_alpha_dropout():
+    class Calls(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.stack(
+                [F.alpha_dropout(x, 0.2, True), F.feature_alpha_dropout(x, 0.2, True)]
+            )
+
+    x = torch.randn(2, 3, 4)
+    y = convert(Calls(), seed=9)(x)
+    first = xdrop.alpha_dropout(x, 0.2, seed=_site(9, "#0", 0))
+    second = xdrop.alpha_dropout(x, 0.2, seed=_site(9, "#1", 0), noise_shape=(None, None, 1))
+    assert torch.equal(y, torch.stack([first, second]))
+
+
+# -- attention ------------------------------------------------------------------------------------
+def _qkv(heads: int = 4, kv_heads: int = 4) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(2)
+    q = torch.randn(2, heads, 5, 8, generator=g)
+    k = torch.randn(2, kv_heads, 7, 8, generator=g)
+    v = torch.randn(2, kv_heads, 7, 8, generator=g)
+    return q, k, v
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"is_causal": True},
+        {"scale": 0.3},
+        {"attn_mask": torch.rand(5, 7) > 0.3},
+        {"attn_mask": torch.randn(2, 1, 5, 7)},
+        {"enable_gqa": True},
+    ],
+    ids=["plain", "causal", "scale", "bool-mask", "float-mask", "gqa"],
+)
+def test_explicit_attention_equals_sdpa_without_dropout(options):
+    q, k, v = _qkv(kv_heads=2 if options.get("enable_gqa") else 4)
+    expected = F.scaled_dot_product_attention(q, k, v, **options)
+    got = attention(
+        q,
+        k,
+        v,
+        options.get("attn_mask"),
+        0.0,
+        options.get("is_causal", False),
+        options.get("scale"),
+        options.get("enable_gqa", False),
+        seed=0,
+    )
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_sdpa_with_dropout_applies_xdrop_dropout_to_the_attention_probabilities():
+    class Attend(nn.Module):
+        def forward(self, q, k, v, mask):  # type: ignore[no-untyped-def]
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=0.4)
+
+    q, k, v = _qkv()
+    mask = torch.randn(5, 7)
+    y = convert(Attend(), seed=6)(q, k, v, mask)
+    probs = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(8) + mask, -1)
+    expected = xdrop.dropout(probs, 0.4, seed=_site(6, "#0", 0)) @ v
+    torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_sdpa_without_dropout_is_sdpa_itself():
+    model = convert(_encoder(sdpa=True), seed=0).eval()
+    reference = _encoder(sdpa=True).eval()
+    x = _inputs()
+    assert torch.equal(model(x), reference(x))
+
+
+class Attention(nn.Module):
+    def __init__(self, need_weights: bool) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.attn = nn.MultiheadAttention(16, 2, dropout=0.3, batch_first=True)
+        self.need_weights = need_weights
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.attn(x, x, x, need_weights=self.need_weights)[0]
+
+
+@pytest.mark.parametrize("need_weights", [True, False])
+def test_multihead_attention_drops_its_probabilities_with_xdrop(need_weights):
+    model = convert(Attention(need_weights), seed=1)
+    x = _inputs()
+    state = torch.get_rng_state()
+    y = model(x)
+    assert torch.equal(torch.get_rng_state(), state)
+    attn = model.attn
+    n, length, width = x.shape
+    q, k, v = (
+        h.view(n, length, 2, -1).transpose(1, 2)
+        for h in F.linear(x, attn.in_proj_weight, attn.in_proj_bias).chunk(3, -1)
+    )
+    probs = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(width // 2), -1)
+    h = xdrop.dropout(probs, 0.3, seed=_site(1, "attn#0", 0)) @ v
+    expected = attn.out_proj(h.transpose(1, 2).reshape(n, length, width))
+    torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5)
+
+
+# -- state, resumption, global generator ------------------------------------------------------------
+def test_seed_and_step_live_in_state_dict_and_load_into_a_model_converted_with_another_seed():
+    x = _inputs()
+    trained = convert(_encoder(), seed=1)
+    trained(x)
+    other = convert(_encoder(), seed=2)
+    other.load_state_dict(trained.state_dict())
+    assert {"xdrop_seed", "xdrop_step", "layers.0.mlp.2.seed", "layers.0.mlp.2.step"} <= set(
+        trained.state_dict()
+    )
+    assert torch.equal(other(x), trained(x))
+
+
+def _train(model: nn.Module, steps: int, optimizer: torch.optim.Optimizer) -> torch.Tensor:
+    losses = []
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss = model(_inputs()).square().mean()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.detach())
+    return torch.stack(losses)
+
+
+_RESUME = """
+import sys, torch
+sys.path.insert(0, {tests!r})
+from test_convert_torch import _encoder, _train
+from xdrop.layers.torch import convert
+
+model = convert(_encoder(sdpa=True, seed=1), seed=99)
+optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+state = torch.load(sys.argv[1])
+model.load_state_dict(state["model"])
+optimizer.load_state_dict(state["optimizer"])
+torch.save(_train(model, 3, optimizer), sys.argv[1] + ".resumed")
+"""
+
+
+def test_a_checkpoint_resumes_every_stream_bit_identically_in_a_fresh_process(tmp_path):
+    model = convert(_encoder(sdpa=True), seed=7)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    _train(model, 2, optimizer)
+    checkpoint = str(tmp_path / "state.pt")
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, checkpoint)
+    straight = _train(model, 3, optimizer)
+    script = tmp_path / "resume.py"
+    script.write_text(_RESUME.format(tests=str(ROOT / "tests")))
+    subprocess.run([sys.executable, str(script), checkpoint], check=True, cwd=ROOT)
+    resumed = torch.load(checkpoint + ".resumed")
+    assert torch.equal(straight, resumed)
+
+
+@pytest.mark.parametrize("sdpa", [False, True], ids=["eager-attention", "sdpa"])
+def test_a_training_step_leaves_torchs_global_generator_untouched(sdpa):
+    model = convert(_encoder(sdpa), seed=0)
+    optimizer = torch.optim.Adam(model.parameters())
+    state = torch.get_rng_state()
+    loss = model(_inputs()).square().mean()
+    loss.backward()
+    optimizer.step()
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_eval_computes_what_torch_computes_and_draws_nothing():
+    model = convert(_encoder(), seed=0).eval()
+    reference = _encoder().eval()
+    state = torch.get_rng_state()
+    x = _inputs()
+    assert torch.equal(model(x), reference(x))
+    assert int(model.xdrop_step) == 0
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+# -- compilers ------------------------------------------------------------------------------------
+def _small() -> nn.Module:
+    """One attention layer: a dropout module, F.dropout, and SDPA with dropout."""
+    torch.manual_seed(0)
+    return nn.Sequential(SelfAttention(sdpa=True), Pooled())
+
+
+class Pooled(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.dropout(x.mean(1), 0.3, self.training)
+
+
+def test_torch_compile_fullgraph_equals_eager_step_for_step():
+    eager = convert(_small(), seed=3)
+    compiled_model = copy.deepcopy(eager)
+    compiled = torch.compile(compiled_model, fullgraph=True, backend="aot_eager")
+    x = _inputs()
+    for _ in range(2):
+        assert torch.equal(compiled(x), eager(x))
+    assert int(compiled_model.xdrop_step) == int(eager.xdrop_step) == 2
+    reloaded = convert(_small(), seed=4)
+    reloaded.load_state_dict(eager.state_dict())  # the compiled graph reads the new buffers
+    compiled_model.load_state_dict(convert(_small(), seed=4).state_dict())
+    assert torch.equal(compiled(x), convert(_small(), seed=4)(x))
+    assert torch.equal(reloaded(x), eager(x))
+
+
+def test_torch_export_keeps_the_streams_and_advances_the_step():
+    model = convert(_small(), seed=3)
+    reference = copy.deepcopy(model)
+    x = _inputs()
+    exported = torch.export.export(model, (x,)).module()
+    for _ in range(2):
+        assert torch.equal(exported(x), reference(x))
+    assert int(exported.xdrop_step) == 2
+
+
+# -- what is not converted ------------------------------------------------------------------------
+class TokenDropout(nn.Module):
+    """A dropout module convert does not know: its mask would come from torch's generator."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * (torch.rand_like(x[..., :1]) > 0.1)
+
+
+class Dropped(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tokens = TokenDropout()
+        self.attention = nn.MultiheadAttention(16, 2, dropout=0.1)
+        self.scale = ScaledDrop()
+
+
+class ScaledDrop(nn.Module):
+    """Not named like dropout, but holding timm's float ``drop_prob``."""
+
+    drop_prob = 0.1
+
+
+def test_unknown_dropout_like_modules_are_left_alone_with_one_warning_naming_each():
+    with pytest.warns(xdrop.UnconvertedDropoutWarning) as caught:
+        model = convert(Dropped(), seed=0)
+    assert len(caught) == 1
+    message = str(caught[0].message)
+    assert "tokens (TokenDropout)" in message and "scale (ScaledDrop)" in message
+    assert "attention" not in message  # its dropout is routed through xdrop
+    assert type(model.tokens) is TokenDropout
+
+
+def test_strict_refuses_unknown_dropout_like_modules_naming_each():
+    with pytest.raises(xdrop.UnconvertedDropoutError, match=r"tokens \(TokenDropout\)"):
+        convert(Dropped(), seed=0, strict=True)
+
+
+def test_a_subclass_of_a_known_dropout_is_unknown():
+    class Mine(nn.Dropout):
+        pass
+
+    with pytest.raises(xdrop.UnconvertedDropoutError, match=r"0 \(Mine\)"):
+        convert(nn.Sequential(Mine()), seed=0, strict=True)
+
+
+def test_a_model_without_dropout_like_modules_converts_without_warning():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        convert(_encoder(), seed=0, strict=True)
+
+
+# -- converting again -----------------------------------------------------------------------------
+def test_converting_twice_changes_no_stream_and_no_state_dict_key():
+    x = _inputs()
+    once = convert(_encoder(), seed=5)
+    twice = convert(convert(_encoder(), seed=5), seed=None)
+    assert list(twice.state_dict()) == list(once.state_dict())
+    assert torch.equal(twice(x), once(x))
+    assert len(twice._forward_pre_hooks) == 1
+
+
+def test_converting_again_with_another_seed_is_refused():
+    model = convert(_encoder(), seed=5)
+    with pytest.raises(xdrop.ArgumentValueError, match="seed"):
+        convert(model, seed=6)
+
+
+# -- arguments ------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("arguments", "error", "match"),
+    [
+        ({"model": "bert"}, xdrop.ArgumentTypeError, "model must be a torch.nn.Module"),
+        ({"seed": -1}, xdrop.ArgumentValueError, "seed"),
+        ({"seed": 1.5}, xdrop.ArgumentTypeError, "seed"),
+        ({"strict": 1}, xdrop.ArgumentTypeError, "strict"),
+        ({"rename": "x"}, xdrop.ArgumentTypeError, "rename must be None or a callable"),
+        ({"rename": lambda name: 1}, xdrop.ArgumentTypeError, "rename must return a str"),
+    ],
+)
+def test_bad_arguments_are_refused_naming_the_argument(arguments, error, match):
+    call = {"model": nn.Sequential(nn.Dropout()), "seed": 0, **arguments}
+    with pytest.raises(error, match=match):
+        convert(call.pop("model"), **call)

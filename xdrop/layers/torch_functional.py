@@ -1,0 +1,466 @@
+"""Functional dropout inside a converted PyTorch model: while the model's forward runs, a
+``TorchFunctionMode`` routes ``F.dropout`` and its relatives, the ``torch.dropout`` family and
+``F.scaled_dot_product_attention(..., dropout_p > 0)`` through xdrop, each call site on a stream
+of its own (:func:`xdrop.layers.torch.convert` installs it; ``docs/convert-torch.md`` gives the
+derivation).
+
+A call's site is ``"<module>#<k>"``: the qualified name of the innermost module whose forward
+made the call, and ``k`` the index of the call among the intercepted calls that module's forward
+made since the root's forward began. Its seed is ``step_seed(site_seed(seed, rename(site)),
+step)`` with ``seed`` and ``step`` the root's ``xdrop_seed`` and ``xdrop_step`` buffers, computed
+in the graph so that ``torch.compile`` and ``torch.export`` keep the buffers as inputs."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import math
+import types
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+
+import xdrop
+from xdrop import spec
+from xdrop.errors import ArgumentTypeError, bad_type
+from xdrop.layers import common
+
+_DROPOUT = "dropout"
+_FEATURE = "feature"
+_DROPOUT1D = "dropout1d"
+_DROPOUT3D = "dropout3d"
+_ALPHA = "alpha"
+_FEATURE_ALPHA = "feature_alpha"
+
+_VF = torch._C._VariableFunctions
+
+# each intercepted function: (kind, names of (input, p, training) in its signature, in place)
+_FUNCTIONS: dict[Callable[..., Any], tuple[str, tuple[str, str, str], bool]] = {
+    F.dropout: (_DROPOUT, ("input", "p", "training"), False),
+    F.dropout1d: (_DROPOUT1D, ("input", "p", "training"), False),
+    F.dropout2d: (_FEATURE, ("input", "p", "training"), False),
+    F.dropout3d: (_DROPOUT3D, ("input", "p", "training"), False),
+    F.alpha_dropout: (_ALPHA, ("input", "p", "training"), False),
+    F.feature_alpha_dropout: (_FEATURE_ALPHA, ("input", "p", "training"), False),
+    _VF.dropout: (_DROPOUT, ("input", "p", "train"), False),
+    _VF.dropout_: (_DROPOUT, ("input", "p", "train"), True),
+    _VF.feature_dropout: (_FEATURE, ("input", "p", "train"), False),
+    _VF.feature_dropout_: (_FEATURE, ("input", "p", "train"), True),
+    _VF.alpha_dropout: (_ALPHA, ("input", "p", "train"), False),
+    _VF.alpha_dropout_: (_ALPHA, ("input", "p", "train"), True),
+    _VF.feature_alpha_dropout: (_FEATURE_ALPHA, ("input", "p", "train"), False),
+    _VF.feature_alpha_dropout_: (_FEATURE_ALPHA, ("input", "p", "train"), True),
+}
+_DEFAULTS = {"p": 0.5, "training": True, "train": True, "inplace": False}
+_NATIVE = _VF.native_dropout
+_SDPA = F.scaled_dot_product_attention
+_SDPA_ARGUMENTS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale")
+_MHA = F.multi_head_attention_forward
+
+SITE_FUNCTIONS: tuple[Callable[..., Any], ...] = (*_FUNCTIONS, _NATIVE, _SDPA)
+"""The functions whose calls are sites: each call, drawing or not, takes the next index ``k``."""
+
+
+@torch.compiler.assume_constant_result  # type: ignore[untyped-decorator]
+def site_words(rename: Callable[[str], str] | None, site: str) -> tuple[int, int]:
+    """The two 32-bit words ``(hi, lo)`` that :func:`xdrop.layers.common.site_seed` folds into
+    the seed for the site ``site`` (after ``rename``). A constant to ``torch.compile``: the
+    hash and ``rename`` run in Python when the graph is traced, not in it."""
+    return _words(rename, site)
+
+
+@functools.lru_cache(maxsize=4096)
+def _words(rename: Callable[[str], str] | None, site: str) -> tuple[int, int]:
+    name = renamed(rename, site)
+    digest = int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big")
+    return common.seed_words(digest)
+
+
+def renamed(rename: Callable[[str], str] | None, name: str) -> str:
+    """``rename(name)``, checked to be a string (``name`` itself without ``rename``)."""
+    if rename is None:
+        return name
+    result = rename(name)
+    if not isinstance(result, str):
+        raise ArgumentTypeError(
+            f"rename must return a str for every site name, got {result!r} of type "
+            f"{type(result).__name__} for {name!r}"
+        )
+    return result
+
+
+class SiteContext:
+    """A converted root's Python state during one forward: the stack of modules whose forward
+    is running (by qualified name), the number of site calls each made, and the active mode.
+    Shared by the hooks :func:`xdrop.layers.torch.convert` puts on the root and its
+    submodules."""
+
+    def __init__(self, rename: Callable[[str], str] | None) -> None:
+        self.rename = rename
+        self.stack: list[str] = []
+        self.counts: dict[str, int] = {}
+        self.mode: FunctionalDropout | None = None
+        self.depth = 0
+        self.host: tuple[int, int] | None = None
+        self.mirrored: tuple[torch.Tensor, torch.Tensor, int, int] | None = None
+
+    def host_state(self, seed: torch.Tensor, step: torch.Tensor) -> tuple[int, int] | None:
+        """The root's seed and step as host integers, in eager execution only (None when traced):
+        read from the buffers when they changed since (a step, ``load_state_dict``, ``.to()``),
+        else remembered, so that an eager forward on an accelerator does not wait on them."""
+        if torch.compiler.is_compiling() or type(seed) is not torch.Tensor:
+            return None
+        if type(step) is not torch.Tensor:
+            return None
+        mirrored = self.mirrored
+        if (
+            mirrored is None
+            or mirrored[0] is not seed
+            or mirrored[1] is not step
+            or mirrored[2] != seed._version
+            or mirrored[3] != step._version
+        ):
+            self.host = int(seed) % 2**64, int(step) % 2**64
+            self.mirrored = seed, step, seed._version, step._version
+        return self.host
+
+    def advanced(self, seed: torch.Tensor, step: torch.Tensor) -> None:
+        """The step was advanced by one in place: the mirror follows without reading it."""
+        if self.host is not None and self.mirrored is not None and self.mirrored[1] is step:
+            self.host = self.host[0], (self.host[1] + 1) % 2**64
+            self.mirrored = seed, step, seed._version, step._version
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"rename": self.rename}  # a forward's state, and the mirror, stay behind
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["rename"])  # type: ignore[misc]
+
+
+class EnterModule:
+    """Forward pre-hook: the module named ``name`` starts its forward; on the root, the mode
+    is entered."""
+
+    def __init__(self, context: SiteContext, name: str, root: bool) -> None:
+        self.context, self.name, self.root = context, name, root
+
+    def __call__(self, module: torch.nn.Module, args: Any) -> None:
+        context = self.context
+        if self.root:
+            context.depth += 1
+            if context.depth == 1:  # the root's forward, not a re-entrant call of the root
+                context.stack = []
+                context.counts = {}
+                seed, step = _root_state(module)
+                mode = FunctionalDropout(context, seed, step, context.host_state(seed, step))
+                context.mode = mode
+                mode.__enter__()  # type: ignore[no-untyped-call]
+        context.stack.append(self.name)
+
+
+class ExitModule:
+    """Forward hook (``always_call=True``): the module's forward ended, normally or not; on the
+    root, the mode is left and the model's step advanced if the forward was a training one."""
+
+    def __init__(self, context: SiteContext, root: bool) -> None:
+        self.context, self.root = context, root
+
+    def __call__(self, module: torch.nn.Module, args: Any, output: Any) -> None:
+        context = self.context
+        if context.stack:
+            context.stack.pop()
+        if self.root:
+            context.depth -= 1
+            mode = context.mode
+            if context.depth == 0 and mode is not None:
+                context.mode = None
+                mode.__exit__(None, None, None)  # type: ignore[no-untyped-call]
+                if module.training or mode.drew:
+                    seed, step = _root_state(module)
+                    step.add_(1)
+                    if mode.host is not None:
+                        context.advanced(seed, step)
+
+
+def _root_state(module: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """The root's ``xdrop_seed`` and ``xdrop_step`` buffers."""
+    seed, step = module.xdrop_seed, module.xdrop_step
+    assert isinstance(seed, torch.Tensor) and isinstance(step, torch.Tensor)
+    return seed, step
+
+
+def _argument(
+    args: tuple[Any, ...], kwargs: dict[str, Any], index: int, name: str, default: Any
+) -> Any:
+    if index < len(args):
+        return args[index]
+    return kwargs.get(name, default)
+
+
+class FunctionalDropout(TorchFunctionMode):
+    """The mode entered around a converted root's forward: each dropout function in
+    :data:`SITE_FUNCTIONS` is computed with xdrop on the call site's stream; every other function
+    runs as it is."""
+
+    def __init__(
+        self,
+        context: SiteContext,
+        seed: torch.Tensor,
+        step: torch.Tensor,
+        host: tuple[int, int] | None,
+    ) -> None:
+        super().__init__()
+        self.context = context
+        self.seed = seed
+        self.step = step
+        self.host = host
+        self.drew = False
+
+    def __torch_function__(
+        self,
+        func: Callable[..., Any],
+        types: Any,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        kwargs = kwargs or {}
+        spec = _FUNCTIONS.get(func)
+        if spec is not None:
+            return self._dropout(func, spec, args, kwargs)
+        if func is _SDPA:
+            return self._attention(args, kwargs)
+        if func is _NATIVE:
+            return self._native(args, kwargs)
+        if func is _MHA and _MHA_BODY is not None:
+            _RUNNING.append(self)
+            try:
+                return _MHA_BODY(*args, **kwargs)
+            finally:
+                _RUNNING.pop()
+        return func(*args, **kwargs)
+
+    def _site_seed(self) -> torch.Tensor | int:
+        """The seed of this call: the next site of the innermost running module, at the
+        model's step. Eagerly, a host integer (xdrop's fused kernel takes it as it is, and the
+        site's seed is remembered); traced, computed in the graph from the root's buffers."""
+        context = self.context
+        module = context.stack[-1] if context.stack else ""
+        index = context.counts.get(module, 0)
+        context.counts[module] = index + 1
+        high, low = site_words(context.rename, f"{module}#{index}")
+        self.drew = True
+        if self.host is not None and self.host[1] < 2**32:
+            return spec.fold_in(_host_site_seed(self.host[0], high, low), self.host[1])
+        site = xdrop.fold_in(xdrop.fold_in(self.seed, high), low)
+        seed: torch.Tensor = common.step_seed(site, self.step)
+        return seed
+
+    def _skip_site(self) -> None:
+        context = self.context
+        module = context.stack[-1] if context.stack else ""
+        context.counts[module] = context.counts.get(module, 0) + 1
+
+    def _dropout(
+        self,
+        func: Callable[..., Any],
+        spec: tuple[str, tuple[str, str, str], bool],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        kind, (x_name, p_name, training_name), inplace = spec
+        x = _argument(args, kwargs, 0, x_name, None)
+        p = _argument(args, kwargs, 1, p_name, 0.5)
+        training = _argument(args, kwargs, 2, training_name, True)
+        inplace = inplace or bool(_argument(args, kwargs, 3, "inplace", False))
+        if (
+            not isinstance(x, torch.Tensor)
+            or not x.is_floating_point()
+            or not training
+            or _is_zero(p)
+            or not _valid_rate(p)
+            or not _valid_rank(kind, x.dim())
+        ):  # torch's own answer: no draw, or torch's error
+            self._skip_site()
+            return func(*args, **kwargs)
+        seed = self._site_seed()
+        y = _draw(kind, x, p, seed)
+        if inplace:
+            x.copy_(y)
+            return x
+        return y
+
+    def _native(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        x = _argument(args, kwargs, 0, "input", None)
+        p = _argument(args, kwargs, 1, "p", 0.5)
+        train = _argument(args, kwargs, 2, "train", None)
+        if not isinstance(x, torch.Tensor) or train is False or _is_zero(p) or not _valid_rate(p):
+            self._skip_site()
+            return _NATIVE(*args, **kwargs)
+        seed = self._site_seed()
+        logical = x if x.is_contiguous() else x.contiguous()
+        y, keep = xdrop.dropout(logical, _rate(p), seed=seed, return_mask=True)
+        return y, keep
+
+    def _attention(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        values = [
+            _argument(args, kwargs, index, name, None) for index, name in enumerate(_SDPA_ARGUMENTS)
+        ]
+        query, key, value, attn_mask, dropout_p, is_causal, scale = values
+        enable_gqa = bool(kwargs.get("enable_gqa", False))
+        if dropout_p is None or _is_zero(dropout_p):
+            self._skip_site()
+            return _SDPA(*args, **kwargs)
+        seed = self._site_seed()
+        return attention(
+            query,
+            key,
+            value,
+            attn_mask,
+            _rate(dropout_p),
+            bool(is_causal),
+            scale,
+            enable_gqa,
+            seed,
+        )
+
+
+@functools.lru_cache(maxsize=4096)
+def _host_site_seed(seed: int, high: int, low: int) -> int:
+    return spec.fold_in(spec.fold_in(seed, high), low)
+
+
+def _running_mode() -> FunctionalDropout:
+    return _RUNNING[-1]
+
+
+def _never(*args: Any) -> bool:
+    return False
+
+
+def _attention_body() -> Callable[..., Any] | None:
+    """``F.multi_head_attention_forward`` (which ``nn.MultiheadAttention`` calls) as it is, but
+    with its calls of ``dropout`` and ``scaled_dot_product_attention`` routed through the running
+    mode, and without its own dispatch to modes: inside a mode's ``__torch_function__`` the mode
+    is off, so the function itself would draw from torch's generator. The same code object with
+    three of its global names bound otherwise; None (MultiheadAttention then not converted)
+    where torch's function no longer names them."""
+    original = F.multi_head_attention_forward
+    needed = {"has_torch_function", "dropout", "scaled_dot_product_attention"}
+    if not needed <= set(original.__code__.co_names):
+        return None
+    namespace = dict(original.__globals__)
+    namespace["has_torch_function"] = _never
+    namespace["dropout"] = lambda *args, **kwargs: _running_mode()._dropout(
+        F.dropout, _FUNCTIONS[F.dropout], args, kwargs
+    )
+    namespace["scaled_dot_product_attention"] = lambda *args, **kwargs: _running_mode()._attention(
+        args, kwargs
+    )
+    body = types.FunctionType(
+        original.__code__, namespace, original.__name__, original.__defaults__
+    )
+    body.__kwdefaults__ = original.__kwdefaults__
+    return body
+
+
+_RUNNING: list[FunctionalDropout] = []
+"""The modes running ``nn.MultiheadAttention``'s function body, innermost last."""
+_MHA_BODY = _attention_body()
+MULTIHEAD_ATTENTION_CONVERTED = _MHA_BODY is not None
+"""Whether ``nn.MultiheadAttention``'s attention dropout is routed through xdrop (it is where
+torch's ``F.multi_head_attention_forward`` names ``dropout`` and ``scaled_dot_product_attention``
+as globals, as torch 2.x does)."""
+
+
+def _is_zero(p: Any) -> bool:
+    return isinstance(p, (int, float)) and p == 0
+
+
+def _valid_rate(p: Any) -> bool:
+    """Rates torch takes (else torch raises its own error); a tensor rate is left to xdrop."""
+    return not isinstance(p, (int, float)) or 0 <= p <= 1
+
+
+def _valid_rank(kind: str, ndim: int) -> bool:
+    """Ranks torch's function takes without an error (it raises its own on the others)."""
+    if kind == _DROPOUT1D:
+        return ndim in (2, 3)
+    if kind in (_FEATURE, _FEATURE_ALPHA):
+        return ndim >= 2
+    if kind == _DROPOUT3D:
+        return ndim >= 1
+    return True
+
+
+def _rate(p: Any) -> Any:
+    return float(p) if isinstance(p, (int, float)) else p
+
+
+def _draw(kind: str, x: torch.Tensor, p: Any, seed: torch.Tensor | int) -> torch.Tensor:
+    """What the function computes in training, with xdrop's mask for ``seed``: one decision per
+    element, or per ``(N, C)`` channel (per ``C`` of an unbatched input) as torch reads the
+    input's rank."""
+    logical = x if x.is_contiguous() else x.contiguous()
+    ndim = x.dim()
+    noise: tuple[int | None, ...] | None = None
+    if kind in (_FEATURE, _FEATURE_ALPHA):
+        noise = (None, None) + (1,) * (ndim - 2)
+    elif kind == _DROPOUT1D:
+        noise = (None, None, 1) if ndim == 3 else (None, 1)
+    elif kind == _DROPOUT3D:
+        leading = 2 if ndim == 5 else 1
+        noise = (None,) * leading + (1,) * (ndim - leading)
+    rate = _rate(p)
+    if kind in (_ALPHA, _FEATURE_ALPHA):
+        y = xdrop.alpha_dropout(logical, rate, seed=seed, noise_shape=noise)
+    else:
+        y = xdrop.dropout(logical, rate, seed=seed, noise_shape=noise)
+    assert isinstance(y, torch.Tensor)
+    return y
+
+
+def attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attn_mask: torch.Tensor | None,
+    dropout_p: Any,
+    is_causal: bool,
+    scale: float | None,
+    enable_gqa: bool,
+    seed: Any,
+) -> torch.Tensor:
+    """``F.scaled_dot_product_attention`` computed explicitly, with xdrop's dropout on the
+    attention probabilities::
+
+        probs = softmax(query @ key^T * scale + bias)   (rows masked whole: 0)
+        dropout(probs, dropout_p, seed) @ value
+
+    ``bias`` is ``-inf`` above the diagonal for ``is_causal`` (top-left aligned, as torch),
+    ``-inf`` where a boolean ``attn_mask`` is False, or a float ``attn_mask`` itself; ``scale``
+    defaults to ``1 / sqrt(E)``; with ``enable_gqa`` each key/value head serves
+    ``Hq / Hkv`` query heads, as torch repeats them."""
+    if not isinstance(query, torch.Tensor):
+        raise bad_type("query", query, "a tensor")
+    length, source = query.size(-2), key.size(-2)
+    factor = 1 / math.sqrt(query.size(-1)) if scale is None else scale
+    if enable_gqa and query.dim() >= 3 and key.size(-3) != query.size(-3):
+        key = key.repeat_interleave(query.size(-3) // key.size(-3), -3)
+        value = value.repeat_interleave(query.size(-3) // value.size(-3), -3)
+    scores = (query @ key.transpose(-2, -1)) * factor
+    if is_causal:
+        allowed = torch.ones(length, source, dtype=torch.bool, device=query.device).tril()
+        scores = scores.masked_fill(~allowed, -math.inf)
+    if attn_mask is not None:
+        if attn_mask.dtype == torch.bool:
+            scores = scores.masked_fill(~attn_mask, -math.inf)
+        else:
+            scores = scores + attn_mask
+    probs = torch.softmax(scores, dim=-1)
+    blocked = (scores == -math.inf).all(dim=-1, keepdim=True)
+    probs = probs.masked_fill(blocked, 0.0)
+    dropped: torch.Tensor = xdrop.dropout(probs, dropout_p, seed=seed)
+    return dropped @ value
