@@ -24,6 +24,8 @@ ACTION:
 - ``compile``: two models built and converted alike; one runs eagerly, the other under
   ``torch.compile(fullgraph=True)``: two training-mode forward and backward passes each. Writes
   ``compile.pt``.
+- ``checkpointing``: two models built and converted alike, the second with gradient
+  checkpointing: two R-Dropout steps' losses and gradients each. Writes ``checkpointing.pt``.
 
 A record holds, per step trained, the loss and whether ``torch.get_rng_state()`` was the same
 after the step as before; and the final ``state_dict()`` of the model and of the optimizer. The
@@ -383,10 +385,40 @@ def compiled(name: str, directory: Path, backend: str) -> None:
     torch.save(record, directory / "compile.pt")
 
 
+def checkpointed(name: str, directory: Path) -> None:
+    """Two models built and converted alike, one with Hugging Face's gradient checkpointing (its
+    blocks' forward run again during backward): two training steps' losses, gradients and
+    streams' steps."""
+    scenario = MODELS[name]
+    record: dict[str, Any] = {}
+    for recomputed in (False, True):
+        model, _ = build(scenario, "compile", "convert")
+        if recomputed:
+            model.gradient_checkpointing_enable()
+        model.train()
+        losses, gradients = [], []
+        for step in range(2):
+            loss, _ = scenario.loss(model, scenario.batch(step))
+            model.zero_grad()
+            try:
+                loss.backward()
+            except Exception as error:
+                record[str(recomputed)] = {"error": f"{type(error).__name__}: {error}"[:2000]}
+                break
+            losses.append(loss.detach())
+            gradients.append({n: p.grad.clone() for n, p in model.named_parameters()})
+        else:
+            steps = {k: v for k, v in model.state_dict().items() if k.endswith("step")}
+            record[str(recomputed)] = {"losses": losses, "gradients": gradients, "steps": steps}
+    torch.save(record, directory / "checkpointing.pt")
+
+
 if __name__ == "__main__":
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     model_name, how, what, where = sys.argv[1:5]
     if what == "compile":
         compiled(model_name, Path(where), sys.argv[5] if len(sys.argv) > 5 else "inductor")
+    elif what == "checkpointing":
+        checkpointed(model_name, Path(where))
     else:
         train(model_name, how, what, Path(where))
