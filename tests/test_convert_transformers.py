@@ -104,7 +104,7 @@ def test_torch_compile_of_a_converted_bert_in_one_graph_gives_eagers_training_ou
     strict=True,
     reason="torch.utils.checkpoint recomputes a block outside the root's forward: functional "
     "dropout there goes to torch (CheckpointError), and xdrop's layers redraw with the next "
-    "step and advance it again (other gradients); see the notes of the convert branch",
+    "step and advance it again (other gradients)",
 )
 def test_a_converted_bert_with_gradient_checkpointing_gets_the_gradients_and_steps_of_the_plain_run(
     tmp_path: Path,
