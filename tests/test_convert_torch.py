@@ -302,6 +302,16 @@ def test_sdpa_with_dropout_applies_xdrop_dropout_to_the_attention_probabilities(
     torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-6)
 
 
+def test_sdpa_arguments_sdpa_refuses_are_refused_as_sdpa_refuses_them():
+    class Attend(nn.Module):
+        def forward(self, q, k, v):  # type: ignore[no-untyped-def]
+            mask = torch.ones(5, 7, dtype=torch.bool)
+            return F.scaled_dot_product_attention(q, k, v, mask, 0.1, is_causal=True)
+
+    with pytest.raises(RuntimeError, match="attn_mask"):
+        convert(Attend(), seed=0)(*_qkv())
+
+
 def test_sdpa_without_dropout_is_sdpa_itself():
     model = convert(_encoder(sdpa=True), seed=0).eval()
     reference = _encoder(sdpa=True).eval()
@@ -361,6 +371,16 @@ def _train(model: nn.Module, steps: int, optimizer: torch.optim.Optimizer) -> to
         optimizer.step()
         losses.append(loss.detach())
     return torch.stack(losses)
+
+
+def test_a_converted_model_saved_whole_loads_and_goes_on_drawing_its_streams(tmp_path):
+    model = convert(_encoder(), seed=1)
+    x = _inputs()
+    model(x)
+    torch.save(model, tmp_path / "model.pt")
+    loaded = torch.load(tmp_path / "model.pt", weights_only=False)
+    assert torch.equal(loaded(x), model(x))
+    assert int(loaded.xdrop_step) == 2
 
 
 _RESUME = """
@@ -425,19 +445,26 @@ class Pooled(nn.Module):
         return F.dropout(x.mean(1), 0.3, self.training)
 
 
-def test_torch_compile_fullgraph_equals_eager_step_for_step():
-    eager = convert(_small(), seed=3)
+def _renamed(name: str) -> str:
+    return "model/" + name.replace(".", "/")
+
+
+def test_torch_compile_fullgraph_equals_eager_step_for_step_compiling_once():
+    import torch._dynamo.testing
+
+    torch._dynamo.reset()
+    eager = convert(_small(), seed=3, rename=_renamed)
     compiled_model = copy.deepcopy(eager)
-    compiled = torch.compile(compiled_model, fullgraph=True, backend="aot_eager")
+    counter = torch._dynamo.testing.CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(compiled_model, fullgraph=True, backend=counter)
     x = _inputs()
-    for _ in range(2):
+    for _ in range(3):
         assert torch.equal(compiled(x), eager(x))
-    assert int(compiled_model.xdrop_step) == int(eager.xdrop_step) == 2
-    reloaded = convert(_small(), seed=4)
-    reloaded.load_state_dict(eager.state_dict())  # the compiled graph reads the new buffers
-    compiled_model.load_state_dict(convert(_small(), seed=4).state_dict())
-    assert torch.equal(compiled(x), convert(_small(), seed=4)(x))
-    assert torch.equal(reloaded(x), eager(x))
+    assert counter.frame_count == 1
+    assert int(compiled_model.xdrop_step) == int(eager.xdrop_step) == 3
+    fresh = convert(_small(), seed=4, rename=_renamed)
+    compiled_model.load_state_dict(fresh.state_dict())  # the graph reads the new buffers
+    assert torch.equal(compiled(x), fresh(x))
 
 
 def test_torch_export_keeps_the_streams_and_advances_the_step():
@@ -493,6 +520,30 @@ def test_a_subclass_of_a_known_dropout_is_unknown():
 
     with pytest.raises(xdrop.UnconvertedDropoutError, match=r"0 \(Mine\)"):
         convert(nn.Sequential(Mine()), seed=0, strict=True)
+
+
+def test_a_submodule_drawing_outside_the_models_forward_is_refused():
+    model = convert(_encoder(), seed=0)
+    with pytest.raises(xdrop.UnconvertedDropoutError, match=r"'layers\.0\.attention'"):
+        model.layers[0](_inputs())
+    model.eval()
+    model.layers[0](_inputs())  # nothing drawn: torch's answer
+    assert torch.equal(model.layers[0](_inputs()), model.layers[0](_inputs()))
+
+
+def test_activation_checkpointing_recomputation_is_refused_not_given_torchs_masks():
+    class Checkpointed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.block = Block()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.utils.checkpoint.checkpoint(self.block, x, use_reentrant=False)
+
+    model = convert(Checkpointed(), seed=0)
+    loss = model(_inputs()).sum()
+    with pytest.raises(xdrop.UnconvertedDropoutError, match="activation checkpointing"):
+        loss.backward()
 
 
 def test_a_model_without_dropout_like_modules_converts_without_warning():

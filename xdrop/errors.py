@@ -51,7 +51,9 @@ class UnconvertedDropoutError(XdropError, ValueError):
     """``convert(model, strict=True)`` found dropout-like modules it cannot convert (a class it
     does not know whose name says dropout, drop path, drop block or stochastic depth, or a
     subclass of one it knows): their masks would still come from the framework's own generator.
-    The message names each by its qualified name and class."""
+    The message names each by its qualified name and class. Also raised where a converted
+    model's submodule draws a mask outside the model's forward (called directly, or recomputed
+    by activation checkpointing), which has no stream of the model."""
 
 
 class XdropWarning(UserWarning):

@@ -91,7 +91,8 @@ def main(argv: list[str] | None = None) -> None:
     options = parser.parse_args(argv)
     device = torch.device(options.device)
     repeats = 3 if options.quick else 7
-    print(f"torch {torch.__version__}, {device}, forward + backward, medians of {repeats}")
+    threads = torch.get_num_threads()
+    print(f"torch {torch.__version__}, {device}, {threads} threads, forward + backward, medians")
     lengths = (128,) if options.quick else (64, 128, 256, 512)
     for length in lengths:
         shape = (8, 8, length, 64)

@@ -761,13 +761,12 @@ def convert(
        a functional call drew). A call that does not drop (``training=False``, ``p == 0``)
        takes its index and draws nothing: torch computes it. Attention with dropout is
        computed explicitly, softmax(q k^T * scale + mask), with xdrop's dropout on the
-       probabilities (:func:`xdrop.layers.torch_functional.attention`).
+       probabilities; ``nn.MultiheadAttention``'s attention dropout likewise.
     3. **State**: ``model`` gets the int64 buffers ``xdrop_seed`` and ``xdrop_step``, beside each
        layer's ``seed`` and ``step``, so ``state_dict()`` / ``load_state_dict`` resume every
        stream, also into a model converted with another seed.
 
-    ``nn.MultiheadAttention``'s attention dropout (inside ``F.multi_head_attention_forward``) is
-    routed too. Modules that look like dropout but that convert does not know (see
+    Modules that look like dropout but that convert does not know (see
     ``docs/convert-torch.md``) are listed in one :class:`xdrop.UnconvertedDropoutWarning` and
     left as they are; ``strict=True`` raises :class:`xdrop.UnconvertedDropoutError` instead.
     Converting again converts only what was added since, keeping every stream and state_dict

@@ -25,7 +25,7 @@ from torch.overrides import TorchFunctionMode
 
 import xdrop
 from xdrop import spec
-from xdrop.errors import ArgumentTypeError, bad_type
+from xdrop.errors import ArgumentTypeError, UnconvertedDropoutError, bad_type
 from xdrop.layers import common
 
 _DROPOUT = "dropout"
@@ -104,6 +104,8 @@ class SiteContext:
         self.counts: dict[str, int] = {}
         self.mode: FunctionalDropout | None = None
         self.depth = 0
+        self.outside = 0
+        self.guard: OutsideForward | None = None
         self.host: tuple[int, int] | None = None
         self.mirrored: tuple[torch.Tensor, torch.Tensor, int, int] | None = None
 
@@ -158,6 +160,12 @@ class EnterModule:
                 mode = FunctionalDropout(context, seed, step, context.host_state(seed, step))
                 context.mode = mode
                 mode.__enter__()  # type: ignore[no-untyped-call]
+        elif context.depth == 0:  # a submodule run outside the root's forward
+            context.outside += 1
+            if context.outside == 1:
+                guard = OutsideForward(context)
+                context.guard = guard
+                guard.__enter__()  # type: ignore[no-untyped-call]
         context.stack.append(self.name)
 
 
@@ -183,6 +191,12 @@ class ExitModule:
                     step.add_(1)
                     if mode.host is not None:
                         context.advanced(seed, step)
+        elif context.depth == 0 and context.outside > 0:
+            context.outside -= 1
+            guard = context.guard
+            if context.outside == 0 and guard is not None:
+                context.guard = None
+                guard.__exit__(None, None, None)  # type: ignore[no-untyped-call]
 
 
 def _root_state(module: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
@@ -310,8 +324,8 @@ class FunctionalDropout(TorchFunctionMode):
         ]
         query, key, value, attn_mask, dropout_p, is_causal, scale = values
         enable_gqa = bool(kwargs.get("enable_gqa", False))
-        if dropout_p is None or _is_zero(dropout_p):
-            self._skip_site()
+        if dropout_p is None or _is_zero(dropout_p) or (is_causal and attn_mask is not None):
+            self._skip_site()  # no dropout, or arguments SDPA refuses with its own error
             return _SDPA(*args, **kwargs)
         seed = self._site_seed()
         return attention(
@@ -324,6 +338,27 @@ class FunctionalDropout(TorchFunctionMode):
             scale,
             enable_gqa,
             seed,
+        )
+
+
+class OutsideForward(FunctionalDropout):
+    """The mode entered while a submodule of a converted model runs outside the model's forward
+    (called directly, or recomputed by activation checkpointing during the backward pass): a
+    call that would draw a mask is refused, since it has no site in a forward of the model and
+    torch's generator would give it a mask that no checkpoint resumes (and that a recomputation
+    would not match)."""
+
+    def __init__(self, context: SiteContext) -> None:
+        super().__init__(context, torch.zeros((), dtype=torch.int64), torch.zeros(()), None)
+
+    def _site_seed(self) -> torch.Tensor | int:
+        module = self.context.stack[-1] if self.context.stack else ""
+        raise UnconvertedDropoutError(
+            f"dropout drawn by {module!r} of a converted model outside the model's forward "
+            "(a submodule called directly, or recomputed by activation checkpointing): it has "
+            "no site on the model's streams. Call the converted model itself, call "
+            "xdrop.layers.torch.convert on the submodule you run, or put it in eval mode; "
+            "activation checkpointing is not supported in a converted model"
         )
 
 
@@ -442,7 +477,16 @@ def attention(
     ``bias`` is ``-inf`` above the diagonal for ``is_causal`` (top-left aligned, as torch),
     ``-inf`` where a boolean ``attn_mask`` is False, or a float ``attn_mask`` itself; ``scale``
     defaults to ``1 / sqrt(E)``; with ``enable_gqa`` each key/value head serves
-    ``Hq / Hkv`` query heads, as torch repeats them."""
+    ``Hq / Hkv`` query heads, as torch repeats them.
+
+    Example:
+        >>> import torch.nn.functional as F
+        >>> q = k = v = torch.randn(1, 2, 4, 8)
+        >>> out = attention(q, k, v, None, 0.0, True, None, False, seed=0)
+        >>> sdpa = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        >>> torch.allclose(out, sdpa, atol=1e-6)
+        True
+    """
     if not isinstance(query, torch.Tensor):
         raise bad_type("query", query, "a tensor")
     length, source = query.size(-2), key.size(-2)
