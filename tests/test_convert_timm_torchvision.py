@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -36,8 +37,10 @@ pytestmark = [
 from convert.checks import (  # noqa: E402
     SEED,
     assert_converted,
+    assert_refused_or_exact,
     assert_resumed_bit_for_bit,
     replaced_classes,
+    run,
     straight_and_resumed,
 )
 
@@ -95,3 +98,15 @@ def test_timm_resnets_head_dropout_a_call_of_f_dropout_draws_the_documented_stre
     assert torch.equal(dropped, xdrop.dropout(pooled, 0.1, seed=seed))
     zeroed = (dropped == 0) & (pooled != 0)
     assert 0 < int(zeroed.sum()) < pooled.numel() // 2  # about a tenth of the features dropped
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a layer recomputed by torch.utils.checkpoint draws with the next step (another mask, "
+    "in the tensors saved for backward) and advances its step again, and nothing refuses it",
+)
+def test_gradient_checkpointing_of_a_converted_resnet_is_refused_or_exact(tmp_path: Path) -> None:
+    """timm's ``set_grad_checkpointing()`` runs each stage again during backward; its drop
+    paths and drop blocks are modules, recomputed outside the model's forward."""
+    run("resnet", "convert", "checkpointing", str(tmp_path))
+    assert_refused_or_exact(torch.load(tmp_path / "checkpointing.pt"))

@@ -35,6 +35,7 @@ from convert.checks import (  # noqa: E402
     RESUMED,
     assert_converted,
     assert_equal_states,
+    assert_refused_or_exact,
     assert_resumed_bit_for_bit,
     replaced_classes,
     run,
@@ -100,23 +101,8 @@ def test_torch_compile_of_a_converted_bert_in_one_graph_gives_eagers_training_ou
     assert not torch.equal(eager["outputs"][0], eager["outputs"][1])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="torch.utils.checkpoint recomputes a block outside the root's forward: functional "
-    "dropout there goes to torch (CheckpointError), and xdrop's layers redraw with the next "
-    "step and advance it again (other gradients)",
-)
-def test_a_converted_bert_with_gradient_checkpointing_gets_the_gradients_and_steps_of_the_plain_run(
-    tmp_path: Path,
-) -> None:
+def test_gradient_checkpointing_of_a_converted_bert_is_refused_not_wrong(tmp_path: Path) -> None:
     """Hugging Face's ``gradient_checkpointing_enable()`` runs each layer's forward again during
-    backward; the recomputation must redraw the forward's masks and advance no stream, as
-    torch's own dropout does by restoring its generator's state."""
+    backward, outside the model's forward: the attention's ``F.dropout`` there has no site."""
     run("bert-eager", "convert", "checkpointing", str(tmp_path))
-    record = torch.load(tmp_path / "checkpointing.pt")
-    plain, recomputed = record["False"], record["True"]
-    assert "error" not in recomputed, recomputed.get("error")
-    for step in range(2):
-        assert torch.equal(plain["losses"][step], recomputed["losses"][step]), step
-        assert_equal_states(plain["gradients"][step], recomputed["gradients"][step], str(step))
-    assert_equal_states(plain["steps"], recomputed["steps"], "steps")
+    assert_refused_or_exact(torch.load(tmp_path / "checkpointing.pt"))

@@ -97,3 +97,19 @@ def replaced_classes(record: dict[str, Any]) -> dict[str, int]:
     for replaced in record["prepared"]["replaced"].values():
         counts[replaced["class"][0]] = counts.get(replaced["class"][0], 0) + 1
     return counts
+
+
+def assert_refused_or_exact(record: dict[str, Any]) -> None:
+    """A converted model trained with gradient checkpointing (the blocks' forward run again
+    during backward) is refused with an :class:`xdrop.XdropError`, or gets the losses, gradients
+    and streams' steps of the plain run, bit for bit: never other gradients in silence."""
+    plain, recomputed = record["False"], record["True"]
+    assert "error" not in plain, plain.get("error")
+    if "error" in recomputed:
+        assert recomputed["xdrop"], recomputed["error"]
+        assert "checkpointing" in recomputed["error"], recomputed["error"]
+        return
+    for step in range(2):
+        assert torch.equal(plain["losses"][step], recomputed["losses"][step]), step
+        assert_equal_states(plain["gradients"][step], recomputed["gradients"][step], str(step))
+    assert_equal_states(plain["steps"], recomputed["steps"], "steps")

@@ -25,7 +25,8 @@ ACTION:
   ``torch.compile(fullgraph=True)``: two training-mode forward and backward passes each. Writes
   ``compile.pt``.
 - ``checkpointing``: two models built and converted alike, the second with gradient
-  checkpointing: two R-Dropout steps' losses and gradients each. Writes ``checkpointing.pt``.
+  checkpointing: two R-Dropout steps' losses and gradients each, or the error raised. Writes
+  ``checkpointing.pt``.
 
 A record holds, per step trained, the loss and whether ``torch.get_rng_state()`` was the same
 after the step as before; and the final ``state_dict()`` of the model and of the optimizer. The
@@ -386,30 +387,35 @@ def compiled(name: str, directory: Path, backend: str) -> None:
 
 
 def checkpointed(name: str, directory: Path) -> None:
-    """Two models built and converted alike, one with Hugging Face's gradient checkpointing (its
-    blocks' forward run again during backward): two training steps' losses, gradients and
-    streams' steps."""
+    """Two models built and converted alike, the second with its library's gradient
+    checkpointing (its blocks' forward runs again during backward): two training steps' losses,
+    gradients and streams' steps, or the error that refused them."""
     scenario = MODELS[name]
     record: dict[str, Any] = {}
     for recomputed in (False, True):
         model, _ = build(scenario, "compile", "convert")
-        if recomputed:
-            model.gradient_checkpointing_enable()
+        if recomputed and hasattr(model, "gradient_checkpointing_enable"):
+            model.gradient_checkpointing_enable()  # Hugging Face
+        elif recomputed:
+            model.set_grad_checkpointing(True)  # timm
         model.train()
         losses, gradients = [], []
-        for step in range(2):
-            loss, _ = scenario.loss(model, scenario.batch(step))
-            model.zero_grad()
-            try:
+        try:
+            for step in range(2):
+                loss, _ = scenario.loss(model, scenario.batch(step))
+                model.zero_grad()
                 loss.backward()
-            except Exception as error:
-                record[str(recomputed)] = {"error": f"{type(error).__name__}: {error}"[:2000]}
-                break
-            losses.append(loss.detach())
-            gradients.append({n: p.grad.clone() for n, p in model.named_parameters()})
-        else:
-            steps = {k: v for k, v in model.state_dict().items() if k.endswith("step")}
-            record[str(recomputed)] = {"losses": losses, "gradients": gradients, "steps": steps}
+                losses.append(loss.detach())
+                gradients.append({n: p.grad.clone() for n, p in model.named_parameters()})
+        except Exception as error:
+            refused = isinstance(error, xdrop.XdropError)
+            record[str(recomputed)] = {
+                "error": f"{type(error).__name__}: {error}",
+                "xdrop": refused,
+            }
+            continue
+        steps = {k: v for k, v in model.state_dict().items() if k.endswith("step")}
+        record[str(recomputed)] = {"losses": losses, "gradients": gradients, "steps": steps}
     torch.save(record, directory / "checkpointing.pt")
 
 
