@@ -17,9 +17,6 @@ weights, converts it with another seed, loads the checkpoint and trains steps 3 
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Callable
-from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -36,12 +33,13 @@ pytestmark = [
 
 from convert.checks import (  # noqa: E402
     SEED,
+    Runs,
     assert_converted,
     assert_refused_or_exact,
     assert_resumed_bit_for_bit,
+    records,
     replaced_classes,
-    run,
-    straight_and_resumed,
+    straight_and_resume,
 )
 
 import xdrop  # noqa: E402
@@ -57,42 +55,37 @@ REPLACED = {
 }
 
 
-Records = tuple[dict[str, Any], dict[str, Any]]
+SCENARIOS = {
+    **{model: straight_and_resume(model) for model in REPLACED},
+    "checkpointing": [("resnet", "convert", "checkpointing")],
+}
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Records]:
-    """The records of a model's uninterrupted run and of its resume, each run once."""
-    done: dict[str, Records] = {}
-
-    def records(model: str) -> Records:
-        if model not in done:
-            done[model] = straight_and_resumed(model, "convert", tmp_path_factory.mktemp(model))
-        return done[model]
-
-    return records
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
+    return Runs(tmp_path_factory.mktemp("vision"), SCENARIOS)
 
 
 @pytest.mark.parametrize("model", sorted(REPLACED))
 def test_a_converted_vision_model_replaces_every_drop_module_and_resumes_bit_for_bit(
-    model: str, trained: Callable[[str], Records]
+    model: str, runs: Runs
 ) -> None:
     """The ResNet's head dropout and the ViT's attention dropout are functional calls: with
     them drawing from torch's generator the steps would not keep its state, and the resumed
     steps would differ."""
-    straight, resumed = trained(model)
+    straight, resumed = records(runs(model))
     assert_converted(straight)
     assert replaced_classes(straight) == REPLACED[model]
     assert_resumed_bit_for_bit(straight, resumed)
 
 
 def test_timm_resnets_head_dropout_a_call_of_f_dropout_draws_the_documented_stream(
-    trained: Callable[[str], Records],
+    runs: Runs,
 ) -> None:
     """timm's ``ResNet.forward_head`` calls ``F.dropout(x, p=drop_rate)`` in the model's own
     forward: the site ``"#0"`` (the root's first call), whose first training step draws
     ``xdrop.dropout(x, 0.1, seed=fold_in(site_seed(seed, "#0"), 0))``, element for element."""
-    head = trained("resnet")[0]["head"]
+    head = records(runs("resnet"))[0]["head"]
     pooled, dropped = head["pooled"], head["dropped"]
     seed = xdrop.fold_in(site_seed(SEED, "#0"), 0)
     assert torch.equal(dropped, xdrop.dropout(pooled, 0.1, seed=seed))
@@ -105,8 +98,7 @@ def test_timm_resnets_head_dropout_a_call_of_f_dropout_draws_the_documented_stre
     reason="a layer recomputed by torch.utils.checkpoint draws with the next step (another mask, "
     "in the tensors saved for backward) and advances its step again, and nothing refuses it",
 )
-def test_gradient_checkpointing_of_a_converted_resnet_is_refused_or_exact(tmp_path: Path) -> None:
+def test_gradient_checkpointing_of_a_converted_resnet_is_refused_or_exact(runs: Runs) -> None:
     """timm's ``set_grad_checkpointing()`` runs each stage again during backward; its drop
     paths and drop blocks are modules, recomputed outside the model's forward."""
-    run("resnet", "convert", "checkpointing", str(tmp_path))
-    assert_refused_or_exact(torch.load(tmp_path / "checkpointing.pt"))
+    assert_refused_or_exact(torch.load(runs("checkpointing") / "checkpointing.pt"))

@@ -16,7 +16,6 @@ hand for xdrop's layer) the same resume reproduces none of the steps.
 from __future__ import annotations
 
 import importlib.util
-from pathlib import Path
 
 import pytest
 
@@ -33,33 +32,48 @@ pytestmark = [
 
 from convert.checks import (  # noqa: E402
     RESUMED,
+    Runs,
     assert_converted,
     assert_equal_states,
     assert_refused_or_exact,
     assert_resumed_bit_for_bit,
+    records,
     replaced_classes,
-    run,
-    straight_and_resumed,
+    straight_and_resume,
 )
+
+SCENARIOS = {
+    "bert-eager": straight_and_resume("bert-eager"),
+    "bert-sdpa": straight_and_resume("bert-sdpa"),
+    "bert-by-hand": straight_and_resume("bert-eager", "by-hand"),
+    "gpt2": straight_and_resume("gpt2"),
+    "compile": [("bert-sdpa", "convert", "compile", "aot_eager")],
+    "checkpointing": [("bert-eager", "convert", "checkpointing")],
+}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
+    return Runs(tmp_path_factory.mktemp("transformers"), SCENARIOS)
 
 
 @pytest.mark.parametrize("attention", ["eager", "sdpa"])
 def test_a_converted_bert_resumes_bit_for_bit_in_a_process_built_with_other_weights_and_seed(
-    attention: str, tmp_path: Path
+    attention: str, runs: Runs
 ) -> None:
-    straight, resumed = straight_and_resumed(f"bert-{attention}", "convert", tmp_path)
+    straight, resumed = records(runs(f"bert-{attention}"))
     assert_converted(straight)
     assert replaced_classes(straight) == {"Dropout": 8}  # embeddings, 3 per layer, classifier
     assert_resumed_bit_for_bit(straight, resumed)
 
 
 def test_without_convert_swapping_berts_dropout_modules_by_hand_does_not_resume(
-    tmp_path: Path,
+    runs: Runs,
 ) -> None:
     """The defect ``convert`` removes: the eager attention calls ``F.dropout`` itself, so with
     every ``nn.Dropout`` module seeded by hand its masks still come from torch's generator, which
     a fresh process does not continue: no resumed step reproduces."""
-    straight, resumed = straight_and_resumed("bert-eager", "by-hand", tmp_path)
+    straight, resumed = records(runs("bert-by-hand"))
     assert straight["prepared"]["found"] and not straight["prepared"]["left"]
     assert not any(straight["rng_kept"]), "the attention's F.dropout draws from torch"
     differing = [
@@ -70,8 +84,8 @@ def test_without_convert_swapping_berts_dropout_modules_by_hand_does_not_resume(
     assert differing == list(RESUMED)
 
 
-def test_a_converted_gpt2_resumes_bit_for_bit(tmp_path: Path) -> None:
-    straight, resumed = straight_and_resumed("gpt2", "convert", tmp_path)
+def test_a_converted_gpt2_resumes_bit_for_bit(runs: Runs) -> None:
+    straight, resumed = records(runs("gpt2"))
     assert_converted(straight)
     # embeddings; per block the attention's and the residual's; the MLP's
     assert replaced_classes(straight) == {"Dropout": 1 + 2 * 3}
@@ -79,7 +93,7 @@ def test_a_converted_gpt2_resumes_bit_for_bit(tmp_path: Path) -> None:
 
 
 def test_torch_compile_of_a_converted_bert_in_one_graph_gives_eagers_training_outputs(
-    tmp_path: Path,
+    runs: Runs,
 ) -> None:
     """SDPA attention with dropout, computed by xdrop under the compiler. Two models built and converted alike, one under ``torch.compile(fullgraph=True)`` (any
     graph break fails): two training steps' outputs and gradients are equal bit for bit, and the
@@ -89,8 +103,7 @@ def test_torch_compile_of_a_converted_bert_in_one_graph_gives_eagers_training_ou
     kernels stay torch's eager ones, so the result must be exact. (Inductor's generated C++ would
     take minutes to compile here and may reassociate float sums: it is checked for xdrop's own
     operations in tests/test_family_compiled.py.)"""
-    run("bert-sdpa", "convert", "compile", str(tmp_path), "aot_eager")
-    record = torch.load(tmp_path / "compile.pt")
+    record = torch.load(runs("compile") / "compile.pt")
     eager, compiled = record["eager"], record["compiled"]
     assert eager["rng_kept"] and compiled["rng_kept"]
     assert_equal_states(eager["state"], compiled["state"], "steps and seeds")
@@ -101,8 +114,7 @@ def test_torch_compile_of_a_converted_bert_in_one_graph_gives_eagers_training_ou
     assert not torch.equal(eager["outputs"][0], eager["outputs"][1])
 
 
-def test_gradient_checkpointing_of_a_converted_bert_is_refused_not_wrong(tmp_path: Path) -> None:
+def test_gradient_checkpointing_of_a_converted_bert_is_refused_not_wrong(runs: Runs) -> None:
     """Hugging Face's ``gradient_checkpointing_enable()`` runs each layer's forward again during
     backward, outside the model's forward: the attention's ``F.dropout`` there has no site."""
-    run("bert-eager", "convert", "checkpointing", str(tmp_path))
-    assert_refused_or_exact(torch.load(tmp_path / "checkpointing.pt"))
+    assert_refused_or_exact(torch.load(runs("checkpointing") / "checkpointing.pt"))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -42,12 +43,39 @@ def run(*arguments: str) -> None:
     assert completed.returncode == 0, completed.stderr[-6000:]
 
 
-def straight_and_resumed(
-    model: str, preparation: str, directory: Path
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The records of an uninterrupted run and of its resume, each in a fresh process."""
-    run(model, preparation, "straight", str(directory))
-    run(model, preparation, "resume", str(directory))
+Command = tuple[str, ...]  # train.py's MODEL PREPARATION ACTION, then any arguments after DIRECTORY
+
+
+def straight_and_resume(model: str, preparation: str = "convert") -> list[Command]:
+    """An uninterrupted run, then its resume from the checkpoint in another process."""
+    return [(model, preparation, "straight"), (model, preparation, "resume")]
+
+
+class Runs:
+    """A test file's scenarios, each a sequence of ``train.py`` processes in a folder of its own,
+    all run on first use, two scenarios at a time: each process computes on one thread, so the
+    two cores of a CI machine both work. Calling it with a scenario's name gives its folder."""
+
+    def __init__(self, root: Path, scenarios: dict[str, list[Command]]) -> None:
+        self.root, self.scenarios = root, scenarios
+        self.done = False
+
+    def __call__(self, scenario: str) -> Path:
+        if not self.done:
+            with ThreadPoolExecutor(max_workers=2) as pool:
+                list(pool.map(self._run, self.scenarios))  # re-raises a failed run's error
+            self.done = True
+        return self.root / scenario
+
+    def _run(self, scenario: str) -> None:
+        directory = self.root / scenario
+        directory.mkdir()
+        for model, preparation, action, *after in self.scenarios[scenario]:
+            run(model, preparation, action, str(directory), *after)
+
+
+def records(directory: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The records of a scenario's uninterrupted run and of its resume."""
     return torch.load(directory / "straight.pt"), torch.load(directory / "resume.pt")
 
 
