@@ -122,19 +122,23 @@ def test_module_streams_depend_on_names_not_on_the_order_modules_were_created_in
             self.a = nn.Dropout(0.5)
             self.b = nn.Dropout(0.5)
 
-    class Backward(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.stack([self.a(x), self.b(x)])
+
+    class Backward(Forward):
         def __init__(self) -> None:
-            super().__init__()
+            nn.Module.__init__(self)
             self.b = nn.Dropout(0.5)
             self.a = nn.Dropout(0.5)
 
     first, second = convert(Forward(), seed=3), convert(Backward(), seed=3)
+    assert [name for name, _ in second.named_children()] == ["b", "a"]
     for name in ("a", "b"):
         assert int(getattr(first, name).seed) == int(getattr(second, name).seed)
         assert int(getattr(first, name).seed) % 2**64 == common.site_seed(3, name)
-    x = torch.ones(64)
-    assert torch.equal(first.a(x), second.a(x))
-    assert not torch.equal(first.b(x), first.a(x))
+    y = first(torch.ones(64))
+    assert torch.equal(y, second(torch.ones(64)))
+    assert not torch.equal(y[0], y[1])
 
 
 def test_a_module_registered_under_two_names_stays_one_layer_named_after_its_first_name():
@@ -183,6 +187,21 @@ def _by_hand(model: Encoder, x: torch.Tensor, seed: int, step: int) -> torch.Ten
         x = x + xdrop.dropout(hidden, 0.1, seed=_site(seed, f"layers.{index}#0", step))
     pooled = xdrop.dropout(x.mean(1), 0.3, seed=_site(seed, "#0", step))
     return model.head(pooled)
+
+
+@pytest.mark.parametrize("step", [2**32 - 1, 2**32 + 5, 2**63 - 1])
+def test_functional_sites_follow_step_seed_past_two_to_the_32_steps(step):
+    class Calls(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return F.dropout(x, 0.5)
+
+    model = convert(Calls(), seed=5)
+    model.xdrop_step.fill_(step)
+    x = torch.ones(64)
+    site = torch.tensor(common.signed(common.site_seed(5, "#0"), 64))
+    expected = xdrop.dropout(x, 0.5, seed=common.step_seed(site, torch.tensor(step)))
+    assert torch.equal(model(x), expected)
+    assert int(model.xdrop_step) == common.signed((step + 1) % 2**64, 64)
 
 
 def test_each_call_of_one_module_takes_the_next_index_also_when_the_module_is_called_twice():
@@ -347,6 +366,8 @@ def test_multihead_attention_drops_its_probabilities_with_xdrop(need_weights):
     h = xdrop.dropout(probs, 0.3, seed=_site(1, "attn#0", 0)) @ v
     expected = attn.out_proj(h.transpose(1, 2).reshape(n, length, width))
     torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5)
+    reference = Attention(need_weights).eval()  # the same weights; torch's eval fast path
+    torch.testing.assert_close(model.eval()(x), reference(x), rtol=1e-5, atol=1e-6)
 
 
 # -- state, resumption, global generator ------------------------------------------------------------
@@ -531,6 +552,16 @@ def test_a_submodule_drawing_outside_the_models_forward_is_refused():
     assert torch.equal(model.layers[0](_inputs()), model.layers[0](_inputs()))
 
 
+def test_a_converted_layer_drawing_outside_the_models_forward_is_refused():
+    model = convert(_encoder(), seed=0)
+    layer = model.layers[0].mlp[2]
+    with pytest.raises(xdrop.UnconvertedDropoutError, match=r"'layers\.0\.mlp\.2'"):
+        layer(torch.ones(4))
+    assert int(layer.step) == 0
+    layer.eval()
+    assert torch.equal(layer(torch.ones(4)), torch.ones(4))
+
+
 def test_activation_checkpointing_recomputation_is_refused_not_given_torchs_masks():
     class Checkpointed(nn.Module):
         def __init__(self) -> None:
@@ -562,10 +593,19 @@ def test_converting_twice_changes_no_stream_and_no_state_dict_key():
     assert len(twice._forward_pre_hooks) == 1
 
 
-def test_converting_again_with_another_seed_is_refused():
-    model = convert(_encoder(), seed=5)
+def test_converting_again_with_another_seed_or_rename_is_refused():
+    model = convert(_encoder(), seed=5, rename=str.upper)
     with pytest.raises(xdrop.ArgumentValueError, match="seed"):
         convert(model, seed=6)
+    with pytest.raises(xdrop.ArgumentValueError, match="rename"):
+        convert(model, seed=5, rename=str.lower)
+
+
+def test_converting_again_converts_what_was_added_with_the_models_seed_and_rename():
+    model = convert(_encoder(), seed=5, rename=str.upper)
+    model.extra = nn.Dropout(0.5)
+    convert(model, seed=None)
+    assert int(model.extra.seed) % 2**64 == common.site_seed(5, "EXTRA")
 
 
 # -- arguments ------------------------------------------------------------------------------------

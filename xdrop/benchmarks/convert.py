@@ -8,7 +8,8 @@ Two measurements, forward and backward, interleaved (:mod:`xdrop.benchmarks.timi
   ``@ v``), at a few sequence lengths;
 - a small transformer layer (attention with dropout, two dropout modules, one ``F.dropout``)
   unconverted against converted: the layers' streams, the functional mode entered around the
-  forward, and the hooks that name each running module.
+  forward, and the hooks that name each running module;
+- twenty ``F.dropout`` calls on a small tensor: what each functional site adds.
 
 Each line prints both medians and their ratio (``docs/convert-torch.md`` records a run).
 """
@@ -61,6 +62,15 @@ class _Layer(nn.Module):
         return x + F.dropout(self.mlp(x), 0.1, self.training)
 
 
+class _Calls(nn.Module):
+    """Twenty small ``F.dropout`` calls: the per-call cost of a functional site."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for _ in range(20):
+            x = F.dropout(x, 0.1, self.training)
+        return x
+
+
 def _step(model: nn.Module, *inputs: torch.Tensor) -> Callable[[], object]:
     def call() -> object:
         out = model(*inputs)
@@ -110,6 +120,12 @@ def main(argv: list[str] | None = None) -> None:
     contenders = {"torch": _step(layer, x), "converted": _step(converted, x)}
     label = f"transformer layer, width {width}, (8, 128) tokens, {math.prod(x.shape)} elements"
     print(_line(label, contenders, repeats))
+    small = torch.randn(64, 64, device=device, requires_grad=True)
+    contenders = {
+        "torch": _step(_Calls(), small),
+        "converted": _step(convert(_Calls(), seed=0), small),
+    }
+    print(_line("20 F.dropout calls on (64, 64)", contenders, repeats))
 
 
 if __name__ == "__main__":

@@ -80,9 +80,15 @@ def site_seed(seed: int, name: str) -> int:
     >>> site_seed(0, "encoder.dropout") != site_seed(0, "decoder.dropout")
     True
     """
-    digest = int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big")
-    high, low = seed_words(digest)
+    high, low = site_words(name)
     return spec.fold_in(spec.fold_in(seed, high), low)
+
+
+def site_words(name: str) -> tuple[int, int]:
+    """The words :func:`site_seed` folds into the seed for the site ``name``: the two big-endian
+    32-bit words of the first 8 bytes of BLAKE2b(``name`` in UTF-8), each in ``[0, 2**32)``."""
+    digest = int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big")
+    return seed_words(digest)
 
 
 def seed_words(seed: int) -> tuple[int, int]:

@@ -780,7 +780,8 @@ def convert(
             xdrop's global generator (``xdrop.manual_seed``).
         strict: raise on dropout-like modules convert cannot convert, instead of warning.
         rename: maps each site's name (a module's qualified name, or ``"module#k"``) to the
-            name its seed is derived from, e.g. to match another framework's names.
+            name its seed is derived from, e.g. to match another framework's names. Converting
+            again keeps the first one (None, or the same callable).
 
     Returns:
         ``model``, converted.
@@ -797,6 +798,16 @@ def convert(
     """
     model, strict, rename = _check_convert_arguments(model, strict, rename)
     root_seed = _root_seed(model, seed)
+    context = _site_context(model)
+    if context is not None:  # converted before: the names keep deriving as they did
+        if rename is not None and rename is not context.rename:
+            raise bad_value(
+                "rename",
+                rename,
+                f"None or {context.rename!r}, the rename this model was converted with: "
+                "another would give the sites already converted other names",
+            )
+        rename = context.rename
     table = _torch_replacements()
     root = _replacement(model, "", root_seed, rename, table)
     if root is not None:
@@ -847,6 +858,14 @@ def convert(
     return model
 
 
+def _site_context(model: torch.nn.Module) -> functional.SiteContext | None:
+    """The sites' context of a model converted before (None for a model never converted)."""
+    for hook in model._forward_pre_hooks.values():
+        if isinstance(hook, functional.EnterModule) and hook.root:
+            return hook.context
+    return None
+
+
 def _install_sites(model: torch.nn.Module, seed: int, rename: Callable[[str], str] | None) -> None:
     """The root's seed and step buffers, and the hooks that name the running module and enter
     the functional mode around the root's forward; on a model converted before, hooks only on
@@ -857,16 +876,7 @@ def _install_sites(model: torch.nn.Module, seed: int, rename: Callable[[str], st
         value = torch.tensor(common.signed(seed, 64), dtype=torch.int64, device=device)
         model.register_buffer("xdrop_seed", value)
         model.register_buffer("xdrop_step", torch.zeros((), dtype=torch.int64, device=device))
-    context = next(
-        (
-            hook.context
-            for hook in model._forward_pre_hooks.values()
-            if isinstance(hook, functional.EnterModule) and hook.root
-        ),
-        None,
-    )
-    if context is None:
-        context = functional.SiteContext(rename)
+    context = _site_context(model) or functional.SiteContext(rename)
     for name, module in model.named_modules():
         hooked = any(
             isinstance(hook, functional.EnterModule) and hook.context is context
@@ -875,5 +885,6 @@ def _install_sites(model: torch.nn.Module, seed: int, rename: Callable[[str], st
         if hooked:
             continue
         root = module is model
-        module.register_forward_pre_hook(functional.EnterModule(context, name, root))
+        layer = isinstance(module, Dropout)
+        module.register_forward_pre_hook(functional.EnterModule(context, name, root, layer))
         module.register_forward_hook(functional.ExitModule(context, root), always_call=True)

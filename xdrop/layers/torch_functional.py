@@ -13,10 +13,9 @@ in the graph so that ``torch.compile`` and ``torch.export`` keep the buffers as 
 from __future__ import annotations
 
 import functools
-import hashlib
 import math
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 import torch
@@ -69,14 +68,14 @@ def site_words(rename: Callable[[str], str] | None, site: str) -> tuple[int, int
     """The two 32-bit words ``(hi, lo)`` that :func:`xdrop.layers.common.site_seed` folds into
     the seed for the site ``site`` (after ``rename``). A constant to ``torch.compile``: the
     hash and ``rename`` run in Python when the graph is traced, not in it."""
-    return _words(rename, site)
+    if isinstance(rename, Hashable):
+        return _cached_words(rename, site)
+    return common.site_words(renamed(rename, site))  # a callable object defining __eq__
 
 
 @functools.lru_cache(maxsize=4096)
-def _words(rename: Callable[[str], str] | None, site: str) -> tuple[int, int]:
-    name = renamed(rename, site)
-    digest = int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big")
-    return common.seed_words(digest)
+def _cached_words(rename: Callable[[str], str] | None, site: str) -> tuple[int, int]:
+    return common.site_words(renamed(rename, site))
 
 
 def renamed(rename: Callable[[str], str] | None, name: str) -> str:
@@ -144,10 +143,10 @@ class SiteContext:
 
 class EnterModule:
     """Forward pre-hook: the module named ``name`` starts its forward; on the root, the mode
-    is entered."""
+    is entered. ``layer``: the module is an xdrop layer (its stream advances per call)."""
 
-    def __init__(self, context: SiteContext, name: str, root: bool) -> None:
-        self.context, self.name, self.root = context, name, root
+    def __init__(self, context: SiteContext, name: str, root: bool, layer: bool = False) -> None:
+        self.context, self.name, self.root, self.layer = context, name, root, layer
 
     def __call__(self, module: torch.nn.Module, args: Any) -> None:
         context = self.context
@@ -161,6 +160,8 @@ class EnterModule:
                 context.mode = mode
                 mode.__enter__()  # type: ignore[no-untyped-call]
         elif context.depth == 0:  # a submodule run outside the root's forward
+            if self.layer and _would_draw(module):
+                raise outside_forward(self.name)
             context.outside += 1
             if context.outside == 1:
                 guard = OutsideForward(context)
@@ -352,14 +353,25 @@ class OutsideForward(FunctionalDropout):
         super().__init__(context, torch.zeros((), dtype=torch.int64), torch.zeros(()), None)
 
     def _site_seed(self) -> torch.Tensor | int:
-        module = self.context.stack[-1] if self.context.stack else ""
-        raise UnconvertedDropoutError(
-            f"dropout drawn by {module!r} of a converted model outside the model's forward "
-            "(a submodule called directly, or recomputed by activation checkpointing): it has "
-            "no site on the model's streams. Call the converted model itself, call "
-            "xdrop.layers.torch.convert on the submodule you run, or put it in eval mode; "
-            "activation checkpointing is not supported in a converted model"
-        )
+        raise outside_forward(self.context.stack[-1] if self.context.stack else "")
+
+
+def outside_forward(module: str) -> UnconvertedDropoutError:
+    """The error for a draw outside the converted model's forward, by the module ``module``."""
+    return UnconvertedDropoutError(
+        f"dropout drawn by {module!r} of a converted model outside the model's forward "
+        "(a submodule called directly, or recomputed by activation checkpointing): it has "
+        "no site on the model's streams, and a recomputation would not redraw the forward's "
+        "masks. Call the converted model itself, call xdrop.layers.torch.convert on the "
+        "submodule you run, or put it in eval mode; activation checkpointing is not supported "
+        "in a converted model"
+    )
+
+
+def _would_draw(module: torch.nn.Module) -> bool:
+    """Whether an xdrop layer draws a mask when called now."""
+    sampling = module.training or bool(getattr(module, "mc_sampling", False))
+    return sampling and float(getattr(module, "p", 0.0)) > 0
 
 
 @functools.lru_cache(maxsize=4096)
