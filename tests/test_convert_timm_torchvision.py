@@ -93,11 +93,6 @@ def test_timm_resnets_head_dropout_a_call_of_f_dropout_draws_the_documented_stre
     assert 0 < int(zeroed.sum()) < pooled.numel() // 2  # about a tenth of the features dropped
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a layer recomputed by torch.utils.checkpoint draws with the next step (another mask, "
-    "in the tensors saved for backward) and advances its step again, and nothing refuses it",
-)
 def test_gradient_checkpointing_of_a_converted_resnet_is_refused_or_exact(runs: Runs) -> None:
     """timm's ``set_grad_checkpointing()`` runs each stage again during backward; its drop
     paths and drop blocks are modules, recomputed outside the model's forward."""
