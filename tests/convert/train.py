@@ -1,7 +1,7 @@
 """Train a model written by others, converted by ``xdrop.layers.torch.convert``, in this process.
 
-Run by ``tests/test_convert_transformers.py`` and ``tests/test_convert_timm_torchvision.py``, one
-fresh process per scenario::
+Run by ``tests/test_convert_transformers.py`` and ``tests/test_convert_timm_torchvision.py``, each
+action in a fresh process::
 
     python tests/convert/train.py MODEL PREPARATION ACTION DIRECTORY
 
@@ -28,9 +28,11 @@ ACTION:
   checkpointing: two R-Dropout steps' losses and gradients each, or the error raised. Writes
   ``checkpointing.pt``.
 
-A record holds, per step trained, the loss and whether ``torch.get_rng_state()`` was the same
-after the step as before; and the final ``state_dict()`` of the model and of the optimizer. The
-test compares records across processes.
+A training record holds, per step trained, the loss, the KL divergence between the two
+R-Dropout passes and whether ``torch.get_rng_state()`` was the same after the step as before; the
+final ``state_dict()`` of the model and of the optimizer; what ``prepare`` found and replaced; and
+for timm's ResNet, its head's input and output of ``F.dropout`` at the first step. The tests
+compare records across processes.
 """
 
 from __future__ import annotations
