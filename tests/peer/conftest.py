@@ -1,43 +1,20 @@
 """The frameworks' own tests, ported to xdrop's layers (each file's header names its source).
 
-torchvision's wheels on PyPI are built against CUDA torch; beside the CPU torch the tests pin,
-their C++ extension (``torchvision/_C.so``, which links ``libtorch_cuda.so``) does not load, and
-``import torchvision`` then fails: torchvision 0.28 registers fake kernels for its ``nms`` and
-``qnms`` operators whether or not the extension defined them ("operator torchvision::nms does not
-exist"). timm imports torchvision, so it fails too. Where the extension does not load, this
-defines the two operators' schemas (without kernels: calling them still fails, as any C++ op of
-torchvision does without its extension), so that torchvision's pure-Python parts import: the
-drop layers, ``torch.fx`` feature extraction and the models, which these tests use.
+torchvision's PyPI wheels are CUDA builds whose C++ operators do not load beside the CPU torch:
+``tests/torchvision_cpu.py`` defines what torchvision's import needs, so that its pure-Python
+parts (the drop layers, ``torch.fx`` feature extraction, the models) and timm import. The ported
+scripts run in a subprocess import this file first.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import sys
 from pathlib import Path
 
-import torch
+_TESTS = str(Path(__file__).resolve().parents[1])
+if _TESTS not in sys.path:  # a ported script run in a subprocess has only tests/peer on it
+    sys.path.insert(0, _TESTS)
 
-_SCHEMAS = {
-    "nms": "nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
-    "qnms": "qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
-}
-_library: list[torch.library.Library] = []  # kept alive: a Library's definitions die with it
+from torchvision_cpu import define_torchvision_operators  # noqa: E402
 
-
-def _define_torchvision_operators() -> None:
-    spec = importlib.util.find_spec("torchvision")
-    if spec is None or not spec.submodule_search_locations:
-        return
-    (folder,) = spec.submodule_search_locations
-    try:
-        torch.ops.load_library(str(Path(folder) / "_C.so"))
-        return  # the extension loads: it defines the operators itself
-    except OSError:
-        pass
-    library = torch.library.Library("torchvision", "DEF")
-    for schema in _SCHEMAS.values():
-        library.define(schema)
-    _library.append(library)
-
-
-_define_torchvision_operators()
+define_torchvision_operators()
