@@ -472,3 +472,33 @@ def test_channels_last_3d_stays_so(make):
     y = make()(x)
     assert y.is_contiguous(memory_format=torch.channels_last_3d)
     torch.testing.assert_close(y, make()(x.contiguous()), rtol=0, atol=0)
+
+
+# -- activation checkpointing -----------------------------------------------------------------------
+@pytest.mark.parametrize("reentrant", [False, True])
+@pytest.mark.parametrize("make", [lambda: Dropout(0.5, seed=1), lambda: DropPath(0.5, seed=1)])
+def test_a_layer_recomputed_by_activation_checkpointing_is_refused_not_silently_wrong(
+    make, reentrant
+):
+    # the recomputation would draw step 1's mask where the forward drew step 0's: the gradient
+    # would mix two masks and the stream would advance twice
+    from torch.utils.checkpoint import checkpoint
+
+    layer = make()
+    block = torch.nn.Sequential(torch.nn.Linear(8, 8), layer, torch.nn.Linear(8, 8))
+    x = torch.randn(4, 8, requires_grad=True)
+    loss = checkpoint(block, x, use_reentrant=reentrant).square().sum()
+    assert int(layer.step) == 1
+    with pytest.raises(xdrop.RecomputationError, match="activation checkpointing"):
+        loss.backward()
+    assert int(layer.step) == 1
+
+
+def test_an_evaluating_layer_is_recomputed_by_activation_checkpointing_as_torch_does():
+    from torch.utils.checkpoint import checkpoint
+
+    block = torch.nn.Sequential(torch.nn.Linear(8, 8), Dropout(0.5, seed=1)).eval()
+    x = torch.randn(4, 8, requires_grad=True)
+    checkpoint(block, x, use_reentrant=False).sum().backward()
+    expected = torch.autograd.grad(block(x).sum(), x)[0]
+    assert torch.equal(x.grad, expected)

@@ -47,6 +47,14 @@ class InPlaceError(XdropError, RuntimeError):
     overwriting (a leaf that requires grad, or a view of one), as ``torch.nn.Dropout`` refuses."""
 
 
+class RecomputationError(XdropError, RuntimeError):
+    """An xdrop layer was asked to draw during a backward pass: activation checkpointing
+    (``torch.utils.checkpoint``, Hugging Face's ``gradient_checkpointing_enable``, timm's
+    ``set_grad_checkpointing``) recomputes a forward there, and the layer's stream, which has
+    advanced since, would draw another mask than the forward's, so the gradient would mix two
+    masks. Refused rather than silently wrong."""
+
+
 class UnconvertedDropoutError(XdropError, ValueError):
     """``convert(model, strict=True)`` found dropout-like layers or modules it cannot make
     portable (a class it does not know whose name says dropout, drop path, drop block, stochastic
@@ -91,6 +99,7 @@ for _mixed in (
     TracingError,
     InputRankError,
     InPlaceError,
+    RecomputationError,
     UnconvertedDropoutError,
 ):
     _mixed.__init__ = Exception.__init__  # type: ignore[method-assign]

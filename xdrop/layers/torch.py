@@ -19,6 +19,7 @@ from xdrop.errors import (
     InPlaceError,
     InputRankError,
     InputRankWarning,
+    RecomputationError,
     Shown,
     TracingError,
     UnconvertedDropoutError,
@@ -129,6 +130,13 @@ class Dropout(common.DropoutDraws, torch.nn.Module):
         self._check_input_shape("x", x.shape)
         if not (self.training or self.mc_sampling):
             return self._write(x, self._evaluate(x, self.p))
+        if _in_backward():
+            raise RecomputationError(
+                f"{type(self).__name__} cannot draw during a backward pass: activation "
+                "checkpointing recomputes the forward there, and the layer's stream has advanced "
+                "since, so it would draw another mask than the forward's. Leave xdrop's layers "
+                "out of checkpointed blocks, or turn activation checkpointing off"
+            )
         seed = common.step_seed(self.seed, self.step)
         logical = x if x.is_contiguous() else x.contiguous()
         y = self._write(x, self._draw(logical, self.p, seed, self._noise_shape(x)))
@@ -179,6 +187,13 @@ class Dropout(common.DropoutDraws, torch.nn.Module):
         return (
             f"p={self.p}, inplace={self.inplace}, mode={self.mode!r}, seed={int(self.seed) % 2**64}"
         )
+
+
+def _in_backward() -> bool:
+    """Whether autograd's engine runs a backward pass on this thread (where activation
+    checkpointing recomputes forwards). Not asked while compiling, where it would break the
+    graph."""
+    return not torch.compiler.is_compiling() and torch._C._current_graph_task_id() != -1
 
 
 def _is_integer_scalar(value: object) -> bool:
