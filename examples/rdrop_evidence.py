@@ -230,6 +230,7 @@ def run(seed: int, alpha: float, settings: Settings) -> dict[str, float]:
 METRICS = {"accuracy": "test accuracy (%)", "nll": "test NLL (nats)"}
 SCALE = {"accuracy": 100.0, "nll": 1.0}  # accuracy is shown in percent
 DIGITS = {"accuracy": 2, "nll": 4}
+DIFFERENCE_UNIT = {"accuracy": "percentage points", "nll": "nats"}
 
 
 def summarise(results: dict[str, dict[str, list[float]]]) -> dict[str, Any]:
@@ -242,6 +243,11 @@ def summarise(results: dict[str, dict[str, list[float]]]) -> dict[str, Any]:
             "paired": asdict(paired_test(a, b)),
         }
     return summary
+
+
+def p_value(p: float) -> str:
+    """``p = 0.012`` to three decimals, or ``p < 0.001`` where three decimals would show 0."""
+    return "p < 0.001" if p < 0.0005 else f"p = {p:.3f}"
 
 
 def table(record: dict[str, Any]) -> str:
@@ -265,9 +271,9 @@ def table(record: dict[str, Any]) -> str:
         difference = interval(paired["difference"], metric)
         lines.append(
             f"| {label} | {arms[0]} | {arms[1]} | {difference} "
-            f"| t = {paired['t']:.2f}, p = {paired['p_t']:.3f} "
+            f"| t = {paired['t']:.2f}, {p_value(paired['p_t'])} "
             f"| {paired['wins']}/{paired['losses']}/{paired['ties']}, "
-            f"p = {paired['p_sign']:.3f} |"
+            f"{p_value(paired['p_sign'])} |"
         )
     return "\n".join(lines)
 
@@ -279,6 +285,7 @@ def figure(record: dict[str, Any], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     results, summary = record["results"], record["summary"]
     settings = record["settings"]
@@ -308,9 +315,10 @@ def figure(record: dict[str, Any], path: Path) -> None:
         bottom.axhspan(low, high, color="C3", alpha=0.2, label="95% CI of the mean")
         bottom.axhline(mean, color="C3", label="mean")
         bottom.set_xlabel("seed")
-        bottom.set_ylabel(f"R-Drop - dropout ({label.split(' (')[1][:-1]})")
-        bottom.set_title(f"paired t-test p = {paired['p_t']:.3f}, sign test "
-                         f"{paired['wins']}/{paired['losses']}, p = {paired['p_sign']:.3f}",
+        bottom.set_ylabel(f"R-Drop - dropout ({DIFFERENCE_UNIT[metric]})")
+        bottom.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        bottom.set_title(f"paired t-test {p_value(paired['p_t'])}, sign test "
+                         f"{paired['wins']}/{paired['losses']}, {p_value(paired['p_sign'])}",
                          fontsize=9)  # fmt: skip
         bottom.legend(fontsize=8)
     plot.suptitle(
