@@ -1,5 +1,5 @@
 """examples/rdrop_evidence.py: its statistics against values computed by hand and printed tables,
-and a reduced run end to end in a fresh process."""
+a reduced run end to end in a fresh process, and docs/rdrop.md against the committed record."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ pytestmark = pytest.mark.backend_independent  # CI runs it once, not per backend
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "rdrop_evidence.py"
+RECORD = ROOT / "docs" / "figures" / "rdrop-evidence.json"
 
 
 def load_script():
@@ -125,6 +126,12 @@ def test_equal_differences_give_a_certain_answer_not_nan():
     assert (shifted.t, shifted.p_t) == (math.inf, 0.0)
 
 
+def test_p_values_show_three_decimals_and_never_a_bare_zero():
+    assert evidence.p_value(0.01234) == "p = 0.012"
+    assert evidence.p_value(0.0006) == "p = 0.001"
+    assert evidence.p_value(4.4e-7) == "p < 0.001"
+
+
 # -- the script, end to end, and the page -----------------------------------------------------------
 def test_reduced_run_trains_both_arms_and_writes_its_figure_and_record(tmp_path):
     pytest.importorskip("torch")
@@ -156,3 +163,19 @@ def test_reduced_run_refuses_a_single_seed(tmp_path):
         timeout=60,
     )
     assert run.returncode == 2 and "--seeds must be at least 2" in run.stderr
+
+
+def test_the_rdrop_page_quotes_the_committed_record():
+    """docs/rdrop.md shows the figure and the table of the committed run (at least 10 seeds),
+    whose summary is the one its per-seed numbers give, and calls the accuracy difference
+    significant only where the paired t-test says so at 5%."""
+    record = json.loads(RECORD.read_text())
+    assert record["settings"]["seeds"] >= 10
+    assert record["summary"] == json.loads(json.dumps(evidence.summarise(record["results"])))
+    page = (ROOT / "docs" / "rdrop.md").read_text()
+    assert "figures/rdrop-evidence.png" in page
+    assert evidence.table(record) in page
+    section = page.split("## Does it help here?")[1].split("\n## ")[0]
+    significant = record["summary"]["accuracy"]["paired"]["p_t"] < 0.05
+    verdict = "accuracy difference is significant" if significant else "not significant"
+    assert verdict in section
