@@ -156,10 +156,11 @@ class DataParallel:
         """Every rank's local batch size (axis 0), in rank order: one all_gather of one integer
         per drawing call."""
         if torch.compiler.is_compiling():
-            raise TracingError(
+            raise TracingError(  # torch.compile breaks the graph here and runs it eagerly
                 'data_parallel="global_batch" gathers the ranks\' batch sizes on each call, '
-                "which torch.compile cannot trace: compile the model with "
-                'data_parallel="per_rank", or run it eagerly'
+                "which a compiled graph cannot hold: torch.compile runs the layer eagerly "
+                '(a graph break), fullgraph=True cannot; use data_parallel="per_rank" in a '
+                "full graph"
             )
         import torch.distributed as dist
 
