@@ -119,6 +119,20 @@ def test_convert_in_one_process_draws_as_without_the_argument() -> None:
     assert placed.dropout1.data_parallel == "global_batch"
 
 
+def test_converting_again_sets_data_parallel_for_the_whole_model() -> None:
+    from xdrop.layers.torch import convert
+
+    layer = torch.nn.TransformerEncoderLayer(8, 2, 16, dropout=0.3, batch_first=True)
+    model = convert(layer, seed=3, data_parallel="global_batch")
+    first = model.dropout1
+    model.extra = torch.nn.Dropout(0.1)  # added since: converted by the second call
+    model = convert(model, seed=None, data_parallel="per_rank")
+    assert model.dropout1 is first
+    assert first.data_parallel == model.extra.data_parallel == "per_rank"
+    hook = next(hook for hook in model._forward_pre_hooks.values() if getattr(hook, "root", False))
+    assert hook.context.data_parallel.mode == "per_rank"  # the functional calls too
+
+
 def test_bad_data_parallel_arguments_are_refused_naming_them() -> None:
     import xdrop
     from xdrop.layers.torch import Dropout, convert

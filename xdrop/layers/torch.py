@@ -881,8 +881,8 @@ def convert(
        ``data_parallel`` says (:class:`Dropout`; axis 0 of each dropped tensor is its batch
        for ``"global_batch"``): ``"per_rank"`` folds the rank into each call's seed,
        ``"global_batch"`` draws each example's mask of one process over the global batch.
-       The default, None, is ``"per_rank"`` on several ranks. Converting again sets it anew
-       for the functional calls and the layers created then.
+       The default, None, is ``"per_rank"`` on several ranks. Converting again sets it for
+       all of them, the layers converted before included.
 
     Modules that look like dropout but that convert does not know (see
     ``docs/convert-torch.md``) are listed in one :class:`xdrop.UnconvertedDropoutWarning` and
@@ -922,6 +922,9 @@ def convert(
     root_seed = _root_seed(model, seed)
     context = _site_context(model)
     if context is not None:  # converted before: the names keep deriving as they did
+        # the one placement of the sites and of the layers convert made: all follow this call
+        context.data_parallel.mode, context.data_parallel.group = placement.mode, placement.group
+        placement = context.data_parallel
         if rename is not None and rename is not context.rename:
             raise bad_value(
                 "rename",
@@ -1005,8 +1008,10 @@ def _install_sites(
         value = torch.tensor(common.signed(seed, 64), dtype=torch.int64, device=device)
         model.register_buffer("xdrop_seed", value)
         model.register_buffer("xdrop_step", torch.zeros((), dtype=torch.int64, device=device))
-    context = _site_context(model) or functional.SiteContext(rename)
-    context.data_parallel = placement
+    context = _site_context(model)
+    if context is None:
+        context = functional.SiteContext(rename)
+        context.data_parallel = placement
     for name, module in model.named_modules():
         hooked = any(
             isinstance(hook, functional.EnterModule) and hook.context is context

@@ -165,7 +165,9 @@ class DataParallel:
         import torch.distributed as dist
 
         group = self.group.get_group() if _is_device_mesh(self.group) else self.group
-        size = torch.tensor([x.shape[0]], dtype=torch.int64, device=x.device)
+        # on x's device, where the backend communicates (NCCL: CUDA only), gloo alone: the CPU
+        device = torch.device("cpu") if dist.get_backend(group) == "gloo" else x.device
+        size = torch.tensor([x.shape[0]], dtype=torch.int64, device=device)
         sizes = [torch.empty_like(size) for _ in range(world)]
         dist.all_gather(sizes, size, group=group)
         return [int(entry) for entry in sizes]
