@@ -26,7 +26,12 @@ MODULES = sorted(
 
 
 def python_blocks(path: Path) -> list[str]:
-    return re.findall(r"```python\n(.*?)```", path.read_text(), flags=re.DOTALL)
+    """The page's Python blocks that run in this process: all but those marked to be launched
+    otherwise (``<!-- launch: torchrun 2 -->`` and the like, run by their own launcher)."""
+    found = re.findall(
+        r"(?:<!-- launch: ([^>]*?) -->\n)?```python\n(.*?)```", path.read_text(), flags=re.DOTALL
+    )
+    return [block for launch, block in found if launch in ("", "python")]
 
 
 @pytest.mark.parametrize(

@@ -168,6 +168,65 @@ def check_data_format(data_format: object, default: str | None = None) -> str:
     return check_choice("data_format", data_format, ("channels_first", "channels_last"), allowed)
 
 
+DATA_PARALLEL_MODES = ("per_rank", "global_batch")
+"""The values of a layer's ``data_parallel`` argument besides None (see ``docs/distributed.md``)."""
+
+
+def check_data_parallel(data_parallel: object) -> str | None:
+    """A layer's ``data_parallel``: None, ``"per_rank"`` or ``"global_batch"``."""
+    if data_parallel is None:
+        return None
+    allowed = 'None, "per_rank" or "global_batch"'
+    return check_choice("data_parallel", data_parallel, DATA_PARALLEL_MODES, allowed)
+
+
+def data_parallel_mode(data_parallel: str | None, world: int) -> str | None:
+    """How a call draws on a data-parallel group of ``world`` ranks: None (as one process: one
+    rank, whatever the argument), ``"per_rank"`` (also for ``data_parallel=None`` on several
+    ranks, so that no two ranks draw one mask for their different examples) or
+    ``"global_batch"``.
+
+    >>> data_parallel_mode(None, 2), data_parallel_mode("global_batch", 1)
+    ('per_rank', None)
+    """
+    if world <= 1:
+        return None
+    return data_parallel or "per_rank"
+
+
+def batch_rows(sizes: Sequence[int], rank: int) -> tuple[int, int]:
+    """``(start, total)``: where the local batch of ``rank`` starts in the global batch that
+    puts the ranks' local batches (of ``sizes[r]`` rows each) one after the other in rank
+    order, and the global batch's size. Equal sizes ``B`` give ``(rank * B, len(sizes) * B)``;
+    an uneven last batch is placed the same way, after the rows of the ranks before it.
+
+    >>> batch_rows([4, 4], 1), batch_rows([4, 3, 2], 2)
+    ((4, 8), (7, 9))
+    """
+    return sum(sizes[:rank]), sum(sizes)
+
+
+def batch_block(
+    shape: Sequence[int], start: int, total: int, noise_shape: Sequence[int | None] | None = None
+) -> int | xdrop.Block:
+    """The ``offset`` of a local batch of ``shape`` whose rows start at row ``start`` of a global
+    batch of ``total`` rows (axis 0): an :class:`xdrop.Block` giving each element the counter it
+    has in the global tensor. With a ``noise_shape`` the Block places the mask (1 on the axes
+    the noise shape shares); one shared over the batch axis is the same on every rank: 0.
+
+    >>> batch_block((2, 3), 2, 4)
+    Block(global_shape=(4, 3), start=(2, 0), offset=0)
+    """
+    rest = tuple(int(size) for size in shape[1:])
+    if noise_shape is not None:
+        if noise_shape[0] == 1:
+            return 0
+        rest = tuple(
+            1 if entry == 1 else size for entry, size in zip(noise_shape[1:], rest, strict=True)
+        )
+    return xdrop.Block((total, *rest), (start,) + (0,) * len(rest))
+
+
 class DropoutDraws:
     """What a ``Dropout`` layer computes, in every framework: the training output for one step's
     seed (:meth:`_draw`) and the evaluation output (:meth:`_evaluate`). A framework's ``Dropout``
@@ -211,9 +270,12 @@ class DropoutDraws:
             axes = (*names[spatial], channels)
         return f"a {spatial + 2}-d tensor ({', '.join((batch, *axes))})"
 
-    def _draw(self, inputs: Any, rate: float, seed: Any, noise_shape: Any) -> Any:
-        """The training output for the step's seed."""
-        return xdrop.dropout(inputs, rate, seed=seed, mode=self.mode, noise_shape=noise_shape)
+    def _draw(self, inputs: Any, rate: float, seed: Any, noise_shape: Any, offset: Any = 0) -> Any:
+        """The training output for the step's seed; ``offset``: an :class:`xdrop.Block` where
+        the inputs are a block of a larger batch (see :func:`batch_block`)."""
+        return xdrop.dropout(
+            inputs, rate, seed=seed, mode=self.mode, noise_shape=noise_shape, offset=offset
+        )
 
     def _evaluate(self, inputs: Any, rate: float) -> Any:
         return xdrop.dropout(inputs, rate, training=False, mode=self.mode)
@@ -229,8 +291,8 @@ class FamilyDraws(DropoutDraws):
 class AlphaDropoutDraws(FamilyDraws):
     """:func:`xdrop.alpha_dropout`: dropout that keeps SELU activations' mean and variance."""
 
-    def _draw(self, inputs: Any, rate: float, seed: Any, noise_shape: Any) -> Any:
-        return xdrop.alpha_dropout(inputs, rate, seed=seed, noise_shape=noise_shape)
+    def _draw(self, inputs: Any, rate: float, seed: Any, noise_shape: Any, offset: Any = 0) -> Any:
+        return xdrop.alpha_dropout(inputs, rate, seed=seed, noise_shape=noise_shape, offset=offset)
 
 
 class GaussianDropoutDraws(FamilyDraws):
@@ -238,8 +300,10 @@ class GaussianDropoutDraws(FamilyDraws):
 
     _check_rate = staticmethod(check_gaussian_rate)
 
-    def _draw(self, inputs: Any, rate: float, seed: Any, noise_shape: Any) -> Any:
-        return xdrop.gaussian_dropout(inputs, rate, seed=seed, noise_shape=noise_shape)
+    def _draw(self, inputs: Any, rate: float, seed: Any, noise_shape: Any, offset: Any = 0) -> Any:
+        return xdrop.gaussian_dropout(
+            inputs, rate, seed=seed, noise_shape=noise_shape, offset=offset
+        )
 
 
 class DropPathDraws(FamilyDraws):
@@ -253,9 +317,14 @@ class DropPathDraws(FamilyDraws):
             return 'a tensor with a batch axis for mode="row"'
         return None
 
-    def _draw(self, inputs: Any, rate: float, seed: Any, noise_shape: Any) -> Any:
+    def _draw(self, inputs: Any, rate: float, seed: Any, noise_shape: Any, offset: Any = 0) -> Any:
         return xdrop.drop_path(
-            inputs, rate, seed=seed, mode=self.path_mode, scale_by_keep=self.scale_by_keep
+            inputs,
+            rate,
+            seed=seed,
+            mode=self.path_mode,
+            scale_by_keep=self.scale_by_keep,
+            offset=offset,
         )
 
 
@@ -277,7 +346,7 @@ class DropBlock2DDraws(FamilyDraws):
         spatial = self.spatial_dims
         return None if ndim == spatial + 2 else self._feature_map(spatial, self.data_format)
 
-    def _draw(self, inputs: Any, rate: float, seed: Any, noise_shape: Any) -> Any:
+    def _draw(self, inputs: Any, rate: float, seed: Any, noise_shape: Any, offset: Any = 0) -> Any:
         return xdrop.drop_block(
             inputs,
             rate,
@@ -289,6 +358,7 @@ class DropBlock2DDraws(FamilyDraws):
             gamma_scale=self.gamma_scale,
             eps=self.eps,
             seed=seed,
+            offset=offset,
         )
 
 
@@ -351,5 +421,7 @@ class GaussianNoiseDraws(FamilyDraws):
     """Additive zero-centred Gaussian noise of standard deviation ``stddev`` (held as the rate:
     a real number in ``[0, 1]``, as Keras' ``GaussianNoise`` takes it)."""
 
-    def _draw(self, inputs: Any, rate: float, seed: Any, noise_shape: Any) -> Any:
+    def _draw(self, inputs: Any, rate: float, seed: Any, noise_shape: Any, offset: Any = 0) -> Any:
+        if not (isinstance(offset, int) and offset == 0):
+            raise bad_value("offset", offset, "0: GaussianNoise draws no block of a larger batch")
         return gaussian_noise(inputs, rate, seed)

@@ -86,6 +86,17 @@ class Dropout(common.DropoutDraws, torch.nn.Module):
             ``"classic"`` (scale by ``1 - p`` in evaluation).
         noise_shape: the shape the mask is drawn at, broadcast to the input (entries 1, None or
             the input's size; see :func:`xdrop.dropout`). None: one decision per element.
+        data_parallel: how ranks of data parallelism draw, read from ``torch.distributed`` at
+            each call (one process: no change). ``"per_rank"``: rank ``r`` draws with
+            ``xdrop.fold_in(step's seed, r)``. ``"global_batch"``: the local batch (axis 0) is
+            rank ``r``'s rows of the global batch (the ranks' batches in rank order) and draws
+            their mask in it, so ``N`` ranks draw what one process draws over the global
+            batch; the ranks' batch sizes are gathered each call (uneven ones are placed
+            exactly). None (default): ``"per_rank"`` on several ranks. A DTensor input is
+            global already: its own mask, in every mode. See ``docs/distributed.md``.
+        data_parallel_group: the data-parallel ranks, where they are not all the ranks (data
+            and tensor parallelism): a ``ProcessGroup`` or a 1-d ``DeviceMesh``; None: the
+            default group.
 
     Example:
         >>> import torch, xdrop
@@ -111,9 +122,12 @@ class Dropout(common.DropoutDraws, torch.nn.Module):
         seed: int | xdrop.Generator | None = None,
         mode: str = "inverted",
         noise_shape: Sequence[int | None] | None = None,
+        data_parallel: str | None = None,
+        data_parallel_group: Any = None,
     ) -> None:
         super().__init__()
         self.p = self._check_rate("p", p)
+        self._data_parallel = functional.DataParallel(data_parallel, data_parallel_group)
         self.inplace = check_flag("inplace", inplace)
         self.mode = check_mode(mode)
         self.noise_shape = common.check_noise_shape_entries(noise_shape)
@@ -139,9 +153,23 @@ class Dropout(common.DropoutDraws, torch.nn.Module):
             )
         seed = common.step_seed(self.seed, self.step)
         logical = x if x.is_contiguous() else x.contiguous()
-        y = self._write(x, self._draw(logical, self.p, seed, self._noise_shape(x)))
+        noise = self._noise_shape(x)
+        seed, offset = self._data_parallel.place(seed, logical, noise, self._has_batch(x.dim()))
+        y = self._write(x, self._draw(logical, self.p, seed, noise, offset))
         self.step.add_(1)
         return y
+
+    _data_parallel = functional.DataParallel()  # layers pickled before the argument existed
+
+    @property
+    def data_parallel(self) -> str | None:
+        """How the layer draws on several data-parallel ranks: ``"per_rank"``,
+        ``"global_batch"`` or None (``"per_rank"`` there; see ``docs/distributed.md``)."""
+        return self._data_parallel.mode
+
+    def _has_batch(self, ndim: int) -> bool:
+        """Whether axis 0 of an ``ndim``-d input is the batch (``"global_batch"`` splits it)."""
+        return ndim > 0
 
     def _write(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The output ``y`` (computed in row-major order) as the layer returns it: written into
@@ -255,12 +283,24 @@ class _ChannelDropout(Dropout):
         *,
         seed: int | xdrop.Generator | None = None,
         mode: str = "inverted",
+        data_parallel: str | None = None,
+        data_parallel_group: Any = None,
     ) -> None:
-        super().__init__(p, inplace, seed=seed, mode=mode)
+        super().__init__(
+            p,
+            inplace,
+            seed=seed,
+            mode=mode,
+            data_parallel=data_parallel,
+            data_parallel_group=data_parallel_group,
+        )
 
     def _batched(self, ndim: int) -> bool:
         """Whether axis 0 of an ``ndim``-d input is the batch (else it is the channel axis)."""
         return ndim == self.spatial_dims + 2
+
+    def _has_batch(self, ndim: int) -> bool:
+        return self._batched(ndim)
 
     def _noise_shape(self, x: torch.Tensor) -> Sequence[int | None] | None:
         ndim = x.dim()
@@ -375,8 +415,17 @@ class AlphaDropout(common.AlphaDropoutDraws, Dropout):
         *,
         seed: int | xdrop.Generator | None = None,
         noise_shape: Sequence[int | None] | None = None,
+        data_parallel: str | None = None,
+        data_parallel_group: Any = None,
     ) -> None:
-        super().__init__(p, inplace, seed=seed, noise_shape=noise_shape)
+        super().__init__(
+            p,
+            inplace,
+            seed=seed,
+            noise_shape=noise_shape,
+            data_parallel=data_parallel,
+            data_parallel_group=data_parallel_group,
+        )
 
     def extra_repr(self) -> str:
         return f"p={self.p}, inplace={self.inplace}, seed={int(self.seed) % 2**64}"
@@ -397,8 +446,16 @@ class FeatureAlphaDropout(AlphaDropout):
         inplace: bool = False,
         *,
         seed: int | xdrop.Generator | None = None,
+        data_parallel: str | None = None,
+        data_parallel_group: Any = None,
     ) -> None:
-        super().__init__(p, inplace, seed=seed)
+        super().__init__(
+            p,
+            inplace,
+            seed=seed,
+            data_parallel=data_parallel,
+            data_parallel_group=data_parallel_group,
+        )
 
     def _ranks_allowed(self, ndim: int) -> str | None:
         if ndim >= 2:
@@ -434,7 +491,7 @@ class DropPath(common.DropPathDraws, Dropout):
         scale_by_keep: scale kept samples by ``1 / (1 - p)``.
         mode: ``"row"`` (one draw per sample) or ``"batch"`` (one draw for the batch).
         drop_prob: timm's name for ``p`` (give one of them; neither: 0).
-        seed: as for :class:`Dropout`.
+        seed, data_parallel, data_parallel_group: as for :class:`Dropout`.
 
     Example:
         >>> y = DropPath(0.1, seed=0)(torch.ones(4, 3, 8))
@@ -450,9 +507,16 @@ class DropPath(common.DropPathDraws, Dropout):
         mode: str = "row",
         drop_prob: float | None = None,
         seed: int | xdrop.Generator | None = None,
+        data_parallel: str | None = None,
+        data_parallel_group: Any = None,
     ) -> None:
         rate, _ = common.layer_rate(p, drop_prob, 0.0)
-        super().__init__(rate, seed=seed)  # type: ignore[arg-type]  # checked there
+        super().__init__(
+            rate,  # type: ignore[arg-type]  # checked there
+            seed=seed,
+            data_parallel=data_parallel,
+            data_parallel_group=data_parallel_group,
+        )
         self.path_mode, self.scale_by_keep = common.check_drop_path_options(mode, scale_by_keep)
 
     @property
@@ -476,8 +540,22 @@ class StochasticDepth(DropPath):
         >>> y = StochasticDepth(0.2, "batch", seed=0)(torch.ones(4, 3))
     """
 
-    def __init__(self, p: float, mode: str, *, seed: int | xdrop.Generator | None = None) -> None:
-        super().__init__(p, mode=mode, seed=seed)
+    def __init__(
+        self,
+        p: float,
+        mode: str,
+        *,
+        seed: int | xdrop.Generator | None = None,
+        data_parallel: str | None = None,
+        data_parallel_group: Any = None,
+    ) -> None:
+        super().__init__(
+            p,
+            mode=mode,
+            seed=seed,
+            data_parallel=data_parallel,
+            data_parallel_group=data_parallel_group,
+        )
 
 
 class _TorchDropBlock(common.DropBlock2DDraws, Dropout):
@@ -495,16 +573,24 @@ class DropBlock2D(_TorchDropBlock):
     Args:
         p: the target fraction of dropped units.
         block_size: the side of a block (clipped to the map's smaller side).
-        seed: as for :class:`Dropout`.
+        seed, data_parallel, data_parallel_group: as for :class:`Dropout`.
 
     Example:
         >>> y = DropBlock2D(0.1, block_size=3, seed=0)(torch.ones(2, 4, 8, 8))
     """
 
     def __init__(
-        self, p: float = 0.1, block_size: int = 7, *, seed: int | xdrop.Generator | None = None
+        self,
+        p: float = 0.1,
+        block_size: int = 7,
+        *,
+        seed: int | xdrop.Generator | None = None,
+        data_parallel: str | None = None,
+        data_parallel_group: Any = None,
     ) -> None:
-        super().__init__(p, seed=seed)
+        super().__init__(
+            p, seed=seed, data_parallel=data_parallel, data_parallel_group=data_parallel_group
+        )
         self.block_size = common.check_block_size(block_size)
 
     def extra_repr(self) -> str:
@@ -540,7 +626,7 @@ class DropBlock2d(_TorchDropBlock):
         with_noise: standard normals in the dropped units instead of 0, no scaling (timm).
         couple_channels: one mask for all channels of a sample (None: the library's default).
         scale_by_keep: scale kept units by ``count / (kept + eps)`` (timm; True).
-        seed: as for :class:`Dropout`.
+        seed, data_parallel, data_parallel_group: as for :class:`Dropout`.
 
     Example:
         >>> x = torch.ones(2, 4, 8, 8)
@@ -563,10 +649,17 @@ class DropBlock2d(_TorchDropBlock):
         couple_channels: bool | None = None,
         scale_by_keep: bool = True,
         seed: int | xdrop.Generator | None = None,
+        data_parallel: str | None = None,
+        data_parallel_group: Any = None,
         **removed: object,
     ) -> None:
         rate, spelling = common.layer_rate(p, drop_prob, 0.1)
-        super().__init__(rate, seed=seed)  # type: ignore[arg-type]  # checked there
+        super().__init__(
+            rate,  # type: ignore[arg-type]  # checked there
+            seed=seed,
+            data_parallel=data_parallel,
+            data_parallel_group=data_parallel_group,
+        )
         self.block_size = common.check_block_size(block_size)
         self.inplace = check_flag("inplace", inplace)
         timm = spelling == "timm"
@@ -691,13 +784,15 @@ def _replacement(
     seed: int,
     rename: Callable[[str], str] | None,
     table: dict[type, Callable[[Any, int], torch.nn.Module]],
+    data_parallel: functional.DataParallel,
 ) -> torch.nn.Module | None:
     """The xdrop layer that replaces ``module`` (None: it stays), on the device and in the
-    train/eval mode of the module, seeded for its site."""
+    train/eval mode of the module, seeded for its site, drawing as ``data_parallel`` says."""
     build = table.get(type(module))
     if build is None:
         return None
     layer = build(module, common.site_seed(seed, functional.renamed(rename, name)))
+    layer._data_parallel = data_parallel  # type: ignore[assignment]
     layer.train(module.training)
     device = next((t.device for t in module.buffers()), None)
     if device is not None:  # a torch dropout module holds no tensor: the layer stays on the CPU
@@ -752,6 +847,8 @@ def convert(
     seed: int | xdrop.Generator | None,
     strict: bool = False,
     rename: Callable[[str], str] | None = None,
+    data_parallel: str | None = None,
+    data_parallel_group: Any = None,
 ) -> torch.nn.Module:
     """Make every dropout in a model written by anyone seeded, portable and resumable, in place.
 
@@ -780,6 +877,12 @@ def convert(
     3. **State**: ``model`` gets the int64 buffers ``xdrop_seed`` and ``xdrop_step``, beside each
        layer's ``seed`` and ``step``, so ``state_dict()`` / ``load_state_dict`` resume every
        stream, also into a model converted with another seed.
+    4. **Data parallelism**: the layers it creates and the functional calls draw as
+       ``data_parallel`` says (:class:`Dropout`; axis 0 of each dropped tensor is its batch
+       for ``"global_batch"``): ``"per_rank"`` folds the rank into each call's seed,
+       ``"global_batch"`` draws each example's mask of one process over the global batch.
+       The default, None, is ``"per_rank"`` on several ranks. Converting again sets it for
+       all of them, the layers converted before included.
 
     Modules that look like dropout but that convert does not know (see
     ``docs/convert-torch.md``) are listed in one :class:`xdrop.UnconvertedDropoutWarning` and
@@ -797,6 +900,9 @@ def convert(
         rename: maps each site's name (a module's qualified name, or ``"module#k"``) to the
             name its seed is derived from, e.g. to match another framework's names. Converting
             again keeps the first one (None, or the same callable).
+        data_parallel: None, ``"per_rank"`` or ``"global_batch"``, as for :class:`Dropout`.
+        data_parallel_group: the data-parallel ranks (a ``ProcessGroup`` or a 1-d
+            ``DeviceMesh``), as for :class:`Dropout`; None: the default group.
 
     Returns:
         ``model``, converted.
@@ -812,9 +918,13 @@ def convert(
         ['xdrop_seed', 'xdrop_step']
     """
     model, strict, rename = _check_convert_arguments(model, strict, rename)
+    placement = functional.DataParallel(data_parallel, data_parallel_group)
     root_seed = _root_seed(model, seed)
     context = _site_context(model)
     if context is not None:  # converted before: the names keep deriving as they did
+        # the one placement of the sites and of the layers convert made: all follow this call
+        context.data_parallel.mode, context.data_parallel.group = placement.mode, placement.group
+        placement = context.data_parallel
         if rename is not None and rename is not context.rename:
             raise bad_value(
                 "rename",
@@ -824,7 +934,7 @@ def convert(
             )
         rename = context.rename
     table = _torch_replacements()
-    root = _replacement(model, "", root_seed, rename, table)
+    root = _replacement(model, "", root_seed, rename, table, placement)
     if root is not None:
         model = root
     unknown: list[str] = []
@@ -837,7 +947,9 @@ def convert(
             name = f"{parent_name}.{attribute}" if parent_name else attribute
             first_names.setdefault(id(child), name)
             if id(child) not in replaced:
-                layer = _replacement(child, first_names[id(child)], root_seed, rename, table)
+                layer = _replacement(
+                    child, first_names[id(child)], root_seed, rename, table, placement
+                )
                 if layer is None:
                     continue
                 replaced[id(child)] = layer
@@ -869,7 +981,7 @@ def convert(
             UnconvertedDropoutWarning,
             stacklevel=2,
         )
-    _install_sites(model, root_seed, rename)
+    _install_sites(model, root_seed, rename, placement)
     return model
 
 
@@ -881,7 +993,12 @@ def _site_context(model: torch.nn.Module) -> functional.SiteContext | None:
     return None
 
 
-def _install_sites(model: torch.nn.Module, seed: int, rename: Callable[[str], str] | None) -> None:
+def _install_sites(
+    model: torch.nn.Module,
+    seed: int,
+    rename: Callable[[str], str] | None,
+    placement: functional.DataParallel,
+) -> None:
     """The root's seed and step buffers, and the hooks that name the running module and enter
     the functional mode around the root's forward; on a model converted before, hooks only on
     the modules added since."""
@@ -891,7 +1008,10 @@ def _install_sites(model: torch.nn.Module, seed: int, rename: Callable[[str], st
         value = torch.tensor(common.signed(seed, 64), dtype=torch.int64, device=device)
         model.register_buffer("xdrop_seed", value)
         model.register_buffer("xdrop_step", torch.zeros((), dtype=torch.int64, device=device))
-    context = _site_context(model) or functional.SiteContext(rename)
+    context = _site_context(model)
+    if context is None:
+        context = functional.SiteContext(rename)
+        context.data_parallel = placement
     for name, module in model.named_modules():
         hooked = any(
             isinstance(hook, functional.EnterModule) and hook.context is context

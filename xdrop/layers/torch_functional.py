@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import functools
 import math
+import sys
 import types
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 import torch
@@ -24,7 +25,14 @@ from torch.overrides import TorchFunctionMode
 
 import xdrop
 from xdrop import spec
-from xdrop.errors import ArgumentTypeError, UnconvertedDropoutError, bad_type
+from xdrop.errors import (
+    ArgumentTypeError,
+    Shown,
+    TracingError,
+    UnconvertedDropoutError,
+    bad_type,
+    bad_value,
+)
 from xdrop.layers import common
 
 _DROPOUT = "dropout"
@@ -91,6 +99,115 @@ def renamed(rename: Callable[[str], str] | None, name: str) -> str:
     return result
 
 
+class DataParallel:
+    """Where a draw lies among data-parallel ranks: a layer's (or a converted model's)
+    ``data_parallel`` and ``data_parallel_group``, applied to one call's seed and input by
+    :meth:`place`. The rank and the world size are read at call time from ``torch.distributed``
+    (the default group, or ``group``: a ``ProcessGroup`` or a 1-d ``DeviceMesh`` of the
+    data-parallel ranks, as in hybrid data and tensor parallelism, where the global rank is not
+    the data-parallel one)."""
+
+    def __init__(self, data_parallel: object = None, group: object = None) -> None:
+        self.mode = common.check_data_parallel(data_parallel)
+        self.group = check_data_parallel_group(group)
+
+    def rank_and_world(self) -> tuple[int, int]:
+        """This process's rank in the data-parallel group and the group's size; ``(0, 1)``
+        without an initialised ``torch.distributed``."""
+        import torch.distributed as dist
+
+        group = self.group
+        if _is_device_mesh(group):
+            return group.get_local_rank(), group.size()
+        if not (dist.is_available() and dist.is_initialized()):
+            return 0, 1
+        return dist.get_rank(group), dist.get_world_size(group)
+
+    def place(
+        self,
+        seed: Any,
+        x: torch.Tensor,
+        noise_shape: Sequence[int | None] | None = None,
+        batched: bool = True,
+    ) -> tuple[Any, int | xdrop.Block]:
+        """``(seed, offset)`` for a draw on ``x`` with this step's ``seed``: ``"per_rank"``
+        folds the rank in (``xdrop.fold_in(seed, rank)``); ``"global_batch"`` keeps the seed
+        and places ``x`` at its rows of the global batch (:func:`common.batch_rows`,
+        :func:`common.batch_block`), gathering the ranks' batch sizes so that an uneven last
+        batch is placed exactly. One rank, or a DTensor (global already): as they are.
+        ``batched``: axis 0 of ``x`` is its batch (an unbatched input is refused with
+        ``"global_batch"``)."""
+        if _is_dtensor(x):
+            return seed, 0
+        rank, world = self.rank_and_world()
+        mode = common.data_parallel_mode(self.mode, world)
+        if mode is None:
+            return seed, 0
+        if mode == "per_rank":
+            return xdrop.fold_in(seed, rank), 0
+        if x.dim() == 0 or not batched:
+            shown = Shown(f"<tensor of shape {tuple(x.shape)}>")
+            allowed = 'a batched tensor (the batch on axis 0) for data_parallel="global_batch"'
+            raise bad_value("x", shown, allowed)
+        start, total = common.batch_rows(self._batch_sizes(x, world), rank)
+        return seed, common.batch_block(tuple(x.shape), start, total, noise_shape)
+
+    def _batch_sizes(self, x: torch.Tensor, world: int) -> list[int]:
+        """Every rank's local batch size (axis 0), in rank order: one all_gather of one integer
+        per drawing call."""
+        if torch.compiler.is_compiling():
+            raise TracingError(  # torch.compile breaks the graph here and runs it eagerly
+                'data_parallel="global_batch" gathers the ranks\' batch sizes on each call, '
+                "which a compiled graph cannot hold: torch.compile runs the layer eagerly "
+                '(a graph break), fullgraph=True cannot; use data_parallel="per_rank" in a '
+                "full graph"
+            )
+        import torch.distributed as dist
+
+        group = self.group.get_group() if _is_device_mesh(self.group) else self.group
+        # on x's device, where the backend communicates (NCCL: CUDA only), gloo alone: the CPU
+        device = torch.device("cpu") if dist.get_backend(group) == "gloo" else x.device
+        size = torch.tensor([x.shape[0]], dtype=torch.int64, device=device)
+        sizes = [torch.empty_like(size) for _ in range(world)]
+        dist.all_gather(sizes, size, group=group)
+        return [int(entry) for entry in sizes]
+
+    def __getstate__(self) -> dict[str, Any]:
+        # a process group lives in one process: a pickled model takes the default group
+        return {"mode": self.mode, "group": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.mode, self.group = state["mode"], state["group"]
+
+
+def check_data_parallel_group(group: object) -> Any:
+    """None, a ``torch.distributed.ProcessGroup``, or a 1-d ``DeviceMesh`` (``mesh["dp"]``)."""
+    allowed = (
+        "None, a torch.distributed.ProcessGroup or a 1-d DeviceMesh of the data-parallel ranks"
+    )
+    if group is None:
+        return None
+    if _is_device_mesh(group):
+        if getattr(group, "ndim", None) != 1:
+            raise bad_value("data_parallel_group", group, allowed)
+        return group
+    import torch.distributed as dist
+
+    if dist.is_available() and isinstance(group, dist.ProcessGroup):
+        return group
+    raise bad_type("data_parallel_group", group, allowed)
+
+
+def _is_device_mesh(group: object) -> bool:
+    mesh = sys.modules.get("torch.distributed.device_mesh")
+    return mesh is not None and isinstance(group, mesh.DeviceMesh)
+
+
+def _is_dtensor(x: object) -> bool:
+    dtensor = sys.modules.get("torch.distributed.tensor")
+    return dtensor is not None and isinstance(x, dtensor.DTensor)
+
+
 class SiteContext:
     """A converted root's Python state during one forward: the stack of modules whose forward
     is running (by qualified name), the number of site calls each made, and the active mode.
@@ -99,6 +216,7 @@ class SiteContext:
 
     def __init__(self, rename: Callable[[str], str] | None) -> None:
         self.rename = rename
+        self.data_parallel = DataParallel()
         self.stack: list[str] = []
         self.counts: dict[str, int] = {}
         self.mode: FunctionalDropout | None = None
@@ -135,10 +253,12 @@ class SiteContext:
             self.mirrored = seed, step, seed._version, step._version
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"rename": self.rename}  # a forward's state, and the mirror, stay behind
+        # a forward's state, and the mirror, stay behind
+        return {"rename": self.rename, "data_parallel": self.data_parallel}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["rename"])  # type: ignore[misc]
+        self.data_parallel = state.get("data_parallel", DataParallel())
 
 
 class EnterModule:
@@ -301,7 +421,7 @@ class FunctionalDropout(TorchFunctionMode):
             self._skip_site()
             return func(*args, **kwargs)
         seed = self._site_seed()
-        y = _draw(kind, x, p, seed)
+        y = _draw(kind, x, p, seed, self.context.data_parallel)
         if inplace:
             x.copy_(y)
             return x
@@ -316,7 +436,8 @@ class FunctionalDropout(TorchFunctionMode):
             return _NATIVE(*args, **kwargs)
         seed = self._site_seed()
         logical = x if x.is_contiguous() else x.contiguous()
-        y, keep = xdrop.dropout(logical, _rate(p), seed=seed, return_mask=True)
+        seed, offset = self.context.data_parallel.place(seed, logical)
+        y, keep = xdrop.dropout(logical, _rate(p), seed=seed, offset=offset, return_mask=True)
         return y, keep
 
     def _attention(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -339,6 +460,7 @@ class FunctionalDropout(TorchFunctionMode):
             scale,
             enable_gqa,
             seed,
+            self.context.data_parallel,
         )
 
 
@@ -446,25 +568,31 @@ def _rate(p: Any) -> Any:
     return float(p) if isinstance(p, (int, float)) else p
 
 
-def _draw(kind: str, x: torch.Tensor, p: Any, seed: torch.Tensor | int) -> torch.Tensor:
+def _draw(
+    kind: str, x: torch.Tensor, p: Any, seed: torch.Tensor | int, data_parallel: DataParallel
+) -> torch.Tensor:
     """What the function computes in training, with xdrop's mask for ``seed``: one decision per
     element, or per ``(N, C)`` channel (per ``C`` of an unbatched input) as torch reads the
-    input's rank."""
+    input's rank; placed among data-parallel ranks by ``data_parallel``."""
     logical = x if x.is_contiguous() else x.contiguous()
     ndim = x.dim()
     noise: tuple[int | None, ...] | None = None
+    batched = True  # axis 0 is the batch (else the channels of an unbatched input)
     if kind in (_FEATURE, _FEATURE_ALPHA):
         noise = (None, None) + (1,) * (ndim - 2)
     elif kind == _DROPOUT1D:
-        noise = (None, None, 1) if ndim == 3 else (None, 1)
+        batched = ndim == 3
+        noise = (None, None, 1) if batched else (None, 1)
     elif kind == _DROPOUT3D:
-        leading = 2 if ndim == 5 else 1
+        batched = ndim == 5
+        leading = 2 if batched else 1
         noise = (None,) * leading + (1,) * (ndim - leading)
     rate = _rate(p)
+    placed, offset = data_parallel.place(seed, logical, noise, batched=batched)
     if kind in (_ALPHA, _FEATURE_ALPHA):
-        y = xdrop.alpha_dropout(logical, rate, seed=seed, noise_shape=noise)
+        y = xdrop.alpha_dropout(logical, rate, seed=placed, noise_shape=noise, offset=offset)
     else:
-        y = xdrop.dropout(logical, rate, seed=seed, noise_shape=noise)
+        y = xdrop.dropout(logical, rate, seed=placed, noise_shape=noise, offset=offset)
     assert isinstance(y, torch.Tensor)
     return y
 
@@ -479,6 +607,7 @@ def attention(
     scale: float | None,
     enable_gqa: bool,
     seed: Any,
+    data_parallel: DataParallel | None = None,
 ) -> torch.Tensor:
     """``F.scaled_dot_product_attention`` computed explicitly, with xdrop's dropout on the
     attention probabilities::
@@ -489,7 +618,8 @@ def attention(
     ``bias`` is ``-inf`` above the diagonal for ``is_causal`` (top-left aligned, as torch),
     ``-inf`` where a boolean ``attn_mask`` is False, or a float ``attn_mask`` itself; ``scale``
     defaults to ``1 / sqrt(E)``; with ``enable_gqa`` each key/value head serves
-    ``Hq / Hkv`` query heads, as torch repeats them.
+    ``Hq / Hkv`` query heads, as torch repeats them. ``data_parallel`` places the dropout's
+    draw among data-parallel ranks (axis 0 the batch), as a converted model's calls draw.
 
     Example:
         >>> import torch.nn.functional as F
@@ -518,5 +648,8 @@ def attention(
     probs = torch.softmax(scores, dim=-1)
     blocked = (scores == -math.inf).all(dim=-1, keepdim=True)
     probs = probs.masked_fill(blocked, 0.0)
-    dropped: torch.Tensor = xdrop.dropout(probs, dropout_p, seed=seed)
+    offset: int | xdrop.Block = 0
+    if data_parallel is not None:
+        seed, offset = data_parallel.place(seed, probs)
+    dropped: torch.Tensor = xdrop.dropout(probs, dropout_p, seed=seed, offset=offset)
     return dropped @ value
