@@ -85,6 +85,18 @@ class Dropout(common.DropoutDraws, nnx.Module):
             generator (reproducible after ``xdrop.manual_seed``). Not with ``rngs``.
         mode: ``"inverted"`` (scale kept elements by ``1 / (1 - rate)`` in training) or
             ``"classic"`` (scale by ``1 - rate`` in evaluation).
+        data_parallel: how processes draw on process-local arrays, read at each call from
+            ``jax.process_index()`` (``r``) and ``jax.process_count()`` (``R``). With
+            ``R > 1``, ``"per_rank"`` draws with ``xdrop.fold_in(k, r)`` for the key ``k``
+            the call would use (``xdrop.fold_in(seed, t)``, or the ``rngs``' key);
+            ``"global_batch"`` places process ``r``'s ``B`` rows at rows ``[r * B, (r + 1) *
+            B)`` of a global batch of ``R * B`` (an :class:`xdrop.Block`; every process must
+            hold ``B`` rows, which a process cannot check under ``jit``), so the processes
+            draw together what one process draws over the global batch; None (default) is
+            ``"per_rank"``. With one process, and for global ``jax.Array`` inputs (under
+            ``jit`` too: their sharding spans the processes), every mode draws as one process
+            does. The stored seed and step are the same in every process.
+            :class:`DropBlock2D` does not take ``"global_batch"``.
 
     Example:
         >>> import jax.numpy as jnp, xdrop

@@ -240,6 +240,19 @@ class Dropout(common.DropoutDraws, keras.layers.Layer):
             in use, so ``from_config`` rebuilds the same stream.
         mode: ``"inverted"`` (scale kept elements by ``1 / (1 - rate)`` in training) or
             ``"classic"`` (scale by ``1 - rate`` in evaluation).
+        data_parallel: how replicas draw, read at each call where the backend keeps them
+            (TensorFlow: the ``tf.distribute`` replica context, so ``fit`` under a strategy;
+            JAX: ``jax.process_index()`` of ``jax.process_count()`` for process-local arrays;
+            torch: ``torch.distributed``). Among ``R > 1`` replicas, ``"per_rank"`` draws
+            with ``xdrop.fold_in(xdrop.fold_in(seed, t), r)`` on replica ``r``;
+            ``"global_batch"`` places replica ``r``'s rows in the global batch (an
+            :class:`xdrop.Block`; on TensorFlow from every replica's gathered batch size, so
+            an uneven split is placed exactly), so the replicas draw together what one device
+            draws over the global batch; None (default) is ``"per_rank"``. With one replica,
+            and for global ``jax.Array`` inputs, every mode draws as one device does. The
+            stored seed and step are the same on every replica. ``DropBlock2D`` and
+            ``GaussianNoise`` do not take ``"global_batch"``. See the page "One mask on one
+            device or many".
         **kwargs: Keras layer arguments (``name``, ``dtype``).
 
     Raises ``ValueError`` (:class:`xdrop.ArgumentValueError`) where Keras' layer raises one: a
