@@ -6,7 +6,8 @@ A Flax NNX model whose dropout :func:`xdrop.layers.flax.convert` made xdrop's, t
 ``nnx.jit`` on process-local batches:
 
 - by default (and with ``"per_rank"``) process ``r`` draws at step ``t`` the mask of
-  ``xdrop.fold_in(xdrop.fold_in(site_seed, t), r)``;
+  ``xdrop.fold_in(xdrop.fold_in(seed, t), r)`` (a layer given Flax's ``rngs``: its key folded
+  with ``r``);
 - with ``"global_batch"`` the two processes' masks, put together, are one process's over the
   global batch, and three steps of SGD (gradients averaged over the processes) give one
   process's weights over the global batch (the run alone checks them); the state written after
@@ -78,6 +79,10 @@ def check_masks(data: np.ndarray) -> None:
             assert np.array_equal(mine, xdrop.dropout(np.ones((BATCH, 5)), RATE, seed=seed))
             both = gathered(mine)
             assert not np.array_equal(both[0], both[1]), data_parallel
+    flax_style = xflax.Dropout(RATE, rngs=nnx.Rngs(dropout=0))  # Flax's key, folded too
+    key = xdrop.fold_in(nnx.Rngs(dropout=0).fork().dropout(), RANK)
+    expected = xdrop.dropout(np.ones((BATCH, 5)), RATE, seed=key)
+    assert np.array_equal(np.asarray(masks(flax_style, ones)), expected)
     layer = xflax.Dropout(RATE, seed=SEED, data_parallel="global_batch")
     for t, batch in enumerate((BATCH, 3)):  # a new shape is a new trace
         mine = np.asarray(masks(layer, jnp.ones((batch, 5))))
