@@ -81,7 +81,7 @@ def check_masks(data: np.ndarray) -> None:
             assert not np.array_equal(both[0], both[1]), data_parallel
     flax_style = xflax.Dropout(RATE, rngs=nnx.Rngs(dropout=0))  # Flax's key, folded too
     key = xdrop.fold_in(nnx.Rngs(dropout=0).fork().dropout(), RANK)
-    expected = xdrop.dropout(np.ones((BATCH, 5)), RATE, seed=key)
+    expected = np.asarray(xdrop.dropout(ones, RATE, seed=key))
     assert np.array_equal(np.asarray(masks(flax_style, ones)), expected)
     layer = xflax.Dropout(RATE, seed=SEED, data_parallel="global_batch")
     for t, batch in enumerate((BATCH, 3)):  # a new shape is a new trace
