@@ -444,3 +444,15 @@ def test_attention_is_not_converted_while_jax_draws_bernoulli_masks_another_way(
     finally:
         jax.config.update("jax_threefry_partitionable", before)
     assert attn(x).shape == x.shape
+
+
+def test_convert_gives_every_new_dropout_its_data_parallel_mode():
+    class Block(nnx.Module):
+        def __init__(self) -> None:
+            self.first = nnx.Dropout(0.5, rngs=nnx.Rngs(0))
+            self.second = nnx.Dropout(0.2, rngs=nnx.Rngs(1))
+
+    model = convert(Block(), seed=0, data_parallel="global_batch")
+    assert [model.first.data_parallel, model.second.data_parallel] == ["global_batch"] * 2
+    with pytest.raises(xdrop.ArgumentValueError, match="data_parallel"):
+        convert(Block(), seed=0, data_parallel="everywhere")

@@ -386,3 +386,22 @@ def test_the_step_carries_past_2_to_the_32_instead_of_repeating_the_stream():
     np.testing.assert_array_equal(layer(x), xdrop.dropout(x, 0.5, seed=carried))
     assert layer.step_value == 2**32 + 1
     assert not np.array_equal(layer(x), contract(x, 0.5, 6, 1))  # not step 1's mask again
+
+
+@pytest.mark.parametrize("data_parallel", [None, "per_rank", "global_batch"])
+def test_one_process_draws_the_same_masks_in_every_data_parallel_mode(data_parallel):
+    layer = Dropout(0.5, seed=3, data_parallel=data_parallel)
+    step = nnx.jit(lambda module, v: module(v))
+    x = jnp.ones((4, 6))
+    for t in range(2):
+        expected = xdrop.dropout(np.ones((4, 6)), 0.5, seed=xdrop.fold_in(3, t))
+        np.testing.assert_array_equal(np.asarray(step(layer, x)), expected)
+
+
+def test_data_parallel_is_refused_unless_a_mode_and_global_batch_for_drop_block():
+    with pytest.raises(xdrop.ArgumentValueError, match=r"data_parallel .*'rows'"):
+        Dropout(0.5, data_parallel="rows")
+    with pytest.raises(xdrop.ArgumentValueError, match="DropBlock2D"):
+        DropBlock2D(0.1, 3, data_parallel="global_batch")
+    assert DropPath(0.1, seed=0, data_parallel="global_batch").data_parallel == "global_batch"
+    assert AlphaDropout(0.1, seed=0, data_parallel="per_rank").data_parallel == "per_rank"

@@ -24,6 +24,7 @@ from xdrop.layers.keras import (  # noqa: E402
     SpatialDropout1D,
     SpatialDropout2D,
     SpatialDropout3D,
+    convert,
 )
 
 # The checks that run on one Keras backend only, and that backend: elsewhere they skip, and
@@ -465,3 +466,32 @@ def test_gaussian_noise_adds_the_normals_gaussian_dropout_multiplies_by():
     factor = xdrop.gaussian_dropout(np.ones_like(x), 0.5, seed=xdrop.fold_in(4, 0))  # 1 + 1 * z
     np.testing.assert_allclose(noise, factor - 1, rtol=0, atol=2e-6)
     assert 0.8 < noise.std() < 1.2
+
+
+@pytest.mark.parametrize("data_parallel", [None, "per_rank", "global_batch"])
+def test_one_replica_draws_the_same_masks_in_every_data_parallel_mode(data_parallel):
+    layer = Dropout(0.5, seed=3, data_parallel=data_parallel)
+    x = np.ones((4, 6), "float32")
+    for step in range(2):
+        np.testing.assert_array_equal(host(layer(x, training=True)), contract(x, 0.5, 3, step))
+    again = Dropout.from_config(layer.get_config())
+    assert again.data_parallel == data_parallel and again.seed == 3
+
+
+def test_data_parallel_is_refused_unless_a_mode_and_global_batch_where_it_cannot_be_drawn():
+    with pytest.raises(xdrop.ArgumentValueError, match=r"data_parallel .*'rows'"):
+        Dropout(0.5, data_parallel="rows")
+    with pytest.raises(xdrop.ArgumentValueError, match="GaussianNoise"):
+        GaussianNoise(0.1, data_parallel="global_batch")
+    model = keras.Sequential([keras.Input((4,)), keras.layers.GaussianNoise(0.1)])
+    with pytest.raises(xdrop.ArgumentValueError, match="GaussianNoise"):
+        convert(model, seed=0, data_parallel="global_batch")
+    assert type(model.layers[0]) is keras.layers.GaussianNoise  # refused before any change
+
+
+def test_convert_gives_every_converted_layer_its_data_parallel_mode():
+    layers = [keras.layers.Dropout(0.5), keras.layers.SpatialDropout1D(0.2)]
+    model = keras.Sequential([keras.Input((3, 4)), *layers])
+    convert(model, seed=0, data_parallel="per_rank")
+    assert [layer.data_parallel for layer in model.layers] == ["per_rank", "per_rank"]
+    assert [type(layer).__module__ for layer in model.layers] == ["xdrop.layers.keras"] * 2

@@ -5,15 +5,17 @@ call. Imports no framework."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
 import xdrop
-from xdrop import api, seeds, spec
+from xdrop import api, seeds, sharding, spec
 from xdrop.errors import Shown, bad_type, bad_value
 from xdrop.protocol import FamilyBackend, SeedBackend, require
 from xdrop.registry import backend_for
@@ -217,14 +219,12 @@ def batch_block(
     >>> batch_block((2, 3), 2, 4)
     Block(global_shape=(4, 3), start=(2, 0), offset=0)
     """
-    rest = tuple(int(size) for size in shape[1:])
-    if noise_shape is not None:
-        if noise_shape[0] == 1:
-            return 0
-        rest = tuple(
-            1 if entry == 1 else size for entry, size in zip(noise_shape[1:], rest, strict=True)
-        )
-    return xdrop.Block((total, *rest), (start,) + (0,) * len(rest))
+    if noise_shape is None:
+        return global_batch_block(shape, start, total)
+    if noise_shape[0] == 1:
+        return 0
+    mask = tuple(1 if entry == 1 else size for entry, size in zip(noise_shape, shape, strict=True))
+    return global_batch_block(mask, start, total)
 
 
 class DropoutDraws:
@@ -280,6 +280,34 @@ class DropoutDraws:
     def _evaluate(self, inputs: Any, rate: float) -> Any:
         return xdrop.dropout(inputs, rate, training=False, mode=self.mode)
 
+    _global_batch_refused: str | None = None
+    """Why the variant cannot draw in ``data_parallel="global_batch"`` (None: it can)."""
+
+    def _placed_shape(
+        self, shape: Sequence[int | None], noise_shape: Sequence[int | None] | None
+    ) -> tuple[int | None, ...]:
+        """The shape of what a Block offset places for an input of ``shape``: the mask, at the
+        noise shape (its None entries the input's sizes)."""
+        if noise_shape is None:
+            return tuple(shape)
+        return tuple(
+            size if entry is None else entry for entry, size in zip(noise_shape, shape, strict=True)
+        )
+
+    @staticmethod
+    def _shares_batch(noise_shape: Sequence[int | None] | None) -> bool:
+        """Whether a mask of ``noise_shape`` holds one decision along the batch axis."""
+        return noise_shape is not None and len(noise_shape) > 0 and noise_shape[0] == 1
+
+    @classmethod
+    def _check_data_parallel(cls, data_parallel: object) -> str | None:
+        """``data_parallel`` checked for this variant."""
+        mode = check_data_parallel(data_parallel)
+        if mode == "global_batch" and cls._global_batch_refused is not None:
+            allowed = f'"per_rank" or None for {cls.__name__} ({cls._global_batch_refused})'
+            raise bad_value("data_parallel", mode, allowed)
+        return mode
+
 
 class FamilyDraws(DropoutDraws):
     """A member of the dropout family: no ``mode``, and evaluation returns the inputs."""
@@ -332,6 +360,8 @@ class DropBlock2DDraws(FamilyDraws):
     """:func:`xdrop.drop_block`: drops square (``spatial_dims = 3``: cubic) blocks of
     ``block_size`` of each feature map. The class attributes are the function's defaults; a
     layer that takes timm's or torchvision's arguments sets them on the instance."""
+
+    _global_batch_refused = "each rank would draw the whole global batch's corners"
 
     block_size: int
     data_format: str
@@ -421,7 +451,115 @@ class GaussianNoiseDraws(FamilyDraws):
     """Additive zero-centred Gaussian noise of standard deviation ``stddev`` (held as the rate:
     a real number in ``[0, 1]``, as Keras' ``GaussianNoise`` takes it)."""
 
+    _global_batch_refused = "its normals take no offset"
+
     def _draw(self, inputs: Any, rate: float, seed: Any, noise_shape: Any, offset: Any = 0) -> Any:
-        if not (isinstance(offset, int) and offset == 0):
-            raise bad_value("offset", offset, "0: GaussianNoise draws no block of a larger batch")
         return gaussian_noise(inputs, rate, seed)
+
+
+# -- Data-parallel placement of the Keras and Flax layers -------------------------------------------
+
+def per_rank_seed(seed: Any, rank: Any) -> Any:
+    """The seed of a call on data-parallel rank ``rank`` in ``"per_rank"`` mode:
+    ``xdrop.fold_in(seed, rank)``, for the seed the call would draw with alone (a seed array)
+    and the rank as an integer or a 0-d integer array (a replica id in a graph)."""
+    return xdrop.fold_in(seed, rank)
+
+
+def global_batch_block(
+    mask_shape: Sequence[int | None], first: Any, rows: int | None
+) -> sharding.Block:
+    """The :class:`xdrop.Block` of a rank's mask in ``"global_batch"`` mode: the rank's local
+    batch (axis 0 of a mask of ``mask_shape``) is rows ``[first, first + B)`` of a global batch of
+    ``rows`` rows, so each element draws the counter it has in the global mask. ``first`` may be
+    a 0-d integer array (traced).
+
+    ``rows`` None (unknown where the layer is traced)
+    places the mask in the tallest logical tensor whose counters fit: axis 0 is outermost in
+    row-major order, so the counters of its first rows are those of the global batch's, whatever
+    the number of rows. The other axes must be known."""
+    if any(size is None for size in mask_shape[1:]):
+        shown = Shown(f"<mask of shape {tuple(mask_shape)}>")
+        raise bad_value(
+            "data_parallel",
+            shown,
+            '"per_rank" or None where the axes after the batch axis are known only at run '
+            'time ("global_batch" places each row by the sizes of the others)',
+        )
+    rest = tuple(int(size) for size in mask_shape[1:] if size is not None)
+    row = math.prod(rest)
+    if rows is None:
+        rows = min(sharding.AXIS_LIMIT - 1, spec.SEED_COUNT // max(row, 1))
+    return sharding.Block((rows, *rest), (first, *(0,) * len(rest)))
+
+
+def even_rows(rank: Any, world: int, batch: int | None) -> tuple[Any, int | None]:
+    """Where a rank's ``batch`` rows lie in the global batch when every rank holds as many:
+    from row ``rank * batch``, of ``world * batch`` rows (None where ``batch`` is unknown)."""
+    if batch is None:
+        raise bad_value(
+            "data_parallel",
+            "global_batch",
+            '"per_rank" or None for inputs whose batch size is known only at run time',
+        )
+    return rank * batch, world * batch
+
+
+@dataclasses.dataclass(frozen=True)
+class Ranks:
+    """The data-parallel ranks a layer's call runs among: its ``rank`` (an integer, or a 0-d
+    integer array such as a replica id in a graph), the ``world`` size, and ``rows``: for a
+    local batch of ``B`` rows (None where unknown), the global row it starts at and the global
+    batch's row count (None where unknown); :func:`even_rows` unless the framework can ask the
+    other ranks."""
+
+    rank: Any = 0
+    world: int = 1
+    rows: Callable[[int | None], tuple[Any, int | None]] | None = None
+
+    def place(
+        self,
+        data_parallel: str | None,
+        seed: Any,
+        mask_shape: Sequence[int | None],
+        shares_batch: bool = False,
+    ) -> tuple[Any, Any]:
+        """The seed and the offset a training call draws with, in the mode
+        :func:`data_parallel_mode` gives: ``(seed, 0)`` as one process draws;
+        ``(per_rank_seed(seed, rank), 0)`` in ``"per_rank"`` mode; in ``"global_batch"``
+        mode ``seed`` and the :func:`global_batch_block` of a mask of ``mask_shape``, or
+        ``(seed, 0)`` where the mask ``shares_batch`` (one decision along the batch axis: the
+        global batch's, on every rank)."""
+        mode = data_parallel_mode(data_parallel, self.world)
+        if mode is None:
+            return seed, 0
+        if mode == "per_rank":
+            return per_rank_seed(seed, self.rank), 0
+        if shares_batch or not mask_shape:
+            return seed, 0
+        batch = mask_shape[0]
+        if self.rows is None:
+            first, rows = even_rows(self.rank, self.world, batch)
+        else:
+            first, rows = self.rows(batch)
+        return seed, global_batch_block(mask_shape, first, rows)
+
+
+def process_ranks(inputs: Any) -> Ranks:
+    """The ranks of a JAX call: ``jax.process_index()`` among ``jax.process_count()`` for
+    ``inputs`` local to this process; one rank (no fold-in, no Block) for an array that spans
+    the devices of several processes (a global ``jax.Array``, or its tracer under ``jit``, whose
+    sharding's mesh is larger than this process's devices): its mask already is the global
+    tensor's."""
+    import jax
+
+    if jax.process_count() == 1:
+        return Ranks()
+    if isinstance(inputs, jax.Array) and not isinstance(inputs, jax.core.Tracer):
+        spans = not inputs.is_fully_addressable
+    else:
+        mesh = getattr(getattr(jax.typeof(inputs), "sharding", None), "mesh", None)
+        spans = mesh is not None and mesh.size > jax.local_device_count()
+    if spans:
+        return Ranks()
+    return Ranks(jax.process_index(), jax.process_count())

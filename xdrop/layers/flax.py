@@ -85,6 +85,18 @@ class Dropout(common.DropoutDraws, nnx.Module):
             generator (reproducible after ``xdrop.manual_seed``). Not with ``rngs``.
         mode: ``"inverted"`` (scale kept elements by ``1 / (1 - rate)`` in training) or
             ``"classic"`` (scale by ``1 - rate`` in evaluation).
+        data_parallel: how processes draw on process-local arrays, read at each call from
+            ``jax.process_index()`` (``r``) and ``jax.process_count()`` (``R``). With
+            ``R > 1``, ``"per_rank"`` draws with ``xdrop.fold_in(k, r)`` for the key ``k``
+            the call would use (``xdrop.fold_in(seed, t)``, or the ``rngs``' key);
+            ``"global_batch"`` places process ``r``'s ``B`` rows at rows ``[r * B, (r + 1) *
+            B)`` of a global batch of ``R * B`` (an :class:`xdrop.Block`; every process must
+            hold ``B`` rows, which a process cannot check under ``jit``), so the processes
+            draw together what one process draws over the global batch; None (default) is
+            ``"per_rank"``. With one process, and for global ``jax.Array`` inputs (under
+            ``jit`` too: their sharding spans the processes), every mode draws as one process
+            does. The stored seed and step are the same in every process.
+            :class:`DropBlock2D` does not take ``"global_batch"``.
 
     Example:
         >>> import jax.numpy as jnp, xdrop
@@ -112,8 +124,10 @@ class Dropout(common.DropoutDraws, nnx.Module):
         rngs: Rngs | None = None,
         seed: int | xdrop.Generator | None = None,
         mode: str = "inverted",
+        data_parallel: str | None = None,
     ) -> None:
         self.rate = self._check_rate("rate", rate)
+        self.data_parallel = self._check_data_parallel(data_parallel)
         if not isinstance(broadcast_dims, Sequence) or not all(map(is_integer, broadcast_dims)):
             raise bad_type("broadcast_dims", broadcast_dims, "a sequence of integer axes")
         self.broadcast_dims = tuple(int(axis) for axis in broadcast_dims)
@@ -153,13 +167,20 @@ class Dropout(common.DropoutDraws, nnx.Module):
             return self._evaluate(inputs, self.rate)  # type: ignore[no-any-return]
         noise_shape = common.spatial_noise_shape(inputs.ndim, self.broadcast_dims)
         if rngs is not None:
-            return self._draw(inputs, self.rate, _key(rngs, self.rng_collection), noise_shape)  # type: ignore[no-any-return]
-        if self.rngs is not None:
-            return self._draw(inputs, self.rate, self.rngs(), noise_shape)  # type: ignore[no-any-return]
-        step = self.step[...]
-        y = self._draw(inputs, self.rate, common.step_seed(self.seed[...], step), noise_shape)
-        self.step[...] = _next_step(step)
-        return y  # type: ignore[no-any-return]
+            seed = _key(rngs, self.rng_collection)
+        elif self.rngs is not None:
+            seed = self.rngs()
+        else:
+            step = self.step[...]
+            seed = common.step_seed(self.seed[...], step)
+            self.step[...] = _next_step(step)
+        seed, offset = common.process_ranks(inputs).place(
+            self.data_parallel,
+            seed,
+            self._placed_shape(inputs.shape, noise_shape),
+            self._shares_batch(noise_shape),
+        )
+        return self._draw(inputs, self.rate, seed, noise_shape, offset)  # type: ignore[no-any-return]
 
     def set_view(self, deterministic: bool | None = None) -> None:
         """Used by ``nnx.view(model, deterministic=...)``.
@@ -239,6 +260,7 @@ class AlphaDropout(common.AlphaDropoutDraws, Dropout):
         rng_collection: str = "dropout",
         rngs: Rngs | None = None,
         seed: int | xdrop.Generator | None = None,
+        data_parallel: str | None = None,
     ) -> None:
         super().__init__(
             rate,
@@ -247,6 +269,7 @@ class AlphaDropout(common.AlphaDropoutDraws, Dropout):
             rng_collection=rng_collection,
             rngs=rngs,
             seed=seed,
+            data_parallel=data_parallel,
         )
 
 
@@ -278,6 +301,7 @@ class DropPath(common.DropPathDraws, Dropout):
         rng_collection: str = "dropout",
         rngs: Rngs | None = None,
         seed: int | xdrop.Generator | None = None,
+        data_parallel: str | None = None,
     ) -> None:
         super().__init__(
             rate,
@@ -285,6 +309,7 @@ class DropPath(common.DropPathDraws, Dropout):
             rng_collection=rng_collection,
             rngs=rngs,
             seed=seed,
+            data_parallel=data_parallel,
         )
         self.path_mode, self.scale_by_keep = common.check_drop_path_options(mode, scale_by_keep)
 
@@ -307,6 +332,7 @@ class DropBlock2D(common.DropBlock2DDraws, Dropout):
         rng_collection: str = "dropout",
         rngs: Rngs | None = None,
         seed: int | xdrop.Generator | None = None,
+        data_parallel: str | None = None,
     ) -> None:
         super().__init__(
             rate,
@@ -314,6 +340,7 @@ class DropBlock2D(common.DropBlock2DDraws, Dropout):
             rng_collection=rng_collection,
             rngs=rngs,
             seed=seed,
+            data_parallel=data_parallel,
         )
         self.block_size = common.check_block_size(block_size)
         self.data_format = common.check_data_format(data_format)
@@ -465,6 +492,7 @@ def convert(
     seed: int,
     strict: bool = False,
     rename: Callable[[str], str] | None = None,
+    data_parallel: str | None = None,
 ) -> nnx.Module:
     """Make every dropout of an NNX model written with Flax's modules portable, seeded and
     resumable, in place; returns ``module``.
@@ -513,6 +541,9 @@ def convert(
         strict: raise rather than warn when some dropout cannot be converted.
         rename: maps each site's dotted path to the name its seed is derived from (e.g. to the
             name the same site has in a PyTorch model); each site's name must be unique.
+        data_parallel: how the new :class:`Dropout` modules draw among processes (their
+            ``data_parallel``): ``"per_rank"``, ``"global_batch"`` or None. A converted
+            ``nnx.MultiHeadAttention`` draws from its :class:`SiteStream` in every process.
 
     Returns:
         ``module``.
@@ -541,6 +572,7 @@ def convert(
     read = seed_value(seed) if isinstance(seed, np.integer) else None
     seed = check_natural("seed", seed, 64, read=read)
     strict = check_flag("strict", strict)
+    data_parallel = common.check_data_parallel(data_parallel)
     if rename is not None and not callable(rename):
         raise bad_type("rename", rename, "None or a function from a site's path to its name")
     found = _Found()
@@ -564,6 +596,7 @@ def convert(
             deterministic=site.deterministic,
             rng_collection=site.rng_collection,
             seed=site_seed,
+            data_parallel=data_parallel,
         )
         replacements[id(site)] = (site, new)
     # every check is done and every new module built: only now is the model changed

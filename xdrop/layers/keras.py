@@ -165,6 +165,38 @@ class SeedStream(keras.random.SeedGenerator):
         self.state.assign(words.astype(np.int32))
 
 
+def _ranks(inputs: Any) -> common.Ranks:
+    """The data-parallel ranks of a call, read where the backend keeps them: on TensorFlow the
+    replica context of ``tf.distribute`` (``strategy.run``, and so ``fit`` under a strategy; a
+    call outside a replica context sees the whole batch); on JAX the processes
+    (:func:`xdrop.layers.common.process_ranks`); on torch ``torch.distributed`` once it is
+    initialised."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        context = tf.distribute.get_replica_context()
+        if context is None or context.num_replicas_in_sync == 1:
+            return common.Ranks()
+        replica = context.replica_id_in_sync_group
+
+        def rows(batch: int | None) -> tuple[Any, int | None]:
+            # the replicas' batches may differ (the last batch of a dataset split unevenly):
+            # each row's place comes from every replica's size, gathered
+            sizes = context.all_gather(tf.shape(inputs, out_type=tf.int64)[:1], axis=0)
+            return tf.math.cumsum(sizes, exclusive=True)[replica], None
+
+        return common.Ranks(replica, context.num_replicas_in_sync, rows)
+    if backend == "jax":
+        return common.process_ranks(inputs)
+    if backend == "torch":
+        import torch.distributed
+
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return common.Ranks(torch.distributed.get_rank(), torch.distributed.get_world_size())
+    return common.Ranks()
+
+
 def _words(variable: Any) -> list[int]:
     """The four words of a stream's state as unsigned Python integers."""
     values = keras.ops.convert_to_numpy(variable.value).astype(np.int64)
@@ -208,6 +240,19 @@ class Dropout(common.DropoutDraws, keras.layers.Layer):
             in use, so ``from_config`` rebuilds the same stream.
         mode: ``"inverted"`` (scale kept elements by ``1 / (1 - rate)`` in training) or
             ``"classic"`` (scale by ``1 - rate`` in evaluation).
+        data_parallel: how replicas draw, read at each call where the backend keeps them
+            (TensorFlow: the ``tf.distribute`` replica context, so ``fit`` under a strategy;
+            JAX: ``jax.process_index()`` of ``jax.process_count()`` for process-local arrays;
+            torch: ``torch.distributed``). Among ``R > 1`` replicas, ``"per_rank"`` draws
+            with ``xdrop.fold_in(xdrop.fold_in(seed, t), r)`` on replica ``r``;
+            ``"global_batch"`` places replica ``r``'s rows in the global batch (an
+            :class:`xdrop.Block`; on TensorFlow from every replica's gathered batch size, so
+            an uneven split is placed exactly), so the replicas draw together what one device
+            draws over the global batch; None (default) is ``"per_rank"``. With one replica,
+            and for global ``jax.Array`` inputs, every mode draws as one device does. The
+            stored seed and step are the same on every replica. ``DropBlock2D`` and
+            ``GaussianNoise`` do not take ``"global_batch"``. See the page "One mask on one
+            device or many".
         **kwargs: Keras layer arguments (``name``, ``dtype``).
 
     Raises ``ValueError`` (:class:`xdrop.ArgumentValueError`) where Keras' layer raises one: a
@@ -231,6 +276,7 @@ class Dropout(common.DropoutDraws, keras.layers.Layer):
         noise_shape: Sequence[int | None] | None = None,
         seed: int | xdrop.Generator | None = None,
         mode: str = "inverted",
+        data_parallel: str | None = None,
         **kwargs: Any,
     ) -> None:
         defaults = {"noise_shape": None, "mode": "inverted"}
@@ -244,6 +290,7 @@ class Dropout(common.DropoutDraws, keras.layers.Layer):
         self.rate = self._check_rate(self._rate_argument, rate)
         self.noise_shape = _as_value_error(lambda: common.check_noise_shape_entries(noise_shape))
         self.mode = check_mode(mode)
+        self.data_parallel = self._check_data_parallel(data_parallel)
         self.seed_generator = SeedStream(seed)
         self.supports_masking = True
         self._build_at_init()  # as keras.layers.Dropout: no weights depend on the input
@@ -274,7 +321,14 @@ class Dropout(common.DropoutDraws, keras.layers.Layer):
         self._check_input_shape("inputs", inputs.shape)
         if not (training or self.mc_sampling):
             return self._evaluate(inputs, self.rate)
-        return self._draw(inputs, self.rate, self.seed_generator.draw(), self._noise_shape(inputs))
+        noise_shape = self._noise_shape(inputs)
+        seed, offset = _ranks(inputs).place(
+            self.data_parallel,
+            self.seed_generator.draw(),
+            self._placed_shape(tuple(inputs.shape), noise_shape),
+            self._shares_batch(noise_shape),
+        )
+        return self._draw(inputs, self.rate, seed, noise_shape, offset)
 
     def _noise_shape(self, inputs: Any) -> Sequence[int | None] | None:
         return self.noise_shape
@@ -301,7 +355,11 @@ class Dropout(common.DropoutDraws, keras.layers.Layer):
 
     def get_config(self) -> dict[str, Any]:
         config: dict[str, Any] = super().get_config()
-        shared = dict(rate=self.rate, noise_shape=self.noise_shape, seed=self.seed, mode=self.mode)
+        shared: dict[str, Any] = dict(
+            rate=self.rate, noise_shape=self.noise_shape, seed=self.seed, mode=self.mode
+        )
+        if self.data_parallel is not None:  # configs without it stay as they were
+            shared["data_parallel"] = self.data_parallel
         config.update((key, value) for key, value in shared.items() if key not in self._not_taken)
         return {**config, **self._own_config()}
 
@@ -559,7 +617,7 @@ def _spatial_arguments(layer: Any) -> dict[str, Any]:
     return {"rate": layer.rate, "data_format": getattr(layer, "data_format", None)}
 
 
-_CONVERTED: dict[type, tuple[type, Callable[[Any], dict[str, Any]]]] = {
+_CONVERTED: dict[type, tuple[type[Dropout], Callable[[Any], dict[str, Any]]]] = {
     keras.layers.Dropout: (Dropout, _dropout_arguments),
     keras.layers.SpatialDropout1D: (SpatialDropout1D, lambda layer: {"rate": layer.rate}),
     keras.layers.SpatialDropout2D: (SpatialDropout2D, _spatial_arguments),
@@ -678,13 +736,21 @@ def _unbuilt_dropout(layer: Any) -> bool:
     )
 
 
-def _swap(layer: Any, target: type, arguments: dict[str, Any], seed: int) -> None:
+def _swap(
+    layer: Any, target: type, arguments: dict[str, Any], seed: int, data_parallel: str | None
+) -> None:
     """Make ``layer`` (an instance of Keras' layer) the xdrop layer ``target`` in place: the same
     object, so every reference to it (attributes, lists, a functional graph's nodes, torch's
     module tree) now reaches xdrop's layer. The new state is that of a freshly built
-    ``target(**arguments, seed=seed)`` with the layer's name and dtype; what Keras holds about
-    the layer's place in the graph is kept."""
-    fresh = target(**arguments, seed=seed, name=layer.name, dtype=layer.dtype_policy)
+    ``target(**arguments, seed=seed, data_parallel=data_parallel)`` with the layer's name and
+    dtype; what Keras holds about the layer's place in the graph is kept."""
+    fresh = target(
+        **arguments,
+        seed=seed,
+        data_parallel=data_parallel,
+        name=layer.name,
+        dtype=layer.dtype_policy,
+    )
     state = dict(vars(fresh))
     old = vars(layer)
     for attribute in _KEPT:
@@ -707,6 +773,7 @@ def convert(
     seed: int,
     strict: bool = False,
     rename: Callable[[str], str] | None = None,
+    data_parallel: str | None = None,
 ) -> Any:
     """Make every dropout in a Keras 3 model portable, seeded and resumable, in place; returns
     ``model``.
@@ -747,6 +814,8 @@ def convert(
         strict: raise instead of warning about dropout-like layers left as they are.
         rename: a function from a layer's name to the name its site's seed is derived from
             (so that two implementations of one model can share streams); None: the name itself.
+        data_parallel: how the converted layers draw among data-parallel replicas (the
+            ``data_parallel`` of :class:`Dropout`): ``"per_rank"``, ``"global_batch"`` or None.
 
     Raises:
         xdrop.ArgumentTypeError: ``model`` is not a Keras layer, or another argument has a wrong
@@ -770,6 +839,7 @@ def convert(
     seed = check_natural("seed", seed, 64)
     strict = check_flag("strict", strict)
     rename = _check_rename(rename)
+    data_parallel = common.check_data_parallel(data_parallel)
     layers = list(named_layers(model))
     unbuilt = [name for name, layer in layers if _unbuilt_dropout(layer)]
     if unbuilt:
@@ -801,9 +871,11 @@ def convert(
             )  # fmt: skip
         sites[site] = name
         plan.append((layer, site))
+    for layer, _ in plan:  # refused before any layer changes
+        _CONVERTED[type(layer)][0]._check_data_parallel(data_parallel)
     for layer, site in plan:
         target, arguments = _CONVERTED[type(layer)]
-        _swap(layer, target, arguments(layer), common.site_seed(seed, site))
+        _swap(layer, target, arguments(layer), common.site_seed(seed, site), data_parallel)
     if unknown:
         warnings.warn(
             f"dropout-like layers left as they are (their masks do not come from xdrop): "
