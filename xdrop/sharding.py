@@ -410,6 +410,21 @@ def is_dtensor(x: object) -> bool:
     return kind is not None and isinstance(x, kind)
 
 
+def dtensor_global_shape(x: Any) -> tuple[int, ...]:
+    """The global shape of the DTensor ``x``, read where ``torch.compile`` guards it.
+
+    Dynamo guards a DTensor by its local tensor and by its spec *without* its shape, and reads
+    ``x.shape`` as constants: a graph traced for one global shape would be reused for another
+    whose local shards have the same sizes (``(8, 5)`` and ``(7, 5)`` split over 2 ranks give
+    rank 0 four rows each), and would draw the other shape's counters. Read from the spec's own
+    tensor metadata, the sizes become values of a guarded object, so a new global shape traces
+    anew (or runs with the sizes as symbols)."""
+    spec = getattr(x, "_spec", None)
+    meta = getattr(spec, "tensor_meta", None)
+    shape = getattr(meta, "shape", None)
+    return tuple(x.shape if shape is None else shape)
+
+
 def dtensor_block(x: Any, offset: int) -> Block:
     """The :class:`Block` of this rank's local tensor of the DTensor ``x``: ``Shard(d)`` splits
     axis ``d`` as ``torch.chunk`` does, in the order of the mesh's axes (a later mesh axis splits
@@ -417,7 +432,7 @@ def dtensor_block(x: Any, offset: int) -> Block:
     is linear in ``x`` for a fixed mask, so a partial sum's mask is the sum's)."""
     from torch.distributed.tensor import Shard
 
-    shape = list(x.shape)
+    shape = list(dtensor_global_shape(x))
     size, start = list(shape), [0] * len(shape)
     coordinate = x.device_mesh.get_coordinate()
     for mesh_axis, placement in enumerate(x.placements):
