@@ -204,6 +204,20 @@ def dropout(
         >>> xdrop.dropout(np.ones(3), p=0.5, training=False, mode="classic")
         array([0.5, 0.5, 0.5])
     """
+    shard = sharding.local_shard_of(x, offset)
+    if shard is not None:  # x is to_local() of a sharded DTensor: drawn as that DTensor
+        result = dropout(
+            shard,
+            p,
+            training=training,
+            seed=seed,
+            mode=mode,
+            noise_shape=noise_shape,
+            offset=offset,
+            return_mask=return_mask,
+            rng=rng,
+        )
+        return tuple(part.to_local() for part in result) if return_mask else result.to_local()
     if (  # the common call: a Python float p and int seed, every other argument left as it is
         type(p) is float
         and type(seed) is int
@@ -220,14 +234,14 @@ def dropout(
         if fused is not None:
             return fused if return_mask else fused[0]
     if sharding.is_dtensor(x):  # each rank: its local tensor, drawing the counters it has in x
-        block = sharding.dtensor_block(x, check_offset(offset))
+        block, local_noise = sharding.dtensor_mask_block(x, check_offset(offset), noise_shape)
         local = dropout(
             x.to_local(),
             p,
             training=training,
             seed=seed,
             mode=mode,
-            noise_shape=noise_shape,
+            noise_shape=local_noise,
             offset=block,
             return_mask=return_mask,
             rng=rng,
