@@ -212,7 +212,7 @@ def dropout(
             training=training,
             seed=seed,
             mode=mode,
-            noise_shape=noise_shape,
+            noise_shape=sharding.global_noise_shape(noise_shape, x, shard),
             offset=offset,
             return_mask=return_mask,
             rng=rng,

@@ -83,9 +83,13 @@ def alpha_dropout(
         >>> xdrop.dropout_mask(4, 0.5, seed=0)
         array([False, False,  True,  True])
     """
+    options = {"training": training, "seed": seed, "rng": rng}
     if sharding.is_dtensor(x):
-        options = {"training": training, "seed": seed, "rng": rng}
         return _on_dtensor(alpha_dropout, x, p, offset, noise_shape, options)
+    shard = sharding.local_shard_of(x, offset)
+    if shard is not None:  # x is to_local() of a sharded DTensor: drawn as that DTensor
+        whole = sharding.global_noise_shape(noise_shape, x, shard)
+        return _on_dtensor(alpha_dropout, shard, p, offset, whole, options).to_local()
     xp, x, dtype, rate = _common(x, p)
     generator = seeds.rng_kind(rng)
     noise = check_noise_shape(noise_shape, xp.shape(x))
@@ -164,9 +168,13 @@ def gaussian_dropout(
         >>> xdrop.gaussian_dropout(np.ones(3, np.float32), 0.5, seed=0)
         array([-0.06545269,  1.5836947 ,  0.82184637], dtype=float32)
     """
+    options = {"training": training, "seed": seed, "rng": rng}
     if sharding.is_dtensor(x):
-        options = {"training": training, "seed": seed, "rng": rng}
         return _on_dtensor(gaussian_dropout, x, p, offset, noise_shape, options)
+    shard = sharding.local_shard_of(x, offset)
+    if shard is not None:  # x is to_local() of a sharded DTensor: drawn as that DTensor
+        whole = sharding.global_noise_shape(noise_shape, x, shard)
+        return _on_dtensor(gaussian_dropout, shard, p, offset, whole, options).to_local()
     xp, x, dtype, rate = _common(x, p)
     if isinstance(rate, float) and rate == 1:
         raise bad_value("p", p, "a real number in [0, 1) (p == 1 has infinite variance)")

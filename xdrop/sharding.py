@@ -535,6 +535,22 @@ def local_shard_of(x: Any, offset: object) -> Any:
     return None
 
 
+def global_noise_shape(
+    noise_shape: Sequence[int | None] | None, local: Any, shard: Any
+) -> tuple[int, ...] | None:
+    """A noise shape given against the local tensor ``local`` of the DTensor ``shard``, given
+    against its global shape instead: an axis it does not share (its entry is the local size)
+    takes the global size, a shared one (1) stays 1."""
+    if noise_shape is None:
+        return None
+    local_shape = tuple(local.shape)
+    noise = check_noise_shape(noise_shape, local_shape)
+    return tuple(
+        whole if entry == size else 1
+        for entry, size, whole in zip(noise, local_shape, dtensor_global_shape(shard), strict=True)
+    )
+
+
 def _sharded_spec(node: Any) -> Any:
     """The DTensor spec that ``to_local()`` recorded on ``node``, if it places a ``Shard``."""
     if type(node).__name__ != "_ToTorchTensorBackward":

@@ -180,6 +180,7 @@ def check_tensor_parallel(rank: int, mesh: DeviceMesh) -> None:
             where = f"rank {rank}, compiled {compiled}, use_local_output={local_output}"
             assert torch.equal(hidden_mask(model, x, run), expected), where
             torch.testing.assert_close(run(x), unsharded(x), msg=where)
+    check_functions_of_a_local_output(rank, mesh, direct, x)
     model = copy.deepcopy(activated)
     parallelize_module(model, mesh, {"0": ColwiseParallel(), "3": RowwiseParallel()})
     try:
@@ -198,6 +199,33 @@ def check_tensor_parallel(rank: int, mesh: DeviceMesh) -> None:
     y = model(piece(tokens, Shard(1), rank).contiguous())
     assert isinstance(y, DTensor) and y.placements == (Shard(1),), y
     assert torch.equal(y.to_local(), piece(reference(tokens), Shard(1), rank)), f"rank {rank}"
+
+
+LOCAL_OUTPUT: dict[str, Callable[[Any], Any]] = {
+    "dropout": lambda v: xdrop.dropout(v, P, seed=SEED),
+    "whole rows": lambda v: xdrop.dropout(v, P, seed=SEED, noise_shape=(v.shape[0], 1)),
+    "drop_path": lambda v: xdrop.drop_path(v, P, seed=SEED),
+    "alpha_dropout": lambda v: xdrop.alpha_dropout(v, P, seed=SEED),
+    "gaussian_dropout": lambda v: xdrop.gaussian_dropout(v, P, seed=SEED),
+}
+
+
+def check_functions_of_a_local_output(
+    rank: int, mesh: DeviceMesh, reference: torch.nn.Sequential, x: torch.Tensor
+) -> None:
+    """xdrop's functions on ColwiseParallel()'s plain local output: the unsharded activation's
+    result, this rank's columns. The reference holds this rank's own values in its columns, so
+    that only the masks (or normals) can differ."""
+    model = copy.deepcopy(reference)
+    parallelize_module(model, mesh, {"0": ColwiseParallel(), "2": RowwiseParallel()})
+    local = model[0](x)
+    assert not isinstance(local, DTensor)
+    whole = reference[0](x).detach()
+    step = -(-whole.shape[1] // WORLD)
+    whole[:, rank * step : rank * step + local.shape[1]] = local.detach()
+    for name, function in LOCAL_OUTPUT.items():
+        expected = piece(function(whole), Shard(1), rank)
+        assert torch.equal(function(local), expected), f"rank {rank}, {name}"
 
 
 def check_megatron_recipe(rank: int) -> None:
