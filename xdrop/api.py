@@ -186,8 +186,11 @@ def dropout(
             each element draws its counter there; ``docs/distributed.md``). With a noise shape,
             a Block places the mask instead, its ``global_shape`` 1 on the axes the noise shape
             shares: ``Block((n, 1), (start, 0))`` draws one decision per row at its global row.
-            A PyTorch DTensor draws its global counters on each rank, and comes back with the
-            same placements.
+            A PyTorch DTensor draws its global counters on each rank (its ``noise_shape`` is
+            given against its global shape), and comes back with the same placements; so does
+            the plain local output of a tensor-parallel plan (``ColwiseParallel()``), recognised
+            by its autograd record, or refused with :class:`xdrop.TensorParallelError` where
+            other operations stand between (``docs/distributed.md``).
         return_mask: also return the boolean keep mask (True = kept), broadcast to ``x``'s shape.
         rng: ``"portable"`` (mask stream v1) or ``"native"`` (the framework's own generator:
             same API and edge cases, no cross-backend equality; ``offset`` must be 0). Default:
