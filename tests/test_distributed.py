@@ -70,6 +70,18 @@ def test_torch_dtensor_tensor_parallel_and_data_parallel_ranks(world_size: int) 
     )
 
 
+def test_torch_dtensor_compiled_family_and_tensor_parallel_plans_on_2_ranks() -> None:
+    """DTensors under every torch.compile setting while the global shape changes, the dropout
+    family and noise shapes of DTensors, the default tensor-parallel plans against the
+    unsharded model, and Megatron-style slices: each rank's part of the one-process result."""
+    require("torch")
+    import torch.distributed
+
+    if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
+        pytest.skip("torch.distributed with gloo is not available")
+    assert run_script("torch_compile_tp.py", str(free_port())) == "2 ranks: ok"
+
+
 def test_tensorflow_mirrored_strategy_replicas() -> None:
     require("tensorflow")
     run_script("tf_replicas.py")

@@ -186,8 +186,11 @@ def dropout(
             each element draws its counter there; ``docs/distributed.md``). With a noise shape,
             a Block places the mask instead, its ``global_shape`` 1 on the axes the noise shape
             shares: ``Block((n, 1), (start, 0))`` draws one decision per row at its global row.
-            A PyTorch DTensor draws its global counters on each rank, and comes back with the
-            same placements.
+            A PyTorch DTensor draws its global counters on each rank (its ``noise_shape`` is
+            given against its global shape), and comes back with the same placements; so does
+            the plain local output of a tensor-parallel plan (``ColwiseParallel()``), recognised
+            by its autograd record, or refused with :class:`xdrop.TensorParallelError` where
+            other operations stand between (``docs/distributed.md``).
         return_mask: also return the boolean keep mask (True = kept), broadcast to ``x``'s shape.
         rng: ``"portable"`` (mask stream v1) or ``"native"`` (the framework's own generator:
             same API and edge cases, no cross-backend equality; ``offset`` must be 0). Default:
@@ -204,6 +207,20 @@ def dropout(
         >>> xdrop.dropout(np.ones(3), p=0.5, training=False, mode="classic")
         array([0.5, 0.5, 0.5])
     """
+    shard = sharding.local_shard_of(x, offset)
+    if shard is not None:  # x is to_local() of a sharded DTensor: drawn as that DTensor
+        result = dropout(
+            shard,
+            p,
+            training=training,
+            seed=seed,
+            mode=mode,
+            noise_shape=sharding.global_noise_shape(noise_shape, x, shard),
+            offset=offset,
+            return_mask=return_mask,
+            rng=rng,
+        )
+        return tuple(part.to_local() for part in result) if return_mask else result.to_local()
     if (  # the common call: a Python float p and int seed, every other argument left as it is
         type(p) is float
         and type(seed) is int
@@ -220,14 +237,14 @@ def dropout(
         if fused is not None:
             return fused if return_mask else fused[0]
     if sharding.is_dtensor(x):  # each rank: its local tensor, drawing the counters it has in x
-        block = sharding.dtensor_block(x, check_offset(offset))
+        block, local_noise = sharding.dtensor_mask_block(x, check_offset(offset), noise_shape)
         local = dropout(
             x.to_local(),
             p,
             training=training,
             seed=seed,
             mode=mode,
-            noise_shape=noise_shape,
+            noise_shape=local_noise,
             offset=block,
             return_mask=return_mask,
             rng=rng,

@@ -55,6 +55,15 @@ class RecomputationError(XdropError, RuntimeError):
     masks. Refused rather than silently wrong."""
 
 
+class TensorParallelError(XdropError, RuntimeError):
+    """A plain tensor reached a dropout computed from the local shard of a sharded DTensor (a
+    tensor-parallel layer's output with ``use_local_output=True``, the default of
+    ``ColwiseParallel``, followed by other operations): a plain tensor carries no placement, so
+    its mask would be drawn as if the shard were the whole tensor and would differ from the
+    unsharded model's. Build the plan with ``use_local_output=False`` so that the dropout gets
+    a DTensor, or pass ``offset=xdrop.Block(...)`` placing the shard yourself."""
+
+
 class UnconvertedDropoutError(XdropError, ValueError):
     """``convert(model, strict=True)`` found dropout-like layers or modules it cannot make
     portable (a class it does not know whose name says dropout, drop path, drop block, stochastic
@@ -100,6 +109,7 @@ for _mixed in (
     InputRankError,
     InPlaceError,
     RecomputationError,
+    TensorParallelError,
     UnconvertedDropoutError,
 ):
     _mixed.__init__ = Exception.__init__  # type: ignore[method-assign]

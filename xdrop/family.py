@@ -28,6 +28,7 @@ from xdrop.validation import (
     check_flag,
     check_float_dtype,
     check_noise_shape,
+    check_offset,
     check_rate,
     is_integer,
 )
@@ -82,6 +83,13 @@ def alpha_dropout(
         >>> xdrop.dropout_mask(4, 0.5, seed=0)
         array([False, False,  True,  True])
     """
+    options = {"training": training, "seed": seed, "rng": rng}
+    if sharding.is_dtensor(x):
+        return _on_dtensor(alpha_dropout, x, p, offset, noise_shape, options)
+    shard = sharding.local_shard_of(x, offset)
+    if shard is not None:  # x is to_local() of a sharded DTensor: drawn as that DTensor
+        whole = sharding.global_noise_shape(noise_shape, x, shard)
+        return _on_dtensor(alpha_dropout, shard, p, offset, whole, options).to_local()
     xp, x, dtype, rate = _common(x, p)
     generator = seeds.rng_kind(rng)
     noise = check_noise_shape(noise_shape, xp.shape(x))
@@ -160,6 +168,13 @@ def gaussian_dropout(
         >>> xdrop.gaussian_dropout(np.ones(3, np.float32), 0.5, seed=0)
         array([-0.06545269,  1.5836947 ,  0.82184637], dtype=float32)
     """
+    options = {"training": training, "seed": seed, "rng": rng}
+    if sharding.is_dtensor(x):
+        return _on_dtensor(gaussian_dropout, x, p, offset, noise_shape, options)
+    shard = sharding.local_shard_of(x, offset)
+    if shard is not None:  # x is to_local() of a sharded DTensor: drawn as that DTensor
+        whole = sharding.global_noise_shape(noise_shape, x, shard)
+        return _on_dtensor(gaussian_dropout, shard, p, offset, whole, options).to_local()
     xp, x, dtype, rate = _common(x, p)
     if isinstance(rate, float) and rate == 1:
         raise bad_value("p", p, "a real number in [0, 1) (p == 1 has infinite variance)")
@@ -328,14 +343,16 @@ def drop_block(
         with_noise: put a standard normal (the stream's normals, :func:`xdrop.gaussian_dropout`'s)
             in the dropped units instead of 0 and leave the kept ones unscaled, as timm's
             ``with_noise``. The normals use the counters after the corners' (``offset + corners
-            + i``), so they are independent of the mask; it needs the portable stream, an
-            integer offset and ``N`` and ``C`` known.
+            + i``), so they are independent of the mask; it needs the portable stream, and
+            ``N`` and ``C`` known unless ``offset`` is a Block (then each unit's normal is the
+            one it has in the whole tensor, after the whole tensor's corners).
         gamma_scale: a positive factor of ``gamma`` (timm's ``gamma_scale``).
         eps: a non-negative number added to ``kept`` (torchvision's ``eps``).
         training: apply DropBlock (True) or return ``x`` (False).
         seed, rng: as for :func:`xdrop.dropout`.
         offset: added to the counter of every corner (as for :func:`xdrop.dropout`), or an
-            :class:`xdrop.Block` of ``x`` that splits only its batch and channel axes: each
+            :class:`xdrop.Block` of ``x`` that splits only its batch and channel axes (a
+            DTensor ``x`` places itself, sharded on those axes only): each
             corner is drawn where it lies in the whole tensor, and ``count`` and ``kept`` are
             the whole tensor's, so the shards put together are the whole tensor's DropBlock
             exactly. To know ``kept``, each shard draws the corners of the whole tensor: work and
@@ -352,6 +369,25 @@ def drop_block(
                [0, 0, 0, 0, 1, 1],
                [0, 0, 0, 0, 0, 0]])
     """
+    if sharding.is_dtensor(x):
+        block = sharding.dtensor_block(x, check_offset(offset))
+        _check_dtensor_maps_whole(x, block, data_format)
+        local = drop_block(
+            x.to_local(),
+            p,
+            block_size,
+            data_format=data_format,
+            couple_channels=couple_channels,
+            scale_by_keep=scale_by_keep,
+            with_noise=with_noise,
+            gamma_scale=gamma_scale,
+            eps=eps,
+            training=training,
+            seed=seed,
+            offset=block,
+            rng=rng,
+        )
+        return sharding.dtensor_result(x, local)
     xp, x, dtype, rate = _common(x, p)
     if not is_integer(block_size):
         raise bad_type("block_size", block_size, "a positive integer")
@@ -383,8 +419,8 @@ def drop_block(
     start = _check_offset(xp, x, offset, shape, generator)
     if isinstance(start, sharding.Block):
         _check_maps_whole(start, shape, spatial)
-    if noisy and (generator != "portable" or isinstance(start, sharding.Block)):
-        allowed = 'False with rng="native" or a Block offset (the normals are the portable stream)'
+    if noisy and generator != "portable":
+        allowed = 'False with rng="native" (the normals are the portable stream)'
         raise bad_value("with_noise", with_noise, allowed)
     if not check_flag("training", training):
         seeds.validate_seed(seed, xp, x)
@@ -428,6 +464,13 @@ def drop_block(
         dims = _noise_dims(family, x, corners_shape)
         keep = sharding.block_keep_mask(family, key, corners, dims, threshold, x)
         kept = _kept_units(family, keep, size, channels_last)
+        if noisy:  # each unit's normal at its counter in the whole, after the whole's corners
+            normals_at = sharding.Block(
+                start.global_shape, start.start, start.offset + math.prod(whole)
+            )
+            shape_of_x = family.runtime_shape(kept)
+            z = sharding.block_normals(family, key, normals_at, shape_of_x, x)
+            return family.where(kept, x, family.astype(z, dtype))
         # count and kept are the whole tensor's: every shard counts the same units
         all_kept = _kept_units(
             family,
@@ -447,7 +490,7 @@ def drop_block(
         if not all(isinstance(dim, int) for dim in dims):
             allowed = "an array whose N and C are known while tracing, for with_noise"
             raise bad_value("x", Shown(f"<array of shape {shape}>"), allowed)
-        assert isinstance(start, int)  # a Block is refused with noise
+        assert isinstance(start, int)  # a Block took the branch above
         keep = spec.keep_mask(family, key, dims, _threshold(family, gamma), start, like=x)
         kept = _kept_units(family, keep, size, channels_last)
         # the normals take the counters after the corners': independent of the mask
@@ -536,6 +579,41 @@ def _check_positive_real(argument: str, value: object, allow_zero: bool) -> floa
     if not math.isfinite(number) or number < 0 or (number == 0 and not allow_zero):
         raise bad_value(argument, value, allowed)
     return number
+
+
+def _on_dtensor(
+    function: Any,
+    x: Any,
+    p: object,
+    offset: object,
+    noise_shape: Sequence[int | None] | None,
+    options: dict[str, Any],
+) -> Any:
+    """``function`` of the DTensor ``x`` as a DTensor of its mesh and placements: each rank runs
+    it on its local tensor, each element (or mask entry, with a noise shape given against the
+    global shape) at its counter in the whole, so the result is the whole tensor's."""
+    block, local_noise = sharding.dtensor_mask_block(x, check_offset(offset), noise_shape)
+    local = function(x.to_local(), p, noise_shape=local_noise, offset=block, **options)
+    return sharding.dtensor_result(x, local)
+
+
+def _check_dtensor_maps_whole(x: Any, block: sharding.Block, data_format: object) -> None:
+    """DropBlock of a DTensor needs whole feature maps on each rank: a ``Shard`` of a spatial
+    axis would cut blocks of units in two (checked here, where the message can name it)."""
+    rank = len(block.global_shape)
+    if rank not in (4, 5) or data_format not in DATA_FORMATS:
+        return  # the local call says what is wrong with x or data_format
+    spatial = range(1, rank - 1) if data_format == "channels_last" else range(2, rank)
+    local = tuple(x.to_local().shape)
+    if all(block.start[axis] == 0 and local[axis] == block.global_shape[axis] for axis in spatial):
+        return
+    shown = Shown(f"<DTensor of shape {tuple(block.global_shape)}, placements {x.placements}>")
+    allowed = (
+        f"a DTensor split only on its batch and channel axes for drop_block ({data_format}): a "
+        "block of units would straddle a split of the maps (redistribute it to Shard(0), "
+        "Shard of the channel axis or Replicate() first)"
+    )
+    raise bad_value("x", shown, allowed)
 
 
 def _check_maps_whole(

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from xdrop import seeds, spec
-from xdrop.errors import Shown, bad_type, bad_value
+from xdrop.errors import Shown, TensorParallelError, bad_type, bad_value
 from xdrop.protocol import (
     Array,
     Backend,
@@ -35,7 +35,13 @@ from xdrop.protocol import (
     Words,
     require,
 )
-from xdrop.validation import as_integer, check_offset, holds_values_here, is_integer_dtype
+from xdrop.validation import (
+    as_integer,
+    check_noise_shape,
+    check_offset,
+    holds_values_here,
+    is_integer_dtype,
+)
 
 AXIS_LIMIT = spec.WORD_COUNT
 """The largest size of one axis of a logical tensor: an axis index is one 32-bit word."""
@@ -410,6 +416,21 @@ def is_dtensor(x: object) -> bool:
     return kind is not None and isinstance(x, kind)
 
 
+def dtensor_global_shape(x: Any) -> tuple[int, ...]:
+    """The global shape of the DTensor ``x``, read where ``torch.compile`` guards it.
+
+    Dynamo guards a DTensor by its local tensor and by its spec *without* its shape, and reads
+    ``x.shape`` as constants: a graph traced for one global shape would be reused for another
+    whose local shards have the same sizes (``(8, 5)`` and ``(7, 5)`` split over 2 ranks give
+    rank 0 four rows each), and would draw the other shape's counters. Read from the spec's own
+    tensor metadata, the sizes become values of a guarded object, so a new global shape traces
+    anew (or runs with the sizes as symbols)."""
+    spec = getattr(x, "_spec", None)
+    meta = getattr(spec, "tensor_meta", None)
+    shape = getattr(meta, "shape", None)
+    return tuple(x.shape if shape is None else shape)
+
+
 def dtensor_block(x: Any, offset: int) -> Block:
     """The :class:`Block` of this rank's local tensor of the DTensor ``x``: ``Shard(d)`` splits
     axis ``d`` as ``torch.chunk`` does, in the order of the mesh's axes (a later mesh axis splits
@@ -417,7 +438,7 @@ def dtensor_block(x: Any, offset: int) -> Block:
     is linear in ``x`` for a fixed mask, so a partial sum's mask is the sum's)."""
     from torch.distributed.tensor import Shard
 
-    shape = list(x.shape)
+    shape = list(dtensor_global_shape(x))
     size, start = list(shape), [0] * len(shape)
     coordinate = x.device_mesh.get_coordinate()
     for mesh_axis, placement in enumerate(x.placements):
@@ -430,6 +451,127 @@ def dtensor_block(x: Any, offset: int) -> Block:
         start[dim] += first
         size[dim] = stop - first
     return Block(shape, start, offset)
+
+
+def dtensor_mask_block(
+    x: Any, offset: int, noise_shape: Sequence[int | None] | None
+) -> tuple[Block, tuple[int, ...] | None]:
+    """The :class:`Block` that this rank's local tensor of the DTensor ``x`` passes as
+    ``offset``, and the local noise shape, for a call with ``noise_shape`` (given against ``x``'s
+    global shape, as for a tensor in one process).
+
+    Without a noise shape (or with ``x``'s own) the Block places the local tensor in ``x``. With
+    one that shares axes, the whole tensor's mask is drawn at the global noise shape, so the Block
+    places the local mask there: 1 (start 0) on each shared axis, the local tensor's place on
+    the others; every rank then draws the same decision for a shared axis, split or not."""
+    block = dtensor_block(x, offset)
+    whole = block.global_shape
+    noise = check_noise_shape(noise_shape, whole)
+    if noise == whole:
+        return block, None
+    local = tuple(x.to_local().shape)
+    shared = [entry == 1 and size != 1 for entry, size in zip(noise, whole, strict=True)]
+    placed = Block(
+        tuple(1 if share else size for share, size in zip(shared, whole, strict=True)),
+        tuple(0 if share else first for share, first in zip(shared, block.start, strict=True)),
+        block.offset,
+    )
+    return placed, tuple(1 if share else size for share, size in zip(shared, local, strict=True))
+
+
+TENSOR_PARALLEL_SEARCH = 8
+"""Autograd nodes above a plain tensor searched for the local shard of a sharded DTensor."""
+
+
+def local_shard_of(x: Any, offset: object) -> Any:
+    """The DTensor whose local shard the plain torch tensor ``x`` is, or None.
+
+    ``DTensor.to_local()`` (which ``ColwiseParallel()`` and the other plans run on their output
+    by default, ``use_local_output=True``) records the DTensor's spec on the autograd node of
+    its result. When ``x`` is that result, it is rebuilt as the DTensor (no communication), so
+    its mask is the unsharded tensor's. When the node lies a few operations further up
+    (``Linear -> GELU -> dropout``), the shard cannot be placed, and :class:`TensorParallelError`
+    says so rather than draw another mask than the unsharded model's. Only a tensor that
+    records autograd can be recognised (not under ``torch.no_grad``); a caller that passes a
+    :class:`Block` offset has placed ``x`` itself and is left alone."""
+    if isinstance(offset, Block) or "torch.distributed.tensor" not in sys.modules:
+        return None
+    node = getattr(x, "grad_fn", None)
+    if node is None or is_dtensor(x):
+        return None
+    spec = _sharded_spec(node)
+    if spec is not None:
+        local = _spec_local_shape(spec)
+        if local == tuple(x.shape):
+            from torch.distributed.tensor import DTensor
+
+            return DTensor.from_local(
+                x,
+                spec.mesh,
+                spec.placements,
+                run_check=False,
+                shape=spec.tensor_meta.shape,
+                stride=spec.tensor_meta.stride,
+            )
+    import torch
+
+    if torch.compiler.is_compiling():
+        return None  # the autograd graph above is not walked inside a trace
+    seen, todo = 0, [parent for parent, _ in node.next_functions if parent is not None]
+    while todo and seen < TENSOR_PARALLEL_SEARCH:
+        above = todo.pop(0)
+        seen += 1
+        spec = _sharded_spec(above)
+        if spec is not None:
+            raise TensorParallelError(
+                f"x is computed from the local shard of a DTensor placed {tuple(spec.placements)}"
+                " (a tensor-parallel layer's output with use_local_output=True, the default of "
+                "ColwiseParallel()): as a plain tensor its mask would differ from the unsharded "
+                "model's. Build that layer's plan with use_local_output=False (e.g. "
+                "ColwiseParallel(use_local_output=False)) so that dropout gets a DTensor, or "
+                "pass offset=xdrop.Block(global_shape, start) placing x"
+            )
+        todo += [parent for parent, _ in above.next_functions if parent is not None]
+    return None
+
+
+def global_noise_shape(
+    noise_shape: Sequence[int | None] | None, local: Any, shard: Any
+) -> tuple[int, ...] | None:
+    """A noise shape given against the local tensor ``local`` of the DTensor ``shard``, given
+    against its global shape instead: an axis it does not share (its entry is the local size)
+    takes the global size, a shared one (1) stays 1."""
+    if noise_shape is None:
+        return None
+    local_shape = tuple(local.shape)
+    noise = check_noise_shape(noise_shape, local_shape)
+    return tuple(
+        whole if entry == size else 1
+        for entry, size, whole in zip(noise, local_shape, dtensor_global_shape(shard), strict=True)
+    )
+
+
+def _sharded_spec(node: Any) -> Any:
+    """The DTensor spec that ``to_local()`` recorded on ``node``, if it places a ``Shard``."""
+    if type(node).__name__ != "_ToTorchTensorBackward":
+        return None
+    spec = getattr(node, "dtensor_spec", None)
+    placements = getattr(spec, "placements", ())
+    if getattr(spec, "tensor_meta", None) is None:
+        return None
+    return spec if any(hasattr(placement, "dim") for placement in placements) else None
+
+
+def _spec_local_shape(spec: Any) -> tuple[int, ...]:
+    """This rank's local shape of a DTensor of ``spec``, as :func:`dtensor_block` splits it."""
+    size = list(spec.tensor_meta.shape)
+    coordinate = spec.mesh.get_coordinate()
+    for mesh_axis, placement in enumerate(spec.placements):
+        dim = getattr(placement, "dim", None)
+        if dim is not None:
+            first, stop = chunk_bounds(size[dim], spec.mesh.size(mesh_axis), coordinate[mesh_axis])
+            size[dim] = stop - first
+    return tuple(size)
 
 
 def dtensor_result(x: Any, local: Any) -> Any:

@@ -96,6 +96,87 @@ def check_shard_map(mesh: jax.sharding.Mesh, x: jax.Array) -> int:
     return checked
 
 
+FAMILY = {  # each as one jitted or per-shard function of a 3-d array
+    "whole rows": lambda v, o: xdrop.dropout(v, RATE, seed=SEED, noise_shape=(v.shape[0], 1, 1)),
+    "drop_path": lambda v, o: xdrop.drop_path(v, RATE, seed=SEED, offset=o),
+    "alpha_dropout": lambda v, o: xdrop.alpha_dropout(v, RATE, seed=SEED, offset=o),
+    "gaussian_dropout": lambda v, o: xdrop.gaussian_dropout(v, RATE, seed=SEED, offset=o),
+}
+
+
+def check_changing_shardings(mesh: jax.sharding.Mesh) -> int:
+    """One jitted function of each kind, called on one array under shardings that change from
+    call to call (jit compiles per input sharding): every call the unsharded result."""
+    x = jax.random.normal(jax.random.key(2), (8, 4, 6))
+    maps = jax.random.normal(jax.random.key(3), (8, 4, 8, 8))
+    checked = 0
+    for name, function in FAMILY.items():
+        step = jax.jit(lambda v, function=function: function(v, 0))
+        # jitted on one device: XLA may fuse alpha dropout's product and sum into an FMA
+        expected = np.asarray(step(x))
+        for spec in (P(), P("a"), P(None, "b"), P("a", "b"), P(("a", "b")), P(None, None, "a")):
+            y = step(jax.device_put(x, NamedSharding(mesh, spec)))
+            assert np.array_equal(np.asarray(y), expected), f"{name}, {spec}"
+            checked += 1
+    block = jax.jit(lambda v: xdrop.drop_block(v, RATE, 3, seed=SEED))
+    expected = np.asarray(block(maps))
+    for spec in (P(), P("a"), P("a", "b"), P(None, None, "b")):
+        y = block(jax.device_put(maps, NamedSharding(mesh, spec)))
+        assert np.array_equal(np.asarray(y), expected), f"drop_block, {spec}"
+        checked += 1
+    return checked
+
+
+def check_family_shard_map(mesh: jax.sharding.Mesh) -> int:
+    """The dropout family per shard with shard_map_block: the unsharded result; a noise shape
+    with the Block of x is refused, naming noise_shape, and right with a Block of the mask."""
+    x = jax.random.normal(jax.random.key(4), (8, 4, 6))
+    maps = jax.random.normal(jax.random.key(5), (8, 4, 6, 6))
+    spec = P("a", "b")
+    checked = 0
+    for name, function in FAMILY.items():
+        if name == "whole rows":
+            continue
+
+        @functools.partial(jax.shard_map, mesh=mesh, in_specs=spec, out_specs=spec)
+        def step(v: jax.Array, function: object = function) -> jax.Array:
+            return function(v, xdrop.shard_map_block(v.shape, spec, offset=2))  # type: ignore[operator]
+
+        y = jax.jit(step)(jax.device_put(x, NamedSharding(mesh, spec)))
+        whole = jax.jit(lambda v, function=function: function(v, 2))(x)  # one device
+        assert np.array_equal(np.asarray(y), np.asarray(whole)), name
+        checked += 1
+
+    @functools.partial(jax.shard_map, mesh=mesh, in_specs=spec, out_specs=spec)
+    def block_step(v: jax.Array) -> jax.Array:
+        return xdrop.drop_block(v, RATE, 3, seed=SEED, offset=xdrop.shard_map_block(v.shape, spec))
+
+    y = jax.jit(block_step)(jax.device_put(maps, NamedSharding(mesh, spec)))
+    assert np.array_equal(np.asarray(y), np.asarray(xdrop.drop_block(maps, RATE, 3, seed=SEED)))
+
+    @functools.partial(jax.shard_map, mesh=mesh, in_specs=spec, out_specs=spec)
+    def rows_of_x_block(v: jax.Array) -> jax.Array:
+        block = xdrop.shard_map_block(v.shape, spec)
+        return xdrop.dropout(v, RATE, seed=SEED, noise_shape=(v.shape[0], 1, 1), offset=block)
+
+    try:
+        jax.jit(rows_of_x_block)(jax.device_put(x, NamedSharding(mesh, spec)))
+    except xdrop.ArgumentValueError as error:
+        assert "noise_shape" in str(error), error
+    else:
+        raise AssertionError("a noise shape with the Block of x ran")
+
+    @functools.partial(jax.shard_map, mesh=mesh, in_specs=spec, out_specs=spec)
+    def rows(v: jax.Array) -> jax.Array:
+        block = xdrop.shard_map_block(v.shape, spec)
+        mask = xdrop.Block((block.global_shape[0], 1, 1), (block.start[0], 0, 0))
+        return xdrop.dropout(v, RATE, seed=SEED, noise_shape=(v.shape[0], 1, 1), offset=mask)
+
+    y = jax.jit(rows)(jax.device_put(x, NamedSharding(mesh, spec)))
+    assert np.array_equal(np.asarray(y), np.asarray(FAMILY["whole rows"](x, 0)))
+    return checked + 2
+
+
 def main() -> None:
     assert len(jax.devices()) == 8, jax.devices()
     x2 = jax.random.normal(jax.random.key(0), (16, 24))
@@ -105,6 +186,8 @@ def main() -> None:
         mesh = jax.make_mesh(shape, names)
         for x in (x1, x2):
             checked += check_jit(mesh, x) + check_shard_map(mesh, x)
+    mesh = jax.make_mesh((2, 4), ("a", "b"))
+    checked += check_changing_shardings(mesh) + check_family_shard_map(mesh)
     print(f"{checked} shardings: ok")
 
 

@@ -1,0 +1,212 @@
+"""Every code block of docs/distributed.md runs verbatim, each under the launcher it names.
+
+A block is preceded by a marker line (blank lines between are fine) saying how it is run:
+
+- ``<!-- launch: python -->``: one fresh process, ``python block.py``.
+- ``<!-- launch: torchrun 2 -->``: ``python -m torch.distributed.run --nproc-per-node 2`` on
+  127.0.0.1 (a free port), which sets ``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` and
+  ``MASTER_PORT``; the block joins with ``init_process_group`` (gloo on CPU).
+- ``<!-- launch: jax-processes 2 -->``: 2 processes with ``JAX_COORDINATOR_ADDRESS`` (which
+  ``jax.distributed.initialize`` reads), ``NUM_PROCESSES`` and ``PROCESS_ID`` set.
+- ``<!-- launch: tf-workers 2 -->``: 2 processes, each with the ``TF_CONFIG`` of one worker of
+  a 2-worker cluster on 127.0.0.1, for ``MultiWorkerMirroredStrategy``.
+- ``<!-- launch: none -->``: not a program (a shell line, a fragment); not run.
+
+A block without a marker fails: the page may show no code that is not checked or said to be
+unchecked. tests/test_docs.py runs every ```python block in-process too, so a block that needs
+a launcher is fenced ```py, which it leaves alone.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.backend_independent  # CI runs it once, not per backend
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGE = ROOT / "docs" / "distributed.md"
+LAUNCHERS = ("python", "torchrun 2", "jax-processes 2", "tf-workers 2", "none")
+TIMEOUT = 300  # seconds for one block's processes, on two busy cores
+FRAMEWORKS = ("torch", "tensorflow", "jax")
+
+
+def fenced_blocks(text: str) -> list[tuple[int, str, str, str | None]]:
+    """``(line, fence language, code, launcher or None)`` of each fenced block of ``text``, the
+    launcher read from the marker line before it (blank lines may stand between)."""
+    blocks = []
+    lines = text.splitlines()
+    number = 0
+    while number < len(lines):
+        opening = re.match(r"^(\s*)```(\S*)\s*$", lines[number])
+        if not opening:
+            number += 1
+            continue
+        end = number + 1
+        while not lines[end].strip().startswith("```"):
+            end += 1
+        before = number - 1
+        while before >= 0 and not lines[before].strip():
+            before -= 1
+        marker = re.match(r"^\s*<!-- launch: (.+?) -->\s*$", lines[before]) if before >= 0 else None
+        code = "\n".join(line.removeprefix(opening.group(1)) for line in lines[number + 1 : end])
+        blocks.append((number + 1, opening.group(2), code + "\n", marker and marker.group(1)))
+        number = end + 1
+    return blocks
+
+
+BLOCKS = fenced_blocks(PAGE.read_text())
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
+        listener.bind(("127.0.0.1", 0))
+        return int(listener.getsockname()[1])
+
+
+def environment() -> dict[str, str]:
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONWARNINGS="ignore")
+    env.pop("XDROP_BACKEND", None)  # a block runs as a reader would run it
+    if sys.platform == "linux":
+        env.setdefault("GLOO_SOCKET_IFNAME", "lo")  # gloo on loopback only
+    return env
+
+
+def run_processes(commands: list[tuple[list[str], dict[str, str]]], cwd: Path) -> None:
+    """Start every command at once (they join each other), wait for all, and fail with the
+    output of any that failed."""
+    started = [
+        subprocess.Popen(
+            command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        for command, env in commands
+    ]
+    outputs = []
+    try:
+        for process in started:
+            outputs.append(process.communicate(timeout=TIMEOUT)[0])
+    finally:
+        for process in started:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+    failed = [
+        f"process {index} exited {process.returncode}:\n{output[-4000:]}"
+        for index, (process, output) in enumerate(zip(started, outputs, strict=True))
+        if process.returncode != 0
+    ]
+    assert not failed, "\n".join(failed)
+
+
+def launch(launcher: str, script: Path) -> None:
+    python = [sys.executable, str(script)]
+    env = environment()
+    if launcher == "python":
+        run_processes([(python, env)], script.parent)
+    elif launcher == "torchrun 2":
+        torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
+        torchrun += ["--master-addr", "127.0.0.1", "--master-port", str(free_port())]
+        run_processes([([*torchrun, str(script)], env)], script.parent)
+    elif launcher == "jax-processes 2":
+        coordinator = f"127.0.0.1:{free_port()}"
+        run_processes(
+            [
+                (
+                    python,
+                    dict(
+                        env,
+                        JAX_COORDINATOR_ADDRESS=coordinator,
+                        NUM_PROCESSES="2",
+                        PROCESS_ID=str(index),
+                    ),
+                )
+                for index in range(2)
+            ],
+            script.parent,
+        )
+    elif launcher == "tf-workers 2":
+        workers = [f"127.0.0.1:{free_port()}" for _ in range(2)]
+        run_processes(
+            [
+                (
+                    python,
+                    dict(
+                        env,
+                        TF_CONFIG=json.dumps(
+                            {
+                                "cluster": {"worker": workers},
+                                "task": {"type": "worker", "index": index},
+                            }
+                        ),
+                    ),
+                )
+                for index in range(2)
+            ],
+            script.parent,
+        )
+    else:
+        raise AssertionError(f"unknown launcher {launcher!r}")
+
+
+def test_every_block_says_how_it_is_launched() -> None:
+    assert BLOCKS, "docs/distributed.md has no code blocks"
+    unmarked = [line for line, _, _, launcher in BLOCKS if launcher is None]
+    assert not unmarked, (
+        f"docs/distributed.md: the blocks at lines {unmarked} have no <!-- launch: ... --> "
+        f"marker before them (one of {LAUNCHERS})"
+    )
+    unknown = [(line, launcher) for line, _, _, launcher in BLOCKS if launcher not in LAUNCHERS]
+    assert not unknown, f"unknown launchers {unknown}: use one of {LAUNCHERS}"
+    # tests/test_docs.py runs ```python blocks in one process: a launched one would fail there
+    doubled = [
+        line
+        for line, language, _, launcher in BLOCKS
+        if language == "python" and launcher not in ("python", "none")
+    ]
+    assert not doubled, f"blocks at lines {doubled} need a launcher: fence them ```py"
+
+
+def test_the_block_reader_finds_markers_and_unmarked_blocks() -> None:
+    text = (
+        "<!-- launch: torchrun 2 -->\n\n```py\nimport torch\n```\n"
+        "text\n```bash\npip install xdrop\n```\n"
+        "  <!-- launch: python -->\n  ```python\n  x = 1\n  ```\n"
+    )
+    assert fenced_blocks(text) == [
+        (3, "py", "import torch\n", "torchrun 2"),
+        (7, "bash", "pip install xdrop\n", None),
+        (11, "python", "x = 1\n", "python"),
+    ]
+
+
+RUNNABLE = [block for block in BLOCKS if block[3] not in (None, "none")]
+
+
+@pytest.mark.parametrize(
+    ("line", "launcher", "code"),
+    [(line, launcher, code) for line, _, code, launcher in RUNNABLE],
+    ids=[f"line{line}-{launcher.replace(' ', '')}" for line, _, _, launcher in RUNNABLE],
+)
+def test_block_runs_verbatim_under_its_launcher(
+    line: int, launcher: str, code: str, tmp_path: Path
+) -> None:
+    for framework in FRAMEWORKS:
+        imported = re.search(rf"^(?:import|from) {framework}\b", code, flags=re.MULTILINE)
+        if imported and importlib.util.find_spec(framework) is None:
+            pytest.skip(f"{framework} is not installed")
+    if launcher == "torchrun 2":
+        import torch.distributed
+
+        if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
+            pytest.skip("torch.distributed with gloo is not available")
+    script = tmp_path / f"distributed_md_line_{line}.py"
+    script.write_text(code)
+    launch(launcher, script)
