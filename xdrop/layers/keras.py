@@ -892,17 +892,17 @@ def _predicts_from_loss(loss: object) -> str:
     """What the model outputs, read from the loss ``compile`` was given: a categorical
     crossentropy's ``from_logits`` (Keras' default, and its string names, take probabilities), or
     a regression loss; anything else is refused, naming ``predicts``."""
-    name = loss if isinstance(loss, str) else getattr(loss, "__name__", type(loss).__name__)
-    if isinstance(loss, keras.losses.Loss):
+    if isinstance(loss, str):
+        name = loss
+    elif isinstance(loss, keras.losses.Loss):
+        name = type(loss).__name__
         config = loss.get_config()
-        fn = config.get("fn")
-        name = type(loss).__name__ if type(loss).__name__ != "LossFunctionWrapper" else fn
         if name in _CLASS_LOSSES:
             if config.get("axis", -1) != -1:
-                raise bad_value(
-                    "loss", loss, "a crossentropy over the last axis (axis=-1) for RDrop"
-                )
+                raise bad_value("loss", loss, "a crossentropy over the last axis (axis=-1)")
             return "logits" if config.get("from_logits") else "probabilities"
+    else:  # a function, e.g. keras.losses.sparse_categorical_crossentropy (from_logits=False)
+        name = getattr(loss, "__name__", "")
     if name in _CLASS_LOSSES:
         return "probabilities"
     if name in _VALUE_LOSSES:
