@@ -63,22 +63,15 @@ def classifier(head: str | None = None, dropout: Any = None) -> Any:
 
 
 def two_passes(model: Any, x: Any) -> tuple[np.ndarray, np.ndarray]:
-    """The two passes fit's next step will make: a copy of ``model`` (same weights, same
-    streams) called once on the doubled batch, split in two."""
-    out = host(twin(model)(doubled(x), training=True))
+    """The two passes fit's next step will make: ``model`` called once on the doubled batch,
+    split in two, and then its streams put back where they were."""
+    streams = [layer.seed_generator for _, layer in xk.named_layers(model)
+               if isinstance(layer, xk.Dropout)]  # fmt: skip
+    states = [np.array(host(stream.state.value), np.int32) for stream in streams]
+    out = host(model(doubled(x), training=True))
+    for stream, state in zip(streams, states, strict=True):
+        stream.state.assign(state)
     return out[: len(out) // 2], out[len(out) // 2 :]
-
-
-def twin(model: Any) -> Any:
-    """A copy of ``model``: its weights, and each stream at the step it has reached."""
-    copy = type(model).from_config(model.get_config())
-    copy.set_weights(model.get_weights())
-    for (_, layer), (_, original) in zip(
-        xk.named_layers(copy), xk.named_layers(model), strict=True
-    ):
-        if isinstance(layer, xk.Dropout):
-            layer.seed_generator.state.assign(original.seed_generator.state.value)
-    return copy
 
 
 def doubled(x: Any) -> Any:
@@ -124,6 +117,34 @@ def test_probabilities_are_read_from_a_crossentropy_without_logits():
     by_hand = float(xdrop.rdrop_loss(logp1, logp2, y, alpha=1.5))
     assert history["loss"][0] == pytest.approx(by_hand, rel=1e-5)
     record("probabilities", history["loss"])
+
+
+def test_sigmoid_outputs_are_two_class_distributions():
+    model = classifier(head=None)
+    binary = shared_weights(keras.Sequential([model, keras.layers.Dense(1)]))  # one logit
+    x, y = data()
+    y = (y > 0).astype("float32")[:, None]
+    rdrop = xk.RDrop(binary, alpha=0.8)
+    rdrop.compile(
+        optimizer=keras.optimizers.SGD(0.1),
+        loss=keras.losses.BinaryCrossentropy(from_logits=True),
+    )
+    z1, z2 = two_passes(binary, x)
+    history = fit_one_step(rdrop, x, y)
+    # softmax((0, z)) is (1 - sigmoid(z), sigmoid(z)): the binary crossentropy is a softmax's
+    two1, two2 = (np.concatenate([np.zeros_like(z), z], axis=-1) for z in (z1, z2))
+    by_hand = float(xdrop.rdrop_loss(two1, two2, y[:, 0].astype(int), alpha=0.8))
+    assert history["loss"][0] == pytest.approx(by_hand, rel=1e-5)
+    record("binary", history["loss"])
+
+
+def test_one_class_is_refused_where_a_sigmoid_is_meant():
+    binary = keras.Sequential([classifier(), keras.layers.Dense(1)])
+    x, y = data()
+    rdrop = xk.RDrop(binary, predicts="logits")
+    rdrop.compile(optimizer="sgd", loss=keras.losses.BinaryCrossentropy(from_logits=True))
+    with pytest.raises(xdrop.ArgumentValueError, match='predicts must be "binary_logits" for'):
+        fit_one_step(rdrop, x, (y > 0).astype("float32")[:, None])
 
 
 def test_regression_is_rdrop_regression_loss_with_mse():
@@ -206,13 +227,47 @@ def test_a_converted_model_trains_with_the_regularisation_losses_once():
         optimizer=keras.optimizers.SGD(0.1),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
-    logits = host(twin(wrapped)(doubled(x), training=True))
+    logits1, logits2 = two_passes(wrapped, x)
     history = fit_one_step(rdrop, x, y)
     # added once: the layer's penalty over the doubled batch, which Keras divides by its size
-    penalty = 0.01 * (logits**2).sum() / (2 * BATCH)
-    by_hand = float(xdrop.rdrop_loss(logits[:BATCH], logits[BATCH:], y)) + penalty
+    penalty = 0.01 * ((logits1**2).sum() + (logits2**2).sum()) / (2 * BATCH)
+    by_hand = float(xdrop.rdrop_loss(logits1, logits2, y)) + penalty
     assert history["loss"][0] == pytest.approx(by_hand, rel=1e-5)
     record("converted", history["loss"])
+
+
+def test_a_converted_keras_hub_bert_classifier_trains_with_rdrop():
+    keras_hub = pytest.importorskip("keras_hub")
+    backbone = keras_hub.models.BertBackbone(
+        vocabulary_size=50, num_layers=2, num_heads=2, hidden_dim=32, intermediate_dim=64,
+        dropout=0.1, max_sequence_length=16,
+    )  # fmt: skip
+    model = keras_hub.models.BertTextClassifier(
+        backbone, num_classes=2, preprocessor=None, dropout=0.1
+    )
+    shared_weights(model)
+    xk.convert(model, seed=7, strict=True)
+    rng = np.random.default_rng(5)
+    padded = np.arange(16) >= rng.integers(4, 17, BATCH)[:, None]
+    features = {
+        "token_ids": np.where(padded, 0, rng.integers(1, 50, (BATCH, 16))).astype("int32"),
+        "segment_ids": np.zeros((BATCH, 16), "int32"),
+        "padding_mask": (~padded).astype("int32"),
+    }
+    labels = rng.integers(0, 2, BATCH).astype("int32")
+    rdrop = xk.RDrop(model, alpha=1.0)
+    rdrop.compile(
+        optimizer=keras.optimizers.SGD(0.1),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    logits1, logits2 = two_passes(model, features)
+    history = fit_one_step(rdrop, features, labels)
+    by_hand = float(xdrop.rdrop_loss(logits1, logits2, labels))
+    assert history["loss"][0] == pytest.approx(by_hand, rel=1e-5)
+    assert not np.allclose(logits1, logits2)  # the two copies had masks of their own
+    steps = {layer.step for _, layer in xk.named_layers(model) if isinstance(layer, xk.Dropout)}
+    assert steps == {1}  # one draw each: one forward over the doubled batch
+    record("keras_hub", history["loss"])
 
 
 # -- evaluate and predict --------------------------------------------------------------------------

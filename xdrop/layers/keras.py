@@ -865,7 +865,7 @@ def load_model(
 
 
 # -- R-Dropout in fit ------------------------------------------------------------------------------
-PREDICTS = ("logits", "probabilities", "values")
+PREDICTS = ("logits", "probabilities", "binary_logits", "binary_probabilities", "values")
 """What a model wrapped by :class:`RDrop` outputs, which picks its consistency term."""
 
 _CLASS_LOSSES = {
@@ -874,6 +874,7 @@ _CLASS_LOSSES = {
     "sparse_categorical_crossentropy",
     "categorical_crossentropy",
 }
+_BINARY_LOSSES = {"BinaryCrossentropy", "binary_crossentropy"}
 _VALUE_LOSSES = {
     "MeanSquaredError",
     "MeanAbsoluteError",
@@ -897,21 +898,24 @@ def _predicts_from_loss(loss: object) -> str:
     elif isinstance(loss, keras.losses.Loss):
         name = type(loss).__name__
         config = loss.get_config()
-        if name in _CLASS_LOSSES:
+        if name in _CLASS_LOSSES | _BINARY_LOSSES:
             if config.get("axis", -1) != -1:
                 raise bad_value("loss", loss, "a crossentropy over the last axis (axis=-1)")
-            return "logits" if config.get("from_logits") else "probabilities"
+            kind = "logits" if config.get("from_logits") else "probabilities"
+            return kind if name in _CLASS_LOSSES else f"binary_{kind}"
     else:  # a function, e.g. keras.losses.sparse_categorical_crossentropy (from_logits=False)
         name = getattr(loss, "__name__", "")
     if name in _CLASS_LOSSES:
         return "probabilities"
+    if name in _BINARY_LOSSES:
+        return "binary_probabilities"
     if name in _VALUE_LOSSES:
         return "values"
     raise bad_value(
         "loss",
         loss,
-        "a loss RDrop can read the model's outputs from (a categorical crossentropy or a "
-        "regression loss), or any loss with RDrop(model, predicts=...) naming the outputs: "
+        "a loss RDrop can read the model's outputs from (a categorical or binary "
+        "crossentropy, or a regression loss), or any loss with RDrop(model, predicts=...) naming the outputs: "
         + ", ".join(f'"{kind}"' for kind in PREDICTS),
     )
 
@@ -928,11 +932,36 @@ class _Consistency(keras.losses.Loss):
         first, second = y_pred, y_true
         if self.predicts == "values":  # as Keras' mean squared error: a mean over the last axis
             return keras.ops.mean(keras.ops.square(keras.ops.subtract(first, second)), axis=-1)
-        if self.predicts == "probabilities":  # clipped as Keras' crossentropies clip them
-            epsilon = keras.config.epsilon()
-            first = keras.ops.log(keras.ops.clip(first, epsilon, 1.0))
-            second = keras.ops.log(keras.ops.clip(second, epsilon, 1.0))
-        return xdrop.rdrop_kl(first, second, reduction="none")
+        binary = self.predicts.startswith("binary_")
+        if not binary and first.shape[-1] == 1:  # one class: the divergence would always be 0
+            raise bad_value(
+                "predicts",
+                self.predicts,
+                f'"binary_{self.predicts}" for a model with one output per position (a '
+                "sigmoid), or outputs with a class axis of two or more",
+            )
+        if binary:  # each output is a Bernoulli distribution: two classes, P(1) = p
+            first, second = _two_classes(first, self.predicts), _two_classes(second, self.predicts)
+        elif self.predicts == "probabilities":  # clipped as Keras' crossentropies clip them
+            first, second = _log_clipped(first), _log_clipped(second)
+        divergence = xdrop.rdrop_kl(first, second, reduction="none")
+        # as Keras' binary crossentropy: a mean over the last axis
+        return keras.ops.mean(divergence, axis=-1) if binary else divergence
+
+
+def _log_clipped(probabilities: Any) -> Any:
+    """``log p``, ``p`` clipped below at Keras' epsilon as its crossentropies clip it: logits
+    whose softmax is ``p`` (for ``p`` that sums to 1)."""
+    return keras.ops.log(keras.ops.clip(probabilities, keras.config.epsilon(), 1.0))
+
+
+def _two_classes(outputs: Any, predicts: str) -> Any:
+    """Sigmoid outputs as the logits of two classes ``(0, 1)`` along a new last axis: ``(0, z)``
+    for a logit ``z`` (``softmax((0, z)) == (1 - sigmoid(z), sigmoid(z))``), ``log (1 - p, p)``
+    for a probability ``p``."""
+    if predicts == "binary_logits":
+        return keras.ops.stack([keras.ops.zeros_like(outputs), outputs], axis=-1)
+    return _log_clipped(keras.ops.stack([1.0 - outputs, outputs], axis=-1))
 
 
 @keras.saving.register_keras_serializable(package="xdrop")
@@ -947,7 +976,8 @@ class RDrop(keras.Model):
     where ``loss`` is the one given to ``compile`` (each pass's, weighted, masked and reduced as
     Keras does) and ``consistency`` is, per position, reduced the same way:
 
-    - class outputs: ``(KL(P1 || P2) + KL(P2 || P1)) / 2`` (:func:`xdrop.rdrop_kl`), so that with
+    - class outputs: ``(KL(P1 || P2) + KL(P2 || P1)) / 2`` (:func:`xdrop.rdrop_kl`; for sigmoid
+      outputs that of the two classes, averaged over the last axis), so that with
       a sparse categorical crossentropy the loss is R-Drop's
       ``NLL1 + NLL2 + alpha * KL_sym``, :func:`xdrop.rdrop_loss` with ``reduction="mean"``;
     - values (regression): the squared difference ``(p1 - p2)**2``, averaged over the last axis
@@ -962,8 +992,10 @@ class RDrop(keras.Model):
         model: a Keras model (or layer) with one output, whose first axis is the batch.
         alpha: the weight of the consistency term, a real number ``>= 0``.
         predicts: what the model outputs: ``"logits"`` or ``"probabilities"`` over the last axis
-            (a softmax), or ``"values"`` (regression). None (default): read from the loss given
-            to ``compile``: a categorical crossentropy's ``from_logits`` (its string names take
+            (a softmax); ``"binary_logits"`` or ``"binary_probabilities"`` (a sigmoid: each
+            output is the distribution of two classes, as for a binary crossentropy); or
+            ``"values"`` (regression). None (default): read from the loss given to ``compile``:
+            a categorical or binary crossentropy's ``from_logits`` (their string names take
             probabilities, as in Keras), or a regression loss (mean squared or absolute error,
             Huber, log-cosh); any other loss needs ``predicts``.
         **kwargs: Keras model arguments (``name``).
