@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import keras
 import numpy as np
+from keras.src.backend.common.masking import get_keras_mask, set_keras_mask
 
 import xdrop
 from xdrop.errors import (
@@ -26,7 +27,7 @@ from xdrop.errors import (
     bad_value,
 )
 from xdrop.layers import common
-from xdrop.validation import check_flag, check_mode, check_natural
+from xdrop.validation import check_alpha, check_choice, check_flag, check_mode, check_natural
 
 __all__ = [
     "AlphaDropout",
@@ -35,6 +36,7 @@ __all__ = [
     "Dropout",
     "GaussianDropout",
     "GaussianNoise",
+    "RDrop",
     "SeedStream",
     "SpatialDropout1D",
     "SpatialDropout2D",
@@ -932,3 +934,270 @@ def load_model(
         convert(model, seed=0)
     model.load_weights(filepath)
     return model
+
+
+# -- R-Dropout in fit ------------------------------------------------------------------------------
+PREDICTS = ("logits", "probabilities", "binary_logits", "binary_probabilities", "values")
+"""What a model wrapped by :class:`RDrop` outputs, which picks its consistency term."""
+
+_CLASS_LOSSES = {
+    "SparseCategoricalCrossentropy",
+    "CategoricalCrossentropy",
+    "sparse_categorical_crossentropy",
+    "categorical_crossentropy",
+}
+_BINARY_LOSSES = {"BinaryCrossentropy", "binary_crossentropy"}
+_VALUE_LOSSES = {
+    "MeanSquaredError",
+    "MeanAbsoluteError",
+    "Huber",
+    "LogCosh",
+    "mean_squared_error",
+    "mean_absolute_error",
+    "huber",
+    "log_cosh",
+    "mse",
+    "mae",
+}
+
+
+def _predicts_from_loss(loss: object) -> str:
+    """What the model outputs, read from the loss ``compile`` was given: a categorical
+    crossentropy's ``from_logits`` (Keras' default, and its string names, take probabilities), or
+    a regression loss; anything else is refused, naming ``predicts``."""
+    if isinstance(loss, str):
+        name = loss
+    elif isinstance(loss, keras.losses.Loss):
+        name = type(loss).__name__
+        config = loss.get_config()
+        if name in _CLASS_LOSSES | _BINARY_LOSSES:
+            if config.get("axis", -1) != -1:
+                raise bad_value("loss", loss, "a crossentropy over the last axis (axis=-1)")
+            kind = "logits" if config.get("from_logits") else "probabilities"
+            return kind if name in _CLASS_LOSSES else f"binary_{kind}"
+    else:  # a function, e.g. keras.losses.sparse_categorical_crossentropy (from_logits=False)
+        name = getattr(loss, "__name__", "")
+    if name in _CLASS_LOSSES:
+        return "probabilities"
+    if name in _BINARY_LOSSES:
+        return "binary_probabilities"
+    if name in _VALUE_LOSSES:
+        return "values"
+    raise bad_value(
+        "loss",
+        loss,
+        "a loss RDrop can read the model's outputs from (a categorical or binary "
+        "crossentropy, or a regression loss), or any loss with RDrop(model, predicts=...) naming the outputs: "
+        + ", ".join(f'"{kind}"' for kind in PREDICTS),
+    )
+
+
+class _Consistency(keras.losses.Loss):
+    """R-Dropout's consistency term between the passes, as a Keras loss of ``(pass2, pass1)``:
+    ``Loss.__call__`` then weighs, masks and reduces it as the compiled loss is."""
+
+    def __init__(self, predicts: str, reduction: str, name: str = "rdrop_consistency") -> None:
+        super().__init__(name=name, reduction=reduction)
+        self.predicts = predicts
+
+    def call(self, y_true: Any, y_pred: Any) -> Any:
+        first, second = y_pred, y_true
+        if self.predicts == "values":  # as Keras' mean squared error: a mean over the last axis
+            return keras.ops.mean(keras.ops.square(keras.ops.subtract(first, second)), axis=-1)
+        binary = self.predicts.startswith("binary_")
+        if not binary and first.shape[-1] == 1:  # one class: the divergence would always be 0
+            raise bad_value(
+                "predicts",
+                self.predicts,
+                f'"binary_{self.predicts}" for a model with one output per position (a '
+                "sigmoid), or outputs with a class axis of two or more",
+            )
+        if binary:  # each output is a Bernoulli distribution: two classes, P(1) = p
+            first, second = _two_classes(first, self.predicts), _two_classes(second, self.predicts)
+        elif self.predicts == "probabilities":  # clipped as Keras' crossentropies clip them
+            first, second = _log_clipped(first), _log_clipped(second)
+        divergence = xdrop.rdrop_kl(first, second, reduction="none")
+        # as Keras' binary crossentropy: a mean over the last axis
+        return keras.ops.mean(divergence, axis=-1) if binary else divergence
+
+
+def _log_clipped(probabilities: Any) -> Any:
+    """``log p``, ``p`` clipped below at Keras' epsilon as its crossentropies clip it: logits
+    whose softmax is ``p`` (for ``p`` that sums to 1)."""
+    return keras.ops.log(keras.ops.clip(probabilities, keras.config.epsilon(), 1.0))
+
+
+def _two_classes(outputs: Any, predicts: str) -> Any:
+    """Sigmoid outputs as the logits of two classes ``(0, 1)`` along a new last axis: ``(0, z)``
+    for a logit ``z`` (``softmax((0, z)) == (1 - sigmoid(z), sigmoid(z))``), ``log (1 - p, p)``
+    for a probability ``p``."""
+    if predicts == "binary_logits":
+        return keras.ops.stack([keras.ops.zeros_like(outputs), outputs], axis=-1)
+    return _log_clipped(keras.ops.stack([1.0 - outputs, outputs], axis=-1))
+
+
+@keras.saving.register_keras_serializable(package="xdrop")
+class RDrop(keras.Model):
+    """Train any Keras 3 model with R-Dropout through ``compile`` and ``fit``.
+
+    ``fit`` runs the wrapped ``model`` once on each batch doubled (``concat([x, x])``), so that
+    its dropout draws two masks per sample, and minimises::
+
+        loss(y, P1) + loss(y, P2) + alpha * consistency(P1, P2) + the model's own losses
+
+    where ``loss`` is the one given to ``compile`` (each pass's, weighted, masked and reduced as
+    Keras does) and ``consistency`` is, per position, reduced the same way:
+
+    - class outputs: ``(KL(P1 || P2) + KL(P2 || P1)) / 2`` (:func:`xdrop.rdrop_kl`; for sigmoid
+      outputs that of the two classes, averaged over the last axis), so that with
+      a sparse categorical crossentropy the loss is R-Drop's
+      ``NLL1 + NLL2 + alpha * KL_sym``, :func:`xdrop.rdrop_loss` with ``reduction="mean"``;
+    - values (regression): the squared difference ``(p1 - p2)**2``, averaged over the last axis
+      as Keras' mean squared error is, so that with ``loss="mse"`` the loss is
+      :func:`xdrop.rdrop_regression_loss`.
+
+    The loss ``fit`` reports is that total. The training metrics are those of the first pass;
+    ``evaluate``, ``predict`` and calls without ``training=True`` run the wrapped model as it is
+    (one pass). A call with ``training=True`` returns the doubled batch's output, both passes.
+
+    Args:
+        model: a Keras model (or layer) with one output, whose first axis is the batch.
+        alpha: the weight of the consistency term, a real number ``>= 0``.
+        predicts: what the model outputs: ``"logits"`` or ``"probabilities"`` over the last axis
+            (a softmax); ``"binary_logits"`` or ``"binary_probabilities"`` (a sigmoid: each
+            output is the distribution of two classes, as for a binary crossentropy); or
+            ``"values"`` (regression). None (default): read from the loss given to ``compile``:
+            a categorical or binary crossentropy's ``from_logits`` (their string names take
+            probabilities, as in Keras), or a regression loss (mean squared or absolute error,
+            Huber, log-cosh); any other loss needs ``predicts``.
+        **kwargs: Keras model arguments (``name``).
+
+    ``RDrop(model).save("m.keras")`` stores the wrapped model inside, with its xdrop layers'
+    streams; ``keras.saving.load_model`` brings it back, and ``fit`` continues the streams.
+    With xdrop's layers in the model (or after :func:`convert`), TensorFlow, JAX and torch give
+    one loss history from one set of weights.
+
+    Example:
+        >>> import keras, numpy as np
+        >>> from xdrop.layers.keras import Dropout, RDrop
+        >>> model = keras.Sequential(
+        ...     [keras.Input((4,)), Dropout(0.2, seed=0), keras.layers.Dense(3)]
+        ... )
+        >>> rdrop = RDrop(model, alpha=1.0)
+        >>> loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        >>> rdrop.compile(optimizer="sgd", loss=loss)
+        >>> x, y = np.ones((8, 4), "float32"), np.zeros(8, "int32")
+        >>> history = rdrop.fit(x, y, batch_size=4, epochs=1, verbose=0)
+        >>> model.layers[0].step  # two steps of fit, one draw each
+        2
+    """
+
+    def __init__(
+        self, model: Any, alpha: float = 1.0, predicts: str | None = None, **kwargs: Any
+    ) -> None:
+        if not isinstance(model, keras.layers.Layer):
+            raise bad_type("model", model, "a Keras model or layer")
+        super().__init__(**kwargs)
+        self.model = model
+        self.alpha = check_alpha(alpha)
+        self.predicts = None if predicts is None else check_choice("predicts", predicts, PREDICTS)
+        self._consistency: _Consistency | None = None
+        self._consistency_of: object = None
+        if getattr(model, "built", False):
+            self.built = True
+
+    def build(self, input_shape: Any = None) -> None:
+        if not self.model.built:
+            self.model.build(input_shape)
+        self.built = True
+
+    def call(self, inputs: Any, training: bool | None = None) -> Any:
+        if not training:
+            return self.model(inputs, training=training)
+        doubled = keras.tree.map_structure(lambda x: keras.ops.concatenate([x, x], axis=0), inputs)
+        return self.model(doubled, training=True)
+
+    def _consistency_term(self) -> _Consistency:
+        """The consistency term for the loss ``compile`` was given (made again after a compile
+        with another loss; ``compile`` itself is Keras', so that a saved model recompiles)."""
+        loss = self.loss
+        if self._consistency is None or self._consistency_of is not loss:
+            predicts = self.predicts or _predicts_from_loss(loss)
+            reduction = getattr(loss, "reduction", "sum_over_batch_size")
+            self._consistency = _Consistency(predicts, reduction)
+            self._consistency_of = loss
+        return self._consistency
+
+    def compute_loss(
+        self,
+        x: Any = None,
+        y: Any = None,
+        y_pred: Any = None,
+        sample_weight: Any = None,
+        training: bool = True,
+    ) -> Any:
+        if not training or self._compile_loss is None:
+            return super().compute_loss(x, y, y_pred, sample_weight, training=training)
+        if not _is_tensor(y_pred):
+            raise bad_type(
+                "the output of the model RDrop wraps",
+                y_pred,
+                "one tensor (RDrop wraps models with one output)",
+            )
+        first, second = _halves(y_pred)
+        total = keras.ops.add(
+            self._compile_loss(y, first, sample_weight),
+            self._compile_loss(y, second, sample_weight),
+        )
+        if self.alpha:
+            consistency = self._consistency_term()(second, first, sample_weight)
+            total = keras.ops.add(total, keras.ops.multiply(consistency, self.alpha))
+        for loss in self.losses:
+            total = keras.ops.add(total, self._aggregate_additional_loss(loss))
+        return total
+
+    def compute_metrics(
+        self, x: Any, y: Any, y_pred: Any, sample_weight: Any = None
+    ) -> dict[str, Any]:
+        # in fit, y_pred holds both passes: the metrics are the first pass's, as the R-Drop
+        # authors' code reports the first pass's predictions
+        batch = keras.ops.shape(next(t for t in keras.tree.flatten(x) if t is not None))[0]
+        if _is_tensor(y_pred):
+            y_pred = _first_rows(y_pred, batch)
+        return super().compute_metrics(x, y, y_pred, sample_weight)  # type: ignore[no-any-return]
+
+    def get_config(self) -> dict[str, Any]:
+        config: dict[str, Any] = {"name": self.name, "trainable": self.trainable}
+        config["model"] = keras.saving.serialize_keras_object(self.model)
+        return {**config, "alpha": self.alpha, "predicts": self.predicts}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], custom_objects: Any = None) -> RDrop:
+        config = dict(config)
+        model = keras.saving.deserialize_keras_object(
+            config.pop("model"), custom_objects=custom_objects
+        )
+        return cls(model, **config)
+
+
+def _is_tensor(value: Any) -> bool:
+    return not isinstance(value, (dict, list, tuple)) and value is not None
+
+
+def _halves(y: Any) -> tuple[Any, Any]:
+    """The outputs of the two copies of the batch, each keeping its half of a Keras mask."""
+    first, second = keras.ops.split(y, 2, axis=0)
+    mask = get_keras_mask(y)
+    if mask is not None:
+        for half, part in zip((first, second), keras.ops.split(mask, 2, axis=0), strict=True):
+            set_keras_mask(half, part)
+    return first, second
+
+
+def _first_rows(y: Any, count: Any) -> Any:
+    """The first ``count`` rows of ``y`` (all of it where it has no more), with their mask."""
+    rows = y[:count]
+    mask = get_keras_mask(y)
+    if mask is not None:
+        set_keras_mask(rows, mask[:count])
+    return rows
