@@ -4,12 +4,13 @@ resumed bit for bit in a fresh process.
 
 Tiny models with random weights built from configurations (no download): BERT (hidden 32, 2
 layers, hidden and attention dropout 0.1) with a sequence classification head, a token
-classification head and a regression head, and BART (d_model 32, 2 + 2 layers) for sequence to
-sequence; token ids made by hand in a torch ``Dataset``. ``tests/integrations/hf_trainer.py``
-runs each scenario in a fresh process: the losses and gradients of three Trainer steps beside
-the same passes recomputed by hand; and a BERT trained six steps straight, against one resumed
-by a new process from the Trainer's checkpoint after step 3 (other weights and another convert
-seed before loading it).
+classification head and a regression head; GPT-2 (``n_embd`` 32, 2 layers) as a causal
+language model; BART (``d_model`` 32, 2 + 2 layers) for sequence to sequence. Token ids are
+made by hand in a torch ``Dataset``. ``tests/integrations/hf_trainer.py`` runs each scenario
+in a fresh process: the losses and gradients of three Trainer steps beside the same passes
+recomputed by hand; and a BERT trained six steps straight, against one resumed by a new
+process from the Trainer's checkpoint after step 3 (other weights and another convert seed
+before loading it).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ pytestmark = [
 ]
 
 SCRIPT = Path(__file__).resolve().parent / "integrations" / "hf_trainer.py"
-HEADS = ["classification", "tokens", "seq2seq", "regression"]
+HEADS = ["classification", "tokens", "causal", "seq2seq", "regression"]
 
 
 def _start(action: str, directory: Path) -> subprocess.Popen[str]:
@@ -129,3 +130,19 @@ def test_a_run_resumed_from_the_trainers_checkpoint_in_a_new_process_ends_bit_id
     assert "xdrop_step" in straight["state"]
     for name, value in straight["state"].items():
         assert torch.equal(value, resumed["state"][name]), name
+
+
+@pytest.mark.parametrize(
+    ("use", "named"),
+    [
+        ("alpha", "alpha"),
+        ("model_init", "convert_seed"),
+        ("multi_label", "multi_label_classification"),
+    ],
+)
+def test_unsupported_uses_raise_an_argument_error_saying_what_is_allowed(
+    records: dict[str, Any], use: str, named: str
+) -> None:
+    kind, message = records["losses"]["errors"][use]
+    assert kind == "ArgumentValueError"
+    assert named in message and " must be " in message, message

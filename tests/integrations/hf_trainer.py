@@ -7,8 +7,8 @@ Run by ``tests/test_rdrop_transformers.py``, each action in a fresh process::
 Models are built from configurations with random weights (no download), data are token ids
 made by hand in a ``torch.utils.data.Dataset`` (no ``datasets``). ACTION:
 
-- ``losses``: for each head (sequence classification, token classification, sequence to
-  sequence, regression where xdrop has its loss) a few steps of ``RDropTrainer`` with the model
+- ``losses``: for each head (sequence classification, token classification, causal language
+  model, sequence to sequence, regression where xdrop has its loss) a few steps of ``RDropTrainer`` with the model
   converted (``convert_seed``); at each step the loss the Trainer returned and the gradients it
   back-propagated, beside the same two passes recomputed by hand from the step's ``state_dict``
   and the loss of ``xdrop.rdrop_loss`` on them. Then ``evaluate`` of ``RDropTrainer`` and of the
@@ -96,6 +96,11 @@ def target_ids(data: torch.Generator, example: Batch) -> torch.Tensor:
     return labels
 
 
+def next_tokens(data: torch.Generator, example: Batch) -> torch.Tensor:
+    """A causal LM's labels: the input ids, -100 where padded (as Hugging Face's collator)."""
+    return example["input_ids"].where(example["attention_mask"] == 1, -100)
+
+
 def bert_config(**options: Any) -> transformers.BertConfig:
     return transformers.BertConfig(
         vocab_size=VOCAB,
@@ -120,6 +125,20 @@ def regressor() -> torch.nn.Module:
 
 def tagger() -> torch.nn.Module:
     return transformers.BertForTokenClassification(bert_config(num_labels=5))
+
+
+def writer() -> torch.nn.Module:
+    config = transformers.GPT2Config(
+        vocab_size=VOCAB,
+        n_positions=LENGTH,
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        embd_pdrop=0.1,
+        attn_pdrop=0.1,
+        resid_pdrop=0.1,
+    )
+    return transformers.GPT2LMHeadModel(config)
 
 
 def translator() -> torch.nn.Module:
@@ -221,6 +240,16 @@ def by_hand(head: str, logits1: torch.Tensor, logits2: torch.Tensor, batch: Batc
         return xdrop.rdrop_loss(
             logits1, logits2, labels, alpha=ALPHA, ignore_index=-100, pad_mask=pad
         )
+    if head == "causal":  # the logits at token t predict token t + 1
+        pad = batch["attention_mask"][:, 1:] == 0
+        return xdrop.rdrop_loss(
+            logits1[:, :-1],
+            logits2[:, :-1],
+            labels[:, 1:],
+            alpha=ALPHA,
+            ignore_index=-100,
+            pad_mask=pad,
+        )
     return xdrop.rdrop_loss(logits1, logits2, labels, alpha=ALPHA, ignore_index=-100)
 
 
@@ -241,6 +270,7 @@ def by_formula(logits1: torch.Tensor, logits2: torch.Tensor, batch: Batch) -> to
 HEADS: dict[str, tuple[Callable[[], torch.nn.Module], Callable[..., torch.Tensor]]] = {
     "classification": (classifier, class_label),
     "tokens": (tagger, token_labels),
+    "causal": (writer, next_tokens),
     "seq2seq": (translator, target_ids),
 }
 if hasattr(xdrop, "rdrop_regression_loss"):
@@ -301,7 +331,35 @@ def losses(directory: Path) -> dict[str, Any]:
     torch.manual_seed(0)
     unconverted = RDropTrainer(classifier(), arguments(directory / "plain", 1))
     record["unconverted_buffers"] = [n for n, _ in unconverted.model.named_buffers()]
+    record["errors"] = refusals(directory)
     return record
+
+
+def refusals(directory: Path) -> dict[str, tuple[str, str]]:
+    """What each unsupported use raises: the error's class and message."""
+    multi_label = transformers.BertForSequenceClassification(
+        bert_config(num_labels=3, problem_type="multi_label_classification")
+    )
+
+    def several(data: torch.Generator, example: Batch) -> torch.Tensor:
+        return (torch.rand(3, generator=data) < 0.5).float()
+
+    uses: dict[str, Callable[[], object]] = {
+        "alpha": lambda: RDropTrainer(classifier(), arguments(directory, 1), alpha=-1.0),
+        "model_init": lambda: RDropTrainer(
+            args=arguments(directory, 1), model_init=classifier, convert_seed=1
+        ),
+        "multi_label": lambda: RDropTrainer(
+            multi_label, arguments(directory, 1), train_dataset=Examples(BATCH, several)
+        ).train(),
+    }
+    raised = {}
+    for use, call in uses.items():
+        try:
+            call()
+        except Exception as error:  # the test reads what was raised
+            raised[use] = (type(error).__name__, str(error))
+    return raised
 
 
 def bert_trainer(directory: Path, init: int, seed: int) -> RDropTrainer:
