@@ -20,7 +20,7 @@ from xdrop.errors import (
 )
 from xdrop.family import alpha_dropout, drop_block, drop_path, gaussian_dropout
 from xdrop.mc import MCDropoutResult, mc_dropout
-from xdrop.rdrop_api import rdrop_forward, rdrop_kl, rdrop_loss
+from xdrop.rdrop_api import rdrop_forward, rdrop_kl, rdrop_loss, rdrop_regression_loss
 from xdrop.registry import get_backend, set_backend, use_backend
 from xdrop.seeds import Generator, fold_in, get_rng, manual_seed, set_rng, use_rng
 from xdrop.self_check import available_backends
@@ -63,6 +63,7 @@ __all__ = [
     "rdrop_forward",
     "rdrop_kl",
     "rdrop_loss",
+    "rdrop_regression_loss",
     "set_backend",
     "set_rng",
     "shard_map_block",

@@ -2,7 +2,8 @@
 
 The module reads top-down like ``docs/rdrop.md``:
 logits -> log-probabilities -> symmetric KL and cross entropy per position -> padded and ignored
-positions set to 0 -> reduction; then the forward-twice helpers.
+positions set to 0 -> reduction; then the loss of a regression head; then the forward-twice
+helpers.
 Everything here is a pure function of its arguments; ``xp`` is a :class:`~xdrop.protocol.Backend`
 and the arguments have been validated (:mod:`xdrop.rdrop_api`).
 
@@ -127,13 +128,19 @@ def excluded_positions(
 
 
 def reduce(
-    xp: LossBackend, values: Array, excluded: Array | None, reduction: str, dtype: str
+    xp: LossBackend,
+    values: Array,
+    excluded: Array | None,
+    reduction: str,
+    dtype: str,
+    covered: float | Array = 1.0,
 ) -> Array:
     """Excluded positions set to exactly 0, then reduced.
 
     ``"none"``: per position. ``"sum"``: the total. ``"batchmean"``: the total over the size of the
     first axis. ``"mean"``: the total over the number of positions not excluded. A division by a
     count of 0 (no positions, or all excluded) divides by 1 instead: the result is 0, not NaN.
+    ``excluded`` may have size-1 trailing axes that broadcast over ``covered`` values each.
     """
     shape = xp.runtime_shape(values)
     if excluded is not None:
@@ -148,7 +155,10 @@ def reduce(
     count = element_count(xp, shape, dtype)
     if excluded is None:
         return xp.divide(total, count)
-    kept = xp.subtract(count, xp.sum(xp.astype(excluded, dtype)))  # count >= 1 is exact otherwise
+    dropped = xp.sum(xp.astype(excluded, dtype))
+    if not (isinstance(covered, float) and covered == 1.0):
+        dropped = xp.multiply(dropped, covered)
+    kept = xp.subtract(count, dropped)  # count >= 1 is exact otherwise
     return xp.divide(total, xp.where(xp.equal(kept, 0.0), 1.0, kept))
 
 
@@ -209,6 +219,56 @@ def rdrop_loss(
         )
         loss = loss if kl is None else xp.add(loss, kl)
     return reduce(xp, loss, excluded, reduction, dtype)
+
+
+# -- regression -----------------------------------------------------------------------------------
+def squared_difference(xp: LossBackend, a: Array, b: Array) -> Array:
+    """``(a - b) ** 2`` elementwise."""
+    difference = xp.subtract(a, b)
+    return xp.multiply(difference, difference)
+
+
+def regression_loss(
+    xp: LossBackend,
+    pred1: Array,
+    pred2: Array,
+    targets: Array,
+    *,
+    alpha: float,
+    pad_mask: Array | None,
+    reduction: str,
+) -> Array:
+    """Per value ``(p1 - y)**2 + (p2 - y)**2 + alpha * (p1 - p2)**2``: both passes' squared
+    errors and their squared disagreement, which takes the KL's place for a real-valued output.
+    Padded values set to 0, reduced.
+
+    ``pad_mask`` covers the predictions' shape or its leading axes (a mask of positions over the
+    values each holds). The predictions and targets of padded values are replaced by zeros before
+    any arithmetic, so garbage there (NaN, inf) reaches neither the result nor a gradient.
+    """
+    dtype = compute_dtype(xp.dtype_name(pred1))
+    pred1, pred2, targets = (
+        a if xp.dtype_name(a) == dtype else xp.astype(a, dtype) for a in (pred1, pred2, targets)
+    )
+    excluded: Array | None = None
+    covered: float | Array = 1.0
+    if pad_mask is not None:
+        shape = xp.runtime_shape(pred1)
+        trailing = len(shape) - len(xp.shape(pad_mask))
+        excluded = pad_mask
+        if trailing:
+            excluded = xp.reshape(pad_mask, (*xp.runtime_shape(pad_mask), *(1,) * trailing))
+            per_position = xp.size(shape[len(shape) - trailing :])
+            covered = (
+                float(per_position)
+                if isinstance(per_position, int)
+                else xp.dim_array(per_position, dtype)
+            )
+        pred1, pred2, targets = (xp.where(excluded, 0.0, a) for a in (pred1, pred2, targets))
+    loss = xp.add(squared_difference(xp, pred1, targets), squared_difference(xp, pred2, targets))
+    if alpha != 0:
+        loss = xp.add(loss, xp.multiply(squared_difference(xp, pred1, pred2), alpha))
+    return reduce(xp, loss, excluded, reduction, dtype, covered)
 
 
 # -- forward twice ---------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from xdrop import rdrop
 from xdrop.errors import bad_type
 from xdrop.protocol import Array, Backend, LossBackend, require
 from xdrop.registry import backend_for
+from xdrop.spec import FLOAT_DTYPES
 from xdrop.tracing import called_as_is
 from xdrop.typing import ArrayT, OutputT, PythonValues, Reduction
 from xdrop.validation import (
@@ -47,6 +48,12 @@ if TYPE_CHECKING:
         alpha: float
         ignore_index: int | None
         label_smoothing: float
+
+    class _RegressionOptions(TypedDict, total=False):
+        """The keywords of :func:`rdrop_regression_loss` but ``reduction``."""
+
+        alpha: float
+        pad_mask: Any
 
 
 # the result's type follows the logits' type and the reduction; Python values give Any
@@ -257,6 +264,132 @@ def rdrop_loss(
         ignore_index=ignored,
         label_smoothing=smoothing,
         reduction=how,
+    )
+
+
+@overload
+def rdrop_regression_loss(
+    pred1: PythonValues,
+    pred2: Any,
+    targets: Any,
+    *,
+    reduction: Reduction = ...,
+    **options: Unpack[_RegressionOptions],
+) -> Any: ...
+@overload
+def rdrop_regression_loss(
+    pred1: np.ndarray[Any, Any],
+    pred2: Any,
+    targets: Any,
+    *,
+    reduction: Literal["sum", "mean", "batchmean"] = ...,
+    **options: Unpack[_RegressionOptions],
+) -> np.floating[Any]: ...
+@overload
+def rdrop_regression_loss(
+    pred1: np.ndarray[Any, Any],
+    pred2: Any,
+    targets: Any,
+    *,
+    reduction: Literal["none"],
+    **options: Unpack[_RegressionOptions],
+) -> npt.NDArray[np.floating[Any]]: ...
+@overload
+def rdrop_regression_loss(
+    pred1: ArrayT,
+    pred2: ArrayT,
+    targets: Any,
+    *,
+    reduction: Reduction = ...,
+    **options: Unpack[_RegressionOptions],
+) -> ArrayT: ...
+@called_as_is
+def rdrop_regression_loss(
+    pred1: Any,
+    pred2: Any,
+    targets: Any,
+    *,
+    alpha: float = 1.0,
+    pad_mask: Any = None,
+    reduction: Reduction = "mean",
+) -> Any:
+    """R-Dropout for a regression head: per predicted value ::
+
+        L = (p1 - y)**2 + (p2 - y)**2 + alpha * (p1 - p2)**2
+
+    both passes' squared errors plus ``alpha`` times the squared difference of the two passes,
+    which stands in for the symmetric KL of :func:`rdrop_loss` where the output is a number
+    rather than a distribution. With the default ``reduction="mean"`` this is::
+
+        MSE(p1, y) + MSE(p2, y) + alpha * MSE(p1, p2)
+
+    the loss of the R-Drop authors' BERT code for a regression task (STS-B, where the weight of
+    the last term is 1). Their fairseq RoBERTa code sums over the batch and trains the first
+    pass alone on the targets, ``SSE(p1, y) + alpha * SSE(p1, p2)``; here both passes are, as
+    both cross entropies are in :func:`rdrop_loss`.
+
+    Args:
+        pred1, pred2: the two passes' predictions, floating arrays of one shape and dtype, of any
+            registered framework (NumPy arrays and lists run on the default backend). Every
+            element is one predicted value: ``[B]`` or ``[B, 1]`` for one number per sample,
+            ``[B, T]`` for one per token. float16 and bfloat16 are computed in float32 and give
+            a float32 result; float32 and float64 keep their dtype.
+        targets: the true values, a floating or integer array of the predictions' shape (no
+            broadcasting: a ``[B]`` target against ``[B, 1]`` predictions is refused rather than
+            silently compared all against all).
+        alpha: the weight of the consistency term, ``>= 0`` and finite in the dtype the loss is
+            computed in; 0 gives the two squared errors alone.
+        pad_mask: ``None`` or a boolean array where **True marks a padded value to ignore**, of
+            the predictions' shape or of its leading axes (a ``[B, T]`` mask of tokens over
+            ``[B, T, D]`` predictions covers each token's ``D`` values). Padded values contribute
+            exactly 0, whatever their predictions and targets hold (NaN included), and no gradient.
+        reduction: ``"mean"`` (default: over the values not padded; 0 if none is left),
+            ``"sum"``, ``"batchmean"`` (over the size of the first axis) or ``"none"`` (one loss
+            per value, 0 where padded).
+
+    Returns:
+        An array of the predictions' framework; 0-d unless ``reduction="none"``. Differentiable
+        on the frameworks with autograd (NumPy computes the value only).
+
+    Example:
+        >>> import numpy as np
+        >>> pred1, pred2 = np.array([1.0, 2.0]), np.array([1.5, 2.0])
+        >>> loss = xdrop.rdrop_regression_loss(pred1, pred2, np.array([1.0, 3.0]))
+        >>> print(f'{loss:.4f}')  # ((0 + .25 + .25) + (1 + 1 + 0)) / 2
+        1.2500
+    """
+    xp = require(backend_for(pred1), LossBackend, "R-Dropout")
+    pred1 = _as_array(xp, "pred1", pred1)
+    pred2 = _as_array(xp, "pred2", pred2)
+    dtype = check_float_dtype(xp.dtype_name(pred1), "pred1")
+    first, second = _describe(xp, pred1), _describe(xp, pred2)
+    if second.dtype != dtype:
+        raise bad_array_type("pred2", second, f"an array of pred1's dtype ({dtype})")
+    if not shapes_agree(second.shape, first.shape):
+        raise bad_array("pred2", second, f"an array of pred1's shape {first.shape}")
+    how = check_reduction(reduction, first.shape)
+    weight = check_alpha(alpha, rdrop.compute_dtype(dtype))
+    targets = _as_array(xp, "targets", targets)
+    given = _describe(xp, targets)
+    allowed = f"a floating or integer array of pred1's shape {first.shape}"
+    if not (given.dtype in FLOAT_DTYPES or is_integer_dtype(given.dtype)):
+        raise bad_array_type("targets", given, allowed)
+    if not shapes_agree(given.shape, first.shape):
+        raise bad_array("targets", given, allowed)
+    pad = None
+    if pad_mask is not None:
+        pad = _as_array(xp, "pad_mask", pad_mask)
+        mask = _describe(xp, pad)
+        allowed = (
+            f"None or a boolean array (True = padded) of pred1's shape {first.shape} "
+            "or of its leading axes"
+        )
+        if mask.dtype != "bool":
+            raise bad_array_type("pad_mask", mask, allowed)
+        if not shapes_agree(mask.shape, first.shape[: len(mask.shape)]):
+            raise bad_array("pad_mask", mask, allowed)
+    return rdrop.regression_loss(
+        xp, pred1, pred2, targets, alpha=weight, pad_mask=pad, reduction=how
     )
 
 

@@ -373,7 +373,7 @@ def check_axis(axis: object, ndim: int, argument: str = "axis") -> int:
     return value % ndim
 
 
-def check_reduction(reduction: object, positions: tuple[int, ...]) -> str:
+def check_reduction(reduction: object, positions: tuple[int | None, ...]) -> str:
     """One of :data:`xdrop.rdrop.REDUCTIONS`; ``"batchmean"`` needs a first (batch) axis."""
     check_choice("reduction", reduction, REDUCTIONS)
     if reduction == "batchmean" and not positions:
