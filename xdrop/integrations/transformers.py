@@ -135,19 +135,24 @@ class RDropTrainer(transformers.Trainer):
         pad_mask = None
         if isinstance(mask, torch.Tensor) and mask.shape == labels.shape and labels.ndim > 1:
             pad_mask = mask == 0
+        loss: torch.Tensor
         if _regression(config):
-            allowed = "a classification head (R-Dropout of a regression head is not here yet)"
-            raise bad_value("the head's problem_type", "regression", allowed)
-        _check_single_label(config, labels)
-        loss: torch.Tensor = xdrop.rdrop_loss(
-            logits1,
-            logits2,
-            labels,
-            alpha=self.alpha,
-            pad_mask=pad_mask,
-            ignore_index=IGNORE_INDEX,
-            label_smoothing=self.args.label_smoothing_factor,
-        )
+            if logits1.shape != labels.shape and logits1.shape[-1:] == (1,):
+                logits1, logits2 = logits1.squeeze(-1), logits2.squeeze(-1)  # one value each
+            loss = xdrop.rdrop_regression_loss(
+                logits1, logits2, labels.to(logits1.dtype), alpha=self.alpha, pad_mask=pad_mask
+            )
+        else:
+            _check_single_label(config, labels)
+            loss = xdrop.rdrop_loss(
+                logits1,
+                logits2,
+                labels,
+                alpha=self.alpha,
+                pad_mask=pad_mask,
+                ignore_index=IGNORE_INDEX,
+                label_smoothing=self.args.label_smoothing_factor,
+            )
         if not return_outputs:
             return loss
         if isinstance(outputs, dict):
