@@ -72,10 +72,19 @@ class RDropTrainer(transformers.Trainer):
             here.
 
     Example:
+        >>> import tempfile, transformers
         >>> from xdrop.integrations.transformers import RDropTrainer
-        >>> trainer = RDropTrainer(model, args, train_dataset=data, alpha=1.0)
-        ... # doctest: +SKIP
-        >>> trainer.train()  # doctest: +SKIP
+        >>> config = transformers.BertConfig(
+        ...     hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+        ...     intermediate_size=64, num_labels=3)
+        >>> model = transformers.BertForSequenceClassification(config)
+        >>> folder = tempfile.mkdtemp()
+        >>> args = transformers.TrainingArguments(folder, report_to=[])
+        >>> trainer = RDropTrainer(model, args, alpha=1.0, convert_seed=0)
+        >>> "xdrop_step" in trainer.model.state_dict()  # converted
+        True
+
+        ``trainer.train()`` then trains with R-Dropout.
     """
 
     # the loss is a mean over this batch, not normalized by the items of the accumulated batch
