@@ -54,8 +54,8 @@ class RDropTrainer(transformers.Trainer):
     of the model, with its own loss.
 
     Args:
-        *args, **kwargs: those of ``transformers.Trainer`` (``model``, ``args``,
-            ``train_dataset``...).
+        *args: ``transformers.Trainer``'s positional arguments (``model``, ``args``...).
+        **kwargs: ``transformers.Trainer``'s keyword arguments (``train_dataset``...).
         alpha: the weight of the KL term, a real number ``>= 0`` (0 leaves ``NLL1 + NLL2``).
         convert_seed: ``None`` (the default) leaves the model's dropout as it is (drawing from
             torch's generator). An integer in ``[0, 2**64)`` or an :class:`xdrop.Generator`
