@@ -144,6 +144,7 @@ def test_a_run_resumed_from_the_trainers_checkpoint_in_a_new_process_ends_bit_id
         ("alpha", "alpha"),
         ("model_init", "convert_seed"),
         ("multi_label", "multi_label_classification"),
+        ("no_labels", "'labels'"),
     ],
 )
 def test_unsupported_uses_raise_an_argument_error_saying_what_is_allowed(

@@ -345,7 +345,14 @@ def refusals(directory: Path) -> dict[str, tuple[str, str]]:
     def several(data: torch.Generator, example: Batch) -> torch.Tensor:
         return (torch.rand(3, generator=data) < 0.5).float()
 
+    def unlabelled() -> list[Batch]:
+        examples = Examples(BATCH, class_label)
+        return [{k: v for k, v in e.items() if k != "labels"} for e in examples.examples]
+
     uses: dict[str, Callable[[], object]] = {
+        "no_labels": lambda: RDropTrainer(
+            classifier(), arguments(directory, 1), train_dataset=unlabelled()
+        ).train(),
         "alpha": lambda: RDropTrainer(classifier(), arguments(directory, 1), alpha=-1.0),
         "model_init": lambda: RDropTrainer(
             args=arguments(directory, 1), model_init=classifier, convert_seed=1

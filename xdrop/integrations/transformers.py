@@ -67,9 +67,9 @@ class RDropTrainer(transformers.Trainer):
     Raises:
         xdrop.ArgumentValueError: ``alpha`` negative or not finite; ``convert_seed`` with a
             ``model_init`` (convert the model that ``model_init`` returns instead); at a
-            training step, a multi-label head (``problem_type="multi_label_classification"``,
-            or float labels with ``num_labels > 1``), for which R-Dropout's KL is not defined
-            here.
+            training step, a batch without ``labels``, or a multi-label head
+            (``problem_type="multi_label_classification"``, or float labels with
+            ``num_labels > 1``), for which R-Dropout's KL is not defined here.
 
     Example:
         >>> import tempfile, transformers
@@ -116,8 +116,11 @@ class RDropTrainer(transformers.Trainer):
         num_items_in_batch: torch.Tensor | int | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, Any]:
         """R-Dropout's loss in training mode; the ``Trainer``'s own in eval mode."""
-        if not model.training or "labels" not in inputs:
+        if not model.training:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        if "labels" not in inputs:  # the model's own loss would train without R-Dropout
+            allowed = "a training batch with 'labels' (R-Dropout's loss is computed from them)"
+            raise bad_value("the inputs", sorted(inputs), allowed)
         inputs = dict(inputs)
         labels = inputs.pop("labels")
         config = getattr(self.accelerator.unwrap_model(model), "config", None)
