@@ -119,6 +119,19 @@ def test_evaluation_is_the_plain_trainers_one_forward_that_draws_nothing(
     assert not record["eval_drew"]
 
 
+def test_with_gradient_accumulation_the_step_applies_the_mean_of_the_batches_losses(
+    records: dict[str, Any],
+) -> None:
+    """``Trainer`` divides each batch's loss by the accumulation steps: R-Dropout's loss is a
+    mean over its batch, not normalized over the accumulated batch."""
+    record = records["losses"]["accumulation"]
+    assert record["batches"] == 2 and len(record["gradients"]) == 1
+    (gradients,) = record["gradients"]
+    assert gradients.keys() == record["hand_gradients"].keys()
+    for name, gradient in gradients.items():
+        torch.testing.assert_close(gradient, record["hand_gradients"][name], rtol=1e-5, atol=1e-8)
+
+
 def test_without_convert_seed_the_model_is_not_converted(records: dict[str, Any]) -> None:
     assert not any("xdrop" in name for name in records["losses"]["unconverted_buffers"])
 

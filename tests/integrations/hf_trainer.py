@@ -164,20 +164,19 @@ def translator() -> torch.nn.Module:
 
 
 def arguments(directory: Path, steps: int, **options: Any) -> transformers.TrainingArguments:
-    return transformers.TrainingArguments(
-        output_dir=str(directory),
-        max_steps=steps,
-        per_device_train_batch_size=BATCH,
-        per_device_eval_batch_size=BATCH,
-        learning_rate=1e-3,
-        max_grad_norm=0.0,  # no clipping: the gradients recorded are the loss's own
-        logging_steps=1,
-        report_to=[],
-        use_cpu=True,
-        seed=0,
-        disable_tqdm=True,
-        **options,
-    )
+    settings: dict[str, Any] = {
+        "per_device_train_batch_size": BATCH,
+        "per_device_eval_batch_size": BATCH,
+        "learning_rate": 1e-3,
+        "max_grad_norm": 0.0,  # no clipping: the gradients recorded are the loss's own
+        "logging_steps": 1,
+        "report_to": [],
+        "use_cpu": True,
+        "seed": 0,
+        "disable_tqdm": True,
+    }
+    settings.update(options)
+    return transformers.TrainingArguments(output_dir=str(directory), max_steps=steps, **settings)
 
 
 class Recorder(transformers.TrainerCallback):
@@ -333,7 +332,43 @@ def losses(directory: Path) -> dict[str, Any]:
     unconverted = RDropTrainer(classifier(), arguments(directory / "plain", 1))
     record["unconverted_buffers"] = [n for n, _ in unconverted.model.named_buffers()]
     record["errors"] = refusals(directory)
+    record["accumulation"] = accumulation(directory)
     return record
+
+
+def accumulation(directory: Path) -> dict[str, Any]:
+    """One optimizer step over two batches of 2 (``gradient_accumulation_steps=2``): the
+    gradients it applies, and those of the mean of the two batches' losses by hand."""
+    torch.manual_seed(0)
+    recorder = Recorder()
+    options = {
+        "save_strategy": "no",
+        "gradient_accumulation_steps": 2,
+        "per_device_train_batch_size": BATCH // 2,
+    }
+    trainer = Spy(
+        classifier(),
+        arguments(directory / "accumulation", 1, **options),
+        train_dataset=Examples(BATCH, class_label),
+        callbacks=[recorder],
+        alpha=ALPHA,
+        convert_seed=7,
+    )
+    trainer.batches, trainer.losses = [], []
+    trainer.train()
+    hand = convert(classifier(), seed=3)
+    hand.load_state_dict(recorder.states[0])
+    hand.train()
+    total = 0.0
+    for batch in trainer.batches:  # in order: the streams advance once per forward
+        total = total + by_hand("classification", *two_passes(hand, batch, False), batch) / 2
+    assert isinstance(total, torch.Tensor)
+    total.backward()
+    return {
+        "batches": len(trainer.batches),
+        "gradients": recorder.gradients,
+        "hand_gradients": {n: p.grad for n, p in hand.named_parameters() if p.grad is not None},
+    }
 
 
 def refusals(directory: Path) -> dict[str, tuple[str, str]]:
