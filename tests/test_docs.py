@@ -42,12 +42,24 @@ def test_markdown_python_examples_run(document):
     with xdrop.use_backend("numpy"):
         for block in python_blocks(path):
             for framework in re.findall(
-                r"^(?:import|from) (torch|tensorflow|jax|keras_hub|keras|flax|optax)\b",
+                r"^(?:import|from) (torch|tensorflow|jax|keras_hub|keras|flax|optax|transformers)\b",
                 block,
                 flags=re.MULTILINE,
             ):
                 pytest.importorskip(framework)
+                if framework == "transformers":
+                    _transformers_importable()
             exec(compile(block, str(path), "exec"), {})
+
+
+def _transformers_importable() -> None:
+    """Skip unless Hugging Face's ``Trainer`` can be imported here: it needs ``accelerate``,
+    and ``transformers`` imports torchvision, which needs tests/torchvision_cpu.py beside the
+    CPU torch."""
+    pytest.importorskip("accelerate")
+    from torchvision_cpu import define_torchvision_operators
+
+    define_torchvision_operators()
 
 
 # The modules with a page of their own in the API reference (docs/api/), and those pages.
@@ -55,6 +67,7 @@ API_PAGES = {
     "xdrop.layers.torch": "api/layers-torch.md",
     "xdrop.layers.keras": "api/layers-keras.md",
     "xdrop.layers.flax": "api/layers-flax.md",
+    "xdrop.integrations.transformers": "api/integrations-transformers.md",
     "xdrop.protocol": "api/protocol.md",
     "xdrop.typing": "api/typing.md",
 }
@@ -124,6 +137,10 @@ def test_docstring_examples_run(module_name):
         framework = module_name.rsplit(".", 1)[1].split("_")[0]  # torch_functional: torch
         if framework != "common":
             pytest.importorskip(framework)
+    if module_name == "xdrop.integrations.transformers":
+        pytest.importorskip("torch")
+        pytest.importorskip("transformers")
+        _transformers_importable()
     try:
         module = importlib.import_module(module_name)
     except ImportError as error:  # xdrop.torch_kernel and xdrop.triton_kernel import theirs

@@ -159,6 +159,7 @@ PUBLIC_MODULES = {
     "xdrop.layers.torch": ROOT / "xdrop" / "layers" / "torch.py",
     "xdrop.layers.keras": ROOT / "xdrop" / "layers" / "keras.py",
     "xdrop.layers.flax": ROOT / "xdrop" / "layers" / "flax.py",
+    "xdrop.integrations.transformers": ROOT / "xdrop" / "integrations" / "transformers.py",
 }
 
 
