@@ -459,6 +459,7 @@ class GaussianNoiseDraws(FamilyDraws):
 
 # -- Data-parallel placement of the Keras and Flax layers -------------------------------------------
 
+
 def per_rank_seed(seed: Any, rank: Any) -> Any:
     """The seed of a call on data-parallel rank ``rank`` in ``"per_rank"`` mode:
     ``xdrop.fold_in(seed, rank)``, for the seed the call would draw with alone (a seed array)
