@@ -7,14 +7,15 @@ A block is preceded by a marker line (blank lines between are fine) saying how i
   127.0.0.1 (a free port), which sets ``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` and
   ``MASTER_PORT``; the block joins with ``init_process_group`` (gloo on CPU).
 - ``<!-- launch: jax-processes 2 -->``: 2 processes with ``JAX_COORDINATOR_ADDRESS`` (which
-  ``jax.distributed.initialize`` reads), ``NUM_PROCESSES`` and ``PROCESS_ID`` set.
+  ``jax.distributed.initialize`` reads), ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID`` set.
 - ``<!-- launch: tf-workers 2 -->``: 2 processes, each with the ``TF_CONFIG`` of one worker of
   a 2-worker cluster on 127.0.0.1, for ``MultiWorkerMirroredStrategy``.
 - ``<!-- launch: none -->``: not a program (a shell line, a fragment); not run.
 
 A block without a marker fails: the page may show no code that is not checked or said to be
-unchecked. tests/test_docs.py runs every ```python block in-process too, so a block that needs
-a launcher is fenced ```py, which it leaves alone.
+unchecked. tests/test_docs.py also runs the ```python blocks marked ``python`` in its own
+process; a block that must start in a fresh one (it configures TensorFlow's devices) is fenced
+```py, which it leaves alone, as it leaves the blocks of the other launchers.
 """
 
 from __future__ import annotations
@@ -124,8 +125,8 @@ def launch(launcher: str, script: Path) -> None:
                     dict(
                         env,
                         JAX_COORDINATOR_ADDRESS=coordinator,
-                        NUM_PROCESSES="2",
-                        PROCESS_ID=str(index),
+                        JAX_NUM_PROCESSES="2",
+                        JAX_PROCESS_ID=str(index),
                     ),
                 )
                 for index in range(2)

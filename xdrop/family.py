@@ -84,12 +84,9 @@ def alpha_dropout(
         array([False, False,  True,  True])
     """
     options = {"training": training, "seed": seed, "rng": rng}
-    if sharding.is_dtensor(x):
-        return _on_dtensor(alpha_dropout, x, p, offset, noise_shape, options)
-    shard = sharding.local_shard_of(x, offset)
-    if shard is not None:  # x is to_local() of a sharded DTensor: drawn as that DTensor
-        whole = sharding.global_noise_shape(noise_shape, x, shard)
-        return _on_dtensor(alpha_dropout, shard, p, offset, whole, options).to_local()
+    sharded = _on_sharded(alpha_dropout, x, p, offset, noise_shape, options)
+    if sharded is not None:
+        return sharded
     xp, x, dtype, rate = _common(x, p)
     generator = seeds.rng_kind(rng)
     noise = check_noise_shape(noise_shape, xp.shape(x))
@@ -169,12 +166,9 @@ def gaussian_dropout(
         array([-0.06545269,  1.5836947 ,  0.82184637], dtype=float32)
     """
     options = {"training": training, "seed": seed, "rng": rng}
-    if sharding.is_dtensor(x):
-        return _on_dtensor(gaussian_dropout, x, p, offset, noise_shape, options)
-    shard = sharding.local_shard_of(x, offset)
-    if shard is not None:  # x is to_local() of a sharded DTensor: drawn as that DTensor
-        whole = sharding.global_noise_shape(noise_shape, x, shard)
-        return _on_dtensor(gaussian_dropout, shard, p, offset, whole, options).to_local()
+    sharded = _on_sharded(gaussian_dropout, x, p, offset, noise_shape, options)
+    if sharded is not None:
+        return sharded
     xp, x, dtype, rate = _common(x, p)
     if isinstance(rate, float) and rate == 1:
         raise bad_value("p", p, "a real number in [0, 1) (p == 1 has infinite variance)")
@@ -595,6 +589,26 @@ def _on_dtensor(
     block, local_noise = sharding.dtensor_mask_block(x, check_offset(offset), noise_shape)
     local = function(x.to_local(), p, noise_shape=local_noise, offset=block, **options)
     return sharding.dtensor_result(x, local)
+
+
+def _on_sharded(
+    function: Any,
+    x: Any,
+    p: object,
+    offset: object,
+    noise_shape: Sequence[int | None] | None,
+    options: dict[str, Any],
+) -> Any | None:
+    """``function`` of a DTensor ``x`` (:func:`_on_dtensor`), or of the plain local tensor a
+    tensor-parallel plan made of one (``to_local()`` of a sharded DTensor), drawn as that
+    DTensor and returned as its local part; None for any other ``x``."""
+    if sharding.is_dtensor(x):
+        return _on_dtensor(function, x, p, offset, noise_shape, options)
+    shard = sharding.local_shard_of(x, offset)
+    if shard is None:
+        return None
+    whole = sharding.global_noise_shape(noise_shape, x, shard)
+    return _on_dtensor(function, shard, p, offset, whole, options).to_local()
 
 
 def _check_dtensor_maps_whole(x: Any, block: sharding.Block, data_format: object) -> None:

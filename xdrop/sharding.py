@@ -479,6 +479,18 @@ def dtensor_mask_block(
     return placed, tuple(1 if share else size for share, size in zip(shared, local, strict=True))
 
 
+def is_dtensor_local(x: Any) -> bool:
+    """Whether the plain torch tensor ``x`` is a DTensor's ``to_local()``, as a tensor-parallel
+    plan hands on its output by default: global data, the same on each rank of the DTensor's
+    mesh or placed by it. Known from the autograd record, so only eagerly and while autograd
+    records (a trace cannot read it)."""
+    if "torch.distributed.tensor" not in sys.modules:
+        return False
+    import torch
+
+    return not torch.compiler.is_compiling() and _is_to_local(getattr(x, "grad_fn", None))
+
+
 TENSOR_PARALLEL_SEARCH = 8
 """Autograd nodes above a plain tensor searched for the local shard of a sharded DTensor."""
 
@@ -496,13 +508,21 @@ def local_shard_of(x: Any, offset: object) -> Any:
     :class:`Block` offset has placed ``x`` itself and is left alone."""
     if isinstance(offset, Block) or "torch.distributed.tensor" not in sys.modules:
         return None
+    import torch
+    import torch.distributed as dist
+
+    if torch.compiler.is_compiling() or not (dist.is_available() and dist.is_initialized()):
+        # a trace cannot read the autograd record (reading it would break every compiled
+        # graph at each dropout); without a process group there is no sharded DTensor
+        return None
     node = getattr(x, "grad_fn", None)
     if node is None or is_dtensor(x):
         return None
-    spec = _sharded_spec(node)
-    if spec is not None:
-        local = _spec_local_shape(spec)
-        if local == tuple(x.shape):
+    if _is_to_local(node):
+        spec = _sharded_spec(node)
+        if spec is None:  # a replicated or partial DTensor's local tensor: the whole tensor
+            return None
+        if _spec_local_shape(spec) == tuple(x.shape):
             from torch.distributed.tensor import DTensor
 
             return DTensor.from_local(
@@ -513,14 +533,13 @@ def local_shard_of(x: Any, offset: object) -> Any:
                 shape=spec.tensor_meta.shape,
                 stride=spec.tensor_meta.stride,
             )
-    import torch
-
-    if torch.compiler.is_compiling():
-        return None  # the autograd graph above is not walked inside a trace
     seen, todo = 0, [parent for parent, _ in node.next_functions if parent is not None]
     while todo and seen < TENSOR_PARALLEL_SEARCH:
         above = todo.pop(0)
         seen += 1
+        if not _is_to_local(above):
+            todo += [parent for parent, _ in above.next_functions if parent is not None]
+            continue
         spec = _sharded_spec(above)
         if spec is not None:
             raise TensorParallelError(
@@ -531,7 +550,7 @@ def local_shard_of(x: Any, offset: object) -> Any:
                 "ColwiseParallel(use_local_output=False)) so that dropout gets a DTensor, or "
                 "pass offset=xdrop.Block(global_shape, start) placing x"
             )
-        todo += [parent for parent, _ in above.next_functions if parent is not None]
+        # a replicated DTensor's local tensor: what came before it is the same on every rank
     return None
 
 
@@ -551,10 +570,13 @@ def global_noise_shape(
     )
 
 
+def _is_to_local(node: Any) -> bool:
+    """Whether the autograd ``node`` is the record of a ``DTensor.to_local()``."""
+    return type(node).__name__ == "_ToTorchTensorBackward"
+
+
 def _sharded_spec(node: Any) -> Any:
     """The DTensor spec that ``to_local()`` recorded on ``node``, if it places a ``Shard``."""
-    if type(node).__name__ != "_ToTorchTensorBackward":
-        return None
     spec = getattr(node, "dtensor_spec", None)
     placements = getattr(spec, "placements", ())
     if getattr(spec, "tensor_meta", None) is None:

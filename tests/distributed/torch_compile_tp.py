@@ -133,14 +133,20 @@ def check_family(rank: int, mesh: DeviceMesh) -> None:
         raise AssertionError("drop_block of a DTensor split on a spatial axis ran")
 
 
-def models() -> tuple[torch.nn.Sequential, torch.nn.Sequential]:
-    """A 2-layer MLP with xdrop's Dropout after its first Linear, and one with a GELU between."""
+def models(dp: DeviceMesh) -> tuple[torch.nn.Sequential, torch.nn.Sequential]:
+    """A 2-layer MLP with xdrop's Dropout after its first Linear, and one with a GELU between;
+    ``dp``: the data-parallel ranks (this rank alone: the ranks are tensor-parallel ranks)."""
     torch.manual_seed(0)  # the same weights on every rank and in the unsharded model
     direct = torch.nn.Sequential(
-        torch.nn.Linear(6, 16), Dropout(P, seed=SEED), torch.nn.Linear(16, 6)
+        torch.nn.Linear(6, 16),
+        Dropout(P, seed=SEED, data_parallel_group=dp),
+        torch.nn.Linear(16, 6),
     )
     activated = torch.nn.Sequential(
-        torch.nn.Linear(6, 16), torch.nn.GELU(), Dropout(P, seed=SEED), torch.nn.Linear(16, 6)
+        torch.nn.Linear(6, 16),
+        torch.nn.GELU(),
+        Dropout(P, seed=SEED, data_parallel_group=dp),
+        torch.nn.Linear(16, 6),
     )
     return direct, activated
 
@@ -164,13 +170,16 @@ def hidden_mask(
 
 
 def check_tensor_parallel(rank: int, mesh: DeviceMesh) -> None:
-    """The default plans against the unsharded model: the same hidden mask (this rank's columns)
-    and the same output; a GELU between the plan's Linear and the dropout is refused, naming
-    use_local_output=False, with which it is right."""
+    """The default plans against the unsharded model, eagerly: the same hidden mask (this
+    rank's columns) and the same output; a GELU between the plan's Linear and the dropout is
+    refused, naming use_local_output=False, with which it is right, eager and compiled (a trace
+    cannot tell a plan's plain local output from another tensor)."""
     x = torch.randn(4, 6, generator=torch.Generator().manual_seed(5))
-    direct, activated = models()
+    dp = init_device_mesh("cpu", (1, WORLD), mesh_dim_names=("dp", "tp"))["dp"]
+    direct, activated = models(dp)
     for compiled in (False, True):
-        for reference, local_output in ((direct, True), (activated, False)):
+        plans = ((direct, not compiled), (activated, False))  # use_local_output
+        for reference, local_output in plans:
             model = copy.deepcopy(reference)
             last = str(len(reference) - 1)
             plan = {"0": ColwiseParallel(use_local_output=local_output), last: RowwiseParallel()}
@@ -192,7 +201,9 @@ def check_tensor_parallel(rank: int, mesh: DeviceMesh) -> None:
         raise AssertionError("a dropout of a tensor-parallel shard behind a GELU ran")
     # SequenceParallel hands on a DTensor Shard(1) of (batch, sequence, hidden)
     torch.manual_seed(1)
-    reference = torch.nn.Sequential(torch.nn.LayerNorm(8), Dropout(P, seed=SEED))
+    reference = torch.nn.Sequential(
+        torch.nn.LayerNorm(8), Dropout(P, seed=SEED, data_parallel_group=dp)
+    )
     model = copy.deepcopy(reference)
     parallelize_module(model, mesh, {"0": SequenceParallel()})
     # an even sequence: SequenceParallel builds its DTensor assuming equal shards
@@ -200,6 +211,17 @@ def check_tensor_parallel(rank: int, mesh: DeviceMesh) -> None:
     y = model(piece(tokens, Shard(1), rank).contiguous())
     assert isinstance(y, DTensor) and y.placements == (Shard(1),), y
     assert torch.equal(y.to_local(), piece(reference(tokens), Shard(1), rank)), f"rank {rank}"
+    # the usual MLP: RowwiseParallel's replicated output after a sharded GELU is drawn whole
+    torch.manual_seed(2)
+    reference = torch.nn.Sequential(
+        torch.nn.Linear(6, 16),
+        torch.nn.GELU(),
+        torch.nn.Linear(16, 6),
+        Dropout(P, seed=SEED, data_parallel_group=dp),
+    )
+    model = copy.deepcopy(reference)
+    parallelize_module(model, mesh, {"0": ColwiseParallel(), "2": RowwiseParallel()})
+    torch.testing.assert_close(model(x), reference(x), msg=f"rank {rank}, Rowwise -> Dropout")
 
 
 LOCAL_OUTPUT: dict[str, Callable[[Any], Any]] = {

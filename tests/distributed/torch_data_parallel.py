@@ -237,7 +237,8 @@ def check_data_parallel_groups(rank: int) -> None:
 
 
 def check_dtensor_is_global(rank: int) -> None:
-    """A DTensor carries its own placement: its global mask, with no rank folded in."""
+    """A DTensor carries its own placement: its global mask, with no rank folded in unless a
+    data_parallel_group names data-parallel ranks beside its mesh."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor import Shard, distribute_tensor
 
@@ -247,6 +248,21 @@ def check_dtensor_is_global(rank: int) -> None:
         y = Dropout(P, seed=SEED, data_parallel=mode)(distribute_tensor(full, mesh, [Shard(0)]))
         expected = xdrop.dropout(full, P, seed=xdrop.fold_in(SEED, 0))
         assert torch.equal(y.full_tensor(), expected), f"rank {rank}, {mode}"
+    # data and tensor parallelism: each rank a data-parallel rank of its own 1-rank tensor-
+    # parallel mesh; the DTensor's mask, with the data-parallel rank folded in
+    mesh = init_device_mesh("cpu", (WORLD, 1), mesh_dim_names=("dp", "tp"))
+    x = distribute_tensor(full, mesh["tp"], [Shard(0)])
+    for mode in (None, "per_rank"):
+        layer = Dropout(P, seed=SEED, data_parallel=mode, data_parallel_group=mesh["dp"])
+        expected = xdrop.dropout(full, P, seed=xdrop.fold_in(xdrop.fold_in(SEED, 0), rank))
+        assert torch.equal(layer(x).full_tensor(), expected), f"rank {rank}, {mode}"
+    layer = Dropout(P, seed=SEED, data_parallel="global_batch", data_parallel_group=mesh["dp"])
+    try:
+        layer(x)
+    except xdrop.ArgumentValueError as error:
+        assert "data_parallel_group" in str(error), error
+    else:
+        raise AssertionError("global_batch of a DTensor among data-parallel ranks ran")
 
 
 def check_global_batch_layers(rank: int, ref: dict[str, Any]) -> None:
@@ -328,6 +344,30 @@ def check_compiled_as_eager(rank: int, ref: dict[str, Any]) -> None:
     assert torch.equal(compiled(global_input((8, 6), 0)[rank * LOCAL : (rank + 1) * LOCAL]), first)
 
 
+def check_keras_on_torch(rank: int) -> None:
+    """Keras' torch backend reads the ranks from torch.distributed: per_rank folds the rank in;
+    global_batch places an uneven split (3 + 2 rows) by the gathered batch sizes, as rank 0
+    drawing the whole batch (rank 1 none) places it."""
+    import os
+
+    os.environ["KERAS_BACKEND"] = "torch"
+    from xdrop.layers.keras import Dropout as KerasDropout
+
+    full = global_input((5, 6), 0)
+    whole = KerasDropout(P, seed=SEED, data_parallel="global_batch")
+    expected = whole(full if rank == 0 else full[:0], training=True).detach()
+    if rank == 1:
+        expected = torch.empty_like(full)
+    dist.broadcast(expected, src=0)
+    rows = slice(0, UNEVEN[0]) if rank == 0 else slice(UNEVEN[0], sum(UNEVEN))
+    layer = KerasDropout(P, seed=SEED, data_parallel="global_batch")
+    assert torch.equal(layer(full[rows], training=True), expected[rows]), f"rank {rank}"
+    y = KerasDropout(P, seed=SEED)(torch.ones(4, 8), training=True)
+    ys = [torch.empty_like(y) for _ in range(WORLD)]
+    dist.all_gather(ys, y.detach().contiguous())
+    assert not torch.equal(ys[0], ys[1]), "Keras on torch: two ranks drew one mask"
+
+
 def ranks(ref_path: str, checkpoint: str) -> None:
     dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))
     rank = dist.get_rank()
@@ -339,6 +379,7 @@ def ranks(ref_path: str, checkpoint: str) -> None:
             check_data_parallel_groups,
             check_dtensor_is_global,
             check_convert_per_rank_under_ddp,
+            check_keras_on_torch,
         ):
             check(rank)
         check_global_batch_layers(rank, ref)

@@ -13,7 +13,7 @@ import transformers
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 import xdrop
-from xdrop.errors import bad_value
+from xdrop.errors import Shown, bad_value
 from xdrop.seeds import Generator
 from xdrop.validation import check_alpha
 
@@ -107,6 +107,9 @@ class RDropTrainer(transformers.Trainer):
 
             model = convert(model, seed=convert_seed)
         super().__init__(model, *args, **kwargs)
+        # read by releases without loss_is_scaled_for_ga: the Trainer divides this batch mean
+        # by the accumulation steps
+        self.model_accepts_loss_kwargs = False
 
     def compute_loss(
         self,
@@ -194,5 +197,6 @@ def _check_single_label(config: Any, labels: torch.Tensor) -> None:
             "integer class labels of a single-label head, or a regression head (R-Dropout "
             "of a multi-label head is not defined here: override compute_loss)"
         )
-        shown = problem if problem == "multi_label_classification" else f"labels of {labels.dtype}"
-        raise bad_value("the head's problem_type", shown, allowed)
+        if problem == "multi_label_classification":
+            raise bad_value("the head's problem_type", problem, allowed)
+        raise bad_value("labels", Shown(f"<labels of {labels.dtype}>"), allowed)

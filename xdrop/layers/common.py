@@ -27,6 +27,7 @@ from xdrop.validation import (
     check_choice,
     check_flag,
     check_float_dtype,
+    check_noise_shape,
     check_seed,
     is_integer,
 )
@@ -208,23 +209,37 @@ def batch_rows(sizes: Sequence[int], rank: int) -> tuple[int, int]:
     return sum(sizes[:rank]), sum(sizes)
 
 
+def placed_mask(
+    shape: Sequence[int | None], noise_shape: Sequence[int | None] | None
+) -> tuple[tuple[int | None, ...], bool]:
+    """What a Block offset places for an input of ``shape`` drawn with ``noise_shape``: the
+    mask's shape (the noise shape completed against ``shape``, its entries aligned to the right
+    as :func:`xdrop.dropout` aligns them), and whether the mask holds one decision along the
+    batch axis (axis 0), which is then the global batch's on every rank.
+
+    >>> placed_mask((8, 3, 4), (None, 1))
+    ((1, 3, 1), True)
+    """
+    if noise_shape is None:
+        return tuple(shape), False
+    mask = check_noise_shape(noise_shape, tuple(shape))
+    padded = (1,) * (len(shape) - len(noise_shape)) + tuple(noise_shape)
+    return mask, bool(padded) and padded[0] == 1
+
+
 def batch_block(
     shape: Sequence[int], start: int, total: int, noise_shape: Sequence[int | None] | None = None
 ) -> int | xdrop.Block:
     """The ``offset`` of a local batch of ``shape`` whose rows start at row ``start`` of a global
     batch of ``total`` rows (axis 0): an :class:`xdrop.Block` giving each element the counter it
-    has in the global tensor. With a ``noise_shape`` the Block places the mask (1 on the axes
-    the noise shape shares); one shared over the batch axis is the same on every rank: 0.
+    has in the global tensor. With a ``noise_shape`` the Block places the mask
+    (:func:`placed_mask`); one shared over the batch axis is the same on every rank: 0.
 
     >>> batch_block((2, 3), 2, 4)
     Block(global_shape=(4, 3), start=(2, 0), offset=0)
     """
-    if noise_shape is None:
-        return global_batch_block(shape, start, total)
-    if noise_shape[0] == 1:
-        return 0
-    mask = tuple(1 if entry == 1 else size for entry, size in zip(noise_shape, shape, strict=True))
-    return global_batch_block(mask, start, total)
+    mask, shares_batch = placed_mask(shape, noise_shape)
+    return 0 if shares_batch else global_batch_block(mask, start, total)
 
 
 class DropoutDraws:
@@ -282,22 +297,6 @@ class DropoutDraws:
 
     _global_batch_refused: str | None = None
     """Why the variant cannot draw in ``data_parallel="global_batch"`` (None: it can)."""
-
-    def _placed_shape(
-        self, shape: Sequence[int | None], noise_shape: Sequence[int | None] | None
-    ) -> tuple[int | None, ...]:
-        """The shape of what a Block offset places for an input of ``shape``: the mask, at the
-        noise shape (its None entries the input's sizes)."""
-        if noise_shape is None:
-            return tuple(shape)
-        return tuple(
-            size if entry is None else entry for entry, size in zip(noise_shape, shape, strict=True)
-        )
-
-    @staticmethod
-    def _shares_batch(noise_shape: Sequence[int | None] | None) -> bool:
-        """Whether a mask of ``noise_shape`` holds one decision along the batch axis."""
-        return noise_shape is not None and len(noise_shape) > 0 and noise_shape[0] == 1
 
     @classmethod
     def _check_data_parallel(cls, data_parallel: object) -> str | None:
@@ -460,13 +459,6 @@ class GaussianNoiseDraws(FamilyDraws):
 # -- Data-parallel placement of the Keras and Flax layers -------------------------------------------
 
 
-def per_rank_seed(seed: Any, rank: Any) -> Any:
-    """The seed of a call on data-parallel rank ``rank`` in ``"per_rank"`` mode:
-    ``xdrop.fold_in(seed, rank)``, for the seed the call would draw with alone (a seed array)
-    and the rank as an integer or a 0-d integer array (a replica id in a graph)."""
-    return xdrop.fold_in(seed, rank)
-
-
 def global_batch_block(
     mask_shape: Sequence[int | None], first: Any, rows: int | None
 ) -> sharding.Block:
@@ -475,19 +467,18 @@ def global_batch_block(
     ``rows`` rows, so each element draws the counter it has in the global mask. ``first`` may be
     a 0-d integer array (traced).
 
-    ``rows`` None (unknown where the layer is traced)
-    places the mask in the tallest logical tensor whose counters fit: axis 0 is outermost in
-    row-major order, so the counters of its first rows are those of the global batch's, whatever
-    the number of rows. The other axes must be known."""
+    ``rows`` None (unknown where the layer is traced) places the mask in the tallest logical
+    tensor whose counters fit: axis 0 is outermost in row-major order, so the counters of its
+    first rows are those of the global batch's, whatever the number of rows. The other axes must
+    be known."""
     if any(size is None for size in mask_shape[1:]):
-        shown = Shown(f"<mask of shape {tuple(mask_shape)}>")
-        raise bad_value(
-            "data_parallel",
-            shown,
-            '"per_rank" or None where the axes after the batch axis are known only at run '
-            'time ("global_batch" places each row by the sizes of the others)',
+        allowed = (
+            f'"per_rank" or None for a mask of shape {tuple(mask_shape)}, whose axes after the '
+            'batch axis are known only at run time ("global_batch" places each row by the sizes '
+            "of the others)"
         )
-    rest = tuple(int(size) for size in mask_shape[1:] if size is not None)
+        raise bad_value("data_parallel", "global_batch", allowed)
+    rest = tuple(int(size) for size in mask_shape[1:])  # type: ignore[arg-type]
     row = math.prod(rest)
     if rows is None:
         rows = min(sharding.AXIS_LIMIT - 1, spec.SEED_COUNT // max(row, 1))
@@ -527,7 +518,7 @@ class Ranks:
     ) -> tuple[Any, Any]:
         """The seed and the offset a training call draws with, in the mode
         :func:`data_parallel_mode` gives: ``(seed, 0)`` as one process draws;
-        ``(per_rank_seed(seed, rank), 0)`` in ``"per_rank"`` mode; in ``"global_batch"``
+        ``(xdrop.fold_in(seed, rank), 0)`` in ``"per_rank"`` mode; in ``"global_batch"``
         mode ``seed`` and the :func:`global_batch_block` of a mask of ``mask_shape``, or
         ``(seed, 0)`` where the mask ``shares_batch`` (one decision along the batch axis: the
         global batch's, on every rank)."""
@@ -535,8 +526,12 @@ class Ranks:
         if mode is None:
             return seed, 0
         if mode == "per_rank":
-            return per_rank_seed(seed, self.rank), 0
-        if shares_batch or not mask_shape:
+            return xdrop.fold_in(seed, self.rank), 0
+        if not mask_shape:
+            shown = Shown("<inputs of shape ()>")
+            allowed = 'a batched input (the batch on axis 0) for data_parallel="global_batch"'
+            raise bad_value("inputs", shown, allowed)
+        if shares_batch:
             return seed, 0
         batch = mask_shape[0]
         if self.rows is None:
@@ -559,7 +554,7 @@ def process_ranks(inputs: Any) -> Ranks:
     if isinstance(inputs, jax.Array) and not isinstance(inputs, jax.core.Tracer):
         spans = not inputs.is_fully_addressable
     else:
-        mesh = getattr(getattr(jax.typeof(inputs), "sharding", None), "mesh", None)
+        mesh = getattr(getattr(getattr(inputs, "aval", None), "sharding", None), "mesh", None)
         spans = mesh is not None and mesh.size > jax.local_device_count()
     if spans:
         return Ranks()

@@ -177,8 +177,7 @@ class Dropout(common.DropoutDraws, nnx.Module):
         seed, offset = common.process_ranks(inputs).place(
             self.data_parallel,
             seed,
-            self._placed_shape(inputs.shape, noise_shape),
-            self._shares_batch(noise_shape),
+            *common.placed_mask(inputs.shape, noise_shape),
         )
         return self._draw(inputs, self.rate, seed, noise_shape, offset)  # type: ignore[no-any-return]
 

@@ -192,10 +192,17 @@ def _ranks(inputs: Any) -> common.Ranks:
     if backend == "jax":
         return common.process_ranks(inputs)
     if backend == "torch":
-        import torch.distributed
+        from xdrop.layers.torch_functional import DataParallel
 
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            return common.Ranks(torch.distributed.get_rank(), torch.distributed.get_world_size())
+        group = DataParallel()  # the default group
+        rank, world = group.rank_and_world()
+        if world == 1:
+            return common.Ranks()
+
+        def gathered_rows(batch: int | None) -> tuple[Any, int | None]:
+            return common.batch_rows(group.batch_sizes(inputs, world), rank)
+
+        return common.Ranks(rank, world, gathered_rows)
     return common.Ranks()
 
 
@@ -327,8 +334,7 @@ class Dropout(common.DropoutDraws, keras.layers.Layer):
         seed, offset = _ranks(inputs).place(
             self.data_parallel,
             self.seed_generator.draw(),
-            self._placed_shape(tuple(inputs.shape), noise_shape),
-            self._shares_batch(noise_shape),
+            *common.placed_mask(tuple(inputs.shape), noise_shape),
         )
         return self._draw(inputs, self.rate, seed, noise_shape, offset)
 

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 import xdrop
-from xdrop import spec
+from xdrop import sharding, spec
 from xdrop.errors import (
     ArgumentTypeError,
     Shown,
@@ -134,10 +134,13 @@ class DataParallel:
         folds the rank in (``xdrop.fold_in(seed, rank)``); ``"global_batch"`` keeps the seed
         and places ``x`` at its rows of the global batch (:func:`common.batch_rows`,
         :func:`common.batch_block`), gathering the ranks' batch sizes so that an uneven last
-        batch is placed exactly. One rank, or a DTensor (global already): as they are.
-        ``batched``: axis 0 of ``x`` is its batch (an unbatched input is refused with
-        ``"global_batch"``)."""
-        if _is_dtensor(x):
+        batch is placed exactly. One rank: as it is. A DTensor, or a tensor-parallel plan's
+        local output, is global already (drawn as its DTensor): as it is, but for the
+        data-parallel rank folded in where ``data_parallel_group`` names data-parallel ranks
+        beside its mesh's. ``batched``: axis 0 of ``x`` is its batch (an unbatched input is
+        refused with ``"global_batch"``)."""
+        is_global = sharding.is_dtensor(x) or sharding.is_dtensor_local(x)
+        if is_global and self.group is None:
             return seed, 0
         rank, world = self.rank_and_world()
         mode = common.data_parallel_mode(self.mode, world)
@@ -145,14 +148,20 @@ class DataParallel:
             return seed, 0
         if mode == "per_rank":
             return xdrop.fold_in(seed, rank), 0
+        if is_global:
+            allowed = (
+                '"per_rank" or None for a DTensor or a tensor-parallel output among the '
+                "data-parallel ranks of data_parallel_group"
+            )
+            raise bad_value("data_parallel", mode, allowed)
         if x.dim() == 0 or not batched:
             shown = Shown(f"<tensor of shape {tuple(x.shape)}>")
             allowed = 'a batched tensor (the batch on axis 0) for data_parallel="global_batch"'
             raise bad_value("x", shown, allowed)
-        start, total = common.batch_rows(self._batch_sizes(x, world), rank)
+        start, total = common.batch_rows(self.batch_sizes(x, world), rank)
         return seed, common.batch_block(tuple(x.shape), start, total, noise_shape)
 
-    def _batch_sizes(self, x: torch.Tensor, world: int) -> list[int]:
+    def batch_sizes(self, x: torch.Tensor, world: int) -> list[int]:
         """Every rank's local batch size (axis 0), in rank order: one all_gather of one integer
         per drawing call."""
         if torch.compiler.is_compiling():
@@ -175,6 +184,10 @@ class DataParallel:
     def __getstate__(self) -> dict[str, Any]:
         # a process group lives in one process: a pickled model takes the default group
         return {"mode": self.mode, "group": None}
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> DataParallel:
+        # a copy in the same process (an unsharded reference, an EMA model) keeps the group
+        return DataParallel(self.mode, self.group)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.mode, self.group = state["mode"], state["group"]
@@ -201,11 +214,6 @@ def check_data_parallel_group(group: object) -> Any:
 def _is_device_mesh(group: object) -> bool:
     mesh = sys.modules.get("torch.distributed.device_mesh")
     return mesh is not None and isinstance(group, mesh.DeviceMesh)
-
-
-def _is_dtensor(x: object) -> bool:
-    dtensor = sys.modules.get("torch.distributed.tensor")
-    return dtensor is not None and isinstance(x, dtensor.DTensor)
 
 
 class SiteContext:
