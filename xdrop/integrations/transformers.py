@@ -107,9 +107,10 @@ class RDropTrainer(transformers.Trainer):
 
             model = convert(model, seed=convert_seed)
         super().__init__(model, *args, **kwargs)
-        # read by releases without loss_is_scaled_for_ga: the Trainer divides this batch mean
-        # by the accumulation steps
-        self.model_accepts_loss_kwargs = False
+        if not hasattr(transformers.Trainer, "loss_is_scaled_for_ga"):
+            # releases before it read this instead: the Trainer then divides the batch mean
+            # by the accumulation steps
+            self.model_accepts_loss_kwargs = False
 
     def compute_loss(
         self,
