@@ -15,6 +15,7 @@ SPMD partitioner) partitions them along with it. ``docs/distributed.md`` shows t
 from __future__ import annotations
 
 import dataclasses
+import gc
 import math
 import sys
 from collections.abc import Sequence
@@ -482,13 +483,53 @@ def dtensor_mask_block(
 def is_dtensor_local(x: Any) -> bool:
     """Whether the plain torch tensor ``x`` is a DTensor's ``to_local()``, as a tensor-parallel
     plan hands on its output by default: global data, the same on each rank of the DTensor's
-    mesh or placed by it. Known from the autograd record, so only eagerly and while autograd
-    records (a trace cannot read it)."""
-    if "torch.distributed.tensor" not in sys.modules:
-        return False
-    import torch
+    mesh or placed by it. Known from the autograd record (:func:`_autograd_node`)."""
+    return "torch.distributed.tensor" in sys.modules and _is_to_local(_autograd_node(x))
 
-    return not torch.compiler.is_compiling() and _is_to_local(getattr(x, "grad_fn", None))
+
+def _autograd_node(x: Any) -> Any:
+    """``x.grad_fn`` where it can tell a tensor-parallel plan's plain output apart, else None:
+    eagerly, with a process group; inside ``torch.compile`` only while a plan that hands on
+    shards as plain tensors exists, where reading it breaks the graph so that the draw runs
+    eagerly (a trace keeps no autograd record, and other programs keep their whole graphs)."""
+    import torch
+    import torch.distributed as dist
+
+    if torch.compiler.is_compiling():
+        if not _plans_hand_on_shards():
+            return None
+    elif not (dist.is_available() and dist.is_initialized()):
+        return None  # no process group: no sharded DTensor
+    return getattr(x, "grad_fn", None)
+
+
+def _plans_hand_on_shards() -> bool:
+    """Whether a tensor-parallel plan (``ColwiseParallel()``, ``PrepareModuleOutput``...) that
+    hands on a ``Shard`` as a plain tensor (``use_local_output=True``) is alive. Asked while
+    ``torch.compile`` traces, once per trace, so the scan of the live objects costs no step."""
+    parallel = sys.modules.get("torch.distributed.tensor.parallel")
+    import torch.distributed as dist
+
+    if parallel is None or not (dist.is_available() and dist.is_initialized()):
+        return False
+    from torch.distributed.tensor import Shard
+
+    return any(  # type(), not isinstance: a dead weak proxy among the objects raises there
+        issubclass(type(style), parallel.ParallelStyle)
+        and getattr(style, "use_local_output", False)
+        and any(isinstance(layout, Shard) for layout in _layouts(style))
+        for style in gc.get_objects()
+    )
+
+
+# what torch.compiler.assume_constant_result marks: Dynamo runs the function while it traces and
+# keeps its result as a constant (set here, where torch may not be imported)
+_plans_hand_on_shards._dynamo_marked_constant = True  # type: ignore[attr-defined]
+
+
+def _layouts(style: Any) -> tuple[Any, ...]:
+    layouts = getattr(style, "output_layouts", ())
+    return tuple(layouts) if isinstance(layouts, (tuple, list)) else (layouts,)
 
 
 TENSOR_PARALLEL_SEARCH = 8
@@ -504,18 +545,12 @@ def local_shard_of(x: Any, offset: object) -> Any:
     its mask is the unsharded tensor's. When the node lies a few operations further up
     (``Linear -> GELU -> dropout``), the shard cannot be placed, and :class:`TensorParallelError`
     says so rather than draw another mask than the unsharded model's. Only a tensor that
-    records autograd can be recognised (not under ``torch.no_grad``); a caller that passes a
-    :class:`Block` offset has placed ``x`` itself and is left alone."""
+    records autograd can be recognised (not under ``torch.no_grad``; under ``torch.compile``
+    see :func:`_autograd_node`); a caller that passes a :class:`Block` offset has placed ``x``
+    itself and is left alone."""
     if isinstance(offset, Block) or "torch.distributed.tensor" not in sys.modules:
         return None
-    import torch
-    import torch.distributed as dist
-
-    if torch.compiler.is_compiling() or not (dist.is_available() and dist.is_initialized()):
-        # a trace cannot read the autograd record (reading it would break every compiled
-        # graph at each dropout); without a process group there is no sharded DTensor
-        return None
-    node = getattr(x, "grad_fn", None)
+    node = _autograd_node(x)
     if node is None or is_dtensor(x):
         return None
     if _is_to_local(node):

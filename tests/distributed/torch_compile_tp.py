@@ -170,16 +170,14 @@ def hidden_mask(
 
 
 def check_tensor_parallel(rank: int, mesh: DeviceMesh) -> None:
-    """The default plans against the unsharded model, eagerly: the same hidden mask (this
-    rank's columns) and the same output; a GELU between the plan's Linear and the dropout is
-    refused, naming use_local_output=False, with which it is right, eager and compiled (a trace
-    cannot tell a plan's plain local output from another tensor)."""
+    """The default plans against the unsharded model, eager and compiled: the same hidden
+    mask (this rank's columns) and the same output; a GELU between the plan's Linear and the
+    dropout is refused, naming use_local_output=False, with which it is right."""
     x = torch.randn(4, 6, generator=torch.Generator().manual_seed(5))
     dp = init_device_mesh("cpu", (1, WORLD), mesh_dim_names=("dp", "tp"))["dp"]
     direct, activated = models(dp)
     for compiled in (False, True):
-        plans = ((direct, not compiled), (activated, False))  # use_local_output
-        for reference, local_output in plans:
+        for reference, local_output in ((direct, True), (activated, False)):
             model = copy.deepcopy(reference)
             last = str(len(reference) - 1)
             plan = {"0": ColwiseParallel(use_local_output=local_output), last: RowwiseParallel()}
@@ -191,14 +189,16 @@ def check_tensor_parallel(rank: int, mesh: DeviceMesh) -> None:
             assert torch.equal(hidden_mask(model, x, run), expected), where
             torch.testing.assert_close(run(x), unsharded(x), msg=where)
     check_functions_of_a_local_output(rank, mesh, direct, x)
-    model = copy.deepcopy(activated)
-    parallelize_module(model, mesh, {"0": ColwiseParallel(), "3": RowwiseParallel()})
-    try:
-        model(x)
-    except xdrop.TensorParallelError as error:
-        assert "use_local_output=False" in str(error), error
-    else:
-        raise AssertionError("a dropout of a tensor-parallel shard behind a GELU ran")
+    for compiled in (False, True):
+        model = copy.deepcopy(activated)
+        parallelize_module(model, mesh, {"0": ColwiseParallel(), "3": RowwiseParallel()})
+        run = torch.compile(model, backend="eager") if compiled else model
+        try:
+            run(x)
+        except xdrop.TensorParallelError as error:
+            assert "use_local_output=False" in str(error), error
+        else:
+            raise AssertionError(f"a dropout of a shard behind a GELU ran (compiled {compiled})")
     # SequenceParallel hands on a DTensor Shard(1) of (batch, sequence, hidden)
     torch.manual_seed(1)
     reference = torch.nn.Sequential(

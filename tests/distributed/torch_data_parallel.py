@@ -15,6 +15,7 @@ Each prints one line ending in ``ok``.
 
 from __future__ import annotations
 
+import copy
 import datetime
 import sys
 from collections.abc import Callable
@@ -342,6 +343,12 @@ def check_compiled_as_eager(rank: int, ref: dict[str, Any]) -> None:
     first = ref["layers"]["Dropout"][0][rank * LOCAL : (rank + 1) * LOCAL]
     compiled = torch.compile(LAYERS["Dropout"][0](), backend="aot_eager")
     assert torch.equal(compiled(global_input((8, 6), 0)[rank * LOCAL : (rank + 1) * LOCAL]), first)
+    # per_rank stays in the graph of a model that records autograd: fullgraph=True compiles it
+    model = nn.Sequential(nn.Linear(6, 6), Dropout(P, seed=SEED))
+    eager_model = copy.deepcopy(model)
+    full_graph = torch.compile(model, backend="aot_eager", fullgraph=True)
+    x = global_input((8, 6), 0)[rank * LOCAL : (rank + 1) * LOCAL]
+    assert torch.equal(full_graph(x), eager_model(x)), f"rank {rank}, fullgraph"
 
 
 def check_keras_on_torch(rank: int) -> None:
