@@ -10,7 +10,6 @@ from __future__ import annotations
 import ast
 import importlib.util
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -39,15 +38,7 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyp
     def of(backend: str) -> tuple[dict[str, list[str]], Path]:
         if backend not in runs:
             directory = tmp_path_factory.mktemp(backend)
-            before = os.environ.get("XDROP_KERAS_CONVERT_OUT")
-            os.environ["XDROP_KERAS_CONVERT_OUT"] = str(directory)
-            try:
-                runs[backend] = run_on(backend, CHECKS, directory), directory
-            finally:
-                if before is None:
-                    del os.environ["XDROP_KERAS_CONVERT_OUT"]
-                else:
-                    os.environ["XDROP_KERAS_CONVERT_OUT"] = before
+            runs[backend] = run_on(backend, CHECKS, directory, "XDROP_KERAS_CONVERT_OUT"), directory
         return runs[backend]
 
     return of

@@ -21,16 +21,21 @@ BACKENDS = {"jax": "jax", "tensorflow": "tensorflow", "torch": "torch"}  # name 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run_on(backend: str, checks: Path, directory: Path) -> dict[str, list[str]]:
+def run_on(
+    backend: str, checks: Path, directory: Path, out_variable: str | None = None
+) -> dict[str, list[str]]:
     """Run ``checks`` on Keras' ``backend``: each test's name (``Class.test`` for a test of a
     class) -> its failures, errors and skips, empty if it passed. Skips where Keras or the
-    backend's framework is not installed."""
+    backend's framework is not installed. ``out_variable``: an environment variable that
+    tells the checks where to write what they record (``directory``)."""
     for package in ("keras", BACKENDS[backend]):
         if importlib.util.find_spec(package) is None:
             pytest.skip(f"{package} is not installed")
     report = directory / "report.xml"
     environment = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2"}
     environment.pop("XDROP_BACKEND", None)
+    if out_variable is not None:
+        environment[out_variable] = str(directory)
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                f"--junitxml={report}", str(checks)]  # fmt: skip
     run = subprocess.run(command, capture_output=True, text=True, timeout=1200,
