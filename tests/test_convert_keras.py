@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from layers.keras_backends import BACKENDS, run_on
+from layers.keras_backends import BACKENDS, runs_per_backend
 
 pytestmark = pytest.mark.backend_independent  # each framework's own arrays
 
@@ -33,15 +33,7 @@ HAS_KERAS_HUB = importlib.util.find_spec("keras_hub") is not None
 @pytest.fixture(scope="module")
 def outcomes(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     """Per backend, run once: each check's name -> its problems, and the folder it wrote to."""
-    runs: dict[str, tuple[dict[str, list[str]], Path]] = {}
-
-    def of(backend: str) -> tuple[dict[str, list[str]], Path]:
-        if backend not in runs:
-            directory = tmp_path_factory.mktemp(backend)
-            runs[backend] = run_on(backend, CHECKS, directory, "XDROP_KERAS_CONVERT_OUT"), directory
-        return runs[backend]
-
-    return of
+    return runs_per_backend(tmp_path_factory, CHECKS, "XDROP_KERAS_CONVERT_OUT")
 
 
 @pytest.mark.parametrize("name", NAMES)

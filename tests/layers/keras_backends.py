@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import xml.etree.ElementTree as ElementTree
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -53,3 +54,19 @@ def run_on(
                 text = element.attrib.get("message", "") + "\n" + (element.text or "")
                 problems.append(f"{tag}: {case.attrib['name']}: {text[-2500:]}")
     return results
+
+
+def runs_per_backend(
+    tmp_path_factory: pytest.TempPathFactory, checks: Path, out_variable: str
+) -> Callable[[str], tuple[dict[str, list[str]], Path]]:
+    """A backend -> :func:`run_on`'s results for ``checks`` and the folder they wrote to, each
+    backend run once, on first asking (for a module-scoped fixture)."""
+    runs: dict[str, tuple[dict[str, list[str]], Path]] = {}
+
+    def of(backend: str) -> tuple[dict[str, list[str]], Path]:
+        if backend not in runs:
+            directory = tmp_path_factory.mktemp(backend)
+            runs[backend] = run_on(backend, checks, directory, out_variable), directory
+        return runs[backend]
+
+    return of
