@@ -112,9 +112,9 @@ def test_graphs_without_xla_run_xdrop_as_one_compiled_step():
 
 
 def test_eager_calls_give_the_same_bits_whether_a_tape_records_them_or_not():
-    """Eagerly, an unrecorded call runs the compiled kernel on x's buffer, a recorded one the
-    staged step (first the any-shape graph, then the XLA step): one set of bits, and the
-    gradient and the forward-mode tangent are the mask times the scale."""
+    """Eagerly, a call runs the compiled kernel on x's buffer whether or not a tape records it
+    (with XDROP_KERNEL=0, the staged step): one set of bits, and the gradient and the
+    forward-mode tangent are the mask times the scale."""
     x = tf.random.stateless_normal((3, 100), seed=(0, 1))
     scale = tf.constant(1 / 0.6)
     for seed in range(4):
@@ -132,6 +132,76 @@ def test_eager_calls_give_the_same_bits_whether_a_tape_records_them_or_not():
         expected = tf.where(keep, scale, 0.0).numpy()
         assert (gradient.numpy() == expected).all()
         assert (accumulator.jvp(y_forward).numpy() == expected).all()
+
+
+def _taped_dropout(x, dy, seed):
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = xdrop.dropout(x, 0.4, seed=seed)
+    return y, tape.gradient(y, x, output_gradients=dy)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", "float64"])
+def test_recorded_eager_calls_have_the_gradients_of_the_staged_step(dtype):
+    """A recorded eager call runs the kernel forward and again on the gradient, keeping no mask:
+    the bits of the output and of the gradient are those of the step TensorFlow stages in a
+    tf.function, for any incoming gradient (NaN and -0.0 included)."""
+    x = tf.cast(tf.random.stateless_normal((7, 300), seed=(1, 2)), dtype)
+    dy = tf.cast(tf.random.stateless_normal((7, 300), seed=(3, 4)), dtype)
+    dy = tf.tensor_scatter_nd_update(dy, [[0, 0], [0, 1]], tf.constant([math.nan, -0.0], dtype))
+    staged = tf.function(_taped_dropout, autograph=False)
+    for seed in range(3):
+        y, gradient = _taped_dropout(x, dy, seed)
+        y_staged, gradient_staged = staged(x, dy, tf.constant(seed, tf.int64))
+        for eager, graph in ((y, y_staged), (gradient, gradient_staged)):
+            assert eager.dtype == x.dtype
+            assert eager.numpy().tobytes() == graph.numpy().tobytes()
+
+
+def test_recorded_eager_calls_run_the_kernel_forward_and_backward(monkeypatch):
+    from xdrop import kernel
+
+    passes = []
+    host_dropout = kernel.host_dropout
+    monkeypatch.setattr(
+        kernel, "host_dropout", lambda *a, **k: passes.append(a[3]) or host_dropout(*a, **k)
+    )
+    x = tf.random.stateless_normal((4, 50), seed=(0, 1))
+    _taped_dropout(x, tf.ones_like(x), 0)
+    assert passes == ["float32", "float32"]  # one pass on x, one on the gradient
+
+
+def test_second_derivatives_and_gradients_taken_in_a_graph_of_recorded_eager_calls():
+    """The gradient of a recorded call is itself recorded (dropout is linear: its gradient's
+    gradient is the same mask); a gradient taken inside a tf.function of an eagerly recorded
+    tape draws the mask again from x."""
+    x = tf.random.stateless_normal((5, 40), seed=(5, 6))
+    dy = tf.random.stateless_normal((5, 40), seed=(7, 8))
+    mask_times_scale = xdrop.dropout(tf.ones_like(x), 0.4, seed=2).numpy()
+    with tf.GradientTape() as outer:
+        outer.watch(dy)
+        with tf.GradientTape(persistent=True) as inner:
+            inner.watch(x)
+            y = xdrop.dropout(x, 0.4, seed=2)
+        gradient = inner.gradient(y, x, output_gradients=dy)
+    assert (outer.gradient(gradient, dy).numpy() == mask_times_scale).all()
+    in_graph = tf.function(lambda g: inner.gradient(y, x, output_gradients=g), autograph=False)
+    assert in_graph(dy).numpy().tobytes() == gradient.numpy().tobytes()
+
+
+def test_large_eager_results_come_from_tensorflows_allocator_with_the_same_bits():
+    """From 32 MiB the kernel writes into tensors TensorFlow allocates (NumPy's buffers of that
+    size are fresh pages on every call): the same bits as NumPy's, usable by TensorFlow."""
+    from xdrop.backends.tensorflow import POOLED_FROM_BYTES
+
+    x = tf.random.stateless_normal((POOLED_FROM_BYTES // 4 // 1000 + 1, 1000), seed=(0, 9))
+    y, keep = xdrop.dropout(x, 0.3, seed=4, return_mask=True)
+    y_host, keep_host = xdrop.dropout(x.numpy(), 0.3, seed=4, return_mask=True)
+    assert y.numpy().tobytes() == y_host.tobytes()
+    assert (keep.numpy() == keep_host).all() and keep.dtype == tf.bool
+    dropped = tf.where(keep, 0.0, y)  # TensorFlow's kernels read both
+    assert int(tf.math.count_nonzero(dropped)) == 0
+    assert int(tf.reduce_sum(tf.cast(keep, tf.int64))) == int(keep_host.sum())
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", "float64"])

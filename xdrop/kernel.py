@@ -2,7 +2,7 @@
 
 The spec (:mod:`xdrop.spec`) runs Threefry as a hundred framework operations per chunk. Where
 a backend can hand its buffers to compiled code — NumPy arrays, CPU ``torch.Tensor``\\ s and
-TensorFlow's CPU tensors that no tape records, in eager execution — the C extension
+TensorFlow's CPU tensors in eager execution (recorded on a tape too) — the C extension
 ``xdrop._kernel`` (``xdrop/_kernel.c``) computes, for element ``i`` of ``x`` in row-major order::
 
     (y0, y1) = Threefry-2x32-20((k0, k1), (c >> 32, c & 0xFFFFFFFF))    c = offset + i
