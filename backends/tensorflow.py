@@ -142,10 +142,9 @@ class TensorflowBackend(Backend, RateOps, FamilyOps, SeedArrays, NativeGenerator
             y, keep = self._host_pass(x, call)
 
             def gradient(dy: Any, *_: Any) -> Any:
-                if dy.dtype == x.dtype:
-                    passed = self.fused_dropout(dy, backward)
-                    if passed is not None:
-                        return passed[0]
+                passed = self.fused_dropout(dy, backward)
+                if passed is not None:
+                    return passed[0]
                 # dy in a graph or on a device: the mask is drawn again, eagerly, from x
                 with tf.init_scope():
                     _, keep = self._host_pass(x, call._replace(return_mask=True))
