@@ -133,7 +133,7 @@ class JaxBackend(Backend, NamespaceFunctions, SeedArrays, NativeGenerator):
 
         return call
 
-    def stage(self, function: Callable[..., Any]) -> Callable[..., Any]:
+    def stage(self, function: Callable[..., Any], returns_mask: bool = False) -> Callable[..., Any]:
         return self.jax.jit(function)  # eager calls: one dispatch instead of one per operation
 
     def is_tracing(self, x: Any) -> bool:

@@ -224,16 +224,30 @@ class TensorflowBackend(Backend, RateOps, FamilyOps, SeedArrays, NativeGenerator
         return call
 
     def staged_step_returns_mask(self, x: Any) -> bool:
-        # a gradient may be taken: it is the mask times the scale. Not otherwise: XLA computes
-        # the words a second time for a mask it returns beside y (a third more time)
+        # a gradient may be taken: it is the mask times the scale. Not otherwise: a step that
+        # returns its mask runs as two (stage)
         return bool(self.could_record())
 
-    def stage(self, function: Callable[..., Any]) -> Callable[..., Any]:
+    def stage(self, function: Callable[..., Any], returns_mask: bool = False) -> Callable[..., Any]:
         # eagerly and in graphs without XLA, one fused step; its gradient one XLA pass too (two
         # operations otherwise), compiled for the step's shape and dropped with the step
-        backward = _quiet(self.compile(self._backward))
-        step = _EagerlyFlat(self.tf, _quiet(self.compile(function)))
-        return self._mask_gradient(step, backward)
+        select = _EagerlyFlat(self.tf, _quiet(self.compile(self._backward)))
+        if not returns_mask:
+            return self._mask_gradient(
+                _EagerlyFlat(self.tf, _quiet(self.compile(function))), select
+            )
+        # XLA generates the words anew for each output that reads them: a step returning y and
+        # keep would generate them twice. So the mask alone (XLA drops y), then y by the select
+        # the gradient runs too: the words once, and a pass over x as cheap as one over dy
+        mask = _EagerlyFlat(
+            self.tf, _quiet(self.compile(lambda *arguments: function(*arguments)[1]))
+        )
+
+        def step(x: Any, *arguments: Any) -> tuple[Any, Any]:
+            keep = mask(x, *arguments)
+            return select(x, keep, arguments[-1]), keep
+
+        return self._mask_gradient(step, select)
 
     def stage_any_shape(self, function: Callable[..., Any]) -> Callable[..., Any]:
         # a graph (no XLA) whose sizes relax to None after the first retrace: a new shape costs
@@ -241,21 +255,27 @@ class TensorflowBackend(Backend, RateOps, FamilyOps, SeedArrays, NativeGenerator
         staged = self.tf.function(function, reduce_retracing=True, autograph=False)
         return self._mask_gradient(_quiet(staged), self._backward)
 
-    def stage_padded(self, function: Callable[..., Any]) -> Callable[..., Any]:
+    def stage_padded(
+        self, function: Callable[..., Any], returns_mask: bool = False
+    ) -> Callable[..., Any]:
         tf = self.tf
         # XLA compiles once per concrete shape it is called with (the step is traced once, with
         # its size None): padded to one of PADDED_PER_DOUBLING sizes per doubling, x costs a
-        # compilation per size class rather than one per size
-        step = _quiet(self.compile(function))
+        # compilation per size class rather than one per size. A mask is drawn alone and
+        # applied by the graph's operations, as in stage
+        step = _quiet(self.compile(_mask_of(function) if returns_mask else function))
+        select = _quiet(self.compile(self._backward))
 
         def padded(x: Any, *arguments: Any) -> tuple[Any, Any]:
             flat = tf.reshape(x, [-1])
             size = tf.size(flat, out_type=tf.int64)
-            y, keep = step(tf.pad(flat, [[0, padded_size(tf, size) - size]]), *arguments)
+            flat = tf.pad(flat, [[0, padded_size(tf, size) - size]])
+            outputs = step(flat, *arguments)
             shape = tf.shape(x)  # leading slices share the step's buffers: no copy
-            return tf.reshape(y[:size], shape), None if keep is None else tf.reshape(
-                keep[:size], shape
-            )
+            if not returns_mask:
+                return tf.reshape(outputs[0][:size], shape), None
+            y = select(flat, outputs, arguments[-1])
+            return tf.reshape(y[:size], shape), tf.reshape(outputs[:size], shape)
 
         # the gradient by the graph's operations: XLA would compile it for every unpadded size
         return self._mask_gradient(padded, self._backward)
@@ -495,6 +515,11 @@ def _aligned_empty(shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray:
     raw = np.empty(size + ALIGNMENT, np.uint8)
     start = -raw.ctypes.data % ALIGNMENT
     return raw[start : start + size].view(dtype).reshape(shape)
+
+
+def _mask_of(step: Callable[..., Any]) -> Callable[..., Any]:
+    """The keep mask alone of a staged ``step`` that returns ``(y, keep)``: XLA drops ``y``."""
+    return lambda *arguments: step(*arguments)[1]
 
 
 AUTO_SELECT = 3

@@ -173,6 +173,30 @@ def test_recorded_eager_calls_have_the_gradients_of_the_staged_step(dtype):
             assert eager.numpy().tobytes() == graph.numpy().tobytes()
 
 
+@pytest.mark.parametrize("rows", [7, None])  # None: traced from an input_signature
+def test_graph_steps_that_return_their_mask_give_the_eager_bits(rows):
+    """In a graph a step that returns its mask (a tape records it, or return_mask) draws the mask
+    alone and selects in a second step: y, the mask and the gradient are the eager call's."""
+    x = tf.random.stateless_normal((7, 300), seed=(1, 2))
+    dy = tf.random.stateless_normal((7, 300), seed=(3, 4))
+    spec = tf.TensorSpec((rows, 300), tf.float32)
+
+    @tf.function(input_signature=[spec, spec, tf.TensorSpec((), tf.int64)], autograph=False)
+    def staged(x, dy, seed):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y, keep = xdrop.dropout(x, 0.4, seed=seed, return_mask=True)
+        return y, keep, tape.gradient(y, x, output_gradients=dy)
+
+    for seed in range(3):
+        y, keep = xdrop.dropout(x, 0.4, seed=seed, return_mask=True)
+        y_staged, keep_staged, gradient = staged(x, dy, tf.constant(seed, tf.int64))
+        assert y_staged.numpy().tobytes() == y.numpy().tobytes()
+        assert (keep_staged.numpy() == keep.numpy()).all()
+        expected = xdrop.dropout(dy, 0.4, seed=seed)
+        assert gradient.numpy().tobytes() == expected.numpy().tobytes()
+
+
 def test_recorded_eager_calls_run_the_kernel_forward_and_backward(monkeypatch):
     from xdrop import kernel
 

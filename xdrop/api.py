@@ -444,7 +444,7 @@ def _staged(
     ) -> tuple[Array, Array | None]:
         return _portable(xp, plan, x, key, start, kept_count, factor)
 
-    return xp.stage_any_shape(step) if any_shape else xp.stage(step)
+    return xp.stage_any_shape(step) if any_shape else xp.stage(step, return_mask)
 
 
 @functools.lru_cache(maxsize=STAGED_CACHE_SIZE)
@@ -462,7 +462,7 @@ def _staged_padded(
     ) -> tuple[Array, Array | None]:
         return _portable(xp, plan, x, key, start, kept_count, factor)
 
-    return xp.stage_padded(step)
+    return xp.stage_padded(step, return_mask)
 
 
 class _CallCounts:

@@ -255,7 +255,9 @@ class Staging:
         ``runtime`` mode uses it."""
         return None
 
-    def stage(self, function: Callable[..., Any]) -> Callable[..., Any] | None:
+    def stage(
+        self, function: Callable[..., Any], returns_mask: bool = False
+    ) -> Callable[..., Any] | None:
         """``function`` compiled into one step, for calls that would otherwise run op by op
         (eagerly, or in a graph without a compiler), or None (the default) to run it as it is.
 
@@ -263,10 +265,12 @@ class Staging:
         are already bound. It is training dropout, ``(x, key, start, kept_count, factor) ->
         (y, keep or None)``: ``y = where(keep, x * factor, 0)`` (``x`` for factor None), so a
         backend may give it the gradient ``where(keep, dy * factor, 0)`` (see
-        :meth:`staged_step_returns_mask`) rather than differentiate its operations. The caller caches the result per program (shape, dtype, noise shape,
-        mode), so the compiler runs once per program: seeds, offsets and rates are arrays and
-        never recompile. Worth it where a compilation takes milliseconds and each eager
-        operation is a dispatch."""
+        :meth:`staged_step_returns_mask`) rather than differentiate its operations, and may
+        compute ``y`` from ``keep`` where ``returns_mask`` says ``keep`` is returned (not None).
+        The caller caches the result per program (shape, dtype, noise shape, mode), so the
+        compiler runs once per program: seeds, offsets and rates are arrays and never
+        recompile. Worth it where a compilation takes milliseconds and each eager operation is a
+        dispatch."""
         return None
 
     def staged_step_returns_mask(self, x: Array) -> bool:
@@ -276,13 +280,15 @@ class Staging:
         caller drops the mask where it was not asked for. Default: False."""
         return False
 
-    def stage_padded(self, function: Callable[..., Any]) -> Callable[..., Any] | None:
+    def stage_padded(
+        self, function: Callable[..., Any], returns_mask: bool = False
+    ) -> Callable[..., Any] | None:
         """``function``, the training step of a 1-d ``x`` of any size, staged for ``x`` of any
         shape whose sizes are known only at run time (a ``None`` dimension in a graph), or None
         (the default) to run the step's operations as they are.
 
         ``function(x, *arguments)`` returns ``(y, keep or None)`` elementwise in ``x`` (as for
-        :meth:`stage`), so the
+        :meth:`stage`, ``returns_mask`` too), so the
         result may flatten ``x``, pad it with anything to a size the compiler has seen, run the
         staged step and keep the first ``size(x)`` elements of each output, in ``x``'s shape:
         the number of compilations is then bounded by the sizes it pads to."""
