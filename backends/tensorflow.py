@@ -149,7 +149,7 @@ class TensorflowBackend(Backend, RateOps, FamilyOps, SeedArrays, NativeGenerator
                 with tf.init_scope():
                     _, keep = self._host_pass(x, call._replace(return_mask=True))
                 factor = None if call.factor is None else tf.constant(call.factor, dy.dtype)
-                return self._backward(dy, keep, factor)
+                return self._apply_mask(dy, keep, factor)
 
             return (y if keep is None else [y, keep]), gradient
 
@@ -231,7 +231,7 @@ class TensorflowBackend(Backend, RateOps, FamilyOps, SeedArrays, NativeGenerator
     def stage(self, function: Callable[..., Any], returns_mask: bool = False) -> Callable[..., Any]:
         # eagerly and in graphs without XLA, one fused step; its gradient one XLA pass too (two
         # operations otherwise), compiled for the step's shape and dropped with the step
-        select = _EagerlyFlat(self.tf, _quiet(self.compile(self._backward)))
+        select = _EagerlyFlat(self.tf, _quiet(self.compile(self._apply_mask)))
         if not returns_mask:
             return self._mask_gradient(
                 _EagerlyFlat(self.tf, _quiet(self.compile(function))), select
@@ -239,9 +239,7 @@ class TensorflowBackend(Backend, RateOps, FamilyOps, SeedArrays, NativeGenerator
         # XLA generates the words anew for each output that reads them: a step returning y and
         # keep would generate them twice. So the mask alone (XLA drops y), then y by the select
         # the gradient runs too: the words once, and a pass over x as cheap as one over dy
-        mask = _EagerlyFlat(
-            self.tf, _quiet(self.compile(lambda *arguments: function(*arguments)[1]))
-        )
+        mask = _EagerlyFlat(self.tf, _quiet(self.compile(_mask_of(function))))
 
         def step(x: Any, *arguments: Any) -> tuple[Any, Any]:
             keep = mask(x, *arguments)
@@ -253,7 +251,7 @@ class TensorflowBackend(Backend, RateOps, FamilyOps, SeedArrays, NativeGenerator
         # a graph (no XLA) whose sizes relax to None after the first retrace: a new shape costs
         # about a millisecond, against a hundred for an XLA compilation
         staged = self.tf.function(function, reduce_retracing=True, autograph=False)
-        return self._mask_gradient(_quiet(staged), self._backward)
+        return self._mask_gradient(_quiet(staged), self._apply_mask)
 
     def stage_padded(
         self, function: Callable[..., Any], returns_mask: bool = False
@@ -261,10 +259,10 @@ class TensorflowBackend(Backend, RateOps, FamilyOps, SeedArrays, NativeGenerator
         tf = self.tf
         # XLA compiles once per concrete shape it is called with (the step is traced once, with
         # its size None): padded to one of PADDED_PER_DOUBLING sizes per doubling, x costs a
-        # compilation per size class rather than one per size. A mask is drawn alone and
-        # applied by the graph's operations, as in stage
+        # compilation per size class rather than one per size. A mask is drawn alone, then
+        # applied to the padded x, as in stage
         step = _quiet(self.compile(_mask_of(function) if returns_mask else function))
-        select = _quiet(self.compile(self._backward))
+        select = _quiet(self.compile(self._apply_mask))
 
         def padded(x: Any, *arguments: Any) -> tuple[Any, Any]:
             flat = tf.reshape(x, [-1])
@@ -278,12 +276,13 @@ class TensorflowBackend(Backend, RateOps, FamilyOps, SeedArrays, NativeGenerator
             return tf.reshape(y[:size], shape), tf.reshape(outputs[:size], shape)
 
         # the gradient by the graph's operations: XLA would compile it for every unpadded size
-        return self._mask_gradient(padded, self._backward)
+        return self._mask_gradient(padded, self._apply_mask)
 
-    def _backward(self, dy: Any, keep: Any, factor: Any) -> Any:
-        """The gradient of dropout with ``keep`` and ``factor`` (None: none) for ``dy``."""
-        kept = dy if factor is None else dy * factor
-        return self.tf.where(keep, kept, self.tf.zeros((), dy.dtype))
+    def _apply_mask(self, v: Any, keep: Any, factor: Any) -> Any:
+        """``where(keep, v * factor, +0.0)`` (``v`` for factor None): dropout's output for
+        ``v = x``, its gradient for ``v = dy``."""
+        kept = v if factor is None else v * factor
+        return self.tf.where(keep, kept, self.tf.constant(0, v.dtype))
 
     def _mask_gradient(
         self, step: Callable[..., Any], backward: Callable[..., Any]
@@ -352,29 +351,25 @@ class TensorflowBackend(Backend, RateOps, FamilyOps, SeedArrays, NativeGenerator
     ) -> Any:
         tf = self.tf
         pair = self._pair(seed)
-        if self.in_xla_context(tf.compat.v1.get_default_graph()):
-            # auto_select would pick a far slower generator under XLA: Philox is named there
-            uniform = tf.random.stateless_uniform(shape, seed=pair, alg="philox")
-        elif tf.executing_eagerly():
-            # on CPU and GPU auto_select is Philox with the key "philox" gives, scrambled from
-            # the seed by one kernel rather than some thirty Python-level operations (1 ms of a
-            # 1.1 ms call at 1e3 elements); the raw kernel skips the (1 - 0) * u + 0 of the
-            # wrapper: five operations, as tf.nn.dropout's
+        if tf.executing_eagerly():  # the raw kernels skip the wrapper's (1 - 0) * u + 0
             key, counter = tf.raw_ops.StatelessRandomGetKeyCounter(seed=pair)
             uniform = tf.raw_ops.StatelessRandomUniformV2(
                 shape=shape, key=key, counter=counter, alg=AUTO_SELECT
             )
         else:
-            uniform = tf.random.stateless_uniform(shape, seed=pair, alg="auto_select")
+            uniform = tf.random.stateless_uniform(shape, seed=pair, alg=self._philox())
         return uniform < keep_probability
 
     def native_normals(self, shape: tuple[int, ...], seed: int | Key | None, like: Any) -> Any:
-        alg = (
-            "philox"
-            if self.in_xla_context(self.tf.compat.v1.get_default_graph())
-            else "auto_select"
-        )
-        return self.tf.random.stateless_normal(shape, seed=self._pair(seed), alg=alg)
+        return self.tf.random.stateless_normal(shape, seed=self._pair(seed), alg=self._philox())
+
+    def _philox(self) -> str:
+        """Philox, by the name that costs least. On CPU and GPU ``auto_select`` is Philox with the
+        key ``"philox"`` gives, scrambled from the seed by one kernel rather than some thirty
+        Python-level operations (eagerly, 1 ms of a 1.4 ms call at 1e3 elements); under XLA it
+        would pick a far slower generator, so Philox is named there."""
+        graph = self.tf.compat.v1.get_default_graph()
+        return "philox" if self.in_xla_context(graph) else "auto_select"
 
     def _pair(self, seed: int | Key | None) -> Any:
         """The int64[2] seed of TensorFlow's stateless generators for a host or traced seed."""
