@@ -29,7 +29,10 @@ from xdrop.layers.keras import (  # noqa: E402
 
 # The checks that run on one Keras backend only, and that backend: elsewhere they skip, and
 # tests/test_layers_keras.py expects exactly that; any other skip fails there (nothing ran).
-ONLY_ON = {"test_a_retraced_tf_function_draws_no_extra_step": "tensorflow"}
+ONLY_ON = {
+    "test_a_retraced_tf_function_draws_no_extra_step": "tensorflow",
+    "test_fit_run_eagerly_trains_to_the_weights_of_the_traced_fit": "tensorflow",
+}
 
 
 def host(x):  # type: ignore[no-untyped-def]
@@ -194,6 +197,26 @@ def test_a_retraced_tf_function_draws_no_extra_step():
     assert step_of(layer) == 3
     for step, y in enumerate(outputs):
         np.testing.assert_array_equal(host(y), contract(np.ones(y.shape, "float32"), 0.5, 4, step))
+
+
+def test_fit_run_eagerly_trains_to_the_weights_of_the_traced_fit():
+    """Eagerly a tape records each dropout, which then runs the compiled kernel forward and on
+    the gradient; in the traced train step, XLA steps: the same masks, the same weights."""
+    name = "test_fit_run_eagerly_trains_to_the_weights_of_the_traced_fit"
+    if keras.backend.backend() != ONLY_ON[name]:
+        pytest.skip("run_eagerly against tf.function is TensorFlow's")
+    x, y = data(64)
+    weights = []
+    for run_eagerly in (True, False):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((16,)), keras.layers.Dense(32, activation="relu"),
+                                  Dropout(0.3, seed=7), keras.layers.Dense(3)])  # fmt: skip
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        model.compile("sgd", loss, run_eagerly=run_eagerly, jit_compile=False)
+        model.fit(x, y, batch_size=16, epochs=2, verbose=0, shuffle=False)
+        weights.append([host(w) for w in model.weights])
+    for eager, traced in zip(*weights):
+        np.testing.assert_array_equal(eager, traced)
 
 
 def test_a_saved_model_continues_the_stream(tmp_path):
