@@ -215,7 +215,7 @@ def test_fit_run_eagerly_trains_to_the_weights_of_the_traced_fit():
         model.compile("sgd", loss, run_eagerly=run_eagerly, jit_compile=False)
         model.fit(x, y, batch_size=16, epochs=2, verbose=0, shuffle=False)
         weights.append([host(w) for w in model.weights])
-    for eager, traced in zip(*weights):
+    for eager, traced in zip(*weights, strict=True):
         np.testing.assert_array_equal(eager, traced)
 
 
