@@ -129,8 +129,8 @@ def rdrop_kl(
         0.137327
     """
     xp = require(backend_for(logits1), LossBackend, "R-Dropout")
-    logits1, logits2, class_axis = _logit_pair(xp, logits1, logits2, axis)
-    positions = rdrop.position_shape(xp.shape(logits1), class_axis)
+    logits1, logits2, logits, class_axis = _logit_pair(xp, logits1, logits2, axis)
+    positions = rdrop.position_shape(logits.shape, class_axis)
     how = check_reduction(reduction, positions)
     pad = _pad_mask(xp, pad_mask, positions)
     return rdrop.kl_loss(xp, logits1, logits2, class_axis, pad, how)
@@ -229,28 +229,23 @@ def rdrop_loss(
         1.1837
     """
     xp = require(backend_for(logits1), LossBackend, "R-Dropout")
-    logits1, logits2, class_axis = _logit_pair(xp, logits1, logits2, axis)
-    shape = xp.shape(logits1)
-    positions = rdrop.position_shape(shape, class_axis)
+    logits1, logits2, logits, class_axis = _logit_pair(xp, logits1, logits2, axis)
+    positions = rdrop.position_shape(logits.shape, class_axis)
     how = check_reduction(reduction, positions)
-    weight = check_alpha(alpha, rdrop.compute_dtype(xp.dtype_name(logits1)))
+    weight = check_alpha(alpha, rdrop.compute_dtype(logits.dtype))
     smoothing = check_label_smoothing(label_smoothing)
     ignored = check_ignore_index(ignore_index)
     pad = _pad_mask(xp, pad_mask, positions)
-    given = (labels, pad_mask)
+    given_labels = labels
     labels = _as_array(xp, "labels", labels)
-    check_position_array(
-        "labels",
-        _describe(xp, labels),
-        positions,
-        "an integer array",
-        dtype_ok=is_integer_dtype(xp.dtype_name(labels)),
-    )
+    described = _describe(xp, labels)
+    integers = is_integer_dtype(described.dtype)
+    check_position_array("labels", described, positions, "an integer array", dtype_ok=integers)
     # label values are checked where they are on the host already; reading a device array back
     # would stall every training step on a sync with the accelerator
-    if all(value is None or _on_host(xp, value) for value in given):
+    if _on_host(xp, given_labels) and (pad_mask is None or _on_host(xp, pad_mask)):
         padded = None if pad is None else xp.to_numpy(pad)
-        classes = shape[class_axis]
+        classes = logits.shape[class_axis]
         assert classes is not None  # checked by _logit_pair
         check_labels_in_range(xp.to_numpy(labels), classes, ignored, padded)
     return rdrop.rdrop_loss(
@@ -459,7 +454,7 @@ def _on_host(xp: Backend, value: Any) -> bool:
 
 
 def _describe(xp: Backend, a: Array) -> ArrayDescription:
-    return ArrayDescription(xp.dtype_name(a), tuple(xp.shape(a)))
+    return ArrayDescription(xp.dtype_name(a), xp.shape(a))
 
 
 def _as_array(xp: Backend, argument: str, value: Any) -> Array:
@@ -471,12 +466,15 @@ def _as_array(xp: Backend, argument: str, value: Any) -> Array:
     raise bad_type(argument, value, f"an array of the framework of logits1 ({xp.name})")
 
 
-def _logit_pair(xp: Backend, logits1: Any, logits2: Any, axis: object) -> tuple[Array, Array, int]:
-    """Both logits as arrays of ``xp``, of one floating dtype and one shape; and the class axis."""
+def _logit_pair(
+    xp: Backend, logits1: Any, logits2: Any, axis: object
+) -> tuple[Array, Array, ArrayDescription, int]:
+    """Both logits as arrays of ``xp``, of one floating dtype and one shape; that dtype and
+    shape; and the class axis."""
     logits1 = _as_array(xp, "logits1", logits1)
     logits2 = _as_array(xp, "logits2", logits2)
-    dtype = check_float_dtype(xp.dtype_name(logits1), "logits1")
     first, second = _describe(xp, logits1), _describe(xp, logits2)
+    dtype = check_float_dtype(first.dtype, "logits1")
     if second.dtype != dtype:
         raise bad_array_type("logits2", second, f"an array of logits1's dtype ({dtype})")
     if not shapes_agree(second.shape, first.shape):
@@ -489,7 +487,7 @@ def _logit_pair(xp: Backend, logits1: Any, logits2: Any, axis: object) -> tuple[
         raise bad_array("logits1", first, allowed)
     if first.shape[class_axis] == 0:
         raise bad_array("logits1", first, f"an array with at least one class along axis {axis}")
-    return logits1, logits2, class_axis
+    return logits1, logits2, first, class_axis
 
 
 def _pad_mask(xp: Backend, pad_mask: Any, positions: tuple[int, ...]) -> Array | None:

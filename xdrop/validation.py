@@ -363,14 +363,13 @@ def is_integer_dtype(dtype: str) -> bool:
 
 def check_axis(axis: object, ndim: int, argument: str = "axis") -> int:
     """``axis`` of an array of ``ndim`` dimensions, made non-negative."""
+    value = as_integer(axis)
+    if value is not None and -ndim <= value < ndim:
+        return value % ndim
     allowed = f"an integer in [{-ndim}, {ndim}) for an array of {ndim} dimensions"
-    if not is_integer(axis):
+    if value is None:
         raise bad_type(argument, axis, allowed)
-    assert isinstance(axis, numbers.Integral)
-    value = int(axis)
-    if not -ndim <= value < ndim:
-        raise bad_value(argument, axis, allowed)
-    return value % ndim
+    raise bad_value(argument, axis, allowed)
 
 
 def check_reduction(reduction: object, positions: tuple[int | None, ...]) -> str:
@@ -439,8 +438,9 @@ def check_position_array(
 
 def shapes_agree(first: tuple[int | None, ...], second: tuple[int | None, ...]) -> bool:
     """Whether two shapes can be one: the same rank, and equal sizes where both are known."""
-    return len(first) == len(second) and all(
-        a is None or b is None or a == b for a, b in zip(first, second, strict=True)
+    return first == second or (
+        len(first) == len(second)
+        and all(a is None or b is None or a == b for a, b in zip(first, second, strict=True))
     )
 
 
