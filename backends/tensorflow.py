@@ -416,18 +416,19 @@ class TensorflowBackend(Backend, RateOps, FamilyOps, SeedArrays, NativeGenerator
     def take_along_axis(self, x: Any, indices: Any, axis: int) -> Any:
         tf = self.tf
         if axis == (x.shape.rank or 0) - 1:
-            # the class axis of losses: one flat gather, whose gradient is a few ops too (tf.numpy's
-            # take_along_axis runs ~40 ops, a gather with batch_dims ~20 more for its gradient)
-            if indices.dtype != tf.int64:  # gather takes int32 and int64 only
+            # the class axis of losses: one gather_nd, whose gradient is one scatter_nd into a
+            # dense array (tf.numpy's take_along_axis runs ~40 ops, a gather with batch_dims ~20
+            # more for its gradient, a flat gather's sparse gradient a dozen more to make it dense)
+            if indices.dtype != tf.int64:  # gather_nd takes int32 and int64 only
                 indices = tf.cast(indices, tf.int64)
-            classes, positions = x.shape[-1], indices.shape
-            if classes is not None and positions.is_fully_defined():  # the offsets: a constant
-                start = np.arange(positions.num_elements(), dtype=np.int64) * classes
-                start = tf.constant(start.reshape(positions))
-            else:
-                rows = tf.range(tf.size(indices, out_type=tf.int64), dtype=tf.int64)
-                start = tf.reshape(rows, tf.shape(indices)) * tf.shape(x, out_type=tf.int64)[-1]
-            return tf.gather(tf.reshape(x, [-1]), start + indices)
+            positions = indices.shape[:-1]
+            if positions.is_fully_defined():  # each position's coordinates, then its label
+                grid = np.indices(positions.as_list(), dtype=np.int64)
+                coordinates = tf.constant(np.moveaxis(grid, 0, -1))
+                return tf.expand_dims(tf.gather_nd(x, tf.concat([coordinates, indices], -1)), -1)
+            rows = tf.range(tf.size(indices, out_type=tf.int64), dtype=tf.int64)
+            start = tf.reshape(rows, tf.shape(indices)) * tf.shape(x, out_type=tf.int64)[-1]
+            return tf.gather_nd(tf.reshape(x, [-1]), tf.expand_dims(start + indices, -1))
         return tf.experimental.numpy.take_along_axis(x, tf.cast(indices, tf.int64), axis)
 
     def split(self, x: Any, sections: int, axis: int) -> list[Any]:
