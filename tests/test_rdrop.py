@@ -777,6 +777,19 @@ def test_torch_compile():
     assert compiled(*args).item() == pytest.approx(eager, rel=1e-6)
 
 
+def test_torch_compile_raises_on_a_label_out_of_range():
+    """Labels are not read back under the compiler; the compiled gather checks its indices, so a
+    wrong label raises rather than giving a loss."""
+    framework_backend("torch")
+    import torch
+
+    logits1, logits2 = torch.zeros(4, 3), torch.ones(4, 3)
+    loss = torch.compile(lambda a, b, labels: xdrop.rdrop_loss(a, b, labels))
+    assert torch.isfinite(loss(logits1, logits2, torch.tensor([0, 1, 2, 2])))
+    with pytest.raises(RuntimeError, match="out of bounds"):
+        loss(logits1, logits2, torch.tensor([0, 1, 3, 2]))
+
+
 def test_jax_gradients_under_jit_are_finite_and_right():
     framework_backend("jax")
     import jax
