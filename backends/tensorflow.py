@@ -416,19 +416,23 @@ class TensorflowBackend(Backend, RateOps, FamilyOps, SeedArrays, NativeGenerator
     def take_along_axis(self, x: Any, indices: Any, axis: int) -> Any:
         tf = self.tf
         if axis == (x.shape.rank or 0) - 1:
-            # the class axis of losses: one gather_nd, whose gradient is one scatter_nd into a
-            # dense array (tf.numpy's take_along_axis runs ~40 ops, a gather with batch_dims ~20
-            # more for its gradient, a flat gather's sparse gradient a dozen more to make it dense)
-            if indices.dtype != tf.int64:  # gather_nd takes int32 and int64 only
+            # the class axis of losses: one gather_nd at each position's coordinates and its index,
+            # whose gradient is one scatter_nd into a dense array (tf.numpy's take_along_axis runs
+            # ~40 ops, a gather with batch_dims ~20 more for its gradient, a flat gather's sparse
+            # gradient a dozen more to make it dense); an index out of range is gather_nd's error
+            if indices.dtype != tf.int64:  # the coordinates' dtype
                 indices = tf.cast(indices, tf.int64)
             positions = indices.shape[:-1]
-            if positions.is_fully_defined():  # each position's coordinates, then its label
+            if positions.is_fully_defined():
                 grid = np.indices(positions.as_list(), dtype=np.int64)
                 coordinates = tf.constant(np.moveaxis(grid, 0, -1))
-                return tf.expand_dims(tf.gather_nd(x, tf.concat([coordinates, indices], -1)), -1)
-            rows = tf.range(tf.size(indices, out_type=tf.int64), dtype=tf.int64)
-            start = tf.reshape(rows, tf.shape(indices)) * tf.shape(x, out_type=tf.int64)[-1]
-            return tf.gather_nd(tf.reshape(x, [-1]), tf.expand_dims(start + indices, -1))
+            else:  # every position of a tensor of ones, in row-major order
+                sizes = tf.shape(indices, out_type=tf.int64)[:-1]
+                everywhere = tf.where(tf.ones(sizes, tf.bool))
+                coordinates = tf.reshape(everywhere, tf.concat([sizes, [len(positions)]], 0))
+            # each index given the size-1 class axis the result keeps: [..., 1, rank] picks [..., 1]
+            picks = tf.expand_dims(tf.concat([coordinates, indices], -1), -2)
+            return tf.gather_nd(x, picks)
         return tf.experimental.numpy.take_along_axis(x, tf.cast(indices, tf.int64), axis)
 
     def split(self, x: Any, sections: int, axis: int) -> list[Any]:

@@ -414,3 +414,50 @@ def test_gradients_of_compiled_steps_are_the_mask_times_the_scale():
         ours, keep = gradient(x, tf.constant(5, tf.int64), p)
         expected = np.where(keep.numpy(), 2 * (np.float32(1) / np.float32(0.7)), 0.0)
         assert (ours.numpy() == (expected if p != 1.0 else 0.0)).all()
+
+
+@pytest.mark.parametrize("shape", [(7,), (4, 3), (2, 5, 6), (0, 4)])
+def test_rdrop_picks_labels_as_numpy_in_every_mode_with_the_gradient_at_the_label(shape):
+    """R-Dropout's cross entropy picks each position's log-probability with take_along_axis:
+    eagerly, in graphs with static and None sizes and under XLA the picked values are NumPy's,
+    and the gradient is dy at the picked class, 0 elsewhere."""
+    from xdrop.registry import backend_for
+
+    xp = backend_for(tf.ones(1))
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(shape).astype(np.float32)
+    labels = rng.integers(0, shape[-1], (*shape[:-1], 1))
+    expected = np.take_along_axis(x, labels, -1)
+    scattered = np.zeros_like(x)
+    np.put_along_axis(scattered, labels, 3.0, -1)
+
+    def pick_and_gradient(x, labels):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            picked = xp.take_along_axis(x, labels, len(shape) - 1)
+        gradient = tape.gradient(picked, x, output_gradients=tf.fill(tf.shape(picked), 3.0))
+        return picked, tf.convert_to_tensor(gradient)  # 1-d: sparse slices, as gather_nd gives
+
+    unknown = [tf.TensorSpec([None] * len(shape)), tf.TensorSpec([None] * len(shape), tf.int32)]
+    modes = {
+        "eager": pick_and_gradient,
+        "graph": tf.function(pick_and_gradient, autograph=False),
+        "graph, None sizes": tf.function(pick_and_gradient, input_signature=unknown),
+        "XLA": tf.function(pick_and_gradient, jit_compile=True),
+    }
+    for mode, run in modes.items():
+        picked, gradient = run(tf.constant(x), tf.constant(labels, tf.int32))
+        assert np.array_equal(picked.numpy(), expected), mode
+        assert np.array_equal(gradient.numpy(), scattered), mode
+
+
+@pytest.mark.parametrize("sizes", [[4, 3], [None, 3]])
+def test_a_label_out_of_range_in_a_graph_raises(sizes):
+    """Labels are not read back inside a graph; gather_nd checks them there (on the CPU), for
+    static and None sizes alike, rather than reading another position's logits."""
+    signature = [tf.TensorSpec(sizes), tf.TensorSpec(sizes[:1], tf.int64)]
+    loss = tf.function(lambda a, labels: xdrop.rdrop_loss(a, a, labels), input_signature=signature)
+    logits = tf.zeros((4, 3))
+    assert np.isfinite(loss(logits, tf.constant([0, 1, 2, 2], tf.int64)).numpy())
+    with pytest.raises(tf.errors.InvalidArgumentError, match="does not index into"):
+        loss(logits, tf.constant([0, 1, 3, 2], tf.int64))

@@ -203,7 +203,7 @@ def rdrop_loss(
             arrays, lists, eager arrays in CPU memory); an accelerator's array is not read back
             for it, which would cost a device sync per step, and neither is a traced one: an
             out-of-range label there behaves as the framework's indexing does (PyTorch raises,
-            JAX clamps).
+            as TensorFlow's graphs do on the CPU; JAX and XLA clamp).
         alpha: the weight of the KL term, ``>= 0`` and finite in the dtype the loss is computed
             in; 0 gives ``CE1 + CE2`` alone.
         axis: the class axis.
@@ -356,8 +356,8 @@ def rdrop_regression_loss(
     xp = require(backend_for(pred1), LossBackend, "R-Dropout")
     pred1 = _as_array(xp, "pred1", pred1)
     pred2 = _as_array(xp, "pred2", pred2)
-    dtype = check_float_dtype(xp.dtype_name(pred1), "pred1")
     first, second = _describe(xp, pred1), _describe(xp, pred2)
+    dtype = check_float_dtype(first.dtype, "pred1")
     if second.dtype != dtype:
         raise bad_array_type("pred2", second, f"an array of pred1's dtype ({dtype})")
     if not shapes_agree(second.shape, first.shape):
@@ -494,11 +494,9 @@ def _pad_mask(xp: Backend, pad_mask: Any, positions: tuple[int, ...]) -> Array |
     if pad_mask is None:
         return None
     pad = _as_array(xp, "pad_mask", pad_mask)
+    described = _describe(xp, pad)
+    allowed = "None or a boolean array (True = padded)"
     check_position_array(
-        "pad_mask",
-        _describe(xp, pad),
-        positions,
-        "None or a boolean array (True = padded)",
-        dtype_ok=xp.dtype_name(pad) == "bool",
+        "pad_mask", described, positions, allowed, dtype_ok=described.dtype == "bool"
     )
     return pad

@@ -429,11 +429,12 @@ def check_position_array(
     dtype_ok: bool,
 ) -> None:
     """``pad_mask`` and ``labels``: one entry per position (logits' shape less the class axis)."""
+    if dtype_ok and shapes_agree(array.shape, positions):
+        return
     allowed = f"{kind} of shape {positions} (the shape of the logits without the class axis)"
     if not dtype_ok:
         raise bad_array_type(argument, array, allowed)
-    if not shapes_agree(array.shape, positions):
-        raise bad_array(argument, array, allowed)
+    raise bad_array(argument, array, allowed)
 
 
 def shapes_agree(first: tuple[int | None, ...], second: tuple[int | None, ...]) -> bool:
