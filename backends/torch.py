@@ -21,6 +21,8 @@ from xdrop.protocol import (
 
 _SIGN_BIT = 1 << 31
 _LOW_WORD = (1 << 32) - 1
+_NO_INDEX = -(1 << 63)
+"""nll_loss's ignore_index where every index counts: no class index is the least int64."""
 
 
 class TorchBackend(Backend, OperatorArithmetic, NamespaceFunctions, SeedArrays, NativeGenerator):
@@ -244,9 +246,23 @@ class TorchBackend(Backend, OperatorArithmetic, NamespaceFunctions, SeedArrays, 
         return self.torch.log_softmax(x, dim=axis)
 
     def take_along_axis(self, x: Any, indices: Any, axis: int) -> Any:
-        # indices have x's shape but at axis (the protocol's contract), so gather needs none of
-        # take_along_dim's broadcasting, which doubles the cost of a small call
-        return self.torch.gather(x, axis, indices.long())  # gather wants int64
+        torch = self.torch
+        indices = indices.long()  # what gather and nll_loss take
+        if not torch.compiler.is_compiling():
+            # indices have x's shape but at axis (the protocol's contract), so gather needs none
+            # of take_along_dim's broadcasting, which doubles the cost of a small call
+            return torch.gather(x, axis, indices)
+        # compiled, gather's gradient is a scatter into a zeroed array, a kernel of its own;
+        # nll_loss's is a select that Inductor fuses into the loss's other kernels (its forward
+        # is the same gather, bounds check included). It picks -x[i, index[i]] from rows [P, C]
+        rows, picks = x.movedim(axis, -1), indices.movedim(axis, -1)
+        negated = torch.nn.functional.nll_loss(
+            rows.reshape(-1, rows.shape[-1]),
+            picks.reshape(-1),
+            reduction="none",
+            ignore_index=_NO_INDEX,
+        )
+        return (-negated).reshape(picks.shape).movedim(-1, axis)
 
     def split(self, x: Any, sections: int, axis: int) -> list[Any]:
         return list(self.torch.tensor_split(x, sections, dim=axis))  # chunk may give fewer parts

@@ -777,6 +777,33 @@ def test_torch_compile():
     assert compiled(*args).item() == pytest.approx(eager, rel=1e-6)
 
 
+@pytest.mark.parametrize(("shape", "axis"), [((6,), 0), ((5, 4), -1), ((2, 4, 3), 1)])
+def test_torch_compile_gives_the_eager_loss_and_gradients_on_any_class_axis(shape, axis):
+    """Compiled, the labels' log-probabilities are picked another way (nll_loss, whose gradient
+    fuses); the loss and both gradients are eager's to rounding, whatever the class axis."""
+    framework_backend("torch")
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    logits = [torch.randn(shape, generator=generator, requires_grad=True) for _ in range(2)]
+    positions = shape[: axis % len(shape)] + shape[axis % len(shape) + 1 :]
+    labels = torch.randint(0, shape[axis], positions, generator=generator)
+
+    def loss_and_gradients(loss_of):
+        loss = loss_of(*logits, labels)
+        return (loss, *torch.autograd.grad(loss, logits))
+
+    for smoothing in (0.0, 0.1):  # both cross entropies picked at once, and one by one
+
+        def loss_of(a, b, labels, smoothing=smoothing):
+            return xdrop.rdrop_loss(a, b, labels, axis=axis, label_smoothing=smoothing)
+
+        eager = loss_and_gradients(loss_of)
+        compiled = loss_and_gradients(torch.compile(loss_of))
+        for ours, expected in zip(compiled, eager, strict=True):
+            torch.testing.assert_close(ours, expected, rtol=1e-6, atol=1e-7)
+
+
 def test_torch_compile_raises_on_a_label_out_of_range():
     """Labels are not read back under the compiler; the compiled gather checks its indices, so a
     wrong label raises rather than giving a loss."""
