@@ -236,23 +236,19 @@ def rdrop_loss(
     smoothing = check_label_smoothing(label_smoothing)
     ignored = check_ignore_index(ignore_index)
     pad = _pad_mask(xp, pad_mask, positions)
-    given_labels = labels
-    labels = _as_array(xp, "labels", labels)
-    described = _describe(xp, labels)
-    integers = is_integer_dtype(described.dtype)
-    check_position_array("labels", described, positions, "an integer array", dtype_ok=integers)
+    indices = _position_array(xp, "labels", labels, positions, "an integer array", is_integer_dtype)
     # label values are checked where they are on the host already; reading a device array back
     # would stall every training step on a sync with the accelerator
-    if _on_host(xp, given_labels) and (pad_mask is None or _on_host(xp, pad_mask)):
+    if _on_host(xp, labels) and (pad_mask is None or _on_host(xp, pad_mask)):
         padded = None if pad is None else xp.to_numpy(pad)
         classes = logits.shape[class_axis]
         assert classes is not None  # checked by _logit_pair
-        check_labels_in_range(xp.to_numpy(labels), classes, ignored, padded)
+        check_labels_in_range(xp.to_numpy(indices), classes, ignored, padded)
     return rdrop.rdrop_loss(
         xp,
         logits1,
         logits2,
-        labels,
+        indices,
         alpha=weight,
         axis=class_axis,
         pad_mask=pad,
@@ -493,10 +489,20 @@ def _logit_pair(
 def _pad_mask(xp: Backend, pad_mask: Any, positions: tuple[int, ...]) -> Array | None:
     if pad_mask is None:
         return None
-    pad = _as_array(xp, "pad_mask", pad_mask)
-    described = _describe(xp, pad)
     allowed = "None or a boolean array (True = padded)"
-    check_position_array(
-        "pad_mask", described, positions, allowed, dtype_ok=described.dtype == "bool"
-    )
-    return pad
+    return _position_array(xp, "pad_mask", pad_mask, positions, allowed, "bool".__eq__)
+
+
+def _position_array(
+    xp: Backend,
+    argument: str,
+    value: Any,
+    positions: tuple[int, ...],
+    kind: str,
+    dtype_ok: Callable[[str], bool],
+) -> Array:
+    """``value`` as an array of ``xp`` with one entry per position, of a dtype ``dtype_ok``."""
+    array = _as_array(xp, argument, value)
+    described = _describe(xp, array)
+    check_position_array(argument, described, positions, kind, dtype_ok=dtype_ok(described.dtype))
+    return array
