@@ -11,7 +11,6 @@ states each formula and how it compares with the frameworks' own versions.
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,6 +23,7 @@ from xdrop.typing import Rng
 from xdrop.validation import (
     Rate,
     as_input_array,
+    as_real,
     check_choice,
     check_flag,
     check_float_dtype,
@@ -566,10 +566,10 @@ def _threshold(xp: FamilyBackend, gamma: Rate) -> Words | int:
 
 def _check_positive_real(argument: str, value: object, allow_zero: bool) -> float:
     """A finite real number above 0 (or at least 0 with ``allow_zero``) as a float."""
+    number = as_real(value)
     allowed = "a finite real number " + ("at least 0" if allow_zero else "above 0")
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    if number is None:
         raise bad_type(argument, value, allowed)
-    number = float(value)
     if not math.isfinite(number) or number < 0 or (number == 0 and not allow_zero):
         raise bad_value(argument, value, allowed)
     return number

@@ -33,9 +33,20 @@ def as_integer(value: object) -> int | None:
 
     A Python int is returned as it is, never through ``int()``: under ``torch.compile`` it may
     stand for a graph input, which ``int()`` would pin to one value (a recompile per value)."""
+    if type(value) is int:  # the common case, before the slower checks of abstract types
+        return value
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         return None
     return value if isinstance(value, int) else int(value)
+
+
+def as_real(value: object) -> float | None:
+    """``value`` as a float if it is a Python or NumPy real number (not a bool), else None."""
+    if type(value) is float:  # the common case, before the slower checks of abstract types
+        return value
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        return None
+    return float(value)
 
 
 def is_integer(value: object) -> bool:
@@ -114,13 +125,13 @@ def check_choice(
     element and fail with NumPy's own error), a value error otherwise. ``allowed`` is what the
     message says is allowed, where the caller accepts more before it asks (default: the
     choices)."""
+    if isinstance(value, str) and value in choices:
+        return value
     if allowed is None:
         allowed = "one of " + ", ".join(f'"{choice}"' for choice in choices)
     if not isinstance(value, str):
         raise bad_type(argument, value, allowed)
-    if value not in choices:
-        raise bad_value(argument, value, allowed)
-    return value
+    raise bad_value(argument, value, allowed)
 
 
 def check_mode(mode: object) -> Mode:
@@ -387,14 +398,13 @@ def check_reduction(reduction: object, positions: tuple[int | None, ...]) -> str
 def check_alpha(alpha: object, dtype: str = "float64") -> float:
     """The weight of the KL term: a real number >= 0, finite in ``dtype``, the dtype the loss is
     computed in (``alpha=1e39`` overflows float32 and would make every loss NaN)."""
-    allowed = f"a real number >= 0 that is finite in {dtype} (the dtype the loss is computed in)"
-    if isinstance(alpha, (bool, np.bool_)) or not isinstance(alpha, numbers.Real):
-        raise bad_type("alpha", alpha, allowed)
-    value = float(alpha)
+    value = as_real(alpha)
     # comparisons only: under torch.compile(dynamic=True) a float may be a symbol, which they
     # guard on (NaN fails both)
-    if not 0 <= value < OVERFLOWS_FROM[dtype]:
-        raise bad_value("alpha", alpha, allowed)
+    if value is None or not 0 <= value < OVERFLOWS_FROM[dtype]:
+        complaint = bad_type if value is None else bad_value
+        allowed = f"a real number >= 0 that is finite in {dtype}"
+        raise complaint("alpha", alpha, f"{allowed} (the dtype the loss is computed in)")
     return value
 
 
@@ -403,11 +413,10 @@ OVERFLOWS_FROM = {"float32": 2.0**128 * (1 - 2.0**-25), "float64": math.inf}
 
 
 def check_label_smoothing(smoothing: object) -> float:
-    if isinstance(smoothing, (bool, np.bool_)) or not isinstance(smoothing, numbers.Real):
-        raise bad_type("label_smoothing", smoothing, "a real number in [0, 1]")
-    value = float(smoothing)
-    if not 0.0 <= value <= 1.0:  # NaN fails both comparisons
-        raise bad_value("label_smoothing", smoothing, "a real number in [0, 1]")
+    value = as_real(smoothing)
+    if value is None or not 0.0 <= value <= 1.0:  # NaN fails both comparisons
+        complaint = bad_type if value is None else bad_value
+        raise complaint("label_smoothing", smoothing, "a real number in [0, 1]")
     return value
 
 
