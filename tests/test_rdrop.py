@@ -882,6 +882,39 @@ def test_labels_on_an_accelerator_are_not_copied_to_the_host(monkeypatch):
     assert torch.equal(loss, expected)
 
 
+def test_torch_labels_are_read_back_only_to_explain_an_index_error(monkeypatch):
+    # torch.gather checks its indices itself: a valid call reads nothing back, and a label out of
+    # range is still an error naming the label and its position, not gather's
+    torch = pytest.importorskip("torch")
+    from xdrop.backends.torch import TorchBackend
+
+    read_back = []
+    to_numpy = TorchBackend.to_numpy
+    monkeypatch.setattr(
+        TorchBackend, "to_numpy", lambda self, x: read_back.append(x) or to_numpy(self, x)
+    )
+    logits = torch.zeros((4, 3), requires_grad=True)
+    pad = torch.tensor([False, True, False, False])  # a padded position's label may be anything
+    xdrop.rdrop_loss(logits, logits, torch.tensor([0, 9, 2, 0]), pad_mask=pad).backward()
+    assert read_back == []
+    for label in (-1, 3):
+        with pytest.raises(xdrop.ArgumentValueError, match=rf"got {label} at position \(2,\)"):
+            xdrop.rdrop_loss(logits, logits, torch.tensor([0, 9, label, 0]), pad_mask=pad)
+    assert read_back
+
+
+def test_an_error_inside_the_loss_that_is_not_a_label_passes_through(monkeypatch):
+    torch = pytest.importorskip("torch")
+    from xdrop.backends.torch import TorchBackend
+
+    def out_of_memory(self, x, axis):
+        raise RuntimeError("CPU out of memory")
+
+    monkeypatch.setattr(TorchBackend, "log_softmax", out_of_memory)
+    with pytest.raises(RuntimeError, match="CPU out of memory"):
+        xdrop.rdrop_loss(torch.zeros((2, 3)), torch.zeros((2, 3)), torch.tensor([0, 2]))
+
+
 def test_host_labels_are_still_checked(array):
     z = array(np.zeros((2, 3)))
     with pytest.raises(ValueError, match="labels must be class indices in"):

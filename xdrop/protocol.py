@@ -386,6 +386,13 @@ class LossOps(abc.ABC):
         """The entries of ``x`` that ``indices`` picks along ``axis`` (``numpy.take_along_axis``):
         ``indices`` is an integer array of ``x``'s shape but for a size of 1 at ``axis``."""
 
+    take_raises_out_of_range: ClassVar[bool] = False
+    """Whether :meth:`take_along_axis` raises for an index outside ``[0, size)``, negative ones
+    included, on eager arrays in host memory (as ``torch.gather`` does). Where it does, R-Dropout
+    reads labels on the host only to explain that error; elsewhere it checks them before the loss
+    (NumPy wraps negative indices, JAX clamps, TensorFlow may run the pick on a GPU, which
+    gives 0)."""
+
     @abc.abstractmethod
     def split(self, x: Array, sections: int, axis: int) -> list[Array]:
         """``x`` cut along ``axis`` into ``sections`` equal consecutive parts (the size divides)."""

@@ -237,25 +237,34 @@ def rdrop_loss(
     ignored = check_ignore_index(ignore_index)
     pad = _pad_mask(xp, pad_mask, positions)
     indices = _position_array(xp, "labels", labels, positions, "an integer array", is_integer_dtype)
-    # label values are checked where they are on the host already; reading a device array back
-    # would stall every training step on a sync with the accelerator
-    if _on_host(xp, labels) and (pad_mask is None or _on_host(xp, pad_mask)):
-        padded = None if pad is None else xp.to_numpy(pad)
-        classes = logits.shape[class_axis]
-        assert classes is not None  # checked by _logit_pair
-        check_labels_in_range(xp.to_numpy(indices), classes, ignored, padded)
-    return rdrop.rdrop_loss(
-        xp,
-        logits1,
-        logits2,
-        indices,
-        alpha=weight,
-        axis=class_axis,
-        pad_mask=pad,
-        ignore_index=ignored,
-        label_smoothing=smoothing,
-        reduction=how,
-    )
+    classes = logits.shape[class_axis]
+    assert classes is not None  # checked by _logit_pair
+
+    def check_labels_at_hand() -> None:
+        # where they are on the host already: reading a device array back would stall every
+        # training step on a sync with the accelerator
+        if _on_host(xp, labels) and (pad_mask is None or _on_host(xp, pad_mask)):
+            padded = None if pad is None else xp.to_numpy(pad)
+            check_labels_in_range(xp.to_numpy(indices), classes, ignored, padded)
+
+    if not xp.take_raises_out_of_range:
+        check_labels_at_hand()
+    try:
+        return rdrop.rdrop_loss(
+            xp,
+            logits1,
+            logits2,
+            indices,
+            alpha=weight,
+            axis=class_axis,
+            pad_mask=pad,
+            ignore_index=ignored,
+            label_smoothing=smoothing,
+            reduction=how,
+        )
+    except Exception:
+        check_labels_at_hand()  # the framework's index check, maybe: said in terms of labels
+        raise
 
 
 @overload
