@@ -33,17 +33,17 @@ def as_integer(value: object) -> int | None:
 
     A Python int is returned as it is, never through ``int()``: under ``torch.compile`` it may
     stand for a graph input, which ``int()`` would pin to one value (a recompile per value)."""
-    if type(value) is int:  # the common case, before the slower checks of abstract types
+    if isinstance(value, int) and not isinstance(value, bool):  # the common case, at once
         return value
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         return None
-    return value if isinstance(value, int) else int(value)
+    return int(value)
 
 
 def as_real(value: object) -> float | None:
     """``value`` as a float if it is a Python or NumPy real number (not a bool), else None."""
-    if type(value) is float:  # the common case, before the slower checks of abstract types
-        return value
+    if isinstance(value, float):  # the common case (NumPy's float64 too), at once
+        return float(value)
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         return None
     return float(value)
