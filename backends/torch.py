@@ -62,7 +62,8 @@ class TorchBackend(Backend, OperatorArithmetic, NamespaceFunctions, SeedArrays, 
         return self.torch.tensor(np.asarray(x), dtype=self._dtype(dtype))
 
     def in_host_memory(self, x: Any) -> bool:
-        return bool(x.device.type == "cpu")
+        # under a torch.func transform (vmap, grad) x wraps values that cannot be read back
+        return bool(x.device.type == "cpu") and not self.kernels.transforms_active()
 
     def holds_values(self, x: Any) -> bool:
         return bool(x.device.type != "meta")

@@ -903,6 +903,28 @@ def test_torch_labels_are_read_back_only_to_explain_an_index_error(monkeypatch):
     assert read_back
 
 
+def test_torch_func_transforms_run_the_loss_and_raise_torch_error_for_a_bad_label():
+    # under vmap and grad labels are wrappers whose values cannot be read back: torch's own
+    # index check is what catches a bad one, as for labels on an accelerator
+    torch = pytest.importorskip("torch")
+    from torch.func import grad, vmap
+
+    generator = torch.Generator().manual_seed(0)
+    logits1, logits2 = torch.randn((2, 5, 4, 3), generator=generator)
+    labels = torch.randint(0, 3, (5, 4), generator=generator)
+    batched = vmap(xdrop.rdrop_loss)(logits1, logits2, labels)
+    one_by_one = torch.stack(
+        [xdrop.rdrop_loss(logits1[i], logits2[i], labels[i]) for i in range(5)]
+    )
+    torch.testing.assert_close(batched, one_by_one)
+    leaf = logits1[0].clone().requires_grad_()
+    (expected,) = torch.autograd.grad(xdrop.rdrop_loss(leaf, logits2[0], labels[0]), leaf)
+    torch.testing.assert_close(grad(xdrop.rdrop_loss)(logits1[0], logits2[0], labels[0]), expected)
+    labels[2, 1] = 7
+    with pytest.raises(RuntimeError, match="index 7 is out of bounds"):
+        vmap(xdrop.rdrop_loss)(logits1, logits2, labels)
+
+
 def test_an_error_inside_the_loss_that_is_not_a_label_passes_through(monkeypatch):
     torch = pytest.importorskip("torch")
     from xdrop.backends.torch import TorchBackend

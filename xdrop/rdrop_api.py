@@ -201,8 +201,9 @@ def rdrop_loss(
         labels: integer class indices, of the logits' shape without ``axis``. Their values are
             checked (in ``[0, C)`` or ``ignore_index``) where they are at hand on the host (NumPy
             arrays, lists, eager arrays in CPU memory); an accelerator's array is not read back
-            for it, which would cost a device sync per step, and neither is a traced one: an
-            out-of-range label there behaves as the framework's indexing does (PyTorch raises,
+            for it, which would cost a device sync per step, and neither is a traced one (nor
+            one inside a ``torch.func`` transform): an out-of-range label there behaves as the
+            framework's indexing does (PyTorch raises,
             as TensorFlow's graphs do on the CPU; JAX and XLA clamp).
         alpha: the weight of the KL term, ``>= 0`` and finite in the dtype the loss is computed
             in; 0 gives ``CE1 + CE2`` alone.

@@ -46,7 +46,7 @@ def dropout(x: Any, call: FusedCall) -> tuple[Any, Any] | None:
     autograd function where ``x`` needs a gradient; None where no kernel applies."""
     if type(x) not in _PLAIN_TYPES or x.dtype not in _DTYPES or x.layout != torch.strided:
         return None
-    if _transforms_active():  # torch.func wraps tensors: their buffers are not the values
+    if transforms_active():  # torch.func wraps tensors: their buffers are not the values
         return None
     if x.device.type == "cpu":
         if kernel.compiled is None:
@@ -130,7 +130,7 @@ def _forward_ad_level() -> int:
     return int(getattr(torch.autograd.forward_ad, "_current_level", 0))
 
 
-def _transforms_active() -> bool:
+def transforms_active() -> bool:
     """Whether a ``torch.func`` transform (``grad``, ``vmap``...) is running; True if torch no
     longer says, which leaves every call to the spec's operations."""
     check = getattr(torch._C, "_are_functorch_transforms_active", None)
