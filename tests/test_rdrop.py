@@ -925,6 +925,40 @@ def test_torch_func_transforms_run_the_loss_and_raise_torch_error_for_a_bad_labe
         vmap(xdrop.rdrop_loss)(logits1, logits2, labels)
 
 
+@pytest.mark.parametrize("as_given", [np.array, list])
+def test_host_labels_are_checked_before_a_compiled_or_transformed_loss(as_given):
+    # host values are at hand, and the compiled pick's own check may abort the process instead
+    torch = pytest.importorskip("torch")
+    from torch.func import grad
+
+    logits = torch.zeros((4, 3))
+    labels = as_given([0, 1, 3, 2])
+    compiled = torch.compile(xdrop.rdrop_loss, backend="aot_eager")
+    with pytest.raises(xdrop.ArgumentValueError, match=r"got 3 at position \(2,\)"):
+        compiled(logits, logits, labels)
+    with pytest.raises(xdrop.ArgumentValueError, match=r"got 3 at position \(2,\)"):
+        grad(xdrop.rdrop_loss)(logits, logits, labels)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "ignore_index", "label"),
+    [("uint8", -100, 156), ("int8", 261, 5), ("int16", 65535, -1)],
+)
+def test_an_ignore_index_that_no_label_of_its_dtype_can_equal_ignores_none(
+    array, dtype, ignore_index, label
+):
+    # compared in the labels' dtype, -100 would be 156 as uint8, and that label ignored
+    z = array(np.zeros((2, 3)))
+    with pytest.raises(xdrop.ArgumentValueError, match=rf"got {label} at position \(1,\)"):
+        xdrop.rdrop_loss(z, z, array([0, label], dtype), ignore_index=ignore_index)
+    labels = array([0, 1], "int8")
+    expected = xdrop.rdrop_loss(z, array(np.eye(2, 3)), labels, reduction="none")
+    ignoring = xdrop.rdrop_loss(
+        z, array(np.eye(2, 3)), labels, ignore_index=2**40, reduction="none"
+    )
+    np.testing.assert_array_equal(np.asarray(ignoring), np.asarray(expected))
+
+
 def test_an_error_inside_the_loss_that_is_not_a_label_passes_through(monkeypatch):
     torch = pytest.importorskip("torch")
     from xdrop.backends.torch import TorchBackend

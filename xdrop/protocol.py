@@ -389,9 +389,9 @@ class LossOps(abc.ABC):
     take_raises_out_of_range: ClassVar[bool] = False
     """Whether :meth:`take_along_axis` raises for an index outside ``[0, size)``, negative ones
     included, on eager arrays in host memory (as ``torch.gather`` does). Where it does, R-Dropout
-    reads labels on the host only to explain that error; elsewhere it checks them before the loss
-    (NumPy wraps negative indices, JAX clamps, TensorFlow may run the pick on a GPU, which
-    gives 0)."""
+    reads such labels only to explain that error; it checks all others at hand on the host
+    before the loss (NumPy wraps negative indices, JAX clamps, TensorFlow may run the pick on a
+    GPU, which gives 0, and a compiled pick may abort the process)."""
 
     @abc.abstractmethod
     def split(self, x: Array, sections: int, axis: int) -> list[Array]:

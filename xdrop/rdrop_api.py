@@ -244,11 +244,17 @@ def rdrop_loss(
     def check_labels_at_hand() -> None:
         # where they are on the host already: reading a device array back would stall every
         # training step on a sync with the accelerator
-        if _on_host(xp, labels) and (pad_mask is None or _on_host(xp, pad_mask)):
-            padded = None if pad is None else xp.to_numpy(pad)
-            check_labels_in_range(xp.to_numpy(indices), classes, ignored, padded)
+        values = _host_values(xp, labels)
+        padded = None if pad_mask is None else _host_values(xp, pad_mask)
+        if values is not None and (pad_mask is None or padded is not None):
+            check_labels_in_range(values, classes, ignored, padded)
 
-    if not xp.take_raises_out_of_range:
+    # where the backend's eager pick on the host checks its indices, the labels are read only to
+    # explain its error
+    checked_by_the_pick = (
+        xp.take_raises_out_of_range and not xp.is_tracing(indices) and xp.in_host_memory(indices)
+    )
+    if not checked_by_the_pick:
         check_labels_at_hand()
     try:
         return rdrop.rdrop_loss(
@@ -259,12 +265,13 @@ def rdrop_loss(
             alpha=weight,
             axis=class_axis,
             pad_mask=pad,
-            ignore_index=ignored,
+            ignore_index=_representable(ignored, xp.dtype_name(indices)),
             label_smoothing=smoothing,
             reduction=how,
         )
     except Exception:
-        check_labels_at_hand()  # the framework's index check, maybe: said in terms of labels
+        if checked_by_the_pick:  # said in terms of labels
+            check_labels_at_hand()
         raise
 
 
@@ -451,12 +458,23 @@ def rdrop_forward(
 
 
 # -- argument handling -----------------------------------------------------------------------------
-def _on_host(xp: Backend, value: Any) -> bool:
-    """Whether ``value`` is at hand on the host: NumPy, Python, or an eager array in host memory,
-    which reading costs no wait for an accelerator."""
-    if xp.is_array(value):
-        return xp.framework == "numpy" or (not xp.is_tracing(value) and xp.in_host_memory(value))
-    return isinstance(value, (np.ndarray, np.generic, list, tuple, numbers.Number))
+def _host_values(xp: Backend, value: Any) -> np.ndarray | None:
+    """``value``'s entries where they are at hand on the host: NumPy arrays and Python values as
+    they are, eager arrays in host memory read back (no wait for an accelerator); else None."""
+    if not xp.is_array(value):
+        return np.asarray(value)  # converted by xp already: a rectangular array of numbers
+    if xp.framework == "numpy" or (not xp.is_tracing(value) and xp.in_host_memory(value)):
+        return xp.to_numpy(value)
+    return None
+
+
+def _representable(ignore_index: int | None, dtype: str) -> int | None:
+    """``ignore_index`` where a label of ``dtype`` can equal it, else None. Frameworks compare
+    labels with the number cast to their dtype: -100 as uint8 is 156, a label to be checked."""
+    if ignore_index is None:
+        return None
+    limits = np.iinfo(dtype)
+    return ignore_index if limits.min <= ignore_index <= limits.max else None
 
 
 def _describe(xp: Backend, a: Array) -> ArrayDescription:
