@@ -63,7 +63,7 @@ class TorchBackend(Backend, OperatorArithmetic, NamespaceFunctions, SeedArrays, 
 
     def in_host_memory(self, x: Any) -> bool:
         # under a torch.func transform (vmap, grad) x wraps values that cannot be read back
-        return bool(x.device.type == "cpu") and not self.kernels.transforms_active()
+        return bool(x.is_cpu) and not self.kernels.transforms_active()
 
     def holds_values(self, x: Any) -> bool:
         return bool(x.device.type != "meta")

@@ -256,6 +256,7 @@ def rdrop_loss(
     )
     if not checked_by_the_pick:
         check_labels_at_hand()
+    ignored_in_dtype = None if ignored is None else _representable(ignored, xp.dtype_name(indices))
     try:
         return rdrop.rdrop_loss(
             xp,
@@ -265,7 +266,7 @@ def rdrop_loss(
             alpha=weight,
             axis=class_axis,
             pad_mask=pad,
-            ignore_index=_representable(ignored, xp.dtype_name(indices)),
+            ignore_index=ignored_in_dtype,
             label_smoothing=smoothing,
             reduction=how,
         )
@@ -468,11 +469,9 @@ def _host_values(xp: Backend, value: Any) -> np.ndarray | None:
     return None
 
 
-def _representable(ignore_index: int | None, dtype: str) -> int | None:
+def _representable(ignore_index: int, dtype: str) -> int | None:
     """``ignore_index`` where a label of ``dtype`` can equal it, else None. Frameworks compare
     labels with the number cast to their dtype: -100 as uint8 is 156, a label to be checked."""
-    if ignore_index is None:
-        return None
     limits = np.iinfo(dtype)
     return ignore_index if limits.min <= ignore_index <= limits.max else None
 

@@ -133,8 +133,10 @@ def _forward_ad_level() -> int:
 def transforms_active() -> bool:
     """Whether a ``torch.func`` transform (``grad``, ``vmap``...) is running; True if torch no
     longer says, which leaves every call to the spec's operations."""
-    check = getattr(torch._C, "_are_functorch_transforms_active", None)
-    return True if check is None else bool(check())
+    return True if _ARE_TRANSFORMS_ACTIVE is None else bool(_ARE_TRANSFORMS_ACTIVE())
+
+
+_ARE_TRANSFORMS_ACTIVE = getattr(torch._C, "_are_functorch_transforms_active", None)
 
 
 @functools.lru_cache(maxsize=1)
