@@ -242,21 +242,11 @@ def rdrop_loss(
     classes = logits.shape[class_axis]
     assert classes is not None  # checked by _logit_pair
 
-    def check_labels_at_hand() -> None:
-        # where they are on the host already: reading a device array back would stall every
-        # training step on a sync with the accelerator
-        values = _host_values(xp, labels)
-        padded = None if pad_mask is None else _host_values(xp, pad_mask)
-        if values is not None and (pad_mask is None or padded is not None):
-            check_labels_in_range(values, classes, ignored, padded)
-
     # where the backend's eager pick on the host checks its indices, the labels are read only to
     # explain its error
-    checked_by_the_pick = (
-        xp.take_raises_out_of_range and not xp.is_tracing(indices) and xp.in_host_memory(indices)
-    )
+    checked_by_the_pick = xp.take_raises_out_of_range and _eager_on_host(xp, indices)
     if not checked_by_the_pick:
-        check_labels_at_hand()
+        _check_labels_at_hand(xp, labels, pad_mask, classes, ignored)
     ignored_in_dtype = None if ignored is None else _representable(ignored, xp.dtype_name(indices))
     try:
         return rdrop.rdrop_loss(
@@ -273,7 +263,7 @@ def rdrop_loss(
         )
     except Exception:
         if checked_by_the_pick:  # said in terms of labels
-            check_labels_at_hand()
+            _check_labels_at_hand(xp, labels, pad_mask, classes, ignored)
         raise
 
 
@@ -369,16 +359,9 @@ def rdrop_regression_loss(
         1.2500
     """
     xp = require(backend_for(pred1), LossBackend, "R-Dropout")
-    pred1 = _as_array(xp, "pred1", pred1)
-    pred2 = _as_array(xp, "pred2", pred2)
-    first, second = _describe(xp, pred1), _describe(xp, pred2)
-    dtype = check_float_dtype(first.dtype, "pred1")
-    if second.dtype != dtype:
-        raise bad_array_type("pred2", second, f"an array of pred1's dtype ({dtype})")
-    if not shapes_agree(second.shape, first.shape):
-        raise bad_array("pred2", second, f"an array of pred1's shape {first.shape}")
+    pred1, pred2, first = _float_pair(xp, ("pred1", pred1), ("pred2", pred2))
     how = check_reduction(reduction, first.shape)
-    weight = check_alpha(alpha, rdrop.compute_dtype(dtype))
+    weight = check_alpha(alpha, rdrop.compute_dtype(first.dtype))
     targets = _as_array(xp, "targets", targets)
     given = _describe(xp, targets)
     allowed = f"a floating or integer array of pred1's shape {first.shape}"
@@ -460,14 +443,31 @@ def rdrop_forward(
 
 
 # -- argument handling -----------------------------------------------------------------------------
+def _check_labels_at_hand(
+    xp: Backend, labels: Any, pad_mask: Any, classes: int, ignore_index: int | None
+) -> None:
+    """Each label not padded is in ``[0, classes)`` or ``ignore_index``, where the labels (and
+    the mask) are on the host already: reading a device array back would stall every training
+    step on a sync with the accelerator."""
+    values = _host_values(xp, labels)
+    padded = None if pad_mask is None else _host_values(xp, pad_mask)
+    if values is not None and (pad_mask is None or padded is not None):
+        check_labels_in_range(values, classes, ignore_index, padded)
+
+
 def _host_values(xp: Backend, value: Any) -> np.ndarray | None:
     """``value``'s entries where they are at hand on the host: NumPy arrays and Python values as
     they are, eager arrays in host memory read back (no wait for an accelerator); else None."""
     if not xp.is_array(value):
         return np.asarray(value)  # converted by xp already: a rectangular array of numbers
-    if xp.framework == "numpy" or (not xp.is_tracing(value) and xp.in_host_memory(value)):
+    if xp.framework == "numpy" or _eager_on_host(xp, value):
         return xp.to_numpy(value)
     return None
+
+
+def _eager_on_host(xp: Backend, a: Array) -> bool:
+    """``a`` holds values now (not traced), in host memory: reading them costs no device sync."""
+    return not xp.is_tracing(a) and xp.in_host_memory(a)
 
 
 def _representable(ignore_index: int, dtype: str) -> int | None:
@@ -490,19 +490,29 @@ def _as_array(xp: Backend, argument: str, value: Any) -> Array:
     raise bad_type(argument, value, f"an array of the framework of logits1 ({xp.name})")
 
 
+def _float_pair(
+    xp: Backend, named_first: tuple[str, Any], named_second: tuple[str, Any]
+) -> tuple[Array, Array, ArrayDescription]:
+    """Both ``(argument, value)`` as arrays of ``xp`` of one floating dtype and one shape, and
+    that dtype and shape."""
+    (first_name, first), (second_name, second) = named_first, named_second
+    first, second = _as_array(xp, first_name, first), _as_array(xp, second_name, second)
+    described, other = _describe(xp, first), _describe(xp, second)
+    dtype = check_float_dtype(described.dtype, first_name)
+    if other.dtype != dtype:
+        allowed = f"an array of {first_name}'s dtype ({dtype})"
+        raise bad_array_type(second_name, other, allowed)
+    if not shapes_agree(other.shape, described.shape):
+        raise bad_array(second_name, other, f"an array of {first_name}'s shape {described.shape}")
+    return first, second, described
+
+
 def _logit_pair(
     xp: Backend, logits1: Any, logits2: Any, axis: object
 ) -> tuple[Array, Array, ArrayDescription, int]:
     """Both logits as arrays of ``xp``, of one floating dtype and one shape; that dtype and
     shape; and the class axis."""
-    logits1 = _as_array(xp, "logits1", logits1)
-    logits2 = _as_array(xp, "logits2", logits2)
-    first, second = _describe(xp, logits1), _describe(xp, logits2)
-    dtype = check_float_dtype(first.dtype, "logits1")
-    if second.dtype != dtype:
-        raise bad_array_type("logits2", second, f"an array of logits1's dtype ({dtype})")
-    if not shapes_agree(second.shape, first.shape):
-        raise bad_array("logits2", second, f"an array of logits1's shape {first.shape}")
+    logits1, logits2, first = _float_pair(xp, ("logits1", logits1), ("logits2", logits2))
     if not first.shape:
         raise bad_array("logits1", first, "an array with a class axis (at least 1-d)")
     class_axis = check_axis(axis, len(first.shape))
