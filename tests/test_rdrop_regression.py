@@ -7,7 +7,7 @@ BERT recipe for STS-B written with PyTorch's ``MSELoss``; the gradients against 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -31,8 +31,10 @@ def backend(name: str) -> Any:
 
 
 @pytest.fixture(params=FRAMEWORKS)
-def xp(request: pytest.FixtureRequest) -> Any:
-    return backend(request.param)
+def xp(request: pytest.FixtureRequest) -> Iterator[Any]:
+    # NumPy arrays go to the default backend: held to NumPy's here, whatever XDROP_BACKEND says
+    with xdrop.use_backend(backend(request.param).name) as loaded:
+        yield loaded
 
 
 @pytest.fixture
