@@ -76,8 +76,6 @@ class TorchBackend(Backend, OperatorArithmetic, NamespaceFunctions, SeedArrays, 
         return str(x.dtype).removeprefix("torch.")
 
     def shape(self, x: Any) -> tuple[int | None, ...]:
-        if not x._has_symbolic_sizes_strides:  # eager, or static while tracing: plain ints
-            return tuple(x.shape)
         return tuple(size if isinstance(size, int) else None for size in x.shape)  # SymInt: None
 
     def runtime_shape(self, x: Any) -> tuple[Any, ...]:
