@@ -166,7 +166,9 @@ class _EntryPoint:
 
 @pytest.fixture
 def claims(monkeypatch):
-    """Register extra backends for one test; dispatch forgets what it learnt meanwhile."""
+    """Register extra backends for one test; dispatch forgets what it learnt meanwhile. No
+    backend is selected (a selected one would settle every claim)."""
+    monkeypatch.delenv("XDROP_BACKEND", raising=False)
     monkeypatch.setattr(registry, "_owner_of_type", {})
     monkeypatch.setattr(registry, "_backends", dict(registry._backends))
     monkeypatch.setattr(registry, "_warned_lost", set())
