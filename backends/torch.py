@@ -158,7 +158,7 @@ class TorchBackend(Backend, OperatorArithmetic, NamespaceFunctions, SeedArrays, 
         )
 
     def is_tracing(self, x: Any) -> bool:
-        return bool(self.torch.compiler.is_compiling())
+        return self.kernels.recorded()
 
     traces_python_ints = True
 
@@ -238,6 +238,11 @@ class TorchBackend(Backend, OperatorArithmetic, NamespaceFunctions, SeedArrays, 
             seed = high << 32 | low  # the same draws as the integer the tensor holds
         if seed is None:
             return None
+        if self.kernels.jit_tracing():
+            raise TracingError(
+                "torch.jit.trace records no torch.Generator: the traced graph would draw from "
+                'the global one, whatever the seed; use rng="portable" (the default) there'
+            )
         return self.torch.Generator(device=_device(like) or "cpu").manual_seed(seed)
 
     # -- losses: operators take Python numbers on either side, in the tensor's dtype and device ----

@@ -498,6 +498,20 @@ def test_torch_export_keeps_the_streams_and_advances_the_step():
     assert int(exported.xdrop_step) == 2
 
 
+def test_torch_jit_trace_records_the_streams_step_for_step():
+    # the site seeds come from the step buffer in the recorded graph, not from a host copy
+    model = convert(_small(), seed=3)
+    reference = copy.deepcopy(model)
+    x = _inputs()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TorchScript's, on the step's in-place add
+        traced = torch.jit.trace(model, (x,), check_trace=False)  # runs step 0 once
+    reference(x)
+    for _ in range(3):
+        assert torch.equal(traced(x), reference(x))
+    assert int(model.xdrop_step) == int(reference.xdrop_step) == 4
+
+
 # -- what is not converted ------------------------------------------------------------------------
 class TokenDropout(nn.Module):
     """A dropout module convert does not know: its mask would come from torch's generator."""

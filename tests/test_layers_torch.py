@@ -117,6 +117,19 @@ def test_torch_compile_fullgraph_compiles_once_and_advances_the_step_in_the_grap
     assert model[1].step.item() == 5
 
 
+@pytest.mark.parametrize("layer", [Dropout, Dropout2d, AlphaDropout, GaussianDropout, DropPath])
+def test_jit_trace_records_the_stream_so_traced_calls_continue_it(layer):
+    module, x = layer(0.5, seed=3), torch.randn(4, 3, 5, 5)
+    eager = copy.deepcopy(module)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TorchScript's, on the step's in-place add
+        traced = torch.jit.trace(module, (x,), check_trace=False)  # runs step 0 once
+    eager(x)
+    for _ in range(3):
+        assert torch.equal(traced(x), eager(x))
+    assert int(module.step) == int(eager.step) == 4
+
+
 def test_a_compiled_training_loop_trains():
     torch._dynamo.reset()
     model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), Dropout(0.2, seed=0),

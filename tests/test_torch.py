@@ -152,6 +152,46 @@ def test_seed_none_inside_compile_is_refused():
         step(torch.ones(4))
 
 
+def _jit_trace(function, *inputs):
+    """``torch.jit.trace`` of ``function``, without TorchScript's warnings and its check by a
+    second run (which a fresh mask per call would fail)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.jit.trace(function, inputs, check_trace=False)
+
+
+def test_jit_trace_records_the_masks_of_the_eager_calls():
+    # the compiled kernel writes into a buffer that the trace does not record: traced, the
+    # seeded call runs the spec's operations instead (it gave uninitialized memory)
+    seeded = _jit_trace(lambda x: xdrop.dropout(x, 0.5, seed=7), torch.ones(4, 6))
+    by_tensor = _jit_trace(
+        lambda x, seed: xdrop.dropout(x, 0.5, seed=seed), torch.ones(4, 6), torch.tensor(7)
+    )
+    x = torch.randn(4, 6)
+    assert torch.equal(seeded(x), xdrop.dropout(x, 0.5, seed=7))
+    for seed in (7, 8):
+        assert torch.equal(by_tensor(x, torch.tensor(seed)), xdrop.dropout(x, 0.5, seed=seed))
+    evaluation = _jit_trace(lambda x: xdrop.dropout(x, 0.5, training=False), torch.ones(2, 3))
+    x = torch.randn(2, 3)
+    assert torch.equal(evaluation(x), x)
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda x: xdrop.dropout(x, 0.5), r"seed=None and xdrop\.Generator seeds are drawn"),
+        (
+            lambda x: xdrop.dropout(x, 0.5, seed=1, rng="native"),
+            r'torch\.jit\.trace records no torch\.Generator.*rng="portable"',
+        ),
+    ],
+    ids=["seed None", "native generator"],
+)
+def test_jit_trace_refuses_seeds_it_would_bake_or_drop(call, message):
+    with pytest.raises(xdrop.TracingError, match=message):
+        _jit_trace(call, torch.ones(4))
+
+
 def test_native_mode_honours_torch_manual_seed():
     x = torch.ones(1000)
     torch.manual_seed(0)

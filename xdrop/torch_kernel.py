@@ -130,6 +130,20 @@ def _forward_ad_level() -> int:
     return int(getattr(torch.autograd.forward_ad, "_current_level", 0))
 
 
+def recorded() -> bool:
+    """Whether ``torch.compile`` or ``torch.jit.trace`` records this call as a graph: a value
+    read on the host would be baked into it, and a kernel writing into a buffer left out."""
+    return torch.compiler.is_compiling() or _IS_JIT_TRACING()  # Dynamo never asks the second
+
+
+def jit_tracing() -> bool:
+    """Whether ``torch.jit.trace`` (which records torch's operations, no Python object) does."""
+    return not torch.compiler.is_compiling() and _IS_JIT_TRACING()
+
+
+_IS_JIT_TRACING = torch._C._is_tracing  # what torch.jit.is_tracing asks, without its checks
+
+
 def transforms_active() -> bool:
     """Whether a ``torch.func`` transform (``grad``, ``vmap``...) is running; True if torch no
     longer says, which leaves every call to the spec's operations."""

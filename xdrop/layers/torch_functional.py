@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 import xdrop
-from xdrop import sharding, spec
+from xdrop import sharding, spec, torch_kernel
 from xdrop.errors import (
     ArgumentTypeError,
     Shown,
@@ -164,12 +164,12 @@ class DataParallel:
     def batch_sizes(self, x: torch.Tensor, world: int) -> list[int]:
         """Every rank's local batch size (axis 0), in rank order: one all_gather of one integer
         per drawing call."""
-        if torch.compiler.is_compiling():
+        if torch_kernel.recorded():
             raise TracingError(  # torch.compile breaks the graph here and runs it eagerly
                 'data_parallel="global_batch" gathers the ranks\' batch sizes on each call, '
-                "which a compiled graph cannot hold: torch.compile runs the layer eagerly "
-                '(a graph break), fullgraph=True cannot; use data_parallel="per_rank" in a '
-                "full graph"
+                "which a recorded graph cannot hold: torch.compile runs the layer eagerly "
+                "(a graph break), fullgraph=True and torch.jit.trace cannot; use "
+                'data_parallel="per_rank" there'
             )
         import torch.distributed as dist
 
@@ -238,7 +238,7 @@ class SiteContext:
         """The root's seed and step as host integers, in eager execution only (None when traced):
         read from the buffers when they changed since (a step, ``load_state_dict``, ``.to()``),
         else remembered, so that an eager forward on an accelerator does not wait on them."""
-        if torch.compiler.is_compiling() or type(seed) is not torch.Tensor:
+        if torch_kernel.recorded() or type(seed) is not torch.Tensor:
             return None
         if type(step) is not torch.Tensor:
             return None
