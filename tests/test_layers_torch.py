@@ -130,6 +130,13 @@ def test_jit_trace_records_the_stream_so_traced_calls_continue_it(layer):
     assert int(module.step) == int(eager.step) == 4
 
 
+@pytest.mark.parametrize("layer", [Dropout, Dropout1d, FeatureAlphaDropout, DropPath, DropBlock2D])
+def test_torch_jit_script_is_refused_naming_the_recorders_that_work(layer):
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), layer(0.5, seed=0))
+    with pytest.raises(xdrop.TracingError, match=r"torch\.jit\.script cannot compile .*jit\.trace"):
+        torch.jit.script(model)
+
+
 def test_a_compiled_training_loop_trains():
     torch._dynamo.reset()
     model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), Dropout(0.2, seed=0),

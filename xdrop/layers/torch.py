@@ -199,6 +199,15 @@ class Dropout(common.DropoutDraws, torch.nn.Module):
     def _noise_shape(self, x: torch.Tensor) -> Sequence[int | None] | None:
         return self.noise_shape
 
+    def __prepare_scriptable__(self) -> torch.nn.Module:
+        # torch.jit.script asks this first: its compiler would stop at xdrop's Python with an
+        # error about a type annotation
+        raise TracingError(
+            f"torch.jit.script cannot compile {type(self).__name__}, whose forward is Python "
+            "that TorchScript does not take; record it with torch.jit.trace, torch.export or "
+            "torch.compile, which keep its masks and its step"
+        )
+
     def _load_from_state_dict(
         self, state_dict: Any, prefix: str, *args: Any, **kwargs: Any
     ) -> None:
