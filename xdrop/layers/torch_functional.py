@@ -164,12 +164,12 @@ class DataParallel:
     def batch_sizes(self, x: torch.Tensor, world: int) -> list[int]:
         """Every rank's local batch size (axis 0), in rank order: one all_gather of one integer
         per drawing call."""
-        if torch_kernel.recorded():
+        if torch.compiler.is_compiling():
             raise TracingError(  # torch.compile breaks the graph here and runs it eagerly
                 'data_parallel="global_batch" gathers the ranks\' batch sizes on each call, '
-                "which a recorded graph cannot hold: torch.compile runs the layer eagerly "
-                "(a graph break), fullgraph=True and torch.jit.trace cannot; use "
-                'data_parallel="per_rank" there'
+                "which a compiled graph cannot hold: torch.compile runs the layer eagerly "
+                '(a graph break), fullgraph=True cannot; use data_parallel="per_rank" in a '
+                "full graph"
             )
         import torch.distributed as dist
 
