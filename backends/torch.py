@@ -97,7 +97,9 @@ class TorchBackend(Backend, OperatorArithmetic, NamespaceFunctions, SeedArrays, 
         return a.expand(shape)
 
     def full_mask(self, shape: tuple[int, ...], value: bool, like: Any = None) -> Any:
-        return self.torch.full(shape, value, dtype=self.torch.bool, device=_device(like))
+        # not torch.full: torch.jit.trace records no fill with a Python bool
+        fill = self.torch.ones if value else self.torch.zeros
+        return fill(shape, dtype=self.torch.bool, device=_device(like))
 
     def reshape(self, a: Any, shape: tuple[int, ...]) -> Any:
         # sizes as arguments: torch parses them faster than one tuple (0.8 µs against 1.3)
@@ -130,7 +132,7 @@ class TorchBackend(Backend, OperatorArithmetic, NamespaceFunctions, SeedArrays, 
         return a.bitwise_xor_(b) if a.ndim else a ^ b
 
     def word_irotate_left(self, a: Any, bits: int) -> Any:
-        if not a.ndim or self.torch.compiler.is_compiling():
+        if not a.ndim or self.kernels.recorded():  # no cached tensors in a recorded graph
             return self.word_rotate_left(a, bits)
         left, right, mask = _rotation(bits, a.device)  # tensors: a Python int costs a wrapping
         low = a << left
@@ -241,7 +243,7 @@ class TorchBackend(Backend, OperatorArithmetic, NamespaceFunctions, SeedArrays, 
         if self.kernels.jit_tracing():
             raise TracingError(
                 "torch.jit.trace records no torch.Generator: the traced graph would draw from "
-                'the global one, whatever the seed; use rng="portable" (the default) there'
+                'the global one, whatever the seed; use rng="portable" there'
             )
         return self.torch.Generator(device=_device(like) or "cpu").manual_seed(seed)
 

@@ -504,7 +504,7 @@ def test_torch_jit_trace_records_the_streams_step_for_step():
     reference = copy.deepcopy(model)
     x = _inputs()
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # TorchScript's, on the step's in-place add
+        warnings.simplefilter("ignore")  # TorchScript's TracerWarnings
         traced = torch.jit.trace(model, (x,), check_trace=False)  # runs step 0 once
     reference(x)
     for _ in range(3):

@@ -122,7 +122,7 @@ def test_jit_trace_records_the_stream_so_traced_calls_continue_it(layer):
     module, x = layer(0.5, seed=3), torch.randn(4, 3, 5, 5)
     eager = copy.deepcopy(module)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # TorchScript's, on the step's in-place add
+        warnings.simplefilter("ignore")  # TorchScript's TracerWarnings
         traced = torch.jit.trace(module, (x,), check_trace=False)  # runs step 0 once
     eager(x)
     for _ in range(3):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -174,6 +176,38 @@ def test_jit_trace_records_the_masks_of_the_eager_calls():
     evaluation = _jit_trace(lambda x: xdrop.dropout(x, 0.5, training=False), torch.ones(2, 3))
     x = torch.randn(2, 3)
     assert torch.equal(evaluation(x), x)
+
+
+@pytest.mark.parametrize("p", [0.0, 1.0])
+def test_jit_trace_keeps_or_drops_everything_at_the_edge_rates(p):
+    # masks of one value, filled without a Python bool, which the trace cannot record
+    x = torch.randn(8, 8)
+    traced = _jit_trace(lambda x: xdrop.dropout(x, p, seed=7, return_mask=True), x)
+    y, keep = traced(x)
+    expected_y, expected_keep = xdrop.dropout(x, p, seed=7, return_mask=True)
+    assert torch.equal(y, expected_y) and torch.equal(keep, expected_keep)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_jit_trace_takes_a_rate_tensor_as_an_input(dtype):
+    x = torch.randn(8, 8).to(dtype)
+    traced = _jit_trace(lambda x, p: xdrop.dropout(x, p, seed=7), x, torch.tensor(0.3))
+    for p in (0.3, 0.6, 1.0):
+        rate = torch.tensor(p)
+        assert torch.equal(traced(x, rate), xdrop.dropout(x, rate, seed=7))
+
+
+def test_jit_trace_passes_its_own_check_in_a_fresh_process():
+    # torch.jit.trace traces twice by default and compares the graphs: a cache filled by the
+    # first trace (the rotation's constants) made the second one differ
+    script = (
+        "import torch, xdrop\n"
+        "x = torch.randn(4, 6)\n"
+        "traced = torch.jit.trace(lambda x: xdrop.dropout(x, 0.5, seed=3), (x,))\n"
+        "assert torch.equal(traced(x), xdrop.dropout(x, 0.5, seed=3))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 @pytest.mark.parametrize(

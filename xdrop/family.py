@@ -524,7 +524,7 @@ def _kept_units(xp: FamilyBackend, keep: Array, size: int, channels_last: bool) 
     for 2-d or 3-d maps. A 3-d block is a 2-d one over ``(H, W)`` of each depth slice, then grown
     along ``D`` with the same 2-d pooling over ``D`` and an axis of size 1 (the pooling is
     separable), so every backend needs only ``max_pool_2d``."""
-    corners = xp.astype(xp.equal(keep, False), "float32")
+    corners = xp.subtract(1.0, xp.astype(keep, "float32"))  # 1 where keep is False
     if len(xp.shape(keep)) == 4:
         return xp.equal(xp.max_pool_2d(corners, size, channels_last), 0.0)
     dims = xp.runtime_shape(corners)

@@ -257,7 +257,7 @@ def rate_constants(
         quotient = xp.astype(xp.divide(1.0, xp.astype(keep_probability, compute)), dtype)
         nothing_kept = xp.equal(keep_probability, 0.0)
         finite = xp.equal(xp.subtract(quotient, quotient), 0.0)  # inf - inf is NaN
-        valid = xp.logical_and(valid, xp.where(nothing_kept, True, finite))
+        valid = xp.logical_and(valid, xp.logical_or(nothing_kept, finite))
         factor = xp.where(nothing_kept, 0.0, quotient)
     scaled = xp.multiply(xp.astype(difference, "float32"), float(ALL_KEPT))
     kept_count = xp.word_from_float(xp.where(valid, xp.ceil(scaled), float(ALL_KEPT)))
@@ -293,7 +293,8 @@ def _rounded_difference(
 
 
 def _not(xp: RateBackend, mask: Array) -> Array:
-    return xp.equal(mask, False)
+    # compared as numbers: torch.jit.trace records no comparison of a tensor with a Python bool
+    return xp.equal(xp.astype(mask, "float32"), 0.0)
 
 
 def keep_probability(xp: Backend, p: float | Array) -> float | Array:

@@ -9,7 +9,7 @@ import re
 import sys
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 import torch.fx
@@ -199,7 +199,7 @@ class Dropout(common.DropoutDraws, torch.nn.Module):
     def _noise_shape(self, x: torch.Tensor) -> Sequence[int | None] | None:
         return self.noise_shape
 
-    def __prepare_scriptable__(self) -> torch.nn.Module:
+    def __prepare_scriptable__(self) -> NoReturn:
         # torch.jit.script asks this first: its compiler would stop at xdrop's Python with an
         # error about a type annotation
         raise TracingError(
