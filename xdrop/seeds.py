@@ -294,9 +294,9 @@ def _drawn_seed_in_trace(framework: str) -> TracingError:
     return TracingError(
         f"seed=None and xdrop.Generator seeds are drawn on the host, so while {framework} traces "
         "(jax.jit, tf.function, torch.compile, torch.jit.trace) one seed would be baked into the "
-        "compiled graph "
-        "and every call would drop the same units. Pass the seed as an argument of the compiled "
-        "function, e.g. seed=xdrop.fold_in(base_seed, step) with step a traced integer."
+        "compiled graph and every call would drop the same units. Pass the seed as an argument "
+        "of the compiled function, e.g. seed=xdrop.fold_in(base_seed, step) with step a traced "
+        "integer."
     )
 
 
