@@ -7,9 +7,9 @@ A block is preceded by a marker line (blank lines between are fine) saying how i
   127.0.0.1 (a free port), which sets ``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` and
   ``MASTER_PORT``; the block joins with ``init_process_group`` (gloo on CPU). Each rank runs
   the block as ``__main__`` and then says it reached the block's end: a rank that torch's
-  teardown aborts after that (``terminate called without an active exception``, rare, in
-  gloo's threads at exit) has run every line, and the launch is repeated once, which must
-  then succeed.
+  teardown aborts after that (``terminate called without an active exception`` at interpreter
+  exit, now and then, with or without xdrop in the block) has run every line, and the launch is
+  repeated once, which must then succeed.
 - ``<!-- launch: jax-processes 2 -->``: 2 processes with ``JAX_COORDINATOR_ADDRESS`` (which
   ``jax.distributed.initialize`` reads), ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID`` set.
 - ``<!-- launch: tf-workers 2 -->``: 2 processes, each with the ``TF_CONFIG`` of one worker of
@@ -87,7 +87,6 @@ def free_port() -> int:
 def environment() -> dict[str, str]:
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONWARNINGS="ignore")
     env.pop("XDROP_BACKEND", None)  # a block runs as a reader would run it
-    env["PYTHONFAULTHANDLER"] = "1"  # a crash shows every thread's Python stack
     if sys.platform == "linux":
         env.setdefault("GLOO_SOCKET_IFNAME", "lo")  # gloo on loopback only
     return env
