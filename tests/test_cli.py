@@ -224,7 +224,8 @@ def test_an_unknown_backend_is_a_usage_error(capsys):
 def test_the_source_tree_finds_the_installed_backends(tmp_path):
     """From the checkout root, ``import xdrop`` finds the source folder (README: ``pip install .``
     then ``xdrop conformance``). Emulated here by dropping an editable install's finder and
-    putting the checkout first on ``sys.path``, as ``python -c`` run from the root does."""
+    putting the checkout first on ``sys.path``, as ``python -c`` run from the root does, with no
+    ``XDROP_BACKEND``."""
     code = (
         "import sys\n"
         "sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in "
@@ -242,9 +243,10 @@ def test_the_source_tree_finds_the_installed_backends(tmp_path):
         "    print('refused:', error)\n"
         "sys.exit(xdrop.cli.main(['conformance', '--backend', 'numpy', '--mode', 'eager']))\n"
     )
+    env = {key: value for key, value in os.environ.items() if key != "XDROP_BACKEND"}
     result = subprocess.run(
         [sys.executable, "-c", code],
-        capture_output=True, text=True, cwd=tmp_path,
+        capture_output=True, text=True, cwd=tmp_path, env=env,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
