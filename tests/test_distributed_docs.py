@@ -292,10 +292,7 @@ def test_block_runs_verbatim_under_its_launcher(
         if imported and importlib.util.find_spec(framework) is None:
             pytest.skip(f"{framework} is not installed")
     if launcher == "torchrun 2":
-        import torch.distributed
-
-        if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
-            pytest.skip("torch.distributed with gloo is not available")
+        require_torchrun()
     script = tmp_path / f"distributed_md_line_{line}.py"
     script.write_text(code)
     launch(launcher, script)
