@@ -286,8 +286,8 @@ def _rounded_difference(
     back = xp.astype(nearest, "float32")
     across = xp.add(head, xp.subtract(head, back))  # 2r - back: exact, the neighbour across r
     other = xp.astype(across, dtype)
-    inexact = xp.logical_and(_not(xp, xp.equal(residual, 0.0)), _not(xp, xp.equal(head, back)))
-    halfway = xp.logical_and(inexact, xp.equal(xp.astype(other, "float32"), across))
+    exact = xp.logical_or(xp.equal(residual, 0.0), xp.equal(head, back))
+    halfway = xp.logical_and(_not(xp, exact), xp.equal(xp.astype(other, "float32"), across))
     other_is_right = xp.equal(xp.less_equal(across, head), xp.less_equal(residual, 0.0))
     return xp.where(xp.logical_and(halfway, other_is_right), other, nearest)
 
