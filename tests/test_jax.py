@@ -56,6 +56,23 @@ def test_jit_with_a_traced_seed_traces_once_and_matches_eager():
     assert len(traces) == 1
 
 
+def test_a_traced_rate_with_a_concrete_x_closed_over_matches_eager():
+    # x is a constant of the function JAX transforms; only p is traced (a rate schedule)
+    x = jnp.arange(1.0, 41.0).reshape(5, 8)
+    for mode in ("inverted", "classic"):
+        eager, eager_keep = xdrop.dropout(x, 0.3, seed=2, mode=mode, return_mask=True)
+
+        def drop(p, mode=mode):
+            return xdrop.dropout(x, p, seed=2, mode=mode, return_mask=True)
+
+        y, keep = jax.jit(drop)(0.3)
+        assert (keep == eager_keep).all() and (y == eager).all()
+    rows = jax.vmap(lambda p: xdrop.dropout(x[0], p, seed=2))(jnp.array([0.3, 0.3]))
+    assert (rows == xdrop.dropout(x[0], 0.3, seed=2)).all()
+    slope = jax.grad(lambda p: xdrop.dropout(x, p, seed=2).sum())(0.5)
+    assert math.isfinite(float(slope))
+
+
 def test_jit_with_fold_in_per_step_and_jax_keys():
     step = jax.jit(lambda x, n: xdrop.dropout(x, 0.5, seed=xdrop.fold_in(jax.random.key(4), n)))
     x = jnp.ones(64)

@@ -349,7 +349,7 @@ def _training(
         draw_keep = functools.partial(native.native_keep_mask, noise, probability, resolved, x)
         return spec.dropout(xp, x, draw_keep, factor)
     assert resolved is not None  # portable seeds are host integers or key words
-    if _fuses_eagerly(xp, x, plan, start):  # eager: C and the factor are host values
+    if _fuses_eagerly(xp, x, plan, start, kept_count):  # eager: C and the factor are host values
         assert isinstance(start, int) and isinstance(kept_count, int) and not _is_array(factor)
         fused = kernel.dropout(xp, x, resolved, start, kept_count, factor, plan.return_mask)
         if fused is not None:  # one compiled pass where the backend has one (xdrop/kernel.py)
@@ -381,7 +381,7 @@ def _portable(
     """Portable dropout. A mask of ``x``'s own shape, known in full, is applied chunk by chunk as
     it is generated (eagerly); other masks are drawn whole, at the noise shape, and broadcast."""
     key = seeds.key_of(seed, xp, x)
-    if _fuses_eagerly(xp, x, plan, start):  # as the kernel would, but chunk by chunk
+    if _fuses_eagerly(xp, x, plan, start, kept_count):  # as the kernel would, chunk by chunk
         assert isinstance(start, int)
         count = xp.size(plan.noise)
         chunks = functools.partial(spec.keep_chunks, xp, key, count, kept_count, start, like=x)
@@ -397,11 +397,19 @@ def _portable(
     return y, keep if plan.return_mask else None
 
 
-def _fuses_eagerly(xp: Backend, x: Array, plan: DropoutPlan, start: object) -> bool:
-    """Whether the mask is ``x``'s own shape, known in full, at an integer offset, eagerly: then
-    it can be applied as it is generated, by the fused kernel or chunk by chunk (a rate tensor
-    has been read: the keep count and the factor are host values)."""
-    return plan.is_elementwise and isinstance(start, int) and not xp.is_tracing(x)
+def _fuses_eagerly(
+    xp: Backend, x: Array, plan: DropoutPlan, start: object, kept_count: object
+) -> bool:
+    """Whether the mask is ``x``'s own shape, known in full, at an integer offset, eagerly, with
+    the rate on the host: then it can be applied as it is generated, by the fused kernel or chunk
+    by chunk. A rate still an array here is traced (an eager one has been read), even where ``x``
+    is not: a concrete ``x`` closed over by a function of ``p`` that JAX transforms."""
+    return (
+        plan.is_elementwise
+        and isinstance(start, int)
+        and isinstance(kept_count, int)
+        and not xp.is_tracing(x)
+    )
 
 
 def _staged_step(xp: Backend, x: Array, plan: DropoutPlan) -> Callable[..., Any] | None:
