@@ -14,6 +14,7 @@ import xdrop
 from xdrop import reference
 
 torch = pytest.importorskip("torch")
+from xdrop.layers.torch import Dropout  # noqa: E402 (needs torch)
 
 
 def test_result_keeps_type_dtype_shape_and_device():
@@ -127,6 +128,22 @@ def test_compile_with_fold_in_per_step():
         expected = xdrop.dropout(x, 0.5, seed=xdrop.fold_in(1234, number))
         assert torch.equal(step(x, torch.tensor(number)), expected)
     assert backend.graphs == 1
+
+
+def test_a_python_float_rate_that_changes_is_a_constant_of_each_graph():
+    # Dynamo traces a float argument that changed as a symbol; the rate is read and guarded on,
+    # as a changed nn.Dropout.p is: each rate is a graph of its own, and a rate seen before
+    # compiles nothing
+    backend = CountingBackend()
+    step = torch.compile(lambda x, p: xdrop.dropout(x, p, seed=5), fullgraph=True, backend=backend)
+    layer, eager_layer = Dropout(0.5, seed=5), Dropout(0.5, seed=5)
+    compiled_layer = torch.compile(layer, fullgraph=True, backend="eager")
+    x = torch.randn(300)
+    for p in (0.5, 0.3, 0.2, 0.3):
+        assert torch.equal(step(x, p), xdrop.dropout(x, p, seed=5))
+        layer.p = eager_layer.p = p
+        assert torch.equal(compiled_layer(x), eager_layer(x))
+    assert backend.graphs == 3
 
 
 def test_inductor_output_is_bit_identical():

@@ -40,6 +40,16 @@ def cached_host_constant(function: Function) -> Function:
     return host_constant(cast(Function, cached))
 
 
+def read_on_the_host(value: float) -> float:
+    """``value`` itself, as a value ``torch.compile`` holds. Dynamo traces a Python float
+    argument that changed between calls as a symbol, which the host constants of a rate cannot
+    take; its hex form is a string only the value gives, so Dynamo reads the value and guards on
+    it. The graph then holds the rate as a constant, and a new rate compiles anew, as a changed
+    ``nn.Dropout.p`` does (a rate that changes every step goes in as a 0-d tensor, which the
+    graph reads). Elsewhere a round trip that costs a few hundred nanoseconds."""
+    return float.fromhex(value.hex())
+
+
 def called_as_is(function: Function) -> Function:
     """Mark a public function so that TensorFlow's autograph calls it unconverted inside
     ``tf.function`` (the marker autograph's own artifacts carry). xdrop has no control flow that

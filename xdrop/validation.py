@@ -22,6 +22,7 @@ from xdrop.errors import (
 from xdrop.protocol import Array, Backend
 from xdrop.rdrop import REDUCTIONS
 from xdrop.spec import FLOAT_DTYPES, MODES, SEED_COUNT, inverted_scale
+from xdrop.tracing import read_on_the_host
 from xdrop.typing import Mode
 
 Rate = Union[float, Array]  # noqa: UP007 (Array is Any: "float | Any" fails on Python 3.10)
@@ -59,7 +60,7 @@ def check_rate(p: object, xp: Backend | None = None, like: object = None, name: 
     is the array ``p`` goes with, if any (called ``name`` in messages): an Array API array's
     rate must share its namespace."""
     if isinstance(p, numbers.Real) and not isinstance(p, (bool, np.bool_)):
-        value = float(p)  # the common case first: no message is built unless it is needed
+        value = read_on_the_host(float(p))  # the common case first: no message unless needed
     elif isinstance(p, (bool, np.bool_)):
         raise bad_type("p", p, _rate_allowed(name))
     elif isinstance(p, np.ndarray) or (xp is not None and xp.is_array(p)):
