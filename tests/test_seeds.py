@@ -48,6 +48,20 @@ def test_every_training_call_draws_one_seed_whatever_p(array):
     assert generator.draws == 3
 
 
+def test_a_refused_call_draws_no_seed(array, host):
+    x = array(np.ones(8), "float16")  # 1 / (1 - p) overflows float16 for this p
+    generator = xdrop.Generator(1)
+    xdrop.manual_seed(3)
+    for seed in (generator, None):
+        for refused in (xdrop.dropout, xdrop.drop_path):
+            with pytest.raises(xdrop.ArgumentValueError, match="inverted scale"):
+                refused(x, 0.99999, seed=seed)
+    assert generator.draws == 0
+    after_refusals = host(xdrop.dropout(x, 0.5))
+    xdrop.manual_seed(3)
+    assert (after_refusals == host(xdrop.dropout(x, 0.5))).all()
+
+
 def test_the_global_generator_is_thread_safe():
     generator = xdrop.manual_seed(3)
 

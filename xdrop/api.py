@@ -327,11 +327,12 @@ def _training(
     """Training dropout: the seed is resolved now (a training call draws one, whatever p); then
     a portable call runs as a staged step where the backend stages (JAX and TensorFlow outside
     their compilers), op by op elsewhere."""
+    if isinstance(rate, float):  # checked before a generator gives up a seed to the call
+        check_scale_fits(rate, plan.dtype, plan.mode)
     resolved = resolve_seed(xp, seed, generator, x)
     if isinstance(rate, float):
         if rate == 0:
             return x, None  # x itself, never a copy
-        check_scale_fits(rate, plan.dtype, plan.mode)
         kept_count: Words | int = spec.keep_count(rate)
         factor: float | Array | None = spec.training_factor(rate, plan.dtype, plan.mode)
     else:
