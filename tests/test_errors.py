@@ -139,6 +139,14 @@ def test_bad_mask_shapes(shape, kind):
         xdrop.dropout_mask(shape, 0.5, seed=0)
 
 
+@pytest.mark.parametrize(("shape", "like"), [((None,), None), ((None, 3), None),
+                                           ((None, 3), np.ones(3)), ((None,), np.ones((2, 3)))])  # fmt: skip
+@pytest.mark.parametrize("rng", ["portable", "native"])
+def test_a_mask_shape_with_none_needs_a_like_array_of_its_rank(shape, like, rng):
+    with raises(ValueError, "shape must be", "or None beside a like array of its rank"):
+        xdrop.dropout_mask(shape, 0.5, seed=0, like=like, rng=rng)
+
+
 @pytest.mark.parametrize(("data", "kind"), [(-1, ValueError), (2**32, ValueError),
                                             (1.0, TypeError)])  # fmt: skip
 def test_bad_fold_in_data(data, kind):

@@ -255,14 +255,17 @@ def check_shape(
             raise bad_type("shape", shape, allowed)
         shape = list(shape)  # type: ignore[call-overload]
     assert isinstance(shape, Sequence)
-    if like_shape is not None and len(shape) == len(like_shape):
+    sizes_of_like = like_shape if like_shape is not None and len(shape) == len(like_shape) else None
+    if sizes_of_like is not None:
         allowed += " or None (like's size on that axis)"
         shape = [
             None if not is_integer(size) and (size is None or known is None) else size
-            for size, known in zip(shape, like_shape, strict=True)
+            for size, known in zip(shape, sizes_of_like, strict=True)
         ]
     if not all(size is None or is_integer(size) for size in shape):
         raise bad_type("shape", shape, allowed)
+    if sizes_of_like is None and None in shape:  # no array of this rank to take the size from
+        raise bad_value("shape", shape, allowed + ", or None beside a like array of its rank")
     if any(size is not None and int(size) < 0 for size in shape):
         raise bad_value("shape", shape, allowed)
     sizes = tuple(None if size is None else int(size) for size in shape)
