@@ -129,3 +129,5 @@ def test_bad_predict_and_outputs(xp, array):
             samples=2,
             batched=True,
         )
+    with pytest.raises(xdrop.ArgumentValueError, match="a class along axis 0"):
+        xdrop.mc_dropout(lambda x, seed: array(np.zeros((0, 2))), None, samples=2, axis=0)

@@ -159,7 +159,11 @@ def _check_outputs(outputs: list[Any], axis: object) -> tuple[FamilyBackend, int
     shape = xp.shape(first)
     if not shape:
         raise bad_value("the output of predict", Shown("<0-d array>"), "an array with a class axis")
-    return xp, check_axis(axis, len(shape))
+    class_axis = check_axis(axis, len(shape))
+    if shape[class_axis] == 0:  # no class to average, nor an entropy
+        shown = Shown(f"<{xp.dtype_name(first)} array {shape}>")
+        raise bad_value("the output of predict", shown, f"an array with a class along axis {axis}")
+    return xp, class_axis
 
 
 # -- the statistics --------------------------------------------------------------------------------
