@@ -605,6 +605,16 @@ def test_forward_needs_a_callable(array):
         xdrop.rdrop_forward("model", array(np.ones((2, 3))))
 
 
+def test_forward_needs_a_batch_to_double(array):
+    with pytest.raises(xdrop.ArgumentTypeError, match="x must be an array, or a rectangular"):
+        xdrop.rdrop_forward(lambda x: x, [[1.0], [2.0, 3.0]])
+    with pytest.raises(xdrop.XdropError, match="x must be an array"):  # NumPy makes it 0-d
+        xdrop.rdrop_forward(lambda x: x, None)
+    for batchless in (3.0, array(3.0)):
+        with pytest.raises(xdrop.ArgumentValueError, match="x must be an array with a batch axis"):
+            xdrop.rdrop_forward(lambda x: x, batchless)
+
+
 def test_forward_output_must_keep_the_doubled_batch(array):
     with pytest.raises(
         xdrop.ArgumentValueError,

@@ -10,7 +10,7 @@ import numpy as np
 import numpy.typing as npt
 
 from xdrop import rdrop
-from xdrop.errors import bad_type
+from xdrop.errors import Shown, bad_type, bad_value
 from xdrop.protocol import Array, Backend, LossBackend, require
 from xdrop.registry import backend_for
 from xdrop.spec import FLOAT_DTYPES
@@ -421,9 +421,11 @@ def rdrop_forward(
     if not callable(model_fn):
         raise bad_type("model_fn", model_fn, "a callable taking and returning an array")
     xp = backend_for(x)
-    if not xp.is_array(x):
-        x = xp.asarray(x)
+    given, x = x, as_input_array(xp, x)
     shape = xp.shape(x)
+    if not shape:
+        shown = Shown("<0-d array>") if xp.is_array(given) else given
+        raise bad_value("x", shown, "an array with a batch axis")
     batch_axis = check_axis(axis, len(shape))
     y = model_fn(rdrop.doubled(xp, x, batch_axis))
     yp = require(backend_for(y), LossBackend, "R-Dropout")

@@ -217,7 +217,8 @@ def as_input_array(xp: Backend, x: object, argument: str = "x") -> Array:
         return x
     try:
         return xp.asarray(x)
-    except (ValueError, TypeError, OverflowError) as error:  # ragged lists, strings, objects
+    # ragged lists, strings, objects (torch says RuntimeError where it infers no dtype)
+    except (ValueError, TypeError, OverflowError, RuntimeError) as error:
         shown = Shown(shorten(repr(x)))
         allowed = f"an array, or a rectangular nested list of numbers ({error})"
         raise ArgumentTypeError(
