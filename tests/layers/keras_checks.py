@@ -436,6 +436,14 @@ def test_mc_sampling_leaves_batch_normalization_on_its_moving_statistics():
     np.testing.assert_array_equal(model.predict(x, verbose=0), model.predict(x, verbose=0))
 
 
+def test_set_mc_sampling_refuses_what_is_not_a_layer():
+    from xdrop.layers.keras import set_mc_sampling
+
+    for model in (5, None, [Dropout(0.5, seed=1)]):
+        with pytest.raises(xdrop.ArgumentTypeError, match="model must be a Keras layer or model"):
+            set_mc_sampling(model)
+
+
 # -- every Keras regularization layer, swapped for xdrop's -------------------------------------------
 def run_every_layer(action, directory):  # type: ignore[no-untyped-def]
     import subprocess

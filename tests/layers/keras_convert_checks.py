@@ -177,6 +177,24 @@ def test_unknown_dropout_like_layers_are_named_by_strict_and_left_with_a_warning
     assert type(model.layers[1]) is keras.layers.Attention
 
 
+# every dropout layer of Keras that convert replaces; a subclass may compute something else
+KERAS_DROPOUTS = [keras.layers.Dropout, keras.layers.SpatialDropout1D,
+                  keras.layers.SpatialDropout2D, keras.layers.SpatialDropout3D,
+                  keras.layers.GaussianDropout, keras.layers.AlphaDropout,
+                  keras.layers.GaussianNoise]  # fmt: skip
+
+
+@pytest.mark.parametrize("base", KERAS_DROPOUTS, ids=lambda base: base.__name__)
+def test_a_subclass_of_a_keras_dropout_layer_is_reported_whatever_its_name(base):
+    regularizer = type("Regularizer", (base,), {})(0.5)  # no "Dropout" nor "Noise" in its name
+    model = keras.Sequential([keras.layers.Dense(4), regularizer])
+    with pytest.raises(xdrop.UnconvertedDropoutError, match=r"layers\.1 \(Regularizer\)"):
+        xk.convert(model, seed=SEED, strict=True)
+    with pytest.warns(xdrop.UnconvertedDropoutWarning, match=r"layers\.1 \(Regularizer\)"):
+        xk.convert(model, seed=SEED)
+    assert model.layers[1] is regularizer and type(regularizer).__name__ == "Regularizer"
+
+
 @pytest.mark.parametrize(
     "attention",
     [lambda: keras.layers.MultiHeadAttention(2, 4, dropout=0.1),
@@ -199,6 +217,63 @@ def test_an_attention_makes_its_dropout_when_built_so_unbuilt_is_refused(attenti
     xk.convert(model, seed=SEED)
     assert type(model.attention._dropout_layer) is xk.Dropout
     assert model.attention._dropout_layer.seed == site_seed(SEED, "attention._dropout_layer")
+
+
+@pytest.mark.parametrize(
+    ("keras_layer", "xdrop_layer"),
+    [(lambda: keras.layers.Dropout(0.5), xk.Dropout),
+     (lambda: keras.layers.SpatialDropout1D(0.5), xk.SpatialDropout1D),
+     (lambda: keras.layers.GaussianNoise(0.5), xk.GaussianNoise)],
+    ids=["Dropout", "SpatialDropout1D", "GaussianNoise"],
+)  # fmt: skip
+def test_a_bare_dropout_layer_is_converted_in_place_as_the_site_named_empty(
+    keras_layer, xdrop_layer
+):
+    layer = keras_layer()
+    assert xk.convert(layer, seed=SEED, rename=lambda name: "root" + name) is layer
+    assert type(layer) is xdrop_layer
+    assert layer.seed == site_seed(SEED, "root")  # the root's name is "", as in torch's convert
+    mirror = xdrop_layer(0.5, seed=site_seed(SEED, "root"))
+    x = inputs(2, 3, 4)
+    np.testing.assert_array_equal(host(layer(x, training=True)), host(mirror(x, training=True)))
+
+
+def test_a_bare_dropout_converted_without_rename_follows_the_site_formula():
+    layer = keras.layers.Dropout(0.5)
+    xk.convert(layer, seed=SEED)
+    x = inputs(4, 16)
+    np.testing.assert_array_equal(host(layer(x, training=True)), by_hand(x, 0.5, "", 0))
+
+
+@pytest.mark.parametrize(
+    "attention",
+    [lambda: keras.layers.MultiHeadAttention(2, 4, dropout=0.1),
+     lambda: keras.layers.GroupQueryAttention(4, 2, 1, dropout=0.1)],
+    ids=["MultiHeadAttention", "GroupQueryAttention"],
+)  # fmt: skip
+def test_a_bare_unbuilt_attention_is_refused_as_inside_a_model(attention):
+    layer = attention()
+    with pytest.raises(xdrop.UnbuiltLayerError, match="not built yet: <model>; build"):
+        xk.convert(layer, seed=SEED)
+    layer(inputs(2, 3, 8), inputs(2, 3, 8))
+    assert xk.convert(layer, seed=SEED) is layer
+    assert type(layer._dropout_layer) is xk.Dropout
+    assert layer._dropout_layer.seed == site_seed(SEED, "_dropout_layer")
+
+
+@pytest.mark.parametrize(
+    ("make", "shown"),
+    [(lambda: type("Regularizer", (keras.layers.Dropout,), {})(0.5), "Regularizer"),
+     (lambda: keras.layers.Attention(dropout=0.1), "Attention")],
+    ids=["Dropout subclass", "Attention"],
+)  # fmt: skip
+def test_a_bare_layer_that_draws_its_own_noise_is_reported_as_the_model(make, shown):
+    layer, named = make(), rf"<model> \({shown}\)"
+    with pytest.raises(xdrop.UnconvertedDropoutError, match="cannot convert: " + named):
+        xk.convert(layer, seed=SEED, strict=True)
+    with pytest.warns(xdrop.UnconvertedDropoutWarning, match=named):
+        assert xk.convert(layer, seed=SEED) is layer
+    assert type(layer).__name__ == shown  # left as it is
 
 
 @pytest.mark.parametrize(

@@ -605,6 +605,8 @@ def set_mc_sampling(model: Any, enabled: bool = True) -> int:
         >>> set_mc_sampling(model)
         1
     """
+    if not isinstance(model, keras.layers.Layer):
+        raise bad_type("model", model, "a Keras layer or model (keras.layers.Layer)")
     flag = check_flag("enabled", enabled)
     switched = 0
     for layer in model._flatten_layers(include_self=True, recursive=True):
@@ -713,13 +715,17 @@ def named_layers(model: Any) -> Iterator[tuple[str, Any]]:
 
 
 def _draws_its_own(layer: Any) -> bool:
-    """A layer that draws dropout-like noise without xdrop: its class is named like a dropout
-    (``Dropout`` or ``Noise`` in the name), or it holds a seed generator of its own and a dropout
-    rate above 0 (Keras' ``Attention``, ``AdditiveAttention``, the recurrent cells)."""
+    """A layer that draws dropout-like noise without xdrop: a subclass of a Keras layer convert
+    replaces (whatever its name), a class named like a dropout (``Dropout`` or ``Noise`` in the
+    name), or a layer holding a seed generator of its own and a dropout rate above 0 (Keras'
+    ``Attention``, ``AdditiveAttention``, the recurrent cells)."""
     if isinstance(layer, Dropout) or type(layer) in _CONVERTED:
         return False
     if isinstance(layer, keras.Model):
         return False  # a model is a container: its layers are judged one by one
+    # only the exact classes are replaced: a subclass may draw otherwise, so it is reported
+    if isinstance(layer, tuple(_CONVERTED)):
+        return True
     name = type(layer).__name__
     if "Dropout" in name or "Noise" in name:
         return True
@@ -789,13 +795,14 @@ def convert(
     Each layer of ``keras.layers`` ``Dropout``, ``SpatialDropout1D/2D/3D``, ``GaussianDropout``,
     ``AlphaDropout`` and ``GaussianNoise`` anywhere inside ``model`` (the layers of a Sequential
     or functional model, a subclassed model's attributes, nested layers and models, the dropout
-    inside ``keras.layers.MultiHeadAttention`` and its subclasses) becomes the xdrop layer of the
-    same name with the same arguments and the seed::
+    inside ``keras.layers.MultiHeadAttention`` and its subclasses), or ``model`` itself, becomes
+    the xdrop layer of the same name with the same arguments and the seed::
 
         xdrop.layers.common.site_seed(seed, rename(name))
 
     ``name`` is the layer's place in the model (see :func:`named_layers`: attributes by name, list
-    items by index, the layers of a Sequential or functional model as ``layers.I``), so a site's
+    items by index, the layers of a Sequential or functional model as ``layers.I``; ``""`` for
+    ``model`` itself, which is checked as any layer inside it), so a site's
     stream depends neither on the order in which layers were made nor on Keras' layer names; its
     ``t``-th training call then returns what the xdrop layer's docstring says, e.g. for
     ``Dropout`` ``xdrop.dropout(x, rate, seed=xdrop.fold_in(site_seed, t))``. The layer stays
@@ -803,10 +810,11 @@ def convert(
     valid; the model's compiled train, test and predict functions are dropped, to be traced again.
     Layers that already are xdrop's are left as they are, so converting twice changes nothing.
 
-    A layer that draws dropout-like noise otherwise (a class with ``Dropout`` or ``Noise`` in its
-    name that is not listed above, or one that holds its own seed generator and a ``dropout`` or
-    ``recurrent_dropout`` above 0, such as ``keras.layers.Attention`` or an ``LSTM``'s cell) is
-    left as it is, with an :class:`xdrop.UnconvertedDropoutWarning` naming each; with
+    A layer that draws dropout-like noise otherwise (a subclass of a layer listed above, a class
+    with ``Dropout`` or ``Noise`` in its name that is not listed above, or one that holds its own
+    seed generator and a ``dropout`` or ``recurrent_dropout`` above 0, such as
+    ``keras.layers.Attention`` or an ``LSTM``'s cell) is left as it is, with an
+    :class:`xdrop.UnconvertedDropoutWarning` naming each (``model`` itself as ``<model>``); with
     ``strict=True`` an :class:`xdrop.UnconvertedDropoutError` names them and nothing changes.
 
     ``model.save("m.keras")`` stores every stream. ``keras.saving.load_model`` reloads a model
@@ -816,8 +824,10 @@ def convert(
     streams into them: load those with :func:`load_model`.
 
     Args:
-        model: a ``keras.layers.Layer`` (a model is one), built where it holds layers that
-            make their dropout in ``build`` (``MultiHeadAttention``, ``GroupQueryAttention``).
+        model: a ``keras.layers.Layer`` (a model is one), built where it is or holds layers
+            that make their dropout in ``build`` (``MultiHeadAttention``,
+            ``GroupQueryAttention``). A bare dropout layer is converted in place too: the
+            returned object is ``model``, now xdrop's layer.
         seed: an integer in ``[0, 2**64)``, the seed of the model's sites.
         strict: raise instead of warning about dropout-like layers left as they are.
         rename: a function from a layer's name to the name its site's seed is derived from
@@ -848,8 +858,10 @@ def convert(
     strict = check_flag("strict", strict)
     rename = _check_rename(rename)
     data_parallel = common.check_data_parallel(data_parallel)
-    layers = list(named_layers(model))
-    unbuilt = [name for name, layer in layers if _unbuilt_dropout(layer)]
+    # the model itself is judged as any layer in it (a bare Dropout is converted, an unbuilt
+    # attention refused), named "" as torch's convert names its root: "<model>" in messages
+    layers = [("", model), *named_layers(model)]
+    unbuilt = [name or "<model>" for name, layer in layers if _unbuilt_dropout(layer)]
     if unbuilt:
         raise UnbuiltLayerError(
             "layers whose dropout is made when they are built, not built yet: "
@@ -857,7 +869,9 @@ def convert(
             "the model first (call it on a batch, or model.build(input_shape)), then convert it"
         )
     unknown = [
-        f"{name} ({type(layer).__name__})" for name, layer in layers if _draws_its_own(layer)
+        f"{name or '<model>'} ({type(layer).__name__})"
+        for name, layer in layers
+        if _draws_its_own(layer)
     ]
     if unknown and strict:
         raise UnconvertedDropoutError(
