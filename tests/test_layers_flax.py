@@ -169,6 +169,89 @@ def test_a_pure_dict_of_the_state_restores_the_stream():
     np.testing.assert_array_equal(restored(x), model(x))
 
 
+def restored_with(name, cast):
+    """A layer of seed ``2**40 + 7`` whose DropoutState ``name`` was restored through
+    ``nnx.update`` as ``cast`` makes it, as a checkpoint written with another dtype restores it."""
+    layer = Dropout(0.5, seed=2**40 + 7)
+    state = nnx.state(layer)
+    state[name] = state[name].replace(cast(state[name][...]))
+    nnx.update(layer, state)
+    return layer
+
+
+BAD_STATES = [
+    pytest.param(lambda words: words.astype(jnp.uint8), xdrop.ArgumentTypeError,
+                 "array of uint8 shape (2,)", id="uint8"),  # a seed of 2**40 + 7 would read as 7
+    pytest.param(lambda words: words.astype(jnp.int32), xdrop.ArgumentTypeError,
+                 "array of int32 shape (2,)", id="int32"),
+    pytest.param(lambda words: words.astype(jnp.float32), xdrop.ArgumentTypeError,
+                 "array of float32 shape (2,)", id="float32"),
+    pytest.param(lambda words: jnp.zeros(3, jnp.uint32), xdrop.ArgumentValueError,
+                 "array of uint32 shape (3,)", id="uint32[3]"),
+    pytest.param(lambda words: words[1], xdrop.ArgumentValueError, "array of uint32 shape ()",
+                 id="0-d"),
+    pytest.param(lambda words: 7, xdrop.ArgumentTypeError, "a value that is not an array",
+                 id="int"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ["seed", "step"])
+@pytest.mark.parametrize(("cast", "error", "shown"), BAD_STATES)
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_a_state_restored_with_another_dtype_or_shape_is_refused_at_the_first_call(
+    name, cast, error, shown, deterministic
+):
+    # before: a uint8 seed drew from seed 7 silently; a float32 failed in xor, other shapes in
+    # unpacking or broadcasting, without saying which state was wrong
+    layer = restored_with(name, cast)
+    message = (
+        f"the DropoutState {name!r} of Dropout must be a uint32[2] array "
+        f"(the {name}'s words hi, lo), got <{shown}>"
+    )
+    assert_refused(lambda: layer(jnp.ones(8), deterministic=deterministic), error, message)
+    assert_refused(lambda: layer.seed_value, error, message)
+    assert_refused(lambda: layer.step_value, error, message)
+
+
+@pytest.mark.parametrize("name", ["seed", "step"])
+@pytest.mark.parametrize(("cast", "error", "shown"), BAD_STATES)
+def test_under_nnx_jit_the_state_is_checked_while_tracing(name, cast, error, shown):
+    layer = restored_with(name, cast)
+    message = f"the DropoutState {name!r} of Dropout must be a uint32[2] array"
+    assert_refused(lambda: nnx.jit(lambda module, x: module(x))(layer, jnp.ones(8)), error, message)
+    # the check reads the dtype and shape only, static under jit: a good state is traced once
+    # and its compiled step draws the stream's masks
+    good = Dropout(0.5, seed=2**40 + 7)
+    calls = []
+
+    @nnx.jit
+    def step(module, x):
+        calls.append(None)
+        return module(x)
+
+    x = jnp.ones(8)
+    for t in range(3):
+        np.testing.assert_array_equal(step(good, x), contract(x, 0.5, 2**40 + 7, t))
+    assert len(calls) == 1
+
+
+def test_set_mc_sampling_refuses_what_is_not_a_module():
+    # before: set_mc_sampling(5) found no module in it and returned 0, as for a model without
+    # dropout
+    from xdrop.layers.flax import set_mc_sampling
+
+    for value, shown in [(5, "5 of type int"), (None, "None of type NoneType"),
+                         ("model", "'model' of type str")]:  # fmt: skip
+        assert_refused(
+            lambda value=value: set_mc_sampling(value),
+            xdrop.ArgumentTypeError,
+            f"model must be an nnx.Module (or a list, tuple or dict of them), got {shown}",
+        )
+    layers = [Dropout(0.5, seed=0), Dropout(0.5, seed=1)]
+    assert set_mc_sampling(layers) == 2 and all(layer.mc_sampling for layer in layers)
+    assert set_mc_sampling({"first": layers[0]}, False) == 1 and not layers[0].mc_sampling
+
+
 @pytest.mark.parametrize(
     ("arguments", "error", "message"),
     [({"rate": 1.5}, xdrop.ArgumentValueError, "rate must be a real number in [0, 1], got 1.5"),

@@ -486,6 +486,21 @@ def test_load_state_dict_refuses_a_seed_or_step_that_is_not_an_integer(name, val
     assert int(layer.seed) == 4 and layer.step.item() == 0
 
 
+@pytest.mark.parametrize(
+    ("model", "shown"),
+    [(5, "5 of type int"), (None, "None of type NoneType"), ([Dropout(0.5, seed=0)], "[Dropout(")],
+)
+def test_set_mc_sampling_refuses_what_is_not_a_module(model, shown):
+    # before: AttributeError: 'int' object has no attribute 'modules'
+    from xdrop.layers.torch import set_mc_sampling
+
+    assert_refused(
+        lambda: set_mc_sampling(model),
+        xdrop.ArgumentTypeError,
+        f"model must be a torch.nn.Module, got {shown}",
+    )
+
+
 @pytest.mark.parametrize("make", [lambda: Dropout3d(0.5, seed=2), lambda: Dropout(0.5, seed=2)])
 def test_channels_last_3d_stays_so(make):
     x = torch.randn(2, 3, 2, 4, 4).contiguous(memory_format=torch.channels_last_3d)

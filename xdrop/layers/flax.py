@@ -19,9 +19,11 @@ from flax.nnx import graphlib
 import xdrop
 from xdrop.errors import (
     ArgumentValueError,
+    Shown,
     UnconvertedDropoutError,
     UnconvertedDropoutWarning,
     bad_type,
+    bad_value,
 )
 from xdrop.layers import common
 from xdrop.validation import check_flag, check_mode, check_natural, is_integer, seed_value
@@ -44,9 +46,11 @@ __all__ = [
 
 
 class DropoutState(nnx.Variable):  # type: ignore[type-arg]
-    """The stream state of :class:`Dropout`: its seed (uint32[2] ``(hi, lo)``) and its step
-    (uint32). Not a parameter: optimizers with ``wrt=nnx.Param`` leave it alone, and
-    ``nnx.state(model)`` / ``nnx.split(model)`` carry it."""
+    """The stream state of :class:`Dropout`: its seed and its step, each a uint32[2] ``(hi,
+    lo)``. Not a parameter: optimizers with ``wrt=nnx.Param`` leave it alone, and
+    ``nnx.state(model)`` / ``nnx.split(model)`` carry it. A module whose state was restored
+    (``nnx.update``) with another dtype or shape refuses to be called: a narrower integer would
+    draw from another seed silently."""
 
 
 class Dropout(common.DropoutDraws, nnx.Module):
@@ -161,6 +165,8 @@ class Dropout(common.DropoutDraws, nnx.Module):
         deterministic = _check_deterministic(deterministic, self.deterministic)
         if deterministic is None:
             raise ArgumentValueError(NO_DETERMINISTIC)
+        if self.rngs is None:  # checked in evaluation too: a bad restore shows at the first call
+            own_seed, own_step = self._checked_state()
         self._check_input_shape("inputs", inputs.shape)
         common.check_shared_axes("broadcast_dims", self.broadcast_dims, inputs.ndim)
         if deterministic and not self.mc_sampling:
@@ -171,9 +177,8 @@ class Dropout(common.DropoutDraws, nnx.Module):
         elif self.rngs is not None:
             seed = self.rngs()
         else:
-            step = self.step[...]
-            seed = common.step_seed(self.seed[...], step)
-            self.step[...] = _next_step(step)
+            seed = common.step_seed(own_seed, own_step)
+            self.step[...] = _next_step(own_step)
         seed, offset = common.process_ranks(inputs).place(
             self.data_parallel,
             seed,
@@ -199,13 +204,41 @@ class Dropout(common.DropoutDraws, nnx.Module):
     def _own_stream(self, attribute: str) -> tuple[jax.Array, jax.Array]:
         if self.rngs is not None:
             raise ArgumentValueError(f"{attribute}: this module draws its keys from its rngs")
-        return self.seed[...], self.step[...]
+        return self._checked_state()
+
+    def _checked_state(self) -> tuple[jax.Array, jax.Array]:
+        """The seed and the step, refused unless each is the uint32[2] the module made: a restore
+        (``nnx.update``, which xdrop does not see) can put any array there. Dtype and shape are
+        static under ``nnx.jit``: the check runs once, while tracing, and costs nothing after."""
+        return _state_words(self, "seed"), _state_words(self, "step")
 
     @property
     def seed_value(self) -> int:
         """The seed ``s`` of the stream as an integer (a module drawing from ``rngs`` has none)."""
         high, low = (int(word) for word in np.asarray(self._own_stream("seed_value")[0]))
         return (high << 32) | low
+
+
+def _state_words(module: Dropout, name: str) -> jax.Array:
+    """The ``(hi, lo)`` words of the :class:`DropoutState` ``name`` of ``module``, refused unless
+    a uint32[2] array: a narrower integer would be read as another seed or step silently (a seed
+    of ``2**40 + 7`` restored as uint8 would draw from seed 7), and any other dtype or shape
+    would fail inside the draw with an error that does not say which state is wrong."""
+    argument = f"the DropoutState {name!r} of {type(module).__name__}"
+    allowed = f"a uint32[2] array (the {name}'s words hi, lo)"
+    try:
+        value = getattr(module, name)[...]
+    except (TypeError, IndexError, KeyError):  # an int, a list... which [...] does not index
+        value = None
+    dtype, shape = getattr(value, "dtype", None), getattr(value, "shape", None)
+    if dtype is None or shape is None:
+        raise bad_type(argument, Shown("<a value that is not an array>"), allowed)
+    shown = Shown(f"<array of {dtype} shape {tuple(shape)}>")
+    if dtype != np.dtype(np.uint32):
+        raise bad_type(argument, shown, allowed)
+    if tuple(shape) != (2,):
+        raise bad_value(argument, shown, allowed)
+    return value  # type: ignore[no-any-return]
 
 
 def _next_step(step: jax.Array) -> jax.Array:
@@ -368,6 +401,8 @@ def set_mc_sampling(model: nnx.Module, enabled: bool = True) -> int:
         >>> set_mc_sampling(model)
         1
     """
+    if not isinstance(model, (nnx.Module, list, tuple, dict)):
+        raise bad_type("model", model, "an nnx.Module (or a list, tuple or dict of them)")
     flag = check_flag("enabled", enabled)
     switched = 0
     for _, module in nnx.iter_modules(model):

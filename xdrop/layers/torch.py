@@ -731,6 +731,8 @@ def set_mc_sampling(model: torch.nn.Module, enabled: bool = True) -> int:
         >>> bool((model(torch.ones(1, 4)) != model(torch.ones(1, 4))).any())
         True
     """
+    if not isinstance(model, torch.nn.Module):
+        raise bad_type("model", model, "a torch.nn.Module")
     flag = check_flag("enabled", enabled)
     switched = 0
     for module in model.modules():
