@@ -627,6 +627,16 @@ def test_torch_func_transforms_and_no_grad_keep_working(torch, monkeypatch):
         assert_same_bits(a, b, "float32")
 
 
+def test_torch_func_vmap_over_seed_tensors_gives_each_seed_its_mask(torch):
+    x, seeds = torch.randn(50), torch.tensor([0, 1, 2**40])
+    # x closed over and unbatched: the eager call's kernel cannot read a batched seed
+    masks = torch.func.vmap(lambda s: xdrop.dropout(x, 0.5, seed=s, return_mask=True)[1])(seeds)
+    outputs = torch.func.vmap(lambda v, s: xdrop.dropout(v, 0.5, seed=s))(x.expand(3, 50), seeds)
+    for row, seed in enumerate((0, 1, 2**40)):
+        expected, keep = xdrop.dropout(x, 0.5, seed=seed, return_mask=True)
+        assert torch.equal(masks[row], keep) and torch.equal(outputs[row], expected)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_torch_threads_give_the_bits_of_one_thread_forward_and_backward(torch, threads_restored, thread_counts, dtype):  # fmt: skip
     torch_dtype = getattr(torch, dtype)

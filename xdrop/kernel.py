@@ -219,7 +219,10 @@ def dropout(
     if isinstance(seed, int):
         words = divmod(seed, spec.WORD_COUNT)
     else:  # torch words are signed
-        words = (int(seed[0]) & 0xFFFF_FFFF, int(seed[1]) & 0xFFFF_FFFF)
+        try:
+            words = (int(seed[0]) & 0xFFFF_FFFF, int(seed[1]) & 0xFFFF_FFFF)
+        except RuntimeError:  # a seed torch.func.vmap batches has no one value: the spec's ops
+            return None
     threshold = kept_count << (32 - spec.UNIFORM_BITS)
     return xp.fused_dropout(x, FusedCall(words, offset, threshold, factor, return_mask))
 
