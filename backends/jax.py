@@ -65,6 +65,13 @@ class JaxBackend(Backend, NamespaceFunctions, SeedArrays, NativeGenerator):
     def broadcast_to(self, a: Any, shape: tuple[int, ...]) -> Any:
         return self.jnp.broadcast_to(a, shape)
 
+    def take_along_axis(self, x: Any, indices: Any, axis: int) -> Any:
+        # a traced label cannot raise: one outside [0, size) picks NaN, so the loss is NaN rather
+        # than quietly wrong; a negative one too, which take_along_axis would count from the end
+        jnp = self.jnp
+        indices = jnp.where(indices < 0, x.shape[axis], indices)
+        return jnp.take_along_axis(x, indices, axis=axis, mode="fill", fill_value=jnp.nan)
+
     def full_mask(self, shape: tuple[int, ...], value: bool, like: Any = None) -> Any:
         return self.jnp.full(shape, value, dtype=bool)
 

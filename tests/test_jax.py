@@ -181,3 +181,16 @@ def test_the_edge_rates_are_checked_on_jax_without_x64():
     for mode in ("eager", "compiled"):
         report = run_backend("jax", narrow, mode=mode)
         assert [result.status for result in report.results] == ["passed"] * len(narrow), mode
+
+
+def test_a_traced_label_out_of_range_makes_the_rdrop_loss_nan():
+    # a traced label cannot be checked: it picks NaN, never another class's log-probability
+    z1 = jnp.array([[0.0, 1.0, 2.0], [1.0, 0.0, 0.0]])
+    loss = jax.jit(lambda labels: xdrop.rdrop_loss(z1, z1 * 0.5, labels, ignore_index=-100))
+    assert float(loss(jnp.array([0, 2]))) == pytest.approx(
+        float(xdrop.rdrop_loss(z1, z1 * 0.5, np.array([0, 2]))), rel=1e-6
+    )
+    for wrong in (-1, 3, 5):
+        assert math.isnan(float(loss(jnp.array([0, wrong]))))
+    ignored = float(loss(jnp.array([0, -100])))
+    assert ignored == pytest.approx(float(xdrop.rdrop_loss(z1[:1], z1[:1] * 0.5, [0])), rel=1e-6)

@@ -390,7 +390,7 @@ class LossOps(abc.ABC):
     """Whether :meth:`take_along_axis` raises for an index outside ``[0, size)``, negative ones
     included, on eager arrays in host memory (as ``torch.gather`` does). Where it does, R-Dropout
     reads such labels only to explain that error; it checks all others at hand on the host
-    before the loss (NumPy wraps negative indices, JAX clamps, TensorFlow may run the pick on a
+    before the loss (NumPy wraps negative indices, JAX picks NaN, TensorFlow may run the pick on a
     GPU, which gives 0, and a compiled pick may abort the process)."""
 
     @abc.abstractmethod

@@ -203,8 +203,8 @@ def rdrop_loss(
             arrays, lists, eager arrays in CPU memory); an accelerator's array is not read back
             for it, which would cost a device sync per step, and neither is a traced one (nor
             one inside a ``torch.func`` transform): an out-of-range label there behaves as the
-            framework's indexing does (PyTorch raises, as TensorFlow's graphs do on the CPU; JAX
-            and XLA clamp). An ``ignore_index`` that no label of the labels' dtype can equal
+            framework's indexing does (PyTorch raises, as TensorFlow's graphs do on the CPU; under
+            JAX the loss is NaN). An ``ignore_index`` that no label of the labels' dtype can equal
             ignores nothing.
         alpha: the weight of the KL term, ``>= 0`` and finite in the dtype the loss is computed
             in; 0 gives ``CE1 + CE2`` alone.
