@@ -58,9 +58,11 @@ def check_rate(p: object, xp: Backend | None = None, like: object = None, name: 
     """``p`` as a float in ``[0, 1]``; a 0-d float array is read as its value, unless it is being
     traced (then it is returned as it is, and the spec computes with it in the graph). ``like``
     is the array ``p`` goes with, if any (called ``name`` in messages): an Array API array's
-    rate must share its namespace."""
+    rate must share its namespace. A Keras variable is its value, as Keras' own ops read it."""
     if isinstance(p, numbers.Real) and not isinstance(p, (bool, np.bool_)):
         value = read_on_the_host(float(p))  # the common case first: no message unless needed
+    elif _is_keras_variable(p):  # a wrapper on every Keras backend: its value is the array
+        return check_rate(p.value, xp, like, name)  # type: ignore[attr-defined]
     elif isinstance(p, (bool, np.bool_)):
         raise bad_type("p", p, _rate_allowed(name))
     elif isinstance(p, np.ndarray) or (xp is not None and xp.is_array(p)):
@@ -89,6 +91,11 @@ def check_rate(p: object, xp: Backend | None = None, like: object = None, name: 
     if not 0.0 <= value <= 1.0:  # NaN fails both comparisons
         raise bad_value("p", p, "a real number in [0, 1]")
     return value
+
+
+def _is_keras_variable(value: object) -> bool:
+    keras = sys.modules.get("keras")  # only where Keras is imported: xdrop imports no framework
+    return keras is not None and isinstance(value, keras.Variable)
 
 
 def _rate_allowed(name: str) -> str:

@@ -436,6 +436,28 @@ def test_mc_sampling_leaves_batch_normalization_on_its_moving_statistics():
     np.testing.assert_array_equal(model.predict(x, verbose=0), model.predict(x, verbose=0))
 
 
+def test_a_keras_variable_rate_is_its_value_eagerly_and_in_fit():
+    class ScheduledDropout(keras.layers.Layer):  # a rate a callback may change between epochs
+        def __init__(self) -> None:
+            super().__init__()
+            self.rate = keras.Variable(0.25, trainable=False)  # tracked: fit's state on JAX
+
+        def call(self, inputs, training=False):
+            return xdrop.dropout(inputs, self.rate, seed=3) if training else inputs
+
+    layer = ScheduledDropout()
+    x = keras.ops.ones((4, 8))
+    eager = layer(x, training=True)
+    assert np.array_equal(host(eager), host(xdrop.dropout(x, 0.25, seed=3)))
+    model = keras.Sequential([keras.Input((8,)), layer])
+    model.compile(loss="mse")
+    for value in (0.25, 0.75):
+        layer.rate.assign(value)
+        seen = model.train_on_batch(np.ones((4, 8)), np.zeros((4, 8)), return_dict=True)
+        expected = float(np.mean(host(xdrop.dropout(x, value, seed=3)) ** 2))
+        assert seen["loss"] == pytest.approx(expected, rel=1e-6)
+
+
 def test_set_mc_sampling_refuses_what_is_not_a_layer():
     from xdrop.layers.keras import set_mc_sampling
 
