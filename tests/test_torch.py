@@ -243,6 +243,22 @@ def test_jit_trace_refuses_seeds_it_would_bake_or_drop(call, message):
         _jit_trace(call, torch.ones(4))
 
 
+@pytest.mark.parametrize(
+    ("call", "inputs"),
+    [
+        (lambda x: xdrop.drop_block(x, 0.1, 3, seed=0), (torch.ones(2, 2, 8, 8),)),
+        (
+            lambda z, y: xdrop.rdrop_loss(z, z, y),
+            (torch.ones(4, 3), torch.zeros(4, dtype=torch.long)),
+        ),
+    ],
+    ids=["drop_block", "rdrop_loss"],
+)
+def test_jit_trace_refuses_what_needs_sizes_naming_the_tracers_that_know_them(call, inputs):
+    with pytest.raises(xdrop.ArgumentValueError, match="torch.compile and torch.export do"):
+        _jit_trace(call, *inputs)
+
+
 def test_native_mode_honours_torch_manual_seed():
     x = torch.ones(1000)
     torch.manual_seed(0)

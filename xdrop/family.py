@@ -21,6 +21,7 @@ from xdrop.registry import backend_for
 from xdrop.tracing import called_as_is
 from xdrop.typing import Rng
 from xdrop.validation import (
+    SIZES_KNOWN,
     Rate,
     as_input_array,
     as_real,
@@ -406,7 +407,7 @@ def drop_block(
     channel_axis = len(shape) - 1 if channels_last else 1
     sizes = tuple(shape[axis] for axis in spatial)
     if any(size is None for size in sizes):
-        allowed = "an array whose spatial sizes are known while tracing (gamma needs them)"
+        allowed = f"an array whose spatial sizes (gamma needs them) are {SIZES_KNOWN}"
         raise bad_value("x", Shown(f"<array of shape {shape}>"), allowed)
     maps = tuple(int(size) for size in sizes if size is not None)
     generator = seeds.rng_kind(rng)
@@ -482,7 +483,7 @@ def drop_block(
         key = seeds.key_of(_portable_seed(family, seed, x), family, x)
         dims = _noise_dims(family, x, corners_shape)
         if not all(isinstance(dim, int) for dim in dims):
-            allowed = "an array whose N and C are known while tracing, for with_noise"
+            allowed = f"an array whose N and C (with_noise needs them) are {SIZES_KNOWN}"
             raise bad_value("x", Shown(f"<array of shape {shape}>"), allowed)
         assert isinstance(start, int)  # a Block took the branch above
         keep = spec.keep_mask(family, key, dims, _threshold(family, gamma), start, like=x)

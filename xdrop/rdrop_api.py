@@ -17,6 +17,7 @@ from xdrop.spec import FLOAT_DTYPES
 from xdrop.tracing import called_as_is
 from xdrop.typing import ArrayT, OutputT, PythonValues, Reduction
 from xdrop.validation import (
+    SIZES_KNOWN,
     ArrayDescription,
     as_input_array,
     bad_array,
@@ -519,7 +520,7 @@ def _logit_pair(
         raise bad_array("logits1", first, "an array with a class axis (at least 1-d)")
     class_axis = check_axis(axis, len(first.shape))
     if first.shape[class_axis] is None:
-        allowed = f"an array whose number of classes (axis {axis}) is known while tracing"
+        allowed = f"an array whose number of classes (axis {axis}) is {SIZES_KNOWN}"
         raise bad_array("logits1", first, allowed)
     if first.shape[class_axis] == 0:
         raise bad_array("logits1", first, f"an array with at least one class along axis {axis}")

@@ -54,6 +54,13 @@ def is_integer(value: object) -> bool:
     return as_integer(value) is not None
 
 
+SIZES_KNOWN = (
+    "known while tracing (give them in tf.function's input_signature or jax.export's shapes; "
+    "torch.jit.trace knows no size, torch.compile and torch.export do)"
+)
+"""How a function that needs sizes while tracing says where they come from."""
+
+
 def check_rate(p: object, xp: Backend | None = None, like: object = None, name: str = "x") -> Rate:
     """``p`` as a float in ``[0, 1]``; a 0-d float array is read as its value, unless it is being
     traced (then it is returned as it is, and the spec computes with it in the graph). ``like``
