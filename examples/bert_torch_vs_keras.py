@@ -7,8 +7,11 @@ builds a tiny ``transformers.BertForSequenceClassification`` (PyTorch) and a tin
 PyTorch weights into the Keras model, converts both with one seed
 (``xdrop.layers.torch.convert`` and ``xdrop.layers.keras.convert``), and trains both with plain
 SGD on the same batches, dropout 0.1 everywhere. It prints the largest differences between the
-two sides (eval logits, training-mode logits, losses, weights after training) and writes a figure
-of the two loss curves (default ``docs/figures/bert_torch_vs_keras.png``).
+two sides (eval logits, training-mode logits, losses, weights after training) and writes nothing
+else unless FIGURE names a PNG file for the two loss curves, which needs matplotlib (``pip install
+matplotlib``, or xdrop's ``[docs]`` extra; checked before training starts). The figure in the
+documentation is redrawn with ``python examples/bert_torch_vs_keras.py
+docs/figures/bert_torch_vs_keras.png``.
 
 The two models draw the same masks because every dropout site gets the stream of a name both
 sides share: ``rename`` maps each framework's own site name (PyTorch's module path with ``#k``
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib.util
 import os
 import re
 import subprocess
@@ -40,7 +44,6 @@ SEED = 2024  # the one seed both conversions take
 WEIGHT_SEED = 0  # PyTorch's initialisation; Keras receives a copy
 VOCAB, HIDDEN, LAYERS, HEADS, INTERMEDIATE, POSITIONS, SEGMENTS = 100, 64, 2, 4, 128, 32, 2
 CLASSES, RATE, BATCH, LENGTH, LEARNING_RATE, EXAMPLES = 3, 0.1, 8, 16, 0.1, 16
-FIGURE = Path(__file__).resolve().parents[1] / "docs" / "figures" / "bert_torch_vs_keras.png"
 
 # Each dropout site's shared name, from the name each framework's ``convert`` gives it: Hugging
 # Face's module paths (a functional call inside a module is ``<module>#<k>``, its k-th call site)
@@ -340,6 +343,17 @@ def plot(figure: Path, torch_losses: np.ndarray, keras_losses: np.ndarray) -> No
     plt.close(fig)
 
 
+def figure_path(text: str) -> Path:
+    """FIGURE, once matplotlib is known to be there to draw it: checked as the arguments are
+    read, before a minute of training rather than after it."""
+    if importlib.util.find_spec("matplotlib") is None:
+        raise argparse.ArgumentTypeError(
+            "drawing needs matplotlib (pip install matplotlib, or xdrop's [docs] extra); leave "
+            "FIGURE out to print the differences only"
+        )
+    return Path(text)
+
+
 def side(workdir: Path, *arguments: str) -> None:
     environment = {**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3"}
     command = [sys.executable, __file__, "--workdir", str(workdir), *arguments]
@@ -361,7 +375,14 @@ def compare(workdir: Path, steps: int, attentions: list[str]) -> dict[str, dict[
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("figure", nargs="?", type=Path, default=FIGURE)
+    parser.add_argument(
+        "figure",
+        nargs="?",
+        type=figure_path,
+        metavar="FIGURE",
+        help="also draw the two loss curves into this PNG file (needs matplotlib); without it "
+        "nothing is written, the differences are printed",
+    )
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument(
         "--attention",
@@ -383,12 +404,14 @@ def main(argv: list[str] | None = None) -> None:
         found = compare(workdir, args.steps, args.attention)
         torch_losses = np.load(workdir / f"torch_{args.attention[0]}.npz")["losses"]
         keras_losses = np.load(workdir / "keras.npz")["losses"]
-        plot(args.figure, torch_losses, keras_losses)
+        if args.figure is not None:
+            plot(args.figure, torch_losses, keras_losses)
     for attention, differences_found in found.items():
         for name, value in differences_found.items():
             print(f"max |torch ({attention}) - keras| {name:<22} {value:.2e}")
     print(f"losses: {np.array2string(torch_losses, precision=4)}")
-    print(f"figure: {args.figure}")
+    if args.figure is not None:
+        print(f"figure: {args.figure}")
 
 
 if __name__ == "__main__":

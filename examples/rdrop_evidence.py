@@ -1,8 +1,9 @@
 """Does R-Drop help here? Plain dropout against dropout + R-Drop on scikit-learn's digits, many seeds.
 
-    python examples/rdrop_evidence.py                  # the committed figure and numbers
+    python examples/rdrop_evidence.py                     # 20 seeds: prints the table
+    python examples/rdrop_evidence.py --out docs/figures  # and the committed figure and record
     python examples/rdrop_evidence.py --quick --out DIR   # 2 seeds, 2 epochs (a smoke test)
-    python examples/rdrop_evidence.py --redraw         # figure and table from the record
+    python examples/rdrop_evidence.py --redraw --out docs/figures  # from the record, no training
 
 For every seed it trains one PyTorch MLP twice, from the same start: once with plain dropout
 (cross entropy) and once with dropout + R-Drop (``xdrop.rdrop_forward`` and ``xdrop.rdrop_loss``,
@@ -11,17 +12,21 @@ of the mini-batches and the dropout layers' seeds, and the two arms of a seed sh
 only difference between them is the loss. Both arms take the same number of optimizer steps on
 the same batches (R-Drop's doubled forward pass costs about twice the compute per step).
 
-It writes ``rdrop-evidence.png`` (per seed and mean with 95% confidence intervals) and
-``rdrop-evidence.json`` (every seed's numbers, the settings and the summary) to ``--out`` (default
-``docs/figures/``), and prints the table that docs/rdrop.md quotes. The statistics (Student's t
-quantiles, the paired t-test, the exact sign test) are computed here with NumPy and the standard
-library, so the numbers can be checked by hand.
+It prints each seed's results and the table that docs/rdrop.md quotes, and writes nothing unless
+``--out DIR`` names a folder: then ``rdrop-evidence.png`` (per seed and mean with 95% confidence
+intervals) and ``rdrop-evidence.json`` (every seed's numbers, the settings and the summary) go
+there. The figure needs matplotlib (``pip install matplotlib``, or xdrop's ``[docs]`` extra),
+checked before training starts. ``--redraw`` trains nothing: it prints the table of the record in
+``--out`` and redraws the figure there, or without ``--out`` prints the committed record's table.
+The statistics (Student's t quantiles, the paired t-test, the exact sign test) are computed here
+with NumPy and the standard library, so the numbers can be checked by hand.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import importlib.util
 import json
 import math
 import time
@@ -32,7 +37,7 @@ from typing import Any, cast
 
 import numpy as np
 
-FIGURES = Path(__file__).resolve().parents[1] / "docs" / "figures"
+RECORD = Path(__file__).resolve().parents[1] / "docs" / "figures" / "rdrop-evidence.json"
 ARMS = ("dropout", "dropout + R-Drop")
 
 
@@ -332,19 +337,41 @@ def figure(record: dict[str, Any], path: Path) -> None:
     plt.close(plot)
 
 
+def out_folder(text: str) -> Path:
+    """``--out``, once matplotlib is known to be there to draw the figure: checked as the
+    arguments are read, before minutes of training rather than after them."""
+    if importlib.util.find_spec("matplotlib") is None:
+        raise argparse.ArgumentTypeError(
+            "the figure needs matplotlib (pip install matplotlib, or xdrop's [docs] extra); "
+            "without --out the table is printed and nothing drawn"
+        )
+    return Path(text)
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=Settings.seeds, help="seeds (at least 2)")
     parser.add_argument("--epochs", type=int, default=Settings.epochs, help="epochs per model")
     parser.add_argument("--quick", action="store_true", help="2 seeds, 2 epochs (a smoke test)")
-    parser.add_argument("--out", type=Path, default=FIGURES, help=f"where to write ({FIGURES})")
     parser.add_argument(
-        "--redraw", action="store_true", help="no training: redraw from the record in --out"
+        "--out",
+        type=out_folder,
+        metavar="DIR",
+        help="write rdrop-evidence.png and .json here (needs matplotlib); without it nothing is "
+        "written, the table is printed",
+    )
+    parser.add_argument(
+        "--redraw",
+        action="store_true",
+        help="no training: the table of the record in --out (without it, the committed record), "
+        "and with --out the figure again",
     )
     arguments = parser.parse_args(argv)
     if arguments.redraw:
-        record: dict[str, Any] = json.loads((arguments.out / "rdrop-evidence.json").read_text())
-        figure(record, arguments.out / "rdrop-evidence.png")
+        source = RECORD if arguments.out is None else arguments.out / "rdrop-evidence.json"
+        record: dict[str, Any] = json.loads(source.read_text())
+        if arguments.out is not None:
+            figure(record, arguments.out / "rdrop-evidence.png")
         print(table(record))
         return record
     seeds, epochs = (2, 2) if arguments.quick else (arguments.seeds, arguments.epochs)
@@ -372,10 +399,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "summary": summarise(results),
         "seconds": round(time.perf_counter() - start, 1),
     }
+    print(table(record))
+    if arguments.out is None:
+        print(f"{record['seconds']} s; nothing written (--out DIR keeps the figure and record)")
+        return record
     arguments.out.mkdir(parents=True, exist_ok=True)
     (arguments.out / "rdrop-evidence.json").write_text(json.dumps(record, indent=1) + "\n")
     figure(record, arguments.out / "rdrop-evidence.png")
-    print(table(record))
     print(f"{record['seconds']} s; wrote rdrop-evidence.png and .json to {arguments.out}")
     return record
 

@@ -5,6 +5,7 @@ training-mode outputs and the same losses over SGD steps with dropout 0.1 at eve
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -118,3 +119,46 @@ def test_every_dropout_site_gets_a_shared_name(run, side):
 
 def test_the_example_draws_both_loss_curves(run):
     assert (run / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def load_example():
+    spec = importlib.util.spec_from_file_location("bert_torch_vs_keras", EXAMPLE)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def fail(*arguments, **keywords):
+    raise AssertionError("not to be called here")
+
+
+def test_without_a_figure_the_example_prints_the_differences_and_writes_nothing(
+    tmp_path, monkeypatch, capsys
+):
+    example = load_example()
+
+    def compare(workdir, steps, attentions):  # both sides' results, without training
+        for name in [*(f"torch_{attention}" for attention in attentions), "keras"]:
+            np.savez(workdir / f"{name}.npz", losses=np.linspace(1.0, 0.5, steps))
+        return {attention: {"losses": 0.0} for attention in attentions}
+
+    monkeypatch.setattr(example, "compare", compare)
+    monkeypatch.setattr(example, "plot", fail)
+    monkeypatch.chdir(tmp_path)
+    example.main(["--steps", "3"])
+    out = capsys.readouterr().out
+    assert "max |torch (eager) - keras| losses" in out and "figure:" not in out
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_figure_without_matplotlib_stops_before_training(tmp_path, monkeypatch, capsys):
+    example = load_example()
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as an import finds it when missing
+    monkeypatch.setattr(example, "compare", fail)
+    with pytest.raises(SystemExit) as stopped:
+        example.main([str(tmp_path / "loss.png")])
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument FIGURE: drawing needs matplotlib (pip install matplotlib" in err
+    assert list(tmp_path.iterdir()) == []

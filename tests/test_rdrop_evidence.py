@@ -155,6 +155,49 @@ def test_reduced_run_trains_both_arms_and_writes_its_figure_and_record(tmp_path)
     assert (tmp_path / "rdrop-evidence.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def fail(*arguments, **keywords):
+    raise AssertionError("not to be called here")
+
+
+def test_without_out_the_script_prints_its_table_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    """A trial run leaves the committed record alone: no ``--out``, no file, here or in
+    docs/figures."""
+    pytest.importorskip("torch")
+    committed = sorted((path.name, path.stat().st_mtime_ns) for path in RECORD.parent.iterdir())
+
+    def run(seed, alpha, settings):  # results that differ from seed to seed, without training
+        return {"accuracy": 0.9 + alpha * (seed + 1) / 100, "nll": 0.3 - alpha * (seed + 2) / 100}
+
+    monkeypatch.setattr(evidence, "run", run)
+    monkeypatch.setattr(evidence, "figure", fail)
+    monkeypatch.chdir(tmp_path)
+    record = evidence.main(["--seeds", "3"])
+    out = capsys.readouterr().out
+    assert evidence.table(record) in out and "nothing written" in out
+    assert list(tmp_path.iterdir()) == []
+    assert sorted((path.name, path.stat().st_mtime_ns) for path in RECORD.parent.iterdir()) == (
+        committed
+    )
+
+
+def test_out_without_matplotlib_stops_before_training(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as an import finds it when missing
+    monkeypatch.setattr(evidence, "run", fail)
+    with pytest.raises(SystemExit) as stopped:
+        evidence.main(["--quick", "--out", str(tmp_path)])
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --out: the figure needs matplotlib (pip install matplotlib" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_redraw_without_out_prints_the_committed_table_and_draws_nothing(monkeypatch, capsys):
+    monkeypatch.setattr(evidence, "figure", fail)
+    record = evidence.main(["--redraw"])
+    assert record == json.loads(RECORD.read_text())
+    assert evidence.table(record) in capsys.readouterr().out
+
+
 def test_reduced_run_refuses_a_single_seed(tmp_path):
     run = subprocess.run(
         [sys.executable, str(SCRIPT), "--seeds", "1", "--out", str(tmp_path)],
