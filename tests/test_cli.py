@@ -12,6 +12,7 @@ import stat
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -84,6 +85,10 @@ def test_every_bad_bench_argument_exits_2_with_one_line(arguments, capsys):
         ([*BENCH, "--path", "nosuch"], "xdrop bench: error: argument --path: 'nosuch'"),
         ([*BENCH, "--sizes", "1e20"], "xdrop bench: error: argument --sizes: 1e+20 elements"),
         ([*CONFORMANCE, "--backend", "nope"], "xdrop conformance: error: unknown backend(s) nope"),
+        (
+            ["conformance", "--backend", "numpy", "--mode", "compiled"],
+            "xdrop conformance: error: argument --mode: compiled mode would check nothing",
+        ),
         (["golden"], "xdrop golden: error: "),
         (["golden", "--check", "no-such-file.json"], "xdrop golden: error: "),
     ],
@@ -216,6 +221,92 @@ def test_a_backend_whose_every_case_is_skipped_was_not_checked(monkeypatch, caps
     assert "NOT CHECKED numpy" in out and "FAILED (0 of 1 backends checked)" in out
 
 
+@pytest.mark.parametrize("mode", ["compiled", "runtime"])
+def test_a_mode_that_no_backend_asked_for_runs_is_refused_before_anything_runs(
+    mode, tmp_path, capsys
+):
+    """NumPy has no compiler: alone, the compiled modes would check no case, and a verdict on
+    no case is no answer (pytest, too, fails a run that collects no tests)."""
+    path = tmp_path / "report.json"
+    arguments = ["conformance", "--backend", "numpy", "--mode", mode, "--json", str(path)]
+    status, out, err = run_main(arguments, capsys)
+    assert status == 2 and out == "" and len(err.strip().splitlines()) == 1
+    assert err.startswith(
+        f"xdrop conformance: error: argument --mode: {mode} mode would check nothing (numpy: no "
+    )
+    assert "--mode eager or all checks numpy" in err
+    assert not path.exists()
+
+
+def answer_runs(monkeypatch: pytest.MonkeyPatch, runs: dict[tuple[str, str], Any]) -> None:
+    """``xdrop conformance`` gets each run from ``runs``: ``(backend, mode)`` to its case
+    results, or to the reason it has nothing to run (a backend without a compiler)."""
+    from xdrop.conformance.runner import BackendReport
+
+    def run_backend(name, cases=None, progress=None, mode="eager", full=False):
+        found = runs[name, mode]
+        if isinstance(found, str):
+            return BackendReport(name, available=True, mode=mode, reason=found)
+        results = [] if cases is not None else list(found)
+        return BackendReport(name, available=True, mode=mode, results=results)
+
+    monkeypatch.setattr(cli, "run_backend", run_backend)
+
+
+def test_a_backend_without_a_compiler_beside_one_that_ran_is_not_named_as_checked(
+    monkeypatch, capsys
+):
+    from xdrop.conformance.runner import CaseResult
+
+    passed = CaseResult("mask/8", "mask", "passed", output=(np.zeros(8, np.uint8),))
+    answer_runs(monkeypatch, {("numpy", "compiled"): "no compiler", ("jax", "compiled"): [passed]})
+    arguments = ["conformance", "--backend", "numpy", "--backend", "jax", "--mode", "compiled"]
+    status, out, _ = run_main([*arguments, "-v"], capsys)
+    assert status == 0
+    lines = out.splitlines()
+    assert "pairwise: fewer than two backends ran cases in compiled mode" in lines
+    assert lines[-1] == (
+        "conformance: all backends conform (1 checked: jax; 1 cases passed; "
+        "nothing checked on numpy compiled (no compiler))"
+    )
+
+
+def test_a_compiled_run_that_skipped_every_case_does_not_conform(monkeypatch, capsys):
+    from xdrop.conformance.runner import CaseResult
+
+    skipped = CaseResult("dtypes/float64", "dtypes", "skipped", detail="no float64 here")
+    answer_runs(monkeypatch, {("jax", "compiled"): [skipped]})
+    status, out, _ = run_main(["conformance", "--backend", "jax", "--mode", "compiled"], capsys)
+    assert status == 1 and "conform (" not in out
+    assert out == (
+        "conformance: FAILED (0 of 1 backends checked); 0 cases passed, 1 skipped; "
+        "nothing checked on jax compiled (every case skipped)\n"
+    )
+
+
+def test_the_pairwise_table_compares_backends_in_the_mode_that_ran(monkeypatch, capsys):
+    from xdrop.conformance.runner import CaseResult
+
+    def mask(bits: list[int]) -> CaseResult:
+        return CaseResult("mask/3", "mask", "passed", output=(np.array(bits, np.uint8),))
+
+    answer_runs(monkeypatch, {
+        ("jax", "runtime"): [mask([1, 0, 1])],
+        ("tensorflow", "runtime"): [mask([1, 0, 1])],
+        ("torch", "runtime"): [mask([1, 1, 1])],
+    })  # fmt: skip
+    arguments = ["conformance", "--mode", "runtime", "-v"]
+    arguments += ["--backend", "jax", "--backend", "tensorflow", "--backend", "torch"]
+    status, out, _ = run_main(arguments, capsys)
+    assert status == 0
+    rows = [line.split() for line in out.splitlines() if line.startswith("runtime ")]
+    assert rows == [
+        ["runtime", "jax", "tensorflow", "1/1"],
+        ["runtime", "jax", "torch", "0/1"],
+        ["runtime", "tensorflow", "torch", "0/1"],
+    ]
+
+
 def test_an_unknown_backend_is_a_usage_error(capsys):
     status, _, err = run_main(["conformance", "--backend", "nope"], capsys)
     assert status == 2 and len(err.strip().splitlines()) == 1
@@ -319,7 +410,7 @@ def test_conformance_verbose_prints_each_case_and_the_tables(capsys):
         f"passed numpy eager {case}" for case in cases
     ]
     assert kernel.status() in lines and "backend  mode   group" in out
-    assert "pairwise: fewer than two backends ran eagerly" in lines
+    assert "pairwise: fewer than two backends ran cases in eager mode" in lines
     assert lines[-1].startswith("conformance: all backends conform (1 checked: numpy;")
 
 

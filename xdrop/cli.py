@@ -737,6 +737,7 @@ def _conformance(
             f"{', '.join(registered) or 'none'}); is xdrop installed with its backends?",
         )
         return 1
+    _check_something_runs(parser, names, modes)
     runs = [(name, mode) for name in names for mode in modes]
     bar = Bar(sys.stdout, "conformance") if not verbose and sys.stdout.isatty() else None
     progress = Progress(sys.stderr)
@@ -767,17 +768,45 @@ def _conformance(
             print(f"FAILED {report.backend} {report.mode} {failure.case_id}: {failure.detail}")
     # every backend asked for (named, or found available) must load and pass some case eagerly
     unchecked = sorted({report.backend for report in reports if not _checked(report)})
-    passed = not unchecked and not any(report.failed for report in reports)
     for name in unchecked:
         reasons = dict.fromkeys(
             _reason(report) or "no case passed" for report in reports if report.backend == name
         )
         print(f"NOT CHECKED {name}: " + "; ".join(reasons))
+    # a backend without a compiler fails nothing in the compiled modes, but conforms to nothing
+    # either: only a backend that passed a case is named as checked, and a run needs one
+    passing = {
+        report.backend
+        for report in reports
+        if any(result.status == "passed" for result in report.results)
+    }
+    checked = [name for name in names if name not in unchecked and name in passing]
+    idle = [
+        f"{report.backend} {report.mode} ({_reason(report) or 'every case skipped'})"
+        for report in reports
+        if report.backend not in unchecked and report.backend not in checked
+    ]
+    passed = bool(checked) and not unchecked and not any(report.failed for report in reports)
     if json_path:
         _write_json(parser, json_path, _document(reports, passed))
-    checked = [name for name in names if name not in unchecked]
-    print(_verdict(reports, checked, len(names), passed))
+    print(_verdict(reports, checked, len(names), passed, idle))
     return 0 if passed else 1
+
+
+def _check_something_runs(
+    parser: argparse.ArgumentParser, names: list[str], modes: list[str]
+) -> None:
+    """Refuse (exit status 2, one line) modes that none of the backends asked for can run, such
+    as NumPy's in the compiled modes, before anything runs: a verdict on no case is no answer."""
+    if "eager" in modes:
+        return
+    probes = [run_backend(name, cases=[], mode=mode) for name in names for mode in modes]
+    if all(probe.available and probe.reason for probe in probes):
+        reasons = "; ".join(f"{probe.backend}: {probe.reason}" for probe in probes)
+        parser.error(
+            f"argument --mode: {_either(modes)} mode would check nothing ({reasons}); "
+            f"--mode eager or all checks {', '.join(names)}"
+        )
 
 
 def _reason(report: BackendReport) -> str:
@@ -785,8 +814,15 @@ def _reason(report: BackendReport) -> str:
     return report.reason if report.available else f"unavailable: {report.reason}"
 
 
-def _verdict(reports: list[BackendReport], checked: list[str], asked: int, passed: bool) -> str:
-    """The last line: whether every backend conforms, which were checked and how many cases."""
+def _verdict(
+    reports: list[BackendReport],
+    checked: list[str],
+    asked: int,
+    passed: bool,
+    idle: Sequence[str] = (),
+) -> str:
+    """The last line: whether every backend conforms, which were checked and how many cases, and
+    the runs that had nothing to check (``idle``: a backend without a compiler, say)."""
     counts = {status: 0 for status in ("passed", "failed", "skipped")}
     for report in reports:
         for result in report.results:
@@ -794,6 +830,8 @@ def _verdict(reports: list[BackendReport], checked: list[str], asked: int, passe
     cases = f"{counts['passed']:,} cases passed" + "".join(
         f", {counts[status]:,} {status}" for status in ("failed", "skipped") if counts[status]
     )
+    if idle:
+        cases += f"; nothing checked on {', '.join(idle)}"
     if passed:
         return f"conformance: all backends conform ({len(checked)} checked: {', '.join(checked)}; {cases})"
     return f"conformance: FAILED ({len(checked)} of {asked} backends checked); {cases}"
@@ -834,25 +872,38 @@ def _table(reports: list[BackendReport]) -> str:
 
 
 def _pairwise_table(reports: list[BackendReport]) -> str:
-    """For each pair of backends (eager), how many cases both ran gave identical bits."""
-    eager = {
-        report.backend: report for report in reports if report.mode == "eager" and report.available
-    }
+    """For each mode, each pair of backends that ran in it: how many cases both ran gave
+    identical bits."""
     rows: list[tuple[str, ...]] = []
-    names = sorted(eager)
-    for i, first in enumerate(names):
-        for second in names[i + 1 :]:
-            results = {result.case_id: result for result in eager[second].results}
-            both = [
-                (result, results[result.case_id])
-                for result in eager[first].results
-                if result.case_id in results and result.output and results[result.case_id].output
-            ]
-            same = sum(identical_outputs(a, b) for a, b in both)
-            rows.append((first, second, f"{same}/{len(both)}"))
+    modes = list(dict.fromkeys(report.mode for report in reports))
+    for mode in modes:
+        in_mode = {
+            report.backend: report
+            for report in reports
+            if report.mode == mode and report.available and report.results
+        }
+        names = sorted(in_mode)
+        for i, first in enumerate(names):
+            for second in names[i + 1 :]:
+                results = {result.case_id: result for result in in_mode[second].results}
+                both = [
+                    (result, results[result.case_id])
+                    for result in in_mode[first].results
+                    if result.case_id in results
+                    and result.output
+                    and results[result.case_id].output
+                ]
+                same = sum(identical_outputs(a, b) for a, b in both)
+                rows.append((mode, first, second, f"{same}/{len(both)}"))
     if not rows:
-        return "pairwise: fewer than two backends ran eagerly"
-    return tables.render(("backend", "backend", "identical cases"), rows)
+        ran = [mode for mode in modes if any(r.mode == mode and r.results for r in reports)]
+        return f"pairwise: fewer than two backends ran cases in {_either(ran or modes)} mode"
+    return tables.render(("mode", "backend", "backend", "identical cases"), rows)
+
+
+def _either(words: Sequence[str]) -> str:
+    """``a``, ``a or b``, ``a, b or c``."""
+    return " or ".join([", ".join(words[:-1]), words[-1]] if len(words) > 1 else words)
 
 
 def _document(reports: list[BackendReport], passed: bool) -> dict[str, Any]:
