@@ -57,6 +57,7 @@ def run_main(arguments: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[
         ["--repeats", "0"],
         ["--repeats", "two"],
         ["--p", "2"],
+        ["--p", "1"],  # the frameworks' scale 1 / (1 - p) is undefined
         ["--p", "nan"],
         ["--p", "-0.1"],
         ["--p", "half"],

@@ -157,7 +157,7 @@ def _add_bench(commands: Any) -> argparse.ArgumentParser:
     )  # fmt: skip
     bench.add_argument(
         "--p", nargs="+", type=_probability, metavar="P",
-        help=f"drop probabilities (default: {' '.join(map(str, runner.RATES))})",
+        help=f"drop probabilities in [0, 1) (default: {' '.join(map(str, runner.RATES))})",
     )  # fmt: skip
     bench.add_argument(
         "--repeats", type=_positive_integer, metavar="N",
@@ -246,8 +246,9 @@ def _probability(text: str) -> float:
         value = float(text)
     except ValueError:
         value = math.nan
-    if not 0.0 <= value <= 1.0:  # NaN fails both comparisons
-        raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {text!r}")
+    if not 0.0 <= value < 1.0:  # NaN fails both comparisons
+        # at p = 1 the framework's dropout has no scale to apply (1 / (1 - p)): nothing to time
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1), got {text!r}")
     return value
 
 
