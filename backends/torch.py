@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import operator
 from collections.abc import Callable
 from typing import Any
 
@@ -167,8 +168,10 @@ class TorchBackend(Backend, OperatorArithmetic, NamespaceFunctions, SeedArrays, 
     def seed_from_int(self, seed: int, like: Any) -> Any:
         if not self.torch.compiler.is_compiling():
             return None
-        signed = seed - (1 << 64) if seed >= 1 << 63 else seed
-        tensor = self.torch.tensor(signed, dtype=self.torch.int64, device=_device(like))
+        if seed >= 1 << 63:  # no graph input of inductor's holds it (int64): a constant, guarded
+            seed = operator.index(seed)
+        words = [seed // (1 << 32), seed % (1 << 32)]  # (hi, lo): each within int64's range
+        tensor = self.torch.tensor(words, dtype=self.torch.int64, device=_device(like))
         # inductor's lowering grows exponentially on a Threefry chain whose every leaf is a
         # constant (a specialised int seed with a static shape); a key read through a buffer it
         # cannot fold keeps the compilation to seconds

@@ -130,6 +130,16 @@ def test_compile_with_fold_in_per_step():
     assert backend.graphs == 1
 
 
+@pytest.mark.backend_independent  # torch tensors whatever the default backend; compiles 6 graphs
+@pytest.mark.parametrize("dynamic", [None, True])
+def test_compile_takes_python_int_seeds_of_the_whole_range(dynamic):
+    # inductor takes no int graph input beyond int64: a seed of 2**63 or more is a constant
+    step = torch.compile(lambda x, s: xdrop.dropout(x, 0.5, seed=s), dynamic=dynamic)
+    x = torch.randn(300)
+    for seed in (5, 2**63 + 5, 6, 2**64 - 1):
+        assert torch.equal(step(x, seed), xdrop.dropout(x, 0.5, seed=seed))
+
+
 def test_a_python_float_rate_that_changes_is_a_constant_of_each_graph():
     # Dynamo traces a float argument that changed as a symbol; the rate is read and guarded on,
     # as a changed nn.Dropout.p is: each rate is a graph of its own, and a rate seen before
