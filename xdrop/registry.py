@@ -320,12 +320,22 @@ def use_backend(name: str) -> Iterator[Backend]:
 
 # -- dispatch ---------------------------------------------------------------------------------------
 def backend_for(x: object) -> Backend:
-    """The backend that owns ``x``; NumPy arrays and Python values go to the default backend."""
+    """The backend that owns ``x``; NumPy arrays and Python values go to the default backend, a
+    Keras variable to the backend of its value."""
     owner = owner_of_type(type(x))
     if owner is None:
+        if not isinstance(x, np.ndarray) and is_keras_variable(x):
+            return backend_for(x.value)  # type: ignore[attr-defined]
         return default_backend()
     backend = _backends.get(owner)
     return load(owner) if backend is None else backend
+
+
+def is_keras_variable(value: object) -> bool:
+    """Whether ``value`` is a Keras variable: a wrapper on every Keras backend, whose ``value``
+    is the framework's array (Keras' own ops read it so). Keras is only looked for once imported."""
+    keras = sys.modules.get("keras")
+    return keras is not None and isinstance(value, keras.Variable)
 
 
 @host_constant

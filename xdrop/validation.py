@@ -21,6 +21,7 @@ from xdrop.errors import (
 )
 from xdrop.protocol import Array, Backend
 from xdrop.rdrop import REDUCTIONS
+from xdrop.registry import is_keras_variable
 from xdrop.spec import FLOAT_DTYPES, MODES, SEED_COUNT, inverted_scale
 from xdrop.tracing import read_on_the_host
 from xdrop.typing import Mode
@@ -68,7 +69,7 @@ def check_rate(p: object, xp: Backend | None = None, like: object = None, name: 
     rate must share its namespace. A Keras variable is its value, as Keras' own ops read it."""
     if isinstance(p, numbers.Real) and not isinstance(p, (bool, np.bool_)):
         value = read_on_the_host(float(p))  # the common case first: no message unless needed
-    elif _is_keras_variable(p):  # a wrapper on every Keras backend: its value is the array
+    elif is_keras_variable(p):
         return check_rate(p.value, xp, like, name)  # type: ignore[attr-defined]
     elif isinstance(p, (bool, np.bool_)):
         raise bad_type("p", p, _rate_allowed(name))
@@ -98,11 +99,6 @@ def check_rate(p: object, xp: Backend | None = None, like: object = None, name: 
     if not 0.0 <= value <= 1.0:  # NaN fails both comparisons
         raise bad_value("p", p, "a real number in [0, 1]")
     return value
-
-
-def _is_keras_variable(value: object) -> bool:
-    keras = sys.modules.get("keras")  # only where Keras is imported: xdrop imports no framework
-    return keras is not None and isinstance(value, keras.Variable)
 
 
 def _rate_allowed(name: str) -> str:
@@ -219,6 +215,8 @@ def check_float_dtype(dtype: str, argument: str = "x") -> str:
 def as_input_array(xp: Backend, x: object, argument: str = "x") -> Array:
     """``x`` as a dense array of ``xp``: its own arrays pass through, NumPy arrays and (nested)
     lists of numbers are converted; what cannot be converted, or a sparse tensor, is an error."""
+    if is_keras_variable(x):
+        x = x.value  # type: ignore[attr-defined]
     if xp.is_array(x):
         layout = str(getattr(x, "layout", ""))
         if getattr(x, "is_sparse", False) or layout.startswith("torch.sparse"):

@@ -458,6 +458,28 @@ def test_a_keras_variable_rate_is_its_value_eagerly_and_in_fit():
         assert seen["loss"] == pytest.approx(expected, rel=1e-6)
 
 
+def test_a_keras_variable_as_x_is_its_value_on_the_backend_and_trains():
+    weights = keras.Variable(np.ones((4, 8), "float32"))
+    dropped = xdrop.dropout(weights, 0.5, seed=1)
+    assert keras.ops.is_tensor(dropped) and not isinstance(dropped, np.ndarray)
+    assert np.array_equal(host(dropped), host(xdrop.dropout(keras.ops.ones((4, 8)), 0.5, seed=1)))
+
+    class DropConnect(keras.layers.Layer):  # dropout on a layer's own weights
+        def build(self, input_shape):
+            self.kernel = self.add_weight(shape=(input_shape[-1], 3), initializer="ones")
+
+        def call(self, inputs, training=False):
+            return inputs @ xdrop.dropout(self.kernel, 0.5, seed=1, training=bool(training))
+
+    layer = DropConnect()
+    model = keras.Sequential([keras.Input((4,)), layer])
+    model.compile(optimizer="sgd", loss="mse")
+    model.fit(np.ones((8, 4)), np.zeros((8, 3)), verbose=0)
+    kept = host(xdrop.dropout(keras.ops.ones((4, 3)), 0.5, seed=1)) != 0
+    trained = host(layer.kernel)
+    assert (trained[kept] < 1).all() and (trained[~kept] == 1).all()  # only kept weights learn
+
+
 def test_set_mc_sampling_refuses_what_is_not_a_layer():
     from xdrop.layers.keras import set_mc_sampling
 
