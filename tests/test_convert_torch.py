@@ -383,6 +383,14 @@ def test_seed_and_step_live_in_state_dict_and_load_into_a_model_converted_with_a
     assert torch.equal(other(x), trained(x))
 
 
+def test_a_model_whose_stream_module_type_cast_to_float_is_refused_naming_the_buffer():
+    model = convert(_encoder(), seed=2**40 + 3)
+    model.type(torch.float32)  # every buffer, xdrop_seed and xdrop_step too
+    with pytest.raises(xdrop.ArgumentTypeError, match="xdrop_seed buffer must be an int64"):
+        model(_inputs())
+    assert convert(_encoder(), seed=3).to(torch.float64).xdrop_seed.dtype == torch.int64
+
+
 def _train(model: nn.Module, steps: int, optimizer: torch.optim.Optimizer) -> torch.Tensor:
     losses = []
     for _ in range(steps):

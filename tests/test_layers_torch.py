@@ -304,6 +304,18 @@ ALL_LAYERS = [
 input, runs the forward of Dropout2d and Dropout3d)."""
 
 
+@pytest.mark.parametrize("make", ALL_LAYERS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_module_type_keeps_the_stream_in_int64(make, dtype):
+    # Module.type casts every buffer, integers too: the seed and the step stay exact
+    layer, twin, x = make(), make(), torch.randn(2, 3, 6, 6)
+    layer.seed.fill_(2**40 + 3)
+    twin.seed.fill_(2**40 + 3)
+    layer.type(dtype)
+    assert layer.seed.dtype == layer.step.dtype == torch.int64 and int(layer.seed) == 2**40 + 3
+    torch.testing.assert_close(layer(x.to(dtype)), twin(x.to(dtype)), rtol=0, atol=0)
+
+
 def test_arguments_are_torchs_positionally_and_by_keyword():
     for cls in (Dropout, Dropout1d, Dropout2d, Dropout3d, AlphaDropout, FeatureAlphaDropout):
         by_position, by_keyword = cls(0.25, True, seed=0), cls(p=0.25, inplace=True, seed=0)

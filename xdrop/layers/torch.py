@@ -208,6 +208,17 @@ class Dropout(common.DropoutDraws, torch.nn.Module):
             "torch.compile, which keep its masks and its step"
         )
 
+    def _apply(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        # Module.type(dtype) casts every buffer, integers too: a seed or step made float would
+        # lose the stream. They move with the module, and stay int64 with their exact values
+        stream = {name: getattr(self, name) for name in ("seed", "step")}
+        result = super()._apply(fn, *args, **kwargs)  # type: ignore[no-untyped-call]
+        for name, before in stream.items():
+            after = getattr(self, name)
+            if after.dtype != before.dtype:
+                setattr(self, name, before.to(after.device))
+        return result
+
     def _load_from_state_dict(
         self, state_dict: Any, prefix: str, *args: Any, **kwargs: Any
     ) -> None:

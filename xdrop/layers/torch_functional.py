@@ -332,6 +332,15 @@ def _root_state(module: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     """The root's ``xdrop_seed`` and ``xdrop_step`` buffers."""
     seed, step = module.xdrop_seed, module.xdrop_step
     assert isinstance(seed, torch.Tensor) and isinstance(step, torch.Tensor)
+    for name, value in (("xdrop_seed", seed), ("xdrop_step", step)):
+        if value.dtype != torch.int64:  # Module.type(dtype) casts every buffer, integers too
+            raise bad_type(
+                f"the model's {name} buffer",
+                Shown(f"<tensor of {value.dtype}>"),
+                "an int64 tensor, as convert made it (Module.type casts every buffer and loses "
+                "the stream: cast a model's parameters with .to(dtype), .float() or .half(), "
+                "which leave integer buffers alone)",
+            )
     return seed, step
 
 
