@@ -35,7 +35,7 @@ def x(array):
     return array(np.ones((2, 3)))
 
 
-@pytest.mark.parametrize("p", [-0.1, 1.5, float("nan"), float("inf")])
+@pytest.mark.parametrize("p", [-0.1, 1.5, float("nan"), float("inf"), 10**400, -(10**400)])
 def test_p_outside_the_unit_interval(x, p):
     with raises(ValueError, "p must be a real number in [0, 1]", repr(p)):
         xdrop.dropout(x, p, seed=0)

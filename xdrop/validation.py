@@ -68,7 +68,10 @@ def check_rate(p: object, xp: Backend | None = None, like: object = None, name: 
     is the array ``p`` goes with, if any (called ``name`` in messages): an Array API array's
     rate must share its namespace. A Keras variable is its value, as Keras' own ops read it."""
     if isinstance(p, numbers.Real) and not isinstance(p, (bool, np.bool_)):
-        value = read_on_the_host(float(p))  # the common case first: no message unless needed
+        try:  # the common case first: no message unless needed
+            value = read_on_the_host(float(p))
+        except OverflowError:  # an int beyond any float, outside [0, 1] whatever it is
+            value = math.inf
     elif is_keras_variable(p):
         return check_rate(p.value, xp, like, name)  # type: ignore[attr-defined]
     elif isinstance(p, (bool, np.bool_)):
