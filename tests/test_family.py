@@ -190,6 +190,26 @@ def test_every_family_function_takes_dropouts_seed_offset_and_rng(function):
         assert str(ours.annotation) == str(theirs.annotation), name
 
 
+@pytest.mark.parametrize(
+    ("call", "counters"),
+    [
+        (lambda x, offset: xdrop.drop_path(x, 0.3, seed=1, offset=offset), 2),  # one per row
+        (lambda x, offset: xdrop.drop_path(x, 0.3, seed=1, offset=offset, mode="batch"), 1),
+        (lambda x, offset: xdrop.drop_block(x, 0.3, 3, seed=1, offset=offset), 2 * 2 * 4 * 4),
+        (  # the corners, then a normal per unit
+            lambda x, offset: xdrop.drop_block(x, 0.3, 3, seed=1, offset=offset, with_noise=True),
+            2 * 2 * 4 * 4 + 2 * 2 * 6 * 6,
+        ),
+    ],
+    ids=["drop_path rows", "drop_path batch", "drop_block corners", "drop_block with noise"],
+)
+def test_an_offset_leaves_room_for_exactly_the_counters_drawn(array, call, counters):
+    x = array(np.ones((2, 2, 6, 6)))
+    call(x, 2**64 - counters)  # the last counter is 2**64 - 1
+    with pytest.raises(xdrop.ArgumentValueError, match="offset must be"):
+        call(x, 2**64 - counters + 1)
+
+
 # -- DropPath --------------------------------------------------------------------------------------
 def test_drop_path_drops_whole_rows_as_dropout_with_a_row_noise_shape(xp, array, host):
     x = array(np.random.default_rng(5).normal(size=(64, 3, 4)))

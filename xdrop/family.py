@@ -26,6 +26,7 @@ from xdrop.validation import (
     as_input_array,
     as_real,
     check_choice,
+    check_counter_range,
     check_flag,
     check_float_dtype,
     check_noise_shape,
@@ -252,7 +253,11 @@ def drop_path(
         raise bad_value("x", Shown("<0-d array>"), 'an array with a batch axis for mode="row"')
     scaled = check_flag("scale_by_keep", scale_by_keep)
     noise = (None,) + (1,) * (ndim - 1) if mode == "row" else (1,) * ndim
-    start = _check_offset(xp, x, offset, xp.shape(x), seeds.rng_kind(rng))
+    # an integer offset must leave room for the decisions drawn (one per sample, or one), a
+    # Block must hold x
+    shape = xp.shape(x)
+    counted = shape if isinstance(offset, sharding.Block) else check_noise_shape(noise, shape)
+    start = _check_offset(xp, x, offset, counted, seeds.rng_kind(rng))
     if not scaled and not check_flag("training", training):
         # classic evaluation would scale by 1 - p: DropPath returns x
         seeds.validate_seed(seed, xp, x)
@@ -411,7 +416,10 @@ def drop_block(
         raise bad_value("x", Shown(f"<array of shape {shape}>"), allowed)
     maps = tuple(int(size) for size in sizes if size is not None)
     generator = seeds.rng_kind(rng)
-    start = _check_offset(xp, x, offset, shape, generator)
+    # the counters an integer offset must leave room for are known below (the corners, and the
+    # normals after them with with_noise); a Block must hold x
+    counted = shape if isinstance(offset, sharding.Block) else (1,) * len(shape)
+    start = _check_offset(xp, x, offset, counted, generator)
     if isinstance(start, sharding.Block):
         _check_maps_whole(start, shape, spatial)
     if noisy and generator != "portable":
@@ -486,6 +494,8 @@ def drop_block(
             allowed = f"an array whose N and C (with_noise needs them) are {SIZES_KNOWN}"
             raise bad_value("x", Shown(f"<array of shape {shape}>"), allowed)
         assert isinstance(start, int)  # a Block took the branch above
+        units = math.prod(size for size in shape if size is not None)  # known: N, C and maps
+        check_counter_range(start, (math.prod(dims) + units,))  # the corners, then the normals
         keep = spec.keep_mask(family, key, dims, _threshold(family, gamma), start, like=x)
         kept = _kept_units(family, keep, size, channels_last)
         # the normals take the counters after the corners': independent of the mask
@@ -493,6 +503,9 @@ def drop_block(
         z = spec.normals(family, key, family.runtime_shape(kept), after, like=x)
         return family.where(kept, x, family.astype(z, dtype))
     else:
+        if isinstance(start, int):  # the corners' counters: sizes known only at run time aside
+            dims = _noise_dims(family, x, corners_shape)
+            check_counter_range(start, tuple(d if isinstance(d, int) else None for d in dims))
         keep = api.keep_mask(
             corners_shape, gamma, seed=seed, offset=start, like=x, rng=rng, name="x"
         )
