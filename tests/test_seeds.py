@@ -89,6 +89,14 @@ def test_fold_in_gives_distinct_seeds_for_distinct_steps():
 def test_generator_rejects_bad_seeds():
     with pytest.raises(xdrop.ArgumentValueError, match="seed must be"):
         xdrop.Generator(-1)
+    for start in (xdrop.Generator, xdrop.manual_seed):  # an integer only: no generator, no None
+        for seed in (xdrop.Generator(5), None):
+            with pytest.raises(
+                xdrop.ArgumentTypeError, match=r"seed must be an integer in \[0, 2\*\*64\), got"
+            ):
+                start(seed)
+    with pytest.raises(xdrop.ArgumentTypeError, match=r'state\["seed"\] must be an integer'):
+        xdrop.Generator(0).load_state_dict({"seed": "1", "draws": 0})
 
 
 def test_set_rng_and_the_environment_choose_the_default_generator(monkeypatch):

@@ -86,7 +86,7 @@ class Generator:
         saved generator would have yielded next."""
         if not isinstance(state, dict) or set(state) != {"seed", "draws"}:
             raise bad_type("state", state, 'a dict {"seed": int, "draws": int} from state_dict()')
-        seed = check_seed(state["seed"])
+        seed = check_seed(state["seed"], 'state["seed"]')
         draws = as_integer(state["draws"])
         if draws is None or not 0 <= draws <= spec.WORD_COUNT:
             raise bad_value('state["draws"]', state["draws"], "an integer in [0, 2**32]")

@@ -198,10 +198,11 @@ def seed_value(seed: np.ndarray | np.generic) -> int:
     return int(seed) % (1 << (8 * seed.dtype.itemsize))
 
 
-def check_seed(seed: object) -> int:
-    """A host integer seed in ``[0, 2**64)``; a NumPy integer as :func:`seed_value` reads it."""
+def check_seed(seed: object, name: str = "seed") -> int:
+    """A host integer seed in ``[0, 2**64)``, called ``name`` in messages; a NumPy integer as
+    :func:`seed_value` reads it."""
     read = seed_value(seed) if isinstance(seed, np.integer) else None
-    return check_natural("seed", seed, 64, ", an xdrop.Generator or None", read)
+    return check_natural(name, seed, 64, read=read)
 
 
 def check_fold_data(data: object) -> int:
