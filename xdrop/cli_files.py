@@ -30,6 +30,8 @@ def check_output(text: str) -> Path:
     """The path ``text`` if the command can write there, checked before anything runs: a regular
     file or a new one in an existing folder it may write in, or a FIFO or character device it may
     write into (through symbolic links alike). Raises :class:`FileError` otherwise."""
+    if not text:  # Path("") is the current folder
+        raise FileError("'': an empty name names no file")
     path = Path(text)
     try:
         status = _stat(path)
