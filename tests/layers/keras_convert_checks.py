@@ -195,12 +195,16 @@ def test_a_subclass_of_a_keras_dropout_layer_is_reported_whatever_its_name(base)
     assert model.layers[1] is regularizer and type(regularizer).__name__ == "Regularizer"
 
 
-@pytest.mark.parametrize(
+ATTENTIONS = pytest.mark.parametrize(
     "attention",
     [lambda: keras.layers.MultiHeadAttention(2, 4, dropout=0.1),
      lambda: keras.layers.GroupQueryAttention(4, 2, 1, dropout=0.1)],
     ids=["MultiHeadAttention", "GroupQueryAttention"],
 )  # fmt: skip
+"""Keras' attention layers, which make their dropout when they are built."""
+
+
+@ATTENTIONS
 def test_an_attention_makes_its_dropout_when_built_so_unbuilt_is_refused(attention):
     class Encoder(keras.Model):
         def __init__(self):  # type: ignore[no-untyped-def]
@@ -245,12 +249,7 @@ def test_a_bare_dropout_converted_without_rename_follows_the_site_formula():
     np.testing.assert_array_equal(host(layer(x, training=True)), by_hand(x, 0.5, "", 0))
 
 
-@pytest.mark.parametrize(
-    "attention",
-    [lambda: keras.layers.MultiHeadAttention(2, 4, dropout=0.1),
-     lambda: keras.layers.GroupQueryAttention(4, 2, 1, dropout=0.1)],
-    ids=["MultiHeadAttention", "GroupQueryAttention"],
-)  # fmt: skip
+@ATTENTIONS
 def test_a_bare_unbuilt_attention_is_refused_as_inside_a_model(attention):
     layer = attention()
     with pytest.raises(xdrop.UnbuiltLayerError, match="not built yet: <model>; build"):
