@@ -281,6 +281,39 @@ def check_global_batch_layers(rank: int, ref: dict[str, Any]) -> None:
         assert torch.equal(y, ref["uneven"][kind][rows]), f"rank {rank}, uneven {kind}"
 
 
+class Padded(nn.Module):
+    """A block as a converted model runs it: F.dropout on whatever length the batch has."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.dropout(x, P, training=self.training)
+
+
+def check_global_batch_refuses_rows_of_other_sizes(rank: int) -> None:
+    """Ranks padding their batches to lengths of their own (a collator's dynamic padding) have
+    no one global batch: global_batch refuses them on every rank, naming x; per_rank draws.
+    A mask shared along the padded axis has rows of one size: placed as one process places it."""
+    length = 8 if rank == 0 else 6
+    x = torch.ones(2, 4, length)
+    for draw in (
+        Dropout(P, seed=SEED, data_parallel="global_batch"),
+        convert(Padded(), seed=SEED, data_parallel="global_batch"),
+    ):
+        try:
+            draw(x)
+        except xdrop.ArgumentValueError as error:
+            assert "global_batch" in str(error) and "[32, 24]" in str(error), str(error)
+        else:
+            raise AssertionError(f"rank {rank}: rows of other sizes were placed")
+    Dropout(P, seed=SEED, data_parallel="per_rank")(x)
+    noise = (None, None, 1)  # Dropout1d's first call, over the global batch in one process
+    whole = xdrop.dropout(
+        torch.ones(2 * WORLD, 4, length), P, seed=xdrop.fold_in(SEED, 0), noise_shape=noise
+    )
+    rows = slice(2 * rank, 2 * rank + 2)
+    placed = Dropout1d(P, seed=SEED, data_parallel="global_batch")(x)
+    assert torch.equal(placed, whole[rows]), f"rank {rank}: Dropout1d over padded lengths"
+
+
 def check_training(rank: int, ref: dict[str, Any], checkpoint: str) -> None:
     """3 optimiser steps on 2 ranks under DDP (default flags) and FSDP2, global_batch mode,
     match one process over the global batch; the 2 ranks' checkpoint is saved for a one-process
@@ -387,6 +420,7 @@ def ranks(ref_path: str, checkpoint: str) -> None:
             check_dtensor_is_global,
             check_convert_per_rank_under_ddp,
             check_keras_on_torch,
+            check_global_batch_refuses_rows_of_other_sizes,
         ):
             check(rank)
         check_global_batch_layers(rank, ref)

@@ -5,6 +5,7 @@ the family ``AlphaDropout``, ``GaussianDropout``, ``DropPath``, ``DropBlock2D``,
 from __future__ import annotations
 
 import json
+import math
 import warnings
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
@@ -200,7 +201,8 @@ def _ranks(inputs: Any) -> common.Ranks:
             return common.Ranks()
 
         def gathered_rows(batch: int | None) -> tuple[Any, int | None]:
-            return common.batch_rows(group.batch_sizes(inputs, world), rank)
+            row_size = math.prod(inputs.shape[1:])
+            return common.batch_rows(group.batch_sizes(inputs, world, row_size), rank)
 
         return common.Ranks(rank, world, gathered_rows)
     return common.Ranks()

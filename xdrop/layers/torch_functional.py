@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import math
 import sys
+import threading
 import types
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any
@@ -158,12 +159,17 @@ class DataParallel:
             shown = Shown(f"<tensor of shape {tuple(x.shape)}>")
             allowed = 'a batched tensor (the batch on axis 0) for data_parallel="global_batch"'
             raise bad_value("x", shown, allowed)
-        start, total = common.batch_rows(self.batch_sizes(x, world), rank)
+        mask, _ = common.placed_mask(tuple(x.shape), noise_shape)  # x's shape: no None in it
+        row_size = math.prod(size or 0 for size in mask[1:])
+        start, total = common.batch_rows(self.batch_sizes(x, world, row_size), rank)
         return seed, common.batch_block(tuple(x.shape), start, total, noise_shape)
 
-    def batch_sizes(self, x: torch.Tensor, world: int) -> list[int]:
-        """Every rank's local batch size (axis 0), in rank order: one all_gather of one integer
-        per drawing call."""
+    def batch_sizes(self, x: torch.Tensor, world: int, row_size: int) -> list[int]:
+        """Every rank's local batch size (axis 0), in rank order: one all_gather of two integers
+        per drawing call, the batch size and ``row_size``, the decisions a row of the mask holds.
+        The global batch is the ranks' rows one after the other, so every rank's rows must hold
+        as many (else two ranks' counters would overlap: ranks that pad their batches to
+        lengths of their own): an :class:`~xdrop.errors.ArgumentValueError` on every rank."""
         if torch.compiler.is_compiling():
             raise TracingError(  # torch.compile breaks the graph here and runs it eagerly
                 'data_parallel="global_batch" gathers the ranks\' batch sizes on each call, '
@@ -176,10 +182,20 @@ class DataParallel:
         group = self.group.get_group() if _is_device_mesh(self.group) else self.group
         # on x's device, where the backend communicates (NCCL: CUDA only), gloo alone: the CPU
         device = torch.device("cpu") if dist.get_backend(group) == "gloo" else x.device
-        size = torch.tensor([x.shape[0]], dtype=torch.int64, device=device)
-        sizes = [torch.empty_like(size) for _ in range(world)]
-        dist.all_gather(sizes, size, group=group)
-        return [int(entry) for entry in sizes]
+        local = torch.tensor([x.shape[0], row_size], dtype=torch.int64, device=device)
+        gathered = [torch.empty_like(local) for _ in range(world)]
+        dist.all_gather(gathered, local, group=group)
+        sizes, rows = zip(*(entry.tolist() for entry in gathered), strict=True)
+        if len(set(rows)) > 1:
+            raise bad_value(
+                "x",
+                Shown(f"<tensor of shape {tuple(x.shape)}>"),
+                'for data_parallel="global_batch", rows (all but axis 0) of one size on every '
+                f"rank, as one global batch has; the ranks' rows hold {list(rows)} mask "
+                "elements. Pad every rank's batch to one length, or use "
+                'data_parallel="per_rank"',
+            )
+        return list(sizes)
 
     def __getstate__(self) -> dict[str, Any]:
         # a process group lives in one process: a pickled model takes the default group
@@ -216,21 +232,31 @@ def _is_device_mesh(group: object) -> bool:
     return mesh is not None and isinstance(group, mesh.DeviceMesh)
 
 
-class SiteContext:
-    """A converted root's Python state during one forward: the stack of modules whose forward
-    is running (by qualified name), the number of site calls each made, and the active mode.
-    Shared by the hooks :func:`xdrop.layers.torch.convert` puts on the root and its
-    submodules."""
+class ForwardState(threading.local):
+    """A converted root's state during one forward, one for each thread (torch's modes are
+    per thread too, so forwards of one model on several threads each enter their own): the
+    stack of modules whose forward is running (by qualified name), the number of site calls
+    each made, the active mode, and the re-entrancy counts of the root and of submodules run
+    outside it."""
 
-    def __init__(self, rename: Callable[[str], str] | None) -> None:
-        self.rename = rename
-        self.data_parallel = DataParallel()
+    def __init__(self) -> None:
         self.stack: list[str] = []
         self.counts: dict[str, int] = {}
         self.mode: FunctionalDropout | None = None
         self.depth = 0
         self.outside = 0
         self.guard: OutsideForward | None = None
+
+
+class SiteContext:
+    """A converted root's Python state: its rename, its data-parallel placement, the running
+    forward's state (:class:`ForwardState`) and a host mirror of its seed and step. Shared by
+    the hooks :func:`xdrop.layers.torch.convert` puts on the root and its submodules."""
+
+    def __init__(self, rename: Callable[[str], str] | None) -> None:
+        self.rename = rename
+        self.data_parallel = DataParallel()
+        self.forward = ForwardState()
         self.host: tuple[int, int] | None = None
         self.mirrored: tuple[torch.Tensor, torch.Tensor, int, int] | None = None
 
@@ -271,31 +297,39 @@ class SiteContext:
 
 class EnterModule:
     """Forward pre-hook: the module named ``name`` starts its forward; on the root, the mode
-    is entered. ``layer``: the module is an xdrop layer (its stream advances per call)."""
+    is entered. ``layer``: the module is an xdrop layer (its stream advances per call).
+
+    A submodule run outside the root's forward is guarded (its draws refused), unless it runs
+    inside the forward of another converted model (one converted on its own and then put in
+    this one, or this model's submodule converted on its own), whose mode then draws."""
 
     def __init__(self, context: SiteContext, name: str, root: bool, layer: bool = False) -> None:
         self.context, self.name, self.root, self.layer = context, name, root, layer
 
     def __call__(self, module: torch.nn.Module, args: Any) -> None:
-        context = self.context
+        forward = self.context.forward
         if self.root:
-            context.depth += 1
-            if context.depth == 1:  # the root's forward, not a re-entrant call of the root
-                context.stack = []
-                context.counts = {}
+            forward.depth += 1
+            if forward.depth == 1:  # the root's forward, not a re-entrant call of the root
+                forward.stack = []
+                forward.counts = {}
                 seed, step = _root_state(module)
-                mode = FunctionalDropout(context, seed, step, context.host_state(seed, step))
-                context.mode = mode
+                mode = FunctionalDropout(
+                    self.context, seed, step, self.context.host_state(seed, step)
+                )
+                forward.mode = mode
+                _THIS_THREAD.forwards += 1
                 mode.__enter__()  # type: ignore[no-untyped-call]
-        elif context.depth == 0:  # a submodule run outside the root's forward
-            if self.layer and _would_draw(module):
+        elif forward.depth == 0:  # a submodule run outside the root's forward
+            inside_another = _THIS_THREAD.forwards > 0
+            if self.layer and not inside_another and _would_draw(module):
                 raise outside_forward(self.name)
-            context.outside += 1
-            if context.outside == 1:
-                guard = OutsideForward(context)
-                context.guard = guard
+            forward.outside += 1
+            if forward.outside == 1 and not inside_another:
+                guard = OutsideForward(self.context)
+                forward.guard = guard
                 guard.__enter__()  # type: ignore[no-untyped-call]
-        context.stack.append(self.name)
+        forward.stack.append(self.name)
 
 
 class ExitModule:
@@ -307,24 +341,26 @@ class ExitModule:
 
     def __call__(self, module: torch.nn.Module, args: Any, output: Any) -> None:
         context = self.context
-        if context.stack:
-            context.stack.pop()
+        forward = context.forward
+        if forward.stack:
+            forward.stack.pop()
         if self.root:
-            context.depth -= 1
-            mode = context.mode
-            if context.depth == 0 and mode is not None:
-                context.mode = None
+            forward.depth -= 1
+            mode = forward.mode
+            if forward.depth == 0 and mode is not None:
+                forward.mode = None
+                _THIS_THREAD.forwards -= 1
                 mode.__exit__(None, None, None)  # type: ignore[no-untyped-call]
                 if module.training or mode.drew:
                     seed, step = _root_state(module)
                     step.add_(1)
                     if mode.host is not None:
                         context.advanced(seed, step)
-        elif context.depth == 0 and context.outside > 0:
-            context.outside -= 1
-            guard = context.guard
-            if context.outside == 0 and guard is not None:
-                context.guard = None
+        elif forward.depth == 0 and forward.outside > 0:
+            forward.outside -= 1
+            guard = forward.guard
+            if forward.outside == 0 and guard is not None:
+                forward.guard = None
                 guard.__exit__(None, None, None)  # type: ignore[no-untyped-call]
 
 
@@ -387,11 +423,11 @@ class FunctionalDropout(TorchFunctionMode):
         if func is _NATIVE:
             return self._native(args, kwargs)
         if func is _MHA and _MHA_BODY is not None:
-            _RUNNING.append(self)
+            _THIS_THREAD.attention_modes.append(self)
             try:
                 return _MHA_BODY(*args, **kwargs)
             finally:
-                _RUNNING.pop()
+                _THIS_THREAD.attention_modes.pop()
         return func(*args, **kwargs)
 
     def _site_seed(self) -> torch.Tensor | int:
@@ -399,9 +435,9 @@ class FunctionalDropout(TorchFunctionMode):
         model's step. Eagerly, a host integer (xdrop's fused kernel takes it as it is, and the
         site's seed is remembered); traced, computed in the graph from the root's buffers."""
         context = self.context
-        module = context.stack[-1] if context.stack else ""
-        index = context.counts.get(module, 0)
-        context.counts[module] = index + 1
+        module = context.forward.stack[-1] if context.forward.stack else ""
+        index = context.forward.counts.get(module, 0)
+        context.forward.counts[module] = index + 1
         high, low = site_words(context.rename, f"{module}#{index}")
         self.drew = True
         if self.host is not None and self.host[1] < 2**32:
@@ -412,8 +448,8 @@ class FunctionalDropout(TorchFunctionMode):
 
     def _skip_site(self) -> None:
         context = self.context
-        module = context.stack[-1] if context.stack else ""
-        context.counts[module] = context.counts.get(module, 0) + 1
+        module = context.forward.stack[-1] if context.forward.stack else ""
+        context.forward.counts[module] = context.forward.counts.get(module, 0) + 1
 
     def _dropout(
         self,
@@ -492,7 +528,7 @@ class OutsideForward(FunctionalDropout):
         super().__init__(context, torch.zeros((), dtype=torch.int64), torch.zeros(()), None)
 
     def _site_seed(self) -> torch.Tensor | int:
-        raise outside_forward(self.context.stack[-1] if self.context.stack else "")
+        raise outside_forward(self.context.forward.stack[-1] if self.context.forward.stack else "")
 
 
 def outside_forward(module: str) -> UnconvertedDropoutError:
@@ -519,7 +555,7 @@ def _host_site_seed(seed: int, high: int, low: int) -> int:
 
 
 def _running_mode() -> FunctionalDropout:
-    return _RUNNING[-1]
+    return _THIS_THREAD.attention_modes[-1]
 
 
 def _never(*args: Any) -> bool:
@@ -552,8 +588,16 @@ def _attention_body() -> Callable[..., Any] | None:
     return body
 
 
-_RUNNING: list[FunctionalDropout] = []
-"""The modes running ``nn.MultiheadAttention``'s function body, innermost last."""
+class _ThreadState(threading.local):
+    """What runs on this thread: the forwards of converted models (of every model), and the
+    modes running ``nn.MultiheadAttention``'s function body, innermost last."""
+
+    def __init__(self) -> None:
+        self.forwards = 0
+        self.attention_modes: list[FunctionalDropout] = []
+
+
+_THIS_THREAD = _ThreadState()
 _MHA_BODY = _attention_body()
 MULTIHEAD_ATTENTION_CONVERTED = _MHA_BODY is not None
 """Whether ``nn.MultiheadAttention``'s attention dropout is routed through xdrop (it is where
