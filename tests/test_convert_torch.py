@@ -584,6 +584,84 @@ def test_a_converted_layer_drawing_outside_the_models_forward_is_refused():
     assert torch.equal(layer(torch.ones(4)), torch.ones(4))
 
 
+@pytest.mark.parametrize("first", ["the block", "the model"])
+def test_a_block_converted_on_its_own_runs_alone_whichever_was_converted_first(first: str):
+    """An encoder converted on its own, then put in a model converted in turn (or the other
+    way round): called alone, it draws on its own streams, in the model on its own too."""
+    model = nn.Sequential(Block(), nn.Linear(16, 16))
+    if first == "the block":
+        convert(model[0], seed=1)
+        convert(model, seed=0)
+    else:
+        convert(model, seed=0)
+        convert(model[0], seed=1)
+    alone = copy.deepcopy(model[0])
+    assert torch.equal(model[0](_inputs()), alone(_inputs()))
+    assert int(model[0].xdrop_step) == int(alone.xdrop_step) == 1
+    model(_inputs())
+    assert int(model[0].xdrop_step) == 2 and int(model.xdrop_step) == 1
+
+
+def test_a_converted_model_holds_the_hooks_of_the_modules_it_replaced():
+    model = nn.Sequential(nn.Linear(8, 8), nn.Dropout(0.5))
+    seen: list[str] = []
+    model[1].register_forward_pre_hook(lambda module, args: seen.append("pre"))
+    handle = model[1].register_forward_hook(lambda module, args, out: seen.append("post"))
+    model[1].register_full_backward_hook(lambda module, grad_in, grad_out: seen.append("back"))
+    convert(model, seed=0)
+    assert isinstance(model[1], layers.Dropout)
+    model(torch.ones(2, 8, requires_grad=True)).sum().backward()
+    assert seen == ["pre", "post", "back"]
+    handle.remove()
+    seen.clear()
+    model(torch.ones(2, 8))
+    assert seen == ["pre"]
+
+
+def test_forwards_on_several_threads_run_each_in_its_own_mode():
+    """Two forwards of one converted model at the same time (both wait inside their forward
+    for the other): each draws on the model's streams, neither touches torch's generator, and
+    each advances the step; no mode is left behind on either thread."""
+    import threading
+
+    from torch.overrides import _get_current_function_mode_stack
+
+    class Meets(nn.Module):
+        meeting: threading.Barrier | None = None
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = F.dropout(x, 0.5, training=self.training)
+            if self.meeting is not None:
+                self.meeting.wait()  # both forwards are running now
+            return F.dropout(x, 0.5, training=self.training)
+
+    model = convert(Meets(), seed=0)
+    steps = [copy.deepcopy(model)]
+    steps.append(copy.deepcopy(steps[0]))
+    steps[1](torch.ones(64))  # at step 1
+    expected = [step(torch.ones(64)) for step in steps]
+    model.meeting = threading.Barrier(2, timeout=30)
+    outputs, modes_left, errors = [], [], []
+
+    def forward() -> None:
+        try:
+            outputs.append(model(torch.ones(64)))
+        except Exception as error:  # reported below, on the test's thread
+            errors.append(error)
+        modes_left.append(len(_get_current_function_mode_stack()))
+
+    generator = torch.get_rng_state()
+    threads = [threading.Thread(target=forward) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == [] and modes_left == [0, 0]
+    assert torch.equal(torch.get_rng_state(), generator)
+    assert all(any(torch.equal(y, e) for e in expected) for y in outputs)
+    assert int(model.xdrop_step) == 2
+
+
 def test_activation_checkpointing_recomputation_is_refused_not_given_torchs_masks():
     class Checkpointed(nn.Module):
         def __init__(self) -> None:

@@ -732,7 +732,10 @@ def set_mc_sampling(model: torch.nn.Module, enabled: bool = True) -> int:
 
     Only xdrop's layers change: ``model.eval()`` keeps BatchNorm on its running statistics, which
     ``model.train()`` would not. Each layer keeps its own stream (its step advances per sample).
-    Returns the number of layers switched.
+    Returns the number of layers switched. In a model made by :func:`convert`, functional calls
+    (``F.dropout(x, p, training=self.training)``, SDPA's ``dropout_p``) follow the model's own
+    training flag, as its code passes it: they do not sample in eval mode
+    (``docs/mc-dropout.md``).
 
     Example:
         >>> model = torch.nn.Sequential(torch.nn.Linear(4, 4), Dropout(0.5, seed=0))
@@ -800,6 +803,23 @@ def _torch_replacements() -> dict[type, Callable[[Any, int], torch.nn.Module]]:
     return table
 
 
+_MODULE_HOOKS = (
+    "_forward_pre_hooks",
+    "_forward_pre_hooks_with_kwargs",
+    "_forward_hooks",
+    "_forward_hooks_with_kwargs",
+    "_forward_hooks_always_called",
+    "_backward_pre_hooks",
+    "_backward_hooks",
+    "_is_full_backward_hook",
+    "_state_dict_pre_hooks",
+    "_state_dict_hooks",
+    "_load_state_dict_pre_hooks",
+    "_load_state_dict_post_hooks",
+)
+"""The hooks a module registered on itself holds: a replacement takes them over."""
+
+
 def _replacement(
     module: torch.nn.Module,
     name: str,
@@ -816,6 +836,9 @@ def _replacement(
     layer = build(module, common.site_seed(seed, functional.renamed(rename, name)))
     layer._data_parallel = data_parallel  # type: ignore[assignment]
     layer.train(module.training)
+    for hooks in _MODULE_HOOKS:  # the tables themselves, so that their handles still remove them
+        if hasattr(module, hooks):
+            setattr(layer, hooks, getattr(module, hooks))
     device = next((t.device for t in module.buffers()), None)
     if device is not None:  # a torch dropout module holds no tensor: the layer stays on the CPU
         layer.to(device)
