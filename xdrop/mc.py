@@ -68,7 +68,7 @@ def mc_dropout(
             holds the classes.
         x: the input, an array of any framework (``predict`` receives it as it is unless
             ``batched``, where it must be an array of a registered framework).
-        samples: the number of predictions ``T``, a positive integer.
+        samples: the number of predictions ``T``, an integer from 1 to ``2**32``.
         seed: an integer in ``[0, 2**64)``, a seed array (traceable), or an
             :class:`xdrop.Generator` / ``None`` (one seed drawn from it, or from the global one).
         axis: the class axis of the output.
@@ -97,7 +97,7 @@ def mc_dropout(
         raise bad_type("predict", predict, "a callable taking (x, seed) and returning an array")
     count = as_integer(samples)
     if count is None:
-        raise bad_type("samples", samples, "a positive integer")
+        raise bad_type("samples", samples, "an integer in [1, 2**32]")
     if not 0 < count <= MAX_SAMPLES:
         raise bad_value("samples", samples, "an integer in [1, 2**32]")
     logits = check_flag("from_logits", from_logits)
