@@ -430,21 +430,43 @@ def test_replacing_a_hand_written_bernoulli_dropout_keeps_the_masks_and_makes_th
     np.testing.assert_array_equal(np.asarray(dropout(weights, 0.3, key)) != 0, numpy_mask)
 
 
-def test_attention_is_not_converted_while_jax_draws_bernoulli_masks_another_way():
+@pytest.mark.parametrize(
+    ("flag", "value"), [("jax_threefry_partitionable", False), ("jax_enable_x64", True)]
+)
+def test_attention_is_not_converted_while_jax_draws_bernoulli_masks_another_way(flag, value):
+    """Partitionable Threefry off gives other bits for a key; x64 on compares float64 uniforms
+    with Flax's Python float rate."""
     model = tiny.Transformer(nnx.Rngs(0))
     converted = convert(tiny.Transformer(nnx.Rngs(0)), seed=0)
     x = jnp.ones((1, 3, tiny.HIDDEN))
-    before = jax.config.jax_threefry_partitionable
-    jax.config.update("jax_threefry_partitionable", False)
+    before = getattr(jax.config, flag)
+    jax.config.update(flag, value)
     try:
-        with pytest.warns(UnconvertedDropoutWarning, match="blocks.0.attn .nnx.MultiHeadAtt"):
+        with pytest.warns(
+            UnconvertedDropoutWarning, match=f"blocks.0.attn .nnx.MultiHeadAtt.*{flag}"
+        ):
             convert(model, seed=0)
         assert not isinstance(model.blocks[0].attn.rngs, SiteStream)
         attn = converted.blocks[0].attn
-        assert_refused(lambda: attn(x), UnconvertedDropoutError, "jax_threefry_partitionable")
+        assert_refused(lambda: attn(x), UnconvertedDropoutError, flag)
     finally:
-        jax.config.update("jax_threefry_partitionable", before)
+        jax.config.update(flag, before)
     assert attn(x).shape == x.shape
+
+
+def test_a_subclass_of_nnx_dropout_is_reported_whatever_its_name():
+    class ScaledNoise(nnx.Dropout):
+        pass
+
+    class Model(nnx.Module):
+        def __init__(self) -> None:
+            self.noise = ScaledNoise(0.5, rngs=nnx.Rngs(0))
+
+    with pytest.warns(UnconvertedDropoutWarning, match="noise .ScaledNoise"):
+        model = convert(Model(), seed=0)
+    assert type(model.noise) is ScaledNoise
+    with pytest.raises(UnconvertedDropoutError, match="ScaledNoise"):
+        convert(Model(), seed=0, strict=True)
 
 
 def test_convert_gives_every_new_dropout_its_data_parallel_mode():

@@ -154,15 +154,18 @@ for p in (0.5, 0.1, 0.3):
     key = jax.random.key(7)
     python_float = np.asarray(jax.random.bernoulli(key, 1 - p, (4096,)))
     float32 = np.asarray(jax.random.bernoulli(key, jnp.float32(1 - p), (4096,)))
-    same.append((bool((ours == python_float).all()), bool((ours == float32).all())))
-print(jax.config.jax_enable_x64, all(a for a, _ in same), all(b for _, b in same))
+    native = np.asarray(xdrop.dropout(jnp.ones(4096), p, rng="native", seed=7)) != 0
+    same.append((bool((ours == python_float).all()), bool((ours == float32).all()),
+                 bool((ours == native).all())))  # fmt: skip
+print(jax.config.jax_enable_x64, *(all(column) for column in zip(*same)))
 """
 
 
 @pytest.mark.parametrize(("x64", "python_float_equal"), [("0", True), ("1", False)])
 def test_the_jax_equality_holds_exactly_as_the_spec_states(x64, python_float_equal):
     """docs/spec.md: equal to jax.random.bernoulli(key, 1 - p) with jax_enable_x64 off; with it
-    on, only for a float32 probability (a Python float then draws float64 uniforms)."""
+    on, only for a float32 probability (a Python float then draws float64 uniforms). rng="native"
+    draws the float32 comparison either way: mask stream v1."""
     import os
     import subprocess
     import sys
@@ -171,7 +174,7 @@ def test_the_jax_equality_holds_exactly_as_the_spec_states(x64, python_float_equ
     result = subprocess.run([sys.executable, "-c", X64_CHECK], capture_output=True, text=True,
                             env=environment)  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == [str(x64 == "1"), str(python_float_equal), "True"]
+    assert result.stdout.split() == [str(x64 == "1"), str(python_float_equal), "True", "True"]
 
 
 def test_the_edge_rates_are_checked_on_jax_without_x64():

@@ -490,27 +490,31 @@ class SiteStream(nnx.RngStream):
         super().__init__(key, tag=tag)
 
     def __call__(self) -> jax.Array:
-        """The next key, ``xdrop.fold_in(s, t)``; the count ``t`` advances. Refused where JAX's
-        ``jax_threefry_partitionable`` is off: ``jax.random.bernoulli`` then draws other masks
-        than xdrop's for the same key."""
-        if not _bernoulli_is_xdrops():
-            raise UnconvertedDropoutError(NOT_PARTITIONABLE)
+        """The next key, ``xdrop.fold_in(s, t)``; the count ``t`` advances. Refused where
+        ``jax.random.bernoulli`` draws other masks than xdrop's for the same key
+        (:func:`_bernoulli_differs`)."""
+        differs = _bernoulli_differs()
+        if differs is not None:
+            raise UnconvertedDropoutError(
+                f"{differs}, and jax.random.bernoulli then draws other masks than xdrop's for "
+                "the same key: a converted nnx.MultiHeadAttention's dropout would not be "
+                "portable. Use JAX's defaults (jax_threefry_partitionable on, jax_enable_x64 "
+                "off), or dropout_rate=0 and drop the attention weights with xdrop's layers"
+            )
         key: jax.Array = super().__call__()
         return key
 
 
-NOT_PARTITIONABLE = (
-    "jax_threefry_partitionable is off, and jax.random.bernoulli then draws other masks than "
-    "xdrop's for the same key: a converted nnx.MultiHeadAttention's dropout would not be "
-    "portable. Turn it on (JAX's default: jax.config.update('jax_threefry_partitionable', "
-    "True)), or use dropout_rate=0 and drop the attention weights with xdrop's layers"
-)
-
-
-def _bernoulli_is_xdrops() -> bool:
-    """Whether ``jax.random.bernoulli`` draws xdrop's mask for a key: JAX's bits for a key are
-    xdrop's (mask stream v1) with ``jax_threefry_partitionable`` on, JAX's default."""
-    return bool(getattr(jax.config, "jax_threefry_partitionable", True))
+def _bernoulli_differs() -> str | None:
+    """Why ``jax.random.bernoulli(key, 1 - rate)``, as Flax's attention calls it, draws other
+    masks than xdrop's for a key, or None where it draws xdrop's (mask stream v1): with JAX's
+    defaults. With ``jax_threefry_partitionable`` off JAX's bits for a key are others; with
+    ``jax_enable_x64`` on, a Python float rate is compared with float64 uniforms."""
+    if not getattr(jax.config, "jax_threefry_partitionable", True):
+        return "jax_threefry_partitionable is off"
+    if jax.config.jax_enable_x64:
+        return "jax_enable_x64 is on"
+    return None
 
 
 _DROPOUT_LIKE = re.compile(r"drop(out|path|block|connect)|stochastic_?depth", re.IGNORECASE)
@@ -549,8 +553,9 @@ def convert(
     stream instead: its ``t``-th training call drops the attention weights with the mask
     ``xdrop.dropout_mask`` gives for ``seed=xdrop.fold_in(site_seed(seed, name), t)`` (shared
     across batch and heads where ``broadcast_dropout``), as Flax's ``jax.random.bernoulli``
-    draws it from that key (with JAX's ``jax_threefry_partitionable`` on, its default; off,
-    the module is reported, and a converted one refuses to draw). The module's other
+    draws it from that key (with JAX's defaults: ``jax_threefry_partitionable`` on and
+    ``jax_enable_x64`` off; otherwise the module is reported, and a converted one refuses to
+    draw). The module's other
     arguments are kept.
 
     A module reached by several paths (a shared reference) is one site, named after the first
@@ -684,7 +689,9 @@ class _Found:
                 continue
             if isinstance(child, nnx.MultiHeadAttention) and child.dropout_rate > 0:
                 self._attention(child_path, child)
-            elif isinstance(child, nnx.Module) and _DROPOUT_LIKE.search(type(child).__name__):
+            elif isinstance(child, nnx.Dropout) or (
+                isinstance(child, nnx.Module) and _DROPOUT_LIKE.search(type(child).__name__)
+            ):
                 reason = f"{type(child).__name__}: a module convert does not know"
                 self.suspects.append((child_path, reason))
             self.walk(child, child_path)
@@ -695,9 +702,10 @@ class _Found:
         elif attention.attention_fn is not nnx.dot_product_attention:
             reason = "nnx.MultiHeadAttention with dropout_rate > 0 and its own attention_fn"
             self.suspects.append((path, reason))
-        elif not _bernoulli_is_xdrops():
-            reason = "nnx.MultiHeadAttention: jax_threefry_partitionable is off"
-            self.suspects.append((path, f"{reason}, so its masks are not xdrop's"))
+        elif (differs := _bernoulli_differs()) is not None:
+            self.suspects.append(
+                (path, f"nnx.MultiHeadAttention: {differs}, so its masks are not xdrop's")
+            )
         elif not isinstance(attention.rngs, nnx.RngStream):
             reason = "nnx.MultiHeadAttention drawing from the rngs passed to each call"
             self.suspects.append((path, f"{reason} (keep_rngs=False)"))
