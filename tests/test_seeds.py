@@ -56,6 +56,9 @@ def test_a_refused_call_draws_no_seed(array, host):
         for refused in (xdrop.dropout, xdrop.drop_path):
             with pytest.raises(xdrop.ArgumentValueError, match="inverted scale"):
                 refused(x, 0.99999, seed=seed)
+    noisy = array(np.ones((1, 1, 4, 4)))  # its corners and normals need 32 counters
+    with pytest.raises(xdrop.ArgumentValueError, match="offset"):
+        xdrop.drop_block(noisy, 0.5, 2, seed=generator, with_noise=True, offset=2**64 - 20)
     assert generator.draws == 0
     after_refusals = host(xdrop.dropout(x, 0.5))
     xdrop.manual_seed(3)

@@ -174,6 +174,11 @@ def gaussian_dropout(
     xp, x, dtype, rate = _common(x, p)
     if isinstance(rate, float) and rate == 1:
         raise bad_value("p", p, "a real number in [0, 1) (p == 1 has infinite variance)")
+    if isinstance(rate, float) and math.isinf(_largest_gaussian_factor(rate, dtype)):
+        allowed = (
+            f"small enough that the noise 1 + sigma * z is finite in {dtype} (use a wider dtype)"
+        )
+        raise bad_value("p", p, allowed)
     generator = seeds.rng_kind(rng)
     noise = check_noise_shape(noise_shape, xp.shape(x))
     start = _check_offset(xp, x, offset, noise, generator)
@@ -204,6 +209,14 @@ def gaussian_dropout(
         )
     factor = family.add(family.multiply(z, sigma), 1.0)
     return family.multiply(x, factor if dtype == "float32" else family.astype(factor, dtype))
+
+
+def _largest_gaussian_factor(p: float, dtype: str) -> float:
+    """The largest ``|1 + sigma * z|`` Gaussian dropout can form in ``dtype``: ``|z|`` is at
+    most ``sqrt(-2 log(2**-24))`` (the smallest ``u1`` of ``spec.normals``), about 5.77."""
+    sigma = math.sqrt(p / (1.0 - p))
+    largest_normal = math.sqrt(-2 * math.log(2.0**-spec.NORMAL_BITS))
+    return spec.rounded(1 + sigma * largest_normal, dtype)
 
 
 # -- DropPath (stochastic depth) -------------------------------------------------------------------
@@ -488,7 +501,6 @@ def drop_block(
         )
         count = _count_array(family, x, units, compute)
     elif noisy:  # the normals need the key: the seed is resolved once, here
-        key = seeds.key_of(_portable_seed(family, seed, x), family, x)
         dims = _noise_dims(family, x, corners_shape)
         if not all(isinstance(dim, int) for dim in dims):
             allowed = f"an array whose N and C (with_noise needs them) are {SIZES_KNOWN}"
@@ -496,6 +508,7 @@ def drop_block(
         assert isinstance(start, int)  # a Block took the branch above
         units = math.prod(size for size in shape if size is not None)  # known: N, C and maps
         check_counter_range(start, (math.prod(dims) + units,))  # the corners, then the normals
+        key = seeds.key_of(_portable_seed(family, seed, x), family, x)  # a refused call draws none
         keep = spec.keep_mask(family, key, dims, _threshold(family, gamma), start, like=x)
         kept = _kept_units(family, keep, size, channels_last)
         # the normals take the counters after the corners': independent of the mask
