@@ -454,6 +454,19 @@ def test_attention_is_not_converted_while_jax_draws_bernoulli_masks_another_way(
     assert attn(x).shape == x.shape
 
 
+def test_a_dropout_built_with_an_array_rate_is_converted_with_its_value():
+    """nnx.Dropout takes a 0-d array as its rate (a config value read with jnp): so does convert."""
+
+    class Model(nnx.Module):
+        def __init__(self) -> None:
+            self.dropout = nnx.Dropout(jnp.float32(0.25), rngs=nnx.Rngs(0))
+
+    model = convert(Model(), seed=0)
+    assert isinstance(model.dropout, Dropout) and model.dropout.rate == float(jnp.float32(0.25))
+    with pytest.raises(xdrop.ArgumentTypeError, match="0-d array holding one"):
+        Dropout(jnp.asarray([0.25]), seed=0)
+
+
 def test_a_subclass_of_nnx_dropout_is_reported_whatever_its_name():
     class ScaledNoise(nnx.Dropout):
         pass

@@ -120,7 +120,7 @@ def test_gaussian_noise_that_overflows_the_dtype_is_refused_as_dropouts_scale_is
     """|z| reaches about 5.77, so float16's 65504 holds sigma up to about 11350: p = 1 - 7e-9."""
     half = array(np.ones(64), "float16")
     for refused in (xdrop.gaussian_dropout, xdrop.dropout):
-        with pytest.raises(xdrop.ArgumentValueError, match="p must be small enough.* float16"):
+        with pytest.raises(xdrop.ArgumentValueError, match=r"p must be small enough.* float16"):
             refused(half, 1 - 1e-12, seed=1)
     assert np.isfinite(host(xdrop.gaussian_dropout(half, 1 - 8e-9, seed=1))).all()
     assert np.isfinite(host(xdrop.gaussian_dropout(array(np.ones(64)), 1 - 1e-12, seed=1))).all()

@@ -35,13 +35,30 @@ from xdrop.validation import (
 
 def check_layer_rate(argument: str, rate: object) -> float:
     """A layer's rate as a float in ``[0, 1]``; errors name the layer's own argument (``p`` or
-    ``rate``). A layer holds a Python number: it is part of the layer's configuration."""
-    if isinstance(rate, (bool, np.bool_)) or not isinstance(rate, numbers.Real):
-        raise bad_type(argument, rate, "a real number in [0, 1]")
-    value = float(rate)
+    ``rate``). A layer holds a Python number: it is part of the layer's configuration. A 0-d
+    array holding a real number (``jnp.float32(0.1)``, ``torch.tensor(0.1)``), which the
+    frameworks' own layers take, is read as its value."""
+    value = _host_real(rate)
+    if value is None:
+        raise bad_type(argument, rate, "a real number in [0, 1], or a 0-d array holding one")
     if not 0.0 <= value <= 1.0:  # NaN fails both comparisons
         raise bad_value(argument, rate, "a real number in [0, 1]")
     return value
+
+
+def _host_real(value: object) -> float | None:
+    """``value`` as a float: a real number, or a 0-d real array on the host; None otherwise."""
+    if isinstance(value, (bool, np.bool_)):
+        return None
+    if isinstance(value, numbers.Real):
+        return float(value)
+    dtype = str(getattr(value, "dtype", "bool"))
+    if getattr(value, "ndim", None) != 0 or "bool" in dtype or "complex" in dtype:
+        return None
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError, RuntimeError):  # traced or symbolic: no value to read
+        return None
 
 
 def initial_seed(seed: object) -> int:
