@@ -173,9 +173,13 @@ class JaxBackend(Backend, NamespaceFunctions, SeedArrays, NativeGenerator):
     def native_keep_mask(
         self, shape: tuple[int, ...], keep_probability: float, seed: int | Key | None, like: Any
     ) -> Any:
-        if isinstance(keep_probability, float):  # float32 uniforms, with x64 on too: xdrop's
-            keep_probability = np.float32(keep_probability)
-        return self.jax.random.bernoulli(self._key(seed), keep_probability, shape)
+        # a float32 probability: float32 uniforms, with x64 on too, which is xdrop's mask
+        probability = (
+            np.float32(keep_probability)
+            if isinstance(keep_probability, float)
+            else keep_probability
+        )
+        return self.jax.random.bernoulli(self._key(seed), probability, shape)
 
     def native_normals(self, shape: tuple[int, ...], seed: int | Key | None, like: Any) -> Any:
         return self.jax.random.normal(self._key(seed), shape, self.jnp.float32)

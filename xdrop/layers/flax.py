@@ -512,7 +512,7 @@ def _bernoulli_differs() -> str | None:
     ``jax_enable_x64`` on, a Python float rate is compared with float64 uniforms."""
     if not getattr(jax.config, "jax_threefry_partitionable", True):
         return "jax_threefry_partitionable is off"
-    if jax.config.jax_enable_x64:
+    if getattr(jax.config, "jax_enable_x64", False):
         return "jax_enable_x64 is on"
     return None
 
