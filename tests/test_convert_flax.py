@@ -393,6 +393,9 @@ def test_functional_dropout_takes_the_next_key_of_an_rngs_stream():
     noise = dropout(x, 0.5, rngs, rng_collection="noise")
     np.testing.assert_array_equal(noise, xdrop.dropout(x, 0.5, seed=nnx.Rngs(noise=2).noise()))
     assert_refused(lambda: dropout(x, 0.5, 3), ArgumentTypeError, "rngs must be")
+    with pytest.raises(ArgumentTypeError) as refused:  # a key is needed: None is not allowed
+        dropout(x, 0.5, None)
+    assert "or a JAX key, got None" in str(refused.value)
     assert_refused(lambda: dropout(x, 0.5, rngs, deterministic=1), ArgumentTypeError, "determ")
     assert_refused(
         lambda: dropout(x, 0.5, rngs, broadcast_dims=(1,)),

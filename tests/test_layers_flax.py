@@ -169,6 +169,25 @@ def test_a_pure_dict_of_the_state_restores_the_stream():
     np.testing.assert_array_equal(restored(x), model(x))
 
 
+def test_a_state_restored_as_numpy_arrays_draws_and_leaves_them_alone():
+    """flax.serialization.msgpack_restore gives read-only NumPy arrays: the stream reads them
+    and steps to new arrays, neither failing on nor writing into the restored ones."""
+    model = MLP(seed=7)
+    x = jnp.ones((2, 8))
+    model(x)
+    saved = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(model)))
+    for array in jax.tree.leaves(saved):
+        array.setflags(write=False)
+    restored = MLP(seed=None)
+    state = nnx.state(restored)
+    nnx.replace_by_pure_dict(state, saved)
+    nnx.update(restored, state)
+    np.testing.assert_array_equal(restored(x), model(x))
+    np.testing.assert_array_equal(restored(x), model(x))
+    assert restored.drop.step_value == 3
+    np.testing.assert_array_equal(saved["drop"]["step"], [0, 1])
+
+
 def restored_with(name, cast):
     """A layer of seed ``2**40 + 7`` whose DropoutState ``name`` was restored through
     ``nnx.update`` as ``cast`` makes it, as a checkpoint written with another dtype restores it."""

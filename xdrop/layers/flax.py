@@ -178,7 +178,7 @@ class Dropout(common.DropoutDraws, nnx.Module):
             seed = self.rngs()
         else:
             seed = common.step_seed(own_seed, own_step)
-            self.step[...] = _next_step(own_step)
+            self.step.set_value(_next_step(own_step))  # a new value: a NumPy one is not written
         seed, offset = common.process_ranks(inputs).place(
             self.data_parallel,
             seed,
@@ -267,11 +267,11 @@ def _stream(rngs: object, collection: str, allowed: str) -> nnx.RngStream:
     raise bad_type("rngs", rngs, allowed)
 
 
-def _key(rngs: object, collection: str) -> jax.Array:
+def _key(rngs: object, collection: str, allowed: str = ALLOWED_CALL_RNGS) -> jax.Array:
     """The key a call's ``rngs`` gives: the stream's next key, or a key passed as it is."""
     if isinstance(rngs, jax.Array):
         return rngs
-    return _stream(rngs, collection, allowed=ALLOWED_CALL_RNGS)()
+    return _stream(rngs, collection, allowed=allowed)()
 
 
 class AlphaDropout(common.AlphaDropoutDraws, Dropout):
@@ -467,7 +467,7 @@ def dropout(
     axes = tuple(int(axis) for axis in broadcast_dims)
     common.check_shared_axes("broadcast_dims", axes, x.ndim)
     noise_shape = common.spatial_noise_shape(x.ndim, axes)
-    key = _key(rngs, rng_collection)
+    key = _key(rngs, rng_collection, allowed="an nnx.Rngs, an nnx.RngStream or a JAX key")
     return xdrop.dropout(x, rate, seed=key, mode=checked_mode, noise_shape=noise_shape)
 
 
