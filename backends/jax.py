@@ -73,7 +73,18 @@ class JaxBackend(Backend, NamespaceFunctions, SeedArrays, NativeGenerator):
         return jnp.take_along_axis(x, indices, axis=axis, mode="fill", fill_value=jnp.nan)
 
     def full_mask(self, shape: tuple[int, ...], value: bool, like: Any = None) -> Any:
-        return self.jnp.full(shape, value, dtype=bool)
+        return self.jnp.full(shape, value, dtype=bool, device=self._placement(like, shape))
+
+    def _placement(self, like: Any, shape: tuple[int, ...]) -> Any:
+        """Where an array of ``shape`` made for ``like`` goes: ``like``'s sharding for its own
+        shape, its device for another shape, JAX's default device (None) for no concrete
+        ``like`` or one sharded over several devices."""
+        if not isinstance(like, self.jax.Array) or isinstance(like, self.jax.core.Tracer):
+            return None
+        if like.shape == shape:
+            return like.sharding
+        devices = like.sharding.device_set
+        return next(iter(devices)) if len(devices) == 1 else None
 
     def reshape(self, a: Any, shape: tuple[int, ...]) -> Any:
         return self.jnp.reshape(a, shape)
@@ -87,7 +98,10 @@ class JaxBackend(Backend, NamespaceFunctions, SeedArrays, NativeGenerator):
         return np.uint32(value)
 
     def iota(self, n: int, like: Any = None) -> Any:
-        return self.jax.lax.iota(np.uint32, n)
+        placement = self._placement(like, (n,))
+        if placement is None:
+            return self.jax.lax.iota(np.uint32, n)
+        return self.jnp.arange(n, dtype=np.uint32, device=placement)
 
     def word_add(self, a: Any, b: Any) -> Any:
         return self.jnp.add(a, b)

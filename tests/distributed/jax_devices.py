@@ -177,6 +177,24 @@ def check_family_shard_map(mesh: jax.sharding.Mesh) -> int:
     return checked + 2
 
 
+def check_masks_made_beside_like(mesh: jax.sharding.Mesh) -> int:
+    """Masks made without drawing (evaluation, p == 0) and dropout_mask(like=x) lie where x
+    does: on its device, with its sharding for its shape."""
+    x = jax.device_put(jax.numpy.ones((8, 8)), jax.devices()[3])
+    masks = [
+        xdrop.dropout_mask((8, 8), RATE, seed=SEED, like=x),
+        xdrop.dropout_mask((8, 1), RATE, seed=SEED, like=x),
+        xdrop.dropout(x, RATE, seed=SEED, training=False, return_mask=True)[1],
+        xdrop.dropout(x, 0.0, seed=SEED, return_mask=True)[1],
+    ]
+    assert all(mask.devices() == {jax.devices()[3]} for mask in masks), masks
+    np.testing.assert_array_equal(masks[0], xdrop.dropout_mask((8, 8), RATE, seed=SEED))
+    sharded = jax.device_put(x, NamedSharding(mesh, P("a", "b")))
+    kept = xdrop.dropout(sharded, RATE, seed=SEED, training=False, return_mask=True)[1]
+    assert kept.sharding == sharded.sharding, kept.sharding
+    return len(masks) + 1
+
+
 def main() -> None:
     assert len(jax.devices()) == 8, jax.devices()
     x2 = jax.random.normal(jax.random.key(0), (16, 24))
@@ -188,6 +206,7 @@ def main() -> None:
             checked += check_jit(mesh, x) + check_shard_map(mesh, x)
     mesh = jax.make_mesh((2, 4), ("a", "b"))
     checked += check_changing_shardings(mesh) + check_family_shard_map(mesh)
+    checked += check_masks_made_beside_like(mesh)
     print(f"{checked} shardings: ok")
 
 
