@@ -360,6 +360,21 @@ def test_drop_block_options_scale_gamma_and_eps(xp, array, host):
     np.testing.assert_array_equal(scaled, expected.astype(np.float32))
 
 
+def test_drop_block_eps_scale_is_numpys_or_one_ulp_off_where_float64_is_missing(xp, array, host):
+    """docs/family.md: count / (kept + eps) in float64, rounded once to x's dtype; a backend
+    without float64 rounds kept + eps first, so its scale may be one ulp off; the mask is the
+    same."""
+    x = np.ones((1, 1, 3, 9), np.float32)
+    for seed in range(40):
+        expected = xdrop.drop_block(x, 0.5, 2, seed=seed, eps=1e-6)  # NumPy: float64
+        got = host(xdrop.drop_block(array(x), 0.5, 2, seed=seed, eps=1e-6))
+        np.testing.assert_array_equal(got != 0, expected != 0)
+        if xp.has_float64():
+            np.testing.assert_array_equal(got, expected)
+        else:
+            np.testing.assert_array_max_ulp(got, expected, maxulp=1)
+
+
 def test_drop_block_with_noise_puts_the_streams_normals_after_the_corners_in_dropped_units(
     xp, array, host
 ):

@@ -337,7 +337,7 @@ def drop_block(
     wholly inside the map, for any sizes and odd or even ``b``, and the output has ``x``'s shape.
     ``p`` is the paper's drop rate ``1 - keep_prob``, not a probability per unit: the expected
     fraction of dropped units is about ``p`` for small ``p``, and lower for large ``p`` as blocks
-    overlap (at ``p = 0.99`` and ``b = 7`` on a 16 x 16 map, about 60%), except that ``p == 1``
+    overlap (at ``p = 0.99`` and ``b = 7`` on a 16 x 16 map, about 55%), except that ``p == 1``
     drops every unit, as it does in :func:`xdrop.dropout`. ``docs/family.md`` compares this with
     torchvision and timm.
 
