@@ -177,8 +177,8 @@ class Dropout(common.DropoutDraws, nnx.Module):
         elif self.rngs is not None:
             seed = self.rngs()
         else:
-            seed = common.step_seed(own_seed, own_step)
-            self.step.set_value(_next_step(own_step))  # a new value: a NumPy one is not written
+            seed, next_step = _step_and_next(own_seed, own_step)
+            self.step.set_value(next_step)  # a new value: a NumPy one is not written into
         seed, offset = common.process_ranks(inputs).place(
             self.data_parallel,
             seed,
@@ -241,10 +241,14 @@ def _state_words(module: Dropout, name: str) -> jax.Array:
     return value  # type: ignore[no-any-return]
 
 
-def _next_step(step: jax.Array) -> jax.Array:
-    """``t + 1`` in two words: the low word carries into the high one."""
+@jax.jit
+def _step_and_next(seed: jax.Array, step: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The seed of step ``t`` (:func:`xdrop.layers.common.step_seed`) and ``t + 1`` in two words
+    (the low word carries into the high one). One compiled call: eagerly, the fold-in's hundred
+    word operations would each be dispatched on their own (2 ms against ``nnx.Dropout``'s
+    0.4 ms); inside ``nnx.jit`` it is inlined."""
     low = step[1] + jnp.uint32(1)
-    return jnp.stack([step[0] + (low == 0).astype(jnp.uint32), low])
+    return common.step_seed(seed, step), jnp.stack([step[0] + (low == 0).astype(jnp.uint32), low])
 
 
 ALLOWED_RNGS = "an nnx.Rngs, an nnx.RngStream or None"
