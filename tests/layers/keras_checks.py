@@ -294,7 +294,7 @@ def test_noise_shape_with_none_entries():
       "seed must be an integer in [0, 2**64), an xdrop.Generator or None, got 1.5 of type float"),
      (lambda: Dropout(0.5, noise_shape="a"), xdrop.ArgumentValueError, "noise_shape must be None or"),
      (lambda: Dropout(0.5, noise_shape=(2, 1.5)), xdrop.ArgumentValueError, "got (2, 1.5) of type tuple"),
-     (lambda: Dropout("0.5"), xdrop.ArgumentTypeError, "rate must be a real number in [0, 1], got '0.5'"),
+     (lambda: Dropout("0.5"), xdrop.ArgumentTypeError, "rate must be a real number in [0, 1], or a 0-d array holding one, got '0.5'"),
      (lambda: GaussianNoise(1.5), xdrop.ArgumentValueError, "stddev must be a real number in [0, 1], got 1.5"),
      (lambda: GaussianNoise(0.5, mode="classic"), xdrop.ArgumentTypeError,
       "GaussianNoise takes no 'mode' argument"),
