@@ -480,6 +480,21 @@ def test_a_keras_variable_as_x_is_its_value_on_the_backend_and_trains():
     assert (trained[kept] < 1).all() and (trained[~kept] == 1).all()  # only kept weights learn
 
 
+def test_every_layers_stream_has_a_variable_path_of_its_own_as_keras_own_layers_do():
+    """Keras numbers its seed generators; two streams sharing one path would make
+    get_state_tree fail, and on torch collapse into one entry of the model's state_dict."""
+    model = keras.Sequential(
+        [keras.Input((8,)), Dropout(0.5, seed=1), GaussianDropout(0.5, seed=2)]
+    )
+    model.compile(optimizer="sgd", loss="mse")
+    paths = [variable.path for variable in model.non_trainable_variables]
+    assert len(paths) == len(set(paths)) == 2, paths
+    assert len(model.get_state_tree()["non_trainable_variables"]) == 2
+    if keras.backend.backend() == "torch":
+        streams = {key.rsplit(".", 1)[-1] for key in model.state_dict() if "seed_gen" in key}
+        assert len(streams) == 2, streams
+
+
 def test_set_mc_sampling_refuses_what_is_not_a_layer():
     from xdrop.layers.keras import set_mc_sampling
 

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import keras
 import numpy as np
 from keras.src.backend.common.masking import get_keras_mask, set_keras_mask
+from keras.src.utils.naming import auto_name
 
 import xdrop
 from xdrop.errors import (
@@ -78,7 +79,8 @@ class SeedStream(keras.random.SeedGenerator):
     Args:
         seed: an integer in ``[0, 2**64)``, an :class:`xdrop.Generator`, or None (the next seed
             of xdrop's global generator).
-        name: the name of the generator (its variable's path starts with it).
+        name: the name of the generator (its variable's path starts with it); None numbers
+            it as Keras numbers its own (``seed_generator``, ``seed_generator_1``...).
 
     Example:
         >>> stream = SeedStream(7)
@@ -89,7 +91,8 @@ class SeedStream(keras.random.SeedGenerator):
     def __init__(self, seed: int | xdrop.Generator | None = None, name: str | None = None) -> None:
         # SeedGenerator.__init__ is not called: it makes a (2,) variable of the backend's seed
         # dtype, which cannot hold a 64-bit seed and a step on JAX without x64.
-        self.name = "seed_generator" if name is None else name
+        # numbered as Keras names its own generators: every variable path in a model is unique
+        self.name = auto_name("seed_generator") if name is None else name
         self._initial_seed = _as_value_error(lambda: common.initial_seed(seed))
         high, low = common.seed_words(self._initial_seed)
         words = np.array([high, low, 0, 0], np.uint32).view(np.int32)
