@@ -250,8 +250,15 @@ class TensorflowBackend(Backend, RateOps, FamilyOps, SeedArrays, NativeGenerator
     def stage_any_shape(self, function: Callable[..., Any]) -> Callable[..., Any]:
         # a graph (no XLA) whose sizes relax to None after the first retrace: a new shape costs
         # about a millisecond, against a hundred for an XLA compilation
-        staged = self.tf.function(function, reduce_retracing=True, autograph=False)
-        return self._mask_gradient(_quiet(staged), self._apply_mask)
+        tf = self.tf
+        staged = _quiet(tf.function(function, reduce_retracing=True, autograph=False))
+
+        def step(x: Any, *arguments: Any) -> tuple[Any, Any]:
+            # a tf.Variable is passed as its value (a read the tape records): TensorFlow calls
+            # the relaxed trace with a variable of a third shape as one of the second shape
+            return staged(tf.convert_to_tensor(x), *arguments)
+
+        return self._mask_gradient(step, self._apply_mask)
 
     def stage_padded(
         self, function: Callable[..., Any], returns_mask: bool = False

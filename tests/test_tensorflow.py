@@ -34,6 +34,20 @@ def test_variables_are_accepted_and_differentiated():
     assert (grad == np.where(keep.numpy(), np.float32(1) / np.float32(0.75), 0.0)).all()
 
 
+def test_variables_of_many_shapes_of_one_rank_are_read_as_their_values():
+    """DropConnect on the kernels of a stack of layers: one variable per shape, eagerly (the
+    first calls of a program run a graph whose sizes relax to None)."""
+    for width in (3, 5, 7, 9):
+        v = tf.Variable(tf.ones((2, width)))
+        with tf.GradientTape() as tape:
+            y, keep = xdrop.dropout(v, 0.5, seed=0, return_mask=True)
+        expected = xdrop.dropout(np.ones((2, width), np.float32), 0.5, seed=0)
+        np.testing.assert_array_equal(y.numpy(), expected)
+        np.testing.assert_array_equal(tape.gradient(y, v).numpy(), keep.numpy() * 2.0)
+        shared = xdrop.dropout(v, tf.Variable(0.5), seed=0, noise_shape=(1, None))
+        np.testing.assert_array_equal(shared.numpy(), shared.numpy()[:1].repeat(2, axis=0))
+
+
 def test_p_one_has_zero_gradient_even_for_infinite_inputs():
     v = tf.Variable([math.inf, 1.0])
     with tf.GradientTape() as tape:
