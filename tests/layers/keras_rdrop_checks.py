@@ -331,6 +331,26 @@ def test_a_loss_it_cannot_read_the_outputs_from_needs_predicts():
     assert np.isfinite(fit_one_step(rdrop, x, y)["loss"][0])
 
 
+@pytest.mark.parametrize("wrap", [lambda loss: {"logits": loss}, lambda loss: [loss]])
+def test_a_dict_or_list_of_the_one_outputs_loss_is_that_loss(wrap):
+    """A functional model's one loss keyed by its output's name (or in a list), as plain Keras
+    takes it: the same loss as given alone."""
+    inputs = keras.Input((FEATURES,))
+    hidden = xk.Dropout(0.3, seed=5)(keras.layers.Dense(16, activation="relu")(inputs))
+    logits = keras.layers.Dense(CLASSES, name="logits")(hidden)
+    x, y = data()
+    histories = []
+    for loss in (keras.losses.SparseCategoricalCrossentropy(from_logits=True), None):
+        model = shared_weights(keras.Model(inputs, logits))
+        streams = [layer.seed_generator for layer in model.layers if isinstance(layer, xk.Dropout)]
+        streams[0].state.assign(np.array([0, 5, 0, 0], np.int32))
+        rdrop = xk.RDrop(model)
+        given = loss or wrap(keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        rdrop.compile(optimizer="sgd", loss=given)
+        histories.append(fit_one_step(rdrop, x, y)["loss"])
+    assert histories[0] == histories[1]
+
+
 def test_a_model_with_two_outputs_is_refused():
     inputs = keras.Input((FEATURES,))
     hidden = xk.Dropout(0.3, seed=1)(inputs)
