@@ -559,8 +559,7 @@ def convert(
     across batch and heads where ``broadcast_dropout``), as Flax's ``jax.random.bernoulli``
     draws it from that key (with JAX's defaults: ``jax_threefry_partitionable`` on and
     ``jax_enable_x64`` off; otherwise the module is reported, and a converted one refuses to
-    draw). The module's other
-    arguments are kept.
+    draw). The module's other arguments are kept.
 
     A module reached by several paths (a shared reference) is one site, named after the first
     path in the graph's (sorted) order; every reference is replaced by the same new module, so

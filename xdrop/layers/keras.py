@@ -1156,7 +1156,7 @@ class RDrop(keras.Model):
 
     def _consistency_term(self) -> _Consistency:
         """The consistency term for the loss ``compile`` was given (made again after a compile
-        with another loss; ``compile`` itself is Keras', so that a saved model recompiles)."""
+        with another loss; the loss is Keras' compiled one, so that a saved model recompiles)."""
         loss = self.loss
         if self._consistency is None or self._consistency_of is not loss:
             predicts = self.predicts or _predicts_from_loss(loss)
