@@ -78,7 +78,8 @@ def mc_dropout(
         batch_axis: the batch axis of ``x`` and of the output, for ``batched``.
 
     Returns:
-        :class:`MCDropoutResult`. float16 and bfloat16 outputs are computed in float32.
+        :class:`MCDropoutResult`. float16 and bfloat16 outputs are computed in float32, and its
+        arrays are float32 then (float64 outputs give float64).
 
     Example:
         >>> import numpy as np
