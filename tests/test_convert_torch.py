@@ -8,6 +8,7 @@ import copy
 import math
 import subprocess
 import sys
+import threading
 import warnings
 from pathlib import Path
 
@@ -496,6 +497,23 @@ def test_torch_compile_fullgraph_equals_eager_step_for_step_compiling_once():
     assert torch.equal(compiled(x), fresh(x))
 
 
+def test_torch_compile_of_a_model_with_dropout_modules_equals_eager_on_any_thread():
+    """The layers convert put in check at each call that the model's forward is running: state
+    of each thread, which a full graph follows (traced again on another thread)."""
+    torch._dynamo.reset()
+    eager = convert(_encoder(), seed=3)
+    compiled_model = copy.deepcopy(eager)
+    compiled = torch.compile(compiled_model, fullgraph=True, backend="aot_eager")
+    x = _inputs()
+    assert torch.equal(compiled(x), eager(x))
+    outputs: list[torch.Tensor] = []
+    thread = threading.Thread(target=lambda: outputs.append(compiled(x)))
+    thread.start()
+    thread.join()
+    assert torch.equal(outputs[0], eager(x))
+    assert int(compiled_model.xdrop_step) == int(eager.xdrop_step) == 2
+
+
 def test_torch_export_keeps_the_streams_and_advances_the_step():
     model = convert(_small(), seed=3)
     reference = copy.deepcopy(model)
@@ -622,8 +640,6 @@ def test_forwards_on_several_threads_run_each_in_its_own_mode():
     """Two forwards of one converted model at the same time (both wait inside their forward
     for the other): each draws on the model's streams, neither touches torch's generator, and
     each advances the step; no mode is left behind on either thread."""
-    import threading
-
     from torch.overrides import _get_current_function_mode_stack
 
     class Meets(nn.Module):

@@ -232,12 +232,10 @@ def _is_device_mesh(group: object) -> bool:
     return mesh is not None and isinstance(group, mesh.DeviceMesh)
 
 
-class ForwardState(threading.local):
-    """A converted root's state during one forward, one for each thread (torch's modes are
-    per thread too, so forwards of one model on several threads each enter their own): the
-    stack of modules whose forward is running (by qualified name), the number of site calls
-    each made, the active mode, and the re-entrancy counts of the root and of submodules run
-    outside it."""
+class ForwardState:
+    """A converted root's state during one forward on one thread: the stack of modules whose
+    forward is running (by qualified name), the number of site calls each made, the active
+    mode, and the re-entrancy counts of the root and of submodules run outside it."""
 
     def __init__(self) -> None:
         self.stack: list[str] = []
@@ -248,6 +246,17 @@ class ForwardState(threading.local):
         self.guard: OutsideForward | None = None
 
 
+class _OnEachThread(threading.local):
+    """A :class:`ForwardState` of its own on each thread, made on the thread's first use (where
+    ``threading.local`` calls this ``__init__``): torch's modes are per thread too, so forwards
+    of one model on several threads each enter their own. ``value`` is never reassigned, since
+    ``torch.compile`` cannot follow a change of a thread-local's attribute; it follows the
+    changes of the plain object it holds."""
+
+    def __init__(self) -> None:
+        self.value = ForwardState()
+
+
 class SiteContext:
     """A converted root's Python state: its rename, its data-parallel placement, the running
     forward's state (:class:`ForwardState`) and a host mirror of its seed and step. Shared by
@@ -256,9 +265,14 @@ class SiteContext:
     def __init__(self, rename: Callable[[str], str] | None) -> None:
         self.rename = rename
         self.data_parallel = DataParallel()
-        self.forward = ForwardState()
+        self._on_each_thread = _OnEachThread()
         self.host: tuple[int, int] | None = None
         self.mirrored: tuple[torch.Tensor, torch.Tensor, int, int] | None = None
+
+    @property
+    def forward(self) -> ForwardState:
+        """This thread's forward of the root."""
+        return self._on_each_thread.value
 
     def host_state(self, seed: torch.Tensor, step: torch.Tensor) -> tuple[int, int] | None:
         """The root's seed and step as host integers, in eager execution only (None when traced):
@@ -318,10 +332,10 @@ class EnterModule:
                     self.context, seed, step, self.context.host_state(seed, step)
                 )
                 forward.mode = mode
-                _THIS_THREAD.forwards += 1
+                _RUNNING.value.forwards += 1
                 mode.__enter__()  # type: ignore[no-untyped-call]
         elif forward.depth == 0:  # a submodule run outside the root's forward
-            inside_another = _THIS_THREAD.forwards > 0
+            inside_another = _RUNNING.value.forwards > 0
             if self.layer and not inside_another and _would_draw(module):
                 raise outside_forward(self.name)
             forward.outside += 1
@@ -349,7 +363,7 @@ class ExitModule:
             mode = forward.mode
             if forward.depth == 0 and mode is not None:
                 forward.mode = None
-                _THIS_THREAD.forwards -= 1
+                _RUNNING.value.forwards -= 1
                 mode.__exit__(None, None, None)  # type: ignore[no-untyped-call]
                 if module.training or mode.drew:
                     seed, step = _root_state(module)
@@ -423,11 +437,11 @@ class FunctionalDropout(TorchFunctionMode):
         if func is _NATIVE:
             return self._native(args, kwargs)
         if func is _MHA and _MHA_BODY is not None:
-            _THIS_THREAD.attention_modes.append(self)
+            _RUNNING.value.attention_modes.append(self)
             try:
                 return _MHA_BODY(*args, **kwargs)
             finally:
-                _THIS_THREAD.attention_modes.pop()
+                _RUNNING.value.attention_modes.pop()
         return func(*args, **kwargs)
 
     def _site_seed(self) -> torch.Tensor | int:
@@ -555,7 +569,7 @@ def _host_site_seed(seed: int, high: int, low: int) -> int:
 
 
 def _running_mode() -> FunctionalDropout:
-    return _THIS_THREAD.attention_modes[-1]
+    return _RUNNING.value.attention_modes[-1]
 
 
 def _never(*args: Any) -> bool:
@@ -588,8 +602,8 @@ def _attention_body() -> Callable[..., Any] | None:
     return body
 
 
-class _ThreadState(threading.local):
-    """What runs on this thread: the forwards of converted models (of every model), and the
+class _Running:
+    """What runs on one thread: the forwards of converted models (of every model), and the
     modes running ``nn.MultiheadAttention``'s function body, innermost last."""
 
     def __init__(self) -> None:
@@ -597,7 +611,14 @@ class _ThreadState(threading.local):
         self.attention_modes: list[FunctionalDropout] = []
 
 
-_THIS_THREAD = _ThreadState()
+class _RunningOnEachThread(threading.local):
+    """A :class:`_Running` of each thread, never reassigned (see :class:`_OnEachThread`)."""
+
+    def __init__(self) -> None:
+        self.value = _Running()
+
+
+_RUNNING = _RunningOnEachThread()
 _MHA_BODY = _attention_body()
 MULTIHEAD_ATTENTION_CONVERTED = _MHA_BODY is not None
 """Whether ``nn.MultiheadAttention``'s attention dropout is routed through xdrop (it is where
