@@ -448,11 +448,11 @@ class FunctionalDropout(TorchFunctionMode):
         """The seed of this call: the next site of the innermost running module, at the
         model's step. Eagerly, a host integer (xdrop's fused kernel takes it as it is, and the
         site's seed is remembered); traced, computed in the graph from the root's buffers."""
-        context = self.context
-        module = context.forward.stack[-1] if context.forward.stack else ""
-        index = context.forward.counts.get(module, 0)
-        context.forward.counts[module] = index + 1
-        high, low = site_words(context.rename, f"{module}#{index}")
+        forward = self.context.forward
+        module = forward.stack[-1] if forward.stack else ""
+        index = forward.counts.get(module, 0)
+        forward.counts[module] = index + 1
+        high, low = site_words(self.context.rename, f"{module}#{index}")
         self.drew = True
         if self.host is not None and self.host[1] < 2**32:
             return spec.fold_in(_host_site_seed(self.host[0], high, low), self.host[1])
@@ -461,9 +461,9 @@ class FunctionalDropout(TorchFunctionMode):
         return seed
 
     def _skip_site(self) -> None:
-        context = self.context
-        module = context.forward.stack[-1] if context.forward.stack else ""
-        context.forward.counts[module] = context.forward.counts.get(module, 0) + 1
+        forward = self.context.forward
+        module = forward.stack[-1] if forward.stack else ""
+        forward.counts[module] = forward.counts.get(module, 0) + 1
 
     def _dropout(
         self,
@@ -542,7 +542,8 @@ class OutsideForward(FunctionalDropout):
         super().__init__(context, torch.zeros((), dtype=torch.int64), torch.zeros(()), None)
 
     def _site_seed(self) -> torch.Tensor | int:
-        raise outside_forward(self.context.forward.stack[-1] if self.context.forward.stack else "")
+        stack = self.context.forward.stack
+        raise outside_forward(stack[-1] if stack else "")
 
 
 def outside_forward(module: str) -> UnconvertedDropoutError:
