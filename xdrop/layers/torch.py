@@ -5,6 +5,7 @@ makes a model written by anyone draw every dropout from xdrop."""
 
 from __future__ import annotations
 
+import copy
 import re
 import sys
 import warnings
@@ -838,7 +839,11 @@ def _replacement(
     layer.train(module.training)
     for hooks in _MODULE_HOOKS:  # the tables themselves, so that their handles still remove them
         if hasattr(module, hooks):
-            setattr(layer, hooks, getattr(module, hooks))
+            table = getattr(module, hooks)
+            setattr(layer, hooks, table)
+            # the module keeps copies: the hooks convert adds to the layer are not its own (it
+            # may still run elsewhere, in a model that is not converted)
+            setattr(module, hooks, copy.copy(table))
     device = next((t.device for t in module.buffers()), None)
     if device is not None:  # a torch dropout module holds no tensor: the layer stays on the CPU
         layer.to(device)
