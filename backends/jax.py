@@ -188,11 +188,7 @@ class JaxBackend(Backend, NamespaceFunctions, SeedArrays, NativeGenerator):
         self, shape: tuple[int, ...], keep_probability: float, seed: int | Key | None, like: Any
     ) -> Any:
         # a float32 probability: float32 uniforms, with x64 on too, which is xdrop's mask
-        probability = (
-            np.float32(keep_probability)
-            if isinstance(keep_probability, float)
-            else keep_probability
-        )
+        probability = self.jnp.asarray(keep_probability, self.jnp.float32)
         return self.jax.random.bernoulli(self._key(seed), probability, shape)
 
     def native_normals(self, shape: tuple[int, ...], seed: int | Key | None, like: Any) -> Any:

@@ -466,8 +466,9 @@ def test_a_dropout_built_with_an_array_rate_is_converted_with_its_value():
 
     model = convert(Model(), seed=0)
     assert isinstance(model.dropout, Dropout) and model.dropout.rate == float(jnp.float32(0.25))
-    with pytest.raises(xdrop.ArgumentTypeError, match="0-d array holding one"):
-        Dropout(jnp.asarray([0.25]), seed=0)
+    for not_a_rate in (jnp.asarray([0.25]), np.str_("0.25"), np.array(True)):
+        with pytest.raises(xdrop.ArgumentTypeError, match="0-d array holding one"):
+            Dropout(not_a_rate, seed=0)
 
 
 def test_a_subclass_of_nnx_dropout_is_reported_whatever_its_name():

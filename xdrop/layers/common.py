@@ -52,8 +52,8 @@ def _host_real(value: object) -> float | None:
         return None
     if isinstance(value, numbers.Real):
         return float(value)
-    dtype = str(getattr(value, "dtype", "bool"))
-    if getattr(value, "ndim", None) != 0 or "bool" in dtype or "complex" in dtype:
+    dtype = str(getattr(value, "dtype", ""))  # float32, torch.bfloat16, <dtype: 'int64'>...
+    if getattr(value, "ndim", None) != 0 or not ("float" in dtype or "int" in dtype):
         return None
     try:
         return float(value)  # type: ignore[arg-type]
@@ -517,14 +517,14 @@ def even_rows(rank: Any, world: int, batch: int | None) -> tuple[Any, int | None
 @dataclasses.dataclass(frozen=True)
 class Ranks:
     """The data-parallel ranks a layer's call runs among: its ``rank`` (an integer, or a 0-d
-    integer array such as a replica id in a graph), the ``world`` size, and ``rows``: for a
-    local batch of ``B`` rows (None where unknown), the global row it starts at and the global
-    batch's row count (None where unknown); :func:`even_rows` unless the framework can ask the
-    other ranks."""
+    integer array such as a replica id in a graph), the ``world`` size, and ``rows``: for the
+    local mask's shape (its batch of ``B`` rows first, None where unknown), the global row it
+    starts at and the global batch's row count (None where unknown); :func:`even_rows` unless
+    the framework can ask the other ranks."""
 
     rank: Any = 0
     world: int = 1
-    rows: Callable[[int | None], tuple[Any, int | None]] | None = None
+    rows: Callable[[Sequence[int | None]], tuple[Any, int | None]] | None = None
 
     def place(
         self,
@@ -550,11 +550,10 @@ class Ranks:
             raise bad_value("inputs", shown, allowed)
         if shares_batch:
             return seed, 0
-        batch = mask_shape[0]
         if self.rows is None:
-            first, rows = even_rows(self.rank, self.world, batch)
+            first, rows = even_rows(self.rank, self.world, mask_shape[0])
         else:
-            first, rows = self.rows(batch)
+            first, rows = self.rows(mask_shape)
         return seed, global_batch_block(mask_shape, first, rows)
 
 

@@ -186,7 +186,7 @@ def _ranks(inputs: Any) -> common.Ranks:
             return common.Ranks()
         replica = context.replica_id_in_sync_group
 
-        def rows(batch: int | None) -> tuple[Any, int | None]:
+        def rows(mask_shape: Sequence[int | None]) -> tuple[Any, int | None]:
             # the replicas' batches may differ (the last batch of a dataset split unevenly):
             # each row's place comes from every replica's size, gathered
             sizes = context.all_gather(tf.shape(inputs, out_type=tf.int64)[:1], axis=0)
@@ -203,8 +203,8 @@ def _ranks(inputs: Any) -> common.Ranks:
         if world == 1:
             return common.Ranks()
 
-        def gathered_rows(batch: int | None) -> tuple[Any, int | None]:
-            row_size = math.prod(inputs.shape[1:])
+        def gathered_rows(mask_shape: Sequence[int | None]) -> tuple[Any, int | None]:
+            row_size = math.prod(size or 0 for size in mask_shape[1:])  # known on torch
             return common.batch_rows(group.batch_sizes(inputs, world, row_size), rank)
 
         return common.Ranks(rank, world, gathered_rows)

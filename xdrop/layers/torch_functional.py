@@ -18,7 +18,7 @@ import sys
 import threading
 import types
 from collections.abc import Callable, Hashable, Sequence
-from typing import Any
+from typing import Any, Generic, NamedTuple, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -159,8 +159,10 @@ class DataParallel:
             shown = Shown(f"<tensor of shape {tuple(x.shape)}>")
             allowed = 'a batched tensor (the batch on axis 0) for data_parallel="global_batch"'
             raise bad_value("x", shown, allowed)
-        mask, _ = common.placed_mask(tuple(x.shape), noise_shape)  # x's shape: no None in it
-        row_size = math.prod(size or 0 for size in mask[1:])
+        mask, shares_batch = common.placed_mask(tuple(x.shape), noise_shape)
+        if shares_batch:  # one decision along the batch: the global batch's on every rank
+            return seed, 0
+        row_size = math.prod(size or 0 for size in mask[1:])  # x's shape: no None in it
         start, total = common.batch_rows(self.batch_sizes(x, world, row_size), rank)
         return seed, common.batch_block(tuple(x.shape), start, total, noise_shape)
 
@@ -246,15 +248,27 @@ class ForwardState:
         self.guard: OutsideForward | None = None
 
 
-class _OnEachThread(threading.local):
-    """A :class:`ForwardState` of its own on each thread, made on the thread's first use (where
-    ``threading.local`` calls this ``__init__``): torch's modes are per thread too, so forwards
-    of one model on several threads each enter their own. ``value`` is never reassigned, since
-    ``torch.compile`` cannot follow a change of a thread-local's attribute; it follows the
-    changes of the plain object it holds."""
+_Value = TypeVar("_Value")
 
-    def __init__(self) -> None:
-        self.value = ForwardState()
+
+class _PerThread(threading.local, Generic[_Value]):
+    """``value``: an object of its own on each thread, ``make()``, made on the thread's first
+    use (where ``threading.local`` calls ``__init__`` with the same arguments): torch's modes
+    are per thread too, so forwards on several threads each enter their own. ``value`` is never
+    reassigned, since ``torch.compile`` does not follow a change of a thread-local's attribute;
+    it follows the changes of the plain object it holds."""
+
+    def __init__(self, make: Callable[[], _Value]) -> None:
+        self.value: _Value = make()
+
+
+class Mirror(NamedTuple):
+    """The root's seed and step buffers, their versions, and their values as host integers."""
+
+    seed: torch.Tensor
+    step: torch.Tensor
+    versions: tuple[int, int]
+    host: tuple[int, int]
 
 
 class SiteContext:
@@ -265,9 +279,8 @@ class SiteContext:
     def __init__(self, rename: Callable[[str], str] | None) -> None:
         self.rename = rename
         self.data_parallel = DataParallel()
-        self._on_each_thread = _OnEachThread()
-        self.host: tuple[int, int] | None = None
-        self.mirrored: tuple[torch.Tensor, torch.Tensor, int, int] | None = None
+        self._on_each_thread = _PerThread(ForwardState)
+        self.mirror: Mirror | None = None
 
     @property
     def forward(self) -> ForwardState:
@@ -282,23 +295,26 @@ class SiteContext:
             return None
         if type(step) is not torch.Tensor:
             return None
-        mirrored = self.mirrored
+        mirror = self.mirror
         if (
-            mirrored is None
-            or mirrored[0] is not seed
-            or mirrored[1] is not step
-            or mirrored[2] != seed._version
-            or mirrored[3] != step._version
+            mirror is None
+            or mirror.seed is not seed
+            or mirror.step is not step
+            or mirror.versions != (seed._version, step._version)
         ):
-            self.host = int(seed) % 2**64, int(step) % 2**64
-            self.mirrored = seed, step, seed._version, step._version
-        return self.host
+            host = int(seed) % 2**64, int(step) % 2**64
+            mirror = self.mirror = Mirror(seed, step, (seed._version, step._version), host)
+        return mirror.host
 
-    def advanced(self, seed: torch.Tensor, step: torch.Tensor) -> None:
-        """The step was advanced by one in place: the mirror follows without reading it."""
-        if self.host is not None and self.mirrored is not None and self.mirrored[1] is step:
-            self.host = self.host[0], (self.host[1] + 1) % 2**64
-            self.mirrored = seed, step, seed._version, step._version
+    def advanced(self, step: torch.Tensor) -> None:
+        """The step was advanced by one in place: the mirror follows without reading it. It is
+        stamped with the version one advance makes, so that where forwards on other threads
+        advanced it too the buffer's version differs, and the next forward reads it again."""
+        mirror = self.mirror  # replaced whole, never changed: a thread sees one mirror or another
+        if mirror is not None and mirror.step is step:
+            seed_version, step_version = mirror.versions
+            host = mirror.host[0], (mirror.host[1] + 1) % 2**64
+            self.mirror = mirror._replace(versions=(seed_version, step_version + 1), host=host)
 
     def __getstate__(self) -> dict[str, Any]:
         # a forward's state, and the mirror, stay behind
@@ -314,8 +330,8 @@ class EnterModule:
     is entered. ``layer``: the module is an xdrop layer (its stream advances per call).
 
     A submodule run outside the root's forward is guarded (its draws refused), unless it runs
-    inside the forward of another converted model (one converted on its own and then put in
-    this one, or this model's submodule converted on its own), whose mode then draws."""
+    inside the forward of another converted model on this thread, whose mode then draws: a
+    submodule converted on its own and called alone, or a converted model inside this one."""
 
     def __init__(self, context: SiteContext, name: str, root: bool, layer: bool = False) -> None:
         self.context, self.name, self.root, self.layer = context, name, root, layer
@@ -366,10 +382,10 @@ class ExitModule:
                 _RUNNING.value.forwards -= 1
                 mode.__exit__(None, None, None)  # type: ignore[no-untyped-call]
                 if module.training or mode.drew:
-                    seed, step = _root_state(module)
+                    _, step = _root_state(module)
                     step.add_(1)
                     if mode.host is not None:
-                        context.advanced(seed, step)
+                        context.advanced(step)
         elif forward.depth == 0 and forward.outside > 0:
             forward.outside -= 1
             guard = forward.guard
@@ -448,11 +464,7 @@ class FunctionalDropout(TorchFunctionMode):
         """The seed of this call: the next site of the innermost running module, at the
         model's step. Eagerly, a host integer (xdrop's fused kernel takes it as it is, and the
         site's seed is remembered); traced, computed in the graph from the root's buffers."""
-        forward = self.context.forward
-        module = forward.stack[-1] if forward.stack else ""
-        index = forward.counts.get(module, 0)
-        forward.counts[module] = index + 1
-        high, low = site_words(self.context.rename, f"{module}#{index}")
+        high, low = site_words(self.context.rename, self._next_site())
         self.drew = True
         if self.host is not None and self.host[1] < 2**32:
             return spec.fold_in(_host_site_seed(self.host[0], high, low), self.host[1])
@@ -460,10 +472,13 @@ class FunctionalDropout(TorchFunctionMode):
         seed: torch.Tensor = common.step_seed(site, self.step)
         return seed
 
-    def _skip_site(self) -> None:
+    def _next_site(self) -> str:
+        """The next site of the innermost running module, ``"<module>#<k>"``, counted."""
         forward = self.context.forward
         module = forward.stack[-1] if forward.stack else ""
-        forward.counts[module] = forward.counts.get(module, 0) + 1
+        index = forward.counts.get(module, 0)
+        forward.counts[module] = index + 1
+        return f"{module}#{index}"
 
     def _dropout(
         self,
@@ -485,7 +500,7 @@ class FunctionalDropout(TorchFunctionMode):
             or not _valid_rate(p)
             or not _valid_rank(kind, x.dim())
         ):  # torch's own answer: no draw, or torch's error
-            self._skip_site()
+            self._next_site()
             return func(*args, **kwargs)
         seed = self._site_seed()
         y = _draw(kind, x, p, seed, self.context.data_parallel)
@@ -499,7 +514,7 @@ class FunctionalDropout(TorchFunctionMode):
         p = _argument(args, kwargs, 1, "p", 0.5)
         train = _argument(args, kwargs, 2, "train", None)
         if not isinstance(x, torch.Tensor) or train is False or _is_zero(p) or not _valid_rate(p):
-            self._skip_site()
+            self._next_site()
             return _NATIVE(*args, **kwargs)
         seed = self._site_seed()
         logical = x if x.is_contiguous() else x.contiguous()
@@ -514,7 +529,7 @@ class FunctionalDropout(TorchFunctionMode):
         query, key, value, attn_mask, dropout_p, is_causal, scale = values
         enable_gqa = bool(kwargs.get("enable_gqa", False))
         if dropout_p is None or _is_zero(dropout_p) or (is_causal and attn_mask is not None):
-            self._skip_site()  # no dropout, or arguments SDPA refuses with its own error
+            self._next_site()  # no dropout, or arguments SDPA refuses with its own error
             return _SDPA(*args, **kwargs)
         seed = self._site_seed()
         return attention(
@@ -612,14 +627,7 @@ class _Running:
         self.attention_modes: list[FunctionalDropout] = []
 
 
-class _RunningOnEachThread(threading.local):
-    """A :class:`_Running` of each thread, never reassigned (see :class:`_OnEachThread`)."""
-
-    def __init__(self) -> None:
-        self.value = _Running()
-
-
-_RUNNING = _RunningOnEachThread()
+_RUNNING = _PerThread(_Running)
 _MHA_BODY = _attention_body()
 MULTIHEAD_ATTENTION_CONVERTED = _MHA_BODY is not None
 """Whether ``nn.MultiheadAttention``'s attention dropout is routed through xdrop (it is where
