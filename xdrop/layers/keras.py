@@ -1142,18 +1142,6 @@ class RDrop(keras.Model):
         doubled = keras.tree.map_structure(lambda x: keras.ops.concatenate([x, x], axis=0), inputs)
         return self.model(doubled, training=True)
 
-    def compile(
-        self, optimizer: Any = "rmsprop", loss: Any = None, *args: Any, **kwargs: Any
-    ) -> None:
-        """Keras' ``compile``. A dict or list holding one loss (``{"out": "mse"}``, keyed by the
-        output's name as for a functional model) is that loss: the wrapped model has one output,
-        and RDrop, a model of its own, has no output names to key it by."""
-        if isinstance(loss, dict) and len(loss) == 1:
-            loss = next(iter(loss.values()))
-        elif isinstance(loss, (list, tuple)) and len(loss) == 1:
-            loss = loss[0]
-        super().compile(optimizer, loss, *args, **kwargs)
-
     def _consistency_term(self) -> _Consistency:
         """The consistency term for the loss ``compile`` was given (made again after a compile
         with another loss; the loss is Keras' compiled one, so that a saved model recompiles)."""
@@ -1173,6 +1161,10 @@ class RDrop(keras.Model):
         sample_weight: Any = None,
         training: bool = True,
     ) -> Any:
+        if isinstance(self.loss, (dict, list, tuple)) and _is_tensor(y_pred):
+            # one output's loss in a dict or list: Keras' own error, about None, says not why
+            allowed = "one loss, given alone (RDrop wraps a model of one output)"
+            raise bad_value("loss", self.loss, allowed)
         if not training or self._compile_loss is None:
             return super().compute_loss(x, y, y_pred, sample_weight, training=training)
         if not _is_tensor(y_pred):
