@@ -5,7 +5,6 @@ the family ``AlphaDropout``, ``GaussianDropout``, ``DropPath``, ``DropBlock2D``,
 from __future__ import annotations
 
 import json
-import math
 import warnings
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
@@ -204,8 +203,7 @@ def _ranks(inputs: Any) -> common.Ranks:
             return common.Ranks()
 
         def gathered_rows(mask_shape: Sequence[int | None]) -> tuple[Any, int | None]:
-            row_size = math.prod(size or 0 for size in mask_shape[1:])  # known on torch
-            return common.batch_rows(group.batch_sizes(inputs, world, row_size), rank)
+            return common.batch_rows(group.batch_sizes(inputs, world, mask_shape), rank)
 
         return common.Ranks(rank, world, gathered_rows)
     return common.Ranks()

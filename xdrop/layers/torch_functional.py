@@ -162,13 +162,15 @@ class DataParallel:
         mask, shares_batch = common.placed_mask(tuple(x.shape), noise_shape)
         if shares_batch:  # one decision along the batch: the global batch's on every rank
             return seed, 0
-        row_size = math.prod(size or 0 for size in mask[1:])  # x's shape: no None in it
-        start, total = common.batch_rows(self.batch_sizes(x, world, row_size), rank)
+        start, total = common.batch_rows(self.batch_sizes(x, world, mask), rank)
         return seed, common.batch_block(tuple(x.shape), start, total, noise_shape)
 
-    def batch_sizes(self, x: torch.Tensor, world: int, row_size: int) -> list[int]:
+    def batch_sizes(
+        self, x: torch.Tensor, world: int, mask_shape: Sequence[int | None]
+    ) -> list[int]:
         """Every rank's local batch size (axis 0), in rank order: one all_gather of two integers
-        per drawing call, the batch size and ``row_size``, the decisions a row of the mask holds.
+        per drawing call, the batch size and the decisions a row of the mask (of ``mask_shape``,
+        known on torch) holds.
         The global batch is the ranks' rows one after the other, so every rank's rows must hold
         as many (else two ranks' counters would overlap: ranks that pad their batches to
         lengths of their own): an :class:`~xdrop.errors.ArgumentValueError` on every rank."""
@@ -184,6 +186,7 @@ class DataParallel:
         group = self.group.get_group() if _is_device_mesh(self.group) else self.group
         # on x's device, where the backend communicates (NCCL: CUDA only), gloo alone: the CPU
         device = torch.device("cpu") if dist.get_backend(group) == "gloo" else x.device
+        row_size = math.prod(size or 0 for size in mask_shape[1:])
         local = torch.tensor([x.shape[0], row_size], dtype=torch.int64, device=device)
         gathered = [torch.empty_like(local) for _ in range(world)]
         dist.all_gather(gathered, local, group=group)
