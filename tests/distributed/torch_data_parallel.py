@@ -387,7 +387,8 @@ def check_compiled_as_eager(rank: int, ref: dict[str, Any]) -> None:
 def check_keras_on_torch(rank: int) -> None:
     """Keras' torch backend reads the ranks from torch.distributed: per_rank folds the rank in;
     global_batch places an uneven split (3 + 2 rows) by the gathered batch sizes, as rank 0
-    drawing the whole batch (rank 1 none) places it."""
+    drawing the whole batch (rank 1 none) places it; rows of other sizes on the ranks are
+    refused, and a mask shared along the batch is placed as one process places it."""
     import os
 
     os.environ["KERAS_BACKEND"] = "torch"
@@ -402,6 +403,22 @@ def check_keras_on_torch(rank: int) -> None:
     rows = slice(0, UNEVEN[0]) if rank == 0 else slice(UNEVEN[0], sum(UNEVEN))
     layer = KerasDropout(P, seed=SEED, data_parallel="global_batch")
     assert torch.equal(layer(full[rows], training=True), expected[rows]), f"rank {rank}"
+    padded = torch.ones(2, 4, 8 if rank == 0 else 6)
+    try:
+        KerasDropout(P, seed=SEED, data_parallel="global_batch")(padded, training=True)
+    except xdrop.ArgumentValueError as error:
+        assert "global_batch" in str(error) and "[32, 24]" in str(error), str(error)
+    else:
+        raise AssertionError(f"Keras on torch, rank {rank}: rows of other sizes were placed")
+    noise = (1, None, None)
+    shared = KerasDropout(P, seed=SEED, noise_shape=noise, data_parallel="global_batch")
+    whole = xdrop.dropout(
+        padded.new_ones(2 * WORLD, 4, padded.shape[2]),
+        P,
+        seed=xdrop.fold_in(SEED, 0),
+        noise_shape=noise,
+    )
+    assert torch.equal(shared(padded, training=True), whole[2 * rank : 2 * rank + 2]), rank
     y = KerasDropout(P, seed=SEED)(torch.ones(4, 8), training=True)
     ys = [torch.empty_like(y) for _ in range(WORLD)]
     dist.all_gather(ys, y.detach().contiguous())
