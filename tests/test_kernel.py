@@ -450,6 +450,16 @@ def test_xdrop_kernel_threads_sets_the_count_until_set_threads_does(threads_rest
     assert kernel.threads() == 3 and "from 2000 elements" in kernel.status()
 
 
+@needs_kernel
+def test_a_grain_beyond_any_array_is_taken_as_it_is(fused, array, host, threads_restored):
+    x = np.linspace(-1, 1, 1000, dtype=np.float32)
+    expected = host(xdrop.dropout(array(x), 0.5, seed=3))
+    for grain in (2**64, 2**64 + 1, 10**30):  # beyond the kernel's 64-bit counts
+        kernel.set_threads(2, grain=grain)
+        assert_same_bits(host(xdrop.dropout(array(x), 0.5, seed=3)), expected, "float32")
+        assert kernel.status().endswith(f"up to 2 threads, from {2**63} elements)")
+
+
 @pytest.mark.parametrize("value", ["0", "-1", "257", "two", "2.5"])
 def test_a_bad_xdrop_kernel_threads_value_is_an_error_naming_it(fused, array, threads_restored, monkeypatch, value):  # fmt: skip
     set_threads_variable(monkeypatch, value)
@@ -500,6 +510,25 @@ def test_sixteen_bit_products_are_the_dtypes_own_multiplication(name):
             expected = x * dtype.type(factor)
         same = (y.view(np.uint16) == expected.view(np.uint16)) | (np.isnan(y) & np.isnan(expected))
         assert same.all(), x[~same][:5]
+
+
+@needs_kernel
+def test_float16_subnormals_do_not_depend_on_a_cpu_that_flushes_them():
+    """``torch.set_flush_denormal(True)`` makes the CPU read subnormal floats as zero; float16's
+    subnormals are normal float32 values, and its own multiplication keeps them."""
+    torch = pytest.importorskip("torch")
+    x = np.arange(2**16, dtype=np.uint16).view(np.float16)  # every half, subnormals included
+    call = FusedCall(key=(0, 0), offset=0, threshold=2**32, factor=2.0, return_mask=False)
+    expected, flushed = np.empty_like(x), np.empty_like(x)
+    kernel.host_dropout(x, expected, None, "float16", call)
+    if not torch.set_flush_denormal(True):
+        pytest.skip("this CPU does not flush subnormals")
+    try:
+        kernel.host_dropout(x, flushed, None, "float16", call)
+    finally:
+        torch.set_flush_denormal(False)
+    assert (flushed.view(np.uint16) == expected.view(np.uint16)).all()
+    assert flushed[1] == np.float16(2.0**-23)  # the smallest subnormal, doubled
 
 
 # -- torch: autograd without a saved mask -----------------------------------------------------------

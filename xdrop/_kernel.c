@@ -103,8 +103,11 @@ static inline float widen_float16(uint16_t h) {
     uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
     uint32_t rest = (uint32_t)(h & 0x7FFFu) << 13;
     /* rest as a float32 has the exponent biased by 127 instead of 15: scaling by 2**112 fixes
-       it, subnormals included, exactly */
+       it exactly. A subnormal half would be a subnormal float32 there, which a CPU flushing
+       subnormal inputs (torch.set_flush_denormal) reads as zero: it is its significand times
+       2**-24 instead, a product of normal floats whatever the CPU flushes. */
     uint32_t magnitude = bits_of(float_of(rest) * 0x1p112f);
+    if (rest < (0x0400u << 13)) magnitude = bits_of((float)(h & 0x03FFu) * 0x1p-24f);
     if (rest >= (0x7C00u << 13)) magnitude = rest | 0x7F800000u; /* inf and NaN (payload kept) */
     return float_of(sign | magnitude);
 }

@@ -98,7 +98,8 @@ def set_threads(count: int | None = None, *, grain: int | None = None) -> None:
         count: threads from 1 to ``MAX_THREADS`` (256), or None for ``XDROP_KERNEL_THREADS``
             where it is set, else the number of cores this process may run on.
         grain: elements per thread at least (``n >= 2 * grain`` elements use two threads), or
-            None for ``GRAIN`` (2**17), measured where starting a thread pays for itself.
+            None for ``GRAIN`` (2**17), measured where starting a thread pays for itself;
+            one above ``2**62`` (more elements than any array holds) is taken as ``2**62``.
 
     Raises:
         ArgumentTypeError: ``count`` or ``grain`` is not an integer (or None).
@@ -117,7 +118,8 @@ def set_threads(count: int | None = None, *, grain: int | None = None) -> None:
     if grain is not None:
         _check_whole("grain", grain, 1, None)
     _chosen = count
-    _grain = GRAIN if grain is None else grain
+    # the kernel reads 64-bit counts, and no array holds 2**62 elements: a larger grain is that
+    _grain = GRAIN if grain is None else min(grain, 2**62)
     _resolve_threads()
 
 
