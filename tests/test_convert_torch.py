@@ -514,6 +514,24 @@ def test_torch_compile_of_a_model_with_dropout_modules_equals_eager_on_any_threa
     assert int(compiled_model.xdrop_step) == int(eager.xdrop_step) == 2
 
 
+def test_torch_compile_of_torchs_transformer_layer_with_a_padding_mask_in_one_graph():
+    """``nn.TransformerEncoderLayer`` called as padded batches call it: its attention runs
+    torch's own function body, whose padding-mask check Dynamo traces too."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.1, batch_first=True)
+    eager = convert(layer, seed=3)
+    compiled_model = copy.deepcopy(eager)
+    compiled = torch.compile(compiled_model, fullgraph=True, backend="aot_eager")
+    x = _inputs()
+    padding = torch.tensor([[False] * 5, [False] * 3 + [True] * 2])
+    for _ in range(2):
+        expected = eager(x, src_key_padding_mask=padding)
+        assert torch.equal(compiled(x, src_key_padding_mask=padding), expected)
+    with pytest.raises(AssertionError, match="key_padding_mask"):
+        eager(x, src_key_padding_mask=padding[:, :4])  # torch's check, as without convert
+
+
 def test_torch_export_keeps_the_streams_and_advances_the_step():
     model = convert(_small(), seed=3)
     reference = copy.deepcopy(model)
@@ -536,6 +554,28 @@ def test_torch_jit_trace_records_the_streams_step_for_step():
     for _ in range(3):
         assert torch.equal(traced(x), reference(x))
     assert int(model.xdrop_step) == int(reference.xdrop_step) == 4
+
+
+def test_an_ensemble_of_converted_models_under_vmap_draws_each_models_masks():
+    """``torch.func``'s model ensembling: the models' states stacked, one ``functional_call``
+    vmapped over them; each model draws what it draws alone (its seed, step and sites)."""
+    from torch.func import functional_call, stack_module_state, vmap
+
+    models = [convert(_encoder(sdpa=True), seed=seed) for seed in (1, 2, 3)]
+    parameters, buffers = stack_module_state(models)
+    base = copy.deepcopy(models[0]).to("meta")
+    x = _inputs()
+
+    def call(parameters, buffers, x):
+        return functional_call(base, (parameters, buffers), (x,))
+
+    outputs = vmap(call, in_dims=(0, 0, None), randomness="different")(parameters, buffers, x)
+    assert torch.equal(buffers["xdrop_step"], torch.ones(3, dtype=torch.int64))
+    for output, model in zip(outputs, models, strict=True):
+        # batched matrix products may round in another order (an ulp); another mask would move
+        # values by whole units
+        torch.testing.assert_close(output, model(x), rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(outputs[0], outputs[1], rtol=1e-2, atol=1e-2)
 
 
 # -- what is not converted ------------------------------------------------------------------------
@@ -573,6 +613,26 @@ def test_unknown_dropout_like_modules_are_left_alone_with_one_warning_naming_eac
 def test_strict_refuses_unknown_dropout_like_modules_naming_each():
     with pytest.raises(xdrop.UnconvertedDropoutError, match=r"tokens \(TokenDropout\)"):
         convert(Dropped(), seed=0, strict=True)
+
+
+def test_strict_refuses_before_changing_the_model():
+    """Converted again once mended, every stream derives from the seed given then."""
+    model = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5), TokenDropout())
+    generator = xdrop.Generator(3)
+    with pytest.raises(xdrop.UnconvertedDropoutError, match=r"2 \(TokenDropout\)"):
+        convert(model, seed=generator, strict=True)
+    assert type(model[1]) is nn.Dropout and "xdrop_seed" not in model.state_dict()
+    assert generator.next_seed() == xdrop.Generator(3).next_seed()  # no seed was taken
+    model[2] = nn.Identity()
+    convert(model, seed=2, strict=True)
+    assert int(model[1].seed) % 2**64 == common.site_seed(2, "1")
+
+
+def test_a_compiled_model_is_refused_saying_to_convert_it_first():
+    compiled = torch.compile(nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5)))
+    with pytest.raises(xdrop.ArgumentValueError, match=r"convert it first, then compile it"):
+        convert(compiled, seed=0)
+    assert type(compiled._orig_mod[1]) is nn.Dropout
 
 
 def test_a_subclass_of_a_known_dropout_is_unknown():

@@ -16,6 +16,10 @@ hand for xdrop's layer) the same resume reproduces none of the steps.
 from __future__ import annotations
 
 import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -118,3 +122,18 @@ def test_gradient_checkpointing_of_a_converted_bert_is_refused_not_wrong(runs: R
     """Hugging Face's ``gradient_checkpointing_enable()`` runs each layer's forward again during
     backward, outside the model's forward: the attention's ``F.dropout`` there has no site."""
     assert_refused_or_exact(torch.load(runs("checkpointing") / "checkpointing.pt"))
+
+
+def test_layerdrop_and_specaugment_are_reported_and_strict_leaves_the_model_as_it_was() -> None:
+    """Hugging Face's LayerDrop (``torch.rand``) and SpecAugment (NumPy's generator) draw outside
+    any dropout call: ``tests/convert/unconverted.py`` checks, in a fresh process, that convert
+    names them (and that they do draw from the global generators), and that ``strict=True``
+    refuses before changing anything."""
+    script = Path(__file__).resolve().parent / "convert" / "unconverted.py"
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    environment.pop("XDROP_BACKEND", None)
+    completed = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, env=environment, timeout=600
+    )
+    assert completed.returncode == 0, completed.stderr[-6000:]
+    assert completed.stdout.strip().splitlines()[-1] == "unconverted: ok"

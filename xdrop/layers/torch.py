@@ -850,16 +850,53 @@ def _replacement(
     return layer
 
 
-def _is_unknown_dropout(module: torch.nn.Module, table: dict[type, Any]) -> bool:
-    """A module that looks like dropout and that convert does not replace: a class (or base class
-    below ``nn.Module``) whose name says dropout, drop path, drop block or stochastic depth, or a
-    module with a float ``drop_prob`` (timm's name); xdrop's own layers excepted."""
+def _unconverted(module: torch.nn.Module, table: dict[type, Any], configs: set[int]) -> str | None:
+    """Why ``module`` draws masks that convert does not make xdrop's (shown after its class
+    name), or None: a class (or base class below ``nn.Module``) whose name says dropout, drop
+    path, drop block or stochastic depth, or a float ``drop_prob`` (timm's name); an
+    ``nn.MultiheadAttention`` whose function body is not routed; LayerDrop (a float
+    ``layerdrop`` or ``*_layerdrop`` above 0, Hugging Face's ``torch.rand`` skipping layers) and
+    SpecAugment masks (Hugging Face's speech models, NumPy's generator), read from a model's
+    ``config`` once per config (``configs``: those read). xdrop's own layers excepted."""
     if isinstance(module, Dropout) or type(module) in table:
-        return False
+        return None
     classes = type(module).__mro__[: type(module).__mro__.index(torch.nn.Module)]
     if any(_DROPOUT_LIKE.search(cls.__name__) for cls in classes):
-        return True
-    return isinstance(getattr(module, "drop_prob", None), float)
+        return ""
+    if isinstance(getattr(module, "drop_prob", None), float):
+        return ""
+    if (
+        isinstance(module, torch.nn.MultiheadAttention)
+        and module.dropout > 0
+        and not functional.MULTIHEAD_ATTENTION_CONVERTED
+    ):
+        return (
+            f" with dropout={module.dropout}: its attention dropout runs inside "
+            "F.multi_head_attention_forward"
+        )
+    config = getattr(module, "config", None)
+    if config is None:
+        settings = vars(module)
+    elif id(config) in configs:
+        return None
+    else:
+        configs.add(id(config))
+        settings = config if isinstance(config, dict) else getattr(config, "__dict__", {})
+    drawn = [
+        f"LayerDrop, {name}={value}: torch.rand skips layers"
+        for name, value in settings.items()
+        if _LAYERDROP.search(name) and isinstance(value, float) and value > 0
+    ]
+    if settings.get("apply_spec_augment"):
+        drawn += [
+            f"SpecAugment, {name}={settings[name]}: NumPy's generator masks the features"
+            for name in ("mask_time_prob", "mask_feature_prob")
+            if isinstance(settings.get(name), float) and settings[name] > 0
+        ]
+    return f": {'; '.join(drawn)}" if drawn else None
+
+
+_LAYERDROP = re.compile(r"(^|_)layerdrop$")
 
 
 def _check_convert_arguments(
@@ -867,6 +904,15 @@ def _check_convert_arguments(
 ) -> tuple[torch.nn.Module, bool, Callable[[str], str] | None]:
     if not isinstance(model, torch.nn.Module):
         raise bad_type("model", model, "a torch.nn.Module")
+    original = getattr(model, "_orig_mod", None)
+    if isinstance(original, torch.nn.Module) and type(model).__name__ == "OptimizedModule":
+        # its compiled code may already hold the model's dropout: convert what it compiles
+        raise bad_value(
+            "model",
+            Shown(f"<torch.compile of {type(original).__name__}>"),
+            "a model not compiled yet: convert it first, then compile it "
+            "(torch.compile(convert(model, seed=...)))",
+        )
     if rename is not None and not callable(rename):
         raise bad_type("rename", rename, "None or a callable taking a site's name to a str")
     return model, check_flag("strict", strict), rename
@@ -934,9 +980,11 @@ def convert(
        The default, None, is ``"per_rank"`` on several ranks. Converting again sets it for
        all of them, the layers converted before included.
 
-    Modules that look like dropout but that convert does not know (see
-    ``docs/convert-torch.md``) are listed in one :class:`xdrop.UnconvertedDropoutWarning` and
-    left as they are; ``strict=True`` raises :class:`xdrop.UnconvertedDropoutError` instead.
+    Modules that look like dropout but that convert does not know, and Hugging Face's LayerDrop
+    and SpecAugment settings (see ``docs/convert-torch.md``), are listed in one
+    :class:`xdrop.UnconvertedDropoutWarning` and left as they are; ``strict=True`` raises
+    :class:`xdrop.UnconvertedDropoutError` instead, before changing anything. A model compiled
+    already (``torch.compile(model)``) is refused: convert it first, then compile it.
     Converting again converts only what was added since, keeping every stream and state_dict
     key.
 
@@ -969,6 +1017,8 @@ def convert(
     """
     model, strict, rename = _check_convert_arguments(model, strict, rename)
     placement = functional.DataParallel(data_parallel, data_parallel_group)
+    table = _torch_replacements()
+    _report_unconverted(model, table, strict)  # before anything changes: strict leaves it as it is
     root_seed = _root_seed(model, seed)
     context = _site_context(model)
     if context is not None:  # converted before: the names keep deriving as they did
@@ -983,11 +1033,9 @@ def convert(
                 "another would give the sites already converted other names",
             )
         rename = context.rename
-    table = _torch_replacements()
     root = _replacement(model, "", root_seed, rename, table, placement)
     if root is not None:
         model = root
-    unknown: list[str] = []
     first_names: dict[int, str] = {}
     replaced: dict[int, torch.nn.Module] = {}
     for parent_name, parent in list(model.named_modules(remove_duplicate=False)):
@@ -1004,35 +1052,37 @@ def convert(
                     continue
                 replaced[id(child)] = layer
             setattr(parent, attribute, replaced[id(child)])
-    for name, module in model.named_modules():
-        if _is_unknown_dropout(module, table):
-            unknown.append(f"{name or '<model>'} ({type(module).__name__})")
-        elif (
-            isinstance(module, torch.nn.MultiheadAttention)
-            and module.dropout > 0
-            and not functional.MULTIHEAD_ATTENTION_CONVERTED
-        ):
-            unknown.append(
-                f"{name or '<model>'} (MultiheadAttention with dropout={module.dropout}: its "
-                "attention dropout runs inside F.multi_head_attention_forward)"
-            )
-    if unknown:
-        listed = ", ".join(unknown)
-        if strict:
-            raise UnconvertedDropoutError(
-                f"convert cannot convert these dropout-like modules, whose masks would still "
-                f"come from torch's generator: {listed}. Replace them with xdrop's layers (see "
-                "docs/convert-torch.md), or pass strict=False to leave them as they are"
-            )
-        warnings.warn(
-            f"convert left these dropout-like modules as they are (their masks come from "
-            f"torch's generator, not xdrop's): {listed}. Replace them with xdrop's layers, or "
-            "filter xdrop.UnconvertedDropoutWarning",
-            UnconvertedDropoutWarning,
-            stacklevel=2,
-        )
     _install_sites(model, root_seed, rename, placement)
     return model
+
+
+def _report_unconverted(model: torch.nn.Module, table: dict[type, Any], strict: bool) -> None:
+    """Warn of what in ``model`` draws masks that convert does not make xdrop's (an
+    :class:`xdrop.UnconvertedDropoutWarning`), or with ``strict`` refuse it."""
+    configs: set[int] = set()
+    unknown = [
+        f"{name or '<model>'} ({type(module).__name__}{reason})"
+        for name, module in model.named_modules()
+        if (reason := _unconverted(module, table, configs)) is not None
+    ]
+    if not unknown:
+        return
+    listed = ", ".join(unknown)
+    if strict:
+        raise UnconvertedDropoutError(
+            f"convert cannot convert these dropout-like modules, whose masks would still "
+            f"come from torch's generator (or NumPy's, where said): {listed}. Replace them "
+            "with xdrop's layers, or set their rate to 0 (see docs/convert-torch.md), or pass "
+            "strict=False to leave them as they are"
+        )
+    warnings.warn(
+        f"convert left these dropout-like modules as they are (their masks come from "
+        f"torch's generator, or NumPy's where said, not xdrop's): {listed}. Replace them "
+        "with xdrop's layers, or set their rate to 0, or filter "
+        "xdrop.UnconvertedDropoutWarning",
+        UnconvertedDropoutWarning,
+        stacklevel=3,
+    )
 
 
 def _site_context(model: torch.nn.Module) -> functional.SiteContext | None:

@@ -293,8 +293,12 @@ class SiteContext:
     def host_state(self, seed: torch.Tensor, step: torch.Tensor) -> tuple[int, int] | None:
         """The root's seed and step as host integers, in eager execution only (None when traced):
         read from the buffers when they changed since (a step, ``load_state_dict``, ``.to()``),
-        else remembered, so that an eager forward on an accelerator does not wait on them."""
+        else remembered, so that an eager forward on an accelerator does not wait on them.
+        Under a ``torch.func`` transform the buffers may stand for a batch of values
+        (``vmap`` over stacked models' states): they are not read either."""
         if torch_kernel.recorded() or type(seed) is not torch.Tensor:
+            return None
+        if torch_kernel.transforms_active():
             return None
         if type(step) is not torch.Tensor:
             return None
@@ -614,11 +618,25 @@ def _attention_body() -> Callable[..., Any] | None:
     namespace["scaled_dot_product_attention"] = lambda *args, **kwargs: _running_mode()._attention(
         args, kwargs
     )
+    if "_check_key_padding_mask" in namespace:  # Dynamo keeps torch's function as one op
+        namespace["_check_key_padding_mask"] = _check_key_padding_mask
     body = types.FunctionType(
         original.__code__, namespace, original.__name__, original.__defaults__
     )
     body.__kwdefaults__ = original.__kwdefaults__
     return body
+
+
+def _check_key_padding_mask(key_padding_mask: torch.Tensor, source_length: int, batch: int) -> None:
+    """torch's check of a key padding mask's shape, in code Dynamo traces: the messages of
+    torch's own check close over the mask, which Dynamo cannot trace (inside torch's function,
+    which Dynamo puts in a graph whole, it never does)."""
+    for size, expected in zip(key_padding_mask.shape[:2], (batch, source_length), strict=True):
+        torch._check_with(
+            AssertionError,
+            size == expected,
+            lambda: "Expected key_padding_mask of shape (batch, source length)",
+        )
 
 
 class _Running:
