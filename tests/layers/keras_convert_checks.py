@@ -366,6 +366,24 @@ def test_keras_refuses_to_load_streams_into_layers_made_in_code(tmp_path):
         keras.saving.load_model(tmp_path / "m.keras")
 
 
+def test_keras_hubs_drop_paths_are_reported_and_strict_changes_nothing():
+    """keras-hub's MiT (SegFormer's backbone) holds drop paths of its own (keras.random)."""
+    keras_hub = pytest.importorskip("keras_hub")
+    model = keras_hub.models.MiTBackbone(
+        layerwise_depths=[1, 1], num_layers=2, layerwise_num_heads=[1, 2],
+        layerwise_sr_ratios=[2, 1], max_drop_path_rate=0.3, layerwise_patch_sizes=[7, 3],
+        layerwise_strides=[4, 2], hidden_dims=[8, 16], image_shape=(32, 32, 3),
+    )  # fmt: skip
+    model(np.zeros((2, 32, 32, 3), "float32"))
+    paths = [name for name, layer in xk.named_layers(model) if type(layer).__name__ == "DropPath"]
+    assert paths
+    with pytest.raises(xdrop.UnconvertedDropoutError, match=rf"{paths[0]} \(DropPath\)"):
+        xk.convert(model, seed=SEED, strict=True)
+    with pytest.warns(xdrop.UnconvertedDropoutWarning) as caught:
+        xk.convert(model, seed=SEED)
+    assert all(f"{name} (DropPath)" in str(caught[0].message) for name in paths)
+
+
 def test_a_converted_keras_hub_bert_classifier_trains_with_fit():
     keras_hub = pytest.importorskip("keras_hub")
     backbone = keras_hub.models.BertBackbone(

@@ -5,6 +5,7 @@ the family ``AlphaDropout``, ``GaussianDropout``, ``DropPath``, ``DropBlock2D``,
 from __future__ import annotations
 
 import json
+import re
 import warnings
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
@@ -717,11 +718,16 @@ def named_layers(model: Any) -> Iterator[tuple[str, Any]]:
     yield from walk(model, "")
 
 
+_DROPOUT_LIKE = re.compile(r"Dropout|Noise|DropPath|DropBlock|StochasticDepth")
+
+
 def _draws_its_own(layer: Any) -> bool:
     """A layer that draws dropout-like noise without xdrop: a subclass of a Keras layer convert
-    replaces (whatever its name), a class named like a dropout (``Dropout`` or ``Noise`` in the
-    name), or a layer holding a seed generator of its own and a dropout rate above 0 (Keras'
-    ``Attention``, ``AdditiveAttention``, the recurrent cells)."""
+    replaces (whatever its name), a class named like a dropout (``Dropout``, ``Noise``,
+    ``DropPath``, ``DropBlock`` or ``StochasticDepth`` in the name: keras-hub's models hold
+    drop paths of their own), or a layer holding a seed generator of its own and a rate above 0
+    (``rate``, ``dropout`` or ``recurrent_dropout``: Keras' ``Attention``, ``AdditiveAttention``,
+    the recurrent cells)."""
     if isinstance(layer, Dropout) or type(layer) in _CONVERTED:
         return False
     if isinstance(layer, keras.Model):
@@ -729,10 +735,9 @@ def _draws_its_own(layer: Any) -> bool:
     # only the exact classes are replaced: a subclass may draw otherwise, so it is reported
     if isinstance(layer, tuple(_CONVERTED)):
         return True
-    name = type(layer).__name__
-    if "Dropout" in name or "Noise" in name:
+    if _DROPOUT_LIKE.search(type(layer).__name__):
         return True
-    rates = [getattr(layer, rate, 0) for rate in ("dropout", "recurrent_dropout")]
+    rates = [getattr(layer, rate, 0) for rate in ("rate", "dropout", "recurrent_dropout")]
     owns_generator = bool(getattr(layer, "_seed_generators", ()))
     return owns_generator and any(isinstance(r, (int, float)) and r > 0 for r in rates)
 
@@ -814,8 +819,9 @@ def convert(
     Layers that already are xdrop's are left as they are, so converting twice changes nothing.
 
     A layer that draws dropout-like noise otherwise (a subclass of a layer listed above, a class
-    with ``Dropout`` or ``Noise`` in its name that is not listed above, or one that holds its own
-    seed generator and a ``dropout`` or ``recurrent_dropout`` above 0, such as
+    with ``Dropout``, ``Noise``, ``DropPath``, ``DropBlock`` or ``StochasticDepth`` in its name
+    that is not listed above, such as keras-hub's drop paths, or one that holds its own seed
+    generator and a ``rate``, ``dropout`` or ``recurrent_dropout`` above 0, such as
     ``keras.layers.Attention`` or an ``LSTM``'s cell) is left as it is, with an
     :class:`xdrop.UnconvertedDropoutWarning` naming each (``model`` itself as ``<model>``); with
     ``strict=True`` an :class:`xdrop.UnconvertedDropoutError` names them and nothing changes.
