@@ -628,6 +628,17 @@ def test_strict_refuses_before_changing_the_model():
     assert int(model[1].seed) % 2**64 == common.site_seed(2, "1")
 
 
+def test_a_model_on_the_meta_device_is_refused_saying_to_materialize_it_first():
+    with torch.device("meta"):
+        model = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5))
+    with pytest.raises(xdrop.ArgumentValueError, match=r"materialize the model first"):
+        convert(model, seed=0)
+    assert type(model[1]) is nn.Dropout
+    model.to_empty(device="cpu")
+    convert(model, seed=5)
+    assert int(model[1].seed) % 2**64 == common.site_seed(5, "1")
+
+
 def test_a_compiled_model_is_refused_saying_to_convert_it_first():
     compiled = torch.compile(nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5)))
     with pytest.raises(xdrop.ArgumentValueError, match=r"convert it first, then compile it"):

@@ -80,6 +80,20 @@ def test_state_dict_carries_the_seed_and_the_step():
     assert restored.step.item() == layer.step.item() == 4
 
 
+def test_a_model_made_on_the_meta_device_gets_its_streams_from_reset_parameters():
+    """What FSDP does when it materializes a model made on the meta device: ``to_empty``, then
+    ``reset_parameters`` on every module that has one. The streams start where the layers did."""
+    with torch.device("meta"):
+        model = torch.nn.Sequential(torch.nn.Linear(4, 4), Dropout(0.5, seed=2**64 - 3))
+    model.to_empty(device="cpu")
+    for module in model.modules():
+        if hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+    assert model[1].seed.item() % 2**64 == 2**64 - 3 and model[1].step.item() == 0
+    x = torch.randn(16)
+    torch.testing.assert_close(model[1](x), Dropout(0.5, seed=2**64 - 3)(x), rtol=0, atol=0)
+
+
 def test_deepcopy_and_to_copy_the_stream():
     layer, x = Dropout(0.5, seed=3), torch.randn(8)
     layer(x)

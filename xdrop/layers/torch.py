@@ -6,6 +6,7 @@ makes a model written by anyone draw every dropout from xdrop."""
 from __future__ import annotations
 
 import copy
+import itertools
 import re
 import sys
 import warnings
@@ -133,8 +134,18 @@ class Dropout(common.DropoutDraws, torch.nn.Module):
         self.mode = check_mode(mode)
         self.noise_shape = common.check_noise_shape_entries(noise_shape)
         start = common.initial_seed(seed)
+        self._initial_seed = start
         self.register_buffer("seed", torch.tensor(common.signed(start, 64), dtype=torch.int64))
         self.register_buffer("step", torch.tensor(0, dtype=torch.int64))
+
+    def reset_parameters(self) -> None:
+        """Set the stream back to where the layer started: its first seed, step 0. A model made
+        on the meta device and moved by ``to_empty`` has buffers without values, a ``Linear``'s
+        weights alike; this gives the layer's theirs, as ``reset_parameters`` (which FSDP calls
+        on materializing such a model) does for torch's modules."""
+        with torch.no_grad():
+            self.seed.fill_(common.signed(self._initial_seed, 64))
+            self.step.zero_()
 
     mc_sampling = False
     """Sample in eval mode too (Monte Carlo dropout); :func:`set_mc_sampling` sets it."""
@@ -905,6 +916,15 @@ def _check_convert_arguments(
     if not isinstance(model, torch.nn.Module):
         raise bad_type("model", model, "a torch.nn.Module")
     original = getattr(model, "_orig_mod", None)
+    if any(t.is_meta for t in itertools.chain(model.parameters(), model.buffers())):
+        # to_empty would give the streams' buffers no values, and the model's code cannot
+        raise bad_value(
+            "model",
+            Shown(f"<{type(model).__name__} on the meta device>"),
+            "a model whose tensors hold values: convert adds the streams' seeds as buffers, "
+            "which to_empty would leave without values; materialize the model first "
+            "(model.to_empty(device=...) and its initialization), then convert it",
+        )
     if isinstance(original, torch.nn.Module) and type(model).__name__ == "OptimizedModule":
         # its compiled code may already hold the model's dropout: convert what it compiles
         raise bad_value(
