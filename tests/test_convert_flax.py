@@ -496,3 +496,140 @@ def test_convert_gives_every_new_dropout_its_data_parallel_mode():
     assert [model.first.data_parallel, model.second.data_parallel] == ["global_batch"] * 2
     with pytest.raises(xdrop.ArgumentValueError, match="data_parallel"):
         convert(Block(), seed=0, data_parallel="everywhere")
+
+
+class Scanned(nnx.Module):
+    """Flax's scan over layers: ``layers`` blocks of the small transformer built at once by
+    ``nnx.vmap`` (each parameter, and the key and count of each of Flax's dropout streams,
+    stacked along a leading axis), run one after the other by ``nnx.scan``."""
+
+    def __init__(self, layers: int) -> None:
+        @nnx.split_rngs(splits=layers)
+        @nnx.vmap(in_axes=(0,), out_axes=0)
+        def stack(rngs: nnx.Rngs) -> tiny.Block:
+            return tiny.Block(rngs)
+
+        self.blocks = stack(nnx.Rngs(0))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=nnx.Carry)
+        def through(x: jax.Array, block: tiny.Block) -> jax.Array:
+            return block(x)
+
+        return through(x, self.blocks)
+
+
+class Listed(nnx.Module):
+    """The layers of a :class:`Scanned` one by one in an ``nnx.List``, with its weights."""
+
+    def __init__(self, scanned: Scanned, layers: int) -> None:
+        self.blocks = nnx.List([tiny.Block(nnx.Rngs(i)) for i in range(layers)])
+        params = nnx.state(scanned.blocks, nnx.Param)
+        for i, block in enumerate(self.blocks):
+            nnx.update(block, jax.tree.map(lambda stacked, i=i: stacked[i], params))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+
+@nnx.jit
+def run(model: nnx.Module, x: jax.Array) -> jax.Array:
+    return model(x)
+
+
+def layer(stacked: nnx.Module, i: int) -> nnx.Module:
+    """Layer ``i`` of a module stacked along one leading axis, as a module of its own."""
+    graphdef, state = nnx.split(stacked)
+    return nnx.merge(graphdef, jax.tree.map(lambda value: value[i], state))
+
+
+STACKED = ["blocks.attn", "blocks.dropout", "blocks.mlp.dropout"]
+
+
+@pytest.mark.parametrize("layers", [2, 3])
+def test_dropout_of_layers_stacked_by_nnx_vmap_gets_a_stream_per_layer_named_by_its_index(layers):
+    model = Scanned(layers)
+    x = jax.random.normal(jax.random.key(1), (2, 5, tiny.HIDDEN))
+    run(model, x)  # the model runs before it is converted, and after
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # every stacked site is converted: nothing to report
+        convert(model, seed=SEED, strict=True)
+    assert sorted(sites(model)) == STACKED
+    for i in range(layers):
+        dropout_i = layer(model.blocks.dropout, i)
+        assert type(dropout_i) is Dropout and dropout_i.step_value == 0
+        name = f"blocks.dropout.{i}"
+        assert dropout_i.seed_value == site_seed(SEED, name)
+        h = jax.random.normal(jax.random.key(2), (4, tiny.HIDDEN))
+        expected = xdrop.dropout(h, tiny.RATE, seed=xdrop.fold_in(site_seed(SEED, name), 0))
+        np.testing.assert_array_equal(dropout_i(h), expected)
+        attn_i = layer(model.blocks.attn.rngs, i)
+        assert type(attn_i) is SiteStream and int(attn_i.count[...]) == 0
+        assert stream_seed(attn_i) == site_seed(SEED, f"blocks.attn.{i}")
+    for t in range(1, 3):
+        run(model, x)
+        for site in (model.blocks.dropout, model.blocks.mlp.dropout):
+            np.testing.assert_array_equal(site.step[...], [[0, t]] * layers)
+        np.testing.assert_array_equal(model.blocks.attn.rngs.count[...], [t] * layers)
+    assert_refused(  # the stack itself is no layer: nnx.scan or nnx.vmap give each its own
+        lambda: model.blocks.dropout(x), ArgumentValueError, "a stack of streams, one per layer"
+    )
+    state = jax.tree.map(np.asarray, nnx.state(model, nnx.Not(nnx.RngKey)))
+    convert(model, seed=SEED + 1)  # twice: nothing changes
+    again = jax.tree.map(np.asarray, nnx.state(model, nnx.Not(nnx.RngKey)))
+    jax.tree.map(np.testing.assert_array_equal, again, state)
+
+
+@pytest.mark.parametrize("layers", [2, 3])
+def test_a_scanned_stack_draws_what_the_same_layers_in_a_list_draw_once_renamed(layers):
+    """Layer ``i`` of the stacked site ``blocks.dropout`` is named ``blocks.dropout.i``:
+    ``rename`` gives it the name the same layer has in a list, ``blocks.i.dropout``."""
+    scanned = Scanned(layers)
+    listed = Listed(scanned, layers)
+
+    def as_listed(name: str) -> str:
+        head, *inner, index = name.split(".")
+        return ".".join((head, index, *inner))
+
+    convert(scanned, seed=SEED, rename=as_listed)
+    convert(listed, seed=SEED)
+    x = jax.random.normal(jax.random.key(1), (2, 5, tiny.HIDDEN))
+    first = run(scanned, x)
+    np.testing.assert_allclose(first, run(listed, x), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(run(scanned, x), run(listed, x), rtol=1e-5, atol=1e-5)  # step 1
+    assert not np.allclose(run(scanned, x), first)  # the masks moved on
+
+
+def test_dropout_stacked_along_two_axes_names_each_layer_by_both_indices():
+    class Cell(nnx.Module):
+        def __init__(self, rngs: nnx.Rngs) -> None:
+            self.dropout = nnx.Dropout(0.5, rngs=rngs)
+
+    @nnx.split_rngs(splits=2)
+    @nnx.vmap(in_axes=(0,), out_axes=0)
+    def rows(rngs: nnx.Rngs) -> Cell:
+        @nnx.split_rngs(splits=3)
+        @nnx.vmap(in_axes=(0,), out_axes=0)
+        def cells(rngs: nnx.Rngs) -> Cell:
+            return Cell(rngs)
+
+        return cells(rngs)
+
+    class Grid(nnx.Module):
+        def __init__(self) -> None:
+            self.grid = rows(nnx.Rngs(0))
+
+        def __call__(self, x: jax.Array) -> jax.Array:
+            each = nnx.vmap(lambda cell, x: cell.dropout(x), in_axes=(0, None), out_axes=0)
+            return nnx.vmap(each, in_axes=(0, None), out_axes=0)(self.grid, x)
+
+    model = convert(Grid(), seed=3)
+    x = jnp.ones(64)
+    y = model(x)
+    assert y.shape == (2, 3, 64)
+    for i in range(2):
+        for j in range(3):
+            seed = xdrop.fold_in(site_seed(3, f"grid.dropout.{i}.{j}"), 0)
+            np.testing.assert_array_equal(y[i, j], xdrop.dropout(x, 0.5, seed=seed))

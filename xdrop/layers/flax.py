@@ -47,7 +47,9 @@ __all__ = [
 
 class DropoutState(nnx.Variable):  # type: ignore[type-arg]
     """The stream state of :class:`Dropout`: its seed and its step, each a uint32[2] ``(hi,
-    lo)``. Not a parameter: optimizers with ``wrt=nnx.Param`` leave it alone, and
+    lo)`` (one per layer, shape ``(*layers, 2)``, in a stack of layers :func:`convert` made from
+    one built with ``nnx.vmap``: ``nnx.scan`` / ``nnx.vmap`` give each layer its own). Not a
+    parameter: optimizers with ``wrt=nnx.Param`` leave it alone, and
     ``nnx.state(model)`` / ``nnx.split(model)`` carry it. A module whose state was restored
     (``nnx.update``) with another dtype or shape refuses to be called: a narrower integer would
     draw from another seed silently."""
@@ -237,7 +239,14 @@ def _state_words(module: Dropout, name: str) -> jax.Array:
     if dtype != np.dtype(np.uint32):
         raise bad_type(argument, shown, allowed)
     if tuple(shape) != (2,):
-        raise bad_value(argument, shown, allowed)
+        error = bad_value(argument, shown, allowed)
+        if len(shape) > 1 and shape[-1] == 2:  # convert's stream per layer of an nnx.vmap stack
+            error = ArgumentValueError(
+                f"{error}: a stack of streams, one per layer, as convert makes for an "
+                "nnx.Dropout built inside nnx.vmap; call the module inside nnx.scan or nnx.vmap "
+                "over its layers, which give each layer its own"
+            )
+        raise error
     return value  # type: ignore[no-any-return]
 
 
@@ -567,6 +576,16 @@ def convert(
     nothing: the streams keep their seeds and steps. The seeds and steps are ``nnx.Variable``s:
     ``nnx.state`` / ``nnx.split`` / checkpoints carry them, and ``nnx.jit`` advances them.
 
+    Layers stacked with ``nnx.vmap`` (Flax's scan over layers: the layers built at once inside
+    ``nnx.vmap``, run by ``nnx.scan``) hold one key per layer in each ``nnx.Dropout`` and
+    attention, along leading axes: such a module is one site per layer, layer ``(i, j, ...)``
+    named ``name.i.j...`` (``blocks.dropout.0``, ``blocks.dropout.1``; ``rename`` is given each
+    name), and its replacement holds the seeds and steps (a :class:`SiteStream` its keys and
+    counts) stacked along the same axes, so that ``nnx.scan`` or ``nnx.vmap`` over the layers
+    give each layer its own stream: layer ``i`` draws as above with ``name.i``. An
+    ``nnx.Dropout`` built there without ``rngs`` holds no key that shows the stack: it would get
+    one stream, which ``nnx.scan`` cannot split among the layers; build it with ``rngs``.
+
     Other modules whose class name says they drop units (``Dropout``, ``DropPath``,
     ``DropBlock``, ``StochasticDepth``: subclasses of ``nnx.Dropout`` included) and that hold no
     dropout ``convert`` replaces, an ``nnx.MultiHeadAttention`` that draws from ``rngs`` passed
@@ -622,24 +641,32 @@ def convert(
     unconverted = found.unconverted()
     if unconverted and strict:
         raise UnconvertedDropoutError(_unconverted_message(unconverted, strict=True))
-    names = _site_names([path for path, _ in found.sites], rename)
+    layers = [_layers(site) for _, site in found.sites]
+    paths = [_dotted(path) for path, _ in found.sites]
+    names = _site_names(
+        [_layer_names(path, shape) for path, shape in zip(paths, layers, strict=True)], rename
+    )
     replacements: dict[int, tuple[object, object]] = {}
     streams: list[tuple[nnx.MultiHeadAttention, SiteStream]] = []
-    for (_, site), name in zip(found.sites, names, strict=True):
-        site_seed = common.site_seed(seed, name)
+    for (_, site), shape, site_names in zip(found.sites, layers, names, strict=True):
+        # the words of each layer's seed, shape (*layers, 2): (2,) for a site of one layer
+        words = np.array(
+            [common.seed_words(common.site_seed(seed, name)) for name in site_names], np.uint32
+        ).reshape(*shape, 2)
         if isinstance(site, nnx.MultiHeadAttention):
-            streams.append(
-                (site, SiteStream(site_seed, tag=str(getattr(site.rngs, "tag", "dropout"))))
-            )
+            tag = str(getattr(site.rngs, "tag", "dropout"))
+            streams.append((site, _site_stream(words, tag)))
             continue
         new = Dropout(
             site.rate,
             broadcast_dims=site.broadcast_dims,
             deterministic=site.deterministic,
             rng_collection=site.rng_collection,
-            seed=site_seed,
+            seed=0,  # the seeds are set below, one per layer
             data_parallel=data_parallel,
         )
+        new.seed.set_value(jnp.asarray(words))
+        new.step.set_value(jnp.zeros(words.shape, jnp.uint32))
         replacements[id(site)] = (site, new)
     # every check is done and every new module built: only now is the model changed
     _replace(module, replacements, set())
@@ -654,6 +681,34 @@ def convert(
 
 def _dotted(path: Path) -> str:
     return ".".join(str(key) for key in path)
+
+
+def _layers(site: Any) -> tuple[int, ...]:
+    """The leading axes along which a site holds one stream per layer: those of its stream's key
+    and count. A module built inside ``nnx.vmap`` (Flax's scan over layers) holds a key per
+    layer, and ``nnx.scan`` / ``nnx.vmap`` over the layers give each layer its own; ``()`` for
+    a module of one stream, or of none."""
+    stream = getattr(site, "rngs", None)
+    if not isinstance(stream, nnx.RngStream):
+        return ()
+    shapes = (getattr(variable[...], "shape", ()) for variable in (stream.key, stream.count))
+    return tuple(np.broadcast_shapes(*shapes))
+
+
+def _layer_names(dotted: str, shape: tuple[int, ...]) -> list[str]:
+    """The name of each layer of a site held along the leading axes ``shape``, in row-major
+    order: the site's path for one layer (``shape`` ``()``), else the path followed by the
+    layer's index, one dotted number per axis (``blocks.dropout.0``, ...)."""
+    return [".".join((dotted, *map(str, index))) for index in np.ndindex(*shape)]
+
+
+def _site_stream(words: np.ndarray, tag: str) -> SiteStream:
+    """A :class:`SiteStream` whose key holds the seed words ``words``, shape ``(*layers, 2)``:
+    one key, and one count, per stacked layer."""
+    stream = SiteStream(0, tag=tag)
+    stream.key.set_value(jax.random.wrap_key_data(jnp.asarray(words), impl="threefry2x32"))
+    stream.count.set_value(jnp.zeros(words.shape[:-1], jnp.uint32))
+    return stream
 
 
 class _Found:
@@ -732,23 +787,24 @@ def _settable(node: object, impl: Any) -> bool:
     return isinstance(node, (list, dict, tuple)) or getattr(impl, "set_key", None) is not None
 
 
-def _site_names(paths: list[Path], rename: Callable[[str], str] | None) -> list[str]:
-    """Each site's name: its dotted path, or what ``rename`` makes of it; distinct names only,
-    as two sites with one name would drop the same units."""
-    names: list[str] = []
+def _site_names(sites: list[list[str]], rename: Callable[[str], str] | None) -> list[list[str]]:
+    """The names of each site's layers (:func:`_layer_names`), or what ``rename`` makes of them;
+    distinct names only, as two sites with one name would drop the same units."""
+    names: list[list[str]] = []
     owners: dict[str, str] = {}
-    for path in paths:
-        dotted = _dotted(path)
-        name = dotted if rename is None else rename(dotted)
-        if not isinstance(name, str):
-            raise bad_type(f"rename({dotted!r})", name, "a str: the name of the site")
-        if name in owners:
-            raise ArgumentValueError(
-                f"rename gives the name {name!r} to two dropout sites, {owners[name]!r} and "
-                f"{dotted!r}: they would drop the same units; give each site its own name"
-            )
-        owners[name] = dotted
-        names.append(name)
+    for layers in sites:
+        names.append([])
+        for dotted in layers:
+            name = dotted if rename is None else rename(dotted)
+            if not isinstance(name, str):
+                raise bad_type(f"rename({dotted!r})", name, "a str: the name of the site")
+            if name in owners:
+                raise ArgumentValueError(
+                    f"rename gives the name {name!r} to two dropout sites, {owners[name]!r} and "
+                    f"{dotted!r}: they would drop the same units; give each site its own name"
+                )
+            owners[name] = dotted
+            names[-1].append(name)
     return names
 
 
