@@ -10,7 +10,9 @@ import math
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -495,3 +497,148 @@ def test_a_contender_that_fails_after_its_first_call_is_reported_and_the_others_
     assert list(timings) == [XDROP] and len(timings[XDROP].samples) == 2
     assert failures == {NATIVE: "RuntimeError: SymIntArrayRef expected to contain only concrete "
                                 "integers"}  # fmt: skip
+
+
+@pytest.mark.backend_independent
+@pytest.mark.parametrize("name", ["ratios.txt", "ratios", "ratios."])
+def test_a_figure_in_a_format_matplotlib_does_not_write_is_refused_before_anything_runs(
+    name, tmp_path, capsys
+):
+    pytest.importorskip("matplotlib")  # without it --figure is refused for that
+    arguments = ["bench", "--backend", "numpy", "--sizes", "16", "--p", "0.5", "--repeats", "1"]
+    assert main([*arguments, "--figure", str(tmp_path / name)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and len(captured.err.splitlines()) == 1  # nothing timed
+    assert captured.err.startswith(
+        f"xdrop bench: error: argument --figure: {str(tmp_path / name)!r}"
+    )
+    assert ".png, .pdf, .svg" in captured.err
+    assert not list(tmp_path.iterdir())  # matplotlib would have written ratios.png
+
+
+@pytest.mark.backend_independent
+@pytest.mark.parametrize("suffix", figure.FORMATS)
+def test_the_figure_is_drawn_in_every_format_its_suffix_may_name(suffix, tmp_path):
+    matplotlib = pytest.importorskip("matplotlib")
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    assert suffix in FigureCanvasBase.get_supported_filetypes(), matplotlib.__version__
+    path = tmp_path / f"ratios.{suffix.upper()}"  # the suffix in any case, as matplotlib reads it
+    figure.draw({"numpy · numpy · forward · float32 · fixed shapes": {10**3: 0.5}}, path)
+    assert path.stat().st_size > 0 and [entry.name for entry in tmp_path.iterdir()] == [path.name]
+
+
+def saved_run_with(change: Callable[[dict[str, Any]], object]) -> dict[str, Any]:
+    """A run as ``xdrop bench --json`` saves it, one case of two contenders, then ``change``d."""
+    timing = {"median_seconds": 1e-5, "quartile_seconds": [1e-5, 1e-5], "first_call_seconds": 1e-3,
+              "calls_per_sample": 100, "samples_seconds": [1e-5]}  # fmt: skip
+    saved = {
+        "schema": 1, "settings": {}, "unavailable": {}, "versions": {"xdrop": "0"},
+        "machine": {"kernel": "k", "processor": "p", "cores": 1, "load_before": [0.0]},
+        "measurements": [{
+            "backend": "numpy", "path": "numpy", "size": 1000, "p": 0.5,
+            "contenders": {XDROP: dict(timing), NATIVE: dict(timing)},
+            "failures": {}, "memory_bytes_per_element": {}, "pid": 1,
+        }],
+    }  # fmt: skip
+    change(saved)
+    return saved
+
+
+def _case(saved: dict[str, Any]) -> dict[str, Any]:
+    return saved["measurements"][0]  # type: ignore[no-any-return]
+
+
+def _xdrop(saved: dict[str, Any]) -> dict[str, Any]:
+    return _case(saved)["contenders"][XDROP]  # type: ignore[no-any-return]
+
+
+@pytest.mark.backend_independent
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        (lambda s: _case(s).update(size="big"),
+         'measurements[0].size must be a whole number >= 1, got "big"'),
+        (lambda s: _case(s).update(size=1.5), "measurements[0].size must be a whole number >= 1"),
+        (lambda s: _case(s).update(p="x"), 'measurements[0].p must be a number, got "x"'),
+        (lambda s: _case(s).update(backend=3), "measurements[0].backend must be a string, got 3"),
+        (lambda s: _xdrop(s).update(median_seconds="1"),
+         "measurements[0].contenders['xdrop'].median_seconds must be a number, got \"1\""),
+        (lambda s: _xdrop(s).update(median_seconds=None),
+         "measurements[0].contenders['xdrop'].median_seconds must be a number, got null"),
+        (lambda s: _xdrop(s).pop("first_call_seconds"),
+         "measurements[0].contenders['xdrop'].first_call_seconds is missing"),
+        (lambda s: _xdrop(s).update(samples_seconds=[0.0]),
+         "samples_seconds must be a non-empty array of numbers > 0"),
+        (lambda s: _xdrop(s).update(samples_seconds=[1e-5, 1e-5]),
+         "every contender has a sample per round"),
+        (lambda s: s.update(measurements=[[1]]),
+         "measurements[0] must be an object, got an array"),
+        (lambda s: _case(s).update(contenders=[]),
+         "measurements[0].contenders must be an object, got an array"),
+        (lambda s: s.update(unavailable=[1]), "unavailable must be an object, got an array"),
+        (lambda s: s.update(unavailable={"torch": 1}), "unavailable['torch'] must be a string"),
+        (lambda s: s["machine"].pop("kernel"), "machine.kernel is missing"),
+        (lambda s: s.update(schema=True), "(schema 1) was expected; got schema true"),
+    ],
+)  # fmt: skip
+def test_loading_refuses_a_saved_run_with_a_field_of_the_wrong_kind(change, says, tmp_path, capsys):
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(saved_run_with(change)))
+    assert main(["bench", "--load", str(path)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and len(captured.err.splitlines()) == 1  # no traceback
+    assert captured.err.startswith(
+        f"xdrop bench: error: argument --load: {str(path)!r} is not a benchmark's results: "
+    )
+    assert says in captured.err
+
+
+@pytest.mark.backend_independent
+def test_loading_shows_a_saved_run_of_the_right_kinds(tmp_path, capsys):
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(saved_run_with(lambda saved: None)))
+    assert main(["bench", "--load", str(path)]) == 0
+    assert "numpy · numpy · forward · float32 · fixed shapes" in capsys.readouterr().out
+
+
+BANDWIDTH = [sys.executable, "-m", "xdrop.benchmarks.bandwidth", "--backends", "numpy", "--sizes"]
+
+
+@pytest.mark.backend_independent
+@pytest.mark.parametrize(
+    ("sizes", "says"),
+    [
+        ("inf", "a size must be a positive whole number of elements, e.g. 1e6; got 'inf'"),
+        ("1.5", "a size must be a positive whole number of elements, e.g. 1e6; got '1.5'"),
+        ("1e3,0", "a size must be a positive whole number of elements, e.g. 1e6; got '0'"),
+        ("1e30", "1e+30 elements need about"),  # refused as xdrop bench --sizes refuses it
+    ],
+)
+def test_the_bandwidth_benchmark_refuses_a_size_it_cannot_time(sizes, says):
+    refused = subprocess.run([*BANDWIDTH, sizes], capture_output=True, text=True, timeout=300)
+    if "the compiled kernel is not built here" in refused.stderr:
+        pytest.skip("the compiled kernel is not built")
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert refused.stderr.splitlines()[-1].startswith(
+        f"python -m xdrop.benchmarks.bandwidth: error: argument --sizes: {says}"
+    )
+
+
+@pytest.mark.backend_independent
+def test_the_bandwidth_benchmark_fails_where_a_size_had_too_little_free_memory(monkeypatch, capsys):
+    from xdrop import kernel
+    from xdrop.benchmarks import bandwidth
+
+    if kernel.compiled is None:
+        pytest.skip("the compiled kernel is not built")
+    monkeypatch.setattr(bandwidth, "_fits", lambda size, backends: size < 10**4)
+    monkeypatch.setattr(bandwidth, "QUICK_SWEEP", (2**10,))
+    status = bandwidth.main(
+        ["--quick", "--repeats", "1", "--backends", "numpy", "--sizes", "1e3,1e4"]
+    )
+    captured = capsys.readouterr()
+    assert "numpy     1e+04 skipped: not enough free memory" in captured.out
+    assert status == 1 and captured.err.endswith(
+        "FAILED: not enough free memory to time numpy 1e+04\n"
+    )

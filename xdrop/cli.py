@@ -174,7 +174,8 @@ def _add_bench(commands: Any) -> argparse.ArgumentParser:
     )  # fmt: skip
     bench.add_argument(
         "--figure", metavar="FILE.png", type=_figure_path,
-        help="also draw the ratios xdrop / the framework's dropout as a figure (matplotlib)",
+        help="also draw the ratios xdrop / the framework's dropout as a figure (matplotlib), in "
+        "the format the suffix names (.png, .pdf, .svg, ...)",
     )  # fmt: skip
     bench.add_argument(
         "--quick", action="store_true",
@@ -212,8 +213,10 @@ contenders and, backward, the gradients."""
 
 
 def _sizes(text: str) -> list[int]:
+    from xdrop.benchmarks.runner import memory_bytes
+
     sizes = []
-    memory = _memory_bytes()
+    memory = memory_bytes()
     for part in text.split(","):
         try:
             value = float(part)
@@ -231,14 +234,6 @@ def _sizes(text: str) -> list[int]:
             )
         sizes.append(int(value))
     return sizes
-
-
-def _memory_bytes() -> int | None:
-    """This machine's memory (None where the system does not say)."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):  # no sysconf (Windows), or no such name
-        return None
 
 
 def _probability(text: str) -> float:
@@ -272,11 +267,20 @@ def _output_path(text: str) -> Path:
 
 
 def _figure_path(text: str) -> Path:
-    """A file the figure can be written to, and matplotlib to draw it, both checked before
-    anything runs."""
+    """A file the figure can be written to, in a format its suffix names, and matplotlib to draw
+    it, all checked before anything runs."""
+    from xdrop.benchmarks.figure import FORMATS  # imports no matplotlib
+
     if importlib.util.find_spec("matplotlib") is None:
         raise argparse.ArgumentTypeError("drawing needs matplotlib (pip install matplotlib)")
-    return _output_path(text)
+    path = _output_path(text)
+    # matplotlib takes the format from the suffix, and writes NAME.png for a NAME without one
+    if path.suffix[1:].lower() not in FORMATS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: the suffix names the figure's format, one of "
+            f"{', '.join('.' + name for name in FORMATS)}; got {path.suffix or 'no suffix'}"
+        )
+    return path
 
 
 def _write_json(parser: argparse.ArgumentParser, path: Path, document: dict[str, Any]) -> None:
@@ -339,15 +343,18 @@ def _load_reports(parser: argparse.ArgumentParser, paths: list[Path]) -> Any:
     documents = []
     for path in paths:
         try:
-            documents.append(json.loads(read_text(path)))
+            document = json.loads(read_text(path))
         except FileError as error:
             parser.error(f"argument --load: {error}")
         except json.JSONDecodeError as error:
             parser.error(f"argument --load: {_shown(path)!r} is not JSON: {error}")
-    try:
-        return report.from_documents(documents)
-    except (XdropError, KeyError, TypeError, IndexError) as error:
-        parser.error(f"argument --load: not a benchmark's results: {error}")
+        problem = report.document_problem(document)
+        if problem is not None:
+            parser.error(
+                f"argument --load: {_shown(path)!r} is not a benchmark's results: {problem}"
+            )
+        documents.append(document)
+    return report.from_documents(documents)
 
 
 def _show_report(

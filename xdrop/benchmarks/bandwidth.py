@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import functools
+import math
 import os
 import statistics
 import sys
@@ -40,6 +41,7 @@ import numpy as np
 
 import xdrop
 from xdrop import kernel, spec
+from xdrop.benchmarks.runner import memory_bytes
 from xdrop.benchmarks.timing import Timing, paired_ratio, time_interleaved
 from xdrop.fused import FusedCall
 
@@ -52,6 +54,9 @@ MIN_SAMPLE = 0.05
 P = 0.5
 BYTES = {"kernel": 8, "kernel+mask": 9, "xdrop.dropout": 8, "copy": 8}
 """Bytes moved per float32 element: x read, y written (and the mask)."""
+BYTES_PER_ELEMENT = 13
+"""Bytes held per float32 element of a size, per backend: x, y and the copy's output (4 each),
+and the mask (1)."""
 
 Contenders = dict[str, Callable[[], object]]
 
@@ -135,8 +140,8 @@ BACKENDS = {"numpy": _numpy_contenders, "torch": _torch_contenders}
 
 
 def _fits(size: int, backends: int) -> bool:
-    """Whether x, two outputs and a mask (13 bytes an element) per backend fit in half of the
-    memory available now (Linux's ``MemAvailable``: free memory and caches it may drop)."""
+    """Whether x, two outputs and a mask (:data:`BYTES_PER_ELEMENT`) per backend fit in half of
+    the memory available now (Linux's ``MemAvailable``: free memory and caches it may drop)."""
     available = None
     try:
         with open("/proc/meminfo") as lines:
@@ -148,11 +153,15 @@ def _fits(size: int, backends: int) -> bool:
             available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
         except (ValueError, OSError, AttributeError):  # nor POSIX: assume it fits
             return True
-    return available is None or size * 13 * backends < available / 2
+    return available is None or size * BYTES_PER_ELEMENT * backends < available / 2
 
 
-def bandwidth_table(backends: list[str], sizes: Iterable[int], most: int, repeats: int) -> None:
-    """Print one line per backend, size, contender and thread count."""
+def bandwidth_table(
+    backends: list[str], sizes: Iterable[int], most: int, repeats: int
+) -> list[str]:
+    """Print one line per backend, size, contender and thread count; return the backends and
+    sizes skipped for want of free memory (``numpy 1e+08``)."""
+    skipped = []
     threads = sorted({1, most})
     torch = sys.modules.get("torch")
     torch_threads = torch.get_num_threads() if torch is not None else None
@@ -162,6 +171,7 @@ def bandwidth_table(backends: list[str], sizes: Iterable[int], most: int, repeat
         for size in sizes:
             if not _fits(size, len(backends)):
                 print(f"{name:<7} {size:>7.0e} skipped: not enough free memory")
+                skipped.append(f"{name} {size:.0e}")
                 continue
             contenders = BACKENDS[name](size, threads)
             timings, failures = time_interleaved(contenders, repeats, MIN_SAMPLE)
@@ -182,6 +192,7 @@ def bandwidth_table(backends: list[str], sizes: Iterable[int], most: int, repeat
     kernel.set_threads()
     if torch is not None and torch_threads is not None:
         torch.set_num_threads(torch_threads)
+    return skipped
 
 
 def sweep_table(sizes: Iterable[int], most: int, repeats: int) -> None:
@@ -234,17 +245,40 @@ def _format(value: float) -> str:
 
 
 def _sizes(text: str) -> list[int]:
-    try:
-        sizes = [int(float(part)) for part in text.replace(",", " ").split()]
-    except ValueError:
-        sizes = []
-    if not sizes or min(sizes) < 1:
-        raise argparse.ArgumentTypeError(f"positive sizes like 1e6,1e7 expected, got {text!r}")
+    sizes = []
+    for part in text.replace(",", " ").split():
+        try:
+            value = float(part)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or not value.is_integer() or value < 1:
+            raise argparse.ArgumentTypeError(
+                f"a size must be a positive whole number of elements, e.g. 1e6; got {part!r}"
+            )
+        sizes.append(int(value))
+    if not sizes:
+        raise argparse.ArgumentTypeError(f"sizes like 1e6,1e7 expected, got {text!r}")
     return sizes
 
 
+def _too_large(sizes: Iterable[int], backends: int) -> str | None:
+    """Why the largest of ``sizes`` cannot be timed on this machine, whatever else runs (as
+    ``xdrop bench --sizes`` refuses it), or None."""
+    memory = memory_bytes()
+    largest = max(sizes)
+    needed = largest * BYTES_PER_ELEMENT * backends
+    if memory is None or needed <= memory:
+        return None
+    return (
+        f"{largest:.0e} elements need about {needed / 2**30:,.0f} GiB ({BYTES_PER_ELEMENT} bytes "
+        f"each: the input, two outputs and a mask, for {backends} backend(s)), more than this "
+        f"machine's {memory / 2**30:,.0f} GiB"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Measure and print both tables; exit status 2 with one line for a bad argument."""
+    """Measure and print both tables; exit status 1 where a size could not be timed for want of
+    free memory, 2 with one line for a bad argument (a size beyond this machine's memory too)."""
     parser = argparse.ArgumentParser(
         prog="python -m xdrop.benchmarks.bandwidth",
         description=(__doc__ or "").split("\n\n")[0],
@@ -274,13 +308,20 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         parser.error(f"argument --backends: not installed here: {', '.join(map(repr, missing))}")
     sizes = arguments.sizes or (QUICK_SIZES if arguments.quick else SIZES)
+    too_large = _too_large(sizes, len(backends))
+    if too_large:
+        parser.error(f"argument --sizes: {too_large}")
     repeats = arguments.repeats or (3 if arguments.quick else REPEATS)
     load = (
         ", ".join(f"{value:.1f}" for value in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
     )
     print(f"{kernel.status()}; load average {load} on {os.cpu_count()} cores")
-    bandwidth_table(backends, sizes, most, repeats)
+    skipped = bandwidth_table(backends, sizes, most, repeats)
     sweep_table(QUICK_SWEEP if arguments.quick else SWEEP, most, repeats)
+    if skipped:  # a table with holes is not a benchmark that ran (as xdrop bench says)
+        print(f"{parser.prog}: FAILED: not enough free memory to time {', '.join(skipped)}",
+              file=sys.stderr)  # fmt: skip
+        return 1
     return 0
 
 

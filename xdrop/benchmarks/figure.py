@@ -16,6 +16,19 @@ RATE = 0.5
 Ratios = dict[str, dict[int, float]]
 """``{table title: {size: xdrop / framework}}``; a title is ``backend · path · direction ·
 dtype · shapes`` (:func:`xdrop.benchmarks.report.title`)."""
+FORMATS = ("png", "pdf", "svg", "svgz", "eps", "ps", "jpg", "jpeg", "tif", "tiff", "webp", "raw",
+           "rgba")  # fmt: skip
+"""The formats :func:`draw` writes, each named by the file's suffix: matplotlib's since 3.8 but
+pgf, which needs LaTeX. A fixed list, so that ``xdrop bench --figure`` can refuse another suffix
+before it times anything, without importing matplotlib."""
+VERSIONLESS = {
+    "png": {"Software": None},
+    "pdf": {"Creator": None, "Producer": None, "CreationDate": None},
+    "svg": {"Creator": None, "Date": None},
+    "svgz": {"Creator": None, "Date": None},
+}
+"""The metadata that keeps matplotlib's version and the date out of a file, for the formats whose
+writer takes such keys (the others refuse any metadata)."""
 
 
 def rate(report: Report) -> float:
@@ -35,8 +48,9 @@ def ratios(report: Report, p: float = RATE) -> Ratios:
 
 
 def draw(found: Ratios, path: Path, p: float = RATE) -> Path:
-    """Draw ``found`` into ``path`` (a PNG): one panel per direction, dtype and shape mode, a bar
-    per path and size, and a line at 1 (below it xdrop is faster). Needs matplotlib."""
+    """Draw ``found`` into ``path``, in the format its suffix names (one of :data:`FORMATS`): one
+    panel per direction, dtype and shape mode, a bar per path and size, and a line at 1 (below it
+    xdrop is faster). Needs matplotlib."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display: files only
@@ -74,6 +88,7 @@ def draw(found: Ratios, path: Path, p: float = RATE) -> Path:
         fontsize=10,
     )
     figure.tight_layout(rect=(0, 0, 1, 0.98))  # the title above the panels' own
-    figure.savefig(path, dpi=110, metadata={"Software": None})  # no version: stable files
+    metadata = VERSIONLESS.get(Path(path).suffix[1:].lower())
+    figure.savefig(path, dpi=110, metadata=metadata)  # no version: stable files
     plt.close(figure)
     return Path(path)

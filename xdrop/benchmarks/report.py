@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -280,14 +282,14 @@ def from_documents(documents: list[dict[str, Any]]) -> Report:
     """The report that :func:`document` wrote, or several of them as one (runs of different paths,
     rates or sizes; the measurements in order, the first file's machine and versions, the load
     averages of the first and the last): ``xdrop bench --load`` redraws tables and figures from
-    saved runs without timing anything again."""
+    saved runs without timing anything again. A document that :func:`document` could not have
+    written raises :class:`~xdrop.errors.ArgumentValueError` (:func:`document_problem` says why)."""
     if not documents:
         raise ArgumentValueError("documents: no document to read; give at least one")
-    for data in documents:
-        if not isinstance(data, dict) or data.get("schema") != SCHEMA:
-            schema = data.get("schema") if isinstance(data, dict) else None
-            raise ArgumentValueError(f"documents: a file of `xdrop bench --json` (schema "
-                                     f"{SCHEMA}) was expected; got schema {schema!r}")  # fmt: skip
+    for index, data in enumerate(documents):
+        problem = document_problem(data)
+        if problem is not None:
+            raise ArgumentValueError(f"documents[{index}]: {problem}")
     fields = {field.name for field in dataclasses.fields(Case)}
     measurements = [
         Measurement(
@@ -314,3 +316,123 @@ def from_documents(documents: list[dict[str, Any]]) -> Report:
     unavailable = {name: why for data in documents for name, why in data["unavailable"].items()}
     versions = {name: v for data in documents for name, v in data["versions"].items()}
     return Report(measurements, first["settings"], unavailable, machine, versions)
+
+
+class _NotAReport(Exception):
+    """What makes a document one that :func:`document` could not have written."""
+
+
+Kind = tuple[Callable[[Any], bool], str]
+"""A test of a JSON value, and what it says the value must be."""
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)  # JSON's true is no 1
+
+
+def _is_whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_sample(value: Any) -> bool:
+    return _is_number(value) and value > 0
+
+
+OBJECT: Kind = (lambda value: isinstance(value, dict), "an object")
+ARRAY: Kind = (lambda value: isinstance(value, list), "an array")
+STRING: Kind = (lambda value: isinstance(value, str), "a string")
+NUMBER: Kind = (_is_number, "a number")
+COUNT: Kind = (lambda value: _is_whole(value) and value >= 1, "a whole number >= 1")
+PID: Kind = (lambda value: value is None or _is_whole(value), "a whole number or null")
+QUARTILES: Kind = (
+    lambda value: isinstance(value, list) and len(value) == 2 and all(map(_is_number, value)),
+    "an array of two numbers",
+)
+SAMPLES: Kind = (
+    # ratios divide sample by sample: a sample of 0 seconds, or none, has no ratio
+    lambda value: isinstance(value, list) and bool(value) and all(_is_sample(s) for s in value),
+    "a non-empty array of numbers > 0",
+)
+MACHINE = ("kernel", "processor", "cores", "load_before")
+"""What the tables' last lines print of ``machine`` (whatever their values)."""
+
+
+def document_problem(data: Any) -> str | None:
+    """Why ``data`` (JSON as :func:`json.loads` returns it) is not a report :func:`document`
+    wrote: the first field that is missing or of the wrong kind, named by where it is
+    (``measurements[0].size must be a whole number >= 1, got "big"``); None where it is one."""
+    try:
+        _check_document(data)
+    except _NotAReport as error:
+        return str(error)
+    return None
+
+
+def _check_document(data: Any) -> None:
+    schema = data.get("schema") if isinstance(data, dict) else None
+    if not isinstance(data, dict) or not _is_whole(schema) or schema != SCHEMA:
+        raise _NotAReport(f"a file of `xdrop bench --json` (schema {SCHEMA}) was expected; got "
+                          f"schema {_json(schema)}")  # fmt: skip
+    machine = _field(data, "machine", "", OBJECT)
+    missing = [key for key in MACHINE if key not in machine]
+    if missing:
+        raise _NotAReport(f"machine.{missing[0]} is missing")
+    _field(data, "settings", "", OBJECT)
+    for name in ("versions", "unavailable"):
+        for key, value in _field(data, name, "", OBJECT).items():
+            _expect(value, f"{name}[{key!r}]", STRING)
+    for index, item in enumerate(_field(data, "measurements", "", ARRAY)):
+        _check_measurement(
+            _expect(item, f"measurements[{index}]", OBJECT), f"measurements[{index}]"
+        )
+
+
+def _check_measurement(item: dict[str, Any], where: str) -> None:
+    for key in ("backend", "path"):
+        _field(item, key, where, STRING)
+    _field(item, "size", where, COUNT)
+    _field(item, "p", where, NUMBER)
+    for key in ("direction", "dtype", "shapes"):
+        if key in item:  # the fields with a default (schema 1 had them from the start)
+            _field(item, key, where, STRING)
+    rounds = {}
+    for name, timing in _field(item, "contenders", where, OBJECT).items():
+        at = f"{where}.contenders[{name!r}]"
+        _expect(timing, at, OBJECT)
+        for key in ("median_seconds", "first_call_seconds"):
+            _field(timing, key, at, NUMBER)
+        _field(timing, "quartile_seconds", at, QUARTILES)
+        _field(timing, "calls_per_sample", at, COUNT)
+        rounds[name] = len(_field(timing, "samples_seconds", at, SAMPLES))
+    if len(set(rounds.values())) > 1:  # a ratio pairs the samples of one round
+        raise _NotAReport(f"{where}.contenders: every contender has a sample per round, but their "
+                          f"samples_seconds number {rounds}")  # fmt: skip
+    for key, value in _field(item, "failures", where, OBJECT).items():
+        _expect(value, f"{where}.failures[{key!r}]", STRING)
+    for key, value in _field(item, "memory_bytes_per_element", where, OBJECT).items():
+        _expect(value, f"{where}.memory_bytes_per_element[{key!r}]", NUMBER)
+    _field(item, "pid", where, PID)
+
+
+def _field(container: dict[str, Any], key: str, where: str, kind: Kind) -> Any:
+    """``container[key]``, of ``kind``; ``where`` names ``container`` in the document."""
+    name = f"{where}.{key}" if where else key
+    if key not in container:
+        raise _NotAReport(f"{name} is missing")
+    return _expect(container[key], name, kind)
+
+
+def _expect(value: Any, name: str, kind: Kind) -> Any:
+    test, what = kind
+    if not test(value):
+        raise _NotAReport(f"{name} must be {what}, got {_json(value)}")
+    return value
+
+
+def _json(value: Any) -> str:
+    """``value`` as the document has it: a scalar as JSON, an object or array by its kind."""
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "an array"
+    return json.dumps(value)

@@ -87,6 +87,14 @@ class Report:
     versions: dict[str, str] = field(default_factory=dict)
 
 
+def memory_bytes() -> int | None:
+    """This machine's memory (None where the system does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows), or no such name
+        return None
+
+
 def installed_backends() -> list[str]:
     """The backends with a suite whose framework is installed."""
     available = xdrop.available_backends()
