@@ -76,3 +76,18 @@ def _sides(header: Sequence[str], rows: Sequence[Sequence[str]], align: str) -> 
         if len(row) != len(header):
             raise bad_value("each row", row, f"{len(header)} cells, one per header column")
     return [align[min(i, len(align) - 1)] for i in range(len(header))]
+
+
+def ratio(value: float, limit: float) -> str:
+    """``value`` with two decimals, or as many more as it takes for the text to stand on the same
+    side of ``limit`` as the value: a ratio of 1.004 against a limit of 1 reads ``1.004``, not a
+    ``1.00`` beside the word "missed".
+
+    >>> ratio(0.4567, 0.6), ratio(1.004, 1.0), ratio(0.9996, 1.0)
+    ('0.46', '1.004', '1.00')
+    """
+    for digits in range(2, 17):
+        text = f"{value:.{digits}f}"
+        if (float(text) <= limit) == (value <= limit):
+            return text
+    return repr(value)

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 import xdrop
-from xdrop import registry
+from xdrop import registry, tables
 
 Framework = tuple[Callable[[tuple[int, ...]], Any], Callable[[Any], Any]]
 """How to make an input of a shape, and the framework's own dropout of it."""
@@ -167,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'backend':<11} {'what':<40} {'measured':<24} {'value':>7} {'limit':>6}")
     for name, what, detail, value, limit in rows:
         verdict = "met" if value <= limit else "MISSED"
-        print(f"{name:<11} {what:<40} {detail:<24} {value:7.2f} {limit:6.1f} {verdict}")
+        shown = tables.ratio(value, limit)
+        print(f"{name:<11} {what:<40} {detail:<24} {shown:>7} {limit:6.1f} {verdict}")
     retracing = [message for message in warnings if "retracing" in message]
     print(f"TensorFlow retracing warnings: {len(retracing)}")
     return 0

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from xdrop import tables
 from xdrop.benchmarks.timing import (
     Call,
     Timing,
@@ -379,7 +380,7 @@ def table(document: dict[str, Any], markdown: bool = False) -> str:
             verdict = "met" if row["ratio"] <= TARGET else "MISSED"
             cells = (row["backend"], row["mode"], f"{row['shape']} {row['logits']}",
                      row["direction"], _seconds(row["xdrop"]["median"]),
-                     _seconds(row["baseline"]["median"]), f"{row['ratio']:.2f}",
+                     _seconds(row["baseline"]["median"]), tables.ratio(row["ratio"], TARGET),
                      f"<= {TARGET} {verdict}")  # fmt: skip
         lines.append(cells)
     machine = document["machine"]

@@ -222,7 +222,7 @@ def targets_table(results: list[TargetResult], markdown: bool = False) -> str:
         (
             result.name,
             f"<= {result.limit:g}",
-            "-" if result.worst is None else f"{result.worst:.2f}",
+            "-" if result.worst is None else tables.ratio(result.worst, result.limit),
             {True: "met", False: "MISSED", None: "not measured"}[result.met],
         )
         for result in results
