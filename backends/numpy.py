@@ -35,8 +35,10 @@ class NumpyBackend(Backend, NamespaceFunctions, SeedArrays, NativeGenerator):
     def shape(self, x: Any) -> tuple[int, ...]:
         return tuple(x.shape)
 
+    # x * s may overflow to infinity, the product the spec asks for: no warning, as the kernel
     def scale(self, x: Any, factor: Any) -> np.ndarray:
-        return np.multiply(x, x.dtype.type(factor))
+        with np.errstate(over="ignore"):
+            return np.multiply(x, x.dtype.type(factor))
 
     # select by multiplying the bits by 0 or 1: +0.0 where dropped, x's exact bits where kept,
     # without np.where's branches on a random mask
@@ -58,7 +60,9 @@ class NumpyBackend(Backend, NamespaceFunctions, SeedArrays, NativeGenerator):
             stop = start + chunk.size
             kept, out = flat_x[start:stop], flat_y[start:stop]
             if scale is not None:
-                kept = np.multiply(kept.view(x.dtype), scale, out=out.view(x.dtype)).view(bits)
+                with np.errstate(over="ignore"):
+                    product = np.multiply(kept.view(x.dtype), scale, out=out.view(x.dtype))
+                kept = product.view(bits)
             np.multiply(kept, chunk, out=out)
             if keep is not None:
                 keep.reshape(-1)[start:stop] = chunk

@@ -10,6 +10,7 @@ import os
 import re
 import sys
 import threading
+import warnings
 
 import numpy as np
 import pytest
@@ -23,9 +24,6 @@ DTYPES = ["float16", "bfloat16", "float32", "float64"]
 RATES = [1e-12, 0.1, 0.5, 0.9, 0.999, 1.0]  # 1e-12 keeps everything: T == 2**32
 BITS = {"float16": np.uint16, "bfloat16": np.uint32, "float32": np.uint32, "float64": np.uint64}
 # the host copy of bfloat16 is float32 (exact), hence its 32-bit words above
-
-# the spec's NumPy path warns where x * s overflows to infinity (the kernel does not)
-pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
 
 needs_kernel = pytest.mark.skipif(kernel.compiled is None, reason=f"not built: {kernel.MISSING}")
 
@@ -510,6 +508,16 @@ def test_sixteen_bit_products_are_the_dtypes_own_multiplication(name):
             expected = x * dtype.type(factor)
         same = (y.view(np.uint16) == expected.view(np.uint16)) | (np.isnan(y) & np.isnan(expected))
         assert same.all(), x[~same][:5]
+
+
+@needs_kernel
+def test_a_product_beyond_the_dtype_is_infinity_without_a_warning_on_both_paths(monkeypatch):
+    x = np.full(64, 1000, np.float16)  # times 1 / (1 - 0.99): beyond float16's 65504
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with xdrop.use_backend("numpy"):
+            y, y0 = both_paths(monkeypatch, lambda: xdrop.dropout(x, 0.99, seed=1))
+    assert np.isinf(y).any() and (y.view(np.uint16) == y0.view(np.uint16)).all()
 
 
 @needs_kernel
