@@ -456,6 +456,25 @@ def test_info_reports_a_bad_xdrop_kernel_instead_of_failing(monkeypatch, capsys)
         assert "compiled kernel: none: XDROP_KERNEL must be" in out and "'2'" in out
 
 
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("XDROP_KERNEL", "2", "XDROP_KERNEL must be"),
+        ("XDROP_KERNEL_THREADS", "0", "XDROP_KERNEL_THREADS must be"),
+        ("XDROP_RNG", "fast", "XDROP_RNG must be"),
+        ("XDROP_BACKEND", "numpi", "XDROP_BACKEND='numpi' is not a registered backend"),
+    ],
+)
+@pytest.mark.parametrize("command", [CONFORMANCE, ["bench", "--backend", "numpy", "--quick"]])
+def test_a_bad_setting_is_refused_before_anything_runs(command, variable, value, message, monkeypatch, capsys):  # fmt: skip
+    """Every case would fail on it: one line names it, exit status 2, nothing timed or checked."""
+    monkeypatch.setenv(variable, value)
+    kernel.refresh()  # as a new process reads it
+    status, out, err = run_main(command, capsys)
+    assert status == 2 and out == ""
+    assert f"xdrop {command[0]}: error: {message}" in err and len(err.splitlines()) == 1
+
+
 def test_progress_piped_is_plain_lines_ending_with_the_total(capsys):
     status, _, err = run_main([*CONFORMANCE, "--verbose"], capsys)
     assert status == 0 and "\r" not in err

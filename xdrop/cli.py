@@ -116,7 +116,10 @@ def _main(argv: Sequence[str] | None) -> int:
     if arguments.backend:  # named twice is asked for once
         arguments.backend = list(dict.fromkeys(arguments.backend))
     if arguments.command == "bench":
+        if not arguments.load:  # a run read from files calls nothing
+            _check_settings(bench)
         return _bench(bench, arguments)
+    _check_settings(conformance)
     modes = list(MODES) if arguments.mode == "all" else [arguments.mode]
     return _conformance(
         conformance, arguments.backend, modes, arguments.full, arguments.json, arguments.verbose
@@ -627,6 +630,22 @@ def _version_of(distribution: str) -> str:
         return f"{distribution} {metadata.version(distribution)}"
     except metadata.PackageNotFoundError:
         return distribution
+
+
+def _check_settings(parser: argparse.ArgumentParser) -> None:
+    """Refuse, before anything runs, a bad value of an environment variable that every call
+    reads (``XDROP_KERNEL``, ``XDROP_KERNEL_THREADS``, ``XDROP_RNG``, ``XDROP_BACKEND``): each
+    case would fail on it, and the verdict would bury the one cause."""
+    problems = []
+    for read in (kernel.enabled, seeds.get_rng):
+        try:
+            read()
+        except XdropError as error:
+            problems.append(str(error))
+    if _default_backend().startswith("none: "):
+        problems.append(_default_backend().removeprefix("none: "))
+    if problems:
+        parser.error("; ".join(problems))
 
 
 def _default_backend() -> str:
