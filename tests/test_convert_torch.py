@@ -641,9 +641,12 @@ def test_a_model_on_the_meta_device_is_refused_saying_to_materialize_it_first():
 
 def test_a_compiled_model_is_refused_saying_to_convert_it_first():
     compiled = torch.compile(nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5)))
-    with pytest.raises(xdrop.ArgumentValueError, match=r"convert it first, then compile it"):
-        convert(compiled, seed=0)
-    assert type(compiled._orig_mod[1]) is nn.Dropout
+    in_place = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5))
+    in_place.compile()
+    for model, dropout in ((compiled, compiled._orig_mod[1]), (in_place, in_place[1])):
+        with pytest.raises(xdrop.ArgumentValueError, match=r"convert it first, then compile it"):
+            convert(model, seed=0)
+        assert type(dropout) is nn.Dropout
 
 
 def test_a_subclass_of_a_known_dropout_is_unknown():
@@ -694,6 +697,24 @@ def test_a_block_converted_on_its_own_runs_alone_whichever_was_converted_first(f
     assert int(model[0].xdrop_step) == 1
     model(_inputs())
     assert int(model[0].xdrop_step) == 2 and int(model.xdrop_step) == 1
+
+
+def test_a_submodule_called_in_the_forward_of_a_model_that_does_not_hold_it_is_refused():
+    """Another converted model's forward names only its own modules' sites."""
+    other = convert(_encoder(), seed=0)
+
+    class Borrower(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = nn.Linear(16, 16)
+            self.borrowed = [other.layers[0]]  # not a submodule: convert does not see it
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.borrowed[0](self.linear(x))
+
+    borrower = convert(Borrower(), seed=1)
+    with pytest.raises(xdrop.UnconvertedDropoutError, match=r"'layers\.0\.attention'"):
+        borrower(_inputs())
 
 
 def test_a_converted_model_holds_the_hooks_of_the_modules_it_replaced():

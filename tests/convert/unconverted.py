@@ -4,7 +4,9 @@ Run by ``tests/test_convert_transformers.py`` in a fresh process (transformers i
 torchvision, which needs ``tests/torchvision_cpu``): tiny configurations, random weights.
 
 - BART with LayerDrop (``encoder_layerdrop > 0``: ``torch.rand`` skips encoder layers in
-  training): ``strict=True`` refuses it, naming the setting, and leaves the model as it was.
+  training): ``strict=True`` refuses it, naming the config's setting and the encoder's copy, which
+  its forward reads, and leaves the model as it was; with both set to 0 the model converts and
+  its training output depends on xdrop's seed alone.
 - Wav2Vec2 with its defaults (LayerDrop 0.1, SpecAugment's ``mask_time_prob`` 0.05, masks from
   NumPy's generator): one warning names both, and the training output indeed depends on the
   global generators; with both set to 0, nothing is reported and it depends on xdrop's seed alone.
@@ -42,14 +44,22 @@ def bart_with_layerdrop() -> None:
         convert(model, seed=1, strict=True)
     except xdrop.UnconvertedDropoutError as error:
         assert "LayerDrop, encoder_layerdrop=0.5" in str(error), str(error)
+        assert "model.encoder (BartEncoder: LayerDrop, layerdrop=0.5" in str(error), str(error)
     else:
         raise AssertionError("LayerDrop was not refused")
     # nothing changed: the head's nn.Dropout is torch's, no stream was added
     assert type(model.classification_head.dropout) is torch.nn.Dropout
     assert set(model.state_dict()) == keys and not model._forward_pre_hooks
-    config.encoder_layerdrop = 0.0
+    config.encoder_layerdrop = model.model.encoder.layerdrop = 0.0
     convert(model, seed=1, strict=True)  # converted with the seed given now
     assert "xdrop_seed" in model.state_dict()
+    ids = torch.tensor([[5, 6, 7, 8, config.eos_token_id]] * 2)
+    outputs = []
+    for global_seed in (1, 2):
+        model.load_state_dict(model.state_dict() | {"xdrop_step": torch.tensor(0)})
+        torch.manual_seed(global_seed)
+        outputs.append(model.train()(input_ids=ids).logits.detach())
+    assert torch.equal(*outputs)
 
 
 def wav2vec2_output(config: transformers.Wav2Vec2Config, global_seed: int) -> torch.Tensor:

@@ -143,8 +143,10 @@ class Dropout(common.DropoutDraws, torch.nn.Module):
         on the meta device and moved by ``to_empty`` has buffers without values, a ``Linear``'s
         weights alike; this gives the layer's theirs, as ``reset_parameters`` (which FSDP calls
         on materializing such a model) does for torch's modules."""
+        start = getattr(self, "_initial_seed", None)  # none in a layer pickled before it was kept
         with torch.no_grad():
-            self.seed.fill_(common.signed(self._initial_seed, 64))
+            if start is not None:
+                self.seed.fill_(common.signed(start, 64))
             self.step.zero_()
 
     mc_sampling = False
@@ -885,29 +887,43 @@ def _unconverted(module: torch.nn.Module, table: dict[type, Any], configs: set[i
             f" with dropout={module.dropout}: its attention dropout runs inside "
             "F.multi_head_attention_forward"
         )
+    # Hugging Face's models copy a config's rate into a module's attribute (BART's encoder), or
+    # read the config in the forward (Wav2Vec2's): both are read
+    sources = [vars(module)]
     config = getattr(module, "config", None)
-    if config is None:
-        settings = vars(module)
-    elif id(config) in configs:
-        return None
-    else:
+    if config is not None and id(config) not in configs:
         configs.add(id(config))
-        settings = config if isinstance(config, dict) else getattr(config, "__dict__", {})
-    drawn = [
-        f"LayerDrop, {name}={value}: torch.rand skips layers"
-        for name, value in settings.items()
-        if _LAYERDROP.search(name) and isinstance(value, float) and value > 0
-    ]
-    if settings.get("apply_spec_augment"):
-        drawn += [
-            f"SpecAugment, {name}={settings[name]}: NumPy's generator masks the features"
-            for name in ("mask_time_prob", "mask_feature_prob")
-            if isinstance(settings.get(name), float) and settings[name] > 0
-        ]
-    return f": {'; '.join(drawn)}" if drawn else None
+        sources.append(config if isinstance(config, dict) else getattr(config, "__dict__", {}))
+    drawn = [_random_setting(name, value, settings) for settings in sources
+             for name, value in settings.items()]  # fmt: skip
+    found = [text for text in drawn if text is not None]
+    return f": {'; '.join(found)}" if found else None
 
 
-_LAYERDROP = re.compile(r"(^|_)layerdrop$")
+def _random_setting(name: object, value: object, settings: dict[Any, Any]) -> str | None:
+    """What the setting ``name`` of ``settings`` draws, if it is a LayerDrop or SpecAugment
+    rate above 0."""
+    if not isinstance(name, str) or not isinstance(value, float) or not value > 0:
+        return None
+    if _LAYERDROP.search(name):
+        return f"LayerDrop, {name}={value}: torch.rand skips layers"
+    if (
+        name in ("mask_time_prob", "mask_feature_prob")
+        and settings.get("apply_spec_augment") is True
+    ):
+        return f"SpecAugment, {name}={value}: NumPy's generator masks the features"
+    return None
+
+
+_LAYERDROP = re.compile(r"(^|_)layer_?drop$")  # Hugging Face's layerdrop, torchaudio's layer_drop
+
+
+def _compiled(model: torch.nn.Module) -> bool:
+    """Whether ``model`` is ``torch.compile(module)``'s wrapper or was compiled in place
+    (``module.compile()``)."""
+    frames = sys.modules.get("torch._dynamo.eval_frame")  # imported by whatever compiled it
+    wrapper = frames is not None and isinstance(model, frames.OptimizedModule)
+    return wrapper or getattr(model, "_compiled_call_impl", None) is not None
 
 
 def _check_convert_arguments(
@@ -915,23 +931,22 @@ def _check_convert_arguments(
 ) -> tuple[torch.nn.Module, bool, Callable[[str], str] | None]:
     if not isinstance(model, torch.nn.Module):
         raise bad_type("model", model, "a torch.nn.Module")
-    original = getattr(model, "_orig_mod", None)
     if any(t.is_meta for t in itertools.chain(model.parameters(), model.buffers())):
-        # to_empty would give the streams' buffers no values, and the model's code cannot
         raise bad_value(
             "model",
             Shown(f"<{type(model).__name__} on the meta device>"),
             "a model whose tensors hold values: convert adds the streams' seeds as buffers, "
             "which to_empty would leave without values; materialize the model first "
-            "(model.to_empty(device=...) and its initialization), then convert it",
+            "(model.to_empty(device=...) and its initialization), then convert it (a model "
+            "that accelerate offloads: convert it before offloading)",
         )
-    if isinstance(original, torch.nn.Module) and type(model).__name__ == "OptimizedModule":
+    if _compiled(model):
         # its compiled code may already hold the model's dropout: convert what it compiles
         raise bad_value(
             "model",
-            Shown(f"<torch.compile of {type(original).__name__}>"),
+            Shown(f"<compiled {type(getattr(model, '_orig_mod', model)).__name__}>"),
             "a model not compiled yet: convert it first, then compile it "
-            "(torch.compile(convert(model, seed=...)))",
+            "(torch.compile(convert(model, seed=...)), or model.compile() after convert)",
         )
     if rename is not None and not callable(rename):
         raise bad_type("rename", rename, "None or a callable taking a site's name to a str")

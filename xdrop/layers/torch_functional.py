@@ -336,8 +336,8 @@ class EnterModule:
     """Forward pre-hook: the module named ``name`` starts its forward; on the root, the mode
     is entered. ``layer``: the module is an xdrop layer (its stream advances per call).
 
-    A submodule run outside the root's forward is guarded (its draws refused), unless it runs
-    inside the forward of another converted model on this thread, whose mode then draws: a
+    A submodule run outside the root's forward is guarded (its draws refused), unless another
+    converted model that holds it runs its forward on this thread, whose mode then draws: a
     submodule converted on its own and called alone, or a converted model inside this one."""
 
     def __init__(self, context: SiteContext, name: str, root: bool, layer: bool = False) -> None:
@@ -355,10 +355,9 @@ class EnterModule:
                     self.context, seed, step, self.context.host_state(seed, step)
                 )
                 forward.mode = mode
-                _RUNNING.value.forwards += 1
                 mode.__enter__()  # type: ignore[no-untyped-call]
         elif forward.depth == 0:  # a submodule run outside the root's forward
-            inside_another = _RUNNING.value.forwards > 0
+            inside_another = _inside_a_running_root(module, self.context)
             if self.layer and not inside_another and _would_draw(module):
                 raise outside_forward(self.name)
             forward.outside += 1
@@ -367,6 +366,16 @@ class EnterModule:
                 forward.guard = guard
                 guard.__enter__()  # type: ignore[no-untyped-call]
         forward.stack.append(self.name)
+
+
+def _inside_a_running_root(module: torch.nn.Module, context: SiteContext) -> bool:
+    """Whether another converted model that holds ``module`` runs its forward on this thread: a
+    block converted on its own inside a converted model, or a model converted inside a block
+    converted in turn. That model's own hooks on ``module`` name the site, and its mode draws."""
+    return any(
+        isinstance(hook, EnterModule) and hook.context is not context and hook.context.forward.depth
+        for hook in module._forward_pre_hooks.values()
+    )
 
 
 class ExitModule:
@@ -386,7 +395,6 @@ class ExitModule:
             mode = forward.mode
             if forward.depth == 0 and mode is not None:
                 forward.mode = None
-                _RUNNING.value.forwards -= 1
                 mode.__exit__(None, None, None)  # type: ignore[no-untyped-call]
                 if module.training or mode.drew:
                     _, step = _root_state(module)
@@ -640,11 +648,10 @@ def _check_key_padding_mask(key_padding_mask: torch.Tensor, source_length: int, 
 
 
 class _Running:
-    """What runs on one thread: the forwards of converted models (of every model), and the
-    modes running ``nn.MultiheadAttention``'s function body, innermost last."""
+    """What runs on one thread: the modes running ``nn.MultiheadAttention``'s function body,
+    innermost last."""
 
     def __init__(self) -> None:
-        self.forwards = 0
         self.attention_modes: list[FunctionalDropout] = []
 
 
