@@ -725,7 +725,8 @@ def _draws_its_own(layer: Any) -> bool:
     """A layer that draws dropout-like noise without xdrop: a subclass of a Keras layer convert
     replaces (whatever its name), a class named like a dropout (``Dropout``, ``Noise``,
     ``DropPath``, ``DropBlock`` or ``StochasticDepth`` in the name: keras-hub's models hold
-    drop paths of their own), or a layer holding a seed generator of its own and a rate above 0
+    drop paths of their own) whose ``rate`` is not 0, or a layer holding a seed generator of its
+    own and a rate above 0
     (``rate``, ``dropout`` or ``recurrent_dropout``: Keras' ``Attention``, ``AdditiveAttention``,
     the recurrent cells)."""
     if isinstance(layer, Dropout) or type(layer) in _CONVERTED:
@@ -735,11 +736,16 @@ def _draws_its_own(layer: Any) -> bool:
     # only the exact classes are replaced: a subclass may draw otherwise, so it is reported
     if isinstance(layer, tuple(_CONVERTED)):
         return True
-    if _DROPOUT_LIKE.search(type(layer).__name__):
-        return True
     rates = [getattr(layer, rate, 0) for rate in ("rate", "dropout", "recurrent_dropout")]
+    if _DROPOUT_LIKE.search(type(layer).__name__):
+        # keras-hub's drop paths rise from a rate of 0, at which they return their inputs
+        return not any(_is_zero(getattr(layer, rate, None)) for rate in ("rate", "drop_prob"))
     owns_generator = bool(getattr(layer, "_seed_generators", ()))
     return owns_generator and any(isinstance(r, (int, float)) and r > 0 for r in rates)
+
+
+def _is_zero(rate: object) -> bool:
+    return isinstance(rate, (int, float)) and not isinstance(rate, bool) and rate == 0
 
 
 def _unbuilt_dropout(layer: Any) -> bool:
