@@ -436,7 +436,7 @@ def _bench_check(parser: argparse.ArgumentParser, arguments: argparse.Namespace)
             _gate_variant(result.gate.target),
             f"{result.gate.target.numerator}/{result.gate.target.denominator}",
             f"{result.gate.size:.0e}",
-            "-" if result.ratio is None else f"{result.ratio:.2f}",
+            "-" if result.ratio is None else tables.ratio(result.ratio, result.gate.limit),
             f"{result.gate.target.limit:g}",
             f"{result.gate.limit:g}",
             "passed" if result.passed else "FAILED",
@@ -634,16 +634,15 @@ def _version_of(distribution: str) -> str:
 
 def _check_settings(parser: argparse.ArgumentParser) -> None:
     """Refuse, before anything runs, a bad value of an environment variable that every call
-    reads (``XDROP_KERNEL``, ``XDROP_KERNEL_THREADS``, ``XDROP_RNG``, ``XDROP_BACKEND``): each
-    case would fail on it, and the verdict would bury the one cause."""
+    reads (``XDROP_KERNEL``, ``XDROP_KERNEL_THREADS``, ``XDROP_RNG``): each case would fail on
+    it, and the verdict would bury the one cause. (``XDROP_BACKEND`` is not read: each case
+    names its backend.)"""
     problems = []
     for read in (kernel.enabled, seeds.get_rng):
         try:
             read()
         except XdropError as error:
             problems.append(str(error))
-    if _default_backend().startswith("none: "):
-        problems.append(_default_backend().removeprefix("none: "))
     if problems:
         parser.error("; ".join(problems))
 

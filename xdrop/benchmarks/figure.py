@@ -28,7 +28,8 @@ VERSIONLESS = {
     "svgz": {"Creator": None, "Date": None},
 }
 """The metadata that keeps matplotlib's version and the date out of a file, for the formats whose
-writer takes such keys (the others refuse any metadata)."""
+writer can leave them out (PostScript's writes them whatever it is given; the raster formats but
+PNG refuse any metadata)."""
 
 
 def rate(report: Report) -> float:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+from xdrop import tables
 from xdrop.benchmarks.report import TARGETS, Target
 from xdrop.benchmarks.runner import Measurement, Report, installed_backends, run
 from xdrop.benchmarks.suites import SUITES, Case
@@ -98,7 +99,8 @@ class GateResult:
         verdict = "within" if self.passed else "above"
         target = gate.target
         return (
-            f"{head}: {ratio} = {self.ratio:.2f} at {gate.size:.0e}, p = {RATE:g}, "
+            f"{head}: {ratio} = {tables.ratio(self.ratio, gate.limit)} at {gate.size:.0e}, "
+            f"p = {RATE:g}, "
             f"{target.direction}, {target.dtype}, {target.shapes} shapes, {verdict} "
             f"{MARGIN:g} x target {target.limit:g} = {gate.limit:g}"
         )
