@@ -25,7 +25,7 @@ from layers.shared import assert_refused
 from xdrop import UnconvertedDropoutError, UnconvertedDropoutWarning
 from xdrop.errors import ArgumentTypeError, ArgumentValueError
 from xdrop.layers.common import site_seed
-from xdrop.layers.flax import Dropout, SiteStream, convert, dropout
+from xdrop.layers.flax import Dropout, DropoutState, SiteStream, convert, dropout
 
 pytestmark = pytest.mark.backend_independent  # Flax's own modules and arrays
 
@@ -519,6 +519,20 @@ class Scanned(nnx.Module):
         return through(x, self.blocks)
 
 
+class ScannedByType(Scanned):
+    """The scan splitting the layers' state by its type, naming the converted streams'
+    ``DropoutState`` beside ``nnx.RngState``, which Flax's own dropout keys are."""
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        axes = nnx.StateAxes({(nnx.Param, nnx.RngState, DropoutState): 0, ...: None})
+
+        @nnx.scan(in_axes=(nnx.Carry, axes), out_axes=nnx.Carry)
+        def through(x: jax.Array, block: tiny.Block) -> jax.Array:
+            return block(x)
+
+        return through(x, self.blocks)
+
+
 class Listed(nnx.Module):
     """The layers of a :class:`Scanned` one by one in an ``nnx.List``, with its weights."""
 
@@ -600,6 +614,16 @@ def test_a_scanned_stack_draws_what_the_same_layers_in_a_list_draw_once_renamed(
     np.testing.assert_allclose(first, run(listed, x), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(run(scanned, x), run(listed, x), rtol=1e-5, atol=1e-5)  # step 1
     assert not np.allclose(run(scanned, x), first)  # the masks moved on
+
+
+def test_a_scan_splitting_the_state_by_type_gives_each_layer_its_converted_stream():
+    by_type, by_position = ScannedByType(3), Scanned(3)  # one set of weights
+    x = jax.random.normal(jax.random.key(1), (2, 5, tiny.HIDDEN))
+    by_type(x)  # runs before convert too
+    for model in (by_type, by_position):
+        convert(model, seed=11)
+    assert jnp.array_equal(by_type(x), by_position(x))
+    assert by_type.blocks.dropout.step[...].tolist() == [[0, 1]] * 3
 
 
 def test_dropout_stacked_along_two_axes_names_each_layer_by_both_indices():

@@ -244,7 +244,8 @@ def _state_words(module: Dropout, name: str) -> jax.Array:
             error = ArgumentValueError(
                 f"{error}: a stack of streams, one per layer, as convert makes for an "
                 "nnx.Dropout built inside nnx.vmap; call the module inside nnx.scan or nnx.vmap "
-                "over its layers, which give each layer its own"
+                "over its layers, splitting its DropoutState along them (an nnx.StateAxes that "
+                "splits nnx.RngState must name xdrop.layers.flax.DropoutState too)"
             )
         raise error
     return value  # type: ignore[no-any-return]
