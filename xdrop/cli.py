@@ -216,26 +216,19 @@ contenders and, backward, the gradients."""
 
 
 def _sizes(text: str) -> list[int]:
-    from xdrop.benchmarks.runner import memory_bytes
+    from xdrop.benchmarks.runner import element_count, memory_bytes
 
     sizes = []
     memory = memory_bytes()
     for part in text.split(","):
-        try:
-            value = float(part)
-        except ValueError:
-            value = math.nan
-        if not math.isfinite(value) or not value.is_integer() or value < 1:
-            raise argparse.ArgumentTypeError(
-                f"a size must be a positive whole number of elements, e.g. 1e3; got {part!r}"
-            )
+        value = element_count(part)
         if memory is not None and value * BENCH_BYTES_PER_ELEMENT > memory:
             raise argparse.ArgumentTypeError(
                 f"{value:.0e} elements need about {value * BENCH_BYTES_PER_ELEMENT / 2**30:,.0f} "
                 f"GiB ({BENCH_BYTES_PER_ELEMENT} bytes each: the input, the outputs, the "
                 f"gradients), more than this machine's {memory / 2**30:,.0f} GiB; got {part!r}"
             )
-        sizes.append(int(value))
+        sizes.append(value)
     return sizes
 
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import functools
-import math
 import os
 import statistics
 import sys
@@ -41,7 +40,7 @@ import numpy as np
 
 import xdrop
 from xdrop import kernel, spec
-from xdrop.benchmarks.runner import memory_bytes
+from xdrop.benchmarks.runner import element_count, memory_bytes
 from xdrop.benchmarks.timing import Timing, paired_ratio, time_interleaved
 from xdrop.fused import FusedCall
 
@@ -247,15 +246,7 @@ def _format(value: float) -> str:
 def _sizes(text: str) -> list[int]:
     sizes = []
     for part in text.replace(",", " ").split():
-        try:
-            value = float(part)
-        except ValueError:
-            value = math.nan
-        if not math.isfinite(value) or not value.is_integer() or value < 1:
-            raise argparse.ArgumentTypeError(
-                f"a size must be a positive whole number of elements, e.g. 1e6; got {part!r}"
-            )
-        sizes.append(int(value))
+        sizes.append(element_count(part))
     if not sizes:
         raise argparse.ArgumentTypeError(f"sizes like 1e6,1e7 expected, got {text!r}")
     return sizes

@@ -3,8 +3,10 @@ execution path in a fresh process."""
 
 from __future__ import annotations
 
+import argparse
 import gc
 import json
+import math
 import os
 import platform
 import subprocess
@@ -85,6 +87,20 @@ class Report:
     """Backends that were asked for but could not run, with the reason."""
     machine: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
+
+
+def element_count(text: str) -> int:
+    """A size given on a command line (``1e6``, ``1000``) as a whole number of elements; an
+    ``argparse.ArgumentTypeError`` for anything else."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or not value.is_integer() or value < 1:
+        raise argparse.ArgumentTypeError(
+            f"a size must be a positive whole number of elements, e.g. 1e6; got {text!r}"
+        )
+    return int(value)
 
 
 def memory_bytes() -> int | None:
