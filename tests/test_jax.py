@@ -56,6 +56,24 @@ def test_jit_with_a_traced_seed_traces_once_and_matches_eager():
     assert len(traces) == 1
 
 
+def test_mc_dropout_of_a_jitted_predict_traces_once_and_matches_numpy():
+    """Its integer seed reaches the compiled predict as key words in an array (a 64-bit Python
+    int is no argument jax.jit takes)."""
+    weights = np.random.default_rng(0).normal(size=(8, 3)).astype(np.float32)
+    traces = []
+
+    @jax.jit
+    def predict(x, seed):
+        traces.append(1)
+        return xdrop.dropout(x, 0.5, seed=seed) @ weights
+
+    x = np.random.default_rng(1).normal(size=(4, 8)).astype(np.float32)
+    result = xdrop.mc_dropout(predict, jnp.asarray(x), samples=5)
+    expected = xdrop.mc_dropout(lambda x, seed: predict.__wrapped__(x, seed), x, samples=5)
+    np.testing.assert_allclose(np.asarray(result.mean), expected.mean, rtol=1e-6)
+    assert len(traces) == 1 + 5  # the one trace, then NumPy's five eager calls
+
+
 def test_a_traced_rate_with_a_concrete_x_closed_over_matches_eager():
     # x is a constant of the function JAX transforms; only p is traced (a rate schedule)
     x = jnp.arange(1.0, 41.0).reshape(5, 8)

@@ -10,7 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from xdrop import rdrop, seeds
+import numpy as np
+
+from xdrop import rdrop, registry, seeds
 from xdrop.errors import Shown, bad_type, bad_value
 from xdrop.protocol import Array, FamilyBackend, LossBackend, require
 from xdrop.registry import backend_for
@@ -59,6 +61,9 @@ def mc_dropout(
     ``predict`` uses the seed it is given, in training mode), or with ``batched=True`` once,
     ``predict(concat([x] * samples, batch_axis), seed)``: dropout then draws one mask for the
     stacked batch, so every copy gets its own (as :func:`xdrop.rdrop_forward` does for two).
+    For ``x`` of torch, TensorFlow or JAX an integer seed arrives as its key words, a uint32[2]
+    array of that framework (the same masks), which a compiled ``predict`` (``jax.jit``,
+    ``tf.function``, ``torch.compile``) takes as an argument without recompiling.
     A model of xdrop layers owns its seeds: switch its layers to sampling
     (``set_mc_sampling`` of ``xdrop.layers.torch``, ``.keras`` or ``.flax``) and pass
     ``lambda x, seed: model(x)``.
@@ -106,7 +111,7 @@ def mc_dropout(
         outputs = _batched(predict, x, count, _base_seed(seed), batch_axis)
     else:
         base = _base_seed(seed)
-        outputs = [predict(x, seeds.fold_in(base, t)) for t in range(count)]
+        outputs = [predict(x, _seed_argument(seeds.fold_in(base, t), x)) for t in range(count)]
     xp, class_axis = _check_outputs(outputs, axis)
     return summarize(xp, outputs, class_axis, logits)
 
@@ -119,6 +124,20 @@ def _base_seed(seed: object) -> object:
     return seed
 
 
+def _seed_argument(seed: object, x: Any) -> object:
+    """The seed ``predict`` is given with ``x``: an integer seed goes to a model of a framework
+    with a compiler as its key words ``(seed >> 32, seed & 0xFFFFFFFF)`` in a uint32[2] array of
+    that framework, the same mask: a compiled ``predict`` takes an array as an argument, where a
+    64-bit Python int does not fit ``jax.jit``'s and would recompile ``torch.compile`` and
+    ``tf.function`` per sample. NumPy's, and what no backend claims, keep the integer."""
+    if not isinstance(seed, int):
+        return seed
+    owner = registry.owner_of_type(type(x))
+    if owner is None or owner == "numpy":
+        return seed
+    return backend_for(x).asarray(np.array(divmod(seed, 2**32), np.uint32))
+
+
 def _batched(
     predict: Callable[[Any, Any], Any], x: Any, count: int, seed: object, batch_axis: object
 ) -> list[Array]:
@@ -127,7 +146,7 @@ def _batched(
     x = as_input_array(xp, x)
     shape = xp.shape(x)
     stack_axis = check_axis(batch_axis, len(shape), "batch_axis")
-    y = predict(xp.concat([x] * count, axis=stack_axis), seed)
+    y = predict(xp.concat([x] * count, axis=stack_axis), _seed_argument(seed, x))
     yp = require(backend_for(y), LossBackend, "mc_dropout")
     batch = shape[stack_axis]
     expected = f"an array with {count} times x's entries along axis {batch_axis}"
