@@ -18,6 +18,7 @@ from flax import nnx
 from layers.shared import assert_refused, check_seed_none_draws_once, digits
 
 from xdrop.layers.flax import AlphaDropout, DropBlock2D, Dropout, DropoutState, DropPath
+from xdrop.layers.flax import dropout as flax_dropout
 
 pytestmark = pytest.mark.backend_independent  # each framework's own arrays
 
@@ -59,6 +60,21 @@ def test_deterministic_calls_draw_nothing_and_do_not_advance_the_step():
     np.testing.assert_array_equal(layer(x), contract(x, 0.5, 1, 2))
     classic = Dropout(0.25, seed=1, mode="classic", deterministic=True)
     np.testing.assert_array_equal(classic(x), np.full(8, 0.75, np.float32))
+
+
+@pytest.mark.parametrize(
+    "draw",
+    [lambda x: Dropout(0.3, seed=1)(x), lambda x: Dropout(0.3, rngs=nnx.Rngs(1))(x),
+     lambda x: AlphaDropout(0.3, seed=1)(x), lambda x: DropPath(0.3, seed=1)(x),
+     lambda x: flax_dropout(x, 0.3, jax.random.key(1))],
+    ids=["seed", "rngs", "alpha", "drop path", "function"],
+)  # fmt: skip
+def test_a_numpy_batch_in_training_gives_what_its_jax_array_gives(draw):
+    """As nnx.Dropout: a batch from a NumPy loader is taken, a jax.Array comes back."""
+    x = np.random.default_rng(0).normal(size=(4, 6)).astype(np.float32)
+    y = draw(x)
+    assert isinstance(y, jax.Array)
+    np.testing.assert_array_equal(y, draw(jnp.asarray(x)))
 
 
 def test_seed_none_draws_once_from_the_global_generator():

@@ -173,6 +173,7 @@ class Dropout(common.DropoutDraws, nnx.Module):
         common.check_shared_axes("broadcast_dims", self.broadcast_dims, inputs.ndim)
         if deterministic and not self.mc_sampling:
             return self._evaluate(inputs, self.rate)  # type: ignore[no-any-return]
+        inputs = jnp.asarray(inputs)  # a NumPy batch gives a jax.Array, as nnx.Dropout's
         noise_shape = common.spatial_noise_shape(inputs.ndim, self.broadcast_dims)
         if rngs is not None:
             seed = _key(rngs, self.rng_collection)
@@ -478,6 +479,7 @@ def dropout(
     checked_mode = check_mode(mode)
     if deterministic:
         return xdrop.dropout(x, rate, training=False, mode=checked_mode)
+    x = jnp.asarray(x)  # a NumPy batch gives a jax.Array, as nnx.Dropout's
     axes = tuple(int(axis) for axis in broadcast_dims)
     common.check_shared_axes("broadcast_dims", axes, x.ndim)
     noise_shape = common.spatial_noise_shape(x.ndim, axes)
