@@ -77,14 +77,21 @@ class JaxBackend(Backend, NamespaceFunctions, SeedArrays, NativeGenerator):
 
     def _placement(self, like: Any, shape: tuple[int, ...]) -> Any:
         """Where an array of ``shape`` made for ``like`` goes: ``like``'s sharding for its own
-        shape, its device for another shape, JAX's default device (None) for no concrete
-        ``like`` or one sharded over several devices."""
+        shape; for another shape its device, or replicated over its mesh (an eager operation
+        takes operands on one set of devices); JAX's default device (None) for no concrete
+        ``like``, or one sharded otherwise than by a mesh."""
         if not isinstance(like, self.jax.Array) or isinstance(like, self.jax.core.Tracer):
             return None
         if like.shape == shape:
             return like.sharding
         devices = like.sharding.device_set
-        return next(iter(devices)) if len(devices) == 1 else None
+        if len(devices) == 1:
+            return next(iter(devices))
+        if isinstance(like.sharding, self.jax.sharding.NamedSharding):
+            return self.jax.sharding.NamedSharding(
+                like.sharding.mesh, self.jax.sharding.PartitionSpec()
+            )
+        return None
 
     def reshape(self, a: Any, shape: tuple[int, ...]) -> Any:
         return self.jnp.reshape(a, shape)

@@ -177,6 +177,21 @@ def check_family_shard_map(mesh: jax.sharding.Mesh) -> int:
     return checked + 2
 
 
+def check_eager_family_on_sharded_arrays(mesh: jax.sharding.Mesh) -> int:
+    """Eager calls on arrays sharded over the mesh: the one-device result, with x's sharding
+    (drop_block's scale, a 0-d array made beside x, is replicated over x's mesh)."""
+    maps = jax.random.normal(jax.random.key(3), (8, 4, 8, 8))
+    expected = np.asarray(xdrop.drop_block(np.asarray(maps), RATE, 3, seed=SEED))
+    checked = 0
+    for spec in (P("a"), P("a", "b"), P(None, None, "a", "b")):
+        sharded = jax.device_put(maps, NamedSharding(mesh, spec))
+        y = xdrop.drop_block(sharded, RATE, 3, seed=SEED)
+        assert np.array_equal(np.asarray(y), expected), f"eager drop_block, {spec}"
+        assert y.sharding.is_equivalent_to(sharded.sharding, maps.ndim), f"{spec}: {y.sharding}"
+        checked += 1
+    return checked
+
+
 def check_masks_made_beside_like(mesh: jax.sharding.Mesh) -> int:
     """Masks made without drawing (evaluation, p == 0) and dropout_mask(like=x) lie where x
     does: on its device, with its sharding for its shape."""
@@ -206,7 +221,7 @@ def main() -> None:
             checked += check_jit(mesh, x) + check_shard_map(mesh, x)
     mesh = jax.make_mesh((2, 4), ("a", "b"))
     checked += check_changing_shardings(mesh) + check_family_shard_map(mesh)
-    checked += check_masks_made_beside_like(mesh)
+    checked += check_masks_made_beside_like(mesh) + check_eager_family_on_sharded_arrays(mesh)
     print(f"{checked} shardings: ok")
 
 
