@@ -88,9 +88,8 @@ class JaxBackend(Backend, NamespaceFunctions, SeedArrays, NativeGenerator):
         if len(devices) == 1:
             return next(iter(devices))
         if isinstance(like.sharding, self.jax.sharding.NamedSharding):
-            return self.jax.sharding.NamedSharding(
-                like.sharding.mesh, self.jax.sharding.PartitionSpec()
-            )
+            replicated = self.jax.sharding.PartitionSpec()  # type: ignore[no-untyped-call]
+            return self.jax.sharding.NamedSharding(like.sharding.mesh, replicated)
         return None
 
     def reshape(self, a: Any, shape: tuple[int, ...]) -> Any:
