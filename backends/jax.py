@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from xdrop.errors import ArgumentValueError
 from xdrop.protocol import Backend, Key, NamespaceFunctions, NativeGenerator, SeedArrays
 
 
@@ -69,8 +70,25 @@ class JaxBackend(Backend, NamespaceFunctions, SeedArrays, NativeGenerator):
         # a traced label cannot raise: one outside [0, size) picks NaN, so the loss is NaN rather
         # than quietly wrong; a negative one too, which take_along_axis would count from the end
         jnp = self.jnp
+        self._check_whole_axis(x, axis)
         indices = jnp.where(indices < 0, x.shape[axis], indices)
         return jnp.take_along_axis(x, indices, axis=axis, mode="fill", fill_value=jnp.nan)
+
+    def _check_whole_axis(self, x: Any, axis: int) -> None:
+        """Refuse ``x`` sharded along ``axis`` over explicit mesh axes (``jax.make_mesh``'s
+        default): a gather along it needs an output sharding JAX will not choose, and it
+        would raise its ``ShardingTypeError`` naming neither the logits nor a remedy."""
+        typeof: Callable[[Any], Any] | None = getattr(self.jax, "typeof", None)  # JAX >= 0.6
+        if typeof is None:
+            return
+        spec = getattr(getattr(typeof(x), "sharding", None), "spec", ())
+        if len(spec) > axis and spec[axis] is not None:  # only explicit axes show in types
+            raise ArgumentValueError(
+                f"logits must hold their class axis (axis {axis}) whole on each device to "
+                f"pick the labels' log-probabilities, got {typeof(x)}: sharded over the "
+                f"explicit mesh axes {spec[axis]!r}; reshard them with that axis None "
+                "(jax.sharding.reshard), or shard them over a mesh of AxisType.Auto axes"
+            )
 
     def full_mask(self, shape: tuple[int, ...], value: bool, like: Any = None) -> Any:
         return self.jnp.full(shape, value, dtype=bool, device=self._placement(like, shape))

@@ -8,6 +8,7 @@ under ``shard_map`` reproduce the global mask.
 
 from __future__ import annotations
 
+import math
 import os
 
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"  # before JAX is imported
@@ -192,6 +193,30 @@ def check_eager_family_on_sharded_arrays(mesh: jax.sharding.Mesh) -> int:
     return checked
 
 
+def check_rdrop_loss_on_explicit_shardings(mesh: jax.sharding.Mesh) -> int:
+    """jax.make_mesh's axes are explicit: logits sharded along the batch give the one-device
+    loss, eagerly and jitted; along the classes, an xdrop error saying to reshard them."""
+    assert set(mesh.axis_types) == {jax.sharding.AxisType.Explicit}, mesh.axis_types
+    logits = np.random.default_rng(4).normal(size=(8, 16)).astype(np.float32)
+    labels = np.arange(8) % 16
+    expected = float(xdrop.rdrop_loss(logits, 2 * logits, labels))
+    checked = 0
+    for spec in (P("a", None), P(("a", "b"), None), P()):
+        sharded = jax.device_put(logits, NamedSharding(mesh, spec))
+        for loss in (xdrop.rdrop_loss, jax.jit(xdrop.rdrop_loss)):
+            value = float(loss(sharded, 2 * sharded, jax.numpy.asarray(labels)))
+            assert math.isclose(value, expected, rel_tol=1e-6), (spec, value, expected)
+            checked += 1
+    sharded = jax.device_put(logits, NamedSharding(mesh, P("a", "b")))
+    try:
+        xdrop.rdrop_loss(sharded, 2 * sharded, jax.numpy.asarray(labels))
+    except xdrop.ArgumentValueError as error:
+        assert "reshard them" in str(error), error
+    else:
+        raise AssertionError("logits sharded along the classes were not refused")
+    return checked + 1
+
+
 def check_masks_made_beside_like(mesh: jax.sharding.Mesh) -> int:
     """Masks made without drawing (evaluation, p == 0) and dropout_mask(like=x) lie where x
     does: on its device, with its sharding for its shape."""
@@ -222,6 +247,7 @@ def main() -> None:
     mesh = jax.make_mesh((2, 4), ("a", "b"))
     checked += check_changing_shardings(mesh) + check_family_shard_map(mesh)
     checked += check_masks_made_beside_like(mesh) + check_eager_family_on_sharded_arrays(mesh)
+    checked += check_rdrop_loss_on_explicit_shardings(mesh)
     print(f"{checked} shardings: ok")
 
 
