@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -46,6 +47,22 @@ def test_variables_of_many_shapes_of_one_rank_are_read_as_their_values():
         np.testing.assert_array_equal(tape.gradient(y, v).numpy(), keep.numpy() * 2.0)
         shared = xdrop.dropout(v, tf.Variable(0.5), seed=0, noise_shape=(1, None))
         np.testing.assert_array_equal(shared.numpy(), shared.numpy()[:1].repeat(2, axis=0))
+
+
+@pytest.mark.parametrize(
+    ("make", "remedy"),
+    [(lambda: tf.ragged.constant([[1.0, 2.0], [3.0]]), "x.to_tensor()"),
+     (lambda: tf.sparse.from_dense(tf.ones((2, 2))), "tf.sparse.to_dense(x)"),
+     (lambda: tf.IndexedSlices(tf.ones((1, 2)), tf.constant([0])), "tf.convert_to_tensor(x)")],
+    ids=["ragged", "sparse", "indexed slices"],
+)  # fmt: skip
+def test_composite_tensors_are_refused_by_name_saying_how_to_make_them_dense(make, remedy):
+    x = make()
+    message = f"x must be a dense array (xdrop draws a mask for every element: {remedy} first), "
+    with pytest.raises(
+        xdrop.ArgumentTypeError, match=re.escape(message + f"got <{type(x).__name__}>")
+    ):
+        xdrop.dropout(x, 0.5, seed=1)
 
 
 def test_p_one_has_zero_gradient_even_for_infinite_inputs():

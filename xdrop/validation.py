@@ -231,6 +231,10 @@ def as_input_array(xp: Backend, x: object, argument: str = "x") -> Array:
             shown = Shown(f"<nested tensor of layout {layout}>")
             raise ArgumentTypeError(describe(argument, shown, allowed))
         return x
+    kind = type(x).__name__
+    if kind in _NOT_DENSE:  # NumPy would take it for an object, and say so
+        allowed = f"a dense array (xdrop draws a mask for every element: {_NOT_DENSE[kind]} first)"
+        raise ArgumentTypeError(describe(argument, Shown(f"<{kind}>"), allowed))
     try:
         return xp.asarray(x)
     # ragged lists, strings, objects (torch says RuntimeError where it infers no dtype)
@@ -240,6 +244,14 @@ def as_input_array(xp: Backend, x: object, argument: str = "x") -> Array:
         raise ArgumentTypeError(
             describe(argument, shown, allowed) + f" of type {type(x).__name__}"
         ) from error
+
+
+_NOT_DENSE = {
+    "RaggedTensor": "x.to_tensor()",
+    "SparseTensor": "tf.sparse.to_dense(x)",
+    "IndexedSlices": "tf.convert_to_tensor(x)",
+}
+"""TensorFlow's composite tensors, by type name, and how to make each dense."""
 
 
 def holds_values_here(xp: Backend, value: Array, like: object) -> bool:

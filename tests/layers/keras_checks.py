@@ -458,6 +458,12 @@ def test_a_keras_variable_rate_is_its_value_eagerly_and_in_fit():
         assert seen["loss"] == pytest.approx(expected, rel=1e-6)
 
 
+def test_a_layer_refuses_a_variable_rate_whose_later_values_it_would_ignore():
+    """The layer's rate is configuration; the function above reads a variable at each call."""
+    with pytest.raises(xdrop.ArgumentTypeError, match=r"call xdrop\.dropout with the variable"):
+        Dropout(keras.Variable(0.3, trainable=False), seed=1)
+
+
 def test_a_keras_variable_as_x_is_its_value_on_the_backend_and_trains():
     weights = keras.Variable(np.ones((4, 8), "float32"))
     dropped = xdrop.dropout(weights, 0.5, seed=1)

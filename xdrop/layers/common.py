@@ -37,7 +37,17 @@ def check_layer_rate(argument: str, rate: object) -> float:
     """A layer's rate as a float in ``[0, 1]``; errors name the layer's own argument (``p`` or
     ``rate``). A layer holds a Python number: it is part of the layer's configuration. A 0-d
     array holding a real number (``jnp.float32(0.1)``, ``torch.tensor(0.1)``), which the
-    frameworks' own layers take, is read as its value."""
+    frameworks' own layers take, is read as its value. A variable (``keras.Variable``,
+    ``tf.Variable``: anything with ``assign``) is refused: read once, its later values would be
+    ignored silently."""
+    if hasattr(rate, "assign"):
+        raise bad_type(
+            argument,
+            Shown(f"<{type(rate).__name__}>", type(rate).__name__),
+            "a real number in [0, 1], or a 0-d array holding one: a layer holds its rate as "
+            "configuration, read once; for a rate that changes in training, call xdrop.dropout "
+            "with the variable, which reads it at each call",
+        )
     value = _host_real(rate)
     if value is None:
         raise bad_type(argument, rate, "a real number in [0, 1], or a 0-d array holding one")

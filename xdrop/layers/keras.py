@@ -601,7 +601,8 @@ def set_mc_sampling(model: Any, enabled: bool = True) -> int:
 
     Only xdrop's layers change: BatchNormalization keeps using its moving statistics, which
     ``training=True`` would not (keras-team/keras#9412). The model's compiled ``predict`` and
-    ``evaluate`` functions are dropped, so that they are traced again with the new setting.
+    ``evaluate`` functions are dropped, so that they are traced again with the new setting; pass
+    the model whose ``predict`` is called (an outer model keeps its own compiled functions).
     Returns the number of layers switched.
 
     Example:
@@ -821,7 +822,9 @@ def convert(
     ``t``-th training call then returns what the xdrop layer's docstring says, e.g. for
     ``Dropout`` ``xdrop.dropout(x, rate, seed=xdrop.fold_in(site_seed, t))``. The layer stays
     the same Python object (its class changes), so functional graphs and the model's config stay
-    valid; the model's compiled train, test and predict functions are dropped, to be traced again.
+    valid; the model's compiled train, test and predict functions are dropped, to be traced again
+    (those of a model holding ``model``, which this call cannot see, are not: convert the
+    outermost model, or compile the one holding it again).
     Layers that already are xdrop's are left as they are, so converting twice changes nothing.
 
     A layer that draws dropout-like noise otherwise (a subclass of a layer listed above, a class
