@@ -242,17 +242,14 @@ def check_seed_owner(seed: Array, xp: Backend, name: str = "x") -> None:
         raise bad_type("seed", seed, seed_of_allowed(name))
 
 
+@host_constant
 def refuse_to_draw_in_a_trace() -> None:
     """Raise :class:`TracingError` if any imported framework is tracing now. It looks at every
-    framework, not just the one of the call's arrays (``dropout_mask`` may have none)."""
-    tracing = _tracing_framework()
-    if tracing is not None:  # raised where torch.compile traces: the user catches its type
-        raise _drawn_seed_in_trace(tracing)
-
-
-@host_constant  # as plain Python under torch.compile, which would wrap an error raised here
-def _tracing_framework() -> str | None:
-    return next((b.name for b in imported_backends() if b.in_trace()), None)
+    framework, not just the one of the call's arrays (``dropout_mask`` may have none), and runs
+    as plain Python under ``torch.compile``, so the user reads this message."""
+    tracing = [backend.name for backend in imported_backends() if backend.in_trace()]
+    if tracing:
+        raise _drawn_seed_in_trace(tracing[0])
 
 
 def seed_key(seed: object, xp: Backend, like: Array | None) -> Key:
