@@ -868,9 +868,10 @@ def _unconverted(module: torch.nn.Module, table: dict[type, Any], configs: set[i
     name), or None: a class (or base class below ``nn.Module``) whose name says dropout, drop
     path, drop block or stochastic depth, or a float ``drop_prob`` (timm's name); an
     ``nn.MultiheadAttention`` whose function body is not routed; LayerDrop (a float
-    ``layerdrop`` or ``*_layerdrop`` above 0, Hugging Face's ``torch.rand`` skipping layers) and
-    SpecAugment masks (Hugging Face's speech models, NumPy's generator), read from a model's
-    ``config`` once per config (``configs``: those read). xdrop's own layers excepted."""
+    ``layerdrop``, ``*_layerdrop`` or ``layer_drop`` above 0: ``torch.rand`` skipping layers) and
+    SpecAugment masks (Hugging Face's speech models, NumPy's generator), read from the module's
+    own attributes and from its ``config``, once per config (``configs``: those read). xdrop's
+    own layers excepted."""
     if isinstance(module, Dropout) or type(module) in table:
         return None
     classes = type(module).__mro__[: type(module).__mro__.index(torch.nn.Module)]
