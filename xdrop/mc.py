@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from xdrop import rdrop, registry, seeds
+from xdrop import rdrop, registry, seeds, spec
 from xdrop.errors import Shown, bad_type, bad_value
 from xdrop.protocol import Array, FamilyBackend, LossBackend, require
 from xdrop.registry import backend_for
@@ -135,7 +135,7 @@ def _seed_argument(seed: object, x: Any) -> object:
     owner = registry.owner_of_type(type(x))
     if owner is None or owner == "numpy":
         return seed
-    return backend_for(x).asarray(np.array(divmod(seed, 2**32), np.uint32))
+    return backend_for(x).asarray(np.array(divmod(seed, spec.WORD_COUNT), np.uint32))
 
 
 def _batched(
