@@ -502,8 +502,7 @@ class SiteStream(nnx.RngStream):
 
     def __init__(self, seed: int, *, tag: str = "dropout") -> None:
         words = np.array(common.seed_words(check_natural("seed", seed, 64)), np.uint32)
-        key = jax.random.wrap_key_data(jnp.asarray(words), impl="threefry2x32")
-        super().__init__(key, tag=tag)
+        super().__init__(_threefry_keys(words), tag=tag)
 
     def __call__(self) -> jax.Array:
         """The next key, ``xdrop.fold_in(s, t)``; the count ``t`` advances. Refused where
@@ -709,9 +708,15 @@ def _site_stream(words: np.ndarray, tag: str) -> SiteStream:
     """A :class:`SiteStream` whose key holds the seed words ``words``, shape ``(*layers, 2)``:
     one key, and one count, per stacked layer."""
     stream = SiteStream(0, tag=tag)
-    stream.key.set_value(jax.random.wrap_key_data(jnp.asarray(words), impl="threefry2x32"))
+    stream.key.set_value(_threefry_keys(words))
     stream.count.set_value(jnp.zeros(words.shape[:-1], jnp.uint32))
     return stream
+
+
+def _threefry_keys(words: np.ndarray) -> jax.Array:
+    """Threefry keys of the key words ``words``, shape ``(..., 2)``: JAX's default keys, whose
+    ``bernoulli`` draws xdrop's masks."""
+    return jax.random.wrap_key_data(jnp.asarray(words), impl="threefry2x32")
 
 
 class _Found:
