@@ -45,6 +45,11 @@ class ArrayApiBackend(Backend, OperatorArithmetic, RateOps, FamilyOps, SeedArray
         values = x if dtype is None else np.asarray(x, np.float64)
         return xp.asarray(values, dtype=None if dtype is None else getattr(xp, dtype))
 
+    def in_host_memory(self, x: Any) -> bool:
+        # DLPack names each array's device type: 1 is the host's (kDLCPU)
+        dlpack_device = getattr(x, "__dlpack_device__", None)
+        return dlpack_device is not None and dlpack_device()[0] == 1
+
     def to_numpy(self, x: Any) -> np.ndarray:
         if self.dtype_name(x) == "bfloat16":
             x = self._namespace(x).astype(x, self._namespace(x).float32)

@@ -78,6 +78,17 @@ def test_r_dropout_runs_on_the_standard_alone():
     assert out1.shape == out2.shape == (3, 2)
 
 
+@pytest.mark.parametrize("label", [-1, 5, -100])
+def test_r_dropout_refuses_labels_outside_the_classes_as_on_numpy(label):
+    # the labels are in host memory (DLPack says so), so they are read and checked
+    z = strict.zeros((2, 5))
+    labels = strict.asarray([0, label])
+    with pytest.raises(
+        xdrop.ArgumentValueError, match=rf"in \[0, 5\), got {label} at position \(1,\)"
+    ):
+        xdrop.rdrop_loss(z, z, labels)
+
+
 def test_a_rate_of_another_namespace_is_refused_with_what_to_do():
     """The generic backend runs any namespace, but a rate must be of x's own (a JAX rate on a
     strict array cannot be computed with while traced): refused eagerly and under jax.jit alike."""
