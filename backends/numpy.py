@@ -140,7 +140,8 @@ class NumpyBackend(Backend, NamespaceFunctions, SeedArrays, NativeGenerator):
 
     # -- losses: values only, NumPy has no autograd ------------------------------------------------
     def astype(self, x: Any, dtype: str) -> Any:
-        return np.asarray(x).astype(_dtype(dtype))
+        with np.errstate(over="ignore"):  # to infinity, silently, as the other frameworks round
+            return np.asarray(x).astype(_dtype(dtype))
 
     def log_softmax(self, x: Any, axis: int) -> Any:
         # a row of -inf (or one holding +inf or NaN) has no distribution: NaN, without a warning

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -65,6 +66,17 @@ def test_alpha_dropout_edges(xp, array, host):
     np.testing.assert_array_equal(host(xdrop.alpha_dropout(x, 1.0, seed=1)), np.zeros((2, 3)))
     rows = host(xdrop.alpha_dropout(array(np.zeros((4, 5, 3))), 0.5, seed=2, noise_shape=(4, 1, 3)))
     assert (rows == rows[:, :1, :]).all()  # one mask shared over time: locked dropout
+
+
+def test_alpha_constants_that_overflow_the_dtype_are_refused_as_dropouts_scale_is(xp, array, host):
+    """b = -a * alpha' * p passes float16's 65504 for p above about 1 - 1.8e-10: inf - inf would
+    make every unit NaN."""
+    half = array(np.ones((2, 8)), "float16")
+    for training in (True, False):
+        with pytest.raises(xdrop.ArgumentValueError, match=r"p must be small enough.* float16"):
+            xdrop.alpha_dropout(half, 1 - 1e-10, seed=1, training=training)
+    assert np.isfinite(host(xdrop.alpha_dropout(half, 1 - 1e-9, seed=1))).all()
+    assert np.isfinite(host(xdrop.alpha_dropout(array(np.ones(16)), 1 - 1e-12, seed=1))).all()
 
 
 # -- Gaussian dropout ------------------------------------------------------------------------------
@@ -342,6 +354,16 @@ def test_coupled_channels_share_the_corners_drawn_once_per_sample(xp, array, hos
     corners = ~host(xdrop.dropout_mask((2, 1, 7, 6), gamma, seed=5, like=x)).astype(bool)
     corners = np.broadcast_to(corners, (2, 4, 7, 6))
     np.testing.assert_allclose(y, reference_drop_block(host(x), corners, 3), rtol=1e-6)
+
+
+def test_a_drop_block_factor_beyond_float16_makes_kept_units_inf_silently(xp, array, host):
+    """count / kept is 90000 / 1 here, beyond float16's 65504: the factor rounds to inf (the
+    draw decides it, so the rate cannot be refused), without a warning on any backend."""
+    half = array(np.ones((1, 1, 300, 300)), "float16")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        y = host(xdrop.drop_block(half, 0.99999, 1, seed=0)).astype(np.float64)
+    assert (y != 0).sum() == 1 and np.isposinf(y).sum() == 1
 
 
 def test_drop_block_options_scale_gamma_and_eps(xp, array, host):

@@ -90,6 +90,13 @@ def alpha_dropout(
     if sharded is not None:
         return sharded
     xp, x, dtype, rate = _common(x, p)
+    if isinstance(rate, float) and 0 < rate < 1:
+        constants = _host_alpha_constants(rate, dtype)
+        if not all(map(math.isfinite, constants)):
+            allowed = (
+                f"small enough that a and b = {constants} are finite in {dtype} (use a wider dtype)"
+            )
+            raise bad_value("p", p, allowed)
     generator = seeds.rng_kind(rng)
     noise = check_noise_shape(noise_shape, xp.shape(x))
     start = _check_offset(xp, x, offset, noise, generator)
@@ -103,14 +110,20 @@ def alpha_dropout(
             return x
         if rate == 1:
             return family.select(keep, x)  # nothing kept: +0.0 everywhere, zero gradient
-        q = 1.0 - rate
-        a = (q + ALPHA_PRIME**2 * q * rate) ** -0.5
-        scale, shift = spec.rounded(a, dtype), spec.rounded(-a * ALPHA_PRIME * rate, dtype)
+        scale, shift = constants
         dropped = family.where(keep, x, spec.rounded(ALPHA_PRIME, dtype))
         return family.add(family.multiply(dropped, scale), shift)
     scale, shift = _alpha_constants(family, rate, dtype)
     dropped = family.where(keep, x, spec.rounded(ALPHA_PRIME, dtype))
     return family.add(family.multiply(dropped, scale), shift)
+
+
+def _host_alpha_constants(p: float, dtype: str) -> tuple[float, float]:
+    """``(a, b)`` of a host rate in ``(0, 1)``, rounded to ``x``'s dtype (infinite where they
+    overflow it: float16 near ``p = 1``)."""
+    q = 1.0 - p
+    a = (q + ALPHA_PRIME**2 * q * p) ** -0.5
+    return spec.rounded(a, dtype), spec.rounded(-a * ALPHA_PRIME * p, dtype)
 
 
 def _alpha_constants(xp: FamilyBackend, p: Array, dtype: str) -> tuple[Array, Array]:
