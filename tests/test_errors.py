@@ -222,6 +222,26 @@ def test_sparse_torch_tensors_are_refused_with_an_xdrop_error():
                 xdrop.dropout(x, 0.5, seed=0, training=training, mode="classic")
 
 
+@pytest.mark.parametrize(
+    ("x", "remedy"),
+    [
+        (np.ma.array([1.0, 2.0], mask=[0, 1]), "np.ma.getdata(x)"),
+        (np.matrix([[1.0, 2.0]]), "np.asarray(x)"),
+    ],
+    ids=["masked array", "matrix"],
+)
+def test_numpy_subclasses_whose_meaning_the_output_would_drop_are_refused(x, remedy, tmp_path):
+    # a masked array's mask (the masked values would leak into the output), a matrix's type;
+    # a memmap is a plain array with a file behind it
+    for call in (xdrop.dropout, xdrop.alpha_dropout):
+        for training in (True, False):
+            with raises(TypeError, "x must be a plain NumPy array", remedy, type(x).__name__):
+                call(x, 0.5, seed=0, training=training)
+    memmap = np.memmap(tmp_path / "x", np.float32, "w+", shape=(4,))
+    with xdrop.use_backend("numpy"):
+        assert type(xdrop.dropout(memmap, 0.5, seed=0)) is np.ndarray  # as memmap * 2 is
+
+
 STRINGS = np.array(["inverted", "classic"])  # `in` on it compares element by element
 LOGITS = np.zeros((2, 3), np.float32)
 

@@ -221,6 +221,15 @@ def as_input_array(xp: Backend, x: object, argument: str = "x") -> Array:
     lists of numbers are converted; what cannot be converted, or a sparse tensor, is an error."""
     if is_keras_variable(x):
         x = x.value  # type: ignore[attr-defined]
+    if isinstance(x, np.ndarray) and type(x) not in (np.ndarray, np.memmap):
+        # the output is a fresh ndarray: what the subclass adds would be dropped silently
+        remedy = (
+            "its mask would be lost: give np.ma.getdata(x) or x.filled(value)"
+            if isinstance(x, np.ma.MaskedArray)
+            else "what the subclass adds would be lost: give np.asarray(x)"
+        )
+        shown = Shown(f"<{type(x).__module__}.{type(x).__name__}>")
+        raise ArgumentTypeError(describe(argument, shown, f"a plain NumPy array ({remedy})"))
     if xp.is_array(x):
         layout = str(getattr(x, "layout", ""))
         if getattr(x, "is_sparse", False) or layout.startswith("torch.sparse"):
