@@ -85,6 +85,18 @@ def test_noise_shape_broadcasts_one_decision(array, host):
     assert (keep == np.broadcast_to(drawn, (4, 3, 5))).all()
 
 
+def test_noise_shape_may_be_an_array_of_sizes_or_hold_0d_ones(xp, array, host):
+    # tf.nn.dropout takes a tensor of sizes; Keras writes (ops.shape(x)[0], 1, ...)
+    x = array(np.ones((4, 3, 5)))
+    expected = host(xdrop.dropout(x, 0.5, seed=8, noise_shape=(4, 1, 5)))
+    sizes = xp.asarray(np.array([4, 1, 5]))
+    for noise_shape in (sizes, np.array([4, 1, 5]), (xp.asarray(np.int64(4)), 1, 5)):
+        assert (host(xdrop.dropout(x, 0.5, seed=8, noise_shape=noise_shape)) == expected).all()
+    for bad in (xp.asarray(np.array([4.0, 1.0, 5.0])), (xp.asarray(np.array([4, 1])), 1, 5)):
+        with pytest.raises(xdrop.ArgumentTypeError, match="noise_shape must be"):
+            xdrop.dropout(x, 0.5, seed=8, noise_shape=bad)
+
+
 def test_missing_leading_noise_dims_are_shared(array, host):
     _, keep = xdrop.dropout(array(np.ones((4, 3))), 0.5, seed=8, noise_shape=(3,), return_mask=True)
     keep = host(keep)

@@ -228,6 +228,45 @@ def test_graph_steps_that_return_their_mask_give_the_eager_bits(rows):
         assert gradient.numpy().tobytes() == expected.numpy().tobytes()
 
 
+def test_noise_shapes_as_tensorflow_writes_them():
+    """A TensorShape, a tensor of sizes, and in a graph sizes traced from x where x's own size is
+    known only at run time (there a traced size stands for it, as None does); a traced size
+    where x's is known, or a traced tensor of sizes, cannot be checked, and is refused."""
+    x = tf.ones((4, 5, 3))
+    expected = xdrop.dropout(x, 0.5, seed=1, noise_shape=(4, 1, 3)).numpy()
+    for noise_shape in (
+        tf.TensorShape([4, 1, 3]),
+        x.shape[:1].concatenate([1, 3]),
+        tf.constant([4, 1, 3]),
+    ):
+        assert (xdrop.dropout(x, 0.5, seed=1, noise_shape=noise_shape).numpy() == expected).all()
+    signature = [tf.TensorSpec((None, 5, 3))]
+
+    @tf.function(input_signature=signature, autograph=False)
+    def traced_batch(x):
+        return xdrop.dropout(x, 0.5, seed=1, noise_shape=(tf.shape(x)[0], 1, 3))
+
+    assert (traced_batch(x).numpy() == expected).all()
+    refused = {
+        "a traced size .* only where x's size is known only at run time": lambda x: (
+            tf.shape(x)[0],
+            1,
+            tf.shape(x)[2],
+        ),
+        "integers that can be read now, not traced ones": lambda x: (
+            tf.shape(x) * [1, 0, 1] + [0, 1, 0]
+        ),
+    }
+    for message, noise_shape_of in refused.items():
+
+        @tf.function(input_signature=signature, autograph=False)
+        def traced(x, noise_shape_of=noise_shape_of):
+            return xdrop.dropout(x, 0.5, seed=1, noise_shape=noise_shape_of(x))
+
+        with pytest.raises(xdrop.XdropError, match=message):
+            traced(x)
+
+
 def test_recorded_eager_calls_run_the_kernel_forward_and_backward(monkeypatch):
     from xdrop import kernel
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import operator
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -353,13 +354,30 @@ def check_noise_shape(noise_shape: object, shape: tuple[int | None, ...]) -> tup
     allowed = (
         f"a sequence of at most {len(shape)} entries, each 1, None or the size of x there {shape}"
     )
-    if not isinstance(noise_shape, Sequence) or isinstance(noise_shape, (str, bytes)):
+    if isinstance(noise_shape, (str, bytes)) or not hasattr(noise_shape, "__len__"):
         raise bad_type("noise_shape", noise_shape, allowed)
-    if not all(entry is None or is_integer(entry) for entry in noise_shape):
+    array_of_sizes = not isinstance(noise_shape, Sequence)  # a tf.TensorShape, a 1-d array
+    if array_of_sizes:
+        allowed += "; an array of sizes must hold integers that can be read now, not traced ones"
+    read = [_readable_size(entry) for entry in _iterated(noise_shape)]
+    if not all(
+        entry is None or is_integer(entry) or (entry is _TRACED and not array_of_sizes)
+        for entry in read
+    ):
         raise bad_type("noise_shape", noise_shape, allowed)
-    if len(noise_shape) > len(shape):
+    if len(read) > len(shape):
         raise bad_value("noise_shape", noise_shape, allowed)
-    padded = (1,) * (len(shape) - len(noise_shape)) + tuple(noise_shape)
+    padded = (1,) * (len(shape) - len(read)) + tuple(read)
+    if any(
+        entry is _TRACED and size is not None for entry, size in zip(padded, shape, strict=True)
+    ):
+        known = (
+            "; a traced size (tf.shape(x)[i]) only where x's size is known only at run time, "
+            "where it stands for it: elsewhere give the size or None"
+        )
+        raise bad_value("noise_shape", noise_shape, allowed + known)
+    # a size read from x while tracing (Keras' ops.shape(x)[0]) stands for x's size there
+    padded = tuple(None if entry is _TRACED else entry for entry in padded)
     completed = tuple(
         size if entry is None else int(entry) for size, entry in zip(shape, padded, strict=True)
     )
@@ -373,6 +391,30 @@ def check_noise_shape(noise_shape: object, shape: tuple[int | None, ...]) -> tup
         for entry, size in zip(completed, shape, strict=True)
     )
     return completed
+
+
+def _iterated(sizes: object) -> list[object]:
+    try:
+        return list(sizes)  # type: ignore[call-overload]
+    except TypeError:  # a traced tensor of sizes, which no Python loop may iterate
+        return [sizes]
+
+
+_TRACED = object()
+"""A size held in a traced 0-d integer tensor, whose value is known only at run time."""
+
+
+def _readable_size(entry: object) -> object:
+    """A size held in a 0-d integer array as an int where it can be read, ``_TRACED`` where it
+    cannot; anything else as it is."""
+    if entry is None or is_integer(entry) or getattr(entry, "shape", None) != ():
+        return entry
+    if "int" not in str(getattr(entry, "dtype", "")):
+        return entry
+    try:
+        return operator.index(entry)
+    except TypeError:
+        return _TRACED
 
 
 def check_scale_fits(p: float, dtype: str, mode: str) -> None:
