@@ -67,8 +67,9 @@ def test_xdrop_backend_names_the_default_backend():
 
 
 @pytest.mark.parametrize("name", ["nonsense", "os", "xdrop.backends.numpy", "numpy:NumpyBackend"])
-def test_an_unregistered_name_fails_listing_the_registered_backends(name):
-    code = "import numpy as np, xdrop; xdrop.dropout(np.ones(3), 0.5, seed=0)"
+@pytest.mark.parametrize("call", ["xdrop.dropout(np.ones(3), 0.5, seed=0)", "xdrop.get_backend()"])
+def test_an_unregistered_name_fails_listing_the_registered_backends(name, call):
+    code = f"import numpy as np, xdrop; {call}"
     result = run_python(code, XDROP_BACKEND=name)
     assert result.returncode != 0
     assert "BackendError" in result.stderr

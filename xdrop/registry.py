@@ -277,22 +277,27 @@ def default_backend() -> Backend:
 def _checked_default_name() -> str:
     """The default backend's name, loaded; one that only ``XDROP_BACKEND`` names must be
     registered."""
-    name = defaults.BACKEND.chosen()
-    if name is None:
-        name = defaults.BACKEND.from_environment() or FALLBACK_BACKEND
-        if name not in _backends and name != FALLBACK_BACKEND and name not in _registered():
-            raise unknown_backend(name, f" (from the environment variable {ENVIRONMENT_VARIABLE})")
+    name = defaults.BACKEND.chosen() or _environment_name()
     load(name)
     return name
 
 
+def _environment_name() -> str:
+    """The backend ``XDROP_BACKEND`` names (numpy where unset), which must be registered."""
+    name = defaults.BACKEND.from_environment() or FALLBACK_BACKEND
+    if name not in _backends and name != FALLBACK_BACKEND and name not in _registered():
+        raise unknown_backend(name, f" (from the environment variable {ENVIRONMENT_VARIABLE})")
+    return name
+
+
 def get_backend() -> str:
-    """The name of the default backend, which runs NumPy arrays and Python scalars.
+    """The name of the default backend, which runs NumPy arrays and Python scalars; a name
+    that only ``XDROP_BACKEND`` gives must be registered (its framework is not imported).
 
     >>> xdrop.get_backend()
     'numpy'
     """
-    return default_name()
+    return defaults.BACKEND.chosen() or _environment_name()
 
 
 def set_backend(name: str) -> None:
