@@ -93,6 +93,8 @@ def test_every_bad_bench_argument_exits_2_with_one_line(arguments, capsys):
         (["golden"], "xdrop golden: error: "),
         (["golden", "--check", "no-such-file.json"], "xdrop golden: error: "),
         (["golden", ""], "xdrop golden: error: argument FILE: '': an empty name names no file"),
+        (["--bogus"], "xdrop: error: unrecognized arguments: --bogus"),
+        ([], "xdrop: error: a command is required: one of info, conformance, golden, bench"),
     ],
 )
 def test_the_installed_command_refuses_bad_arguments_with_one_line(arguments, says, tmp_path):

@@ -61,7 +61,9 @@ def _main(argv: Sequence[str] | None) -> int:
     )  # TensorFlow's start-up chatter hides the table
     parser = _Parser(prog="xdrop", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"xdrop {xdrop.__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    # not required=True: argparse would then say a command is missing before naming an option
+    # it does not know (`xdrop --bogus`)
+    commands = parser.add_subparsers(dest="command", parser_class=_Parser)
     commands.add_parser(
         "info",
         help="the installed backends, the default backend and generator, the compiled kernel",
@@ -109,6 +111,8 @@ def _main(argv: Sequence[str] | None) -> int:
     )  # fmt: skip
     bench = _add_bench(commands)
     arguments = parser.parse_args(argv)
+    if arguments.command is None:
+        parser.error(f"a command is required: one of {', '.join(commands.choices)}")
     if arguments.command == "info":
         return _info()
     if arguments.command == "golden":
