@@ -361,6 +361,31 @@ def test_given_rngs_each_training_call_draws_with_the_streams_next_key():
     assert int(layer.rngs.count[...]) == 3  # evaluation draws no key
 
 
+@pytest.mark.parametrize("rate", [0.0, 1.0])
+def test_at_rates_0_and_1_no_key_is_taken_from_a_flax_stream_as_in_flax(rate):
+    """nnx.Dropout returns before taking a key there: a layer after it then draws with the key
+    it draws with in Flax (xdrop's own stream still counts every call: its step is the call's)."""
+    x = jnp.ones((4, 8))
+
+    def two_layers(make, rngs):
+        first, second = make(rate), make(0.5)
+        return second(first(x, rngs=rngs), rngs=rngs)
+
+    flax_rngs, xdrop_rngs = nnx.Rngs(dropout=0), nnx.Rngs(dropout=0)
+    expected = two_layers(nnx.Dropout, flax_rngs)
+    np.testing.assert_array_equal(two_layers(Dropout, xdrop_rngs), expected)
+    assert int(xdrop_rngs.dropout.count[...]) == int(flax_rngs.dropout.count[...]) == 1
+    own_stream = Dropout(rate, rngs=nnx.Rngs(dropout=0))
+    own_stream(x)
+    assert int(own_stream.rngs.count[...]) == 0
+    functional_rngs = nnx.Rngs(dropout=0)
+    flax_dropout(x, rate, functional_rngs)
+    assert int(functional_rngs.dropout.count[...]) == 0
+    own_seed = Dropout(rate, seed=1)
+    own_seed(x)
+    assert own_seed.step_value == 1
+
+
 def test_rngs_of_the_call_take_precedence_and_leave_the_modules_stream_alone():
     x = jnp.ones((2, 8))
     flax_style, own = Dropout(0.5, rngs=nnx.Rngs(dropout=0)), Dropout(0.5, seed=5)

@@ -26,7 +26,14 @@ from xdrop.errors import (
     bad_value,
 )
 from xdrop.layers import common
-from xdrop.validation import check_flag, check_mode, check_natural, is_integer, seed_value
+from xdrop.validation import (
+    as_real,
+    check_flag,
+    check_mode,
+    check_natural,
+    is_integer,
+    seed_value,
+)
 
 Rngs = nnx.Rngs | nnx.RngStream
 """What Flax's layers take as ``rngs``: a collection of streams, or one stream."""
@@ -175,13 +182,13 @@ class Dropout(common.DropoutDraws, nnx.Module):
             return self._evaluate(inputs, self.rate)  # type: ignore[no-any-return]
         inputs = jnp.asarray(inputs)  # a NumPy batch gives a jax.Array, as nnx.Dropout's
         noise_shape = common.spatial_noise_shape(inputs.ndim, self.broadcast_dims)
-        if rngs is not None:
-            seed = _key(rngs, self.rng_collection)
-        elif self.rngs is not None:
-            seed = self.rngs()
-        else:
+        if rngs is None and self.rngs is None:
             seed, next_step = _step_and_next(own_seed, own_step)
             self.step.set_value(next_step)  # a new value: a NumPy one is not written into
+        elif _draws_nothing(self.rate):
+            seed = 0  # unused: as nnx.Dropout, take no key, so later layers get Flax's keys
+        else:
+            seed = _key(rngs, self.rng_collection) if rngs is not None else self.rngs()
         seed, offset = common.process_ranks(inputs).place(
             self.data_parallel,
             seed,
@@ -483,8 +490,19 @@ def dropout(
     axes = tuple(int(axis) for axis in broadcast_dims)
     common.check_shared_axes("broadcast_dims", axes, x.ndim)
     noise_shape = common.spatial_noise_shape(x.ndim, axes)
-    key = _key(rngs, rng_collection, allowed="an nnx.Rngs, an nnx.RngStream or a JAX key")
+    key = (
+        0  # unused: as nnx.Dropout, take no key where nothing is drawn
+        if _draws_nothing(rate)
+        else _key(rngs, rng_collection, allowed="an nnx.Rngs, an nnx.RngStream or a JAX key")
+    )
     return xdrop.dropout(x, rate, seed=key, mode=checked_mode, noise_shape=noise_shape)
+
+
+def _draws_nothing(rate: object) -> bool:
+    """Whether ``rate`` is 0 or 1, where no mask is drawn: ``nnx.Dropout`` takes no key from
+    its stream there, and neither does xdrop from a Flax stream, so that the layers after it
+    draw with the keys they draw with in Flax."""
+    return as_real(rate) in (0.0, 1.0)
 
 
 class SiteStream(nnx.RngStream):
