@@ -131,6 +131,29 @@ def test_dropout_mask_follows_a_symbolic_batch():
     np.testing.assert_array_equal(np.asarray(mask), xdrop.dropout_mask((3, 8), 0.4, seed=2))
 
 
+def test_a_noise_shape_holding_a_symbolic_size_stands_for_that_size():
+    # (x.shape[0], 1, x.shape[2]) as flax and keras write it; a symbolic size where x's own size
+    # is known cannot be checked, and is refused
+    jax = pytest.importorskip("jax")
+    from jax import export
+
+    (batch,) = export.symbolic_shape("batch")
+    spec = jax.ShapeDtypeStruct((batch, 4, 6), jax.numpy.float32)
+
+    def spatial(x):
+        return xdrop.dropout(x, 0.5, seed=3, noise_shape=(x.shape[0], 1, x.shape[2]))
+
+    exported = export.export(jax.jit(spatial))(spec)
+    x = np.ones((3, 4, 6), np.float32)
+    expected = xdrop.dropout(x, 0.5, seed=3, noise_shape=(3, 1, 6))
+    np.testing.assert_array_equal(np.asarray(exported.call(jax.numpy.asarray(x))), expected)
+    wide = jax.ShapeDtypeStruct((8, 4, batch), jax.numpy.float32)
+    with pytest.raises(xdrop.ArgumentValueError, match="a traced or symbolic size"):
+        export.export(jax.jit(lambda x: xdrop.dropout(x, 0.5, seed=3, noise_shape=(batch, 1, 1))))(
+            wide
+        )
+
+
 # -- PyTorch ----------------------------------------------------------------------------------------
 def test_torch_export_with_a_dynamic_batch_runs_at_two_sizes():
     torch = pytest.importorskip("torch")

@@ -372,8 +372,8 @@ def check_noise_shape(noise_shape: object, shape: tuple[int | None, ...]) -> tup
         entry is _TRACED and size is not None for entry, size in zip(padded, shape, strict=True)
     ):
         known = (
-            "; a traced size (tf.shape(x)[i]) only where x's size is known only at run time, "
-            "where it stands for it: elsewhere give the size or None"
+            "; a traced or symbolic size (tf.shape(x)[i]) only where x's size is known only at "
+            "run time, where it stands for it: elsewhere give the size or None"
         )
         raise bad_value("noise_shape", noise_shape, allowed + known)
     # a size read from x while tracing (Keras' ops.shape(x)[0]) stands for x's size there
@@ -406,8 +406,13 @@ _TRACED = object()
 
 def _readable_size(entry: object) -> object:
     """A size held in a 0-d integer array as an int where it can be read, ``_TRACED`` where it
-    cannot; anything else as it is."""
-    if entry is None or is_integer(entry) or getattr(entry, "shape", None) != ():
+    cannot, as is a symbolic dimension of ``jax.export``; anything else as it is."""
+    if entry is None or is_integer(entry):
+        return entry
+    jax_export = sys.modules.get("jax.export")  # imported wherever a symbolic dimension exists
+    if jax_export is not None and jax_export.is_symbolic_dim(entry):
+        return _TRACED
+    if getattr(entry, "shape", None) != ():
         return entry
     if "int" not in str(getattr(entry, "dtype", "")):
         return entry
