@@ -803,6 +803,49 @@ def test_activation_checkpointing_recomputation_is_refused_not_given_torchs_mask
         loss.backward()
 
 
+@pytest.mark.parametrize("use_reentrant", [False, True])
+@pytest.mark.parametrize("converted", ["the model", "each block, then the model"])
+def test_a_checkpointed_converted_forward_is_refused_in_training_and_runs_in_eval(
+    use_reentrant, converted
+):
+    """The recomputation runs the converted forward again at the advanced step: other masks,
+    and a gradient that mixes the two, unless refused."""
+
+    class FunctionalOnly(nn.Module):  # no dropout module: only the model's sites draw
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = nn.Linear(16, 16)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = F.dropout(self.linear(x), 0.3, self.training)
+            return F.scaled_dot_product_attention(x, x, x, dropout_p=0.2 if self.training else 0)
+
+    model = nn.Sequential(FunctionalOnly(), FunctionalOnly())
+    if converted != "the model":
+        for block in model:
+            convert(block, seed=1)
+    model = convert(model, seed=0)
+
+    def checkpointed(x: torch.Tensor) -> torch.Tensor:
+        for block in model:
+            x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=use_reentrant)
+        return x
+
+    inputs = _inputs().requires_grad_()
+    if converted == "the model":
+        loss = torch.utils.checkpoint.checkpoint(model, inputs, use_reentrant=use_reentrant).sum()
+    else:
+        loss = checkpointed(inputs).sum()
+    with pytest.raises(xdrop.RecomputationError, match="activation checkpointing"):
+        loss.backward()
+    model.eval()
+    checkpointed(inputs).sum().backward()
+    expected = torch.autograd.grad(model(inputs).sum(), inputs)[0]
+    inputs.grad = None
+    checkpointed(inputs).sum().backward()
+    assert torch.equal(inputs.grad, expected)
+
+
 def test_a_model_without_dropout_like_modules_converts_without_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -158,7 +158,7 @@ class Dropout(common.DropoutDraws, torch.nn.Module):
         self._check_input_shape("x", x.shape)
         if not (self.training or self.mc_sampling):
             return self._write(x, self._evaluate(x, self.p))
-        if _in_backward():
+        if functional.in_backward():
             raise RecomputationError(
                 f"{type(self).__name__} cannot draw during a backward pass: activation "
                 "checkpointing recomputes the forward there, and the layer's stream has advanced "
@@ -249,13 +249,6 @@ class Dropout(common.DropoutDraws, torch.nn.Module):
         return (
             f"p={self.p}, inplace={self.inplace}, mode={self.mode!r}, seed={int(self.seed) % 2**64}"
         )
-
-
-def _in_backward() -> bool:
-    """Whether autograd's engine runs a backward pass on this thread (where activation
-    checkpointing recomputes forwards). Not asked while compiling, where it would break the
-    graph."""
-    return not torch.compiler.is_compiling() and torch._C._current_graph_task_id() != -1
 
 
 def _is_integer_scalar(value: object) -> bool:

@@ -28,6 +28,7 @@ import xdrop
 from xdrop import sharding, spec, torch_kernel
 from xdrop.errors import (
     ArgumentTypeError,
+    RecomputationError,
     Shown,
     TracingError,
     UnconvertedDropoutError,
@@ -479,6 +480,14 @@ class FunctionalDropout(TorchFunctionMode):
         """The seed of this call: the next site of the innermost running module, at the
         model's step. Eagerly, a host integer (xdrop's fused kernel takes it as it is, and the
         site's seed is remembered); traced, computed in the graph from the root's buffers."""
+        if in_backward():
+            raise RecomputationError(
+                "a converted model cannot draw dropout during a backward pass: activation "
+                "checkpointing recomputes a forward there (the converted model's, or that of a "
+                "block converted on its own), and the model's step has advanced since, so it "
+                "would draw other masks than the forward's. Checkpoint only what draws no "
+                "dropout, or turn activation checkpointing off"
+            )
         high, low = site_words(self.context.rename, self._next_site())
         self.drew = True
         if self.host is not None and self.host[1] < 2**32:
@@ -586,6 +595,13 @@ def outside_forward(module: str) -> UnconvertedDropoutError:
         "submodule you run, or put it in eval mode; activation checkpointing is not supported "
         "in a converted model"
     )
+
+
+def in_backward() -> bool:
+    """Whether autograd's engine runs a backward pass on this thread (where activation
+    checkpointing recomputes forwards). Not asked while compiling, where it would break the
+    graph."""
+    return not torch.compiler.is_compiling() and torch._C._current_graph_task_id() != -1
 
 
 def _would_draw(module: torch.nn.Module) -> bool:
