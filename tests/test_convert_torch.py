@@ -309,6 +309,36 @@ def test_explicit_attention_equals_sdpa_without_dropout(options):
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
 
 
+def test_rows_masked_whole_by_a_float_mask_give_zeros_and_finite_gradients_as_sdpa():
+    # a causal mask and left padding, as nn.MultiheadAttention makes them: -inf floats
+    q, k, v = (t.requires_grad_() for t in _qkv(kv_heads=4))
+    mask = torch.zeros(5, 7).masked_fill(torch.ones(5, 7, dtype=torch.bool).triu(1), -math.inf)
+    mask = mask.masked_fill(torch.arange(7) < 3, -math.inf)  # rows 0-2 see nothing
+    expected = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    got = attention(q, k, v, mask, 0.0, False, None, False, seed=0)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    assert (got[..., :3, :] == 0).all()
+    dropped = attention(q, k, v, mask, 0.3, False, None, False, seed=0)
+    gradients = torch.autograd.grad(dropped[..., 3:, :].sum(), (q, k, v))
+    assert all(torch.isfinite(gradient).all() for gradient in gradients)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_attention_computes_in_float32_as_torchs_math_attention(dtype):
+    # q . q over 64 features of about 35 would pass float16's 65504 before the scale
+    g = torch.Generator().manual_seed(3)
+    q, v = (
+        (35 * torch.randn(2, 2, 6, 64, generator=g)).to(dtype),
+        torch.randn(2, 2, 6, 64).to(dtype),
+    )
+    k = q
+    with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH):
+        expected = F.scaled_dot_product_attention(q, k, v)
+    got = attention(q, k, v, None, 0.0, False, None, False, seed=0)
+    assert got.dtype == dtype and torch.isfinite(got).all()
+    torch.testing.assert_close(got, expected)
+
+
 def test_sdpa_with_dropout_applies_xdrop_dropout_to_the_attention_probabilities():
     class Attend(nn.Module):
         def forward(self, q, k, v, mask):  # type: ignore[no-untyped-def]

@@ -766,12 +766,18 @@ def attention(
     """
     if not isinstance(query, torch.Tensor):
         raise bad_type("query", query, "a tensor")
+    dtype = query.dtype
+    if dtype in (torch.float16, torch.bfloat16):  # as torch's math attention: float32 inside
+        query, key, value = query.float(), key.float(), value.float()
     length, source = query.size(-2), key.size(-2)
     factor = 1 / math.sqrt(query.size(-1)) if scale is None else scale
     if enable_gqa and query.dim() >= 3 and key.size(-3) != query.size(-3):
         key = key.repeat_interleave(query.size(-3) // key.size(-3), -3)
         value = value.repeat_interleave(query.size(-3) // value.size(-3), -3)
-    scores = (query @ key.transpose(-2, -1)) * factor
+    if factor >= 0:  # the scale split between query and key, as torch's: smaller products
+        scores = (query * math.sqrt(factor)) @ (key * math.sqrt(factor)).transpose(-2, -1)
+    else:
+        scores = (query @ key.transpose(-2, -1)) * factor
     if is_causal:
         allowed = torch.ones(length, source, dtype=torch.bool, device=query.device).tril()
         scores = scores.masked_fill(~allowed, -math.inf)
@@ -780,11 +786,12 @@ def attention(
             scores = scores.masked_fill(~attn_mask, -math.inf)
         else:
             scores = scores + attn_mask
-    probs = torch.softmax(scores, dim=-1)
+    # a row masked whole gives zeros, and zero gradients: its softmax would be NaN, and NaN
+    # would reach the gradients of the scores through the softmax's backward pass
     blocked = (scores == -math.inf).all(dim=-1, keepdim=True)
-    probs = probs.masked_fill(blocked, 0.0)
+    probs = torch.softmax(scores.masked_fill(blocked, 0.0), dim=-1).masked_fill(blocked, 0.0)
     offset: int | xdrop.Block = 0
     if data_parallel is not None:
         seed, offset = data_parallel.place(seed, probs)
     dropped: torch.Tensor = xdrop.dropout(probs, dropout_p, seed=seed, offset=offset)
-    return dropped @ value
+    return (dropped @ value).to(dtype)
