@@ -876,6 +876,18 @@ def test_a_checkpointed_converted_forward_is_refused_in_training_and_runs_in_eva
     assert torch.equal(inputs.grad, expected)
 
 
+def test_fx_refuses_to_trace_a_converted_model_and_a_traced_model_converts():
+    # FX calls the root's forward without its hooks: the trace would record torch's dropout
+    with pytest.raises(xdrop.TracingError, match="convert the traced module"):
+        torch.fx.symbolic_trace(convert(_encoder(), seed=3))
+    traced = [convert(torch.fx.symbolic_trace(_encoder()), seed=3) for _ in range(2)]
+    generator = torch.get_rng_state()
+    first, second = (model(_inputs()) for model in traced)
+    assert torch.equal(torch.get_rng_state(), generator)  # xdrop's masks, not torch's
+    assert torch.equal(first, second)
+    assert not torch.equal(first, traced[0].eval()(_inputs()))
+
+
 def test_a_model_without_dropout_like_modules_converts_without_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -21,6 +21,7 @@ from collections.abc import Callable, Hashable, Sequence
 from typing import Any, Generic, NamedTuple, TypeVar
 
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
@@ -345,6 +346,14 @@ class EnterModule:
         self.context, self.name, self.root, self.layer = context, name, root, layer
 
     def __call__(self, module: torch.nn.Module, args: Any) -> None:
+        if any(isinstance(argument, torch.fx.Proxy) for argument in args):
+            raise TracingError(
+                "torch.fx cannot trace a converted model: it calls the model's forward without "
+                "its hooks, through which the model's dropout draws xdrop's masks, so the traced "
+                "module would draw torch's. Use torch.export or torch.compile, or trace the "
+                "model before converting it and convert the traced module: "
+                "convert(torch.fx.symbolic_trace(model), seed=...)"
+            )
         forward = self.context.forward
         if self.root:
             forward.depth += 1
