@@ -669,6 +669,18 @@ def test_a_model_on_the_meta_device_is_refused_saying_to_materialize_it_first():
     assert int(model[1].seed) % 2**64 == common.site_seed(5, "1")
 
 
+def test_a_converted_model_computes_shapes_alone_on_the_meta_device_and_under_fake_tensors():
+    # nothing to read back there: the sites' seeds are computed from the buffers
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    for training in (True, False):
+        model = convert(_encoder(sdpa=True), seed=1).train(training)
+        expected = model(_inputs()).shape
+        with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+            assert model(mode.from_tensor(_inputs())).shape == expected
+        assert model.to("meta")(_inputs().to("meta")).shape == expected
+
+
 def test_a_compiled_model_is_refused_saying_to_convert_it_first():
     compiled = torch.compile(nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5)))
     in_place = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5))

@@ -331,7 +331,8 @@ def fold_in(seed: object, data: object) -> object:
     elif isinstance(seed, Generator) or seed is None:
         raise bad_type("seed", seed, "an integer in [0, 2**64) or a seed array")
     else:
-        like = None if host is None else data
+        # the key's words go beside the array given (a seed on the meta device folds into one)
+        like = seed if host is None else data
         xp = backend_for(seed if host is None else data)
     arrays = require(xp, SeedBackend, "fold_in of arrays", "pass Python ints to fold_in")
     key = seed_key(seed, xp, like)

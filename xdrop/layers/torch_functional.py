@@ -297,7 +297,8 @@ class SiteContext:
         read from the buffers when they changed since (a step, ``load_state_dict``, ``.to()``),
         else remembered, so that an eager forward on an accelerator does not wait on them.
         Under a ``torch.func`` transform the buffers may stand for a batch of values
-        (``vmap`` over stacked models' states): they are not read either."""
+        (``vmap`` over stacked models' states): they are not read either, nor where they hold
+        no values (the meta device, ``FakeTensorMode``): the seeds are then computed from them."""
         if torch_kernel.recorded() or type(seed) is not torch.Tensor:
             return None
         if torch_kernel.transforms_active():
@@ -311,7 +312,10 @@ class SiteContext:
             or mirror.step is not step
             or mirror.versions != (seed._version, step._version)
         ):
-            host = int(seed) % 2**64, int(step) % 2**64
+            try:
+                host = int(seed) % 2**64, int(step) % 2**64
+            except RuntimeError:  # no values to read: the meta device, torch's FakeTensorMode
+                return None
             mirror = self.mirror = Mirror(seed, step, (seed._version, step._version), host)
         return mirror.host
 
