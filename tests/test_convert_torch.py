@@ -900,6 +900,19 @@ def test_fx_refuses_to_trace_a_converted_model_and_a_traced_model_converts():
     assert not torch.equal(first, traced[0].eval()(_inputs()))
 
 
+@pytest.mark.parametrize("name", ["xdrop_seed", "xdrop_step"])
+def test_load_state_dict_refuses_a_model_seed_or_step_that_is_not_an_integer(name):
+    # a checkpoint cast whole to bfloat16 would put seed 123207680 in place of 123456789
+    model = nn.Sequential(convert(_encoder(), seed=123456789))
+    state = {key: value.clone() for key, value in model.state_dict().items()}
+    state[f"0.{name}"] = state[f"0.{name}"].bfloat16()
+    with pytest.raises(xdrop.ArgumentTypeError, match=rf"state_dict\['0.{name}'\] must be a 0-d"):
+        model.load_state_dict(state)
+    assert int(model[0].xdrop_seed) == 123456789
+    state[f"0.{name}"] = state[f"0.{name}"].int()  # any integer dtype is read exactly
+    model.load_state_dict(state)
+
+
 def test_a_model_without_dropout_like_modules_converts_without_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -236,19 +236,32 @@ class Dropout(common.DropoutDraws, torch.nn.Module):
     def _load_from_state_dict(
         self, state_dict: Any, prefix: str, *args: Any, **kwargs: Any
     ) -> None:
-        for name in ("seed", "step"):
-            value = state_dict.get(prefix + name)
-            if value is not None and not _is_integer_scalar(value):
-                shown = Shown(f"<{type(value).__name__}>")
-                if isinstance(value, torch.Tensor):
-                    shown = Shown(f"<tensor of {value.dtype} shape {tuple(value.shape)}>")
-                raise bad_type(f"state_dict[{prefix + name!r}]", shown, "a 0-d integer tensor")
+        _check_loaded_stream(state_dict, prefix, ("seed", "step"))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
         return (
             f"p={self.p}, inplace={self.inplace}, mode={self.mode!r}, seed={int(self.seed) % 2**64}"
         )
+
+
+def _check_loaded_stream(state_dict: Any, prefix: str, names: tuple[str, ...]) -> None:
+    """The seed and step that ``load_state_dict`` is given, refused unless 0-d integer tensors:
+    copied into the int64 buffers, a float would be truncated to another stream silently."""
+    for name in names:
+        value = state_dict.get(prefix + name)
+        if value is not None and not _is_integer_scalar(value):
+            shown = Shown(f"<{type(value).__name__}>")
+            if isinstance(value, torch.Tensor):
+                shown = Shown(f"<tensor of {value.dtype} shape {tuple(value.shape)}>")
+            raise bad_type(f"state_dict[{prefix + name!r}]", shown, "a 0-d integer tensor")
+
+
+def _check_loaded_root_stream(
+    module: torch.nn.Module, state_dict: Any, prefix: str, *_: Any
+) -> None:
+    """A converted model's ``load_state_dict`` pre-hook: its ``xdrop_seed`` and ``xdrop_step``."""
+    _check_loaded_stream(state_dict, prefix, ("xdrop_seed", "xdrop_step"))
 
 
 def _is_integer_scalar(value: object) -> bool:
@@ -1137,6 +1150,7 @@ def _install_sites(
         value = torch.tensor(common.signed(seed, 64), dtype=torch.int64, device=device)
         model.register_buffer("xdrop_seed", value)
         model.register_buffer("xdrop_step", torch.zeros((), dtype=torch.int64, device=device))
+        model.register_load_state_dict_pre_hook(_check_loaded_root_stream)
     context = _site_context(model)
     if context is None:
         context = functional.SiteContext(rename)
