@@ -161,7 +161,9 @@ class TorchBackend(Backend, OperatorArithmetic, NamespaceFunctions, SeedArrays, 
         )
 
     def is_tracing(self, x: Any) -> bool:
-        return self.kernels.recorded()
+        # under torch.func's transforms a tensor may stand for a batch of values (vmap), which
+        # no read gives back: its value is used as a traced one's is
+        return self.kernels.recorded() or self.kernels.transforms_active()
 
     traces_python_ints = True
 

@@ -674,6 +674,25 @@ def test_torch_func_vmap_over_seed_tensors_gives_each_seed_its_mask(torch):
         assert torch.equal(masks[row], keep) and torch.equal(outputs[row], expected)
 
 
+def test_torch_func_vmap_over_rates_and_block_starts_reads_none_of_them(torch):
+    """A batched tensor has no one value to read: rates and Block starts mapped over are used as
+    traced ones are. Each sample given its rows' counters draws its rows of the batch's mask."""
+    rows, features = 4, 6
+    x = torch.randn(rows, features)
+
+    def sample(row, index):
+        return xdrop.dropout(
+            row, 0.5, seed=3, offset=xdrop.Block((rows * features,), (index * features,))
+        )
+
+    per_sample = torch.func.vmap(sample)(x, torch.arange(rows))
+    assert torch.equal(per_sample, xdrop.dropout(x, 0.5, seed=3))
+    rates = torch.tensor([0.0, 0.25, 0.5, 1.0])
+    mapped = torch.func.vmap(lambda row, p: xdrop.dropout(row, p, seed=3))(x, rates)
+    for row, p in enumerate(rates.tolist()):
+        assert torch.equal(mapped[row], xdrop.dropout(x[row], p, seed=3))
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_torch_threads_give_the_bits_of_one_thread_forward_and_backward(torch, threads_restored, thread_counts, dtype):  # fmt: skip
     torch_dtype = getattr(torch, dtype)
