@@ -386,6 +386,31 @@ def test_at_rates_0_and_1_no_key_is_taken_from_a_flax_stream_as_in_flax(rate):
     assert own_seed.step_value == 1
 
 
+def test_in_linen_a_layer_is_refused_unless_the_nnx_bridge_gives_it_linens_keys():
+    """Built in a Linen module's compact code, a layer's own seed and step are no Linen
+    variables: under jit each step would draw the first step's mask."""
+    linen = pytest.importorskip("flax.linen")
+    from xdrop.layers.flax import convert
+
+    class Plain(linen.Module):
+        @linen.compact
+        def __call__(self, x):
+            return Dropout(0.5, seed=0)(x)
+
+    x = jnp.ones((4, 8))
+    with pytest.raises(xdrop.ArgumentValueError, match=r"nnx.bridge.to_linen\(Dropout, rate\)"):
+        Plain().init(jax.random.key(0), x)
+    bridged = nnx.bridge.to_linen(Dropout, 0.5)
+    variables = bridged.init({"params": jax.random.key(0), "dropout": jax.random.key(1)}, x)
+    y = bridged.apply(variables, x, rngs={"dropout": jax.random.key(2)})
+    expected = nnx.bridge.to_linen(nnx.Dropout, 0.5).apply(
+        variables, x, rngs={"dropout": jax.random.key(2)}
+    )
+    np.testing.assert_array_equal(y, expected)  # Flax's masks for Linen's keys
+    with pytest.raises(xdrop.ArgumentTypeError, match="a Linen model has no state"):
+        convert(Plain(), seed=0)
+
+
 def test_rngs_of_the_call_take_precedence_and_leave_the_modules_stream_alone():
     x = jnp.ones((2, 8))
     flax_style, own = Dropout(0.5, rngs=nnx.Rngs(dropout=0)), Dropout(0.5, seed=5)

@@ -6,6 +6,7 @@ the functional form for code that draws its masks itself."""
 from __future__ import annotations
 
 import re
+import sys
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -150,6 +151,8 @@ class Dropout(common.DropoutDraws, nnx.Module):
             raise bad_type("rng_collection", rng_collection, "the name of a stream of nnx.Rngs")
         self.rng_collection = rng_collection
         if rngs is None:
+            if _inside_linen():
+                raise ArgumentValueError(LINEN)
             words = common.seed_words(common.initial_seed(seed))
             self.seed = DropoutState(jnp.asarray(np.array(words, np.uint32)))
             self.step = DropoutState(jnp.zeros((2,), jnp.uint32))
@@ -268,6 +271,26 @@ def _step_and_next(seed: jax.Array, step: jax.Array) -> tuple[jax.Array, jax.Arr
     low = step[1] + jnp.uint32(1)
     return common.step_seed(seed, step), jnp.stack([step[0] + (low == 0).astype(jnp.uint32), low])
 
+
+def _is_linen(module: object) -> bool:
+    linen = sys.modules.get("flax.linen")
+    return linen is not None and isinstance(module, linen.Module)
+
+
+def _inside_linen() -> bool:
+    """Whether a Flax Linen module is being set up or applied (its ``compact`` code runs)."""
+    linen = sys.modules.get("flax.linen.module")
+    stack = getattr(getattr(linen, "_context", None), "module_stack", None)
+    return bool(stack) and stack[-1] is not None
+
+
+LINEN = (
+    "xdrop's Flax layers are NNX modules: one built inside a Linen module keeps its seed and "
+    "step outside Linen's variables, so under jax.jit every step would draw the first step's "
+    "mask. In Linen, wrap the class with nnx.bridge.to_linen(Dropout, rate) (it draws with "
+    "Linen's 'dropout' keys), or call xdrop.dropout(x, rate, seed=xdrop.fold_in(seed, step)) "
+    "with a step the Linen model keeps"
+)
 
 ALLOWED_RNGS = "an nnx.Rngs, an nnx.RngStream or None"
 ALLOWED_CALL_RNGS = "an nnx.Rngs, an nnx.RngStream, a JAX key or None"
@@ -644,7 +667,13 @@ def convert(
         True
     """
     if not isinstance(module, nnx.Module):
-        raise bad_type("module", module, "an nnx.Module (a Flax NNX model)")
+        allowed = "an nnx.Module (a Flax NNX model)"
+        if _is_linen(module):
+            allowed += (
+                "; a Linen model has no state convert could give streams: use "
+                "nnx.bridge.to_linen(xdrop.layers.flax.Dropout, rate) in place of nn.Dropout"
+            )
+        raise bad_type("module", module, allowed)
     if type(module) is nnx.Dropout:
         raise ArgumentValueError(
             "module is an nnx.Dropout, which convert cannot replace in place: convert the model "
