@@ -411,6 +411,28 @@ def test_in_linen_a_layer_is_refused_unless_the_nnx_bridge_gives_it_linens_keys(
         convert(Plain(), seed=0)
 
 
+def test_a_split_by_the_streams_name_takes_the_layers_own_stream_as_flaxs():
+    # flax's rngs_test.py::test_lifting_rng_state splits exhaustively: Param, RngCount, the
+    # stream's name, 'params'; the layer's seed and step carry the name as Flax's key does
+    class Model(nnx.Module):
+        def __init__(self, rngs):
+            self.rngs = rngs
+            self.dropout = Dropout(0.5, deterministic=False)
+            self.linear = nnx.Linear(2, 3, rngs=rngs)
+
+        def __call__(self, x):
+            return self.dropout(self.linear(x), rngs=self.rngs)
+
+    model = Model(nnx.Rngs(params=0, dropout=1))
+    graph, params, counts, dropout_state, rest = nnx.split(
+        model, nnx.Param, nnx.RngCount, "dropout", "params"
+    )
+    kinds = {type(variable).__name__ for _, variable in nnx.to_flat_state(dropout_state)}
+    assert kinds == {"DropoutState", "RngKey"}
+    y = nnx.merge(graph, params, counts, dropout_state, rest)(jnp.ones((1, 2)))
+    assert y.shape == (1, 3)
+
+
 def test_rngs_of_the_call_take_precedence_and_leave_the_modules_stream_alone():
     x = jnp.ones((2, 8))
     flax_style, own = Dropout(0.5, rngs=nnx.Rngs(dropout=0)), Dropout(0.5, seed=5)

@@ -154,8 +154,10 @@ class Dropout(common.DropoutDraws, nnx.Module):
             if _inside_linen():
                 raise ArgumentValueError(LINEN)
             words = common.seed_words(common.initial_seed(seed))
-            self.seed = DropoutState(jnp.asarray(np.array(words, np.uint32)))
-            self.step = DropoutState(jnp.zeros((2,), jnp.uint32))
+            # tagged as Flax's stream of that name is: a filter by the name finds both
+            tag = rng_collection
+            self.seed = DropoutState(jnp.asarray(np.array(words, np.uint32)), tag=tag)
+            self.step = DropoutState(jnp.zeros((2,), jnp.uint32), tag=tag)
             self.rngs = nnx.data(None)
         elif seed is not None:
             raise ArgumentValueError(
