@@ -15,6 +15,7 @@ Two logical CPU devices under ``tf.distribute.MirroredStrategy``, with Keras' ow
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
@@ -25,7 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 import xdrop
-from xdrop.layers.keras import Dropout
+from xdrop.layers.keras import Dropout, convert
 
 SEED, RATE = 5, 0.5
 
@@ -105,6 +106,29 @@ def check_global_batch_is_one_device_over_the_global_batch(directory: str) -> No
         np.testing.assert_allclose(mine, theirs, rtol=1e-5, atol=1e-6)
 
 
+def check_convert_outside_the_scope_mirrors_the_streams_as_the_model() -> None:
+    """A model made under the strategy and converted outside its scope: the streams are made
+    under it too, so two replicas advance a step once, and give one device's global batch."""
+    data = np.random.default_rng(2).normal(size=(12, 6)).astype("float32")
+    target = data.sum(axis=1, keepdims=True)
+
+    def converted(replicated: bool) -> keras.Model:
+        keras.utils.set_random_seed(1)
+        with strategy.scope() if replicated else contextlib.nullcontext():
+            layers = [keras.layers.Dense(16), keras.layers.Dropout(RATE), keras.layers.Dense(1)]
+            model = keras.Sequential([keras.Input((6,)), *layers])
+        convert(model, seed=SEED, data_parallel="global_batch")
+        with strategy.scope() if replicated else contextlib.nullcontext():
+            model.compile(keras.optimizers.SGD(0.01), loss="mse")
+        return model
+
+    alone, replicated = converted(False), converted(True)
+    expected = alone.fit(data, target, batch_size=4, shuffle=False, verbose=0).history["loss"]
+    losses = replicated.fit(data, target, batch_size=4, shuffle=False, verbose=0).history["loss"]
+    np.testing.assert_allclose(losses, expected, rtol=1e-5)
+    assert replicated.layers[1].step == alone.layers[1].step == 3
+
+
 def check_tf_function_retraces_and_relaxes() -> None:
     """The masks follow each call's shapes: retraced for new shapes, and relaxed to unknown
     batch sizes (``reduce_retracing``), where the rows are placed by the gathered sizes."""
@@ -144,6 +168,7 @@ def main() -> None:
     check_tf_function_retraces_and_relaxes()
     check_per_replica_streams_in_fit()
     check_global_batch_is_one_device_over_the_global_batch(sys.argv[1])
+    check_convert_outside_the_scope_mirrors_the_streams_as_the_model()
     print("keras on 2 replicas: ok")
 
 

@@ -4,8 +4,10 @@ the family ``AlphaDropout``, ``GaussianDropout``, ``DropPath``, ``DropBlock2D``,
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import sys
 import warnings
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
@@ -913,9 +915,10 @@ def convert(
         plan.append((layer, site))
     for layer, _ in plan:  # refused before any layer changes
         _CONVERTED[type(layer)][0]._check_data_parallel(data_parallel)
-    for layer, site in plan:
-        target, arguments = _CONVERTED[type(layer)]
-        _swap(layer, target, arguments(layer), common.site_seed(seed, site), data_parallel)
+    with _scope_of(model):
+        for layer, site in plan:
+            target, arguments = _CONVERTED[type(layer)]
+            _swap(layer, target, arguments(layer), common.site_seed(seed, site), data_parallel)
     if unknown:
         warnings.warn(
             f"dropout-like layers left as they are (their masks do not come from xdrop): "
@@ -926,6 +929,20 @@ def convert(
     if plan:
         _refresh(model)
     return model
+
+
+def _scope_of(model: Any) -> contextlib.AbstractContextManager[Any]:
+    """The scope of the ``tf.distribute`` strategy the model's variables were made under, where
+    ``convert`` runs outside it: the streams are made there too, mirrored as the model's
+    variables are (a plain variable would be advanced once by every replica)."""
+    tf = sys.modules.get("tensorflow")
+    if tf is None or tf.distribute.has_strategy():
+        return contextlib.nullcontext()
+    for weight in model.weights:
+        strategy = getattr(getattr(weight, "value", None), "distribute_strategy", None)
+        if strategy is not None:
+            return strategy.scope()  # type: ignore[no-any-return]
+    return contextlib.nullcontext()
 
 
 def _refresh(model: Any) -> None:
