@@ -388,6 +388,36 @@ def test_keras_hubs_drop_paths_are_reported_and_strict_changes_nothing():
     assert all((f"{name} (DropPath)" in message) == (rate > 0) for name, rate in paths.items())
 
 
+def test_a_keras_hub_task_loads_with_its_optimizers_slots(tmp_path):
+    """keras-hub's tasks are compiled from the file before they are built: their optimizer's
+    slots (Adam's moments) must be made before the file's are read, or the loaded model would
+    go on with empty ones (Keras only warns)."""
+    keras_hub = pytest.importorskip("keras_hub")
+    backbone = keras_hub.models.BertBackbone(
+        vocabulary_size=50, num_layers=1, num_heads=2, hidden_dim=16, intermediate_dim=32,
+        dropout=0.1, max_sequence_length=8,
+    )  # fmt: skip
+    model = keras_hub.models.BertTextClassifier(backbone, num_classes=2, preprocessor=None)
+    xk.convert(model, seed=SEED)
+    rng = np.random.default_rng(0)
+    features = {
+        "token_ids": rng.integers(0, 50, (8, 8)).astype("int32"),
+        "segment_ids": np.zeros((8, 8), "int32"),
+        "padding_mask": np.ones((8, 8), "int32"),
+    }
+    labels = rng.integers(0, 2, (8,)).astype("int32")
+    model.compile(keras.optimizers.Adam(1e-2),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))  # fmt: skip
+    model.fit(features, labels, batch_size=4, shuffle=False, verbose=0)
+    model.save(tmp_path / "task.keras")
+    loaded = xk.load_model(tmp_path / "task.keras")
+    assert int(loaded.optimizer.iterations) == 2
+    for model_ in (model, loaded):
+        model_.fit(features, labels, batch_size=4, shuffle=False, verbose=0)
+    for mine, theirs in zip(loaded.get_weights(), model.get_weights(), strict=True):
+        np.testing.assert_allclose(mine, theirs, rtol=1e-5, atol=1e-6)
+
+
 def test_a_converted_keras_hub_bert_classifier_trains_with_fit():
     keras_hub = pytest.importorskip("keras_hub")
     backbone = keras_hub.models.BertBackbone(

@@ -987,6 +987,11 @@ def load_model(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UnconvertedDropoutWarning)
         convert(model, seed=0)
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is not None and not optimizer.built:
+        # a model built after it was compiled from the file (keras-hub's tasks) has an empty
+        # optimizer, which Keras would leave without the file's slots (with only a warning)
+        optimizer.build(model.trainable_variables)
     model.load_weights(filepath)
     return model
 
