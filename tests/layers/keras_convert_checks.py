@@ -358,6 +358,13 @@ def test_a_saved_model_resumes_bit_identically_in_a_fresh_process(tmp_path):
     assert json.loads(run.stdout.strip().splitlines()[-1]) == expected
 
 
+def test_load_model_of_a_file_saved_before_convert_says_how_to_load_it(tmp_path):
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dropout(0.5), keras.layers.Dense(1)])
+    model.save(tmp_path / "plain.keras")
+    with pytest.raises(ValueError, match=r"a file saved before convert loads with keras\.saving"):
+        xk.load_model(tmp_path / "plain.keras")
+
+
 def test_keras_refuses_to_load_streams_into_layers_made_in_code(tmp_path):
     model = attention_model()
     xk.convert(model, seed=SEED)

@@ -156,6 +156,13 @@ class SeedStream(keras.random.SeedGenerator):
         shapes = [array.shape for array in arrays]
         argument = f"the state of layer {layer!r}"
         allowed = "an int32[4] (seed hi, seed lo, step hi, step lo), or an int32[2] seed and an int32 step"
+        if not arrays:  # a file saved before convert: Keras' Dropout holds no variable
+            raise bad_value(
+                argument,
+                Shown("<no array: the file holds no stream for it>"),
+                allowed + "; a file saved before convert loads with keras.saving.load_model, "
+                "then convert the model (xdrop.layers.keras.convert(model, seed=...))",
+            )
         if shapes not in ([(4,)], [(2,), ()]):
             shown = Shown(f"<arrays of shapes {shapes}>")
             raise bad_value(argument, shown, allowed)
