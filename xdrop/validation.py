@@ -8,7 +8,7 @@ import operator
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Union, cast
+from typing import Any, Union, cast
 
 import numpy as np
 
@@ -393,9 +393,9 @@ def check_noise_shape(noise_shape: object, shape: tuple[int | None, ...]) -> tup
     return completed
 
 
-def _iterated(sizes: object) -> list[object]:
+def _iterated(sizes: Any) -> list[Any]:
     try:
-        return list(sizes)  # type: ignore[call-overload]
+        return list(sizes)
     except TypeError:  # a traced tensor of sizes, which no Python loop may iterate
         return [sizes]
 
@@ -404,7 +404,7 @@ _TRACED = object()
 """A size held in a traced 0-d integer tensor, whose value is known only at run time."""
 
 
-def _readable_size(entry: object) -> object:
+def _readable_size(entry: Any) -> Any:
     """A size held in a 0-d integer array as an int where it can be read, ``_TRACED`` where it
     cannot, as is a symbolic dimension of ``jax.export``; anything else as it is."""
     if entry is None or is_integer(entry):

@@ -193,7 +193,7 @@ class Dropout(common.DropoutDraws, nnx.Module):
         elif _draws_nothing(self.rate):
             seed = 0  # unused: as nnx.Dropout, take no key, so later layers get Flax's keys
         else:
-            seed = _key(rngs, self.rng_collection) if rngs is not None else self.rngs()
+            seed = _key(rngs if rngs is not None else self.rngs, self.rng_collection)
         seed, offset = common.process_ranks(inputs).place(
             self.data_parallel,
             seed,
@@ -282,8 +282,8 @@ def _is_linen(module: object) -> bool:
 def _inside_linen() -> bool:
     """Whether a Flax Linen module is being set up or applied (its ``compact`` code runs)."""
     linen = sys.modules.get("flax.linen.module")
-    stack = getattr(getattr(linen, "_context", None), "module_stack", None)
-    return bool(stack) and stack[-1] is not None
+    stack: list[Any] = getattr(getattr(linen, "_context", None), "module_stack", None) or [None]
+    return stack[-1] is not None
 
 
 LINEN = (
@@ -765,7 +765,8 @@ def _site_stream(words: np.ndarray, tag: str) -> SiteStream:
 def _threefry_keys(words: np.ndarray) -> jax.Array:
     """Threefry keys of the key words ``words``, shape ``(..., 2)``: JAX's default keys, whose
     ``bernoulli`` draws xdrop's masks."""
-    return jax.random.wrap_key_data(jnp.asarray(words), impl="threefry2x32")
+    keys: jax.Array = jax.random.wrap_key_data(jnp.asarray(words), impl="threefry2x32")
+    return keys
 
 
 class _Found:

@@ -1150,7 +1150,7 @@ def _install_sites(
         value = torch.tensor(common.signed(seed, 64), dtype=torch.int64, device=device)
         model.register_buffer("xdrop_seed", value)
         model.register_buffer("xdrop_step", torch.zeros((), dtype=torch.int64, device=device))
-        model.register_load_state_dict_pre_hook(_check_loaded_root_stream)
+        model.register_load_state_dict_pre_hook(_check_loaded_root_stream)  # type: ignore[no-untyped-call]
     context = _site_context(model)
     if context is None:
         context = functional.SiteContext(rename)
