@@ -165,6 +165,11 @@ class TorchBackend(Backend, OperatorArithmetic, NamespaceFunctions, SeedArrays, 
         # no read gives back: its value is used as a traced one's is
         return self.kernels.recorded() or self.kernels.transforms_active()
 
+    def in_trace(self) -> bool:
+        # torch.func's transforms run eagerly: a seed drawn on the host, a Python int folded
+        # in, are what they are in the next call too, not constants of a graph
+        return bool(self.kernels.recorded())
+
     traces_python_ints = True
 
     def seed_from_int(self, seed: int, like: Any) -> Any:

@@ -892,6 +892,10 @@ def test_fx_refuses_to_trace_a_converted_model_and_a_traced_model_converts():
     # FX calls the root's forward without its hooks: the trace would record torch's dropout
     with pytest.raises(xdrop.TracingError, match="convert the traced module"):
         torch.fx.symbolic_trace(convert(_encoder(), seed=3))
+    held = convert(_encoder(), seed=3)
+    with pytest.raises(xdrop.TracingError, match="convert the traced module"):
+        torch.fx.symbolic_trace(nn.Sequential(held))  # its hooks run, and are refused
+    assert torch.equal(held(_inputs()), convert(_encoder(), seed=3)(_inputs()))  # as new
     traced = [convert(torch.fx.symbolic_trace(_encoder()), seed=3) for _ in range(2)]
     generator = torch.get_rng_state()
     first, second = (model(_inputs()) for model in traced)

@@ -687,6 +687,14 @@ def test_torch_func_vmap_over_rates_and_block_starts_reads_none_of_them(torch):
 
     per_sample = torch.func.vmap(sample)(x, torch.arange(rows))
     assert torch.equal(per_sample, xdrop.dropout(x, 0.5, seed=3))
+    # transforms run eagerly: a seed is drawn from the global generator, ints fold to ints
+    xdrop.manual_seed(5)
+    drawn = torch.func.grad(lambda v: xdrop.dropout(v, 0.5).sum())(x)
+    xdrop.manual_seed(5)
+    assert torch.equal(drawn, xdrop.dropout(torch.ones(rows, features), 0.5))
+    folded = []
+    torch.func.vmap(lambda row: folded.append(xdrop.fold_in(1, 2)) or row)(x)
+    assert folded == [xdrop.fold_in(1, 2)]
     rates = torch.tensor([0.0, 0.25, 0.5, 1.0])
     mapped = torch.func.vmap(lambda row, p: xdrop.dropout(row, p, seed=3))(x, rates)
     for row, p in enumerate(rates.tolist()):

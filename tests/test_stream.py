@@ -92,7 +92,13 @@ def test_noise_shape_may_be_an_array_of_sizes_or_hold_0d_ones(xp, array, host):
     sizes = xp.asarray(np.array([4, 1, 5]))
     for noise_shape in (sizes, np.array([4, 1, 5]), (xp.asarray(np.int64(4)), 1, 5)):
         assert (host(xdrop.dropout(x, 0.5, seed=8, noise_shape=noise_shape)) == expected).all()
-    for bad in (xp.asarray(np.array([4.0, 1.0, 5.0])), (xp.asarray(np.array([4, 1])), 1, 5)):
+    for bad in (
+        xp.asarray(np.array([4.0, 1.0, 5.0])),
+        (xp.asarray(np.array([4, 1])), 1, 5),
+        np.array(5),
+        np.array([], np.float32),
+        {4, 1, 5},
+    ):
         with pytest.raises(xdrop.ArgumentTypeError, match="noise_shape must be"):
             xdrop.dropout(x, 0.5, seed=8, noise_shape=bad)
 

@@ -277,7 +277,7 @@ def default_backend() -> Backend:
 def _checked_default_name() -> str:
     """The default backend's name, loaded; one that only ``XDROP_BACKEND`` names must be
     registered."""
-    name = defaults.BACKEND.chosen() or _environment_name()
+    name = get_backend()
     load(name)
     return name
 

@@ -354,9 +354,11 @@ def check_noise_shape(noise_shape: object, shape: tuple[int | None, ...]) -> tup
     allowed = (
         f"a sequence of at most {len(shape)} entries, each 1, None or the size of x there {shape}"
     )
-    if isinstance(noise_shape, (str, bytes)) or not hasattr(noise_shape, "__len__"):
+    array_of_sizes = _is_array_of_sizes(noise_shape)
+    if isinstance(noise_shape, (str, bytes)) or not (
+        isinstance(noise_shape, Sequence) or array_of_sizes
+    ):
         raise bad_type("noise_shape", noise_shape, allowed)
-    array_of_sizes = not isinstance(noise_shape, Sequence)  # a tf.TensorShape, a 1-d array
     if array_of_sizes:
         allowed += "; an array of sizes must hold integers that can be read now, not traced ones"
     read = [_readable_size(entry) for entry in _iterated(noise_shape)]
@@ -393,10 +395,18 @@ def check_noise_shape(noise_shape: object, shape: tuple[int | None, ...]) -> tup
     return completed
 
 
+def _is_array_of_sizes(sizes: object) -> bool:
+    """A ``tf.TensorShape``, or a 1-d integer array (which ``tf.nn.dropout`` takes too)."""
+    if type(sizes).__name__ == "TensorShape":
+        return True
+    return getattr(sizes, "ndim", None) == 1 and "int" in str(getattr(sizes, "dtype", ""))
+
+
 def _iterated(sizes: Any) -> list[Any]:
     try:
         return list(sizes)
-    except TypeError:  # a traced tensor of sizes, which no Python loop may iterate
+    # a traced tensor, which no Python loop may iterate; a TensorShape of unknown rank
+    except (TypeError, ValueError):
         return [sizes]
 
 
@@ -418,7 +428,7 @@ def _readable_size(entry: Any) -> Any:
         return entry
     try:
         return operator.index(entry)
-    except TypeError:
+    except (TypeError, RuntimeError):  # traced; a meta or vmapped torch tensor says Runtime
         return _TRACED
 
 

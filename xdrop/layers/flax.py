@@ -280,7 +280,9 @@ def _is_linen(module: object) -> bool:
 
 
 def _inside_linen() -> bool:
-    """Whether a Flax Linen module is being set up or applied (its ``compact`` code runs)."""
+    """Whether a Flax Linen module is being set up or applied (its ``compact`` code runs).
+    Linen keeps the modules running in ``_context.module_stack``; without it, nothing is
+    refused, as before."""
     linen = sys.modules.get("flax.linen.module")
     stack: list[Any] = getattr(getattr(linen, "_context", None), "module_stack", None) or [None]
     return stack[-1] is not None

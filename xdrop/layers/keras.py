@@ -945,6 +945,8 @@ def _scope_of(model: Any) -> contextlib.AbstractContextManager[Any]:
     tf = sys.modules.get("tensorflow")
     if tf is None or tf.distribute.has_strategy():
         return contextlib.nullcontext()
+    # a Keras variable's TensorFlow variable (.value) is a distributed one made under the
+    # strategy; should Keras stop saying so, the streams are made as before, unmirrored
     for weight in model.weights:
         strategy = getattr(getattr(weight, "value", None), "distribute_strategy", None)
         if strategy is not None:
@@ -995,7 +997,7 @@ def load_model(
         warnings.simplefilter("ignore", UnconvertedDropoutWarning)
         convert(model, seed=0)
     optimizer = getattr(model, "optimizer", None)
-    if optimizer is not None and not optimizer.built:
+    if optimizer is not None and not optimizer.built and model.built:
         # a model built after it was compiled from the file (keras-hub's tasks) has an empty
         # optimizer, which Keras would leave without the file's slots (with only a warning)
         optimizer.build(model.trainable_variables)

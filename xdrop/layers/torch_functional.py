@@ -350,7 +350,7 @@ class EnterModule:
         self.context, self.name, self.root, self.layer = context, name, root, layer
 
     def __call__(self, module: torch.nn.Module, args: Any) -> None:
-        if any(isinstance(argument, torch.fx.Proxy) for argument in args):
+        if _fx_tracing():
             raise TracingError(
                 "torch.fx cannot trace a converted model: it calls the model's forward without "
                 "its hooks, through which the model's dropout draws xdrop's masks, so the traced "
@@ -382,6 +382,12 @@ class EnterModule:
         forward.stack.append(self.name)
 
 
+def _fx_tracing() -> bool:
+    """Whether ``torch.fx.symbolic_trace`` (or a tracer built on it) runs: ``torch.export`` sets
+    the same flag, while compiling."""
+    return bool(torch.fx._symbolic_trace._is_fx_tracing_flag) and not torch.compiler.is_compiling()
+
+
 def _inside_a_running_root(module: torch.nn.Module, context: SiteContext) -> bool:
     """Whether another converted model that holds ``module`` runs its forward on this thread: a
     block converted on its own inside a converted model, or a model converted inside a block
@@ -400,6 +406,8 @@ class ExitModule:
         self.context, self.root = context, root
 
     def __call__(self, module: torch.nn.Module, args: Any, output: Any) -> None:
+        if _fx_tracing():  # EnterModule refused the call: nothing was entered
+            return
         context = self.context
         forward = context.forward
         if forward.stack:
@@ -787,10 +795,8 @@ def attention(
     if enable_gqa and query.dim() >= 3 and key.size(-3) != query.size(-3):
         key = key.repeat_interleave(query.size(-3) // key.size(-3), -3)
         value = value.repeat_interleave(query.size(-3) // value.size(-3), -3)
-    if factor >= 0:  # the scale split between query and key, as torch's: smaller products
-        scores = (query * math.sqrt(factor)) @ (key * math.sqrt(factor)).transpose(-2, -1)
-    else:
-        scores = (query @ key.transpose(-2, -1)) * factor
+    root = math.sqrt(abs(factor))  # split between query and key, as torch's: smaller products
+    scores = (query * math.copysign(root, factor)) @ (key * root).transpose(-2, -1)
     if is_causal:
         allowed = torch.ones(length, source, dtype=torch.bool, device=query.device).tril()
         scores = scores.masked_fill(~allowed, -math.inf)
