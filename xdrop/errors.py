@@ -52,7 +52,8 @@ class RecomputationError(XdropError, RuntimeError):
     (``torch.utils.checkpoint``, Hugging Face's ``gradient_checkpointing_enable``, timm's
     ``set_grad_checkpointing``) recomputes a forward there, and the layer's stream, which has
     advanced since, would draw another mask than the forward's, so the gradient would mix two
-    masks. Refused rather than silently wrong."""
+    masks. Refused rather than silently wrong, for xdrop's layers and for every draw of a model
+    made portable by ``convert``."""
 
 
 class TensorParallelError(XdropError, RuntimeError):
@@ -69,9 +70,8 @@ class UnconvertedDropoutError(XdropError, ValueError):
     portable (a class it does not know whose name says dropout, drop path, drop block, stochastic
     depth or noise, a subclass of one it knows, or a layer that draws its own masks): their masks
     would still come from the framework's own generator. The message names each by its place in
-    the model. PyTorch's ``convert`` also raises it where a converted model's submodule draws a
-    mask outside the model's forward (called directly, or recomputed by activation
-    checkpointing), which has no stream of the model."""
+    the model. PyTorch's ``convert`` also raises it where a converted model's submodule, called
+    directly, draws a mask outside the model's forward, which has no stream of the model."""
 
 
 class UnbuiltLayerError(XdropError):

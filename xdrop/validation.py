@@ -399,7 +399,12 @@ def _is_array_of_sizes(sizes: object) -> bool:
     """A ``tf.TensorShape``, or a 1-d integer array (which ``tf.nn.dropout`` takes too)."""
     if type(sizes).__name__ == "TensorShape":
         return True
-    return getattr(sizes, "ndim", None) == 1 and "int" in str(getattr(sizes, "dtype", ""))
+    return getattr(sizes, "ndim", None) == 1 and _has_integer_dtype(sizes)
+
+
+def _has_integer_dtype(array: object) -> bool:
+    # every framework's dtype prints its name: int32, torch.int64, <dtype: 'uint8'>
+    return "int" in str(getattr(array, "dtype", ""))
 
 
 def _iterated(sizes: Any) -> list[Any]:
@@ -424,7 +429,7 @@ def _readable_size(entry: Any) -> Any:
         return _TRACED
     if getattr(entry, "shape", None) != ():
         return entry
-    if "int" not in str(getattr(entry, "dtype", "")):
+    if not _has_integer_dtype(entry):
         return entry
     try:
         return operator.index(entry)

@@ -33,6 +33,7 @@ from xdrop.errors import (
     Shown,
     TracingError,
     UnconvertedDropoutError,
+    XdropError,
     bad_type,
     bad_value,
 )
@@ -502,13 +503,7 @@ class FunctionalDropout(TorchFunctionMode):
         model's step. Eagerly, a host integer (xdrop's fused kernel takes it as it is, and the
         site's seed is remembered); traced, computed in the graph from the root's buffers."""
         if in_backward():
-            raise RecomputationError(
-                "a converted model cannot draw dropout during a backward pass: activation "
-                "checkpointing recomputes a forward there (the converted model's, or that of a "
-                "block converted on its own), and the model's step has advanced since, so it "
-                "would draw other masks than the forward's. Checkpoint only what draws no "
-                "dropout, or turn activation checkpointing off"
-            )
+            raise recomputed_in_backward()
         high, low = site_words(self.context.rename, self._next_site())
         self.drew = True
         if self.host is not None and self.host[1] < 2**32:
@@ -606,15 +601,27 @@ class OutsideForward(FunctionalDropout):
         raise outside_forward(stack[-1] if stack else "")
 
 
-def outside_forward(module: str) -> UnconvertedDropoutError:
-    """The error for a draw outside the converted model's forward, by the module ``module``."""
+def outside_forward(module: str) -> XdropError:
+    """The error for a draw outside the converted model's forward, by the module ``module``:
+    a recomputation where activation checkpointing runs the submodule in the backward pass."""
+    if in_backward():
+        return recomputed_in_backward()
     return UnconvertedDropoutError(
-        f"dropout drawn by {module!r} of a converted model outside the model's forward "
-        "(a submodule called directly, or recomputed by activation checkpointing): it has "
-        "no site on the model's streams, and a recomputation would not redraw the forward's "
-        "masks. Call the converted model itself, call xdrop.layers.torch.convert on the "
-        "submodule you run, or put it in eval mode; activation checkpointing is not supported "
-        "in a converted model"
+        f"dropout drawn by {module!r} of a converted model outside the model's forward (a "
+        "submodule called directly): it has no site on the model's streams. Call the "
+        "converted model itself, call xdrop.layers.torch.convert on the submodule you run, or "
+        "put it in eval mode"
+    )
+
+
+def recomputed_in_backward() -> RecomputationError:
+    """The error for a draw of a converted model in a backward pass."""
+    return RecomputationError(
+        "a converted model cannot draw dropout during a backward pass: activation "
+        "checkpointing recomputes a forward there (of the model, of a block converted on its "
+        "own, or of a submodule), and the model's step has advanced since, so it would draw "
+        "other masks than the forward's. Checkpoint only what draws no dropout, or turn "
+        "activation checkpointing off"
     )
 
 
