@@ -84,7 +84,7 @@ class TensorflowBackend(Backend, RateOps, FamilyOps, SeedArrays, NativeGenerator
         )
 
     def select(self, keep: Any, x: Any) -> Any:
-        return self.tf.where(keep, x, self.tf.constant(0, x.dtype))  # no Fill kernel eagerly
+        return self._where(keep, x, self.tf.constant(0, x.dtype))  # no Fill kernel eagerly
 
     def fused_dropout(self, x: Any, call: FusedCall) -> tuple[Any, Any] | None:
         # the compiled kernel on an eager CPU tensor's buffer: one pass, where the XLA step would
@@ -289,7 +289,7 @@ class TensorflowBackend(Backend, RateOps, FamilyOps, SeedArrays, NativeGenerator
         """``where(keep, v * factor, +0.0)`` (``v`` for factor None): dropout's output for
         ``v = x``, its gradient for ``v = dy``."""
         kept = v if factor is None else v * factor
-        return self.tf.where(keep, kept, self.tf.constant(0, v.dtype))
+        return self._where(keep, kept, self.tf.constant(0, v.dtype))
 
     def _mask_gradient(
         self, step: Callable[..., Any], backward: Callable[..., Any]
@@ -418,7 +418,7 @@ class TensorflowBackend(Backend, RateOps, FamilyOps, SeedArrays, NativeGenerator
         return self.tf.math.logical_or(a, b)
 
     def where(self, condition: Any, a: Any, b: Any) -> Any:
-        return self.tf.where(condition, *self._tensors(a, b))
+        return self._where(condition, *self._tensors(a, b))
 
     def take_along_axis(self, x: Any, indices: Any, axis: int) -> Any:
         tf = self.tf
@@ -475,6 +475,18 @@ class TensorflowBackend(Backend, RateOps, FamilyOps, SeedArrays, NativeGenerator
         pooled = tf.nn.max_pool2d(padded, window, strides=1, padding="VALID")
         return pooled if channels_last else tf.transpose(pooled, (0, 3, 1, 2))
 
+    def _where(self, condition: Any, a: Any, b: Any) -> Any:
+        """``tf.where`` for any rank: its kernel (SelectV2) takes at most 8 dimensions, so
+        operands of more are broadcast to one shape and selected flat."""
+        tf = self.tf
+        if max(operand.shape.rank or 0 for operand in (condition, a, b)) <= SELECT_RANK:
+            return tf.where(condition, a, b)
+        shape = tf.broadcast_dynamic_shape(
+            tf.shape(condition), tf.broadcast_dynamic_shape(tf.shape(a), tf.shape(b))
+        )
+        flat = [tf.reshape(tf.broadcast_to(operand, shape), [-1]) for operand in (condition, a, b)]
+        return tf.reshape(tf.where(*flat), shape)
+
     def _tensors(self, a: Any, b: Any) -> tuple[Any, Any]:
         """``a`` and ``b`` with a Python number converted to the other operand's dtype."""
         if isinstance(a, (int, float)):
@@ -483,6 +495,9 @@ class TensorflowBackend(Backend, RateOps, FamilyOps, SeedArrays, NativeGenerator
             b = self.tf.constant(b, a.dtype)
         return a, b
 
+
+SELECT_RANK = 8
+"""The most dimensions TensorFlow's select kernel takes."""
 
 PADDED_PER_DOUBLING = 4
 """Sizes a flattened ``x`` of run-time size is padded to per doubling (at most 25% more)."""

@@ -13,6 +13,7 @@ import pytest
 import xdrop
 from xdrop import reference, spec
 from xdrop.family import ALPHA_PRIME
+from xdrop.protocol import Staging
 
 SELU_ALPHA, SELU_SCALE = 1.6732632423543772, 1.0507009873554805
 
@@ -416,6 +417,7 @@ def test_drop_block_with_noise_puts_the_streams_normals_after_the_corners_in_dro
         (lambda x: xdrop.alpha_dropout(x, 1.5), xdrop.ArgumentValueError, "p must be"),
         (lambda x: xdrop.alpha_dropout(x, 0.5, noise_shape=(3,)), xdrop.ArgumentValueError, "noise_shape"),
         (lambda x: xdrop.gaussian_dropout(x, "a"), xdrop.ArgumentTypeError, "p must be"),
+        (lambda x: xdrop.gaussian_dropout(x, 1.5), xdrop.ArgumentValueError, r"p must be a real number in \[0, 1\)"),
         (lambda x: xdrop.gaussian_dropout(x, 0.5, offset=-1), xdrop.ArgumentValueError, "offset"),
         (lambda x: xdrop.drop_path(x, 0.5, mode="rows"), xdrop.ArgumentValueError, "mode must be"),
         (lambda x: xdrop.drop_path(x, 0.5, scale_by_keep=1), xdrop.ArgumentTypeError, "scale_by_keep"),
@@ -448,3 +450,44 @@ def test_family_traced_seed_and_rate_in_the_framework_compiler(xp, array, host):
         compiled = host(xp.compile(function)(x, seed, p))
         tolerance = 1e-6 if name in ("alpha", "gaussian") else 0  # a fused multiply-add
         np.testing.assert_allclose(compiled, eager, rtol=tolerance, atol=tolerance, err_msg=name)
+
+
+def test_a_traced_rate_outside_0_1_makes_the_whole_output_nan_rather_than_quietly_wrong(
+    xp, array, host
+):
+    """A graph cannot raise on a rate it holds: every family function poisons its output, as
+    dropout does (docs/runtime.md)."""
+    if xp.compiles_slowly or type(xp).compile is Staging.compile:
+        pytest.skip("no fast compiler here: a rate array is read and refused eagerly")
+    x = array(np.random.default_rng(8).normal(size=(2, 3, 6, 6)))
+    seed = xp.seed_array(spec.key_words(xp, 21, x))
+    for name, function in _FAMILY_WITH_TRACED_RATE.items():
+        compiled = xp.compile(function)
+        assert np.isfinite(host(compiled(x, seed, array(0.25)))).all(), name
+        for p in (-0.1, 1.5, math.nan):
+            assert np.isnan(host(compiled(x, seed, array(p)))).all(), (name, p)
+
+
+_FAMILY_WITH_TRACED_RATE = {
+    "dropout": lambda x, s, p: xdrop.dropout(x, p, seed=s),
+    "alpha": lambda x, s, p: xdrop.alpha_dropout(x, p, seed=s),
+    "gaussian": lambda x, s, p: xdrop.gaussian_dropout(x, p, seed=s),
+    "path": lambda x, s, p: xdrop.drop_path(x, p, seed=s),
+    "block": lambda x, s, p: xdrop.drop_block(x, p, 3, seed=s),
+    "block with noise": lambda x, s, p: xdrop.drop_block(x, p, 3, seed=s, with_noise=True),
+    "block unscaled": lambda x, s, p: xdrop.drop_block(x, p, 3, seed=s, scale_by_keep=False),
+}
+
+
+def test_inputs_of_more_than_8_dimensions_give_numpys_bits(xp, array, host):
+    """TensorFlow's select kernel takes at most 8 dimensions; NumPy's arrays take 64."""
+    values = np.random.default_rng(9).normal(size=(2,) * 9).astype(np.float32)
+    functions = {
+        "alpha": lambda x: xdrop.alpha_dropout(x, 0.3, seed=1),
+        "path": lambda x: xdrop.drop_path(x, 0.3, seed=1),
+        "dropout": lambda x: xdrop.dropout(x, 0.3, seed=1, noise_shape=(2,) + (1,) * 8),
+    }
+    for name, function in functions.items():
+        np.testing.assert_array_equal(host(function(array(values))), function(values), name)
+    gaussian = host(xdrop.gaussian_dropout(array(values), 0.3, seed=1))
+    np.testing.assert_allclose(gaussian, xdrop.gaussian_dropout(values, 0.3, seed=1), rtol=1e-6)

@@ -36,3 +36,17 @@ def test_each_family_function_compiles_to_its_eager_values(name):
     # inductor may fuse a multiply and an add where eager rounds twice: one ulp or so
     tolerance = 1e-6 if name in ("alpha_dropout", "gaussian_dropout") else 0.0
     torch.testing.assert_close(y, eager, rtol=tolerance, atol=tolerance)
+
+
+@pytest.mark.parametrize("name", FUNCTIONS)
+def test_each_family_function_compiles_with_dynamic_shapes_and_a_host_rate(name):
+    """``dynamic=True`` makes Python floats symbolic too: the host constants computed from the
+    rate are traced (alpha dropout's power of a negative constant raised torch's error)."""
+    function = FUNCTIONS[name]
+    compiled = torch.compile(function, fullgraph=True, dynamic=True)
+    for batch in (2, 3):
+        x = torch.from_numpy(np.random.default_rng(batch).normal(size=(batch, 3, 6, 6)))
+        tolerance = 1e-6 if name in ("alpha_dropout", "gaussian_dropout") else 0.0
+        y = compiled(x.float(), torch.tensor(SEED), RATE)
+        eager = function(x.float(), SEED, RATE)
+        torch.testing.assert_close(y, eager, rtol=tolerance, atol=tolerance)

@@ -220,6 +220,14 @@ def test_bad_arguments_name_the_argument_the_value_and_what_is_allowed(arguments
     assert_refused(lambda: Dropout(**arguments), error, message)
 
 
+def test_a_gaussian_layers_rate_is_refused_with_its_own_interval():
+    assert_refused(
+        lambda: xdrop.layers.torch.GaussianDropout(1.5),
+        xdrop.ArgumentValueError,
+        "p must be a real number in [0, 1), got 1.5",
+    )
+
+
 @pytest.mark.parametrize(
     ("layer", "shape", "messages"),
     [(Dropout2d, (1, 2, 2, 2, 2), ["Received a 5-D input to dropout2d"]),

@@ -18,7 +18,7 @@ from xdrop import api, seeds, sharding, spec
 from xdrop.errors import Shown, bad_type, bad_value
 from xdrop.protocol import Array, Backend, Dim, FamilyBackend, Key, Words, require
 from xdrop.registry import backend_for
-from xdrop.tracing import called_as_is
+from xdrop.tracing import called_as_is, read_on_the_host
 from xdrop.typing import Rng
 from xdrop.validation import (
     SIZES_KNOWN,
@@ -111,10 +111,10 @@ def alpha_dropout(
         if rate == 1:
             return family.select(keep, x)  # nothing kept: +0.0 everywhere, zero gradient
         scale, shift = constants
-        dropped = family.where(keep, x, spec.rounded(ALPHA_PRIME, dtype))
+        dropped = family.where(keep, x, spec.rounded(_alpha_prime(), dtype))
         return family.add(family.multiply(dropped, scale), shift)
     scale, shift = _alpha_constants(family, rate, dtype)
-    dropped = family.where(keep, x, spec.rounded(ALPHA_PRIME, dtype))
+    dropped = family.where(keep, x, spec.rounded(_alpha_prime(), dtype))
     return family.add(family.multiply(dropped, scale), shift)
 
 
@@ -122,19 +122,27 @@ def _host_alpha_constants(p: float, dtype: str) -> tuple[float, float]:
     """``(a, b)`` of a host rate in ``(0, 1)``, rounded to ``x``'s dtype (infinite where they
     overflow it: float16 near ``p = 1``)."""
     q = 1.0 - p
-    a = (q + ALPHA_PRIME**2 * q * p) ** -0.5
-    return spec.rounded(a, dtype), spec.rounded(-a * ALPHA_PRIME * p, dtype)
+    a = (q + _alpha_prime() ** 2 * q * p) ** -0.5
+    return spec.rounded(a, dtype), spec.rounded(-a * _alpha_prime() * p, dtype)
+
+
+def _alpha_prime() -> float:
+    # torch.compile(dynamic=True) traces a module's floats as symbols, whose host arithmetic
+    # it cannot always do (a power of a negative one): read as a value, it is a constant
+    return read_on_the_host(ALPHA_PRIME)
 
 
 def _alpha_constants(xp: FamilyBackend, p: Array, dtype: str) -> tuple[Array, Array]:
-    """``(a, b)`` of a rate held in a 0-d array (traced), in ``x``'s dtype; 0 for ``p == 1``."""
+    """``(a, b)`` of a rate held in a 0-d array (traced), in ``x``'s dtype; 0 for ``p == 1``,
+    NaN for a rate outside ``[0, 1]``."""
     compute = "float64" if xp.has_float64() else "float32"
     rate = xp.astype(p, compute)
     q = xp.subtract(1.0, rate)
-    variance = xp.multiply(q, xp.add(xp.multiply(rate, ALPHA_PRIME**2), 1.0))
+    variance = xp.multiply(q, xp.add(xp.multiply(rate, _alpha_prime() ** 2), 1.0))
     nothing_kept = xp.equal(q, 0.0)
     a = xp.where(nothing_kept, 0.0, xp.divide(1.0, xp.sqrt(xp.where(nothing_kept, 1.0, variance))))
-    b = xp.multiply(xp.multiply(a, rate), -ALPHA_PRIME)
+    a = xp.multiply(a, _one_or_nan(xp, rate))
+    b = xp.multiply(xp.multiply(a, rate), -_alpha_prime())
     return xp.astype(a, dtype), xp.astype(b, dtype)
 
 
@@ -184,7 +192,7 @@ def gaussian_dropout(
     sharded = _on_sharded(gaussian_dropout, x, p, offset, noise_shape, options)
     if sharded is not None:
         return sharded
-    xp, x, dtype, rate = _common(x, p)
+    xp, x, dtype, rate = _common(x, p, "[0, 1)")
     if isinstance(rate, float) and rate == 1:
         raise bad_value("p", p, "a real number in [0, 1) (p == 1 has infinite variance)")
     if isinstance(rate, float) and math.isinf(_largest_gaussian_factor(rate, dtype)):
@@ -468,9 +476,13 @@ def drop_block(
         gamma = 1.0 if rate == 1 else min(1.0, rate * ratio)
     else:
         compute = "float64" if family.has_float64() else "float32"
-        scaled_rate = family.multiply(family.astype(rate, compute), ratio)
+        held = family.astype(rate, compute)
+        scaled_rate = family.multiply(held, ratio)
         capped = family.where(family.less_equal(scaled_rate, 1.0), scaled_rate, 1.0)
-        gamma = family.where(family.equal(rate, 1.0), 1.0, capped)
+        # outside [0, 1] gamma is NaN, so every unit is kept, and x NaN
+        one_or_nan = _one_or_nan(family, held)
+        gamma = family.multiply(family.where(family.equal(rate, 1.0), 1.0, capped), one_or_nan)
+        x = family.scale(x, family.astype(one_or_nan, dtype))
 
     def corners_of(full: tuple[Any, ...]) -> tuple[Any, ...]:
         return tuple(
@@ -551,12 +563,12 @@ def drop_block(
 
 
 # -- shared ----------------------------------------------------------------------------------------
-def _common(x: Any, p: object) -> tuple[Backend, Array, str, Rate]:
+def _common(x: Any, p: object, interval: str = "[0, 1]") -> tuple[Backend, Array, str, Rate]:
     """The backend, ``x`` as its array, ``x``'s dtype and the checked rate."""
     xp = backend_for(x)
     x = as_input_array(xp, x)
     dtype = check_float_dtype(xp.dtype_name(x))
-    return xp, x, dtype, check_rate(p, xp, like=x)
+    return xp, x, dtype, check_rate(p, xp, like=x, interval=interval)
 
 
 def _kept_units(xp: FamilyBackend, keep: Array, size: int, channels_last: bool) -> Array:
@@ -594,6 +606,14 @@ def _portable_seed(xp: FamilyBackend, seed: object, x: Array) -> int | Key:
     resolved = api.resolve_seed(xp, seed, "portable", x)
     assert resolved is not None  # portable seeds are host integers or key words
     return resolved
+
+
+def _one_or_nan(xp: FamilyBackend, rate: Array) -> Array:
+    """1 for a rate held in an array in ``[0, 1]``, NaN outside it (or for NaN): a graph cannot
+    raise, so a factor of it makes the output NaN rather than quietly wrong, as dropout's is."""
+    one = xp.add(xp.subtract(rate, rate), 1.0)
+    inside = xp.where(xp.less_equal(rate, 1.0), one, math.nan)
+    return xp.where(xp.less_equal(0.0, rate), inside, math.nan)
 
 
 def _threshold(xp: FamilyBackend, gamma: Rate) -> Words | int:

@@ -44,12 +44,13 @@ def as_integer(value: object) -> int | None:
 
 
 def as_real(value: object) -> float | None:
-    """``value`` as a float if it is a Python or NumPy real number (not a bool), else None."""
+    """``value`` as a float if it is a Python or NumPy real number (not a bool), else None; read
+    as a value that ``torch.compile`` holds as a constant (see ``read_on_the_host``)."""
     if isinstance(value, float):  # the common case (NumPy's float64 too), at once
-        return float(value)
+        return read_on_the_host(float(value))
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         return None
-    return float(value)
+    return read_on_the_host(float(value))
 
 
 def is_integer(value: object) -> bool:
@@ -63,18 +64,25 @@ SIZES_KNOWN = (
 """How a function that needs sizes while tracing says where they come from."""
 
 
-def check_rate(p: object, xp: Backend | None = None, like: object = None, name: str = "x") -> Rate:
+def check_rate(
+    p: object,
+    xp: Backend | None = None,
+    like: object = None,
+    name: str = "x",
+    interval: str = "[0, 1]",
+) -> Rate:
     """``p`` as a float in ``[0, 1]``; a 0-d float array is read as its value, unless it is being
     traced (then it is returned as it is, and the spec computes with it in the graph). ``like``
     is the array ``p`` goes with, if any (called ``name`` in messages): an Array API array's
-    rate must share its namespace. A Keras variable is its value, as Keras' own ops read it."""
+    rate must share its namespace. A Keras variable is its value, as Keras' own ops read it.
+    ``interval`` is what messages say is allowed (``[0, 1)`` where the caller refuses 1)."""
     if isinstance(p, numbers.Real) and not isinstance(p, (bool, np.bool_)):
         try:  # the common case first: no message unless needed
             value = read_on_the_host(float(p))
         except OverflowError:  # an int beyond any float, outside [0, 1] whatever it is
             value = math.inf
     elif is_keras_variable(p):
-        return check_rate(p.value, xp, like, name)  # type: ignore[attr-defined]
+        return check_rate(p.value, xp, like, name, interval)  # type: ignore[attr-defined]
     elif isinstance(p, (bool, np.bool_)):
         raise bad_type("p", p, _rate_allowed(name))
     elif isinstance(p, np.ndarray) or (xp is not None and xp.is_array(p)):
@@ -101,7 +109,7 @@ def check_rate(p: object, xp: Backend | None = None, like: object = None, name: 
     else:
         raise bad_type("p", p, _rate_allowed(name))
     if not 0.0 <= value <= 1.0:  # NaN fails both comparisons
-        raise bad_value("p", p, "a real number in [0, 1]")
+        raise bad_value("p", p, f"a real number in {interval}")
     return value
 
 

@@ -33,7 +33,7 @@ from xdrop.validation import (
 )
 
 
-def check_layer_rate(argument: str, rate: object) -> float:
+def check_layer_rate(argument: str, rate: object, interval: str = "[0, 1]") -> float:
     """A layer's rate as a float in ``[0, 1]``; errors name the layer's own argument (``p`` or
     ``rate``). A layer holds a Python number: it is part of the layer's configuration. A 0-d
     array holding a real number (``jnp.float32(0.1)``, ``torch.tensor(0.1)``), which the
@@ -52,7 +52,7 @@ def check_layer_rate(argument: str, rate: object) -> float:
     if value is None:
         raise bad_type(argument, rate, "a real number in [0, 1], or a 0-d array holding one")
     if not 0.0 <= value <= 1.0:  # NaN fails both comparisons
-        raise bad_value(argument, rate, "a real number in [0, 1]")
+        raise bad_value(argument, rate, f"a real number in {interval}")
     return value
 
 
@@ -167,7 +167,7 @@ def spatial_noise_shape(ndim: int, shared: Sequence[int]) -> tuple[int | None, .
 
 def check_gaussian_rate(argument: str, rate: object) -> float:
     """A Gaussian dropout layer's rate: in ``[0, 1)`` (``1`` has infinite variance)."""
-    value = check_layer_rate(argument, rate)
+    value = check_layer_rate(argument, rate, "[0, 1)")
     if value == 1:
         raise bad_value(argument, rate, "a real number in [0, 1) (1 has infinite variance)")
     return value
@@ -276,7 +276,7 @@ class DropoutDraws:
 
     mode: Mode
 
-    _check_rate = staticmethod(check_layer_rate)
+    _check_rate: Callable[[str, object], float] = staticmethod(check_layer_rate)
     """Checks the layer's rate at construction: ``(argument name, rate) -> float``."""
 
     _axis_names: tuple[str, str, dict[int, tuple[str, ...]]] = (
