@@ -406,6 +406,8 @@ def drop_block(
     if sharding.is_dtensor(x):
         block = sharding.dtensor_block(x, check_offset(offset))
         _check_dtensor_maps_whole(x, block, data_format)
+        if check_flag("with_noise", with_noise):
+            _check_not_partial(x, "drop_block with_noise=True puts normals in dropped units")
         local = drop_block(
             x.to_local(),
             p,
@@ -646,6 +648,8 @@ def _on_dtensor(
     """``function`` of the DTensor ``x`` as a DTensor of its mesh and placements: each rank runs
     it on its local tensor, each element (or mask entry, with a noise shape given against the
     global shape) at its counter in the whole, so the result is the whole tensor's."""
+    if function is alpha_dropout:
+        _check_not_partial(x, "alpha_dropout sets dropped units to a constant and shifts them")
     block, local_noise = sharding.dtensor_mask_block(x, check_offset(offset), noise_shape)
     local = function(x.to_local(), p, noise_shape=local_noise, offset=block, **options)
     return sharding.dtensor_result(x, local)
@@ -669,6 +673,19 @@ def _on_sharded(
         return None
     whole = sharding.global_noise_shape(noise_shape, x, shard)
     return _on_dtensor(function, shard, p, offset, whole, options).to_local()
+
+
+def _check_not_partial(x: Any, because: str) -> None:
+    """A function that is not linear in ``x`` cannot run on the summands of a ``Partial()``
+    DTensor: each rank would add its constants to its summand, and the sum them all."""
+    if not any(type(placement).__name__ == "Partial" for placement in x.placements):
+        return
+    shown = Shown(f"<DTensor placed {tuple(x.placements)}>")
+    allowed = (
+        f"a DTensor of Shard or Replicate placements ({because}, which every summand of a "
+        "Partial() would add to the sum): redistribute it to Replicate() or a Shard first"
+    )
+    raise bad_value("x", shown, allowed)
 
 
 def _check_dtensor_maps_whole(x: Any, block: sharding.Block, data_format: object) -> None:

@@ -15,6 +15,7 @@ SPMD partitioner) partitions them along with it. ``docs/distributed.md`` shows t
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gc
 import math
 import sys
@@ -514,22 +515,52 @@ def _plans_hand_on_shards() -> bool:
         return False
     from torch.distributed.tensor import Shard
 
-    return any(  # type(), not isinstance: a dead weak proxy among the objects raises there
-        issubclass(type(style), parallel.ParallelStyle)
-        and getattr(style, "use_local_output", False)
-        and any(isinstance(layout, Shard) for layout in _layouts(style))
-        for style in gc.get_objects()
+    global _COMPILED_WITH_PLANS
+    found = any(  # type(), not isinstance: a dead weak proxy among the objects raises there
+        _hands_on(layouts, use_local_output, Shard)
+        for layouts, use_local_output in map(_plan_output, gc.get_objects())
     )
+    _COMPILED_WITH_PLANS = _COMPILED_WITH_PLANS or found
+    return found
+
+
+_COMPILED_WITH_PLANS = False
+"""Whether ``torch.compile`` traced a draw while such a plan existed: the draw then runs eagerly
+after a graph break, on a tensor whose autograd record a compiled graph may hide."""
+
+
+def _plan_output(candidate: object) -> tuple[Any, bool]:
+    """The output layouts and ``use_local_output`` of a tensor-parallel plan: a style object
+    (``ColwiseParallel()`` kept in a variable), or the hook a plan applied to a module leaves
+    (``functools.partial(style._prepare_output_fn, layouts, use_local_output)``), which lives
+    as long as the module does."""
+    if type(candidate) is functools.partial:
+        function = candidate.func
+        if (
+            getattr(function, "__name__", "") == "_prepare_output_fn"
+            and getattr(function, "__module__", "").startswith("torch.distributed.tensor")
+            and len(candidate.args) >= 2
+        ):
+            return candidate.args[0], bool(candidate.args[1])
+        return (), False
+    parallel = sys.modules["torch.distributed.tensor.parallel"]
+    if issubclass(type(candidate), parallel.ParallelStyle):
+        return getattr(candidate, "output_layouts", ()), getattr(
+            candidate, "use_local_output", False
+        )
+    return (), False
+
+
+def _hands_on(layouts: Any, use_local_output: bool, shard: type) -> bool:
+    if not use_local_output:
+        return False
+    layouts = tuple(layouts) if isinstance(layouts, (tuple, list)) else (layouts,)
+    return any(isinstance(layout, shard) for layout in layouts)
 
 
 # what torch.compiler.assume_constant_result marks: Dynamo runs the function while it traces and
 # keeps its result as a constant (set here, where torch may not be imported)
 _plans_hand_on_shards._dynamo_marked_constant = True  # type: ignore[attr-defined]
-
-
-def _layouts(style: Any) -> tuple[Any, ...]:
-    layouts = getattr(style, "output_layouts", ())
-    return tuple(layouts) if isinstance(layouts, (tuple, list)) else (layouts,)
 
 
 TENSOR_PARALLEL_SEARCH = 8
@@ -568,10 +599,12 @@ def local_shard_of(x: Any, offset: object) -> Any:
                 shape=spec.tensor_meta.shape,
                 stride=spec.tensor_meta.stride,
             )
+    _refuse_if_compiled(node)
     seen, todo = 0, [parent for parent, _ in node.next_functions if parent is not None]
     while todo and seen < TENSOR_PARALLEL_SEARCH:
         above = todo.pop(0)
         seen += 1
+        _refuse_if_compiled(above)
         if not _is_to_local(above):
             todo += [parent for parent, _ in above.next_functions if parent is not None]
             continue
@@ -603,6 +636,20 @@ def global_noise_shape(
         whole if entry == size else 1
         for entry, size, whole in zip(noise, local_shape, dtensor_global_shape(shard), strict=True)
     )
+
+
+def _refuse_if_compiled(node: Any) -> None:
+    """Refuse a tensor computed by a graph that ``torch.compile`` compiled while a plan hands on
+    shards as plain tensors: the graph's one autograd record hides any ``to_local()`` in it."""
+    if _COMPILED_WITH_PLANS and type(node).__name__ == "CompiledFunctionBackward":
+        raise TensorParallelError(
+            "x comes from a graph torch.compile compiled while a tensor-parallel plan hands "
+            "on shards as plain tensors (use_local_output=True, the default of "
+            "ColwiseParallel()): the compiled graph hides whether x is such a shard, whose "
+            "mask would differ from the unsharded model's. Build the plans with "
+            "use_local_output=False so that dropout gets DTensors, or pass "
+            "offset=xdrop.Block(global_shape, start) placing x"
+        )
 
 
 def _is_to_local(node: Any) -> bool:

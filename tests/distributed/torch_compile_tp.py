@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import datetime
+import gc
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -24,7 +25,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
-from torch.distributed.tensor import DTensor, Replicate, Shard
+from torch.distributed.tensor import DTensor, Partial, Replicate, Shard
 from torch.distributed.tensor.parallel import (
     ColwiseParallel,
     RowwiseParallel,
@@ -131,6 +132,30 @@ def check_family(rank: int, mesh: DeviceMesh) -> None:
         assert "DTensor split only on its batch and channel axes" in str(error), error
     else:
         raise AssertionError("drop_block of a DTensor split on a spatial axis ran")
+    check_partial_sums(rank, mesh, maps)
+
+
+def check_partial_sums(rank: int, mesh: DeviceMesh, maps: torch.Tensor) -> None:
+    """A Partial() DTensor's summands: what is linear in x (a mask and a factor) gives the
+    sum's result; what adds constants or noise (alpha dropout, DropBlock's normals) would add
+    them once per rank, and is refused."""
+    part = DTensor.from_local(maps / WORLD, mesh, [Partial()], run_check=False)
+    linear = {"dropout": lambda v: xdrop.dropout(v, P, seed=SEED)} | BLOCKS
+    linear.pop("drop_block with_noise")
+    for name, function in linear.items():
+        y = function(part).full_tensor()
+        torch.testing.assert_close(y, function(maps), msg=f"rank {rank}, Partial, {name}")
+    affine = {
+        "alpha_dropout": FAMILY["alpha_dropout"],
+        "with_noise": BLOCKS["drop_block with_noise"],
+    }
+    for name, function in affine.items():
+        try:
+            function(part)
+        except xdrop.ArgumentValueError as error:
+            assert "redistribute it to Replicate()" in str(error), error
+        else:
+            raise AssertionError(f"{name} of a Partial DTensor ran")
 
 
 def models(dp: DeviceMesh) -> tuple[torch.nn.Sequential, torch.nn.Sequential]:
@@ -224,6 +249,39 @@ def check_tensor_parallel(rank: int, mesh: DeviceMesh) -> None:
     torch.testing.assert_close(model(x), reference(x), msg=f"rank {rank}, Rowwise -> Dropout")
 
 
+def check_plans_given_inline_and_graphs_compiled_ahead(rank: int, mesh: DeviceMesh) -> None:
+    """A plan written inline (``parallelize_module(model, mesh, {"0": ColwiseParallel()})``)
+    leaves no style object alive, only the hooks it applied: compiled, its plain shard still
+    reaches the dropout eagerly. A graph compiled ahead of time (AOT autograd: ``aot_eager``,
+    inductor) records one autograd node that hides the shard: refused, naming
+    use_local_output=False, with which the compiled model is the unsharded one."""
+    x = torch.randn(4, 6, generator=torch.Generator().manual_seed(5))
+    dp = init_device_mesh("cpu", (1, WORLD), mesh_dim_names=("dp", "tp"))["dp"]
+    direct, _ = models(dp)
+    gc.collect()  # no plan object of an earlier check left alive
+    model = copy.deepcopy(direct)
+    parallelize_module(model, mesh, {"0": ColwiseParallel(), "2": RowwiseParallel()})
+    expected = piece(hidden_mask(copy.deepcopy(direct), x), Shard(1), rank)
+    run = torch.compile(model, backend="eager")
+    assert torch.equal(hidden_mask(model, x, run), expected), f"rank {rank}, inline plan"
+    torch._dynamo.reset()  # each backend traces the forward anew, not from the cache of another
+    model = copy.deepcopy(direct)
+    plan = {"0": ColwiseParallel(use_local_output=False), "2": RowwiseParallel()}
+    parallelize_module(model, mesh, plan)
+    run, unsharded = torch.compile(model, backend="aot_eager"), copy.deepcopy(direct)
+    for step in range(2):  # the output of each step holds its mask (P drops half the hidden units)
+        torch.testing.assert_close(run(x), unsharded(x), msg=f"rank {rank}, aot_eager, {step}")
+    torch._dynamo.reset()  # each backend traces the forward anew, not from the cache of another
+    model = copy.deepcopy(direct)
+    parallelize_module(model, mesh, {"0": ColwiseParallel(), "2": RowwiseParallel()})
+    try:
+        torch.compile(model, backend="aot_eager")(x)
+    except xdrop.TensorParallelError as error:
+        assert "use_local_output=False" in str(error), error
+    else:
+        raise AssertionError("a shard hidden by a compiled graph was drawn as a whole tensor")
+
+
 LOCAL_OUTPUT: dict[str, Callable[[Any], Any]] = {
     "dropout": lambda v: xdrop.dropout(v, P, seed=SEED),
     "whole rows": lambda v: xdrop.dropout(v, P, seed=SEED, noise_shape=(v.shape[0], 1)),
@@ -273,6 +331,7 @@ def run(rank: int, port: int) -> None:
     )
     try:
         mesh = init_device_mesh("cpu", (WORLD,))
+        check_plans_given_inline_and_graphs_compiled_ahead(rank, mesh)
         check_family(rank, mesh)
         check_megatron_recipe(rank)
         check_tensor_parallel(rank, mesh)
