@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -15,6 +16,8 @@ pytest.importorskip("flax")
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 from layers.shared import assert_refused, check_seed_none_draws_once, digits
 
 from xdrop.layers.flax import AlphaDropout, DropBlock2D, Dropout, DropoutState, DropPath
@@ -586,6 +589,34 @@ def test_one_process_draws_the_same_masks_in_every_data_parallel_mode(data_paral
     for t in range(2):
         expected = xdrop.dropout(np.ones((4, 6)), 0.5, seed=xdrop.fold_in(3, t))
         np.testing.assert_array_equal(np.asarray(step(layer, x)), expected)
+
+
+def mapped_over_devices(layer: Dropout) -> dict[str, Callable[[], jax.Array]]:
+    """The layer called on a batch of one device's shard, under shard_map and under pmap."""
+    mesh = jax.make_mesh((1,), ("data",))
+    graphdef, state = nnx.split(layer)
+
+    def step(layer_state, v):
+        return nnx.merge(graphdef, layer_state)(v)
+
+    batch = jax.device_put(jnp.ones((1, 4, 6)), NamedSharding(mesh, P("data")))
+    shard_map = jax.shard_map(step, mesh=mesh, in_specs=(P(), P("data")), out_specs=P("data"))
+    pmap = jax.pmap(step, axis_name="data", in_axes=(None, 0))
+    return {"shard_map": lambda: shard_map(state, batch), "pmap": lambda: pmap(state, batch)}
+
+
+@pytest.mark.parametrize("data_parallel", ["per_rank", "global_batch"])
+def test_data_parallel_inside_shard_map_or_pmap_is_refused_pointing_at_jit(data_parallel):
+    """There every device holds a shard of one process's batch: its masks would be every other
+    device's, where data_parallel promises the ranks differ."""
+    for run in mapped_over_devices(Dropout(0.5, seed=3, data_parallel=data_parallel)).values():
+        with pytest.raises(xdrop.ArgumentValueError, match=r"jax\.jit .* NamedSharding"):
+            run()
+    # without a mode it draws as nnx.Dropout does there: the layer's one mask on every device
+    for run in mapped_over_devices(Dropout(0.5, seed=3)).values():
+        np.testing.assert_array_equal(
+            np.asarray(run())[0], xdrop.dropout(np.ones((4, 6)), 0.5, seed=xdrop.fold_in(3, 0))
+        )
 
 
 def test_data_parallel_is_refused_unless_a_mode_and_global_batch_for_drop_block():

@@ -314,7 +314,7 @@ def shard_map_block(local_shape: Sequence[int], partition: Sequence[Any], offset
             "partition", partition, f"at most one entry per axis of the shard ({len(shape)})"
         )
     entries += (None,) * (len(shape) - len(entries))
-    manual = _manual_axes()
+    manual = manual_axes()
     global_shape, start = [], []
     for size, names in zip(shape, entries, strict=True):
         axes = () if names is None else _names(names)
@@ -359,7 +359,7 @@ def _check_partition(partition: object, spec_type: type) -> tuple[Any, ...]:
     return tuple(partition)  # type: ignore[arg-type]
 
 
-def _manual_axes() -> frozenset[str] | None:
+def manual_axes() -> frozenset[str] | None:
     """The mesh axes ``shard_map`` maps over here (empty outside it), or None where this JAX
     does not say."""
     import jax
@@ -395,7 +395,7 @@ def check_shard_map_axes(block: Block, x: Any, name: str = "x") -> None:
     if not isinstance(x, (jax.Array, jax.core.Tracer)):
         return
     varying = _varying_axes(x)
-    manual = _manual_axes()
+    manual = manual_axes()
     if varying is None or not manual:
         return
     # an axis index varies over its axis only where JAX tracks variation (check_vma=True)

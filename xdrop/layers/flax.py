@@ -18,6 +18,7 @@ from flax import nnx
 from flax.nnx import graphlib
 
 import xdrop
+from xdrop import sharding
 from xdrop.errors import (
     ArgumentValueError,
     Shown,
@@ -194,6 +195,8 @@ class Dropout(common.DropoutDraws, nnx.Module):
             seed = 0  # unused: as nnx.Dropout, take no key, so later layers get Flax's keys
         else:
             seed = _key(rngs if rngs is not None else self.rngs, self.rng_collection)
+        if self.data_parallel is not None and sharding.manual_axes():
+            raise _mapped_over_devices(self.data_parallel)
         seed, offset = common.process_ranks(inputs).place(
             self.data_parallel,
             seed,
@@ -523,6 +526,19 @@ def dropout(
         else _key(rngs, rng_collection, allowed="an nnx.Rngs, an nnx.RngStream or a JAX key")
     )
     return xdrop.dropout(x, rate, seed=key, mode=checked_mode, noise_shape=noise_shape)
+
+
+def _mapped_over_devices(mode: str) -> ArgumentValueError:
+    """The error for ``data_parallel`` inside ``shard_map`` or ``pmap``."""
+    shown = Shown(f"{mode!r} inside shard_map or pmap")
+    allowed = (
+        "None there: data_parallel places the arrays of JAX processes, while inside shard_map "
+        "or pmap every device holds a shard of one process's batch and would draw the same "
+        "mask. Run the model under jax.jit (nnx.jit) with the batch sharded over the devices "
+        "(a NamedSharding), which draws the global batch's masks, or call xdrop.dropout with "
+        "offset=xdrop.shard_map_block(...) inside shard_map"
+    )
+    return bad_value("data_parallel", shown, allowed)
 
 
 def _draws_nothing(rate: object) -> bool:
