@@ -378,6 +378,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if seeds < 2:
         parser.error(f"--seeds must be at least 2 for an interval, got {seeds}")
     settings = Settings(seeds=seeds, epochs=epochs)
+    if importlib.util.find_spec("sklearn") is None:
+        parser.error("training needs scikit-learn's digits (pip install scikit-learn, or xdrop's "
+                     "[examples] extra); --redraw needs neither")  # fmt: skip
 
     import torch
 

@@ -191,6 +191,17 @@ def test_out_without_matplotlib_stops_before_training(tmp_path, monkeypatch, cap
     assert list(tmp_path.iterdir()) == []
 
 
+def test_training_without_scikit_learn_stops_saying_what_to_install(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "sklearn", None)
+    monkeypatch.setattr(evidence, "run", fail)
+    with pytest.raises(SystemExit) as stopped:
+        evidence.main(["--quick"])
+    assert stopped.value.code == 2
+    assert (
+        "training needs scikit-learn's digits (pip install scikit-learn" in capsys.readouterr().err
+    )
+
+
 def test_redraw_without_out_prints_the_committed_table_and_draws_nothing(monkeypatch, capsys):
     monkeypatch.setattr(evidence, "figure", fail)
     record = evidence.main(["--redraw"])
