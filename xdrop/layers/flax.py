@@ -188,6 +188,8 @@ class Dropout(common.DropoutDraws, nnx.Module):
             return self._evaluate(inputs, self.rate)  # type: ignore[no-any-return]
         inputs = jnp.asarray(inputs)  # a NumPy batch gives a jax.Array, as nnx.Dropout's
         noise_shape = common.spatial_noise_shape(inputs.ndim, self.broadcast_dims)
+        if self.data_parallel is not None and sharding.manual_axes():
+            raise _mapped_over_devices(self.data_parallel)
         if rngs is None and self.rngs is None:
             seed, next_step = _step_and_next(own_seed, own_step)
             self.step.set_value(next_step)  # a new value: a NumPy one is not written into
@@ -195,8 +197,6 @@ class Dropout(common.DropoutDraws, nnx.Module):
             seed = 0  # unused: as nnx.Dropout, take no key, so later layers get Flax's keys
         else:
             seed = _key(rngs if rngs is not None else self.rngs, self.rng_collection)
-        if self.data_parallel is not None and sharding.manual_axes():
-            raise _mapped_over_devices(self.data_parallel)
         seed, offset = common.process_ranks(inputs).place(
             self.data_parallel,
             seed,

@@ -602,8 +602,8 @@ class OutsideForward(FunctionalDropout):
 
 
 def outside_forward(module: str) -> XdropError:
-    """The error for a draw outside the converted model's forward, by the module ``module``:
-    a recomputation where activation checkpointing runs the submodule in the backward pass."""
+    """The error for a draw outside the converted model's forward, by the module ``module``;
+    in a backward pass, where activation checkpointing runs it again, the recomputation's."""
     if in_backward():
         return recomputed_in_backward()
     return UnconvertedDropoutError(
