@@ -36,7 +36,7 @@ pytestmark = [
 ]
 
 SCRIPT = Path(__file__).resolve().parent / "integrations" / "hf_trainer.py"
-HEADS = ["classification", "tokens", "causal", "seq2seq", "regression"]
+HEADS = ["classification", "tokens", "causal", "causal subclass", "seq2seq", "regression"]
 
 
 def _start(action: str, directory: Path) -> subprocess.Popen[str]:
@@ -158,6 +158,8 @@ def test_a_run_resumed_from_the_trainers_checkpoint_in_a_new_process_ends_bit_id
         ("model_init", "convert_seed"),
         ("multi_label", "multi_label_classification"),
         ("no_labels", "'labels'"),
+        ("unknown_generator", "shift_labels must be True or False for GPT2DoubleHeadsModel"),
+        ("compute_loss_func", "compute_loss_func"),
     ],
 )
 def test_unsupported_uses_raise_an_argument_error_saying_what_is_allowed(

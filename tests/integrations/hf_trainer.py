@@ -127,6 +127,14 @@ def tagger() -> torch.nn.Module:
     return transformers.BertForTokenClassification(bert_config(num_labels=5))
 
 
+class OwnWriter(transformers.GPT2LMHeadModel):
+    """A user's subclass of a causal LM: its class says its labels shift as its base's do."""
+
+
+def own_writer() -> torch.nn.Module:
+    return OwnWriter(writer().config)
+
+
 def writer() -> torch.nn.Module:
     config = transformers.GPT2Config(
         vocab_size=VOCAB,
@@ -237,7 +245,7 @@ def by_hand(head: str, logits1: torch.Tensor, logits2: torch.Tensor, batch: Batc
         return xdrop.rdrop_loss(
             logits1, logits2, labels, alpha=ALPHA, ignore_index=-100, pad_mask=pad
         )
-    if head == "causal":  # the logits at token t predict token t + 1
+    if head.startswith("causal"):  # the logits at token t predict token t + 1
         pad = batch["attention_mask"][:, 1:] == 0
         return xdrop.rdrop_loss(
             logits1[:, :-1],
@@ -268,6 +276,7 @@ HEADS: dict[str, tuple[Callable[[], torch.nn.Module], Callable[..., torch.Tensor
     "classification": (classifier, class_label),
     "tokens": (tagger, token_labels),
     "causal": (writer, next_tokens),
+    "causal subclass": (own_writer, next_tokens),
     "seq2seq": (translator, target_ids),
     "regression": (regressor, score),
 }
@@ -395,6 +404,15 @@ def refusals(directory: Path) -> dict[str, tuple[str, str]]:
         "multi_label": lambda: RDropTrainer(
             multi_label, arguments(directory, 1), train_dataset=Examples(BATCH, several)
         ).train(),
+        # generative, and no class it derives from says whether its labels shift
+        "unknown_generator": lambda: RDropTrainer(
+            transformers.GPT2DoubleHeadsModel(writer().config),
+            arguments(directory, 1),
+            train_dataset=Examples(BATCH, next_tokens),
+        ).train(),
+        "compute_loss_func": lambda: RDropTrainer(
+            classifier(), arguments(directory, 1), compute_loss_func=lambda *_, **__: 0.0
+        ),
     }
     raised = {}
     for use, call in uses.items():

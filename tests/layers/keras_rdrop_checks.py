@@ -216,6 +216,24 @@ def test_token_labels_with_padding_masked_by_the_model():
     record("tokens_masked", history["loss"])
 
 
+@pytest.mark.parametrize("weights", [None, np.linspace(0.5, 2.0, BATCH * LENGTH)])
+def test_token_labels_with_padding_as_an_ignored_class(weights):
+    """Keras' sparse crossentropy leaves out ``ignore_class`` positions, its mean over the
+    others: the consistency term leaves out the same positions, as rdrop_loss's ignore_index."""
+    model = token_model(mask_zero=False)
+    ids, labels, padded = token_data()
+    labels = np.where(padded, -1, labels).astype("int32")
+    rdrop = xk.RDrop(model, alpha=1.0)
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=-1)
+    rdrop.compile(optimizer=keras.optimizers.Adam(1e-2), loss=loss)
+    logits1, logits2 = two_passes(model, ids)
+    per_token = None if weights is None else weights.reshape(BATCH, LENGTH)
+    history = fit_one_step(rdrop, ids, labels, sample_weight=per_token)
+    each = host(xdrop.rdrop_loss(logits1, logits2, labels, ignore_index=-1, reduction="none"))
+    by_hand = (each * (1 if per_token is None else per_token)).sum() / (~padded).sum()
+    assert history["loss"][0] == pytest.approx(by_hand, rel=1e-5)
+
+
 def test_a_converted_model_trains_with_the_regularisation_losses_once():
     model = classifier(dropout=keras.layers.Dropout(0.3))
     xk.convert(model, seed=42)

@@ -10,10 +10,13 @@ from typing import Any
 
 import torch
 import transformers
-from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+from transformers.models.auto.modeling_auto import (
+    MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+    MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES,
+)
 
 import xdrop
-from xdrop.errors import Shown, bad_value
+from xdrop.errors import Shown, bad_type, bad_value
 from xdrop.seeds import Generator
 from xdrop.validation import check_alpha
 
@@ -21,6 +24,12 @@ __all__ = ["RDropTrainer"]
 
 IGNORE_INDEX = -100
 """The label Hugging Face's losses ignore (``CrossEntropyLoss``'s default ``ignore_index``)."""
+
+SHIFTED = frozenset(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()) | frozenset(
+    MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES.values()
+)
+"""The classes whose own loss shifts the labels: causal LMs, and the vision-language models that
+generate text with a decoder alone (the encoder-decoder ones shift into their decoder's inputs)."""
 
 
 class RDropTrainer(transformers.Trainer):
@@ -39,8 +48,10 @@ class RDropTrainer(transformers.Trainer):
     - token-level heads (token classification, masked LM; ``labels`` of the logits' shape less
       the class axis): one per token, labels ``-100`` ignored, and where the inputs hold an
       ``attention_mask`` of the labels' shape, its zeros (padding) ignored too;
-    - causal language models (the models ``Trainer`` shifts labels for): the logits of token
-      ``t`` predict label ``t + 1``, as the models' own loss does;
+    - causal language models (transformers' causal LMs and decoder-only vision-language models,
+      or a subclass of one): the logits of token ``t`` predict label ``t + 1``, as the models'
+      own loss does; for another generative model that is not encoder-decoder, say which with
+      ``shift_labels``;
     - encoder-decoder models (``labels`` for the decoder, ``-100`` ignored; padding masked by a
       ``decoder_attention_mask`` if the inputs hold one): the doubled labels are passed to the
       model so that it builds its decoder inputs as it does in plain training;
@@ -63,13 +74,19 @@ class RDropTrainer(transformers.Trainer):
             every dropout of the model then draws from xdrop's seeded streams, whose state is
             part of the model's ``state_dict`` and so of every checkpoint the ``Trainer``
             saves, and the masks are the same on any framework.
+        shift_labels: ``None`` (the default) tells from the model's class whether its logits at
+            token ``t`` predict label ``t + 1``; ``True`` or ``False`` says it, for a model
+            whose class does not tell (a generative model of your own).
 
     Raises:
         xdrop.ArgumentValueError: ``alpha`` negative or not finite; ``convert_seed`` with a
             ``model_init`` (convert the model that ``model_init`` returns instead); at a
             training step, a batch without ``labels``, or a multi-label head
             (``problem_type="multi_label_classification"``, or float labels with
-            ``num_labels > 1``), for which R-Dropout's KL is not defined here.
+            ``num_labels > 1``), for which R-Dropout's KL is not defined here;
+            ``compute_loss_func`` (the training loss is R-Dropout's: override ``compute_loss``
+            instead); ``shift_labels=None`` at a training step of a generative model whose
+            class does not tell whether its labels shift.
 
     Example:
         >>> import tempfile, transformers
@@ -96,9 +113,19 @@ class RDropTrainer(transformers.Trainer):
         *args: Any,
         alpha: float = 1.0,
         convert_seed: int | Generator | None = None,
+        shift_labels: bool | None = None,
         **kwargs: Any,
     ) -> None:
         self.alpha = check_alpha(alpha, "float32")
+        if shift_labels is not None and not isinstance(shift_labels, bool):
+            raise bad_type("shift_labels", shift_labels, "True, False or None")
+        self.shift_labels = shift_labels
+        if kwargs.get("compute_loss_func") is not None:  # it would be used in evaluation alone
+            allowed = (
+                "None: RDropTrainer's training loss is R-Dropout's (override compute_loss for "
+                "another)"
+            )
+            raise bad_value("compute_loss_func", kwargs["compute_loss_func"], allowed)
         if convert_seed is not None:
             if model is None:
                 allowed = "None when the Trainer gets a model_init (convert its model there)"
@@ -144,7 +171,7 @@ class RDropTrainer(transformers.Trainer):
         logits1, logits2 = logits.chunk(2)
         mask_name = "decoder_attention_mask" if encoder_decoder else "attention_mask"
         mask = inputs.get(mask_name)
-        if self._causal_lm(model):
+        if self._shifts_labels(model, encoder_decoder):
             logits1, logits2 = logits1[:, :-1], logits2[:, :-1]
             labels = labels[:, 1:]
             mask = None if mask is None else mask[..., 1:]
@@ -175,10 +202,22 @@ class RDropTrainer(transformers.Trainer):
             outputs["logits"] = logits.chunk(2)[0]  # the first pass, of the batch's size
         return loss, outputs
 
-    def _causal_lm(self, model: torch.nn.Module) -> bool:
-        """Whether ``Trainer`` shifts this model's labels (its class is a causal LM's)."""
-        name = self.accelerator.unwrap_model(model)._get_name()
-        return name in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()
+    def _shifts_labels(self, model: torch.nn.Module, encoder_decoder: bool) -> bool:
+        """Whether the model's logits at token ``t`` predict label ``t + 1``: as
+        ``shift_labels`` says, else as the model's class (or a base class) tells."""
+        if self.shift_labels is not None:
+            return self.shift_labels
+        unwrapped = self.accelerator.unwrap_model(model)
+        if any(kind.__name__ in SHIFTED for kind in type(unwrapped).__mro__):
+            return True
+        if encoder_decoder or not getattr(unwrapped, "can_generate", lambda: False)():
+            return False
+        allowed = (
+            f"True or False for {type(unwrapped).__name__}, a generative model whose class does "
+            "not tell whether its logits at token t predict label t + 1 (True, as causal LMs) "
+            "or label t (False)"
+        )
+        raise bad_value("shift_labels", None, allowed)
 
 
 def _batched(value: object, batch: int) -> bool:

@@ -1090,6 +1090,32 @@ class _Consistency(keras.losses.Loss):
         return keras.ops.mean(divergence, axis=-1) if binary else divergence
 
 
+def _own(sample_weight: Any) -> Any:
+    # a loss masks its weights in place on the torch backend (``sample_weight *= mask``, where
+    # ignore_class or a Keras mask applies): each pass's loss gets weights of its own
+    return None if sample_weight is None else keras.ops.copy(sample_weight)
+
+
+def _weights_without(
+    labels: Any, ignored: int, outputs: Any, sample_weight: Any, reduction: str
+) -> Any:
+    """Sample weights that leave out the positions labelled ``ignored``, as Keras' sparse
+    crossentropy leaves them out of its loss (by a mask, which a loss's ``__call__`` turns into
+    these weights): 0 there, and in a mean the others scaled so that it is over them alone."""
+    per_position = keras.ops.shape(outputs)[:-1]
+    labels = keras.ops.reshape(keras.ops.cast(labels, "int32"), per_position)
+    kept = keras.ops.cast(keras.ops.not_equal(labels, ignored), "float32")
+    if reduction in ("mean", "sum_over_batch_size"):
+        count = keras.ops.cast(keras.ops.size(kept), "float32")
+        kept = keras.ops.multiply(kept, keras.ops.divide_no_nan(count, keras.ops.sum(kept)))
+    if sample_weight is None:
+        return kept
+    weights = keras.ops.cast(sample_weight, "float32")
+    while len(weights.shape) < len(kept.shape):  # per sample: the same for its positions
+        weights = keras.ops.expand_dims(weights, -1)
+    return keras.ops.multiply(kept, weights)
+
+
 def _log_clipped(probabilities: Any) -> Any:
     """``log p``, ``p`` clipped below at Keras' epsilon as its crossentropies clip it: logits
     whose softmax is ``p`` (for ``p`` that sums to 1)."""
@@ -1219,11 +1245,18 @@ class RDrop(keras.Model):
             )
         first, second = _halves(y_pred)
         total = keras.ops.add(
-            self._compile_loss(y, first, sample_weight),
-            self._compile_loss(y, second, sample_weight),
+            self._compile_loss(y, first, _own(sample_weight)),
+            self._compile_loss(y, second, _own(sample_weight)),
         )
         if self.alpha:
-            consistency = self._consistency_term()(second, first, sample_weight)
+            term = self._consistency_term()
+            ignored = getattr(self.loss, "ignore_class", None)  # a sparse crossentropy's padding
+            weights = (
+                sample_weight
+                if ignored is None
+                else _weights_without(y, ignored, first, sample_weight, term.reduction)
+            )
+            consistency = term(second, first, weights)
             total = keras.ops.add(total, keras.ops.multiply(consistency, self.alpha))
         for loss in self.losses:
             total = keras.ops.add(total, self._aggregate_additional_loss(loss))
