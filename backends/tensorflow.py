@@ -477,9 +477,11 @@ class TensorflowBackend(Backend, RateOps, FamilyOps, SeedArrays, NativeGenerator
 
     def _where(self, condition: Any, a: Any, b: Any) -> Any:
         """``tf.where`` for any rank: its kernel (SelectV2) takes at most 8 dimensions, so
-        operands of more are broadcast to one shape and selected flat."""
+        operands of more (or of a rank known only at run time) are broadcast to one shape and
+        selected flat."""
         tf = self.tf
-        if max(operand.shape.rank or 0 for operand in (condition, a, b)) <= SELECT_RANK:
+        ranks = [operand.shape.rank for operand in (condition, a, b)]
+        if all(rank is not None and rank <= SELECT_RANK for rank in ranks):
             return tf.where(condition, a, b)
         shape = tf.broadcast_dynamic_shape(
             tf.shape(condition), tf.broadcast_dynamic_shape(tf.shape(a), tf.shape(b))

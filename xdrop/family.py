@@ -111,9 +111,8 @@ def alpha_dropout(
         if rate == 1:
             return family.select(keep, x)  # nothing kept: +0.0 everywhere, zero gradient
         scale, shift = constants
-        dropped = family.where(keep, x, spec.rounded(_alpha_prime(), dtype))
-        return family.add(family.multiply(dropped, scale), shift)
-    scale, shift = _alpha_constants(family, rate, dtype)
+    else:
+        scale, shift = _alpha_constants(family, rate, dtype)
     dropped = family.where(keep, x, spec.rounded(_alpha_prime(), dtype))
     return family.add(family.multiply(dropped, scale), shift)
 
@@ -121,9 +120,9 @@ def alpha_dropout(
 def _host_alpha_constants(p: float, dtype: str) -> tuple[float, float]:
     """``(a, b)`` of a host rate in ``(0, 1)``, rounded to ``x``'s dtype (infinite where they
     overflow it: float16 near ``p = 1``)."""
-    q = 1.0 - p
-    a = (q + _alpha_prime() ** 2 * q * p) ** -0.5
-    return spec.rounded(a, dtype), spec.rounded(-a * _alpha_prime() * p, dtype)
+    q, prime = 1.0 - p, _alpha_prime()
+    a = (q + prime**2 * q * p) ** -0.5
+    return spec.rounded(a, dtype), spec.rounded(-a * prime * p, dtype)
 
 
 def _alpha_prime() -> float:
@@ -138,11 +137,12 @@ def _alpha_constants(xp: FamilyBackend, p: Array, dtype: str) -> tuple[Array, Ar
     compute = "float64" if xp.has_float64() else "float32"
     rate = xp.astype(p, compute)
     q = xp.subtract(1.0, rate)
-    variance = xp.multiply(q, xp.add(xp.multiply(rate, _alpha_prime() ** 2), 1.0))
+    prime = _alpha_prime()
+    variance = xp.multiply(q, xp.add(xp.multiply(rate, prime**2), 1.0))
     nothing_kept = xp.equal(q, 0.0)
     a = xp.where(nothing_kept, 0.0, xp.divide(1.0, xp.sqrt(xp.where(nothing_kept, 1.0, variance))))
     a = xp.multiply(a, _one_or_nan(xp, rate))
-    b = xp.multiply(xp.multiply(a, rate), -_alpha_prime())
+    b = xp.multiply(xp.multiply(a, rate), -prime)
     return xp.astype(a, dtype), xp.astype(b, dtype)
 
 
@@ -406,7 +406,7 @@ def drop_block(
     if sharding.is_dtensor(x):
         block = sharding.dtensor_block(x, check_offset(offset))
         _check_dtensor_maps_whole(x, block, data_format)
-        if check_flag("with_noise", with_noise):
+        if check_flag("with_noise", with_noise) and check_flag("training", training):
             _check_not_partial(x, "drop_block with_noise=True puts normals in dropped units")
         local = drop_block(
             x.to_local(),
@@ -648,7 +648,7 @@ def _on_dtensor(
     """``function`` of the DTensor ``x`` as a DTensor of its mesh and placements: each rank runs
     it on its local tensor, each element (or mask entry, with a noise shape given against the
     global shape) at its counter in the whole, so the result is the whole tensor's."""
-    if function is alpha_dropout:
+    if function is alpha_dropout and check_flag("training", options["training"]):
         _check_not_partial(x, "alpha_dropout sets dropped units to a constant and shifts them")
     block, local_noise = sharding.dtensor_mask_block(x, check_offset(offset), noise_shape)
     local = function(x.to_local(), p, noise_shape=local_noise, offset=block, **options)
@@ -677,8 +677,12 @@ def _on_sharded(
 
 def _check_not_partial(x: Any, because: str) -> None:
     """A function that is not linear in ``x`` cannot run on the summands of a ``Partial()``
-    DTensor: each rank would add its constants to its summand, and the sum them all."""
-    if not any(type(placement).__name__ == "Partial" for placement in x.placements):
+    DTensor of a sum: each rank would add its constants to its summand, and the sum them all
+    (a partial ``max`` or ``avg`` of them is the result's own)."""
+    if not any(
+        placement.is_partial() and getattr(placement, "reduce_op", "sum") == "sum"
+        for placement in x.placements
+    ):
         return
     shown = Shown(f"<DTensor placed {tuple(x.placements)}>")
     allowed = (

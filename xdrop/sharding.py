@@ -508,6 +508,8 @@ def _plans_hand_on_shards() -> bool:
     """Whether a tensor-parallel plan (``ColwiseParallel()``, ``PrepareModuleOutput``...) that
     hands on a ``Shard`` as a plain tensor (``use_local_output=True``) is alive. Asked while
     ``torch.compile`` traces, once per trace, so the scan of the live objects costs no step."""
+    global _COMPILED_WITH_PLANS
+    _COMPILED_WITH_PLANS = False
     parallel = sys.modules.get("torch.distributed.tensor.parallel")
     import torch.distributed as dist
 
@@ -515,21 +517,21 @@ def _plans_hand_on_shards() -> bool:
         return False
     from torch.distributed.tensor import Shard
 
-    global _COMPILED_WITH_PLANS
-    found = any(  # type(), not isinstance: a dead weak proxy among the objects raises there
+    _COMPILED_WITH_PLANS = any(
         _hands_on(layouts, use_local_output, Shard)
-        for layouts, use_local_output in map(_plan_output, gc.get_objects())
+        for layouts, use_local_output in (
+            _plan_output(candidate, parallel.ParallelStyle) for candidate in gc.get_objects()
+        )
     )
-    _COMPILED_WITH_PLANS = _COMPILED_WITH_PLANS or found
-    return found
+    return _COMPILED_WITH_PLANS
 
 
 _COMPILED_WITH_PLANS = False
-"""Whether ``torch.compile`` traced a draw while such a plan existed: the draw then runs eagerly
-after a graph break, on a tensor whose autograd record a compiled graph may hide."""
+"""Whether such a plan existed when ``torch.compile`` last traced a draw: the draw then runs
+eagerly after a graph break, on a tensor whose autograd record a compiled graph may hide."""
 
 
-def _plan_output(candidate: object) -> tuple[Any, bool]:
+def _plan_output(candidate: object, style: type) -> tuple[Any, bool]:
     """The output layouts and ``use_local_output`` of a tensor-parallel plan: a style object
     (``ColwiseParallel()`` kept in a variable), or the hook a plan applied to a module leaves
     (``functools.partial(style._prepare_output_fn, layouts, use_local_output)``), which lives
@@ -543,8 +545,7 @@ def _plan_output(candidate: object) -> tuple[Any, bool]:
         ):
             return candidate.args[0], bool(candidate.args[1])
         return (), False
-    parallel = sys.modules["torch.distributed.tensor.parallel"]
-    if issubclass(type(candidate), parallel.ParallelStyle):
+    if issubclass(type(candidate), style):  # type(): a dead weak proxy's isinstance raises
         return getattr(candidate, "output_layouts", ()), getattr(
             candidate, "use_local_output", False
         )
@@ -643,12 +644,13 @@ def _refuse_if_compiled(node: Any) -> None:
     shards as plain tensors: the graph's one autograd record hides any ``to_local()`` in it."""
     if _COMPILED_WITH_PLANS and type(node).__name__ == "CompiledFunctionBackward":
         raise TensorParallelError(
-            "x comes from a graph torch.compile compiled while a tensor-parallel plan hands "
-            "on shards as plain tensors (use_local_output=True, the default of "
-            "ColwiseParallel()): the compiled graph hides whether x is such a shard, whose "
-            "mask would differ from the unsharded model's. Build the plans with "
-            "use_local_output=False so that dropout gets DTensors, or pass "
-            "offset=xdrop.Block(global_shape, start) placing x"
+            "x comes from a graph torch.compile compiled ahead of time (inductor, aot_eager) "
+            "while a tensor-parallel plan hands on shards as plain tensors (use_local_output="
+            "True, the default of ColwiseParallel()): the compiled graph hides whether x is "
+            "such a shard, whose mask would differ from the unsharded model's, so every "
+            "dropout of such a graph's output is refused. Build those plans with "
+            "use_local_output=False so that dropout gets DTensors, compile with "
+            'backend="eager", or pass offset=xdrop.Block(global_shape, start) placing x'
         )
 
 

@@ -156,6 +156,13 @@ def check_partial_sums(rank: int, mesh: DeviceMesh, maps: torch.Tensor) -> None:
             assert "redistribute it to Replicate()" in str(error), error
         else:
             raise AssertionError(f"{name} of a Partial DTensor ran")
+    # in evaluation nothing is drawn or added: x's summands, still Partial()
+    for evaluated in (
+        xdrop.alpha_dropout(part, P, seed=SEED, training=False),
+        xdrop.drop_block(part, P, 3, seed=SEED, with_noise=True, training=False),
+    ):
+        assert evaluated.placements == part.placements, evaluated.placements
+        assert torch.equal(evaluated.to_local(), part.to_local()), f"rank {rank}, evaluation"
 
 
 def models(dp: DeviceMesh) -> tuple[torch.nn.Sequential, torch.nn.Sequential]:

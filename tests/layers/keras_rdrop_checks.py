@@ -216,11 +216,13 @@ def test_token_labels_with_padding_masked_by_the_model():
     record("tokens_masked", history["loss"])
 
 
+@pytest.mark.parametrize("mask_zero", [False, True])
 @pytest.mark.parametrize("weights", [None, np.linspace(0.5, 2.0, BATCH * LENGTH)])
-def test_token_labels_with_padding_as_an_ignored_class(weights):
+def test_token_labels_with_padding_as_an_ignored_class(weights, mask_zero):
     """Keras' sparse crossentropy leaves out ``ignore_class`` positions, its mean over the
-    others: the consistency term leaves out the same positions, as rdrop_loss's ignore_index."""
-    model = token_model(mask_zero=False)
+    others: the consistency term leaves out the same positions, as rdrop_loss's ignore_index,
+    once whether the model masks the padding too or not."""
+    model = token_model(mask_zero=mask_zero)
     ids, labels, padded = token_data()
     labels = np.where(padded, -1, labels).astype("int32")
     rdrop = xk.RDrop(model, alpha=1.0)

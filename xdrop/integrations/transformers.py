@@ -207,10 +207,12 @@ class RDropTrainer(transformers.Trainer):
         ``shift_labels`` says, else as the model's class (or a base class) tells."""
         if self.shift_labels is not None:
             return self.shift_labels
+        if encoder_decoder:  # the model shifts the labels into its decoder's inputs
+            return False
         unwrapped = self.accelerator.unwrap_model(model)
         if any(kind.__name__ in SHIFTED for kind in type(unwrapped).__mro__):
             return True
-        if encoder_decoder or not getattr(unwrapped, "can_generate", lambda: False)():
+        if not getattr(unwrapped, "can_generate", lambda: False)():
             return False
         allowed = (
             f"True or False for {type(unwrapped).__name__}, a generative model whose class does "

@@ -1070,6 +1070,14 @@ class _Consistency(keras.losses.Loss):
         self.predicts = predicts
 
     def call(self, y_true: Any, y_pred: Any) -> Any:
+        """``y_true``: the second pass, or the second pass and the positions that count."""
+        if isinstance(y_true, (tuple, list)):
+            second, counted = y_true
+            divergence = self.call(second, y_pred)
+            # as Keras' sparse crossentropy marks its ignore_class: __call__ then leaves these
+            # positions out with the model's own mask, and averages over the rest once
+            set_keras_mask(divergence, keras.ops.cast(counted, "bool"))
+            return divergence
         first, second = y_pred, y_true
         if self.predicts == "values":  # as Keras' mean squared error: a mean over the last axis
             return keras.ops.mean(keras.ops.square(keras.ops.subtract(first, second)), axis=-1)
@@ -1094,26 +1102,6 @@ def _own(sample_weight: Any) -> Any:
     # a loss masks its weights in place on the torch backend (``sample_weight *= mask``, where
     # ignore_class or a Keras mask applies): each pass's loss gets weights of its own
     return None if sample_weight is None else keras.ops.copy(sample_weight)
-
-
-def _weights_without(
-    labels: Any, ignored: int, outputs: Any, sample_weight: Any, reduction: str
-) -> Any:
-    """Sample weights that leave out the positions labelled ``ignored``, as Keras' sparse
-    crossentropy leaves them out of its loss (by a mask, which a loss's ``__call__`` turns into
-    these weights): 0 there, and in a mean the others scaled so that it is over them alone."""
-    per_position = keras.ops.shape(outputs)[:-1]
-    labels = keras.ops.reshape(keras.ops.cast(labels, "int32"), per_position)
-    kept = keras.ops.cast(keras.ops.not_equal(labels, ignored), "float32")
-    if reduction in ("mean", "sum_over_batch_size"):
-        count = keras.ops.cast(keras.ops.size(kept), "float32")
-        kept = keras.ops.multiply(kept, keras.ops.divide_no_nan(count, keras.ops.sum(kept)))
-    if sample_weight is None:
-        return kept
-    weights = keras.ops.cast(sample_weight, "float32")
-    while len(weights.shape) < len(kept.shape):  # per sample: the same for its positions
-        weights = keras.ops.expand_dims(weights, -1)
-    return keras.ops.multiply(kept, weights)
 
 
 def _log_clipped(probabilities: Any) -> Any:
@@ -1249,14 +1237,11 @@ class RDrop(keras.Model):
             self._compile_loss(y, second, _own(sample_weight)),
         )
         if self.alpha:
-            term = self._consistency_term()
             ignored = getattr(self.loss, "ignore_class", None)  # a sparse crossentropy's padding
-            weights = (
-                sample_weight
-                if ignored is None
-                else _weights_without(y, ignored, first, sample_weight, term.reduction)
-            )
-            consistency = term(second, first, weights)
+            if ignored is not None:  # left out as that crossentropy leaves them out
+                labels = keras.ops.reshape(y, keras.ops.shape(first)[:-1])
+                second = (second, keras.ops.not_equal(labels, ignored))
+            consistency = self._consistency_term()(second, first, sample_weight)
             total = keras.ops.add(total, keras.ops.multiply(consistency, self.alpha))
         for loss in self.losses:
             total = keras.ops.add(total, self._aggregate_additional_loss(loss))
