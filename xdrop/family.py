@@ -614,8 +614,7 @@ def _one_or_nan(xp: FamilyBackend, rate: Array) -> Array:
     """1 for a rate held in an array in ``[0, 1]``, NaN outside it (or for NaN): a graph cannot
     raise, so a factor of it makes the output NaN rather than quietly wrong, as dropout's is."""
     one = xp.add(xp.subtract(rate, rate), 1.0)
-    inside = xp.where(xp.less_equal(rate, 1.0), one, math.nan)
-    return xp.where(xp.less_equal(0.0, rate), inside, math.nan)
+    return xp.where(spec.in_unit_interval(xp, rate), one, math.nan)
 
 
 def _threshold(xp: FamilyBackend, gamma: Rate) -> Words | int:

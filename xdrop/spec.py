@@ -19,6 +19,7 @@ from xdrop.protocol import (
     Dim,
     FamilyBackend,
     Key,
+    LossOps,
     RateBackend,
     WordArithmetic,
     Words,
@@ -246,7 +247,7 @@ def rate_constants(
     xp = require(backend, RateBackend, *RATE_IN_AN_ARRAY)
     compute = "float64" if xp.has_float64() else "float32"
     rate = xp.astype(p, compute)
-    valid = xp.logical_and(xp.less_equal(0.0, rate), xp.less_equal(rate, 1.0))
+    valid = in_unit_interval(xp, rate)
     difference = xp.subtract(1.0, rate)
     keep_probability = _rounded_difference(xp, rate, difference, dtype, compute)
     if not training:  # classic evaluation: x * dtype(1 - p)
@@ -262,6 +263,13 @@ def rate_constants(
     scaled = xp.multiply(xp.astype(difference, "float32"), float(ALL_KEPT))
     kept_count = xp.word_from_float(xp.where(valid, xp.ceil(scaled), float(ALL_KEPT)))
     return kept_count, xp.where(valid, factor, math.nan)
+
+
+def in_unit_interval(xp: LossOps, rate: Array) -> Array:
+    """Whether a rate held in an array lies in ``[0, 1]`` (False for NaN): a graph cannot raise,
+    so what is outside makes the output NaN instead (``rate_constants``, the dropout family)."""
+    at_least_zero = xp.where(xp.less_equal(0.0, rate), rate, math.nan)
+    return xp.less_equal(at_least_zero, 1.0)
 
 
 def _rounded_difference(
