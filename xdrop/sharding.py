@@ -509,18 +509,15 @@ def _plans_hand_on_shards() -> bool:
     hands on a ``Shard`` as a plain tensor (``use_local_output=True``) is alive. Asked while
     ``torch.compile`` traces, once per trace, so the scan of the live objects costs no step."""
     global _COMPILED_WITH_PLANS
-    _COMPILED_WITH_PLANS = False
     parallel = sys.modules.get("torch.distributed.tensor.parallel")
     import torch.distributed as dist
 
-    if parallel is None or not (dist.is_available() and dist.is_initialized()):
-        return False
-    from torch.distributed.tensor import Shard
-
-    _COMPILED_WITH_PLANS = any(
-        _hands_on(layouts, use_local_output, Shard)
-        for layouts, use_local_output in (
-            _plan_output(candidate, parallel.ParallelStyle) for candidate in gc.get_objects()
+    _COMPILED_WITH_PLANS = (
+        parallel is not None
+        and dist.is_available()
+        and dist.is_initialized()
+        and any(
+            _hands_on_shards(candidate, parallel.ParallelStyle) for candidate in gc.get_objects()
         )
     )
     return _COMPILED_WITH_PLANS
@@ -531,32 +528,29 @@ _COMPILED_WITH_PLANS = False
 eagerly after a graph break, on a tensor whose autograd record a compiled graph may hide."""
 
 
-def _plan_output(candidate: object, style: type) -> tuple[Any, bool]:
-    """The output layouts and ``use_local_output`` of a tensor-parallel plan: a style object
-    (``ColwiseParallel()`` kept in a variable), or the hook a plan applied to a module leaves
-    (``functools.partial(style._prepare_output_fn, layouts, use_local_output)``), which lives
-    as long as the module does."""
+def _hands_on_shards(candidate: object, style: type) -> bool:
+    """Whether ``candidate`` is a tensor-parallel plan that hands on a ``Shard`` as a plain
+    tensor: a style object (``ColwiseParallel()`` kept in a variable), or the hook a plan applied
+    to a module leaves (``functools.partial(style._prepare_output_fn, layouts,
+    use_local_output)``), which lives as long as the module does."""
     if type(candidate) is functools.partial:
         function = candidate.func
-        if (
+        if not (
             getattr(function, "__name__", "") == "_prepare_output_fn"
             and getattr(function, "__module__", "").startswith("torch.distributed.tensor")
             and len(candidate.args) >= 2
         ):
-            return candidate.args[0], bool(candidate.args[1])
-        return (), False
-    if issubclass(type(candidate), style):  # type(): a dead weak proxy's isinstance raises
-        return getattr(candidate, "output_layouts", ()), getattr(
-            candidate, "use_local_output", False
-        )
-    return (), False
-
-
-def _hands_on(layouts: Any, use_local_output: bool, shard: type) -> bool:
-    if not use_local_output:
+            return False
+        layouts, use_local_output = candidate.args[:2]
+    elif issubclass(type(candidate), style):  # type(): a dead weak proxy's isinstance raises
+        layouts = getattr(candidate, "output_layouts", ())
+        use_local_output = getattr(candidate, "use_local_output", False)
+    else:
         return False
+    from torch.distributed.tensor import Shard
+
     layouts = tuple(layouts) if isinstance(layouts, (tuple, list)) else (layouts,)
-    return any(isinstance(layout, shard) for layout in layouts)
+    return bool(use_local_output) and any(isinstance(layout, Shard) for layout in layouts)
 
 
 # what torch.compiler.assume_constant_result marks: Dynamo runs the function while it traces and
