@@ -112,6 +112,64 @@ def test_each_sample_gets_fold_in_seed_t_and_the_batched_form_stacks_them(xp, ar
     np.testing.assert_allclose(host(together.mean), probabilities.mean(0), rtol=1e-5)
 
 
+def test_inputs_nested_in_dicts_and_tuples_get_the_seed_their_arrays_would(xp, array, host):
+    x = array(np.ones((2, 4)))
+    given = {"array": [], "nested": []}
+
+    def recording(kind):
+        def predict(inputs, seed):
+            given[kind].append(seed)
+            return xdrop.dropout(inputs if kind == "array" else inputs["x"][0], 0.5, seed=seed)
+
+        return predict
+
+    direct = xdrop.mc_dropout(recording("array"), x, samples=3, seed=5)
+    nested = xdrop.mc_dropout(recording("nested"), {"x": (x, None)}, samples=3, seed=5)
+    # the key words in an array of x's framework (a compiled predict takes them as an argument)
+    assert [type(seed) for seed in given["nested"]] == [type(seed) for seed in given["array"]]
+    values = {kind: [seed_value(host, seed) for seed in given[kind]] for kind in given}
+    assert values["nested"] == values["array"] == [xdrop.fold_in(5, t) for t in range(3)]
+    np.testing.assert_array_equal(host(nested.mean), host(direct.mean))
+
+
+def test_batched_samples_need_an_array_with_a_batch_axis(xp, array):
+    # not a word about batch_axis, which would be in range for an array with axes
+    for x in ({"x": array(np.ones((2, 4)))}, array(np.ones(()))):
+        with pytest.raises(xdrop.XdropError, match=r"^x must be an array") as refused:
+            xdrop.mc_dropout(lambda x, seed: x, x, samples=2, batched=True)
+        assert "batch_axis" not in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    "draw",
+    [
+        lambda x, seed, shape: xdrop.dropout(x, 0.5, seed=seed, noise_shape=shape),
+        lambda x, seed, shape: xdrop.alpha_dropout(x, 0.5, seed=seed, noise_shape=shape),
+        lambda x, seed, shape: xdrop.gaussian_dropout(x, 0.5, seed=seed, noise_shape=shape),
+    ],
+    ids=["dropout", "alpha_dropout", "gaussian_dropout"],
+)
+def test_batched_samples_refuse_a_mask_shared_along_the_axis_they_are_stacked_on(
+    xp, array, host, draw
+):
+    x = array(np.ones((3, 4)))
+
+    def predict_sharing(shape):
+        return lambda x, seed: draw(x, seed, shape)
+
+    # one mask for the whole stacked batch: every sample would be the same
+    with pytest.raises(xdrop.ArgumentValueError, match=r"batched must be False .* axis 0"):
+        xdrop.mc_dropout(predict_sharing((1, None)), x, samples=4, batched=True)
+    # stacked along another axis, per-sample masks, one sample, or one call per sample: drawn
+    xdrop.mc_dropout(predict_sharing((1, None)), x, samples=4, batched=True, batch_axis=1)
+    xdrop.mc_dropout(predict_sharing((None, 1)), x, samples=4, batched=True)
+    xdrop.mc_dropout(predict_sharing((1, None)), x, samples=1, batched=True)
+    result = xdrop.mc_dropout(predict_sharing((1, None)), x, samples=4, seed=1)
+    assert float(host(result.variance).sum()) > 0
+    # nothing is left behind after the refusal: the draw runs outside mc_dropout
+    assert xp.shape(draw(x, 1, (1, None))) == (3, 4)
+
+
 @pytest.mark.parametrize(
     ("arguments", "error", "message"),
     [

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypedDict, overload
 import numpy as np
 import numpy.typing as npt
 
-from xdrop import defaults, kernel, seeds, sharding, spec
+from xdrop import defaults, kernel, mc, seeds, sharding, spec
 from xdrop.errors import XdropError, bad_value
 from xdrop.fused import FusedCall
 from xdrop.protocol import Array, Backend, Dim, Key, NativeBackend, Words, require
@@ -262,6 +262,7 @@ def dropout(
     start = check_offset_argument(xp, offset, noise, generator, shape, x)
     plan = DropoutPlan(shape, dtype, noise, mode, check_flag("return_mask", return_mask))
     if is_training:
+        mc.check_drawn_per_sample(noise, shape)
         y, keep = _training(xp, x, seed, rate, start, generator, plan)
     else:
         seeds.validate_seed(seed, xp, x)

@@ -14,7 +14,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from xdrop import api, seeds, sharding, spec
+from xdrop import api, mc, seeds, sharding, spec
 from xdrop.errors import Shown, bad_type, bad_value
 from xdrop.protocol import Array, Backend, Dim, FamilyBackend, Key, Words, require
 from xdrop.registry import backend_for
@@ -104,6 +104,7 @@ def alpha_dropout(
         seeds.validate_seed(seed, xp, x)
         return x
     family = require(xp, FamilyBackend, "alpha_dropout in training")
+    mc.check_drawn_per_sample(noise, xp.shape(x))
     keep = api.keep_mask(noise, rate, seed=seed, offset=start, like=x, rng=rng, name="x")
     if isinstance(rate, float):
         if rate == 0:
@@ -207,6 +208,7 @@ def gaussian_dropout(
         seeds.validate_seed(seed, xp, x)
         return x
     family = require(xp, FamilyBackend, "gaussian_dropout in training")
+    mc.check_drawn_per_sample(noise, xp.shape(x))
     resolved = api.resolve_seed(family, seed, generator, x)  # drawn in training, whatever p
     if isinstance(rate, float) and rate == 0:
         return x

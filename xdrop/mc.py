@@ -7,7 +7,7 @@ model's framework, differentiable where it differentiates.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -60,10 +60,12 @@ def mc_dropout(
     Calls ``predict(x, fold_in(seed, t))`` for ``t = 0 .. samples - 1`` (dropout inside
     ``predict`` uses the seed it is given, in training mode), or with ``batched=True`` once,
     ``predict(concat([x] * samples, batch_axis), seed)``: dropout then draws one mask for the
-    stacked batch, so every copy gets its own (as :func:`xdrop.rdrop_forward` does for two).
-    For ``x`` of torch, TensorFlow or JAX an integer seed arrives as its key words, a uint32[2]
-    array of that framework (the same masks), which a compiled ``predict`` (``jax.jit``,
-    ``tf.function``, ``torch.compile``) takes as an argument without recompiling.
+    stacked batch, so every copy gets its own (as :func:`xdrop.rdrop_forward` does for two); a
+    dropout that shares its mask along ``batch_axis`` is refused there (every copy would get it).
+    For ``x`` of torch, TensorFlow or JAX (or dicts, lists and tuples of such arrays) an integer
+    seed arrives as its key words, a uint32[2] array of that framework (the same masks), which a
+    compiled ``predict`` (``jax.jit``, ``tf.function``, ``torch.compile``) takes as an argument
+    without recompiling.
     A model of xdrop layers owns its seeds: switch its layers to sampling
     (``set_mc_sampling`` of ``xdrop.layers.torch``, ``.keras`` or ``.flax``) and pass
     ``lambda x, seed: model(x)``.
@@ -110,8 +112,8 @@ def mc_dropout(
     if check_flag("batched", batched):
         outputs = _batched(predict, x, count, _base_seed(seed), batch_axis)
     else:
-        base = _base_seed(seed)
-        outputs = [predict(x, _seed_argument(seeds.fold_in(base, t), x)) for t in range(count)]
+        base, like = _base_seed(seed), _first_array(x)
+        outputs = [predict(x, _seed_argument(seeds.fold_in(base, t), like)) for t in range(count)]
     xp, class_axis = _check_outputs(outputs, axis)
     return summarize(xp, outputs, class_axis, logits)
 
@@ -124,18 +126,39 @@ def _base_seed(seed: object) -> object:
     return seed
 
 
-def _seed_argument(seed: object, x: Any) -> object:
-    """The seed ``predict`` is given with ``x``: an integer seed goes to a model of a framework
-    with a compiler as its key words ``(seed >> 32, seed & 0xFFFFFFFF)`` in a uint32[2] array of
-    that framework, the same mask: a compiled ``predict`` takes an array as an argument, where a
-    64-bit Python int does not fit ``jax.jit``'s and would recompile ``torch.compile`` and
-    ``tf.function`` per sample. NumPy's, and what no backend claims, keep the integer."""
-    if not isinstance(seed, int):
+def _seed_argument(seed: object, like: Any) -> object:
+    """The seed ``predict`` is given with an input whose array is ``like``: an integer seed goes
+    to a model of a framework with a compiler as its key words ``(seed >> 32, seed &
+    0xFFFFFFFF)`` in a uint32[2] array of that framework, the same mask: a compiled ``predict``
+    takes an array as an argument, where a 64-bit Python int does not fit ``jax.jit``'s and
+    would recompile ``torch.compile`` and ``tf.function`` per sample. NumPy's, and what no
+    backend claims (``like`` None), keep the integer."""
+    if not isinstance(seed, int) or like is None:
         return seed
-    owner = registry.owner_of_type(type(x))
-    if owner is None or owner == "numpy":
+    if registry.owner_of_type(type(like)) == "numpy":
         return seed
-    return backend_for(x).asarray(np.array(divmod(seed, spec.WORD_COUNT), np.uint32))
+    return backend_for(like).asarray(np.array(divmod(seed, spec.WORD_COUNT), np.uint32))
+
+
+def _first_array(x: Any) -> Any:
+    """``x`` if a backend claims its type, else the first such array among the values of the
+    dicts, lists and tuples ``x`` nests (a Hugging Face ``BatchEncoding``, a Flax model's
+    ``(inputs, mask)``), else None."""
+    if registry.owner_of_type(type(x)) is not None:
+        return x
+    if isinstance(x, Mapping):
+        children: Iterable[Any] = x.values()
+    elif isinstance(x, (list, tuple)):
+        children = x
+    else:
+        return None
+    for child in children:
+        if isinstance(child, (int, float, complex)):
+            return None  # a list of numbers: an array for NumPy, which keeps integer seeds
+        found = _first_array(child)
+        if found is not None:
+            return found
+    return None
 
 
 def _batched(
@@ -143,10 +166,18 @@ def _batched(
 ) -> list[Array]:
     """The ``count`` outputs of one call on the stacked batch."""
     xp = backend_for(x)
-    x = as_input_array(xp, x)
+    given, x = x, as_input_array(xp, x)
     shape = xp.shape(x)
+    if not shape:
+        shown = Shown("<0-d array>") if xp.is_array(given) else given
+        raise bad_value("x", shown, "an array with a batch axis, for batched=True")
     stack_axis = check_axis(batch_axis, len(shape), "batch_axis")
-    y = predict(xp.concat([x] * count, axis=stack_axis), _seed_argument(seed, x))
+    global _stacked_along
+    outer, _stacked_along = _stacked_along, stack_axis if count > 1 else None
+    try:
+        y = predict(xp.concat([x] * count, axis=stack_axis), _seed_argument(seed, x))
+    finally:
+        _stacked_along = outer
     yp = require(backend_for(y), LossBackend, "mc_dropout")
     batch = shape[stack_axis]
     expected = f"an array with {count} times x's entries along axis {batch_axis}"
@@ -163,6 +194,25 @@ def _batched(
             "the output of predict", Shown(f"<array of shape {output_shape}>"), expected
         )
     return yp.split(y, count, stack_axis)
+
+
+_stacked_along: int | None = None
+"""The axis along which :func:`mc_dropout` stacked its samples, while ``batched=True`` predicts."""
+
+
+def check_drawn_per_sample(noise: tuple[int | None, ...], shape: tuple[int | None, ...]) -> None:
+    """Refuse a mask shared along the axis that ``mc_dropout(batched=True)`` stacks its samples
+    on, while it predicts: every sample would get that mask, and the spread would be too small,
+    silently. Drawing functions call this in training with their noise shape and ``x``'s."""
+    axis = _stacked_along
+    if axis is None or axis >= len(shape) or noise[axis] != 1 or shape[axis] == 1:
+        return
+    allowed = (
+        f"False for a model whose dropout shares its mask along batch axis {axis} (a mask of "
+        f"shape {noise} for an input of shape {shape}): every sample stacked along it would "
+        "get that one mask"
+    )
+    raise bad_value("batched", True, allowed)
 
 
 def _check_outputs(outputs: list[Any], axis: object) -> tuple[FamilyBackend, int]:
