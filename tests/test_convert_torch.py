@@ -21,7 +21,7 @@ from torch import nn  # noqa: E402
 import xdrop  # noqa: E402
 from xdrop.layers import common  # noqa: E402
 from xdrop.layers import torch as layers  # noqa: E402
-from xdrop.layers.torch import convert  # noqa: E402
+from xdrop.layers.torch import convert, set_mc_sampling  # noqa: E402
 from xdrop.layers.torch_functional import attention  # noqa: E402
 
 pytestmark = pytest.mark.backend_independent
@@ -716,6 +716,10 @@ def test_a_converted_layer_drawing_outside_the_models_forward_is_refused():
     assert int(layer.step) == 0
     layer.eval()
     assert torch.equal(layer(torch.ones(4)), torch.ones(4))
+    # in eval mode, Monte Carlo sampling draws: the message names the switch that stops it
+    set_mc_sampling(model.eval())
+    with pytest.raises(xdrop.UnconvertedDropoutError, match=r"set_mc_sampling\(model, False\)"):
+        layer(torch.ones(4))
 
 
 @pytest.mark.parametrize("first", ["the block", "the model"])

@@ -610,7 +610,8 @@ def outside_forward(module: str) -> XdropError:
         f"dropout drawn by {module!r} of a converted model outside the model's forward (a "
         "submodule called directly): it has no site on the model's streams. Call the "
         "converted model itself, call xdrop.layers.torch.convert on the submodule you run, or "
-        "put it in eval mode"
+        "stop it drawing: eval mode, and set_mc_sampling(model, False) where Monte Carlo "
+        "sampling is on"
     )
 
 
