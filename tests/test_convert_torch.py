@@ -339,6 +339,21 @@ def test_half_precision_attention_computes_in_float32_as_torchs_math_attention(d
     torch.testing.assert_close(got, expected)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_attention_under_autocast_is_torchs_in_the_autocast_dtype(dtype):
+    # float32 inputs whose q . q passes float16's 65504: autocast casts them, the product is
+    # still formed in float32, and the output has autocast's dtype, as torch's attention's
+    g = torch.Generator().manual_seed(3)
+    q, v = 35 * torch.randn(2, 2, 6, 64, generator=g), torch.randn(2, 2, 6, 64, generator=g)
+    mask = torch.randn(6, 6, generator=g)
+    with torch.autocast("cpu", dtype=dtype):
+        expected = F.scaled_dot_product_attention(q, q, v.to(dtype), attn_mask=mask)
+        got = attention(q, q, v.to(dtype), mask, 0.0, False, None, False, seed=0)
+        assert torch.is_autocast_enabled("cpu")  # left as it was
+    assert got.dtype == expected.dtype == dtype and torch.isfinite(got).all()
+    torch.testing.assert_close(got, expected)
+
+
 def test_sdpa_with_dropout_applies_xdrop_dropout_to_the_attention_probabilities():
     class Attend(nn.Module):
         def forward(self, q, k, v, mask):  # type: ignore[no-untyped-def]

@@ -795,6 +795,27 @@ def attention(
     """
     if not isinstance(query, torch.Tensor):
         raise bad_type("query", query, "a tensor")
+    device_type = query.device.type
+    if torch.is_autocast_enabled(device_type):
+        # as autocast runs torch's attention: every input in its dtype, and the rest (float32
+        # inside) as written, which autocast would otherwise put back in its dtype
+        cast = torch.get_autocast_dtype(device_type)
+        query, key, value = (tensor.to(cast) for tensor in (query, key, value))
+        if attn_mask is not None and attn_mask.is_floating_point():
+            attn_mask = attn_mask.to(cast)
+        with torch.autocast(device_type, enabled=False):
+            return attention(
+                query,
+                key,
+                value,
+                attn_mask,
+                dropout_p,
+                is_causal,
+                scale,
+                enable_gqa,
+                seed,
+                data_parallel,
+            )
     dtype = query.dtype
     if dtype in (torch.float16, torch.bfloat16):  # as torch's math attention: float32 inside
         query, key, value = query.float(), key.float(), value.float()
