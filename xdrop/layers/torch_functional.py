@@ -761,6 +761,15 @@ def _draw(
     return y
 
 
+def _autocast_enabled(device_type: str) -> bool:
+    """Whether ``torch.autocast`` is on for ``device_type``; False where the device has none to
+    ask (the meta device, fake tensors) and before torch 2.4, which asks by device type."""
+    available = getattr(torch.amp, "is_autocast_available", None)
+    return (
+        available is not None and available(device_type) and torch.is_autocast_enabled(device_type)
+    )
+
+
 def attention(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -796,7 +805,7 @@ def attention(
     if not isinstance(query, torch.Tensor):
         raise bad_type("query", query, "a tensor")
     device_type = query.device.type
-    if torch.is_autocast_enabled(device_type):
+    if _autocast_enabled(device_type):
         # as autocast runs torch's attention: every input in its dtype, and the rest (float32
         # inside) as written, which autocast would otherwise put back in its dtype
         cast = torch.get_autocast_dtype(device_type)
