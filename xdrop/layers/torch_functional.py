@@ -762,8 +762,8 @@ def _draw(
 
 
 def _autocast_enabled(device_type: str) -> bool:
-    """Whether ``torch.autocast`` is on for ``device_type``; False where the device has none to
-    ask (the meta device, fake tensors) and before torch 2.4, which asks by device type."""
+    """Whether ``torch.autocast`` is on for ``device_type``; False where the device has none (the
+    meta device, fake tensors), and on torch before 2.4, which cannot be asked by device."""
     available = getattr(torch.amp, "is_autocast_available", None)
     return (
         available is not None and available(device_type) and torch.is_autocast_enabled(device_type)
