@@ -124,7 +124,8 @@ def test_inputs_nested_in_dicts_and_tuples_get_the_seed_their_arrays_would(xp, a
         return predict
 
     direct = xdrop.mc_dropout(recording("array"), x, samples=3, seed=5)
-    nested = xdrop.mc_dropout(recording("nested"), {"x": (x, None)}, samples=3, seed=5)
+    inputs = {"steps": 1, "x": (x, None)}  # numbers beside the arrays, as configs hold them
+    nested = xdrop.mc_dropout(recording("nested"), inputs, samples=3, seed=5)
     # the key words in an array of x's framework (a compiled predict takes them as an argument)
     assert [type(seed) for seed in given["nested"]] == [type(seed) for seed in given["array"]]
     values = {kind: [seed_value(host, seed) for seed in given[kind]] for kind in given}

@@ -148,13 +148,11 @@ def _first_array(x: Any) -> Any:
         return x
     if isinstance(x, Mapping):
         children: Iterable[Any] = x.values()
-    elif isinstance(x, (list, tuple)):
-        children = x
+    elif isinstance(x, (list, tuple)) and not (x and isinstance(x[0], (int, float, complex))):
+        children = x  # (a list of numbers is an array for NumPy, which keeps integer seeds)
     else:
         return None
     for child in children:
-        if isinstance(child, (int, float, complex)):
-            return None  # a list of numbers: an array for NumPy, which keeps integer seeds
         found = _first_array(child)
         if found is not None:
             return found
