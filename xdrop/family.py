@@ -408,8 +408,10 @@ def drop_block(
     if sharding.is_dtensor(x):
         block = sharding.dtensor_block(x, check_offset(offset))
         _check_dtensor_maps_whole(x, block, data_format)
-        if check_flag("with_noise", with_noise) and check_flag("training", training):
-            _check_not_partial(x, "drop_block with_noise=True puts normals in dropped units")
+        if check_flag("with_noise", with_noise):
+            _check_not_partial(
+                x, training, "drop_block with_noise=True puts normals in dropped units"
+            )
         local = drop_block(
             x.to_local(),
             p,
@@ -649,8 +651,10 @@ def _on_dtensor(
     """``function`` of the DTensor ``x`` as a DTensor of its mesh and placements: each rank runs
     it on its local tensor, each element (or mask entry, with a noise shape given against the
     global shape) at its counter in the whole, so the result is the whole tensor's."""
-    if function is alpha_dropout and check_flag("training", options["training"]):
-        _check_not_partial(x, "alpha_dropout sets dropped units to a constant and shifts them")
+    if function is alpha_dropout:
+        _check_not_partial(
+            x, options["training"], "alpha_dropout sets dropped units to a constant and shifts them"
+        )
     block, local_noise = sharding.dtensor_mask_block(x, check_offset(offset), noise_shape)
     local = function(x.to_local(), p, noise_shape=local_noise, offset=block, **options)
     return sharding.dtensor_result(x, local)
@@ -676,11 +680,11 @@ def _on_sharded(
     return _on_dtensor(function, shard, p, offset, whole, options).to_local()
 
 
-def _check_not_partial(x: Any, because: str) -> None:
-    """A function that is not linear in ``x`` cannot run on the summands of a ``Partial()``
-    DTensor of a sum: each rank would add its constants to its summand, and the sum them all
-    (a partial ``max`` or ``avg`` of them is the result's own)."""
-    if not any(
+def _check_not_partial(x: Any, training: object, because: str) -> None:
+    """Refuse, in training, a ``Partial()`` DTensor of a sum for a function that adds
+    constants or noise to ``x``: each rank would add them to its summand, so the sum would hold
+    them once per rank. (A partial ``max`` or ``avg`` commutes with them and is allowed.)"""
+    if not check_flag("training", training) or not any(
         placement.is_partial() and getattr(placement, "reduce_op", "sum") == "sum"
         for placement in x.placements
     ):
