@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 
@@ -169,6 +171,48 @@ def test_batched_samples_refuse_a_mask_shared_along_the_axis_they_are_stacked_on
     assert float(host(result.variance).sum()) > 0
     # nothing is left behind after the refusal: the draw runs outside mc_dropout
     assert xp.shape(draw(x, 1, (1, None))) == (3, 4)
+
+
+def test_the_refusal_holds_on_the_sampling_thread_alone(xp, array, host):
+    # a model trained on another thread meanwhile shares its masks as it likes
+    x = array(np.ones((3, 4)))
+    predicting, drawn = threading.Event(), threading.Event()
+    results = []
+
+    def predict(stacked, seed):
+        predicting.set()
+        assert drawn.wait(60)
+        return xdrop.dropout(stacked, 0.5, seed=seed)
+
+    def sample():
+        results.append(xdrop.mc_dropout(predict, x, samples=4, seed=0, batched=True))
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        assert predicting.wait(60)
+        shared = xdrop.dropout(x, 0.5, seed=1, noise_shape=(1, None))
+    finally:
+        drawn.set()
+        sampler.join(60)
+    assert len(results) == 1 and xp.shape(shared) == (3, 4)
+    assert float(host(results[0].variance).sum()) > 0
+
+    def sample_sharing():  # on the sampling thread itself, the refusal holds
+        try:
+            xdrop.mc_dropout(
+                lambda stacked, seed: xdrop.dropout(stacked, 0.5, seed=seed, noise_shape=(1, None)),
+                x,
+                samples=4,
+                batched=True,
+            )
+        except xdrop.ArgumentValueError as error:
+            results.append(error)
+
+    sampler = threading.Thread(target=sample_sharing)
+    sampler.start()
+    sampler.join(60)
+    assert isinstance(results[-1], xdrop.ArgumentValueError)
 
 
 @pytest.mark.parametrize(

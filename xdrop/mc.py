@@ -16,7 +16,7 @@ from xdrop import rdrop, registry, seeds, spec
 from xdrop.errors import Shown, bad_type, bad_value
 from xdrop.protocol import Array, FamilyBackend, LossBackend, require
 from xdrop.registry import backend_for
-from xdrop.tracing import called_as_is
+from xdrop.tracing import PerThread, called_as_is
 from xdrop.validation import as_input_array, as_integer, check_axis, check_flag
 
 MAX_SAMPLES = 2**32  # one fold_in step per sample
@@ -170,12 +170,12 @@ def _batched(
         shown = Shown("<0-d array>") if xp.is_array(given) else given
         raise bad_value("x", shown, "an array with a batch axis, for batched=True")
     stack_axis = check_axis(batch_axis, len(shape), "batch_axis")
-    global _stacked_along
-    outer, _stacked_along = _stacked_along, stack_axis if count > 1 else None
+    stacking = _STACKING.value
+    outer, stacking.axis = stacking.axis, stack_axis if count > 1 else None
     try:
         y = predict(xp.concat([x] * count, axis=stack_axis), _seed_argument(seed, x))
     finally:
-        _stacked_along = outer
+        stacking.axis = outer
     yp = require(backend_for(y), LossBackend, "mc_dropout")
     batch = shape[stack_axis]
     expected = f"an array with {count} times x's entries along axis {batch_axis}"
@@ -194,15 +194,22 @@ def _batched(
     return yp.split(y, count, stack_axis)
 
 
-_stacked_along: int | None = None
-"""The axis along which :func:`mc_dropout` stacked its samples, while ``batched=True`` predicts."""
+class _Stacking:
+    """The axis along which :func:`mc_dropout` stacked its samples, while ``batched=True``
+    predicts on this thread (the model runs where ``predict`` calls it)."""
+
+    def __init__(self) -> None:
+        self.axis: int | None = None
+
+
+_STACKING = PerThread(_Stacking)
 
 
 def check_drawn_per_sample(noise: tuple[int | None, ...], shape: tuple[int | None, ...]) -> None:
     """Refuse a mask shared along the axis that ``mc_dropout(batched=True)`` stacks its samples
     on, while it predicts: every sample would get that mask, and the spread would be too small,
     silently. Drawing functions call this in training with their noise shape and ``x``'s."""
-    axis = _stacked_along
+    axis = _STACKING.value.axis
     if axis is None or axis >= len(shape) or noise[axis] != 1 or shape[axis] == 1:
         return
     allowed = (

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Callable
-from typing import TypeVar, cast
+from typing import Generic, TypeVar, cast
 
 Function = TypeVar("Function", bound=Callable[..., object])
+Value = TypeVar("Value")
 CACHE_SIZE = 1024
 
 
@@ -56,3 +58,13 @@ def called_as_is(function: Function) -> Function:
     depends on tensor values, and converting it would walk into importlib and warn."""
     function.autograph_info__ = {}  # type: ignore[attr-defined]
     return function
+
+
+class PerThread(threading.local, Generic[Value]):
+    """``value``: an object of its own on each thread, ``make()``, made on the thread's first
+    use (where ``threading.local`` calls ``__init__`` with the same arguments). ``value`` is
+    never reassigned, since ``torch.compile`` does not follow a change of a thread-local's
+    attribute; it follows (and guards on) the changes of the plain object it holds."""
+
+    def __init__(self, make: Callable[[], Value]) -> None:
+        self.value: Value = make()
