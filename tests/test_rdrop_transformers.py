@@ -5,7 +5,7 @@ resumed bit for bit in a fresh process.
 Tiny models with random weights built from configurations (no download): BERT (hidden 32, 2
 layers, hidden and attention dropout 0.1) with a sequence classification head, a token
 classification head and a regression head; GPT-2 (``n_embd`` 32, 2 layers) as a causal
-language model; BART (``d_model`` 32, 2 + 2 layers) for sequence to sequence. Token ids are
+language model, also with PEFT's LoRA adapters; BART (``d_model`` 32, 2 + 2 layers) for sequence to sequence. Token ids are
 made by hand in a torch ``Dataset``. ``tests/integrations/hf_trainer.py`` runs each scenario
 in a fresh process: the losses and gradients of three Trainer steps beside the same passes
 recomputed by hand; and a BERT trained six steps straight, against one resumed by a new
@@ -36,7 +36,21 @@ pytestmark = [
 ]
 
 SCRIPT = Path(__file__).resolve().parent / "integrations" / "hf_trainer.py"
-HEADS = ["classification", "tokens", "causal", "causal subclass", "seq2seq", "regression"]
+PEFT = importlib.util.find_spec("peft") is not None
+needs_peft = pytest.mark.skipif(
+    not PEFT,
+    reason="PEFT is not installed (pip install -c ci/constraints.txt -r ci/requirements.txt)",
+)
+HEADS = [
+    "classification",
+    "tokens",
+    "causal",
+    "causal subclass",
+    pytest.param("causal LoRA", marks=needs_peft),
+    "seq2seq",
+    "regression",
+]
+RUNS = ["straight", "resume"] + (["straight-lora", "resume-lora"] if PEFT else [])
 
 
 def _start(action: str, directory: Path) -> subprocess.Popen[str]:
@@ -58,13 +72,14 @@ def _finish(process: subprocess.Popen[str]) -> None:
 @pytest.fixture(scope="module")
 def records(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     directory = tmp_path_factory.mktemp("trainer")
-    first = [_start("losses", directory), _start("straight", directory)]
+    first = [_start(action, directory) for action in ["losses", *RUNS[::2]]]
     for process in first:
         _finish(process)
-    _finish(_start("resume", directory))
+    for process in [_start(action, directory) for action in RUNS[1::2]]:
+        _finish(process)
     return {
         action: torch.load(directory / f"{action}.pt", weights_only=False)
-        for action in ("losses", "straight", "resume")
+        for action in ["losses", *RUNS]
     }
 
 
@@ -141,14 +156,63 @@ def test_a_run_resumed_from_the_trainers_checkpoint_in_a_new_process_ends_bit_id
 ) -> None:
     """The resumed process built BERT with other weights and converted it with another seed:
     the checkpoint (``model.safetensors`` holds the streams' seeds and steps) replaced both."""
-    straight, resumed = records["straight"], records["resume"]
+    _assert_resumed_bit_for_bit(records["straight"], records["resume"])
+
+
+def _assert_resumed_bit_for_bit(straight: dict[str, Any], resumed: dict[str, Any]) -> None:
     assert sorted(straight["losses"]) == [1, 2, 3, 4, 5, 6]
     assert sorted(resumed["losses"]) == [1, 2, 3, 4, 5, 6]  # 1-3 from the checkpoint's log
     assert resumed["losses"] == straight["losses"]
-    assert straight["state"].keys() == resumed["state"].keys()
-    assert "xdrop_step" in straight["state"]
-    for name, value in straight["state"].items():
-        assert torch.equal(value, resumed["state"][name]), name
+    _assert_equal_states(straight["state"], resumed["state"])
+
+
+def _assert_equal_states(expected: dict[str, Any], actual: dict[str, Any]) -> None:
+    assert expected.keys() == actual.keys() and "xdrop_step" in expected
+    for name, value in expected.items():
+        assert torch.equal(value, actual[name]), name
+
+
+@needs_peft
+def test_a_lora_run_resumed_in_a_new_process_ends_bit_identical(records: dict[str, Any]) -> None:
+    """PEFT's checkpoint holds the adapters alone: the trainer saves xdrop's streams beside them
+    and loads them on resuming, in a process that built the adapters with other weights and
+    converted the model with another seed."""
+    straight = records["straight-lora"]
+    assert "xdrop_streams.safetensors" in straight["checkpoint"]
+    assert "model.safetensors" not in straight["checkpoint"]  # the adapters alone
+    _assert_resumed_bit_for_bit(straight, records["resume-lora"])
+
+
+@needs_peft
+def test_a_lora_model_trains_compiled_as_eagerly(records: dict[str, Any]) -> None:
+    # the trainer reads the PEFT model and its causal LM under torch.compile's wrapper
+    adapters = records["losses"]["adapters"]
+    assert len(adapters["compiled"]) == 2
+    assert adapters["compiled"] == adapters["eager"]
+
+
+@needs_peft
+def test_a_lora_checkpoint_holds_the_streams_of_a_module_registered_twice(
+    records: dict[str, Any],
+) -> None:
+    assert "xdrop_streams.safetensors" in records["losses"]["adapters"]["shared"]
+
+
+@needs_peft
+def test_load_best_model_at_end_brings_back_the_best_checkpoints_streams(
+    records: dict[str, Any],
+) -> None:
+    adapters = records["losses"]["adapters"]
+    assert adapters["best"].endswith("checkpoint-1")  # not the last of three
+    _assert_equal_states(adapters["best_streams"], adapters["final_streams"])
+
+
+@needs_peft
+def test_a_lora_run_with_streams_resumed_without_converting_is_refused(
+    records: dict[str, Any],
+) -> None:
+    message = records["losses"]["adapters"]["unconverted_resume"]
+    assert "xdrop_streams.safetensors must be" in message and "convert this model" in message
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ Models are built from configurations with random weights (no download), data are
 made by hand in a ``torch.utils.data.Dataset`` (no ``datasets``). ACTION:
 
 - ``losses``: for each head (sequence classification, token classification, causal language
-  model, sequence to sequence, regression) a few steps of ``RDropTrainer`` with the model
+  model, one with LoRA adapters where PEFT is installed, sequence to sequence, regression) a few steps of ``RDropTrainer`` with the model
   converted (``convert_seed``); at each step the loss the Trainer returned and the gradients it
   back-propagated, beside the same two passes recomputed by hand from the step's ``state_dict``
   and the loss of ``xdrop.rdrop_loss`` on them. Then ``evaluate`` of ``RDropTrainer`` and of the
@@ -17,10 +17,13 @@ made by hand in a ``torch.utils.data.Dataset`` (no ``datasets``). ACTION:
   writes ``straight.pt`` (the final ``state_dict`` and the logged losses).
 - ``resume``: a BERT built with other weights and converted with another seed, trained by a
   new ``RDropTrainer`` from the checkpoint of step 3 to step 6; writes ``resume.pt``.
+- ``straight-lora``, ``resume-lora``: the same for GPT-2 with LoRA adapters, whose checkpoint
+  holds the adapters and xdrop's streams beside them (the base weights are built alike).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 from collections.abc import Callable
@@ -35,12 +38,13 @@ from torchvision_cpu import define_torchvision_operators  # noqa: E402
 
 define_torchvision_operators()  # before transformers imports torchvision
 
+import safetensors.torch  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
 import xdrop  # noqa: E402
 from xdrop.integrations.transformers import RDropTrainer  # noqa: E402
-from xdrop.layers.torch import convert  # noqa: E402
+from xdrop.layers.torch import convert, stream_state_dict  # noqa: E402
 
 torch.set_num_threads(1)
 transformers.logging.set_verbosity_error()
@@ -147,6 +151,24 @@ def writer() -> torch.nn.Module:
         resid_pdrop=0.1,
     )
     return transformers.GPT2LMHeadModel(config)
+
+
+def adapted_writer() -> torch.nn.Module:
+    return adapted(writer())
+
+
+def adapted(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` with LoRA adapters (PEFT) on its attention, their own dropout in front of them."""
+    import peft
+
+    lora = peft.LoraConfig(
+        r=4,
+        target_modules=["c_attn"],
+        lora_dropout=0.1,
+        init_lora_weights=False,  # adapters that change the logits from the first step
+        task_type="CAUSAL_LM",
+    )
+    return peft.get_peft_model(model, lora)
 
 
 def translator() -> torch.nn.Module:
@@ -280,6 +302,8 @@ HEADS: dict[str, tuple[Callable[[], torch.nn.Module], Callable[..., torch.Tensor
     "seq2seq": (translator, target_ids),
     "regression": (regressor, score),
 }
+if importlib.util.find_spec("peft") is not None:
+    HEADS["causal LoRA"] = (adapted_writer, next_tokens)
 
 
 def losses(directory: Path) -> dict[str, Any]:
@@ -342,6 +366,63 @@ def losses(directory: Path) -> dict[str, Any]:
     record["unconverted_buffers"] = [n for n, _ in unconverted.model.named_buffers()]
     record["errors"] = refusals(directory)
     record["accumulation"] = accumulation(directory)
+    if "causal LoRA" in HEADS:
+        record["adapters"] = adapters(directory / "adapters")
+    return record
+
+
+def adapters(directory: Path) -> dict[str, Any]:
+    """A LoRA GPT-2: its losses trained compiled (``torch_compile``, Dynamo's eager backend)
+    and not; a checkpoint of one whose dropout module is registered twice; and with
+    ``load_best_model_at_end``, its streams after training beside the best checkpoint's."""
+
+    def lora_trainer(folder: str, steps: int, **options: Any) -> RDropTrainer:
+        torch.manual_seed(0)
+        arguments_ = arguments(directory / folder, steps, **options)
+        data = Examples(steps * BATCH, next_tokens)
+        return RDropTrainer(
+            adapted_writer(), arguments_, train_dataset=data, eval_dataset=data, convert_seed=7
+        )
+
+    record: dict[str, Any] = {}
+    for folder, options in [("eager", {}), ("compiled", {"torch_compile": True})]:
+        trainer = lora_trainer(
+            folder, 2, save_strategy="no", torch_compile_backend="eager", **options
+        )
+        trainer.train()
+        record[folder] = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    shared = lora_trainer("shared", 1, save_strategy="no")
+    transformer = shared.model.get_base_model().transformer
+    transformer.h[0].attn.resid_dropout = transformer.drop  # one module in two places
+    shared.save_model(str(directory / "shared"))
+    record["shared"] = sorted(os.listdir(directory / "shared"))
+    best = lora_trainer(
+        "best",
+        3,
+        eval_strategy="steps",
+        eval_steps=1,
+        save_strategy="steps",
+        save_steps=1,
+        load_best_model_at_end=True,
+        metric_for_best_model="loss",
+        greater_is_better=True,  # the first checkpoint, not the last
+    )
+    best.train()
+    record["best"] = best.state.best_model_checkpoint
+    record["best_streams"] = safetensors.torch.load_file(
+        Path(best.state.best_model_checkpoint) / "xdrop_streams.safetensors"
+    )
+    record["final_streams"] = stream_state_dict(best.model)
+    torch.manual_seed(0)
+    unconverted = RDropTrainer(
+        adapted_writer(),
+        arguments(directory / "unconverted", 3),
+        train_dataset=Examples(3 * BATCH, next_tokens),
+    )
+    try:
+        unconverted.train(resume_from_checkpoint=best.state.best_model_checkpoint)
+    except xdrop.ArgumentValueError as error:
+        record["unconverted_resume"] = str(error)
     return record
 
 
@@ -423,12 +504,21 @@ def refusals(directory: Path) -> dict[str, tuple[str, str]]:
     return raised
 
 
-def bert_trainer(directory: Path, init: int, seed: int) -> RDropTrainer:
+def resumable_trainer(model: str, directory: Path, init: int, seed: int) -> RDropTrainer:
+    """A trainer of 6 steps that checkpoints after step 3: BERT built from the seed ``init``, or
+    (``model="lora"``) GPT-2 whose base weights are the same in every process, as pretrained
+    ones are, and whose adapters are built from ``init``."""
     torch.manual_seed(init)
+    built, labels = classifier(), class_label
+    if model == "lora":
+        torch.manual_seed(0)
+        base = writer()
+        torch.manual_seed(init)
+        built, labels = adapted(base), next_tokens
     return RDropTrainer(
-        classifier(),
+        built,
         arguments(directory, 6, save_strategy="steps", save_steps=3),
-        train_dataset=Examples(6 * BATCH, class_label),
+        train_dataset=Examples(6 * BATCH, labels),
         alpha=ALPHA,
         convert_seed=seed,
     )
@@ -447,13 +537,16 @@ def main() -> None:
     action, directory = sys.argv[1], Path(sys.argv[2])
     if action == "losses":
         record = losses(directory)
-    elif action == "straight":
-        trainer = bert_trainer(directory / "straight", init=0, seed=7)
+    elif action in ("straight", "straight-lora"):
+        trainer = resumable_trainer(action.partition("-")[2], directory / action, init=0, seed=7)
         trainer.train()
         record = trained(trainer)
-    elif action == "resume":
-        trainer = bert_trainer(directory / "resumed", init=1, seed=99)
-        trainer.train(resume_from_checkpoint=str(directory / "straight" / "checkpoint-3"))
+        record["checkpoint"] = sorted(os.listdir(directory / action / "checkpoint-3"))
+    elif action in ("resume", "resume-lora"):
+        model = action.partition("-")[2]
+        trainer = resumable_trainer(model, directory / action, init=1, seed=99)
+        straight = directory / action.replace("resume", "straight")
+        trainer.train(resume_from_checkpoint=str(straight / "checkpoint-3"))
         record = trained(trainer)
     else:
         raise SystemExit(f"unknown action {action!r}")

@@ -6,8 +6,11 @@ Importing this module imports torch and ``transformers`` (whose ``Trainer`` need
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import Any
 
+import safetensors.torch
 import torch
 import transformers
 from transformers.models.auto.modeling_auto import (
@@ -21,6 +24,9 @@ from xdrop.seeds import Generator
 from xdrop.validation import check_alpha
 
 __all__ = ["RDropTrainer"]
+
+STREAMS_FILE = "xdrop_streams.safetensors"
+"""The file beside a PEFT model's adapters in which :class:`RDropTrainer` saves xdrop's streams."""
 
 IGNORE_INDEX = -100
 """The label Hugging Face's losses ignore (``CrossEntropyLoss``'s default ``ignore_index``)."""
@@ -59,6 +65,10 @@ class RDropTrainer(transformers.Trainer):
       problem type, as Hugging Face's heads decide): :func:`xdrop.rdrop_regression_loss`, the
       two squared errors and ``alpha`` times the squared difference of the two predictions.
 
+    A PEFT model (LoRA adapters) is read as the model under its adapters: its head, its labels.
+    PEFT saves a checkpoint with the adapters alone: xdrop's streams go beside them
+    (:data:`STREAMS_FILE`), and resuming (or ``load_best_model_at_end``) loads them back.
+
     ``TrainingArguments.label_smoothing_factor`` is applied to both cross entropies. The loss
     is a mean over one batch: ``Trainer`` divides it by the gradient accumulation steps.
     Evaluation and prediction (``model.eval()``) run the plain ``Trainer``'s step: one forward
@@ -73,7 +83,8 @@ class RDropTrainer(transformers.Trainer):
             first converts the model with ``xdrop.layers.torch.convert(model, seed=...)``:
             every dropout of the model then draws from xdrop's seeded streams, whose state is
             part of the model's ``state_dict`` and so of every checkpoint the ``Trainer``
-            saves, and the masks are the same on any framework.
+            saves (beside a PEFT model's adapters), and the masks are the same on any
+            framework.
         shift_labels: ``None`` (the default) tells from the model's class whether its logits at
             token ``t`` predict label ``t + 1``; ``True`` or ``False`` says it, for a model
             whose class does not tell (a generative model of your own).
@@ -86,7 +97,9 @@ class RDropTrainer(transformers.Trainer):
             ``num_labels > 1``), for which R-Dropout's KL is not defined here;
             ``compute_loss_func`` (the training loss is R-Dropout's: override ``compute_loss``
             instead); ``shift_labels=None`` at a training step of a generative model whose
-            class does not tell whether its labels shift.
+            class does not tell whether its labels shift; on resuming, streams saved beside
+            a PEFT model's adapters that the model lacks (a run with ``convert_seed`` resumed
+            without it).
 
     Example:
         >>> import tempfile, transformers
@@ -154,7 +167,7 @@ class RDropTrainer(transformers.Trainer):
             raise bad_value("the inputs", sorted(inputs), allowed)
         inputs = dict(inputs)
         labels = inputs.pop("labels")
-        config = getattr(self.accelerator.unwrap_model(model), "config", None)
+        config = getattr(self._underlying(model), "config", None)
         encoder_decoder = bool(getattr(config, "is_encoder_decoder", False))
         if encoder_decoder and "decoder_input_ids" not in inputs:
             inputs["labels"] = labels  # the model shifts them into its decoder's inputs
@@ -202,6 +215,72 @@ class RDropTrainer(transformers.Trainer):
             outputs["logits"] = logits.chunk(2)[0]  # the first pass, of the batch's size
         return loss, outputs
 
+    def _save(
+        self, output_dir: str | None = None, state_dict: dict[str, Any] | None = None
+    ) -> None:
+        """``Trainer``'s save; for a PEFT model, whose save keeps only its adapters, xdrop's
+        streams too, in :data:`STREAMS_FILE`."""
+        super()._save(output_dir, state_dict)
+        adapted = self._adapted(self.model)
+        if adapted is None or not self.args.should_save:
+            return  # the weights file holds every buffer
+        from xdrop.layers.torch import stream_state_dict
+
+        streams = stream_state_dict(adapted)
+        if streams:
+            folder = self.args.output_dir if output_dir is None else output_dir
+            assert folder is not None  # TrainingArguments gives a default
+            safetensors.torch.save_file(  # copies: safetensors refuses a module's shared tensors
+                {name: value.to("cpu", copy=True) for name, value in streams.items()},
+                os.path.join(folder, STREAMS_FILE),
+            )
+
+    def _load_from_checkpoint(
+        self, resume_from_checkpoint: str, model: torch.nn.Module | None = None
+    ) -> None:
+        """``Trainer``'s load, then the streams saved beside a PEFT model's adapters."""
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        self._load_streams(resume_from_checkpoint, self.model if model is None else model)
+
+    def _load_best_model(self) -> None:
+        """``Trainer``'s load of the best checkpoint, then its streams, as a model's weights
+        file would bring them back."""
+        super()._load_best_model()
+        if self.state.best_model_checkpoint is not None:
+            self._load_streams(self.state.best_model_checkpoint, self.model)
+
+    def _load_streams(self, checkpoint: str, model: Any) -> None:
+        """The streams saved beside a PEFT model's adapters in ``checkpoint``, loaded into it."""
+        path = os.path.join(checkpoint, STREAMS_FILE)
+        adapted = self._adapted(model)
+        if adapted is None or not os.path.exists(path):
+            return
+        loaded = adapted.load_state_dict(safetensors.torch.load_file(path), strict=False)
+        if loaded.unexpected_keys:
+            shown = Shown(f"<streams of {', '.join(loaded.unexpected_keys)}>")
+            allowed = (
+                "the streams of this model's xdrop layers: the run was trained with "
+                "convert_seed, so convert this model too (with any seed: the file's replace it)"
+            )
+            raise bad_value(path, shown, allowed)
+
+    def _unwrapped(self, model: Any) -> Any:
+        """``model`` without accelerate's wrappers (DDP) and ``torch.compile``'s."""
+        unwrapped = self.accelerator.unwrap_model(model)
+        return getattr(unwrapped, "_orig_mod", unwrapped)  # compiled: the module it compiled
+
+    def _adapted(self, model: Any) -> Any:
+        """The PEFT model (LoRA adapters) that ``model`` is, unwrapped, or None."""
+        unwrapped = self._unwrapped(model)
+        peft = sys.modules.get("peft")  # imported by whoever made a PeftModel
+        return unwrapped if peft is not None and isinstance(unwrapped, peft.PeftModel) else None
+
+    def _underlying(self, model: torch.nn.Module) -> Any:
+        """The transformers model that ``model`` trains, as ``Trainer`` reads it: unwrapped, and
+        under its PEFT adapters if it has them."""
+        adapted = self._adapted(model)
+        return self._unwrapped(model) if adapted is None else adapted.get_base_model()
+
     def _shifts_labels(self, model: torch.nn.Module, encoder_decoder: bool) -> bool:
         """Whether the model's logits at token ``t`` predict label ``t + 1``: as
         ``shift_labels`` says, else as the model's class (or a base class) tells."""
@@ -209,7 +288,7 @@ class RDropTrainer(transformers.Trainer):
             return self.shift_labels
         if encoder_decoder:  # the model shifts the labels into its decoder's inputs
             return False
-        unwrapped = self.accelerator.unwrap_model(model)
+        unwrapped = self._underlying(model)
         if any(kind.__name__ in SHIFTED for kind in type(unwrapped).__mro__):
             return True
         if not getattr(unwrapped, "can_generate", lambda: False)():

@@ -50,6 +50,7 @@ __all__ = [
     "StochasticDepth",
     "convert",
     "set_mc_sampling",
+    "stream_state_dict",
 ]
 
 
@@ -776,6 +777,34 @@ def set_mc_sampling(model: torch.nn.Module, enabled: bool = True) -> int:
     return switched
 
 
+def stream_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The entries of ``model.state_dict()`` that hold xdrop's streams: each xdrop layer's
+    ``seed`` and ``step``, and each converted model's ``xdrop_seed`` and ``xdrop_step``.
+
+    A checkpoint of some of the weights leaves them out: PEFT saves only its adapters
+    (``save_pretrained`` of a ``PeftModel``). Save these beside it, and after loading the
+    adapters, ``model.load_state_dict(streams, strict=False)`` continues every stream where it
+    stopped; its ``unexpected_keys`` must be empty (a model saved compiled or wrapped in DDP
+    names its modules ``_orig_mod.*`` or ``module.*``: save the model itself).
+    :class:`xdrop.integrations.transformers.RDropTrainer` does so in its checkpoints.
+
+    Example:
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 4), Dropout(0.5, seed=0))
+        >>> sorted(stream_state_dict(model))
+        ['1.seed', '1.step']
+    """
+    if not isinstance(model, torch.nn.Module):
+        raise bad_type("model", model, "a torch.nn.Module")
+    streams: dict[str, torch.Tensor] = {}
+    for prefix, module in model.named_modules(remove_duplicate=False):  # as state_dict names
+        owned = ("seed", "step") if isinstance(module, Dropout) else ("xdrop_seed", "xdrop_step")
+        for name in owned:
+            value = module._buffers.get(name)
+            if value is not None:
+                streams[f"{prefix}.{name}" if prefix else name] = value.detach()
+    return streams
+
+
 # -- convert ----------------------------------------------------------------------------------------
 _DROPOUT_LIKE = re.compile(r"dropout|droppath|dropblock|stochasticdepth", re.IGNORECASE)
 """Class names that say a module drops something: convert lists such modules it does not know."""
@@ -963,10 +992,8 @@ def _check_convert_arguments(
 def _root_seed(model: torch.nn.Module, seed: object) -> int:
     """The seed the model is converted with: the one it holds if converted before (``seed`` must
     then be None or that seed), else ``seed`` resolved as a layer resolves it."""
-    held = getattr(model, "xdrop_seed", None)
-    if isinstance(held, torch.Tensor) and isinstance(
-        getattr(model, "xdrop_step", None), torch.Tensor
-    ):
+    held = _own_buffer(model, "xdrop_seed")
+    if held is not None and _own_buffer(model, "xdrop_step") is not None:
         current = int(held) % 2**64
         if seed is not None and (isinstance(seed, xdrop.Generator) or as_integer(seed) != current):
             raise bad_value(
@@ -1127,6 +1154,13 @@ def _report_unconverted(model: torch.nn.Module, table: dict[type, Any], strict: 
     )
 
 
+def _own_buffer(model: torch.nn.Module, name: str) -> torch.Tensor | None:
+    """The buffer ``name`` of ``model`` itself, not one that a wrapper's ``__getattr__`` reads
+    from the model it wraps (PEFT's ``PeftModel``): a wrapper converted around a converted
+    model is a root of its own."""
+    return model._buffers.get(name)
+
+
 def _site_context(model: torch.nn.Module) -> functional.SiteContext | None:
     """The sites' context of a model converted before (None for a model never converted)."""
     for hook in model._forward_pre_hooks.values():
@@ -1144,12 +1178,16 @@ def _install_sites(
     """The root's seed and step buffers, and the hooks that name the running module and enter
     the functional mode around the root's forward; on a model converted before, hooks only on
     the modules added since."""
-    if not isinstance(getattr(model, "xdrop_seed", None), torch.Tensor):
+    if _own_buffer(model, "xdrop_seed") is None:
         device = next((t.device for t in model.parameters()), None)
         device = device or next((t.device for t in model.buffers()), torch.device("cpu"))
         value = torch.tensor(common.signed(seed, 64), dtype=torch.int64, device=device)
-        model.register_buffer("xdrop_seed", value)
-        model.register_buffer("xdrop_step", torch.zeros((), dtype=torch.int64, device=device))
+        step = torch.zeros((), dtype=torch.int64, device=device)
+        for name, buffer in (("xdrop_seed", value), ("xdrop_step", step)):
+            # a wrapper that reads them from a converted model it wraps seems to hold them
+            # already, which register_buffer refuses: the name is made the wrapper's first
+            model._buffers.setdefault(name, None)
+            model.register_buffer(name, buffer)
         model.register_load_state_dict_pre_hook(_check_loaded_root_stream)  # type: ignore[no-untyped-call]
     context = _site_context(model)
     if context is None:
