@@ -84,6 +84,48 @@ def test_seed_none_draws_once_from_the_global_generator():
     check_seed_none_draws_once(lambda: Dropout(0.5), lambda layer: layer.seed_value)
 
 
+class Stacked(nnx.Module):
+    """A layer of Flax's scan over layers, built for the whole stack inside ``nnx.vmap``."""
+
+    def __init__(self, rngs: nnx.Rngs | None) -> None:
+        self.drop = Dropout(0.5) if rngs is None else Dropout(0.5, rngs=rngs)
+
+
+def _stack(with_rngs: bool) -> Stacked:
+    @nnx.split_rngs(splits=3)
+    @nnx.vmap(in_axes=(0,), out_axes=0)
+    def stack(rngs: nnx.Rngs) -> Stacked:
+        return Stacked(rngs if with_rngs else None)
+
+    return stack(nnx.Rngs(0))
+
+
+def _masks(stack: Stacked, call_rngs: nnx.Rngs | None = None) -> set[bytes]:
+    """The masks the stacked layers draw, run one after the other by nnx.scan, as distinct
+    byte strings."""
+
+    @nnx.split_rngs(splits=3, only="dropout")
+    @nnx.scan(in_axes=(nnx.Carry, 0, 0 if call_rngs else None), out_axes=(nnx.Carry, 0))
+    def each(x: jax.Array, layer: Stacked, rngs: nnx.Rngs | None) -> tuple[jax.Array, jax.Array]:
+        return x, layer.drop(x, rngs=rngs)
+
+    _, masks = each(jnp.ones(64), stack, call_rngs)
+    return {np.asarray(mask).tobytes() for mask in masks}
+
+
+def test_inside_nnx_vmap_a_seed_drawn_for_the_whole_stack_is_refused_where_it_would_draw():
+    """Python builds the layer once for every stacked layer: a seed drawn there would give
+    them all one mask, so drawing from it is refused; rngs split across the stack, given to
+    the constructor or to the call, give each layer its own, and evaluation draws nothing."""
+    with pytest.raises(xdrop.ArgumentValueError, match=r"built inside nnx\.vmap"):
+        _masks(_stack(with_rngs=False))
+    assert len(_masks(_stack(with_rngs=True))) == 3
+    assert len(_masks(_stack(with_rngs=False), call_rngs=nnx.Rngs(dropout=1))) == 3
+    evaluated = _stack(with_rngs=False)
+    evaluated.eval()
+    assert _masks(evaluated) == {np.ones(64, np.float32).tobytes()}
+
+
 def test_broadcast_dims_share_one_decision():
     x = jnp.ones((2, 4, 4, 3))
     y = Dropout(0.5, broadcast_dims=(1, 2), seed=9)(x)

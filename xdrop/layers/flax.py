@@ -154,6 +154,7 @@ class Dropout(common.DropoutDraws, nnx.Module):
         if rngs is None:
             if _inside_linen():
                 raise ArgumentValueError(LINEN)
+            self._seed_drawn_for_a_stack = not is_integer(seed) and _inside_vmap()
             words = common.seed_words(common.initial_seed(seed))
             # tagged as Flax's stream of that name is: a filter by the name finds both
             tag = rng_collection
@@ -169,6 +170,10 @@ class Dropout(common.DropoutDraws, nnx.Module):
 
     mc_sampling = False
     """Sample when deterministic too (Monte Carlo dropout); :func:`set_mc_sampling` sets it."""
+
+    # the seed was drawn (seed=None, an xdrop.Generator) where nnx.vmap built the layer once
+    # for a whole stack: every stacked layer holds it, so drawing from it is refused
+    _seed_drawn_for_a_stack = False
 
     def __call__(
         self,
@@ -191,6 +196,8 @@ class Dropout(common.DropoutDraws, nnx.Module):
         if self.data_parallel is not None and sharding.manual_axes():
             raise _mapped_over_devices(self.data_parallel)
         if rngs is None and self.rngs is None:
+            if self._seed_drawn_for_a_stack:
+                raise ArgumentValueError(VMAPPED_SEED)
             seed, next_step = _step_and_next(own_seed, own_step)
             self.step.set_value(next_step)  # a new value: a NumPy one is not written into
         elif _draws_nothing(self.rate):
@@ -290,6 +297,28 @@ def _inside_linen() -> bool:
     stack: list[Any] = getattr(getattr(linen, "_context", None), "module_stack", None) or [None]
     return stack[-1] is not None
 
+
+def _inside_vmap() -> bool:
+    """Whether ``jax.vmap`` (``nnx.vmap``) traces the running code, also below a ``jax.jit``
+    inside it. Read from JAX's trace context; where JAX no longer keeps it there, False."""
+    core = sys.modules.get("jax._src.core")
+    batching = sys.modules.get("jax._src.interpreters.batching")
+    trace = getattr(getattr(core, "trace_ctx", None), "trace", None)
+    batch_trace = getattr(batching, "BatchTrace", None)
+    while trace is not None and batch_trace is not None:
+        if isinstance(trace, batch_trace):
+            return True
+        trace = getattr(trace, "parent_trace", None)
+    return False
+
+
+VMAPPED_SEED = (
+    "this layer was built inside nnx.vmap (Flax's stacks of layers, ensembles) with seed=None "
+    "or an xdrop.Generator: Python built it once for the whole stack, so the one seed drawn "
+    "there is every stacked layer's, and they would all drop the same units. Pass rngs=... "
+    "split across the stack (nnx.split_rngs) to the constructor or the call, as Flax's "
+    "Dropout takes them, or build the layers outside vmap"
+)
 
 LINEN = (
     "xdrop's Flax layers are NNX modules: one built inside a Linen module keeps its seed and "
