@@ -11,6 +11,7 @@ import sys
 import threading
 import warnings
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -435,6 +436,13 @@ def test_a_model_whose_stream_module_type_cast_to_float_is_refused_naming_the_bu
     with pytest.raises(xdrop.ArgumentTypeError, match="xdrop_seed buffer must be an int64"):
         model(_inputs())
     assert convert(_encoder(), seed=3).to(torch.float64).xdrop_seed.dtype == torch.int64
+    # the refused forward entered nothing: the model's next forward is a forward of its own
+    model.xdrop_seed = torch.tensor(common.signed(2**40 + 3, 64))
+    model.xdrop_step = torch.tensor(0)
+    reference = convert(_encoder(), seed=2**40 + 3)
+    model.load_state_dict(reference.state_dict())
+    assert torch.equal(model(_inputs()), reference(_inputs()))
+    assert int(model.xdrop_step) == 1
 
 
 def _train(model: nn.Module, steps: int, optimizer: torch.optim.Optimizer) -> torch.Tensor:
@@ -471,6 +479,20 @@ model.load_state_dict(state["model"])
 optimizer.load_state_dict(state["optimizer"])
 torch.save(_train(model, 3, optimizer), sys.argv[1] + ".resumed")
 """
+
+
+def test_a_converted_model_pickled_before_its_exit_hooks_kept_names_runs(tmp_path):
+    from xdrop.layers.torch_functional import ExitModule
+
+    model = convert(Dropping(), seed=3)
+    reference = copy.deepcopy(model)
+    for hook in model._forward_hooks.values():
+        if isinstance(hook, ExitModule):
+            del hook.name  # as pickled by the release before
+    torch.save(model, tmp_path / "model.pt")
+    loaded = torch.load(tmp_path / "model.pt", weights_only=False)
+    x = torch.ones(64)
+    assert [torch.equal(loaded(x), reference(x)) for _ in range(2)] == [True, True]
 
 
 def test_a_checkpoint_resumes_every_stream_bit_identically_in_a_fresh_process(tmp_path):
@@ -540,6 +562,31 @@ def test_torch_compile_fullgraph_equals_eager_step_for_step_compiling_once():
     fresh = convert(_small(), seed=4, rename=_renamed)
     compiled_model.load_state_dict(fresh.state_dict())  # the graph reads the new buffers
     assert torch.equal(compiled(x), fresh(x))
+
+
+@pytest.mark.parametrize("compiled_part", ["each block", "the forward"])
+def test_compiling_part_of_a_converted_model_equals_eager_compiling_once(compiled_part: str):
+    """Blocks compiled one by one (``block.compile()``, as torchtitan compiles them) and a
+    compiled ``model.forward`` run under the hooks the eager root enters: the step is read in
+    the graph, not guarded on, so a new step is no new graph."""
+    import torch._dynamo.testing
+
+    torch._dynamo.reset()
+    eager = convert(_encoder(), seed=3)
+    model = copy.deepcopy(eager)
+    counter = torch._dynamo.testing.CompileCounterWithBackend("aot_eager")
+    if compiled_part == "each block":
+        for block in model.layers:
+            block.compile(backend=counter, fullgraph=True)
+    else:
+        model.forward = torch.compile(model.forward, backend=counter, fullgraph=True)
+    x = _inputs()
+    assert torch.equal(model(x), eager(x))
+    graphs = counter.frame_count  # the first step's (a block's input may require grad or not)
+    for _ in range(3):
+        assert torch.equal(model(x), eager(x))
+    assert counter.frame_count == graphs
+    assert int(model.xdrop_step) == int(eager.xdrop_step) == 4
 
 
 def test_torch_compile_of_a_model_with_dropout_modules_equals_eager_on_any_thread():
@@ -735,6 +782,70 @@ def test_a_converted_layer_drawing_outside_the_models_forward_is_refused():
     set_mc_sampling(model.eval())
     with pytest.raises(xdrop.UnconvertedDropoutError, match=r"set_mc_sampling\(model, False\)"):
         layer(torch.ones(4))
+
+
+class TrainedCopy(nn.Module):
+    """A block and a deep copy of it that runs instead, as PEFT's ``modules_to_save`` wraps a
+    head or a layer it trains in full."""
+
+    def __init__(self, block: nn.Module) -> None:
+        super().__init__()
+        self.original, self.trained = block, copy.deepcopy(block)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.trained(x)
+
+
+def test_a_submodule_copied_alone_is_its_own_until_the_model_running_it_is_converted():
+    # a copy is independent of the model it came from: run inside that model, it has no site
+    # there until converting the model again gives it the sites of its own names
+    model = convert(_encoder(), seed=0)
+    model.layers[1] = TrainedCopy(model.layers[1])
+    with pytest.raises(xdrop.UnconvertedDropoutError, match=r"copy\.deepcopy.*modules_to_save"):
+        model(_inputs())
+    model.eval()
+    model(_inputs())  # nothing drawn: it runs
+    model.train()
+    convert(model, seed=None)
+    step = int(model.xdrop_step)
+    first, second = model(_inputs()), model(_inputs())
+    assert not torch.equal(first, second)
+    assert int(model.xdrop_step) == step + 2
+
+
+def test_copies_made_in_one_deepcopy_share_the_copied_models_streams():
+    model = convert(_encoder(), seed=0)
+    block, whole = copy.deepcopy([model.layers[1], model])
+    assert block is whole.layers[1]
+    assert torch.equal(whole(_inputs()), model(_inputs()))  # the same streams, advancing apart
+    assert int(whole.xdrop_step) == int(model.xdrop_step) == 1
+
+
+class Adapted(nn.Module):
+    """A wrapper that reads the attributes it lacks from the model it wraps, as PEFT's
+    ``PeftModel`` does."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.model, name)
+
+
+def test_a_wrapper_converted_around_a_converted_model_is_a_root_with_a_stream_of_its_own():
+    inner = convert(_encoder(), seed=0)
+    alone = copy.deepcopy(inner)
+    wrapper = convert(Adapted(inner), seed=1)
+    assert {"xdrop_seed", "xdrop_step"} <= set(dict(wrapper.named_buffers(recurse=False)))
+    assert torch.equal(wrapper(_inputs()), alone(_inputs()))  # the inner model's sites draw
+    assert int(wrapper.xdrop_step) == int(inner.xdrop_step) == 1  # one step each per forward
 
 
 @pytest.mark.parametrize("first", ["the block", "the model"])
@@ -940,6 +1051,234 @@ def test_a_model_without_dropout_like_modules_converts_without_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         convert(_encoder(), seed=0, strict=True)
+
+
+# -- forwards that fail, models run inside others, buffers written from outside -------------------
+class Raises:
+    """A forward pre-hook that raises on the calls asked for (a sharding all-gather out of
+    memory, a check of the inputs), as a hook registered before convert's, or prepended."""
+
+    def __init__(self) -> None:
+        self.armed = False
+
+    def __call__(self, module: nn.Module, args: Any) -> None:
+        if self.armed:
+            self.armed = False
+            raise MemoryError("out of memory")
+
+
+class Dropping(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.dropout(x, 0.5, self.training)
+
+
+@pytest.mark.parametrize("registered", ["before convert", "after convert, prepended"])
+def test_a_forward_that_a_pre_hook_before_converts_refused_leaves_the_model_as_it_was(
+    registered: str,
+):
+    """Torch runs the model's always-called forward hooks after a pre-hook raised, also where
+    that pre-hook ran before convert's: nothing was entered, so nothing is left, and the
+    retried forward draws the masks of the step the failed one would have drawn."""
+    raises = Raises()
+    model = Dropping()
+    if registered == "before convert":
+        model.register_forward_pre_hook(raises)
+        model = convert(model, seed=3)
+    else:
+        model = convert(model, seed=3)
+        model.register_forward_pre_hook(raises, prepend=True)
+    x = torch.ones(64)
+    expected = [xdrop.dropout(x, 0.5, seed=_site(3, "#0", step)) for step in range(2)]
+    raises.armed = True
+    with pytest.raises(MemoryError):
+        model(x)
+    generator = torch.get_rng_state()
+    assert [torch.equal(model(x), mask) for mask in expected] == [True, True]
+    assert int(model.xdrop_step) == 2
+    assert torch.equal(torch.get_rng_state(), generator)
+
+
+class Recursive(nn.Module):
+    """A model whose forward calls the model again, once."""
+
+    def forward(self, x: torch.Tensor, again: bool = True) -> torch.Tensor:
+        y = F.dropout(x, 0.5)
+        return self(y, again=False) if again else y
+
+
+class Interrupted(nn.Module):
+    """A model whose forward is interrupted (Ctrl+C in a notebook) after a site drew."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.interrupt = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.dropout(x, 0.5)
+        if self.interrupt:
+            self.interrupt = False
+            raise KeyboardInterrupt
+        return y
+
+
+def test_a_model_calling_itself_in_its_forward_is_one_forward_of_the_model():
+    model = convert(Recursive(), seed=6)
+    x = torch.ones(64)
+    first = xdrop.dropout(x, 0.5, seed=_site(6, "#0", 0))
+    assert torch.equal(model(x), xdrop.dropout(first, 0.5, seed=_site(6, "#1", 0)))
+    assert int(model.xdrop_step) == 1
+
+
+def test_a_forward_interrupted_without_torchs_forward_hooks_is_dropped_by_the_next_forward():
+    """Torch runs always-called forward hooks on an Exception alone: after a KeyboardInterrupt
+    the next forward of the model leaves the interrupted one's mode behind and is a forward of
+    its own, at the step the interrupted one had not taken; nothing of it stays on torch's
+    stack of modes, and torch's generator is torch's again."""
+    from torch.overrides import _get_current_function_mode_stack
+
+    model = convert(Interrupted(), seed=6)
+    x = torch.ones(64)
+    model.interrupt = True
+    with pytest.raises(KeyboardInterrupt):
+        model(x)
+    generator = torch.get_rng_state()
+    for step in range(2):
+        assert torch.equal(model(x), xdrop.dropout(x, 0.5, seed=_site(6, "#0", step)))
+    assert int(model.xdrop_step) == 2
+    assert _get_current_function_mode_stack() == []
+    F.dropout(x, 0.5)
+    assert not torch.equal(torch.get_rng_state(), generator)
+
+
+def test_a_submodule_whose_pre_hook_raised_leaves_its_callers_sites_named_after_the_caller():
+    """A block falls back to its own code when a submodule's pre-hook refuses (a fast path
+    not available): the fallback's dropout is the block's site, not the root's."""
+
+    class FallsBack(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fast = nn.Identity()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            try:
+                return self.fast(x)
+            except MemoryError:
+                return F.dropout(x, 0.5)
+
+    model = nn.Sequential()
+    model.add_module("block", FallsBack())
+    raises = Raises()
+    model.block.fast.register_forward_pre_hook(raises)
+    model = convert(model, seed=5)
+    raises.armed = True
+    x = torch.ones(64)
+    assert torch.equal(model(x), xdrop.dropout(x, 0.5, seed=_site(5, "block#0", 0)))
+
+
+class Student(nn.Module):
+    """A model whose forward runs a teacher it does not hold (kept out of its parameters)."""
+
+    def __init__(self, teacher: nn.Module | None) -> None:
+        super().__init__()
+        self.__dict__["teacher"] = teacher
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        taught = None if self.teacher is None else self.teacher(x)
+        return F.dropout(x, 0.5, self.training), taught
+
+
+@pytest.mark.parametrize("teaching", ["training", "evaluating"])
+def test_a_converted_teacher_run_in_a_students_forward_leaves_the_students_masks(
+    teaching: str,
+):
+    """The teacher's sites are its own, those that draw nothing too: the student's masks are
+    those it draws alone, whatever mode the teacher is in."""
+    x = torch.ones(64)
+    alone = convert(Student(None), seed=1)(x)[0]
+    teacher = convert(Dropping(), seed=2).train(teaching == "training")
+    assert torch.equal(convert(Student(teacher), seed=1)(x)[0], alone)
+
+
+@pytest.mark.parametrize("write", ["copy_", ".data.copy_", ".data ="])
+def test_a_step_written_in_place_is_the_step_the_next_forward_draws(write: str):
+    """On the CPU a converted model reads its seed and step on every forward, also after a
+    write torch does not count as a change (through ``.data``, as older EMA code copies)."""
+    x = torch.ones(64)
+    model = convert(Dropping(), seed=4)
+    model(x)
+    step = torch.tensor(9)
+    if write == "copy_":
+        with torch.no_grad():
+            model.xdrop_step.copy_(step)
+    elif write == ".data.copy_":
+        model.xdrop_step.data.copy_(step)
+    else:
+        model.xdrop_step.data = step
+    assert torch.equal(model(x), xdrop.dropout(x, 0.5, seed=_site(4, "#0", 9)))
+
+
+def test_on_an_accelerator_the_step_is_remembered_between_forwards_and_read_when_changed(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    """Where reading the step would wait for the device, the forward remembers it, advances
+    what it remembers with the buffer, and reads it again when torch counts a change (a
+    ``load_state_dict``, a ``copy_``); checked on the CPU by treating it as such a device."""
+    from xdrop.layers import torch_functional
+
+    monkeypatch.setattr(torch_functional, "READ_ON_EVERY_FORWARD", set())
+    x = torch.ones(64)
+    model = convert(Dropping(), seed=4)
+    drawn = [model(x) for _ in range(2)]
+    assert [
+        torch.equal(y, xdrop.dropout(x, 0.5, seed=_site(4, "#0", s))) for s, y in enumerate(drawn)
+    ] == [True, True]
+    with torch.no_grad():
+        model.xdrop_step.copy_(torch.tensor(7))
+    assert torch.equal(model(x), xdrop.dropout(x, 0.5, seed=_site(4, "#0", 7)))
+    model.load_state_dict({"xdrop_seed": torch.tensor(6), "xdrop_step": torch.tensor(0)})
+    assert torch.equal(model(x), xdrop.dropout(x, 0.5, seed=_site(6, "#0", 0)))
+    assert torch.equal(model(x), xdrop.dropout(x, 0.5, seed=_site(6, "#0", 1)))
+
+
+def test_a_model_made_in_inference_mode_evaluates_and_samples_there():
+    """Inference tensors keep no version for the forward to compare: they are read."""
+    x = torch.ones(64)
+    reference = convert(nn.Sequential(nn.Dropout(0.5)), seed=4).eval()
+    set_mc_sampling(reference, True)
+    with torch.inference_mode():
+        model = convert(nn.Sequential(nn.Dropout(0.5)), seed=4).eval()
+        assert torch.equal(model(x), x)
+        set_mc_sampling(model, True)
+        assert torch.equal(model(x), reference(x))
+        assert int(model[0].step) == 1
+
+
+@pytest.mark.parametrize("layer", ["an xdrop layer", "a converted call"])
+def test_torch_func_grad_takes_the_buffers_as_an_argument_and_refuses_them_captured(layer: str):
+    """A training forward advances the step in place: ``functional_call`` with the buffers
+    passed in draws the eager forward's mask; with the buffers captured by the transformed
+    function torch refuses the write, and xdrop says to pass them."""
+    from torch.func import functional_call, grad
+
+    torch.manual_seed(0)
+    linear = nn.Linear(8, 8)
+    dropout = layers.Dropout(0.5, seed=3) if layer == "an xdrop layer" else Dropping()
+    model = nn.Sequential(linear, dropout)
+    if layer == "a converted call":
+        model = convert(model, seed=3)
+    eager = copy.deepcopy(model)
+    x = torch.randn(4, 8)
+    eager(x).square().sum().backward()
+    params = dict(model.named_parameters())
+    buffers = dict(model.named_buffers())
+
+    def loss(params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor]) -> torch.Tensor:
+        return functional_call(model, (params, buffers), (x,)).square().sum()
+
+    gradients = grad(loss)(params, buffers)
+    assert all(torch.equal(gradients[name], p.grad) for name, p in eager.named_parameters())
+    with pytest.raises(xdrop.TracingError, match="pass the model's buffers"):
+        grad(lambda params: functional_call(model, params, (x,)).square().sum())(params)
 
 
 # -- converting again -----------------------------------------------------------------------------

@@ -129,12 +129,14 @@ def replaced_classes(record: dict[str, Any]) -> dict[str, int]:
 
 def assert_refused_or_exact(record: dict[str, Any]) -> None:
     """A converted model trained with gradient checkpointing (the blocks' forward run again
-    during backward) is refused with an :class:`xdrop.XdropError`, or gets the losses, gradients
-    and streams' steps of the plain run, bit for bit: never other gradients in silence."""
+    during backward) is refused with an :class:`xdrop.RecomputationError`, or gets the losses,
+    gradients and streams' steps of the plain run, bit for bit: never other gradients in
+    silence."""
     plain, recomputed = record["False"], record["True"]
     assert "error" not in plain, plain.get("error")
     if "error" in recomputed:
         assert recomputed["xdrop"], recomputed["error"]
+        assert recomputed["error"].startswith("RecomputationError: "), recomputed["error"]
         assert "checkpointing" in recomputed["error"], recomputed["error"]
         return
     for step in range(2):

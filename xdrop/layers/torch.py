@@ -171,7 +171,7 @@ class Dropout(common.DropoutDraws, torch.nn.Module):
         noise = self._noise_shape(x)
         seed, offset = self._data_parallel.place(seed, logical, noise, self._has_batch(x.dim()))
         y = self._write(x, self._draw(logical, self.p, seed, noise, offset))
-        self.step.add_(1)
+        functional.advance(self.step)
         return y
 
     _data_parallel = functional.DataParallel()  # layers pickled before the argument existed
@@ -1203,4 +1203,4 @@ def _install_sites(
         root = module is model
         layer = isinstance(module, Dropout)
         module.register_forward_pre_hook(functional.EnterModule(context, name, root, layer))
-        module.register_forward_hook(functional.ExitModule(context, root), always_call=True)
+        module.register_forward_hook(functional.ExitModule(context, name, root), always_call=True)

@@ -12,18 +12,18 @@ in the graph so that ``torch.compile`` and ``torch.export`` keep the buffers as 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import sys
-import threading
 import types
 from collections.abc import Callable, Hashable, Sequence
-from typing import Any, Generic, NamedTuple, TypeVar
+from typing import Any, NamedTuple
 
 import torch
 import torch.fx
 import torch.nn.functional as F
-from torch.overrides import TorchFunctionMode
+from torch.overrides import TorchFunctionMode, _get_current_function_mode_stack
 
 import xdrop
 from xdrop import sharding, spec, torch_kernel
@@ -38,6 +38,7 @@ from xdrop.errors import (
     bad_value,
 )
 from xdrop.layers import common
+from xdrop.tracing import PerThread
 
 _DROPOUT = "dropout"
 _FEATURE = "feature"
@@ -243,29 +244,54 @@ def _is_device_mesh(group: object) -> bool:
 class ForwardState:
     """A converted root's state during one forward on one thread: the stack of modules whose
     forward is running (by qualified name), the number of site calls each made, the active
-    mode, and the re-entrancy counts of the root and of submodules run outside it."""
+    mode, the re-entrancy counts of the root and of submodules run outside it, and the frame
+    of the root's call (None while compiling)."""
 
     def __init__(self) -> None:
+        self.clear()
+
+    def clear(self) -> None:
         self.stack: list[str] = []
         self.counts: dict[str, int] = {}
         self.mode: FunctionalDropout | None = None
         self.depth = 0
         self.outside = 0
         self.guard: OutsideForward | None = None
+        self.frame: types.FrameType | None = None
+
+    def interrupted(self) -> bool:
+        """Whether the root's forward this state is in has ended without its forward hooks:
+        torch runs those on an ``Exception`` alone, not on a ``KeyboardInterrupt`` (Ctrl+C in
+        a notebook) or a ``SystemExit``. Asked only of a call of the root inside its own
+        forward; the frame of that forward's call is then on the stack, unless it ended."""
+        if self.depth == 0 or self.frame is None:
+            return False
+        frame: types.FrameType | None = sys._getframe(2)
+        while frame is not None:
+            if frame is self.frame:
+                return False
+            frame = frame.f_back
+        return True
+
+    def drop(self) -> None:
+        """Forget an interrupted forward: its modes leave torch's stack (wherever they are in
+        it: modes entered since stay), and the next call of the root is a forward of its own."""
+        for mode in (self.mode, self.guard):
+            if mode is not None:
+                _remove_mode(mode)
+        self.clear()
 
 
-_Value = TypeVar("_Value")
-
-
-class _PerThread(threading.local, Generic[_Value]):
-    """``value``: an object of its own on each thread, ``make()``, made on the thread's first
-    use (where ``threading.local`` calls ``__init__`` with the same arguments): torch's modes
-    are per thread too, so forwards on several threads each enter their own. ``value`` is never
-    reassigned, since ``torch.compile`` does not follow a change of a thread-local's attribute;
-    it follows the changes of the plain object it holds."""
-
-    def __init__(self, make: Callable[[], _Value]) -> None:
-        self.value: _Value = make()
+def _remove_mode(mode: TorchFunctionMode) -> None:
+    stack = _get_current_function_mode_stack()  # type: ignore[no-untyped-call]
+    index = next((i for i, entered in enumerate(stack) if entered is mode), None)
+    if index is None:
+        return
+    above = stack[index + 1 :]
+    for _ in range(len(stack) - index):
+        torch._C._pop_torch_function_stack()
+    for entered in above:
+        torch._C._push_on_torch_function_stack(entered)
 
 
 class Mirror(NamedTuple):
@@ -277,6 +303,11 @@ class Mirror(NamedTuple):
     host: tuple[int, int]
 
 
+READ_ON_EVERY_FORWARD = {"cpu"}
+"""The devices whose tensors a converted model's forward reads on the host every time: reading
+them waits for nothing."""
+
+
 class SiteContext:
     """A converted root's Python state: its rename, its data-parallel placement, the running
     forward's state (:class:`ForwardState`) and a host mirror of its seed and step. Shared by
@@ -285,7 +316,7 @@ class SiteContext:
     def __init__(self, rename: Callable[[str], str] | None) -> None:
         self.rename = rename
         self.data_parallel = DataParallel()
-        self._on_each_thread = _PerThread(ForwardState)
+        self._on_each_thread = PerThread(ForwardState)  # torch's modes are per thread too
         self.mirror: Mirror | None = None
 
     @property
@@ -294,18 +325,22 @@ class SiteContext:
         return self._on_each_thread.value
 
     def host_state(self, seed: torch.Tensor, step: torch.Tensor) -> tuple[int, int] | None:
-        """The root's seed and step as host integers, in eager execution only (None when traced):
-        read from the buffers when they changed since (a step, ``load_state_dict``, ``.to()``),
-        else remembered, so that an eager forward on an accelerator does not wait on them.
-        Under a ``torch.func`` transform the buffers may stand for a batch of values
-        (``vmap`` over stacked models' states): they are not read either, nor where they hold
-        no values (the meta device, ``FakeTensorMode``): the seeds are then computed from them."""
+        """The root's seed and step as host integers, in eager execution only (None when traced).
+        On the CPU they are read on every forward. On an accelerator, where reading waits for
+        the device, they are read when their version changed (a step, ``load_state_dict``,
+        ``copy_``, ``.to()``), else remembered: a write through ``.data``, which torch does not
+        count as a change, is not seen there. Under a ``torch.func`` transform the buffers may
+        stand for a batch of values (``vmap`` over stacked models' states): they are not read
+        either, nor where they hold no values (the meta device, ``FakeTensorMode``): the seeds
+        are then computed from them."""
         if torch_kernel.recorded() or type(seed) is not torch.Tensor:
             return None
         if torch_kernel.transforms_active():
             return None
         if type(step) is not torch.Tensor:
             return None
+        if seed.device.type in READ_ON_EVERY_FORWARD or seed.is_inference() or step.is_inference():
+            return _read_on_host(seed, step)  # inference tensors keep no version
         mirror = self.mirror
         if (
             mirror is None
@@ -313,9 +348,8 @@ class SiteContext:
             or mirror.step is not step
             or mirror.versions != (seed._version, step._version)
         ):
-            try:
-                host = int(seed) % 2**64, int(step) % 2**64
-            except RuntimeError:  # no values to read: the meta device, torch's FakeTensorMode
+            host = _read_on_host(seed, step)
+            if host is None:
                 return None
             mirror = self.mirror = Mirror(seed, step, (seed._version, step._version), host)
         return mirror.host
@@ -337,6 +371,15 @@ class SiteContext:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["rename"])  # type: ignore[misc]
         self.data_parallel = state.get("data_parallel", DataParallel())
+
+
+def _read_on_host(seed: torch.Tensor, step: torch.Tensor) -> tuple[int, int] | None:
+    """The seed and the step as unsigned host integers; None where they hold no values (the
+    meta device, torch's ``FakeTensorMode``)."""
+    try:
+        return int(seed) % 2**64, int(step) % 2**64
+    except RuntimeError:
+        return None
 
 
 class EnterModule:
@@ -361,16 +404,18 @@ class EnterModule:
             )
         forward = self.context.forward
         if self.root:
-            forward.depth += 1
-            if forward.depth == 1:  # the root's forward, not a re-entrant call of the root
-                forward.stack = []
+            if forward.interrupted():
+                forward.drop()
+            if forward.depth == 0:  # the root's forward, not a re-entrant call of the root
+                seed, step = _root_state(module)  # refused before anything is entered
                 forward.counts = {}
-                seed, step = _root_state(module)
                 mode = FunctionalDropout(
                     self.context, seed, step, self.context.host_state(seed, step)
                 )
                 forward.mode = mode
                 mode.__enter__()  # type: ignore[no-untyped-call]
+                forward.frame = None if torch.compiler.is_compiling() else sys._getframe(1)
+            forward.depth += 1
         elif forward.depth == 0:  # a submodule run outside the root's forward
             inside_another = _inside_a_running_root(module, self.context)
             if self.layer and not inside_another and _would_draw(module):
@@ -400,28 +445,43 @@ def _inside_a_running_root(module: torch.nn.Module, context: SiteContext) -> boo
 
 
 class ExitModule:
-    """Forward hook (``always_call=True``): the module's forward ended, normally or not; on the
-    root, the mode is left and the model's step advanced if the forward was a training one."""
+    """Forward hook (``always_call=True``): the module named ``name`` ended its forward, normally
+    or not; on the root, the mode is left and the model's step advanced if the forward was a
+    training one. Torch calls it also where a pre-hook raised before :class:`EnterModule` ran
+    (one registered before ``convert``, or with ``prepend=True``, as FSDP's), or where
+    EnterModule refused the call: nothing was entered then, and nothing is left. Calls are
+    paired by the module's name, so a module called inside its own forward, whose inner call
+    a pre-hook refused and whose forward went on, is not told apart from its outer call."""
 
-    def __init__(self, context: SiteContext, root: bool) -> None:
-        self.context, self.root = context, root
+    def __init__(self, context: SiteContext, name: str, root: bool) -> None:
+        self.context, self.name, self.root = context, name, root
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.__dict__.setdefault("name", None)  # pickled before it was kept: read at first call
 
     def __call__(self, module: torch.nn.Module, args: Any, output: Any) -> None:
-        if _fx_tracing():  # EnterModule refused the call: nothing was entered
-            return
         context = self.context
         forward = context.forward
-        if forward.stack:
-            forward.stack.pop()
+        if self.name is None:
+            self.name = next(
+                hook.name
+                for hook in module._forward_pre_hooks.values()
+                if isinstance(hook, EnterModule) and hook.context is context
+            )
+        if not forward.stack or forward.stack[-1] != self.name:
+            return  # this call was never entered (the innermost entered module is another)
+        forward.stack.pop()
         if self.root:
             forward.depth -= 1
             mode = forward.mode
             if forward.depth == 0 and mode is not None:
                 forward.mode = None
+                forward.frame = None
                 mode.__exit__(None, None, None)  # type: ignore[no-untyped-call]
                 if module.training or mode.drew:
                     _, step = _root_state(module)
-                    step.add_(1)
+                    advance(step)
                     if mode.host is not None:
                         context.advanced(step)
         elif forward.depth == 0 and forward.outside > 0:
@@ -430,6 +490,24 @@ class ExitModule:
             if forward.outside == 0 and guard is not None:
                 forward.guard = None
                 guard.__exit__(None, None, None)  # type: ignore[no-untyped-call]
+
+
+def advance(step: torch.Tensor) -> None:
+    """``step += 1`` in place: the stream's next forward. Under ``torch.func.grad`` (``vjp``,
+    ``jacrev``...) a buffer the transformed function captures, rather than takes, cannot change,
+    and torch's error says so in general terms: this one names the buffers."""
+    try:
+        step.add_(1)
+    except RuntimeError as error:
+        if not torch_kernel.transforms_active() or "captured" not in str(error):
+            raise
+        raise TracingError(
+            "a layer or converted model in training advances its step buffer on every forward, "
+            "which a torch.func transform refuses on a buffer its function captures: pass the "
+            "model's buffers with its parameters, functional_call(model, (params, buffers), "
+            "args), where buffers = dict(model.named_buffers()), as an argument of the "
+            "transformed function; or evaluate without Monte Carlo sampling, which draws nothing"
+        ) from error
 
 
 def _root_state(module: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
@@ -484,6 +562,8 @@ class FunctionalDropout(TorchFunctionMode):
     ) -> Any:
         kwargs = kwargs or {}
         spec = _FUNCTIONS.get(func)
+        if (spec is not None or func is _SDPA or func is _NATIVE) and _RUNNING.value.passed_on:
+            return func(*args, **kwargs)  # a site of a converted model running inside this one
         if spec is not None:
             return self._dropout(func, spec, args, kwargs)
         if func is _SDPA:
@@ -501,13 +581,16 @@ class FunctionalDropout(TorchFunctionMode):
     def _site_seed(self) -> torch.Tensor | int:
         """The seed of this call: the next site of the innermost running module, at the
         model's step. Eagerly, a host integer (xdrop's fused kernel takes it as it is, and the
-        site's seed is remembered); traced, computed in the graph from the root's buffers."""
+        site's seed is remembered); traced, computed in the graph from the root's buffers, also
+        in a part of the model compiled on its own below the eager root (``block.compile()``),
+        whose graph would otherwise hold the step as a constant and be compiled anew for each."""
         if in_backward():
             raise recomputed_in_backward()
         high, low = site_words(self.context.rename, self._next_site())
         self.drew = True
-        if self.host is not None and self.host[1] < 2**32:
-            return spec.fold_in(_host_site_seed(self.host[0], high, low), self.host[1])
+        host = None if torch.compiler.is_compiling() else self.host
+        if host is not None and host[1] < 2**32:
+            return spec.fold_in(_host_site_seed(host[0], high, low), host[1])
         site = xdrop.fold_in(xdrop.fold_in(self.seed, high), low)
         seed: torch.Tensor = common.step_seed(site, self.step)
         return seed
@@ -519,6 +602,21 @@ class FunctionalDropout(TorchFunctionMode):
         index = forward.counts.get(module, 0)
         forward.counts[module] = index + 1
         return f"{module}#{index}"
+
+    def _pass_on(
+        self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        """torch's own answer for a site that draws nothing (or that torch refuses): the site is
+        counted, and the call passed on to torch marked as this model's, so that the mode of a
+        converted model whose forward runs this one (a teacher called in a student's forward)
+        does not count it as a site of its own."""
+        self._next_site()
+        running = _RUNNING.value
+        running.passed_on += 1
+        try:
+            return func(*args, **kwargs)
+        finally:
+            running.passed_on -= 1
 
     def _dropout(
         self,
@@ -540,8 +638,7 @@ class FunctionalDropout(TorchFunctionMode):
             or not _valid_rate(p)
             or not _valid_rank(kind, x.dim())
         ):  # torch's own answer: no draw, or torch's error
-            self._next_site()
-            return func(*args, **kwargs)
+            return self._pass_on(func, args, kwargs)
         seed = self._site_seed()
         y = _draw(kind, x, p, seed, self.context.data_parallel)
         if inplace:
@@ -554,8 +651,7 @@ class FunctionalDropout(TorchFunctionMode):
         p = _argument(args, kwargs, 1, "p", 0.5)
         train = _argument(args, kwargs, 2, "train", None)
         if not isinstance(x, torch.Tensor) or train is False or _is_zero(p) or not _valid_rate(p):
-            self._next_site()
-            return _NATIVE(*args, **kwargs)
+            return self._pass_on(_NATIVE, args, kwargs)
         seed = self._site_seed()
         logical = x if x.is_contiguous() else x.contiguous()
         seed, offset = self.context.data_parallel.place(seed, logical)
@@ -569,8 +665,8 @@ class FunctionalDropout(TorchFunctionMode):
         query, key, value, attn_mask, dropout_p, is_causal, scale = values
         enable_gqa = bool(kwargs.get("enable_gqa", False))
         if dropout_p is None or _is_zero(dropout_p) or (is_causal and attn_mask is not None):
-            self._next_site()  # no dropout, or arguments SDPA refuses with its own error
-            return _SDPA(*args, **kwargs)
+            # no dropout, or arguments SDPA refuses with its own error
+            return self._pass_on(_SDPA, args, kwargs)
         seed = self._site_seed()
         return attention(
             query,
@@ -607,11 +703,12 @@ def outside_forward(module: str) -> XdropError:
     if in_backward():
         return recomputed_in_backward()
     return UnconvertedDropoutError(
-        f"dropout drawn by {module!r} of a converted model outside the model's forward (a "
-        "submodule called directly): it has no site on the model's streams. Call the "
-        "converted model itself, call xdrop.layers.torch.convert on the submodule you run, or "
-        "stop it drawing: eval mode, and set_mc_sampling(model, False) where Monte Carlo "
-        "sampling is on"
+        f"dropout drawn by {module!r} of a converted model outside the model's forward: it "
+        "has no site on the model's streams, as for a submodule called directly, a copy of one "
+        "(copy.deepcopy; PEFT's modules_to_save) or a model taken out of the converted one "
+        "(PEFT's merge_and_unload()). Call the converted model itself, convert the model or "
+        "submodule that runs it (xdrop.layers.torch.convert(model, seed=...)), or stop it "
+        "drawing: eval mode, and set_mc_sampling(model, False) where Monte Carlo sampling is on"
     )
 
 
@@ -694,13 +791,14 @@ def _check_key_padding_mask(key_padding_mask: torch.Tensor, source_length: int, 
 
 class _Running:
     """What runs on one thread: the modes running ``nn.MultiheadAttention``'s function body,
-    innermost last."""
+    innermost last, and the number of site calls that modes pass on to torch."""
 
     def __init__(self) -> None:
         self.attention_modes: list[FunctionalDropout] = []
+        self.passed_on = 0
 
 
-_RUNNING = _PerThread(_Running)
+_RUNNING = PerThread(_Running)
 _MHA_BODY = _attention_body()
 MULTIHEAD_ATTENTION_CONVERTED = _MHA_BODY is not None
 """Whether ``nn.MultiheadAttention``'s attention dropout is routed through xdrop (it is where
@@ -805,6 +903,7 @@ def attention(
     if not isinstance(query, torch.Tensor):
         raise bad_type("query", query, "a tensor")
     device_type = query.device.type
+    autocast_off: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
     if _autocast_enabled(device_type):
         # as autocast runs torch's attention: every input in its dtype, and the rest (float32
         # inside) as written, which autocast would otherwise put back in its dtype
@@ -812,43 +911,32 @@ def attention(
         query, key, value = (tensor.to(cast) for tensor in (query, key, value))
         if attn_mask is not None and attn_mask.is_floating_point():
             attn_mask = attn_mask.to(cast)
-        with torch.autocast(device_type, enabled=False):
-            return attention(
-                query,
-                key,
-                value,
-                attn_mask,
-                dropout_p,
-                is_causal,
-                scale,
-                enable_gqa,
-                seed,
-                data_parallel,
-            )
-    dtype = query.dtype
-    if dtype in (torch.float16, torch.bfloat16):  # as torch's math attention: float32 inside
-        query, key, value = query.float(), key.float(), value.float()
-    length, source = query.size(-2), key.size(-2)
-    factor = 1 / math.sqrt(query.size(-1)) if scale is None else scale
-    if enable_gqa and query.dim() >= 3 and key.size(-3) != query.size(-3):
-        key = key.repeat_interleave(query.size(-3) // key.size(-3), -3)
-        value = value.repeat_interleave(query.size(-3) // value.size(-3), -3)
-    root = math.sqrt(abs(factor))  # split between query and key, as torch's: smaller products
-    scores = (query * math.copysign(root, factor)) @ (key * root).transpose(-2, -1)
-    if is_causal:
-        allowed = torch.ones(length, source, dtype=torch.bool, device=query.device).tril()
-        scores = scores.masked_fill(~allowed, -math.inf)
-    if attn_mask is not None:
-        if attn_mask.dtype == torch.bool:
-            scores = scores.masked_fill(~attn_mask, -math.inf)
-        else:
-            scores = scores + attn_mask
-    # a row masked whole gives zeros, and zero gradients: its softmax would be NaN, and NaN
-    # would reach the gradients of the scores through the softmax's backward pass
-    blocked = (scores == -math.inf).all(dim=-1, keepdim=True)
-    probs = torch.softmax(scores.masked_fill(blocked, 0.0), dim=-1).masked_fill(blocked, 0.0)
-    offset: int | xdrop.Block = 0
-    if data_parallel is not None:
-        seed, offset = data_parallel.place(seed, probs)
-    dropped: torch.Tensor = xdrop.dropout(probs, dropout_p, seed=seed, offset=offset)
-    return (dropped @ value).to(dtype)
+        autocast_off = torch.autocast(device_type, enabled=False)
+    with autocast_off:
+        dtype = query.dtype
+        if dtype in (torch.float16, torch.bfloat16):  # as torch's math attention: float32 inside
+            query, key, value = query.float(), key.float(), value.float()
+        length, source = query.size(-2), key.size(-2)
+        factor = 1 / math.sqrt(query.size(-1)) if scale is None else scale
+        if enable_gqa and query.dim() >= 3 and key.size(-3) != query.size(-3):
+            key = key.repeat_interleave(query.size(-3) // key.size(-3), -3)
+            value = value.repeat_interleave(query.size(-3) // value.size(-3), -3)
+        root = math.sqrt(abs(factor))  # split between query and key, as torch's: smaller products
+        scores = (query * math.copysign(root, factor)) @ (key * root).transpose(-2, -1)
+        if is_causal:
+            allowed = torch.ones(length, source, dtype=torch.bool, device=query.device).tril()
+            scores = scores.masked_fill(~allowed, -math.inf)
+        if attn_mask is not None:
+            if attn_mask.dtype == torch.bool:
+                scores = scores.masked_fill(~attn_mask, -math.inf)
+            else:
+                scores = scores + attn_mask
+        # a row masked whole gives zeros, and zero gradients: its softmax would be NaN, and NaN
+        # would reach the gradients of the scores through the softmax's backward pass
+        blocked = (scores == -math.inf).all(dim=-1, keepdim=True)
+        probs = torch.softmax(scores.masked_fill(blocked, 0.0), dim=-1).masked_fill(blocked, 0.0)
+        offset: int | xdrop.Block = 0
+        if data_parallel is not None:
+            seed, offset = data_parallel.place(seed, probs)
+        dropped: torch.Tensor = xdrop.dropout(probs, dropout_p, seed=seed, offset=offset)
+        return (dropped @ value).to(dtype)
