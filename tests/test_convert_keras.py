@@ -8,12 +8,12 @@ keras-hub check writes its training losses and outputs, which must agree across 
 from __future__ import annotations
 
 import ast
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+from installed import is_installed
 from layers.keras_backends import BACKENDS, runs_per_backend
 
 pytestmark = pytest.mark.backend_independent  # each framework's own arrays
@@ -27,7 +27,7 @@ NAMES = [
 KERAS_HUB = "test_a_converted_keras_hub_bert_classifier_trains_with_fit"
 # keras-hub is installed without its dependencies (ci/requirements-nodeps.txt): its
 # tensorflow-text would replace tensorflow-cpu with tensorflow
-HAS_KERAS_HUB = importlib.util.find_spec("keras_hub") is not None
+HAS_KERAS_HUB = is_installed("keras_hub")
 
 
 @pytest.fixture(scope="module")

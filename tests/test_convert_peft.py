@@ -7,21 +7,16 @@ Tiny RoBERTa and GPT-2 built from configurations with random weights (no downloa
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from typing import Any
 
 import pytest
+from installed import requires
 
 torch = pytest.importorskip("torch")
 pytestmark = [
     pytest.mark.backend_independent,
-    # looked up, not imported: transformers imports torchvision, which needs tests/torchvision_cpu
-    pytest.mark.skipif(
-        any(importlib.util.find_spec(name) is None for name in ("transformers", "peft")),
-        reason="transformers or peft is not installed (pip install -c ci/constraints.txt -r "
-        "ci/requirements.txt)",
-    ),
+    requires("transformers", "peft"),
 ]
 
 import xdrop  # noqa: E402

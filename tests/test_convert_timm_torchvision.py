@@ -16,19 +16,13 @@ weights, converts it with another seed, loads the checkpoint and trains steps 3 
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
+from installed import requires
 
 torch = pytest.importorskip("torch")
 pytestmark = [
     pytest.mark.backend_independent,
-    # looked up, not imported: both import torchvision, which needs tests/torchvision_cpu
-    pytest.mark.skipif(
-        importlib.util.find_spec("timm") is None or importlib.util.find_spec("torchvision") is None,
-        reason="timm and torchvision are not installed (pip install -c ci/constraints.txt -r "
-        "ci/requirements.txt)",
-    ),
+    requires("timm", "torchvision"),
 ]
 
 from convert.checks import (  # noqa: E402

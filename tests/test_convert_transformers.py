@@ -15,23 +15,18 @@ hand for xdrop's layer) the same resume reproduces none of the steps.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from installed import requires
 
 torch = pytest.importorskip("torch")
 pytestmark = [
     pytest.mark.backend_independent,
-    # looked up, not imported: transformers imports torchvision, which needs tests/torchvision_cpu
-    pytest.mark.skipif(
-        importlib.util.find_spec("transformers") is None,
-        reason="transformers is not installed (pip install -c ci/constraints.txt -r "
-        "ci/requirements.txt)",
-    ),
+    requires("transformers"),
 ]
 
 from convert.checks import (  # noqa: E402

@@ -8,7 +8,6 @@ two logical CPU devices (set before TensorFlow initialises). The scripts under
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import socket
 import subprocess
@@ -16,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from installed import is_installed
 
 pytestmark = pytest.mark.backend_independent  # CI runs it once, not per backend
 
@@ -43,7 +43,7 @@ def run_script(name: str, *arguments: str) -> str:
 
 def require(*modules: str) -> None:
     for module in modules:
-        if importlib.util.find_spec(module) is None:
+        if not is_installed(module):
             pytest.skip(f"{module} is not installed")
 
 

@@ -8,7 +8,6 @@ These tests use each framework's own arrays, not the default backend, so CI runs
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from installed import is_installed
 
 pytestmark = pytest.mark.backend_independent  # each framework's own arrays
 
@@ -32,7 +32,7 @@ FRAMEWORKS = {  # name -> (script's framework, KERAS_BACKEND, packages it needs)
 def run_mlp(name: str, action: str, directory: Path) -> None:
     framework, keras_backend, packages = FRAMEWORKS[name]
     for package in packages:
-        if importlib.util.find_spec(package) is None:
+        if not is_installed(package):
             pytest.skip(f"{package} is not installed")
     environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     environment.pop("XDROP_BACKEND", None)

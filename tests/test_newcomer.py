@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import subprocess
@@ -10,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from installed import is_installed
 
 pytestmark = pytest.mark.backend_independent
 
@@ -58,7 +58,7 @@ def test_the_development_guide_installs_the_checkout_editable():
 
 
 NEEDS_TRITON_AND_TENSORFLOW = pytest.mark.skipif(
-    importlib.util.find_spec("triton") is None or importlib.util.find_spec("tensorflow") is None,
+    not (is_installed("triton") and is_installed("tensorflow")),
     reason="the crash needs Triton (CUDA builds of torch install it) and TensorFlow",
 )
 

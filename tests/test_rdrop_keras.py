@@ -9,12 +9,12 @@ same weights and xdrop's portable streams give the same masks everywhere.
 from __future__ import annotations
 
 import ast
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+from installed import is_installed
 from layers.keras_backends import BACKENDS, runs_per_backend
 
 pytestmark = pytest.mark.backend_independent  # each framework's own arrays
@@ -27,7 +27,7 @@ NAMES = [
 ]
 KERAS_HUB = "test_a_converted_keras_hub_bert_classifier_trains_with_rdrop"
 # keras-hub is installed without its dependencies (ci/requirements-nodeps.txt)
-HAS_KERAS_HUB = importlib.util.find_spec("keras_hub") is not None
+HAS_KERAS_HUB = is_installed("keras_hub")
 NO_KERAS_HUB = "keras-hub is not installed (pip install --no-deps -r ci/requirements-nodeps.txt)"
 HISTORIES = ["logits", "probabilities", "binary", "regression", "tokens_weighted", "tokens_masked",
              "converted", "keras_hub", "resumed"]  # fmt: skip

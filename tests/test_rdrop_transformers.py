@@ -15,7 +15,6 @@ before loading it).
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -23,24 +22,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from installed import is_installed, requires
 
 torch = pytest.importorskip("torch")
 pytestmark = [
     pytest.mark.backend_independent,
-    # looked up, not imported: transformers imports torchvision, which needs tests/torchvision_cpu
-    pytest.mark.skipif(
-        any(importlib.util.find_spec(name) is None for name in ("transformers", "accelerate")),
-        reason="transformers or accelerate is not installed (pip install -c ci/constraints.txt "
-        "-r ci/requirements.txt)",
-    ),
+    requires("transformers", "accelerate"),
 ]
 
 SCRIPT = Path(__file__).resolve().parent / "integrations" / "hf_trainer.py"
-PEFT = importlib.util.find_spec("peft") is not None
-needs_peft = pytest.mark.skipif(
-    not PEFT,
-    reason="PEFT is not installed (pip install -c ci/constraints.txt -r ci/requirements.txt)",
-)
+PEFT = is_installed("peft")
+needs_peft = requires("peft")
 HEADS = [
     "classification",
     "tokens",
