@@ -508,13 +508,14 @@ def resumable_trainer(model: str, directory: Path, init: int, seed: int) -> RDro
     """A trainer of 6 steps that checkpoints after step 3: BERT built from the seed ``init``, or
     (``model="lora"``) GPT-2 whose base weights are the same in every process, as pretrained
     ones are, and whose adapters are built from ``init``."""
-    torch.manual_seed(init)
-    built, labels = classifier(), class_label
     if model == "lora":
         torch.manual_seed(0)
         base = writer()
         torch.manual_seed(init)
         built, labels = adapted(base), next_tokens
+    else:
+        torch.manual_seed(init)
+        built, labels = classifier(), class_label
     return RDropTrainer(
         built,
         arguments(directory, 6, save_strategy="steps", save_steps=3),
