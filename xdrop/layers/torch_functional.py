@@ -562,14 +562,12 @@ class FunctionalDropout(TorchFunctionMode):
     ) -> Any:
         kwargs = kwargs or {}
         spec = _FUNCTIONS.get(func)
-        if (spec is not None or func is _SDPA or func is _NATIVE) and _RUNNING.value.passed_on:
-            return func(*args, **kwargs)  # a site of a converted model running inside this one
-        if spec is not None:
-            return self._dropout(func, spec, args, kwargs)
-        if func is _SDPA:
-            return self._attention(args, kwargs)
-        if func is _NATIVE:
-            return self._native(args, kwargs)
+        if spec is not None or func is _SDPA or func is _NATIVE:
+            if _RUNNING.value.passed_on:
+                return func(*args, **kwargs)  # a site of a converted model running inside this one
+            if spec is not None:
+                return self._dropout(func, spec, args, kwargs)
+            return self._attention(args, kwargs) if func is _SDPA else self._native(args, kwargs)
         if func is _MHA and _MHA_BODY is not None:
             _RUNNING.value.attention_modes.append(self)
             try:
