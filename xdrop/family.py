@@ -410,7 +410,7 @@ def drop_block(
         _check_dtensor_maps_whole(x, block, data_format)
         if check_flag("with_noise", with_noise):
             _check_not_partial(
-                x, training, "drop_block with_noise=True puts normals in dropped units"
+                x, training, p, "drop_block with_noise=True puts normals in dropped units"
             )
         local = drop_block(
             x.to_local(),
@@ -653,7 +653,10 @@ def _on_dtensor(
     global shape) at its counter in the whole, so the result is the whole tensor's."""
     if function is alpha_dropout:
         _check_not_partial(
-            x, options["training"], "alpha_dropout sets dropped units to a constant and shifts them"
+            x,
+            options["training"],
+            p,
+            "alpha_dropout sets dropped units to a constant and shifts them",
         )
     block, local_noise = sharding.dtensor_mask_block(x, check_offset(offset), noise_shape)
     local = function(x.to_local(), p, noise_shape=local_noise, offset=block, **options)
@@ -680,14 +683,17 @@ def _on_sharded(
     return _on_dtensor(function, shard, p, offset, whole, options).to_local()
 
 
-def _check_not_partial(x: Any, training: object, because: str) -> None:
+def _check_not_partial(x: Any, training: object, p: object, because: str) -> None:
     """Refuse, in training, a ``Partial()`` DTensor of a sum for a function that adds
     constants or noise to ``x``: each rank would add them to its summand, so the sum would hold
-    them once per rank. (A partial ``max`` or ``avg`` commutes with them and is allowed.)"""
-    if not check_flag("training", training) or not any(
+    them once per rank. (A partial ``max`` or ``avg`` commutes with them and is allowed, and so
+    does a rate of number 0, which leaves ``x`` as it is; a tensor rate's value is not read.)"""
+    summed = any(
         placement.is_partial() and getattr(placement, "reduce_op", "sum") == "sum"
         for placement in x.placements
-    ):
+    )
+    rate_zero = isinstance(p, (int, float)) and not isinstance(p, bool) and p == 0
+    if not check_flag("training", training) or not summed or rate_zero:
         return
     shown = Shown(f"<DTensor placed {tuple(x.placements)}>")
     allowed = (

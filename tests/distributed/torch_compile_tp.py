@@ -156,13 +156,17 @@ def check_partial_sums(rank: int, mesh: DeviceMesh, maps: torch.Tensor) -> None:
             assert "redistribute it to Replicate()" in str(error), error
         else:
             raise AssertionError(f"{name} of a Partial DTensor ran")
-    # in evaluation nothing is drawn or added: x's summands, still Partial()
-    for evaluated in (
-        xdrop.alpha_dropout(part, P, seed=SEED, training=False),
-        xdrop.drop_block(part, P, 3, seed=SEED, with_noise=True, training=False),
-    ):
-        assert evaluated.placements == part.placements, evaluated.placements
-        assert torch.equal(evaluated.to_local(), part.to_local()), f"rank {rank}, evaluation"
+    # in evaluation, or at a rate of 0, nothing is drawn or added: x's summands, still Partial()
+    for case, unchanged in {
+        "evaluation": xdrop.alpha_dropout(part, P, seed=SEED, training=False),
+        "evaluation with_noise": xdrop.drop_block(
+            part, P, 3, seed=SEED, with_noise=True, training=False
+        ),
+        "rate 0": xdrop.alpha_dropout(part, 0.0, seed=SEED),
+        "rate 0 with_noise": xdrop.drop_block(part, 0, 3, seed=SEED, with_noise=True),
+    }.items():
+        assert unchanged.placements == part.placements, (case, unchanged.placements)
+        assert torch.equal(unchanged.to_local(), part.to_local()), f"rank {rank}, {case}"
 
 
 def models(dp: DeviceMesh) -> tuple[torch.nn.Sequential, torch.nn.Sequential]:
