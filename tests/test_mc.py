@@ -55,6 +55,20 @@ def test_logits_go_through_softmax_and_minus_infinity_is_a_zero_probability(xp, 
     assert np.isfinite(host(result.mutual_information)).all()
 
 
+@pytest.mark.parametrize("from_logits", [True, False])
+def test_one_sample_has_no_mutual_information(xp, array, host, from_logits):
+    # H[E p] and E H[p] are one entropy when T = 1: equal to the bit, so BALD is exactly 0
+    outputs = np.random.default_rng(1).normal(size=(1, 6, 5))
+    if not from_logits:
+        outputs = np.exp(outputs) / np.exp(outputs).sum(axis=-1, keepdims=True)
+    result = xdrop.mc_dropout(
+        scripted(array, outputs), None, samples=1, seed=0, from_logits=from_logits
+    )
+    np.testing.assert_array_equal(host(result.predictive_entropy), host(result.expected_entropy))
+    np.testing.assert_array_equal(host(result.mutual_information), np.zeros(6))
+    np.testing.assert_allclose(host(result.expected_entropy), entropy(host(result.mean)), rtol=1e-6)
+
+
 def test_half_precision_outputs_are_computed_in_float32(xp, array, host):
     outputs = np.random.default_rng(0).normal(size=(4, 5, 3))
     result = xdrop.mc_dropout(

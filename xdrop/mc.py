@@ -261,8 +261,11 @@ def summarize(
     mean = xp.divide(_total(xp, probabilities), count)
     squares = [xp.multiply(d, d) for d in (xp.subtract(p, mean) for p in probabilities)]
     variance = xp.divide(_total(xp, squares), count)
-    predictive = xp.multiply(xp.sum(xp.multiply(mean, safe_log(xp, mean)), axis), -1.0)
     expected = xp.multiply(xp.divide(_total(xp, neg_entropies), count), -1.0)
+    if len(outputs) == 1:  # H[E p] is E H[p]: computed once, their difference is exactly 0
+        predictive = expected
+    else:
+        predictive = xp.multiply(xp.sum(xp.multiply(mean, safe_log(xp, mean)), axis), -1.0)
     difference = xp.subtract(predictive, expected)
     information = xp.where(xp.less_equal(difference, 0.0), 0.0, difference)
     return MCDropoutResult(mean, variance, predictive, expected, information)
