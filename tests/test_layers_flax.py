@@ -134,6 +134,41 @@ def test_broadcast_dims_share_one_decision():
     np.testing.assert_array_equal(y, contract(x, 0.5, 9, 0, noise_shape=(2, 4, 4, 1)))
 
 
+@pytest.mark.parametrize("dims", [[1, 2], np.array([1, 2]), jnp.array([1, 2], jnp.int32)])
+def test_broadcast_dims_may_be_a_list_or_a_1d_integer_array_as_nnx_dropout_takes(dims):
+    x = jnp.ones((2, 4, 4, 3))
+    expected = contract(x, 0.5, 9, 0, noise_shape=(2, 1, 1, 3))
+    layer = Dropout(0.5, broadcast_dims=dims, seed=9)
+    assert layer.broadcast_dims == (1, 2)
+    np.testing.assert_array_equal(layer(x), expected)
+    key = jax.random.key(9)
+    np.testing.assert_array_equal(
+        flax_dropout(x, 0.5, key, broadcast_dims=dims),
+        flax_dropout(x, 0.5, key, broadcast_dims=(1, 2)),
+    )
+    shared = nnx.Dropout(0.5, broadcast_dims=dims, rngs=nnx.Rngs(0))(x)  # Flax's own takes them
+    np.testing.assert_array_equal(shared, jnp.broadcast_to(shared[:, :1, :1], x.shape))
+
+
+@pytest.mark.parametrize(
+    ("dims", "shown"),
+    [(1, "1"), (np.array(1), "array(1)"), (np.array([[1]]), "array([[1]])"),
+     (np.array([1.0]), "array([1.])"), ((1.5,), "(1.5,)")],
+)  # fmt: skip
+def test_broadcast_dims_of_another_kind_are_refused(dims, shown):
+    message = (
+        f"broadcast_dims must be a sequence of integer axes or a 1-d integer array, got {shown}"
+    )
+    assert_refused(
+        lambda: Dropout(0.5, broadcast_dims=dims, seed=9), xdrop.ArgumentTypeError, message
+    )
+    assert_refused(
+        lambda: flax_dropout(jnp.ones(2), 0.5, jax.random.key(9), broadcast_dims=dims),
+        xdrop.ArgumentTypeError,
+        message,
+    )
+
+
 @pytest.mark.parametrize("dims", [(5,), (-3,), (2,), (0, 2)])
 def test_broadcast_dims_outside_the_input_are_refused(dims):
     # before: an axis outside the input wrapped around ((5,) and (-3,) shared along axis 1)
@@ -336,8 +371,6 @@ def test_set_mc_sampling_refuses_what_is_not_a_module():
     ("arguments", "error", "message"),
     [({"rate": 1.5}, xdrop.ArgumentValueError, "rate must be a real number in [0, 1], got 1.5"),
      ({"rate": 0.5, "seed": -1}, xdrop.ArgumentValueError, "seed must be an integer in [0, 2**64)"),
-     ({"rate": 0.5, "broadcast_dims": 1}, xdrop.ArgumentTypeError,
-      "broadcast_dims must be a sequence of integer axes, got 1"),
      ({"rate": 0.5, "deterministic": "yes"}, xdrop.ArgumentTypeError, "deterministic must be True or False"),
      ({"rate": 0.5, "mode": "x"}, xdrop.ArgumentValueError, 'mode must be one of "inverted", "classic"')],
 )  # fmt: skip

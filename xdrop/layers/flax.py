@@ -143,9 +143,7 @@ class Dropout(common.DropoutDraws, nnx.Module):
     ) -> None:
         self.rate = self._check_rate("rate", rate)
         self.data_parallel = self._check_data_parallel(data_parallel)
-        if not isinstance(broadcast_dims, Sequence) or not all(map(is_integer, broadcast_dims)):
-            raise bad_type("broadcast_dims", broadcast_dims, "a sequence of integer axes")
-        self.broadcast_dims = tuple(int(axis) for axis in broadcast_dims)
+        self.broadcast_dims = _axes(broadcast_dims)
         self.deterministic = _check_deterministic(deterministic, None)
         self.mode = check_mode(mode)
         if not isinstance(rng_collection, str):
@@ -538,15 +536,13 @@ def dropout(
         >>> y = dropout(w, 0.25, nnx.Rngs(dropout=1), broadcast_dims=(0,))
     """
     deterministic = check_flag("deterministic", deterministic)
-    if not isinstance(broadcast_dims, Sequence) or not all(map(is_integer, broadcast_dims)):
-        raise bad_type("broadcast_dims", broadcast_dims, "a sequence of integer axes")
+    axes = _axes(broadcast_dims)
     if not isinstance(rng_collection, str):
         raise bad_type("rng_collection", rng_collection, "the name of a stream of nnx.Rngs")
     checked_mode = check_mode(mode)
     if deterministic:
         return xdrop.dropout(x, rate, training=False, mode=checked_mode)
     x = jnp.asarray(x)  # a NumPy batch gives a jax.Array, as nnx.Dropout's
-    axes = tuple(int(axis) for axis in broadcast_dims)
     common.check_shared_axes("broadcast_dims", axes, x.ndim)
     noise_shape = common.spatial_noise_shape(x.ndim, axes)
     key = (
@@ -555,6 +551,20 @@ def dropout(
         else _key(rngs, rng_collection, allowed="an nnx.Rngs, an nnx.RngStream or a JAX key")
     )
     return xdrop.dropout(x, rate, seed=key, mode=checked_mode, noise_shape=noise_shape)
+
+
+def _axes(broadcast_dims: object) -> tuple[int, ...]:
+    """``broadcast_dims`` as axes: a sequence of integers, or a 1-d integer array (NumPy's or a
+    concrete ``jax.Array``, read on the host), which ``nnx.Dropout`` takes too."""
+    if isinstance(broadcast_dims, np.ndarray | jax.Array) and not isinstance(
+        broadcast_dims, jax.core.Tracer
+    ):
+        if broadcast_dims.ndim == 1 and np.issubdtype(broadcast_dims.dtype, np.integer):
+            return tuple(int(axis) for axis in np.asarray(broadcast_dims))
+    elif isinstance(broadcast_dims, Sequence) and all(map(is_integer, broadcast_dims)):
+        return tuple(int(axis) for axis in broadcast_dims)
+    allowed = "a sequence of integer axes or a 1-d integer array"
+    raise bad_type("broadcast_dims", broadcast_dims, allowed)
 
 
 def _mapped_over_devices(mode: str) -> ArgumentValueError:
