@@ -382,6 +382,30 @@ def test_functional_dropout_drops_the_units_jax_random_bernoulli_drops_for_the_k
     assert (shared == shared[:1, :1]).all()
 
 
+def test_linen_dropout_inside_a_to_nnx_bridge_is_invisible_and_draws_linens_keys():
+    # documented: the Linen module's code is not a graph of NNX modules convert can walk
+    from flax import linen
+
+    class Block(linen.Module):
+        @linen.compact
+        def __call__(self, x):
+            return linen.Dropout(0.5, deterministic=False)(linen.Dense(8)(x))
+
+    def bridged():
+        model = nnx.bridge.ToNNX(Block(), rngs=nnx.Rngs(params=0, dropout=1))
+        nnx.bridge.lazy_init(model, jnp.ones((4, 3)))
+        return model
+
+    x = jnp.ones((4, 3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnconvertedDropoutWarning)
+        converted = convert(bridged(), seed=SEED)
+    assert sites(converted) == {}
+    y = converted(x)
+    assert (y == 0).any()  # Linen's dropout drew, with the mask its own stream gives
+    np.testing.assert_array_equal(y, bridged()(x))
+
+
 def test_functional_dropout_takes_the_next_key_of_an_rngs_stream():
     rngs = nnx.Rngs(dropout=1, noise=2)
     x = jnp.ones(64)
