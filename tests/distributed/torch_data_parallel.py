@@ -5,8 +5,8 @@
   results, and the state after step 3, to ``OUT``.
 - ``torchrun --nproc-per-node 2 torch_data_parallel.py ranks REF CKPT``: 2 ranks (gloo on
   127.0.0.1) check the data-parallel modes against the formulas and against ``REF``, under DDP
-  with its default flags and ``forward_sync_buffers``, FSDP2 and ``convert``; train 3 steps and
-  save the state to ``CKPT``; resume ``REF``'s state of step 3 for steps 4 and 5.
+  with its default flags, ``forward_sync_buffers`` and ``join()``, FSDP2 and ``convert``; train
+  3 steps and save the state to ``CKPT``; resume ``REF``'s state of step 3 for steps 4 and 5.
 - ``python torch_data_parallel.py resume REF CKPT``: one process resumes the 2 ranks' ``CKPT``
   for steps 4 and 5 and compares with ``REF``.
 
@@ -288,6 +288,28 @@ class Padded(nn.Module):
         return F.dropout(x, P, training=self.training)
 
 
+def check_ddp_join(rank: int) -> None:
+    """DDP's ``join()`` (uneven inputs): ``"global_batch"`` refuses at the first forward on every
+    rank, saying to use ``"per_rank"`` (its gather of the batch sizes would wait for ranks that
+    joined until the timeout); ``"per_rank"`` trains rank 0's extra batch after rank 1 joined."""
+    for mode in ("global_batch", "per_rank"):
+        layer = Dropout(P, seed=SEED, data_parallel=mode)
+        model = nn.parallel.DistributedDataParallel(nn.Sequential(nn.Linear(6, 6), layer))
+        batches = 2 if rank == 0 else 1
+        try:
+            with model.join():
+                for _ in range(batches):
+                    model(torch.ones(LOCAL, 6)).sum().backward()
+        except xdrop.ArgumentValueError as error:
+            assert mode == "global_batch", f"rank {rank}, {mode}: {error}"
+            assert '"per_rank" under DDP\'s join()' in str(error), str(error)
+            assert int(layer.step) == 0, f"rank {rank}: a refused call took a step"
+        else:
+            assert mode == "per_rank", f"rank {rank}: global_batch ran under join()"
+            # DDP's join hook ends with every rank holding the last joiner's buffers
+            assert int(layer.step) == 2, f"rank {rank}, per_rank steps: {int(layer.step)}"
+
+
 def check_global_batch_refuses_rows_of_other_sizes(rank: int) -> None:
     """Ranks padding their batches to lengths of their own (a collator's dynamic padding) have
     no one global batch: global_batch refuses them on every rank, naming x; per_rank draws.
@@ -438,6 +460,7 @@ def ranks(ref_path: str, checkpoint: str) -> None:
             check_convert_per_rank_under_ddp,
             check_keras_on_torch,
             check_global_batch_refuses_rows_of_other_sizes,
+            check_ddp_join,
         ):
             check(rank)
         check_global_batch_layers(rank, ref)

@@ -185,6 +185,14 @@ class DataParallel:
                 '(a graph break), fullgraph=True cannot; use data_parallel="per_rank" in a '
                 "full graph"
             )
+        if _under_ddp_join():  # the ranks that joined would never answer the gather
+            allowed = (
+                '"per_rank" under DDP\'s join(): "global_batch" gathers the ranks\' batch sizes '
+                "on each call, which ranks that have run out of batches do not answer (or leave "
+                "join() out and give every rank as many batches: a DistributedSampler pads the "
+                "last one)"
+            )
+            raise bad_value("data_parallel", "global_batch", allowed)
         import torch.distributed as dist
 
         group = self.group.get_group() if _is_device_mesh(self.group) else self.group
@@ -234,6 +242,16 @@ def check_data_parallel_group(group: object) -> Any:
     if dist.is_available() and isinstance(group, dist.ProcessGroup):
         return group
     raise bad_type("data_parallel_group", group, allowed)
+
+
+def _under_ddp_join() -> bool:
+    """Whether this call runs in the forward of a DDP model inside its ``join()`` context: read
+    from the module DDP records as running (for Dynamo) and the join configuration it holds."""
+    distributed = sys.modules.get("torch.nn.parallel.distributed")
+    running = getattr(
+        getattr(distributed, "DistributedDataParallel", None), "_active_ddp_module", None
+    )
+    return bool(getattr(getattr(running, "_join_config", None), "enable", False))
 
 
 def _is_device_mesh(group: object) -> bool:
