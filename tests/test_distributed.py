@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from installed import is_installed
+from installed import skip_unless_installed
 
 pytestmark = pytest.mark.backend_independent  # CI runs it once, not per backend
 
@@ -41,12 +41,6 @@ def run_script(name: str, *arguments: str) -> str:
     return last
 
 
-def require(*modules: str) -> None:
-    for module in modules:
-        if not is_installed(module):
-            pytest.skip(f"{module} is not installed")
-
-
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
         listener.bind(("127.0.0.1", 0))
@@ -54,13 +48,13 @@ def free_port() -> int:
 
 
 def test_jax_sharded_arrays_and_shard_map_on_8_host_devices() -> None:
-    require("jax")
+    skip_unless_installed("jax")
     run_script("jax_devices.py")
 
 
 @pytest.mark.parametrize("world_size", [2, 4])
 def test_torch_dtensor_tensor_parallel_and_data_parallel_ranks(world_size: int) -> None:
-    require("torch")
+    skip_unless_installed("torch")
     import torch.distributed
 
     if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
@@ -74,7 +68,7 @@ def test_torch_dtensor_compiled_family_and_tensor_parallel_plans_on_2_ranks() ->
     """DTensors under every torch.compile setting while the global shape changes, the dropout
     family and noise shapes of DTensors, the default tensor-parallel plans against the
     unsharded model, and Megatron-style slices: each rank's part of the one-process result."""
-    require("torch")
+    skip_unless_installed("torch")
     import torch.distributed
 
     if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
@@ -83,5 +77,5 @@ def test_torch_dtensor_compiled_family_and_tensor_parallel_plans_on_2_ranks() ->
 
 
 def test_tensorflow_mirrored_strategy_replicas() -> None:
-    require("tensorflow")
+    skip_unless_installed("tensorflow")
     run_script("tf_replicas.py")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from installed import is_installed
+from installed import skip_unless_installed
 
 pytestmark = pytest.mark.backend_independent  # each framework's own arrays
 
@@ -31,9 +31,7 @@ FRAMEWORKS = {  # name -> (script's framework, KERAS_BACKEND, packages it needs)
 
 def run_mlp(name: str, action: str, directory: Path) -> None:
     framework, keras_backend, packages = FRAMEWORKS[name]
-    for package in packages:
-        if not is_installed(package):
-            pytest.skip(f"{package} is not installed")
+    skip_unless_installed(*packages)
     environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     environment.pop("XDROP_BACKEND", None)
     if keras_backend:
