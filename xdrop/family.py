@@ -692,8 +692,7 @@ def _check_not_partial(x: Any, training: object, p: object, because: str) -> Non
         placement.is_partial() and getattr(placement, "reduce_op", "sum") == "sum"
         for placement in x.placements
     )
-    rate_zero = isinstance(p, (int, float)) and not isinstance(p, bool) and p == 0
-    if not check_flag("training", training) or not summed or rate_zero:
+    if not check_flag("training", training) or not summed or as_real(p) == 0:
         return
     shown = Shown(f"<DTensor placed {tuple(x.placements)}>")
     allowed = (

@@ -21,6 +21,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -148,6 +149,10 @@ def check_partial_sums(rank: int, mesh: DeviceMesh, maps: torch.Tensor) -> None:
     affine = {
         "alpha_dropout": FAMILY["alpha_dropout"],
         "with_noise": BLOCKS["drop_block with_noise"],
+        # a tensor rate's value is not read, 0 included
+        "alpha_dropout at a tensor rate of 0": lambda v: xdrop.alpha_dropout(
+            v, torch.tensor(0.0), seed=SEED
+        ),
     }
     for name, function in affine.items():
         try:
@@ -163,6 +168,7 @@ def check_partial_sums(rank: int, mesh: DeviceMesh, maps: torch.Tensor) -> None:
             part, P, 3, seed=SEED, with_noise=True, training=False
         ),
         "rate 0": xdrop.alpha_dropout(part, 0.0, seed=SEED),
+        "rate 0 as a NumPy number": xdrop.alpha_dropout(part, np.float32(0), seed=SEED),
         "rate 0 with_noise": xdrop.drop_block(part, 0, 3, seed=SEED, with_noise=True),
     }.items():
         assert unchanged.placements == part.placements, (case, unchanged.placements)
