@@ -263,7 +263,7 @@ def summarize(
     variance = xp.divide(_total(xp, squares), count)
     expected = xp.multiply(xp.divide(_total(xp, neg_entropies), count), -1.0)
     if len(outputs) == 1:  # H[E p] is E H[p]: computed once, their difference is exactly 0
-        predictive = expected
+        predictive = xp.multiply(expected, 1.0)  # a copy: an in-place edit of one keeps the other
     else:
         predictive = xp.multiply(xp.sum(xp.multiply(mean, safe_log(xp, mean)), axis), -1.0)
     difference = xp.subtract(predictive, expected)
