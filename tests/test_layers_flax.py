@@ -150,10 +150,18 @@ def test_broadcast_dims_may_be_a_list_or_a_1d_integer_array_as_nnx_dropout_takes
     np.testing.assert_array_equal(shared, jnp.broadcast_to(shared[:, :1, :1], x.shape))
 
 
+def test_an_empty_broadcast_dims_array_is_no_axis_whatever_its_dtype():
+    x = jnp.ones((2, 3))
+    for dims in (np.array([]), jnp.array([])):  # float arrays, as np.array([]) makes them
+        np.testing.assert_array_equal(
+            Dropout(0.5, broadcast_dims=dims, seed=9)(x), Dropout(0.5, seed=9)(x)
+        )
+
+
 @pytest.mark.parametrize(
     ("dims", "shown"),
     [(1, "1"), (np.array(1), "array(1)"), (np.array([[1]]), "array([[1]])"),
-     (np.array([1.0]), "array([1.])"), ((1.5,), "(1.5,)")],
+     (np.array([1.0]), "array([1.])"), ((1.5,), "(1.5,)"), ("", "''"), (b"\x01", "b'\\x01'")],
 )  # fmt: skip
 def test_broadcast_dims_of_another_kind_are_refused(dims, shown):
     message = (

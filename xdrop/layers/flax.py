@@ -39,6 +39,8 @@ from xdrop.validation import (
 
 Rngs = nnx.Rngs | nnx.RngStream
 """What Flax's layers take as ``rngs``: a collection of streams, or one stream."""
+Axes = Sequence[int] | np.ndarray | jax.Array
+"""What they take as ``broadcast_dims``: integer axes, in a sequence or a 1-d array."""
 
 __all__ = [
     "AlphaDropout",
@@ -133,7 +135,7 @@ class Dropout(common.DropoutDraws, nnx.Module):
         self,
         rate: float,
         *,
-        broadcast_dims: Sequence[int] = (),
+        broadcast_dims: Axes = (),
         deterministic: bool | None = False,
         rng_collection: str = "dropout",
         rngs: Rngs | None = None,
@@ -366,7 +368,7 @@ class AlphaDropout(common.AlphaDropoutDraws, Dropout):
         self,
         rate: float,
         *,
-        broadcast_dims: Sequence[int] = (),
+        broadcast_dims: Axes = (),
         deterministic: bool | None = False,
         rng_collection: str = "dropout",
         rngs: Rngs | None = None,
@@ -497,7 +499,7 @@ def dropout(
     rngs: Rngs | jax.Array,
     *,
     rng_collection: str = "dropout",
-    broadcast_dims: Sequence[int] = (),
+    broadcast_dims: Axes = (),
     deterministic: bool = False,
     mode: str = "inverted",
 ) -> jax.Array:
@@ -555,13 +557,20 @@ def dropout(
 
 def _axes(broadcast_dims: object) -> tuple[int, ...]:
     """``broadcast_dims`` as axes: a sequence of integers, or a 1-d integer array (NumPy's or a
-    concrete ``jax.Array``, read on the host), which ``nnx.Dropout`` takes too."""
+    concrete ``jax.Array``, read on the host), which ``nnx.Dropout`` takes too; an empty array
+    of any dtype (``np.array([])`` is float64) is no axis, as Flax reads it."""
     if isinstance(broadcast_dims, np.ndarray | jax.Array) and not isinstance(
         broadcast_dims, jax.core.Tracer
     ):
-        if broadcast_dims.ndim == 1 and np.issubdtype(broadcast_dims.dtype, np.integer):
+        if broadcast_dims.ndim == 1 and (
+            broadcast_dims.size == 0 or np.issubdtype(broadcast_dims.dtype, np.integer)
+        ):
             return tuple(int(axis) for axis in np.asarray(broadcast_dims))
-    elif isinstance(broadcast_dims, Sequence) and all(map(is_integer, broadcast_dims)):
+    elif (
+        isinstance(broadcast_dims, Sequence)
+        and not isinstance(broadcast_dims, str | bytes)
+        and all(map(is_integer, broadcast_dims))
+    ):
         return tuple(int(axis) for axis in broadcast_dims)
     allowed = "a sequence of integer axes or a 1-d integer array"
     raise bad_type("broadcast_dims", broadcast_dims, allowed)
