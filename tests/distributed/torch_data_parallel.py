@@ -308,6 +308,21 @@ def check_ddp_join(rank: int) -> None:
             assert mode == "per_rank", f"rank {rank}: global_batch ran under join()"
             # DDP's join hook ends with every rank holding the last joiner's buffers
             assert int(layer.step) == 2, f"rank {rank}, per_rank steps: {int(layer.step)}"
+    # join(enable=False) joins nothing: the gather runs as without it
+    model = nn.parallel.DistributedDataParallel(
+        nn.Sequential(nn.Linear(6, 6), Dropout(P, seed=SEED, data_parallel="global_batch"))
+    )
+    with model.join(enable=False):
+        model(torch.ones(LOCAL, 6)).sum().backward()
+    # torch leaves a model's join configuration enabled after its join() context: documented
+    with model.join():
+        pass  # no forward: every rank joins at once
+    try:
+        model(torch.ones(LOCAL, 6))
+    except xdrop.ArgumentValueError:
+        pass
+    else:
+        raise AssertionError(f"rank {rank}: global_batch ran after join() on a joined model")
 
 
 def check_global_batch_refuses_rows_of_other_sizes(rank: int) -> None:

@@ -245,8 +245,9 @@ def check_data_parallel_group(group: object) -> Any:
 
 
 def _under_ddp_join() -> bool:
-    """Whether this call runs in the forward of a DDP model inside its ``join()`` context: read
-    from the module DDP records as running (for Dynamo) and the join configuration it holds."""
+    """Whether this call runs in the forward of a DDP model with ``join()`` enabled: read from
+    the module DDP records as running (for Dynamo) and the join configuration it holds, which
+    torch leaves enabled after the ``join()`` context."""
     distributed = sys.modules.get("torch.nn.parallel.distributed")
     running = getattr(
         getattr(distributed, "DistributedDataParallel", None), "_active_ddp_module", None
