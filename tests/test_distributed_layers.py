@@ -15,7 +15,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_distributed import SCRIPTS, TIMEOUT, free_port, require, run_script
+from installed import skip_unless_installed
+from test_distributed import SCRIPTS, TIMEOUT, free_port, run_script
 
 pytestmark = pytest.mark.backend_independent  # CI runs it once, not per backend
 
@@ -23,7 +24,7 @@ pytestmark = pytest.mark.backend_independent  # CI runs it once, not per backend
 def test_keras_layers_on_two_tensorflow_replicas_per_rank_global_batch_and_resume(
     tmp_path: Path,
 ) -> None:
-    require("tensorflow", "keras")
+    skip_unless_installed("tensorflow", "keras")
     assert run_script("keras_replicas.py", str(tmp_path)) == "keras on 2 replicas: ok"
 
 
@@ -53,7 +54,7 @@ def run_processes(name: str, arguments: list[list[str]]) -> list[str]:
 
 
 def test_keras_layers_on_two_multi_worker_mirrored_strategy_workers() -> None:
-    require("tensorflow", "keras")
+    skip_unless_installed("tensorflow", "keras")
     ports = [str(free_port()), str(free_port())]
     lines = run_processes("keras_workers.py", [[str(rank), *ports] for rank in range(2)])
     assert lines == ["worker 0 of 2: ok", "worker 1 of 2: ok"]
@@ -62,7 +63,7 @@ def test_keras_layers_on_two_multi_worker_mirrored_strategy_workers() -> None:
 def test_flax_layers_in_two_jax_processes_per_rank_global_batch_and_resume_in_one(
     tmp_path: Path,
 ) -> None:
-    require("jax", "flax")
+    skip_unless_installed("jax", "flax")
     port = str(free_port())
     lines = run_processes("flax_processes.py", [[str(r), port, str(tmp_path)] for r in range(2)])
     assert lines == ["process 0 of 2: ok", "process 1 of 2: ok"]
