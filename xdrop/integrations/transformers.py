@@ -167,7 +167,8 @@ class RDropTrainer(transformers.Trainer):
             raise bad_value("the inputs", sorted(inputs), allowed)
         inputs = dict(inputs)
         labels = inputs.pop("labels")
-        config = getattr(self._underlying(model), "config", None)
+        underlying = self._underlying(model)
+        config = getattr(underlying, "config", None)
         encoder_decoder = bool(getattr(config, "is_encoder_decoder", False))
         if encoder_decoder and "decoder_input_ids" not in inputs:
             inputs["labels"] = labels  # the model shifts them into its decoder's inputs
@@ -184,7 +185,7 @@ class RDropTrainer(transformers.Trainer):
         logits1, logits2 = logits.chunk(2)
         mask_name = "decoder_attention_mask" if encoder_decoder else "attention_mask"
         mask = inputs.get(mask_name)
-        if self._shifts_labels(model, encoder_decoder):
+        if self._shifts_labels(underlying, encoder_decoder):
             logits1, logits2 = logits1[:, :-1], logits2[:, :-1]
             labels = labels[:, 1:]
             mask = None if mask is None else mask[..., 1:]
@@ -271,24 +272,23 @@ class RDropTrainer(transformers.Trainer):
 
     def _adapted(self, model: Any) -> Any:
         """The PEFT model (LoRA adapters) that ``model`` is, unwrapped, or None."""
-        unwrapped = self._unwrapped(model)
-        peft = sys.modules.get("peft")  # imported by whoever made a PeftModel
-        return unwrapped if peft is not None and isinstance(unwrapped, peft.PeftModel) else None
+        return _peft_model(self._unwrapped(model))
 
     def _underlying(self, model: torch.nn.Module) -> Any:
         """The transformers model that ``model`` trains, as ``Trainer`` reads it: unwrapped, and
         under its PEFT adapters if it has them."""
-        adapted = self._adapted(model)
-        return self._unwrapped(model) if adapted is None else adapted.get_base_model()
+        unwrapped = self._unwrapped(model)
+        adapted = _peft_model(unwrapped)
+        return unwrapped if adapted is None else adapted.get_base_model()
 
-    def _shifts_labels(self, model: torch.nn.Module, encoder_decoder: bool) -> bool:
-        """Whether the model's logits at token ``t`` predict label ``t + 1``: as
-        ``shift_labels`` says, else as the model's class (or a base class) tells."""
+    def _shifts_labels(self, unwrapped: torch.nn.Module, encoder_decoder: bool) -> bool:
+        """Whether the logits of ``unwrapped`` (:meth:`_underlying`) at token ``t`` predict
+        label ``t + 1``: as ``shift_labels`` says, else as the model's class (or a base class)
+        tells."""
         if self.shift_labels is not None:
             return self.shift_labels
         if encoder_decoder:  # the model shifts the labels into its decoder's inputs
             return False
-        unwrapped = self._underlying(model)
         if any(kind.__name__ in SHIFTED for kind in type(unwrapped).__mro__):
             return True
         if not getattr(unwrapped, "can_generate", lambda: False)():
@@ -299,6 +299,12 @@ class RDropTrainer(transformers.Trainer):
             "or label t (False)"
         )
         raise bad_value("shift_labels", None, allowed)
+
+
+def _peft_model(unwrapped: Any) -> Any:
+    """``unwrapped`` if it is a PEFT model (LoRA adapters), else None."""
+    peft = sys.modules.get("peft")  # imported by whoever made a PeftModel
+    return unwrapped if peft is not None and isinstance(unwrapped, peft.PeftModel) else None
 
 
 def _batched(value: object, batch: int) -> bool:
