@@ -186,10 +186,19 @@ def test_a_mask_too_large_to_make_is_refused_at_once_blaming_the_shape(shape, re
         xdrop.dropout_mask(shape, 0.5, seed=0, offset=5)
 
 
-def test_a_non_float_array_is_shown_as_an_array_not_a_string():
-    with raises(TypeError, "got <array of int32>") as info:
-        xdrop.dropout(np.ones(3, np.int32), 0.5, seed=0)
+def test_a_non_float_array_is_shown_with_its_dtype_shape_and_type(array):
+    integers = array(np.ones(3), "int32")
+    shown = f"got <int32 array of shape (3,)> of type {type(integers).__name__}"
+    with raises(TypeError, "x must be an array of float16", "cast integers", shown) as info:
+        xdrop.dropout(integers, 0.5, seed=0)
     assert "of type str" not in str(info.value)
+    with raises(TypeError, "logits1 must be an array of float16", shown):
+        xdrop.rdrop_loss(integers, integers, np.zeros((), np.int32))
+
+
+def test_a_list_of_integers_is_shown_as_the_numpy_array_made_from_it():
+    with raises(TypeError, "got <int64 array of shape (2, 2)> of type ndarray"):
+        xdrop.dropout([[1, 2], [3, 4]], 0.5, seed=0)
 
 
 @pytest.mark.parametrize("p", [np.array([0.3]), np.array(1), np.array([[0.5]], np.float32)])

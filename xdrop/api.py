@@ -252,7 +252,7 @@ def dropout(
         return sharding.dtensor_result(x, local)
     xp = backend_for(x)
     x = as_input_array(xp, x)
-    dtype = check_float_dtype(xp.dtype_name(x))
+    dtype = check_float_dtype(xp, x)
     rate = check_rate(p, xp, like=x)
     is_training = check_flag("training", training)
     mode = check_mode(mode)

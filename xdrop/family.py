@@ -573,7 +573,7 @@ def _common(x: Any, p: object, interval: str = "[0, 1]") -> tuple[Backend, Array
     """The backend, ``x`` as its array, ``x``'s dtype and the checked rate."""
     xp = backend_for(x)
     x = as_input_array(xp, x)
-    dtype = check_float_dtype(xp.dtype_name(x))
+    dtype = check_float_dtype(xp, x)
     return xp, x, dtype, check_rate(p, xp, like=x, interval=interval)
 
 

@@ -501,7 +501,7 @@ def _float_pair(
     (first_name, first), (second_name, second) = named_first, named_second
     first, second = _as_array(xp, first_name, first), _as_array(xp, second_name, second)
     described, other = _describe(xp, first), _describe(xp, second)
-    dtype = check_float_dtype(described.dtype, first_name)
+    dtype = check_float_dtype(xp, first, first_name)
     if other.dtype != dtype:
         allowed = f"an array of {first_name}'s dtype ({dtype})"
         raise bad_array_type(second_name, other, allowed)

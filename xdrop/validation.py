@@ -218,10 +218,14 @@ def check_fold_data(data: object) -> int:
     return check_natural("data", data, 32)
 
 
-def check_float_dtype(dtype: str, argument: str = "x") -> str:
+def check_float_dtype(xp: Backend, x: Array, argument: str = "x") -> str:
+    """The dtype of ``x``, an array of ``xp``, which must be floating; an error shows the array
+    and its type (a NumPy array made from a list shows as one)."""
+    dtype = xp.dtype_name(x)
     if dtype not in FLOAT_DTYPES:
-        allowed = "an array of float16, bfloat16, float32 or float64"
-        raise ArgumentTypeError(describe(argument, Shown(f"<array of {dtype}>"), allowed))
+        allowed = "an array of float16, bfloat16, float32 or float64 (cast integers to one)"
+        shown = Shown(repr(ArrayDescription(dtype, xp.shape(x))), type(x).__name__)
+        raise bad_type(argument, shown, allowed)
     return dtype
 
 

@@ -461,7 +461,7 @@ def gaussian_noise(x: Any, stddev: float, seed: Any) -> Any:
     seed, one per element of ``x``. ``stddev == 0`` returns ``x``."""
     xp = backend_for(x)
     x = as_input_array(xp, x)
-    dtype = check_float_dtype(xp.dtype_name(x))
+    dtype = check_float_dtype(xp, x)
     family = require(xp, FamilyBackend, "GaussianNoise in training")
     resolved = api.resolve_seed(family, seed, "portable", x)
     if stddev == 0:
