@@ -368,6 +368,21 @@ def test_ci_runs_the_backend_independent_tests_once():
     assert 'python -m pytest -q -m "not backend_independent"' in loop.split("done", 1)[0]
 
 
+def test_a_reader_that_closes_the_output_ends_the_command_quietly():
+    """``xdrop info | head -1``: the reader goes away, the command stops without a traceback,
+    with the status of a command that SIGPIPE ended."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # closed before the command writes its first line
+    try:
+        result = subprocess.run(
+            [*COMMAND, "info"], stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=600
+        )
+    finally:
+        os.close(write_end)
+    assert result.returncode == 141, result.stderr
+    assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr
+
+
 def test_help_is_plain_text_with_the_version(capsys):
     status, out, _ = run_main(["--help"], capsys)
     assert status == 0

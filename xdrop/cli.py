@@ -48,11 +48,18 @@ class _Parser(argparse.ArgumentParser):
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``xdrop`` command with ``argv`` (default: the process's arguments); return its
     exit status: 0 done, 1 a check or a measurement failed, 2 a bad argument (one line on
-    stderr, nothing run)."""
+    stderr, nothing run), 141 its reader closed the output (``xdrop info | head -1``)."""
     try:
-        return _main(argv)
+        status = _main(argv)
+        sys.stdout.flush()  # here, where a closed pipe can be caught, not at the exit
+        return status
     except _Exit as done:
         return int(done.code or 0)
+    except BrokenPipeError:
+        # stop quietly, as a command that SIGPIPE ended; the output goes nowhere from here,
+        # so Python's own flush at the exit cannot fail again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE's number, as shells report a command SIGPIPE ended
 
 
 def _main(argv: Sequence[str] | None) -> int:
