@@ -413,6 +413,36 @@ def test_the_figure_is_drawn_from_the_run(tmp_path, capsys):
 
 
 @pytest.mark.backend_independent
+def test_a_figure_that_cannot_be_written_at_the_end_exits_2_with_one_line(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full here")
+    saved = tmp_path / "run.json"
+    saved.write_text(json.dumps(saved_run_with(lambda saved: None)))
+    full = tmp_path / "full.png"
+    full.symlink_to("/dev/full")  # a device the check lets through, which refuses every byte
+    assert main(["bench", "--load", str(saved), "--figure", str(full)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"xdrop bench: error: argument --figure: could not write {str(full)!r}")
+    assert len(err.splitlines()) == 1  # no traceback
+
+
+@pytest.mark.backend_independent
+def test_json_and_figure_naming_one_file_are_refused_before_anything_runs(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    saved = tmp_path / "run.json"
+    saved.write_text(json.dumps(saved_run_with(lambda saved: None)))
+    path = tmp_path / "out.png"
+    (tmp_path / "link.png").symlink_to(path)
+    for figure_path in (path, tmp_path / "link.png", tmp_path / "." / "out.png"):
+        command = ["bench", "--load", str(saved), "--json", str(path), "--figure", str(figure_path)]
+        assert main(command) == 2
+        captured = capsys.readouterr()
+        assert captured.out == "" and not path.exists()
+        assert "argument --figure: " in captured.err and "is the file of --json too" in captured.err
+
+
+@pytest.mark.backend_independent
 def test_the_figure_has_a_panel_per_direction_dtype_and_shape_mode(tmp_path):
     pytest.importorskip("matplotlib")
     case = Case("torch", "torch eager", 10**6, 0.5)
@@ -558,18 +588,33 @@ def _xdrop(saved: dict[str, Any]) -> dict[str, Any]:
     ("change", "says"),
     [
         (lambda s: _case(s).update(size="big"),
-         'measurements[0].size must be a whole number >= 1, got "big"'),
-        (lambda s: _case(s).update(size=1.5), "measurements[0].size must be a whole number >= 1"),
-        (lambda s: _case(s).update(p="x"), 'measurements[0].p must be a number, got "x"'),
+         'measurements[0].size must be a whole number in [1, 2**63), got "big"'),
+        (lambda s: _case(s).update(size=1.5), "measurements[0].size must be a whole number in [1"),
+        (lambda s: _case(s).update(size=10**400), "size must be a whole number in [1, 2**63), got 1"),
+        (lambda s: _case(s).update(p="x"), 'measurements[0].p must be a number in [0, 1), got "x"'),
+        (lambda s: _case(s).update(p=7.5), "measurements[0].p must be a number in [0, 1), got 7.5"),
+        (lambda s: _case(s).update(p=-3), "measurements[0].p must be a number in [0, 1), got -3"),
+        (lambda s: _case(s).update(p=1), "measurements[0].p must be a number in [0, 1), got 1"),
         (lambda s: _case(s).update(backend=3), "measurements[0].backend must be a string, got 3"),
         (lambda s: _xdrop(s).update(median_seconds="1"),
-         "measurements[0].contenders['xdrop'].median_seconds must be a number, got \"1\""),
+         "contenders['xdrop'].median_seconds must be a finite number of seconds > 0, got \"1\""),
         (lambda s: _xdrop(s).update(median_seconds=None),
-         "measurements[0].contenders['xdrop'].median_seconds must be a number, got null"),
+         "contenders['xdrop'].median_seconds must be a finite number of seconds > 0, got null"),
+        (lambda s: _xdrop(s).update(median_seconds=-1), "median_seconds must be a finite number"),
+        (lambda s: _xdrop(s).update(median_seconds=0), "median_seconds must be a finite number"),
+        (lambda s: _xdrop(s).update(median_seconds=math.nan), "median_seconds must be a finite"),
+        (lambda s: _xdrop(s).update(first_call_seconds=math.inf),
+         "first_call_seconds must be a finite number of seconds > 0, got Infinity"),
+        (lambda s: _xdrop(s).update(quartile_seconds=[1e-5, -1]),
+         "quartile_seconds must be an array of two finite numbers of seconds > 0"),
+        (lambda s: _case(s).update(memory_bytes_per_element={XDROP: math.nan}),
+         "memory_bytes_per_element['xdrop'] must be a finite number >= 0, got NaN"),
         (lambda s: _xdrop(s).pop("first_call_seconds"),
          "measurements[0].contenders['xdrop'].first_call_seconds is missing"),
         (lambda s: _xdrop(s).update(samples_seconds=[0.0]),
-         "samples_seconds must be a non-empty array of numbers > 0"),
+         "samples_seconds must be a non-empty array of finite numbers of seconds > 0"),
+        (lambda s: _xdrop(s).update(samples_seconds=[math.inf]),
+         "samples_seconds must be a non-empty array of finite numbers of seconds > 0"),
         (lambda s: _xdrop(s).update(samples_seconds=[1e-5, 1e-5]),
          "every contender has a sample per round"),
         (lambda s: s.update(measurements=[[1]]),

@@ -79,6 +79,9 @@ def test_each_contender_runs_both_directions_at_a_small_shape():
     [
         (["--sizes", "8"], "argument --rdrop: --sizes cannot be given with it"),
         (["--check"], "argument --rdrop: --check cannot be given with it"),
+        (["--dtype", "bfloat16"], "argument --rdrop: --dtype cannot be given with it"),
+        (["--shapes", "changing"], "argument --rdrop: --shapes cannot be given with it"),
+        (["--load", "run.json"], "argument --rdrop: --load cannot be given with it"),
         (["--backend", "numpy"], "argument --backend: no R-Dropout benchmark for numpy"),
     ],
 )

@@ -56,6 +56,8 @@ def run_main(arguments: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[
         ["--repeats", "-1"],
         ["--repeats", "0"],
         ["--repeats", "two"],
+        ["--repeats", "1001"],
+        ["--repeats", "99999999999999999999"],  # a slip that would time for ever
         ["--p", "2"],
         ["--p", "1"],  # the frameworks' scale 1 / (1 - p) is undefined
         ["--p", "nan"],

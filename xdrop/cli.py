@@ -12,11 +12,11 @@ import sys
 from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import Any, NoReturn, TextIO
+from typing import IO, Any, NoReturn, TextIO
 
 import xdrop
 from xdrop import defaults, kernel, registry, seeds, self_check, tables
-from xdrop.cli_files import FileError, check_output, read_text, write_text
+from xdrop.cli_files import FileError, check_output, read_text, write_file
 from xdrop.conformance import golden
 from xdrop.conformance.runner import MODES, BackendReport, identical_outputs, run_backend
 from xdrop.errors import XdropError
@@ -174,8 +174,8 @@ def _add_bench(commands: Any) -> argparse.ArgumentParser:
         help=f"drop probabilities in [0, 1) (default: {' '.join(map(str, runner.RATES))})",
     )  # fmt: skip
     bench.add_argument(
-        "--repeats", type=_positive_integer, metavar="N",
-        help=f"timed rounds, at least 1 (default: {runner.REPEATS})",
+        "--repeats", type=_repeats, metavar="N",
+        help=f"timed rounds, 1 to {MAX_REPEATS} (default: {runner.REPEATS})",
     )  # fmt: skip
     bench.add_argument(
         "--markdown", action="store_true",
@@ -254,13 +254,20 @@ def _probability(text: str) -> float:
     return value
 
 
-def _positive_integer(text: str) -> int:
+MAX_REPEATS = 1000
+"""The most timed rounds ``xdrop bench --repeats`` takes: a thousand medians of interleaved
+samples already take hours over the default cases; a larger number is a typing slip."""
+
+
+def _repeats(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
         value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    if not 1 <= value <= MAX_REPEATS:
+        raise argparse.ArgumentTypeError(
+            f"must be a whole number in [1, {MAX_REPEATS}], got {text!r}"
+        )
     return value
 
 
@@ -294,9 +301,14 @@ def _write_json(parser: argparse.ArgumentParser, path: Path, document: dict[str,
     """Write ``document`` to ``path`` as JSON (see :mod:`xdrop.cli_files`); a failure ends the
     command with one line and exit status 2."""
     try:
-        write_text(path, lambda file: json.dump(document, file, indent=1))
+        write_file(path, lambda file: json.dump(document, file, indent=1))
     except FileError as error:
         parser.error(f"argument --json: {error}")
+
+
+def _same_file(first: Path, second: Path) -> bool:
+    """Whether two paths name one file (through links too; neither need exist yet)."""
+    return os.path.realpath(first) == os.path.realpath(second)
 
 
 def _shown(path: Path) -> str:
@@ -308,6 +320,9 @@ def _shown(path: Path) -> str:
 def _bench(parser: argparse.ArgumentParser, arguments: argparse.Namespace) -> int:
     from xdrop.benchmarks import runner
 
+    if arguments.json and arguments.figure and _same_file(arguments.json, arguments.figure):
+        parser.error(f"argument --figure: {_shown(arguments.figure)!r} is the file of --json "
+                     "too, which the figure would overwrite: name another file")  # fmt: skip
     if arguments.rdrop:
         return _bench_rdrop(parser, arguments)
     defaults: dict[str, Any] = dict(runner.QUICK) if arguments.quick else {}
@@ -381,10 +396,7 @@ def _show_report(
     if arguments.json:
         _write_json(parser, arguments.json, benchmarks.document(report))
     if arguments.figure:
-        from xdrop.benchmarks import figure
-
-        rate = figure.rate(report)
-        figure.draw(figure.ratios(report, rate), arguments.figure, rate)
+        _draw_figure(parser, arguments.figure, report)
     problems = [f"{name} ({reason})" for name, reason in report.unavailable.items()]
     failed = [
         measurement for measurement in report.measurements
@@ -398,13 +410,28 @@ def _show_report(
     return 0
 
 
+def _draw_figure(parser: argparse.ArgumentParser, path: Path, report: Any) -> None:
+    """Draw the ratios of ``report`` into ``path`` as :func:`_write_json` writes; a failure ends
+    the command with one line and exit status 2."""
+    from xdrop.benchmarks import figure
+
+    rate = figure.rate(report)
+    ratios = figure.ratios(report, rate)
+    try:
+        write_file(path, lambda file: figure.draw(ratios, path, rate, into=file), binary=True)
+    except FileError as error:
+        parser.error(f"argument --figure: {error}")
+
+
 def _bench_rdrop(parser: argparse.ArgumentParser, arguments: argparse.Namespace) -> int:
     """``xdrop bench --rdrop``: :mod:`xdrop.benchmarks.rdrop`'s table."""
     from xdrop.benchmarks import rdrop
 
     given = [option for option, value in (
         ("--sizes", arguments.sizes), ("--p", arguments.p), ("--repeats", arguments.repeats),
-        ("--path", arguments.path), ("--check", arguments.check),
+        ("--path", arguments.path), ("--check", arguments.check), ("--dtype", arguments.dtype),
+        ("--shapes", arguments.shapes), ("--load", arguments.load),
+        ("--figure", arguments.figure),
     ) if value]  # fmt: skip
     unknown = [name for name in arguments.backend or () if name not in rdrop.MODES]
     if given or unknown:
@@ -705,11 +732,11 @@ def _golden(parser: argparse.ArgumentParser, file: str | None, check: bool) -> i
         print(f"{_shown(path)} matches the reference")
         return 0
 
-    def write(handle: TextIO) -> None:
+    def write(handle: IO[str]) -> None:
         handle.write(text)
 
     try:
-        write_text(path, write)
+        write_file(path, write)
     except FileError as error:
         parser.error(f"argument FILE: {error}")
     print(f"wrote {len(document['cases'])} cases to {_shown(path)}")

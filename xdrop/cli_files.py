@@ -18,7 +18,7 @@ import secrets
 import stat
 from collections.abc import Callable
 from pathlib import Path
-from typing import TextIO
+from typing import IO, Any
 
 
 class FileError(Exception):
@@ -57,21 +57,23 @@ def check_output(text: str) -> Path:
     return path
 
 
-def write_text(path: Path, write: Callable[[TextIO], None]) -> None:
-    """Write ``path`` through ``write``, following symbolic links: a regular file (or a new one)
-    is replaced whole, so that a reader never sees half of it and a failed write leaves what was
-    there; a FIFO or character device is written into. Raises :class:`FileError`."""
+def write_file(path: Path, write: Callable[[IO[Any]], object], binary: bool = False) -> None:
+    """Write ``path`` through ``write`` (given a text file in UTF-8, or a ``binary`` one),
+    following symbolic links: a regular file (or a new one) is replaced whole, so that a reader
+    never sees half of it and a failed write leaves what was there; a FIFO or character device is
+    written into. Raises :class:`FileError`."""
     text = str(path)
+    mode, encoding = ("wb", None) if binary else ("w", "utf-8")
     try:
         # The kind is asked of the path itself, which the system follows through every link: a
         # shell's >(...) names /dev/fd/63, a link to a pipe that has no path realpath could give.
         status = _stat(path)
         if status is not None and _is_stream(status.st_mode):
-            with open(path, "w", encoding="utf-8") as stream:
+            with open(path, mode, encoding=encoding) as stream:
                 write(stream)
         elif status is None or stat.S_ISREG(status.st_mode):
             target = Path(os.path.realpath(path))  # the file to replace, not the link to it
-            _replace(target, _stat(target), write)
+            _replace(target, _stat(target), write, mode, encoding)
         else:  # it changed since it was checked
             raise FileError(_wrong_kind(text, status.st_mode))
     except NotADirectoryError:
@@ -104,12 +106,18 @@ def read_text(path: Path) -> str:
         raise FileError(f"{text!r}: {_reason(error)}") from None
 
 
-def _replace(target: Path, status: os.stat_result | None, write: Callable[[TextIO], None]) -> None:
-    """Write a temporary file beside ``target`` and rename it over ``target`` (whose ``status``
-    is None when it does not exist yet)."""
+def _replace(
+    target: Path,
+    status: os.stat_result | None,
+    write: Callable[[IO[Any]], object],
+    mode: str,
+    encoding: str | None,
+) -> None:
+    """Write a temporary file beside ``target``, opened in ``mode``, and rename it over
+    ``target`` (whose ``status`` is None when it does not exist yet)."""
     descriptor, temporary = _temporary_beside(target)
     try:
-        with open(descriptor, "w", encoding="utf-8") as file:
+        with open(descriptor, mode, encoding=encoding) as file:
             if status is not None:  # the replaced file's owner and permissions, not ours
                 _take_owner(file.fileno(), status)
                 if hasattr(os, "fchmod"):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import IO
 
 from xdrop.benchmarks.report import title
 from xdrop.benchmarks.runner import Report
@@ -48,10 +49,10 @@ def ratios(report: Report, p: float = RATE) -> Ratios:
     return found
 
 
-def draw(found: Ratios, path: Path, p: float = RATE) -> Path:
-    """Draw ``found`` into ``path``, in the format its suffix names (one of :data:`FORMATS`): one
-    panel per direction, dtype and shape mode, a bar per path and size, and a line at 1 (below it
-    xdrop is faster). Needs matplotlib."""
+def draw(found: Ratios, path: Path, p: float = RATE, into: IO[bytes] | None = None) -> Path:
+    """Draw ``found`` into ``path`` (or into the binary file ``into``), in the format the suffix
+    of ``path`` names (one of :data:`FORMATS`): one panel per direction, dtype and shape mode, a
+    bar per path and size, and a line at 1 (below it xdrop is faster). Needs matplotlib."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display: files only
@@ -89,7 +90,9 @@ def draw(found: Ratios, path: Path, p: float = RATE) -> Path:
         fontsize=10,
     )
     figure.tight_layout(rect=(0, 0, 1, 0.98))  # the title above the panels' own
-    metadata = VERSIONLESS.get(Path(path).suffix[1:].lower())
-    figure.savefig(path, dpi=110, metadata=metadata)  # no version: stable files
+    suffix = Path(path).suffix[1:].lower()
+    target = path if into is None else into
+    # no version in the metadata: stable files
+    figure.savefig(target, format=suffix, dpi=110, metadata=VERSIONLESS.get(suffix))
     plt.close(figure)
     return Path(path)

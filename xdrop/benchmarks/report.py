@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -334,24 +335,27 @@ def _is_whole(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_sample(value: Any) -> bool:
-    return _is_number(value) and value > 0
+def _is_seconds(value: Any) -> bool:
+    return _is_number(value) and 0 < value < math.inf  # Python's json reads NaN and Infinity
 
 
 OBJECT: Kind = (lambda value: isinstance(value, dict), "an object")
 ARRAY: Kind = (lambda value: isinstance(value, list), "an array")
 STRING: Kind = (lambda value: isinstance(value, str), "a string")
-NUMBER: Kind = (_is_number, "a number")
 COUNT: Kind = (lambda value: _is_whole(value) and value >= 1, "a whole number >= 1")
+SIZE: Kind = (lambda value: _is_whole(value) and 1 <= value < 2**63, "a whole number in [1, 2**63)")
+RATE: Kind = (lambda value: _is_number(value) and 0 <= value < 1, "a number in [0, 1)")
+SECONDS: Kind = (_is_seconds, "a finite number of seconds > 0")
+BYTES: Kind = (lambda value: _is_number(value) and 0 <= value < math.inf, "a finite number >= 0")
 PID: Kind = (lambda value: value is None or _is_whole(value), "a whole number or null")
 QUARTILES: Kind = (
-    lambda value: isinstance(value, list) and len(value) == 2 and all(map(_is_number, value)),
-    "an array of two numbers",
+    lambda value: isinstance(value, list) and len(value) == 2 and all(map(_is_seconds, value)),
+    "an array of two finite numbers of seconds > 0",
 )
 SAMPLES: Kind = (
     # ratios divide sample by sample: a sample of 0 seconds, or none, has no ratio
-    lambda value: isinstance(value, list) and bool(value) and all(_is_sample(s) for s in value),
-    "a non-empty array of numbers > 0",
+    lambda value: isinstance(value, list) and bool(value) and all(map(_is_seconds, value)),
+    "a non-empty array of finite numbers of seconds > 0",
 )
 MACHINE = ("kernel", "processor", "cores", "load_before")
 """What the tables' last lines print of ``machine`` (whatever their values)."""
@@ -390,8 +394,8 @@ def _check_document(data: Any) -> None:
 def _check_measurement(item: dict[str, Any], where: str) -> None:
     for key in ("backend", "path"):
         _field(item, key, where, STRING)
-    _field(item, "size", where, COUNT)
-    _field(item, "p", where, NUMBER)
+    _field(item, "size", where, SIZE)
+    _field(item, "p", where, RATE)
     for key in ("direction", "dtype", "shapes"):
         if key in item:  # the fields with a default (schema 1 had them from the start)
             _field(item, key, where, STRING)
@@ -400,7 +404,7 @@ def _check_measurement(item: dict[str, Any], where: str) -> None:
         at = f"{where}.contenders[{name!r}]"
         _expect(timing, at, OBJECT)
         for key in ("median_seconds", "first_call_seconds"):
-            _field(timing, key, at, NUMBER)
+            _field(timing, key, at, SECONDS)
         _field(timing, "quartile_seconds", at, QUARTILES)
         _field(timing, "calls_per_sample", at, COUNT)
         rounds[name] = len(_field(timing, "samples_seconds", at, SAMPLES))
@@ -410,7 +414,7 @@ def _check_measurement(item: dict[str, Any], where: str) -> None:
     for key, value in _field(item, "failures", where, OBJECT).items():
         _expect(value, f"{where}.failures[{key!r}]", STRING)
     for key, value in _field(item, "memory_bytes_per_element", where, OBJECT).items():
-        _expect(value, f"{where}.memory_bytes_per_element[{key!r}]", NUMBER)
+        _expect(value, f"{where}.memory_bytes_per_element[{key!r}]", BYTES)
     _field(item, "pid", where, PID)
 
 
