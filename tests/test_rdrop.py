@@ -556,6 +556,28 @@ def test_labels_out_of_range_names_the_position_and_ignore_index(array):
         xdrop.rdrop_loss(z, z, labels, ignore_index=-100)
 
 
+def test_an_array_of_another_framework_is_shown_by_its_dtype_shape_and_type_not_its_values():
+    torch = pytest.importorskip("torch")
+    jnp = pytest.importorskip("jax.numpy")
+    logits, foreign = torch.zeros(30, 30), jnp.zeros((30, 30))
+    labels = torch.zeros(30, dtype=torch.int64)
+    shown = f"got <float32 array of shape (30, 30)> of type {type(foreign).__name__}"
+    allowed = "an array of logits1's framework (torch), or numbers in (nested) lists"
+    with pytest.raises(xdrop.ArgumentTypeError) as info:
+        xdrop.rdrop_loss(logits, foreign, labels)
+    assert str(info.value) == f"logits2 must be {allowed}, {shown}"
+    with pytest.raises(xdrop.ArgumentTypeError, match="targets must be an array of pred1's"):
+        xdrop.rdrop_regression_loss(logits, logits, foreign)
+
+
+def test_a_first_input_that_is_no_array_is_refused_naming_what_is_allowed():
+    with pytest.raises(xdrop.ArgumentTypeError) as info:
+        xdrop.rdrop_loss("abc", "abc", [0])
+    assert str(info.value) == (
+        "logits1 must be an array, or numbers in (nested) lists, got 'abc' of type str"
+    )
+
+
 def test_labels_that_are_not_integers(array):
     z = array(np.zeros((2, 3)))
     with pytest.raises(xdrop.ArgumentTypeError, match="labels must be an integer array of shape"):

@@ -363,7 +363,7 @@ def rdrop_regression_loss(
     pred1, pred2, first = _float_pair(xp, ("pred1", pred1), ("pred2", pred2))
     how = check_reduction(reduction, first.shape)
     weight = check_alpha(alpha, rdrop.compute_dtype(first.dtype))
-    targets = _as_array(xp, "targets", targets)
+    targets = _as_array(xp, "targets", targets, "pred1")
     given = _describe(xp, targets)
     allowed = f"a floating or integer array of pred1's shape {first.shape}"
     if not (given.dtype in FLOAT_DTYPES or is_integer_dtype(given.dtype)):
@@ -372,7 +372,7 @@ def rdrop_regression_loss(
         raise bad_array("targets", given, allowed)
     pad = None
     if pad_mask is not None:
-        pad = _as_array(xp, "pad_mask", pad_mask)
+        pad = _as_array(xp, "pad_mask", pad_mask, "pred1")
         mask = _describe(xp, pad)
         allowed = (
             f"None or a boolean array (True = padded) of pred1's shape {first.shape} "
@@ -484,13 +484,19 @@ def _describe(xp: Backend, a: Array) -> ArrayDescription:
     return ArrayDescription(xp.dtype_name(a), xp.shape(a))
 
 
-def _as_array(xp: Backend, argument: str, value: Any) -> Array:
-    """``value`` as an array of ``xp``: NumPy arrays and Python values are converted."""
+def _as_array(xp: Backend, argument: str, value: Any, first: str | None) -> Array:
+    """``value`` as an array of ``xp``, the framework of the argument ``first`` (None: ``value``
+    is that argument): NumPy arrays and Python values are converted."""
     if xp.is_array(value):
         return as_input_array(xp, value, argument)
     if isinstance(value, (np.ndarray, np.generic, list, tuple, numbers.Number)):
         return as_input_array(xp, value, argument)
-    raise bad_type(argument, value, f"an array of the framework of logits1 ({xp.name})")
+    framework = "" if first is None else f" of {first}'s framework ({xp.name})"
+    allowed = f"an array{framework}, or numbers in (nested) lists"
+    shape, dtype = getattr(value, "shape", None), getattr(value, "dtype", None)
+    if shape is not None and dtype is not None:  # another framework's: its repr may be huge
+        value = Shown(f"<{dtype} array of shape {tuple(shape)}>", type(value).__name__)
+    raise bad_type(argument, value, allowed)
 
 
 def _float_pair(
@@ -499,7 +505,8 @@ def _float_pair(
     """Both ``(argument, value)`` as arrays of ``xp`` of one floating dtype and one shape, and
     that dtype and shape."""
     (first_name, first), (second_name, second) = named_first, named_second
-    first, second = _as_array(xp, first_name, first), _as_array(xp, second_name, second)
+    first = _as_array(xp, first_name, first, None)
+    second = _as_array(xp, second_name, second, first_name)
     described, other = _describe(xp, first), _describe(xp, second)
     dtype = check_float_dtype(xp, first, first_name)
     if other.dtype != dtype:
@@ -543,7 +550,7 @@ def _position_array(
     dtype_ok: Callable[[str], bool],
 ) -> Array:
     """``value`` as an array of ``xp`` with one entry per position, of a dtype ``dtype_ok``."""
-    array = _as_array(xp, argument, value)
+    array = _as_array(xp, argument, value, "logits1")
     described = _describe(xp, array)
     check_position_array(argument, described, positions, kind, dtype_ok=dtype_ok(described.dtype))
     return array

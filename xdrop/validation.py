@@ -506,7 +506,7 @@ def check_reduction(reduction: object, positions: tuple[int | None, ...]) -> str
         raise bad_value(
             "reduction",
             reduction,
-            '"sum", "mean" or "none" for logits without a batch axis (a single distribution)',
+            '"sum", "mean" or "none" for inputs without a batch axis (one distribution, or one value)',
         )
     return str(reduction)
 
