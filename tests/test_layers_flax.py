@@ -217,6 +217,20 @@ def test_a_wrong_rank_is_refused_in_training_and_evaluation_alike(
     assert layer.step_value == 0
 
 
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_an_integer_input_is_refused_in_training_and_evaluation_alike(deterministic):
+    # nnx.Dropout passes any input through when deterministic: a model feeding integers to a
+    # dropout would evaluate, then fail at its first training step
+    layer = Dropout(0.5, seed=0)
+    assert_refused(
+        lambda: layer(jnp.arange(4, dtype=jnp.int32), deterministic=deterministic),
+        xdrop.ArgumentTypeError,
+        "inputs must be an array of float16, bfloat16, float32 or float64 (cast integers to one), "
+        "got <int32 array of shape (4,)>",
+    )
+    assert layer.step_value == 0
+
+
 def test_an_nnx_jit_training_step_advances_the_stream_and_trains():
     optax = pytest.importorskip("optax")
     model = MLP(rate=0.2)

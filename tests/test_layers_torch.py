@@ -279,6 +279,20 @@ def test_a_wrong_rank_is_refused_in_training_and_evaluation_alike(make, shape, a
     assert layer.step.item() == 0
 
 
+@pytest.mark.parametrize("training", [True, False])
+def test_an_integer_input_is_refused_in_training_and_evaluation_alike(training):
+    # torch.nn.Dropout passes integers through in evaluation and refuses them in training; a
+    # model feeding integers to a dropout would evaluate, then fail at its first training step
+    layer = Dropout(0.5, seed=0).train(training)
+    assert_refused(
+        lambda: layer(torch.arange(4)),
+        xdrop.ArgumentTypeError,
+        "x must be an array of float16, bfloat16, float32 or float64 (cast integers to one), "
+        "got <int64 array of shape (4,)> of type Tensor",
+    )
+    assert layer.step.item() == 0
+
+
 def test_repr_names_the_seed():
     assert repr(Dropout(0.5, seed=2**64 - 1)) == (
         "Dropout(p=0.5, inplace=False, mode='inverted', seed=18446744073709551615)"

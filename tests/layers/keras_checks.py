@@ -330,6 +330,20 @@ def rank_cases():  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.parametrize("training", [True, False])
+def test_an_integer_input_is_refused_in_training_and_evaluation_alike(training):
+    # Keras' Dropout passes integers through in inference and refuses them in training; a model
+    # feeding integers to a dropout would evaluate, then fail at its first training step
+    layer = Dropout(0.5, seed=0)
+    assert_refused(
+        lambda: layer(np.arange(4, dtype="int32"), training=training),
+        xdrop.ArgumentTypeError,
+        "inputs must be an array of float16, bfloat16, float32 or float64 (cast integers to one), "
+        "got <int32 array of shape (4,)>",
+    )
+    assert step_of(layer) == 0
+
+
+@pytest.mark.parametrize("training", [True, False])
 def test_inputs_of_the_wrong_rank_are_refused_with_the_rank_and_layout_expected(training):
     for layer, allowed in rank_cases():
         assert_refused(

@@ -303,6 +303,15 @@ class DropoutDraws:
         words. Plain dropout takes any rank."""
         return None
 
+    def _check_floating(self, argument: str, inputs: Any) -> None:
+        """An :class:`~xdrop.errors.ArgumentTypeError` naming ``argument`` unless ``inputs`` is
+        floating, checked each call before the stream advances (the draw would refuse it only
+        after its step, or an ``rngs`` key, was spent). Evaluation refuses it too, where the
+        frameworks' own layers pass integers through: a model that feeds integers to a dropout
+        would evaluate, then fail at its first training step."""
+        xp = backend_for(inputs)
+        check_float_dtype(xp, as_input_array(xp, inputs, argument), argument)
+
     def _feature_map(self, spatial: int, data_format: str) -> str:
         """What a layer of feature maps with ``spatial`` spatial axes takes, e.g. ``"a 4-d tensor
         (N, C, H, W)"``, named as the framework names the axes."""

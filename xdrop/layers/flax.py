@@ -188,6 +188,7 @@ class Dropout(common.DropoutDraws, nnx.Module):
         if self.rngs is None:  # checked in evaluation too: a bad restore shows at the first call
             own_seed, own_step = self._checked_state()
         self._check_input_shape("inputs", inputs.shape)
+        self._check_floating("inputs", inputs)
         common.check_shared_axes("broadcast_dims", self.broadcast_dims, inputs.ndim)
         if deterministic and not self.mc_sampling:
             return self._evaluate(inputs, self.rate)  # type: ignore[no-any-return]

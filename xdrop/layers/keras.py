@@ -341,6 +341,7 @@ class Dropout(common.DropoutDraws, keras.layers.Layer):
 
     def call(self, inputs: Any, training: bool | None = False) -> Any:
         self._check_input_shape("inputs", inputs.shape)
+        self._check_floating("inputs", inputs)
         if not (training or self.mc_sampling):
             return self._evaluate(inputs, self.rate)
         noise_shape = self._noise_shape(inputs)
