@@ -624,6 +624,29 @@ def test_torch_compile_of_torchs_transformer_layer_with_a_padding_mask_in_one_gr
         eager(x, src_key_padding_mask=padding[:, :4])  # torch's check, as without convert
 
 
+def test_a_converted_encoder_in_eval_mode_runs_torchs_general_path_padded_positions_too():
+    """In eval mode torch's nested-tensor fast path writes zeros at padded positions; the
+    converted encoder runs the general path (a torch-function mode is active), which computes
+    them as torch does without nested tensors: the kept positions agree either way."""
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(16, 2, 32, batch_first=True)
+    encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=True).eval()
+    general = copy.deepcopy(encoder)
+    general.use_nested_tensor = False  # torch's own switch for the nested-tensor path
+    converted = convert(copy.deepcopy(encoder), seed=1).eval()
+    x = _inputs()
+    padding = torch.tensor([[False] * 5, [False] * 3 + [True] * 2])
+    with torch.no_grad():
+        fast, y = (
+            encoder(x, src_key_padding_mask=padding),
+            converted(x, src_key_padding_mask=padding),
+        )
+        expected = general(x, src_key_padding_mask=padding)
+    assert torch.count_nonzero(fast[1, 3:]) == 0 and torch.count_nonzero(y[1, 3:]) > 0
+    torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(y[~padding], fast[~padding], rtol=1e-5, atol=1e-6)
+
+
 def test_torch_export_keeps_the_streams_and_advances_the_step():
     model = convert(_small(), seed=3)
     reference = copy.deepcopy(model)
