@@ -430,6 +430,26 @@ def test_seed_and_step_live_in_state_dict_and_load_into_a_model_converted_with_a
     assert torch.equal(other(x), trained(x))
 
 
+def test_a_checkpoint_saved_before_conversion_loads_non_strictly_missing_the_streams_alone():
+    old = _encoder(seed=5).state_dict()  # an nn.Dropout's module holds nothing to save
+    model = convert(_encoder(seed=6), seed=3)
+    fresh = {name: value.clone() for name, value in model.state_dict().items()}
+    with pytest.raises(RuntimeError, match="Missing key"):
+        model.load_state_dict(old)
+    missing = model.load_state_dict(old, strict=False).missing_keys
+    streams = {
+        f"{name}.{buffer}"
+        for name, module in model.named_modules()
+        if isinstance(module, layers.Dropout)
+        for buffer in ("seed", "step")
+    }
+    assert "layers.0.mlp.2.seed" in streams
+    assert set(missing) == {"xdrop_seed", "xdrop_step"} | streams
+    loaded = model.state_dict()
+    assert all(torch.equal(loaded[name], value) for name, value in old.items())
+    assert all(torch.equal(loaded[name], fresh[name]) for name in missing)  # convert's streams
+
+
 def test_a_model_whose_stream_module_type_cast_to_float_is_refused_naming_the_buffer():
     model = convert(_encoder(), seed=2**40 + 3)
     model.type(torch.float32)  # every buffer, xdrop_seed and xdrop_step too
