@@ -254,13 +254,16 @@ def test_a_shared_dropout_stays_shared_as_one_site_named_after_its_first_path():
     assert not np.array_equal(model.again(x), first)
 
 
-def test_converting_twice_changes_nothing():
+def test_converting_twice_changes_nothing_and_another_seed_is_refused():
     model = convert(tiny.Transformer(nnx.Rngs(0)), seed=SEED)
     tokens, _ = tiny.batch()
     model(tokens)
     before = sites(model)
     state = jax.tree.map(np.asarray, nnx.state(model, nnx.Not(nnx.RngKey)))
-    assert convert(model, seed=SEED + 1) is model
+    assert convert(model, seed=SEED) is model
+    # another seed would be ignored (every stream is kept): refused, as torch's convert does
+    with pytest.raises(xdrop.ArgumentValueError, match=f"seed must be {SEED}, the seed this "):
+        convert(model, seed=SEED + 1)
     after = sites(model)
     assert all(after[name] is site for name, site in before.items())
     again = jax.tree.map(np.asarray, nnx.state(model, nnx.Not(nnx.RngKey)))
@@ -615,7 +618,9 @@ def test_dropout_of_layers_stacked_by_nnx_vmap_gets_a_stream_per_layer_named_by_
         lambda: model.blocks.dropout(x), ArgumentValueError, "a stack of streams, one per layer"
     )
     state = jax.tree.map(np.asarray, nnx.state(model, nnx.Not(nnx.RngKey)))
-    convert(model, seed=SEED + 1)  # twice: nothing changes
+    convert(model, seed=SEED)  # twice: nothing changes
+    with pytest.raises(xdrop.ArgumentValueError, match=r"blocks\.dropout, "):
+        convert(model, seed=SEED + 1)  # the stacks' streams are known too
     again = jax.tree.map(np.asarray, nnx.state(model, nnx.Not(nnx.RngKey)))
     jax.tree.map(np.testing.assert_array_equal, again, state)
 

@@ -129,13 +129,16 @@ def test_the_dropout_inside_multi_head_attention_follows_the_site_formula():
     assert attention._dropout_layer.step == 1
 
 
-def test_converting_twice_changes_nothing():
+def test_converting_twice_changes_nothing_and_another_seed_is_refused():
     model = attention_model()
     xk.convert(model, seed=SEED)
     model(inputs(2, 4, 8), training=True)
     before = [(n, layer.seed, layer.step) for n, layer in xk.named_layers(model)
               if isinstance(layer, xk.Dropout)]  # fmt: skip
-    xk.convert(model, seed=SEED + 1)
+    xk.convert(model, seed=SEED)
+    # another seed would be ignored (every stream is kept): refused, as torch's convert does
+    with pytest.raises(xdrop.ArgumentValueError, match=f"seed must be {SEED}, the seed this "):
+        xk.convert(model, seed=SEED + 1)
     after = [(n, layer.seed, layer.step) for n, layer in xk.named_layers(model)
              if isinstance(layer, xk.Dropout)]  # fmt: skip
     assert after == before and len(before) == 2
@@ -356,6 +359,21 @@ def test_a_saved_model_resumes_bit_identically_in_a_fresh_process(tmp_path):
     run = subprocess.run(command, capture_output=True, text=True, timeout=300, env=os.environ)
     assert run.returncode == 0, run.stderr[-3000:]
     assert json.loads(run.stdout.strip().splitlines()[-1]) == expected
+
+
+def test_a_loaded_model_holds_the_files_streams_and_converts_again_with_any_seed(tmp_path):
+    model = Small()
+    model(inputs(1, 4, 8))
+    xk.convert(model, seed=SEED)
+    model.save(tmp_path / "small.keras")
+    loaded = xk.load_model(tmp_path / "small.keras")
+    streams = [(n, layer.seed) for n, layer in xk.named_layers(loaded)
+               if isinstance(layer, xk.Dropout)]  # fmt: skip
+    assert streams and xk.convert(loaded, seed=SEED + 1) is loaded  # no seed known to differ
+    assert [(n, layer.seed) for n, layer in xk.named_layers(loaded)
+            if isinstance(layer, xk.Dropout)] == streams  # fmt: skip
+    with pytest.raises(xdrop.ArgumentValueError, match="the seed this model's converted"):
+        xk.convert(model, seed=SEED + 1)  # the model converted here still knows its seed
 
 
 def test_load_model_of_a_file_saved_before_convert_says_how_to_load_it(tmp_path):

@@ -9,6 +9,7 @@ import dataclasses
 import hashlib
 import math
 import numbers
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -112,6 +113,30 @@ def site_seed(seed: int, name: str) -> int:
     """
     high, low = site_words(name)
     return spec.fold_in(spec.fold_in(seed, high), low)
+
+
+CONVERT_SEEDS: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+"""The seed each stream made by a framework's ``convert`` in this process was converted with
+(Keras and Flax layers keep no model-wide seed, as torch's converted root does in a buffer)."""
+
+
+def check_convert_seed(streams: Sequence[tuple[str, Any]], seed: int) -> None:
+    """Refuse converting ``(name, stream)``s that an earlier ``convert`` made with another seed:
+    converting again keeps every stream, so the new seed would silently be ignored. Streams made
+    otherwise (built by hand, restored from a file) are not known here, and pass."""
+    others = {
+        name or "<model>": CONVERT_SEEDS[stream]
+        for name, stream in streams
+        if CONVERT_SEEDS.get(stream, seed) != seed
+    }
+    if others:
+        held = next(iter(others.values()))
+        raise bad_value(
+            "seed",
+            seed,
+            f"{held}, the seed this model's converted layers ({', '.join(others)}) were converted "
+            "with: converting again keeps every stream; for other streams, convert a new model",
+        )
 
 
 def site_words(name: str) -> tuple[int, int]:

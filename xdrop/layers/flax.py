@@ -685,7 +685,8 @@ def convert(
     A module reached by several paths (a shared reference) is one site, named after the first
     path in the graph's (sorted) order; every reference is replaced by the same new module, so
     it stays shared. xdrop's own layers are left as they are, so ``convert`` twice changes
-    nothing: the streams keep their seeds and steps. The seeds and steps are ``nnx.Variable``s:
+    nothing: the streams keep their seeds and steps (another seed, which they would ignore, is
+    refused where this process converted them). The seeds and steps are ``nnx.Variable``s:
     ``nnx.state`` / ``nnx.split`` / checkpoints carry them, and ``nnx.jit`` advances them.
 
     Layers stacked with ``nnx.vmap`` (Flax's scan over layers: the layers built at once inside
@@ -759,6 +760,7 @@ def convert(
     unconverted = found.unconverted()
     if unconverted and strict:
         raise UnconvertedDropoutError(_unconverted_message(unconverted, strict=True))
+    common.check_convert_seed([(_dotted(path), held) for path, held in found.portable], seed)
     layers = [_layers(site) for _, site in found.sites]
     paths = [_dotted(path) for path, _ in found.sites]
     names = _site_names(
@@ -786,10 +788,13 @@ def convert(
         new.seed.set_value(jnp.asarray(words))
         new.step.set_value(jnp.zeros(words.shape, jnp.uint32))
         replacements[id(site)] = (site, new)
+    made = [new for _, new in replacements.values()] + [stream for _, stream in streams]
     # every check is done and every new module built: only now is the model changed
-    _replace(module, replacements, set())
+    _replace(module, replacements, set())  # which adds the tuples it rebuilds
     for attention, stream in streams:
         attention.rngs = stream
+    for new_stream in made:
+        common.CONVERT_SEEDS[new_stream] = seed
     if unconverted:
         warnings.warn(
             _unconverted_message(unconverted, strict=False), UnconvertedDropoutWarning, stacklevel=2
@@ -843,7 +848,7 @@ class _Found:
 
     def __init__(self) -> None:
         self.sites: list[tuple[Path, Any]] = []
-        self.portable: list[Path] = []
+        self.portable: list[tuple[Path, Any]] = []  # with their stream: a Dropout, a SiteStream
         self.suspects: list[tuple[Path, str]] = []
         self.visited: set[int] = set()
 
@@ -868,7 +873,7 @@ class _Found:
                 continue
             if isinstance(child, Dropout):
                 self.visited.add(id(child))
-                self.portable.append(child_path)
+                self.portable.append((child_path, child))
                 continue
             if isinstance(child, nnx.MultiHeadAttention) and child.dropout_rate > 0:
                 self._attention(child_path, child)
@@ -881,7 +886,7 @@ class _Found:
 
     def _attention(self, path: Path, attention: nnx.MultiHeadAttention) -> None:
         if isinstance(attention.rngs, SiteStream):
-            self.portable.append(path)
+            self.portable.append((path, attention.rngs))
         elif attention.attention_fn is not nnx.dot_product_attention:
             reason = "nnx.MultiHeadAttention with dropout_rate > 0 and its own attention_fn"
             self.suspects.append((path, reason))
@@ -898,7 +903,7 @@ class _Found:
     def unconverted(self) -> list[tuple[Path, str]]:
         """The suspects that hold no dropout that is converted or portable: a module named like
         dropout that wraps an ``nnx.Dropout`` is made portable through it."""
-        inside = [path for path, _ in self.sites] + self.portable
+        inside = [path for path, _ in self.sites + self.portable]
         return [
             (path, reason)
             for path, reason in self.suspects

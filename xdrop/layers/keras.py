@@ -835,7 +835,9 @@ def convert(
     valid; the model's compiled train, test and predict functions are dropped, to be traced again
     (those of a model holding ``model``, which this call cannot see, are not: convert the
     outermost model, or compile the one holding it again).
-    Layers that already are xdrop's are left as they are, so converting twice changes nothing.
+    Layers that already are xdrop's are left as they are, so converting twice changes nothing;
+    converting again with another seed, which they would ignore, is refused where this process
+    converted them (layers loaded from a file, or built by hand, are left as they are).
 
     A layer that draws dropout-like noise otherwise (a subclass of a layer listed above, a class
     with ``Dropout``, ``Noise``, ``DropPath``, ``DropBlock`` or ``StochasticDepth`` in its name
@@ -865,8 +867,9 @@ def convert(
 
     Raises:
         xdrop.ArgumentTypeError: ``model`` is not a Keras layer, or another argument has a wrong
-            type; xdrop.ArgumentValueError: a seed out of range, or ``rename`` giving two sites
-            one name; xdrop.UnbuiltLayerError: a layer with dropout that makes its dropout layers
+            type; xdrop.ArgumentValueError: a seed out of range, or not the one this process
+            converted the model's layers with before, or ``rename`` giving two sites one name;
+            xdrop.UnbuiltLayerError: a layer with dropout that makes its dropout layers
             in ``build`` (attention layers, keras-hub's blocks) is not built yet;
             xdrop.UnconvertedDropoutError: with ``strict=True``, as above.
 
@@ -906,6 +909,7 @@ def convert(
             f"dropout-like layers that xdrop cannot convert: {', '.join(unknown)}; replace them "
             "with xdrop's layers, or convert with strict=False to leave them as they are"
         )
+    common.check_convert_seed(layers, seed)
     sites: dict[str, str] = {}
     plan = []
     for name, layer in layers:
@@ -927,6 +931,7 @@ def convert(
         for layer, site in plan:
             target, arguments = _CONVERTED[type(layer)]
             _swap(layer, target, arguments(layer), common.site_seed(seed, site), data_parallel)
+            common.CONVERT_SEEDS[layer] = seed
     if unknown:
         warnings.warn(
             f"dropout-like layers left as they are (their masks do not come from xdrop): "
@@ -1003,6 +1008,8 @@ def load_model(
         # optimizer, which Keras would leave without the file's slots (with only a warning)
         optimizer.build(model.trainable_variables)
     model.load_weights(filepath)
+    for _, layer in [("", model), *named_layers(model)]:  # the file's streams, not seed 0's
+        common.CONVERT_SEEDS.pop(layer, None)
     return model
 
 
