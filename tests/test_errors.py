@@ -9,6 +9,7 @@ import pytest
 
 import xdrop
 from xdrop.errors import ArgumentTypeError, ArgumentValueError, TracingError
+from xdrop.validation import as_input_array
 
 
 def raises(kind: type, *fragments: str):
@@ -196,8 +197,10 @@ def test_a_non_float_array_is_shown_with_its_dtype_shape_and_type(array):
         xdrop.rdrop_loss(integers, integers, np.zeros((), np.int32))
 
 
-def test_a_list_of_integers_is_shown_as_the_numpy_array_made_from_it():
-    with raises(TypeError, "got <int64 array of shape (2, 2)> of type ndarray"):
+def test_a_list_of_integers_is_shown_as_the_array_the_default_backend_made_from_it(xp):
+    made = as_input_array(xp, [[1, 2], [3, 4]])  # NumPy's array, or XDROP_BACKEND's tensor
+    shown = f"got <{xp.dtype_name(made)} array of shape (2, 2)> of type {type(made).__name__}"
+    with raises(TypeError, "x must be an array of float16", shown):
         xdrop.dropout([[1, 2], [3, 4]], 0.5, seed=0)
 
 
