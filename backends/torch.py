@@ -211,9 +211,11 @@ class TorchBackend(Backend, OperatorArithmetic, NamespaceFunctions, SeedArrays, 
     ) -> Any:
         torch = self.torch
         integers = self.same_width_integers.get(x.dtype)
+        # bits carry neither a gradient nor a tangent: autograd's path selects with the mask
         differentiated = x.requires_grad and torch.is_grad_enabled()
+        differentiated = differentiated or self.kernels.forward_ad_level() >= 0
         if integers is None or differentiated or x.layout != torch.strided:
-            return None  # bits have no gradient: autograd's path selects with the mask
+            return None
         if torch.compiler.is_compiling():
             return None
         # the uniforms of native_keep_mask, turned in place into words of all ones where kept
@@ -224,7 +226,8 @@ class TorchBackend(Backend, OperatorArithmetic, NamespaceFunctions, SeedArrays, 
         words = uniform.view(torch.int32).sub_(threshold).bitwise_right_shift_(31)
         if integers != torch.int32:
             words = words.to(integers)
-        y = words.bitwise_and_(x.contiguous().view(integers)).view(x.dtype)
+        bits = x.resolve_neg().contiguous().view(integers)  # a lazily negated view has no bits view
+        y = words.bitwise_and_(bits).view(x.dtype)
         return y if factor is None else y.mul_(factor)
 
     def native_normals(self, shape: tuple[int, ...], seed: int | Key | None, like: Any) -> Any:

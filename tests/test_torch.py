@@ -300,6 +300,33 @@ def test_native_mode_gives_the_select_of_its_own_mask_for_every_value(dtype, mod
     assert set(graded.grad.tolist()) <= {0.0, scale}
 
 
+def test_native_mode_carries_a_forward_mode_tangent():
+    """Under forward-mode AD, native mode's tangent is its mask times the scale, as its
+    gradient is: bits anded in place would carry none."""
+    forward_ad = torch.autograd.forward_ad
+    x, tangent = torch.randn(300), torch.randn(300)
+    torch.manual_seed(4)
+    expected, keep = xdrop.dropout(x, 0.5, rng="native", return_mask=True)
+    with forward_ad.dual_level():
+        torch.manual_seed(4)
+        y = xdrop.dropout(forward_ad.make_dual(x, tangent), 0.5, rng="native")
+        primal, derivative = forward_ad.unpack_dual(y)
+    assert torch.equal(primal, expected)
+    assert torch.equal(derivative, torch.where(keep, tangent * 2, 0.0))
+
+
+def test_native_mode_drops_the_values_a_lazily_negated_view_stands_for():
+    """A lazily negated view (``torch.conj(z).imag``, ``_neg_view``) has no view of its bits
+    before its negation is resolved."""
+    x = torch.randn(64)
+    for negated in (x._neg_view(), torch.complex(torch.zeros(1), x[:1]).conj().imag):
+        assert negated.is_neg()
+        torch.manual_seed(4)
+        y = xdrop.dropout(negated, 0.5, rng="native")
+        torch.manual_seed(4)
+        assert torch.equal(y, xdrop.dropout(-x[: negated.numel()], 0.5, rng="native"))
+
+
 def test_native_mode_compiles_for_sizes_torch_compile_made_symbolic():
     # before: torch.rand(..., generator=None) failed to compile once the batch size changed
     # ("SymIntArrayRef expected to contain only concrete integers")

@@ -56,7 +56,7 @@ def dropout(x: Any, call: FusedCall) -> tuple[Any, Any] | None:
         write = _triton().write
     else:
         return None
-    if (x.requires_grad and torch.is_grad_enabled()) or _forward_ad_level() >= 0:
+    if (x.requires_grad and torch.is_grad_enabled()) or forward_ad_level() >= 0:
         y, keep = _fused_dropout(x, write, call)
         return y, keep
     return one_pass(x, write, call)
@@ -124,7 +124,7 @@ def _write_on_cpu(source: Any, y: Any, keep: Any, call: FusedCall) -> None:
     )
 
 
-def _forward_ad_level() -> int:
+def forward_ad_level() -> int:
     """The innermost ``forward_ad.dual_level`` open (-1: none), where ``x`` may carry a tangent;
     0 (one may be open) if torch no longer says."""
     return int(getattr(torch.autograd.forward_ad, "_current_level", 0))
