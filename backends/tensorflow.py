@@ -96,7 +96,7 @@ class TensorflowBackend(Backend, RateOps, FamilyOps, SeedArrays, NativeGenerator
             type(x) is not self.eager_tensor
             or not self.tf.executing_eagerly()
             or not self.in_host_memory(x)
-            or kernel.compiled is None
+            or not kernel.usable()
         ):
             return None
         if self.tape_gradients([x]):

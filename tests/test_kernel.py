@@ -276,6 +276,31 @@ def test_xdrop_kernel_is_read_once_until_refreshed(fused, array, calls, monkeypa
 
 
 @needs_kernel
+@pytest.mark.backend_independent
+@pytest.mark.parametrize(("variable", "value"), [("XDROP_KERNEL", "2"), ("XDROP_KERNEL_THREADS", "0")])  # fmt: skip
+def test_a_bad_setting_raises_only_where_a_kernel_would_run(monkeypatch, variable, value):
+    """JAX arrays and torch tensors on a device without a kernel (``meta``) never run one: a
+    bad setting leaves their calls alone, which then give the bits they give with the kernel
+    off; NumPy arrays and CPU tensors would run it, and raise."""
+    jnp = pytest.importorskip("jax.numpy")
+    torch = pytest.importorskip("torch")
+    tf = pytest.importorskip("tensorflow")
+    untouched = (lambda: jnp.linspace(-1, 1, 100), lambda: torch.ones(4, device="meta"))
+    set_kernel_variable(monkeypatch, "0")
+    expected = [xdrop.dropout(make(), 0.5, seed=3) for make in untouched]
+    monkeypatch.delenv("XDROP_KERNEL")
+    monkeypatch.setenv(variable, value)
+    kernel.refresh()
+    for make, before in zip(untouched, expected, strict=True):
+        y = xdrop.dropout(make(), 0.5, seed=3)
+        assert type(y) is type(before) and y.shape == before.shape
+    assert (np.asarray(xdrop.dropout(untouched[0](), 0.5, seed=3)) == np.asarray(expected[0])).all()
+    for ran_by_the_kernel in (np.ones(4, np.float32), torch.ones(4), tf.ones(4)):
+        with pytest.raises(xdrop.ArgumentValueError, match=variable):
+            xdrop.dropout(ran_by_the_kernel, 0.5, seed=3)
+
+
+@needs_kernel
 def test_status_says_the_kernel_is_in_use(monkeypatch):
     set_kernel_variable(monkeypatch, None)
     assert "in use" in kernel.status()
@@ -430,6 +455,15 @@ def test_set_threads_refuses_bad_values(threads_restored, count, grain, error, m
 
 
 @needs_kernel
+def test_set_threads_takes_numpy_integers_as_offset_does(threads_restored):
+    kernel.set_threads(np.int64(3), grain=np.uint32(1000))
+    assert kernel.threads() == 3 and type(kernel.threads()) is int
+    assert "up to 3 threads, from 2000 elements" in kernel.status()
+    with pytest.raises(xdrop.ArgumentTypeError, match=r"^count must be an integer or None"):
+        kernel.set_threads(np.True_)
+
+
+@needs_kernel
 def test_the_thread_count_defaults_to_the_cores_available(threads_restored, monkeypatch):
     set_threads_variable(monkeypatch, None)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -458,7 +492,7 @@ def test_a_grain_beyond_any_array_is_taken_as_it_is(fused, array, host, threads_
         assert kernel.status().endswith(f"up to 2 threads, from {2**63} elements)")
 
 
-@pytest.mark.parametrize("value", ["0", "-1", "257", "two", "2.5"])
+@pytest.mark.parametrize("value", ["0", "-1", "257", "two", "2.5", "1_0", "\u0663"])
 def test_a_bad_xdrop_kernel_threads_value_is_an_error_naming_it(fused, array, threads_restored, monkeypatch, value):  # fmt: skip
     set_threads_variable(monkeypatch, value)
     message = (

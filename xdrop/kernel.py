@@ -42,6 +42,7 @@ from xdrop import spec
 from xdrop.errors import XdropError, bad_type, bad_value
 from xdrop.fused import FusedCall
 from xdrop.protocol import Array, Backend, Key
+from xdrop.validation import as_integer
 
 ENVIRONMENT_VARIABLE = "XDROP_KERNEL"
 THREADS_VARIABLE = "XDROP_KERNEL_THREADS"
@@ -113,10 +114,8 @@ def set_threads(count: int | None = None, *, grain: int | None = None) -> None:
         >>> kernel.set_threads()  # back to XDROP_KERNEL_THREADS, or the cores available
     """
     global _chosen, _grain
-    if count is not None:
-        _check_whole("count", count, 1, MAX_THREADS)
-    if grain is not None:
-        _check_whole("grain", grain, 1, None)
+    count = None if count is None else _check_whole("count", count, 1, MAX_THREADS)
+    grain = None if grain is None else _check_whole("grain", grain, 1, None)
     _chosen = count
     # the kernel reads 64-bit counts, and no array holds 2**62 elements: a larger grain is that
     _grain = GRAIN if grain is None else min(grain, 2**62)
@@ -133,12 +132,14 @@ def threads() -> int:
     return _threads
 
 
-def _check_whole(argument: str, value: object, low: int, high: int | None) -> None:
-    if not isinstance(value, int) or isinstance(value, bool):
+def _check_whole(argument: str, value: object, low: int, high: int | None) -> int:
+    whole = as_integer(value)
+    if whole is None:
         raise bad_type(argument, value, "an integer or None")
-    if value < low or (high is not None and value > high):
+    if whole < low or (high is not None and whole > high):
         span = f"from {low} to {high}" if high is not None else f"at least {low}"
         raise bad_value(argument, value, f"an integer {span}, or None")
+    return whole
 
 
 def _resolve_threads() -> None:
@@ -149,10 +150,15 @@ def _resolve_threads() -> None:
         _threads = _chosen
     elif _threads_setting == "":
         _threads = _available_cores()
-    elif _threads_setting.isdecimal() and 1 <= int(_threads_setting) <= MAX_THREADS:
+    elif _is_digits(_threads_setting) and 1 <= int(_threads_setting) <= MAX_THREADS:
         _threads = int(_threads_setting)
     else:
         _threads = 0
+
+
+def _is_digits(text: str) -> bool:
+    """Whether ``text`` is ASCII digits alone (``str.isdecimal`` takes other scripts' too)."""
+    return text.isascii() and text.isdecimal()
 
 
 def _available_cores() -> int:
@@ -181,6 +187,13 @@ def enabled() -> bool:
     if _threads == 0:
         threads()  # raises
     raise bad_value(ENVIRONMENT_VARIABLE, _setting, _ALLOWED)
+
+
+def usable() -> bool:
+    """Whether a call that a compiled kernel could take runs it: the kernel was built and is on.
+    Asked only where it would run, so that a bad setting raises there alone (not for a JAX array,
+    nor a torch tensor on a device without a kernel)."""
+    return compiled is not None and enabled()
 
 
 def status() -> str:
@@ -216,7 +229,7 @@ def dropout(
     concrete key words;
     ``kept_count`` is ``C`` (``spec.keep_count``) and ``factor`` ``spec.training_factor``.
     The pass is planned here, once, as a :class:`~xdrop.fused.FusedCall`."""
-    if not enabled() or type(xp).fused_dropout is Backend.fused_dropout:
+    if type(xp).fused_dropout is Backend.fused_dropout:
         return None  # no kernel: leave the words alone
     if isinstance(seed, int):
         words = divmod(seed, spec.WORD_COUNT)
@@ -258,7 +271,7 @@ def numpy_dropout(x: np.ndarray, call: FusedCall) -> tuple[np.ndarray, np.ndarra
     give 0-d arrays, as the spec's path does). A non-contiguous ``x`` is copied to row-major
     order first; a byte-swapped one is left to the spec's operations."""
     x = np.asarray(x)
-    if compiled is None or not x.dtype.isnative:
+    if not x.dtype.isnative or not usable():
         return None
     if not x.flags.c_contiguous:
         x = np.ascontiguousarray(x)

@@ -49,10 +49,10 @@ def dropout(x: Any, call: FusedCall) -> tuple[Any, Any] | None:
     if transforms_active():  # torch.func wraps tensors: their buffers are not the values
         return None
     if x.device.type == "cpu":
-        if kernel.compiled is None:
+        if not kernel.usable():
             return None
         write: Write = _write_on_cpu
-    elif x.device.type == "cuda" and _triton() is not None:
+    elif x.device.type == "cuda" and _triton() is not None and kernel.enabled():
         write = _triton().write
     else:
         return None
