@@ -299,8 +299,9 @@ def test_second_derivatives_and_gradients_taken_in_a_graph_of_recorded_eager_cal
 
 
 def test_large_eager_results_come_from_tensorflows_allocator_with_the_same_bits():
-    """From 32 MiB the kernel writes into tensors TensorFlow allocates (NumPy's buffers of that
-    size are fresh pages on every call): the same bits as NumPy's, usable by TensorFlow."""
+    """From 1 MiB the kernel writes into tensors TensorFlow allocates (NumPy's buffers of that
+    size become fresh pages again once glibc trims its heap): the same bits as NumPy's, usable
+    by TensorFlow."""
     from xdrop.backends.tensorflow import POOLED_FROM_BYTES
 
     x = tf.random.stateless_normal((POOLED_FROM_BYTES // 4 // 1000 + 1, 1000), seed=(0, 9))
