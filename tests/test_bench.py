@@ -70,6 +70,16 @@ def test_cli_bench_writes_a_table_and_json(tmp_path, capsys):
 
 
 @pytest.mark.backend_independent
+def test_cases_that_no_target_covers_say_so_instead_of_an_empty_table(capsys):
+    pytest.importorskip("ml_dtypes")  # NumPy's bfloat16
+    arguments = ["bench", "--backend", "numpy", "--sizes", "16", "--p", "0.5", "--repeats", "1"]
+    assert main([*arguments, "--dtype", "bfloat16", "--shapes", "changing"]) == 0
+    output = capsys.readouterr().out
+    assert "No target covers the cases measured (docs/performance.md#targets)." in output
+    assert "worst measured" not in output
+
+
+@pytest.mark.backend_independent
 def test_a_target_is_met_exactly_when_its_worst_value_is_within_its_limit(monkeypatch):
     report = benchmarks.run(
         backends=["numpy"], sizes=[1000], rates=[0.5], repeats=1, dtypes=[FLOAT32], shapes=[FIXED]
@@ -493,6 +503,25 @@ def test_saved_runs_are_loaded_merged_and_shown_again_without_timing(tmp_path, c
     if importlib.util.find_spec("matplotlib"):
         assert main([*shown, "--figure", str(tmp_path / "merged.png")]) == 0
         assert (tmp_path / "merged.png").read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.mark.backend_independent
+def test_a_case_loaded_from_several_runs_is_taken_from_the_last(tmp_path, capsys):
+    arguments = ["bench", "--backend", "numpy", "--sizes", "16", "--p", "0.5", "--repeats", "1"]
+    arguments += ["--dtype", "float32", "--shapes", "fixed"]
+    runs = [tmp_path / "first.json", tmp_path / "rerun.json"]
+    for path in runs:
+        assert main([*arguments, "--json", str(path)]) == 0
+    capsys.readouterr()
+    merged = tmp_path / "merged.json"
+    assert (
+        main(["bench", "--load", str(runs[0]), "--load", str(runs[1]), "--json", str(merged)]) == 0
+    )
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("2e+01")]
+    assert len(rows) == 1  # one row for the case, not one per file
+    (measurement,) = json.loads(merged.read_text())["measurements"]
+    (rerun,) = json.loads(runs[1].read_text())["measurements"]
+    assert measurement == rerun  # its own process's pid and timings
 
 
 @pytest.mark.backend_independent

@@ -503,7 +503,8 @@ def test_progress_piped_is_plain_lines_ending_with_the_total(capsys):
 
     status, _, err = run_main(BENCH, capsys)
     assert status == 0 and "\r" not in err
-    assert err.splitlines() == ["  [0/1] numpy forward size 2e+01 p 0.5", "  [1/1] numpy: timed"]
+    case = "numpy forward float32 fixed shapes size 2e+01 p 0.5"  # shapes and dtypes told apart
+    assert err.splitlines() == [f"  [0/1] {case}", "  [1/1] numpy: timed"]
 
 
 def test_progress_on_a_terminal_rewrites_one_line():
@@ -556,14 +557,15 @@ def test_a_table_renders_as_a_markdown_table_too():
 
 
 def test_bench_prints_its_tables_as_markdown_when_asked(capsys):
-    status, out, _ = run_main([*BENCH, "--path", "numpy", "--markdown"], capsys)
+    # at 1e3 elements, where a target applies (the per-call overhead)
+    status, out, _ = run_main([*BENCH, "--path", "numpy", "--sizes", "1e3", "--markdown"], capsys)
     assert status == 0
     lines = out.splitlines()
     title = lines.index("**numpy · numpy · forward · float32 · fixed shapes**")
     assert lines[title + 1] == ""
     assert lines[title + 2].startswith("| size | p | xdrop |")
     assert lines[title + 3].startswith("| :-- | --: | --: |")
-    assert lines[title + 4].startswith("| 2e+01 | 0.5 | ")
+    assert lines[title + 4].startswith("| 1e+03 | 0.5 | ")
     assert "| target | limit | worst measured |  |" in lines
 
 

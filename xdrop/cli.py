@@ -387,7 +387,10 @@ def _show_report(
     print(benchmarks.table(report, markdown=arguments.markdown))
     print()
     targets = benchmarks.check_targets(report)
-    print(benchmarks.targets_table(targets, markdown=arguments.markdown))
+    if targets:
+        print(benchmarks.targets_table(targets, markdown=arguments.markdown))
+    else:  # bfloat16 on changing shapes, say
+        print("No target covers the cases measured (docs/performance.md#targets).")
     machine = report.machine
     print(f"\n{machine['kernel']}")
     print(f"{machine['processor']}, {machine['cores']} cores, load average "
@@ -615,7 +618,10 @@ def _bench_progress(progress: Progress) -> Callable[[Any, int, int], None]:
         if done == total:
             progress.show(f"{case.backend}: timed", done, total)
         else:
-            what = f"{case.path} {case.direction} size {case.size:.0e} p {case.p:g}"
+            what = (
+                f"{case.path} {case.direction} {case.dtype} {case.shapes} shapes "
+                f"size {case.size:.0e} p {case.p:g}"
+            )
             progress.show(what, done, total)
 
     return show

@@ -114,6 +114,9 @@ TARGETS = (
         Target(f'rng="native" vs the framework, {path}', path, NATIVE, FRAMEWORK, 1.1)
         for path in ALL_PATHS
     ),
+    # torch's own generator drawing, applied in place: bounded below by torch.rand at p = 0.1
+    Target('torch rng="native" vs F.dropout at 1e7', "torch eager", NATIVE, FRAMEWORK, 0.5,
+           LARGEST),
     *(
         Target(f"per-call overhead at 1e3, {path}", path, XDROP, FRAMEWORK,
                3.0 if path == "jax eager" else 1.2, (SMALL, SMALL))
@@ -281,9 +284,10 @@ def document(report: Report) -> dict[str, Any]:
 
 def from_documents(documents: list[dict[str, Any]]) -> Report:
     """The report that :func:`document` wrote, or several of them as one (runs of different paths,
-    rates or sizes; the measurements in order, the first file's machine and versions, the load
-    averages of the first and the last): ``xdrop bench --load`` redraws tables and figures from
-    saved runs without timing anything again. A document that :func:`document` could not have
+    rates or sizes; the measurements in order, a case measured in several taken from the last,
+    which a rerun replaces; the first file's machine and versions, the load averages of the
+    first and the last): ``xdrop bench --load`` redraws tables and figures from saved runs
+    without timing anything again. A document that :func:`document` could not have
     written raises :class:`~xdrop.errors.ArgumentValueError` (:func:`document_problem` says why)."""
     if not documents:
         raise ArgumentValueError("documents: no document to read; give at least one")
@@ -312,11 +316,12 @@ def from_documents(documents: list[dict[str, Any]]) -> Report:
         for data in documents
         for item in data["measurements"]
     ]
+    latest = {measurement.case: measurement for measurement in measurements}
     first, last = documents[0], documents[-1]
     machine = {**first["machine"], "load_after": last["machine"].get("load_after")}
     unavailable = {name: why for data in documents for name, why in data["unavailable"].items()}
     versions = {name: v for data in documents for name, v in data["versions"].items()}
-    return Report(measurements, first["settings"], unavailable, machine, versions)
+    return Report(list(latest.values()), first["settings"], unavailable, machine, versions)
 
 
 class _NotAReport(Exception):
