@@ -9,8 +9,9 @@ from setuptools.command.build_ext import build_ext
 
 # -O3: vectorise the element loops. -ffp-contract=off: no fused multiply-add may change a rounding.
 # Never -ffast-math, which flushes subnormals to zero for the whole process.
-# No -pthread: the kernel's POSIX threads come from the C library or from the interpreter, which
-# links them; a compiler without them builds a kernel that runs on one thread.
+# No -pthread or -ldl: the kernel's POSIX threads and dlopen (to find PyTorch's OpenMP runtime)
+# come from the C library or from the interpreter, which links them (it loads extensions with
+# dlopen); a compiler without threads builds a kernel that runs on one thread.
 UNIX_FLAGS = ["-O3", "-ffp-contract=off", "-fno-strict-aliasing"]
 MSVC_FLAGS = ["/O2", "/fp:precise"]
 

@@ -147,6 +147,21 @@ def test_the_bandwidth_benchmark_runs_from_the_package():
 
 
 @pytest.mark.backend_independent
+def test_the_bandwidth_benchmark_times_the_kernel_after_a_torch_operation():
+    pytest.importorskip("torch")
+    command = [sys.executable, "-m", "xdrop.benchmarks.bandwidth", "--quick", "--sizes", "1e5"]
+    command += ["--repeats", "1", "--threads", "2", "--backends", "torch"]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    if "the compiled kernel is not built here" in run.stderr:
+        pytest.skip("the compiled kernel is not built")
+    assert run.returncode == 0, run.stderr[-2000:]
+    title, header, row = run.stdout.splitlines()[-3:]
+    assert title.startswith("x + 1 then xdrop.dropout(x), torch float32, torch.set_num_threads(2)")
+    assert header.split() == ["size", "x", "+", "1", "1", "thread", "2", "threads", "speed-up"]
+    assert row.split()[0] == "100000" and float(row.split()[-1]) > 0
+
+
+@pytest.mark.backend_independent
 def test_unknown_backend_is_an_error(capsys):
     assert main(["bench", "--backend", "nope", "--sizes", "8"]) == 2
     assert "no benchmark for backend" in capsys.readouterr().err

@@ -6,8 +6,10 @@ suite once more with ``XDROP_KERNEL=0``, so both paths pass the same tests."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import subprocess
 import sys
 import threading
 import warnings
@@ -491,7 +493,7 @@ def test_a_grain_beyond_any_array_is_taken_as_it_is(fused, array, host, threads_
     for grain in (2**64, 2**64 + 1, 10**30):  # beyond the kernel's 64-bit counts
         kernel.set_threads(2, grain=grain)
         assert_same_bits(host(xdrop.dropout(array(x), 0.5, seed=3)), expected, "float32")
-        assert kernel.status().endswith(f"up to 2 threads, from {2**63} elements)")
+        assert f"up to 2 threads, from {2**63} elements" in kernel.status()
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "257", "two", "2.5", "1_0", "\u0663"])
@@ -775,6 +777,77 @@ def test_torch_calls_use_at_most_torch_get_num_threads(torch, threads_restored, 
     finally:
         torch.set_num_threads(before)
     assert thread_counts == [2, 2, 4, 4]
+
+
+OPENMP_SCRIPT = """
+import json, os, sys
+import numpy as np
+from xdrop import kernel, spec
+
+if kernel.compiled.THREADING != "pthreads":
+    sys.exit(f"SKIP: the kernel's threads are {kernel.compiled.THREADING!r}")
+
+
+def split(threads):
+    x = np.linspace(-3, 3, 10_001, dtype=np.float32)
+    y, keep = np.empty_like(x), np.empty(x.shape, np.bool_)
+    kernel.compiled.dropout(x, y, keep, "float32", 7, 11, 2**32 - 5000, spec.keep_threshold(0.3),
+                            spec.inverted_scale(0.3, "float32"), threads, 64)
+    return y.view(np.uint32).tolist(), keep.tolist()
+
+
+def tasks():
+    return len(os.listdir("/proc/self/task"))
+
+
+def run():
+    before = tasks()
+    same = split(4) == one
+    return {"threads": kernel.compiled.threading(), "same bits": same, "tasks": tasks() - before}
+
+
+one = split(1)
+kernel.set_threads(4)
+report = {"without torch": run()}
+import torch
+
+if not any("libgomp.so.1" in line for line in open("/proc/self/maps")):
+    sys.exit("SKIP: torch is built without GNU OpenMP")
+torch.set_num_threads(2)
+torch.ones(10**6) + 1  # torch's OpenMP runtime starts its team: this thread and one more
+report["torch"] = run()
+report["status"] = kernel.status()
+reading, writing = os.pipe()
+if os.fork() == 0:
+    os.write(writing, json.dumps(run()).encode())
+    os._exit(0)
+os.close(writing)
+report["fork's child"] = json.loads(os.read(reading, 1 << 16) or b"null")
+print(json.dumps(report))
+"""
+
+
+@needs_kernel
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="libgomp is found on Linux")
+def test_parts_run_on_the_openmp_threads_pytorch_loaded_and_a_forks_child_on_its_own():
+    """After a torch operation its OpenMP threads keep their cores busy, so the kernel runs its
+    parts on them rather than start threads beside them; they do not survive fork. A call on 4
+    threads leaves libgomp's team two threads larger (it keeps its threads), where threads of its
+    own are gone when it returns. Every split gives the bits of one thread."""
+    pytest.importorskip("torch")
+    result = subprocess.run(
+        [sys.executable, "-c", OPENMP_SCRIPT], capture_output=True, text=True, timeout=300
+    )
+    if result.stderr.startswith("SKIP: "):
+        pytest.skip(result.stderr.strip().removeprefix("SKIP: "))
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    own = {"threads": "pthreads", "same bits": True, "tasks": 0}
+    assert report["without torch"] == own
+    assert report["torch"] == {"threads": "openmp", "same bits": True, "tasks": 2}
+    split = f"up to 4 threads, from {2 * kernel.GRAIN} elements, on PyTorch's OpenMP threads)"
+    assert report["status"].endswith(split)
+    assert report["fork's child"] == own
 
 
 # -- Triton, under its interpreter ------------------------------------------------------------------

@@ -15,6 +15,7 @@ def dropout(
     grain: int = 1,
     /,
 ) -> None: ...
+def threading() -> str: ...
 
 THREADING: str
 MAX_THREADS: int

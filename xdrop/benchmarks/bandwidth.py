@@ -21,7 +21,9 @@ processor time of one call, all threads counted: what it costs, however long it 
 core (on a busy machine the wall-clock time is mostly waiting).
 A second table gives that speed-up for the kernel alone at sizes around the default grain
 (:data:`xdrop.kernel.GRAIN`), every call split (grain 1), which is where a thread's start-up
-is repaid.
+is repaid. A third (with torch) gives it for ``xdrop.dropout`` of a torch tensor right after a
+torch operation, as in a model, where torch's OpenMP threads are still spinning on the cores
+(``xdrop.kernel`` runs its parts on them), at the first table's sizes.
 """
 
 from __future__ import annotations
@@ -211,6 +213,44 @@ def sweep_table(sizes: Iterable[int], most: int, repeats: int) -> None:
     kernel.set_threads()
 
 
+def after_torch_table(sizes: Iterable[int], most: int, repeats: int) -> None:
+    """``xdrop.dropout`` of a CPU torch tensor right after a torch operation, on one thread and
+    on ``most``: the operation's OpenMP threads keep their cores busy for a while after it."""
+    import torch
+
+    print(f"\nx + 1 then xdrop.dropout(x), torch float32, torch.set_num_threads({most}); "
+          "dropout: the step's time less that of x + 1")  # fmt: skip
+    print(f"{'size':>8} {'x + 1':>10} {'1 thread':>10} {f'{most} threads':>10} {'speed-up':>8}")
+    before = torch.get_num_threads()
+    torch.set_num_threads(most)
+    for size in sizes:
+        contenders = _after_torch_contenders(size, most)
+        timings, _ = time_interleaved(contenders, repeats, MIN_SAMPLE)
+        operation = timings["op"].median
+        one, several = (timings[name].median - operation for name in ("1", "n"))
+        print(f"{size:>8} {_format(operation):>10} {_format(one):>10} {_format(several):>10} "
+              f"{one / several:8.2f}")  # fmt: skip
+    torch.set_num_threads(before)
+    kernel.set_threads()
+
+
+def _after_torch_contenders(size: int, most: int) -> Contenders:
+    import torch
+
+    x = torch.from_numpy(np.random.default_rng(size).standard_normal(size, np.float32))
+    z = torch.empty_like(x)
+
+    def step(count: int) -> Callable[[], None]:
+        def once() -> None:
+            kernel.set_threads(count)
+            torch.add(x, 1, out=z)
+            xdrop.dropout(x, P, seed=7)
+
+        return once
+
+    return {"op": lambda: torch.add(x, 1, out=z), "1": step(1), "n": step(most)}
+
+
 def _split(x: np.ndarray, y: np.ndarray, call: FusedCall, count: int) -> Callable[[], None]:
     def once() -> None:
         kernel.set_threads(count, grain=1)
@@ -309,6 +349,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{kernel.status()}; load average {load} on {os.cpu_count()} cores")
     skipped = bandwidth_table(backends, sizes, most, repeats)
     sweep_table(QUICK_SWEEP if arguments.quick else SWEEP, most, repeats)
+    if "torch" in backends:
+        after_torch_table(
+            [size for size in sizes if f"torch {size:.0e}" not in skipped], most, repeats
+        )
     if skipped:  # a table with holes is not a benchmark that ran (as xdrop bench says)
         print(f"{parser.prog}: FAILED: not enough free memory to time {', '.join(skipped)}",
               file=sys.stderr)  # fmt: skip
