@@ -290,8 +290,6 @@ def _fused_common_call(
     if default_rng and defaults.RNG.get() not in (None, "portable"):
         return None  # the native generator, or an XDROP_RNG that the general path refuses
     try:
-        if not kernel.enabled():
-            return None
         x = as_input_array(xp, x)
     except XdropError:
         return None
