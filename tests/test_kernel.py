@@ -788,38 +788,36 @@ if kernel.compiled.THREADING != "pthreads":
     sys.exit(f"SKIP: the kernel's threads are {kernel.compiled.THREADING!r}")
 
 
-def split(threads):
+def split(threads, openmp=False):
     x = np.linspace(-3, 3, 10_001, dtype=np.float32)
     y, keep = np.empty_like(x), np.empty(x.shape, np.bool_)
     kernel.compiled.dropout(x, y, keep, "float32", 7, 11, 2**32 - 5000, spec.keep_threshold(0.3),
-                            spec.inverted_scale(0.3, "float32"), threads, 64)
+                            spec.inverted_scale(0.3, "float32"), threads, 64, openmp)
     return y.view(np.uint32).tolist(), keep.tolist()
 
 
-def tasks():
-    return len(os.listdir("/proc/self/task"))
-
-
-def run():
-    before = tasks()
-    same = split(4) == one
-    return {"threads": kernel.compiled.threading(), "same bits": same, "tasks": tasks() - before}
+def run(openmp):
+    before = len(os.listdir("/proc/self/task"))
+    same = split(4, openmp) == one
+    tasks = len(os.listdir("/proc/self/task")) - before
+    return {"threads": kernel.compiled.threading(), "same bits": same, "tasks": tasks}
 
 
 one = split(1)
 kernel.set_threads(4)
-report = {"without torch": run()}
+report = {"without torch": run(openmp=True)}
 import torch
 
 if not any("libgomp.so.1" in line for line in open("/proc/self/maps")):
     sys.exit("SKIP: torch is built without GNU OpenMP")
 torch.set_num_threads(2)
 torch.ones(10**6) + 1  # torch's OpenMP runtime starts its team: this thread and one more
-report["torch"] = run()
+report["not asked"] = run(openmp=False)
+report["torch"] = run(openmp=True)
 report["status"] = kernel.status()
 reading, writing = os.pipe()
 if os.fork() == 0:
-    os.write(writing, json.dumps(run()).encode())
+    os.write(writing, json.dumps(run(openmp=True)).encode())
     os._exit(0)
 os.close(writing)
 report["fork's child"] = json.loads(os.read(reading, 1 << 16) or b"null")
@@ -827,27 +825,81 @@ print(json.dumps(report))
 """
 
 
-@needs_kernel
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="libgomp is found on Linux")
-def test_parts_run_on_the_openmp_threads_pytorch_loaded_and_a_forks_child_on_its_own():
-    """After a torch operation its OpenMP threads keep their cores busy, so the kernel runs its
-    parts on them rather than start threads beside them; they do not survive fork. A call on 4
-    threads leaves libgomp's team two threads larger (it keeps its threads), where threads of its
-    own are gone when it returns. Every split gives the bits of one thread."""
-    pytest.importorskip("torch")
+def run_script(script: str) -> subprocess.CompletedProcess[str]:
+    """``script`` in a fresh interpreter (skipped where it exits with ``SKIP: why``)."""
     result = subprocess.run(
-        [sys.executable, "-c", OPENMP_SCRIPT], capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
     )
     if result.stderr.startswith("SKIP: "):
         pytest.skip(result.stderr.strip().removeprefix("SKIP: "))
     assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
+    return result
+
+
+@needs_kernel
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="libgomp is found on Linux")
+def test_torch_tensors_parts_run_on_torchs_openmp_threads_and_a_forks_child_on_its_own():
+    """After a torch operation its OpenMP threads keep their cores busy, so a torch tensor's call
+    runs its parts on them rather than start threads beside them; they do not survive fork. A
+    call on 4 threads leaves libgomp's team two threads larger (it keeps its threads), where
+    threads of the kernel's own are gone when it returns. Every split gives one thread's bits."""
+    pytest.importorskip("torch")
+    report = json.loads(run_script(OPENMP_SCRIPT).stdout)
     own = {"threads": "pthreads", "same bits": True, "tasks": 0}
     assert report["without torch"] == own
+    assert report["not asked"] == {"threads": "openmp", "same bits": True, "tasks": 0}
     assert report["torch"] == {"threads": "openmp", "same bits": True, "tasks": 2}
-    split = f"up to 4 threads, from {2 * kernel.GRAIN} elements, on PyTorch's OpenMP threads)"
+    split = f"from {2 * kernel.GRAIN} elements; torch tensors on torch's OpenMP threads)"
     assert report["status"].endswith(split)
     assert report["fork's child"] == own
+
+
+FIRST_IMPORT_IN_A_FORKS_CHILD = """
+import faulthandler, os, numpy as np, torch
+torch.ones(10**6) + 1  # the parent's OpenMP team starts; xdrop is not imported yet
+x = np.linspace(-1, 1, 10**6, dtype=np.float32)
+pid = os.fork()
+if pid == 0:
+    faulthandler.dump_traceback_later(60, exit=True)  # a call waiting forever: status 1
+    torch.set_num_threads(1)  # as a DataLoader worker does: torch's operations work again
+    import xdrop
+    xdrop.kernel.set_threads(2)
+    y = xdrop.dropout(x, 0.5, seed=1)
+    z = xdrop.dropout(torch.from_numpy(x), 0.5, seed=1)
+    os._exit(0 if np.array_equal(y, z.numpy()) else 3)
+_, status = os.waitpid(pid, 0)
+print(os.waitstatus_to_exitcode(status))
+"""
+
+
+@needs_kernel
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forks_child_that_imports_xdrop_first_runs_its_calls():
+    """A child forked from a process that used torch's OpenMP threads, importing xdrop itself,
+    cannot know those threads are gone: NumPy arrays run on threads of the kernel's own, torch
+    tensors on torch's count, as torch's own operations do there (one thread in a worker)."""
+    pytest.importorskip("torch")
+    assert run_script(FIRST_IMPORT_IN_A_FORKS_CHILD).stdout.split() == ["0"]
+
+
+@needs_kernel
+def test_torch_tensors_ask_for_torchs_openmp_threads_and_numpy_arrays_do_not(threads_restored, monkeypatch):  # fmt: skip
+    torch = pytest.importorskip("torch")
+    asked: list[bool] = []
+    compiled = kernel.compiled
+
+    class Spy:
+        @staticmethod
+        def dropout(*arguments: object) -> None:
+            asked.append(bool(arguments[11]))
+            compiled.dropout(*arguments)
+
+    monkeypatch.setattr(kernel, "compiled", Spy)
+    x = torch.ones(10, requires_grad=True)
+    xdrop.dropout(x, 0.5, seed=1).sum().backward()
+    with xdrop.use_backend("numpy"):
+        xdrop.dropout(np.ones(10), 0.5, seed=1)
+    assert asked == [True, True, False]
 
 
 # -- Triton, under its interpreter ------------------------------------------------------------------

@@ -257,12 +257,15 @@ static DWORD WINAPI chunks_thread(LPVOID pass) {
 }
 #endif
 
-/* Where PyTorch has loaded its OpenMP runtime (libgomp.so.1), a call's parts run on that runtime's
-   threads, as torch's own operations do. After each operation those threads keep spinning on
-   their cores for a while (GOMP_SPINCOUNT), so threads of our own, started right after a torch
-   operation, waited for a core: 1e6 elements took 1.2-1.6 ms after `x + 1` or `x @ w` on 2 cores
-   against 0.6 ms alone, slower than one thread. The runtime's threads do not survive fork(): in a
-   fork's child libgomp waits for them forever, so a child runs on threads of its own. */
+/* A torch tensor's call (openmp set) runs its parts on PyTorch's OpenMP runtime (libgomp.so.1)
+   where the process has loaded it, as torch's own operations do. After each operation those
+   threads keep spinning on their cores for a while (GOMP_SPINCOUNT), so threads started for the
+   call right after a torch operation waited for a core: 1e6 elements took 1.2-1.6 ms after
+   `x + 1` or `x @ w` on 2 cores against 0.6 ms alone, slower than one thread. The runtime's
+   threads do not survive fork(): a fork's child that asks for them waits forever, as torch's own
+   operations do there (a DataLoader worker runs torch on one thread, and so the kernel, which
+   the caller caps at torch.get_num_threads()). A child forked after this module was loaded runs
+   on threads of its own; one that loads it first cannot tell, hence torch tensors alone. */
 #if defined(XDROP_PTHREADS) && defined(__linux__) && defined(__has_include)
 #if __has_include(<dlfcn.h>)
 #define XDROP_OPENMP
@@ -286,9 +289,9 @@ static void openmp_chunks(void *pass) { run_chunks((struct pass *)pass); }
 #endif
 
 /* The pass over its count elements on min(threads, count / grain) threads (at least one), the
-   calling thread included: the OpenMP runtime's where it is loaded, else threads started for the
-   call, of which one that cannot be started leaves its chunks to the others. */
-static void run_parallel(struct pass *pass, unsigned threads, uint64_t grain) {
+   calling thread included: with openmp, the OpenMP runtime's where it is loaded, else threads
+   started for the call, of which one that cannot be started leaves its chunks to the others. */
+static void run_parallel(struct pass *pass, unsigned threads, uint64_t grain, int openmp) {
     uint64_t count = pass->count;
     unsigned parts = threads;
     if (count / grain < parts) parts = (unsigned)(count / grain);
@@ -302,7 +305,7 @@ static void run_parallel(struct pass *pass, unsigned threads, uint64_t grain) {
     uint64_t chunk = (count / (4 * (uint64_t)parts) + CHUNK_ALIGN - 1) / CHUNK_ALIGN * CHUNK_ALIGN;
     pass->chunk = chunk < CHUNK_ALIGN ? CHUNK_ALIGN : chunk > CHUNK_MAX ? CHUNK_MAX : chunk;
 #if defined(XDROP_OPENMP)
-    openmp_parallel parallel = loaded_openmp();
+    openmp_parallel parallel = openmp ? loaded_openmp() : NULL;
     if (parallel != NULL) {
         parallel(openmp_chunks, pass, parts, 0);
         return;
@@ -344,14 +347,16 @@ static const struct { const char *name; enum dtype dtype; Py_ssize_t itemsize; }
 };
 
 PyDoc_STRVAR(dropout_doc,
-"dropout(x, y, keep, dtype, k0, k1, offset, threshold, factor, threads=1, grain=1)\n--\n\n"
+"dropout(x, y, keep, dtype, k0, k1, offset, threshold, factor, threads=1, grain=1, openmp=False)\n"
+"--\n\n"
 "Write dropout of the contiguous buffer x into y (same size) and, unless keep is None, the\n"
 "keep mask as one byte (0 or 1) per element into keep. dtype names x's element type\n"
 "('float16', 'bfloat16', 'float32', 'float64'); (k0, k1) are the key words; element i uses\n"
 "counter offset + i; it is kept when its bits are below threshold (T of docs/spec.md, a\n"
 "multiple of 512 up to 2**32); kept elements are x * factor rounded once (x if factor is None),\n"
 "dropped ones +0.0. Runs without the GIL, on min(threads, count // grain) threads (at least\n"
-"one; threads from 1 to MAX_THREADS, grain at least 1); the bits do not depend on the split.");
+"one; threads from 1 to MAX_THREADS, grain at least 1): with openmp, those of PyTorch's OpenMP\n"
+"runtime where it is loaded (see threading()). The bits do not depend on the split.");
 
 static PyObject *dropout(PyObject *module, PyObject *args) {
     Py_buffer x, y, keep;
@@ -359,8 +364,9 @@ static PyObject *dropout(PyObject *module, PyObject *args) {
     const char *dtype_name;
     unsigned long long k0, k1, offset, threshold, grain = 1;
     unsigned int threads = 1;
-    if (!PyArg_ParseTuple(args, "y*w*OsKKKKO|IK", &x, &y, &keep_object, &dtype_name, &k0, &k1,
-                          &offset, &threshold, &factor_object, &threads, &grain))
+    int openmp = 0;
+    if (!PyArg_ParseTuple(args, "y*w*OsKKKKO|IKp", &x, &y, &keep_object, &dtype_name, &k0, &k1,
+                          &offset, &threshold, &factor_object, &threads, &grain, &openmp))
         return NULL;
     PyObject *result = NULL;
     int have_keep = 0;
@@ -410,7 +416,7 @@ static PyObject *dropout(PyObject *module, PyObject *args) {
                         have_keep ? (uint8_t *)keep.buf : NULL, (uint32_t)k0, (uint32_t)k1,
                         offset, (uint32_t)(threshold >> 9), scaled, factor, count, 1, 0};
     Py_BEGIN_ALLOW_THREADS
-    run_parallel(&pass, threads, (uint64_t)grain);
+    run_parallel(&pass, threads, (uint64_t)grain, openmp);
     Py_END_ALLOW_THREADS
     result = Py_None;
     Py_INCREF(result);
@@ -423,8 +429,9 @@ done:
 
 PyDoc_STRVAR(threading_doc,
 "threading()\n--\n\n"
-"Which threads a call's parts run on now: 'openmp' where the process has loaded libgomp.so.1\n"
-"(PyTorch's OpenMP runtime) and is not a fork's child, else THREADING.");
+"Which threads the parts of a call with openmp run on now: 'openmp' where the process has\n"
+"loaded libgomp.so.1 (PyTorch's OpenMP runtime) and is not a child forked after this module\n"
+"was loaded, else THREADING.");
 
 static PyObject *threading(PyObject *module, PyObject *unused) {
 #if defined(XDROP_OPENMP)

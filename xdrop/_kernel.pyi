@@ -13,6 +13,7 @@ def dropout(
     factor: float | None,
     threads: int = 1,
     grain: int = 1,
+    openmp: bool = False,
     /,
 ) -> None: ...
 def threading() -> str: ...

@@ -26,10 +26,10 @@ over its own part of the buffer; the bits do not depend on the split. :func:`set
 the count and the grain; ``XDROP_KERNEL_THREADS`` sets the count too, read with
 ``XDROP_KERNEL``; by default it is the number of cores this process may run on. On CPU
 ``torch.Tensor``\\ s the count is also capped by ``torch.get_num_threads()``, which torch users set
-to limit all of a process's tensor work. Where PyTorch has loaded its OpenMP runtime
-(``libgomp.so.1``, on Linux), the parts run on that runtime's threads, as torch's operations do:
-those keep their cores busy for a while after each operation, so threads started beside them
-waited for a core and ran slower than one thread (``docs/performance.md``). A fork's child,
+to limit all of a process's tensor work, and the parts run on torch's OpenMP threads (where
+PyTorch has loaded ``libgomp.so.1``, on Linux), as torch's operations do: those keep their cores
+busy for a while after each operation, so threads started beside them waited for a core and ran
+slower than one thread (``docs/performance.md``). A child forked after xdrop was imported,
 where those threads no longer exist, starts its own.
 """
 
@@ -214,7 +214,7 @@ def status() -> str:
     count = _threads
     split = "1 thread" if count == 1 else f"up to {count} threads, from {2 * _grain} elements"
     if count > 1 and compiled.threading() == "openmp":
-        split += ", on PyTorch's OpenMP threads"
+        split += "; torch tensors on torch's OpenMP threads"
     return (
         f"compiled kernel: in use (NumPy; CPU torch and TensorFlow tensors in eager mode; {split})"
     )
@@ -255,20 +255,21 @@ def host_dropout(
     dtype: str,
     call: FusedCall,
     most_threads: int = MAX_THREADS,
+    openmp: bool = False,
 ) -> None:
     """Write ``call``'s pass over ``x`` into ``out`` and its keep mask into ``keep`` (unless it
     is None; ``call.return_mask`` is not read). ``x`` and ``out`` are C-contiguous arrays of one
     size holding values of ``dtype`` in native byte order (bfloat16 may come as its 16-bit
     words), ``keep`` a C-contiguous boolean array of that size. Runs on up to
-    ``min(threads(), most_threads)`` threads. Needs the compiled kernel
-    (``compiled is not None``)."""
+    ``min(threads(), most_threads)`` threads: with ``openmp``, those of PyTorch's OpenMP runtime
+    where it is loaded. Needs the compiled kernel (``compiled is not None``)."""
     assert compiled is not None
     k0, k1 = call.key
     count = _threads
     if count > most_threads or count == 0:  # 0: XDROP_KERNEL_THREADS is bad, threads() says so
         count = min(threads(), max(most_threads, 1))
     compiled.dropout(
-        x, out, keep, dtype, k0, k1, call.offset, call.threshold, call.factor, count, _grain
+        x, out, keep, dtype, k0, k1, call.offset, call.threshold, call.factor, count, _grain, openmp
     )
 
 

@@ -109,7 +109,7 @@ _fused_dropout: Callable[[Any, Write, FusedCall], tuple[Any, Any]] = FusedDropou
 
 def _write_on_cpu(source: Any, y: Any, keep: Any, call: FusedCall) -> None:
     """The compiled kernel on CPU tensors' buffers, shared with NumPy (zero-copy), on at most
-    ``torch.get_num_threads()`` threads."""
+    ``torch.get_num_threads()`` of torch's OpenMP threads."""
     name, words = _DTYPES[source.dtype]
     if name == "bfloat16":  # NumPy has no bfloat16: the kernel reads its 16-bit words
         source, y = source.view(words), y.view(words)
@@ -121,6 +121,7 @@ def _write_on_cpu(source: Any, y: Any, keep: Any, call: FusedCall) -> None:
         name,
         call,
         torch.get_num_threads(),
+        openmp=True,
     )
 
 
