@@ -5,7 +5,8 @@ For NumPy arrays and CPU torch tensors of float32 (torch where installed), at ea
 contenders are timed interleaved (:mod:`xdrop.benchmarks.timing`), each on 1 thread and on
 ``--threads`` (default: :func:`xdrop.kernel.threads`):
 
-- ``kernel``: the compiled kernel into a preallocated output (``xdrop.kernel.host_dropout``);
+- ``kernel``: the compiled kernel into a preallocated output (``xdrop.kernel.host_dropout``; on
+  torch's OpenMP threads for torch, as its tensors' calls run);
 - ``kernel+mask``: the same, with the keep mask written too;
 - ``xdrop.dropout``: the public call, which allocates its output (and, on torch, checks autograd);
 - ``copy``: a copy into a preallocated array: ``np.copyto`` (its several-thread version copies
@@ -117,9 +118,8 @@ def _torch_contenders(size: int, threads: Iterable[int]) -> Contenders:
         def run_kernel(count: int = count, mask: Any = None) -> None:
             kernel.set_threads(count)
             torch.set_num_threads(count)
-            kernel.host_dropout(
-                x.numpy(), y.numpy(), None if mask is None else mask.numpy(), "float32", call
-            )
+            mask_array = None if mask is None else mask.numpy()
+            kernel.host_dropout(x.numpy(), y.numpy(), mask_array, "float32", call, openmp=True)
 
         def public(count: int = count) -> None:
             kernel.set_threads(count)
