@@ -18,8 +18,8 @@
    the wheel must run on any x86-64 processor. No -ffast-math: it would flush subnormals to zero.
 
    A large buffer is split into chunks that several threads take in turn (POSIX threads, or
-   Windows threads; one thread where neither is available, or when compiled with
-   -DXDROP_NO_THREADS). The stream is counter-based, so every split gives the bits of one pass:
+   Windows threads; a torch tensor's on torch's OpenMP threads; one thread where none is
+   available, or when compiled with -DXDROP_NO_THREADS). The stream is counter-based, so every split gives the bits of one pass:
    element i uses counter offset + i whichever thread computes it. */
 
 #define PY_SSIZE_T_CLEAN
@@ -257,15 +257,16 @@ static DWORD WINAPI chunks_thread(LPVOID pass) {
 }
 #endif
 
-/* A torch tensor's call (openmp set) runs its parts on PyTorch's OpenMP runtime (libgomp.so.1)
-   where the process has loaded it, as torch's own operations do. After each operation those
-   threads keep spinning on their cores for a while (GOMP_SPINCOUNT), so threads started for the
-   call right after a torch operation waited for a core: 1e6 elements took 1.2-1.6 ms after
-   `x + 1` or `x @ w` on 2 cores against 0.6 ms alone, slower than one thread. The runtime's
-   threads do not survive fork(): a fork's child that asks for them waits forever, as torch's own
-   operations do there (a DataLoader worker runs torch on one thread, and so the kernel, which
-   the caller caps at torch.get_num_threads()). A child forked after this module was loaded runs
-   on threads of its own; one that loads it first cannot tell, hence torch tensors alone. */
+/* A torch tensor's call (openmp set) runs its parts on PyTorch's OpenMP threads where torch is
+   loaded, as torch's own operations do: after each operation those threads keep spinning on
+   their cores for a while (GOMP_SPINCOUNT), and threads started for the call beside them waited
+   for a core, slower than one thread (docs/performance.md, "After a torch operation"). The
+   runtime is whichever libtorch_cpu.so links (libgomp, often under a hashed name), found through
+   its entry point of `#pragma omp parallel`. Its threads do not survive fork(): a fork's child
+   that asks for them waits forever, as torch's own operations do there (a DataLoader worker
+   runs torch on one thread, and so the kernel, which the caller caps at
+   torch.get_num_threads()). A child forked after this module was loaded runs on threads of its
+   own; one that loads it first cannot tell, hence torch tensors alone. */
 #if defined(XDROP_PTHREADS) && defined(__linux__) && defined(__has_include)
 #if __has_include(<dlfcn.h>)
 #define XDROP_OPENMP
@@ -273,14 +274,19 @@ static DWORD WINAPI chunks_thread(LPVOID pass) {
 typedef void (*openmp_parallel)(void (*)(void *), void *, unsigned, unsigned);
 static int forked;
 static void note_fork(void) { forked = 1; }
+static openmp_parallel torch_parallel; /* found once: torch is never unloaded */
 
-/* libgomp's entry point of `#pragma omp parallel`, where the process has loaded it; else NULL */
-static openmp_parallel loaded_openmp(void) {
+/* GOMP_parallel of the OpenMP runtime torch links, where torch is loaded; else NULL */
+static openmp_parallel torch_openmp(void) {
     if (forked) return NULL;
-    void *library = dlopen("libgomp.so.1", RTLD_LAZY | RTLD_NOLOAD);
-    if (library == NULL) return NULL;
-    openmp_parallel parallel = (openmp_parallel)(uintptr_t)dlsym(library, "GOMP_parallel");
-    dlclose(library); /* only the count RTLD_NOLOAD added: whoever loaded it keeps it */
+    openmp_parallel parallel = __atomic_load_n(&torch_parallel, __ATOMIC_RELAXED);
+    if (parallel != NULL) return parallel;
+    void *torch = dlopen("libtorch_cpu.so", RTLD_LAZY | RTLD_NOLOAD);
+    if (torch == NULL) return NULL;
+    /* a handle's lookup searches the library, then what it links */
+    parallel = (openmp_parallel)(uintptr_t)dlsym(torch, "GOMP_parallel");
+    dlclose(torch); /* only the count RTLD_NOLOAD added: whoever loaded it keeps it */
+    __atomic_store_n(&torch_parallel, parallel, __ATOMIC_RELAXED);
     return parallel;
 }
 
@@ -305,7 +311,7 @@ static void run_parallel(struct pass *pass, unsigned threads, uint64_t grain, in
     uint64_t chunk = (count / (4 * (uint64_t)parts) + CHUNK_ALIGN - 1) / CHUNK_ALIGN * CHUNK_ALIGN;
     pass->chunk = chunk < CHUNK_ALIGN ? CHUNK_ALIGN : chunk > CHUNK_MAX ? CHUNK_MAX : chunk;
 #if defined(XDROP_OPENMP)
-    openmp_parallel parallel = openmp ? loaded_openmp() : NULL;
+    openmp_parallel parallel = openmp ? torch_openmp() : NULL;
     if (parallel != NULL) {
         parallel(openmp_chunks, pass, parts, 0);
         return;
@@ -314,7 +320,7 @@ static void run_parallel(struct pass *pass, unsigned threads, uint64_t grain, in
 #if defined(XDROP_PTHREADS)
     pthread_t handle[MAX_THREADS];
     int started[MAX_THREADS];
-    /* the workers block every signal, so that the process's signals reach Python's threads */
+    /* our workers block every signal, so that the process's signals reach Python's threads */
     sigset_t all, old;
     sigfillset(&all);
     int masked = pthread_sigmask(SIG_SETMASK, &all, &old) == 0;
@@ -356,7 +362,7 @@ PyDoc_STRVAR(dropout_doc,
 "multiple of 512 up to 2**32); kept elements are x * factor rounded once (x if factor is None),\n"
 "dropped ones +0.0. Runs without the GIL, on min(threads, count // grain) threads (at least\n"
 "one; threads from 1 to MAX_THREADS, grain at least 1): with openmp, those of PyTorch's OpenMP\n"
-"runtime where it is loaded (see threading()). The bits do not depend on the split.");
+"runtime where it is loaded (see torch_threading()). The bits do not depend on the split.");
 
 static PyObject *dropout(PyObject *module, PyObject *args) {
     Py_buffer x, y, keep;
@@ -427,22 +433,22 @@ done:
     return result;
 }
 
-PyDoc_STRVAR(threading_doc,
-"threading()\n--\n\n"
-"Which threads the parts of a call with openmp run on now: 'openmp' where the process has\n"
-"loaded libgomp.so.1 (PyTorch's OpenMP runtime) and is not a child forked after this module\n"
-"was loaded, else THREADING.");
+PyDoc_STRVAR(torch_threading_doc,
+"torch_threading()\n--\n\n"
+"Which threads the parts of a call with openmp (a torch tensor's) run on now: 'openmp' where\n"
+"torch is loaded, its OpenMP runtime found, and this is not a child forked after this module\n"
+"was loaded; else THREADING.");
 
-static PyObject *threading(PyObject *module, PyObject *unused) {
+static PyObject *torch_threading(PyObject *module, PyObject *unused) {
 #if defined(XDROP_OPENMP)
-    if (loaded_openmp() != NULL) return PyUnicode_FromString("openmp");
+    if (torch_openmp() != NULL) return PyUnicode_FromString("openmp");
 #endif
     return PyUnicode_FromString(XDROP_THREADING);
 }
 
 static PyMethodDef methods[] = {
     {"dropout", dropout, METH_VARARGS, dropout_doc},
-    {"threading", threading, METH_NOARGS, threading_doc},
+    {"torch_threading", torch_threading, METH_NOARGS, torch_threading_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -26,8 +26,8 @@ over its own part of the buffer; the bits do not depend on the split. :func:`set
 the count and the grain; ``XDROP_KERNEL_THREADS`` sets the count too, read with
 ``XDROP_KERNEL``; by default it is the number of cores this process may run on. On CPU
 ``torch.Tensor``\\ s the count is also capped by ``torch.get_num_threads()``, which torch users set
-to limit all of a process's tensor work, and the parts run on torch's OpenMP threads (where
-PyTorch has loaded ``libgomp.so.1``, on Linux), as torch's operations do: those keep their cores
+to limit all of a process's tensor work, and the parts run on torch's OpenMP threads (on Linux,
+found through the runtime ``libtorch_cpu.so`` links), as torch's operations do: those keep their cores
 busy for a while after each operation, so threads started beside them waited for a core and ran
 slower than one thread (``docs/performance.md``). A child forked after xdrop was imported,
 where those threads no longer exist, starts its own.
@@ -213,7 +213,7 @@ def status() -> str:
         return f"compiled kernel: built, off ({ENVIRONMENT_VARIABLE}=0); the spec's operations run"
     count = _threads
     split = "1 thread" if count == 1 else f"up to {count} threads, from {2 * _grain} elements"
-    if count > 1 and compiled.threading() == "openmp":
+    if count > 1 and compiled.torch_threading() == "openmp":
         split += "; torch tensors on torch's OpenMP threads"
     return (
         f"compiled kernel: in use (NumPy; CPU torch and TensorFlow tensors in eager mode; {split})"
