@@ -228,8 +228,10 @@ def after_torch_table(sizes: Iterable[int], most: int, repeats: int) -> None:
         timings, _ = time_interleaved(contenders, repeats, MIN_SAMPLE)
         operation = timings["op"].median
         one, several = (timings[name].median - operation for name in ("1", "n"))
+        # at a small size the dropout's share may be below the noise of the operation's time
+        speed_up = f"{one / several:8.2f}" if one > 0 and several > 0 else f"{'-':>8}"
         print(f"{size:>8} {_format(operation):>10} {_format(one):>10} {_format(several):>10} "
-              f"{one / several:8.2f}")  # fmt: skip
+              f"{speed_up}")  # fmt: skip
     torch.set_num_threads(before)
     kernel.set_threads()
 
