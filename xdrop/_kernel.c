@@ -19,8 +19,9 @@
 
    A large buffer is split into chunks that several threads take in turn (POSIX threads, or
    Windows threads; a torch tensor's on torch's OpenMP threads; one thread where none is
-   available, or when compiled with -DXDROP_NO_THREADS). The stream is counter-based, so every split gives the bits of one pass:
-   element i uses counter offset + i whichever thread computes it. */
+   available, or when compiled with -DXDROP_NO_THREADS). The stream is counter-based, so every
+   split gives the bits of one pass: element i uses counter offset + i whichever thread
+   computes it. */
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
