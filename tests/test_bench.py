@@ -125,13 +125,19 @@ def test_the_churn_benchmark_runs_from_the_package():
     )
 
 
-@pytest.mark.backend_independent
-def test_the_bandwidth_benchmark_runs_from_the_package():
-    command = [sys.executable, "-m", "xdrop.benchmarks.bandwidth", "--quick", "--sizes", "1000"]
-    command += ["--repeats", "1", "--threads", "2", "--backends", "numpy"]
-    run = subprocess.run(command, capture_output=True, text=True, timeout=300)
+def run_bandwidth(*arguments: str) -> subprocess.CompletedProcess[str]:
+    """The bandwidth benchmark, ``--quick`` and one round, with ``arguments`` (skipped where the
+    compiled kernel is not built)."""
+    command = [sys.executable, "-m", "xdrop.benchmarks.bandwidth", "--quick", "--repeats", "1"]
+    run = subprocess.run([*command, *arguments], capture_output=True, text=True, timeout=300)
     if "the compiled kernel is not built here" in run.stderr:
         pytest.skip("the compiled kernel is not built")
+    return run
+
+
+@pytest.mark.backend_independent
+def test_the_bandwidth_benchmark_runs_from_the_package():
+    run = run_bandwidth("--sizes", "1000", "--threads", "2", "--backends", "numpy")
     assert run.returncode == 0, run.stderr[-2000:]
     rows = [line.split()[:4] for line in run.stdout.splitlines()[2:10]]
     assert rows == [
@@ -140,7 +146,7 @@ def test_the_bandwidth_benchmark_runs_from_the_package():
         for threads in ("1", "2")
     ]
     assert "kernel on 2 threads over 1 thread" in run.stdout
-    refused = subprocess.run([*command[:-3], "0"], capture_output=True, text=True, timeout=300)
+    refused = run_bandwidth("--sizes", "1000", "--backends", "numpy", "--threads", "0")
     assert refused.returncode == 2 and refused.stderr.splitlines()[-1].endswith(
         "argument --threads: count must be an integer from 1 to 256, or None, got 0"
     )
@@ -149,11 +155,7 @@ def test_the_bandwidth_benchmark_runs_from_the_package():
 @pytest.mark.backend_independent
 def test_the_bandwidth_benchmark_times_the_kernel_after_a_torch_operation():
     pytest.importorskip("torch")
-    command = [sys.executable, "-m", "xdrop.benchmarks.bandwidth", "--quick", "--sizes", "1e5"]
-    command += ["--repeats", "1", "--threads", "2", "--backends", "torch"]
-    run = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    if "the compiled kernel is not built here" in run.stderr:
-        pytest.skip("the compiled kernel is not built")
+    run = run_bandwidth("--sizes", "1e5", "--threads", "2", "--backends", "torch")
     assert run.returncode == 0, run.stderr[-2000:]
     title, header, row = run.stdout.splitlines()[-3:]
     assert title.startswith("x + 1 then xdrop.dropout(x), torch float32, torch.set_num_threads(2)")
