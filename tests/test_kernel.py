@@ -788,11 +788,11 @@ if kernel.compiled.THREADING != "pthreads":
     sys.exit(f"SKIP: the kernel's threads are {kernel.compiled.THREADING!r}")
 
 
-def split(threads, openmp=False):
+def split(threads, grain=64, openmp_grain=0):
     x = np.linspace(-3, 3, 10_001, dtype=np.float32)
     y, keep = np.empty_like(x), np.empty(x.shape, np.bool_)
     kernel.compiled.dropout(x, y, keep, "float32", 7, 11, 2**32 - 5000, spec.keep_threshold(0.3),
-                            spec.inverted_scale(0.3, "float32"), threads, 64, openmp)
+                            spec.inverted_scale(0.3, "float32"), threads, grain, openmp_grain)
     return y.view(np.uint32).tolist(), keep.tolist()
 
 
@@ -804,28 +804,29 @@ def tasks():  # the process's threads, once a thread that has just ended has lef
     return counts[-1]
 
 
-def run(openmp):
+def run(**grains):
     before = tasks()
-    same = split(4, openmp) == one
+    same = split(4, **grains) == one
     grown = tasks() - before
     return {"threads": kernel.compiled.torch_threading(), "same bits": same, "tasks": grown}
 
 
 one = split(1)
 kernel.set_threads(4)
-report = {"without torch": run(openmp=True)}
+report = {"without torch": run(openmp_grain=64)}
 import torch
 
 torch.set_num_threads(2)
 torch.ones(10**6) + 1  # torch's OpenMP runtime starts its team: this thread and one more
 if kernel.compiled.torch_threading() != "openmp":
     sys.exit("SKIP: no GNU OpenMP entry point in the runtime torch links")
-report["not asked"] = run(openmp=False)
-report["torch"] = run(openmp=True)
+report["not asked"] = run()
+report["too small for OpenMP's grain"] = run(openmp_grain=10_001)
+report["torch"] = run(grain=10_001, openmp_grain=64)  # its own grain, not the kernel's threads'
 report["status"] = kernel.status()
 reading, writing = os.pipe()
 if os.fork() == 0:
-    os.write(writing, json.dumps(run(openmp=True)).encode())
+    os.write(writing, json.dumps(run(openmp_grain=64)).encode())
     os._exit(0)
 os.close(writing)
 report["fork's child"] = json.loads(os.read(reading, 1 << 16) or b"null")
@@ -854,14 +855,19 @@ def test_torch_tensors_parts_run_on_torchs_openmp_threads_and_a_forks_child_on_i
     """After a torch operation its OpenMP threads keep their cores busy, so a torch tensor's call
     runs its parts on them rather than start threads beside them; they do not survive fork. A
     call on 4 threads leaves the OpenMP team two threads larger (it keeps its threads), where
-    threads of the kernel's own are gone when it returns. Every split gives one thread's bits."""
+    threads of the kernel's own are gone when it returns; it is split by OpenMP's grain, not
+    the kernel's threads'. Every split gives one thread's bits."""
     pytest.importorskip("torch")
     report = json.loads(run_script(OPENMP_SCRIPT).stdout)
     own = {"threads": "pthreads", "same bits": True, "tasks": 0}
     assert report["without torch"] == own
-    assert report["not asked"] == {"threads": "openmp", "same bits": True, "tasks": 0}
+    unsplit = {"threads": "openmp", "same bits": True, "tasks": 0}
+    assert report["not asked"] == report["too small for OpenMP's grain"] == unsplit
     assert report["torch"] == {"threads": "openmp", "same bits": True, "tasks": 2}
-    split = f"from {2 * kernel.GRAIN} elements; torch tensors on torch's OpenMP threads)"
+    split = (
+        f"from {2 * kernel.GRAIN} elements; "
+        f"torch tensors on torch's OpenMP threads, from {2 * kernel.OPENMP_GRAIN})"
+    )
     assert report["status"].endswith(split)
     assert report["fork's child"] == own
 
@@ -895,16 +901,18 @@ def test_a_forks_child_that_imports_xdrop_first_runs_its_calls():
 
 
 @needs_kernel
-def test_torch_tensors_ask_for_openmp_and_numpy_arrays_do_not(monkeypatch):
+def test_torch_tensors_ask_for_openmp_at_its_grain_and_numpy_arrays_do_not(monkeypatch, threads_restored):  # fmt: skip
+    """The compiled kernel's last two arguments: its own threads' grain, and OpenMP's (0: not
+    asked). A grain given to ``set_threads`` is both."""
     torch = pytest.importorskip("torch")
-    asked: list[bool] = []
+    grains: list[tuple[int, int]] = []
     compiled = kernel.compiled
 
     class Spy:
         @staticmethod
         def dropout(*arguments: object) -> None:
-            *_, openmp = arguments  # the last of compiled.dropout's arguments
-            asked.append(bool(openmp))
+            *_, grain, openmp_grain = arguments
+            grains.append((grain, openmp_grain))  # type: ignore[arg-type]
             compiled.dropout(*arguments)
 
     monkeypatch.setattr(kernel, "compiled", Spy)
@@ -912,7 +920,10 @@ def test_torch_tensors_ask_for_openmp_and_numpy_arrays_do_not(monkeypatch):
     xdrop.dropout(x, 0.5, seed=1).sum().backward()
     with xdrop.use_backend("numpy"):
         xdrop.dropout(np.ones(10), 0.5, seed=1)
-    assert asked == [True, True, False]
+    kernel.set_threads(grain=1000)
+    xdrop.dropout(x, 0.5, seed=1)
+    defaults = (kernel.GRAIN, kernel.OPENMP_GRAIN)
+    assert grains == [defaults, defaults, (kernel.GRAIN, 0), (1000, 1000)]
 
 
 # -- Triton, under its interpreter ------------------------------------------------------------------

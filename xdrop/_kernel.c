@@ -258,16 +258,17 @@ static DWORD WINAPI chunks_thread(LPVOID pass) {
 }
 #endif
 
-/* A torch tensor's call (openmp set) runs its parts on PyTorch's OpenMP threads where torch is
-   loaded, as torch's own operations do: after each operation those threads keep spinning on
-   their cores for a while (GOMP_SPINCOUNT), and threads started for the call beside them waited
-   for a core, slower than one thread (docs/performance.md, "After a torch operation"). The
-   runtime is whichever libtorch_cpu.so links (libgomp, often under a hashed name), found through
-   its entry point of `#pragma omp parallel`. Its threads do not survive fork(): a fork's child
-   that asks for them waits forever, as torch's own operations do there (a DataLoader worker
-   runs torch on one thread, and so the kernel, which the caller caps at
-   torch.get_num_threads()). A child forked after this module was loaded runs on threads of its
-   own; one that loads it first cannot tell, hence torch tensors alone. */
+/* A torch tensor's call (openmp_grain above 0) runs its parts on PyTorch's OpenMP threads where
+   torch is loaded, as torch's own operations do: after each operation those threads keep
+   spinning on their cores for a while (GOMP_SPINCOUNT), and threads started for the call beside
+   them waited for a core, slower than one thread (docs/performance.md, "After a torch
+   operation"). Being started already, they repay a smaller part than new threads do, hence a
+   grain of their own. The runtime is whichever libtorch_cpu.so links (libgomp, often under a
+   hashed name), found through its entry point of `#pragma omp parallel`. Its threads do not
+   survive fork(): a fork's child that asks for them waits forever, as torch's own operations do
+   there (a DataLoader worker runs torch on one thread, and so the kernel, which the caller caps
+   at torch.get_num_threads()). A child forked after this module was loaded runs on threads of
+   its own; one that loads it first cannot tell, hence torch tensors alone. */
 #if defined(XDROP_PTHREADS) && defined(__linux__) && defined(__has_include)
 #if __has_include(<dlfcn.h>)
 #define XDROP_OPENMP
@@ -295,14 +296,27 @@ static void openmp_chunks(void *pass) { run_chunks((struct pass *)pass); }
 #endif
 #endif
 
-/* The pass over its count elements on min(threads, count / grain) threads (at least one), the
-   calling thread included: with openmp, the OpenMP runtime's where it is loaded, else threads
-   started for the call, of which one that cannot be started leaves its chunks to the others. */
-static void run_parallel(struct pass *pass, unsigned threads, uint64_t grain, int openmp) {
+/* min(threads, count / grain), at least one */
+static unsigned split_count(uint64_t count, unsigned threads, uint64_t grain) {
+    if (count / grain < threads) threads = (unsigned)(count / grain);
+    return threads > 1 ? threads : 1;
+}
+
+/* The pass over its count elements, the calling thread included: with openmp_grain above 0, on
+   split_count(count, threads, openmp_grain) of the OpenMP runtime's threads where it is loaded;
+   else on threads started for the call, as many as both grains allow (0: not given), of which
+   one that cannot be started leaves its chunks to the others. */
+static void run_parallel(struct pass *pass, unsigned threads, uint64_t grain,
+                         uint64_t openmp_grain) {
     uint64_t count = pass->count;
-    unsigned parts = threads;
-    if (count / grain < parts) parts = (unsigned)(count / grain);
     pass->next = 0;
+    unsigned parts = split_count(count, threads, openmp_grain > 0 ? openmp_grain : grain);
+    int on_openmp = 0;
+#if defined(XDROP_OPENMP)
+    openmp_parallel parallel = openmp_grain > 0 && parts > 1 ? torch_openmp() : NULL;
+    on_openmp = parallel != NULL;
+#endif
+    if (!on_openmp) parts = split_count(count, parts, grain);
     if (parts <= 1) {
         pass->chunk = count > 0 ? count : 1;
         run_chunks(pass);
@@ -312,8 +326,7 @@ static void run_parallel(struct pass *pass, unsigned threads, uint64_t grain, in
     uint64_t chunk = (count / (4 * (uint64_t)parts) + CHUNK_ALIGN - 1) / CHUNK_ALIGN * CHUNK_ALIGN;
     pass->chunk = chunk < CHUNK_ALIGN ? CHUNK_ALIGN : chunk > CHUNK_MAX ? CHUNK_MAX : chunk;
 #if defined(XDROP_OPENMP)
-    openmp_parallel parallel = openmp ? torch_openmp() : NULL;
-    if (parallel != NULL) {
+    if (on_openmp) {
         parallel(openmp_chunks, pass, parts, 0);
         return;
     }
@@ -354,7 +367,8 @@ static const struct { const char *name; enum dtype dtype; Py_ssize_t itemsize; }
 };
 
 PyDoc_STRVAR(dropout_doc,
-"dropout(x, y, keep, dtype, k0, k1, offset, threshold, factor, threads=1, grain=1, openmp=False)\n"
+"dropout(x, y, keep, dtype, k0, k1, offset, threshold, factor, threads=1, grain=1,\n"
+"        openmp_grain=0)\n"
 "--\n\n"
 "Write dropout of the contiguous buffer x into y (same size) and, unless keep is None, the\n"
 "keep mask as one byte (0 or 1) per element into keep. dtype names x's element type\n"
@@ -362,18 +376,18 @@ PyDoc_STRVAR(dropout_doc,
 "counter offset + i; it is kept when its bits are below threshold (T of docs/spec.md, a\n"
 "multiple of 512 up to 2**32); kept elements are x * factor rounded once (x if factor is None),\n"
 "dropped ones +0.0. Runs without the GIL, on min(threads, count // grain) threads (at least\n"
-"one; threads from 1 to MAX_THREADS, grain at least 1): with openmp, those of PyTorch's OpenMP\n"
-"runtime where it is loaded (see torch_threading()). The bits do not depend on the split.");
+"one; threads from 1 to MAX_THREADS, grain at least 1). With openmp_grain above 0, on\n"
+"min(threads, count // openmp_grain) of PyTorch's OpenMP threads where its runtime is loaded\n"
+"(see torch_threading()), else within both grains. The bits do not depend on the split.");
 
 static PyObject *dropout(PyObject *module, PyObject *args) {
     Py_buffer x, y, keep;
     PyObject *keep_object, *factor_object;
     const char *dtype_name;
-    unsigned long long k0, k1, offset, threshold, grain = 1;
+    unsigned long long k0, k1, offset, threshold, grain = 1, openmp_grain = 0;
     unsigned int threads = 1;
-    int openmp = 0;
-    if (!PyArg_ParseTuple(args, "y*w*OsKKKKO|IKp", &x, &y, &keep_object, &dtype_name, &k0, &k1,
-                          &offset, &threshold, &factor_object, &threads, &grain, &openmp))
+    if (!PyArg_ParseTuple(args, "y*w*OsKKKKO|IKK", &x, &y, &keep_object, &dtype_name, &k0, &k1,
+                          &offset, &threshold, &factor_object, &threads, &grain, &openmp_grain))
         return NULL;
     PyObject *result = NULL;
     int have_keep = 0;
@@ -423,7 +437,7 @@ static PyObject *dropout(PyObject *module, PyObject *args) {
                         have_keep ? (uint8_t *)keep.buf : NULL, (uint32_t)k0, (uint32_t)k1,
                         offset, (uint32_t)(threshold >> 9), scaled, factor, count, 1, 0};
     Py_BEGIN_ALLOW_THREADS
-    run_parallel(&pass, threads, (uint64_t)grain, openmp);
+    run_parallel(&pass, threads, (uint64_t)grain, (uint64_t)openmp_grain);
     Py_END_ALLOW_THREADS
     result = Py_None;
     Py_INCREF(result);
@@ -436,9 +450,9 @@ done:
 
 PyDoc_STRVAR(torch_threading_doc,
 "torch_threading()\n--\n\n"
-"Which threads the parts of a call with openmp (a torch tensor's) run on now: 'openmp' where\n"
-"torch is loaded, its OpenMP runtime found, and this is not a child forked after this module\n"
-"was loaded; else THREADING.");
+"Which threads the parts of a call with openmp_grain (a torch tensor's) run on now: 'openmp'\n"
+"where torch is loaded, its OpenMP runtime found, and this is not a child forked after this\n"
+"module was loaded; else THREADING.");
 
 static PyObject *torch_threading(PyObject *module, PyObject *unused) {
 #if defined(XDROP_OPENMP)

@@ -25,12 +25,13 @@ A call of ``n`` elements runs on ``min(threads(), n // grain)`` threads (at leas
 over its own part of the buffer; the bits do not depend on the split. :func:`set_threads` sets
 the count and the grain; ``XDROP_KERNEL_THREADS`` sets the count too, read with
 ``XDROP_KERNEL``; by default it is the number of cores this process may run on. On CPU
-``torch.Tensor``\\ s the count is also capped by ``torch.get_num_threads()``, which torch users set
-to limit all of a process's tensor work, and the parts run on torch's OpenMP threads (on Linux,
-found through the runtime ``libtorch_cpu.so`` links), as torch's operations do: those keep their cores
-busy for a while after each operation, so threads started beside them waited for a core and ran
-slower than one thread (``docs/performance.md``). A child forked after xdrop was imported,
-where those threads no longer exist, starts its own.
+``torch.Tensor``\\ s the count is also capped by ``torch.get_num_threads()``, which torch users
+set to limit all of a process's tensor work, and the parts run on torch's OpenMP threads (on
+Linux, found through the runtime ``libtorch_cpu.so`` links), as torch's operations do: those
+keep their cores busy for a while after each operation, so threads started beside them waited
+for a core and ran slower than one thread (``docs/performance.md``). Started already, they repay
+smaller parts: their grain is ``OPENMP_GRAIN``, torch's own. A child forked after xdrop was
+imported, where those threads no longer exist, starts its own.
 """
 
 from __future__ import annotations
@@ -55,6 +56,10 @@ MAX_THREADS = 256
 GRAIN = 2**17
 """Elements per thread at least, by default: where the start of a thread (tens of microseconds)
 is repaid by the part it takes over (``docs/performance.md``, "Threads and memory bandwidth")."""
+OPENMP_GRAIN = 2**15
+"""Elements per thread at least, by default, on torch's OpenMP threads, which are started
+already: torch's own grain (``at::internal::GRAIN_SIZE``), so that a call splits where torch's
+operations on as many elements do (``docs/performance.md``, "After a torch operation")."""
 
 compiled: ModuleType | None
 try:
@@ -79,6 +84,7 @@ _chosen: int | None = None
 _threads = 1
 """The thread count calls pass to the kernel; 0 while ``XDROP_KERNEL_THREADS`` is bad."""
 _grain = GRAIN
+_openmp_grain = OPENMP_GRAIN
 
 
 def refresh() -> None:
@@ -97,14 +103,16 @@ def set_threads(count: int | None = None, *, grain: int | None = None) -> None:
 
     A call of ``n`` elements runs on ``min(count, n // grain)`` threads (at least one), each
     over a part of about ``n / threads`` elements; on CPU ``torch.Tensor``\\ s at most
-    ``torch.get_num_threads()``. The bits are those of one thread whatever the split.
+    ``torch.get_num_threads()``, torch's OpenMP threads. The bits are those of one thread
+    whatever the split.
 
     Args:
         count: threads from 1 to ``MAX_THREADS`` (256), or None for ``XDROP_KERNEL_THREADS``
             where it is set, else the number of cores this process may run on.
         grain: elements per thread at least (``n >= 2 * grain`` elements use two threads), or
-            None for ``GRAIN`` (2**17), measured where starting a thread pays for itself;
-            one above ``2**62`` (more elements than any array holds) is taken as ``2**62``.
+            None for the defaults: ``GRAIN`` (2**17), measured where starting a thread pays for
+            itself, and ``OPENMP_GRAIN`` (2**15) on torch's OpenMP threads, started already.
+            One above ``2**62`` (more elements than any array holds) is taken as ``2**62``.
 
     Raises:
         ArgumentTypeError: ``count`` or ``grain`` is not an integer (or None).
@@ -117,12 +125,13 @@ def set_threads(count: int | None = None, *, grain: int | None = None) -> None:
         1
         >>> kernel.set_threads()  # back to XDROP_KERNEL_THREADS, or the cores available
     """
-    global _chosen, _grain
+    global _chosen, _grain, _openmp_grain
     count = None if count is None else _check_whole("count", count, 1, MAX_THREADS)
     grain = None if grain is None else _check_whole("grain", grain, 1, None)
     _chosen = count
     # the kernel reads 64-bit counts, and no array holds 2**62 elements: a larger grain is that
     _grain = GRAIN if grain is None else min(grain, 2**62)
+    _openmp_grain = OPENMP_GRAIN if grain is None else _grain
     _resolve_threads()
 
 
@@ -214,7 +223,7 @@ def status() -> str:
     count = _threads
     split = "1 thread" if count == 1 else f"up to {count} threads, from {2 * _grain} elements"
     if count > 1 and compiled.torch_threading() == "openmp":
-        split += "; torch tensors on torch's OpenMP threads"
+        split += f"; torch tensors on torch's OpenMP threads, from {2 * _openmp_grain}"
     return (
         f"compiled kernel: in use (NumPy; CPU torch and TensorFlow tensors in eager mode; {split})"
     )
@@ -262,14 +271,15 @@ def host_dropout(
     size holding values of ``dtype`` in native byte order (bfloat16 may come as its 16-bit
     words), ``keep`` a C-contiguous boolean array of that size. Runs on up to
     ``min(threads(), most_threads)`` threads: with ``openmp``, those of PyTorch's OpenMP runtime
-    where it is loaded. Needs the compiled kernel (``compiled is not None``)."""
+    where it is loaded, split at their own grain. Needs the compiled kernel (``compiled is not
+    None``)."""
     assert compiled is not None
-    k0, k1 = call.key
     count = _threads
     if count > most_threads or count == 0:  # 0: XDROP_KERNEL_THREADS is bad, threads() says so
         count = min(threads(), max(most_threads, 1))
+    grains = (_grain, _openmp_grain if openmp else 0)  # its own threads', OpenMP's (0: none)
     compiled.dropout(
-        x, out, keep, dtype, k0, k1, call.offset, call.threshold, call.factor, count, _grain, openmp
+        x, out, keep, dtype, *call.key, call.offset, call.threshold, call.factor, count, *grains
     )
 
 
