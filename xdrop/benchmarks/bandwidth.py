@@ -24,7 +24,9 @@ A second table gives that speed-up for the kernel alone at sizes around the defa
 (:data:`xdrop.kernel.GRAIN`), every call split (grain 1), which is where a thread's start-up
 is repaid. A third (with torch) gives it for ``xdrop.dropout`` of a torch tensor right after a
 torch operation, as in a model, where torch's OpenMP threads are still spinning on the cores
-(``xdrop.kernel`` runs its parts on them), at the first table's sizes.
+(``xdrop.kernel`` runs its parts on them), at the first table's sizes; a fourth, the same step
+on all threads with torch's threads split at their own grain (:data:`xdrop.kernel.OPENMP_GRAIN`)
+against the kernel's threads' grain, at the second table's sizes.
 """
 
 from __future__ import annotations
@@ -216,41 +218,62 @@ def sweep_table(sizes: Iterable[int], most: int, repeats: int) -> None:
 def after_torch_table(sizes: Iterable[int], most: int, repeats: int) -> None:
     """``xdrop.dropout`` of a CPU torch tensor right after a torch operation, on one thread and
     on ``most``: the operation's OpenMP threads keep their cores busy for a while after it."""
-    import torch
-
     print(f"\nx + 1 then xdrop.dropout(x), torch float32, torch.set_num_threads({most}); "
           "dropout: the step's time less that of x + 1")  # fmt: skip
-    print(f"{'size':>8} {'x + 1':>10} {'1 thread':>10} {f'{most} threads':>10} {'speed-up':>8}")
+    _after_torch_rows(
+        sizes, most, repeats, {"1 thread": (1, None), f"{most} threads": (most, None)}
+    )
+
+
+def openmp_grain_table(sizes: Iterable[int], most: int, repeats: int) -> None:
+    """As :func:`after_torch_table` on ``most`` threads, torch's threads split at their own grain
+    (:data:`xdrop.kernel.OPENMP_GRAIN`) against the kernel's threads' (:data:`~xdrop.kernel.GRAIN`)."""
+    print(f"\nAs above on {most} threads, torch's threads split from 2 * {kernel.OPENMP_GRAIN} "
+          f"elements against 2 * {kernel.GRAIN}")  # fmt: skip
+    grains = {f"{kernel.GRAIN}": (most, kernel.GRAIN), f"{kernel.OPENMP_GRAIN}": (most, None)}
+    _after_torch_rows(sizes, most, repeats, grains)
+
+
+def _after_torch_rows(
+    sizes: Iterable[int], most: int, repeats: int, settings: dict[str, tuple[int, int | None]]
+) -> None:
+    """A row per size: the time of ``x + 1``, that of the dropout after it with each of two
+    ``kernel.set_threads(count, grain=grain)`` settings, and the first over the second."""
+    import torch
+
+    first, second = settings
+    print(f"{'size':>8} {'x + 1':>10} {first:>10} {second:>10} {'speed-up':>8}")
     before = torch.get_num_threads()
     torch.set_num_threads(most)
     for size in sizes:
-        contenders = _after_torch_contenders(size, most)
+        contenders = _after_torch_contenders(size, settings)
         timings, _ = time_interleaved(contenders, repeats, MIN_SAMPLE)
         operation = timings["op"].median
-        one, several = (timings[name].median - operation for name in ("1", "n"))
+        one, two = (timings[name].median - operation for name in settings)
         # at a small size the dropout's share may be below the noise of the operation's time
-        speed_up = f"{one / several:8.2f}" if one > 0 and several > 0 else f"{'-':>8}"
-        print(f"{size:>8} {_format(operation):>10} {_format(one):>10} {_format(several):>10} "
+        speed_up = f"{one / two:8.2f}" if one > 0 and two > 0 else f"{'-':>8}"
+        print(f"{size:>8} {_format(operation):>10} {_format(one):>10} {_format(two):>10} "
               f"{speed_up}")  # fmt: skip
     torch.set_num_threads(before)
     kernel.set_threads()
 
 
-def _after_torch_contenders(size: int, most: int) -> Contenders:
+def _after_torch_contenders(size: int, settings: dict[str, tuple[int, int | None]]) -> Contenders:
     import torch
 
     x = torch.from_numpy(np.random.default_rng(size).standard_normal(size, np.float32))
     z = torch.empty_like(x)
 
-    def step(count: int) -> Callable[[], None]:
+    def step(count: int, grain: int | None) -> Callable[[], None]:
         def once() -> None:
-            kernel.set_threads(count)
+            kernel.set_threads(count, grain=grain)
             torch.add(x, 1, out=z)
             xdrop.dropout(x, P, seed=7)
 
         return once
 
-    return {"op": lambda: torch.add(x, 1, out=z), "1": step(1), "n": step(most)}
+    steps = {name: step(*setting) for name, setting in settings.items()}
+    return {"op": lambda: torch.add(x, 1, out=z), **steps}
 
 
 def _split(x: np.ndarray, y: np.ndarray, call: FusedCall, count: int) -> Callable[[], None]:
@@ -310,7 +333,7 @@ def _too_large(sizes: Iterable[int], backends: int) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Measure and print both tables; exit status 1 where a size could not be timed for want of
+    """Measure and print the tables; exit status 1 where a size could not be timed for want of
     free memory, 2 with one line for a bad argument (a size beyond this machine's memory too)."""
     parser = argparse.ArgumentParser(
         prog="python -m xdrop.benchmarks.bandwidth",
@@ -355,6 +378,7 @@ def main(argv: list[str] | None = None) -> int:
         after_torch_table(
             [size for size in sizes if f"torch {size:.0e}" not in skipped], most, repeats
         )
+        openmp_grain_table(QUICK_SWEEP if arguments.quick else SWEEP, most, repeats)
     if skipped:  # a table with holes is not a benchmark that ran (as xdrop bench says)
         print(f"{parser.prog}: FAILED: not enough free memory to time {', '.join(skipped)}",
               file=sys.stderr)  # fmt: skip
