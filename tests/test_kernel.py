@@ -402,6 +402,20 @@ def test_the_compiled_kernel_refuses_a_bad_split():
                                     threads, grain)  # fmt: skip
 
 
+@needs_kernel
+@pytest.mark.parametrize("position", ["k0", "k1", "offset", "threshold", "threads", "grain", "openmp_grain"])  # fmt: skip
+@pytest.mark.parametrize("value", [-1, 2**64, 2**64 + 2**31])
+def test_the_compiled_kernel_refuses_integers_beyond_64_bits_rather_than_wrap_them(position, value):
+    """Taken modulo 2**64 (or 2**32), ``2**64 + 2**31`` would be a valid threshold or key word,
+    and ``2**64`` a grain of 0, which asks for no OpenMP threads."""
+    x = np.ones(10, np.float32)
+    arguments = {"k0": 1, "k1": 2, "offset": 0, "threshold": 2**31, "factor": None,
+                 "threads": 2, "grain": 1, "openmp_grain": 0}  # fmt: skip
+    arguments[position] = value
+    with pytest.raises(OverflowError):
+        kernel.compiled.dropout(x, np.empty_like(x), None, "float32", *arguments.values())
+
+
 def test_threads_give_the_bits_of_one_thread(fused, array, host, threads_restored, thread_counts, torch_threads):  # fmt: skip
     """Through ``xdrop.dropout``: contiguous and strided inputs, every dtype, with the mask."""
     for dtype in DTYPES:
@@ -791,9 +805,11 @@ if kernel.compiled.THREADING != "pthreads":
 def split(threads, grain=64, openmp_grain=0):
     x = np.linspace(-3, 3, 10_001, dtype=np.float32)
     y, keep = np.empty_like(x), np.empty(x.shape, np.bool_)
-    kernel.compiled.dropout(x, y, keep, "float32", 7, 11, 2**32 - 5000, spec.keep_threshold(0.3),
-                            spec.inverted_scale(0.3, "float32"), threads, grain, openmp_grain)
-    return y.view(np.uint32).tolist(), keep.tolist()
+    took_part = kernel.compiled.dropout(
+        x, y, keep, "float32", 7, 11, 2**32 - 5000, spec.keep_threshold(0.3),
+        spec.inverted_scale(0.3, "float32"), threads, grain, openmp_grain,
+    )
+    return (y.view(np.uint32).tolist(), keep.tolist()), took_part
 
 
 def tasks():  # the process's threads, once a thread that has just ended has left /proc
@@ -804,15 +820,18 @@ def tasks():  # the process's threads, once a thread that has just ended has lef
     return counts[-1]
 
 
-def run(**grains):
+def run(threads=4, **grains):
     before = tasks()
-    same = split(4, **grains) == one
-    grown = tasks() - before
-    return {"threads": kernel.compiled.torch_threading(), "same bits": same, "tasks": grown}
+    bits, took_part = split(threads, **grains)
+    return {
+        "threads": kernel.compiled.torch_threading(),
+        "same bits": bits == one,
+        "took part": took_part,
+        "tasks": tasks() - before,
+    }
 
 
-one = split(1)
-kernel.set_threads(4)
+one, _ = split(1)
 report = {"without torch": run(openmp_grain=64)}
 import torch
 
@@ -821,12 +840,16 @@ torch.ones(10**6) + 1  # torch's OpenMP runtime starts its team: this thread and
 if kernel.compiled.torch_threading() != "openmp":
     sys.exit("SKIP: no GNU OpenMP entry point in the runtime torch links")
 report["not asked"] = run()
-report["too small for OpenMP's grain"] = run(openmp_grain=10_001)
-report["torch"] = run(grain=10_001, openmp_grain=64)  # its own grain, not the kernel's threads'
+report["up to a grain"] = run(openmp_grain=10_001)
+report["torch's rule"] = run(grain=10_001, openmp_grain=5_001)  # ceil(10,001 / 5,001) parts
+report["more than the team"] = run(openmp_grain=64)
+torch.set_num_threads(4)
+torch.ones(10**6) + 1  # a team of 4
+report["fewer than the team"] = run(threads=2, openmp_grain=64)
 report["status"] = kernel.status()
 reading, writing = os.pipe()
 if os.fork() == 0:
-    os.write(writing, json.dumps(run(openmp_grain=64)).encode())
+    os.write(writing, json.dumps(run(grain=10_001, openmp_grain=64)).encode())
     os._exit(0)
 os.close(writing)
 report["fork's child"] = json.loads(os.read(reading, 1 << 16) or b"null")
@@ -853,23 +876,29 @@ def run_script(script: str) -> subprocess.CompletedProcess[str]:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="torch's OpenMP is used on Linux")
 def test_torch_tensors_parts_run_on_torchs_openmp_threads_and_a_forks_child_on_its_own():
     """After a torch operation its OpenMP threads keep their cores busy, so a torch tensor's call
-    runs its parts on them rather than start threads beside them; they do not survive fork. A
-    call on 4 threads leaves the OpenMP team two threads larger (it keeps its threads), where
-    threads of the kernel's own are gone when it returns; it is split by OpenMP's grain, not
-    the kernel's threads'. Every split gives one thread's bits."""
+    runs its parts on them rather than start threads beside them, split as torch splits its
+    operations: above one grain, into ceil(n / grain) parts, at most the team torch's operations
+    get. The team stays as it is (a smaller one would end the threads left out, which torch's
+    next operation starts again). A fork's child, where the team is gone, runs on threads of its
+    own, within their grain. Every split gives one thread's bits."""
     pytest.importorskip("torch")
     report = json.loads(run_script(OPENMP_SCRIPT).stdout)
-    own = {"threads": "pthreads", "same bits": True, "tasks": 0}
-    assert report["without torch"] == own
-    unsplit = {"threads": "openmp", "same bits": True, "tasks": 0}
-    assert report["not asked"] == report["too small for OpenMP's grain"] == unsplit
-    assert report["torch"] == {"threads": "openmp", "same bits": True, "tasks": 2}
+
+    def ran(threads: str, took_part: int) -> dict[str, object]:
+        return {"threads": threads, "same bits": True, "took part": took_part, "tasks": 0}
+
+    assert report["without torch"] == ran("pthreads", 4)
+    assert report["not asked"] == ran("openmp", 4)  # the kernel's own threads
+    assert report["up to a grain"] == ran("openmp", 1)
+    assert report["torch's rule"] == ran("openmp", 2)
+    assert report["more than the team"] == ran("openmp", 2)
+    assert report["fewer than the team"] == ran("openmp", 2)
     split = (
         f"from {2 * kernel.GRAIN} elements; "
-        f"torch tensors on torch's OpenMP threads, from {2 * kernel.OPENMP_GRAIN})"
+        f"torch tensors on torch's OpenMP threads, above {kernel.OPENMP_GRAIN} elements)"
     )
     assert report["status"].endswith(split)
-    assert report["fork's child"] == own
+    assert report["fork's child"] == ran("pthreads", 1)
 
 
 FIRST_IMPORT_IN_A_FORKS_CHILD = """

@@ -231,6 +231,7 @@ struct pass {
     double factor;
     uint64_t count, chunk;
     uint64_t next; /* the first element no thread has taken yet; taken with FETCH_ADD */
+    uint64_t parts, seated; /* OpenMP's: the threads that may take chunks, and those that came */
 };
 
 /* Take chunks until none is left. Threads take them in turn rather than a fixed share each: on a
@@ -292,25 +293,42 @@ static openmp_parallel torch_openmp(void) {
     return parallel;
 }
 
-static void openmp_chunks(void *pass) { run_chunks((struct pass *)pass); }
+/* Torch's whole team enters, as in torch's own regions: a smaller team than the last makes GNU
+   OpenMP end the threads left out, which torch's next operation starts again. Only the first
+   parts threads to come take chunks. */
+static void openmp_chunks(void *argument) {
+    struct pass *pass = (struct pass *)argument;
+    if (FETCH_ADD(&pass->seated, 1) < pass->parts) run_chunks(pass);
+}
 #endif
 #endif
 
-/* min(threads, count / grain), at least one */
+/* min(threads, count / grain), at least one: the kernel's own threads each take a grain */
 static unsigned split_count(uint64_t count, unsigned threads, uint64_t grain) {
     if (count / grain < threads) threads = (unsigned)(count / grain);
     return threads > 1 ? threads : 1;
 }
 
-/* The pass over its count elements, the calling thread included: with openmp_grain above 0, on
-   split_count(count, threads, openmp_grain) of the OpenMP runtime's threads where it is loaded;
-   else on threads started for the call, as many as both grains allow (0: not given), of which
-   one that cannot be started leaves its chunks to the others. */
-static void run_parallel(struct pass *pass, unsigned threads, uint64_t grain,
-                         uint64_t openmp_grain) {
+/* torch's rule for its OpenMP threads (at::parallel_for): above one grain, ceil(count / grain)
+   parts, at most threads */
+static unsigned openmp_split_count(uint64_t count, unsigned threads, uint64_t grain) {
+    if (count <= grain) return 1;
+    uint64_t parts = count / grain + (count % grain != 0);
+    return parts < threads ? (unsigned)parts : threads;
+}
+
+/* The pass over its count elements, the calling thread included; returns the number of threads
+   that took part. With openmp_grain above 0, on openmp_split_count(count, threads, openmp_grain)
+   of torch's OpenMP threads where its runtime is loaded (fewer where its team is smaller); else
+   on split_count(count, threads, grain) threads started for the call, within openmp_grain's
+   count too where it is given, of which one that cannot be started leaves its chunks to the
+   others. */
+static unsigned run_parallel(struct pass *pass, unsigned threads, uint64_t grain,
+                             uint64_t openmp_grain) {
     uint64_t count = pass->count;
     pass->next = 0;
-    unsigned parts = split_count(count, threads, openmp_grain > 0 ? openmp_grain : grain);
+    unsigned parts = openmp_grain > 0 ? openmp_split_count(count, threads, openmp_grain)
+                                      : split_count(count, threads, grain);
     int on_openmp = 0;
 #if defined(XDROP_OPENMP)
     openmp_parallel parallel = openmp_grain > 0 && parts > 1 ? torch_openmp() : NULL;
@@ -320,15 +338,17 @@ static void run_parallel(struct pass *pass, unsigned threads, uint64_t grain,
     if (parts <= 1) {
         pass->chunk = count > 0 ? count : 1;
         run_chunks(pass);
-        return;
+        return 1;
     }
     /* about four chunks a thread, fewer where they would be above CHUNK_MAX */
     uint64_t chunk = (count / (4 * (uint64_t)parts) + CHUNK_ALIGN - 1) / CHUNK_ALIGN * CHUNK_ALIGN;
     pass->chunk = chunk < CHUNK_ALIGN ? CHUNK_ALIGN : chunk > CHUNK_MAX ? CHUNK_MAX : chunk;
 #if defined(XDROP_OPENMP)
     if (on_openmp) {
-        parallel(openmp_chunks, pass, parts, 0);
-        return;
+        pass->parts = parts;
+        pass->seated = 0;
+        parallel(openmp_chunks, pass, 0, 0); /* 0: the team torch's regions get in this thread */
+        return pass->seated < parts ? (unsigned)pass->seated : parts;
     }
 #endif
 #if defined(XDROP_PTHREADS)
@@ -342,21 +362,27 @@ static void run_parallel(struct pass *pass, unsigned threads, uint64_t grain,
         started[k] = pthread_create(&handle[k], NULL, chunks_thread, pass) == 0;
     if (masked) pthread_sigmask(SIG_SETMASK, &old, NULL);
     run_chunks(pass);
+    unsigned took_part = 1;
     for (unsigned k = 1; k < parts; k++)
-        if (started[k]) pthread_join(handle[k], NULL);
+        if (started[k]) took_part += pthread_join(handle[k], NULL) == 0;
+    return took_part;
 #elif defined(XDROP_WINDOWS_THREADS)
     HANDLE handle[MAX_THREADS];
     for (unsigned k = 1; k < parts; k++)
         handle[k] = CreateThread(NULL, 0, chunks_thread, pass, 0, NULL);
     run_chunks(pass);
+    unsigned took_part = 1;
     for (unsigned k = 1; k < parts; k++) {
         if (handle[k] != NULL) {
             WaitForSingleObject(handle[k], INFINITE);
             CloseHandle(handle[k]);
+            took_part++;
         }
     }
+    return took_part;
 #else
     run_chunks(pass);
+    return 1;
 #endif
 }
 
@@ -376,18 +402,30 @@ PyDoc_STRVAR(dropout_doc,
 "counter offset + i; it is kept when its bits are below threshold (T of docs/spec.md, a\n"
 "multiple of 512 up to 2**32); kept elements are x * factor rounded once (x if factor is None),\n"
 "dropped ones +0.0. Runs without the GIL, on min(threads, count // grain) threads (at least\n"
-"one; threads from 1 to MAX_THREADS, grain at least 1). With openmp_grain above 0, on\n"
-"min(threads, count // openmp_grain) of PyTorch's OpenMP threads where its runtime is loaded\n"
-"(see torch_threading()), else within both grains. The bits do not depend on the split.");
+"one; threads from 1 to MAX_THREADS, grain at least 1). With openmp_grain above 0, on PyTorch's\n"
+"OpenMP threads where its runtime is loaded (see torch_threading()), as torch's operations\n"
+"split: one thread up to openmp_grain elements, else min(threads, ceil(count / openmp_grain)),\n"
+"at most the team torch's operations get in this thread; where it is not, within both grains.\n"
+"The bits do not depend on the split. Returns the number of threads that took part.");
+
+/* An int from 0 to 2**64 - 1 (OverflowError outside it, TypeError for another type): the
+   formats "K" and "I" would take any int modulo 2**64 or 2**32 */
+static int as_uint64(PyObject *object, void *out) {
+    unsigned long long value = PyLong_AsUnsignedLongLong(object);
+    if (value == (unsigned long long)-1 && PyErr_Occurred()) return 0;
+    *(unsigned long long *)out = value;
+    return 1;
+}
 
 static PyObject *dropout(PyObject *module, PyObject *args) {
     Py_buffer x, y, keep;
     PyObject *keep_object, *factor_object;
     const char *dtype_name;
-    unsigned long long k0, k1, offset, threshold, grain = 1, openmp_grain = 0;
-    unsigned int threads = 1;
-    if (!PyArg_ParseTuple(args, "y*w*OsKKKKO|IKK", &x, &y, &keep_object, &dtype_name, &k0, &k1,
-                          &offset, &threshold, &factor_object, &threads, &grain, &openmp_grain))
+    unsigned long long k0, k1, offset, threshold, threads = 1, grain = 1, openmp_grain = 0;
+    if (!PyArg_ParseTuple(args, "y*w*OsO&O&O&O&O|O&O&O&", &x, &y, &keep_object, &dtype_name,
+                          as_uint64, &k0, as_uint64, &k1, as_uint64, &offset, as_uint64,
+                          &threshold, &factor_object, as_uint64, &threads, as_uint64, &grain,
+                          as_uint64, &openmp_grain))
         return NULL;
     PyObject *result = NULL;
     int have_keep = 0;
@@ -435,12 +473,12 @@ static PyObject *dropout(PyObject *module, PyObject *args) {
     }
     struct pass pass = {DTYPES[found].dtype, (size_t)itemsize, (const char *)x.buf, (char *)y.buf,
                         have_keep ? (uint8_t *)keep.buf : NULL, (uint32_t)k0, (uint32_t)k1,
-                        offset, (uint32_t)(threshold >> 9), scaled, factor, count, 1, 0};
+                        offset, (uint32_t)(threshold >> 9), scaled, factor, count, 1, 0, 0, 0};
+    unsigned took_part;
     Py_BEGIN_ALLOW_THREADS
-    run_parallel(&pass, threads, (uint64_t)grain, (uint64_t)openmp_grain);
+    took_part = run_parallel(&pass, (unsigned)threads, (uint64_t)grain, (uint64_t)openmp_grain);
     Py_END_ALLOW_THREADS
-    result = Py_None;
-    Py_INCREF(result);
+    result = PyLong_FromUnsignedLong(took_part);
 done:
     if (have_keep) PyBuffer_Release(&keep);
     PyBuffer_Release(&x);

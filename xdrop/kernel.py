@@ -30,8 +30,9 @@ set to limit all of a process's tensor work, and the parts run on torch's OpenMP
 Linux, found through the runtime ``libtorch_cpu.so`` links), as torch's operations do: those
 keep their cores busy for a while after each operation, so threads started beside them waited
 for a core and ran slower than one thread (``docs/performance.md``). Started already, they repay
-smaller parts: their grain is ``OPENMP_GRAIN``, torch's own. A child forked after xdrop was
-imported, where those threads no longer exist, starts its own.
+smaller parts, and a call splits over them as torch's operations do: above one grain
+(``OPENMP_GRAIN`` by default, torch's own), into parts of at most a grain. A child forked after
+xdrop was imported, where those threads no longer exist, starts its own.
 """
 
 from __future__ import annotations
@@ -57,9 +58,10 @@ GRAIN = 2**17
 """Elements per thread at least, by default: where the start of a thread (tens of microseconds)
 is repaid by the part it takes over (``docs/performance.md``, "Threads and memory bandwidth")."""
 OPENMP_GRAIN = 2**15
-"""Elements per thread at least, by default, on torch's OpenMP threads, which are started
-already: torch's own grain (``at::internal::GRAIN_SIZE``), so that a call splits where torch's
-operations on as many elements do (``docs/performance.md``, "After a torch operation")."""
+"""The grain by default on torch's OpenMP threads, which are started already: torch's own
+(``at::internal::GRAIN_SIZE``). As torch's operations do, a call of ``n`` elements above it runs
+on ``min(threads, ceil(n / grain))`` of them (``docs/performance.md``, "After a torch
+operation")."""
 
 compiled: ModuleType | None
 try:
@@ -103,16 +105,17 @@ def set_threads(count: int | None = None, *, grain: int | None = None) -> None:
 
     A call of ``n`` elements runs on ``min(count, n // grain)`` threads (at least one), each
     over a part of about ``n / threads`` elements; on CPU ``torch.Tensor``\\ s at most
-    ``torch.get_num_threads()``, torch's OpenMP threads. The bits are those of one thread
-    whatever the split.
+    ``torch.get_num_threads()``, on torch's OpenMP threads, split as torch splits its operations
+    (:data:`OPENMP_GRAIN`). The bits are those of one thread whatever the split.
 
     Args:
         count: threads from 1 to ``MAX_THREADS`` (256), or None for ``XDROP_KERNEL_THREADS``
             where it is set, else the number of cores this process may run on.
-        grain: elements per thread at least (``n >= 2 * grain`` elements use two threads), or
-            None for the defaults: ``GRAIN`` (2**17), measured where starting a thread pays for
-            itself, and ``OPENMP_GRAIN`` (2**15) on torch's OpenMP threads, started already.
-            One above ``2**62`` (more elements than any array holds) is taken as ``2**62``.
+        grain: elements per thread at least (``n >= 2 * grain`` elements use two threads), and
+            on torch's OpenMP threads the grain of torch's rule (above ``grain`` elements, parts
+            of at most a grain); None for the defaults, ``GRAIN`` (2**17), measured where
+            starting a thread pays for itself, and ``OPENMP_GRAIN`` (2**15). One above ``2**62``
+            (more elements than any array holds) is taken as ``2**62``.
 
     Raises:
         ArgumentTypeError: ``count`` or ``grain`` is not an integer (or None).
@@ -223,7 +226,7 @@ def status() -> str:
     count = _threads
     split = "1 thread" if count == 1 else f"up to {count} threads, from {2 * _grain} elements"
     if count > 1 and compiled.torch_threading() == "openmp":
-        split += f"; torch tensors on torch's OpenMP threads, from {2 * _openmp_grain}"
+        split += f"; torch tensors on torch's OpenMP threads, above {_openmp_grain} elements"
     return (
         f"compiled kernel: in use (NumPy; CPU torch and TensorFlow tensors in eager mode; {split})"
     )
@@ -271,7 +274,7 @@ def host_dropout(
     size holding values of ``dtype`` in native byte order (bfloat16 may come as its 16-bit
     words), ``keep`` a C-contiguous boolean array of that size. Runs on up to
     ``min(threads(), most_threads)`` threads: with ``openmp``, those of PyTorch's OpenMP runtime
-    where it is loaded, split at their own grain. Needs the compiled kernel (``compiled is not
+    where it is loaded, split by torch's rule. Needs the compiled kernel (``compiled is not
     None``)."""
     assert compiled is not None
     count = _threads
