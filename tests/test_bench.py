@@ -155,19 +155,30 @@ def test_the_bandwidth_benchmark_runs_from_the_package():
 @pytest.mark.backend_independent
 def test_the_bandwidth_benchmark_times_the_kernel_after_a_torch_operation():
     """On one thread against two at the sizes asked, then at the kernel's threads' grain against
-    torch's threads' own at the sweep's sizes."""
+    torch's threads' own, at sizes around the latter (not on one thread: nothing splits)."""
+    from xdrop import kernel
+
     pytest.importorskip("torch")
     run = run_bandwidth("--sizes", "1e5", "--threads", "2", "--backends", "torch")
     assert run.returncode == 0, run.stderr[-2000:]
-    title, header, row, _, grain_title, grain_header, *grain_rows = run.stdout.splitlines()[-8:]
-    assert title.startswith("x + 1 then xdrop.dropout(x), torch float32, torch.set_num_threads(2)")
+    lines = run.stdout.splitlines()
+    after = lines.index(
+        "x + 1 then xdrop.dropout(x), torch float32, torch.set_num_threads(2); "
+        "dropout: the step's time less that of x + 1"
+    )
+    header, row, _, grain_title, grain_header, *grain_rows = lines[after + 1 :]
     assert header.split() == ["size", "x", "+", "1", "1", "thread", "2", "threads", "speed-up"]
     assert row.split()[0] == "100000" and float(row.split()[-1]) > 0
     assert grain_title == (
-        "As above on 2 threads, torch's threads split from 2 * 32768 elements against 2 * 131072"
+        f"As above on 2 threads, torch's threads split above {kernel.OPENMP_GRAIN} elements "
+        f"against above {kernel.GRAIN}"
     )
-    assert grain_header.split() == ["size", "x", "+", "1", "131072", "32768", "speed-up"]
-    assert [line.split()[0] for line in grain_rows] == ["16384", "131072"]
+    assert grain_header.split() == [
+        "size", "x", "+", "1", str(kernel.GRAIN), str(kernel.OPENMP_GRAIN), "speed-up"
+    ]  # fmt: skip
+    assert [line.split()[0] for line in grain_rows] == ["49152", "131072"]
+    one_thread = run_bandwidth("--sizes", "1e5", "--threads", "1", "--backends", "torch")
+    assert one_thread.returncode == 0 and "torch's threads split" not in one_thread.stdout
 
 
 @pytest.mark.backend_independent

@@ -25,8 +25,8 @@ A second table gives that speed-up for the kernel alone at sizes around the defa
 is repaid. A third (with torch) gives it for ``xdrop.dropout`` of a torch tensor right after a
 torch operation, as in a model, where torch's OpenMP threads are still spinning on the cores
 (``xdrop.kernel`` runs its parts on them), at the first table's sizes; a fourth, the same step
-on all threads with torch's threads split at their own grain (:data:`xdrop.kernel.OPENMP_GRAIN`)
-against the kernel's threads' grain, at the second table's sizes.
+on all threads with torch's threads split as torch splits its operations, at their own grain
+(:data:`xdrop.kernel.OPENMP_GRAIN`), against the kernel's threads' grain, at sizes around it.
 """
 
 from __future__ import annotations
@@ -53,6 +53,9 @@ SIZES = (10**6, 10**7, 10**8)
 QUICK_SIZES = (10**5, 10**6)
 SWEEP = tuple(2**power for power in range(13, 22))
 QUICK_SWEEP = (2**14, 2**17)
+OPENMP_SIZES = (2**15, 3 * 2**14, 2**16, 2**17, 2**18, 2**19)
+"""Sizes around torch's threads' grain (one thread up to 2**15, parts above) and the kernel's."""
+QUICK_OPENMP_SIZES = (3 * 2**14, 2**17)
 REPEATS = 7
 MIN_SAMPLE = 0.05
 P = 0.5
@@ -226,10 +229,11 @@ def after_torch_table(sizes: Iterable[int], most: int, repeats: int) -> None:
 
 
 def openmp_grain_table(sizes: Iterable[int], most: int, repeats: int) -> None:
-    """As :func:`after_torch_table` on ``most`` threads, torch's threads split at their own grain
-    (:data:`xdrop.kernel.OPENMP_GRAIN`) against the kernel's threads' (:data:`~xdrop.kernel.GRAIN`)."""
-    print(f"\nAs above on {most} threads, torch's threads split from 2 * {kernel.OPENMP_GRAIN} "
-          f"elements against 2 * {kernel.GRAIN}")  # fmt: skip
+    """As :func:`after_torch_table` on ``most`` threads, torch's threads split by torch's rule
+    at their own grain (:data:`xdrop.kernel.OPENMP_GRAIN`) against the kernel's threads' grain
+    (:data:`xdrop.kernel.GRAIN`)."""
+    print(f"\nAs above on {most} threads, torch's threads split above {kernel.OPENMP_GRAIN} "
+          f"elements against above {kernel.GRAIN}")  # fmt: skip
     grains = {f"{kernel.GRAIN}": (most, kernel.GRAIN), f"{kernel.OPENMP_GRAIN}": (most, None)}
     _after_torch_rows(sizes, most, repeats, grains)
 
@@ -378,7 +382,10 @@ def main(argv: list[str] | None = None) -> int:
         after_torch_table(
             [size for size in sizes if f"torch {size:.0e}" not in skipped], most, repeats
         )
-        openmp_grain_table(QUICK_SWEEP if arguments.quick else SWEEP, most, repeats)
+        if most > 1:  # a split needs two threads
+            openmp_grain_table(
+                QUICK_OPENMP_SIZES if arguments.quick else OPENMP_SIZES, most, repeats
+            )
     if skipped:  # a table with holes is not a benchmark that ran (as xdrop bench says)
         print(f"{parser.prog}: FAILED: not enough free memory to time {', '.join(skipped)}",
               file=sys.stderr)  # fmt: skip
