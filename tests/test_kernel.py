@@ -805,11 +805,11 @@ if kernel.compiled.THREADING != "pthreads":
 def split(threads, grain=64, openmp_grain=0):
     x = np.linspace(-3, 3, 10_001, dtype=np.float32)
     y, keep = np.empty_like(x), np.empty(x.shape, np.bool_)
-    took_part = kernel.compiled.dropout(
+    split_over = kernel.compiled.dropout(
         x, y, keep, "float32", 7, 11, 2**32 - 5000, spec.keep_threshold(0.3),
         spec.inverted_scale(0.3, "float32"), threads, grain, openmp_grain,
     )
-    return (y.view(np.uint32).tolist(), keep.tolist()), took_part
+    return (y.view(np.uint32).tolist(), keep.tolist()), split_over
 
 
 def tasks():  # the process's threads, once a thread that has just ended has left /proc
@@ -822,11 +822,11 @@ def tasks():  # the process's threads, once a thread that has just ended has lef
 
 def run(threads=4, **grains):
     before = tasks()
-    bits, took_part = split(threads, **grains)
+    bits, split_over = split(threads, **grains)
     return {
         "threads": kernel.compiled.torch_threading(),
         "same bits": bits == one,
-        "took part": took_part,
+        "split over": split_over,
         "tasks": tasks() - before,
     }
 
@@ -884,8 +884,8 @@ def test_torch_tensors_parts_run_on_torchs_openmp_threads_and_a_forks_child_on_i
     pytest.importorskip("torch")
     report = json.loads(run_script(OPENMP_SCRIPT).stdout)
 
-    def ran(threads: str, took_part: int) -> dict[str, object]:
-        return {"threads": threads, "same bits": True, "took part": took_part, "tasks": 0}
+    def ran(threads: str, split_over: int) -> dict[str, object]:
+        return {"threads": threads, "same bits": True, "split over": split_over, "tasks": 0}
 
     assert report["without torch"] == ran("pthreads", 4)
     assert report["not asked"] == ran("openmp", 4)  # the kernel's own threads

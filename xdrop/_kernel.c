@@ -318,11 +318,11 @@ static unsigned openmp_split_count(uint64_t count, unsigned threads, uint64_t gr
 }
 
 /* The pass over its count elements, the calling thread included; returns the number of threads
-   that took part. With openmp_grain above 0, on openmp_split_count(count, threads, openmp_grain)
-   of torch's OpenMP threads where its runtime is loaded (fewer where its team is smaller); else
-   on split_count(count, threads, grain) threads started for the call, within openmp_grain's
-   count too where it is given, of which one that cannot be started leaves its chunks to the
-   others. */
+   the call was split over. With openmp_grain above 0, on openmp_split_count(count, threads,
+   openmp_grain) of torch's OpenMP threads where its runtime is loaded (fewer where its team is
+   smaller); else on split_count(count, threads, grain) threads started for the call, within
+   openmp_grain's count too where it is given, of which one that cannot be started leaves its
+   chunks to the others. */
 static unsigned run_parallel(struct pass *pass, unsigned threads, uint64_t grain,
                              uint64_t openmp_grain) {
     uint64_t count = pass->count;
@@ -362,24 +362,24 @@ static unsigned run_parallel(struct pass *pass, unsigned threads, uint64_t grain
         started[k] = pthread_create(&handle[k], NULL, chunks_thread, pass) == 0;
     if (masked) pthread_sigmask(SIG_SETMASK, &old, NULL);
     run_chunks(pass);
-    unsigned took_part = 1;
+    unsigned split_over = 1;
     for (unsigned k = 1; k < parts; k++)
-        if (started[k]) took_part += pthread_join(handle[k], NULL) == 0;
-    return took_part;
+        if (started[k]) split_over += pthread_join(handle[k], NULL) == 0;
+    return split_over;
 #elif defined(XDROP_WINDOWS_THREADS)
     HANDLE handle[MAX_THREADS];
     for (unsigned k = 1; k < parts; k++)
         handle[k] = CreateThread(NULL, 0, chunks_thread, pass, 0, NULL);
     run_chunks(pass);
-    unsigned took_part = 1;
+    unsigned split_over = 1;
     for (unsigned k = 1; k < parts; k++) {
         if (handle[k] != NULL) {
             WaitForSingleObject(handle[k], INFINITE);
             CloseHandle(handle[k]);
-            took_part++;
+            split_over++;
         }
     }
-    return took_part;
+    return split_over;
 #else
     run_chunks(pass);
     return 1;
@@ -406,7 +406,8 @@ PyDoc_STRVAR(dropout_doc,
 "OpenMP threads where its runtime is loaded (see torch_threading()), as torch's operations\n"
 "split: one thread up to openmp_grain elements, else min(threads, ceil(count / openmp_grain)),\n"
 "at most the team torch's operations get in this thread; where it is not, within both grains.\n"
-"The bits do not depend on the split. Returns the number of threads that took part.");
+"The bits do not depend on the split. Returns the number of threads the call was split\n"
+"over.");
 
 /* An int from 0 to 2**64 - 1 (OverflowError outside it, TypeError for another type): the
    formats "K" and "I" would take any int modulo 2**64 or 2**32 */
@@ -474,11 +475,11 @@ static PyObject *dropout(PyObject *module, PyObject *args) {
     struct pass pass = {DTYPES[found].dtype, (size_t)itemsize, (const char *)x.buf, (char *)y.buf,
                         have_keep ? (uint8_t *)keep.buf : NULL, (uint32_t)k0, (uint32_t)k1,
                         offset, (uint32_t)(threshold >> 9), scaled, factor, count, 1, 0, 0, 0};
-    unsigned took_part;
+    unsigned split_over;
     Py_BEGIN_ALLOW_THREADS
-    took_part = run_parallel(&pass, (unsigned)threads, (uint64_t)grain, (uint64_t)openmp_grain);
+    split_over = run_parallel(&pass, (unsigned)threads, (uint64_t)grain, (uint64_t)openmp_grain);
     Py_END_ALLOW_THREADS
-    result = PyLong_FromUnsignedLong(took_part);
+    result = PyLong_FromUnsignedLong(split_over);
 done:
     if (have_keep) PyBuffer_Release(&keep);
     PyBuffer_Release(&x);

@@ -31,8 +31,8 @@ Linux, found through the runtime ``libtorch_cpu.so`` links), as torch's operatio
 keep their cores busy for a while after each operation, so threads started beside them waited
 for a core and ran slower than one thread (``docs/performance.md``). Started already, they repay
 smaller parts, and a call splits over them as torch's operations do: above one grain
-(``OPENMP_GRAIN`` by default, torch's own), into parts of at most a grain. A child forked after
-xdrop was imported, where those threads no longer exist, starts its own.
+(``OPENMP_GRAIN`` by default, torch's own), on ``min(threads, ceil(n / grain))`` of them. A
+child forked after xdrop was imported, where those threads no longer exist, starts its own.
 """
 
 from __future__ import annotations
@@ -112,10 +112,10 @@ def set_threads(count: int | None = None, *, grain: int | None = None) -> None:
         count: threads from 1 to ``MAX_THREADS`` (256), or None for ``XDROP_KERNEL_THREADS``
             where it is set, else the number of cores this process may run on.
         grain: elements per thread at least (``n >= 2 * grain`` elements use two threads), and
-            on torch's OpenMP threads the grain of torch's rule (above ``grain`` elements, parts
-            of at most a grain); None for the defaults, ``GRAIN`` (2**17), measured where
-            starting a thread pays for itself, and ``OPENMP_GRAIN`` (2**15). One above ``2**62``
-            (more elements than any array holds) is taken as ``2**62``.
+            on torch's OpenMP threads the grain of torch's rule (above ``grain`` elements, on
+            ``min(count, ceil(n / grain))`` threads); None for the defaults, ``GRAIN`` (2**17),
+            measured where starting a thread pays for itself, and ``OPENMP_GRAIN`` (2**15).
+            One above ``2**62`` (more elements than any array holds) is taken as ``2**62``.
 
     Raises:
         ArgumentTypeError: ``count`` or ``grain`` is not an integer (or None).
@@ -274,8 +274,9 @@ def host_dropout(
     size holding values of ``dtype`` in native byte order (bfloat16 may come as its 16-bit
     words), ``keep`` a C-contiguous boolean array of that size. Runs on up to
     ``min(threads(), most_threads)`` threads: with ``openmp``, those of PyTorch's OpenMP runtime
-    where it is loaded, split by torch's rule. Needs the compiled kernel (``compiled is not
-    None``)."""
+    where it is loaded, split by torch's rule, in a team of the size torch's own operations get
+    in the calling thread (which ``torch.get_num_threads()`` sets there first). Needs the
+    compiled kernel (``compiled is not None``)."""
     assert compiled is not None
     count = _threads
     if count > most_threads or count == 0:  # 0: XDROP_KERNEL_THREADS is bad, threads() says so

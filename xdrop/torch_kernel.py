@@ -113,7 +113,9 @@ def _write_on_cpu(source: Any, y: Any, keep: Any, call: FusedCall) -> None:
     name, words = _DTYPES[source.dtype]
     if name == "bfloat16":  # NumPy has no bfloat16: the kernel reads its 16-bit words
         source, y = source.view(words), y.view(words)
-    # torch.set_num_threads limits all of a process's tensor work: the kernel's threads too
+    # torch.set_num_threads limits all of a process's tensor work: the kernel's threads too.
+    # torch.get_num_threads() also sets this thread's OpenMP team to torch's count, the team the
+    # kernel's parallel region takes, so it is called here on every call, not cached
     kernel.host_dropout(
         source.numpy(),
         y.numpy(),

@@ -26,7 +26,8 @@ is repaid. A third (with torch) gives it for ``xdrop.dropout`` of a torch tensor
 torch operation, as in a model, where torch's OpenMP threads are still spinning on the cores
 (``xdrop.kernel`` runs its parts on them), at the first table's sizes; a fourth, the same step
 on all threads with torch's threads split as torch splits its operations, at their own grain
-(:data:`xdrop.kernel.OPENMP_GRAIN`), against the kernel's threads' grain, at sizes around it.
+(:data:`xdrop.kernel.OPENMP_GRAIN`), against the kernel's threads' grain, at sizes around it
+(not on one thread, where nothing splits).
 """
 
 from __future__ import annotations
